@@ -1,0 +1,457 @@
+#!/usr/bin/python3
+"""Run ame's STM benchmarks against their baselines and print one table.
+
+Every configuration (a data structure, its parameters, a thread count) is
+run with each variant -- ame (ame's STM), itm (GCC libitm), mutex (one global
+lock), seq (no synchronisation, 1 thread only) -- all built from the same
+data-structure source (bench/tm.h).  Runs are interleaved round-robin over
+configurations and variants, and each is repeated; the table shows the
+median, the min-max spread, aborts per commit, and ratios against seq, itm
+and the 1-thread run.  A "bars" section compares the figures the project is
+held to.  Missing a bar never fails the run; a binary that reports a broken
+invariant (invalid structure, wrong size, money not conserved), crashes or
+hangs does: the exit status is then 1.
+
+Default matrix: every structure (rbtree, skiplist, hashset: 4096 keys in
+1..8192; list: 256 keys in 1..512; bank: 1024 accounts, 90% transfers, 10%
+balance checks) at 1 and 2 threads with 20% updates, plus the red-black tree
+at 2 threads with 100% updates; 1 s per run, 5 repetitions: 38 runs x 5 x
+1 s, a little over 3 minutes.  --quick: the red-black tree configurations
+and the other structures at 2 threads only, 1 repetition of 300 ms (about
+10 s).
+
+Run it with Debian's /usr/bin/python3 from the repository root, after
+`ninja -C build` (or `make bench`, `make demo`).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = ("ame", "itm", "mutex", "seq")
+STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank")
+
+# The parameters of each structure's configurations (threads and update
+# percent are added per configuration).
+BASES = {
+    "rbtree": {"prog": "intset", "s": "rbtree", "i": 4096, "r": 8192},
+    "skiplist": {"prog": "intset", "s": "skiplist", "i": 4096, "r": 8192},
+    "hashset": {"prog": "intset", "s": "hashset", "i": 4096, "r": 8192},
+    "list": {"prog": "intset", "s": "list", "i": 256, "r": 512},
+    "bank": {"prog": "bank", "a": 1024, "T": 90, "c": 10},
+}
+
+
+def config_label(cfg):
+    """A short human name: 'rbtree i=4096 r=8192 u=20%'."""
+    if cfg["prog"] == "bank":
+        return "bank a=%d T=%d%% c=%d%%" % (cfg["a"], cfg["T"], cfg["c"])
+    return "%s i=%d r=%d u=%d%%" % (cfg["s"], cfg["i"], cfg["r"], cfg["u"])
+
+
+def base_key(cfg):
+    """What identifies a configuration apart from its thread count."""
+    return tuple(sorted((k, v) for k, v in cfg.items() if k != "t"))
+
+
+def build_matrix(args):
+    """Return the list of configurations to run, in run order."""
+    structures = args.structures
+    threads = args.threads
+    configs = []
+    for s in structures:
+        ts = threads
+        if args.quick and not args.threads_given and s != "rbtree":
+            ts = [t for t in threads if t > 1] or threads
+        for t in ts:
+            cfg = dict(BASES[s])
+            if cfg["prog"] == "intset":
+                cfg["u"] = args.update
+            cfg["t"] = t
+            configs.append(cfg)
+        if s == "rbtree":
+            for t in threads:
+                if t > 1:
+                    cfg = dict(BASES[s], u=100, t=t)
+                    configs.append(cfg)
+    return configs
+
+
+def binary(builddir, prog, variant):
+    return os.path.join(builddir, "bench", "bench-%s-%s" % (prog, variant))
+
+
+def command(builddir, cfg, variant, duration, seed):
+    cmd = [binary(builddir, cfg["prog"], variant)]
+    for k, v in cfg.items():
+        if k != "prog":
+            cmd += ["-" + k, str(v)]
+    cmd += ["-d", str(duration), "-S", str(seed)]
+    return cmd
+
+
+def run_one(cmd, duration):
+    """Run one benchmark binary.  Return (result dict or None, error text)."""
+    limit = 60 + 20 * duration / 1000.0
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=limit, text=True)
+    except subprocess.TimeoutExpired:
+        return None, "timed out after %.0f s (hang or livelock?)" % limit
+    except OSError as e:
+        return None, "cannot run: %s" % e
+    result = None
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                pass
+            break
+    if p.returncode != 0:
+        if p.returncode < 0:
+            why = "killed by signal %d" % -p.returncode
+        elif result is not None and not result.get("valid", True):
+            why = "invariant failure"
+        else:
+            why = "exit status %d" % p.returncode
+        err = p.stderr.strip().splitlines()
+        return result, why + (": " + err[-1] if err else "")
+    if result is None:
+        return None, "no result line in its output"
+    return result, None
+
+
+def fmt_rate(x):
+    if x is None:
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return "%.2f%s" % (x / div, unit)
+    return "%.0f" % x
+
+
+def fmt_ratio(x):
+    return "-" if x is None else "%.2fx" % x
+
+
+def fmt_apc(x):
+    if x is None:
+        return "n/a"
+    return "%.4f" % x if x < 10 else "%.1f" % x
+
+
+def summarise(configs, variants_for, results, failures):
+    """Return one row per (configuration, variant) with medians and ratios."""
+    rows = []
+    med = {}
+    for ci, cfg in enumerate(configs):
+        for v in variants_for[ci]:
+            runs = results.get((ci, v), [])
+            rates = [r["ops_per_s"] for r in runs]
+            apcs = [r["aborts_per_commit"] for r in runs
+                    if r.get("aborts_per_commit") is not None]
+            row = {
+                "config": config_label(cfg),
+                "params": cfg,
+                "threads": cfg["t"],
+                "variant": v,
+                "runs": len(rates),
+                "failed": failures.get((ci, v), 0),
+                "ops_per_s": rates,
+                "median": statistics.median(rates) if rates else None,
+                "min": min(rates) if rates else None,
+                "max": max(rates) if rates else None,
+                "aborts_per_commit":
+                    statistics.median(apcs) if apcs else None,
+            }
+            med[(base_key(cfg), cfg["t"], v)] = row["median"]
+            rows.append(row)
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    for row in rows:
+        cfg, v, t = row["params"], row["variant"], row["threads"]
+        key = base_key(cfg)
+        row["vs_seq"] = ratio(row["median"], med.get((key, 1, "seq")))
+        row["vs_itm"] = (ratio(row["median"], med.get((key, t, "itm")))
+                         if v != "itm" else None)
+        row["vs_1t"] = (ratio(row["median"], med.get((key, 1, v)))
+                        if t > 1 else None)
+    return rows
+
+
+def find_row(rows, structure, update, threads, variant):
+    for r in rows:
+        p = r["params"]
+        if (p.get("s") == structure and p.get("u") == update
+                and r["threads"] == threads and r["variant"] == variant):
+            return r
+    return None
+
+
+def evaluate_bars(rows):
+    """The figures the project is held to.  Return a list of dicts."""
+    bars = []
+
+    def bar(name, figure, op, target, fmt):
+        if figure is None:
+            status, shown = "n/a", "not measured"
+        else:
+            ok = figure >= target if op == ">=" else figure <= target
+            status, shown = ("PASS" if ok else "MISS"), fmt(figure)
+        bars.append({"bar": name, "target": "%s %s" % (op, fmt(target)),
+                     "measured": figure, "shown": shown, "status": status})
+
+    r1 = find_row(rows, "rbtree", 20, 1, "ame")
+    r2 = find_row(rows, "rbtree", 20, 2, "ame")
+    r100 = find_row(rows, "rbtree", 100, 2, "ame")
+    bar("rbtree 20% upd, 1 thread: ame vs seq",
+        r1 and r1["vs_seq"], ">=", 0.6, fmt_ratio)
+    bar("rbtree 20% upd, 2 threads: ame vs itm",
+        r2 and r2["vs_itm"], ">=", 2.0, fmt_ratio)
+    bar("rbtree 20% upd: ame 2 threads / 1 thread",
+        r2 and r2["vs_1t"], ">=", 1.8, fmt_ratio)
+    bar("rbtree 100% upd, 2 threads: ame vs itm",
+        r100 and r100["vs_itm"], ">=", 2.0, fmt_ratio)
+    bar("rbtree 100% upd, 2 threads: ame aborts/commit",
+        r100 and r100["aborts_per_commit"], "<=", 0.1, fmt_apc)
+    return bars
+
+
+class LoadMeter:
+    """How much CPU time other work on the machine used while we ran:
+    the machine's busy time (/proc/stat) less our children's CPU time."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+            # user nice system idle iowait irq softirq steal: busy excludes
+            # idle and iowait.
+            busy = (sum(fields[:8]) - fields[3] - fields[4]) / float(
+                os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            busy = None
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (time.monotonic(), busy, ru.ru_utime + ru.ru_stime)
+
+    def others(self):
+        """Average CPUs used by other work since the start, or None."""
+        t0, b0, c0 = self.start
+        t1, b1, c1 = self._sample()
+        if b0 is None or b1 is None or t1 <= t0:
+            return None
+        return max(0.0, ((b1 - b0) - (c1 - c0)) / (t1 - t0))
+
+
+def machine_info():
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model,
+            "kernel": platform.release()}
+
+
+def print_table(rows, bars, failures, settings, machine):
+    print("STM benchmarks: %d x %d ms per run, median of the runs; "
+          "%s CPUs (%s)" % (settings["reps"], settings["duration_ms"],
+                            machine["cpus"], machine["cpu"]))
+    other = machine.get("other_cpus")
+    if other is not None:
+        print("Other work on the machine used %.2f CPUs on average during "
+              "the run%s" % (other, " -- figures are disturbed, above all "
+                             "at 2 threads" if other > 0.2 else "."))
+    print("x seq: against seq at 1 thread; x itm: against itm at the same "
+          "thread count; 2t/1t: against the same variant at 1 thread.")
+    head = ("configuration", "thr", "variant", "ops/s", "min-max",
+            "aborts/commit", "x seq", "x itm", "2t/1t")
+    table = [head]
+    for r in rows:
+        if r["median"] is None:
+            spread = "-"
+        else:
+            spread = "%s-%s" % (fmt_rate(r["min"]), fmt_rate(r["max"]))
+        rate = fmt_rate(r["median"])
+        if r["failed"]:
+            rate = "FAILED" if r["median"] is None else rate + " (FAILED)"
+        table.append((r["config"], str(r["threads"]), r["variant"],
+                      rate, spread,
+                      fmt_apc(r["aborts_per_commit"]),
+                      fmt_ratio(r["vs_seq"]), fmt_ratio(r["vs_itm"]),
+                      fmt_ratio(r["vs_1t"])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    prev = None
+    for n, row in enumerate(table):
+        if n > 1 and (row[0], row[1]) != prev:
+            print()
+        prev = (row[0], row[1])
+        cells = [row[i].ljust(widths[i]) if i < 3 else row[i].rjust(widths[i])
+                 for i in range(len(head))]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    print("bars:")
+    w = max(len(b["bar"]) for b in bars)
+    for b in bars:
+        print("  %-4s  %s  %-10s (target %s)" % (b["status"], b["bar"].ljust(w),
+                                                  b["shown"], b["target"]))
+    if failures:
+        print()
+        print("FAILURES (%d):" % len(failures))
+        for f in failures:
+            print("  %s  %s t=%d: %s" % (f["variant"], f["config"],
+                                         f["threads"], f["error"]))
+            print("    reproduce: %s" % f["command"])
+
+
+def parse_list(text, allowed, what):
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for x in items:
+        if x not in allowed:
+            raise argparse.ArgumentTypeError(
+                "unknown %s '%s' (choose from %s)" % (what, x,
+                                                      ", ".join(allowed)))
+    return items
+
+
+def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet under `| head`
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--builddir", default="build",
+                    help="meson build directory (default: build)")
+    ap.add_argument("--quick", action="store_true",
+                    help="short form for `make demo`: fewer configurations "
+                         "(structures other than rbtree at 2 threads only, "
+                         "unless --threads is given), 1 repetition of 300 ms")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions of each run (default 5; quick 1)")
+    ap.add_argument("--duration", type=int, default=None, metavar="MS",
+                    help="milliseconds per run (default 1000; quick 300)")
+    ap.add_argument("--structures", default=",".join(STRUCTURES),
+                    type=lambda s: parse_list(s, STRUCTURES, "structure"),
+                    help="comma-separated subset of %s" % ",".join(STRUCTURES))
+    ap.add_argument("--threads", default=None,
+                    type=lambda s: sorted({int(x) for x in s.split(",")}),
+                    help="comma-separated thread counts (default 1,2; the "
+                         "100%% update rbtree runs at each count > 1)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    type=lambda s: parse_list(s, VARIANTS, "variant"),
+                    help="comma-separated subset of %s" % ",".join(VARIANTS))
+    ap.add_argument("--update", type=int, default=20, metavar="PCT",
+                    help="update percent of the intset runs (default 20)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="seed of the first repetition (default 1)")
+    ap.add_argument("--json", action="store_true",
+                    help="print the results as JSON instead of the table")
+    args = ap.parse_args()
+    args.threads_given = args.threads is not None
+    if args.threads is None:
+        args.threads = [1, 2]
+    if args.reps is None:
+        args.reps = 1 if args.quick else 5
+    if args.duration is None:
+        args.duration = 300 if args.quick else 1000
+    if args.reps < 1 or args.duration < 1 or min(args.threads) < 1:
+        ap.error("--reps, --duration and --threads must be positive")
+
+    builddir = args.builddir
+    if not os.path.isdir(os.path.join(builddir, "bench")):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        alt = os.path.join(here, builddir)
+        if os.path.isdir(os.path.join(alt, "bench")):
+            builddir = alt
+        else:
+            sys.exit("stm_bench: no %s/bench: build first (ninja -C %s)"
+                     % (builddir, builddir))
+
+    configs = build_matrix(args)
+    variants_for = []
+    skipped = set()
+    for cfg in configs:
+        vs = []
+        for v in args.variants:
+            if v == "seq" and cfg["t"] != 1:
+                continue
+            if not os.access(binary(builddir, cfg["prog"], v), os.X_OK):
+                skipped.add("bench-%s-%s" % (cfg["prog"], v))
+                continue
+            vs.append(v)
+        variants_for.append(vs)
+    if skipped:
+        print("stm_bench: not built here, skipped: %s"
+              % ", ".join(sorted(skipped)), file=sys.stderr)
+
+    total = sum(len(vs) for vs in variants_for) * args.reps
+    meter = LoadMeter()
+    progress = sys.stderr.isatty()
+    results, failures, done = {}, [], 0
+    # Round-robin: every configuration and variant once per repetition.
+    for rep in range(args.reps):
+        for ci, cfg in enumerate(configs):
+            for v in variants_for[ci]:
+                cmd = command(builddir, cfg, v, args.duration,
+                              args.seed + rep)
+                done += 1
+                if progress:
+                    print("\r[%d/%d] %-40s %-6s t=%d " % (
+                        done, total, config_label(cfg), v, cfg["t"]),
+                        end="", file=sys.stderr, flush=True)
+                res, err = run_one(cmd, args.duration)
+                if err is not None:
+                    failures.append({"index": (ci, v),
+                                     "config": config_label(cfg),
+                                     "threads": cfg["t"], "variant": v,
+                                     "error": err, "command": " ".join(cmd)})
+                    if progress:
+                        print("\n  FAILED: %s" % err, file=sys.stderr)
+                    continue
+                results.setdefault((ci, v), []).append(res)
+    if progress:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+
+    failed_runs = {}
+    for f in failures:
+        failed_runs[f["index"]] = failed_runs.get(f["index"], 0) + 1
+        del f["index"]
+    rows = summarise(configs, variants_for, results, failed_runs)
+    bars = evaluate_bars(rows)
+    settings = {"reps": args.reps, "duration_ms": args.duration,
+                "quick": args.quick, "builddir": builddir,
+                "seed": args.seed}
+    machine = machine_info()
+    machine["other_cpus"] = meter.others()
+    if args.json:
+        out = {"settings": settings, "machine": machine, "results": rows,
+               "bars": bars, "failures": failures}
+        json.dump(out, sys.stdout, indent=1)
+        print()
+    else:
+        print_table(rows, bars, failures, settings, machine)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

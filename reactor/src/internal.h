@@ -1,0 +1,206 @@
+/*
+** reactor/src/internal.h — the reactor's private structures.
+**
+** Three kinds of work move between threads:
+**  - ops: effects on a handle (write, close, timer start, ...), executed on
+**    the thread of the worker that owns the handle.  Inside a transaction an
+**    op is queued by a commit handler (and dropped by an abort handler).
+**  - jobs: callbacks not bound to a stream (timer callbacks, posted calls,
+**    tasks), which any worker may run; ordered queues let only one of their
+**    jobs run at a time, so their order is kept.
+**  - libuv callbacks: everything a stream does, always on its owner.
+**
+** Handles are reference-counted: one reference while open, one per op in
+** flight.  When the count reaches zero the memory goes back through the STM's
+** deferred free, so a transaction on another worker that still holds a
+** pointer to the handle (read from shared data before the close committed)
+** can never touch freed memory.
+*/
+#ifndef AME_REACTOR_INTERNAL_H
+#define AME_REACTOR_INTERNAL_H
+
+#ifndef AME_STM_INLINE
+#define AME_STM_INLINE
+#endif
+#include "ame/reactor.h"
+
+#include <pthread.h>
+#include <uv.h>
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define ADD(p, n) __atomic_add_fetch((p), (n), __ATOMIC_ACQ_REL)
+#define SUB(p, n) __atomic_sub_fetch((p), (n), __ATOMIC_ACQ_REL)
+
+enum htype { H_STREAM, H_LISTENER, H_TIMER, H_UDP, H_PROCESS, H_POLL,
+             H_SIGNAL };
+enum hstate { HS_NEW, HS_OPEN, HS_CLOSING, HS_CLOSED };
+
+struct worker;
+
+struct ame_handle {
+  int type;                  /* enum htype */
+  int state;                 /* enum hstate; owner thread only */
+  ame_reactor_t *r;
+  struct worker *w;          /* the owner */
+  void *data;                /* atomic: the user's pointer */
+  const char *name;          /* atomic: site name for reports */
+  unsigned refs;             /* atomic: open + ops in flight */
+  struct ame_handle *prev, *next; /* owner's list of live handles */
+  void (*on_stop)(struct ame_handle *h); /* graceful-stop action */
+};
+
+/* An effect on a handle, executed on its owner's thread.  run() returns 1
+** if it kept the op (a write in libuv's queue), else the op is freed. */
+struct op {
+  int (*run)(struct op *op);
+  struct op *next;
+  ame_handle_t *h;           /* target (holds a reference) or NULL */
+  struct worker *w;          /* where to run */
+  uint64_t a, b;             /* arguments */
+  void *p;
+  uv_write_t wreq;           /* for writes */
+  struct sockaddr_storage sa;/* for UDP sends */
+  size_t len;                /* payload length */
+  char data[];               /* payload */
+};
+
+/* A callback any worker may run. */
+struct job {
+  int (*fn)(ame_tx_t *tx, void *arg, struct job *job);
+  void *arg;
+  ame_handle_t *h;           /* a timer (holds a reference), or NULL */
+  struct job *next;
+  uint64_t user_fn;          /* ame_call_fn for calls and tasks */
+};
+
+struct jobq {
+  struct job *head, *tail;
+  int ordered;               /* run one at a time, in order */
+  int in_flight;             /* an ordered job is running */
+};
+
+struct worker {
+  ame_reactor_t *r;
+  unsigned id;
+  uv_loop_t loop;
+  uv_async_t async;          /* inbox, jobs, stop */
+  uv_idle_t idle;            /* keeps polling non-blocking while jobs wait */
+  uv_prepare_t prepare;      /* marks the worker idle before it blocks */
+  uv_check_t check;          /* runs jobs after poll */
+  uv_timer_t drain_timer;    /* graceful stop: give up on flushing */
+  pthread_mutex_t lock;      /* inbox and queues */
+  struct op *inbox_head, *inbox_tail;
+  struct jobq timers;        /* ordered: this worker's timer callbacks */
+  struct jobq tasks;         /* unordered */
+  uv_thread_t thread;
+  ame_tx_t *tx;
+  char *readbuf;             /* one read at a time per worker */
+  int stopping;              /* owner thread: stop has begun here */
+  int idle_marked;           /* counted in r->idle */
+  ame_handle_t *handles;     /* live handles owned here */
+  unsigned nstreams;         /* atomic: open streams (balancing) */
+  uint64_t callbacks;        /* atomic counters */
+  uint64_t failures;
+  uint64_t stolen;
+};
+
+struct ame_reactor {
+  unsigned nworkers;
+  struct worker *workers;
+  size_t high, low;
+  unsigned drain_timeout_ms;
+  int report_on_stop;
+  FILE *log;
+  int running;               /* atomic */
+  int stopping;              /* atomic */
+  unsigned idle;             /* atomic: workers blocked with nothing to do */
+  unsigned next_worker;      /* atomic: round-robin tie-break */
+  pthread_mutex_t calls_lock;
+  struct jobq calls;         /* ordered: ame_reactor_call() */
+  uint64_t accepted;         /* atomic */
+  uint64_t accept_errors;    /* atomic */
+};
+
+/* The worker the calling thread is, or NULL. */
+struct worker *ame__current(void);
+
+/* Handles. */
+void ame__handle_init(ame_handle_t *h, int type, ame_reactor_t *r,
+                      struct worker *w, void *data);
+void ame__handle_link(ame_handle_t *h);
+void ame__handle_unlink(ame_handle_t *h);
+void ame__handle_ref(ame_handle_t *h);
+void ame__handle_unref(ame_handle_t *h);
+
+/* Ops: allocate (with len payload bytes), then submit: at commit inside a
+** transaction, at once outside.  Return 0 or -ENOMEM. */
+struct op *ame__op_new(int (*run)(struct op *), ame_handle_t *h,
+                       struct worker *w, size_t len);
+int ame__op_submit(struct op *op);
+
+/* Jobs. */
+int ame__job_push(struct worker *w, struct jobq *q, struct job *job);
+
+/* Choose a worker for a new stream (fewest open, round-robin on ties). */
+struct worker *ame__pick_worker(ame_reactor_t *r);
+
+/* The worker to own a handle made by the calling thread. */
+struct worker *ame__home(ame_reactor_t *r);
+
+/* Log a failure. */
+void ame__log(ame_reactor_t *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Note a callback's result: count it, log a failure. */
+void ame__cb_done(struct worker *w, ame_handle_t *h, const char *what,
+                  int rc);
+
+enum { K_TCP, K_PIPE };
+
+struct ame_stream {
+  ame_handle_t h;
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } u;
+  int kind;                    /* K_TCP or K_PIPE */
+  const ame_stream_cbs_t *cbs;
+  size_t queued;               /* atomic: bytes in libuv's write queue */
+  size_t high, low;            /* watermarks */
+  int opened;                  /* handed to the program (on_close due) */
+  int reading;                 /* uv_read_start is on */
+  int paused_user;             /* ame_stream_pause() */
+  int paused_wm;               /* over the high watermark */
+  int want_close;              /* close once flushed */
+  int want_shutdown;           /* shut down writing once flushed */
+  int shut_done;
+  int closing_status;          /* status to give on_close */
+  int fd;                      /* the socket, for accessors */
+  uv_connect_t connect_req;
+  uv_shutdown_t shutdown_req;
+  struct sockaddr_storage peer;/* for connect */
+  char *path;                  /* Unix connect path */
+};
+
+/* Streams (stream.c). */
+int ame__stream_adopt_fd(struct worker *w, int fd, int is_pipe,
+                         const ame_stream_cbs_t *cbs, void *data,
+                         ame_stream_t **out, int call_open);
+void ame__stream_stop(ame_handle_t *h);
+/* A pipe stream for a child's stdio: new (libuv handle initialised on w's
+** loop), then opened once the child runs, or discarded if it did not. */
+ame_stream_t *ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs,
+                            void *data);
+void ame__pipe_opened(ame_stream_t *s, int read);
+void ame__pipe_discard(ame_stream_t *s);
+void ame__streams_abort_all(struct worker *w);
+
+/* Parse a numeric host and port into sa.  Return 0 or -EINVAL. */
+int ame__parse_addr(const char *host, int port, struct sockaddr_storage *sa);
+
+#endif /* AME_REACTOR_INTERNAL_H */

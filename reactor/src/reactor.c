@@ -1,0 +1,764 @@
+/*
+** reactor/src/reactor.c — workers, ops, jobs, handles, run and stop.
+**
+** Each worker is a thread running its own libuv loop.  Its async handle is
+** the only way in from other threads: it drains the inbox of ops and wakes
+** the worker to run jobs.  Jobs run from the check phase (after polling),
+** a bounded batch at a time; a worker with nothing of its own steals jobs
+** from the others before it blocks, and workers that are blocked are woken
+** when work appears that they could take.
+*/
+#include "internal.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define JOB_BATCH 64       /* jobs per loop iteration before polling again */
+#define READBUF_SIZE 65536
+
+static __thread struct worker *current;
+
+struct worker *ame__current(void) { return current; }
+
+void ame__log(ame_reactor_t *r, const char *fmt, ...) {
+  FILE *f = r && r->log ? r->log : stderr;
+  va_list ap;
+  va_start(ap, fmt);
+  flockfile(f);
+  fputs("ame: ", f);
+  vfprintf(f, fmt, ap);
+  fputc('\n', f);
+  funlockfile(f);
+  fflush(f);
+  va_end(ap);
+}
+
+/* ------------------------------------------------------------------------
+** Handles.
+*/
+
+void ame__handle_init(ame_handle_t *h, int type, ame_reactor_t *r,
+                      struct worker *w, void *data) {
+  h->type = type;
+  h->state = HS_NEW;
+  h->r = r;
+  h->w = w;
+  h->data = data;
+  h->name = NULL;
+  h->refs = 1; /* the "open" reference, dropped when closed */
+  h->prev = h->next = NULL;
+  h->on_stop = NULL;
+}
+
+/* Owner thread (or before run): track a live handle for graceful stop. */
+void ame__handle_link(ame_handle_t *h) {
+  struct worker *w = h->w;
+  h->prev = NULL;
+  h->next = w->handles;
+  if (w->handles) w->handles->prev = h;
+  w->handles = h;
+}
+
+void ame__handle_unlink(ame_handle_t *h) {
+  struct worker *w = h->w;
+  if (h->prev)
+    h->prev->next = h->next;
+  else if (w->handles == h)
+    w->handles = h->next;
+  if (h->next) h->next->prev = h->prev;
+  h->prev = h->next = NULL;
+}
+
+void ame__handle_ref(ame_handle_t *h) { ADD(&h->refs, 1); }
+
+/* Drop a reference; the last one frees the handle once no transaction
+** that may still hold a pointer to it is running. */
+void ame__handle_unref(ame_handle_t *h) {
+  if (SUB(&h->refs, 1) != 0) return;
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) == 0) {
+    AME_ATOMIC(tx) { ame_tx_free(tx, h, 0); }
+  } else if (tx) {
+    /* Inside a transaction (an abort handler): free when it ends. */
+    ame_tx_free(tx, h, 0);
+  } else {
+    ame_quiesce(NULL);
+    free(h);
+  }
+}
+
+void *ame_handle_data(const void *handle) {
+  return LOAD(&((const ame_handle_t *)handle)->data);
+}
+
+void ame_handle_set_data(void *handle, void *data) {
+  STORE(&((ame_handle_t *)handle)->data, data);
+}
+
+void ame_handle_set_name(void *handle, const char *name) {
+  STORE(&((ame_handle_t *)handle)->name, name);
+}
+
+/* ------------------------------------------------------------------------
+** Ops.
+*/
+
+struct op *ame__op_new(int (*run)(struct op *), ame_handle_t *h,
+                       struct worker *w, size_t len) {
+  struct op *op = malloc(sizeof *op + len);
+  if (op == NULL) return NULL;
+  op->run = run;
+  op->next = NULL;
+  op->h = h;
+  op->w = w ? w : h->w;
+  op->a = op->b = 0;
+  op->p = NULL;
+  op->len = len;
+  if (h) ame__handle_ref(h);
+  return op;
+}
+
+static void op_free(struct op *op) {
+  ame_handle_t *h = op->h;
+  free(op);
+  if (h) ame__handle_unref(h);
+}
+
+static void op_run(struct op *op) {
+  if (!op->run(op)) op_free(op);
+}
+
+static void wake(struct worker *w) { uv_async_send(&w->async); }
+
+static void op_dispatch(void *arg) {
+  struct op *op = arg;
+  if (current == op->w) {
+    op_run(op);
+    return;
+  }
+  struct worker *w = op->w;
+  pthread_mutex_lock(&w->lock);
+  if (w->inbox_tail)
+    w->inbox_tail->next = op;
+  else
+    w->inbox_head = op;
+  w->inbox_tail = op;
+  pthread_mutex_unlock(&w->lock);
+  wake(w);
+}
+
+static void op_discard(void *arg) { op_free(arg); }
+
+int ame__op_submit(struct op *op) {
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    if (ame_tx_on_commit(tx, op_dispatch, op) != 0) {
+      op_free(op);
+      return -ENOMEM;
+    }
+    if (ame_tx_on_abort(tx, op_discard, op) != 0) {
+      /* The commit handler is registered; let it run, and make sure the
+      ** attempt cannot commit without its abort handler: abort it. */
+      ame_tx_abort(tx);
+    }
+    return 0;
+  }
+  op_dispatch(op);
+  return 0;
+}
+
+static void drain_inbox(struct worker *w) {
+  pthread_mutex_lock(&w->lock);
+  struct op *op = w->inbox_head;
+  w->inbox_head = w->inbox_tail = NULL;
+  pthread_mutex_unlock(&w->lock);
+  while (op) {
+    struct op *next = op->next;
+    op_run(op);
+    op = next;
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Jobs.
+*/
+
+static void q_push(struct jobq *q, struct job *job) {
+  job->next = NULL;
+  if (q->tail)
+    q->tail->next = job;
+  else
+    q->head = job;
+  q->tail = job;
+}
+
+/* Take the next runnable job from q (lock held), or NULL. */
+static struct job *q_take(struct jobq *q) {
+  struct job *job = q->head;
+  if (job == NULL || (q->ordered && q->in_flight)) return NULL;
+  q->head = job->next;
+  if (q->head == NULL) q->tail = NULL;
+  if (q->ordered) q->in_flight = 1;
+  return job;
+}
+
+/* Wake one worker that is blocked with nothing to do, if any. */
+static void wake_idle(ame_reactor_t *r, struct worker *except) {
+  if (LOAD(&r->idle) == 0) return;
+  for (unsigned i = 0; i < r->nworkers; i++) {
+    struct worker *w = &r->workers[i];
+    if (w != except && LOAD(&w->idle_marked)) {
+      wake(w);
+      return;
+    }
+  }
+}
+
+int ame__job_push(struct worker *w, struct jobq *q, struct job *job) {
+  ame_reactor_t *r = w->r;
+  if (LOAD(&r->stopping)) return -ESHUTDOWN;
+  pthread_mutex_t *lock = q == &r->calls ? &r->calls_lock : &w->lock;
+  pthread_mutex_lock(lock);
+  q_push(q, job);
+  pthread_mutex_unlock(lock);
+  if (current != w) wake(w);
+  wake_idle(r, w);
+  return 0;
+}
+
+static void job_free(struct job *job) {
+  if (job->h) ame__handle_unref(job->h);
+  free(job);
+}
+
+/* Run one job as a transaction on worker w.  It came from queue q, guarded
+** by lock, of worker owner (NULL for the reactor's calls). */
+static void job_run(struct worker *w, struct jobq *q, pthread_mutex_t *lock,
+                    struct worker *owner, struct job *job) {
+  job->fn(w->tx, job->arg, job);
+  if (q->ordered) {
+    pthread_mutex_lock(lock);
+    q->in_flight = 0;
+    int more = q->head != NULL;
+    pthread_mutex_unlock(lock);
+    /* Someone else's ordered queue has more: let its owner (or an idle
+    ** worker) continue it while we go back to our own work. */
+    if (more && owner != w) wake(owner ? owner : &w->r->workers[0]);
+  }
+  job_free(job);
+}
+
+/* Try our own queues, then the reactor's calls, then steal. */
+static int run_jobs(struct worker *w, unsigned budget) {
+  ame_reactor_t *r = w->r;
+  unsigned ran = 0;
+  while (ran < budget && !w->stopping) {
+    struct job *job = NULL;
+    struct jobq *q = NULL;
+    pthread_mutex_t *lock = &w->lock;
+    struct worker *owner = w;
+    pthread_mutex_lock(&w->lock);
+    if ((job = q_take(&w->timers))) q = &w->timers;
+    else if ((job = q_take(&w->tasks))) q = &w->tasks;
+    pthread_mutex_unlock(&w->lock);
+    if (job == NULL) {
+      pthread_mutex_lock(&r->calls_lock);
+      if ((job = q_take(&r->calls))) {
+        q = &r->calls;
+        lock = &r->calls_lock;
+        owner = NULL;
+      }
+      pthread_mutex_unlock(&r->calls_lock);
+    }
+    for (unsigned k = 1; job == NULL && k < r->nworkers; k++) {
+      struct worker *v = &r->workers[(w->id + k) % r->nworkers];
+      if (pthread_mutex_trylock(&v->lock) != 0) continue;
+      if ((job = q_take(&v->tasks))) q = &v->tasks;
+      else if ((job = q_take(&v->timers))) q = &v->timers;
+      pthread_mutex_unlock(&v->lock);
+      if (job) {
+        lock = &v->lock;
+        owner = v;
+        ADD(&w->stolen, 1);
+      }
+    }
+    if (job == NULL) break;
+    job_run(w, q, lock, owner, job);
+    ran++;
+  }
+  return (int)ran;
+}
+
+static int has_jobs(struct worker *w) {
+  ame_reactor_t *r = w->r;
+  pthread_mutex_lock(&w->lock);
+  int mine = (w->timers.head && !w->timers.in_flight) || w->tasks.head ||
+             w->inbox_head;
+  pthread_mutex_unlock(&w->lock);
+  if (mine) return 1;
+  pthread_mutex_lock(&r->calls_lock);
+  int calls = r->calls.head && !r->calls.in_flight;
+  pthread_mutex_unlock(&r->calls_lock);
+  return calls;
+}
+
+/* ------------------------------------------------------------------------
+** The worker loop.
+*/
+
+static void begin_stop(struct worker *w);
+
+static void async_cb(uv_async_t *a) {
+  struct worker *w = a->data;
+  drain_inbox(w);
+  if (LOAD(&w->r->stopping) && !w->stopping) begin_stop(w);
+}
+
+static void idle_cb(uv_idle_t *i) { (void)i; }
+
+static void check_cb(uv_check_t *c) {
+  struct worker *w = c->data;
+  if (w->idle_marked) {
+    w->idle_marked = 0;
+    SUB(&w->r->idle, 1);
+  }
+  run_jobs(w, JOB_BATCH);
+  if (has_jobs(w))
+    uv_idle_start(&w->idle, idle_cb);
+  else
+    uv_idle_stop(&w->idle);
+}
+
+static void prepare_cb(uv_prepare_t *p) {
+  struct worker *w = p->data;
+  if (w->stopping) return;
+  /* About to poll: steal something first rather than block. */
+  if (run_jobs(w, JOB_BATCH) > 0 || has_jobs(w)) {
+    uv_idle_start(&w->idle, idle_cb);
+    return;
+  }
+  uv_idle_stop(&w->idle);
+  if (!w->idle_marked) {
+    STORE(&w->idle_marked, 1);
+    ADD(&w->r->idle, 1);
+  }
+  ame_thread_idle(w->tx);
+}
+
+static void worker_loop(struct worker *w) {
+  current = w;
+  w->tx = ame_thread_enter();
+  if (w->tx == NULL) {
+    ame__log(w->r, "worker %u: cannot register with the STM", w->id);
+    abort();
+  }
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  if (w->idle_marked) {
+    w->idle_marked = 0;
+    SUB(&w->r->idle, 1);
+  }
+  ame_thread_idle(w->tx);
+  ame_thread_exit();
+  w->tx = NULL;
+  current = NULL;
+}
+
+static void worker_main(void *arg) { worker_loop(arg); }
+
+/* ------------------------------------------------------------------------
+** Graceful stop.
+*/
+
+static void close_internal(struct worker *w) {
+  uv_close((uv_handle_t *)&w->async, NULL);
+  uv_close((uv_handle_t *)&w->idle, NULL);
+  uv_close((uv_handle_t *)&w->prepare, NULL);
+  uv_close((uv_handle_t *)&w->check, NULL);
+  uv_close((uv_handle_t *)&w->drain_timer, NULL);
+}
+
+static void drop_jobs(struct jobq *q) {
+  struct job *job = q->head;
+  q->head = q->tail = NULL;
+  while (job) {
+    struct job *next = job->next;
+    job_free(job);
+    job = next;
+  }
+}
+
+/* Called when a handle of a stopping worker has closed. */
+static void maybe_finish(struct worker *w);
+
+static void drain_timeout_cb(uv_timer_t *t) {
+  struct worker *w = t->data;
+  ame__streams_abort_all(w);
+}
+
+static void stop_check_cb(uv_check_t *c) {
+  struct worker *w = c->data;
+  drain_inbox(w);
+  maybe_finish(w);
+}
+
+static void maybe_finish(struct worker *w) {
+  if (w->handles == NULL && !uv_is_closing((uv_handle_t *)&w->async)) {
+    uv_timer_stop(&w->drain_timer);
+    close_internal(w);
+  }
+}
+
+static void begin_stop(struct worker *w) {
+  w->stopping = 1;
+  pthread_mutex_lock(&w->lock);
+  drop_jobs(&w->timers);
+  drop_jobs(&w->tasks);
+  pthread_mutex_unlock(&w->lock);
+  if (w->id == 0) {
+    pthread_mutex_lock(&w->r->calls_lock);
+    drop_jobs(&w->r->calls);
+    pthread_mutex_unlock(&w->r->calls_lock);
+  }
+  /* Ask every live handle to stop; streams flush first. */
+  ame_handle_t *h = w->handles;
+  while (h) {
+    ame_handle_t *next = h->next;
+    if (h->on_stop) h->on_stop(h);
+    h = next;
+  }
+  uv_idle_stop(&w->idle);
+  uv_check_stop(&w->check);
+  uv_check_start(&w->check, stop_check_cb);
+  uv_timer_start(&w->drain_timer, drain_timeout_cb, w->r->drain_timeout_ms,
+                 0);
+  uv_unref((uv_handle_t *)&w->drain_timer);
+}
+
+/* ------------------------------------------------------------------------
+** The reactor.
+*/
+
+int ame_reactor_new(ame_reactor_t **out, const ame_reactor_config_t *cfg) {
+  if (out == NULL) return -EINVAL;
+  *out = NULL;
+  ame_reactor_t *r = calloc(1, sizeof *r);
+  if (r == NULL) return -ENOMEM;
+  unsigned n = cfg && cfg->workers ? cfg->workers : 0;
+  if (n == 0) {
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    n = c > 0 ? (unsigned)c : 1;
+  }
+  if (n > 1024) {
+    free(r);
+    return -EINVAL;
+  }
+  r->nworkers = n;
+  r->high = cfg && cfg->high_watermark ? cfg->high_watermark : 1u << 20;
+  r->low = cfg && cfg->low_watermark ? cfg->low_watermark : 256u << 10;
+  if (r->low > r->high) r->low = r->high;
+  r->drain_timeout_ms =
+      cfg && cfg->drain_timeout_ms ? cfg->drain_timeout_ms : 5000;
+  r->report_on_stop = cfg ? cfg->report_on_stop : 0;
+  r->log = cfg && cfg->log ? cfg->log : stderr;
+  r->calls.ordered = 1;
+  pthread_mutex_init(&r->calls_lock, NULL);
+  r->workers = calloc(n, sizeof *r->workers);
+  if (r->workers == NULL) {
+    free(r);
+    return -ENOMEM;
+  }
+  int rc = 0;
+  unsigned i;
+  for (i = 0; i < n; i++) {
+    struct worker *w = &r->workers[i];
+    w->r = r;
+    w->id = i;
+    w->timers.ordered = 1;
+    w->readbuf = malloc(READBUF_SIZE);
+    if (w->readbuf == NULL) {
+      rc = -ENOMEM;
+      break;
+    }
+    if ((rc = uv_loop_init(&w->loop)) != 0) {
+      free(w->readbuf);
+      break;
+    }
+    pthread_mutex_init(&w->lock, NULL);
+    uv_async_init(&w->loop, &w->async, async_cb);
+    uv_idle_init(&w->loop, &w->idle);
+    uv_prepare_init(&w->loop, &w->prepare);
+    uv_check_init(&w->loop, &w->check);
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->async.data = w->idle.data = w->prepare.data = w->check.data = w;
+    w->drain_timer.data = w;
+    w->loop.data = w;
+    uv_prepare_start(&w->prepare, prepare_cb);
+    uv_check_start(&w->check, check_cb);
+    /* Internal handles do not keep the loop alive; user handles and the
+    ** async (until stop) do. */
+    uv_unref((uv_handle_t *)&w->prepare);
+    uv_unref((uv_handle_t *)&w->check);
+  }
+  if (rc != 0) {
+    r->nworkers = i;
+    ame_reactor_free(r);
+    return rc;
+  }
+  *out = r;
+  return 0;
+}
+
+unsigned ame_reactor_workers(const ame_reactor_t *r) { return r->nworkers; }
+
+int ame_reactor_current_worker(const ame_reactor_t *r) {
+  return current && current->r == r ? (int)current->id : -1;
+}
+
+uint64_t ame_reactor_now(ame_reactor_t *r) {
+  struct worker *w = current && current->r == r ? current : &r->workers[0];
+  return uv_now(&w->loop);
+}
+
+int ame_reactor_run(ame_reactor_t *r) {
+  if (r == NULL) return -EINVAL;
+  int expected = 0;
+  if (!__atomic_compare_exchange_n(&r->running, &expected, 1, 0,
+                                   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+    return -EALREADY;
+  unsigned started = 1;
+  for (unsigned i = 1; i < r->nworkers; i++) {
+    if (uv_thread_create(&r->workers[i].thread, worker_main,
+                         &r->workers[i]) != 0) {
+      ame__log(r, "cannot start worker %u; running with %u", i, started);
+      break;
+    }
+    started++;
+  }
+  /* Workers that could not start: their loops are stopped with the rest. */
+  worker_loop(&r->workers[0]);
+  for (unsigned i = 1; i < started; i++) uv_thread_join(&r->workers[i].thread);
+  for (unsigned i = started; i < r->nworkers; i++) {
+    struct worker *w = &r->workers[i];
+    current = w;
+    w->tx = ame_thread_enter();
+    begin_stop(w);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    ame_thread_exit();
+    current = NULL;
+  }
+  if (r->report_on_stop) ame_reactor_report(r, r->log);
+  STORE(&r->running, 0);
+  return 0;
+}
+
+static void stop_now(void *arg) {
+  ame_reactor_t *r = arg;
+  int expected = 0;
+  if (!__atomic_compare_exchange_n(&r->stopping, &expected, 1, 0,
+                                   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+    return;
+  for (unsigned i = 0; i < r->nworkers; i++) wake(&r->workers[i]);
+}
+
+void ame_reactor_stop(ame_reactor_t *r) {
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    if (ame_tx_on_commit(tx, stop_now, r) == 0) return;
+  }
+  stop_now(r);
+}
+
+/* Free the ops still in a worker's inbox without running them. */
+static void drain_inbox_free(struct worker *w) {
+  struct op *op = w->inbox_head;
+  w->inbox_head = w->inbox_tail = NULL;
+  while (op) {
+    struct op *next = op->next;
+    op_free(op);
+    op = next;
+  }
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+void ame_reactor_free(ame_reactor_t *r) {
+  if (r == NULL) return;
+  assert(!LOAD(&r->running) && "ame_reactor_free while running");
+  for (unsigned i = 0; i < r->nworkers; i++) {
+    struct worker *w = &r->workers[i];
+    drain_inbox_free(w);
+    drop_jobs(&w->timers);
+    drop_jobs(&w->tasks);
+    /* Handles never run: close them without callbacks. */
+    uv_walk(&w->loop, close_walk_cb, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    ame_handle_t *h = w->handles;
+    while (h) {
+      ame_handle_t *next = h->next;
+      free(h);
+      h = next;
+    }
+    uv_loop_close(&w->loop);
+    pthread_mutex_destroy(&w->lock);
+    free(w->readbuf);
+  }
+  drop_jobs(&r->calls);
+  pthread_mutex_destroy(&r->calls_lock);
+  free(r->workers);
+  free(r);
+}
+
+/* ------------------------------------------------------------------------
+** Calls and tasks.
+*/
+
+static int call_job(ame_tx_t *tx, void *arg, struct job *job) {
+  struct worker *w = ame__current();
+  ame_call_fn fn = (ame_call_fn)(uintptr_t)job->user_fn;
+  volatile int rc = 0;
+  AME_ATOMIC(tx) {
+    ame_tx_set_site(tx, "ame_reactor_call");
+    rc = fn(tx, arg);
+  }
+  ame__cb_done(w, NULL, "posted call", rc);
+  return rc;
+}
+
+struct post {
+  ame_reactor_t *r;
+  struct job *job;
+  int task;
+};
+
+static int push_post(ame_reactor_t *r, struct job *job, int task) {
+  if (task) {
+    struct worker *w = ame__home(r);
+    return ame__job_push(w, &w->tasks, job);
+  }
+  return ame__job_push(&r->workers[0], &r->calls, job);
+}
+
+static void post_now(void *arg) {
+  struct post *p = arg;
+  if (push_post(p->r, p->job, p->task) != 0) free(p->job);
+  free(p);
+}
+
+static void post_drop(void *arg) {
+  struct post *p = arg;
+  free(p->job);
+  free(p);
+}
+
+static int post(ame_reactor_t *r, ame_call_fn fn, void *arg, int task) {
+  if (r == NULL || fn == NULL) return -EINVAL;
+  if (LOAD(&r->stopping)) return -ESHUTDOWN;
+  struct job *job = calloc(1, sizeof *job);
+  if (job == NULL) return -ENOMEM;
+  job->fn = call_job;
+  job->arg = arg;
+  job->user_fn = (uint64_t)(uintptr_t)fn;
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    struct post *p = malloc(sizeof *p);
+    if (p == NULL) {
+      free(job);
+      return -ENOMEM;
+    }
+    p->r = r;
+    p->job = job;
+    p->task = task;
+    if (ame_tx_on_commit(tx, post_now, p) != 0) {
+      free(job);
+      free(p);
+      return -ENOMEM;
+    }
+    if (ame_tx_on_abort(tx, post_drop, p) != 0) ame_tx_abort(tx);
+    return 0;
+  }
+  int rc = push_post(r, job, task);
+  if (rc != 0) free(job);
+  return rc;
+}
+
+int ame_reactor_call(ame_reactor_t *r, ame_call_fn fn, void *arg) {
+  return post(r, fn, arg, 0);
+}
+
+int ame_reactor_task(ame_reactor_t *r, ame_call_fn fn, void *arg) {
+  return post(r, fn, arg, 1);
+}
+
+struct worker *ame__home(ame_reactor_t *r) {
+  if (current && current->r == r) return current;
+  unsigned i = ADD(&r->next_worker, 1) % r->nworkers;
+  return &r->workers[i];
+}
+
+struct worker *ame__pick_worker(ame_reactor_t *r) {
+  unsigned start = ADD(&r->next_worker, 1) % r->nworkers;
+  struct worker *best = &r->workers[start];
+  unsigned best_n = LOAD(&best->nstreams);
+  for (unsigned k = 1; k < r->nworkers; k++) {
+    struct worker *w = &r->workers[(start + k) % r->nworkers];
+    unsigned n = LOAD(&w->nstreams);
+    if (n < best_n) {
+      best = w;
+      best_n = n;
+    }
+  }
+  return best;
+}
+
+void ame__cb_done(struct worker *w, ame_handle_t *h, const char *what,
+                  int rc) {
+  if (w == NULL) return;
+  ADD(&w->callbacks, 1);
+  if (rc >= 0) return;
+  ADD(&w->failures, 1);
+  const char *name = h ? LOAD(&h->name) : NULL;
+  ame__log(w->r, "worker %u: %s%s%s failed: %s", w->id, name ? name : "",
+           name ? " " : "", what, uv_strerror(rc));
+}
+
+/* ------------------------------------------------------------------------
+** Statistics.
+*/
+
+void ame_reactor_stats(const ame_reactor_t *r, ame_reactor_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  for (unsigned i = 0; i < r->nworkers; i++) {
+    const struct worker *w = &r->workers[i];
+    uint64_t c = LOAD(&w->callbacks);
+    out->callbacks += c;
+    out->failures += LOAD(&w->failures);
+    out->stolen += LOAD(&w->stolen);
+    out->streams_open += LOAD(&w->nstreams);
+    if (i < 64) out->per_worker_callbacks[i] = c;
+  }
+  out->accepted = LOAD(&r->accepted);
+  out->accept_errors = LOAD(&r->accept_errors);
+}
+
+void ame_reactor_report(ame_reactor_t *r, FILE *f) {
+  ame_reactor_stats_t s;
+  ame_reactor_stats(r, &s);
+  fprintf(f, "ame reactor: %u workers, %llu callbacks (%llu failed, %llu "
+             "run by another worker), %llu accepted (%llu accept errors)\n",
+          r->nworkers, (unsigned long long)s.callbacks,
+          (unsigned long long)s.failures, (unsigned long long)s.stolen,
+          (unsigned long long)s.accepted,
+          (unsigned long long)s.accept_errors);
+  fprintf(f, "  callbacks per worker:");
+  for (unsigned i = 0; i < r->nworkers && i < 64; i++)
+    fprintf(f, " %llu", (unsigned long long)s.per_worker_callbacks[i]);
+  fprintf(f, "\n");
+  ame_conflict_report(f, 10);
+}

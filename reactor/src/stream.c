@@ -1,0 +1,956 @@
+/*
+** reactor/src/stream.c — streams (TCP, Unix sockets, pipes) and listeners.
+**
+** A stream lives on one worker's loop for its whole life, so its callbacks
+** run one at a time and in event order.  Writes asked for inside a callback
+** become ops that run after the commit: on the owner they try the socket at
+** once (uv_try_write) and queue the rest.  The bytes queued are counted; over
+** the high watermark the stream stops reading until the queue falls under
+** the low one, so a peer that sends faster than it reads cannot make the
+** process buffer without bound.
+**
+** A listener accepts on its own socket with a uv_poll on its worker (one
+** per worker with SO_REUSEPORT) and hands each new socket to the worker
+** with the fewest open streams.  accept() failing for lack of descriptors
+** (EMFILE, ENFILE) or memory pauses accepting for a while, then retries;
+** the pending connections wait in the kernel's backlog meanwhile.
+*/
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define ACCEPT_BATCH 64       /* accepts per readable event */
+#define ACCEPT_RETRY_MS 100   /* pause after EMFILE and friends */
+
+struct ame_listener {
+  ame_handle_t h;
+  struct ame_listener *group;  /* the first of a REUSEPORT group */
+  struct ame_listener *next_in_group;
+  int fd;
+  int is_unix;
+  char *path;                  /* Unix: unlinked at close */
+  const ame_stream_cbs_t *cbs;
+  uv_poll_t poll;
+  uv_timer_t retry;
+  int polling;
+  int port;
+  int inits;                   /* uv handles to close */
+};
+
+/* ------------------------------------------------------------------------
+** Running stream callbacks.
+*/
+
+static void stream_close(ame_stream_t *s, int status, int reset);
+void ame__stream_read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
+
+/* Duplicate fd for a handle of ours (close-on-exec, non-blocking).  Return
+** the new descriptor or -errno. */
+static int fcntl_dup(int fd) {
+  int n = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (n < 0) return -errno;
+  int fl = fcntl(n, F_GETFL);
+  if (fl < 0 || fcntl(n, F_SETFL, fl | O_NONBLOCK) != 0) {
+    int e = -errno;
+    close(n);
+    return e;
+  }
+  return n;
+}
+
+static void stream_failed(ame_stream_t *s, int rc) {
+  if (rc < 0) stream_close(s, rc, 1);
+}
+
+static int cb_open(ame_stream_t *s) {
+  struct worker *w = s->h.w;
+  if (s->cbs->on_open == NULL) return 0;
+  volatile int rc = 0;
+  AME_ATOMIC(w->tx) {
+    ame_tx_set_site(w->tx, s->h.name ? s->h.name : "on_open");
+    rc = s->cbs->on_open(w->tx, s);
+  }
+  ame__cb_done(w, &s->h, "on_open", rc);
+  return rc;
+}
+
+static int cb_data(ame_stream_t *s, const char *data, size_t len) {
+  struct worker *w = s->h.w;
+  if (s->cbs->on_data == NULL) return 0;
+  volatile int rc = 0;
+  AME_ATOMIC(w->tx) {
+    ame_tx_set_site(w->tx, s->h.name ? s->h.name : "on_data");
+    rc = s->cbs->on_data(w->tx, s, data, len);
+  }
+  ame__cb_done(w, &s->h, "on_data", rc);
+  return rc;
+}
+
+static int cb_simple(ame_stream_t *s, int (*fn)(ame_tx_t *, ame_stream_t *),
+                     const char *what) {
+  struct worker *w = s->h.w;
+  volatile int rc = 0;
+  AME_ATOMIC(w->tx) {
+    ame_tx_set_site(w->tx, s->h.name ? s->h.name : what);
+    rc = fn(w->tx, s);
+  }
+  ame__cb_done(w, &s->h, what, rc);
+  return rc;
+}
+
+static void cb_close(ame_stream_t *s, int status) {
+  struct worker *w = s->h.w;
+  if (s->cbs->on_close == NULL) return;
+  AME_ATOMIC(w->tx) {
+    ame_tx_set_site(w->tx, s->h.name ? s->h.name : "on_close");
+    s->cbs->on_close(w->tx, s, status);
+  }
+  ame__cb_done(w, &s->h, "on_close", 0);
+}
+
+/* ------------------------------------------------------------------------
+** Reading.
+*/
+
+static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)hint;
+  struct worker *w = h->loop->data;
+  buf->base = w->readbuf;
+  buf->len = 65536;
+}
+
+static void update_reading(ame_stream_t *s) {
+  int want = s->h.state == HS_OPEN && !s->paused_user && !s->paused_wm &&
+             !s->want_close;
+  if (want && !s->reading) {
+    if (uv_read_start(&s->u.stream, alloc_cb, ame__stream_read_cb) == 0)
+      s->reading = 1;
+  } else if (!want && s->reading) {
+    uv_read_stop(&s->u.stream);
+    s->reading = 0;
+  }
+}
+
+void ame__stream_read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  ame_stream_t *s = st->data;
+  if (n > 0) {
+    stream_failed(s, cb_data(s, buf->base, (size_t)n));
+    return;
+  }
+  if (n == 0) return; /* EAGAIN */
+  if (n == UV_EOF) {
+    uv_read_stop(st);
+    s->reading = 0;
+    if (s->cbs->on_eof) {
+      stream_failed(s, cb_simple(s, s->cbs->on_eof, "on_eof"));
+    } else {
+      s->want_close = 1;
+      if (LOAD(&s->queued) == 0) stream_close(s, 0, 0);
+    }
+    return;
+  }
+  stream_close(s, (int)n, 0);
+}
+
+/* ------------------------------------------------------------------------
+** Closing.
+*/
+
+static void close_cb(uv_handle_t *hd) {
+  ame_stream_t *s = hd->data;
+  s->h.state = HS_CLOSED;
+  ame__handle_unlink(&s->h);
+  SUB(&s->h.w->nstreams, 1);
+  if (s->opened) cb_close(s, s->closing_status);
+  free(s->path);
+  s->path = NULL;
+  ame__handle_unref(&s->h);
+}
+
+/* Close now (reset: TCP RST, drop queued writes). */
+static void stream_close(ame_stream_t *s, int status, int reset) {
+  if (s->h.state != HS_OPEN && s->h.state != HS_NEW) return;
+  s->h.state = HS_CLOSING;
+  s->closing_status = status;
+  if (s->reading) {
+    uv_read_stop(&s->u.stream);
+    s->reading = 0;
+  }
+  if (reset && s->kind == K_TCP && uv_tcp_close_reset(&s->u.tcp, close_cb) == 0)
+    return;
+  uv_close(&s->u.handle, close_cb);
+}
+
+static void shutdown_cb(uv_shutdown_t *req, int status) {
+  ame_stream_t *s = req->data;
+  (void)status;
+  s->shut_done = 1;
+}
+
+/* Called when the write queue may have emptied. */
+static void flushed(ame_stream_t *s) {
+  if (LOAD(&s->queued) != 0 || s->h.state != HS_OPEN) return;
+  if (s->want_close) {
+    stream_close(s, 0, 0);
+  } else if (s->want_shutdown && !s->shut_done) {
+    s->want_shutdown = 0;
+    s->shutdown_req.data = s;
+    if (uv_shutdown(&s->shutdown_req, &s->u.stream, shutdown_cb) != 0)
+      s->shut_done = 1;
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Writing.
+*/
+
+static void write_cb(uv_write_t *req, int status) {
+  struct op *op = req->data;
+  ame_stream_t *s = (ame_stream_t *)op->h;
+  size_t left = SUB(&s->queued, (size_t)op->a);
+  if (status < 0 && status != UV_ECANCELED && s->h.state == HS_OPEN) {
+    stream_close(s, status, 0);
+  } else if (s->h.state == HS_OPEN) {
+    if (s->paused_wm && left <= s->low) {
+      s->paused_wm = 0;
+      update_reading(s);
+      if (s->cbs->on_drain)
+        stream_failed(s, cb_simple(s, s->cbs->on_drain, "on_drain"));
+    }
+    flushed(s);
+  }
+  /* The op was kept by op_write; release it now. */
+  ame_handle_t *h = op->h;
+  free(op);
+  ame__handle_unref(h);
+}
+
+static int op_write(struct op *op) {
+  ame_stream_t *s = (ame_stream_t *)op->h;
+  if (s->h.state != HS_OPEN) return 0;
+  uv_buf_t b = uv_buf_init(op->data, (unsigned)op->len);
+  if (LOAD(&s->queued) == 0) {
+    int n = uv_try_write(&s->u.stream, &b, 1);
+    if (n == (int)op->len) return 0;
+    if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
+      stream_close(s, n, 0);
+      return 0;
+    }
+    if (n > 0) {
+      b.base += n;
+      b.len -= (unsigned)n;
+    }
+  }
+  op->a = b.len;
+  op->wreq.data = op;
+  ADD(&s->queued, (size_t)b.len);
+  int rc = uv_write(&op->wreq, &s->u.stream, &b, 1, write_cb);
+  if (rc != 0) {
+    SUB(&s->queued, (size_t)b.len);
+    stream_close(s, rc, 0);
+    return 0;
+  }
+  if (!s->paused_wm && LOAD(&s->queued) > s->high) {
+    s->paused_wm = 1;
+    update_reading(s);
+  }
+  return 1;
+}
+
+int ame_stream_write(ame_stream_t *s, const void *data, size_t len) {
+  if (s == NULL || (data == NULL && len)) return -EINVAL;
+  if (len == 0) return 0;
+  if (len > UINT32_MAX) return -EINVAL;
+  struct op *op = ame__op_new(op_write, &s->h, NULL, len);
+  if (op == NULL) return -ENOMEM;
+  memcpy(op->data, data, len);
+  return ame__op_submit(op);
+}
+
+/* ------------------------------------------------------------------------
+** Control ops.
+*/
+
+enum { C_CLOSE, C_ABORT, C_SHUTDOWN, C_PAUSE, C_RESUME, C_NODELAY };
+
+static int op_control(struct op *op) {
+  ame_stream_t *s = (ame_stream_t *)op->h;
+  if (s->h.state != HS_OPEN) return 0;
+  switch (op->a) {
+  case C_CLOSE:
+    s->want_close = 1;
+    update_reading(s);
+    flushed(s);
+    break;
+  case C_ABORT: stream_close(s, 0, 1); break;
+  case C_SHUTDOWN:
+    s->want_shutdown = 1;
+    flushed(s);
+    break;
+  case C_PAUSE:
+    s->paused_user = 1;
+    update_reading(s);
+    break;
+  case C_RESUME:
+    s->paused_user = 0;
+    update_reading(s);
+    break;
+  case C_NODELAY:
+    if (s->kind == K_TCP) uv_tcp_nodelay(&s->u.tcp, (int)op->b);
+    break;
+  }
+  return 0;
+}
+
+static int control(ame_stream_t *s, int what, uint64_t arg) {
+  if (s == NULL) return -EINVAL;
+  struct op *op = ame__op_new(op_control, &s->h, NULL, 0);
+  if (op == NULL) return -ENOMEM;
+  op->a = (uint64_t)what;
+  op->b = arg;
+  return ame__op_submit(op);
+}
+
+void ame_stream_close(ame_stream_t *s) { control(s, C_CLOSE, 0); }
+void ame_stream_abort(ame_stream_t *s) { control(s, C_ABORT, 0); }
+void ame_stream_shutdown(ame_stream_t *s) { control(s, C_SHUTDOWN, 0); }
+void ame_stream_pause(ame_stream_t *s) { control(s, C_PAUSE, 0); }
+void ame_stream_resume(ame_stream_t *s) { control(s, C_RESUME, 0); }
+int ame_stream_nodelay(ame_stream_t *s, int on) {
+  return control(s, C_NODELAY, (uint64_t)(on != 0));
+}
+
+size_t ame_stream_write_queue(const ame_stream_t *s) {
+  return LOAD(&s->queued);
+}
+
+void ame_stream_set_watermarks(ame_stream_t *s, size_t high, size_t low) {
+  if (high) s->high = high;
+  if (low) s->low = low;
+  if (s->low > s->high) s->low = s->high;
+}
+
+int ame_stream_fd(const ame_stream_t *s) { return s->fd; }
+
+int ame_stream_peername(const ame_stream_t *s, struct sockaddr_storage *sa) {
+  socklen_t len = sizeof *sa;
+  memset(sa, 0, sizeof *sa);
+  return getpeername(s->fd, (struct sockaddr *)sa, &len) == 0 ? 0 : -errno;
+}
+
+int ame_stream_sockname(const ame_stream_t *s, struct sockaddr_storage *sa) {
+  socklen_t len = sizeof *sa;
+  memset(sa, 0, sizeof *sa);
+  return getsockname(s->fd, (struct sockaddr *)sa, &len) == 0 ? 0 : -errno;
+}
+
+unsigned ame_stream_worker(const ame_stream_t *s) { return s->h.w->id; }
+
+/* Graceful stop: flush, then close. */
+void ame__stream_stop(ame_handle_t *h) {
+  ame_stream_t *s = (ame_stream_t *)h;
+  if (s->h.state != HS_OPEN) return;
+  s->want_close = 1;
+  update_reading(s);
+  flushed(s);
+}
+
+/* The drain timeout passed: close whatever is still open. */
+void ame__streams_abort_all(struct worker *w) {
+  ame_handle_t *h = w->handles;
+  while (h) {
+    ame_handle_t *next = h->next;
+    if (h->type == H_STREAM) stream_close((ame_stream_t *)h, -ETIMEDOUT, 1);
+    h = next;
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Creating streams.
+*/
+
+static ame_stream_t *stream_new(ame_reactor_t *r, struct worker *w, int kind,
+                                const ame_stream_cbs_t *cbs, void *data) {
+  ame_stream_t *s = calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  ame__handle_init(&s->h, H_STREAM, r, w, data);
+  s->h.on_stop = ame__stream_stop;
+  s->kind = kind;
+  s->cbs = cbs;
+  s->high = r->high;
+  s->low = r->low;
+  s->fd = -1;
+  s->u.handle.data = s;
+  return s;
+}
+
+/* Owner thread: init the libuv handle on fd and start reading.  Return 0
+** or a libuv error (the fd is then closed by the caller). */
+static int stream_open_fd(ame_stream_t *s, int fd) {
+  struct worker *w = s->h.w;
+  int rc = s->kind == K_TCP ? uv_tcp_init(&w->loop, &s->u.tcp)
+                            : uv_pipe_init(&w->loop, &s->u.pipe, 0);
+  if (rc != 0) return rc;
+  s->u.handle.data = s;
+  rc = s->kind == K_TCP ? uv_tcp_open(&s->u.tcp, fd)
+                        : uv_pipe_open(&s->u.pipe, fd);
+  if (rc != 0) {
+    uv_close(&s->u.handle, NULL);
+    return rc;
+  }
+  s->fd = fd;
+  s->h.state = HS_OPEN;
+  ame__handle_link(&s->h);
+  ADD(&w->nstreams, 1);
+  return 0;
+}
+
+/* Free a stream whose libuv handle was never opened. */
+static void stream_discard(ame_stream_t *s) {
+  free(s->path);
+  free(s);
+}
+
+int ame__stream_adopt_fd(struct worker *w, int fd, int is_pipe,
+                         const ame_stream_cbs_t *cbs, void *data,
+                         ame_stream_t **out, int call_open) {
+  ame_stream_t *s = stream_new(w->r, w, is_pipe ? K_PIPE : K_TCP, cbs, data);
+  if (s == NULL) return -ENOMEM;
+  int rc = stream_open_fd(s, fd);
+  if (rc != 0) {
+    stream_discard(s);
+    return rc;
+  }
+  if (out) *out = s;
+  if (w->stopping) {
+    stream_close(s, -ESHUTDOWN, 1);
+    return 0;
+  }
+  s->opened = 1;
+  update_reading(s);
+  if (call_open) stream_failed(s, cb_open(s));
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+** Listeners.
+*/
+
+int ame__parse_addr(const char *host, int port, struct sockaddr_storage *sa) {
+  memset(sa, 0, sizeof *sa);
+  if (port < 0 || port > 65535 || host == NULL) return -EINVAL;
+  if (uv_ip4_addr(host, port, (struct sockaddr_in *)sa) == 0) return 0;
+  if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)sa) == 0) return 0;
+  return -EINVAL;
+}
+
+struct adopt {
+  int fd;
+  int is_unix;
+  const ame_stream_cbs_t *cbs;
+  void *data;
+};
+
+static int op_adopt(struct op *op) {
+  struct adopt *a = op->p;
+  struct worker *w = op->w;
+  int rc = ame__stream_adopt_fd(w, a->fd, a->is_unix, a->cbs, a->data, NULL,
+                                1);
+  if (rc != 0) {
+    ame__log(w->r, "worker %u: cannot set up an accepted connection: %s",
+             w->id, uv_strerror(rc));
+    close(a->fd);
+  }
+  free(a);
+  return 0;
+}
+
+static void listener_poll_cb(uv_poll_t *p, int status, int events);
+
+static void retry_cb(uv_timer_t *t) {
+  ame_listener_t *l = t->data;
+  if (l->h.state == HS_OPEN && !l->polling &&
+      uv_poll_start(&l->poll, UV_READABLE, listener_poll_cb) == 0)
+    l->polling = 1;
+}
+
+static void listener_poll_cb(uv_poll_t *p, int status, int events) {
+  ame_listener_t *l = p->data;
+  ame_reactor_t *r = l->h.r;
+  struct worker *w = l->h.w;
+  (void)events;
+  if (status < 0 || l->h.state != HS_OPEN) return;
+  for (int i = 0; i < ACCEPT_BATCH; i++) {
+    int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
+      if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
+      ADD(&r->accept_errors, 1);
+      if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+        /* Out of descriptors or memory: stop accepting for a while; the
+        ** kernel keeps the backlog. */
+        ame__log(r, "accept: %s; pausing accepts for %d ms", strerror(e),
+                 ACCEPT_RETRY_MS);
+        uv_poll_stop(&l->poll);
+        l->polling = 0;
+        uv_timer_start(&l->retry, retry_cb, ACCEPT_RETRY_MS, 0);
+        return;
+      }
+      ame__log(r, "accept: %s", strerror(e));
+      return;
+    }
+    ADD(&r->accepted, 1);
+    struct worker *to = l->group != l || r->nworkers == 1
+                            ? w
+                            : ame__pick_worker(r);
+    if (to == w) {
+      int rc = ame__stream_adopt_fd(w, fd, l->is_unix, l->cbs,
+                                    ame_handle_data(l->group), NULL, 1);
+      if (rc != 0) {
+        ame__log(r, "worker %u: cannot set up a connection: %s", w->id,
+                 uv_strerror(rc));
+        close(fd);
+      }
+      continue;
+    }
+    struct adopt *a = malloc(sizeof *a);
+    struct op *op = a ? ame__op_new(op_adopt, NULL, to, 0) : NULL;
+    if (op == NULL) {
+      free(a);
+      close(fd);
+      continue;
+    }
+    a->fd = fd;
+    a->is_unix = l->is_unix;
+    a->cbs = l->cbs;
+    a->data = ame_handle_data(l->group);
+    op->p = a;
+    ame__op_submit(op);
+  }
+}
+
+static void listener_closed(uv_handle_t *hd) {
+  ame_listener_t *l = hd->data;
+  if (--l->inits > 0) return;
+  close(l->fd);
+  if (l->path && l->group == l) unlink(l->path);
+  free(l->path);
+  l->h.state = HS_CLOSED;
+  ame__handle_unlink(&l->h);
+  ame__handle_unref(&l->h);
+}
+
+static void listener_stop(ame_handle_t *h) {
+  ame_listener_t *l = (ame_listener_t *)h;
+  if (l->h.state != HS_OPEN) return;
+  l->h.state = HS_CLOSING;
+  uv_close((uv_handle_t *)&l->poll, listener_closed);
+  uv_close((uv_handle_t *)&l->retry, listener_closed);
+}
+
+static int op_listener_close(struct op *op) {
+  listener_stop(op->h);
+  return 0;
+}
+
+static int op_listener_start(struct op *op) {
+  ame_listener_t *l = (ame_listener_t *)op->h;
+  struct worker *w = l->h.w;
+  if (l->h.state != HS_NEW) return 0;
+  uv_poll_init(&w->loop, &l->poll, l->fd);
+  uv_timer_init(&w->loop, &l->retry);
+  uv_unref((uv_handle_t *)&l->retry);
+  l->poll.data = l->retry.data = l;
+  l->inits = 2;
+  l->h.state = HS_OPEN;
+  ame__handle_link(&l->h);
+  if (w->stopping) {
+    listener_stop(&l->h);
+    return 0;
+  }
+  if (uv_poll_start(&l->poll, UV_READABLE, listener_poll_cb) == 0)
+    l->polling = 1;
+  return 0;
+}
+
+/* The listener's socket is made, but an abort undoes the listen. */
+static void listener_abort(void *arg) {
+  ame_listener_t *l = arg;
+  while (l) {
+    ame_listener_t *next = l->next_in_group;
+    close(l->fd);
+    if (l->path && l->group == l) unlink(l->path);
+    free(l->path);
+    free(l);
+    l = next;
+  }
+}
+
+static void listener_commit(void *arg) {
+  ame_listener_t *l = arg;
+  while (l) {
+    ame_listener_t *next = l->next_in_group;
+    struct op *op = ame__op_new(op_listener_start, &l->h, NULL, 0);
+    if (op) ame__op_submit(op);
+    l = next;
+  }
+}
+
+static int listener_new(ame_reactor_t *r, struct worker *w, int fd,
+                        int is_unix, const ame_stream_cbs_t *cbs, void *data,
+                        ame_listener_t **out) {
+  ame_listener_t *l = calloc(1, sizeof *l);
+  if (l == NULL) return -ENOMEM;
+  ame__handle_init(&l->h, H_LISTENER, r, w, data);
+  l->h.on_stop = listener_stop;
+  l->group = l;
+  l->fd = fd;
+  l->is_unix = is_unix;
+  l->cbs = cbs;
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  if (!is_unix && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    l->port = ntohs(sa.ss_family == AF_INET6
+                        ? ((struct sockaddr_in6 *)&sa)->sin6_port
+                        : ((struct sockaddr_in *)&sa)->sin_port);
+  *out = l;
+  return 0;
+}
+
+/* Make the group live: at commit in a transaction, now otherwise. */
+static int listener_publish(ame_listener_t *first) {
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    if (ame_tx_on_commit(tx, listener_commit, first) != 0) return -ENOMEM;
+    if (ame_tx_on_abort(tx, listener_abort, first) != 0) ame_tx_abort(tx);
+    return 0;
+  }
+  listener_commit(first);
+  return 0;
+}
+
+static int tcp_socket(const struct sockaddr_storage *sa, int flags,
+                      int backlog, int reuseport) {
+  int fd = socket(sa->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  if (fd < 0) return -errno;
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (reuseport &&
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    int e = -errno;
+    close(fd);
+    return e;
+  }
+  if (sa->ss_family == AF_INET6) {
+    int v6only = (flags & AME_TCP_IPV6ONLY) != 0;
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+  }
+  socklen_t len = sa->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                            : sizeof(struct sockaddr_in);
+  if (bind(fd, (const struct sockaddr *)sa, len) != 0 ||
+      listen(fd, backlog > 0 ? backlog : 511) != 0) {
+    int e = -errno;
+    close(fd);
+    return e;
+  }
+  return fd;
+}
+
+int ame_tcp_listen(ame_reactor_t *r, const char *host, int port, int flags,
+                   int backlog, const ame_stream_cbs_t *cbs, void *data,
+                   ame_listener_t **out) {
+  if (r == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  struct sockaddr_storage sa;
+  int rc = ame__parse_addr(host, port, &sa);
+  if (rc) return rc;
+  int reuse = (flags & AME_TCP_REUSEPORT) && r->nworkers > 1;
+  ame_listener_t *first = NULL, *prev = NULL;
+  unsigned n = reuse ? r->nworkers : 1;
+  for (unsigned i = 0; i < n; i++) {
+    int fd = tcp_socket(&sa, flags, backlog, reuse);
+    if (fd < 0) {
+      listener_abort(first);
+      return fd;
+    }
+    if (i == 0 && port == 0 && reuse) {
+      /* Every member must bind the port the first one got. */
+      struct sockaddr_storage got;
+      socklen_t len = sizeof got;
+      getsockname(fd, (struct sockaddr *)&got, &len);
+      port = ntohs(sa.ss_family == AF_INET6
+                       ? ((struct sockaddr_in6 *)&got)->sin6_port
+                       : ((struct sockaddr_in *)&got)->sin_port);
+      ame__parse_addr(host, port, &sa);
+    }
+    ame_listener_t *l;
+    struct worker *w = reuse ? &r->workers[i] : ame__home(r);
+    rc = listener_new(r, w, fd, 0, cbs, data, &l);
+    if (rc) {
+      close(fd);
+      listener_abort(first);
+      return rc;
+    }
+    if (first == NULL) first = l;
+    l->group = first;
+    if (prev) prev->next_in_group = l;
+    prev = l;
+  }
+  rc = listener_publish(first);
+  if (rc) {
+    listener_abort(first);
+    return rc;
+  }
+  *out = first;
+  return 0;
+}
+
+int ame_unix_listen(ame_reactor_t *r, const char *path, int backlog,
+                    const ame_stream_cbs_t *cbs, void *data,
+                    ame_listener_t **out) {
+  if (r == NULL || path == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sun.sun_path) return -ENAMETOOLONG;
+  strcpy(sun.sun_path, path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  if (bind(fd, (struct sockaddr *)&sun, sizeof sun) != 0 ||
+      listen(fd, backlog > 0 ? backlog : 511) != 0) {
+    int e = -errno;
+    close(fd);
+    return e;
+  }
+  ame_listener_t *l = NULL;
+  int rc = listener_new(r, ame__home(r), fd, 1, cbs, data, &l);
+  if (rc == 0 && (l->path = strdup(path)) == NULL) rc = -ENOMEM;
+  if (rc == 0) rc = listener_publish(l);
+  if (rc) {
+    if (l) listener_abort(l);
+    else {
+      close(fd);
+      unlink(path);
+    }
+    return rc;
+  }
+  *out = l;
+  return 0;
+}
+
+int ame_listen_fd(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
+                  void *data, ame_listener_t **out) {
+  if (r == NULL || fd < 0 || cbs == NULL || out == NULL) return -EINVAL;
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  int accepting = 0;
+  socklen_t alen = sizeof accepting;
+  if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0) return -errno;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &alen) != 0)
+    return -errno;
+  if (!accepting) return -EINVAL;
+  int nfd = fcntl_dup(fd);
+  if (nfd < 0) return nfd;
+  ame_listener_t *l;
+  int rc = listener_new(r, ame__home(r), nfd, sa.ss_family == AF_UNIX, cbs,
+                        data, &l);
+  if (rc == 0) rc = listener_publish(l);
+  if (rc) {
+    close(nfd);
+    return rc;
+  }
+  *out = l;
+  return 0;
+}
+
+int ame_listener_port(const ame_listener_t *l) { return l->port; }
+
+int ame_listener_sockname(const ame_listener_t *l,
+                          struct sockaddr_storage *sa) {
+  socklen_t len = sizeof *sa;
+  memset(sa, 0, sizeof *sa);
+  return getsockname(l->fd, (struct sockaddr *)sa, &len) == 0 ? 0 : -errno;
+}
+
+void ame_listener_close(ame_listener_t *l) {
+  for (ame_listener_t *m = l; m; m = m->next_in_group) {
+    struct op *op = ame__op_new(op_listener_close, &m->h, NULL, 0);
+    if (op) ame__op_submit(op);
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Connecting and adopting.
+*/
+
+static void connect_cb(uv_connect_t *req, int status) {
+  ame_stream_t *s = req->data;
+  if (s->h.state != HS_OPEN) return;
+  if (status < 0) {
+    stream_close(s, status, 0);
+    return;
+  }
+  uv_fileno(&s->u.handle, &s->fd);
+  update_reading(s);
+  stream_failed(s, cb_open(s));
+}
+
+static int op_connect(struct op *op) {
+  ame_stream_t *s = (ame_stream_t *)op->h;
+  struct worker *w = s->h.w;
+  if (s->h.state != HS_NEW) return 0;
+  int rc = s->kind == K_TCP ? uv_tcp_init(&w->loop, &s->u.tcp)
+                            : uv_pipe_init(&w->loop, &s->u.pipe, 0);
+  if (rc != 0) {
+    /* Not a libuv handle yet: report and free. */
+    s->h.state = HS_CLOSED;
+    cb_close(s, rc);
+    ame__handle_unref(&s->h);
+    return 0;
+  }
+  s->u.handle.data = s;
+  s->h.state = HS_OPEN;
+  ame__handle_link(&s->h);
+  ADD(&w->nstreams, 1);
+  s->connect_req.data = s;
+  if (w->stopping) {
+    stream_close(s, -ESHUTDOWN, 0);
+    return 0;
+  }
+  if (s->kind == K_TCP) {
+    rc = uv_tcp_connect(&s->connect_req, &s->u.tcp,
+                        (const struct sockaddr *)&s->peer, connect_cb);
+    if (rc != 0) stream_close(s, rc, 0);
+  } else {
+    uv_pipe_connect(&s->connect_req, &s->u.pipe, s->path, connect_cb);
+  }
+  return 0;
+}
+
+static int start_connect(ame_reactor_t *r, ame_stream_t *s,
+                         ame_stream_t **out) {
+  (void)r;
+  s->opened = 1; /* handed to the program: on_close is due */
+  struct op *op = ame__op_new(op_connect, &s->h, NULL, 0);
+  if (op == NULL) {
+    stream_discard(s);
+    return -ENOMEM;
+  }
+  *out = s;
+  return ame__op_submit(op);
+}
+
+int ame_tcp_connect(ame_reactor_t *r, const char *host, int port,
+                    const ame_stream_cbs_t *cbs, void *data,
+                    ame_stream_t **out) {
+  if (r == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  struct sockaddr_storage sa;
+  int rc = ame__parse_addr(host, port, &sa);
+  if (rc) return rc;
+  ame_stream_t *s = stream_new(r, ame__pick_worker(r), K_TCP, cbs, data);
+  if (s == NULL) return -ENOMEM;
+  s->peer = sa;
+  return start_connect(r, s, out);
+}
+
+int ame_unix_connect(ame_reactor_t *r, const char *path,
+                     const ame_stream_cbs_t *cbs, void *data,
+                     ame_stream_t **out) {
+  if (r == NULL || path == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  ame_stream_t *s = stream_new(r, ame__pick_worker(r), K_PIPE, cbs, data);
+  if (s == NULL) return -ENOMEM;
+  if ((s->path = strdup(path)) == NULL) {
+    free(s);
+    return -ENOMEM;
+  }
+  return start_connect(r, s, out);
+}
+
+static int op_adopt_stream(struct op *op) {
+  ame_stream_t *s = (ame_stream_t *)op->h;
+  if (s->h.state != HS_NEW) return 0;
+  int fd = (int)op->a;
+  int rc = stream_open_fd(s, fd);
+  if (rc != 0) {
+    close(fd);
+    s->h.state = HS_CLOSED;
+    cb_close(s, rc);
+    ame__handle_unref(&s->h);
+    return 0;
+  }
+  if (s->h.w->stopping) {
+    stream_close(s, -ESHUTDOWN, 1);
+    return 0;
+  }
+  update_reading(s);
+  stream_failed(s, cb_open(s));
+  return 0;
+}
+
+int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
+                     void *data, ame_stream_t **out) {
+  if (r == NULL || fd < 0 || cbs == NULL || out == NULL) return -EINVAL;
+  struct sockaddr_storage sa;
+  socklen_t len = sizeof sa;
+  if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0) return -errno;
+  int nfd = fcntl_dup(fd);
+  if (nfd < 0) return nfd;
+  ame_stream_t *s = stream_new(r, ame__pick_worker(r),
+                               sa.ss_family == AF_UNIX ? K_PIPE : K_TCP, cbs,
+                               data);
+  if (s == NULL) {
+    close(nfd);
+    return -ENOMEM;
+  }
+  s->opened = 1;
+  struct op *op = ame__op_new(op_adopt_stream, &s->h, NULL, 0);
+  if (op == NULL) {
+    close(nfd);
+    free(s);
+    return -ENOMEM;
+  }
+  op->a = (uint64_t)nfd;
+  *out = s;
+  return ame__op_submit(op);
+}
+
+/* ------------------------------------------------------------------------
+** Pipes for child processes (process.c).
+*/
+
+ame_stream_t *ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs,
+                            void *data) {
+  static const ame_stream_cbs_t none;
+  ame_stream_t *s = stream_new(w->r, w, K_PIPE, cbs ? cbs : &none, data);
+  if (s == NULL) return NULL;
+  if (uv_pipe_init(&w->loop, &s->u.pipe, 0) != 0) {
+    free(s);
+    return NULL;
+  }
+  s->u.handle.data = s;
+  return s;
+}
+
+static void pipe_discarded(uv_handle_t *hd) { free(hd->data); }
+
+void ame__pipe_discard(ame_stream_t *s) {
+  uv_close(&s->u.handle, pipe_discarded);
+}
+
+void ame__pipe_opened(ame_stream_t *s, int read) {
+  struct worker *w = s->h.w;
+  uv_fileno(&s->u.handle, &s->fd);
+  s->h.state = HS_OPEN;
+  s->opened = 1;
+  ame__handle_link(&s->h);
+  ADD(&w->nstreams, 1);
+  if (read) update_reading(s);
+}

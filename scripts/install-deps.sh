@@ -1,0 +1,32 @@
+#!/bin/sh
+# Install the Debian packages ame needs to build, test and benchmark, if
+# any is missing.  Runs apt-get when root; otherwise says what to install.
+# Usage: scripts/install-deps.sh [build|bench]   (default: build)
+set -eu
+
+BUILD_PKGS="gcc make meson ninja-build pkg-config python3 python3-dev libgcc-12-dev"
+BENCH_PKGS="$BUILD_PKGS"
+
+case "${1:-build}" in
+  build) want="$BUILD_PKGS" ;;
+  bench) want="$BENCH_PKGS" ;;
+  *) echo "usage: $0 [build|bench]" >&2; exit 2 ;;
+esac
+
+missing=""
+for p in $want; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "installed" ] || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "ame: missing Debian packages:$missing" >&2
+  echo "ame: install them with: sudo apt-get install$missing" >&2
+  exit 1
+fi
+echo "ame: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

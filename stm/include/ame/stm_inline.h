@@ -1,0 +1,78 @@
+/*
+** ame/stm_inline.h — the inlined fast path of transactional loads.
+**
+** Included by ame/stm.h when AME_STM_INLINE is defined (as liburcu's
+** _LGPL_SOURCE does for its read side).  The layouts below are internal to
+** the library and change between versions: code built with AME_STM_INLINE
+** must be rebuilt with the library it links.  Nothing here is API.
+**
+** The protocol (see docs/stm.md): an orec is a word; even values are the
+** commit timestamp of the last writer shifted left by one, odd values are a
+** pointer to the owner's write-log entry with bit 0 set.  A load reads the
+** orec, the data word, and the orec again; if the orec was unlocked,
+** unchanged and no newer than the transaction's snapshot, the value belongs
+** to the snapshot and the load is logged.  Anything else takes the slow path
+** (own write, lock held by another, snapshot extension, full read log).
+*/
+#ifndef AME_STM_INLINE_H
+#define AME_STM_INLINE_H
+
+#include <stdint.h>
+
+/* log2 of the bytes covered by one orec (32-byte granules). */
+#define AME__GRAIN_SHIFT 6
+
+/* One read-log entry: the word read and the orec value seen. */
+struct ame__rentry {
+  uintptr_t addr;    /* the word read (its orec is recomputed) */
+  uintptr_t version; /* the orec's (even) value when read */
+};
+
+/* The hot part of a descriptor; struct ame_tx starts with it. */
+struct ame__txhot {
+  uintptr_t snapshot;          /* versions <= this are in the snapshot
+                                  (0 when irrevocable: all take slow path) */
+  struct ame__rentry *r_cur;   /* next free read-log entry */
+  struct ame__rentry *r_end;   /* end of the read log */
+  const uintptr_t *last_orec;  /* orec of the last logged read (dedup) */
+};
+
+/* Process-wide state the fast path reads. */
+struct ame__shared {
+  uintptr_t *orecs;   /* the ownership records */
+  unsigned shift;     /* 64 - log2(number of orecs) */
+};
+extern AME_EXTERN struct ame__shared ame__g;
+
+AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
+
+/* The orec covering addr: Fibonacci hashing of the granule number, so that
+** the same offsets in different threads' malloc arenas do not collide. */
+static inline uintptr_t *ame__orec_of(uintptr_t addr) {
+  return &ame__g.orecs[((addr >> AME__GRAIN_SHIFT) *
+                        (uintptr_t)0x9E3779B97F4A7C15ull) >>
+                       ame__g.shift];
+}
+
+static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {
+  struct ame__txhot *h = (struct ame__txhot *)tx;
+  uintptr_t *o = ame__orec_of((uintptr_t)a);
+  uintptr_t l = __atomic_load_n(o, __ATOMIC_ACQUIRE);
+  if (__builtin_expect(!(l & 1) && l <= h->snapshot, 1)) {
+    uintptr_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(__atomic_load_n(o, __ATOMIC_RELAXED) == l, 1)) {
+      if (o != h->last_orec) {
+        if (__builtin_expect(h->r_cur == h->r_end, 0))
+          return ame__load_slow(tx, a);
+        h->r_cur->addr = (uintptr_t)a;
+        h->r_cur->version = l;
+        h->r_cur++;
+        h->last_orec = o;
+      }
+      return v;
+    }
+  }
+  return ame__load_slow(tx, a);
+}
+
+#endif /* AME_STM_INLINE_H */

@@ -1,0 +1,148 @@
+/*
+** stm/src/internal.h — the STM's private declarations: the descriptor, the
+** global state, and the helpers shared by stm.c, stats.c and tasks.c.
+** Internal non-static names start with ame__.
+*/
+#ifndef AME_STM_INTERNAL_H
+#define AME_STM_INTERNAL_H
+
+#ifndef AME_STM_INLINE
+#define AME_STM_INLINE
+#endif
+#include "ame/stm.h"
+
+#include <assert.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#define AME__LIKELY(x) __builtin_expect(!!(x), 1)
+#define AME__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define AME__CACHELINE 64
+#define AME__IDLE UINTPTR_MAX /* ame_tx.active between transactions */
+
+/* Relaxed atomic helpers; every word shared between threads goes through
+** them so that the sanitizers see the intended synchronisation. */
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define LOAD_ACQ(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define STORE_REL(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+/* A statistics counter written only by its owner, read by anyone. */
+#define STAT_INC(tx, field) STAT_ADD(tx, field, 1)
+#define STAT_ADD(tx, field, n) \
+  STORE(&(tx)->stats.field, LOAD(&(tx)->stats.field) + (n))
+
+/* One write-log entry.  The first entry made for an orec (the head) holds
+** the lock; later entries for other words under the same orec are chained
+** from it. */
+struct ame__wentry {
+  uintptr_t addr;            /* the word (8-aligned) */
+  uintptr_t value;           /* the new bytes (under mask) */
+  uintptr_t mask;            /* bytes written: ~0, one 32-bit half, or 0
+                                for a lock taken without a write */
+  uintptr_t version;         /* head: the orec's value before locking */
+  uintptr_t *orec;           /* the orec covering addr */
+  struct ame__wentry *next;  /* next entry under the same orec */
+  struct ame_tx *tx;         /* the owner; constant for a chunk's life */
+  uintptr_t head;            /* nonzero if this entry holds the lock */
+};
+
+/* The write log is a list of chunks, so that it grows without moving the
+** entries that locked orecs point to (and so never forces an abort). */
+#define AME__WCHUNK 256
+struct ame__wchunk {
+  struct ame__wentry e[AME__WCHUNK];
+  struct ame__wchunk *next;
+};
+
+/* A growable array of (function, argument) or pointers. */
+struct ame__handler {
+  void (*fn)(void *);
+  void *arg;
+};
+struct ame__vec {
+  void *items;
+  size_t n, cap;
+};
+
+/* A deferred free, reclaimable once every running transaction started at or
+** after ts. */
+struct ame__limbo {
+  void *ptr;
+  uintptr_t ts;
+};
+
+struct ame_tx {
+  struct ame__txhot h;         /* must stay first: the inline loads */
+  /* -- write log */
+  struct ame__wchunk *w_first; /* first chunk (kept across transactions) */
+  struct ame__wchunk *w_chunk; /* chunk being filled */
+  unsigned w_i;                /* next free index in w_chunk */
+  size_t w_n;                  /* entries in this attempt */
+  /* -- read log */
+  struct ame__rentry *r_base;
+  /* -- state */
+  unsigned nesting;            /* 0 outside, 1 in the outermost */
+  unsigned attempt;            /* aborts of the current transaction */
+  unsigned conflicts;          /* ... of which conflicts (escalation) */
+  int irr_user;                /* the program asked for irrevocability */
+  uintptr_t hold;              /* start kept published while handlers run
+                                  (0: none) */
+  struct ame__vec retry_set;   /* ame__rentry: what ame_retry() waits on */
+  int irrevocable;             /* this attempt is irrevocable */
+  int want_irrevocable;        /* restart irrevocable (keeps the token) */
+  int privatize;               /* quiesce after commit */
+  int has_token;               /* holds the irrevocability token */
+  int killed;                  /* atomic: an irrevocable tx wants us out */
+  jmp_buf *env;                /* where an abort restarts */
+  const char *site;            /* atomic: call site for reports */
+  uintptr_t active;            /* atomic: snapshot ts while running, IDLE */
+  uint64_t rng;                /* backoff randomness */
+  uintptr_t seen;              /* the newest clock value this thread saw */
+  unsigned starts;             /* attempts started (snapshot refresh) */
+  /* -- per-attempt logs */
+  struct ame__vec allocs;      /* void*: freed on abort */
+  struct ame__vec frees;       /* void*: deferred on commit */
+  struct ame__vec on_commit;   /* ame__handler */
+  struct ame__vec on_abort;    /* ame__handler */
+  /* -- reclamation */
+  struct ame__vec limbo;       /* ame__limbo, oldest first */
+  /* -- registry */
+  unsigned slot;               /* index in the thread table */
+  unsigned refs;               /* ame_thread_enter() nesting */
+  int in_use;                  /* atomic */
+  ame_stats_t stats;           /* owner writes, anyone reads (atomics) */
+};
+
+/* Global state beyond what the inline loads need. */
+struct ame__global {
+  uintptr_t clock __attribute__((aligned(AME__CACHELINE))); /* commit ts */
+  char pad0[AME__CACHELINE - sizeof(uintptr_t)];
+  uint32_t retry_seq __attribute__((aligned(AME__CACHELINE))); /* futex */
+  uint32_t retry_waiters;
+  char pad1[AME__CACHELINE - 2 * sizeof(uint32_t)];
+  uintptr_t irr_next __attribute__((aligned(AME__CACHELINE))); /* tickets */
+  uintptr_t irr_serving;
+  char pad2[AME__CACHELINE - 2 * sizeof(uintptr_t)];
+  int initialised;
+  unsigned escalate_after;
+  unsigned max_threads;
+  unsigned n_slots;            /* atomic: high-water mark of threads[] */
+  ame_tx_t **threads;          /* atomic pointers; never freed while up */
+  pthread_mutex_t reg_lock;    /* registry, orphans */
+  struct ame__vec orphans;     /* ame__limbo left by exited threads */
+  ame_stats_t orphan_stats;    /* reclamation counts of orphans */
+};
+extern struct ame__global ame__G;
+
+/* Vectors (stm.c). */
+int ame__vec_push(struct ame__vec *v, const void *item, size_t size);
+void ame__vec_free(struct ame__vec *v);
+
+/* The conflict table (stats.c). */
+void ame__conflict_note(uintptr_t addr, ame_abort_cause_t cause,
+                        const char *site, const char *other_site);
+void ame__conflicts_reset(void);
+void ame__stats_shutdown(void);
+
+#endif /* AME_STM_INTERNAL_H */

@@ -1,0 +1,1198 @@
+/*
+** stm/src/stm.c — the STM engine: descriptors, loads and stores, commit,
+** abort, irrevocability, retry, contention management and reclamation.
+**
+** Design (docs/stm.md has the measurements behind it): time-based, word
+** granularity, in the TinySTM "write-back, encounter-time locking" family
+** with LSA snapshot extension.
+**
+**  - A global clock counts commits.  A transaction's snapshot starts at the
+**    clock's value and is extended (after validating every read) when it
+**    meets a newer version, so reads are always consistent (opacity).
+**  - A write locks the word's orec at once (CAS to a pointer to the write-log
+**    entry) and buffers the value; commit takes a timestamp from the clock,
+**    validates the reads if anyone committed since the snapshot, writes the
+**    values back and releases the orecs with the new version.
+**  - A conflict with a lock held by another transaction waits a little, then
+**    aborts the one that met it.  Aborts back off exponentially; after
+**    `escalate_after` aborts in a row the transaction restarts irrevocable.
+**  - An irrevocable transaction holds a ticket lock (one at a time, FIFO)
+**    and locks everything it reads as well as what it writes, so it can
+**    never be invalidated; others keep running and abort when they meet its
+**    locks.  It waits for locks others hold (and asks them to abort).
+**  - Each running transaction publishes its start timestamp (`active`).  A
+**    block freed by a transaction that committed at ts is handed back to
+**    malloc once every thread is idle or started at or after ts; the same
+**    test makes the privatization fence.
+*/
+#include "internal.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <sched.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+struct ame__shared ame__g;
+struct ame__global ame__G = {.reg_lock = PTHREAD_MUTEX_INITIALIZER};
+
+static __thread ame_tx_t *self;
+
+#define DEFAULT_OREC_BITS 20
+#define DEFAULT_MAX_THREADS 1024
+#define DEFAULT_ESCALATE 16
+#define READ_LOG_INIT 4096
+#define LIMBO_SCAN 128      /* deferred frees before a reclamation scan */
+#define CONFLICT_SPINS 256  /* pauses before giving up on a held lock */
+#define SNAPSHOT_REFRESH 16 /* starts between two reads of the clock */
+#define VERSION0 2          /* initial orec value: version of ts 1 */
+
+#define IS_LOCKED(l) ((l) & 1)
+#define LOCK_ENTRY(l) ((struct ame__wentry *)((l) & ~(uintptr_t)1))
+#define MASK_ALL (~(uintptr_t)0)
+#define MASK_LO ((uintptr_t)0xffffffffu)
+#define MASK_HI (MASK_LO << 32)
+
+static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
+                     const char *other_site);
+static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
+                     const char *other_site) __attribute__((noreturn));
+static void reclaim(ame_tx_t *tx, int force);
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/* A full barrier that the thread sanitizer understands (a locked RMW). */
+static void full_barrier(void) {
+  static uintptr_t dummy;
+  __atomic_fetch_add(&dummy, 0, __ATOMIC_SEQ_CST);
+}
+
+static inline uint64_t xorshift(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *s = x;
+}
+
+/* ------------------------------------------------------------------------
+** Vectors.
+*/
+
+/* Append size bytes at item to v.  Return 0 or -ENOMEM. */
+int ame__vec_push(struct ame__vec *v, const void *item, size_t size) {
+  if (v->n == v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 16;
+    void *p = realloc(v->items, cap * size);
+    if (p == NULL) return -ENOMEM;
+    v->items = p;
+    v->cap = cap;
+  }
+  memcpy((char *)v->items + v->n * size, item, size);
+  v->n++;
+  return 0;
+}
+
+void ame__vec_free(struct ame__vec *v) {
+  free(v->items);
+  v->items = NULL;
+  v->n = v->cap = 0;
+}
+
+/* ------------------------------------------------------------------------
+** Lifecycle.
+*/
+
+int ame_stm_init(const ame_stm_config_t *cfg) {
+  pthread_mutex_lock(&ame__G.reg_lock);
+  if (ame__G.initialised) {
+    pthread_mutex_unlock(&ame__G.reg_lock);
+    return -EALREADY;
+  }
+  unsigned bits = cfg && cfg->orec_bits ? cfg->orec_bits : DEFAULT_OREC_BITS;
+  const char *env = getenv("AME_STM_OREC_BITS");
+  if ((cfg == NULL || cfg->orec_bits == 0) && env && *env)
+    bits = (unsigned)strtoul(env, NULL, 10);
+  unsigned maxt =
+      cfg && cfg->max_threads ? cfg->max_threads : DEFAULT_MAX_THREADS;
+  if (bits < 4 || bits > 28) {
+    pthread_mutex_unlock(&ame__G.reg_lock);
+    return -EINVAL;
+  }
+  size_t n = (size_t)1 << bits;
+  uintptr_t *orecs = malloc(n * sizeof *orecs);
+  ame_tx_t **threads = calloc(maxt, sizeof *threads);
+  if (orecs == NULL || threads == NULL) {
+    free(orecs);
+    free(threads);
+    pthread_mutex_unlock(&ame__G.reg_lock);
+    return -ENOMEM;
+  }
+  for (size_t i = 0; i < n; i++) orecs[i] = VERSION0;
+  ame__g.orecs = orecs;
+  ame__g.shift = 64 - bits;
+  STORE(&ame__G.clock, 1);
+  ame__G.escalate_after =
+      cfg && cfg->escalate_after ? cfg->escalate_after : DEFAULT_ESCALATE;
+  ame__G.max_threads = maxt;
+  ame__G.threads = threads;
+  STORE(&ame__G.n_slots, 0);
+  STORE(&ame__G.irr_next, 0);
+  STORE(&ame__G.irr_serving, 0);
+  memset(&ame__G.orphan_stats, 0, sizeof ame__G.orphan_stats);
+  STORE_REL(&ame__G.initialised, 1);
+  pthread_mutex_unlock(&ame__G.reg_lock);
+  return 0;
+}
+
+static void free_descriptor(ame_tx_t *tx) {
+  struct ame__wchunk *c = tx->w_first;
+  while (c) {
+    struct ame__wchunk *next = c->next;
+    free(c);
+    c = next;
+  }
+  struct ame__limbo *lb = tx->limbo.items;
+  for (size_t i = 0; i < tx->limbo.n; i++) free(lb[i].ptr);
+  free(tx->r_base);
+  ame__vec_free(&tx->allocs);
+  ame__vec_free(&tx->frees);
+  ame__vec_free(&tx->on_commit);
+  ame__vec_free(&tx->on_abort);
+  ame__vec_free(&tx->limbo);
+  ame__vec_free(&tx->retry_set);
+  free(tx);
+}
+
+void ame_stm_shutdown(void) {
+  pthread_mutex_lock(&ame__G.reg_lock);
+  if (!ame__G.initialised) {
+    pthread_mutex_unlock(&ame__G.reg_lock);
+    return;
+  }
+  unsigned n = LOAD(&ame__G.n_slots);
+  for (unsigned i = 0; i < n; i++) {
+    ame_tx_t *tx = ame__G.threads[i];
+    if (tx == NULL) continue;
+    assert(!LOAD(&tx->in_use) && "ame_stm_shutdown with threads registered");
+    free_descriptor(tx);
+  }
+  struct ame__limbo *lb = ame__G.orphans.items;
+  for (size_t i = 0; i < ame__G.orphans.n; i++) free(lb[i].ptr);
+  ame__vec_free(&ame__G.orphans);
+  free(ame__G.threads);
+  free(ame__g.orecs);
+  ame__G.threads = NULL;
+  ame__g.orecs = NULL;
+  ame__stats_shutdown();
+  STORE_REL(&ame__G.initialised, 0);
+  pthread_mutex_unlock(&ame__G.reg_lock);
+}
+
+static ame_tx_t *new_descriptor(unsigned slot) {
+  ame_tx_t *tx = calloc(1, sizeof *tx);
+  if (tx == NULL) return NULL;
+  tx->r_base = malloc(READ_LOG_INIT * sizeof *tx->r_base);
+  tx->w_first = malloc(sizeof *tx->w_first);
+  if (tx->r_base == NULL || tx->w_first == NULL) {
+    free(tx->r_base);
+    free(tx->w_first);
+    free(tx);
+    return NULL;
+  }
+  tx->w_first->next = NULL;
+  for (unsigned i = 0; i < AME__WCHUNK; i++) tx->w_first->e[i].tx = tx;
+  tx->h.r_cur = tx->r_base;
+  tx->h.r_end = tx->r_base + READ_LOG_INIT;
+  tx->slot = slot;
+  tx->active = AME__IDLE;
+  tx->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)slot * 0xBF58476D1CE4E5B9ull);
+  return tx;
+}
+
+ame_tx_t *ame_thread_enter(void) {
+  if (self) {
+    self->refs++;
+    return self;
+  }
+  if (!LOAD_ACQ(&ame__G.initialised)) {
+    int rc = ame_stm_init(NULL);
+    if (rc != 0 && rc != -EALREADY) return NULL;
+  }
+  pthread_mutex_lock(&ame__G.reg_lock);
+  ame_tx_t *tx = NULL;
+  unsigned n = LOAD(&ame__G.n_slots);
+  for (unsigned i = 0; i < n; i++) {
+    ame_tx_t *t = ame__G.threads[i];
+    if (t && !LOAD(&t->in_use)) {
+      tx = t;
+      break;
+    }
+  }
+  if (tx == NULL && n < ame__G.max_threads) {
+    tx = new_descriptor(n);
+    if (tx) {
+      __atomic_store_n(&ame__G.threads[n], tx, __ATOMIC_RELEASE);
+      STORE_REL(&ame__G.n_slots, n + 1);
+    }
+  }
+  if (tx) {
+    STORE(&tx->in_use, 1);
+    tx->refs = 1;
+    self = tx;
+  }
+  pthread_mutex_unlock(&ame__G.reg_lock);
+  return tx;
+}
+
+void ame_thread_exit(void) {
+  ame_tx_t *tx = self;
+  if (tx == NULL) return;
+  assert(tx->nesting == 0 && "ame_thread_exit inside a transaction");
+  if (--tx->refs > 0) return;
+  reclaim(tx, 1);
+  pthread_mutex_lock(&ame__G.reg_lock);
+  /* Whatever is still pending goes to the process-wide list. */
+  struct ame__limbo *lb = tx->limbo.items;
+  for (size_t i = 0; i < tx->limbo.n; i++) {
+    if (ame__vec_push(&ame__G.orphans, &lb[i], sizeof lb[i]) != 0) {
+      /* Out of memory: wait for quiescence and free it ourselves. */
+      ame_quiesce(tx);
+      free(lb[i].ptr);
+      STAT_INC(tx, frees_done);
+      STAT_ADD(tx, frees_pending, (uint64_t)-1);
+      continue;
+    }
+    STAT_ADD(tx, frees_pending, (uint64_t)-1);
+    ame__G.orphan_stats.frees_pending++;
+  }
+  tx->limbo.n = 0;
+  STORE(&tx->in_use, 0);
+  pthread_mutex_unlock(&ame__G.reg_lock);
+  self = NULL;
+}
+
+ame_tx_t *ame_self(void) { return self; }
+
+/* ------------------------------------------------------------------------
+** Reclamation and quiescence.
+*/
+
+/* The oldest start timestamp of any running transaction (IDLE if none). */
+static uintptr_t oldest_active(void) {
+  uintptr_t min = AME__IDLE;
+  unsigned n = LOAD_ACQ(&ame__G.n_slots);
+  for (unsigned i = 0; i < n; i++) {
+    ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+    if (t == NULL) continue;
+    uintptr_t a = __atomic_load_n(&t->active, __ATOMIC_SEQ_CST);
+    if (a < min) min = a;
+  }
+  return min;
+}
+
+/* Free this thread's deferred blocks that no running transaction can reach
+** any more; with force, also try the orphans of exited threads. */
+static void reclaim(ame_tx_t *tx, int force) {
+  if (tx->limbo.n == 0 && !force) return;
+  full_barrier();
+  uintptr_t oldest = oldest_active();
+  struct ame__limbo *lb = tx->limbo.items;
+  size_t i = 0;
+  while (i < tx->limbo.n && lb[i].ts <= oldest) {
+    free(lb[i].ptr);
+    i++;
+  }
+  if (i) {
+    memmove(lb, lb + i, (tx->limbo.n - i) * sizeof *lb);
+    tx->limbo.n -= i;
+    STAT_ADD(tx, frees_done, i);
+    STAT_ADD(tx, frees_pending, (uint64_t)0 - i);
+  }
+  if (force && pthread_mutex_trylock(&ame__G.reg_lock) == 0) {
+    struct ame__limbo *ob = ame__G.orphans.items;
+    size_t j = 0, k = 0;
+    for (; j < ame__G.orphans.n; j++) {
+      if (ob[j].ts <= oldest) {
+        free(ob[j].ptr);
+        ame__G.orphan_stats.frees_done++;
+        ame__G.orphan_stats.frees_pending--;
+      } else {
+        ob[k++] = ob[j];
+      }
+    }
+    ame__G.orphans.n = k;
+    pthread_mutex_unlock(&ame__G.reg_lock);
+  }
+}
+
+/* Wait until every transaction that started before ts has ended. */
+static void quiesce_before(ame_tx_t *tx, uintptr_t ts) {
+  full_barrier();
+  unsigned n = LOAD_ACQ(&ame__G.n_slots);
+  for (unsigned i = 0; i < n; i++) {
+    ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+    if (t == NULL || t == tx) continue;
+    unsigned spins = 0;
+    while (__atomic_load_n(&t->active, __ATOMIC_SEQ_CST) < ts) {
+      if (++spins < 1024)
+        cpu_relax();
+      else
+        sched_yield();
+    }
+  }
+}
+
+void ame_quiesce(ame_tx_t *tx) {
+  assert(tx == NULL || tx->nesting == 0);
+  quiesce_before(tx, LOAD_ACQ(&ame__G.clock) + 1);
+}
+
+void ame_thread_idle(ame_tx_t *tx) {
+  assert(tx && tx->nesting == 0);
+  reclaim(tx, 1);
+}
+
+/* ------------------------------------------------------------------------
+** Starting and ending attempts.
+*/
+
+static void acquire_token(ame_tx_t *tx) {
+  if (tx->has_token) return;
+  uintptr_t ticket = __atomic_fetch_add(&ame__G.irr_next, 1, __ATOMIC_ACQ_REL);
+  unsigned spins = 0;
+  while (LOAD_ACQ(&ame__G.irr_serving) != ticket) {
+    if (++spins < 256)
+      cpu_relax();
+    else
+      sched_yield();
+  }
+  tx->has_token = 1;
+}
+
+static void release_token(ame_tx_t *tx) {
+  if (!tx->has_token) return;
+  tx->has_token = 0;
+  STORE_REL(&ame__G.irr_serving, LOAD(&ame__G.irr_serving) + 1);
+}
+
+/* Start an attempt of the outermost transaction. */
+static void begin_attempt(ame_tx_t *tx) {
+  tx->h.r_cur = tx->r_base;
+  tx->h.last_orec = NULL;
+  tx->w_chunk = tx->w_first;
+  tx->w_i = 0;
+  tx->w_n = 0;
+  tx->privatize = 0;
+  STORE(&tx->killed, 0);
+  if (tx->want_irrevocable) {
+    acquire_token(tx);
+    STORE(&tx->irrevocable, 1);
+  }
+  /* Any clock value read before the start is a valid snapshot (a writer
+  ** whose timestamp it covers held its locks since before taking that
+  ** timestamp), so most starts reuse the last value seen and leave the
+  ** clock's cache line alone; reads of newer versions extend the snapshot.
+  ** Every SNAPSHOT_REFRESH-th start reads the clock, so that `active`
+  ** never lags far behind (it holds back reclamation). */
+  uintptr_t now;
+  if (++tx->starts % SNAPSHOT_REFRESH == 0 || tx->seen == 0)
+    now = tx->seen = LOAD_ACQ(&ame__G.clock);
+  else
+    now = tx->seen;
+  /* Publish the start before the first read (a full barrier: the reclaimer
+  ** reads `active` after unlinking; see reclaim()).  A transaction run by
+  ** a handler keeps the older start its parent holds. */
+  __atomic_store_n(&tx->active, tx->hold && tx->hold < now ? tx->hold : now,
+                   __ATOMIC_SEQ_CST);
+  tx->h.snapshot = tx->irrevocable ? 0 : now << 1;
+}
+
+int ame__frame_begin(struct ame__frame *f, const char *site) {
+  ame_tx_t *tx = f->tx;
+  assert(tx != NULL && tx == self && "descriptor used by another thread");
+  if (tx->nesting > 0 && tx->env != f->env) {
+    tx->nesting++; /* flat nesting: join the outer transaction */
+    return 0;
+  }
+  tx->env = f->env;
+  tx->nesting = 1;
+  STORE(&tx->site, site);
+  begin_attempt(tx);
+  return 0;
+}
+
+/* What `active` says between transactions: idle, or the held start of a
+** transaction whose handlers are running. */
+static inline uintptr_t idle_value(const ame_tx_t *tx) {
+  return tx->hold ? tx->hold : AME__IDLE;
+}
+
+/* Run the handlers in v outside the transaction (depth 0; they may run
+** transactions of their own).  While they run, the thread keeps `start`
+** published as its oldest start, so that memory the transaction could
+** reach is not reclaimed under them (see reclaim()).  The state of the
+** transaction being aborted (restart point, attempt count, escalation)
+** is kept across. */
+static void run_handlers(ame_tx_t *tx, struct ame__vec *v, uintptr_t start) {
+  if (v->n == 0) return;
+  /* Detach, so that handlers' transactions have their own lists. */
+  struct ame__vec mine = *v;
+  memset(v, 0, sizeof *v);
+  uintptr_t prev_hold = tx->hold;
+  if (start != AME__IDLE && (prev_hold == 0 || start < prev_hold))
+    tx->hold = start;
+  jmp_buf *env = tx->env;
+  unsigned nesting = tx->nesting, attempt = tx->attempt;
+  unsigned conflicts = tx->conflicts;
+  int want = tx->want_irrevocable;
+  const char *site = LOAD(&tx->site);
+  tx->nesting = 0;
+  tx->attempt = 0;
+  tx->conflicts = 0;
+  tx->want_irrevocable = 0;
+  struct ame__handler *h = mine.items;
+  for (size_t i = 0; i < mine.n; i++) h[i].fn(h[i].arg);
+  tx->env = env;
+  tx->nesting = nesting;
+  tx->attempt = attempt;
+  tx->conflicts = conflicts;
+  tx->want_irrevocable = want;
+  STORE(&tx->site, site);
+  tx->hold = prev_hold;
+  if (v->items == NULL) {
+    *v = mine;
+    v->n = 0;
+  } else {
+    ame__vec_free(&mine);
+  }
+}
+
+/* The transaction is over (committed or given up); reset per-attempt state
+** that outlives the attempt's rollback.  `active` is left to the caller. */
+static void end_tx(ame_tx_t *tx) {
+  tx->nesting = 0;
+  STORE(&tx->irrevocable, 0);
+  tx->irr_user = 0;
+  tx->want_irrevocable = 0;
+  tx->conflicts = 0;
+  release_token(tx);
+}
+
+/* ------------------------------------------------------------------------
+** Validation and snapshot extension.
+*/
+
+/* Check that every logged read still holds.  Return 0 if so, else the
+** address of a read that was overwritten. */
+static uintptr_t validate(ame_tx_t *tx) {
+  for (struct ame__rentry *r = tx->r_base; r < tx->h.r_cur; r++) {
+    uintptr_t l = LOAD_ACQ(ame__orec_of(r->addr));
+    if (l == r->version) continue;
+    if (IS_LOCKED(l)) {
+      struct ame__wentry *e = LOCK_ENTRY(l);
+      if (LOAD(&e->tx) == tx && e->version == r->version) continue;
+    }
+    return r->addr ? r->addr : 1;
+  }
+  return 0;
+}
+
+/* Move the snapshot to now.  Return 0 or the address that failed. */
+static uintptr_t extend(ame_tx_t *tx) {
+  uintptr_t now = LOAD_ACQ(&ame__G.clock);
+  uintptr_t bad = validate(tx);
+  if (bad) return bad;
+  tx->h.snapshot = now << 1;
+  tx->seen = now;
+  STAT_INC(tx, extensions);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+** Contention management.
+*/
+
+/* We met a lock on addr held by entry e of another transaction.  Wait a
+** little for it to go; return once it has (the caller retries), or abort.
+** An irrevocable transaction waits for as long as it takes. */
+static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
+                        uintptr_t addr, ame_abort_cause_t cause) {
+  ame_tx_t *owner = LOAD(&LOCK_ENTRY(l)->tx);
+  if (tx->irrevocable) {
+    STORE(&owner->killed, 1);
+    unsigned spins = 0;
+    while (LOAD_ACQ(orec) == l) {
+      if (++spins < 512) {
+        cpu_relax();
+      } else {
+        STORE(&owner->killed, 1);
+        sched_yield();
+      }
+    }
+    return;
+  }
+  if (!LOAD(&owner->irrevocable)) {
+    for (unsigned i = 0; i < CONFLICT_SPINS; i++) {
+      cpu_relax();
+      if (LOAD_ACQ(orec) != l) return;
+      if (LOAD(&tx->killed)) break;
+    }
+  }
+  abort_tx(tx, cause, addr, LOAD(&owner->site));
+}
+
+/* Back off after an abort: random, growing with the attempt count. */
+static void backoff(ame_tx_t *tx) {
+  unsigned shift = tx->conflicts < 8 ? tx->conflicts : 8;
+  uint64_t spins = xorshift(&tx->rng) & ((16u << shift) - 1);
+  for (uint64_t i = 0; i < spins; i++) cpu_relax();
+}
+
+/* ------------------------------------------------------------------------
+** Loads.
+*/
+
+/* Find the entry for addr in the chain that starts at head (or NULL). */
+static struct ame__wentry *chain_find(struct ame__wentry *head,
+                                      uintptr_t addr) {
+  for (struct ame__wentry *e = head; e; e = e->next)
+    if (e->addr == addr) return e;
+  return NULL;
+}
+
+/* Read a word whose orec we hold: our buffered bytes over memory's. */
+static uintptr_t read_own(struct ame__wentry *head, const uintptr_t *a) {
+  struct ame__wentry *e = chain_find(head, (uintptr_t)a);
+  if (e && e->mask == MASK_ALL) return e->value;
+  uintptr_t mem = __atomic_load_n(a, __ATOMIC_ACQUIRE);
+  if (e == NULL) return mem;
+  return (mem & ~e->mask) | (e->value & e->mask);
+}
+
+static struct ame__wentry *new_entry(ame_tx_t *tx) {
+  if (tx->w_i == AME__WCHUNK) {
+    if (tx->w_chunk->next == NULL) {
+      struct ame__wchunk *c = malloc(sizeof *c);
+      if (c == NULL) {
+        fprintf(stderr, "ame: out of memory growing a write log\n");
+        abort();
+      }
+      c->next = NULL;
+      for (unsigned i = 0; i < AME__WCHUNK; i++) c->e[i].tx = tx;
+      tx->w_chunk->next = c;
+    }
+    tx->w_chunk = tx->w_chunk->next;
+    tx->w_i = 0;
+  }
+  tx->w_n++;
+  return &tx->w_chunk->e[tx->w_i++];
+}
+
+/* Undo new_entry() (a lost CAS). */
+static void drop_entry(ame_tx_t *tx) {
+  tx->w_i--;
+  tx->w_n--;
+}
+
+/* Irrevocable: lock the orec of a (if we do not hold it) and return the head
+** entry.  Never fails; waits for other owners to go. */
+static struct ame__wentry *irr_lock(ame_tx_t *tx, uintptr_t a) {
+  uintptr_t *o = ame__orec_of(a);
+  for (;;) {
+    uintptr_t l = LOAD_ACQ(o);
+    if (IS_LOCKED(l)) {
+      struct ame__wentry *h = LOCK_ENTRY(l);
+      if (LOAD(&h->tx) == tx) return h;
+      on_conflict(tx, o, l, a, AME_ABORT_READ_LOCKED);
+      continue;
+    }
+    struct ame__wentry *e = new_entry(tx);
+    e->addr = a;
+    e->value = 0;
+    e->mask = 0;
+    e->version = l;
+    e->orec = o;
+    e->next = NULL;
+    e->head = 1;
+    if (__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+      return e;
+    drop_entry(tx);
+  }
+}
+
+static void log_read(ame_tx_t *tx, const uintptr_t *a, uintptr_t l,
+                     uintptr_t *o) {
+  if (o == tx->h.last_orec) return;
+  if (tx->h.r_cur == tx->h.r_end) {
+    size_t n = (size_t)(tx->h.r_end - tx->r_base);
+    struct ame__rentry *r = realloc(tx->r_base, 2 * n * sizeof *r);
+    if (r == NULL) {
+      fprintf(stderr, "ame: out of memory growing a read log\n");
+      abort();
+    }
+    tx->r_base = r;
+    tx->h.r_cur = r + n;
+    tx->h.r_end = r + 2 * n;
+  }
+  tx->h.r_cur->addr = (uintptr_t)a;
+  tx->h.r_cur->version = l;
+  tx->h.r_cur++;
+  tx->h.last_orec = o;
+}
+
+uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *a) {
+  assert(tx->nesting > 0 && "transactional load outside a transaction");
+  assert(((uintptr_t)a & 7) == 0 && "unaligned transactional load");
+  if (tx->irrevocable) return read_own(irr_lock(tx, (uintptr_t)a), a);
+  uintptr_t *o = ame__orec_of((uintptr_t)a);
+  for (;;) {
+    uintptr_t l = LOAD_ACQ(o);
+    if (IS_LOCKED(l)) {
+      struct ame__wentry *h = LOCK_ENTRY(l);
+      if (LOAD(&h->tx) == tx) return read_own(h, a);
+      on_conflict(tx, o, l, (uintptr_t)a, AME_ABORT_READ_LOCKED);
+      continue;
+    }
+    uintptr_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
+    if (LOAD(o) != l) continue;
+    if (l > tx->h.snapshot) {
+      uintptr_t bad = extend(tx);
+      if (bad) abort_tx(tx, AME_ABORT_VALIDATE, bad, NULL);
+      if (LOAD_ACQ(o) != l) continue; /* changed again meanwhile */
+    }
+    log_read(tx, a, l, o);
+    return v;
+  }
+}
+
+uintptr_t ame_load_word_tx(ame_tx_t *tx, const uintptr_t *addr) {
+  return ame__load_w(tx, addr);
+}
+
+uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
+  uintptr_t word = (uintptr_t)addr & ~(uintptr_t)7;
+  unsigned shift = ((uintptr_t)addr & 4) ? 32 : 0;
+  assert(((uintptr_t)addr & 3) == 0 && "unaligned transactional load");
+  /* The same protocol as a word load, on the containing word's orec, but
+  ** reading only our 4 bytes from memory (they may be all there is). */
+  uintptr_t *o = ame__orec_of(word);
+  uintptr_t l = LOAD_ACQ(o);
+  if (AME__LIKELY(!IS_LOCKED(l) && l <= tx->h.snapshot)) {
+    uint32_t v = __atomic_load_n(addr, __ATOMIC_ACQUIRE);
+    if (AME__LIKELY(LOAD(o) == l)) {
+      log_read(tx, (const uintptr_t *)word, l, o);
+      return v;
+    }
+  }
+  if (tx->irrevocable || IS_LOCKED(l)) {
+    /* Go through the word path for our own writes and for conflicts. */
+    struct ame__wentry *h = NULL;
+    if (tx->irrevocable) {
+      h = irr_lock(tx, word);
+    } else if (LOAD(&LOCK_ENTRY(l)->tx) == tx) {
+      h = LOCK_ENTRY(l);
+    }
+    if (h) {
+      struct ame__wentry *e = chain_find(h, word);
+      uintptr_t m = MASK_LO << shift;
+      uint32_t mem = __atomic_load_n(addr, __ATOMIC_ACQUIRE);
+      if (e == NULL || (e->mask & m) == 0) return mem;
+      return (uint32_t)(e->value >> shift);
+    }
+  }
+  for (;;) {
+    l = LOAD_ACQ(o);
+    if (IS_LOCKED(l)) {
+      if (LOAD(&LOCK_ENTRY(l)->tx) == tx) return ame_load_u32_tx(tx, addr);
+      on_conflict(tx, o, l, word, AME_ABORT_READ_LOCKED);
+      continue;
+    }
+    uint32_t v = __atomic_load_n(addr, __ATOMIC_ACQUIRE);
+    if (LOAD(o) != l) continue;
+    if (l > tx->h.snapshot) {
+      uintptr_t bad = extend(tx);
+      if (bad) abort_tx(tx, AME_ABORT_VALIDATE, bad, NULL);
+      if (LOAD_ACQ(o) != l) continue;
+    }
+    log_read(tx, (const uintptr_t *)word, l, o);
+    return v;
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Stores.
+*/
+
+/* Buffer (value & mask) for the word at a, locking its orec. */
+static void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
+                         uintptr_t mask) {
+  assert(tx->nesting > 0 && "transactional store outside a transaction");
+  uintptr_t *o = ame__orec_of(a);
+  if (AME__UNLIKELY(LOAD(&tx->killed)) && !tx->irrevocable)
+    abort_tx(tx, AME_ABORT_KILLED, a, NULL);
+  for (;;) {
+    uintptr_t l = LOAD_ACQ(o);
+    if (IS_LOCKED(l)) {
+      struct ame__wentry *h = LOCK_ENTRY(l);
+      if (LOAD(&h->tx) != tx) {
+        on_conflict(tx, o, l, a, AME_ABORT_WRITE_LOCKED);
+        continue;
+      }
+      struct ame__wentry *e = chain_find(h, a);
+      if (e) {
+        e->value = (e->value & ~mask) | (v & mask);
+        e->mask |= mask;
+        return;
+      }
+      e = new_entry(tx);
+      e->addr = a;
+      e->value = v & mask;
+      e->mask = mask;
+      e->version = 0;
+      e->orec = o;
+      e->head = 0;
+      e->next = h->next;
+      h->next = e;
+      return;
+    }
+    if (tx->irrevocable) {
+      irr_lock(tx, a);
+      continue;
+    }
+    if (l > tx->h.snapshot) {
+      /* Newer than our snapshot: once locked, reads under this orec see
+      ** memory as it is now, so the snapshot must reach this version
+      ** first (or earlier reads of the same orec would disagree). */
+      uintptr_t bad = extend(tx);
+      if (bad) abort_tx(tx, AME_ABORT_VALIDATE, bad, NULL);
+      continue;
+    }
+    struct ame__wentry *e = new_entry(tx);
+    e->addr = a;
+    e->value = v & mask;
+    e->mask = mask;
+    e->version = l;
+    e->orec = o;
+    e->next = NULL;
+    e->head = 1;
+    if (__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+      return;
+    drop_entry(tx);
+  }
+}
+
+void ame_store_word_tx(ame_tx_t *tx, uintptr_t *addr, uintptr_t v) {
+  assert(((uintptr_t)addr & 7) == 0 && "unaligned transactional store");
+  store_masked(tx, (uintptr_t)addr, v, MASK_ALL);
+}
+
+void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v) {
+  assert(((uintptr_t)addr & 3) == 0 && "unaligned transactional store");
+  unsigned shift = ((uintptr_t)addr & 4) ? 32 : 0;
+  store_masked(tx, (uintptr_t)addr & ~(uintptr_t)7, (uintptr_t)v << shift,
+               MASK_LO << shift);
+}
+
+/* ------------------------------------------------------------------------
+** Iterating the write log.
+*/
+
+static void write_back(ame_tx_t *tx) {
+  for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
+    struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
+                                               : c->e + AME__WCHUNK;
+    for (struct ame__wentry *e = c->e; e < end; e++) {
+      uintptr_t *p = (uintptr_t *)e->addr;
+      if (e->mask == MASK_ALL) {
+        STORE(p, e->value);
+      } else if (e->mask == MASK_LO) {
+        STORE((uint32_t *)p, (uint32_t)e->value);
+      } else if (e->mask == MASK_HI) {
+        STORE((uint32_t *)p + 1, (uint32_t)(e->value >> 32));
+      } else if (e->mask == (MASK_LO | MASK_HI)) {
+        STORE(p, e->value);
+      }
+    }
+    if (c == tx->w_chunk) break;
+  }
+}
+
+/* Set every orec we hold to `version` (or back to its old version if
+** version is 0). */
+static void release_locks(ame_tx_t *tx, uintptr_t version) {
+  if (tx->w_n == 0) return;
+  for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
+    struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
+                                               : c->e + AME__WCHUNK;
+    for (struct ame__wentry *e = c->e; e < end; e++)
+      if (e->head) STORE_REL(e->orec, version ? version : e->version);
+    if (c == tx->w_chunk) break;
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Abort.
+*/
+
+/* Undo the attempt: release locks, free its allocations, drop its commit
+** handlers and frees, count it.  Does not jump. */
+static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
+                     const char *other_site) {
+  uintptr_t start = LOAD(&tx->active);
+  release_locks(tx, 0);
+  void **al = tx->allocs.items;
+  for (size_t i = 0; i < tx->allocs.n; i++) free(al[i]);
+  tx->allocs.n = 0;
+  tx->frees.n = 0;
+  tx->on_commit.n = 0;
+  STAT_INC(tx, aborts);
+  STAT_INC(tx, aborts_by_cause[cause]);
+  if (cause != AME_ABORT_EXPLICIT && cause != AME_ABORT_RETRY &&
+      cause != AME_ABORT_IRREVOCABLE)
+    ame__conflict_note(addr, cause, LOAD(&tx->site), other_site);
+  tx->attempt++;
+  if (cause != AME_ABORT_EXPLICIT && cause != AME_ABORT_RETRY) tx->conflicts++;
+  if (tx->attempt + 1 > LOAD(&tx->stats.max_attempts))
+    STORE(&tx->stats.max_attempts, (uint64_t)tx->attempt + 1);
+  if (tx->irrevocable) { /* an escalated transaction given up by retry */
+    STORE(&tx->irrevocable, 0);
+    tx->h.snapshot = 0;
+  }
+  run_handlers(tx, &tx->on_abort, start);
+  tx->on_abort.n = 0;
+  __atomic_store_n(&tx->active, idle_value(tx), __ATOMIC_RELEASE);
+}
+
+/* Restart the outermost transaction (after rollback). */
+static void restart(ame_tx_t *tx) __attribute__((noreturn));
+static void restart(ame_tx_t *tx) {
+  tx->nesting = 0;
+  longjmp(*tx->env, 1);
+}
+
+static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
+                     const char *other_site) {
+  assert(!tx->irrevocable && "an irrevocable transaction cannot abort");
+  rollback(tx, cause, addr, other_site);
+  if (tx->conflicts >= ame__G.escalate_after && !tx->want_irrevocable) {
+    tx->want_irrevocable = 1;
+    STAT_INC(tx, escalations);
+  }
+  if (!tx->want_irrevocable) backoff(tx);
+  restart(tx);
+}
+
+void ame_tx_abort(ame_tx_t *tx) {
+  assert(tx->nesting > 0 && "ame_tx_abort outside a transaction");
+  assert(!tx->irrevocable && "an irrevocable transaction cannot abort");
+  rollback(tx, AME_ABORT_EXPLICIT, 0, NULL);
+  restart(tx);
+}
+
+/* ------------------------------------------------------------------------
+** Commit.
+*/
+
+static void commit(ame_tx_t *tx) {
+  uintptr_t ts = 0;
+  if (tx->w_n == 0) {
+    STAT_INC(tx, commits_ro);
+  } else {
+    if (!tx->irrevocable && LOAD(&tx->killed))
+      abort_tx(tx, AME_ABORT_KILLED, 0, NULL);
+    ts = __atomic_add_fetch(&ame__G.clock, 1, __ATOMIC_ACQ_REL);
+    if (!tx->irrevocable && (ts - 1) << 1 != tx->h.snapshot) {
+      uintptr_t bad = validate(tx);
+      if (bad) abort_tx(tx, AME_ABORT_COMMIT, bad, NULL);
+    }
+    write_back(tx);
+    release_locks(tx, ts << 1);
+    tx->seen = ts;
+  }
+  STAT_INC(tx, commits);
+  if (tx->irrevocable) STAT_INC(tx, irrevocable);
+  if (tx->attempt + 1 > LOAD(&tx->stats.max_attempts))
+    STORE(&tx->stats.max_attempts, (uint64_t)tx->attempt + 1);
+  int privatize = tx->privatize;
+  tx->allocs.n = 0;
+  tx->on_abort.n = 0;
+  tx->attempt = 0;
+  uintptr_t start = LOAD(&tx->active);
+  end_tx(tx);
+  if (tx->frees.n) {
+    void **fp = tx->frees.items;
+    for (size_t i = 0; i < tx->frees.n; i++) {
+      struct ame__limbo lb = {fp[i], ts ? ts : LOAD_ACQ(&ame__G.clock)};
+      if (ame__vec_push(&tx->limbo, &lb, sizeof lb) != 0) {
+        quiesce_before(tx, lb.ts);
+        free(lb.ptr);
+        STAT_INC(tx, frees_done);
+        continue;
+      }
+      STAT_INC(tx, frees_pending);
+    }
+    tx->frees.n = 0;
+  }
+  if (ts) {
+    if (privatize) quiesce_before(tx, ts);
+    if (LOAD(&ame__G.retry_waiters)) {
+      __atomic_add_fetch(&ame__G.retry_seq, 1, __ATOMIC_RELEASE);
+      syscall(SYS_futex, &ame__G.retry_seq, FUTEX_WAKE_PRIVATE, INT_MAX,
+              NULL, NULL, 0);
+    }
+  }
+  run_handlers(tx, &tx->on_commit, start);
+  tx->on_commit.n = 0;
+  __atomic_store_n(&tx->active, idle_value(tx), __ATOMIC_RELEASE);
+  if (tx->limbo.n >= LIMBO_SCAN && tx->hold == 0) reclaim(tx, 0);
+}
+
+int ame__frame_next(struct ame__frame *f) {
+  if (f->state == 0) {
+    f->state = 1;
+    return 1;
+  }
+  ame_tx_t *tx = f->tx;
+  assert(tx->nesting > 0);
+  if (tx->nesting > 1) {
+    tx->nesting--;
+    return 0;
+  }
+  commit(tx);
+  return 0;
+}
+
+int ame_tx_run(ame_tx_t *tx, int (*fn)(ame_tx_t *, void *), void *arg) {
+  if (tx->nesting > 0) { /* flat nesting: join, one level deeper */
+    tx->nesting++;
+    int r = fn(tx, arg);
+    tx->nesting--;
+    return r;
+  }
+  volatile int result = 0;
+  jmp_buf env;
+  for (struct ame__frame f = {tx, 0, &env}; ame__frame_next(&f);)
+    switch (setjmp(env))
+    default:
+      if (ame__frame_begin(&f, NULL)) {
+      } else {
+        result = fn(tx, arg);
+      }
+  return result;
+}
+
+/* ------------------------------------------------------------------------
+** Irrevocability.
+*/
+
+int ame_tx_irrevocable(ame_tx_t *tx) {
+  assert(tx->nesting > 0 && "ame_tx_irrevocable outside a transaction");
+  if (tx->irrevocable) {
+    tx->irr_user = 1;
+    return 0;
+  }
+  /* Wait for the token; while we hold locks, an irrevocable transaction may
+  ** be waiting for them, so give them up if asked. */
+  if (tx->w_n > 0 && !tx->has_token) {
+    uintptr_t ticket =
+        __atomic_fetch_add(&ame__G.irr_next, 1, __ATOMIC_ACQ_REL);
+    while (LOAD_ACQ(&ame__G.irr_serving) != ticket) {
+      if (LOAD(&tx->killed)) {
+        rollback(tx, AME_ABORT_KILLED, 0, NULL);
+        while (LOAD_ACQ(&ame__G.irr_serving) != ticket) sched_yield();
+        tx->has_token = 1;
+        tx->want_irrevocable = 1;
+        restart(tx);
+      }
+      cpu_relax();
+    }
+    tx->has_token = 1;
+  } else {
+    acquire_token(tx);
+  }
+  /* Lock what we read so far; if any of it changed, restart irrevocable. */
+  for (struct ame__rentry *r = tx->r_base; r < tx->h.r_cur; r++) {
+    uintptr_t *o = ame__orec_of(r->addr);
+    for (;;) {
+      uintptr_t l = LOAD_ACQ(o);
+      if (IS_LOCKED(l)) {
+        struct ame__wentry *h = LOCK_ENTRY(l);
+        if (LOAD(&h->tx) == tx && h->version == r->version) break;
+        goto changed;
+      }
+      if (l != r->version) goto changed;
+      struct ame__wentry *e = new_entry(tx);
+      e->addr = r->addr;
+      e->value = 0;
+      e->mask = 0;
+      e->version = l;
+      e->orec = o;
+      e->next = NULL;
+      e->head = 1;
+      if (__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
+                                      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        break;
+      drop_entry(tx);
+    }
+  }
+  STORE(&tx->irrevocable, 1);
+  tx->irr_user = 1;
+  tx->h.snapshot = 0;
+  return 0;
+changed:
+  rollback(tx, AME_ABORT_IRREVOCABLE, 0, NULL);
+  tx->want_irrevocable = 1;
+  restart(tx);
+}
+
+int ame_tx_is_irrevocable(const ame_tx_t *tx) {
+  return tx->nesting > 0 && tx->irrevocable;
+}
+
+unsigned ame_tx_depth(const ame_tx_t *tx) { return tx->nesting; }
+
+unsigned ame_tx_attempt(const ame_tx_t *tx) { return tx->attempt; }
+
+void ame_tx_set_site(ame_tx_t *tx, const char *site) { STORE(&tx->site, site); }
+
+/* ------------------------------------------------------------------------
+** Retry.
+*/
+
+static int futex_wait(uint32_t *word, uint32_t val, long ns) {
+  struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
+  return (int)syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, val, &ts, NULL, 0);
+}
+
+void ame_retry(ame_tx_t *tx) {
+  assert(tx->nesting > 0 && "ame_retry outside a transaction");
+  assert(!tx->irr_user && "ame_retry in an irrevocable transaction");
+  /* Keep what we read: abort handlers may run transactions that reuse the
+  ** read log.  An irrevocable transaction (escalated by contention, never
+  ** one the program made irrevocable) has written nothing yet and locked
+  ** what it read: its lock entries tell what it read. */
+  size_t n = 0;
+  uintptr_t clock0 = LOAD_ACQ(&ame__G.clock);
+  if (tx->irrevocable) {
+    for (struct ame__wchunk *c = tx->w_first; c && tx->w_n; c = c->next) {
+      struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
+                                                 : c->e + AME__WCHUNK;
+      for (struct ame__wentry *e = c->e; e < end; e++) {
+        if (!e->head) continue;
+        struct ame__rentry r = {e->addr, e->version};
+        if (ame__vec_push(&tx->retry_set, &r, sizeof r) == 0) n++;
+      }
+      if (c == tx->w_chunk) break;
+    }
+  } else {
+    for (struct ame__rentry *r = tx->r_base; r < tx->h.r_cur; r++)
+      if (ame__vec_push(&tx->retry_set, r, sizeof *r) == 0) n++;
+  }
+  rollback(tx, AME_ABORT_RETRY, 0, NULL);
+  STAT_INC(tx, retries);
+  /* Waiting is not contention: start over with no escalation. */
+  release_token(tx);
+  tx->want_irrevocable = 0;
+  tx->conflicts = 0;
+  __atomic_add_fetch(&ame__G.retry_waiters, 1, __ATOMIC_SEQ_CST);
+  for (;;) {
+    uint32_t seq = __atomic_load_n(&ame__G.retry_seq, __ATOMIC_SEQ_CST);
+    int changed = 0;
+    if (n == 0) {
+      changed = LOAD_ACQ(&ame__G.clock) != clock0;
+    } else {
+      for (size_t i = 0; i < n && !changed; i++) {
+        struct ame__rentry *r = &((struct ame__rentry *)tx->retry_set.items)[i];
+        if (LOAD_ACQ(ame__orec_of(r->addr)) != r->version) changed = 1;
+      }
+    }
+    if (changed) break;
+    /* A committer that missed our count is covered by the timeout. */
+    futex_wait(&ame__G.retry_seq, seq, 1000000L);
+  }
+  __atomic_sub_fetch(&ame__G.retry_waiters, 1, __ATOMIC_SEQ_CST);
+  tx->retry_set.n = 0;
+  restart(tx);
+}
+
+/* ------------------------------------------------------------------------
+** Handlers, privatization, allocation.
+*/
+
+int ame_tx_on_commit(ame_tx_t *tx, void (*fn)(void *), void *arg) {
+  assert(tx->nesting > 0 && "ame_tx_on_commit outside a transaction");
+  struct ame__handler h = {fn, arg};
+  return ame__vec_push(&tx->on_commit, &h, sizeof h);
+}
+
+int ame_tx_on_abort(ame_tx_t *tx, void (*fn)(void *), void *arg) {
+  assert(tx->nesting > 0 && "ame_tx_on_abort outside a transaction");
+  struct ame__handler h = {fn, arg};
+  return ame__vec_push(&tx->on_abort, &h, sizeof h);
+}
+
+void ame_tx_privatize(ame_tx_t *tx) {
+  assert(tx->nesting > 0 && "ame_tx_privatize outside a transaction");
+  tx->privatize = 1;
+}
+
+void *ame_tx_malloc(ame_tx_t *tx, size_t size) {
+  assert(tx->nesting > 0 && "ame_tx_malloc outside a transaction");
+  void *p = malloc(size ? size : 1);
+  if (p && ame__vec_push(&tx->allocs, &p, sizeof p) != 0) {
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
+void *ame_tx_calloc(ame_tx_t *tx, size_t n, size_t size) {
+  assert(tx->nesting > 0 && "ame_tx_calloc outside a transaction");
+  void *p = calloc(n ? n : 1, size ? size : 1);
+  if (p && ame__vec_push(&tx->allocs, &p, sizeof p) != 0) {
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
+void ame_tx_free(ame_tx_t *tx, void *ptr, size_t size) {
+  assert(tx->nesting > 0 && "ame_tx_free outside a transaction");
+  if (ptr == NULL) return;
+  if (size) {
+    /* Lock every granule of the block, as a write would. */
+    uintptr_t g = (uintptr_t)1 << AME__GRAIN_SHIFT;
+    uintptr_t a = (uintptr_t)ptr & ~(g - 1);
+    uintptr_t end = (uintptr_t)ptr + size;
+    for (; a < end; a += g) store_masked(tx, a, 0, 0);
+  }
+  if (ame__vec_push(&tx->frees, &ptr, sizeof ptr) != 0) {
+    fprintf(stderr, "ame: out of memory logging a free\n");
+    abort();
+  }
+}
+
+const char *ame_strerror(int err) {
+  switch (err) {
+  case 0: return "success";
+  case -ENOMEM: return "out of memory";
+  case -EINVAL: return "invalid argument";
+  case -EALREADY: return "already initialised";
+  case -EAGAIN: return "resource temporarily unavailable";
+  case -ENOSPC: return "no free slot (too many threads)";
+  default: return "unknown error";
+  }
+}
