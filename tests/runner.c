@@ -8,9 +8,19 @@
 **
 ** meson registers one test() per name (tests/meson.build), so `meson test`
 ** uses the first form; the last is for running the suite by hand.
+**
+** The same file builds every runner: compiled with AME_REACTOR_RUNNER
+** defined it is run-reactor-tests, whose list is reactor-test-list.h.
 */
 #include "task.h"
+
+#if defined(AME_REACTOR_RUNNER)
+#include "reactor-test-list.h"
+#define AME_TESTS AME_REACTOR_TESTS
+#else
 #include "test-list.h"
+#define AME_TESTS AME_STM_TESTS
+#endif
 
 #include <signal.h>
 #include <sys/types.h>
@@ -33,18 +43,18 @@ const char *__tsan_default_options(void) {
 #endif
 
 #define X(name, timeout) TEST_IMPL(name);
-AME_STM_TESTS(X)
+AME_TESTS(X)
 #undef X
 
 struct test_entry {
-  const char *name;   /* the test's name, as in test-list.h */
+  const char *name;   /* the test's name, as in the list */
   void (*fn)(void);   /* its body */
   unsigned timeout_s; /* its time limit when run by the runner itself */
 };
 
 static const struct test_entry tests[] = {
 #define X(name, timeout) {#name, test_##name, timeout},
-    AME_STM_TESTS(X)
+    AME_TESTS(X)
 #undef X
 };
 
@@ -135,8 +145,9 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < NTESTS; i++) {
     uint64_t t0 = now_ms();
     int r = run_child(self, &tests[i]);
-    printf("%s %zu - %s%s (%" PRIu64 " ms)\n", r == 0 || r == 77 ? "ok" : "not ok",
-           i + 1, tests[i].name, r == 77 ? " # SKIP" : "", now_ms() - t0);
+    printf("%s %zu - %s%s (%" PRIu64 " ms)\n",
+           r == 0 || r == 77 ? "ok" : "not ok", i + 1, tests[i].name,
+           r == 77 ? " # SKIP" : "", now_ms() - t0);
     fflush(stdout);
     failed += r != 0 && r != 77;
   }

@@ -71,7 +71,7 @@
   _Generic((x), char: 1, signed char: 1, short: 1, int: 1, long: 1,           \
            long long: 1, default: 0)
 
-#define AME_ASSERT_CMP_(a, op, b)                                             \
+#define AME_ASSERT_CMP_(a, op, b, sa, sb)                                     \
   do {                                                                        \
     const int ame_signed_ = AME_IS_SIGNED_(a) || AME_IS_SIGNED_(b);           \
     /* volatile: no -Wclobbered after AME_ATOMIC in the same function */     \
@@ -81,36 +81,36 @@
                               : ame_a_ op ame_b_;                             \
     if (!ame_ok_) {                                                           \
       if (ame_signed_)                                                        \
-        AME_TEST_FAIL_("%s %s %s (%" PRId64 " %s %" PRId64 ")", #a, #op, #b,  \
+        AME_TEST_FAIL_("%s %s %s (%" PRId64 " %s %" PRId64 ")", sa, #op, sb,  \
                        (int64_t)ame_a_, #op, (int64_t)ame_b_);                \
       else                                                                    \
         AME_TEST_FAIL_("%s %s %s (%" PRIu64 " %s %" PRIu64                    \
                        ", hex 0x%" PRIx64 " %s 0x%" PRIx64 ")",               \
-                       #a, #op, #b, (uint64_t)ame_a_, #op, (uint64_t)ame_b_,  \
+                       sa, #op, sb, (uint64_t)ame_a_, #op, (uint64_t)ame_b_,  \
                        (uint64_t)ame_a_, #op, (uint64_t)ame_b_);              \
     }                                                                         \
   } while (0)
 
-#define ASSERT_EQ(a, b) AME_ASSERT_CMP_(a, ==, b)
-#define ASSERT_NE(a, b) AME_ASSERT_CMP_(a, !=, b)
-#define ASSERT_LT(a, b) AME_ASSERT_CMP_(a, <, b)
-#define ASSERT_LE(a, b) AME_ASSERT_CMP_(a, <=, b)
-#define ASSERT_GT(a, b) AME_ASSERT_CMP_(a, >, b)
-#define ASSERT_GE(a, b) AME_ASSERT_CMP_(a, >=, b)
+#define ASSERT_EQ(a, b) AME_ASSERT_CMP_(a, ==, b, #a, #b)
+#define ASSERT_NE(a, b) AME_ASSERT_CMP_(a, !=, b, #a, #b)
+#define ASSERT_LT(a, b) AME_ASSERT_CMP_(a, <, b, #a, #b)
+#define ASSERT_LE(a, b) AME_ASSERT_CMP_(a, <=, b, #a, #b)
+#define ASSERT_GT(a, b) AME_ASSERT_CMP_(a, >, b, #a, #b)
+#define ASSERT_GE(a, b) AME_ASSERT_CMP_(a, >=, b, #a, #b)
 
-#define AME_ASSERT_PTR_CMP_(a, op, b)                                         \
+#define AME_ASSERT_PTR_CMP_(a, op, b, sa, sb)                                 \
   do {                                                                        \
     const void *volatile ame_pa_ = (const void *)(a);                         \
     const void *volatile ame_pb_ = (const void *)(b);                         \
     if (!(ame_pa_ op ame_pb_))                                                \
-      AME_TEST_FAIL_("%s %s %s (%p %s %p)", #a, #op, #b, (const void *)ame_pa_, \
-                     #op, (const void *)ame_pb_);                             \
+      AME_TEST_FAIL_("%s %s %s (%p %s %p)", sa, #op, sb,                     \
+                     (const void *)ame_pa_, #op, (const void *)ame_pb_);      \
   } while (0)
 
-#define ASSERT_PTR_EQ(a, b) AME_ASSERT_PTR_CMP_(a, ==, b)
-#define ASSERT_PTR_NE(a, b) AME_ASSERT_PTR_CMP_(a, !=, b)
-#define ASSERT_NULL(a) AME_ASSERT_PTR_CMP_(a, ==, NULL)
-#define ASSERT_NOT_NULL(a) AME_ASSERT_PTR_CMP_(a, !=, NULL)
+#define ASSERT_PTR_EQ(a, b) AME_ASSERT_PTR_CMP_(a, ==, b, #a, #b)
+#define ASSERT_PTR_NE(a, b) AME_ASSERT_PTR_CMP_(a, !=, b, #a, #b)
+#define ASSERT_NULL(a) AME_ASSERT_PTR_CMP_(a, ==, NULL, #a, "NULL")
+#define ASSERT_NOT_NULL(a) AME_ASSERT_PTR_CMP_(a, !=, NULL, #a, "NULL")
 
 #define ASSERT_DOUBLE_EQ(a, b)                                                \
   do {                                                                        \
@@ -132,7 +132,8 @@
 #define ASSERT_STR_CONTAINS(a, b)                                             \
   do {                                                                        \
     const char *ame_sa_ = (a), *ame_sb_ = (b);                                \
-    if (ame_sa_ == NULL || ame_sb_ == NULL || strstr(ame_sa_, ame_sb_) == NULL) \
+    if (ame_sa_ == NULL || ame_sb_ == NULL ||                                 \
+        strstr(ame_sa_, ame_sb_) == NULL)                                     \
       AME_TEST_FAIL_("%s contains %s (\"%s\" does not contain \"%s\")", #a,   \
                      #b, ame_sa_ ? ame_sa_ : "(null)",                        \
                      ame_sb_ ? ame_sb_ : "(null)");                           \
@@ -169,7 +170,8 @@ static inline uint64_t now_ns(void) {
 static inline uint64_t now_ms(void) { return now_ns() / 1000000u; }
 
 static inline void sleep_ms(unsigned ms) {
-  struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+  struct timespec ts = {.tv_sec = ms / 1000,
+                        .tv_nsec = (long)(ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
 }
@@ -263,6 +265,32 @@ static inline void thread_join(pthread_t t) {
       AME_TEST_FAIL_("%s did not become true within %u ms", #cond,            \
                      (unsigned)(ms) * slow_factor());                         \
   } while (0)
+
+/* A watchdog: if the test is still running after `seconds` (times the slow
+** factor), say what it was waiting for and abort, rather than leave it to
+** the runner's time limit to kill it without a word. */
+struct ame_watchdog_ {
+  unsigned seconds;
+  const char *what;
+};
+
+static void *ame_watchdog_main_(void *arg) {
+  struct ame_watchdog_ *w = arg;
+  sleep_ms(w->seconds * 1000u * slow_factor());
+  fprintf(stderr, "watchdog: %s: not done after %u s\n", w->what,
+          w->seconds * slow_factor());
+  abort();
+  return NULL;
+}
+
+static inline void watchdog_start(unsigned seconds, const char *what) {
+  static struct ame_watchdog_ w;
+  w.seconds = seconds;
+  w.what = what;
+  pthread_t t;
+  thread_start(&t, ame_watchdog_main_, &w);
+  pthread_detach(t);
+}
 
 /* ------------------------------------------------------------------------
 ** Heap accounting: bytes the C allocator has handed out and not had back.

@@ -70,6 +70,7 @@
   X(privatize_basic, 10)                                                      \
   X(quiesce_waits_for_running, 20)                                            \
   X(privatize_waits_for_running, 20)                                          \
+  X(privatize_readonly_waits, 20)                                             \
   X(stress_privatize_list, 60)                                                \
   X(stress_deferred_free_list, 60)                                            \
   /* statistics: test-stm-stats.c */                                          \
@@ -100,6 +101,7 @@
   X(stress_opacity, 60)                                                       \
   X(stress_opacity_zombie_ring, 60)                                           \
   X(stress_write_skew, 60)                                                    \
+  X(stress_large_read_set, 60)                                                \
   /* concurrent integer sets from bench/intset: test-stm-intset.c */         \
   X(intset_linkedlist, 90)                                                    \
   X(intset_skiplist, 90)                                                      \

@@ -10,7 +10,8 @@
 TEST_IMPL(load_store_word) {
   ame_tx_t *tx = enter();
   static uintptr_t w[4];
-  const uintptr_t vals[4] = {0, 1, UINTPTR_MAX, (uintptr_t)0x8000000000000001ULL};
+  const uintptr_t vals[4] = {0, 1, UINTPTR_MAX,
+                             (uintptr_t)0x8000000000000001ULL};
   AME_ATOMIC(tx) {
     for (int i = 0; i < 4; i++)
       ame_store_word_tx(tx, &w[i], vals[i]);

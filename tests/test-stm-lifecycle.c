@@ -323,6 +323,15 @@ static void misuse_load_outside(void) {
   (void)ame_load_word_tx(tx, &misuse_word);
 }
 
+/* The same after a transaction ran (the inlined fast path then finds a
+** snapshot in the descriptor). */
+static void misuse_load_after_tx(void) {
+  ame_tx_t *tx = enter();
+  (void)tx_get(tx, &misuse_word);  /* read-only: the word's version stays
+                                      within the descriptor's snapshot */
+  (void)ame_load_word_tx(tx, &misuse_word);
+}
+
 static void misuse_store_outside(void) {
   ame_tx_t *tx = enter();
   ame_store_word_tx(tx, &misuse_word, 1);
@@ -356,6 +365,8 @@ TEST_IMPL(misuse_asserts) {
   TEST_SKIP("assertions are compiled out (NDEBUG)");
 #else
   expect_abort("load outside a transaction", misuse_load_outside);
+  expect_abort("load outside a transaction, after one",
+               misuse_load_after_tx);
   expect_abort("store outside a transaction", misuse_store_outside);
   expect_abort("ame_retry() in an irrevocable transaction",
                misuse_retry_irrevocable);

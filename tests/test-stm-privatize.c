@@ -54,7 +54,8 @@ struct holder {
   atomic_int ending;        /* the holder's last statement in the block */
   atomic_int fence_done;    /* the fence (or privatizing commit) returned */
   atomic_int ending_at_fence; /* `ending` as seen when the fence returned */
-  int privatize;            /* fence by a privatizing commit, not quiesce */
+  int privatize;            /* fence by a privatizing commit, not quiesce:
+                               1 a writing one, 2 a read-only one */
 };
 
 static void *holder_main(void *arg) {
@@ -75,10 +76,18 @@ static void *fencer_main(void *arg) {
   struct holder *h = arg;
   static uintptr_t y;
   ame_tx_t *tx = enter();
-  if (h->privatize) {
+  if (h->privatize == 1) {
     AME_ATOMIC(tx) {
       ame_tx_privatize(tx);
       ame_store_word_tx(tx, &y, 1);
+    }
+  } else if (h->privatize == 2) {
+    /* Privatization by agreement: the memory became private through an
+    ** earlier commit (here: the test's own), and this transaction only
+    ** reads that it is so. */
+    AME_ATOMIC(tx) {
+      ame_tx_privatize(tx);
+      (void)ame_load_word_tx(tx, &y);
     }
   } else {
     ame_quiesce(tx);
@@ -111,14 +120,16 @@ TEST_IMPL(quiesce_waits_for_running) { fence_waits(0); }
 
 TEST_IMPL(privatize_waits_for_running) { fence_waits(1); }
 
+TEST_IMPL(privatize_readonly_waits) { fence_waits(2); }
+
 /* ------------------------------------------------------------------------
 ** A shared singly linked list.  Traversers walk it transactionally, check
 ** every node is live, and count hits in nodes; removers unlink nodes and
 ** either privatize them (then check, poison and free() them with plain
 ** accesses) or give them to ame_tx_free.  The transaction that removes a
-** node also inserts a new one, so every transaction sees the same length.  Hits are conserved: those
-** counted in committed traversals equal those found in removed nodes plus
-** those left in the list at the end.
+** node also inserts a new one, so every transaction sees the same length.
+** Hits are conserved: those counted in committed traversals equal those
+** found in removed nodes plus those left in the list at the end.
 */
 #define LIVE 0x11FE11FE11FE11FEULL
 #define DEAD 0xDEADDEADDEADDEADULL
@@ -207,7 +218,8 @@ static void *remover_main(void *arg) {
       }
       struct lnode *n = ame_load_ptr_tx(tx, (void **)link);
       ASSERT_NOT_NULL(n);
-      ame_store_ptr_tx(tx, (void **)link, ame_load_ptr_tx(tx, (void **)&n->next));
+      ame_store_ptr_tx(tx, (void **)link,
+                       ame_load_ptr_tx(tx, (void **)&n->next));
       victim = n;
       if (!s->use_tx_free) {
         /* Insert the fresh node (published by the commit). */

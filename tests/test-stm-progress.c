@@ -47,6 +47,7 @@ static void *short_writer_main(void *arg) {
 TEST_IMPL(progress_long_reader) {
   ame_stm_config_t cfg = {0};  /* escalate_after: the default, 16 */
   ASSERT_EQ(ame_stm_init(&cfg), 0);
+  watchdog_start(40, "the long transaction never committed 5 times");
   ame_tx_t *tx = enter();
   static struct long_state s;
   for (int i = 0; i < NACC; i++)
@@ -110,8 +111,9 @@ TEST_IMPL(progress_long_reader) {
 /* ------------------------------------------------------------------------
 ** Escalation, made deterministic: every attempt of the victim reads w, has
 ** a helper commit a change to w and w2, and reads w2 (newer than its
-** snapshot: the extension finds w changed and the attempt aborts).  Once the contention manager makes the
-** victim irrevocable the helper is not asked and the victim commits.
+** snapshot: the extension finds w changed and the attempt aborts).  Once
+** the contention manager makes the victim irrevocable the helper is not
+** asked and the victim commits.
 */
 enum { ESCALATE = 4 };
 
@@ -143,6 +145,7 @@ static void *bumper_main(void *arg) {
 TEST_IMPL(progress_escalation) {
   ame_stm_config_t cfg = {.escalate_after = ESCALATE};
   ASSERT_EQ(ame_stm_init(&cfg), 0);
+  watchdog_start(20, "the victim never escalated and committed");
   ame_tx_t *tx = enter();
   static struct escalation e;
   pthread_t t;
@@ -170,7 +173,8 @@ TEST_IMPL(progress_escalation) {
     ASSERT_EQ(st.escalations, (uint64_t)round);
     ASSERT_EQ(st.irrevocable, (uint64_t)round);
     ASSERT_EQ(st.aborts, (uint64_t)round * ESCALATE);
-    ASSERT_EQ(st.aborts_by_cause[AME_ABORT_VALIDATE], (uint64_t)round * ESCALATE);
+    ASSERT_EQ(st.aborts_by_cause[AME_ABORT_VALIDATE],
+              (uint64_t)round * ESCALATE);
     ASSERT_EQ(st.max_attempts, ESCALATE + 1);
   }
   atomic_store(&e.stop, 1);

@@ -264,6 +264,7 @@ TEST_IMPL(retry_queue_2p2c) { run_queue(2, 2); }
 */
 struct esc_retry {
   uintptr_t flag;
+  _Alignas(64) uintptr_t scratch;  /* each attempt adds 1; one commits */
   _Alignas(64) uintptr_t w;
   _Alignas(64) uintptr_t w2;
   atomic_int req, ack, stop, waiting;
@@ -309,6 +310,7 @@ TEST_IMPL(retry_after_escalation) {
   volatile uintptr_t got = 0;
   AME_ATOMIC(tx) {
     uintptr_t v = ame_load_word_tx(tx, &e.flag);
+    ame_store_word_tx(tx, &e.scratch, ame_load_word_tx(tx, &e.scratch) + 1);
     (void)ame_load_word_tx(tx, &e.w);
     if (!ame_tx_is_irrevocable(tx) && v == 0) {
       int r = atomic_fetch_add(&e.req, 1) + 1;
@@ -322,6 +324,7 @@ TEST_IMPL(retry_after_escalation) {
     got = v;
   }
   ASSERT_EQ(got, 1);
+  ASSERT_EQ(e.scratch, 1);  /* the aborted and retried attempts left none */
   atomic_store(&e.stop, 1);
   thread_join(tb);
   thread_join(ts);

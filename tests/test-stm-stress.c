@@ -64,7 +64,8 @@ TEST_IMPL(stress_counter) {
   for (unsigned i = 0; i < COUNTER_THREADS; i++)
     thread_join(th[i]);
   ASSERT_EQ(s.count, COUNTER_TOTAL);
-  ASSERT_EQ(s.sixteenth, COUNTER_THREADS * ((COUNTER_TOTAL / COUNTER_THREADS + 15) / 16));
+  ASSERT_EQ(s.sixteenth,
+            COUNTER_THREADS * ((COUNTER_TOTAL / COUNTER_THREADS + 15) / 16));
   ame_stats_t tot;
   ame_stats_total(&tot);
   ASSERT_GE(tot.commits, COUNTER_TOTAL);
@@ -509,5 +510,89 @@ TEST_IMPL(stress_write_skew) {
   for (int p = 0; p < SKEW_PAIRS; p++)
     ASSERT_GE(s.pair[p].x + s.pair[p].y, 1);
   ASSERT_GT(atomic_load(&s.clears), 0);
+  leave_and_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** Large read sets: readers sum 50,000 words, one per 32-byte granule (a
+** read log far beyond its first allocation), while writers move units
+** between random words; every attempt must see the conserved total.
+*/
+enum { BIG_WORDS = 50000, BIG_STRIDE = 4, BIG_INIT = 3 };
+
+struct big_state {
+  struct gate gate;
+  uintptr_t *w;               /* BIG_WORDS * BIG_STRIDE words; every 4th */
+  atomic_ulong sums, moves;
+};
+
+struct big_worker {
+  struct big_state *s;
+  unsigned id;
+};
+
+static void *big_main(void *arg) {
+  struct big_worker *bw = arg;
+  struct big_state *s = bw->s;
+  ame_tx_t *tx = enter();
+  uint64_t rs = rnd_seed(300 + bw->id);
+  unsigned long sums = 0, moves = 0;
+  gate_wait(&s->gate);
+  while (!atomic_load(&s->gate.stop)) {
+    if (bw->id == 0) {
+      AME_ATOMIC(tx) {
+        uintptr_t sum = 0;
+        for (unsigned i = 0; i < BIG_WORDS; i++)
+          sum += ame_load_word_tx(tx, &s->w[i * BIG_STRIDE]);
+        ASSERT_EQ(sum, (uintptr_t)BIG_WORDS * BIG_INIT);
+      }
+      sums++;
+    } else {
+      unsigned i = (unsigned)rnd_below(&rs, BIG_WORDS) * BIG_STRIDE;
+      unsigned j = (unsigned)rnd_below(&rs, BIG_WORDS) * BIG_STRIDE;
+      AME_ATOMIC(tx) {
+        uintptr_t a = ame_load_word_tx(tx, &s->w[i]);
+        if (a > 0 && i != j) {
+          ame_store_word_tx(tx, &s->w[i], a - 1);
+          ame_store_word_tx(tx, &s->w[j], ame_load_word_tx(tx, &s->w[j]) + 1);
+        }
+      }
+      moves++;
+      if (moves % 64 == 0)
+        sched_yield();  /* let the reader get somewhere */
+    }
+  }
+  atomic_fetch_add(&s->sums, sums);
+  atomic_fetch_add(&s->moves, moves);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(stress_large_read_set) {
+  enter();
+  static struct big_state s;
+  s.w = calloc((size_t)BIG_WORDS * BIG_STRIDE, sizeof *s.w);
+  ASSERT_NOT_NULL(s.w);
+  for (unsigned i = 0; i < BIG_WORDS; i++)
+    s.w[i * BIG_STRIDE] = BIG_INIT;
+  enum { NT = 3 };
+  struct big_worker w[NT];
+  pthread_t th[NT];
+  for (unsigned i = 0; i < NT; i++) {
+    w[i] = (struct big_worker){&s, i};
+    thread_start(&th[i], big_main, &w[i]);
+  }
+  gate_open(&s.gate, NT);
+  sleep_ms(stress_ms());
+  atomic_store(&s.gate.stop, 1);
+  for (unsigned i = 0; i < NT; i++)
+    thread_join(th[i]);
+  uintptr_t sum = 0;
+  for (unsigned i = 0; i < BIG_WORDS; i++)
+    sum += s.w[i * BIG_STRIDE];
+  ASSERT_EQ(sum, (uintptr_t)BIG_WORDS * BIG_INIT);
+  ASSERT_GT(atomic_load(&s.sums), 0);
+  ASSERT_GT(atomic_load(&s.moves), 0);
+  free(s.w);
   leave_and_shutdown();
 }

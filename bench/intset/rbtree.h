@@ -36,7 +36,7 @@
 #define RBTREE_RED ((uintptr_t)0)
 #define RBTREE_BLACK ((uintptr_t)1)
 
-/* The fields a lookup reads come first (ame logs reads per 32-byte orec
+/* The fields a lookup reads come first (ame logs reads per 64-byte orec
 ** granule, so a lookup step tends to log one entry). */
 typedef struct rbtree_node {
   uintptr_t key;               /* changes only when a removal moves a key */

@@ -356,6 +356,7 @@ static void quiesce_before(ame_tx_t *tx, uintptr_t ts) {
 void ame_quiesce(ame_tx_t *tx) {
   assert(tx == NULL || tx->nesting == 0);
   quiesce_before(tx, LOAD_ACQ(&ame__G.clock) + 1);
+  if (tx && tx->hold == 0) reclaim(tx, 0); /* everything older is safe now */
 }
 
 void ame_thread_idle(ame_tx_t *tx) {
@@ -482,6 +483,9 @@ static void run_handlers(ame_tx_t *tx, struct ame__vec *v, uintptr_t start) {
 ** that outlives the attempt's rollback.  `active` is left to the caller. */
 static void end_tx(ame_tx_t *tx) {
   tx->nesting = 0;
+  /* No snapshot outside a transaction: a stray load takes the slow path,
+  ** which asserts, instead of appending to the read log. */
+  tx->h.snapshot = 0;
   STORE(&tx->irrevocable, 0);
   tx->irr_user = 0;
   tx->want_irrevocable = 0;
@@ -946,8 +950,9 @@ static void commit(ame_tx_t *tx) {
     }
     tx->frees.n = 0;
   }
+  if (privatize) /* a read-only one privatizes by agreement: same wait */
+    quiesce_before(tx, ts ? ts : LOAD_ACQ(&ame__G.clock) + 1);
   if (ts) {
-    if (privatize) quiesce_before(tx, ts);
     if (LOAD(&ame__G.retry_waiters)) {
       __atomic_add_fetch(&ame__G.retry_seq, 1, __ATOMIC_RELEASE);
       syscall(SYS_futex, &ame__G.retry_seq, FUTEX_WAKE_PRIVATE, INT_MAX,
@@ -957,7 +962,11 @@ static void commit(ame_tx_t *tx) {
   run_handlers(tx, &tx->on_commit, start);
   tx->on_commit.n = 0;
   __atomic_store_n(&tx->active, idle_value(tx), __ATOMIC_RELEASE);
-  if (tx->limbo.n >= LIMBO_SCAN && tx->hold == 0) reclaim(tx, 0);
+  /* Scan limbo when it is large, and now and then when it is not, so a
+  ** few blocks freed by a long-lived thread do not wait for its exit. */
+  if (tx->limbo.n && tx->hold == 0 &&
+      (tx->limbo.n >= LIMBO_SCAN || tx->starts % LIMBO_SCAN == 0))
+    reclaim(tx, 0);
 }
 
 int ame__frame_next(struct ame__frame *f) {
@@ -1193,6 +1202,6 @@ const char *ame_strerror(int err) {
   case -EALREADY: return "already initialised";
   case -EAGAIN: return "resource temporarily unavailable";
   case -ENOSPC: return "no free slot (too many threads)";
-  default: return "unknown error";
+  default: return err < 0 && err > -4096 ? strerror(-err) : "unknown error";
   }
 }

@@ -26,7 +26,9 @@
 ** `break` or `continue`).  Do not `return`, `goto` or `longjmp` out of the
 ** block.  Local variables that are declared outside the block, modified
 ** inside it and read after an abort must be `volatile` (the usual setjmp
-** rule), or simply be assigned afresh in each attempt.  Nesting is flat: an
+** rule), or simply be assigned afresh in each attempt.  (gcc's
+** -Wclobbered, part of -Wextra, warns about such variables, and sometimes
+** about ones that are safe; code that follows the rule may turn it off.)  Nesting is flat: an
 ** inner AME_ATOMIC joins the outer transaction and an abort restarts the
 ** outermost.  ame_tx_run() is the same as a function call for code that
 ** prefers an explicit callback to a macro.
@@ -35,7 +37,9 @@
 ** the abort.  Memory given to ame_tx_free() in an attempt that commits is
 ** handed back to the C allocator only once no transaction that may still hold
 ** a pointer to it is running (quiescence on the version clock); in an attempt
-** that aborts, ame_tx_free() has no effect.  Words that are accessed
+** that aborts, ame_tx_free() has no effect.  (A block freed by a
+** transaction that wrote nothing is timestamped when it commits: it must
+** have been made unreachable by an earlier commit.)  Words that are accessed
 ** transactionally by one thread must be accessed transactionally, or through
 ** privatization (ame_tx_privatize()), by every thread.
 **
@@ -78,7 +82,8 @@ typedef struct ame_stm_config {
 } ame_stm_config_t;
 
 /* Initialise the STM.  Return 0, -EALREADY if it was already initialised
-** (the configuration is then ignored), or -ENOMEM.  ame_thread_enter() calls
+** (the configuration is then ignored), -EINVAL if orec_bits is outside
+** [4, 28], or -ENOMEM.  ame_thread_enter() calls
 ** it with the defaults if nobody did. */
 AME_EXTERN int ame_stm_init(const ame_stm_config_t *cfg);
 
@@ -221,8 +226,11 @@ typedef struct ame_stats {
   uint64_t frees_done;    /* deferred frees reclaimed */
 } ame_stats_t;
 
-/* Fill *out with the statistics of one thread's descriptor (its whole
-** history, across ame_stats_reset()). */
+/* Fill *out with the statistics of one thread's descriptor.  Descriptors
+** are recycled: a thread that registers after another left may get its
+** descriptor, and its counts go on from there (take a snapshot first to
+** measure one thread's share).  Counts go back to zero only with
+** ame_stats_reset(). */
 AME_EXTERN void ame_stats_thread(const ame_tx_t *tx, ame_stats_t *out);
 
 /* Fill *out with the totals over every thread that ever registered. */

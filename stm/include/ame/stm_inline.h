@@ -19,7 +19,8 @@
 
 #include <stdint.h>
 
-/* log2 of the bytes covered by one orec (32-byte granules). */
+/* log2 of the bytes covered by one orec (64-byte granules: one cache line;
+** docs/stm.md has the measurements behind the choice). */
 #define AME__GRAIN_SHIFT 6
 
 /* One read-log entry: the word read and the orec value seen. */
