@@ -24,6 +24,39 @@
   X(timer_ties, 20)                                                           \
   X(timer_repeat_cancel, 20)                                                  \
   X(timer_cancel_answers, 20)                                                 \
-  X(timer_cancel_aborted, 20)
+  X(timer_cancel_aborted, 20)                                                 \
+  /* streams and listeners: test-reactor-tcp.c */                             \
+  X(tcp_listen_errors, 20)                                                    \
+  X(tcp_connect_refused, 20)                                                  \
+  X(tcp_ipv4_ipv6, 20)                                                        \
+  X(tcp_reuseport, 20)                                                        \
+  X(tcp_reuseport_close, 30)                                                  \
+  X(unix_stream, 20)                                                          \
+  X(listen_fd_adopt, 20)                                                      \
+  X(stream_pause_resume, 20)                                                  \
+  X(stream_shutdown, 20)                                                      \
+  X(stream_watermarks, 30)                                                    \
+  X(stream_large_write, 60)                                                   \
+  X(stream_close_kinds, 20)                                                   \
+  /* other handles: test-reactor-misc.c */                                    \
+  X(udp_send_recv, 20)                                                        \
+  X(udp_multicast, 20)                                                        \
+  X(signal_usr1, 20)                                                          \
+  X(resolve, 30)                                                              \
+  X(poll_pipe, 20)                                                            \
+  X(call_foreign_threads, 30)                                                 \
+  X(stats_report, 20)                                                         \
+  /* child processes: test-reactor-process.c */                               \
+  X(spawn_echo_cat, 20)                                                       \
+  X(spawn_errors_kill, 20)                                                    \
+  /* faults: test-reactor-faults.c */                                         \
+  X(accept_emfile, 30)                                                        \
+  X(peer_gone, 20)                                                            \
+  X(slow_reader, 30)                                                          \
+  X(callback_error, 20)                                                       \
+  X(stop_flushes_writes, 30)                                                  \
+  X(stop_drain_timeout, 20)                                                   \
+  X(free_without_run, 20)                                                     \
+  X(stop_before_run, 20)
 
 #endif /* AME_TESTS_REACTOR_TEST_LIST_H */

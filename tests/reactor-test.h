@@ -124,10 +124,29 @@ static inline void rt_stop(struct rt *rt) {
   rt_wait(rt, 20000);
 }
 
+/* Print every open descriptor and what it is (to explain a leak). */
+static inline void fd_dump(void) {
+  DIR *d = opendir("/proc/self/fd");
+  ASSERT_NOT_NULL(d);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] == '.')
+      continue;
+    char path[300], target[300];
+    snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    target[n > 0 ? n : 0] = '\0';
+    fprintf(stderr, "#   fd %s -> %s\n", e->d_name, target);
+  }
+  closedir(d);
+}
+
 /* The end of a test: free the reactor, check the descriptors, hand the
 ** STM's deferred frees back so that LeakSanitizer judges the rest. */
 static inline void rt_finish(ame_reactor_t *r, int fds_before) {
   ame_reactor_free(r);
+  if (fd_count() != fds_before)
+    fd_dump();
   ASSERT_EQ(fd_count(), fds_before);
   ame_stm_shutdown();
 }

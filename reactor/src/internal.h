@@ -74,6 +74,7 @@ struct job {
   ame_handle_t *h;           /* a timer (holds a reference), or NULL */
   struct job *next;
   uint64_t user_fn;          /* ame_call_fn for calls and tasks */
+  const char *what;          /* "posted call" or "task", for the log */
 };
 
 struct jobq {
@@ -99,7 +100,7 @@ struct worker {
   ame_tx_t *tx;
   char *readbuf;             /* one read at a time per worker */
   int stopping;              /* owner thread: stop has begun here */
-  int idle_marked;           /* counted in r->idle */
+  int idle_marked;           /* atomic: counted in r->idle */
   ame_handle_t *handles;     /* live handles owned here */
   unsigned nstreams;         /* atomic: open streams (balancing) */
   uint64_t callbacks;        /* atomic counters */
@@ -116,6 +117,7 @@ struct ame_reactor {
   FILE *log;
   int running;               /* atomic */
   int stopping;              /* atomic */
+  int quiet;                 /* atomic: being freed, call nobody back */
   unsigned idle;             /* atomic: workers blocked with nothing to do */
   unsigned next_worker;      /* atomic: round-robin tie-break */
   pthread_mutex_t calls_lock;
@@ -133,13 +135,23 @@ void ame__handle_init(ame_handle_t *h, int type, ame_reactor_t *r,
 void ame__handle_link(ame_handle_t *h);
 void ame__handle_unlink(ame_handle_t *h);
 void ame__handle_ref(ame_handle_t *h);
+int ame__handle_tryref(ame_handle_t *h);
 void ame__handle_unref(ame_handle_t *h);
 
-/* Ops: allocate (with len payload bytes), then submit: at commit inside a
-** transaction, at once outside.  Return 0 or -ENOMEM. */
+/* Ops: allocate (with len payload bytes; NULL if memory ran out or the
+** handle is dead), then submit: at commit inside a transaction, at once
+** outside.  Return 0 or -ENOMEM. */
 struct op *ame__op_new(int (*run)(struct op *), ame_handle_t *h,
                        struct worker *w, size_t len);
 int ame__op_submit(struct op *op);
+
+/* Submit op, which makes the new handle op->h live (or does the work of a
+** request with no handle), like ame__op_submit.  If the transaction's
+** attempt aborts instead, undo(arg) (may be NULL) releases what the handle
+** holds besides its memory (descriptors, strings), then the op and the
+** handle's open reference are dropped.  Return 0 or -ENOMEM (then nothing
+** was registered and the caller disposes of op and handle). */
+int ame__publish(struct op *op, void (*undo)(void *), void *arg);
 
 /* Jobs. */
 int ame__job_push(struct worker *w, struct jobq *q, struct job *job);

@@ -31,45 +31,6 @@ static void close_uv(ame_handle_t *h, uv_handle_t *hd) {
   uv_close(hd, closed_cb);
 }
 
-/* Make a handle live at commit (or now), undoing its setup on abort. */
-struct pub {
-  struct op *op;
-  void (*undo)(void *);
-  void *arg;
-};
-
-static void pub_commit(void *arg) {
-  struct pub *p = arg;
-  ame__op_submit(p->op);
-  free(p);
-}
-
-static void pub_abort(void *arg) {
-  struct pub *p = arg;
-  p->op->h = NULL; /* the handle goes with undo */
-  free(p->op);
-  p->undo(p->arg);
-  free(p);
-}
-
-static int publish(struct op *op, void (*undo)(void *), void *arg) {
-  ame_tx_t *tx = ame_self();
-  if (tx && ame_tx_depth(tx) > 0) {
-    struct pub *p = malloc(sizeof *p);
-    if (p == NULL) return -ENOMEM;
-    p->op = op;
-    p->undo = undo;
-    p->arg = arg;
-    if (ame_tx_on_commit(tx, pub_commit, p) != 0) {
-      free(p);
-      return -ENOMEM;
-    }
-    if (ame_tx_on_abort(tx, pub_abort, p) != 0) ame_tx_abort(tx);
-    return 0;
-  }
-  return ame__op_submit(op);
-}
-
 /* ------------------------------------------------------------------------
 ** Timers.
 */
@@ -172,7 +133,7 @@ int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
     free(t);
     return -ENOMEM;
   }
-  int rc = publish(op, free, t);
+  int rc = ame__publish(op, NULL, NULL);
   if (rc) {
     op->h = NULL;
     free(op);
@@ -269,7 +230,7 @@ static int op_udp_start(struct op *op) {
 static void udp_undo(void *arg) {
   ame_udp_t *u = arg;
   close(u->fd);
-  free(u);
+  u->fd = -1;
 }
 
 int ame_udp_bind(ame_reactor_t *r, const char *host, int port, int flags,
@@ -308,12 +269,13 @@ int ame_udp_bind(ame_reactor_t *r, const char *host, int port, int flags,
                       ? ((struct sockaddr_in6 *)&got)->sin6_port
                       : ((struct sockaddr_in *)&got)->sin_port);
   struct op *op = ame__op_new(op_udp_start, &u->h, NULL, 0);
-  if (op == NULL || (rc = publish(op, udp_undo, u)) != 0) {
+  if (op == NULL || (rc = ame__publish(op, udp_undo, u)) != 0) {
     if (op) {
       op->h = NULL;
       free(op);
     }
     udp_undo(u);
+    free(u);
     return rc ? rc : -ENOMEM;
   }
   *out = u;
@@ -461,7 +423,7 @@ int ame_signal_start(ame_reactor_t *r, int signum, ame_signal_cb cb,
   s->cb = cb;
   s->signum = signum;
   struct op *op = ame__op_new(op_signal_start, &s->h, NULL, 0);
-  int rc = op ? publish(op, free, s) : -ENOMEM;
+  int rc = op ? ame__publish(op, NULL, NULL) : -ENOMEM;
   if (rc) {
     if (op) {
       op->h = NULL;
@@ -508,9 +470,11 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   struct resolve *q = req->data;
   struct worker *w = ame__current();
   volatile int rc = 0;
-  AME_ATOMIC(w->tx) {
-    ame_tx_set_site(w->tx, "resolve");
-    rc = q->cb(w->tx, status, res, q->data);
+  if (!LOAD(&q->r->quiet)) {
+    AME_ATOMIC(w->tx) {
+      ame_tx_set_site(w->tx, "resolve");
+      rc = q->cb(w->tx, status, res, q->data);
+    }
   }
   ame__cb_done(w, NULL, "resolve callback", rc);
   uv_freeaddrinfo(res);
@@ -525,7 +489,9 @@ static int op_resolve(struct op *op) {
                           q->has_hints ? &q->hints : NULL);
   if (rc != 0) {
     volatile int rc2 = 0;
-    AME_ATOMIC(w->tx) { rc2 = q->cb(w->tx, rc, NULL, q->data); }
+    if (!LOAD(&q->r->quiet)) {
+      AME_ATOMIC(w->tx) { rc2 = q->cb(w->tx, rc, NULL, q->data); }
+    }
     ame__cb_done(w, NULL, "resolve callback", rc2);
     resolve_free(q);
   }
@@ -559,7 +525,7 @@ int ame_resolve(ame_reactor_t *r, const char *host, const char *service,
     return -ENOMEM;
   }
   op->p = q;
-  int rc = publish(op, resolve_undo, q);
+  int rc = ame__publish(op, resolve_undo, q);
   if (rc) {
     free(op);
     resolve_free(q);
@@ -654,7 +620,7 @@ int ame_poll_start(ame_reactor_t *r, int fd, int events, ame_poll_cb cb,
   }
   op->a = 0;
   op->b = (uint64_t)events;
-  int rc = publish(op, free, p);
+  int rc = ame__publish(op, NULL, NULL);
   if (rc) {
     op->h = NULL;
     free(op);

@@ -65,7 +65,7 @@ static void process_closed(uv_handle_t *hd) {
 static void report_exit(ame_process_t *p, int64_t status, int sig) {
   struct worker *w = p->h.w;
   STORE(&p->exited, 1);
-  if (p->opts.on_exit == NULL) return;
+  if (p->opts.on_exit == NULL || LOAD(&p->h.r->quiet)) return;
   volatile int rc = 0;
   AME_ATOMIC(w->tx) {
     ame_tx_set_site(w->tx, p->h.name ? p->h.name : "on_exit");
@@ -164,18 +164,8 @@ static void spawn_undo(void *arg) {
   free(p);
 }
 
-static void spawn_commit(void *arg) {
-  struct op *op = arg;
-  ame__op_submit(op);
-}
-
-static void spawn_abort(void *arg) {
-  struct op *op = arg;
-  ame_process_t *p = (ame_process_t *)op->h;
-  op->h = NULL;
-  free(op);
-  spawn_undo(p);
-}
+/* The spawn was asked for in an attempt that aborted. */
+static void spawn_abort(void *arg) { process_free_strings(arg); }
 
 int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
               ame_process_t **out) {
@@ -214,16 +204,12 @@ int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
     spawn_undo(p);
     return -ENOMEM;
   }
-  if (in_tx) {
-    if (ame_tx_on_commit(tx, spawn_commit, op) != 0) {
-      op->h = NULL;
-      free(op);
-      spawn_undo(p);
-      return -ENOMEM;
-    }
-    if (ame_tx_on_abort(tx, spawn_abort, op) != 0) ame_tx_abort(tx);
-  } else {
-    ame__op_submit(op);
+  int rc = ame__publish(op, spawn_abort, p);
+  if (rc != 0) {
+    op->h = NULL;
+    free(op);
+    spawn_undo(p);
+    return rc;
   }
   *out = p;
   return 0;

@@ -12,6 +12,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,8 @@ struct worker *ame__current(void) { return current; }
 
 void ame__log(ame_reactor_t *r, const char *fmt, ...) {
   FILE *f = r && r->log ? r->log : stderr;
+  /* (Also keeps gcc 12 with UBSan from warning of a null format.) */
+  if (fmt == NULL) return;
   va_list ap;
   va_start(ap, fmt);
   flockfile(f);
@@ -55,6 +58,8 @@ void ame__handle_init(ame_handle_t *h, int type, ame_reactor_t *r,
 }
 
 /* Owner thread (or before run): track a live handle for graceful stop. */
+static void maybe_finish(struct worker *w);
+
 void ame__handle_link(ame_handle_t *h) {
   struct worker *w = h->w;
   h->prev = NULL;
@@ -71,9 +76,23 @@ void ame__handle_unlink(ame_handle_t *h) {
     w->handles = h->next;
   if (h->next) h->next->prev = h->prev;
   h->prev = h->next = NULL;
+  if (w->stopping && w->handles == NULL) maybe_finish(w);
 }
 
 void ame__handle_ref(ame_handle_t *h) { ADD(&h->refs, 1); }
+
+/* Take a reference unless the handle is already dead (count 0: its memory
+** is only still there because a transaction that found the pointer in
+** shared data is running; that transaction will abort).  Return 1 if a
+** reference was taken. */
+int ame__handle_tryref(ame_handle_t *h) {
+  unsigned n = LOAD(&h->refs);
+  while (n != 0)
+    if (__atomic_compare_exchange_n(&h->refs, &n, n + 1, 1, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_RELAXED))
+      return 1;
+  return 0;
+}
 
 /* Drop a reference; the last one frees the handle once no transaction
 ** that may still hold a pointer to it is running. */
@@ -118,7 +137,10 @@ struct op *ame__op_new(int (*run)(struct op *), ame_handle_t *h,
   op->a = op->b = 0;
   op->p = NULL;
   op->len = len;
-  if (h) ame__handle_ref(h);
+  if (h && !ame__handle_tryref(h)) {
+    free(op);
+    return NULL;
+  }
   return op;
 }
 
@@ -156,19 +178,64 @@ static void op_discard(void *arg) { op_free(arg); }
 int ame__op_submit(struct op *op) {
   ame_tx_t *tx = ame_self();
   if (tx && ame_tx_depth(tx) > 0) {
-    if (ame_tx_on_commit(tx, op_dispatch, op) != 0) {
+    /* The abort handler first: if the commit handler cannot be
+    ** registered, aborting the attempt frees the op. */
+    if (ame_tx_on_abort(tx, op_discard, op) != 0) {
       op_free(op);
       return -ENOMEM;
     }
-    if (ame_tx_on_abort(tx, op_discard, op) != 0) {
-      /* The commit handler is registered; let it run, and make sure the
-      ** attempt cannot commit without its abort handler: abort it. */
-      ame_tx_abort(tx);
-    }
+    if (ame_tx_on_commit(tx, op_dispatch, op) != 0) ame_tx_abort(tx);
     return 0;
   }
   op_dispatch(op);
   return 0;
+}
+
+/* Make a handle live at commit (or now), undoing its setup on abort. */
+struct pub {
+  struct op *op;
+  void (*undo)(void *);
+  void *arg;
+};
+
+static void pub_commit(void *arg) {
+  struct pub *p = arg;
+  ame__op_submit(p->op);
+  free(p);
+}
+
+/* The attempt that made the handle aborted.  Ops on the handle asked for
+** later in the same attempt (a write after a connect) hold references and
+** are dropped by abort handlers that run after this one, so the handle's
+** memory is not freed here: its open reference and the op's are dropped,
+** and the last reference frees it. */
+static void pub_abort(void *arg) {
+  struct pub *p = arg;
+  ame_handle_t *h = p->op->h;
+  if (p->undo) p->undo(p->arg);
+  op_free(p->op);
+  if (h) ame__handle_unref(h);
+  free(p);
+}
+
+int ame__publish(struct op *op, void (*undo)(void *), void *arg) {
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    struct pub *p = malloc(sizeof *p);
+    if (p == NULL) return -ENOMEM;
+    p->op = op;
+    p->undo = undo;
+    p->arg = arg;
+    /* The abort handler first: if the commit handler cannot be
+    ** registered, aborting the attempt disposes of everything. */
+    if (ame_tx_on_abort(tx, pub_abort, p) != 0) {
+      free(p);
+      return -ENOMEM;
+    }
+    if (ame_tx_on_commit(tx, pub_commit, p) != 0) ame_tx_abort(tx);
+    return 0;
+  }
+  return ame__op_submit(op);
 }
 
 static void drain_inbox(struct worker *w) {
@@ -256,7 +323,8 @@ static void job_run(struct worker *w, struct jobq *q, pthread_mutex_t *lock,
 static int run_jobs(struct worker *w, unsigned budget) {
   ame_reactor_t *r = w->r;
   unsigned ran = 0;
-  while (ran < budget && !w->stopping) {
+  /* Once the reactor is stopping, no job starts (begin_stop drops them). */
+  while (ran < budget && !w->stopping && !LOAD(&r->stopping)) {
     struct job *job = NULL;
     struct jobq *q = NULL;
     pthread_mutex_t *lock = &w->lock;
@@ -311,6 +379,8 @@ static int has_jobs(struct worker *w) {
 */
 
 static void begin_stop(struct worker *w);
+static void run_here(struct worker *w);
+static void run_leftovers(ame_reactor_t *r);
 
 static void async_cb(uv_async_t *a) {
   struct worker *w = a->data;
@@ -322,8 +392,8 @@ static void idle_cb(uv_idle_t *i) { (void)i; }
 
 static void check_cb(uv_check_t *c) {
   struct worker *w = c->data;
-  if (w->idle_marked) {
-    w->idle_marked = 0;
+  if (LOAD(&w->idle_marked)) {
+    STORE(&w->idle_marked, 0);
     SUB(&w->r->idle, 1);
   }
   run_jobs(w, JOB_BATCH);
@@ -342,14 +412,40 @@ static void prepare_cb(uv_prepare_t *p) {
     return;
   }
   uv_idle_stop(&w->idle);
-  if (!w->idle_marked) {
+  if (!LOAD(&w->idle_marked)) {
     STORE(&w->idle_marked, 1);
     ADD(&w->r->idle, 1);
   }
   ame_thread_idle(w->tx);
 }
 
+/* A write to a connection the peer has closed raises SIGPIPE in the
+** writing thread (libuv writes with write(2)), whose default action ends
+** the process.  Workers block it instead, so that the write fails with
+** EPIPE and only that stream closes.  On the way out, the SIGPIPEs our
+** writes left pending are discarded and the thread's mask restored. */
+static void sigpipe_block(sigset_t *old) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, old);
+}
+
+static void sigpipe_restore(const sigset_t *old) {
+  if (!sigismember(old, SIGPIPE)) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {
+    }
+  }
+  pthread_sigmask(SIG_SETMASK, old, NULL);
+}
+
 static void worker_loop(struct worker *w) {
+  sigset_t mask;
+  sigpipe_block(&mask);
   current = w;
   w->tx = ame_thread_enter();
   if (w->tx == NULL) {
@@ -357,14 +453,15 @@ static void worker_loop(struct worker *w) {
     abort();
   }
   uv_run(&w->loop, UV_RUN_DEFAULT);
-  if (w->idle_marked) {
-    w->idle_marked = 0;
+  if (LOAD(&w->idle_marked)) {
+    STORE(&w->idle_marked, 0);
     SUB(&w->r->idle, 1);
   }
   ame_thread_idle(w->tx);
   ame_thread_exit();
   w->tx = NULL;
   current = NULL;
+  sigpipe_restore(&mask);
 }
 
 static void worker_main(void *arg) { worker_loop(arg); }
@@ -390,9 +487,6 @@ static void drop_jobs(struct jobq *q) {
     job = next;
   }
 }
-
-/* Called when a handle of a stopping worker has closed. */
-static void maybe_finish(struct worker *w);
 
 static void drain_timeout_cb(uv_timer_t *t) {
   struct worker *w = t->data;
@@ -436,6 +530,8 @@ static void begin_stop(struct worker *w) {
   uv_timer_start(&w->drain_timer, drain_timeout_cb, w->r->drain_timeout_ms,
                  0);
   uv_unref((uv_handle_t *)&w->drain_timer);
+  /* Nothing open: done (else the last handle to close finishes). */
+  maybe_finish(w);
 }
 
 /* ------------------------------------------------------------------------
@@ -523,6 +619,49 @@ uint64_t ame_reactor_now(ame_reactor_t *r) {
   return uv_now(&w->loop);
 }
 
+/* Run worker w's loop on the calling thread until it has stopped: for a
+** worker whose thread did not start, for a reactor freed without having
+** run, and for ops left over after the loop ended. */
+static void run_here(struct worker *w) {
+  sigset_t mask;
+  sigpipe_block(&mask);
+  current = w;
+  w->tx = ame_thread_enter();
+  if (w->tx == NULL) {
+    ame__log(w->r, "worker %u: cannot register with the STM", w->id);
+    abort();
+  }
+  if (!w->stopping) begin_stop(w);
+  drain_inbox(w);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  ame_thread_idle(w->tx);
+  ame_thread_exit();
+  w->tx = NULL;
+  current = NULL;
+  sigpipe_restore(&mask);
+}
+
+/* Once every worker's loop has ended, ops may still wait in inboxes: a
+** connection that one worker's listener accepted and handed to a worker
+** that had already stopped, a write or close asked for by a callback on a
+** worker that stopped later.  Run them now, on this thread, in stopping
+** mode (what they open is closed at once), until none is left. */
+static void run_leftovers(ame_reactor_t *r) {
+  for (int more = 1; more;) {
+    more = 0;
+    for (unsigned i = 0; i < r->nworkers; i++) {
+      struct worker *w = &r->workers[i];
+      pthread_mutex_lock(&w->lock);
+      int any = w->inbox_head != NULL;
+      pthread_mutex_unlock(&w->lock);
+      if (any) {
+        run_here(w);
+        more = 1;
+      }
+    }
+  }
+}
+
 int ame_reactor_run(ame_reactor_t *r) {
   if (r == NULL) return -EINVAL;
   int expected = 0;
@@ -538,18 +677,12 @@ int ame_reactor_run(ame_reactor_t *r) {
     }
     started++;
   }
-  /* Workers that could not start: their loops are stopped with the rest. */
   worker_loop(&r->workers[0]);
   for (unsigned i = 1; i < started; i++) uv_thread_join(&r->workers[i].thread);
-  for (unsigned i = started; i < r->nworkers; i++) {
-    struct worker *w = &r->workers[i];
-    current = w;
-    w->tx = ame_thread_enter();
-    begin_stop(w);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
-    ame_thread_exit();
-    current = NULL;
-  }
+  /* Workers that could not start: their loops are stopped with the rest. */
+  for (unsigned i = started; i < r->nworkers; i++)
+    run_here(&r->workers[i]);
+  run_leftovers(r);
   if (r->report_on_stop) ame_reactor_report(r, r->log);
   STORE(&r->running, 0);
   return 0;
@@ -591,6 +724,17 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 void ame_reactor_free(ame_reactor_t *r) {
   if (r == NULL) return;
   assert(!LOAD(&r->running) && "ame_reactor_free while running");
+  /* A reactor that never ran (or never stopped) still has ops in its
+  ** inboxes (listens, connects, timers asked for before ame_reactor_run)
+  ** and handles made at once (children spawned before it): stop each
+  ** worker here, so that they are all closed and freed, without calling
+  ** the program back. */
+  STORE(&r->quiet, 1);
+  STORE(&r->stopping, 1);
+  for (unsigned i = 0; i < r->nworkers; i++)
+    if (!uv_is_closing((uv_handle_t *)&r->workers[i].async))
+      run_here(&r->workers[i]);
+  run_leftovers(r);
   for (unsigned i = 0; i < r->nworkers; i++) {
     struct worker *w = &r->workers[i];
     drain_inbox_free(w);
@@ -624,10 +768,10 @@ static int call_job(ame_tx_t *tx, void *arg, struct job *job) {
   ame_call_fn fn = (ame_call_fn)(uintptr_t)job->user_fn;
   volatile int rc = 0;
   AME_ATOMIC(tx) {
-    ame_tx_set_site(tx, "ame_reactor_call");
+    ame_tx_set_site(tx, job->what);
     rc = fn(tx, arg);
   }
-  ame__cb_done(w, NULL, "posted call", rc);
+  ame__cb_done(w, NULL, job->what, rc);
   return rc;
 }
 
@@ -663,6 +807,7 @@ static int post(ame_reactor_t *r, ame_call_fn fn, void *arg, int task) {
   struct job *job = calloc(1, sizeof *job);
   if (job == NULL) return -ENOMEM;
   job->fn = call_job;
+  job->what = task ? "task" : "posted call";
   job->arg = arg;
   job->user_fn = (uint64_t)(uintptr_t)fn;
   ame_tx_t *tx = ame_self();

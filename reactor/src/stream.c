@@ -109,7 +109,7 @@ static int cb_simple(ame_stream_t *s, int (*fn)(ame_tx_t *, ame_stream_t *),
 
 static void cb_close(ame_stream_t *s, int status) {
   struct worker *w = s->h.w;
-  if (s->cbs->on_close == NULL) return;
+  if (s->cbs->on_close == NULL || LOAD(&s->h.r->quiet)) return;
   AME_ATOMIC(w->tx) {
     ame_tx_set_site(w->tx, s->h.name ? s->h.name : "on_close");
     s->cbs->on_close(w->tx, s, status);
@@ -271,7 +271,7 @@ int ame_stream_write(ame_stream_t *s, const void *data, size_t len) {
   if (len == 0) return 0;
   if (len > UINT32_MAX) return -EINVAL;
   struct op *op = ame__op_new(op_write, &s->h, NULL, len);
-  if (op == NULL) return -ENOMEM;
+  if (op == NULL) return LOAD(&s->h.refs) == 0 ? -EPIPE : -ENOMEM;
   memcpy(op->data, data, len);
   return ame__op_submit(op);
 }
@@ -314,7 +314,7 @@ static int op_control(struct op *op) {
 static int control(ame_stream_t *s, int what, uint64_t arg) {
   if (s == NULL) return -EINVAL;
   struct op *op = ame__op_new(op_control, &s->h, NULL, 0);
-  if (op == NULL) return -ENOMEM;
+  if (op == NULL) return LOAD(&s->h.refs) == 0 ? -EPIPE : -ENOMEM;
   op->a = (uint64_t)what;
   op->b = arg;
   return ame__op_submit(op);
@@ -539,14 +539,24 @@ static void listener_poll_cb(uv_poll_t *p, int status, int events) {
   }
 }
 
+/* Close a listener's socket (and remove its Unix socket file). */
+static void listener_release(ame_listener_t *l) {
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+  if (l->path && l->group == l) unlink(l->path);
+  free(l->path);
+  l->path = NULL;
+}
+
 static void listener_closed(uv_handle_t *hd) {
   ame_listener_t *l = hd->data;
   if (--l->inits > 0) return;
-  close(l->fd);
-  if (l->path && l->group == l) unlink(l->path);
-  free(l->path);
+  listener_release(l);
   l->h.state = HS_CLOSED;
   ame__handle_unlink(&l->h);
+  /* A member of a REUSEPORT group holds a reference on the group's first
+  ** listener (whose data it hands to each stream): drop it. */
+  if (l->group != l) ame__handle_unref(&l->group->h);
   ame__handle_unref(&l->h);
 }
 
@@ -583,17 +593,32 @@ static int op_listener_start(struct op *op) {
   return 0;
 }
 
-/* The listener's socket is made, but an abort undoes the listen. */
+/* Free a group that never went live and that nothing else refers to. */
 static void listener_abort(void *arg) {
   ame_listener_t *l = arg;
   while (l) {
     ame_listener_t *next = l->next_in_group;
-    close(l->fd);
-    if (l->path && l->group == l) unlink(l->path);
-    free(l->path);
+    listener_release(l);
     free(l);
     l = next;
   }
+}
+
+/* The attempt that listened aborted: close the sockets and drop the
+** references (an op on the listener asked for in the same attempt may
+** still hold one; the last reference frees it). */
+static void listener_undo(void *arg) {
+  ame_listener_t *first = arg;
+  ame_listener_t *l = first->next_in_group;
+  while (l) {
+    ame_listener_t *next = l->next_in_group;
+    listener_release(l);
+    ame__handle_unref(&first->h);
+    ame__handle_unref(&l->h);
+    l = next;
+  }
+  listener_release(first);
+  ame__handle_unref(&first->h);
 }
 
 static void listener_commit(void *arg) {
@@ -631,8 +656,8 @@ static int listener_new(ame_reactor_t *r, struct worker *w, int fd,
 static int listener_publish(ame_listener_t *first) {
   ame_tx_t *tx = ame_self();
   if (tx && ame_tx_depth(tx) > 0) {
-    if (ame_tx_on_commit(tx, listener_commit, first) != 0) return -ENOMEM;
-    if (ame_tx_on_abort(tx, listener_abort, first) != 0) ame_tx_abort(tx);
+    if (ame_tx_on_abort(tx, listener_undo, first) != 0) return -ENOMEM;
+    if (ame_tx_on_commit(tx, listener_commit, first) != 0) ame_tx_abort(tx);
     return 0;
   }
   listener_commit(first);
@@ -702,6 +727,7 @@ int ame_tcp_listen(ame_reactor_t *r, const char *host, int port, int flags,
       return rc;
     }
     if (first == NULL) first = l;
+    else ame__handle_ref(&first->h); /* dropped when l is closed */
     l->group = first;
     if (prev) prev->next_in_group = l;
     prev = l;
@@ -781,7 +807,10 @@ int ame_listener_sockname(const ame_listener_t *l,
 }
 
 void ame_listener_close(ame_listener_t *l) {
-  for (ame_listener_t *m = l; m; m = m->next_in_group) {
+  /* Read each next link before submitting the member's close: outside a
+  ** transaction the op may run, and free the member, at once. */
+  for (ame_listener_t *m = l, *next; m; m = next) {
+    next = m->next_in_group;
     struct op *op = ame__op_new(op_listener_close, &m->h, NULL, 0);
     if (op) ame__op_submit(op);
   }
@@ -835,6 +864,15 @@ static int op_connect(struct op *op) {
   return 0;
 }
 
+/* A connect asked for in an attempt that aborted: nothing was handed to
+** the program after all. */
+static void connect_undo(void *arg) {
+  ame_stream_t *s = arg;
+  s->opened = 0;
+  free(s->path);
+  s->path = NULL;
+}
+
 static int start_connect(ame_reactor_t *r, ame_stream_t *s,
                          ame_stream_t **out) {
   (void)r;
@@ -844,8 +882,15 @@ static int start_connect(ame_reactor_t *r, ame_stream_t *s,
     stream_discard(s);
     return -ENOMEM;
   }
+  int rc = ame__publish(op, connect_undo, s);
+  if (rc != 0) {
+    op->h = NULL;
+    free(op);
+    stream_discard(s);
+    return rc;
+  }
   *out = s;
-  return ame__op_submit(op);
+  return 0;
 }
 
 int ame_tcp_connect(ame_reactor_t *r, const char *host, int port,
@@ -895,6 +940,14 @@ static int op_adopt_stream(struct op *op) {
   return 0;
 }
 
+/* An adopt asked for in an attempt that aborted: close our duplicate. */
+static void adopt_undo(void *arg) {
+  struct op *op = arg;
+  ame_stream_t *s = (ame_stream_t *)op->h;
+  s->opened = 0;
+  close((int)op->a);
+}
+
 int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
                      void *data, ame_stream_t **out) {
   if (r == NULL || fd < 0 || cbs == NULL || out == NULL) return -EINVAL;
@@ -918,8 +971,16 @@ int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
     return -ENOMEM;
   }
   op->a = (uint64_t)nfd;
+  int rc = ame__publish(op, adopt_undo, op);
+  if (rc != 0) {
+    op->h = NULL;
+    free(op);
+    close(nfd);
+    free(s);
+    return rc;
+  }
   *out = s;
-  return ame__op_submit(op);
+  return 0;
 }
 
 /* ------------------------------------------------------------------------
