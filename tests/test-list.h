@@ -38,6 +38,7 @@
   X(atomic_nested_abort_restarts_outer, 10)                                   \
   X(tx_attempt_counts, 10)                                                    \
   X(tx_abort_discards, 10)                                                    \
+  X(tx_save_restores, 10)                                                     \
   X(tx_run_returns, 10)                                                       \
   X(tx_run_nests, 10)                                                         \
   X(tx_set_site, 10)                                                          \

@@ -161,6 +161,51 @@ TEST_IMPL(tx_attempt_counts) {
   leave_and_shutdown();
 }
 
+/* ame_tx_save: private data changed with plain stores is put back when the
+** attempt aborts (newest save first), and kept when it commits. */
+TEST_IMPL(tx_save_restores) {
+  ame_tx_t *tx = enter();
+  struct priv {
+    int count;
+    char buf[16];
+  };
+  static struct priv p = {1, "start"};
+  static uintptr_t shared;
+  volatile int attempts = 0;
+  AME_ATOMIC(tx) {
+    attempts++;
+    /* Every attempt sees the state as it was before the transaction. */
+    ASSERT_EQ(p.count, 1);
+    ASSERT_STR_EQ(p.buf, "start");
+    ASSERT_EQ(ame_tx_save(tx, &p, sizeof p), 0);
+    p.count++;
+    strcpy(p.buf, "middle");
+    /* A second save of part of it: restored first, then the whole. */
+    ASSERT_EQ(ame_tx_save(tx, &p.count, sizeof p.count), 0);
+    p.count += 10;
+    ame_store_word_tx(tx, &shared, ame_load_word_tx(tx, &shared) + 1);
+    if (attempts < 3)
+      ame_tx_abort(tx);
+  }
+  ASSERT_EQ(attempts, 3);
+  ASSERT_EQ(p.count, 12);
+  ASSERT_STR_EQ(p.buf, "middle");
+  ASSERT_EQ(shared, 1);
+
+  /* A commit forgets the log: a later transaction's abort does not bring
+  ** back what the committed one saved. */
+  attempts = 0;
+  AME_ATOMIC(tx) {
+    attempts++;
+    ASSERT_EQ(p.count, 12);
+    ASSERT_EQ(ame_tx_save(tx, &p, 0), 0);  /* size 0: nothing to do */
+    if (attempts == 1)
+      ame_tx_abort(tx);
+  }
+  ASSERT_EQ(p.count, 12);
+  leave_and_shutdown();
+}
+
 TEST_IMPL(tx_abort_discards) {
   ame_tx_t *tx = enter();
   static uintptr_t a = 10, b = 20;

@@ -65,6 +65,12 @@ struct ame__vec {
   size_t n, cap;
 };
 
+/* An ame_tx_save() record: size bytes at addr, saved at offset. */
+struct ame__undo {
+  void *addr;
+  size_t size, offset;
+};
+
 /* A deferred free, reclaimable once every running transaction started at or
 ** after ts. */
 struct ame__limbo {
@@ -89,6 +95,8 @@ struct ame_tx {
   uintptr_t hold;              /* start kept published while handlers run
                                   (0: none) */
   struct ame__vec retry_set;   /* ame__rentry: what ame_retry() waits on */
+  struct ame__vec undo;        /* ame__undo: ame_tx_save() records */
+  struct ame__vec undo_bytes;  /* char: the saved bytes */
   int irrevocable;             /* this attempt is irrevocable */
   int want_irrevocable;        /* restart irrevocable (keeps the token) */
   int privatize;               /* quiesce after commit */

@@ -62,6 +62,7 @@ static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
 static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) __attribute__((noreturn));
 static void reclaim(ame_tx_t *tx, int force);
+static void undo_restore(ame_tx_t *tx);
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -171,6 +172,8 @@ static void free_descriptor(ame_tx_t *tx) {
   ame__vec_free(&tx->on_abort);
   ame__vec_free(&tx->limbo);
   ame__vec_free(&tx->retry_set);
+  ame__vec_free(&tx->undo);
+  ame__vec_free(&tx->undo_bytes);
   free(tx);
 }
 
@@ -857,6 +860,7 @@ static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) {
   uintptr_t start = LOAD(&tx->active);
   release_locks(tx, 0);
+  if (tx->undo.n) undo_restore(tx);
   void **al = tx->allocs.items;
   for (size_t i = 0; i < tx->allocs.n; i++) free(al[i]);
   tx->allocs.n = 0;
@@ -933,6 +937,8 @@ static void commit(ame_tx_t *tx) {
   int privatize = tx->privatize;
   tx->allocs.n = 0;
   tx->on_abort.n = 0;
+  tx->undo.n = 0;
+  tx->undo_bytes.n = 0;
   tx->attempt = 0;
   uintptr_t start = LOAD(&tx->active);
   end_tx(tx);
@@ -1151,6 +1157,34 @@ int ame_tx_on_abort(ame_tx_t *tx, void (*fn)(void *), void *arg) {
   assert(tx->nesting > 0 && "ame_tx_on_abort outside a transaction");
   struct ame__handler h = {fn, arg};
   return ame__vec_push(&tx->on_abort, &h, sizeof h);
+}
+
+int ame_tx_save(ame_tx_t *tx, void *addr, size_t size) {
+  assert(tx->nesting > 0 && "ame_tx_save outside a transaction");
+  if (size == 0) return 0;
+  struct ame__vec *b = &tx->undo_bytes;
+  if (b->n + size > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->n + size) cap *= 2;
+    void *p = realloc(b->items, cap);
+    if (p == NULL) return -ENOMEM;
+    b->items = p;
+    b->cap = cap;
+  }
+  struct ame__undo u = {addr, size, b->n};
+  if (ame__vec_push(&tx->undo, &u, sizeof u) != 0) return -ENOMEM;
+  memcpy((char *)b->items + b->n, addr, size);
+  b->n += size;
+  return 0;
+}
+
+/* Put back what ame_tx_save() recorded, newest first, and forget it. */
+static void undo_restore(ame_tx_t *tx) {
+  struct ame__undo *u = tx->undo.items;
+  for (size_t i = tx->undo.n; i-- > 0;)
+    memcpy(u[i].addr, (char *)tx->undo_bytes.items + u[i].offset, u[i].size);
+  tx->undo.n = 0;
+  tx->undo_bytes.n = 0;
 }
 
 void ame_tx_privatize(ame_tx_t *tx) {

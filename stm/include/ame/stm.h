@@ -187,6 +187,14 @@ AME_EXTERN int ame_tx_on_abort(ame_tx_t *tx, void (*fn)(void *arg),
 ** that memory is running, so that plain loads and stores on it are safe. */
 AME_EXTERN void ame_tx_privatize(ame_tx_t *tx);
 
+/* Undo-log [addr, addr+size): data the calling thread owns alone (a
+** connection's parser state, a thread-local buffer) that the transaction
+** will change with plain stores.  The bytes are copied now; if the attempt
+** aborts they are copied back (newest first) before it is re-run, so a
+** re-run starts from the same state.  Cheaper than transactional stores
+** for data no other thread reads.  Return 0 or -ENOMEM. */
+AME_EXTERN int ame_tx_save(ame_tx_t *tx, void *addr, size_t size);
+
 /* Outside a transaction: wait until every transaction running now has
 ** ended (a privatization fence). */
 AME_EXTERN void ame_quiesce(ame_tx_t *tx);
