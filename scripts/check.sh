@@ -1,6 +1,7 @@
 #!/bin/sh
 # make check: build and run every test in three builds — plain, ASan+UBSan,
-# TSan — each in its own meson build dir.  Stops at the first failure.
+# TSan — each in its own meson build dir, then a short fuzz run.  Stops at
+# the first failure.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -24,4 +25,19 @@ setup build-tsan -Db_sanitize=thread -Db_lundef=false
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   run meson test -C build-tsan --print-errorlogs -t 5
 
-echo "make check: all three builds passed"
+# A short libFuzzer run of the HTTP example's request handling.
+run sh examples/c/fuzz.sh "${AME_FUZZ_SECONDS:-30}"
+
+# One closing line over the three builds, from meson's JSON logs.
+/usr/bin/python3 - build build-asan build-tsan <<'PY'
+import json, sys
+ok = bad = skip = 0
+for d in sys.argv[1:]:
+    for line in open(f"{d}/meson-logs/testlog.json"):
+        r = json.loads(line)["result"]
+        if r in ("OK", "EXPECTEDFAIL"): ok += 1
+        elif r == "SKIP": skip += 1
+        else: bad += 1
+print(f"check: {ok} passed, {bad} failed, {skip} skipped")
+sys.exit(1 if bad else 0)
+PY
