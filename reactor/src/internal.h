@@ -93,7 +93,9 @@ struct worker {
   uv_check_t check;          /* runs jobs after poll */
   uv_timer_t drain_timer;    /* graceful stop: give up on flushing */
   pthread_mutex_t lock;      /* inbox and queues */
-  struct op *inbox_head, *inbox_tail;
+  struct op *inbox_head;      /* ops for this worker (lock; atomic) */
+  struct op *inbox_tail;
+  int draining;              /* owner thread: drain_inbox is running */
   struct jobq timers;        /* ordered: this worker's timer callbacks */
   struct jobq tasks;         /* unordered */
   uv_thread_t thread;
@@ -183,16 +185,17 @@ struct ame_stream {
   int kind;                    /* K_TCP or K_PIPE */
   const ame_stream_cbs_t *cbs;
   size_t queued;               /* atomic: bytes in libuv's write queue */
-  size_t high, low;            /* watermarks */
+  size_t high, low;            /* atomic: watermarks */
   int opened;                  /* handed to the program (on_close due) */
   int reading;                 /* uv_read_start is on */
   int paused_user;             /* ame_stream_pause() */
   int paused_wm;               /* over the high watermark */
+  int eof;                     /* the peer's EOF was read */
   int want_close;              /* close once flushed */
   int want_shutdown;           /* shut down writing once flushed */
   int shut_done;
   int closing_status;          /* status to give on_close */
-  int fd;                      /* the socket, for accessors */
+  int fd;                      /* atomic: the socket, for accessors */
   uv_connect_t connect_req;
   uv_shutdown_t shutdown_req;
   struct sockaddr_storage peer;/* for connect */

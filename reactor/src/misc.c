@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Close a handle's libuv handle on its owner, then drop the open ref. */
@@ -543,6 +544,7 @@ struct ame_poll {
   ame_poll_cb cb;
   int fd;
   int events;
+  int init_failed; /* libuv refused the fd: dead until stopped */
 };
 
 static int to_uv(int ev) {
@@ -567,6 +569,13 @@ static void poll_cb(uv_poll_t *up, int status, int events) {
 
 static void poll_stop_h(ame_handle_t *h) {
   ame_poll_t *p = (ame_poll_t *)h;
+  if (p->init_failed) { /* never a libuv handle: just let it go */
+    p->init_failed = 0;
+    h->state = HS_CLOSED;
+    ame__handle_unlink(h);
+    ame__handle_unref(h);
+    return;
+  }
   if (h->state == HS_OPEN) uv_poll_stop(&p->p);
   close_uv(h, (uv_handle_t *)&p->p);
 }
@@ -578,9 +587,12 @@ static int op_poll(struct op *op) {
     if (p->h.state != HS_NEW) return 0;
     int rc = uv_poll_init(&w->loop, &p->p, p->fd);
     if (rc != 0) {
+      /* The program still holds the pointer: keep the handle (dead) until
+      ** ame_poll_stop() or the reactor's stop. */
       ame__log(p->h.r, "watching fd %d: %s", p->fd, uv_strerror(rc));
-      p->h.state = HS_CLOSED;
-      ame__handle_unref(&p->h);
+      p->init_failed = 1;
+      p->h.state = HS_CLOSING;
+      ame__handle_link(&p->h);
       return 0;
     }
     p->p.data = p;
@@ -603,6 +615,10 @@ static int op_poll(struct op *op) {
 int ame_poll_start(ame_reactor_t *r, int fd, int events, ame_poll_cb cb,
                    void *data, ame_poll_t **out) {
   if (r == NULL || fd < 0 || cb == NULL || out == NULL) return -EINVAL;
+  /* What epoll would refuse, refused here, where the caller sees it. */
+  struct stat st;
+  if (fstat(fd, &st) != 0) return -errno;
+  if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
   ame_poll_t *p = calloc(1, sizeof *p);
   if (p == NULL) return -ENOMEM;
   struct worker *w = ame__current() && ame__current()->r == r

@@ -19,7 +19,8 @@ struct ame_process {
   ame_process_options_t opts;  /* copied; strings below */
   char **args, **env;
   char *file, *cwd;
-  ame_stream_t *stdio[3];
+  ame_stream_t *stdio[3];      /* owner thread, while spawning */
+  ame_stream_t *published[3];  /* atomic: the same once the child runs */
   int pid;                     /* atomic */
   int exited;                  /* atomic */
 };
@@ -92,8 +93,18 @@ static void process_stop(ame_handle_t *h) {
   uv_close((uv_handle_t *)&p->p, process_closed);
 }
 
-/* On the owner's thread: start the child.  Return 0 or a libuv error (the
-** handle is then not live and the caller disposes of it). */
+/* The handle of a child that could not be started has closed. */
+static void spawn_failed_closed(uv_handle_t *hd) {
+  ame_process_t *p = hd->data;
+  p->h.state = HS_CLOSED;
+  process_free_strings(p);
+  ame__handle_unref(&p->h);
+}
+
+/* On the owner's thread: start the child.  Return 0, or a libuv error.
+** After an error the handle is either still HS_NEW (nothing was set up:
+** the caller disposes of it) or HS_CLOSING (uv_spawn failed: it is freed,
+** its open reference dropped, once closed; the caller must not free it). */
 static int do_spawn(ame_process_t *p) {
   struct worker *w = p->h.w;
   const ame_process_options_t *o = &p->opts;
@@ -133,8 +144,11 @@ static int do_spawn(ame_process_t *p) {
     for (int i = 0; i < 3; i++)
       if (p->stdio[i]) ame__pipe_discard(p->stdio[i]);
     memset(p->stdio, 0, sizeof p->stdio);
-    /* uv_spawn initialised the handle even on failure: close it. */
-    uv_close((uv_handle_t *)&p->p, NULL);
+    /* uv_spawn initialised the handle even on failure, so it is on the
+    ** loop's list until closed: the handle (and the open reference) goes
+    ** in the close callback, not before. */
+    p->h.state = HS_CLOSING;
+    uv_close((uv_handle_t *)&p->p, spawn_failed_closed);
     return rc;
   }
   STORE(&p->pid, p->p.pid);
@@ -142,18 +156,29 @@ static int do_spawn(ame_process_t *p) {
   ame__handle_link(&p->h);
   for (int i = 0; i < 3; i++)
     if (p->stdio[i]) ame__pipe_opened(p->stdio[i], i != 0);
+  /* Published for other threads (ame_process_stdio) once they are live. */
+  for (int i = 0; i < 3; i++) STORE(&p->published[i], p->stdio[i]);
   return 0;
 }
 
 static int op_spawn(struct op *op) {
   ame_process_t *p = (ame_process_t *)op->h;
   if (p->h.state != HS_NEW) return 0;
-  int rc = p->h.w->stopping ? UV_ESHUTDOWN : do_spawn(p);
-  if (rc != 0) {
-    report_exit(p, rc, 0);
+  if (p->h.w->stopping) {
+    report_exit(p, UV_ESHUTDOWN, 0);
     p->h.state = HS_CLOSED;
     process_free_strings(p);
     ame__handle_unref(&p->h);
+    return 0;
+  }
+  int rc = do_spawn(p);
+  if (rc != 0) {
+    report_exit(p, rc, 0);
+    if (p->h.state == HS_NEW) {
+      p->h.state = HS_CLOSED;
+      process_free_strings(p);
+      ame__handle_unref(&p->h);
+    }
   }
   return 0;
 }
@@ -193,7 +218,7 @@ int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
   if (!in_tx && (cur == w || !LOAD(&r->running))) {
     int rc = do_spawn(p);
     if (rc != 0) {
-      spawn_undo(p);
+      if (p->h.state == HS_NEW) spawn_undo(p); /* else freed once closed */
       return rc;
     }
     *out = p;
@@ -218,7 +243,7 @@ int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
 int ame_process_pid(const ame_process_t *p) { return LOAD(&p->pid); }
 
 ame_stream_t *ame_process_stdio(ame_process_t *p, int fd) {
-  return fd >= 0 && fd < 3 ? p->stdio[fd] : NULL;
+  return fd >= 0 && fd < 3 ? LOAD(&p->published[fd]) : NULL;
 }
 
 int ame_process_kill(ame_process_t *p, int signum) {

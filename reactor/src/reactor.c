@@ -156,20 +156,37 @@ static void op_run(struct op *op) {
 
 static void wake(struct worker *w) { uv_async_send(&w->async); }
 
-static void op_dispatch(void *arg) {
-  struct op *op = arg;
-  if (current == op->w) {
-    op_run(op);
-    return;
-  }
-  struct worker *w = op->w;
+static void inbox_push(struct worker *w, struct op *op) {
+  op->next = NULL;
   pthread_mutex_lock(&w->lock);
   if (w->inbox_tail)
     w->inbox_tail->next = op;
   else
-    w->inbox_head = op;
+    STORE(&w->inbox_head, op);
   w->inbox_tail = op;
   pthread_mutex_unlock(&w->lock);
+}
+
+static void drain_inbox(struct worker *w);
+
+/* Run op on its worker.  On the worker's own thread it runs at once,
+** unless ops queued earlier (from other threads, or before the reactor
+** ran) still wait in the inbox, or the worker is running them now: then
+** it queues behind them, so that ops on a handle run in the order they
+** were asked for (a bind before the send that follows it). */
+static void op_dispatch(void *arg) {
+  struct op *op = arg;
+  struct worker *w = op->w;
+  if (current == w) {
+    if (!w->draining && LOAD(&w->inbox_head) == NULL) {
+      op_run(op);
+      return;
+    }
+    inbox_push(w, op);
+    if (!w->draining) drain_inbox(w);
+    return;
+  }
+  inbox_push(w, op);
   wake(w);
 }
 
@@ -238,16 +255,23 @@ int ame__publish(struct op *op, void (*undo)(void *), void *arg) {
   return ame__op_submit(op);
 }
 
+/* Owner thread: run the inbox's ops in order, one at a time (an op asked
+** for by a callback that one of them runs queues behind the rest). */
 static void drain_inbox(struct worker *w) {
-  pthread_mutex_lock(&w->lock);
-  struct op *op = w->inbox_head;
-  w->inbox_head = w->inbox_tail = NULL;
-  pthread_mutex_unlock(&w->lock);
-  while (op) {
-    struct op *next = op->next;
+  if (w->draining) return;
+  w->draining = 1;
+  for (;;) {
+    pthread_mutex_lock(&w->lock);
+    struct op *op = w->inbox_head;
+    if (op) {
+      STORE(&w->inbox_head, op->next);
+      if (op->next == NULL) w->inbox_tail = NULL;
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (op == NULL) break;
     op_run(op);
-    op = next;
   }
+  w->draining = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -708,7 +732,8 @@ void ame_reactor_stop(ame_reactor_t *r) {
 /* Free the ops still in a worker's inbox without running them. */
 static void drain_inbox_free(struct worker *w) {
   struct op *op = w->inbox_head;
-  w->inbox_head = w->inbox_tail = NULL;
+  STORE(&w->inbox_head, NULL);
+  w->inbox_tail = NULL;
   while (op) {
     struct op *next = op->next;
     op_free(op);

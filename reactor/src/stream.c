@@ -129,8 +129,10 @@ static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 }
 
 static void update_reading(ame_stream_t *s) {
+  /* (After the peer's EOF there is nothing more to read: reading again
+  ** would report the EOF again.) */
   int want = s->h.state == HS_OPEN && !s->paused_user && !s->paused_wm &&
-             !s->want_close;
+             !s->want_close && !s->eof;
   if (want && !s->reading) {
     if (uv_read_start(&s->u.stream, alloc_cb, ame__stream_read_cb) == 0)
       s->reading = 1;
@@ -150,6 +152,7 @@ void ame__stream_read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   if (n == UV_EOF) {
     uv_read_stop(st);
     s->reading = 0;
+    s->eof = 1;
     if (s->cbs->on_eof) {
       stream_failed(s, cb_simple(s, s->cbs->on_eof, "on_eof"));
     } else {
@@ -220,7 +223,7 @@ static void write_cb(uv_write_t *req, int status) {
   if (status < 0 && status != UV_ECANCELED && s->h.state == HS_OPEN) {
     stream_close(s, status, 0);
   } else if (s->h.state == HS_OPEN) {
-    if (s->paused_wm && left <= s->low) {
+    if (s->paused_wm && left <= LOAD(&s->low)) {
       s->paused_wm = 0;
       update_reading(s);
       if (s->cbs->on_drain)
@@ -259,7 +262,7 @@ static int op_write(struct op *op) {
     stream_close(s, rc, 0);
     return 0;
   }
-  if (!s->paused_wm && LOAD(&s->queued) > s->high) {
+  if (!s->paused_wm && LOAD(&s->queued) > LOAD(&s->high)) {
     s->paused_wm = 1;
     update_reading(s);
   }
@@ -333,24 +336,29 @@ size_t ame_stream_write_queue(const ame_stream_t *s) {
   return LOAD(&s->queued);
 }
 
+/* Any thread: the owner reads them at its next write or completion. */
 void ame_stream_set_watermarks(ame_stream_t *s, size_t high, size_t low) {
-  if (high) s->high = high;
-  if (low) s->low = low;
-  if (s->low > s->high) s->low = s->high;
+  if (high == 0) high = LOAD(&s->high);
+  if (low == 0) low = LOAD(&s->low);
+  if (low > high) low = high;
+  STORE(&s->high, high);
+  STORE(&s->low, low);
 }
 
-int ame_stream_fd(const ame_stream_t *s) { return s->fd; }
+int ame_stream_fd(const ame_stream_t *s) { return LOAD(&s->fd); }
 
 int ame_stream_peername(const ame_stream_t *s, struct sockaddr_storage *sa) {
   socklen_t len = sizeof *sa;
   memset(sa, 0, sizeof *sa);
-  return getpeername(s->fd, (struct sockaddr *)sa, &len) == 0 ? 0 : -errno;
+  return getpeername(LOAD(&s->fd), (struct sockaddr *)sa, &len) == 0 ? 0
+                                                                  : -errno;
 }
 
 int ame_stream_sockname(const ame_stream_t *s, struct sockaddr_storage *sa) {
   socklen_t len = sizeof *sa;
   memset(sa, 0, sizeof *sa);
-  return getsockname(s->fd, (struct sockaddr *)sa, &len) == 0 ? 0 : -errno;
+  return getsockname(LOAD(&s->fd), (struct sockaddr *)sa, &len) == 0 ? 0
+                                                                  : -errno;
 }
 
 unsigned ame_stream_worker(const ame_stream_t *s) { return s->h.w->id; }
@@ -407,7 +415,7 @@ static int stream_open_fd(ame_stream_t *s, int fd) {
     uv_close(&s->u.handle, NULL);
     return rc;
   }
-  s->fd = fd;
+  STORE(&s->fd, fd);
   s->h.state = HS_OPEN;
   ame__handle_link(&s->h);
   ADD(&w->nstreams, 1);
@@ -827,7 +835,9 @@ static void connect_cb(uv_connect_t *req, int status) {
     stream_close(s, status, 0);
     return;
   }
-  uv_fileno(&s->u.handle, &s->fd);
+  int fd = -1;
+  uv_fileno(&s->u.handle, &fd);
+  STORE(&s->fd, fd);
   update_reading(s);
   stream_failed(s, cb_open(s));
 }
@@ -910,6 +920,8 @@ int ame_unix_connect(ame_reactor_t *r, const char *path,
                      const ame_stream_cbs_t *cbs, void *data,
                      ame_stream_t **out) {
   if (r == NULL || path == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  struct sockaddr_un sun;
+  if (strlen(path) >= sizeof sun.sun_path) return -ENAMETOOLONG;
   ame_stream_t *s = stream_new(r, ame__pick_worker(r), K_PIPE, cbs, data);
   if (s == NULL) return -ENOMEM;
   if ((s->path = strdup(path)) == NULL) {
@@ -1008,7 +1020,9 @@ void ame__pipe_discard(ame_stream_t *s) {
 
 void ame__pipe_opened(ame_stream_t *s, int read) {
   struct worker *w = s->h.w;
-  uv_fileno(&s->u.handle, &s->fd);
+  int fd = -1;
+  uv_fileno(&s->u.handle, &fd);
+  STORE(&s->fd, fd);
   s->h.state = HS_OPEN;
   s->opened = 1;
   ame__handle_link(&s->h);

@@ -307,7 +307,11 @@ int ame_resolve(ame_reactor_t *r, const char *host, const char *service,
 enum { AME_READABLE = 1, AME_WRITABLE = 2, AME_DISCONNECT = 4 };
 typedef int (*ame_poll_cb)(ame_tx_t *tx, ame_poll_t *p, int status,
                            int events);
-/* Watch fd (not owned) for events; cb runs on the owning worker. */
+/* Watch fd (not owned) for events; cb runs on the owning worker.  A
+** regular file or directory is refused (-EPERM), a closed fd too (-EBADF).
+** As with uv_poll, the fd is made non-blocking, and after an error
+** (EPOLLERR) the watch stops and cb gets a negative status and no events.
+** Remove a watch before closing its fd. */
 int ame_poll_start(ame_reactor_t *r, int fd, int events, ame_poll_cb cb,
                    void *data, ame_poll_t **out);
 int ame_poll_change(ame_poll_t *p, int events);

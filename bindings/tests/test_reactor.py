@@ -1,0 +1,427 @@
+"""
+Behaviours of ame.reactor.AMEReactor, run as a mixin over AMEReactor and
+Twisted's EPollReactor (the uvloop way: one suite, two backends, so a
+difference is a bug of ours unless said otherwise).
+
+Run with Debian's python and the extension built::
+
+    PYTHONPATH=build/bindings:bindings \\
+        /usr/bin/python3 -m twisted.trial bindings/tests/test_reactor.py
+"""
+
+import gc
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+
+from twisted.internet import protocol
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.epollreactor import EPollReactor
+from twisted.python import log
+from twisted.trial.unittest import SynchronousTestCase
+
+from ame.reactor import AMEReactor
+
+
+class _Boom(Exception):
+    pass
+
+
+class _Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class _Client(protocol.Protocol):
+    def __init__(self, payload, done):
+        self.payload = payload
+        self.done = done
+        self.received = b""
+
+    def connectionMade(self):
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data):
+        self.received += data
+        if len(self.received) >= len(self.payload):
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.done.callback(self.received)
+
+
+class _PairReader(FileDescriptor):
+    """Reads one end of a socketpair; records what arrives."""
+
+    def __init__(self, reactor, sock):
+        FileDescriptor.__init__(self, reactor)
+        self.sock = sock
+        self.got = b""
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def doRead(self):
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not data:
+            return self.CONNECTION_DONE if hasattr(
+                self, "CONNECTION_DONE") else None
+        self.got += data
+
+
+class ReactorBehaviourMixin:
+    """
+    The behaviours; subclasses set C{reactorFactory}.
+    """
+
+    reactorFactory = None
+    timeout = 10
+
+    def buildReactor(self):
+        # Build it after creating the fds a test closes in a cleanup:
+        # cleanups run last-in first-out, and a reactor must stop watching
+        # an fd before the fd is closed.
+        reactor = self.reactorFactory()
+        self.addCleanup(self._unbuild, reactor)
+        return reactor
+
+    def _unbuild(self, reactor):
+        for reader in list(reactor._internalReaders):
+            reactor.removeReader(reader)
+            reader.connectionLost(None)
+        reactor._internalReaders.clear()
+        reactor.disconnectAll()
+        for c in reactor.getDelayedCalls():
+            c.cancel()
+
+    def runReactor(self, reactor, timeout=None):
+        timedOut = []
+
+        def stop():
+            timedOut.append(True)
+            reactor.stop()
+
+        call = reactor.callLater(timeout or self.timeout, stop)
+        reactor.run(installSignalHandlers=False)
+        if timedOut:
+            self.fail("reactor still running after %s s" % (self.timeout,))
+        call.cancel()
+
+    def test_callLaterOrder(self):
+        """
+        Delayed calls run in deadline order, ties in the order scheduled.
+        """
+        reactor = self.buildReactor()
+        order = []
+        reactor.callLater(0.03, order.append, "c")
+        reactor.callLater(0.01, order.append, "a1")
+        reactor.callLater(0.01, order.append, "a2")
+        reactor.callLater(0.02, order.append, "b")
+        reactor.callLater(0, order.append, "now")
+        reactor.callLater(0.05, reactor.stop)
+        self.runReactor(reactor)
+        self.assertEqual(order, ["now", "a1", "a2", "b", "c"])
+
+    def test_callLaterDelay(self):
+        """
+        A delayed call does not run early, and not much late.
+        """
+        reactor = self.buildReactor()
+        ran = []
+        start = time.monotonic()
+        reactor.callLater(0.05, lambda: (ran.append(time.monotonic()),
+                                         reactor.stop()))
+        self.runReactor(reactor)
+        self.assertGreaterEqual(ran[0] - start, 0.049)
+        self.assertLess(ran[0] - start, 0.5)
+
+    def test_tcpEchoRoundTrip(self):
+        """
+        Bytes written by a TCP client come back from an echo server.
+        """
+        reactor = self.buildReactor()
+        factory = protocol.ServerFactory.forProtocol(_Echo)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        payload = b"x" * 200000 + b"end"
+        done = Deferred()
+        results = []
+        done.addCallback(results.append)
+        done.addBoth(lambda _: port.stopListening())
+        done.addBoth(lambda _: reactor.stop())
+        cf = protocol.ClientFactory.forProtocol(lambda: _Client(payload, done))
+        reactor.connectTCP("127.0.0.1", port.getHost().port, cf)
+        self.runReactor(reactor)
+        self.assertEqual(results, [payload])
+
+    def test_callFromThread(self):
+        """
+        Calls made from another thread run on the reactor thread, in order,
+        and wake a reactor that is waiting with nothing else to do.
+        """
+        reactor = self.buildReactor()
+        seen = []
+        main = threading.get_ident()
+
+        def record(i):
+            seen.append((i, threading.get_ident() == main))
+            if i == 99:
+                reactor.stop()
+
+        def other():
+            time.sleep(0.05)  # let the reactor block in its wait
+            for i in range(100):
+                reactor.callFromThread(record, i)
+
+        reactor.callWhenRunning(threading.Thread(target=other).start)
+        self.runReactor(reactor)
+        self.assertEqual(seen, [(i, True) for i in range(100)])
+
+    def test_exceptionInCallbackLogged(self):
+        """
+        An exception in a callback is logged and the reactor goes on to run
+        the next ones.
+        """
+        reactor = self.buildReactor()
+        ran = []
+
+        def boom():
+            raise _Boom("in a callback")
+
+        reactor.callLater(0, boom)
+        reactor.callLater(0.01, ran.append, "after")
+        reactor.callLater(0.02, reactor.stop)
+        self.runReactor(reactor)
+        self.assertEqual(ran, ["after"])
+        self.assertEqual(len(self.flushLoggedErrors(_Boom)), 1)
+
+    def test_exceptionInDoReadLogged(self):
+        """
+        An exception in doRead is logged, the descriptor is disconnected,
+        and the reactor keeps running.
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        reactor = self.buildReactor()
+        lost = []
+
+        class Bad(FileDescriptor):
+            def fileno(self):
+                return a.fileno()
+
+            def doRead(self):
+                raise _Boom("in doRead")
+
+            def connectionLost(self, reason):
+                lost.append(reason)
+                reactor.callLater(0.01, reactor.stop)
+
+        reactor.addReader(Bad(reactor))
+        b.send(b"x")
+        self.runReactor(reactor)
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(len(self.flushLoggedErrors(_Boom)), 1)
+
+    def test_iterateZeroReturnsAtOnce(self):
+        """
+        iterate(0) returns at once even with a reader and a far timer.
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        reactor = self.buildReactor()
+        reactor.addReader(_PairReader(reactor, a))
+        reactor.callLater(100, lambda: None)
+        start = time.monotonic()
+        for _ in range(100):
+            reactor.iterate(0)
+        self.assertLess(time.monotonic() - start, 0.5)
+
+    def test_readerGetsData(self):
+        """
+        A reader added with addReader gets what the peer sends, every time,
+        and nothing after removeReader.
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        reactor = self.buildReactor()
+        r = _PairReader(reactor, a)
+        reactor.addReader(r)
+        chunks = [b"one", b"two", b"three"]
+
+        def send():
+            if chunks:
+                b.send(chunks.pop(0))
+                reactor.callLater(0.01, send)
+            else:
+                reactor.callLater(0.05, reactor.stop)
+
+        reactor.callWhenRunning(send)
+        self.runReactor(reactor)
+        self.assertEqual(r.got, b"onetwothree")
+        reactor.removeReader(r)
+        b.send(b"more")
+        for _ in range(5):
+            reactor.iterate(0.01)
+        self.assertEqual(r.got, b"onetwothree")
+
+    def test_removeThenCloseMany(self):
+        """
+        Watching, unwatching and closing fds in quick succession (the way
+        Twisted closes connections) neither loses events nor crashes; fd
+        numbers are reused at once.
+        """
+        reactor = self.buildReactor()
+        total = []
+        for i in range(300):
+            a, b = socket.socketpair()
+            r = _PairReader(reactor, a)
+            reactor.addReader(r)
+            reactor.addWriter(r) if i % 3 == 0 else None
+            r.doWrite = lambda: reactor.removeWriter(r) or None
+            b.send(b"%d;" % i)
+            deadline = time.monotonic() + 5
+            while not r.got and time.monotonic() < deadline:
+                reactor.iterate(0.01)
+            total.append(r.got)
+            reactor.removeReader(r)
+            reactor.removeWriter(r)
+            a.close()
+            b.close()
+        self.assertEqual(total, [b"%d;" % i for i in range(300)])
+
+    def test_regularFile(self):
+        """
+        A regular file (which epoll refuses) can still be watched: it is
+        polled continuously, as by EPollReactor.
+        """
+        f = tempfile.TemporaryFile()
+        self.addCleanup(f.close)
+        reactor = self.buildReactor()
+        f.write(b"data")
+        f.seek(0)
+        got = []
+
+        class FileReader(FileDescriptor):
+            def fileno(self):
+                return f.fileno()
+
+            def doRead(self):
+                got.append(os.read(f.fileno(), 100))
+                reactor.removeReader(self)
+                reactor.stop()
+
+        reader = FileReader(reactor)
+        reactor.addReader(reader)
+        self.assertIn(reader, reactor.getReaders())
+        self.runReactor(reactor)
+        self.assertEqual(got, [b"data"])
+
+    def test_signalWakesReactor(self):
+        """
+        A signal that arrives while the reactor waits with no timeout runs
+        its Python handler, which can stop the reactor.
+        """
+        reactor = self.buildReactor()
+        main = threading.main_thread().ident
+        if threading.get_ident() != main:
+            raise self.skipTest("needs the main thread")
+        old = signal.signal(signal.SIGUSR1,
+                            lambda *a: reactor.callFromThread(reactor.stop))
+        self.addCleanup(signal.signal, signal.SIGUSR1, old)
+
+        def kill():
+            time.sleep(0.1)
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        reactor.callWhenRunning(threading.Thread(target=kill).start)
+        self.runReactor(reactor)
+
+
+class EPollReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
+    reactorFactory = EPollReactor
+
+
+class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
+    reactorFactory = AMEReactor
+
+    def test_ameStats(self):
+        """
+        ameStats() returns the C reactor's counters; fd events count.
+        """
+        reactor = self.buildReactor()
+        s = reactor.ameStats()
+        for k in ("callbacks", "failures", "stolen", "accepted",
+                  "accept_errors", "streams_open", "per_worker_callbacks",
+                  "workers", "fd_events", "direct_events", "watch_flushes",
+                  "watch_barriers"):
+            self.assertIn(k, s)
+        self.assertEqual(s["workers"], 1)
+        self.test_tcpEchoRoundTrip()
+        s2 = reactor.ameStats()
+        self.assertEqual(s2["failures"], 0)
+        s3 = self._lastReactor.ameStats()
+        self.assertGreater(s3["fd_events"] + s3["direct_events"], 0)
+        self.assertGreater(s3["callbacks"], 0)
+
+    def buildReactor(self):
+        self._lastReactor = ReactorBehaviourMixin.buildReactor(self)
+        return self._lastReactor
+
+    def test_coreCloses(self):
+        """
+        A reactor that is collected stops its C reactor and thread.
+        """
+        gc.collect()
+        before = threading.active_count(), len(os.listdir("/proc/self/task"))
+        for _ in range(20):
+            r = AMEReactor()
+            r.iterate(0)
+            r._core.close()
+            self.assertTrue(r._core.closed)
+            del r
+        for _ in range(20):
+            r = AMEReactor()
+            r.iterate(0)
+            del r
+        gc.collect()
+        after = threading.active_count(), len(os.listdir("/proc/self/task"))
+        self.assertEqual(before, after)
+
+    def test_forkedChild(self):
+        """
+        A forked child cannot use its parent's core (its worker thread is
+        not there): it gets RuntimeError rather than a hang; the parent's
+        reactor goes on.
+        """
+        reactor = self.buildReactor()
+        reactor.iterate(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                reactor.iterate(0)
+            except RuntimeError:
+                code = 0
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        reactor.iterate(0)
+
+    def test_closedCoreRaises(self):
+        """
+        A closed core refuses to watch or wait (rather than crash).
+        """
+        r = AMEReactor()
+        r._core.close()
+        self.assertRaises(RuntimeError, r._core.wait, 0)
+        self.assertRaises(RuntimeError, r._core.watch, 0, 1)
+        r._core.wake()  # harmless
