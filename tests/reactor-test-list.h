@@ -19,6 +19,7 @@
   X(stream_order, 30)                                                         \
   X(effects_deferred, 20)                                                     \
   X(effects_aborted_handles, 20)                                              \
+  X(broadcast, 30)                                                            \
   /* timers: test-reactor-timer.c */                                          \
   X(timer_order, 20)                                                          \
   X(timer_ties, 20)                                                           \
@@ -38,6 +39,8 @@
   X(stream_watermarks, 30)                                                    \
   X(stream_large_write, 60)                                                   \
   X(stream_close_kinds, 20)                                                   \
+  X(stream_eof_once, 20)                                                      \
+  X(connect_then_shutdown, 20)                                                \
   /* other handles: test-reactor-misc.c */                                    \
   X(udp_send_recv, 20)                                                        \
   X(udp_multicast, 20)                                                        \
@@ -46,6 +49,7 @@
   X(poll_pipe, 20)                                                            \
   X(call_foreign_threads, 30)                                                 \
   X(stats_report, 20)                                                         \
+  X(reactor_lifecycle, 20)                                                    \
   /* child processes: test-reactor-process.c */                               \
   X(spawn_echo_cat, 20)                                                       \
   X(spawn_errors_kill, 20)                                                    \

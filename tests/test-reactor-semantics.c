@@ -38,7 +38,7 @@ static int chain_task(ame_tx_t *tx, void *arg) {
 
 static void counter_tasks(unsigned workers) {
   int fds = fd_baseline();
-  const uintptr_t per_chain = 1000 / RT_SCALE_DIV;
+  const uintptr_t per_chain = 1000; /* a million in all */
   g_total = CHAINS * per_chain;
   g_counter = 0;
   printf("# %u workers, %" PRIuPTR " tasks in %d chains\n", workers, g_total,
@@ -513,5 +513,193 @@ TEST_IMPL(effects_aborted_handles) {
   close(lfd);
   close(g_ab.sv[0]);
   close(g_ab.sv[1]);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
+** Broadcast: every message a client sends is written by the server to
+** every connected client, whatever worker owns it, through a
+** transactional registry of the open streams.  With everyone connected,
+** each client gets every message exactly once, each sender's in order.
+** Then clients come and go (some reset) while others broadcast: writes
+** race with closes on other workers; every stream still closes once.
+*/
+
+enum { BC_SLOTS = 256, BC_CLIENTS = 8 };
+static uintptr_t g_bc_slot[BC_SLOTS]; /* transactional: open streams */
+static uintptr_t g_bc_registered;     /* transactional */
+static atomic_int g_bc_opens, g_bc_closes;
+static unsigned g_bc_msgs;
+
+struct bc_conn {
+  uintptr_t slot;     /* index + 1 */
+  uintptr_t part[2];  /* a message in pieces */
+  uintptr_t part_len;
+};
+
+static int bc_open(ame_tx_t *tx, ame_stream_t *s) {
+  struct bc_conn *c = ame_tx_calloc(tx, 1, sizeof *c);
+  ASSERT_NOT_NULL(c);
+  uintptr_t i = 0;
+  while (i < BC_SLOTS && ame_load_word_tx(tx, &g_bc_slot[i]) != 0)
+    i++;
+  ASSERT_LT(i, BC_SLOTS);
+  ame_store_word_tx(tx, &g_bc_slot[i], (uintptr_t)s);
+  ame_store_word_tx(tx, &c->slot, i + 1);
+  tx_inc(tx, &g_bc_registered);
+  ame_handle_set_data(s, c);
+  commit_inc(tx, &g_bc_opens);
+  return 0;
+}
+
+static int bc_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
+                   size_t len) {
+  struct bc_conn *c = ame_handle_data(s);
+  ASSERT_NOT_NULL(c);
+  uintptr_t plen = ame_load_word_tx(tx, &c->part_len);
+  unsigned char part[16];
+  uintptr_t w0 = ame_load_word_tx(tx, &c->part[0]);
+  uintptr_t w1 = ame_load_word_tx(tx, &c->part[1]);
+  memcpy(part, &w0, 8);
+  memcpy(part + 8, &w1, 8);
+  while (len > 0) {
+    size_t take = 16 - plen < len ? 16 - plen : len;
+    memcpy(part + plen, data, take);
+    plen += take;
+    data += take;
+    len -= take;
+    if (plen < 16)
+      continue;
+    plen = 0;
+    for (int i = 0; i < BC_SLOTS; i++) {
+      ame_stream_t *to = ame_load_ptr_tx(tx, (void **)&g_bc_slot[i]);
+      if (to == NULL)
+        continue;
+      int rc = ame_stream_write(to, part, 16);
+      /* A stream closing on its worker: its write is dropped. */
+      ASSERT(rc == 0 || rc == -EPIPE);
+    }
+  }
+  memcpy(&w0, part, 8);
+  memcpy(&w1, part + 8, 8);
+  ame_store_word_tx(tx, &c->part[0], w0);
+  ame_store_word_tx(tx, &c->part[1], w1);
+  ame_store_word_tx(tx, &c->part_len, plen);
+  return 0;
+}
+
+static void bc_close(ame_tx_t *tx, ame_stream_t *s, int status) {
+  (void)status;
+  struct bc_conn *c = ame_handle_data(s);
+  ASSERT_NOT_NULL(c);
+  uintptr_t i = ame_load_word_tx(tx, &c->slot) - 1;
+  ASSERT_EQ(ame_load_word_tx(tx, &g_bc_slot[i]), (uintptr_t)s);
+  ame_store_word_tx(tx, &g_bc_slot[i], 0);
+  ame_store_word_tx(tx, &g_bc_registered,
+                    ame_load_word_tx(tx, &g_bc_registered) - 1);
+  ame_tx_free(tx, c, sizeof *c);
+  commit_inc(tx, &g_bc_closes);
+}
+
+static const ame_stream_cbs_t bc_cbs = {
+    .on_open = bc_open, .on_data = bc_data, .on_close = bc_close};
+
+static int g_bc_fd[BC_CLIENTS];
+
+static void *bc_client(void *arg) {
+  uint64_t id = (uintptr_t)arg;
+  uint64_t rnd = rnd_seed((unsigned)id);
+  int fd = g_bc_fd[id];
+  for (uint64_t k = 0; k < g_bc_msgs; k++) {
+    char m[16];
+    memcpy(m, &id, 8);
+    memcpy(m + 8, &k, 8);
+    size_t cut = rnd_below(&rnd, 17);
+    if (cut > 0)
+      send_all(fd, m, cut);
+    if (cut < 16)
+      send_all(fd, m + cut, 16 - cut);
+  }
+  /* Everyone's messages, each sender's in order. */
+  uint64_t next[BC_CLIENTS] = {0};
+  for (uint64_t n = 0; n < (uint64_t)BC_CLIENTS * g_bc_msgs; n++) {
+    uint64_t from, seq;
+    char m[16];
+    recv_exact(fd, m, 16);
+    memcpy(&from, m, 8);
+    memcpy(&seq, m + 8, 8);
+    ASSERT_LT(from, BC_CLIENTS);
+    ASSERT_EQ(seq, next[from]);
+    next[from]++;
+  }
+  return NULL;
+}
+
+/* Chaos: connect, send a few messages, leave (close or reset) without
+** reading everything. */
+static int g_bc_port;
+static void *bc_chaos(void *arg) {
+  uint64_t id = (uintptr_t)arg;
+  uint64_t rnd = rnd_seed((unsigned)id);
+  for (int round = 0; round < 30; round++) {
+    int fd = tcp_client("127.0.0.1", g_bc_port);
+    unsigned n = (unsigned)rnd_below(&rnd, 20);
+    for (uint64_t k = 0; k < n; k++) {
+      char m[16];
+      uint64_t from = 1000 + id;
+      memcpy(m, &from, 8);
+      memcpy(m + 8, &k, 8);
+      if (send(fd, m, 16, MSG_NOSIGNAL) != 16)
+        break;
+    }
+    char buf[512];
+    if (rnd_below(&rnd, 2))
+      (void)recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (rnd_below(&rnd, 3) == 0)
+      close_reset(fd);
+    else
+      close(fd);
+  }
+  return NULL;
+}
+
+TEST_IMPL(broadcast) {
+  int fds = fd_baseline();
+  g_bc_msgs = 400 / RT_SCALE_DIV + 20;
+  g_r = rt_new(4, NULL);
+  ame_listener_t *l;
+  ASSERT_EQ(ame_tcp_listen(g_r, "127.0.0.1", 0, 0, 0, &bc_cbs, NULL, &l), 0);
+  g_bc_port = ame_listener_port(l);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  for (int i = 0; i < BC_CLIENTS; i++)
+    g_bc_fd[i] = tcp_client("127.0.0.1", g_bc_port);
+  ASSERT_WAIT(tx_peek(&g_bc_registered) == BC_CLIENTS, 10000);
+  pthread_t th[BC_CLIENTS];
+  for (uintptr_t i = 0; i < BC_CLIENTS; i++)
+    thread_start(&th[i], bc_client, (void *)i);
+  for (int i = 0; i < BC_CLIENTS; i++)
+    thread_join(th[i]);
+  /* Chaos, while the first clients leave one by one. */
+  pthread_t ch[4];
+  for (uintptr_t i = 0; i < 4; i++)
+    thread_start(&ch[i], bc_chaos, (void *)i);
+  for (int i = 0; i < BC_CLIENTS; i++) {
+    if (i % 2)
+      close_reset(g_bc_fd[i]);
+    else
+      close(g_bc_fd[i]);
+    sleep_ms(2);
+  }
+  for (int i = 0; i < 4; i++)
+    thread_join(ch[i]);
+  ASSERT_WAIT(atomic_load(&g_bc_closes) == atomic_load(&g_bc_opens), 20000);
+  rt_stop(&rt);
+  ASSERT_EQ(atomic_load(&g_bc_opens), BC_CLIENTS + 4 * 30);
+  ASSERT_EQ(atomic_load(&g_bc_closes), BC_CLIENTS + 4 * 30);
+  ASSERT_EQ(g_bc_registered, 0);
+  ame_reactor_stats_t st;
+  ame_reactor_stats(g_r, &st);
+  ASSERT_EQ(st.streams_open, 0);
   rt_finish(g_r, fds);
 }

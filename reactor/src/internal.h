@@ -5,6 +5,10 @@
 **  - ops: effects on a handle (write, close, timer start, ...), executed on
 **    the thread of the worker that owns the handle.  Inside a transaction an
 **    op is queued by a commit handler (and dropped by an abort handler).
+**    A worker runs its ops in the order they were submitted: one submitted
+**    on the owner's own thread runs at once only if none waits in the
+**    inbox.  Ops that reach a worker after its loop has ended (at stop) are
+**    run by the thread that ran the reactor, in stopping mode.
 **  - jobs: callbacks not bound to a stream (timer callbacks, posted calls,
 **    tasks), which any worker may run; ordered queues let only one of their
 **    jobs run at a time, so their order is kept.
@@ -191,6 +195,7 @@ struct ame_stream {
   int paused_user;             /* ame_stream_pause() */
   int paused_wm;               /* over the high watermark */
   int eof;                     /* the peer's EOF was read */
+  int connected;               /* open, or its connect completed */
   int want_close;              /* close once flushed */
   int want_shutdown;           /* shut down writing once flushed */
   int shut_done;

@@ -42,6 +42,7 @@ struct ame_listener {
   uv_poll_t poll;
   uv_timer_t retry;
   int polling;
+  uint64_t last_log;           /* loop time of the last EMFILE log line */
   int port;
   int inits;                   /* uv handles to close */
 };
@@ -205,6 +206,10 @@ static void flushed(ame_stream_t *s) {
   if (s->want_close) {
     stream_close(s, 0, 0);
   } else if (s->want_shutdown && !s->shut_done) {
+    /* While connecting, libuv would take the shutdown request and never
+    ** carry it out (nothing to write, so it stops watching for POLLOUT):
+    ** connect_cb calls us again. */
+    if (!s->connected) return;
     s->want_shutdown = 0;
     s->shutdown_req.data = s;
     if (uv_shutdown(&s->shutdown_req, &s->u.stream, shutdown_cb) != 0)
@@ -401,8 +406,19 @@ static ame_stream_t *stream_new(ame_reactor_t *r, struct worker *w, int kind,
   return s;
 }
 
+static void open_failed_closed(uv_handle_t *hd) {
+  ame_stream_t *s = hd->data;
+  s->h.state = HS_CLOSED;
+  free(s->path);
+  s->path = NULL;
+  ame__handle_unref(&s->h);
+}
+
 /* Owner thread: init the libuv handle on fd and start reading.  Return 0
-** or a libuv error (the fd is then closed by the caller). */
+** or a libuv error (the fd is then closed by the caller).  After an error
+** the stream is either still HS_NEW (the caller disposes of it) or, if
+** the libuv handle had been initialised, HS_CLOSING: it is on the loop's
+** list until closed, and its open reference is dropped then. */
 static int stream_open_fd(ame_stream_t *s, int fd) {
   struct worker *w = s->h.w;
   int rc = s->kind == K_TCP ? uv_tcp_init(&w->loop, &s->u.tcp)
@@ -412,10 +428,12 @@ static int stream_open_fd(ame_stream_t *s, int fd) {
   rc = s->kind == K_TCP ? uv_tcp_open(&s->u.tcp, fd)
                         : uv_pipe_open(&s->u.pipe, fd);
   if (rc != 0) {
-    uv_close(&s->u.handle, NULL);
+    s->h.state = HS_CLOSING;
+    uv_close(&s->u.handle, open_failed_closed);
     return rc;
   }
   STORE(&s->fd, fd);
+  s->connected = 1;
   s->h.state = HS_OPEN;
   ame__handle_link(&s->h);
   ADD(&w->nstreams, 1);
@@ -435,7 +453,7 @@ int ame__stream_adopt_fd(struct worker *w, int fd, int is_pipe,
   if (s == NULL) return -ENOMEM;
   int rc = stream_open_fd(s, fd);
   if (rc != 0) {
-    stream_discard(s);
+    if (s->h.state == HS_NEW) stream_discard(s);
     return rc;
   }
   if (out) *out = s;
@@ -497,7 +515,8 @@ static void listener_poll_cb(uv_poll_t *p, int status, int events) {
   struct worker *w = l->h.w;
   (void)events;
   if (status < 0 || l->h.state != HS_OPEN) return;
-  for (int i = 0; i < ACCEPT_BATCH; i++) {
+  /* (A callback run from here, on_open, may close the listener.) */
+  for (int i = 0; i < ACCEPT_BATCH && l->h.state == HS_OPEN; i++) {
     int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       int e = errno;
@@ -507,8 +526,13 @@ static void listener_poll_cb(uv_poll_t *p, int status, int events) {
       if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
         /* Out of descriptors or memory: stop accepting for a while; the
         ** kernel keeps the backlog. */
-        ame__log(r, "accept: %s; pausing accepts for %d ms", strerror(e),
-                 ACCEPT_RETRY_MS);
+        /* Logged at most once a second per listener. */
+        uint64_t now = uv_now(&w->loop);
+        if (l->last_log == 0 || now - l->last_log >= 1000) {
+          l->last_log = now;
+          ame__log(r, "accept: %s; pausing accepts for %d ms", strerror(e),
+                   ACCEPT_RETRY_MS);
+        }
         uv_poll_stop(&l->poll);
         l->polling = 0;
         uv_timer_start(&l->retry, retry_cb, ACCEPT_RETRY_MS, 0);
@@ -518,7 +542,10 @@ static void listener_poll_cb(uv_poll_t *p, int status, int events) {
       return;
     }
     ADD(&r->accepted, 1);
-    struct worker *to = l->group != l || r->nworkers == 1
+    /* A member of a REUSEPORT group (the first one too) keeps what it
+    ** accepts: the kernel spreads the connections over the group. */
+    struct worker *to = l->group != l || l->next_in_group != NULL ||
+                                r->nworkers == 1
                             ? w
                             : ame__pick_worker(r);
     if (to == w) {
@@ -796,7 +823,10 @@ int ame_listen_fd(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
   ame_listener_t *l;
   int rc = listener_new(r, ame__home(r), nfd, sa.ss_family == AF_UNIX, cbs,
                         data, &l);
-  if (rc == 0) rc = listener_publish(l);
+  if (rc == 0 && (rc = listener_publish(l)) != 0) {
+    listener_abort(l); /* closes nfd */
+    return rc;
+  }
   if (rc) {
     close(nfd);
     return rc;
@@ -838,8 +868,10 @@ static void connect_cb(uv_connect_t *req, int status) {
   int fd = -1;
   uv_fileno(&s->u.handle, &fd);
   STORE(&s->fd, fd);
+  s->connected = 1;
   update_reading(s);
   stream_failed(s, cb_open(s));
+  if (s->h.state == HS_OPEN) flushed(s); /* a shutdown asked for meanwhile */
 }
 
 static int op_connect(struct op *op) {
@@ -938,9 +970,11 @@ static int op_adopt_stream(struct op *op) {
   int rc = stream_open_fd(s, fd);
   if (rc != 0) {
     close(fd);
-    s->h.state = HS_CLOSED;
     cb_close(s, rc);
-    ame__handle_unref(&s->h);
+    if (s->h.state == HS_NEW) { /* else dropped once closed */
+      s->h.state = HS_CLOSED;
+      ame__handle_unref(&s->h);
+    }
     return 0;
   }
   if (s->h.w->stopping) {
@@ -1023,6 +1057,7 @@ void ame__pipe_opened(ame_stream_t *s, int read) {
   int fd = -1;
   uv_fileno(&s->u.handle, &fd);
   STORE(&s->fd, fd);
+  s->connected = 1;
   s->h.state = HS_OPEN;
   s->opened = 1;
   ame__handle_link(&s->h);

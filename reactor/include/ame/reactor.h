@@ -92,8 +92,10 @@ int ame_reactor_run(ame_reactor_t *r);
 
 /* Stop gracefully: stop accepting, let running callbacks finish, flush
 ** queued writes (up to drain_timeout_ms), close every handle (calling the
-** on_close callbacks), then make ame_reactor_run() return.  Thread-safe and
-** idempotent.  Inside a transaction, it takes effect at commit. */
+** on_close callbacks), then make ame_reactor_run() return.  Posted calls,
+** tasks and timer callbacks that have not started by then are dropped.
+** Thread-safe and idempotent.  Inside a transaction, it takes effect at
+** commit. */
 void ame_reactor_stop(ame_reactor_t *r);
 
 /* Free a reactor that is not running.  Handles still open are closed
@@ -170,7 +172,10 @@ typedef struct ame_stream_cbs {
 } ame_stream_cbs_t;
 
 /* Queue len bytes (copied) for writing.  Return 0, -ENOMEM, or -EPIPE if
-** the stream is closing. */
+** the stream is already closed and gone (a transaction that found it in
+** shared data after its on_close committed; that attempt will abort).
+** Bytes written to a stream that is closing are dropped when the write
+** reaches it. */
 int ame_stream_write(ame_stream_t *s, const void *data, size_t len);
 
 /* Close after the queued writes are flushed (Twisted's loseConnection). */
@@ -265,8 +270,10 @@ int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
                     ame_timer_t **out);
 
 /* Cancel a timer that has not fired (or a repeating one).  Return 0, or
-** -ENOENT if it already fired or was cancelled (outside a transaction;
-** inside one the answer is only known at commit and 0 is returned). */
+** -ENOENT if it already fired or was cancelled.  Inside a transaction the
+** cancel takes effect at commit: -ENOENT if the timer had already fired or
+** been cancelled when called, else 0 (and if it fires before the commit,
+** the cancel does nothing). */
 int ame_timer_cancel(ame_timer_t *t);
 
 /* ------------------------------------------------------------------------
