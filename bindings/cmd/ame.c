@@ -1,0 +1,91 @@
+/*
+** bindings/cmd/ame.c — main() of the `ame` command: dispatches to its
+** subcommands.
+**
+**   ame load URL [...]   HTTP/1.1 load generator (load.c, docs/load.md)
+**   ame run ...          run a Twisted program on the ame reactor (to come)
+**   ame twistd ...       twistd with the ame reactor (to come)
+**   ame help [COMMAND]   list the subcommands, or a subcommand's help
+*/
+#include "load.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#ifndef AME_VERSION
+#define AME_VERSION "dev"
+#endif
+
+static const struct command {
+  const char *name;
+  const char *summary;
+  int (*main)(int argc, char **argv); /* NULL: not implemented yet */
+} commands[] = {
+    {"load", "HTTP/1.1 load generator on the ame reactor", ame_load_main},
+    {"run", "run a Twisted program on the ame reactor", NULL},
+    {"twistd", "twistd with the ame reactor installed", NULL},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: ame COMMAND [ARGS...]\n\n"
+             "ame runs event-driven programs on a multi-core reactor whose "
+             "callbacks are\ntransactions.  Commands:\n\n");
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    fprintf(f, "  %-8s %s%s\n", commands[i].name, commands[i].summary,
+            commands[i].main ? "" : " (not implemented yet)");
+  fprintf(f, "  %-8s %s\n\n", "help", "this list, or 'ame help COMMAND'");
+  fprintf(f, "'ame COMMAND --help' describes a command.  ame --version "
+             "prints the version.\n");
+}
+
+static const struct command *find(const char *name) {
+  for (size_t i = 0; i < NCOMMANDS; i++)
+    if (strcmp(commands[i].name, name) == 0) return &commands[i];
+  return NULL;
+}
+
+/* Run cmd with argv[0] = its name; 2 if it does not exist yet. */
+static int run(const struct command *cmd, int argc, char **argv) {
+  if (cmd->main == NULL) {
+    fprintf(stderr, "ame %s: not implemented yet\n", cmd->name);
+    return 2;
+  }
+  return cmd->main(argc, argv);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *name = argv[1];
+  if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  if (strcmp(name, "--version") == 0) {
+    printf("ame %s\n", AME_VERSION);
+    return 0;
+  }
+  if (strcmp(name, "help") == 0) {
+    if (argc < 3) {
+      usage(stdout);
+      return 0;
+    }
+    const struct command *cmd = find(argv[2]);
+    if (cmd == NULL) {
+      fprintf(stderr, "ame: no command '%s'; 'ame help' lists them\n",
+              argv[2]);
+      return 2;
+    }
+    char *args[] = {argv[2], "--help", NULL};
+    return run(cmd, 2, args);
+  }
+  const struct command *cmd = find(name);
+  if (cmd == NULL) {
+    fprintf(stderr, "ame: no command '%s'; 'ame help' lists them\n", name);
+    return 2;
+  }
+  return run(cmd, argc - 1, argv + 1);
+}

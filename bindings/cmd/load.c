@@ -1,0 +1,1191 @@
+/*
+** bindings/cmd/load.c — `ame load URL`: an HTTP/1.1 load generator on the
+** ame reactor (docs/load.md).
+**
+** Shape of a run.  The URL is resolved once (getaddrinfo) and the first
+** address that accepts a test connection is used.  A reactor with -t
+** workers runs -c connections, spread over the workers by the reactor
+** (ame_tcp_connect gives each new stream to the worker with the fewest).
+** Each connection sends one GET (built once, keep-alive), parses the
+** response with http-parser, records the latency and sends the next one
+** (closed loop), or, with --rate, waits for its next slot in a fixed
+** schedule (open loop, see below).  A housekeeping timer every 10 ms ends
+** the run at the deadline, aborts requests older than --timeout and prints
+** the progress line.  At the deadline no new request is sent and the run
+** waits (at most --timeout) for the responses in flight, so every request
+** the server answered is counted; then ame_reactor_stop().
+**
+** State and the STM.  Every callback is a transaction, and one that
+** conflicts is re-run, so what a callback changes must be undone by an
+** abort.  The hot path touches no STM word at all:
+**   - Results are per worker (wstats_t: counters, status codes, the
+**     latency histogram), changed only by callbacks of streams on that
+**     worker, merged after the run.  A callback undo-logs (ame_tx_save) the
+**     words it is about to change, so a re-run starts from the same state.
+**   - A connection slot's parser state (conn_t's first part) belongs to its
+**     current stream, whose callbacks run one at a time on its worker; it
+**     is undo-logged the same way.
+**   - What timers on other workers need of a slot is shared: the stream
+**     pointer and its generation are STM words (written at open and close
+**     only), so a timer that finds the stream also keeps its memory alive
+**     (the reactor frees handles through the STM's deferred free).  The
+**     time the request in flight was written is a plain atomic, written
+**     before the draining flag is read (and the deadline sets that flag
+**     before reading the times), so the two sides cannot both miss.
+**   - Rare global events (the first connection open, connect failures
+**     before any) are STM words: a conflict there costs a re-run at start.
+** Progress totals are read with relaxed atomic loads of the per-worker
+** counters, which their owners store atomically.
+**
+** --rate R.  Each connection gets R/c requests per second on a fixed
+** schedule (slot k of connection i is due at start + (i/c + k) * c/R).
+** Latency is measured from the slot's due time, not from when the request
+** was written: a server that stalls delays the requests behind it, and
+** that waiting counts (this avoids coordinated omission, as wrk2 does).
+** Timers have millisecond resolution, so a request may go out up to 1 ms
+** early; its latency is then measured from when it was written.  With one
+** request in flight per connection, a server slower than c / latency falls
+** behind the schedule and its latencies grow: that is the measurement.
+*/
+#include "load.h"
+
+#include "hist.h"
+
+#include <ame/reactor.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <http_parser.h>
+#include <limits.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HK_MS 10               /* housekeeping period */
+#define RECONNECT_MS 50        /* wait after a failed connect */
+#define PROBE_MS 2000          /* the start's test connection */
+#define HIST_HIGHEST_NS (60ull * 1000000000ull) /* latencies up to 60 s */
+#define MAX_CONNS 1000000
+#define MAX_THREADS 256
+#define NSTATUS 600            /* status codes 0..599 counted one by one */
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define LOAD_SC(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE_SC(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+
+enum { ERR_CONNECT, ERR_READ, ERR_WRITE, ERR_TIMEOUT, ERR_PARSE, ERR__COUNT };
+static const char *const err_names[ERR__COUNT] = {"connect", "read", "write",
+                                                  "timeout", "parse"};
+
+/* One worker's results.  Changed only by callbacks running on that worker;
+** the counters before `status` are also read (atomically) by the progress
+** line. */
+typedef struct wstats {
+  _Alignas(64) uint64_t requests; /* responses completed */
+  uint64_t errors[ERR__COUNT];    /* socket errors by kind */
+  uint64_t bytes;                 /* bytes read */
+  uint64_t abandoned;             /* requests in flight at the final stop */
+  uint64_t status[NSTATUS];       /* responses by status code */
+  uint64_t status_other;          /* ... with a code of 600 or more */
+  hist_t hist;                    /* latencies (ns) */
+} wstats_t;
+#define WS_COUNTERS_SIZE offsetof(wstats_t, status)
+
+/* A connection slot.  It outlives its streams: after a close the slot
+** connects again with a new stream.  Slots are cache-line aligned: the
+** reactor puts neighbours on different workers. */
+typedef struct conn {
+  /* Owned by the current stream's callbacks (one at a time, on its
+  ** worker), which undo-log this part before changing it. */
+  _Alignas(64) http_parser parser; /* the response being read */
+  ame_tx_t *tx;         /* the callback running now (for the parser's) */
+  wstats_t *ws;         /* its worker's results */
+  uint64_t intended_ns; /* --rate: when the current request is due */
+  uint32_t epoch;       /* the current stream's generation (= epoch_w) */
+  int open;             /* the current stream reached on_open */
+  int attempted;        /* a connect of this slot has ended before */
+  int completed;        /* a response completed in this callback */
+  int keep_alive;       /* ... and the server keeps the connection */
+  int bad;              /* a parser callback failed: 1 protocol, <0 errno */
+  /* Shared with timers, which may run on any worker. */
+  uintptr_t stream_w;      /* STM word: the open stream, or 0 */
+  uintptr_t epoch_w;       /* STM word: bumped when a stream closes */
+  uint64_t inflight_since; /* atomic: when the request in flight was
+                              written (ns), 0 when there is none */
+  uint64_t timed_out;      /* atomic: epoch+1 of a stream the housekeeper
+                              aborted for a timeout */
+  uint64_t timeout_epoch;  /* the housekeeper's: what it will store there */
+  unsigned index;          /* immutable: this slot's number */
+} conn_t;
+#define CONN_OWNED_SIZE offsetof(conn_t, stream_w)
+
+/* The run.  One per process (the callbacks find it through `L`). */
+struct load {
+  /* Settings, immutable while the reactor runs. */
+  const char *url;
+  char addr[INET6_ADDRSTRLEN]; /* the numeric address connected to */
+  int port;
+  char *request;               /* the request, built once */
+  size_t request_len;
+  unsigned nconns, nworkers;
+  uint64_t duration_ns, timeout_ns;
+  double rate;                 /* requests/s over all connections, 0: none */
+  uint64_t interval_ns;        /* --rate: between one connection's slots */
+  int json, progress, tty;
+  ame_reactor_t *r;
+  conn_t *conns;
+  wstats_t *ws;                /* one per worker */
+  uint64_t start_ns;
+  /* Flags and times any callback may read (atomics). */
+  int draining;                /* the deadline passed: send nothing new */
+  int stopped;                 /* ame_reactor_stop() was asked for */
+  int interrupted;             /* SIGINT or SIGTERM seen */
+  uint64_t end_ns;             /* when the stop was asked for */
+  /* STM words for rare events, on a granule of their own. */
+  struct {
+    _Alignas(64) uintptr_t opened_ever;    /* some connection opened */
+    uintptr_t initial_failures;            /* first connects that failed */
+    uintptr_t fatal_error;                 /* errno that ended the run */
+  } g;
+  /* The housekeeper's own (its timer's callbacks run one at a time). */
+  struct {
+    _Alignas(64) uint64_t drain_ns; /* when draining began */
+    uint64_t next_progress_ns;      /* when to print the next line */
+    uint64_t last_requests;         /* the count at the last line */
+    uint64_t last_ns;
+  } hk;
+  int progress_shown; /* a progress line was printed (main thread reads) */
+};
+
+static struct load *L;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Add n to a counter that only the calling worker writes. */
+static void bump(uint64_t *p, uint64_t n) { STORE(p, LOAD(p) + n); }
+
+/* ------------------------------------------------------------------------
+** The connection's callbacks.
+*/
+
+static const ame_stream_cbs_t conn_cbs;
+
+/* Undo-log what a stream callback of c may change: the slot's owned part
+** and its worker's counters.  Return 0 or -ENOMEM. */
+static int save_conn(ame_tx_t *tx, conn_t *c, wstats_t *ws) {
+  int rc = ame_tx_save(tx, c, CONN_OWNED_SIZE);
+  if (rc == 0) rc = ame_tx_save(tx, ws, WS_COUNTERS_SIZE);
+  return rc;
+}
+
+/* Connect slot c again (at commit inside a transaction). */
+static int reconnect(conn_t *c) {
+  ame_stream_t *s;
+  return ame_tcp_connect(L->r, L->addr, L->port, &conn_cbs, c, &s);
+}
+
+/* Nothing in flight on c. */
+static void set_idle(conn_t *c) { STORE_SC(&c->inflight_since, 0); }
+
+/* Write the request on s now, unless the run is draining (then close s).
+** The time is published before the draining flag is read: see the top. */
+static int send_now(conn_t *c, ame_stream_t *s, wstats_t *ws, uint64_t now) {
+  STORE_SC(&c->inflight_since, now ? now : 1);
+  if (LOAD_SC(&L->draining)) {
+    set_idle(c);
+    ame_stream_close(s);
+    return 0;
+  }
+  int rc = ame_stream_write(s, L->request, L->request_len);
+  if (rc < 0) {
+    set_idle(c);
+    bump(&ws->errors[ERR_WRITE], 1);
+    ame_stream_abort(s);
+  }
+  return 0;
+}
+
+static int rate_cb(ame_tx_t *tx, ame_timer_t *t);
+
+/* --rate: send c's current request (due at c->intended_ns) now if it is
+** due within a millisecond, else start a timer for it. */
+static int schedule(conn_t *c, ame_stream_t *s, wstats_t *ws, uint64_t now) {
+  if (c->intended_ns <= now + 1000000) return send_now(c, s, ws, now);
+  set_idle(c);
+  if (LOAD_SC(&L->draining)) {
+    ame_stream_close(s);
+    return 0;
+  }
+  uint64_t ms = (c->intended_ns - now) / 1000000; /* early rather than late */
+  uintptr_t d = ((uintptr_t)c->index << 32) | c->epoch;
+  return ame_timer_start(L->r, ms, 0, rate_cb, (void *)d, NULL);
+}
+
+/* A --rate timer: write the request on the slot's stream if it is still
+** the stream that asked.  Runs on any worker, so it touches only the
+** slot's shared part. */
+static void clear_inflight(void *arg) { set_idle(arg); }
+
+static int rate_cb(ame_tx_t *tx, ame_timer_t *t) {
+  uintptr_t d = (uintptr_t)ame_handle_data(t);
+  conn_t *c = &L->conns[d >> 32];
+  if (LOAD_SC(&L->draining)) return 0;
+  if ((uint32_t)ame_load_word_tx(tx, &c->epoch_w) != (uint32_t)d) return 0;
+  ame_stream_t *s = ame_load_ptr_tx(tx, (void *const *)&c->stream_w);
+  if (s == NULL) return 0;
+  /* An attempt that aborts after publishing the time takes it back. */
+  int rc = ame_tx_on_abort(tx, clear_inflight, c);
+  if (rc) return rc;
+  uint64_t now = now_ns();
+  STORE_SC(&c->inflight_since, now);
+  if (LOAD_SC(&L->draining)) {
+    set_idle(c);
+    return 0;
+  }
+  if (ame_stream_write(s, L->request, L->request_len) < 0)
+    set_idle(c); /* closing: its on_close reconnects */
+  return 0;
+}
+
+/* http-parser: one response is complete.  Record it. */
+static int on_message_complete(http_parser *p) {
+  conn_t *c = p->data;
+  uint64_t since = LOAD(&c->inflight_since);
+  if (c->completed || since == 0) {
+    c->bad = 1; /* a response to no request */
+    return 1;
+  }
+  uint64_t now = now_ns();
+  uint64_t start = since;
+  if (L->rate > 0 && c->intended_ns < since) start = c->intended_ns;
+  uint64_t lat = now > start ? now - start : 0;
+  wstats_t *ws = c->ws;
+  hist_t *h = &ws->hist;
+  unsigned code = p->status_code;
+  uint64_t *st = code < NSTATUS ? &ws->status[code] : &ws->status_other;
+  if (ame_tx_save(c->tx, &h->count, HIST_SUMMARY_SIZE) ||
+      ame_tx_save(c->tx, &h->counts[hist_index(h, lat)], sizeof(uint64_t)) ||
+      ame_tx_save(c->tx, st, sizeof *st)) {
+    c->bad = -ENOMEM;
+    return 1;
+  }
+  hist_record(h, lat);
+  (*st)++;
+  bump(&ws->requests, 1);
+  c->completed = 1;
+  c->keep_alive = http_should_keep_alive(p);
+  return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_message_complete = on_message_complete,
+};
+
+/* A protocol error on s: count it and start over on a new connection. */
+static int protocol_error(conn_t *c, ame_stream_t *s, wstats_t *ws) {
+  set_idle(c);
+  bump(&ws->errors[ERR_PARSE], 1);
+  ame_stream_abort(s);
+  return 0;
+}
+
+static int on_open(ame_tx_t *tx, ame_stream_t *s) {
+  conn_t *c = ame_handle_data(s);
+  wstats_t *ws = &L->ws[ame_stream_worker(s)];
+  int rc = save_conn(tx, c, ws);
+  if (rc) return rc;
+  ame_store_ptr_tx(tx, (void **)&c->stream_w, s);
+  if (ame_load_word_tx(tx, &L->g.opened_ever) == 0)
+    ame_store_word_tx(tx, &L->g.opened_ever, 1);
+  c->open = 1;
+  c->attempted = 1;
+  http_parser_init(&c->parser, HTTP_RESPONSE);
+  c->parser.data = c;
+  ame_stream_nodelay(s, 1);
+  uint64_t now = now_ns();
+  return L->rate > 0 ? schedule(c, s, ws, now) : send_now(c, s, ws, now);
+}
+
+static int on_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
+                   size_t len) {
+  conn_t *c = ame_handle_data(s);
+  wstats_t *ws = &L->ws[ame_stream_worker(s)];
+  int rc = save_conn(tx, c, ws);
+  if (rc) return rc;
+  ws->bytes += len;
+  c->tx = tx;
+  c->ws = ws;
+  c->completed = 0;
+  c->bad = 0;
+  size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
+  if (c->bad < 0) return c->bad;
+  if (c->bad || HTTP_PARSER_ERRNO(&c->parser) != HPE_OK || n != len)
+    return protocol_error(c, s, ws);
+  if (!c->completed) return 0;
+  if (!c->keep_alive) {
+    set_idle(c);
+    ame_stream_close(s); /* on_close connects again */
+    return 0;
+  }
+  uint64_t now = now_ns();
+  if (L->rate <= 0) return send_now(c, s, ws, now);
+  c->intended_ns += L->interval_ns;
+  return schedule(c, s, ws, now);
+}
+
+static int on_eof(ame_tx_t *tx, ame_stream_t *s) {
+  conn_t *c = ame_handle_data(s);
+  wstats_t *ws = &L->ws[ame_stream_worker(s)];
+  int rc = save_conn(tx, c, ws);
+  if (rc) return rc;
+  c->tx = tx;
+  c->ws = ws;
+  c->completed = 0;
+  c->bad = 0;
+  /* A response whose body runs to EOF ends here; one cut short stays in
+  ** flight and on_close counts a read error. */
+  http_parser_execute(&c->parser, &parser_settings, NULL, 0);
+  if (c->bad < 0) return c->bad;
+  if (c->completed) set_idle(c);
+  ame_stream_close(s);
+  return 0;
+}
+
+/* After on_close commits: the slot has nothing in flight. */
+static void closed_commit(void *arg) { set_idle(arg); }
+
+static void begin_stop(ame_tx_t *tx);
+
+/* A slot's wait after a failed connect is over.  The slot has no stream,
+** so nothing else touches it meanwhile. */
+static int reconnect_cb(ame_tx_t *tx, ame_timer_t *t) {
+  (void)tx;
+  if (LOAD_SC(&L->draining) || LOAD_SC(&L->stopped)) return 0;
+  return reconnect(ame_handle_data(t));
+}
+
+static void on_close(ame_tx_t *tx, ame_stream_t *s, int status) {
+  conn_t *c = ame_handle_data(s);
+  wstats_t *ws = &L->ws[ame_stream_worker(s)];
+  if (save_conn(tx, c, ws) || ame_tx_on_commit(tx, closed_commit, c)) return;
+  uint64_t since = LOAD(&c->inflight_since);
+  int stopped = LOAD_SC(&L->stopped), draining = LOAD_SC(&L->draining);
+  if (c->open) {
+    c->open = 0;
+    int timed_out = LOAD(&c->timed_out) == (uint64_t)c->epoch + 1;
+    c->epoch++;
+    ame_store_ptr_tx(tx, (void **)&c->stream_w, NULL);
+    ame_store_word_tx(tx, &c->epoch_w, c->epoch);
+    if (timed_out)
+      bump(&ws->errors[ERR_TIMEOUT], 1);
+    else if (since && stopped)
+      bump(&ws->abandoned, 1);
+    else if (since)
+      bump(&ws->errors[status == -EPIPE ? ERR_WRITE : ERR_READ], 1);
+    else if (status < 0 && !stopped)
+      bump(&ws->errors[ERR_READ], 1);
+    if (since && L->rate > 0) c->intended_ns += L->interval_ns;
+    if (!draining && !stopped && reconnect(c) != 0)
+      bump(&ws->errors[ERR_CONNECT], 1);
+    return;
+  }
+  /* The connect failed (or the stop came first). */
+  if (stopped || status >= 0) return;
+  bump(&ws->errors[ERR_CONNECT], 1);
+  int first = !c->attempted;
+  c->attempted = 1;
+  if (first && ame_load_word_tx(tx, &L->g.opened_ever) == 0) {
+    uintptr_t n = ame_load_word_tx(tx, &L->g.initial_failures) + 1;
+    ame_store_word_tx(tx, &L->g.initial_failures, n);
+    if (n == L->nconns) { /* every first connect failed: give up */
+      ame_store_word_tx(tx, &L->g.fatal_error, (uintptr_t)-status);
+      begin_stop(tx);
+      return;
+    }
+  }
+  if (!draining) ame_timer_start(L->r, RECONNECT_MS, 0, reconnect_cb, c,
+                               NULL);
+}
+
+static const ame_stream_cbs_t conn_cbs = {
+    .on_open = on_open,
+    .on_data = on_data,
+    .on_eof = on_eof,
+    .on_close = on_close,
+};
+
+/* ------------------------------------------------------------------------
+** Housekeeping: deadline, drain, timeouts, progress.
+*/
+
+static void stop_commit(void *arg) {
+  (void)arg;
+  if (__atomic_exchange_n(&L->stopped, 1, __ATOMIC_SEQ_CST) == 0)
+    STORE(&L->end_ns, now_ns());
+}
+
+/* Stop the reactor when tx commits. */
+static void begin_stop(ame_tx_t *tx) {
+  if (LOAD_SC(&L->stopped)) return;
+  if (ame_tx_on_commit(tx, stop_commit, NULL) != 0) return;
+  ame_reactor_stop(L->r);
+}
+
+static void timeout_commit(void *arg) {
+  conn_t *c = arg;
+  STORE(&c->timed_out, c->timeout_epoch + 1);
+}
+
+/* Sum the progress counters of every worker. */
+static void progress_totals(uint64_t *requests, uint64_t *errors) {
+  *requests = *errors = 0;
+  for (unsigned w = 0; w < L->nworkers; w++) {
+    *requests += LOAD(&L->ws[w].requests);
+    for (int k = 0; k < ERR__COUNT; k++) *errors += LOAD(&L->ws[w].errors[k]);
+  }
+}
+
+static void print_commit(void *arg) {
+  fputs(arg, stderr);
+  fflush(stderr);
+  free(arg);
+}
+
+static void progress_line(ame_tx_t *tx, uint64_t now) {
+  uint64_t req, err;
+  progress_totals(&req, &err);
+  double dt = (double)(now - L->hk.last_ns) / 1e9;
+  double rps = dt > 0 ? (double)(req - L->hk.last_requests) / dt : 0;
+  L->hk.last_requests = req;
+  L->hk.last_ns = now;
+  char *line = malloc(160);
+  if (line == NULL) return;
+  snprintf(line, 160, "%s[%5.1fs] %llu requests, %.0f req/s, %llu errors%s",
+           L->tty ? "\r\033[K" : "", (double)(now - L->start_ns) / 1e9,
+           (unsigned long long)req, rps, (unsigned long long)err,
+           L->tty ? "" : "\n");
+  if (ame_tx_on_commit(tx, print_commit, line) != 0) {
+    free(line);
+    return;
+  }
+  /* An abort drops the commit handler: free the line then. */
+  if (ame_tx_on_abort(tx, free, line) != 0) return;
+  STORE(&L->progress_shown, 1);
+}
+
+static int hk_cb(ame_tx_t *tx, ame_timer_t *t) {
+  (void)t;
+  int rc = ame_tx_save(tx, &L->hk, sizeof L->hk);
+  if (rc) return rc;
+  uint64_t now = now_ns();
+  if (LOAD_SC(&L->stopped)) return 0;
+  if (now - L->start_ns >= L->duration_ns || LOAD(&L->interrupted))
+    STORE_SC(&L->draining, 1);
+  int draining = LOAD_SC(&L->draining);
+  if (draining && L->hk.drain_ns == 0) L->hk.drain_ns = now;
+  unsigned busy = 0;
+  for (unsigned i = 0; i < L->nconns; i++) {
+    conn_t *c = &L->conns[i];
+    uint64_t since = LOAD_SC(&c->inflight_since);
+    if (since == 0) continue;
+    busy++;
+    if (now <= since || now - since <= L->timeout_ns) continue;
+    ame_stream_t *s = ame_load_ptr_tx(tx, (void *const *)&c->stream_w);
+    uint64_t epoch = ame_load_word_tx(tx, &c->epoch_w);
+    if (s == NULL || LOAD(&c->timed_out) == (epoch & 0xffffffffu) + 1)
+      continue;
+    /* Mark the stream, then abort it (commit handlers run in order). */
+    c->timeout_epoch = epoch & 0xffffffffu;
+    if ((rc = ame_tx_on_commit(tx, timeout_commit, c)) != 0) return rc;
+    ame_stream_abort(s);
+  }
+  if (draining && (busy == 0 || now - L->hk.drain_ns > L->timeout_ns)) {
+    begin_stop(tx);
+    return 0;
+  }
+  if (L->progress && now >= L->hk.next_progress_ns) {
+    progress_line(tx, now);
+    L->hk.next_progress_ns += 1000000000ull;
+  }
+  return 0;
+}
+
+static int signal_cb(ame_tx_t *tx, ame_signal_t *sig, int signum) {
+  (void)sig;
+  (void)signum;
+  /* First signal: end the run as at the deadline; second: stop now. */
+  if (LOAD_SC(&L->interrupted)) {
+    begin_stop(tx);
+    return 0;
+  }
+  STORE_SC(&L->interrupted, 1);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+** Command line.
+*/
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: ame load URL [-c CONNECTIONS] [-d DURATION] [-t THREADS]\n"
+          "                    [--rate R] [--timeout T] [-H HEADER]... "
+          "[--json] [--progress]\n"
+          "\n"
+          "An HTTP/1.1 load generator on the ame reactor: CONNECTIONS "
+          "keep-alive\n"
+          "connections send GET URL one request at a time, for DURATION.\n"
+          "\n"
+          "  URL                    http://HOST[:PORT][/PATH] (HOST: name, "
+          "IPv4, [IPv6])\n"
+          "  -c, --connections N    connections (default 10)\n"
+          "  -d, --duration D       how long: 10s, 500ms, 1m, 1h (default "
+          "10s)\n"
+          "  -t, --threads N        worker threads (default: one per core)\n"
+          "  -r, --rate R           requests per second over all "
+          "connections, on a\n"
+          "                         fixed schedule; latency counts from "
+          "each request's\n"
+          "                         due time (no coordinated omission)\n"
+          "      --timeout T        a request unanswered for T is an error "
+          "(default 2s)\n"
+          "  -H, --header 'N: V'    add a request header (repeatable)\n"
+          "      --json             print the results as JSON\n"
+          "      --progress         print progress every second on stderr "
+          "(default:\n"
+          "                         when stderr is a terminal)\n"
+          "      --no-progress      never print progress\n"
+          "  -h, --help             this help\n"
+          "\n"
+          "Exit status: 0 when responses came back, 1 when nothing "
+          "succeeded, 2 on\na usage error.\n");
+}
+
+/* Print a usage error and return 2. */
+static int usage_error(const char *fmt, const char *arg) {
+  fputs("ame load: ", stderr);
+  fprintf(stderr, fmt, arg);
+  fputs("\nTry 'ame load --help'.\n", stderr);
+  return 2;
+}
+
+/* Parse a duration ("10s", "500ms", "1m", "1.5h", "250us"; a bare number is
+** seconds) into nanoseconds.  Return 0, or -1 if it is not a positive
+** duration of at most 10 days. */
+static int load_parse_duration(const char *s, uint64_t *ns) {
+  static const struct {
+    const char *unit;
+    double scale;
+  } units[] = {{"ns", 1},       {"us", 1e3},         {"ms", 1e6},
+               {"s", 1e9},      {"", 1e9},           {"m", 60e9},
+               {"min", 60e9},   {"h", 3600e9}};
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || errno || !isfinite(v) || v <= 0) return -1;
+  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
+    if (strcmp(end, units[i].unit) == 0) {
+      double d = v * units[i].scale;
+      if (d < 1 || d > 864000e9) return -1;
+      *ns = (uint64_t)d;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+/* Parse an unsigned number in [lo, hi].  Return 0 or -1. */
+static int parse_uint(const char *s, unsigned long lo, unsigned long hi,
+                      unsigned *out) {
+  char *end;
+  errno = 0;
+  if (*s == '-' || *s == '+') return -1;
+  unsigned long v = strtoul(s, &end, 10);
+  if (end == s || *end || errno || v < lo || v > hi) return -1;
+  *out = (unsigned)v;
+  return 0;
+}
+
+typedef struct url {
+  char host[256];      /* without brackets */
+  char authority[300]; /* host[:port] as written: the Host header */
+  int port;
+  const char *path;    /* from the first '/' or '?' (points into the URL) */
+} url_t;
+
+/* Split an http:// URL.  Return NULL or a message saying what is wrong. */
+static const char *parse_url(const char *s, url_t *u) {
+  const char *p = strstr(s, "://");
+  if (p) {
+    if ((size_t)(p - s) == 5 && strncasecmp(s, "https", 5) == 0)
+      return "https is not supported (plain http:// only)";
+    if ((size_t)(p - s) != 4 || strncasecmp(s, "http", 4) != 0)
+      return "the URL must start with http://";
+    p += 3;
+  } else {
+    p = s;
+  }
+  size_t alen = strcspn(p, "/?#");
+  if (alen == 0) return "the URL has no host";
+  if (alen >= sizeof u->authority) return "the URL's host is too long";
+  memcpy(u->authority, p, alen);
+  u->authority[alen] = '\0';
+  if (strchr(u->authority, '@')) return "user:password@ is not supported";
+  const char *path = p + alen;
+  u->path = *path == '/' ? path : NULL; /* "?q" and "" get a '/' added */
+  const char *a = u->authority, *colon;
+  size_t hlen;
+  if (*a == '[') {
+    const char *rb = strchr(a, ']');
+    if (rb == NULL) return "unbalanced [ in the URL's host";
+    hlen = (size_t)(rb - a - 1);
+    memcpy(u->host, a + 1, hlen);
+    colon = rb[1] == ':' ? rb + 1 : NULL;
+    if (rb[1] != ':' && rb[1] != '\0') return "bad characters after ]";
+  } else {
+    colon = strrchr(a, ':');
+    hlen = colon ? (size_t)(colon - a) : alen;
+    if (colon && strchr(a, ':') != colon)
+      return "an IPv6 address in a URL goes in brackets: http://[::1]:80/";
+    memcpy(u->host, a, hlen);
+  }
+  u->host[hlen] = '\0';
+  if (hlen == 0) return "the URL has no host";
+  u->port = 80;
+  if (colon) {
+    unsigned port;
+    if (parse_uint(colon + 1, 1, 65535, &port) != 0)
+      return "the URL's port must be a number from 1 to 65535";
+    u->port = (int)port;
+  }
+  return NULL;
+}
+
+/* Build the request for u (and the extra headers) into a new string.  It
+** is as small as wrk's (the request line, Host, and Connection: keep-alive)
+** so that both tools cost the server the same; -H adds the rest. */
+static char *build_request(const url_t *u, const char *query,
+                           char **headers, size_t nheaders, size_t *len) {
+  size_t cap = 256 + strlen(u->authority) + (u->path ? strlen(u->path) : 0) +
+               (query ? strlen(query) : 0);
+  for (size_t i = 0; i < nheaders; i++) cap += strlen(headers[i]) + 2;
+  char *req = malloc(cap);
+  if (req == NULL) return NULL;
+  const char *target = u->path ? u->path : (query ? query : "");
+  int tlen = (int)strcspn(target, "#"); /* a fragment is not sent */
+  int n = snprintf(req, cap,
+                   "GET %s%.*s HTTP/1.1\r\nHost: %s\r\n"
+                   "Connection: keep-alive\r\n",
+                   u->path ? "" : "/", tlen, target, u->authority);
+  size_t off = (size_t)n;
+  for (size_t i = 0; i < nheaders; i++)
+    off += (size_t)snprintf(req + off, cap - off, "%s\r\n", headers[i]);
+  off += (size_t)snprintf(req + off, cap - off, "\r\n");
+  *len = off;
+  return req;
+}
+
+/* ------------------------------------------------------------------------
+** Finding the server.
+*/
+
+/* Try a TCP connection to sa within ms milliseconds.  Return 0 or -errno. */
+static int probe(const struct sockaddr *sa, socklen_t salen, int ms) {
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  if (fd < 0) return -errno;
+  int rc = 0;
+  if (connect(fd, sa, salen) != 0) {
+    if (errno != EINPROGRESS) {
+      rc = -errno;
+    } else {
+      struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+      int n = poll(&pfd, 1, ms);
+      if (n == 0) {
+        rc = -ETIMEDOUT;
+      } else if (n < 0) {
+        rc = -errno;
+      } else {
+        int err = 0;
+        socklen_t elen = sizeof err;
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0)
+          err = errno;
+        rc = -err;
+      }
+    }
+  }
+  close(fd);
+  return rc;
+}
+
+/* Resolve u's host and keep the first address that accepts a connection
+** in ld->addr.  Return 0, or print a one-line error and return 1. */
+static int find_server(struct load *ld, const url_t *u) {
+  /* (No AI_ADDRCONFIG: it drops ::1 for "localhost" on a host whose only
+  ** IPv6 address is the loopback; each address is tried anyway.) */
+  struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                           .ai_socktype = SOCK_STREAM};
+  struct addrinfo *res = NULL;
+  char port[8];
+  snprintf(port, sizeof port, "%d", u->port);
+  int rc = getaddrinfo(u->host, port, &hints, &res);
+  if (rc != 0) {
+    fprintf(stderr, "ame load: cannot resolve %s: %s\n", u->host,
+            gai_strerror(rc));
+    return 1;
+  }
+  int first_err = 0;
+  char first_addr[INET6_ADDRSTRLEN] = "";
+  for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+    char host[NI_MAXHOST];
+    if (getnameinfo(ai->ai_addr, ai->ai_addrlen, host, sizeof host, NULL, 0,
+                    NI_NUMERICHOST) != 0 ||
+        strlen(host) >= sizeof ld->addr)
+      continue;
+    int err = probe(ai->ai_addr, ai->ai_addrlen, PROBE_MS);
+    if (err == 0) {
+      strcpy(ld->addr, host);
+      ld->port = u->port;
+      freeaddrinfo(res);
+      return 0;
+    }
+    if (first_err == 0) {
+      first_err = err;
+      strcpy(first_addr, host);
+    }
+  }
+  freeaddrinfo(res);
+  if (first_err == 0) {
+    fprintf(stderr, "ame load: %s has no usable address\n", u->host);
+  } else {
+    int v6 = strchr(first_addr, ':') != NULL;
+    fprintf(stderr, "ame load: cannot connect to %s%s%s:%d: %s\n",
+            v6 ? "[" : "", first_addr, v6 ? "]" : "", u->port,
+            strerror(-first_err));
+  }
+  return 1;
+}
+
+/* Let the process open nconns sockets.  Return 0, or print why not and
+** return 1. */
+static int raise_fd_limit(unsigned nconns) {
+  struct rlimit rl;
+  rlim_t need = (rlim_t)nconns + 64;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need) return 0;
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need
+                    ? need
+                    : rl.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur >= need) return 0;
+  fprintf(stderr,
+          "ame load: %u connections need %llu file descriptors; the limit "
+          "is %llu (ulimit -n)\n",
+          nconns, (unsigned long long)need, (unsigned long long)rl.rlim_cur);
+  return 1;
+}
+
+/* ------------------------------------------------------------------------
+** Results.
+*/
+
+/* A latency in ns, readably ("812.4us", "3.20ms", "1.50s"). */
+static const char *fmt_ns(char *buf, size_t n, uint64_t ns) {
+  if (ns < 1000)
+    snprintf(buf, n, "%lluns", (unsigned long long)ns);
+  else if (ns < 1000000)
+    snprintf(buf, n, "%.1fus", (double)ns / 1e3);
+  else if (ns < 1000000000)
+    snprintf(buf, n, "%.2fms", (double)ns / 1e6);
+  else
+    snprintf(buf, n, "%.2fs", (double)ns / 1e9);
+  return buf;
+}
+
+static const char *fmt_bytes(char *buf, size_t n, double b) {
+  if (b < 1024)
+    snprintf(buf, n, "%.0f B", b);
+  else if (b < 1024 * 1024)
+    snprintf(buf, n, "%.1f KiB", b / 1024);
+  else if (b < 1024.0 * 1024 * 1024)
+    snprintf(buf, n, "%.2f MiB", b / (1024 * 1024));
+  else
+    snprintf(buf, n, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
+static void json_string(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      fprintf(f, "\\%c", ch);
+    else if (ch < 0x20)
+      fprintf(f, "\\u%04x", ch);
+    else
+      fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
+static const struct {
+  const char *name; /* JSON key and label */
+  double p;
+} percentiles[] = {{"p50", 50}, {"p90", 90}, {"p99", 99}, {"p99.9", 99.9}};
+
+static void report_text(const struct load *ld, const wstats_t *t,
+                        double elapsed) {
+  char b1[32], b2[32];
+  const hist_t *h = &t->hist;
+  printf("ame load %s: %s, %u connection%s, %u thread%s", ld->url,
+         fmt_ns(b1, sizeof b1, ld->duration_ns), ld->nconns,
+         ld->nconns == 1 ? "" : "s", ld->nworkers,
+         ld->nworkers == 1 ? "" : "s");
+  if (ld->rate > 0) printf(", %.6g req/s scheduled", ld->rate);
+  printf("\n  requests  %llu in %.2fs: %.2f req/s, %s read (%s/s)\n",
+         (unsigned long long)t->requests, elapsed,
+         elapsed > 0 ? (double)t->requests / elapsed : 0.0,
+         fmt_bytes(b1, sizeof b1, (double)t->bytes),
+         fmt_bytes(b2, sizeof b2,
+                   elapsed > 0 ? (double)t->bytes / elapsed : 0.0));
+  printf("  latency  ");
+  for (size_t i = 0; i < sizeof percentiles / sizeof percentiles[0]; i++)
+    printf(" %s %s", percentiles[i].name,
+           fmt_ns(b1, sizeof b1, hist_percentile(h, percentiles[i].p)));
+  printf("  max %s\n", fmt_ns(b1, sizeof b1, h->max));
+  printf("            min %s  mean %s  (from %s)\n",
+         fmt_ns(b1, sizeof b1, h->count ? h->min : 0),
+         fmt_ns(b2, sizeof b2, (uint64_t)hist_mean(h)),
+         ld->rate > 0 ? "each request's due time" : "the write of each "
+                                                     "request");
+  printf("  status   ");
+  int any = 0;
+  for (unsigned code = 0; code < NSTATUS; code++) {
+    if (t->status[code] == 0) continue;
+    printf(" %u: %llu", code, (unsigned long long)t->status[code]);
+    any = 1;
+  }
+  if (t->status_other) {
+    printf(" other: %llu", (unsigned long long)t->status_other);
+    any = 1;
+  }
+  printf("%s\n  errors   ", any ? "" : " none");
+  for (int k = 0; k < ERR__COUNT; k++)
+    printf(" %s %llu", err_names[k], (unsigned long long)t->errors[k]);
+  printf("\n");
+  if (t->abandoned)
+    printf("  %llu requests still unanswered at the end were dropped\n",
+           (unsigned long long)t->abandoned);
+}
+
+static void report_json(const struct load *ld, const wstats_t *t,
+                        double elapsed) {
+  const hist_t *h = &t->hist;
+  printf("{\"url\": ");
+  json_string(stdout, ld->url);
+  printf(", \"address\": ");
+  json_string(stdout, ld->addr);
+  printf(", \"port\": %d, \"connections\": %u, \"threads\": %u, "
+         "\"duration_s\": %.3f, \"timeout_s\": %.3f, ",
+         ld->port, ld->nconns, ld->nworkers, (double)ld->duration_ns / 1e9,
+         (double)ld->timeout_ns / 1e9);
+  if (ld->rate > 0)
+    printf("\"rate\": %.6g, ", ld->rate);
+  else
+    printf("\"rate\": null, ");
+  printf("\"elapsed_s\": %.6f, \"requests\": %llu, \"requests_per_s\": %.3f, "
+         "\"bytes\": %llu, \"bytes_per_s\": %.1f,\n",
+         elapsed, (unsigned long long)t->requests,
+         elapsed > 0 ? (double)t->requests / elapsed : 0.0,
+         (unsigned long long)t->bytes,
+         elapsed > 0 ? (double)t->bytes / elapsed : 0.0);
+  printf(" \"latency_us\": {\"count\": %llu, \"min\": %.3f, \"mean\": %.3f",
+         (unsigned long long)h->count, h->count ? (double)h->min / 1e3 : 0.0,
+         hist_mean(h) / 1e3);
+  for (size_t i = 0; i < sizeof percentiles / sizeof percentiles[0]; i++)
+    printf(", \"%s\": %.3f", percentiles[i].name,
+           (double)hist_percentile(h, percentiles[i].p) / 1e3);
+  printf(", \"max\": %.3f, \"from\": \"%s\"},\n", (double)h->max / 1e3,
+         ld->rate > 0 ? "due" : "write");
+  printf(" \"status\": {");
+  const char *sep = "";
+  for (unsigned code = 0; code < NSTATUS; code++) {
+    if (t->status[code] == 0) continue;
+    printf("%s\"%u\": %llu", sep, code, (unsigned long long)t->status[code]);
+    sep = ", ";
+  }
+  if (t->status_other)
+    printf("%s\"other\": %llu", sep, (unsigned long long)t->status_other);
+  printf("},\n \"errors\": {");
+  uint64_t total = 0;
+  for (int k = 0; k < ERR__COUNT; k++) {
+    printf("\"%s\": %llu, ", err_names[k], (unsigned long long)t->errors[k]);
+    total += t->errors[k];
+  }
+  printf("\"total\": %llu}, \"abandoned\": %llu,\n \"requests_per_thread\": [",
+         (unsigned long long)total, (unsigned long long)t->abandoned);
+  for (unsigned w = 0; w < ld->nworkers; w++)
+    printf("%s%llu", w ? ", " : "", (unsigned long long)ld->ws[w].requests);
+  printf("]}\n");
+}
+
+/* ------------------------------------------------------------------------
+** main.
+*/
+
+static void free_load(struct load *ld) {
+  if (ld->ws)
+    for (unsigned w = 0; w < ld->nworkers; w++) hist_free(&ld->ws[w].hist);
+  free(ld->ws);
+  free(ld->conns);
+  free(ld->request);
+}
+
+/* Connect every slot and run the reactor to the end.  Return 0, or print
+** why not and return 1. */
+static int run(struct load *ld) {
+  ame_reactor_config_t cfg = {.workers = ld->nworkers};
+  int rc = ame_reactor_new(&ld->r, &cfg);
+  if (rc != 0) {
+    fprintf(stderr, "ame load: cannot start the reactor: %s\n",
+            ame_strerror(rc));
+    return 1;
+  }
+  ld->nworkers = ame_reactor_workers(ld->r);
+  ld->ws = aligned_alloc(_Alignof(wstats_t), ld->nworkers * sizeof *ld->ws);
+  ld->conns = aligned_alloc(_Alignof(conn_t), ld->nconns * sizeof *ld->conns);
+  if (ld->ws) memset(ld->ws, 0, ld->nworkers * sizeof *ld->ws);
+  if (ld->conns) memset(ld->conns, 0, ld->nconns * sizeof *ld->conns);
+  for (unsigned w = 0; ld->ws && w < ld->nworkers && rc == 0; w++)
+    rc = hist_init(&ld->ws[w].hist, HIST_HIGHEST_NS);
+  if (ld->ws == NULL || ld->conns == NULL || rc != 0) {
+    fprintf(stderr, "ame load: out of memory\n");
+    ame_reactor_free(ld->r);
+    return 1;
+  }
+  ld->start_ns = now_ns();
+  ld->hk.next_progress_ns = ld->start_ns + 1000000000ull;
+  ld->hk.last_ns = ld->start_ns;
+  rc = ame_timer_start(ld->r, HK_MS, HK_MS, hk_cb, NULL, NULL);
+  if (rc == 0) rc = ame_signal_start(ld->r, SIGINT, signal_cb, NULL, NULL);
+  if (rc == 0) rc = ame_signal_start(ld->r, SIGTERM, signal_cb, NULL, NULL);
+  for (unsigned i = 0; i < ld->nconns && rc == 0; i++) {
+    conn_t *c = &ld->conns[i];
+    c->index = i;
+    /* --rate: the slots of the connections interleave evenly. */
+    c->intended_ns = ld->start_ns + ld->interval_ns / ld->nconns * i;
+    rc = reconnect(c);
+  }
+  if (rc != 0) {
+    fprintf(stderr, "ame load: cannot start: %s\n", ame_strerror(rc));
+    ame_reactor_free(ld->r);
+    return 1;
+  }
+  rc = ame_reactor_run(ld->r);
+  if (rc != 0)
+    fprintf(stderr, "ame load: the reactor failed: %s\n", ame_strerror(rc));
+  if (ld->end_ns == 0) ld->end_ns = now_ns();
+  ame_reactor_free(ld->r);
+  return rc != 0;
+}
+
+int ame_load_main(int argc, char **argv) {
+  enum { OPT_RATE = 256, OPT_TIMEOUT, OPT_JSON, OPT_PROGRESS, OPT_NOPROGRESS,
+         OPT_SELFTEST };
+  static const struct option opts[] = {
+      {"connections", required_argument, NULL, 'c'},
+      {"duration", required_argument, NULL, 'd'},
+      {"threads", required_argument, NULL, 't'},
+      {"rate", required_argument, NULL, 'r'},
+      {"timeout", required_argument, NULL, OPT_TIMEOUT},
+      {"header", required_argument, NULL, 'H'},
+      {"json", no_argument, NULL, OPT_JSON},
+      {"progress", no_argument, NULL, OPT_PROGRESS},
+      {"no-progress", no_argument, NULL, OPT_NOPROGRESS},
+      {"help", no_argument, NULL, 'h'},
+      {"selftest-hist", no_argument, NULL, OPT_SELFTEST},
+      {NULL, 0, NULL, 0},
+  };
+  static struct load ld; /* zeroed; `L` points here while running */
+  memset(&ld, 0, sizeof ld);
+  ld.nconns = 10;
+  ld.duration_ns = 10000000000ull;
+  ld.timeout_ns = 2000000000ull;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  ld.nworkers = cores > 0 ? (unsigned)cores : 1;
+  int progress = -1; /* -1: when stderr is a terminal */
+  char **headers = calloc((size_t)argc + 1, sizeof *headers);
+  size_t nheaders = 0;
+  if (headers == NULL) {
+    fprintf(stderr, "ame load: out of memory\n");
+    return 1;
+  }
+  int ch, status = 0;
+  opterr = 0;
+  optind = 1;
+  while (status == 0 &&
+         (ch = getopt_long(argc, argv, ":c:d:t:r:H:h", opts, NULL)) != -1) {
+    switch (ch) {
+    case 'c':
+      if (parse_uint(optarg, 1, MAX_CONNS, &ld.nconns) != 0)
+        status = usage_error("-c wants a number of connections from 1 to "
+                             "1000000, not '%s'", optarg);
+      break;
+    case 'd':
+      if (load_parse_duration(optarg, &ld.duration_ns) != 0)
+        status = usage_error("-d wants a duration such as 10s, 500ms or 1m, "
+                             "not '%s'", optarg);
+      break;
+    case 't':
+      if (parse_uint(optarg, 1, MAX_THREADS, &ld.nworkers) != 0)
+        status = usage_error("-t wants a number of threads from 1 to 256, "
+                             "not '%s'", optarg);
+      break;
+    case 'r': {
+      char *end;
+      errno = 0;
+      ld.rate = strtod(optarg, &end);
+      if (end == optarg || *end || errno || !isfinite(ld.rate) ||
+          ld.rate <= 0 || ld.rate > 1e9)
+        status = usage_error("--rate wants requests per second (a positive "
+                             "number), not '%s'", optarg);
+      break;
+    }
+    case OPT_TIMEOUT:
+      if (load_parse_duration(optarg, &ld.timeout_ns) != 0)
+        status = usage_error("--timeout wants a duration such as 2s, not "
+                             "'%s'", optarg);
+      break;
+    case 'H':
+      if (strchr(optarg, ':') == NULL || strpbrk(optarg, "\r\n"))
+        status = usage_error("-H wants 'Name: value', not '%s'", optarg);
+      else
+        headers[nheaders++] = optarg;
+      break;
+    case OPT_JSON: ld.json = 1; break;
+    case OPT_PROGRESS: progress = 1; break;
+    case OPT_NOPROGRESS: progress = 0; break;
+    case OPT_SELFTEST: {
+      int fails = hist_selftest();
+      printf("hist selftest: %s\n", fails ? "FAILED" : "ok");
+      free(headers);
+      return fails ? 1 : 0;
+    }
+    case 'h':
+      usage(stdout);
+      free(headers);
+      return 0;
+    case ':':
+      status = usage_error("%s needs a value", argv[optind - 1]);
+      break;
+    default:
+      status = usage_error("unknown option '%s'", argv[optind - 1]);
+      break;
+    }
+  }
+  url_t u;
+  if (status == 0 && optind != argc - 1)
+    status = usage_error("%s", optind >= argc ? "which URL? (ame load URL)"
+                                              : "give exactly one URL");
+  const char *msg = status == 0 ? parse_url(argv[optind], &u) : NULL;
+  if (msg) status = usage_error("%s", msg);
+  if (status != 0) {
+    free(headers);
+    return status;
+  }
+  ld.url = argv[optind];
+  if (ld.nworkers > ld.nconns) ld.nworkers = ld.nconns;
+  if (ld.rate > 0) ld.interval_ns = (uint64_t)(1e9 * ld.nconns / ld.rate);
+  ld.tty = isatty(STDERR_FILENO);
+  ld.progress = progress < 0 ? ld.tty : progress;
+  if (!ld.progress) ld.tty = 0;
+  const char *q = strchr(argv[optind], '?');
+  ld.request = build_request(&u, u.path ? NULL : q, headers, nheaders,
+                             &ld.request_len);
+  free(headers);
+  if (ld.request == NULL) {
+    fprintf(stderr, "ame load: out of memory\n");
+    return 1;
+  }
+  if (find_server(&ld, &u) != 0 || raise_fd_limit(ld.nconns) != 0) {
+    free_load(&ld);
+    return 1;
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  L = &ld;
+  int failed = run(&ld);
+  if (ld.progress_shown && ld.tty) fputs("\r\033[K", stderr);
+  if (failed) {
+    free_load(&ld);
+    ame_stm_shutdown();
+    return 1;
+  }
+
+  /* Merge the workers' results. */
+  wstats_t *t = aligned_alloc(_Alignof(wstats_t), sizeof *t);
+  if (t == NULL || (memset(t, 0, sizeof *t),
+                    hist_init(&t->hist, HIST_HIGHEST_NS) != 0)) {
+    fprintf(stderr, "ame load: out of memory\n");
+    free(t);
+    free_load(&ld);
+    ame_stm_shutdown();
+    return 1;
+  }
+  for (unsigned w = 0; w < ld.nworkers; w++) {
+    const wstats_t *s = &ld.ws[w];
+    t->requests += s->requests;
+    t->bytes += s->bytes;
+    t->abandoned += s->abandoned;
+    t->status_other += s->status_other;
+    for (int k = 0; k < ERR__COUNT; k++) t->errors[k] += s->errors[k];
+    for (unsigned code = 0; code < NSTATUS; code++)
+      t->status[code] += s->status[code];
+    hist_merge(&t->hist, &s->hist);
+  }
+  double elapsed = (double)(ld.end_ns - ld.start_ns) / 1e9;
+  int rc = 0;
+  if (ld.g.fatal_error) {
+    int v6 = strchr(ld.addr, ':') != NULL;
+    fprintf(stderr, "ame load: cannot connect to %s%s%s:%d: %s\n",
+            v6 ? "[" : "", ld.addr, v6 ? "]" : "", ld.port,
+            strerror((int)ld.g.fatal_error));
+    rc = 1;
+  } else {
+    if (ld.json)
+      report_json(&ld, t, elapsed);
+    else
+      report_text(&ld, t, elapsed);
+    fflush(stdout);
+    if (t->requests == 0) {
+      uint64_t errs = 0;
+      for (int k = 0; k < ERR__COUNT; k++) errs += t->errors[k];
+      fprintf(stderr, "ame load: no response from %s (%llu socket errors)\n",
+              ld.url, (unsigned long long)errs);
+      rc = 1;
+    }
+  }
+  hist_free(&t->hist);
+  free(t);
+  free_load(&ld);
+  L = NULL;
+  ame_stm_shutdown();
+  return rc;
+}
