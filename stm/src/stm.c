@@ -393,7 +393,7 @@ static void release_token(ame_tx_t *tx) {
 /* Start an attempt of the outermost transaction. */
 static void begin_attempt(ame_tx_t *tx) {
   tx->h.r_cur = tx->r_base;
-  tx->h.last_orec = NULL;
+  tx->h.last_orec = 0;
   tx->w_chunk = tx->w_first;
   tx->w_i = 0;
   tx->w_n = 0;
@@ -641,7 +641,7 @@ static struct ame__wentry *irr_lock(ame_tx_t *tx, uintptr_t a) {
 
 static void log_read(ame_tx_t *tx, const uintptr_t *a, uintptr_t l,
                      uintptr_t *o) {
-  if (o == tx->h.last_orec) return;
+  if ((uintptr_t)o == tx->h.last_orec) return;
   if (tx->h.r_cur == tx->h.r_end) {
     size_t n = (size_t)(tx->h.r_end - tx->r_base);
     struct ame__rentry *r = realloc(tx->r_base, 2 * n * sizeof *r);
@@ -656,7 +656,7 @@ static void log_read(ame_tx_t *tx, const uintptr_t *a, uintptr_t l,
   tx->h.r_cur->addr = (uintptr_t)a;
   tx->h.r_cur->version = l;
   tx->h.r_cur++;
-  tx->h.last_orec = o;
+  tx->h.last_orec = (uintptr_t)o;
 }
 
 uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *a) {

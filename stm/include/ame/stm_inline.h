@@ -35,7 +35,9 @@ struct ame__txhot {
                                   (0 when irrevocable: all take slow path) */
   struct ame__rentry *r_cur;   /* next free read-log entry */
   struct ame__rentry *r_end;   /* end of the read log */
-  const uintptr_t *last_orec;  /* orec of the last logged read (dedup) */
+  uintptr_t last_orec;         /* address of the orec of the last logged
+                                  read (an integer, so that storing it
+                                  does not alias the orec table) */
 };
 
 /* Process-wide state the fast path reads. */
@@ -48,7 +50,8 @@ extern AME_EXTERN struct ame__shared ame__g;
 AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 
 /* The orec covering addr: Fibonacci hashing of the granule number, so that
-** the same offsets in different threads' malloc arenas do not collide. */
+** the same offsets in different threads' malloc arenas, which differ only in
+** high address bits, do not collide. */
 static inline uintptr_t *ame__orec_of(uintptr_t addr) {
   return &ame__g.orecs[((addr >> AME__GRAIN_SHIFT) *
                         (uintptr_t)0x9E3779B97F4A7C15ull) >>
@@ -62,13 +65,13 @@ static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {
   if (__builtin_expect(!(l & 1) && l <= h->snapshot, 1)) {
     uintptr_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
     if (__builtin_expect(__atomic_load_n(o, __ATOMIC_RELAXED) == l, 1)) {
-      if (o != h->last_orec) {
+      if ((uintptr_t)o != h->last_orec) {
         if (__builtin_expect(h->r_cur == h->r_end, 0))
           return ame__load_slow(tx, a);
         h->r_cur->addr = (uintptr_t)a;
         h->r_cur->version = l;
         h->r_cur++;
-        h->last_orec = o;
+        h->last_orec = (uintptr_t)o;
       }
       return v;
     }
