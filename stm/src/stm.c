@@ -879,7 +879,7 @@ static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
     STORE(&tx->irrevocable, 0);
     tx->h.snapshot = 0;
   }
-  run_handlers(tx, &tx->on_abort, start);
+  if (tx->on_abort.n) run_handlers(tx, &tx->on_abort, start);
   tx->on_abort.n = 0;
   __atomic_store_n(&tx->active, idle_value(tx), __ATOMIC_RELEASE);
 }
@@ -916,6 +916,23 @@ void ame_tx_abort(ame_tx_t *tx) {
 
 static void commit(ame_tx_t *tx) {
   uintptr_t ts = 0;
+  /* The common read-only case, with nothing else to do, stays short. */
+  if (tx->w_n == 0 && !tx->irrevocable && !tx->want_irrevocable &&
+      !tx->has_token && !tx->privatize && tx->hold == 0 &&
+      (tx->frees.n | tx->allocs.n | tx->on_commit.n | tx->on_abort.n |
+       tx->undo.n | tx->attempt | tx->conflicts) == 0) {
+    STAT_INC(tx, commits_ro);
+    STAT_INC(tx, commits);
+    if (AME__UNLIKELY(LOAD(&tx->stats.max_attempts) == 0))
+      STORE(&tx->stats.max_attempts, 1);
+    tx->nesting = 0;
+    tx->h.snapshot = 0;
+    tx->irr_user = 0;
+    __atomic_store_n(&tx->active, AME__IDLE, __ATOMIC_RELEASE);
+    if (AME__UNLIKELY(tx->limbo.n) && tx->starts % LIMBO_SCAN == 0)
+      reclaim(tx, 0);
+    return;
+  }
   if (tx->w_n == 0) {
     STAT_INC(tx, commits_ro);
   } else {
@@ -965,7 +982,7 @@ static void commit(ame_tx_t *tx) {
               NULL, NULL, 0);
     }
   }
-  run_handlers(tx, &tx->on_commit, start);
+  if (tx->on_commit.n) run_handlers(tx, &tx->on_commit, start);
   tx->on_commit.n = 0;
   __atomic_store_n(&tx->active, idle_value(tx), __ATOMIC_RELEASE);
   /* Scan limbo when it is large, and now and then when it is not, so a
