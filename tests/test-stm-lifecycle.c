@@ -298,7 +298,7 @@ TEST_IMPL(strerror) {
 ** child that must die of SIGABRT.
 */
 
-static void expect_abort(const char *what, void (*fn)(void)) {
+__attribute__((unused)) static void expect_abort(const char *what, void (*fn)(void)) {
   fflush(stdout);
   fflush(stderr);
   pid_t pid = fork();
@@ -318,26 +318,26 @@ static void expect_abort(const char *what, void (*fn)(void)) {
 
 static uintptr_t misuse_word;
 
-static void misuse_load_outside(void) {
+__attribute__((unused)) static void misuse_load_outside(void) {
   ame_tx_t *tx = enter();
   (void)ame_load_word_tx(tx, &misuse_word);
 }
 
 /* The same after a transaction ran (the inlined fast path then finds a
 ** snapshot in the descriptor). */
-static void misuse_load_after_tx(void) {
+__attribute__((unused)) static void misuse_load_after_tx(void) {
   ame_tx_t *tx = enter();
   (void)tx_get(tx, &misuse_word);  /* read-only: the word's version stays
                                       within the descriptor's snapshot */
   (void)ame_load_word_tx(tx, &misuse_word);
 }
 
-static void misuse_store_outside(void) {
+__attribute__((unused)) static void misuse_store_outside(void) {
   ame_tx_t *tx = enter();
   ame_store_word_tx(tx, &misuse_word, 1);
 }
 
-static void misuse_retry_irrevocable(void) {
+__attribute__((unused)) static void misuse_retry_irrevocable(void) {
   ame_tx_t *tx = enter();
   AME_ATOMIC(tx) {
     (void)ame_load_word_tx(tx, &misuse_word);
@@ -346,14 +346,14 @@ static void misuse_retry_irrevocable(void) {
   }
 }
 
-static void *wrong_thread_main(void *arg) {
+__attribute__((unused)) static void *wrong_thread_main(void *arg) {
   ame_tx_t *other = arg;
   ame_thread_enter();
   AME_ATOMIC(other) { ame_store_word_tx(other, &misuse_word, 1); }
   return NULL;
 }
 
-static void misuse_wrong_thread(void) {
+__attribute__((unused)) static void misuse_wrong_thread(void) {
   ame_tx_t *tx = enter();
   pthread_t t;
   thread_start(&t, wrong_thread_main, tx);
