@@ -119,7 +119,8 @@ def machine_info():
     except OSError:
         pass
     try:
-        load = open("/proc/loadavg").read().split()[:3]
+        with open("/proc/loadavg") as f:
+            load = f.read().split()[:3]
     except OSError:
         load = None
     return {"cpus": os.cpu_count(), "cpu": model,
@@ -432,13 +433,15 @@ class Tools:
             "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
             else None)
         self.wrk = args.wrk or shutil.which("wrk")
+        if self.wrk is not None and not os.access(self.wrk, os.X_OK):
+            self.wrk = None
         self.missing = {}
         if not os.access(self.ame, os.X_OK):
             self.missing["ame"] = "%s not built" % self.ame
         if not os.access(self.plain, os.X_OK):
             self.missing["plain"] = "%s not built" % self.plain
         if self.nginx is None or not os.access(self.nginx, os.X_OK):
-            self.missing["nginx"] = "nginx not installed"
+            self.missing["nginx"] = "nginx not found"
 
     def command(self, server, port, tmpdir):
         kind, _, w = server.partition("-")
@@ -601,7 +604,8 @@ def run_wrk(wrk, port, threads, conns, duration, tmpdir):
                 p.wait()
             raise
         wall = time.monotonic() - t0
-    text = open(out_path, encoding="utf-8", errors="replace").read()
+    with open(out_path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
     if p.returncode != 0:
         raise BenchError("wrk exit status %d: %s" % (p.returncode,
                                                       text.strip()[-200:]))
