@@ -32,7 +32,6 @@ Ctrl-C it kills the process groups it started.
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -44,10 +43,11 @@ import sys
 import tempfile
 import time
 
+from benchlib import CLK_TCK, LoadMeter, fmt_rate, machine_busy, machine_info
+
 SECTIONS = ("scaling", "http")
 SERVERS = ("ame-1w", "ame-2w", "plain", "nginx-1w", "nginx-2w")
 HELLO = b"Hello, world!\n"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
@@ -55,18 +55,6 @@ class BenchError(Exception):
 
 
 # ---- machine load -----------------------------------------------------------
-
-def machine_busy():
-    """Seconds of CPU the whole machine has been busy (/proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        # user nice system idle iowait irq softirq steal: busy excludes
-        # idle and iowait.
-        return (sum(fields[:8]) - fields[3] - fields[4]) / float(CLK_TCK)
-    except (OSError, ValueError, IndexError):
-        return None
-
 
 def wait_quiet(max_wait):
     """Wait, up to max_wait seconds, until other work on the machine uses
@@ -84,59 +72,7 @@ def wait_quiet(max_wait):
     return time.monotonic() - t0
 
 
-class LoadMeter:
-    """How much CPU time other work on the machine used while we ran:
-    the machine's busy time less our (reaped) children's CPU time, plus
-    what we measured ourselves of children not reaped by us."""
-
-    def __init__(self):
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample():
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        me = resource.getrusage(resource.RUSAGE_SELF)
-        return (time.monotonic(), machine_busy(),
-                ru.ru_utime + ru.ru_stime + me.ru_utime + me.ru_stime)
-
-    def others(self):
-        """Average CPUs used by other work since the start, or None."""
-        t0, b0, c0 = self.start
-        t1, b1, c1 = self._sample()
-        if b0 is None or b1 is None or t1 <= t0:
-            return None
-        return max(0.0, ((b1 - b0) - (c1 - c0)) / (t1 - t0))
-
-
-def machine_info():
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        with open("/proc/loadavg") as f:
-            load = f.read().split()[:3]
-    except OSError:
-        load = None
-    return {"cpus": os.cpu_count(), "cpu": model,
-            "kernel": platform.release(), "loadavg_at_start": load}
-
-
 # ---- formatting -------------------------------------------------------------
-
-def fmt_rate(x):
-    if x is None:
-        return "-"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= div:
-            return "%.2f%s" % (x / div, unit)
-    return "%.0f" % x
-
 
 def fmt_ratio(x):
     return "-" if x is None else "%.2fx" % x

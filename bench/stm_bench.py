@@ -27,13 +27,12 @@ Run it with Debian's /usr/bin/python3 from the repository root, after
 import argparse
 import json
 import os
-import platform
-import resource
 import signal
 import statistics
 import subprocess
 import sys
-import time
+
+from benchlib import LoadMeter, fmt_rate, machine_info
 
 VARIANTS = ("ame", "itm", "mutex", "seq")
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank")
@@ -129,15 +128,6 @@ def run_one(cmd, duration):
     return result, None
 
 
-def fmt_rate(x):
-    if x is None:
-        return "-"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= div:
-            return "%.2f%s" % (x / div, unit)
-    return "%.0f" % x
-
-
 def fmt_ratio(x):
     return "-" if x is None else "%.2fx" % x
 
@@ -225,50 +215,6 @@ def evaluate_bars(rows):
     bar("rbtree 100% upd, 2 threads: ame aborts/commit",
         r100 and r100["aborts_per_commit"], "<=", 0.1, fmt_apc)
     return bars
-
-
-class LoadMeter:
-    """How much CPU time other work on the machine used while we ran:
-    the machine's busy time (/proc/stat) less our children's CPU time."""
-
-    def __init__(self):
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample():
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(x) for x in f.readline().split()[1:]]
-            # user nice system idle iowait irq softirq steal: busy excludes
-            # idle and iowait.
-            busy = (sum(fields[:8]) - fields[3] - fields[4]) / float(
-                os.sysconf("SC_CLK_TCK"))
-        except (OSError, ValueError, IndexError):
-            busy = None
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return (time.monotonic(), busy, ru.ru_utime + ru.ru_stime)
-
-    def others(self):
-        """Average CPUs used by other work since the start, or None."""
-        t0, b0, c0 = self.start
-        t1, b1, c1 = self._sample()
-        if b0 is None or b1 is None or t1 <= t0:
-            return None
-        return max(0.0, ((b1 - b0) - (c1 - c0)) / (t1 - t0))
-
-
-def machine_info():
-    model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": model,
-            "kernel": platform.release()}
 
 
 def print_table(rows, bars, failures, settings, machine):

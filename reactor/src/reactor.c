@@ -467,25 +467,36 @@ static void sigpipe_restore(const sigset_t *old) {
   pthread_sigmask(SIG_SETMASK, old, NULL);
 }
 
-static void worker_loop(struct worker *w) {
-  sigset_t mask;
-  sigpipe_block(&mask);
+/* Make the calling thread worker w: SIGPIPE blocked (saved in *mask),
+** registered with the STM. */
+static void worker_enter(struct worker *w, sigset_t *mask) {
+  sigpipe_block(mask);
   current = w;
   w->tx = ame_thread_enter();
   if (w->tx == NULL) {
     ame__log(w->r, "worker %u: cannot register with the STM", w->id);
     abort();
   }
+}
+
+/* Undo worker_enter() once w's loop has ended. */
+static void worker_leave(struct worker *w, sigset_t *mask) {
+  ame_thread_idle(w->tx);
+  ame_thread_exit();
+  w->tx = NULL;
+  current = NULL;
+  sigpipe_restore(mask);
+}
+
+static void worker_loop(struct worker *w) {
+  sigset_t mask;
+  worker_enter(w, &mask);
   uv_run(&w->loop, UV_RUN_DEFAULT);
   if (LOAD(&w->idle_marked)) {
     STORE(&w->idle_marked, 0);
     SUB(&w->r->idle, 1);
   }
-  ame_thread_idle(w->tx);
-  ame_thread_exit();
-  w->tx = NULL;
-  current = NULL;
-  sigpipe_restore(&mask);
+  worker_leave(w, &mask);
 }
 
 static void worker_main(void *arg) { worker_loop(arg); }
@@ -648,21 +659,11 @@ uint64_t ame_reactor_now(ame_reactor_t *r) {
 ** run, and for ops left over after the loop ended. */
 static void run_here(struct worker *w) {
   sigset_t mask;
-  sigpipe_block(&mask);
-  current = w;
-  w->tx = ame_thread_enter();
-  if (w->tx == NULL) {
-    ame__log(w->r, "worker %u: cannot register with the STM", w->id);
-    abort();
-  }
+  worker_enter(w, &mask);
   if (!w->stopping) begin_stop(w);
   drain_inbox(w);
   uv_run(&w->loop, UV_RUN_DEFAULT);
-  ame_thread_idle(w->tx);
-  ame_thread_exit();
-  w->tx = NULL;
-  current = NULL;
-  sigpipe_restore(&mask);
+  worker_leave(w, &mask);
 }
 
 /* Once every worker's loop has ended, ops may still wait in inboxes: a
