@@ -198,6 +198,17 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
 
     # ame
 
+    def _reinitAfterFork(self):
+        """
+        In a child made by C{fork()} after this reactor was created (the
+        C{ame run --workers N} supervisor forks at C{reactor.run()}): the
+        parent's C worker thread does not exist here, so start a new core
+        and watch again every fd the reactor watched.
+        """
+        self._core = _ame.Core()
+        for fd in self._reads | self._writes:
+            self._core.watch(fd, self._mask(fd))
+
     def ameStats(self):
         """
         Return the C reactor's counters (C{ame_reactor_stats}) and the
