@@ -73,3 +73,85 @@ def fmt_rate(x):
         if x >= div:
             return "%.2f%s" % (x / div, unit)
     return "%.0f" % x
+
+
+# ---- Python servers from a build tree (twisted_bench.py, demo.py) ----------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_builddir(builddir):
+    """builddir as given, or relative to the repository root; absolute.
+    None if neither holds a build (no build.ninja)."""
+    for d in (builddir, os.path.join(REPO, builddir)):
+        if os.path.isfile(os.path.join(d, "build.ninja")):
+            return os.path.abspath(d)
+    return None
+
+
+def ame_env(builddir):
+    """The environment a Python program needs to import ame from the build
+    tree: PYTHONPATH=BUILDDIR/bindings:REPO/bindings (before any already
+    set)."""
+    env = dict(os.environ)
+    paths = [os.path.join(builddir, "bindings"), os.path.join(REPO, "bindings")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = ":".join(paths)
+    return env
+
+
+def ame_extension_built(builddir):
+    d = os.path.join(builddir, "bindings", "ame")
+    try:
+        return any(n.startswith("_ame") and n.endswith(".so")
+                   for n in os.listdir(d))
+    except OSError:
+        return False
+
+
+def ame_run_status(builddir):
+    """(True, None) if BUILDDIR/bindings/cmd/ame has a working `ame run`
+    (`ame run --help` exits 0), else (False, why)."""
+    import subprocess
+    ame = os.path.join(builddir, "bindings", "cmd", "ame")
+    if not os.access(ame, os.X_OK):
+        return False, "%s not built" % ame
+    try:
+        p = subprocess.run([ame, "run", "--help"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           env=ame_env(builddir), timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, "`ame run --help` failed: %s" % e
+    if p.returncode != 0:
+        out = p.stdout.decode("utf-8", "replace").strip().splitlines()
+        return False, "`ame run --help` exits %d%s" % (
+            p.returncode, (": " + out[-1]) if out else "")
+    return True, None
+
+
+def proc_start_time(pid):
+    """The start time of pid (ticks since boot, /proc/PID/stat field 22),
+    which tells a process from a later one with the same pid; None if
+    gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def kill_leftovers(idents):
+    """SIGKILL each (pid, start time) still alive as that same process (a
+    worker that left its parent's process group); return the pids
+    killed."""
+    import signal
+    killed = []
+    for pid, start in idents:
+        if start is not None and proc_start_time(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                pass
+    return killed

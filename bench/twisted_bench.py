@@ -1,0 +1,598 @@
+#!/usr/bin/python3
+"""Run Twisted HTTP servers on AMEReactor and EPollReactor side by side and
+print a table.
+
+Two sections.  "reactors": the same two programs on each reactor, under the
+same wrk load (wrk -t1 -c50), unpinned and pinned (server `taskset -c 0`,
+wrk on CPU 1): examples/python/raw_http.py, a plain Twisted Protocol that
+answers each request head with a fixed response, and examples/python/web.py,
+an ordinary twisted.web Site whose Resource returns b"Hello, world!".
+"workers": web.py under `ame run --workers 1` and `--workers 2` (worker
+processes sharing the listening socket) against EPollReactor in one
+process, unpinned.  Every run starts the server as a child process, waits
+until it accepts, checks two keep-alive GETs, warms it up with 1 s of wrk,
+then runs wrk and reads the server's CPU time (utime + stime of every
+process of its tree, all threads, from /proc) before and after: CPU
+microseconds per request.  Runs are interleaved (every configuration once
+per repetition, the order reversed on every other one); figures are medians
+with the min-max over the repetitions, and ratios are taken against
+EPollReactor (same program, same mode) and against `--workers 1` from the
+same run.  A "bars" section compares the figures the project is held to;
+missing a bar never fails the run.  The exit status is 1 if a server fails
+to start, to answer, or to complete any request, or crashes.
+
+Default: both sections, 3 repetitions of 5 s (10 configurations, about 4
+minutes).  --quick: 1 repetition of 2 s (about 45 s).
+
+Run it with Debian's /usr/bin/python3 from anywhere, after
+`ninja -C build-release`.  Servers get PYTHONPATH=BUILDDIR/bindings:bindings
+and run with --python (default /usr/bin/python3).  On an error, Ctrl-C or
+SIGTERM the runner stops every process it started.
+"""
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from benchlib import (CLK_TCK, REPO, LoadMeter, ame_env, ame_extension_built,
+                      ame_run_status, fmt_rate, kill_leftovers, machine_busy,
+                      machine_info, proc_start_time, resolve_builddir)
+from reactor_bench import (BenchError, Server, cpu_ticks,
+                           descendants, fmt_cpus, fmt_ratio, fmt_us,
+                           free_port, int_list, med, name_list, print_bars,
+                           print_rows, run_wrk, wait_quiet)
+
+SECTIONS = ("reactors", "workers")
+APPS = ("raw", "web")
+MODES = ("unpinned", "pinned")
+APP_FILE = {"raw": os.path.join("examples", "python", "raw_http.py"),
+            "web": os.path.join("examples", "python", "web.py")}
+APP_BODY = {"raw": b"Hello, world!\n", "web": b"Hello, world!"}
+APP_LABEL = {"raw": "raw Protocol", "web": "twisted.web"}
+
+# The bars (2-core reference machine): (app, mode or None for every mode,
+# server, ratio key, op, target).  rps_vs_epoll and cpu_vs_epoll compare
+# with EPollReactor, same program and mode; rps_vs_1w with
+# `ame run --workers 1`.
+BARS = (
+    ("raw", None, "ame", "rps_vs_epoll", ">=", 1.6),
+    ("raw", None, "ame", "cpu_vs_epoll", "<", 1.0),
+    ("web", None, "ame", "rps_vs_epoll", ">=", 1.2),
+    ("web", None, "ame", "cpu_vs_epoll", "<", 1.0),
+    ("web", "unpinned", "ame-run-2w", "rps_vs_1w", ">=", 1.6),
+    ("web", "unpinned", "ame-run-1w", "rps_vs_epoll", ">=", 1.2),
+)
+RATIO_WHAT = {"rps_vs_epoll": "req/s vs EPollReactor",
+              "cpu_vs_epoll": "CPU/request vs EPollReactor",
+              "rps_vs_1w": "req/s vs ame run --workers 1"}
+
+
+def server_label(server):
+    if server == "epoll":
+        return "EPollReactor"
+    if server == "ame":
+        return "AMEReactor"
+    return "ame run --workers %d" % run_workers(server)
+
+
+def run_workers(server):
+    """ame-run-2w -> 2; None for the in-process servers."""
+    if server.startswith("ame-run-"):
+        return int(server[len("ame-run-"):-1])
+    return None
+
+
+# ---- servers ----------------------------------------------------------------
+
+class AppServer(Server):
+    """A Server (own process group, stopped TERM then KILL) that also
+    remembers every process seen in its tree, and kills any of them still
+    alive after the group is gone (a worker that left the group)."""
+
+    def __init__(self, cmd, log_path):
+        super().__init__(cmd, log_path)
+        self.seen = {}
+
+    def remember(self):
+        if self.proc.poll() is None:
+            for p in descendants(self.proc.pid):
+                self.seen.setdefault(p, proc_start_time(p))
+        return sorted(self.seen)
+
+    def stop(self):
+        self.remember()
+        super().stop()
+        kill_leftovers(self.seen.items())
+
+
+def server_cmd(args, builddir, app, server, mode, port, cpus):
+    script = os.path.join(REPO, APP_FILE[app])
+    w = run_workers(server)
+    if w is None:
+        cmd = [args.python, script, "--port", str(port),
+               "--reactor", server]
+    else:
+        cmd = [os.path.join(builddir, "bindings", "cmd", "ame"), "run",
+               "--workers", str(w), "--", script, "--port", str(port)]
+    if mode == "pinned":
+        cmd = ["taskset", "-c", str(cpus[0])] + cmd
+    return cmd
+
+
+@contextlib.contextmanager
+def affinity(cpu):
+    """Run the body with this process (and so the children it starts: wrk)
+    on one CPU; cpu None: unchanged."""
+    if cpu is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def check_response(port, body):
+    """Two GETs on one keep-alive connection: each must be 200 with body.
+    Return the second's status line and header names; raise BenchError."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        for _ in range(2):
+            c.request("GET", "/")
+            r = c.getresponse()
+            data = r.read()
+            if r.status != 200:
+                raise BenchError("GET / answered %d %s" % (r.status,
+                                                          r.reason))
+            if data != body:
+                raise BenchError("GET / body %r, expected %r" % (data, body))
+            if r.will_close:
+                raise BenchError("the server closed a keep-alive connection")
+        return {"status": "HTTP/1.1 %d %s" % (r.status, r.reason),
+                "headers": [k for k, _ in r.getheaders()],
+                "bytes": None}
+    except (OSError, http.client.HTTPException) as e:
+        raise BenchError("GET / failed: %s" % e)
+    finally:
+        c.close()
+
+
+def run_one(args, builddir, key, tmpdir, cpus, check):
+    """Start one server, check it, warm it up, measure it with wrk, stop
+    it.  Return the measurement dict; raise BenchError on failure."""
+    app, mode, server = key
+    port = free_port()
+    cmd = server_cmd(args, builddir, app, server, mode, port, cpus)
+    srv = AppServer(cmd, os.path.join(tmpdir, "%s-%s-%s-%d.log" % (
+        app, mode, server, port)))
+    wrk_cpu_pin = cpus[1] if mode == "pinned" else None
+    try:
+        srv.wait_port(port, timeout=30)
+        info = check_response(port, APP_BODY[app]) if check else None
+        srv.remember()
+        with affinity(wrk_cpu_pin):
+            run_wrk(args.wrk, port, 1, args.connections, args.warmup, tmpdir)
+        if srv.proc.poll() is not None:
+            raise BenchError("server exited during the warm-up (status %s): "
+                             "%s" % (srv.proc.returncode, srv.log_tail()))
+        pids = srv.remember()
+        busy0 = machine_busy()
+        cpu0 = cpu_ticks(pids)
+        with affinity(wrk_cpu_pin):
+            res, wrk_cpu, wall = run_wrk(args.wrk, port, 1, args.connections,
+                                         args.duration, tmpdir)
+        cpu1 = cpu_ticks(pids)
+        busy1 = machine_busy()
+        if srv.proc.poll() is not None:
+            raise BenchError("server exited during the run (status %s): %s"
+                             % (srv.proc.returncode, srv.log_tail()))
+        after = srv.remember()
+        ticks = sum(cpu1.get(p, cpu0[p]) - cpu0[p] for p in cpu0)
+        cpu_s = ticks / float(CLK_TCK)
+        n = res["requests"]
+        if n == 0:
+            raise BenchError("no request completed: %s" % srv.log_tail())
+        res.update({
+            "app": app, "mode": mode, "server": server,
+            "server_command": " ".join(cmd), "server_pids": len(pids),
+            # A process that joined the tree during the run (a restarted
+            # worker) is missing from the CPU time.
+            "tree_changed": after != pids or len(cpu1) != len(cpu0),
+            "server_cpu_s": cpu_s, "cpu_us_per_req": cpu_s * 1e6 / n,
+            "server_cpus": cpu_s / wall,
+            "wrk_cpu_s": wrk_cpu, "wrk_cpus": wrk_cpu / wall,
+            "others_cpus": (None if busy0 is None or busy1 is None else
+                            max(0.0, (busy1 - busy0 - cpu_s - wrk_cpu)
+                                / wall)),
+            "response": info,
+        })
+        return res
+    finally:
+        srv.stop()
+
+
+# ---- the matrix -------------------------------------------------------------
+
+def configurations(args, skip):
+    """The (app, mode, server) keys to run, in table order, without those
+    whose server is in skip."""
+    keys = []
+    if "reactors" in args.sections:
+        for app in args.apps:
+            for mode in args.modes:
+                for server in ("epoll", "ame"):
+                    keys.append((app, mode, server))
+    if "workers" in args.sections:
+        for server in ["epoll"] + ["ame-run-%dw" % w for w in args.workers]:
+            keys.append(("web", "unpinned", server))
+    out = []
+    for k in keys:
+        kind = "ame-run" if k[2].startswith("ame-run") else k[2]
+        if k not in out and kind not in skip:
+            out.append(k)
+    order = {}
+    for i, k in enumerate(out):
+        order.setdefault(k[:2], i)
+    out.sort(key=lambda k: order[k[:2]])  # group rows by app and mode
+    return out
+
+
+def run_matrix(args, builddir, progress, failures, tmpdir, notes):
+    skip = {}
+    if not ame_extension_built(builddir):
+        skip["ame"] = "the ame extension is not built in %s" % builddir
+    if "workers" in args.sections:
+        ok, why = ame_run_status(builddir)
+        if not ok:
+            skip["ame-run"] = why
+    if "pinned" in args.modes:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2 or shutil.which("taskset") is None:
+            args.modes = [m for m in args.modes if m != "pinned"]
+            notes.append("pinned rows skipped: %s" % (
+                "taskset not found" if len(cpus) >= 2
+                else "fewer than 2 CPUs"))
+        cpus = cpus[:2]
+    else:
+        cpus = None
+    for kind, why in sorted(skip.items()):
+        notes.append("%s rows skipped: %s" % (kind, why))
+        print("twisted_bench: %s rows skipped: %s" % (kind, why),
+              file=sys.stderr)
+    keys = configurations(args, skip)
+    results, responses = {}, {}
+    total, done = len(keys) * args.reps, 0
+    for rep in range(args.reps):
+        for key in (keys if rep % 2 == 0 else keys[::-1]):
+            done += 1
+            if progress:
+                print("\r[twisted %d/%d] %s %s %s        " % (
+                    done, total, key[0], key[1], key[2]), end="",
+                    file=sys.stderr, flush=True)
+            wait_quiet(args.quiet_wait)
+            try:
+                res = run_one(args, builddir, key, tmpdir, cpus,
+                              check=key not in responses)
+            except BenchError as e:
+                failures.append({"what": " ".join(key), "error": str(e),
+                                 "command": " ".join(server_cmd(
+                                     args, builddir, *key, 8080,
+                                     cpus or [0, 1]))})
+                if progress:
+                    print("\n  FAILED: %s" % e, file=sys.stderr)
+                continue
+            if res["response"] is not None:
+                responses[key] = res["response"]
+            results.setdefault(key, []).append(res)
+    if progress:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+    return summarize(keys, results, responses, notes, cpus)
+
+
+def summarize(keys, results, responses, notes, cpus):
+    rows = []
+    for key in keys:
+        app, mode, server = key
+        runs = results.get(key, [])
+        rps = [r["rps"] for r in runs]
+        cpr = [r["cpu_us_per_req"] for r in runs]
+        rows.append({
+            "app": app, "mode": mode, "server": server,
+            "label": server_label(server), "workers": run_workers(server),
+            "runs": len(runs),
+            "rps": rps, "rps_median": med(rps),
+            "rps_min": min(rps) if rps else None,
+            "rps_max": max(rps) if rps else None,
+            "cpu_us_per_req": cpr, "cpu_median": med(cpr),
+            "cpu_min": min(cpr) if cpr else None,
+            "cpu_max": max(cpr) if cpr else None,
+            "server_cpus": med([r["server_cpus"] for r in runs]),
+            "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
+            "others_cpus": med([r["others_cpus"] for r in runs
+                                if r["others_cpus"] is not None]),
+            "socket_errors": sum(r["socket_errors"] for r in runs),
+            "non2xx": sum(r["non2xx"] for r in runs),
+            "errors": sum(r["socket_errors"] + r["non2xx"] for r in runs),
+            "tree_changed": any(r["tree_changed"] for r in runs),
+            "response": responses.get(key),
+            "runs_detail": runs,
+        })
+    by = {(r["app"], r["mode"], r["server"]): r for r in rows}
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    for r in rows:
+        ep = by.get((r["app"], r["mode"], "epoll"))
+        one = by.get((r["app"], r["mode"], "ame-run-1w"))
+        if r["server"] == "epoll":
+            r["rps_vs_epoll"] = r["cpu_vs_epoll"] = None
+        else:
+            r["rps_vs_epoll"] = ratio(r["rps_median"],
+                                      ep and ep["rps_median"])
+            r["cpu_vs_epoll"] = ratio(r["cpu_median"],
+                                      ep and ep["cpu_median"])
+        r["rps_vs_1w"] = (ratio(r["rps_median"], one and one["rps_median"])
+                          if (r["workers"] or 1) > 1 else None)
+    for r in rows:
+        if r["errors"]:
+            notes.append("ERRORS: %s %s %s: wrk reported %d socket errors "
+                         "and %d non-2xx responses; its figures are suspect"
+                         % (r["app"], r["mode"], r["label"],
+                            r["socket_errors"], r["non2xx"]))
+        if r["tree_changed"]:
+            notes.append("%s %s %s: the server's process tree changed during "
+                         "a run (a worker restarted?): its CPU time is "
+                         "incomplete" % (r["app"], r["mode"], r["label"]))
+    return {"rows": rows, "notes": notes, "cpus_pinned": cpus}
+
+
+# ---- bars -------------------------------------------------------------------
+
+def bar_of(row, what):
+    """The bar (op, target) on this row's ratio what, or None."""
+    for app, mode, server, key, op, target in BARS:
+        if (row["app"] == app and row["server"] == server and key == what
+                and (mode is None or row["mode"] == mode)):
+            return op, target
+    return None
+
+
+def bar_met(figure, op, target):
+    return figure >= target if op == ">=" else figure < target
+
+
+def evaluate_bars(rows):
+    bars = []
+    for app, mode, server, key, op, target in BARS:
+        for r in rows:
+            if r["app"] != app or r["server"] != server or (
+                    mode is not None and r["mode"] != mode):
+                continue
+            figure = r[key]
+            if figure is None:
+                status, shown = "n/a", "not measured"
+            else:
+                status = "PASS" if bar_met(figure, op, target) else "MISS"
+                shown = fmt_ratio(figure)
+            base = "ame-run-1w" if key == "rps_vs_1w" else "epoll"
+            other = [x["others_cpus"] for x in rows
+                     if x["app"] == app and x["mode"] == r["mode"]
+                     and x["server"] in (server, base)
+                     and x["others_cpus"] is not None]
+            errs = sum(x["errors"] for x in rows
+                       if x["app"] == app and x["mode"] == r["mode"]
+                       and x["server"] in (server, base))
+            note = []
+            if figure is not None and other and max(other) > 0.2:
+                note.append("disturbed: other work used up to %.2f CPUs"
+                            % max(other))
+            if errs:
+                note.append("%d wrk errors in these rows" % errs)
+            bars.append({
+                "bar": "%s %s, %s: %s %s" % (
+                    APP_LABEL[app], r["mode"], r["label"],
+                    "CPU/request" if key.startswith("cpu") else "req/s",
+                    "vs ame run --workers 1" if key == "rps_vs_1w"
+                    else "vs EPollReactor"),
+                "app": app, "mode": r["mode"], "server": server,
+                "ratio": key, "target": "%s %s" % (op, fmt_ratio(target)),
+                "measured": figure, "shown": shown, "status": status,
+                "note": "; ".join(note) or None})
+    return bars
+
+
+# ---- output -----------------------------------------------------------------
+
+def ratio_cell(row, key):
+    figure = row.get(key)
+    if figure is None:
+        return "-"
+    b = bar_of(row, key)
+    if b is None:
+        return fmt_ratio(figure)
+    op, target = b
+    return "%s (bar %s%s %s)" % (fmt_ratio(figure), op, fmt_ratio(target),
+                                 "met" if bar_met(figure, op, target)
+                                 else "MISSED")
+
+
+def print_report(settings, machine, twisted, bars, failures):
+    print("Twisted benchmarks: %s CPUs (%s), load average %s at the start"
+          % (machine["cpus"], machine["cpu"],
+             " ".join(machine["loadavg_at_start"] or ["?"])))
+    other = machine.get("other_cpus")
+    if other is not None:
+        print("Other work on the machine used %.2f CPUs on average during "
+              "the run%s" % (other, " -- figures are disturbed"
+                             if other > 0.2 else "."))
+    print()
+    reps = settings["reps"]
+    cpus = twisted.get("cpus_pinned")
+    print("wrk -t1 -c%d -d%ds after %ds of warm-up, %d repetition%s; median "
+          "(min-max).  pinned: server on CPU %s, wrk on CPU %s."
+          % (settings["connections"], settings["duration_s"],
+             settings["warmup_s"], reps, "" if reps == 1 else "s",
+             cpus[0] if cpus else "-", cpus[1] if cpus else "-"))
+    print("CPU us/req: the server's user+system CPU (every thread and "
+          "process of it) per request completed.  srv/wrk/other: CPUs used "
+          "by the server, by wrk and by other work on the machine.  x epoll: "
+          "against EPollReactor, same program and mode; x 1w: against "
+          "ame run --workers 1.")
+    table = []
+    for r in twisted["rows"]:
+        if r["rps_median"] is None:
+            rps, rspread, cspread = "FAILED", "-", "-"
+        else:
+            rps = fmt_rate(r["rps_median"])
+            rspread = "%s-%s" % (fmt_rate(r["rps_min"]), fmt_rate(r["rps_max"]))
+            cspread = "%s-%s" % (fmt_us(r["cpu_min"]), fmt_us(r["cpu_max"]))
+        table.append((
+            APP_LABEL[r["app"]], r["mode"], r["label"], rps, rspread,
+            fmt_us(r["cpu_median"]), cspread,
+            "%s/%s/%s" % (fmt_cpus(r["server_cpus"]), fmt_cpus(r["wrk_cpus"]),
+                          fmt_cpus(r["others_cpus"])),
+            str(r["errors"]) + (" !" if r["errors"] else ""),
+            ratio_cell(r, "rps_vs_epoll"), ratio_cell(r, "cpu_vs_epoll"),
+            ratio_cell(r, "rps_vs_1w")))
+    print_rows(("app", "mode", "server", "req/s", "min-max", "CPU us/req",
+                "min-max", "srv/wrk/other", "errors", "req/s x epoll",
+                "CPU/req x epoll", "req/s x 1w"), table, 3,
+               group=lambda row: row[:2])
+    for n in twisted["notes"]:
+        print("note: " + n)
+    print()
+    print_bars(bars)
+    if failures:
+        print()
+        print("FAILURES (%d):" % len(failures))
+        for f in failures:
+            print("  %s: %s" % (f["what"], f["error"]))
+            print("    reproduce: %s" % f["command"])
+
+
+# ---- main -------------------------------------------------------------------
+
+def on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main():
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    paras = __doc__.split("\n\n")
+    ap = argparse.ArgumentParser(
+        description=paras[0], epilog="\n\n".join(paras[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--builddir", default="build-release",
+                    help="meson build directory (default: build-release)")
+    ap.add_argument("--quick", action="store_true",
+                    help="short form: 1 repetition of 2 s")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    type=name_list(SECTIONS, "section"),
+                    help="comma-separated subset of %s" % ",".join(SECTIONS))
+    ap.add_argument("--apps", default=",".join(APPS),
+                    type=name_list(APPS, "app"),
+                    help="reactors section: subset of raw,web")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    type=name_list(MODES, "mode"),
+                    help="reactors section: subset of unpinned,pinned")
+    ap.add_argument("--workers", type=int_list, default=[1, 2],
+                    metavar="N,..",
+                    help="workers section: ame run --workers values "
+                         "(default 1,2)")
+    ap.add_argument("--runs", "--reps", dest="reps", type=int, default=None,
+                    help="repetitions of every run (default 3; quick 1)")
+    ap.add_argument("--duration", type=int, default=None, metavar="S",
+                    help="seconds of wrk per run (default 5; quick 2)")
+    ap.add_argument("--warmup", type=int, default=1, metavar="S",
+                    help="seconds of wrk before each measured run "
+                         "(default 1)")
+    ap.add_argument("--connections", type=int, default=50,
+                    help="wrk -c (default 50)")
+    ap.add_argument("--python", default="/usr/bin/python3",
+                    help="interpreter of the in-process servers (default "
+                         "/usr/bin/python3)")
+    ap.add_argument("--wrk", default=None, metavar="PATH",
+                    help="wrk binary (default: on PATH)")
+    ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
+                    help="before each run, wait up to S seconds for other "
+                         "work to fall under 0.15 CPUs (default 0)")
+    ap.add_argument("--json", action="store_true",
+                    help="print the results as JSON instead of the table")
+    ap.add_argument("--show", default=None, metavar="FILE",
+                    help="run nothing: print the table of a saved --json "
+                         "output")
+    args = ap.parse_args()
+    if args.show:
+        with open(args.show) as f:
+            d = json.load(f)
+        print_report(d["settings"], d["machine"], d["twisted"], d["bars"],
+                     d["failures"])
+        return 1 if d["failures"] else 0
+    if args.reps is None:
+        args.reps = 1 if args.quick else 3
+    if args.duration is None:
+        args.duration = 2 if args.quick else 5
+    if (args.reps < 1 or args.duration < 1 or args.warmup < 1
+            or args.connections < 1 or min(args.workers) < 1):
+        ap.error("counts must be positive")
+    if 1 not in args.workers:
+        args.workers = [1] + args.workers  # the x 1w reference
+    builddir = resolve_builddir(args.builddir)
+    if builddir is None:
+        sys.exit("twisted_bench: %s is not a build directory: build first "
+                 "(meson setup %s -Dbuildtype=release && ninja -C %s)"
+                 % (args.builddir, args.builddir, args.builddir))
+    args.wrk = args.wrk or shutil.which("wrk")
+    if args.wrk is None or not os.access(args.wrk, os.X_OK):
+        sys.exit("twisted_bench: wrk not found (Debian: apt-get install wrk)")
+    # The servers import ame from the build tree (the runner does not).
+    os.environ.update({"PYTHONPATH": ame_env(builddir)["PYTHONPATH"]})
+
+    machine = machine_info()
+    meter = LoadMeter()
+    progress = sys.stderr.isatty()
+    failures, notes = [], []
+    tmpdir = tempfile.mkdtemp(prefix="ame-twisted-bench-")
+    try:
+        twisted = run_matrix(args, builddir, progress, failures, tmpdir,
+                             notes)
+    except KeyboardInterrupt:
+        print("\ntwisted_bench: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        for srv in list(Server.LIVE):
+            srv.stop()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    machine["other_cpus"] = meter.others()
+    bars = evaluate_bars(twisted["rows"])
+    settings = {"reps": args.reps, "duration_s": args.duration,
+                "warmup_s": args.warmup, "connections": args.connections,
+                "wrk_threads": 1, "sections": args.sections,
+                "apps": args.apps, "modes": args.modes,
+                "workers": args.workers, "quick": args.quick,
+                "python": args.python, "quiet_wait_s": args.quiet_wait,
+                "builddir": builddir}
+    if args.json:
+        json.dump({"settings": settings, "machine": machine,
+                   "twisted": twisted, "bars": bars, "failures": failures},
+                  sys.stdout, indent=1)
+        print()
+    else:
+        print_report(settings, machine, twisted, bars, failures)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
