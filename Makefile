@@ -6,7 +6,7 @@ BUILD   ?= build
 BENCH_BUILD ?= build-release
 MESON   ?= meson
 
-.PHONY: all deps deps-bench build build-release check demo bench install clean
+.PHONY: all deps deps-bench deps-demo build build-release check demo bench install clean
 
 all: build
 
@@ -15,6 +15,9 @@ deps:
 
 deps-bench:
 	@sh scripts/install-deps.sh bench
+
+deps-demo:
+	@sh scripts/install-deps.sh demo
 
 build: deps
 	@test -f $(BUILD)/build.ninja || $(MESON) setup $(BUILD)
@@ -29,18 +32,21 @@ build-release: deps-bench
 check: deps
 	@sh scripts/check.sh
 
-# The main job until the Twisted side exists: the STM and reactor
-# benchmarks' short forms (about a minute).
-demo: build-release
-	$(PYTHON) bench/stm_bench.py --quick --builddir $(BENCH_BUILD)
-	$(PYTHON) bench/reactor_bench.py --quick --builddir $(BENCH_BUILD)
+# The demo (bench/demo.py, under two minutes): examples/python/web.py, an
+# ordinary twisted.web app, under `ame run --workers auto` (and 1, 2, 4, ...
+# workers below that) against Twisted's default reactor in one process,
+# loaded with `ame load`; a table and build/demo.png.  DEMO_ARGS go to it.
+demo: deps-demo build-release
+	$(PYTHON) bench/demo.py --builddir $(BENCH_BUILD) $(DEMO_ARGS)
 
-# The full benchmarks (several minutes).  BENCH_ARGS go to both runners
-# (e.g. --json); STM_BENCH_ARGS and REACTOR_BENCH_ARGS to one each (their
-# other flags differ: --duration is ms for one, seconds for the other).
+# The full benchmarks (about ten minutes).  BENCH_ARGS go to every runner
+# (e.g. --json, --quick); STM_BENCH_ARGS, REACTOR_BENCH_ARGS and
+# TWISTED_BENCH_ARGS to one each (their other flags differ: --duration is
+# ms for the STM runner, seconds for the others).
 bench: build-release
 	$(PYTHON) bench/stm_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(STM_BENCH_ARGS)
 	$(PYTHON) bench/reactor_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(REACTOR_BENCH_ARGS)
+	$(PYTHON) bench/twisted_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(TWISTED_BENCH_ARGS)
 
 install: build
 	$(MESON) install -C $(BUILD)

@@ -1,16 +1,19 @@
 #!/bin/sh
 # Install the Debian packages ame needs to build, test and benchmark, if
 # any is missing.  Runs apt-get when root; otherwise says what to install.
-# Usage: scripts/install-deps.sh [build|bench]   (default: build)
+# Usage: scripts/install-deps.sh [build|bench|demo]   (default: build)
 set -eu
 
 BUILD_PKGS="gcc make meson ninja-build pkg-config python3 python3-dev python3-twisted python3-openssl python3-service-identity libgcc-12-dev libuv1-dev libhttp-parser-dev clang libclang-rt-14-dev"
 BENCH_PKGS="$BUILD_PKGS wrk nginx-light"
+# make demo: the plot (bench/demo.py) needs matplotlib.
+DEMO_PKGS="$BUILD_PKGS python3-matplotlib"
 
 case "${1:-build}" in
   build) want="$BUILD_PKGS" ;;
   bench) want="$BENCH_PKGS" ;;
-  *) echo "usage: $0 [build|bench]" >&2; exit 2 ;;
+  demo) want="$DEMO_PKGS" ;;
+  *) echo "usage: $0 [build|bench|demo]" >&2; exit 2 ;;
 esac
 
 missing=""
