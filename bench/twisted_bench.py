@@ -112,7 +112,7 @@ class AppServer(Server):
         kill_leftovers(self.seen.items())
 
 
-def server_cmd(args, builddir, app, server, mode, port, cpus):
+def server_cmd(args, builddir, app, mode, server, port, cpus):
     script = os.path.join(REPO, APP_FILE[app])
     w = run_workers(server)
     if w is None:
@@ -171,7 +171,7 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
     it.  Return the measurement dict; raise BenchError on failure."""
     app, mode, server = key
     port = free_port()
-    cmd = server_cmd(args, builddir, app, server, mode, port, cpus)
+    cmd = server_cmd(args, builddir, app, mode, server, port, cpus)
     srv = AppServer(cmd, os.path.join(tmpdir, "%s-%s-%s-%d.log" % (
         app, mode, server, port)))
     wrk_cpu_pin = cpus[1] if mode == "pinned" else None
