@@ -28,6 +28,7 @@ demo does both).
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -36,9 +37,9 @@ import sys
 import tempfile
 import time
 
-from benchlib import (CLK_TCK, REPO, ame_env, ame_extension_built,
-                      ame_run_status, fmt_rate, machine_info,
-                      resolve_builddir)
+from benchlib import (CLK_TCK, REPO, ame_env,
+                      ame_extension_built, ame_run_status, fmt_rate,
+                      machine_busy, machine_info, resolve_builddir)
 from reactor_bench import (BenchError, Server, cpu_ticks, fmt_ratio, fmt_us,
                            print_rows)
 from twisted_bench import AppServer, check_response
@@ -120,7 +121,11 @@ def measure(name, cmd, workers, duration, args, ame, tmpdir):
                                           srv.log_tail()))
         pids = srv.remember()
         cpu0 = cpu_ticks(pids)
+        busy0, t0 = machine_busy(), time.monotonic()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         res = ame_load(ame, args.port, args, duration)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy1, t1 = machine_busy(), time.monotonic()
         cpu1 = cpu_ticks(pids)
         if srv.proc.poll() is not None:
             raise BenchError("the server exited during the run (status %s): "
@@ -129,6 +134,10 @@ def measure(name, cmd, workers, duration, args, ame, tmpdir):
     finally:
         srv.stop()
     cpu_s = sum(cpu1.get(p, cpu0[p]) - cpu0[p] for p in cpu0) / float(CLK_TCK)
+    # ame load is the only child reaped while it ran.
+    load_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    others = (None if busy0 is None or busy1 is None else
+              max(0.0, (busy1 - busy0 - cpu_s - load_cpu) / (t1 - t0)))
     n = res["requests"]
     if n == 0:
         raise BenchError("no request completed")
@@ -141,6 +150,7 @@ def measure(name, cmd, workers, duration, args, ame, tmpdir):
            "p50_ms": res["latency_us"]["p50"] / 1000.0,
            "server_cpu_s": cpu_s, "cpu_us_per_req": cpu_s * 1e6 / n,
            "server_cpus": cpu_s / res["elapsed_s"],
+           "load_cpus": load_cpu / res["elapsed_s"], "others_cpus": others,
            "server_processes": len(pids), "tree_changed": changed,
            "non200": non200, "errors": errors, "status": status,
            "duration_s": duration}
@@ -320,12 +330,18 @@ def main():
                       fmt_us(r["cpu_us_per_req"]),
                       "%d" % r["server_processes"],
                       "%d/%d" % (r["non200"], r["errors"]),
+                      "%.2f/%.2f/%s" % (r["server_cpus"], r["load_cpus"],
+                                        "-" if r["others_cpus"] is None
+                                        else "%.2f" % r["others_cpus"]),
                       fmt_ratio(r["rps"] / default["rps"])
                       if default["rps"] else "-"))
     print_rows(("server (web.py)", "req/s", "p99 ms", "CPU us/req",
-                "processes", "non-200/errors", "x default"), table, 1)
+                "processes", "non-200/errors", "srv/load/other",
+                "x default"), table, 1)
     say("CPU us/req: user+system CPU of the server's processes (supervisor "
-        "and workers) per request; x default: req/s against the default "
+        "and workers) per request.  srv/load/other: CPUs used by the "
+        "server, by ame load and by other work on the machine (above 0.2 "
+        "the figures are disturbed).  x default: req/s against the default "
         "reactor.")
     notes = []
     for r in results:
@@ -333,6 +349,10 @@ def main():
             notes.append("%s: %d non-200 responses and %d socket errors: "
                          "its figures are suspect" % (r["config"], r["non200"],
                                                       r["errors"]))
+        if r["others_cpus"] is not None and r["others_cpus"] > 0.2:
+            notes.append("%s: other work on the machine used %.2f CPUs "
+                         "during its run: its figures are disturbed"
+                         % (r["config"], r["others_cpus"]))
         if r["tree_changed"]:
             notes.append("%s: its process tree changed during the run (a "
                          "worker restarted?): CPU time incomplete"

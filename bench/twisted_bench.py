@@ -39,7 +39,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 
 from benchlib import (CLK_TCK, REPO, LoadMeter, ame_env, ame_extension_built,
                       ame_run_status, fmt_rate, kill_leftovers, machine_busy,
