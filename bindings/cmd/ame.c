@@ -3,11 +3,14 @@
 ** subcommands.
 **
 **   ame load URL [...]   HTTP/1.1 load generator (load.c, docs/load.md)
-**   ame run ...          run a Twisted program on the ame reactor (to come)
-**   ame twistd ...       twistd with the ame reactor (to come)
+**   ame run ...          run a Twisted program on the ame reactor, in one
+**                        process or N supervised workers (run.c,
+**                        supervise.c, docs/multicore.md)
+**   ame twistd ...       twistd with the ame reactor (run.c)
 **   ame help [COMMAND]   list the subcommands, or a subcommand's help
 */
 #include "load.h"
+#include "run.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -16,14 +19,24 @@
 #define AME_VERSION "dev"
 #endif
 
+/* `ame run` and `ame twistd` embed CPython; a build without python3-embed
+** leaves them out (bindings/cmd/meson.build). */
+#ifdef AME_HAVE_RUN
+#define AME_RUN_MAIN ame_run_main
+#define AME_TWISTD_MAIN ame_twistd_main
+#else
+#define AME_RUN_MAIN NULL
+#define AME_TWISTD_MAIN NULL
+#endif
+
 static const struct command {
   const char *name;
   const char *summary;
-  int (*main)(int argc, char **argv); /* NULL: not implemented yet */
+  int (*main)(int argc, char **argv); /* NULL: not in this build */
 } commands[] = {
     {"load", "HTTP/1.1 load generator on the ame reactor", ame_load_main},
-    {"run", "run a Twisted program on the ame reactor", NULL},
-    {"twistd", "twistd with the ame reactor installed", NULL},
+    {"run", "run a Twisted program on the ame reactor", AME_RUN_MAIN},
+    {"twistd", "twistd with the ame reactor installed", AME_TWISTD_MAIN},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
@@ -33,7 +46,7 @@ static void usage(FILE *f) {
              "callbacks are\ntransactions.  Commands:\n\n");
   for (size_t i = 0; i < NCOMMANDS; i++)
     fprintf(f, "  %-8s %s%s\n", commands[i].name, commands[i].summary,
-            commands[i].main ? "" : " (not implemented yet)");
+            commands[i].main ? "" : " (not in this build)");
   fprintf(f, "  %-8s %s\n\n", "help", "this list, or 'ame help COMMAND'");
   fprintf(f, "'ame COMMAND --help' describes a command.  ame --version "
              "prints the version.\n");
@@ -45,10 +58,11 @@ static const struct command *find(const char *name) {
   return NULL;
 }
 
-/* Run cmd with argv[0] = its name; 2 if it does not exist yet. */
+/* Run cmd with argv[0] = its name; 2 if this build lacks it. */
 static int run(const struct command *cmd, int argc, char **argv) {
   if (cmd->main == NULL) {
-    fprintf(stderr, "ame %s: not implemented yet\n", cmd->name);
+    fprintf(stderr, "ame %s: not in this build (it needs python3-embed)\n",
+            cmd->name);
     return 2;
   }
   return cmd->main(argc, argv);

@@ -1,0 +1,27 @@
+"""
+For the `ame run` back-off test: each worker dies (exit status 7) right
+after reactor.run() until it has done so CRASHES times (counted with files
+in the directory CRASH_DIR, per worker id), then serves a port.
+
+    crash_loop.py CRASH_DIR CRASHES
+"""
+import os
+import sys
+
+from twisted.internet import protocol, reactor
+
+crash_dir, crashes = sys.argv[1], int(sys.argv[2])
+
+
+def maybe_crash():
+    wid = os.environ.get("AME_WORKER", "-")
+    done = [f for f in os.listdir(crash_dir) if f.startswith("w%s-" % wid)]
+    if len(done) < crashes:
+        open(os.path.join(crash_dir, "w%s-%d" % (wid, len(done))), "w").close()
+        os._exit(7)
+    print("worker %s serving" % wid, flush=True)
+
+
+p = reactor.listenTCP(0, protocol.ServerFactory(), interface="127.0.0.1")
+reactor.callWhenRunning(maybe_crash)
+reactor.run()

@@ -1,0 +1,67 @@
+"""
+A twisted.web server for `ame run` tests (tests/test-ame-run.py).
+
+    hello_web.py [PORT]        (0 or nothing: the kernel picks; printed)
+
+Setup (before reactor.run()) opens one listening port on 127.0.0.1 and
+prints "listening on PORT".  Paths:
+
+    /        "hello\\n"
+    /big     256 KiB of b"x" (truncation shows)
+    /slow    "slow\\n" 1 s later (a request in flight for a while)
+
+Every response carries X-Worker-Pid (the serving process) and X-Worker
+(AME_WORKER, "-" in one process).  At shutdown the process prints
+"served N requests on M connections" (per worker: each has its own
+counters).
+"""
+import os
+import sys
+
+from twisted.internet import reactor, task
+from twisted.web import resource, server
+
+BIG = 256 * 1024
+SLOW_S = 1.0
+
+served = [0]
+connections = [0]
+
+
+class CountingSite(server.Site):
+    def buildProtocol(self, addr):
+        connections[0] += 1
+        return server.Site.buildProtocol(self, addr)
+
+
+class Root(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        served[0] += 1
+        request.setHeader(b"x-worker-pid", str(os.getpid()).encode())
+        request.setHeader(b"x-worker",
+                          os.environ.get("AME_WORKER", "-").encode())
+        if request.path == b"/big":
+            return b"x" * BIG
+        if request.path == b"/slow":
+            def later():
+                request.write(b"slow\n")
+                request.finish()
+            task.deferLater(reactor, SLOW_S, later)
+            return server.NOT_DONE_YET
+        return b"hello\n"
+
+
+def bye():
+    print("served %d requests on %d connections"
+          % (served[0], connections[0]), flush=True)
+
+
+port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+site = CountingSite(Root())
+site.noisy = False
+p = reactor.listenTCP(port, site, interface="127.0.0.1")
+print("listening on %d" % p.getHost().port, flush=True)
+reactor.addSystemEventTrigger("after", "shutdown", bye)
+reactor.run()
