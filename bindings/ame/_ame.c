@@ -70,72 +70,7 @@
 ** State.
 */
 
-typedef struct {
-  PyTypeObject *core_type;
-} ame_state;
-
-struct core;
-
-struct watch {
-  struct core *c;
-  int fd;
-  /* lock */
-  int want;                 /* events Python wants (AME_READABLE|...) */
-  int fresh;                /* a new registration: start a new poll */
-  int consumed;             /* returned by wait(): keep disarmed until the
-                               next wait() */
-  int armed;                /* events the poll was last started with; 0 when
-                               disarmed or stopped */
-  int fired;                /* events delivered and not yet taken */
-  int queued;               /* on the ready list */
-  int dirty;                /* on the dirty list */
-  ame_poll_t *poll;         /* the live poll or NULL (changed by apply) */
-  struct watch *next_ready;
-  struct watch *next_dirty;
-  /* worker: what the last poll callback saw, for deliver() */
-  ame_poll_t *cb_poll;
-  int cb_status, cb_events;
-  /* py */
-  int checking;             /* on the check list */
-  struct watch *next_check; /* fds to check at the next wait() */
-};
-
-struct core {
-  ame_reactor_t *r;
-  pthread_t thread;         /* runs ame_reactor_run */
-  int started;              /* thread is running (py) */
-  unsigned fork_gen;        /* fork_gen when created: a forked child has
-                               no worker thread and must not use it */
-  int efd;                  /* eventfd: wait() sleeps on it */
-  int checkfd;              /* private epolls: can this fd be watched? */
-  int checkfd_w;            /* (checkfd: Python thread; checkfd_w: worker) */
-  pthread_mutex_t lock;
-  pthread_cond_t cond;      /* done_seq advanced */
-  struct watch *ready_head, *ready_tail; /* lock */
-  struct watch *dirty_head;              /* lock */
-  uint64_t req_seq;         /* lock: flushes asked for */
-  uint64_t done_seq;        /* lock: flushes applied */
-  int job_pending;          /* lock: an apply call is posted, not started */
-  struct watch **tab;       /* py: watches by fd */
-  int ntab;
-  struct watch *check;      /* py: fds to check directly at the next
-                               wait(): returned by the last one, or
-                               changed since */
-  struct pollfd *pfds;      /* py: buffer for the direct check */
-  struct watch **pw;
-  size_t npfds;
-  int *ev;                  /* py: (fd, events) pairs wait() returns */
-  size_t nev, evcap;
-  uint64_t n_flushes;       /* counters (lock) */
-  uint64_t n_barriers;
-  uint64_t n_events;
-  uint64_t n_direct;        /* py: events found by the direct check */
-};
-
-typedef struct {
-  PyObject_HEAD
-  struct core *c;
-} CoreObject;
+#include "binding.h"
 
 /* Bumped in the child at every fork() (pthread_atfork): process-wide, not
 ** module state, because it is a fact about the process. */
@@ -182,6 +117,9 @@ static void signal_efd(struct core *c) {
   do n = write(c->efd, &one, sizeof one);
   while (n < 0 && errno == EINTR);
 }
+
+void ame__signal_efd(struct core *c) { signal_efd(c); }
+PyObject *ame__set_error(int err) { return set_error(err); }
 
 /* The events an fd has now, as epoll would report them (for the error path,
 ** where libuv gives a status and no events). */
@@ -292,6 +230,10 @@ static void apply_now(void *arg) {
     apply_one(c, w);
     w = next;
   }
+  pthread_mutex_unlock(&c->lock);
+  /* The fast streams (transport.c): sends, poll changes, detaches. */
+  ame__fconn_apply_all(c);
+  pthread_mutex_lock(&c->lock);
   c->done_seq = seq;
   pthread_cond_broadcast(&c->cond);
   pthread_mutex_unlock(&c->lock);
@@ -325,7 +267,7 @@ static void mark_dirty(struct core *c, struct watch *w) {
 ** (without the GIL) until it has run.  Return 0 or a negative error. */
 static int flush(struct core *c, int wait) {
   pthread_mutex_lock(&c->lock);
-  if (c->dirty_head == NULL) {
+  if (c->dirty_head == NULL && c->fdirty == NULL) {
     pthread_mutex_unlock(&c->lock);
     return 0;
   }
@@ -353,6 +295,10 @@ static int flush(struct core *c, int wait) {
   }
   return 0;
 }
+
+int ame__flush(struct core *c, int wait) { return flush(c, wait); }
+
+int ame__core_live(struct core *c) { return c->fork_gen == fork_gen; }
 
 /* Put w on the list of fds the next wait() checks directly. */
 static void check_push(struct core *c, struct watch *w) {
@@ -464,6 +410,9 @@ static struct watch *get_watch(struct core *c, int fd) {
 
 static void core_free(struct core *c) {
   if (c->r) ame_reactor_free(c->r);
+  ame__fconn_free_all(c);
+  free(c->scratch);
+  Py_CLEAR(c->on_read_error);
   free(c->pfds);
   free(c->pw);
   free(c->ev);
@@ -551,8 +500,22 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args,
   return (PyObject *)self;
 }
 
+/* The core holds reactor._ameReadFailed, and the reactor the core: a cycle
+** the collector must be able to see and break. */
+static int Core_traverse(CoreObject *self, visitproc visit, void *arg) {
+  Py_VISIT(Py_TYPE(self));
+  if (self->c) Py_VISIT(self->c->on_read_error);
+  return 0;
+}
+
+static int Core_clear(CoreObject *self) {
+  if (self->c) Py_CLEAR(self->c->on_read_error);
+  return 0;
+}
+
 static void Core_dealloc(CoreObject *self) {
   PyTypeObject *tp = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
   core_close(self);
   tp->tp_free((PyObject *)self);
   Py_DECREF(tp);
@@ -638,7 +601,8 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
   if (rc == 0) rc = flush(c, 0);
   if (rc != 0) return set_error(rc);
   pthread_mutex_lock(&c->lock);
-  int have = c->ready_head != NULL || c->nev > 0;
+  int have = c->ready_head != NULL || c->nev > 0 || c->fready_head != NULL;
+  if (!have && timeout != 0) c->py_waiting = 1;
   pthread_mutex_unlock(&c->lock);
 
   if (!have && timeout != 0) {
@@ -655,6 +619,9 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
     n = ppoll(&p, 1, tsp, NULL);
     err = errno;
     Py_END_ALLOW_THREADS
+    pthread_mutex_lock(&c->lock);
+    c->py_waiting = 0;
+    pthread_mutex_unlock(&c->lock);
     if (n < 0 && err == EINTR) {
       if (PyErr_CheckSignals() < 0) return NULL;
     } else if (n < 0) {
@@ -704,7 +671,39 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
     }
     PyList_SET_ITEM(list, (Py_ssize_t)i, t);
   }
+  /* The fast streams: their data goes to dataReceived here; what Python
+  ** must handle is appended to the list.  Then what the callbacks wrote
+  ** goes to the worker at once. */
+  if (c->fready_head != NULL && c->on_read_error != NULL) {
+    if (ame__fconn_dispatch(c, list) < 0) {
+      Py_DECREF(list);
+      return NULL;
+    }
+    rc = flush(c, 0);
+    if (rc != 0) {
+      Py_DECREF(list);
+      return set_error(rc);
+    }
+  }
   return list;
+}
+
+PyDoc_STRVAR(handlers_doc,
+"set_handlers(on_read_error)\n--\n\n"
+"on_read_error(transport, value, raised) is called when a fast stream's\n"
+"dataReceived raised (value: the exception, raised True) or returned\n"
+"something other than None (raised False).  Fast streams' data is\n"
+"delivered only once this is set.");
+
+static PyObject *Core_set_handlers(CoreObject *self, PyObject *arg) {
+  struct core *c = live(self);
+  if (c == NULL) return NULL;
+  if (!PyCallable_Check(arg)) {
+    PyErr_SetString(PyExc_TypeError, "on_read_error must be callable");
+    return NULL;
+  }
+  Py_XSETREF(c->on_read_error, Py_NewRef(arg));
+  Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(wake_doc,
@@ -740,6 +739,7 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
   unsigned nw = ame_reactor_workers(c->r);
   pthread_mutex_lock(&c->lock);
   uint64_t fl = c->n_flushes, ba = c->n_barriers, ev = c->n_events;
+  uint64_t nr = c->n_reads, ns = c->n_sends, nw_ = c->n_writes;
   pthread_mutex_unlock(&c->lock);
   PyObject *d = PyDict_New();
   if (d == NULL) return NULL;
@@ -763,7 +763,8 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
       set_u64(d, "streams_open", s.streams_open) ||
       set_u64(d, "fd_events", ev) || set_u64(d, "direct_events", c->n_direct) ||
       set_u64(d, "watch_flushes", fl) ||
-      set_u64(d, "watch_barriers", ba))
+      set_u64(d, "watch_barriers", ba) || set_u64(d, "stream_reads", nr) ||
+      set_u64(d, "stream_sends", ns) || set_u64(d, "stream_writes", nw_))
     goto fail;
   return d;
 fail:
@@ -791,6 +792,7 @@ static PyMethodDef Core_methods[] = {
     {"watch", (PyCFunction)Core_watch, METH_VARARGS, watch_doc},
     {"wait", (PyCFunction)Core_wait, METH_O, wait_doc},
     {"wake", (PyCFunction)Core_wake, METH_NOARGS, wake_doc},
+    {"set_handlers", (PyCFunction)Core_set_handlers, METH_O, handlers_doc},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, stats_doc},
     {"close", (PyCFunction)Core_close, METH_NOARGS, close_doc},
     {NULL, NULL, 0, NULL},
@@ -809,6 +811,8 @@ PyDoc_STRVAR(Core_doc,
 static PyType_Slot Core_slots[] = {
     {Py_tp_new, Core_new},
     {Py_tp_dealloc, Core_dealloc},
+    {Py_tp_traverse, Core_traverse},
+    {Py_tp_clear, Core_clear},
     {Py_tp_methods, Core_methods},
     {Py_tp_getset, Core_getset},
     {Py_tp_doc, (void *)Core_doc},
@@ -818,7 +822,7 @@ static PyType_Slot Core_slots[] = {
 static PyType_Spec Core_spec = {
     .name = "ame._ame.Core",
     .basicsize = sizeof(CoreObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = Core_slots,
 };
 
@@ -838,6 +842,7 @@ static int module_exec(PyObject *m) {
                                                            NULL);
   if (st->core_type == NULL) return -1;
   if (PyModule_AddType(m, st->core_type) < 0) return -1;
+  if (ame__stream_init_type(m, st) < 0) return -1;
   if (PyModule_AddIntConstant(m, "READABLE", AME_READABLE) < 0 ||
       PyModule_AddIntConstant(m, "WRITABLE", AME_WRITABLE) < 0 ||
       PyModule_AddIntConstant(m, "DISCONNECT", AME_DISCONNECT) < 0)
@@ -848,12 +853,14 @@ static int module_exec(PyObject *m) {
 static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   ame_state *st = PyModule_GetState(m);
   Py_VISIT(st->core_type);
+  Py_VISIT(st->stream_type);
   return 0;
 }
 
 static int module_clear(PyObject *m) {
   ame_state *st = PyModule_GetState(m);
   Py_CLEAR(st->core_type);
+  Py_CLEAR(st->stream_type);
   return 0;
 }
 

@@ -9,23 +9,25 @@ To install it (before anything imports C{twisted.internet.reactor})::
 or run C{twistd --reactor=ame ...} / C{trial --reactor=ame ...} (the plugin
 in C{twisted/plugins/ame_reactor.py}).
 
-The C reactor runs on a thread of its own and watches file descriptors;
-their readiness comes back to the thread that called C{reactor.run()},
-which runs every Python callback, one at a time, under the GIL.  Python
-code therefore never aborts and never touches the STM: each callback is,
-in AME terms, an irrevocable transaction.  Everything Twisted layers on top
-of file descriptors (TCP, UDP, Unix sockets, TLS, processes, threads) is
-Twisted's own posix code, exactly as for L{EPollReactor}; see
-C{docs/twisted.md} for what is in C and what is still Python.
+The C reactor runs on a thread of its own.  TCP connections are its own:
+the worker reads and sends (bindings/ame/transport.c), and the thread that
+called C{reactor.run()} gets the data and calls C{dataReceived} from C.
+Other file descriptors are watched by the worker and their readiness comes
+back to that thread.  It runs every Python callback, one at a time, under
+the GIL: Python code never aborts and never touches the STM; each callback
+is, in AME terms, an irrevocable transaction.  What Twisted layers on top
+(TCP connection set-up, UDP, Unix sockets, TLS, processes, threads) is
+Twisted's own posix code, as for L{EPollReactor}; see C{docs/twisted.md}
+for what is in C and what is Python.
 """
 
 import errno
 
 from zope.interface import implementer
 
-from twisted.internet import posixbase
+from twisted.internet import _newtls, main, posixbase, tcp
 from twisted.internet.interfaces import IReactorFDSet
-from twisted.python import log
+from twisted.python import deprecate, failure, log, versions
 
 from ame import _ame
 
@@ -53,6 +55,142 @@ class _AMEWaker:
         pass
 
 
+class _FastStream:
+    """
+    What a TCP transport whose I/O is the C worker's (L{_ame.Stream}) does
+    differently from Twisted's L{tcp.Connection}: C{doRead} takes what the
+    worker read, C{doWrite} runs when the worker has sent everything.
+    Until the stream is attached (a client still connecting) and after it
+    detached, Twisted's own methods apply.
+    """
+
+    def doRead(self):
+        if not self._ameFast:
+            return tcp.Connection.doRead(self)
+        r = self._ameRead()
+        if r is None:
+            return None
+        if r.__class__ is int:
+            return main.CONNECTION_LOST
+        return self._dataReceived(r)
+
+    def doWrite(self):
+        if not self._ameFast:
+            return tcp.Connection.doWrite(self)
+        err, queued = self._ameWriteState()
+        if err:
+            return main.CONNECTION_LOST
+        if queued:
+            return None
+        # Everything is sent: what FileDescriptor.doWrite does then.
+        self.stopWriting()
+        if self.producer is not None and (
+            (not self.streamingProducer) or self.producerPaused
+        ):
+            self.producerPaused = False
+            self.producer.resumeProducing()
+        elif self.disconnecting:
+            return self._postLoseConnection()
+        elif self._writeDisconnecting:
+            self._writeDisconnected = True
+            return self._closeWriteConnection()
+        return None
+
+    def _ameMoveBuffers(self):
+        """
+        Hand what Twisted's FileDescriptor.write buffered in Python (TLS
+        records, writes while a producer is registered) to the worker.
+        """
+        if self.dataBuffer:
+            data = self.dataBuffer
+            if self.offset:
+                data = data[self.offset :]
+            self.dataBuffer = b""
+            self.offset = 0
+            self._ameSend(data)
+        if self._tempDataBuffer:
+            for data in self._tempDataBuffer:
+                self._ameSend(data)
+            self._tempDataBuffer = []
+            self._tempDataLen = 0
+
+    def registerProducer(self, producer, streaming):
+        _newtls.ConnectionMixin.registerProducer(self, producer, streaming)
+        # Twisted resumes producers from doWrite once the buffer drains: if
+        # write() queued data in C before, ask to be told when it is sent.
+        if self.producer is not None and self._ameFast and self._ameQueued():
+            self.startWriting()
+
+    def _isSendBufferFull(self):
+        return (
+            self._ameQueued() + len(self.dataBuffer) + self._tempDataLen
+            > self.bufferSize
+        )
+
+    # The C write() hands these cases back: TLS, producers, bad types.
+    def _ameSlowWrite(self, data):
+        _newtls.ConnectionMixin.write(self, data)
+
+    def _ameSlowWriteSequence(self, iovec):
+        _newtls.ConnectionMixin.writeSequence(self, iovec)
+
+    def abortConnection(self):
+        # Twisted drops what is still buffered: so do we, for what the
+        # worker has not taken yet.
+        if not self.disconnected and not getattr(self, "_aborting", False):
+            self._ameDiscard()
+        tcp.Connection.abortConnection(self)
+
+    def _closeSocket(self, orderly):
+        # The worker lets go of the fd before it is closed.
+        self._ameDetach()
+        tcp.Connection._closeSocket(self, orderly)
+
+
+class Server(_ame.Stream, _FastStream, tcp.Server):
+    """
+    A server-side TCP connection whose reading and writing are in C.
+    """
+
+    def __init__(self, sock, protocol, client, server, sessionno, reactor):
+        core = getattr(reactor, "_core", None)
+        if core is not None:
+            self._ameAttach(core, sock.fileno())
+        tcp.Server.__init__(
+            self, sock, protocol, client, server, sessionno, reactor
+        )
+
+
+class Client(_ame.Stream, _FastStream, tcp.Client):
+    """
+    A client-side TCP connection whose reading and writing are in C once
+    connected (connecting is Twisted's code, on fd readiness).
+    """
+
+    def _connectDone(self):
+        core = getattr(self.reactor, "_core", None)
+        if core is not None:
+            self._ameAttach(core, self.socket.fileno())
+        tcp.Client._connectDone(self)
+
+
+class Port(tcp.Port):
+    """
+    A TCP port whose connections are L{Server}s.
+    """
+
+    transport = Server
+
+
+class Connector(tcp.Connector):
+    """
+    A TCP connector whose connections are L{Client}s.
+    """
+
+    def _makeTransport(self):
+        return Client(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
 @implementer(IReactorFDSet)
 class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     """
@@ -76,6 +214,7 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._writes = set()
         self._selectables = {}
         self._continuousPolling = posixbase._ContinuousPolling(self)
+        self._core.set_handlers(self._ameReadFailed)
         posixbase.PosixReactorBase.__init__(self)
 
     # The waker: wakeUp() signals the core directly.
@@ -103,6 +242,13 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         Add a FileDescriptor for notification of data available to read.
         """
+        if getattr(reader, "_ameFast", False):
+            fd = reader.fileno()
+            if fd not in self._reads:
+                self._reads.add(fd)
+                self._selectables[fd] = reader
+                reader._ameSetRead(True)
+            return
         try:
             self._add(reader, self._reads, _ame.READABLE)
         except OSError as e:
@@ -115,6 +261,15 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         Add a FileDescriptor for notification of data available to write.
         """
+        if getattr(writer, "_ameFast", False):
+            # A fast stream is "writable" once the worker sent everything.
+            writer._ameMoveBuffers()
+            fd = writer.fileno()
+            if fd not in self._writes:
+                self._writes.add(fd)
+                self._selectables[fd] = writer
+                writer._ameSetDrain(True)
+            return
         try:
             self._add(writer, self._writes, _ame.WRITABLE)
         except OSError as e:
@@ -135,6 +290,12 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             primary.remove(fd)
             if fd not in other:
                 del self._selectables[fd]
+            if getattr(xer, "_ameFast", False):
+                if primary is self._reads:
+                    xer._ameSetRead(False)
+                else:
+                    xer._ameSetDrain(False)
+                return
             # Returns once the C side no longer watches fd (if it was the
             # last interest), so the caller may close it.
             self._core.watch(fd, self._mask(fd))
@@ -190,9 +351,54 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         _drdw = self._doReadOrWrite
         selectables = self._selectables
         for fd, event in events:
-            selectable = selectables.get(fd)
+            if fd.__class__ is int:
+                selectable = selectables.get(fd)
+            else:  # a fast stream (its data went to dataReceived already)
+                selectable = fd
+                fd = selectable.fileno()
             if selectable is not None:
                 log.callWithLogger(selectable, _drdw, selectable, fd, event)
+
+    def _ameReadFailed(self, selectable, value, raised):
+        """
+        A fast stream's C{dataReceived} (called from C) raised C{value}, or
+        returned it: do what L{_doReadOrWrite} and
+        L{tcp.Connection._dataReceived} do then.
+        """
+        log.callWithLogger(
+            selectable, self._ameReadFailedIn, selectable, value, raised
+        )
+
+    def _ameReadFailedIn(self, selectable, value, raised):
+        if raised:
+            log.err(failure.Failure(value), None)
+        else:
+            protocol = getattr(selectable, "protocol", None)
+            offender = getattr(protocol, "dataReceived", None)
+            if offender is not None:
+                warningString = deprecate.getDeprecationWarningString(
+                    offender,
+                    versions.Version("Twisted", 11, 0, 0),
+                    format=(
+                        "Returning a value other than None from "
+                        "%(fqpn)s is deprecated since %(version)s."
+                    ),
+                )
+                deprecate.warnAboutFunction(offender, warningString)
+        if value:
+            self._disconnectSelectable(selectable, value, True)
+
+    # TCP: transports whose I/O is in C.
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        p = Port(port, factory, backlog, interface, self)
+        p.startListening()
+        return p
+
+    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
+        c = Connector(host, port, factory, timeout, bindAddress, self)
+        c.connect()
+        return c
 
     doIteration = doPoll
 
@@ -206,8 +412,15 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         and watch again every fd the reactor watched.
         """
         self._core = _ame.Core()
+        self._core.set_handlers(self._ameReadFailed)
         for fd in self._reads | self._writes:
-            self._core.watch(fd, self._mask(fd))
+            s = self._selectables.get(fd)
+            if getattr(s, "_ameFast", False):
+                s._ameAttach(self._core, fd)
+                s._ameSetRead(fd in self._reads)
+                s._ameSetDrain(fd in self._writes)
+            else:
+                self._core.watch(fd, self._mask(fd))
 
     def ameStats(self):
         """

@@ -1,0 +1,148 @@
+/*
+** bindings/ame/binding.h — what _ame.c (the core: fd watching, wait()) and
+** transport.c (fast TCP streams) share.  Internal to the extension.
+*/
+#ifndef AME_BINDING_H
+#define AME_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "ame/reactor.h"
+
+#include <pthread.h>
+#include <poll.h>
+#include <stdint.h>
+
+typedef struct {
+  PyTypeObject *core_type;
+  PyTypeObject *stream_type;
+} ame_state;
+
+struct core;
+
+struct watch {
+  struct core *c;
+  int fd;
+  /* lock */
+  int want;                 /* events Python wants (AME_READABLE|...) */
+  int fresh;                /* a new registration: start a new poll */
+  int consumed;             /* returned by wait(): keep disarmed until the
+                               next wait() */
+  int armed;                /* events the poll was last started with; 0 when
+                               disarmed or stopped */
+  int fired;                /* events delivered and not yet taken */
+  int queued;               /* on the ready list */
+  int dirty;                /* on the dirty list */
+  ame_poll_t *poll;         /* the live poll or NULL (changed by apply) */
+  struct watch *next_ready;
+  struct watch *next_dirty;
+  /* worker: what the last poll callback saw, for deliver() */
+  ame_poll_t *cb_poll;
+  int cb_status, cb_events;
+  /* py */
+  int checking;             /* on the check list */
+  struct watch *next_check; /* fds to check at the next wait() */
+};
+
+struct core {
+  ame_reactor_t *r;
+  pthread_t thread;         /* runs ame_reactor_run */
+  int started;              /* thread is running (py) */
+  unsigned fork_gen;        /* fork_gen when created: a forked child has
+                               no worker thread and must not use it */
+  int efd;                  /* eventfd: wait() sleeps on it */
+  int checkfd;              /* private epolls: can this fd be watched? */
+  int checkfd_w;            /* (checkfd: Python thread; checkfd_w: worker) */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;      /* done_seq advanced */
+  struct watch *ready_head, *ready_tail; /* lock */
+  struct watch *dirty_head;              /* lock */
+  uint64_t req_seq;         /* lock: flushes asked for */
+  uint64_t done_seq;        /* lock: flushes applied */
+  int job_pending;          /* lock: an apply call is posted, not started */
+  struct watch **tab;       /* py: watches by fd */
+  int ntab;
+  struct watch *check;      /* py: fds to check directly at the next
+                               wait(): returned by the last one, or
+                               changed since */
+  struct pollfd *pfds;      /* py: buffer for the direct check */
+  struct watch **pw;
+  size_t npfds;
+  int *ev;                  /* py: (fd, events) pairs wait() returns */
+  size_t nev, evcap;
+  uint64_t n_flushes;       /* counters (lock) */
+  uint64_t n_barriers;
+  uint64_t n_events;
+  uint64_t n_direct;        /* py: events found by the direct check */
+  /* Fast streams (transport.c). */
+  struct fconn *fready_head, *fready_tail; /* lock: streams with news */
+  struct fconn *fdirty;     /* lock: streams the worker must look at */
+  int py_waiting;           /* lock: the Python thread sleeps in wait() */
+  PyObject *on_read_error;  /* py: reactor._ameReadFailed */
+  char *scratch;            /* worker: recv buffer */
+  uint64_t n_reads, n_sends, n_writes; /* lock */
+};
+
+typedef struct {
+  PyObject_HEAD
+  struct core *c;
+} CoreObject;
+
+/* A fast stream's shared state (transport.c).  Fields marked "lock" are
+** guarded by c->lock, "py" belong to the Python thread, "worker" to the
+** worker.  Freed when refs drops to 0: one reference is the Python
+** object's (until it detaches), one the ready list's (while queued). */
+struct fconn {
+  struct core *c;
+  int fd;
+  int refs;                 /* lock */
+  PyObject *owner;          /* lock: the Stream (borrowed); NULL once it
+                               detached */
+  int want_read;            /* lock: Python reads (startReading) */
+  int want_drain;           /* lock: Python wants a drained event */
+  int detach;               /* lock: Python detached: the worker lets go */
+  /* Inbound, filled by the worker, taken by Python. */
+  char *ibuf;               /* lock */
+  size_t ilen, icap;        /* lock */
+  int eof;                  /* lock: the peer closed (recv returned 0) */
+  int rerr;                 /* lock: recv failed: errno */
+  /* Outbound, appended by Python, sent by the worker. */
+  char *obuf;               /* lock */
+  size_t olen, ocap;        /* lock */
+  size_t queued;            /* lock: bytes written and not yet sent */
+  int werr;                 /* lock: send failed: errno */
+  int dropping;             /* lock: aborted: write() drops its data */
+  int drained;              /* lock: a drained event is to be delivered */
+  int queued_ready;         /* lock: on c's ready list */
+  int dirty;                /* lock: on c's dirty list */
+  struct fconn *next_ready, *next_dirty; /* lock */
+  /* worker */
+  ame_poll_t *poll;
+  int armed;
+  char *wbuf;
+  size_t wlen, woff, wcap;
+  int cb_status, cb_events;
+};
+
+/* _ame.c */
+void ame__signal_efd(struct core *c);
+PyObject *ame__set_error(int err);
+int ame__flush(struct core *c, int wait);
+int ame__core_live(struct core *c);
+/* Lock held: a stream has news for the Python thread. */
+void ame__fready_push(struct core *c, struct fconn *f);
+
+/* transport.c */
+int ame__stream_init_type(PyObject *m, ame_state *st);
+/* Worker, from the core's apply: serve every dirty stream. */
+void ame__fconn_apply_all(struct core *c);
+/* Python thread, in wait(), after the sleep: take the streams with news,
+** call dataReceived for the data (the fast path) and append to *events
+** (a list) (stream, READABLE|WRITABLE) for what Python's doRead/doWrite
+** must see.  Return 0, or -1 with an exception set. */
+int ame__fconn_dispatch(struct core *c, PyObject *events);
+/* Free what the streams of a closed core left behind (no worker). */
+void ame__fconn_free_all(struct core *c);
+
+#endif

@@ -1,0 +1,1031 @@
+/*
+** bindings/ame/transport.c — fast TCP streams: the C half of ame.reactor's
+** TCP transports (ame.reactor.Server and Client).
+**
+** A Twisted TCP transport on EPollReactor reads with socket.recv() in
+** doRead, buffers write() in Python lists and sends in doWrite, all on the
+** reactor's one thread, with two epoll_ctl calls per request-response.
+** Here the socket belongs to the C worker while the transport is attached:
+**
+**   reading   The worker keeps the fd's poll armed for reading while
+**             Python reads (startReading), recv()s into the stream's
+**             inbound buffer and puts the stream on the core's ready list.
+**             wait() takes the list and calls protocol.dataReceived(data)
+**             itself, in C (the fast path).  EOF, errors, and exceptions
+**             or return values of dataReceived go back to Python (doRead,
+**             reactor._ameReadFailed), which does what Twisted does.
+**             At most AME_ICAP bytes wait unread: then the worker stops
+**             reading until Python has taken them.
+**   writing   Stream.write (C) copies the bytes into the stream's outbound
+**             buffer; the next flush (once per wait(), batched over every
+**             stream) hands them to the worker, which send()s them,
+**             waiting for POLLOUT when the kernel buffer is full.  Python
+**             asks to be told when everything is sent (addWriter: drained
+**             events, for loseConnection, producers and half-close); then
+**             doWrite runs Twisted's end-of-buffer logic.
+**
+** So the socket calls run on the worker without the GIL; the Python thread
+** runs only Python callbacks.  What is not a hot path stays Twisted's own
+** code: connecting, closing, TLS (whose ciphertext goes through Twisted's
+** FileDescriptor.write into the same C buffer), producers, half-close.
+**
+** The Stream type is a base class of the Python transports: the attributes
+** write() consults on every call (protocol, connected, _writeDisconnected,
+** TLS, producer) are C fields behind data descriptors, so that Twisted's
+** code setting them (self.connected = 1, del self.protocol, ...) works
+** unchanged.
+**
+** Detaching (before the socket is closed) waits until the worker has
+** stopped the fd's poll: libuv must never watch a closed fd.
+*/
+#include "binding.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define AME_RECV_SIZE 65536 /* one recv(), as Twisted's bufferSize */
+#define AME_ICAP 65536      /* stop reading above this much unread data */
+
+typedef struct {
+  PyObject_HEAD
+  PyObject *core;       /* the CoreObject f belongs to, or NULL */
+  struct fconn *f;      /* NULL when not attached */
+  PyObject *protocol;   /* NULL: no attribute (del transport.protocol) */
+  PyObject *connected;
+  PyObject *write_disconnected;
+  PyObject *tls;
+  PyObject *producer;
+  /* The log context last pushed for this stream's callbacks. */
+  PyObject *ctx_lp, *ctx_base, *ctx_push;
+} StreamObject;
+
+static PyObject *str_dataReceived, *str_ameSlowWrite, *str_ameSlowWriteSeq;
+static PyObject *str_logPrefix, *str_system;
+
+/* ------------------------------------------------------------------------
+** The log context.  Twisted calls doRead inside log.callWithLogger(
+** transport, ...), so that what dataReceived logs carries the transport's
+** logPrefix() as its "system".  The same, in C: push {ILogContext:
+** {..., "system": prefix}} on this thread's ContextTracker around the call
+** (twisted.python.context: callWithContext appends to .contexts and pops).
+*/
+
+static PyObject *ctx_module, *ilog_key;
+
+/* This thread's ContextTracker's list of contexts (new reference), or NULL
+** with an exception set. */
+static PyObject *context_list(void) {
+  if (ctx_module == NULL) {
+    PyObject *log = PyImport_ImportModule("twisted.python.log");
+    if (log == NULL) return NULL;
+    ilog_key = PyObject_GetAttrString(log, "ILogContext");
+    Py_DECREF(log);
+    if (ilog_key == NULL) return NULL;
+    ctx_module = PyImport_ImportModule("twisted.python.context");
+    if (ctx_module == NULL) return NULL;
+  }
+  PyObject *tracker = PyObject_GetAttrString(ctx_module, "theContextTracker");
+  if (tracker == NULL) return NULL;
+  PyObject *ct = tracker;
+  if (PyObject_HasAttrString(tracker, "currentContext")) {
+    ct = PyObject_CallMethod(tracker, "currentContext", NULL);
+    Py_DECREF(tracker);
+    if (ct == NULL) return NULL;
+  }
+  PyObject *l = PyObject_GetAttrString(ct, "contexts");
+  Py_DECREF(ct);
+  if (l != NULL && !PyList_Check(l)) {
+    Py_DECREF(l);
+    PyErr_SetString(PyExc_TypeError, "ContextTracker.contexts is not a list");
+    return NULL;
+  }
+  return l;
+}
+
+/* Push the log context of stream s on contexts.  Return 0 or -1. */
+static int push_log_context(StreamObject *s, PyObject *contexts) {
+  PyObject *lp = PyObject_CallMethodNoArgs((PyObject *)s, str_logPrefix);
+  if (lp == NULL) { /* as log.callWithLogger */
+    PyErr_Clear();
+    lp = PyUnicode_FromString("(buggy logPrefix method)");
+    if (lp == NULL) return -1;
+  }
+  PyObject *base = NULL;
+  for (Py_ssize_t i = PyList_GET_SIZE(contexts) - 1; i >= 0 && !base; i--) {
+    PyObject *d = PyList_GET_ITEM(contexts, i);
+    if (PyDict_Check(d)) base = PyDict_GetItemWithError(d, ilog_key);
+    if (base == NULL && PyErr_Occurred()) {
+      Py_DECREF(lp);
+      return -1;
+    }
+  }
+  if (s->ctx_push == NULL || s->ctx_base != base ||
+      (s->ctx_lp != lp &&
+       PyObject_RichCompareBool(s->ctx_lp, lp, Py_EQ) != 1)) {
+    PyErr_Clear();
+    PyObject *nc = base && PyDict_Check(base) ? PyDict_Copy(base) : PyDict_New();
+    PyObject *push = PyDict_New();
+    if (nc == NULL || push == NULL ||
+        PyDict_SetItem(nc, str_system, lp) < 0 ||
+        PyDict_SetItem(push, ilog_key, nc) < 0) {
+      Py_XDECREF(nc);
+      Py_XDECREF(push);
+      Py_DECREF(lp);
+      return -1;
+    }
+    Py_DECREF(nc);
+    Py_XSETREF(s->ctx_push, push);
+    Py_XSETREF(s->ctx_lp, Py_NewRef(lp));
+    Py_XSETREF(s->ctx_base, Py_XNewRef(base));
+  }
+  Py_DECREF(lp);
+  return PyList_Append(contexts, s->ctx_push);
+}
+
+static void pop_log_context(PyObject *contexts) {
+  Py_ssize_t n = PyList_GET_SIZE(contexts);
+  if (n > 0) PyList_SetSlice(contexts, n - 1, n, NULL);
+}
+
+/* ------------------------------------------------------------------------
+** Shared state (lock held where said).
+*/
+
+/* Lock held.  Drop a reference; free f at the last. */
+static void fconn_unref(struct fconn *f) {
+  if (--f->refs > 0) return;
+  free(f->ibuf);
+  free(f->obuf);
+  free(f->wbuf);
+  free(f);
+}
+
+/* Lock held. */
+static void mark_fdirty(struct core *c, struct fconn *f) {
+  if (f->dirty) return;
+  f->dirty = 1;
+  f->refs++;
+  f->next_dirty = c->fdirty;
+  c->fdirty = f;
+}
+
+/* Lock held.  Return 1 if the Python thread must be woken (after the lock
+** is released: ame__signal_efd). */
+static int fready_push(struct core *c, struct fconn *f) {
+  if (f->queued_ready) return 0;
+  f->queued_ready = 1;
+  f->refs++;
+  f->next_ready = NULL;
+  if (c->fready_tail)
+    c->fready_tail->next_ready = f;
+  else
+    c->fready_head = f;
+  c->fready_tail = f;
+  if (!c->py_waiting) return 0;
+  c->py_waiting = 0; /* one wake-up per sleep */
+  return 1;
+}
+
+void ame__fready_push(struct core *c, struct fconn *f) {
+  if (fready_push(c, f)) ame__signal_efd(c);
+}
+
+/* Lock held.  Append n bytes to a growable buffer.  Return 0 or -1. */
+static int buf_append(char **buf, size_t *len, size_t *cap, const void *p,
+                      size_t n) {
+  if (*len + n > *cap) {
+    size_t nc = *cap ? *cap : 512;
+    while (nc < *len + n) nc *= 2;
+    char *b = realloc(*buf, nc);
+    if (b == NULL) return -1;
+    *buf = b;
+    *cap = nc;
+  }
+  memcpy(*buf + *len, p, n);
+  *len += n;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------
+** The worker side.
+*/
+
+static int fpoll_cb(ame_tx_t *tx, ame_poll_t *p, int status, int events);
+
+/* Worker.  Bring f's poll in line with what it needs: reading while Python
+** reads and the inbound buffer has room, writing while output waits. */
+static void fupdate(struct core *c, struct fconn *f) {
+  pthread_mutex_lock(&c->lock);
+  int mask = 0;
+  if (!f->detach) {
+    if (f->want_read && !f->eof && !f->rerr && f->ilen < AME_ICAP)
+      mask |= AME_READABLE;
+    if (f->woff < f->wlen && !f->werr) mask |= AME_WRITABLE;
+  }
+  pthread_mutex_unlock(&c->lock);
+  if (mask == f->armed) return;
+  if (f->poll == NULL) {
+    ame_poll_t *p = NULL;
+    int rc = ame_poll_start(c->r, f->fd, mask, fpoll_cb, f, &p);
+    if (rc != 0) {
+      /* Not watchable (closed under us): report it as a read error. */
+      pthread_mutex_lock(&c->lock);
+      f->rerr = -rc;
+      int sig = fready_push(c, f);
+      pthread_mutex_unlock(&c->lock);
+      if (sig) ame__signal_efd(c);
+      return;
+    }
+    ame_handle_set_name(p, "python tcp stream");
+    f->poll = p;
+  } else {
+    ame_poll_change(f->poll, mask);
+  }
+  f->armed = mask;
+}
+
+/* Worker.  recv() once into the inbound buffer. */
+static void do_recv(struct core *c, struct fconn *f) {
+  ssize_t n;
+  do n = recv(f->fd, c->scratch, AME_RECV_SIZE, MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  int err = n < 0 ? errno : 0;
+  if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) return;
+  pthread_mutex_lock(&c->lock);
+  int sig = 0;
+  if (!f->detach) {
+    if (n > 0) {
+      if (buf_append(&f->ibuf, &f->ilen, &f->icap, c->scratch, (size_t)n))
+        f->rerr = ENOMEM;
+      c->n_reads++;
+    } else if (n == 0) {
+      f->eof = 1;
+    } else {
+      f->rerr = err;
+    }
+    if (f->want_read) sig = fready_push(c, f);
+  }
+  pthread_mutex_unlock(&c->lock);
+  if (sig) ame__signal_efd(c);
+}
+
+/* Worker.  Send what is queued until done or the kernel buffer is full. */
+static void do_send(struct core *c, struct fconn *f) {
+  size_t sent = 0;
+  int err = 0;
+  for (;;) {
+    if (f->woff == f->wlen) {
+      /* Take what Python appended since (swap the buffers). */
+      pthread_mutex_lock(&c->lock);
+      int more = f->olen > 0 && !f->detach && !f->werr;
+      if (more) {
+        char *b = f->wbuf;
+        size_t cap = f->wcap;
+        f->wbuf = f->obuf;
+        f->wcap = f->ocap;
+        f->wlen = f->olen;
+        f->woff = 0;
+        f->obuf = b;
+        f->ocap = cap;
+        f->olen = 0;
+      }
+      pthread_mutex_unlock(&c->lock);
+      if (!more) break;
+    }
+    ssize_t n = send(f->fd, f->wbuf + f->woff, f->wlen - f->woff,
+                     MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      f->woff += (size_t)n;
+      sent += (size_t)n;
+      if (f->woff == f->wlen) f->woff = f->wlen = 0;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
+      break;
+    err = n < 0 ? errno : EPIPE;
+    break;
+  }
+  pthread_mutex_lock(&c->lock);
+  int sig = 0;
+  f->queued -= sent;
+  c->n_sends += sent > 0;
+  if (err) {
+    f->werr = err;
+    f->woff = f->wlen = 0;
+    f->olen = 0;
+    f->queued = 0;
+  }
+  if ((err || f->queued == 0) && f->want_drain && !f->detach) {
+    f->drained = 1;
+    sig = fready_push(c, f);
+  }
+  pthread_mutex_unlock(&c->lock);
+  if (sig) ame__signal_efd(c);
+}
+
+/* Commit handler of fpoll_cb: on the worker, outside the transaction. */
+static void fdeliver(void *arg) {
+  struct fconn *f = arg;
+  struct core *c = f->c;
+  if (f->poll == NULL) return;
+  int ev = f->cb_status < 0 ? AME_READABLE | AME_WRITABLE : f->cb_events;
+  /* On an error (EPOLLERR) libuv stopped the watch: start it again if
+  ** still needed (recv/send below find the error, or data still queued). */
+  if (f->cb_status < 0) f->armed = -1;
+  if (ev & AME_WRITABLE) do_send(c, f);
+  if (ev & (AME_READABLE | AME_DISCONNECT)) do_recv(c, f);
+  fupdate(c, f);
+}
+
+static int fpoll_cb(ame_tx_t *tx, ame_poll_t *p, int status, int events) {
+  struct fconn *f = ame_handle_data(p);
+  (void)p;
+  f->cb_status = status;
+  f->cb_events = events;
+  return ame_tx_on_commit(tx, fdeliver, f);
+}
+
+void ame__fconn_apply_all(struct core *c) {
+  pthread_mutex_lock(&c->lock);
+  struct fconn *f = c->fdirty;
+  c->fdirty = NULL;
+  pthread_mutex_unlock(&c->lock);
+  while (f) {
+    pthread_mutex_lock(&c->lock);
+    struct fconn *next = f->next_dirty;
+    f->dirty = 0;
+    int detach = f->detach;
+    pthread_mutex_unlock(&c->lock);
+    if (detach) {
+      if (f->poll) ame_poll_stop(f->poll);
+      f->poll = NULL;
+      f->armed = 0;
+    } else {
+      do_send(c, f);
+      fupdate(c, f);
+    }
+    pthread_mutex_lock(&c->lock);
+    fconn_unref(f); /* the dirty list's reference */
+    pthread_mutex_unlock(&c->lock);
+    f = next;
+  }
+}
+
+void ame__fconn_free_all(struct core *c) {
+  struct fconn *f = c->fready_head;
+  c->fready_head = c->fready_tail = NULL;
+  while (f) {
+    struct fconn *next = f->next_ready;
+    fconn_unref(f);
+    f = next;
+  }
+  f = c->fdirty;
+  c->fdirty = NULL;
+  while (f) {
+    struct fconn *next = f->next_dirty;
+    fconn_unref(f);
+    f = next;
+  }
+}
+
+/* ------------------------------------------------------------------------
+** The Python thread: dispatch.
+*/
+
+struct entry {
+  struct fconn *f;
+  PyObject *owner;  /* strong */
+  char *buf;        /* data taken, or NULL */
+  size_t len, cap;
+  int rd, wr;       /* slow events for doRead / doWrite */
+};
+
+static struct entry *ents;
+static size_t nents_cap;
+
+/* Lock held.  Put buf back in front of f's inbound buffer. */
+static void ibuf_putback(struct fconn *f, struct entry *e) {
+  if (f->ilen == 0) {
+    free(f->ibuf);
+    f->ibuf = e->buf;
+    f->ilen = e->len;
+    f->icap = e->cap;
+  } else if (buf_append(&e->buf, &e->len, &e->cap, f->ibuf, f->ilen) == 0) {
+    free(f->ibuf);
+    f->ibuf = e->buf;
+    f->ilen = e->len;
+    f->icap = e->cap;
+  } else {
+    f->rerr = ENOMEM;
+    free(e->buf);
+  }
+  e->buf = NULL;
+}
+
+static int append_event(PyObject *events, PyObject *owner, int ev) {
+  PyObject *t = Py_BuildValue("(Oi)", owner, ev);
+  if (t == NULL) return -1;
+  int rc = PyList_Append(events, t);
+  Py_DECREF(t);
+  return rc;
+}
+
+int ame__fconn_dispatch(struct core *c, PyObject *events) {
+  pthread_mutex_lock(&c->lock);
+  size_t n = 0;
+  for (struct fconn *f = c->fready_head; f; f = f->next_ready) n++;
+  if (n > nents_cap) {
+    size_t cap = nents_cap ? nents_cap : 64;
+    while (cap < n) cap *= 2;
+    struct entry *e = realloc(ents, cap * sizeof *e);
+    if (e == NULL) {
+      pthread_mutex_unlock(&c->lock);
+      PyErr_NoMemory();
+      return -1;
+    }
+    ents = e;
+    nents_cap = cap;
+  }
+  struct fconn *f = c->fready_head;
+  c->fready_head = c->fready_tail = NULL;
+  for (size_t i = 0; i < n; i++, f = f->next_ready) {
+    struct entry *e = &ents[i];
+    memset(e, 0, sizeof *e);
+    e->f = f; /* takes over the ready list's reference */
+    f->queued_ready = 0;
+    if (f->owner == NULL || f->detach) continue;
+    e->owner = f->owner;
+    Py_INCREF(e->owner);
+    if (f->want_read) {
+      if (f->ilen) {
+        int was_full = f->ilen >= AME_ICAP;
+        e->buf = f->ibuf;
+        e->len = f->ilen;
+        e->cap = f->icap;
+        f->ibuf = NULL;
+        f->ilen = f->icap = 0;
+        if (was_full) mark_fdirty(c, f); /* read again */
+      }
+      e->rd = f->eof || f->rerr;
+    }
+    if (f->drained || f->werr) {
+      e->wr = f->want_drain || f->werr;
+      f->drained = 0;
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+
+  int rc = 0;
+  PyObject *contexts = NULL;
+  for (size_t i = 0; i < n; i++) {
+    struct entry *e = &ents[i];
+    f = e->f;
+    if (e->owner && e->buf && rc == 0 && contexts == NULL &&
+        (contexts = context_list()) == NULL)
+      rc = -1;
+    if (e->owner && e->buf && rc == 0) {
+      StreamObject *s = (StreamObject *)e->owner;
+      PyObject *data = PyBytes_FromStringAndSize(e->buf, (Py_ssize_t)e->len);
+      if (data == NULL) {
+        rc = -1;
+      } else if (s->f == f && f->want_read && s->protocol) {
+        PyObject *proto = s->protocol;
+        Py_INCREF(proto);
+        PyObject *r = NULL;
+        if (push_log_context(s, contexts) == 0) {
+          r = PyObject_CallMethodOneArg(proto, str_dataReceived, data);
+          pop_log_context(contexts);
+        }
+        Py_DECREF(proto);
+        if (r != Py_None) {
+          /* An exception, or a value: Python does what Twisted does. */
+          PyObject *exc = NULL;
+          if (r == NULL) {
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &exc, &tb);
+            PyErr_NormalizeException(&type, &exc, &tb);
+            if (exc && tb) PyException_SetTraceback(exc, tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            if (exc == NULL) exc = Py_NewRef(Py_None);
+            r = Py_NewRef(Py_None);
+          }
+          PyObject *x = PyObject_CallFunctionObjArgs(
+              c->on_read_error, e->owner, exc ? exc : r, exc ? Py_True : Py_False,
+              NULL);
+          if (x == NULL) PyErr_WriteUnraisable(c->on_read_error);
+          Py_XDECREF(x);
+          Py_XDECREF(exc);
+        }
+        Py_XDECREF(r);
+        free(e->buf);
+        e->buf = NULL;
+      }
+      Py_XDECREF(data);
+    }
+    if (e->owner && rc == 0) {
+      StreamObject *s = (StreamObject *)e->owner;
+      if (e->rd && s->f == f && f->want_read &&
+          append_event(events, e->owner, AME_READABLE) < 0)
+        rc = -1;
+      if (e->wr && s->f == f && append_event(events, e->owner, AME_WRITABLE) < 0)
+        rc = -1;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (e->buf) {
+      /* Not delivered (reading stopped meanwhile, or an error): keep it. */
+      if (!f->detach) {
+        ibuf_putback(f, e);
+        if (f->want_read && fready_push(c, f)) ame__signal_efd(c);
+      } else {
+        free(e->buf);
+      }
+    }
+    fconn_unref(f);
+    pthread_mutex_unlock(&c->lock);
+    Py_XDECREF(e->owner);
+  }
+  Py_XDECREF(contexts);
+  return rc;
+}
+
+/* ------------------------------------------------------------------------
+** The Stream type.
+*/
+
+/* self->f if its core still runs; else let f go (the core was closed, or
+** made before fork(): its worker is gone) and return NULL. */
+static struct fconn *live_f(StreamObject *self) {
+  struct fconn *f = self->f;
+  if (f == NULL) return NULL;
+  CoreObject *co = (CoreObject *)self->core;
+  if (co && co->c == f->c && ame__core_live(f->c)) return f;
+  self->f = NULL;
+  free(f->ibuf);
+  free(f->obuf);
+  free(f->wbuf);
+  free(f);
+  Py_CLEAR(self->core);
+  return NULL;
+}
+
+/* Detach from the worker (waits until it let go of the fd). */
+static void stream_detach(StreamObject *self) {
+  struct fconn *f = live_f(self);
+  if (f == NULL) return;
+  self->f = NULL;
+  struct core *c = f->c;
+  pthread_mutex_lock(&c->lock);
+  f->detach = 1;
+  f->owner = NULL;
+  f->want_read = f->want_drain = 0;
+  free(f->obuf);
+  f->obuf = NULL;
+  f->olen = f->ocap = 0;
+  mark_fdirty(c, f);
+  pthread_mutex_unlock(&c->lock);
+  if (ame__flush(c, 1) != 0) {
+    /* Could not reach the worker: leak f rather than free it under it. */
+    Py_CLEAR(self->core);
+    return;
+  }
+  pthread_mutex_lock(&c->lock);
+  fconn_unref(f);
+  pthread_mutex_unlock(&c->lock);
+  Py_CLEAR(self->core);
+}
+
+PyDoc_STRVAR(attach_doc,
+"_ameAttach(core, fd)\n--\n\n"
+"Hand fd's I/O to core's worker: from now on write() and reading go\n"
+"through C.  Detach with _ameDetach() before closing fd.");
+
+static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
+  PyObject *core;
+  int fd;
+  if (!PyArg_ParseTuple(args, "Oi:_ameAttach", &core, &fd)) return NULL;
+  if (fd < 0) return ame__set_error(-EBADF);
+  CoreObject *co = (CoreObject *)core;
+  if (co->c == NULL || !ame__core_live(co->c)) {
+    PyErr_SetString(PyExc_RuntimeError, "the ame reactor core is not usable");
+    return NULL;
+  }
+  if (live_f(self)) {
+    if (self->f->c == co->c) Py_RETURN_NONE;
+    stream_detach(self);
+  }
+  struct core *c = co->c;
+  if (c->scratch == NULL) {
+    /* Allocated here, used only by the worker (which reads it after the
+    ** apply that the lock orders after this). */
+    c->scratch = malloc(AME_RECV_SIZE);
+    if (c->scratch == NULL) return PyErr_NoMemory();
+  }
+  struct fconn *f = calloc(1, sizeof *f);
+  if (f == NULL) return PyErr_NoMemory();
+  f->c = c;
+  f->fd = fd;
+  f->refs = 1;
+  f->owner = (PyObject *)self;
+  self->f = f;
+  Py_INCREF(core);
+  Py_XSETREF(self->core, core);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Stream_discard(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  if (f) {
+    pthread_mutex_lock(&f->c->lock);
+    f->queued -= f->olen;
+    f->olen = 0;
+    f->dropping = 1;
+    pthread_mutex_unlock(&f->c->lock);
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *Stream_detach(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  stream_detach(self);
+  Py_RETURN_NONE;
+}
+
+/* Set want_read / want_drain. */
+static PyObject *set_want(StreamObject *self, PyObject *arg, int drain) {
+  int on = PyObject_IsTrue(arg);
+  if (on < 0) return NULL;
+  struct fconn *f = live_f(self);
+  if (f == NULL) Py_RETURN_NONE;
+  struct core *c = f->c;
+  int sig = 0;
+  pthread_mutex_lock(&c->lock);
+  if (drain) {
+    f->want_drain = on;
+    /* Nothing left to send: drained at once. */
+    if (on && (f->queued == 0 || f->werr)) {
+      f->drained = 1;
+      sig = fready_push(c, f);
+    }
+  } else if (f->want_read != on) {
+    f->want_read = on;
+    mark_fdirty(c, f);
+    if (on && (f->ilen || f->eof || f->rerr)) sig = fready_push(c, f);
+  }
+  pthread_mutex_unlock(&c->lock);
+  if (sig) ame__signal_efd(c);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Stream_setRead(StreamObject *self, PyObject *arg) {
+  return set_want(self, arg, 0);
+}
+
+static PyObject *Stream_setDrain(StreamObject *self, PyObject *arg) {
+  return set_want(self, arg, 1);
+}
+
+PyDoc_STRVAR(read_doc,
+"_ameRead()\n--\n\n"
+"Take what the worker read: bytes (data), b'' (end of file), an int\n"
+"(errno of a failed recv) or None (nothing, or not reading).");
+
+static PyObject *Stream_read(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  if (f == NULL) Py_RETURN_NONE;
+  struct core *c = f->c;
+  pthread_mutex_lock(&c->lock);
+  if (!f->want_read) {
+    pthread_mutex_unlock(&c->lock);
+    Py_RETURN_NONE;
+  }
+  if (f->ilen) {
+    struct entry e = {.buf = f->ibuf, .len = f->ilen, .cap = f->icap};
+    int was_full = f->ilen >= AME_ICAP;
+    f->ibuf = NULL;
+    f->ilen = f->icap = 0;
+    if (was_full) mark_fdirty(c, f);
+    pthread_mutex_unlock(&c->lock);
+    PyObject *b = PyBytes_FromStringAndSize(e.buf, (Py_ssize_t)e.len);
+    pthread_mutex_lock(&c->lock);
+    if (b == NULL && self->f == f)
+      ibuf_putback(f, &e);
+    else
+      free(e.buf);
+    pthread_mutex_unlock(&c->lock);
+    return b;
+  }
+  int eof = f->eof, err = f->rerr;
+  pthread_mutex_unlock(&c->lock);
+  if (err) return PyLong_FromLong(err);
+  if (eof) return PyBytes_FromStringAndSize(NULL, 0);
+  Py_RETURN_NONE;
+}
+
+/* Append data to the outbound buffer and mark the stream for the next
+** flush.  Return 0 or -1 (MemoryError set). */
+static int stream_send(StreamObject *self, const char *p, size_t n) {
+  struct fconn *f = self->f;
+  struct core *c = f->c;
+  pthread_mutex_lock(&c->lock);
+  if (f->werr || f->dropping) { /* failing or aborted: drop, as Twisted */
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+  }
+  if (buf_append(&f->obuf, &f->olen, &f->ocap, p, n) != 0) {
+    pthread_mutex_unlock(&c->lock);
+    PyErr_NoMemory();
+    return -1;
+  }
+  f->queued += n;
+  c->n_writes++;
+  mark_fdirty(c, f);
+  pthread_mutex_unlock(&c->lock);
+  return 0;
+}
+
+PyDoc_STRVAR(send_doc,
+"_ameSend(data)\n--\n\n"
+"Queue bytes for the worker to send, whatever the transport's state.");
+
+static PyObject *Stream_send(StreamObject *self, PyObject *data) {
+  Py_buffer v;
+  if (PyObject_GetBuffer(data, &v, PyBUF_SIMPLE) < 0) return NULL;
+  int rc = 0;
+  if (live_f(self) && v.len > 0) rc = stream_send(self, v.buf, (size_t)v.len);
+  PyBuffer_Release(&v);
+  if (rc) return NULL;
+  Py_RETURN_NONE;
+}
+
+static PyObject *Stream_queued(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  size_t q = 0;
+  if (f) {
+    pthread_mutex_lock(&f->c->lock);
+    q = f->queued;
+    pthread_mutex_unlock(&f->c->lock);
+  }
+  return PyLong_FromSize_t(q);
+}
+
+PyDoc_STRVAR(wstate_doc,
+"_ameWriteState()\n--\n\n"
+"(errno of a failed send or 0, bytes queued and not yet sent).");
+
+static PyObject *Stream_wstate(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  size_t q = 0;
+  int err = 0;
+  if (f) {
+    pthread_mutex_lock(&f->c->lock);
+    q = f->queued;
+    err = f->werr;
+    pthread_mutex_unlock(&f->c->lock);
+  }
+  return Py_BuildValue("(in)", err, (Py_ssize_t)q);
+}
+
+/* The checks FileDescriptor.write makes before buffering: 1 to buffer in C,
+** 0 to drop, -1 to take the Python path (TLS, a producer, not attached). */
+static int write_mode(StreamObject *self) {
+  if (self->tls != Py_False && PyObject_IsTrue(self->tls) != 0) return -1;
+  if (self->producer != Py_None || live_f(self) == NULL) return -1;
+  int conn = PyObject_IsTrue(self->connected);
+  if (conn <= 0) return conn < 0 ? -1 : 0;
+  int wd = self->write_disconnected == Py_False
+               ? 0
+               : PyObject_IsTrue(self->write_disconnected);
+  if (wd != 0) return wd < 0 ? -1 : 0;
+  return 1;
+}
+
+PyDoc_STRVAR(write_doc,
+"write(data)\n--\n\n"
+"Buffer data (bytes) to be sent; as Twisted's transport.write().");
+
+static PyObject *Stream_write(StreamObject *self, PyObject *data) {
+  int mode = PyBytes_Check(data) ? write_mode(self) : -1;
+  if (mode < 0) {
+    PyErr_Clear();
+    return PyObject_CallMethodOneArg((PyObject *)self, str_ameSlowWrite, data);
+  }
+  if (mode == 0 || PyBytes_GET_SIZE(data) == 0) Py_RETURN_NONE;
+  if (stream_send(self, PyBytes_AS_STRING(data),
+                  (size_t)PyBytes_GET_SIZE(data)) < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(writeseq_doc,
+"writeSequence(iovec)\n--\n\n"
+"Buffer each bytes of iovec; as Twisted's transport.writeSequence().");
+
+static PyObject *Stream_writeSequence(StreamObject *self, PyObject *iovec) {
+  int mode = PyList_CheckExact(iovec) || PyTuple_CheckExact(iovec)
+                 ? write_mode(self)
+                 : -1;
+  PyObject *seq = NULL;
+  if (mode > 0) {
+    seq = PySequence_Fast(iovec, "");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n && mode > 0; i++)
+      if (!PyBytes_Check(PySequence_Fast_GET_ITEM(seq, i))) mode = -1;
+  }
+  if (mode < 0) {
+    PyErr_Clear();
+    Py_XDECREF(seq);
+    return PyObject_CallMethodOneArg((PyObject *)self, str_ameSlowWriteSeq,
+                                     iovec);
+  }
+  if (mode > 0) {
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+      PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+      if (PyBytes_GET_SIZE(b) > 0 &&
+          stream_send(self, PyBytes_AS_STRING(b),
+                      (size_t)PyBytes_GET_SIZE(b)) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+      }
+    }
+  }
+  Py_XDECREF(seq);
+  Py_RETURN_NONE;
+}
+
+/* Data descriptors for the attributes write() reads. */
+#define FIELD_GETSET(name, field, dflt)                                       \
+  static PyObject *get_##name(StreamObject *self, void *cl) {               \
+    (void)cl;                                                               \
+    return Py_NewRef(self->field);                                          \
+  }                                                                         \
+  static int set_##name(StreamObject *self, PyObject *v, void *cl) {        \
+    (void)cl;                                                               \
+    Py_XSETREF(self->field, Py_NewRef(v ? v : (dflt)));                     \
+    return 0;                                                               \
+  }
+
+static PyObject *zero;
+FIELD_GETSET(connected, connected, zero)
+FIELD_GETSET(writeDisconnected, write_disconnected, Py_False)
+FIELD_GETSET(tls, tls, Py_False)
+FIELD_GETSET(producer, producer, Py_None)
+
+static PyObject *get_protocol(StreamObject *self, void *cl) {
+  (void)cl;
+  if (self->protocol == NULL) {
+    PyErr_SetString(PyExc_AttributeError, "protocol");
+    return NULL;
+  }
+  return Py_NewRef(self->protocol);
+}
+
+static int set_protocol(StreamObject *self, PyObject *v, void *cl) {
+  (void)cl;
+  if (v == NULL && self->protocol == NULL) {
+    PyErr_SetString(PyExc_AttributeError, "protocol");
+    return -1;
+  }
+  Py_XSETREF(self->protocol, Py_XNewRef(v));
+  return 0;
+}
+
+static PyObject *get_fast(StreamObject *self, void *cl) {
+  (void)cl;
+  return PyBool_FromLong(live_f(self) != NULL);
+}
+
+static PyGetSetDef Stream_getset[] = {
+    {"protocol", (getter)get_protocol, (setter)set_protocol, NULL, NULL},
+    {"connected", (getter)get_connected, (setter)set_connected, NULL, NULL},
+    {"_writeDisconnected", (getter)get_writeDisconnected,
+     (setter)set_writeDisconnected, NULL, NULL},
+    {"TLS", (getter)get_tls, (setter)set_tls, NULL, NULL},
+    {"producer", (getter)get_producer, (setter)set_producer, NULL, NULL},
+    {"_ameFast", (getter)get_fast, NULL,
+     "True while the stream's I/O is the C worker's.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Stream_methods[] = {
+    {"write", (PyCFunction)Stream_write, METH_O, write_doc},
+    {"writeSequence", (PyCFunction)Stream_writeSequence, METH_O, writeseq_doc},
+    {"_ameAttach", (PyCFunction)Stream_attach, METH_VARARGS, attach_doc},
+    {"_ameDetach", (PyCFunction)Stream_detach, METH_NOARGS,
+     "Stop the worker's I/O on the fd (before closing it)."},
+    {"_ameDiscard", (PyCFunction)Stream_discard, METH_NOARGS,
+     "Drop what write() queued and the worker has not taken yet, and\n"
+     "every later write() (abortConnection)."},
+    {"_ameSetRead", (PyCFunction)Stream_setRead, METH_O,
+     "Start (True) or stop reading."},
+    {"_ameSetDrain", (PyCFunction)Stream_setDrain, METH_O,
+     "Ask (True) for a WRITABLE event once everything is sent."},
+    {"_ameRead", (PyCFunction)Stream_read, METH_NOARGS, read_doc},
+    {"_ameSend", (PyCFunction)Stream_send, METH_O, send_doc},
+    {"_ameQueued", (PyCFunction)Stream_queued, METH_NOARGS,
+     "Bytes written and not yet sent."},
+    {"_ameWriteState", (PyCFunction)Stream_wstate, METH_NOARGS, wstate_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *Stream_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+  (void)args;
+  (void)kw;
+  StreamObject *self = (StreamObject *)type->tp_alloc(type, 0);
+  if (self == NULL) return NULL;
+  self->connected = Py_NewRef(zero);
+  self->write_disconnected = Py_NewRef(Py_False);
+  self->tls = Py_NewRef(Py_False);
+  self->producer = Py_NewRef(Py_None);
+  return (PyObject *)self;
+}
+
+static int Stream_traverse(StreamObject *self, visitproc visit, void *arg) {
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(self->core);
+  Py_VISIT(self->protocol);
+  Py_VISIT(self->connected);
+  Py_VISIT(self->write_disconnected);
+  Py_VISIT(self->tls);
+  Py_VISIT(self->producer);
+  Py_VISIT(self->ctx_lp);
+  Py_VISIT(self->ctx_base);
+  Py_VISIT(self->ctx_push);
+  return 0;
+}
+
+static int Stream_clear(StreamObject *self) {
+  Py_CLEAR(self->protocol);
+  Py_CLEAR(self->producer);
+  Py_CLEAR(self->connected);
+  Py_CLEAR(self->write_disconnected);
+  Py_CLEAR(self->tls);
+  Py_CLEAR(self->ctx_lp);
+  Py_CLEAR(self->ctx_base);
+  Py_CLEAR(self->ctx_push);
+  return 0;
+}
+
+static void Stream_dealloc(StreamObject *self) {
+  PyTypeObject *tp = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  stream_detach(self);
+  Py_CLEAR(self->core);
+  Stream_clear(self);
+  tp->tp_free((PyObject *)self);
+  Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(Stream_doc,
+"Stream()\n--\n\n"
+"The C base of ame.reactor's TCP transports: write() and reading in C,\n"
+"on the core's worker.  See bindings/ame/transport.c.");
+
+static PyType_Slot Stream_slots[] = {
+    {Py_tp_new, Stream_new},
+    {Py_tp_dealloc, Stream_dealloc},
+    {Py_tp_traverse, Stream_traverse},
+    {Py_tp_clear, Stream_clear},
+    {Py_tp_methods, Stream_methods},
+    {Py_tp_getset, Stream_getset},
+    {Py_tp_doc, (void *)Stream_doc},
+    {0, NULL},
+};
+
+static PyType_Spec Stream_spec = {
+    .name = "ame._ame.Stream",
+    .basicsize = sizeof(StreamObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = Stream_slots,
+};
+
+int ame__stream_init_type(PyObject *m, ame_state *st) {
+  if (zero == NULL) zero = PyLong_FromLong(0);
+  if (str_dataReceived == NULL)
+    str_dataReceived = PyUnicode_InternFromString("dataReceived");
+  if (str_ameSlowWrite == NULL)
+    str_ameSlowWrite = PyUnicode_InternFromString("_ameSlowWrite");
+  if (str_ameSlowWriteSeq == NULL)
+    str_ameSlowWriteSeq = PyUnicode_InternFromString("_ameSlowWriteSequence");
+  if (str_logPrefix == NULL)
+    str_logPrefix = PyUnicode_InternFromString("logPrefix");
+  if (str_system == NULL) str_system = PyUnicode_InternFromString("system");
+  if (str_logPrefix == NULL || str_system == NULL) return -1;
+  if (zero == NULL || str_dataReceived == NULL || str_ameSlowWrite == NULL ||
+      str_ameSlowWriteSeq == NULL)
+    return -1;
+  st->stream_type =
+      (PyTypeObject *)PyType_FromModuleAndSpec(m, &Stream_spec, NULL);
+  if (st->stream_type == NULL) return -1;
+  return PyModule_AddType(m, st->stream_type);
+}
