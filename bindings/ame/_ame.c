@@ -476,7 +476,9 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args,
     Py_DECREF(self);
     return NULL;
   }
-  ame_reactor_config_t cfg = {.workers = workers};
+  ame_reactor_config_t cfg = {.workers = workers,
+                              .before_poll = ame__before_poll,
+                              .before_poll_arg = c};
   int rc = ame_reactor_new(&c->r, &cfg);
   if (rc != 0) {
     c->r = NULL;

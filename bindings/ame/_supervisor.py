@@ -25,6 +25,7 @@ the built-in module C{_ame_run} for N workers).
 
 import gc
 import os
+import signal
 import sys
 import traceback
 
@@ -38,7 +39,7 @@ class _State:
     ran = False
 
 
-def main(cmd, mode, target, python, args, workers, grace, verbose):
+def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
     """
     Run the program as C{ame run} / C{ame twistd} and return the exit status.
 
@@ -49,6 +50,8 @@ def main(cmd, mode, target, python, args, workers, grace, verbose):
     @param args: the program's arguments (C{sys.argv[1:]}).
     @param workers: worker processes (1: no supervisor).
     @param grace: seconds a stopping worker waits for its connections.
+    @param sockets: C{"reuseport"}: each worker listens on a TCP socket of
+        its own (L{_ownSocket}); C{"shared"}: the workers share the setup's.
     @param verbose: print the traceback after the one line of an error.
     """
     label = target if mode != "twistd" else None
@@ -72,7 +75,7 @@ def main(cmd, mode, target, python, args, workers, grace, verbose):
 
     state = _State()
     try:
-        reactor = _install(state, workers, grace)
+        reactor = _install(state, workers, grace, sockets)
         if mode == "path":
             import runpy
 
@@ -103,7 +106,7 @@ def main(cmd, mode, target, python, args, workers, grace, verbose):
     return 0
 
 
-def _install(state, workers, grace):
+def _install(state, workers, grace, sockets):
     """
     Install the ame reactor and wrap its C{run}: return the reactor.
     """
@@ -112,14 +115,15 @@ def _install(state, workers, grace):
     amereactor.install()
     from twisted.internet import reactor
 
-    if workers > 1 and os.environ.get("AME_RUN_SHARED_SOCKETS") != "1":
+    _daemonizeHooks(reactor)
+    if workers > 1 and sockets == "reuseport":
         _reusePortForTCP()
     realRun = reactor.run
 
     def run(*args, **kwargs):
         state.ran = True
         if workers > 1:
-            _becomeWorker(reactor, workers, grace)
+            _becomeWorker(reactor, workers, grace, sockets)
         return realRun(*args, **kwargs)
 
     run.__doc__ = realRun.__doc__
@@ -127,7 +131,42 @@ def _install(state, workers, grace):
     return reactor
 
 
-def _becomeWorker(reactor, workers, grace):
+def _daemonizeHooks(reactor):
+    """
+    twistd without C{-n} forks twice to daemonize, after the reactor (and
+    its core's C thread) exist; it calls C{beforeDaemonize()} and
+    C{afterDaemonize()} on a reactor that provides L{IReactorDaemonize}.
+    If AMEReactor does not (yet), give this instance the two hooks: stop
+    the core before the forks, start a new one in the daemon.
+    """
+    from zope.interface import alsoProvides
+
+    from twisted.internet.interfaces import IReactorDaemonize
+
+    if IReactorDaemonize.providedBy(reactor):
+        return
+
+    def beforeDaemonize():
+        reactor._core.close()
+
+    def afterDaemonize():
+        _reinitAfterFork(reactor)
+
+    reactor.beforeDaemonize = beforeDaemonize
+    reactor.afterDaemonize = afterDaemonize
+    alsoProvides(reactor, IReactorDaemonize)
+
+
+def _reinitAfterFork(reactor):
+    """C{reactor._reinitAfterFork()}, and point the waker at the new core
+    (C{ame.reactor._AMEWaker} keeps the core it was made with)."""
+    reactor._reinitAfterFork()
+    waker = getattr(reactor, "waker", None)
+    if waker is not None and getattr(waker, "_core", None) is not None:
+        waker._core = reactor._core
+
+
+def _becomeWorker(reactor, workers, grace, sockets):
     """
     At C{reactor.run()} with N workers: fork them and supervise them (this
     process never returns from here); in each worker, set the reactor up
@@ -164,13 +203,9 @@ def _becomeWorker(reactor, workers, grace):
     # A worker, from here on.
     os.environ["AME_WORKER"] = str(wid)
     os.environ["AME_WORKERS"] = str(workers)
-    reactor._reinitAfterFork()
-    # The waker keeps the core it was made with (ame.reactor._AMEWaker).
-    waker = getattr(reactor, "waker", None)
-    if waker is not None and getattr(waker, "_core", None) is not None:
-        waker._core = reactor._core
+    _reinitAfterFork(reactor)
     for port in ports:
-        if wid > 1 and _ownSocket(port):
+        if sockets == "reuseport" and wid > 1 and _ownSocket(port):
             continue
         if os.environ.get("AME_RUN_GREEDY_ACCEPT") != "1":
             _acceptOneAtATime(port)
@@ -178,6 +213,13 @@ def _becomeWorker(reactor, workers, grace):
     # Twisted installs reactor.sigInt/sigTerm at run(): use ours instead.
     reactor.sigInt = stop.onSignal
     reactor.sigTerm = stop.onSignal
+    # A new worker starts with SIGINT and SIGTERM blocked (so that a stop
+    # sent before this point is not lost to the default action): handle
+    # them from now on.  Before reactor.run() the stop is queued
+    # (callFromThread) and begins at its first iteration.
+    signal.signal(signal.SIGINT, stop.onSignal)
+    signal.signal(signal.SIGTERM, stop.onSignal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _reusePortForTCP():

@@ -81,6 +81,7 @@ struct core {
   int py_waiting;           /* lock: the Python thread sleeps in wait() */
   PyObject *on_read_error;  /* py: reactor._ameReadFailed */
   char *scratch;            /* worker: recv buffer */
+  int wake_pending;         /* worker: signal efd before polling */
   uint64_t n_reads, n_sends, n_writes; /* lock */
 };
 
@@ -142,6 +143,8 @@ void ame__fconn_apply_all(struct core *c);
 ** (a list) (stream, READABLE|WRITABLE) for what Python's doRead/doWrite
 ** must see.  Return 0, or -1 with an exception set. */
 int ame__fconn_dispatch(struct core *c, PyObject *events);
+/* The reactor's before_poll hook: wakes Python once per iteration. */
+void ame__before_poll(void *arg);
 /* Free what the streams of a closed core left behind (no worker). */
 void ame__fconn_free_all(struct core *c);
 

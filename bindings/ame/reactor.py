@@ -121,6 +121,11 @@ class _FastStream:
         if self.producer is not None and self._ameFast and self._ameQueued():
             self.startWriting()
 
+    def _ameBufferFull(self):
+        # write() in C, with a streaming producer, queued over bufferSize.
+        self._maybePauseProducer()
+        self.startWriting()
+
     def _isSendBufferFull(self):
         return (
             self._ameQueued() + len(self.dataBuffer) + self._tempDataLen

@@ -58,12 +58,15 @@ typedef struct {
   PyObject *write_disconnected;
   PyObject *tls;
   PyObject *producer;
+  PyObject *streaming;  /* streamingProducer */
+  Py_ssize_t buffer_size; /* bufferSize */
+  PyObject *buffer_size_obj;
   /* The log context last pushed for this stream's callbacks. */
   PyObject *ctx_lp, *ctx_base, *ctx_push;
 } StreamObject;
 
 static PyObject *str_dataReceived, *str_ameSlowWrite, *str_ameSlowWriteSeq;
-static PyObject *str_logPrefix, *str_system;
+static PyObject *str_logPrefix, *str_system, *str_ameBufferFull;
 
 /* ------------------------------------------------------------------------
 ** The log context.  Twisted calls doRead inside log.callWithLogger(
@@ -193,6 +196,17 @@ void ame__fready_push(struct core *c, struct fconn *f) {
   if (fready_push(c, f)) ame__signal_efd(c);
 }
 
+/* The worker is about to poll: wake the Python thread once for everything
+** this loop iteration put on the ready list (not once per connection: on
+** a shared core, each wake-up would preempt the worker for one request). */
+void ame__before_poll(void *arg) {
+  struct core *c = arg;
+  if (c->wake_pending) {
+    c->wake_pending = 0;
+    ame__signal_efd(c);
+  }
+}
+
 /* Lock held.  Append n bytes to a growable buffer.  Return 0 or -1. */
 static int buf_append(char **buf, size_t *len, size_t *cap, const void *p,
                       size_t n) {
@@ -236,7 +250,7 @@ static void fupdate(struct core *c, struct fconn *f) {
       f->rerr = -rc;
       int sig = fready_push(c, f);
       pthread_mutex_unlock(&c->lock);
-      if (sig) ame__signal_efd(c);
+      c->wake_pending |= sig;
       return;
     }
     ame_handle_set_name(p, "python tcp stream");
@@ -269,7 +283,7 @@ static void do_recv(struct core *c, struct fconn *f) {
     if (f->want_read) sig = fready_push(c, f);
   }
   pthread_mutex_unlock(&c->lock);
-  if (sig) ame__signal_efd(c);
+  c->wake_pending |= sig; /* signalled in ame__before_poll */
 }
 
 /* Worker.  Send what is queued until done or the kernel buffer is full. */
@@ -324,7 +338,7 @@ static void do_send(struct core *c, struct fconn *f) {
     sig = fready_push(c, f);
   }
   pthread_mutex_unlock(&c->lock);
-  if (sig) ame__signal_efd(c);
+  c->wake_pending |= sig;
 }
 
 /* Commit handler of fpoll_cb: on the worker, outside the transaction. */
@@ -795,10 +809,15 @@ static PyObject *Stream_wstate(StreamObject *self, PyObject *unused) {
 }
 
 /* The checks FileDescriptor.write makes before buffering: 1 to buffer in C,
-** 0 to drop, -1 to take the Python path (TLS, a producer, not attached). */
+** 0 to drop, -1 to take the Python path (TLS, a pull producer, not
+** attached).  With a streaming producer (twisted.web registers the
+** HTTPChannel), writes stay in C; after_write() pauses it when full. */
 static int write_mode(StreamObject *self) {
   if (self->tls != Py_False && PyObject_IsTrue(self->tls) != 0) return -1;
-  if (self->producer != Py_None || live_f(self) == NULL) return -1;
+  if (live_f(self) == NULL) return -1;
+  if (self->producer != Py_None &&
+      (self->streaming == Py_False || PyObject_IsTrue(self->streaming) != 1))
+    return -1;
   int conn = PyObject_IsTrue(self->connected);
   if (conn <= 0) return conn < 0 ? -1 : 0;
   int wd = self->write_disconnected == Py_False
@@ -806,6 +825,19 @@ static int write_mode(StreamObject *self) {
                : PyObject_IsTrue(self->write_disconnected);
   if (wd != 0) return wd < 0 ? -1 : 0;
   return 1;
+}
+
+/* After buffering in C: with a streaming producer registered and more than
+** bufferSize queued, do what FileDescriptor.write does then (pause the
+** producer, and ask for doWrite once drained, which resumes it). */
+static PyObject *after_write(StreamObject *self) {
+  if (self->producer == Py_None) Py_RETURN_NONE;
+  struct fconn *f = self->f;
+  pthread_mutex_lock(&f->c->lock);
+  size_t q = f->queued;
+  pthread_mutex_unlock(&f->c->lock);
+  if ((Py_ssize_t)q <= self->buffer_size) Py_RETURN_NONE;
+  return PyObject_CallMethodNoArgs((PyObject *)self, str_ameBufferFull);
 }
 
 PyDoc_STRVAR(write_doc,
@@ -822,7 +854,7 @@ static PyObject *Stream_write(StreamObject *self, PyObject *data) {
   if (stream_send(self, PyBytes_AS_STRING(data),
                   (size_t)PyBytes_GET_SIZE(data)) < 0)
     return NULL;
-  Py_RETURN_NONE;
+  return after_write(self);
 }
 
 PyDoc_STRVAR(writeseq_doc,
@@ -860,6 +892,7 @@ static PyObject *Stream_writeSequence(StreamObject *self, PyObject *iovec) {
     }
   }
   Py_XDECREF(seq);
+  if (mode > 0) return after_write(self);
   Py_RETURN_NONE;
 }
 
@@ -880,6 +913,25 @@ FIELD_GETSET(connected, connected, zero)
 FIELD_GETSET(writeDisconnected, write_disconnected, Py_False)
 FIELD_GETSET(tls, tls, Py_False)
 FIELD_GETSET(producer, producer, Py_None)
+FIELD_GETSET(streaming, streaming, Py_False)
+
+static PyObject *get_bufsize(StreamObject *self, void *cl) {
+  (void)cl;
+  return Py_NewRef(self->buffer_size_obj);
+}
+
+static int set_bufsize(StreamObject *self, PyObject *v, void *cl) {
+  (void)cl;
+  if (v == NULL) {
+    PyErr_SetString(PyExc_AttributeError, "bufferSize cannot be deleted");
+    return -1;
+  }
+  Py_ssize_t n = PyNumber_AsSsize_t(v, PyExc_OverflowError);
+  if (n == -1 && PyErr_Occurred()) return -1;
+  self->buffer_size = n;
+  Py_XSETREF(self->buffer_size_obj, Py_NewRef(v));
+  return 0;
+}
 
 static PyObject *get_protocol(StreamObject *self, void *cl) {
   (void)cl;
@@ -912,6 +964,9 @@ static PyGetSetDef Stream_getset[] = {
      (setter)set_writeDisconnected, NULL, NULL},
     {"TLS", (getter)get_tls, (setter)set_tls, NULL, NULL},
     {"producer", (getter)get_producer, (setter)set_producer, NULL, NULL},
+    {"streamingProducer", (getter)get_streaming, (setter)set_streaming, NULL,
+     NULL},
+    {"bufferSize", (getter)get_bufsize, (setter)set_bufsize, NULL, NULL},
     {"_ameFast", (getter)get_fast, NULL,
      "True while the stream's I/O is the C worker's.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -947,6 +1002,13 @@ static PyObject *Stream_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
   self->write_disconnected = Py_NewRef(Py_False);
   self->tls = Py_NewRef(Py_False);
   self->producer = Py_NewRef(Py_None);
+  self->streaming = Py_NewRef(Py_False);
+  self->buffer_size = 65536; /* FileDescriptor.bufferSize */
+  self->buffer_size_obj = PyLong_FromSsize_t(self->buffer_size);
+  if (self->buffer_size_obj == NULL) {
+    Py_DECREF(self);
+    return NULL;
+  }
   return (PyObject *)self;
 }
 
@@ -958,6 +1020,7 @@ static int Stream_traverse(StreamObject *self, visitproc visit, void *arg) {
   Py_VISIT(self->write_disconnected);
   Py_VISIT(self->tls);
   Py_VISIT(self->producer);
+  Py_VISIT(self->streaming);
   Py_VISIT(self->ctx_lp);
   Py_VISIT(self->ctx_base);
   Py_VISIT(self->ctx_push);
@@ -970,6 +1033,8 @@ static int Stream_clear(StreamObject *self) {
   Py_CLEAR(self->connected);
   Py_CLEAR(self->write_disconnected);
   Py_CLEAR(self->tls);
+  Py_CLEAR(self->streaming);
+  Py_CLEAR(self->buffer_size_obj);
   Py_CLEAR(self->ctx_lp);
   Py_CLEAR(self->ctx_base);
   Py_CLEAR(self->ctx_push);
@@ -1020,6 +1085,9 @@ int ame__stream_init_type(PyObject *m, ame_state *st) {
   if (str_logPrefix == NULL)
     str_logPrefix = PyUnicode_InternFromString("logPrefix");
   if (str_system == NULL) str_system = PyUnicode_InternFromString("system");
+  if (str_ameBufferFull == NULL)
+    str_ameBufferFull = PyUnicode_InternFromString("_ameBufferFull");
+  if (str_ameBufferFull == NULL) return -1;
   if (str_logPrefix == NULL || str_system == NULL) return -1;
   if (zero == NULL || str_dataReceived == NULL || str_ameSlowWrite == NULL ||
       str_ameSlowWriteSeq == NULL)

@@ -429,6 +429,7 @@ static void check_cb(uv_check_t *c) {
 
 static void prepare_cb(uv_prepare_t *p) {
   struct worker *w = p->data;
+  if (w->r->before_poll) w->r->before_poll(w->r->before_poll_arg);
   if (w->stopping) return;
   /* About to poll: steal something first rather than block. */
   if (run_jobs(w, JOB_BATCH) > 0 || has_jobs(w)) {
@@ -594,6 +595,8 @@ int ame_reactor_new(ame_reactor_t **out, const ame_reactor_config_t *cfg) {
   r->drain_timeout_ms =
       cfg && cfg->drain_timeout_ms ? cfg->drain_timeout_ms : 5000;
   r->report_on_stop = cfg ? cfg->report_on_stop : 0;
+  r->before_poll = cfg ? cfg->before_poll : NULL;
+  r->before_poll_arg = cfg ? cfg->before_poll_arg : NULL;
   r->log = cfg && cfg->log ? cfg->log : stderr;
   r->calls.ordered = 1;
   pthread_mutex_init(&r->calls_lock, NULL);

@@ -80,6 +80,13 @@ typedef struct ame_reactor_config {
                                flush (0: 5000) */
   int report_on_stop;       /* write the STM conflict report at stop */
   FILE *log;                /* where failures are logged (NULL: stderr) */
+  /* Called by each worker, on its thread and outside any transaction,
+  ** when it has run what was ready and is about to poll for more: the
+  ** place to publish, once per loop iteration, what its callbacks
+  ** gathered (the Python binding wakes its Python thread here, once for a
+  ** whole batch of connections).  NULL: none. */
+  void (*before_poll)(void *arg);
+  void *before_poll_arg;
 } ame_reactor_config_t;
 
 /* Create a reactor.  Return 0 and set *out, or -ENOMEM / -EINVAL / a libuv
