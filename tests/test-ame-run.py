@@ -16,7 +16,8 @@ are in tests/run_apps/.  Cases:
             a missing module: one line on stderr, exit 1, with 1 and with 2
             workers; sys.exit(3) exits 3
   examples  each program of run_apps (HTTP and a raw line protocol) in one
-            process and with 2 workers: served, then SIGTERM: exit 0
+            process and with 2 workers (HTTP also with --sockets shared):
+            served, then SIGTERM (or SIGINT): exit 0
   balance   2 workers under `ame load` (32 connections): both workers get
             connections (the figures are printed)
   crash     kill -9 a worker under load: the supervisor logs it and starts
@@ -27,8 +28,11 @@ are in tests/run_apps/.  Cases:
             completes, the supervisor exits 0 and no worker is left
   force     a second SIGTERM during a graceful stop kills the workers:
             exit 1, nothing left running
+  early     SIGTERM as soon as the workers are forked (before their
+            reactors run): they still stop gracefully, exit 0
   backoff   workers that die at start are restarted after 0.1, 0.2, 0.4 s
-  twistd    `ame twistd -n web` in one process and with 2 workers
+  twistd    `ame twistd -n web` in one process and with 2 workers, and
+            daemonized (no -n) with 2 workers: pid file, clean stop
 
 Every case checks that nothing it started is left running: each `ame` runs
 in a session of its own, and no process of that session may remain once it
@@ -263,6 +267,8 @@ def case_usage(ame):
                  ['run', '--workers', 'lots', 'x.py'],
                  ['run', '--workers'], ['run', '--grace', '-1', 'x.py'],
                  ['run', '--bogus', 'x.py'], ['run', '-m'],
+                 ['run', '--sockets', 'bogus', 'x.py'],
+                 ['twistd', '--sockets', 'bogus'],
                  ['twistd', '--workers', '0'], ['twistd', '--workers']):
         rc, out, err = run_ame(ame, args)
         check(rc == 2 and err.strip() and not out,
@@ -369,13 +375,16 @@ def case_errors(ame):
 
 
 def case_examples(ame):
-    for workers in ('1', '2'):
-        srv = Server(ame, ['run', '--workers', workers, 'hello_web.py', '0'])
+    for workers in ('1', '2', 'shared'):
+        opts = ['--workers', workers]
+        if workers == 'shared':
+            workers, opts = '2', ['--workers', '2', '--sockets', 'shared']
+        srv = Server(ame, ['run'] + opts + ['hello_web.py', '0'])
         port = srv.port()
-        if not check(port, 'hello_web.py --workers %s: listening' % workers):
+        if not check(port, 'hello_web.py %s: listening' % ' '.join(opts)):
             srv.stop(signal.SIGKILL)
             continue
-        if workers == '2':
+        if workers == '2' and '--sockets' not in opts:
             seen = wait_workers_serving(port, [1, 2])
             check(sorted(seen) == [1, 2], 'both workers answer: %s' % seen)
         status, h, body = http_get(port)
@@ -383,10 +392,13 @@ def case_examples(ame):
         status, h, body = http_get(port, '/big')
         check(status == 200 and body == b'x' * BIG, 'GET /big -> 256 KiB')
         rc = srv.stop()
-        check(rc == 0, 'hello_web.py --workers %s: SIGTERM -> exit %s (0)'
-              % (workers, rc))
+        check(rc == 0, 'hello_web.py %s: SIGTERM -> exit %s (0)'
+              % (' '.join(opts), rc))
         n = len([l for l in srv.out if re.search(r'served \d+', l)])
-        check(n == int(workers), '%d "served" line(s) (%s)' % (n, workers))
+        if not check(n == int(workers), '%d "served" line(s) (%s)' % (n, workers)):
+            srv.dump()
+        if '--sockets' in opts:
+            continue
 
         srv = Server(ame, ['run', '--workers', workers, 'echo_lines.py'])
         port = srv.port()
@@ -648,6 +660,21 @@ def case_force(ame):
     check(not any(t.truncated for t in slow), 'nothing truncated')
 
 
+def case_early(ame):
+    for _ in range(3):
+        srv = Server(ame, ['run', '--workers', '2', 'hello_web.py', '0'])
+        # As soon as the workers exist: they may not handle signals yet.
+        check(srv.wait_line('err', r'worker 2 started'), 'workers started')
+        os.kill(srv.p.pid, signal.SIGTERM)
+        rc = srv.stop()
+        check(rc == 0, 'SIGTERM at once: exit %s (0)' % rc)
+        counts = served_counts(srv)
+        if not check(sorted(counts) == [1, 2],
+                     'both workers stopped gracefully, shutdown code ran: %s'
+                     % counts):
+            srv.dump()
+
+
 def case_backoff(ame):
     crash_dir = tempfile.mkdtemp()
     srv = Server(ame, ['run', '--workers', '2', 'crash_loop.py', crash_dir,
@@ -697,9 +724,74 @@ def case_twistd(ame):
             check(any(l.startswith('[w1] ') for l in srv.out) and
                   any(l.startswith('[w2] ') for l in srv.out),
                   "the workers' log lines are prefixed")
+    twistd_daemon(ame, www)
     rc, out, err = run_ame(ame, ['twistd', '--reactor=epoll', 'web'])
     check(rc == 1 and 'remove' in err, '--reactor=epoll: refused (%d) %r'
           % (rc, err.strip()))
+
+
+def children(pid):
+    """Pids whose parent is pid (from /proc)."""
+    kids = []
+    for d in os.listdir('/proc'):
+        if d.isdigit():
+            try:
+                with open('/proc/%s/stat' % d) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(')') + 2:].split()[1]) == pid:
+                kids.append(int(d))
+    return kids
+
+
+def twistd_daemon(ame, www):
+    """twistd without -n, 2 workers: the daemon is the supervisor, its pid
+    in the pid file, which it removes at exit."""
+    d = tempfile.mkdtemp()
+    pidfile, logfile = os.path.join(d, 'twistd.pid'), os.path.join(d, 'log')
+    rc, out, err = run_ame(ame, ['twistd', '--workers', '2', '--pidfile',
+                                 pidfile, '--logfile', logfile, 'web',
+                                 '--listen', 'tcp:0:interface=127.0.0.1',
+                                 '--path', www], cwd=d)
+    check(rc == 0, 'daemonized twistd --workers 2: started, exit %d (0)'
+          % rc)
+    port = sup = None
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and not (port and sup):
+        try:
+            with open(logfile) as f:
+                m = re.search(r'Site starting on (\d+)', f.read())
+            port = m and int(m.group(1))
+            with open(pidfile) as f:
+                sup = int(f.read())
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    if not check(port and sup, 'daemon: port %s, supervisor pid %s'
+                 % (port, sup)):
+        return
+    workers = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers = children(sup)
+        time.sleep(0.05)
+    check(len(workers) == 2, 'daemon: 2 workers %s' % workers)
+    status, h, body = http_get(port)
+    check(status == 200 and body == b'twistd here\n', 'daemon: GET / -> 200')
+    os.kill(sup, signal.SIGTERM)
+    left = [sup] + workers
+    while time.monotonic() < deadline and left:
+        left = [p for p in left if os.path.exists('/proc/%d' % p)]
+        time.sleep(0.05)
+    check(not left, 'daemon: SIGTERM: supervisor and workers gone %s'
+          % left)
+    check(not os.path.exists(pidfile), 'daemon: pid file removed')
+    with open(logfile) as f:
+        log = f.read()
+    check('Traceback' not in log and 'Server Shut Down' in log,
+          'daemon: the workers shut down cleanly (log)')
+    for p in left:
+        os.kill(p, signal.SIGKILL)
 
 
 CASES = {
@@ -711,6 +803,7 @@ CASES = {
     'crash': case_crash,
     'stop': case_stop,
     'force': case_force,
+    'early': case_early,
     'backoff': case_backoff,
     'twistd': case_twistd,
 }

@@ -36,7 +36,9 @@ _DRAIN_POLL_S = 0.05
 
 
 class _State:
-    ran = False
+    ran = False  # the program called reactor.run()
+    worker = None  # the worker id, in a worker
+    pidfile = None  # twistd's pid file (absolute), if it writes one
 
 
 def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
@@ -85,6 +87,7 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
 
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
+            _twistdPidFile(state)
             from twisted.scripts.twistd import run
 
             run()
@@ -123,12 +126,38 @@ def _install(state, workers, grace, sockets):
     def run(*args, **kwargs):
         state.ran = True
         if workers > 1:
-            _becomeWorker(reactor, workers, grace, sockets)
+            _becomeWorker(state, reactor, workers, grace, sockets)
         return realRun(*args, **kwargs)
 
     run.__doc__ = realRun.__doc__
     reactor.run = run
     return reactor
+
+
+def _twistdPidFile(state):
+    """
+    With workers, twistd's pid file holds the supervisor's pid (it is
+    written before reactor.run()); the supervisor removes it when it exits,
+    and a worker that stops must not.  Note where twistd writes it (after
+    its chdir to --rundir) and keep workers from removing it.
+    """
+    from twisted.scripts import _twistd_unix
+
+    runner = _twistd_unix.UnixApplicationRunner
+    setupEnvironment = runner.setupEnvironment
+    removePID = runner.removePID
+
+    def setupEnvironmentNoted(self, *args, **kwargs):
+        setupEnvironment(self, *args, **kwargs)
+        pidfile = kwargs.get("pidfile", args[4] if len(args) > 4 else None)
+        state.pidfile = os.path.abspath(pidfile) if pidfile else None
+
+    def removePIDUnlessWorker(self, pidfile):
+        if state.worker is None:
+            removePID(self, pidfile)
+
+    runner.setupEnvironment = setupEnvironmentNoted
+    runner.removePID = removePIDUnlessWorker
 
 
 def _daemonizeHooks(reactor):
@@ -166,7 +195,7 @@ def _reinitAfterFork(reactor):
         waker._core = reactor._core
 
 
-def _becomeWorker(reactor, workers, grace, sockets):
+def _becomeWorker(state, reactor, workers, grace, sockets):
     """
     At C{reactor.run()} with N workers: fork them and supervise them (this
     process never returns from here); in each worker, set the reactor up
@@ -199,7 +228,8 @@ def _becomeWorker(reactor, workers, grace, sockets):
     # The core's C thread would not survive fork(); stop it here, where no
     # reactor will run again.  Each worker starts its own.
     reactor._core.close()
-    wid = _ame_run.supervise(workers, grace)
+    wid = _ame_run.supervise(workers, grace, state.pidfile)
+    state.worker = wid
     # A worker, from here on.
     os.environ["AME_WORKER"] = str(wid)
     os.environ["AME_WORKERS"] = str(workers)

@@ -45,6 +45,7 @@ struct opts {
   int nargs;
   unsigned workers;
   double grace_s;
+  const char *sockets; /* "reuseport" or "shared" */
   int verbose;
 };
 
@@ -71,19 +72,23 @@ static void after_fork_child(void *data) {
 }
 
 PyDoc_STRVAR(supervise_doc,
-"supervise(workers, grace)\n--\n\n"
+"supervise(workers, grace, remove_at_exit=None)\n--\n\n"
 "Fork `workers` worker processes and supervise them (ame run --workers).\n"
 "Return the worker id (1..workers) in each worker, which then runs the\n"
 "reactor.  Never return in the supervisor: it exits once every worker\n"
 "has.  A worker that dies is replaced by a new fork of the supervisor,\n"
-"which returns here with the same id.  Raise OSError if the supervisor\n"
-"cannot be set up.  Call with no other thread running.");
+"which returns here with the same id.  The supervisor removes the file\n"
+"remove_at_exit (twistd's pid file) when it exits.  Raise OSError if the\n"
+"supervisor cannot be set up.  Call with no other thread running.");
 
 static PyObject *run_supervise(PyObject *mod, PyObject *args) {
   (void)mod;
   unsigned workers;
   double grace;
-  if (!PyArg_ParseTuple(args, "Id:supervise", &workers, &grace)) return NULL;
+  const char *remove_at_exit = NULL;
+  if (!PyArg_ParseTuple(args, "Id|z:supervise", &workers, &grace,
+                        &remove_at_exit))
+    return NULL;
   if (workers < 1 || workers > MAX_WORKERS || !(grace >= 0)) {
     PyErr_SetString(PyExc_ValueError, "workers 1..1024, grace >= 0");
     return NULL;
@@ -105,6 +110,7 @@ static PyObject *run_supervise(PyObject *mod, PyObject *args) {
   }
   /* The supervisor is done.  Nothing of the program may run here again
   ** (no atexit handlers, no finalizers): they belong to the workers. */
+  if (remove_at_exit) unlink(remove_at_exit);
   fflush(NULL);
   _exit(status);
 }
@@ -197,9 +203,9 @@ static int run_python(const struct opts *o) {
   }
   PyObject *r = NULL;
   if (args)
-    r = PyObject_CallMethod(mod, "main", "ssssOIdi", o->cmd, o->mode,
+    r = PyObject_CallMethod(mod, "main", "ssssOIdsi", o->cmd, o->mode,
                             o->target ? o->target : "", AME_PYTHON, args,
-                            o->workers, o->grace_s, o->verbose);
+                            o->workers, o->grace_s, o->sockets, o->verbose);
   Py_XDECREF(args);
   Py_DECREF(mod);
   if (r == NULL) {
@@ -224,8 +230,8 @@ done:
 
 static void run_usage(FILE *f) {
   fprintf(f,
-"usage: ame run [--workers N|auto] [--grace SECONDS] [-v] [--] PROGRAM.py [ARGS...]\n"
-"       ame run [--workers N|auto] [--grace SECONDS] [-v] -m MODULE [ARGS...]\n"
+"usage: ame run [--workers N|auto] [OPTIONS] [--] PROGRAM.py [ARGS...]\n"
+"       ame run [--workers N|auto] [OPTIONS] -m MODULE [ARGS...]\n"
 "\n"
 "Run an unmodified Twisted program on the ame reactor.  The reactor is\n"
 "installed before the program imports anything; then the program runs as\n"
@@ -237,6 +243,13 @@ static void run_usage(FILE *f) {
 "(default 1)\n"
 "      --grace SECONDS   at a graceful stop, how long a worker waits for its\n"
 "                        connections to finish (default %g)\n"
+"      --sockets reuseport|shared\n"
+"                        how workers share TCP listeners: each its own\n"
+"                        SO_REUSEPORT socket (the default: connections\n"
+"                        spread evenly by a hash), or the setup's socket,\n"
+"                        accepted by whichever worker is free (better for\n"
+"                        one request per connection; may leave a worker\n"
+"                        idle with few long-lived connections)\n"
 "  -m MODULE             run a module as a script (the rest are its args)\n"
 "  -v, --verbose         after a setup error's one line, print the traceback\n"
 "  -h, --help            this help\n"
@@ -247,7 +260,8 @@ static void run_usage(FILE *f) {
 "--workers N > 1: the program's setup (everything before reactor.run()) runs\n"
 "once.  At reactor.run() the process becomes a supervisor and forks N\n"
 "workers; each runs the reactor on the listening sockets the setup created,\n"
-"which all workers share (the kernel spreads the connections).  The\n"
+"which all workers share (the kernel spreads the connections, see\n"
+"--sockets).  The\n"
 "supervisor runs no Python code and never accepts.  It\n"
 "  - restarts a worker that dies, after a back-off (0.1 s, doubling up to\n"
 "    10 s while the worker keeps dying within 10 s of its start), and logs\n"
@@ -279,7 +293,8 @@ static void run_usage(FILE *f) {
 
 static void twistd_usage(FILE *f) {
   fprintf(f,
-"usage: ame twistd [--workers N|auto] [--grace SECONDS] [--verbose] [--]\n"
+"usage: ame twistd [--workers N|auto] [--grace SECONDS] [--sockets MODE]\n"
+"                  [--verbose] [--]\n"
 "                  [TWISTD-OPTIONS] SUBCOMMAND [OPTIONS...]\n"
 "\n"
 "Run twistd (twisted.scripts.twistd) with the ame reactor installed: the\n"
@@ -289,6 +304,7 @@ static void twistd_usage(FILE *f) {
 "\n"
 "  --workers N|auto   worker processes (default 1), as for 'ame run'\n"
 "  --grace SECONDS    graceful-stop limit per worker (default %g)\n"
+"  --sockets reuseport|shared   as for 'ame run'\n"
 "  --verbose          print the traceback of a setup error\n"
 "  --help             this help\n"
 "\n"
@@ -297,9 +313,12 @@ static void twistd_usage(FILE *f) {
 "twistd's services open before reactor.run() are shared by the workers.\n"
 "That covers strports and endpoint services ('web --listen tcp:8080',\n"
 "'--port'), internet.TCPServer and the like (they listen in\n"
-"privilegedStartService).  Use -n (--nodaemon): the supervisor then stays\n"
-"in the foreground, twistd's log goes to stdout, prefixed per worker.\n"
-"With --workers, --pidfile holds the supervisor's pid.\n",
+"privilegedStartService).  With -n (--nodaemon) the supervisor stays in\n"
+"the foreground and twistd's log goes to stdout, prefixed per worker.\n"
+"Daemonized (no -n), the daemon is the supervisor: --pidfile holds its pid\n"
+"and it removes the file when it exits; its own messages (restarts) go to\n"
+"its stderr, which twistd points at /dev/null, so prefer -n under a\n"
+"process manager.\n",
           DEFAULT_GRACE_S);
 }
 
@@ -338,12 +357,22 @@ static int parse_grace(const char *s, double *out) {
   return 0;
 }
 
+/* Parse --sockets.  Return 0 or -1. */
+static int parse_sockets(const char *s, const char **out) {
+  if (strcmp(s, "reuseport") == 0 || strcmp(s, "shared") == 0) {
+    *out = s;
+    return 0;
+  }
+  return -1;
+}
+
 int ame_run_main(int argc, char **argv) {
   struct opts o = {.cmd = "ame run", .mode = "path", .workers = 1,
-                   .grace_s = DEFAULT_GRACE_S};
+                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport"};
   static const struct option longopts[] = {
       {"workers", required_argument, NULL, 'w'},
       {"grace", required_argument, NULL, 'g'},
+      {"sockets", required_argument, NULL, 's'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -363,6 +392,11 @@ int ame_run_main(int argc, char **argv) {
       if (parse_grace(optarg, &o.grace_s) < 0)
         return usage_error("run", "--grace wants seconds (>= 0), not '%s'",
                            optarg);
+      break;
+    case 's':
+      if (parse_sockets(optarg, &o.sockets) < 0)
+        return usage_error("run", "--sockets wants 'reuseport' or 'shared', "
+                                  "not '%s'", optarg);
       break;
     case 'm':
       o.mode = "module";
@@ -397,14 +431,14 @@ int ame_run_main(int argc, char **argv) {
 
 int ame_twistd_main(int argc, char **argv) {
   struct opts o = {.cmd = "ame twistd", .mode = "twistd", .workers = 1,
-                   .grace_s = DEFAULT_GRACE_S};
+                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport"};
   /* Only our own leading long options; the first other argument starts
   ** twistd's (getopt would reject twistd's options). */
   int i = 1;
   for (; i < argc; i++) {
     const char *a = argv[i];
     const char *val = NULL;
-    int takes = 0; /* 1: --workers, 2: --grace */
+    int takes = 0; /* 1: --workers, 2: --grace, 3: --sockets */
     if (strcmp(a, "--") == 0) {
       i++;
       break;
@@ -422,6 +456,10 @@ int ame_twistd_main(int argc, char **argv) {
                                                  a[7] == '=')) {
       takes = 2;
       val = a[7] == '=' ? a + 8 : NULL;
+    } else if (strncmp(a, "--sockets", 9) == 0 && (a[9] == '\0' ||
+                                                   a[9] == '=')) {
+      takes = 3;
+      val = a[9] == '=' ? a + 10 : NULL;
     } else {
       break;
     }
@@ -436,6 +474,9 @@ int ame_twistd_main(int argc, char **argv) {
     if (takes == 2 && parse_grace(val, &o.grace_s) < 0)
       return usage_error("twistd", "--grace wants seconds (>= 0), not '%s'",
                          val);
+    if (takes == 3 && parse_sockets(val, &o.sockets) < 0)
+      return usage_error("twistd", "--sockets wants 'reuseport' or 'shared', "
+                                   "not '%s'", val);
   }
   o.args = argv + i;
   o.nargs = argc - i;

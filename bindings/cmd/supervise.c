@@ -19,10 +19,10 @@
 ** into every worker forked after it.
 **
 ** Signals and fork.  INT, TERM and CHLD are blocked around fork(), and the
-** child puts the caller's handlers and mask back before anything can be
-** delivered, so a signal that reaches a new worker early is the worker's
-** (the handler also ignores a signal when getpid() is not the
-** supervisor's).  SIGPIPE is ignored here so that a closed stdout costs
+** child puts the caller's handlers and mask back (INT and TERM stay
+** blocked: supervise.h) before anything can be delivered, so a signal that
+** reaches a new worker early is the worker's (the handler also ignores a
+** signal when getpid() is not the supervisor's).  SIGPIPE is ignored here so that a closed stdout costs
 ** only the copied lines.
 */
 #include "supervise.h"
@@ -319,6 +319,9 @@ static unsigned start_worker(unsigned i, double now) {
     pid_t self = S.self;
     sigset_t mask = S.old_mask;
     child_setup(out[1], err[1]);
+    /* Stop signals wait until the worker can handle them (supervise.h). */
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
     sigprocmask(SIG_SETMASK, &mask, NULL);
     if (getppid() != self) raise(SIGTERM); /* the supervisor is gone */
     return i + 1;

@@ -39,7 +39,9 @@ typedef struct ame_sup_config {
 **
 ** In a worker, return its id (1..N): the process is a fresh fork of the
 ** caller, with stdout and stderr on pipes to the supervisor, the caller's
-** signal dispositions and mask as they were before the call, and
+** signal dispositions and mask as they were before the call except that
+** SIGINT and SIGTERM are blocked — the caller unblocks them once it is
+** ready to handle a stop (one sent earlier waits until then) — and
 ** PR_SET_PDEATHSIG set to SIGTERM (a worker stops if the supervisor dies).
 ** A restarted worker is a new fork of the supervisor, so it too starts
 ** from the state the caller had when it called ame_supervise().

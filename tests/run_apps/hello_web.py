@@ -7,6 +7,7 @@ Setup (before reactor.run()) opens one listening port on 127.0.0.1 and
 prints "listening on PORT".  Paths:
 
     /        "hello\\n"
+    /close   "hello\\n", then the server closes the connection
     /big     256 KiB of b"x" (truncation shows)
     /slow    "slow\\n" 1 s later (a request in flight for a while)
 
@@ -42,6 +43,12 @@ class Root(resource.Resource):
         request.setHeader(b"x-worker-pid", str(os.getpid()).encode())
         request.setHeader(b"x-worker",
                           os.environ.get("AME_WORKER", "-").encode())
+        if request.path == b"/close":
+            # One request per connection: what twisted.web does for a
+            # request with "Connection: close".
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            request.channel.persistent = False
+            return b"hello\n"
         if request.path == b"/big":
             return b"x" * BIG
         if request.path == b"/slow":
