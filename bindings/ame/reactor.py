@@ -166,6 +166,15 @@ class Server(_ame.Stream, _FastStream, tcp.Server):
         )
 
 
+    def getHost(self):
+        # A connected socket's own address does not change: ask the kernel
+        # once (twisted.web asks for every request).
+        host = self.__dict__.get("_ameHost")
+        if host is None:
+            host = self._ameHost = tcp.Server.getHost(self)
+        return host
+
+
 class Client(_ame.Stream, _FastStream, tcp.Client):
     """
     A client-side TCP connection whose reading and writing are in C once

@@ -764,6 +764,39 @@ static int stream_send(StreamObject *self, const char *p, size_t n) {
   return 0;
 }
 
+/* stream_send for each bytes of seq (a list or tuple of bytes), under one
+** lock. */
+static int stream_sendv(StreamObject *self, PyObject *seq) {
+  struct fconn *f = self->f;
+  struct core *c = f->c;
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+  size_t total = 0;
+  pthread_mutex_lock(&c->lock);
+  if (f->werr || f->dropping) {
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+  }
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+    size_t len = (size_t)PyBytes_GET_SIZE(b);
+    if (buf_append(&f->obuf, &f->olen, &f->ocap, PyBytes_AS_STRING(b), len)) {
+      f->queued += total;
+      mark_fdirty(c, f);
+      pthread_mutex_unlock(&c->lock);
+      PyErr_NoMemory();
+      return -1;
+    }
+    total += len;
+  }
+  if (total) {
+    f->queued += total;
+    c->n_writes++;
+    mark_fdirty(c, f);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return 0;
+}
+
 PyDoc_STRVAR(send_doc,
 "_ameSend(data)\n--\n\n"
 "Queue bytes for the worker to send, whatever the transport's state.");
@@ -879,17 +912,9 @@ static PyObject *Stream_writeSequence(StreamObject *self, PyObject *iovec) {
     return PyObject_CallMethodOneArg((PyObject *)self, str_ameSlowWriteSeq,
                                      iovec);
   }
-  if (mode > 0) {
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-      PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
-      if (PyBytes_GET_SIZE(b) > 0 &&
-          stream_send(self, PyBytes_AS_STRING(b),
-                      (size_t)PyBytes_GET_SIZE(b)) < 0) {
-        Py_DECREF(seq);
-        return NULL;
-      }
-    }
+  if (mode > 0 && stream_sendv(self, seq) < 0) {
+    Py_DECREF(seq);
+    return NULL;
   }
   Py_XDECREF(seq);
   if (mode > 0) return after_write(self);

@@ -160,6 +160,228 @@ class ReactorBehaviourMixin:
         self.runReactor(reactor)
         self.assertEqual(results, [payload])
 
+    def _pair(self, reactor, serverProto, clientProto):
+        """
+        Connect clientProto() to serverProto() over TCP on reactor; return
+        the listening port.
+        """
+        port = reactor.listenTCP(
+            0, protocol.ServerFactory.forProtocol(serverProto),
+            interface="127.0.0.1")
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           protocol.ClientFactory.forProtocol(clientProto))
+        return port
+
+    def test_echoManyConnectionsInOrder(self):
+        """
+        Twenty connections echo distinct random payloads of different
+        sizes at once; each gets exactly its own bytes back, in order.
+        """
+        reactor = self.buildReactor()
+        factory = protocol.ServerFactory.forProtocol(_Echo)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        payloads = [os.urandom(n) for n in
+                    (1, 10, 100, 1000, 4096, 65535, 65536, 65537, 100000,
+                     300000) * 2]
+        results = {}
+
+        def finished(i, data):
+            results[i] = data
+            if len(results) == len(payloads):
+                port.stopListening()
+                reactor.stop()
+
+        for i, payload in enumerate(payloads):
+            done = Deferred()
+            done.addCallback(lambda data, i=i: finished(i, data))
+            reactor.connectTCP(
+                "127.0.0.1", port.getHost().port,
+                protocol.ClientFactory.forProtocol(
+                    lambda p=payload, d=done: _Client(p, d)))
+        self.runReactor(reactor)
+        self.assertEqual(sorted(results), list(range(len(payloads))))
+        for i, payload in enumerate(payloads):
+            self.assertEqual(results[i], payload, "connection %d" % (i,))
+
+    def test_largeWriteThenLoseConnection(self):
+        """
+        loseConnection() right after a large write() sends every byte first;
+        the peer sees a clean close after all of them.
+        """
+        reactor = self.buildReactor()
+        payload = os.urandom(4 << 20)
+        got = []
+        why = []
+
+        class Sender(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(payload)
+                self.transport.loseConnection()
+
+        class Receiver(protocol.Protocol):
+            def connectionMade(self):
+                self.chunks = []
+
+            def dataReceived(self, data):
+                self.chunks.append(data)
+
+            def connectionLost(self, reason):
+                got.append(b"".join(self.chunks))
+                why.append(reason)
+                reactor.stop()
+
+        self._pair(reactor, Sender, Receiver)
+        self.runReactor(reactor)
+        self.assertEqual(len(got[0]), len(payload))
+        self.assertEqual(got[0], payload)
+        from twisted.internet.error import ConnectionDone
+        self.assertTrue(why[0].check(ConnectionDone))
+
+    def test_streamingProducerPausedThenResumed(self):
+        """
+        With a streaming producer registered, writing more than bufferSize
+        pauses it; once everything is sent, it is resumed.
+        """
+        reactor = self.buildReactor()
+        events = []
+
+        class Producing(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.registerProducer(self, True)
+                for _ in range(8):
+                    self.transport.write(b"p" * 32768)
+                events.append("written")
+
+            def pauseProducing(self):
+                if "paused" not in events:
+                    events.append("paused")
+
+            def resumeProducing(self):
+                events.append("resumed")
+                self.transport.unregisterProducer()
+                self.transport.loseConnection()
+
+            def stopProducing(self):
+                events.append("stopped")
+
+        class Sink(protocol.Protocol):
+            n = 0
+
+            def dataReceived(self, data):
+                Sink.n += len(data)
+
+            def connectionLost(self, reason):
+                reactor.stop()
+
+        self._pair(reactor, Sink, Producing)
+        self.runReactor(reactor)
+        self.assertEqual(events[:3], ["paused", "written", "resumed"])
+        self.assertEqual(Sink.n, 8 * 32768)
+
+    def test_pauseReadingHoldsData(self):
+        """
+        Between stopReading() and startReading() no dataReceived happens;
+        then everything sent meanwhile arrives, in order.
+        """
+        reactor = self.buildReactor()
+        log_ = []
+
+        class Paused(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.stopReading()
+                self.got = b""
+                reactor.callLater(0.2, self.resume)
+
+            def resume(self):
+                log_.append(("resume", len(self.got)))
+                self.transport.startReading()
+
+            def dataReceived(self, data):
+                self.got += data
+                if len(self.got) == 300000:
+                    log_.append(("all", self.got == expected))
+                    self.transport.loseConnection()
+                    reactor.stop()
+
+        expected = (bytes(range(256)) * 1172)[:300000]
+        assert len(expected) == 300000
+
+        class Writer(protocol.Protocol):
+            def connectionMade(self):
+                for i in range(0, len(expected), 1000):
+                    self.transport.write(expected[i:i + 1000])
+
+        self._pair(reactor, Paused, Writer)
+        self.runReactor(reactor)
+        self.assertEqual(log_, [("resume", 0), ("all", True)])
+
+    def test_dataReceivedLogContext(self):
+        """
+        What dataReceived logs carries the transport's logPrefix() as its
+        system, as under Twisted's reactors.
+        """
+        reactor = self.buildReactor()
+        seen = []
+
+        def observer(event):
+            if event.get("message") == ("ping",):
+                seen.append(event.get("system"))
+
+        log.addObserver(observer)
+        self.addCleanup(log.removeObserver, observer)
+
+        class Logging(protocol.Protocol):
+            def logPrefix(self):
+                return "Logging Protocol"
+
+            def dataReceived(self, data):
+                log.msg("ping")
+                self.transport.loseConnection()
+                reactor.stop()
+
+        class Hello(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"hi")
+
+        self._pair(reactor, Logging, Hello)
+        self.runReactor(reactor)
+        self.assertEqual(len(seen), 1)
+        self.assertIn("Logging Protocol", seen[0])
+
+    def test_writeTypeErrors(self):
+        """
+        write() of a str, and writeSequence() with a str in it, raise
+        TypeError, as Twisted's transports do; the connection goes on.
+        """
+        reactor = self.buildReactor()
+        errors = []
+
+        class Checking(protocol.Protocol):
+            def connectionMade(self):
+                for bad in (lambda: self.transport.write("text"),
+                            lambda: self.transport.writeSequence(
+                                [b"a", "b"])):
+                    try:
+                        bad()
+                    except TypeError:
+                        errors.append("TypeError")
+                self.transport.writeSequence([b"o", b"k"])
+                self.transport.loseConnection()
+
+        class Reading(protocol.Protocol):
+            got = b""
+
+            def dataReceived(self, data):
+                Reading.got += data
+
+            def connectionLost(self, reason):
+                reactor.stop()
+
+        self._pair(reactor, Checking, Reading)
+        self.runReactor(reactor)
+        self.assertEqual(errors, ["TypeError", "TypeError"])
+        self.assertEqual(Reading.got, b"ok")
+
     def test_callFromThread(self):
         """
         Calls made from another thread run on the reactor thread, in order,
