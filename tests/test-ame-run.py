@@ -18,6 +18,9 @@ are in tests/run_apps/.  Cases:
   examples  each program of run_apps (HTTP and a raw line protocol) in one
             process and with 2 workers (HTTP also with --sockets shared):
             served, then SIGTERM (or SIGINT): exit 0
+  programs  each example program of examples/python (web.py, raw_http.py),
+            unchanged, in one process and with 2 workers: on AMEReactor,
+            answers, `ame load` without errors, SIGTERM: exit 0
   balance   2 workers under `ame load` (32 connections): both workers get
             connections (the figures are printed)
   crash     kill -9 a worker under load: the supervisor logs it and starts
@@ -426,6 +429,42 @@ def case_examples(ame):
               % (workers, rc))
 
 
+def case_programs(ame):
+    """The example programs of examples/python (every *.py but the tests),
+    unchanged, under `ame run`: listening on the ame reactor, answering,
+    stopped by SIGTERM with exit 0."""
+    d = os.path.join(os.path.dirname(HERE), 'examples', 'python')
+    progs = sorted(f for f in os.listdir(d) if f.endswith('.py') and
+                   not f.startswith('test')) if os.path.isdir(d) else []
+    check(progs, 'example programs in examples/python: %s' % progs)
+    for prog in progs:
+        for workers in ('1', '2'):
+            srv = Server(ame, ['run', '--workers', workers,
+                               os.path.join(d, prog), '--port', '0'])
+            m = srv.wait_line('out', r'listening on http://[\d.]+:(\d+)/ '
+                              r'\((\w+)\)')
+            what = '%s --workers %s' % (prog, workers)
+            if not check(m and m.group(2) == 'AMEReactor',
+                         '%s: listening on AMEReactor: %r'
+                         % (what, m and m.group(0))):
+                srv.dump()
+                srv.stop(signal.SIGKILL)
+                continue
+            port = int(m.group(1))
+            if workers == '2':
+                check(len(srv.worker_pids(2)) == 2, '%s: 2 workers' % what)
+            for _ in range(3):
+                status, h, body = http_get(port)
+                check(status == 200 and body.startswith(b'Hello, world!'),
+                      '%s: GET / -> %d %r' % (what, status, body))
+            res = load(ame, port, ['-c', '4', '-d', '500ms', '-t', '1'])
+            check(res is not None and res['requests'] > 0 and
+                  res['errors']['total'] == 0,
+                  '%s: ame load, no errors' % what)
+            rc = srv.stop()
+            check(rc == 0, '%s: SIGTERM -> exit %s (0)' % (what, rc))
+
+
 def case_balance(ame):
     srv = Server(ame, ['run', '--workers', '2', 'hello_web.py', '0'])
     port = srv.port()
@@ -799,6 +838,7 @@ CASES = {
     'setup': case_setup,
     'errors': case_errors,
     'examples': case_examples,
+    'programs': case_programs,
     'balance': case_balance,
     'crash': case_crash,
     'stop': case_stop,

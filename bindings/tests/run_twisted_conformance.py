@@ -212,6 +212,7 @@ def counts(results):
 def runWeb(reactorKey, args, env):
     """Run trial --reactor=X twisted.web.test; return its summary line."""
     logPath = os.path.join(args.out, "web-%s.log" % reactorKey)
+    start = time.monotonic()
     with open(logPath, "w") as log:
         p = subprocess.Popen(
             [sys.executable, "-m", "twisted.trial",
@@ -231,8 +232,8 @@ def runWeb(reactorKey, args, env):
     ran = re.findall(r"^Ran (\d+) tests", text, re.M)
     if not m:
         return "no summary (see %s)" % logPath
-    return "%s tests: %s (%s)" % (ran[-1] if ran else "?", m[-1][0],
-                                  m[-1][1])
+    return "%s tests: %s (%s) in %.1f s" % (
+        ran[-1] if ran else "?", m[-1][0], m[-1][1], time.monotonic() - start)
 
 
 def main():
