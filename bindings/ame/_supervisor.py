@@ -77,7 +77,7 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
 
     state = _State()
     try:
-        reactor = _install(state, workers, grace, sockets)
+        _install(state, workers, grace, sockets)
         if mode == "path":
             import runpy
 
@@ -376,6 +376,7 @@ class _GracefulStop:
         self.grace = grace
         self.started = False
         self.deadline = None
+        self.connections = []
         self.closed = set()
 
     def onSignal(self, number, frame=None):
@@ -394,11 +395,16 @@ class _GracefulStop:
             except Exception:
                 log.err(None, "ame: stopListening")
         self.deadline = self.reactor.seconds() + self.grace
+        # No server connection can appear once the ports stopped listening:
+        # find them once (a scan of every object), then watch that list.
+        self.connections = _connections(self.reactor)
         self.check()
 
     def check(self):
         left = 0
-        for transport in _connections(self.reactor):
+        for transport in self.connections:
+            if not transport.connected:
+                continue
             left += 1
             self._finish(transport)
         if left == 0 or self.reactor.seconds() >= self.deadline:
