@@ -174,8 +174,6 @@ def case_usage(ame):
     bad = [
         [],
         ['bogus'],
-        ['run', 'x.py'],
-        ['twistd', 'web'],
         ['load'],
         ['load', '-c', '0', 'http://127.0.0.1:1/'],
         ['load', '-c', 'x', 'http://127.0.0.1:1/'],
@@ -197,10 +195,6 @@ def case_usage(ame):
         check(rc == 2 and err.strip() and not out,
               'ame %s: exit %d (2), says %r' % (' '.join(args), rc,
                                                 err.strip().split('\n')[0]))
-    for args in (['run', 'x.py'], ['twistd', 'web']):
-        rc, out, err = run_ame(ame, args)
-        check('not implemented yet' in err, 'ame %s: not implemented yet'
-              % args[0])
     rc, out, err = run_ame(ame, ['--help'])
     check(rc == 0 and all(c in out for c in ('load', 'run', 'twistd')),
           'ame --help lists load, run, twistd')

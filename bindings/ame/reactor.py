@@ -26,7 +26,7 @@ import errno
 from zope.interface import implementer
 
 from twisted.internet import _newtls, main, posixbase, tcp
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.interfaces import IReactorDaemonize, IReactorFDSet
 from twisted.python import deprecate, failure, log, versions
 
 from ame import _ame
@@ -205,7 +205,7 @@ class Connector(tcp.Connector):
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
-@implementer(IReactorFDSet)
+@implementer(IReactorFDSet, IReactorDaemonize)
 class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     """
     A reactor whose file descriptors are watched by ame's C reactor.
@@ -427,6 +427,8 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         self._core = _ame.Core()
         self._core.set_handlers(self._ameReadFailed)
+        if isinstance(self.waker, _AMEWaker):
+            self.waker._core = self._core
         for fd in self._reads | self._writes:
             s = self._selectables.get(fd)
             if getattr(s, "_ameFast", False):
@@ -435,6 +437,20 @@ class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 s._ameSetDrain(fd in self._writes)
             else:
                 self._core.watch(fd, self._mask(fd))
+
+    # IReactorDaemonize: the C worker thread does not survive fork().
+
+    def beforeDaemonize(self):
+        """
+        Stop the C reactor and its thread before twistd forks.
+        """
+        self._core.close()
+
+    def afterDaemonize(self):
+        """
+        Start a new C reactor in the daemon and watch every fd again.
+        """
+        self._reinitAfterFork()
 
     def ameStats(self):
         """

@@ -638,6 +638,41 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.assertEqual(os.waitstatus_to_exitcode(status), 0)
         reactor.iterate(0)
 
+    def test_daemonizeHooks(self):
+        """
+        IReactorDaemonize: after beforeDaemonize() and afterDaemonize() in a
+        forked child (what twistd does), the child's reactor serves the
+        listening port made before, with a new core; the parent's goes on.
+        """
+        from twisted.internet.interfaces import IReactorDaemonize
+        reactor = self.buildReactor()
+        self.assertTrue(IReactorDaemonize.providedBy(reactor))
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(_Echo),
+                                 interface="127.0.0.1")
+        reactor.iterate(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                reactor.beforeDaemonize()
+                reactor.afterDaemonize()
+                done = Deferred()
+                got = []
+                done.addCallback(got.append)
+                done.addBoth(lambda _: reactor.stop())
+                reactor.connectTCP(
+                    "127.0.0.1", port.getHost().port,
+                    protocol.ClientFactory.forProtocol(
+                        lambda: _Client(b"daemon", done)))
+                reactor.callLater(5, reactor.stop)
+                reactor.run(installSignalHandlers=False)
+                code = 0 if got == [b"daemon"] else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+        reactor.iterate(0)
+
     def test_closedCoreRaises(self):
         """
         A closed core refuses to watch or wait (rather than crash).
