@@ -659,12 +659,14 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
                 done = Deferred()
                 got = []
                 done.addCallback(got.append)
-                done.addBoth(lambda _: reactor.stop())
+                # crash(), not stop(): stopping would shut the listening
+                # socket down, which the parent shares.
+                done.addBoth(lambda _: reactor.crash())
                 reactor.connectTCP(
                     "127.0.0.1", port.getHost().port,
                     protocol.ClientFactory.forProtocol(
                         lambda: _Client(b"daemon", done)))
-                reactor.callLater(5, reactor.stop)
+                reactor.callLater(5, reactor.crash)
                 reactor.run(installSignalHandlers=False)
                 code = 0 if got == [b"daemon"] else 2
             finally:
