@@ -147,9 +147,24 @@ class _FastStream:
         tcp.Connection.abortConnection(self)
 
     def _closeSocket(self, orderly):
-        # The worker lets go of the fd before it is closed.
+        # Detach first: the worker stops polling (its dup of) the fd.
         self._ameDetach()
         tcp.Connection._closeSocket(self, orderly)
+
+
+def _attach(transport, reactor, fd):
+    """
+    Hand a connection's I/O to the C worker, if the reactor has one.  The
+    worker needs a dup of the fd: when the fd table is full (EMFILE), the
+    connection stays on Twisted's own Python path instead.
+    """
+    core = getattr(reactor, "_core", None)
+    if core is None:
+        return
+    try:
+        transport._ameAttach(core, fd)
+    except OSError:
+        pass
 
 
 class Server(_ame.Stream, _FastStream, tcp.Server):
@@ -158,9 +173,7 @@ class Server(_ame.Stream, _FastStream, tcp.Server):
     """
 
     def __init__(self, sock, protocol, client, server, sessionno, reactor):
-        core = getattr(reactor, "_core", None)
-        if core is not None:
-            self._ameAttach(core, sock.fileno())
+        _attach(self, reactor, sock.fileno())
         tcp.Server.__init__(
             self, sock, protocol, client, server, sessionno, reactor
         )
@@ -182,9 +195,7 @@ class Client(_ame.Stream, _FastStream, tcp.Client):
     """
 
     def _connectDone(self):
-        core = getattr(self.reactor, "_core", None)
-        if core is not None:
-            self._ameAttach(core, self.socket.fileno())
+        _attach(self, self.reactor, self.socket.fileno())
         tcp.Client._connectDone(self)
 
 

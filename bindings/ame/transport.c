@@ -35,12 +35,15 @@
 ** code setting them (self.connected = 1, del self.protocol, ...) works
 ** unchanged.
 **
-** Detaching (before the socket is closed) waits until the worker has
-** stopped the fd's poll: libuv must never watch a closed fd.
+** The worker works on its own dup() of the fd, so detaching (before
+** Twisted closes the socket) does not wait for it: libuv never watches a
+** closed fd or a reused number, and the worker closes its dup once it has
+** stopped the poll.
 */
 #include "binding.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -290,6 +293,10 @@ static void do_recv(struct core *c, struct fconn *f) {
 static void do_send(struct core *c, struct fconn *f) {
   size_t sent = 0;
   int err = 0;
+  pthread_mutex_lock(&c->lock);
+  int detached = f->detach;
+  pthread_mutex_unlock(&c->lock);
+  if (detached) return; /* closed by Python: send nothing more */
   for (;;) {
     if (f->woff == f->wlen) {
       /* Take what Python appended since (swap the buffers). */
@@ -378,6 +385,8 @@ void ame__fconn_apply_all(struct core *c) {
       if (f->poll) ame_poll_stop(f->poll);
       f->poll = NULL;
       f->armed = 0;
+      if (f->fd >= 0) close(f->fd); /* the worker's dup */
+      f->fd = -1;
     } else {
       do_send(c, f);
       fupdate(c, f);
@@ -579,6 +588,7 @@ static struct fconn *live_f(StreamObject *self) {
   CoreObject *co = (CoreObject *)self->core;
   if (co && co->c == f->c && ame__core_live(f->c)) return f;
   self->f = NULL;
+  if (f->fd >= 0) close(f->fd);
   free(f->ibuf);
   free(f->obuf);
   free(f->wbuf);
@@ -593,6 +603,9 @@ static void stream_detach(StreamObject *self) {
   if (f == NULL) return;
   self->f = NULL;
   struct core *c = f->c;
+  /* No need to wait for the worker: it polls its own dup of the fd,
+  ** which it closes once it has stopped the poll (the dirty list keeps f
+  ** alive until then). */
   pthread_mutex_lock(&c->lock);
   f->detach = 1;
   f->owner = NULL;
@@ -601,14 +614,7 @@ static void stream_detach(StreamObject *self) {
   f->obuf = NULL;
   f->olen = f->ocap = 0;
   mark_fdirty(c, f);
-  pthread_mutex_unlock(&c->lock);
-  if (ame__flush(c, 1) != 0) {
-    /* Could not reach the worker: leak f rather than free it under it. */
-    Py_CLEAR(self->core);
-    return;
-  }
-  pthread_mutex_lock(&c->lock);
-  fconn_unref(f);
+  fconn_unref(f); /* the Python object's reference */
   pthread_mutex_unlock(&c->lock);
   Py_CLEAR(self->core);
 }
@@ -641,8 +647,17 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   }
   struct fconn *f = calloc(1, sizeof *f);
   if (f == NULL) return PyErr_NoMemory();
+  /* The worker polls, reads and sends on a dup of fd: Twisted closes fd
+  ** right after detaching, and the worker must never poll a closed fd
+  ** (libuv aborts) nor a reused number.  The connection is closed when
+  ** both are. */
+  int wfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (wfd < 0) {
+    free(f);
+    return ame__set_error(-errno);
+  }
   f->c = c;
-  f->fd = fd;
+  f->fd = wfd;
   f->refs = 1;
   f->owner = (PyObject *)self;
   self->f = f;
