@@ -217,7 +217,9 @@ class Connector(tcp.Connector):
 
 
 @implementer(IReactorFDSet, IReactorDaemonize)
-class AMEReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
+class AMEReactor(
+    _ame.Timers, posixbase.PosixReactorBase, posixbase._PollLikeMixin
+):
     """
     A reactor whose file descriptors are watched by ame's C reactor.
 
