@@ -114,6 +114,8 @@ struct fconn {
   size_t queued;            /* lock: bytes written and not yet sent */
   int werr;                 /* lock: send failed: errno */
   int dropping;             /* lock: aborted: write() drops its data */
+  int listener;             /* a listening socket: the worker accept()s,
+                               ibuf holds struct accepted records */
   int drained;              /* lock: a drained event is to be delivered */
   int queued_ready;         /* lock: on c's ready list */
   int dirty;                /* lock: on c's dirty list */

@@ -22,6 +22,7 @@ for what is in C and what is Python.
 """
 
 import errno
+import socket
 
 from zope.interface import implementer
 
@@ -152,17 +153,17 @@ class _FastStream:
         tcp.Connection._closeSocket(self, orderly)
 
 
-def _attach(transport, reactor, fd):
+def _attach(transport, reactor, fd, listener=False):
     """
-    Hand a connection's I/O to the C worker, if the reactor has one.  The
-    worker needs a dup of the fd: when the fd table is full (EMFILE), the
-    connection stays on Twisted's own Python path instead.
+    Hand a connection's (or a listening socket's) I/O to the C worker, if
+    the reactor has one.  The worker needs a dup of the fd: when the fd
+    table is full (EMFILE), it stays on Twisted's own Python path instead.
     """
     core = getattr(reactor, "_core", None)
     if core is None:
         return
     try:
-        transport._ameAttach(core, fd)
+        transport._ameAttach(core, fd, listener)
     except OSError:
         pass
 
@@ -199,12 +200,69 @@ class Client(_ame.Stream, _FastStream, tcp.Client):
         tcp.Client._connectDone(self)
 
 
-class Port(tcp.Port):
+class _Accepted:
     """
-    A TCP port whose connections are L{Server}s.
+    The listening socket as Twisted's accept loop (L{tcp._accept}) sees it
+    while L{Port.doRead} runs: C{accept()} hands out what the worker has
+    accepted; when that is used up it says "none left", unless the worker
+    met an error, which the real C{accept()} then meets again, so that
+    Twisted's own handling (EMFILE recovery, logging) applies.
+    """
+
+    def __init__(self, port, real):
+        self._port = port
+        self._real = real
+        self._failed = False
+
+    def accept(self):
+        if self._failed:
+            return self._real.accept()
+        r = self._port._ameAcceptOne()
+        if r is None:
+            raise BlockingIOError(errno.EAGAIN, "no connection left")
+        if r.__class__ is int:
+            # The worker met an error: from here on, this doRead calls
+            # accept() itself (the worker waits until it is over).
+            self._failed = True
+            return self._real.accept()
+        fd, addr = r
+        real = self._real
+        return socket.socket(real.family, real.type, real.proto, fd), addr
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+class Port(_ame.Stream, tcp.Port):
+    """
+    A TCP port whose connections are L{Server}s, accepted by the C worker.
     """
 
     transport = Server
+
+    def startListening(self):
+        tcp.Port.startListening(self)
+        # From now on the worker accepts (nothing is armed yet: cheap).
+        self.stopReading()
+        _attach(self, self.reactor, self.fileno(), listener=True)
+        self.startReading()
+
+    def doRead(self):
+        if not self._ameFast:
+            return tcp.Port.doRead(self)
+        # Twisted's own accept loop, over what the worker accepted.
+        real = self.socket
+        self.socket = _Accepted(self, real)
+        try:
+            return tcp.Port.doRead(self)
+        finally:
+            if self.socket.__class__ is _Accepted:
+                self.socket = real
+            self._ameRequeue()
+
+    def _closeSocket(self, orderly):
+        self._ameDetach()
+        tcp.Port._closeSocket(self, orderly)
 
 
 class Connector(tcp.Connector):
@@ -271,6 +329,14 @@ class AMEReactor(
         """
         if getattr(reader, "_ameFast", False):
             fd = reader.fileno()
+            if fd != reader._ameFd:
+                # Its socket was replaced (ame run gives each worker a
+                # listening socket of its own): follow it.
+                listener = reader._ameListener
+                reader._ameDetach()
+                _attach(reader, self, fd, listener)
+                if not reader._ameFast:
+                    return self.addReader(reader)
             if fd not in self._reads:
                 self._reads.add(fd)
                 self._selectables[fd] = reader
@@ -444,8 +510,11 @@ class AMEReactor(
             self.waker._core = self._core
         for fd in self._reads | self._writes:
             s = self._selectables.get(fd)
+            if isinstance(s, Port) or (
+                isinstance(s, (Server, Client)) and s.connected
+            ):
+                _attach(s, self, fd, isinstance(s, Port))
             if getattr(s, "_ameFast", False):
-                s._ameAttach(self._core, fd)
                 s._ameSetRead(fd in self._reads)
                 s._ameSetDrain(fd in self._writes)
             else:

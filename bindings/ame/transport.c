@@ -46,16 +46,29 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #define AME_RECV_SIZE 65536 /* one recv(), as Twisted's bufferSize */
 #define AME_ICAP 65536      /* stop reading above this much unread data */
+#define AME_ACCEPT_BATCH 64 /* accept() calls per readiness */
+
+/* A connection the worker accepted for a listening stream, waiting in its
+** inbound buffer for Python (Port.doRead) to take it. */
+struct accepted {
+  int fd;
+  socklen_t len;
+  struct sockaddr_storage addr;
+};
 
 typedef struct {
   PyObject_HEAD
   PyObject *core;       /* the CoreObject f belongs to, or NULL */
   struct fconn *f;      /* NULL when not attached */
+  int pyfd;             /* the fd it was attached for (Python's) */
+  int listener;         /* attached as a listening socket */
   PyObject *protocol;   /* NULL: no attribute (del transport.protocol) */
   PyObject *connected;
   PyObject *write_disconnected;
@@ -161,8 +174,22 @@ static void pop_log_context(PyObject *contexts) {
 */
 
 /* Lock held.  Drop a reference; free f at the last. */
+/* Close the accepted connections nobody took (a listener's inbound
+** buffer). */
+static void close_accepted(struct fconn *f) {
+  if (!f->listener) return;
+  for (size_t off = 0; off + sizeof(struct accepted) <= f->ilen;
+       off += sizeof(struct accepted)) {
+    struct accepted a;
+    memcpy(&a, f->ibuf + off, sizeof a);
+    close(a.fd);
+  }
+  f->ilen = 0;
+}
+
 static void fconn_unref(struct fconn *f) {
   if (--f->refs > 0) return;
+  close_accepted(f);
   free(f->ibuf);
   free(f->obuf);
   free(f->wbuf);
@@ -238,7 +265,8 @@ static void fupdate(struct core *c, struct fconn *f) {
   pthread_mutex_lock(&c->lock);
   int mask = 0;
   if (!f->detach) {
-    if (f->want_read && !f->eof && !f->rerr && f->ilen < AME_ICAP)
+    if (f->want_read && !f->eof && !f->rerr &&
+        f->ilen < (f->listener ? 256 * sizeof(struct accepted) : AME_ICAP))
       mask |= AME_READABLE;
     if (f->woff < f->wlen && !f->werr) mask |= AME_WRITABLE;
   }
@@ -348,6 +376,45 @@ static void do_send(struct core *c, struct fconn *f) {
   c->wake_pending |= sig;
 }
 
+/* Worker.  Accept up to AME_ACCEPT_BATCH connections on a listening
+** stream into its inbound buffer.  An error other than "none left" stops
+** accepting here (fupdate) until Python has met it with Twisted's own
+** accept() (which knows how to recover from EMFILE). */
+static void do_accept(struct core *c, struct fconn *f) {
+  int sig = 0, err = 0;
+  for (int i = 0; i < AME_ACCEPT_BATCH && !err; i++) {
+    struct accepted a;
+    a.len = sizeof a.addr;
+    a.fd = accept4(f->fd, (struct sockaddr *)&a.addr, &a.len,
+                   SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (a.fd < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      /* As Twisted: EPERM (netfilter), and a peer gone before we took it,
+      ** are not errors of the listener. */
+      if (errno == EINTR || errno == EPERM || errno == ECONNABORTED) continue;
+      err = errno;
+      a.fd = -1;
+    }
+    pthread_mutex_lock(&c->lock);
+    if (f->detach) {
+      if (a.fd >= 0) close(a.fd);
+      pthread_mutex_unlock(&c->lock);
+      return;
+    }
+    if (a.fd >= 0 &&
+        buf_append(&f->ibuf, &f->ilen, &f->icap, &a, sizeof a) != 0) {
+      close(a.fd);
+      err = ENOMEM;
+    }
+    if (err) f->rerr = err;
+    if (f->want_read) sig |= fready_push(c, f);
+    int full = f->ilen >= 256 * sizeof(struct accepted);
+    pthread_mutex_unlock(&c->lock);
+    if (full) break;
+  }
+  c->wake_pending |= sig;
+}
+
 /* Commit handler of fpoll_cb: on the worker, outside the transaction. */
 static void fdeliver(void *arg) {
   struct fconn *f = arg;
@@ -357,8 +424,12 @@ static void fdeliver(void *arg) {
   /* On an error (EPOLLERR) libuv stopped the watch: start it again if
   ** still needed (recv/send below find the error, or data still queued). */
   if (f->cb_status < 0) f->armed = -1;
-  if (ev & AME_WRITABLE) do_send(c, f);
-  if (ev & (AME_READABLE | AME_DISCONNECT)) do_recv(c, f);
+  if (f->listener) {
+    do_accept(c, f);
+  } else {
+    if (ev & AME_WRITABLE) do_send(c, f);
+    if (ev & (AME_READABLE | AME_DISCONNECT)) do_recv(c, f);
+  }
   fupdate(c, f);
 }
 
@@ -387,8 +458,11 @@ void ame__fconn_apply_all(struct core *c) {
       f->armed = 0;
       if (f->fd >= 0) close(f->fd); /* the worker's dup */
       f->fd = -1;
+      pthread_mutex_lock(&c->lock);
+      close_accepted(f);
+      pthread_mutex_unlock(&c->lock);
     } else {
-      do_send(c, f);
+      if (!f->listener) do_send(c, f);
       fupdate(c, f);
     }
     pthread_mutex_lock(&c->lock);
@@ -483,6 +557,10 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
     if (f->owner == NULL || f->detach) continue;
     e->owner = f->owner;
     Py_INCREF(e->owner);
+    if (f->listener) { /* Port.doRead takes the connections */
+      e->rd = f->want_read && (f->ilen || f->rerr);
+      continue;
+    }
     if (f->want_read) {
       if (f->ilen) {
         int was_full = f->ilen >= AME_ICAP;
@@ -589,6 +667,7 @@ static struct fconn *live_f(StreamObject *self) {
   if (co && co->c == f->c && ame__core_live(f->c)) return f;
   self->f = NULL;
   if (f->fd >= 0) close(f->fd);
+  close_accepted(f);
   free(f->ibuf);
   free(f->obuf);
   free(f->wbuf);
@@ -620,14 +699,16 @@ static void stream_detach(StreamObject *self) {
 }
 
 PyDoc_STRVAR(attach_doc,
-"_ameAttach(core, fd)\n--\n\n"
+"_ameAttach(core, fd, listener=False)\n--\n\n"
 "Hand fd's I/O to core's worker: from now on write() and reading go\n"
-"through C.  Detach with _ameDetach() before closing fd.");
+"through C; for a listening socket (listener), the worker accepts.\n"
+"Detach with _ameDetach() before closing fd.");
 
 static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   PyObject *core;
-  int fd;
-  if (!PyArg_ParseTuple(args, "Oi:_ameAttach", &core, &fd)) return NULL;
+  int fd, listener = 0;
+  if (!PyArg_ParseTuple(args, "Oi|p:_ameAttach", &core, &fd, &listener))
+    return NULL;
   if (fd < 0) return ame__set_error(-EBADF);
   CoreObject *co = (CoreObject *)core;
   if (co->c == NULL || !ame__core_live(co->c)) {
@@ -658,6 +739,9 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   }
   f->c = c;
   f->fd = wfd;
+  f->listener = listener;
+  self->pyfd = fd;
+  self->listener = listener;
   f->refs = 1;
   f->owner = (PyObject *)self;
   self->f = f;
@@ -674,6 +758,78 @@ static PyObject *Stream_discard(StreamObject *self, PyObject *unused) {
     f->queued -= f->olen;
     f->olen = 0;
     f->dropping = 1;
+    pthread_mutex_unlock(&f->c->lock);
+  }
+  Py_RETURN_NONE;
+}
+
+/* The address of an accepted connection as socket.accept() gives it. */
+static PyObject *addr_tuple(const struct accepted *a) {
+  char host[INET6_ADDRSTRLEN];
+  if (a->addr.ss_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->addr;
+    inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host);
+    return Py_BuildValue("(si)", host, ntohs(sin->sin_port));
+  }
+  if (a->addr.ss_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->addr;
+    inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+    return Py_BuildValue("(siII)", host, ntohs(s6->sin6_port),
+                         (unsigned)ntohl(s6->sin6_flowinfo),
+                         (unsigned)s6->sin6_scope_id);
+  }
+  return Py_NewRef(Py_None);
+}
+
+PyDoc_STRVAR(accept_doc,
+"_ameAcceptOne()\n--\n\n"
+"A listening stream: the next connection the worker accepted, as\n"
+"(fd, address); else the errno of the accept() that failed (the worker\n"
+"accepts again after _ameRequeue()); else None.");
+
+static PyObject *Stream_acceptOne(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  if (f == NULL || !f->listener) Py_RETURN_NONE;
+  struct core *c = f->c;
+  pthread_mutex_lock(&c->lock);
+  if (f->ilen >= sizeof(struct accepted)) {
+    int was_full = f->ilen >= 256 * sizeof(struct accepted);
+    struct accepted a;
+    memcpy(&a, f->ibuf, sizeof a);
+    f->ilen -= sizeof a;
+    memmove(f->ibuf, f->ibuf + sizeof a, f->ilen);
+    if (was_full) mark_fdirty(c, f);
+    pthread_mutex_unlock(&c->lock);
+    PyObject *addr = addr_tuple(&a);
+    if (addr == NULL) {
+      close(a.fd);
+      return NULL;
+    }
+    return Py_BuildValue("(iN)", a.fd, addr);
+  }
+  int err = f->rerr; /* cleared by _ameRequeue, after doRead */
+  pthread_mutex_unlock(&c->lock);
+  if (err) return PyLong_FromLong(err);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(requeue_doc,
+"_ameRequeue()\n--\n\n"
+"A listening stream, after Port.doRead: accept again after an error; if\n"
+"accepted connections are left (Twisted's accept loop stopped early),\n"
+"deliver it again at the next wait().");
+
+static PyObject *Stream_requeue(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  if (f && f->listener) {
+    pthread_mutex_lock(&f->c->lock);
+    if (f->rerr) {
+      f->rerr = 0;
+      mark_fdirty(f->c, f);
+    }
+    if (f->want_read && f->ilen) fready_push(f->c, f);
     pthread_mutex_unlock(&f->c->lock);
   }
   Py_RETURN_NONE;
@@ -992,6 +1148,16 @@ static int set_protocol(StreamObject *self, PyObject *v, void *cl) {
   return 0;
 }
 
+static PyObject *get_fd(StreamObject *self, void *cl) {
+  (void)cl;
+  return PyLong_FromLong(live_f(self) ? self->pyfd : -1);
+}
+
+static PyObject *get_listener(StreamObject *self, void *cl) {
+  (void)cl;
+  return PyBool_FromLong(self->listener);
+}
+
 static PyObject *get_fast(StreamObject *self, void *cl) {
   (void)cl;
   return PyBool_FromLong(live_f(self) != NULL);
@@ -1009,6 +1175,10 @@ static PyGetSetDef Stream_getset[] = {
     {"bufferSize", (getter)get_bufsize, (setter)set_bufsize, NULL, NULL},
     {"_ameFast", (getter)get_fast, NULL,
      "True while the stream's I/O is the C worker's.", NULL},
+    {"_ameFd", (getter)get_fd, NULL,
+     "The fd the stream is attached for, or -1.", NULL},
+    {"_ameListener", (getter)get_listener, NULL,
+     "True if it was attached as a listening socket.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1021,6 +1191,8 @@ static PyMethodDef Stream_methods[] = {
     {"_ameDiscard", (PyCFunction)Stream_discard, METH_NOARGS,
      "Drop what write() queued and the worker has not taken yet, and\n"
      "every later write() (abortConnection)."},
+    {"_ameAcceptOne", (PyCFunction)Stream_acceptOne, METH_NOARGS, accept_doc},
+    {"_ameRequeue", (PyCFunction)Stream_requeue, METH_NOARGS, requeue_doc},
     {"_ameSetRead", (PyCFunction)Stream_setRead, METH_O,
      "Start (True) or stop reading."},
     {"_ameSetDrain", (PyCFunction)Stream_setDrain, METH_O,

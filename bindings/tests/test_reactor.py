@@ -649,6 +649,9 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.assertTrue(IReactorDaemonize.providedBy(reactor))
         port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(_Echo),
                                  interface="127.0.0.1")
+        # The parent stops accepting (its C worker would otherwise accept
+        # the child's connection while the parent waits for the child).
+        port.stopReading()
         reactor.iterate(0)
         pid = os.fork()
         if pid == 0:
@@ -656,6 +659,7 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
             try:
                 reactor.beforeDaemonize()
                 reactor.afterDaemonize()
+                port.startReading()
                 done = Deferred()
                 got = []
                 done.addCallback(got.append)
