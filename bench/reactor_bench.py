@@ -512,11 +512,14 @@ WRK_RE = {
 }
 
 
-def run_wrk(wrk, port, threads, conns, duration, tmpdir):
-    """Run wrk; return (parsed dict, wrk's CPU seconds, wall seconds)."""
+def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=()):
+    """Run wrk (with extra request headers, e.g. "Connection: close");
+    return (parsed dict, wrk's CPU seconds, wall seconds)."""
     out_path = os.path.join(tmpdir, "wrk.out")
-    cmd = [wrk, "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration,
-           "http://127.0.0.1:%d/" % port]
+    cmd = [wrk, "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append("http://127.0.0.1:%d/" % port)
     with open(out_path, "wb") as out:
         t0 = time.monotonic()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
@@ -780,6 +783,8 @@ def evaluate_bars(scaling, http):
 
 def print_bars(bars):
     print("bars:")
+    if not bars:
+        return
     w = max(len(b["bar"]) for b in bars)
     for b in bars:
         print("  %-4s  %s  %-12s (target %s)%s" % (

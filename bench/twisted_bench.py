@@ -49,12 +49,18 @@ from reactor_bench import (BenchError, Server, cpu_ticks,
                            print_rows, run_wrk, wait_quiet)
 
 SECTIONS = ("reactors", "workers")
-APPS = ("raw", "web")
+# webclose: web.py with "Connection: close" on every request (a new
+# connection per request: accept, set-up and close are the work).
+APPS = ("raw", "web", "webclose")
 MODES = ("unpinned", "pinned")
 APP_FILE = {"raw": os.path.join("examples", "python", "raw_http.py"),
+            "webclose": os.path.join("examples", "python", "web.py"),
             "web": os.path.join("examples", "python", "web.py")}
-APP_BODY = {"raw": b"Hello, world!\n", "web": b"Hello, world!"}
-APP_LABEL = {"raw": "raw Protocol", "web": "twisted.web"}
+APP_BODY = {"raw": b"Hello, world!\n", "web": b"Hello, world!",
+            "webclose": b"Hello, world!"}
+APP_LABEL = {"raw": "raw Protocol", "web": "twisted.web",
+             "webclose": "twisted.web, Connection: close"}
+APP_HEADERS = {"webclose": ("Connection: close",)}
 
 # The bars (2-core reference machine): (app, mode or None for every mode,
 # server, ratio key, op, target).  rps_vs_epoll and cpu_vs_epoll compare
@@ -179,7 +185,8 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
         info = check_response(port, APP_BODY[app]) if check else None
         srv.remember()
         with affinity(wrk_cpu_pin):
-            run_wrk(args.wrk, port, 1, args.connections, args.warmup, tmpdir)
+            run_wrk(args.wrk, port, 1, args.connections, args.warmup, tmpdir,
+                    APP_HEADERS.get(app, ()))
         if srv.proc.poll() is not None:
             raise BenchError("server exited during the warm-up (status %s): "
                              "%s" % (srv.proc.returncode, srv.log_tail()))
@@ -188,7 +195,8 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
         cpu0 = cpu_ticks(pids)
         with affinity(wrk_cpu_pin):
             res, wrk_cpu, wall = run_wrk(args.wrk, port, 1, args.connections,
-                                         args.duration, tmpdir)
+                                         args.duration, tmpdir,
+                                         APP_HEADERS.get(app, ()))
         cpu1 = cpu_ticks(pids)
         busy1 = machine_busy()
         if srv.proc.poll() is not None:
