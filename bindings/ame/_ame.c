@@ -739,6 +739,8 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
   if (c == NULL) return NULL;
   ame_reactor_stats_t s;
   ame_reactor_stats(c->r, &s);
+  ame_stats_t tm;
+  ame_stats_total(&tm);
   unsigned nw = ame_reactor_workers(c->r);
   pthread_mutex_lock(&c->lock);
   uint64_t fl = c->n_flushes, ba = c->n_barriers, ev = c->n_events;
@@ -767,12 +769,36 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
       set_u64(d, "fd_events", ev) || set_u64(d, "direct_events", c->n_direct) ||
       set_u64(d, "watch_flushes", fl) ||
       set_u64(d, "watch_barriers", ba) || set_u64(d, "stream_reads", nr) ||
-      set_u64(d, "stream_sends", ns) || set_u64(d, "stream_writes", nw_))
+      set_u64(d, "stream_sends", ns) || set_u64(d, "stream_writes", nw_) ||
+      set_u64(d, "stm_commits", tm.commits) ||
+      set_u64(d, "stm_aborts", tm.aborts) ||
+      set_u64(d, "stm_irrevocable", tm.irrevocable))
     goto fail;
   return d;
 fail:
   Py_DECREF(d);
   return NULL;
+}
+
+PyDoc_STRVAR(report_doc,
+"report()\n--\n\n"
+"The C reactor's report (ame_reactor_report): its counters and the STM\n"
+"conflict report (totals, aborts by cause, the most conflicted words with\n"
+"their labels and call sites), as a str.");
+
+static PyObject *Core_report(CoreObject *self, PyObject *unused) {
+  (void)unused;
+  struct core *c = live(self);
+  if (c == NULL) return NULL;
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (f == NULL) return set_error(-errno);
+  ame_reactor_report(c->r, f);
+  fclose(f);
+  PyObject *r = PyUnicode_DecodeUTF8(buf, (Py_ssize_t)len, "replace");
+  free(buf);
+  return r;
 }
 
 PyDoc_STRVAR(close_doc,
@@ -798,6 +824,7 @@ static PyMethodDef Core_methods[] = {
     {"set_handlers", (PyCFunction)Core_set_handlers, METH_O, handlers_doc},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, stats_doc},
     {"close", (PyCFunction)Core_close, METH_NOARGS, close_doc},
+    {"report", (PyCFunction)Core_report, METH_NOARGS, report_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -541,12 +541,26 @@ class AMEReactor(
         C{accepted}, C{accept_errors}, C{streams_open},
         C{per_worker_callbacks}, C{workers}; and the binding's:
         C{fd_events} (readiness events the worker delivered),
+        C{stream_reads}, C{stream_sends}, C{stream_writes} (the C TCP
+        streams' recv() and send() calls and write() calls),
+        C{stm_commits}, C{stm_aborts}, C{stm_irrevocable} (process-wide
+        STM totals),
         C{direct_events} (events found by the Python thread's own check of
         the fds it had just dispatched or changed, with no worker round
         trip), C{watch_flushes} (batches of watch changes posted to the
         worker), C{watch_barriers} (removals that waited for the worker).
         """
         return self._core.stats()
+
+    def ameReport(self):
+        """
+        Return the C reactor's report as text: its counters and the STM
+        conflict report (totals, aborts by cause, the most conflicted
+        words with their labels and call sites; see docs/stm.md).  Python
+        callbacks never run as STM transactions, so the STM figures are
+        those of the C side (the worker's poll callbacks and posted calls).
+        """
+        return self._core.report()
 
 
 def install():

@@ -598,6 +598,33 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self._lastReactor = ReactorBehaviourMixin.buildReactor(self)
         return self._lastReactor
 
+    def test_ameReport(self):
+        """
+        ameReport() gives the C reactor's counters and the STM conflict
+        report as text; after TCP traffic it counts the worker's callbacks
+        and committed transactions.
+        """
+        reactor = self.buildReactor()
+        factory = protocol.ServerFactory.forProtocol(_Echo)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        done = Deferred()
+        done.addBoth(lambda _: port.stopListening())
+        done.addBoth(lambda _: reactor.stop())
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           protocol.ClientFactory.forProtocol(
+                               lambda: _Client(b"report", done)))
+        self.runReactor(reactor)
+        text = reactor.ameReport()
+        self.assertIn("ame reactor: 1 workers", text)
+        self.assertIn("ame STM report", text)
+        self.assertIn("aborts by cause", text)
+        stats = reactor.ameStats()
+        self.assertGreater(stats["callbacks"], 0)
+        self.assertGreater(stats["stm_commits"], 0)
+        self.assertGreater(stats["stream_reads"], 0)
+        self.assertGreater(stats["stream_sends"], 0)
+        self.assertNotIn(" 0 callbacks", text.splitlines()[0])
+
     def test_coreCloses(self):
         """
         A reactor that is collected stops its C reactor and thread.
