@@ -501,8 +501,10 @@ struct entry {
   int rd, wr;       /* slow events for doRead / doWrite */
 };
 
-static struct entry *ents;
-static size_t nents_cap;
+/* The batch a dispatch works on lives on its own stack (or heap): a
+** callback may run the reactor again (reactor.iterate() inside
+** dataReceived), which dispatches again. */
+#define AME_ENTS_STACK 32
 
 /* Lock held.  Put buf back in front of f's inbound buffer. */
 static void ibuf_putback(struct fconn *f, struct entry *e) {
@@ -532,20 +534,18 @@ static int append_event(PyObject *events, PyObject *owner, int ev) {
 }
 
 int ame__fconn_dispatch(struct core *c, PyObject *events) {
+  struct entry stack_ents[AME_ENTS_STACK];
+  struct entry *ents = stack_ents;
   pthread_mutex_lock(&c->lock);
   size_t n = 0;
   for (struct fconn *f = c->fready_head; f; f = f->next_ready) n++;
-  if (n > nents_cap) {
-    size_t cap = nents_cap ? nents_cap : 64;
-    while (cap < n) cap *= 2;
-    struct entry *e = realloc(ents, cap * sizeof *e);
-    if (e == NULL) {
+  if (n > AME_ENTS_STACK) {
+    ents = malloc(n * sizeof *ents);
+    if (ents == NULL) {
       pthread_mutex_unlock(&c->lock);
       PyErr_NoMemory();
       return -1;
     }
-    ents = e;
-    nents_cap = cap;
   }
   struct fconn *f = c->fready_head;
   c->fready_head = c->fready_tail = NULL;
@@ -651,6 +651,7 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
     Py_XDECREF(e->owner);
   }
   Py_XDECREF(contexts);
+  if (ents != stack_ents) free(ents);
   return rc;
 }
 

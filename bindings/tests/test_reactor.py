@@ -348,6 +348,42 @@ class ReactorBehaviourMixin:
         self.assertEqual(len(seen), 1)
         self.assertIn("Logging Protocol", seen[0])
 
+    def test_iterateInsideDataReceived(self):
+        """
+        A dataReceived that runs the reactor again (reactor.iterate(0)),
+        with many connections delivering at once: every connection still
+        gets exactly its own bytes back.
+        """
+        reactor = self.buildReactor()
+
+        class Reentrant(protocol.Protocol):
+            def dataReceived(self, data):
+                reactor.iterate(0)
+                self.transport.write(data)
+
+        port = reactor.listenTCP(
+            0, protocol.ServerFactory.forProtocol(Reentrant),
+            interface="127.0.0.1")
+        payloads = [os.urandom(2000 + i) for i in range(40)]
+        results = {}
+
+        def finished(i, data):
+            results[i] = data
+            if len(results) == len(payloads):
+                port.stopListening()
+                reactor.stop()
+
+        for i, payload in enumerate(payloads):
+            done = Deferred()
+            done.addCallback(lambda data, i=i: finished(i, data))
+            reactor.connectTCP(
+                "127.0.0.1", port.getHost().port,
+                protocol.ClientFactory.forProtocol(
+                    lambda p=payload, d=done: _Client(p, d)))
+        self.runReactor(reactor)
+        self.assertEqual([results.get(i) for i in range(len(payloads))],
+                         payloads)
+
     def test_writeTypeErrors(self):
         """
         write() of a str, and writeSequence() with a str in it, raise
