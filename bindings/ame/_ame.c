@@ -412,6 +412,7 @@ static struct watch *get_watch(struct core *c, int fd) {
 static void core_free(struct core *c) {
   if (c->r) ame_reactor_free(c->r);
   ame__fconn_free_all(c);
+  ame__gai_free_all(c);
   free(c->scratch);
   Py_CLEAR(c->on_read_error);
   free(c->pfds);
@@ -604,7 +605,8 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
   if (rc == 0) rc = flush(c, 0);
   if (rc != 0) return set_error(rc);
   pthread_mutex_lock(&c->lock);
-  int have = c->ready_head != NULL || c->nev > 0 || c->fready_head != NULL;
+  int have = c->ready_head != NULL || c->nev > 0 || c->fready_head != NULL ||
+             c->gai_head != NULL;
   if (!have && timeout != 0) c->py_waiting = 1;
   pthread_mutex_unlock(&c->lock);
 
@@ -677,6 +679,7 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
   /* The fast streams: their data goes to dataReceived here; what Python
   ** must handle is appended to the list.  Then what the callbacks wrote
   ** goes to the worker at once. */
+  if (c->gai_head != NULL) ame__gai_dispatch(c);
   if (c->fready_head != NULL && c->on_read_error != NULL) {
     if (ame__fconn_dispatch(c, list) < 0) {
       Py_DECREF(list);
@@ -706,6 +709,41 @@ static PyObject *Core_set_handlers(CoreObject *self, PyObject *arg) {
     return NULL;
   }
   Py_XSETREF(c->on_read_error, Py_NewRef(arg));
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(gai_doc,
+"getaddrinfo(host, port, family, socktype, callback)\n--\n\n"
+"Resolve host (str or None) and port (int or str) on the C reactor\n"
+"(libuv's getaddrinfo off the Python thread).  A later wait() calls\n"
+"callback(list) with entries shaped as socket.getaddrinfo's, or\n"
+"callback((code, message)) if it failed.");
+
+static PyObject *Core_getaddrinfo(CoreObject *self, PyObject *args) {
+  const char *host;
+  PyObject *port, *callback;
+  int family, socktype;
+  if (!PyArg_ParseTuple(args, "zOiiO:getaddrinfo", &host, &port, &family,
+                        &socktype, &callback))
+    return NULL;
+  struct core *c = live(self);
+  if (c == NULL) return NULL;
+  if (!PyCallable_Check(callback)) {
+    PyErr_SetString(PyExc_TypeError, "callback must be callable");
+    return NULL;
+  }
+  PyObject *ps = port == Py_None ? NULL : PyObject_Str(port);
+  if (port != Py_None && ps == NULL) return NULL;
+  const char *service = ps ? PyUnicode_AsUTF8(ps) : NULL;
+  if (ps && service == NULL) {
+    Py_DECREF(ps);
+    return NULL;
+  }
+  int rc = host || service
+               ? ame__getaddrinfo(c, host, service, family, socktype, callback)
+               : -EINVAL;
+  Py_XDECREF(ps);
+  if (rc != 0) return set_error(rc);
   Py_RETURN_NONE;
 }
 
@@ -822,6 +860,7 @@ static PyMethodDef Core_methods[] = {
     {"wait", (PyCFunction)Core_wait, METH_O, wait_doc},
     {"wake", (PyCFunction)Core_wake, METH_NOARGS, wake_doc},
     {"set_handlers", (PyCFunction)Core_set_handlers, METH_O, handlers_doc},
+    {"getaddrinfo", (PyCFunction)Core_getaddrinfo, METH_VARARGS, gai_doc},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, stats_doc},
     {"close", (PyCFunction)Core_close, METH_NOARGS, close_doc},
     {"report", (PyCFunction)Core_report, METH_NOARGS, report_doc},

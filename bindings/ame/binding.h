@@ -82,6 +82,8 @@ struct core {
   PyObject *on_read_error;  /* py: reactor._ameReadFailed */
   char *scratch;            /* worker: recv buffer */
   int wake_pending;         /* worker: signal efd before polling */
+  struct gai_query *gai_head, *gai_tail; /* lock: answered DNS queries */
+  size_t gai_pending;       /* lock: queries not delivered yet */
   uint64_t n_reads, n_sends, n_writes; /* lock */
 };
 
@@ -147,6 +149,14 @@ void ame__fconn_apply_all(struct core *c);
 int ame__fconn_dispatch(struct core *c, PyObject *events);
 /* The reactor's before_poll hook: wakes Python once per iteration. */
 void ame__before_poll(void *arg);
+/* resolve.c: getaddrinfo on the reactor.  callback(list) gets the answer
+** in socket.getaddrinfo's shape, or callback((code, message)) a failure.
+** Return 0 or a negative error (then callback is never called). */
+int ame__getaddrinfo(struct core *c, const char *host, const char *service,
+                     int family, int socktype, PyObject *callback);
+/* Python thread, in wait(): deliver the answered queries. */
+int ame__gai_dispatch(struct core *c);
+void ame__gai_free_all(struct core *c);
 /* Free what the streams of a closed core left behind (no worker). */
 void ame__fconn_free_all(struct core *c);
 

@@ -26,7 +26,7 @@ import socket
 
 from zope.interface import implementer
 
-from twisted.internet import _newtls, main, posixbase, tcp
+from twisted.internet import _newtls, _resolver, main, posixbase, tcp
 from twisted.internet.interfaces import IReactorDaemonize, IReactorFDSet
 from twisted.python import deprecate, failure, log, versions
 
@@ -274,6 +274,65 @@ class Connector(tcp.Connector):
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
+class _AMEResolver(_resolver.GAIResolver):
+    """
+    Twisted's L{GAIResolver} with C{getaddrinfo} on the C reactor (libuv's
+    resolver threads) rather than on a thread of the reactor's Python
+    thread pool; the answer is delivered by the reactor's loop.  A failed
+    lookup resolves to no address, as with L{GAIResolver}.
+    """
+
+    def __init__(self, reactor):
+        _resolver.GAIResolver.__init__(self, reactor)
+
+    def resolveHostName(
+        self,
+        resolutionReceiver,
+        hostName,
+        portNumber=0,
+        addressTypes=None,
+        transportSemantics="TCP",
+    ):
+        addressFamily = _resolver._typesToAF[
+            _resolver._any if addressTypes is None else frozenset(addressTypes)
+        ]
+        socketType = _resolver._transportToSocket[transportSemantics]
+        resolution = _resolver.HostResolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+
+        def deliver(result):
+            try:
+                if result.__class__ is list:
+                    for family, socktype, proto, canon, sockaddr in result:
+                        addrType = _resolver._afToType[family]
+                        resolutionReceiver.addressResolved(
+                            addrType(
+                                _resolver._socktypeToType.get(socktype, "TCP"),
+                                *sockaddr
+                            )
+                        )
+                resolutionReceiver.resolutionComplete()
+            except BaseException:
+                log.err(None, "Error delivering the resolution of %r"
+                        % (hostName,))
+
+        host = hostName
+        try:
+            if isinstance(host, bytes):
+                host = host.decode("ascii")
+            try:
+                host.encode("ascii")
+            except UnicodeEncodeError:
+                host = host.encode("idna").decode("ascii")
+            self._reactor._core.getaddrinfo(
+                host, portNumber, addressFamily, socketType, deliver
+            )
+        except (OSError, ValueError, UnicodeError, TypeError):
+            # socket.getaddrinfo would fail: no addresses, later.
+            self._reactor.callLater(0, deliver, None)
+        return resolution
+
+
 @implementer(IReactorFDSet, IReactorDaemonize)
 class AMEReactor(
     _ame.Timers, posixbase.PosixReactorBase, posixbase._PollLikeMixin
@@ -306,6 +365,11 @@ class AMEReactor(
     def installWaker(self):
         if not self.waker:
             self.waker = _AMEWaker(self)
+
+    def _initThreads(self):
+        posixbase.PosixReactorBase._initThreads(self)
+        # DNS on the C reactor rather than on the Python thread pool.
+        self.installNameResolver(_AMEResolver(self))
 
     # IReactorFDSet
 

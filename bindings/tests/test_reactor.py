@@ -384,6 +384,53 @@ class ReactorBehaviourMixin:
         self.assertEqual([results.get(i) for i in range(len(payloads))],
                          payloads)
 
+    def _resolve(self, reactor, name, port=0, types=None):
+        """
+        Resolve name with reactor.nameResolver; return (addresses, whether
+        resolutionComplete was called).
+        """
+        from zope.interface import implementer
+        from twisted.internet.interfaces import IResolutionReceiver
+        got = []
+        complete = []
+
+        @implementer(IResolutionReceiver)
+        class Receiver:
+            def resolutionBegan(self, resolution):
+                got.append(("began", resolution.name))
+
+            def addressResolved(self, address):
+                got.append(address)
+
+            def resolutionComplete(self):
+                complete.append(True)
+                reactor.stop()
+
+        reactor.nameResolver.resolveHostName(Receiver(), name, port, types)
+        self.runReactor(reactor)
+        self.assertEqual(got[0], ("began", name))
+        return got[1:], complete
+
+    def test_resolveLocalhost(self):
+        """
+        The name resolver finds 127.0.0.1 for localhost (with the port
+        asked for), and tells when it is done.
+        """
+        from twisted.internet.address import IPv4Address
+        reactor = self.buildReactor()
+        addrs, complete = self._resolve(reactor, "localhost", 8080,
+                                        [IPv4Address])
+        self.assertEqual(complete, [True])
+        self.assertIn(IPv4Address("TCP", "127.0.0.1", 8080), addrs)
+
+    def test_resolveFailure(self):
+        """
+        A name that does not resolve gives no address, and completes.
+        """
+        reactor = self.buildReactor()
+        addrs, complete = self._resolve(reactor, "no-such-host.invalid")
+        self.assertEqual((addrs, complete), ([], [True]))
+
     def test_writeTypeErrors(self):
         """
         write() of a str, and writeSequence() with a str in it, raise
@@ -660,6 +707,21 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.assertGreater(stats["stream_reads"], 0)
         self.assertGreater(stats["stream_sends"], 0)
         self.assertNotIn(" 0 callbacks", text.splitlines()[0])
+
+    def test_resolverIsTheCores(self):
+        """
+        The name resolver is ame's (getaddrinfo on the C reactor), and
+        reactor.resolve() goes through it.
+        """
+        from ame.reactor import _AMEResolver
+        reactor = self.buildReactor()
+        self.assertIsInstance(reactor.nameResolver, _AMEResolver)
+        got = []
+        d = reactor.resolve("localhost")
+        d.addBoth(got.append)
+        d.addBoth(lambda _: reactor.stop())
+        self.runReactor(reactor)
+        self.assertEqual(got, ["127.0.0.1"])
 
     def test_coreCloses(self):
         """
