@@ -116,6 +116,7 @@ struct fconn {
   size_t queued;            /* lock: bytes written and not yet sent */
   int werr;                 /* lock: send failed: errno */
   int dropping;             /* lock: aborted: write() drops its data */
+  int pipe;                 /* not a socket: read() rather than recv() */
   int listener;             /* a listening socket: the worker accept()s,
                                ibuf holds struct accepted records */
   int drained;              /* lock: a drained event is to be delivered */

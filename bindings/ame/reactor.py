@@ -26,7 +26,7 @@ import socket
 
 from zope.interface import implementer
 
-from twisted.internet import _newtls, _resolver, main, posixbase, tcp
+from twisted.internet import _newtls, _resolver, main, posixbase, process, tcp
 from twisted.internet.interfaces import IReactorDaemonize, IReactorFDSet
 from twisted.python import deprecate, failure, log, versions
 
@@ -274,6 +274,61 @@ class Connector(tcp.Connector):
         return Client(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
+class _ProcessReader(_ame.Stream, process.ProcessReader):
+    """
+    A child process's output pipe whose reading is the C worker's: it
+    read()s without the GIL and the Python thread gets the data (calling
+    this reader's C{dataReceived}, hence C{childDataReceived}), as for
+    the TCP streams.  Until attached, and if attaching fails, Twisted's own
+    C{doRead} applies.
+    """
+
+    def __init__(self, reactor, proc, name, fileno):
+        # ProcessReader's class attribute, hidden by Stream's field.
+        self.connected = True
+        # What the C dispatch calls dataReceived on.
+        self.protocol = self
+        core = getattr(reactor, "_core", None)
+        if core is not None:
+            try:
+                self._ameAttach(core, fileno, False, True)
+            except OSError:
+                pass
+        process.ProcessReader.__init__(self, reactor, proc, name, fileno)
+
+    def doRead(self):
+        if not self._ameFast:
+            return process.ProcessReader.doRead(self)
+        # What fdesc.readFromFD does, on what the worker read.
+        r = self._ameRead()
+        if r is None:
+            return None
+        if r.__class__ is int:
+            return main.CONNECTION_LOST
+        if not r:
+            return main.CONNECTION_DONE
+        self.dataReceived(r)
+
+    def connectionLost(self, reason):
+        self._ameDetach()
+        process.ProcessReader.connectionLost(self, reason)
+
+
+class _Process(process.Process):
+    """
+    A child process whose output pipes are L{_ProcessReader}s (unless
+    C{process.Process.processReaderFactory} was replaced, as Twisted's
+    tests do: then that).
+    """
+
+    def __init__(self, *args, **kwargs):
+        factory = process.Process.processReaderFactory
+        if factory is process.ProcessReader:
+            factory = _ProcessReader
+        self.processReaderFactory = factory
+        process.Process.__init__(self, *args, **kwargs)
+
+
 class _AMEResolver(_resolver.GAIResolver):
     """
     Twisted's L{GAIResolver} with C{getaddrinfo} on the C reactor (libuv's
@@ -365,6 +420,25 @@ class AMEReactor(
     def installWaker(self):
         if not self.waker:
             self.waker = _AMEWaker(self)
+
+    def spawnProcess(
+        self,
+        processProtocol,
+        executable,
+        args=(),
+        env={},
+        path=None,
+        uid=None,
+        gid=None,
+        usePTY=0,
+        childFDs=None,
+    ):
+        if usePTY:
+            return posixbase.PosixReactorBase.spawnProcess(
+                self, processProtocol, executable, args, env, path, uid,
+                gid, usePTY, childFDs)
+        return _Process(self, executable, args, env, path, processProtocol,
+                        uid, gid, childFDs)
 
     def _initThreads(self):
         posixbase.PosixReactorBase._initThreads(self)

@@ -295,7 +295,9 @@ static void fupdate(struct core *c, struct fconn *f) {
 /* Worker.  recv() once into the inbound buffer. */
 static void do_recv(struct core *c, struct fconn *f) {
   ssize_t n;
-  do n = recv(f->fd, c->scratch, AME_RECV_SIZE, MSG_DONTWAIT);
+  do
+    n = f->pipe ? read(f->fd, c->scratch, AME_RECV_SIZE)
+                : recv(f->fd, c->scratch, AME_RECV_SIZE, MSG_DONTWAIT);
   while (n < 0 && errno == EINTR);
   int err = n < 0 ? errno : 0;
   if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) return;
@@ -700,15 +702,17 @@ static void stream_detach(StreamObject *self) {
 }
 
 PyDoc_STRVAR(attach_doc,
-"_ameAttach(core, fd, listener=False)\n--\n\n"
+"_ameAttach(core, fd, listener=False, pipe=False)\n--\n\n"
 "Hand fd's I/O to core's worker: from now on write() and reading go\n"
-"through C; for a listening socket (listener), the worker accepts.\n"
+"through C; for a listening socket (listener), the worker accepts; for\n"
+"a pipe (pipe: read() rather than recv()), it only reads.\n"
 "Detach with _ameDetach() before closing fd.");
 
 static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   PyObject *core;
-  int fd, listener = 0;
-  if (!PyArg_ParseTuple(args, "Oi|p:_ameAttach", &core, &fd, &listener))
+  int fd, listener = 0, pipe = 0;
+  if (!PyArg_ParseTuple(args, "Oi|pp:_ameAttach", &core, &fd, &listener,
+                        &pipe))
     return NULL;
   if (fd < 0) return ame__set_error(-EBADF);
   CoreObject *co = (CoreObject *)core;
@@ -741,6 +745,7 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   f->c = c;
   f->fd = wfd;
   f->listener = listener;
+  f->pipe = pipe;
   self->pyfd = fd;
   self->listener = listener;
   f->refs = 1;

@@ -431,6 +431,42 @@ class ReactorBehaviourMixin:
         addrs, complete = self._resolve(reactor, "no-such-host.invalid")
         self.assertEqual((addrs, complete), ([], [True]))
 
+    def _spawnSeq(self, reactor, n):
+        """
+        Run `seq 1 n` (stdout) and `echo err >&2`; return (stdout, stderr,
+        exit code, the process).
+        """
+        out = []
+
+        class P(protocol.ProcessProtocol):
+            def connectionMade(self):
+                self.data = {1: [], 2: []}
+
+            def childDataReceived(self, fd, data):
+                self.data[fd].append(data)
+
+            def processEnded(self, reason):
+                out.append((b"".join(self.data[1]), b"".join(self.data[2]),
+                            reason.value.exitCode))
+                reactor.stop()
+
+        proc = reactor.spawnProcess(
+            P(), "/bin/sh", ["sh", "-c", "seq 1 %d; echo err >&2" % (n,)],
+            env=None)
+        self.runReactor(reactor)
+        return out[0] + (proc,)
+
+    def test_processOutput(self):
+        """
+        A child's stdout and stderr arrive whole and apart, then its exit.
+        """
+        reactor = self.buildReactor()
+        stdout, stderr, code, _ = self._spawnSeq(reactor, 100000)
+        expected = "".join("%d\n" % i for i in range(1, 100001)).encode()
+        self.assertEqual((len(stdout), stdout == expected), (len(expected),
+                                                             True))
+        self.assertEqual((stderr, code), (b"err\n", 0))
+
     def test_writeTypeErrors(self):
         """
         write() of a str, and writeSequence() with a str in it, raise
@@ -707,6 +743,20 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.assertGreater(stats["stream_reads"], 0)
         self.assertGreater(stats["stream_sends"], 0)
         self.assertNotIn(" 0 callbacks", text.splitlines()[0])
+
+    def test_processPipesAreTheWorkers(self):
+        """
+        On AMEReactor a child's output pipes are read by the C worker.
+        """
+        from ame.reactor import _ProcessReader
+        reactor = self.buildReactor()
+        before = reactor.ameStats()["stream_reads"]
+        stdout, _, code, proc = self._spawnSeq(reactor, 20000)
+        self.assertEqual(code, 0)
+        self.assertTrue(stdout.endswith(b"20000\n"))
+        self.assertGreater(reactor.ameStats()["stream_reads"], before)
+        self.assertIsInstance(proc.processReaderFactory, type)
+        self.assertTrue(issubclass(proc.processReaderFactory, _ProcessReader))
 
     def test_resolverIsTheCores(self):
         """
