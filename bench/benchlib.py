@@ -155,3 +155,29 @@ def kill_leftovers(idents):
             except OSError:
                 pass
     return killed
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def runner_parser(doc, builddir, epilog_from=1):
+    """
+    What every runner does first: quiet under `| head` (SIGPIPE), clean up
+    on SIGTERM as on Ctrl-C, and take Ctrl-C even when the shell started it
+    with SIGINT ignored (a background job); then return an ArgumentParser
+    made of the module's docstring (first paragraph: description; from
+    paragraph epilog_from on: epilog) with --builddir (default builddir).
+    """
+    import argparse
+    import signal
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    paras = doc.split("\n\n")
+    ap = argparse.ArgumentParser(
+        description=paras[0], epilog="\n\n".join(paras[epilog_from:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--builddir", default=builddir,
+                    help="meson build directory (default: %s)" % builddir)
+    return ap

@@ -25,19 +25,17 @@ Run it with Debian's /usr/bin/python3 after `ninja -C build-release` (make
 demo does both).
 """
 
-import argparse
 import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchlib import (CLK_TCK, REPO, ame_env,
+from benchlib import (CLK_TCK, REPO, ame_env, runner_parser,
                       ame_extension_built, ame_run_status, fmt_rate,
                       machine_busy, machine_info, resolve_builddir)
 from reactor_bench import (BenchError, Server, cpu_ticks, fmt_ratio, fmt_us,
@@ -211,20 +209,8 @@ def plot(results, default, path, ncpu, label):
     return None
 
 
-def on_sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main():
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    paras = __doc__.split("\n\n")
-    ap = argparse.ArgumentParser(
-        description=paras[0], epilog="\n\n".join(paras[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--builddir", default="build-release",
-                    help="meson build directory (default: build-release)")
+    ap = runner_parser(__doc__, "build-release")
     ap.add_argument("--port", type=int, default=8090,
                     help="port the servers listen on (default 8090)")
     ap.add_argument("--duration", type=float, default=10, metavar="S",

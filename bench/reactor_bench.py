@@ -43,7 +43,8 @@ import sys
 import tempfile
 import time
 
-from benchlib import CLK_TCK, LoadMeter, fmt_rate, machine_busy, machine_info
+from benchlib import (CLK_TCK, LoadMeter, fmt_rate, machine_busy, machine_info,
+                      runner_parser)
 
 SECTIONS = ("scaling", "http")
 SERVERS = ("ame-1w", "ame-2w", "plain", "nginx-1w", "nginx-2w")
@@ -814,22 +815,8 @@ def name_list(allowed, what):
     return parse
 
 
-def on_sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main():
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet under `| head`
-    # Clean up on SIGTERM like on Ctrl-C, and take Ctrl-C even where the
-    # shell started us with SIGINT ignored (a background job).
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    paras = __doc__.split("\n\n")
-    ap = argparse.ArgumentParser(
-        description=paras[0], epilog="\n\n".join(paras[2:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--builddir", default="build",
-                    help="meson build directory (default: build)")
+    ap = runner_parser(__doc__, "build", epilog_from=2)
     ap.add_argument("--quick", action="store_true",
                     help="short form: 1 repetition, 20000 events, 2 s of wrk")
     ap.add_argument("--sections", default=",".join(SECTIONS),

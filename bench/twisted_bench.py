@@ -30,17 +30,16 @@ and run with --python (default /usr/bin/python3).  On an error, Ctrl-C or
 SIGTERM the runner stops every process it started.
 """
 
-import argparse
 import contextlib
 import http.client
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 
 from benchlib import (CLK_TCK, REPO, LoadMeter, ame_env, ame_extension_built,
+                      runner_parser,
                       ame_run_status, fmt_rate, kill_leftovers, machine_busy,
                       machine_info, proc_start_time, resolve_builddir)
 from reactor_bench import (BenchError, Server, cpu_ticks,
@@ -489,20 +488,8 @@ def print_report(settings, machine, twisted, bars, failures):
 
 # ---- main -------------------------------------------------------------------
 
-def on_sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main():
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    paras = __doc__.split("\n\n")
-    ap = argparse.ArgumentParser(
-        description=paras[0], epilog="\n\n".join(paras[1:]),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--builddir", default="build-release",
-                    help="meson build directory (default: build-release)")
+    ap = runner_parser(__doc__, "build-release")
     ap.add_argument("--quick", action="store_true",
                     help="short form: 1 repetition of 2 s")
     ap.add_argument("--sections", default=",".join(SECTIONS),

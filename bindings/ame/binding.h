@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <poll.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 typedef struct {
   PyTypeObject *core_type;
@@ -130,6 +131,10 @@ struct fconn {
   size_t wlen, woff, wcap;
   int cb_status, cb_events;
 };
+
+/* transport.c: an IPv4/IPv6 address as the socket module gives it
+** ((host, port) or (host, port, flowinfo, scope_id)). */
+PyObject *ame__sockaddr_tuple(const struct sockaddr *sa, socklen_t len);
 
 /* _ame.c */
 void ame__signal_efd(struct core *c);

@@ -12,7 +12,6 @@
 */
 #include "binding.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -114,25 +113,6 @@ int ame__getaddrinfo(struct core *c, const char *host, const char *service,
   return 0;
 }
 
-/* The sockaddr of an entry as socket.getaddrinfo gives it. */
-static PyObject *sockaddr_tuple(const struct gai_entry *e) {
-  char host[INET6_ADDRSTRLEN];
-  if (e->family == AF_INET) {
-    const struct sockaddr_in *s = (const struct sockaddr_in *)&e->addr;
-    inet_ntop(AF_INET, &s->sin_addr, host, sizeof host);
-    return Py_BuildValue("(si)", host, ntohs(s->sin_port));
-  }
-  if (e->family == AF_INET6) {
-    const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)&e->addr;
-    inet_ntop(AF_INET6, &s->sin6_addr, host, sizeof host);
-    return Py_BuildValue("(siII)", host, ntohs(s->sin6_port),
-                         (unsigned)ntohl(s->sin6_flowinfo),
-                         (unsigned)s->sin6_scope_id);
-  }
-  return Py_BuildValue("(iy#)", e->family, (const char *)&e->addr,
-                       (Py_ssize_t)e->addrlen);
-}
-
 /* The answer as a Python object: a list, or an OSError for a failure. */
 static PyObject *gai_result(const struct gai_query *q) {
   if (q->status < 0) {
@@ -146,7 +126,8 @@ static PyObject *gai_result(const struct gai_query *q) {
   if (list == NULL) return NULL;
   for (size_t i = 0; i < q->n; i++) {
     const struct gai_entry *e = &q->entries[i];
-    PyObject *sa = sockaddr_tuple(e);
+    PyObject *sa =
+        ame__sockaddr_tuple((const struct sockaddr *)&e->addr, e->addrlen);
     PyObject *t = sa ? Py_BuildValue("(iiisN)", e->family, e->socktype,
                                      e->protocol,
                                      e->canonname ? e->canonname : "", sa)

@@ -769,22 +769,22 @@ static PyObject *Stream_discard(StreamObject *self, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
-/* The address of an accepted connection as socket.accept() gives it. */
-static PyObject *addr_tuple(const struct accepted *a) {
+PyObject *ame__sockaddr_tuple(const struct sockaddr *sa, socklen_t len) {
   char host[INET6_ADDRSTRLEN];
-  if (a->addr.ss_family == AF_INET) {
-    const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->addr;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
     inet_ntop(AF_INET, &sin->sin_addr, host, sizeof host);
     return Py_BuildValue("(si)", host, ntohs(sin->sin_port));
   }
-  if (a->addr.ss_family == AF_INET6) {
-    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->addr;
+  if (sa->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
     inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
     return Py_BuildValue("(siII)", host, ntohs(s6->sin6_port),
                          (unsigned)ntohl(s6->sin6_flowinfo),
                          (unsigned)s6->sin6_scope_id);
   }
-  return Py_NewRef(Py_None);
+  return Py_BuildValue("(iy#)", sa->sa_family, (const char *)sa,
+                       (Py_ssize_t)len);
 }
 
 PyDoc_STRVAR(accept_doc,
@@ -807,7 +807,8 @@ static PyObject *Stream_acceptOne(StreamObject *self, PyObject *unused) {
     memmove(f->ibuf, f->ibuf + sizeof a, f->ilen);
     if (was_full) mark_fdirty(c, f);
     pthread_mutex_unlock(&c->lock);
-    PyObject *addr = addr_tuple(&a);
+    PyObject *addr = ame__sockaddr_tuple((const struct sockaddr *)&a.addr,
+                                         a.len);
     if (addr == NULL) {
       close(a.fd);
       return NULL;

@@ -178,11 +178,19 @@ class ReactorBehaviourMixin:
         sizes at once; each gets exactly its own bytes back, in order.
         """
         reactor = self.buildReactor()
-        factory = protocol.ServerFactory.forProtocol(_Echo)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         payloads = [os.urandom(n) for n in
                     (1, 10, 100, 1000, 4096, 65535, 65536, 65537, 100000,
                      300000) * 2]
+        self._echoAll(reactor, _Echo, payloads)
+
+    def _echoAll(self, reactor, serverProtocol, payloads):
+        """
+        Connect one client per payload to a serverProtocol server at once;
+        each client sends its payload; assert each got exactly it back.
+        """
+        port = reactor.listenTCP(
+            0, protocol.ServerFactory.forProtocol(serverProtocol),
+            interface="127.0.0.1")
         results = {}
 
         def finished(i, data):
@@ -361,28 +369,8 @@ class ReactorBehaviourMixin:
                 reactor.iterate(0)
                 self.transport.write(data)
 
-        port = reactor.listenTCP(
-            0, protocol.ServerFactory.forProtocol(Reentrant),
-            interface="127.0.0.1")
-        payloads = [os.urandom(2000 + i) for i in range(40)]
-        results = {}
-
-        def finished(i, data):
-            results[i] = data
-            if len(results) == len(payloads):
-                port.stopListening()
-                reactor.stop()
-
-        for i, payload in enumerate(payloads):
-            done = Deferred()
-            done.addCallback(lambda data, i=i: finished(i, data))
-            reactor.connectTCP(
-                "127.0.0.1", port.getHost().port,
-                protocol.ClientFactory.forProtocol(
-                    lambda p=payload, d=done: _Client(p, d)))
-        self.runReactor(reactor)
-        self.assertEqual([results.get(i) for i in range(len(payloads))],
-                         payloads)
+        self._echoAll(reactor, Reentrant,
+                      [os.urandom(2000 + i) for i in range(40)])
 
     def _resolve(self, reactor, name, port=0, types=None):
         """
