@@ -161,13 +161,15 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def runner_parser(doc, builddir, epilog_from=1):
+def runner_parser(doc, builddir, epilog_from=1, results=False):
     """
     What every runner does first: quiet under `| head` (SIGPIPE), clean up
     on SIGTERM as on Ctrl-C, and take Ctrl-C even when the shell started it
     with SIGINT ignored (a background job); then return an ArgumentParser
     made of the module's docstring (first paragraph: description; from
-    paragraph epilog_from on: epilog) with --builddir (default builddir).
+    paragraph epilog_from on: epilog) with --builddir (default builddir);
+    with results, also --quiet-wait, --json and --show (the benchmark
+    runners' common options).
     """
     import argparse
     import signal
@@ -180,4 +182,15 @@ def runner_parser(doc, builddir, epilog_from=1):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--builddir", default=builddir,
                     help="meson build directory (default: %s)" % builddir)
+    if results:
+        ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
+                        help="before each run, wait up to S seconds for "
+                             "other work on the machine to fall under 0.15 "
+                             "CPUs (default 0: do not wait)")
+        ap.add_argument("--json", action="store_true",
+                        help="print the results as JSON instead of the "
+                             "tables")
+        ap.add_argument("--show", default=None, metavar="FILE",
+                        help="run nothing: print the tables of a saved "
+                             "--json output")
     return ap

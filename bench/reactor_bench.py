@@ -816,7 +816,7 @@ def name_list(allowed, what):
 
 
 def main():
-    ap = runner_parser(__doc__, "build", epilog_from=2)
+    ap = runner_parser(__doc__, "build", epilog_from=2, results=True)
     ap.add_argument("--quick", action="store_true",
                     help="short form: 1 repetition, 20000 events, 2 s of wrk")
     ap.add_argument("--sections", default=",".join(SECTIONS),
@@ -857,15 +857,6 @@ def main():
                     help="wrk binary (default: on PATH)")
     ap.add_argument("--seed", type=int, default=1,
                     help="seed of the first scaling repetition (default 1)")
-    ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
-                    help="before each run, wait up to S seconds for other "
-                         "work on the machine to fall under 0.15 CPUs "
-                         "(default 0: do not wait)")
-    ap.add_argument("--json", action="store_true",
-                    help="print the results as JSON instead of the tables")
-    ap.add_argument("--show", default=None, metavar="FILE",
-                    help="run nothing: print the tables of a saved --json "
-                         "output")
     args = ap.parse_args()
     if args.show:
         with open(args.show) as f:

@@ -489,7 +489,7 @@ def print_report(settings, machine, twisted, bars, failures):
 # ---- main -------------------------------------------------------------------
 
 def main():
-    ap = runner_parser(__doc__, "build-release")
+    ap = runner_parser(__doc__, "build-release", results=True)
     ap.add_argument("--quick", action="store_true",
                     help="short form: 1 repetition of 2 s")
     ap.add_argument("--sections", default=",".join(SECTIONS),
@@ -519,14 +519,6 @@ def main():
                          "/usr/bin/python3)")
     ap.add_argument("--wrk", default=None, metavar="PATH",
                     help="wrk binary (default: on PATH)")
-    ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
-                    help="before each run, wait up to S seconds for other "
-                         "work to fall under 0.15 CPUs (default 0)")
-    ap.add_argument("--json", action="store_true",
-                    help="print the results as JSON instead of the table")
-    ap.add_argument("--show", default=None, metavar="FILE",
-                    help="run nothing: print the table of a saved --json "
-                         "output")
     args = ap.parse_args()
     if args.show:
         with open(args.show) as f:
