@@ -101,7 +101,7 @@ class ReactorBehaviourMixin:
         for c in reactor.getDelayedCalls():
             c.cancel()
 
-    def runReactor(self, reactor, timeout=None):
+    def runReactor(self, reactor, timeout=None, signals=False):
         timedOut = []
 
         def stop():
@@ -109,7 +109,7 @@ class ReactorBehaviourMixin:
             reactor.stop()
 
         call = reactor.callLater(timeout or self.timeout, stop)
-        reactor.run(installSignalHandlers=False)
+        reactor.run(installSignalHandlers=signals)
         if timedOut:
             self.fail("reactor still running after %s s" % (self.timeout,))
         call.cancel()
@@ -441,7 +441,19 @@ class ReactorBehaviourMixin:
         proc = reactor.spawnProcess(
             P(), "/bin/sh", ["sh", "-c", "seq 1 %d; echo err >&2" % (n,)],
             env=None)
-        self.runReactor(reactor)
+        # The child's exit is seen through SIGCHLD: install the handlers
+        # (and put the previous ones back after).
+        handlers = {sig: signal.getsignal(sig)
+                    for sig in (signal.SIGINT, signal.SIGTERM,
+                                signal.SIGCHLD)}
+        wakeup = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(wakeup)
+        try:
+            self.runReactor(reactor, signals=True)
+        finally:
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            signal.set_wakeup_fd(wakeup)
         return out[0] + (proc,)
 
     def test_processOutput(self):
