@@ -21,6 +21,24 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   run meson test -C build-asan --print-errorlogs -t 3
 
+# The Python extension built with ASan+UBSan, loaded into Debian's python
+# (not built with them) by preloading the runtimes: the project's Python
+# tests and Twisted's TCP/TLS/process reactor tests over it.  Leak checking
+# is off: CPython keeps memory alive until exit by design.
+asan_py() {
+  run env \
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    PYTHONPATH="$PWD/build-asan/bindings:$PWD/bindings" \
+    /usr/bin/python3 "$@"
+}
+asan_py -m twisted.trial --temp-directory build-asan/_trial_temp \
+  bindings/tests/test_reactor.py bindings/tests/test_timers.py
+asan_py bindings/tests/run_twisted_conformance.py --reactors ame --strict \
+  --modules test_tcp,test_tls,test_process,test_core \
+  --out build-asan/conformance
+
 setup build-tsan -Db_sanitize=thread -Db_lundef=false
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   run meson test -C build-tsan --print-errorlogs -t 5

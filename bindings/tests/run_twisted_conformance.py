@@ -26,6 +26,8 @@ Options::
     --out DIR           logs and per-test results (default
                         /tmp/ame-conformance)
     --json FILE         write the summary as JSON
+    --strict            exit 1 if any test fails, errors or crashes (for
+                        runs of one reactor, where nothing is compared)
     --web               also run `trial --reactor=X twisted.web.test` for
                         both reactors and report the counts
 """
@@ -245,7 +247,12 @@ def main():
     ap.add_argument("--out", default="/tmp/ame-conformance")
     ap.add_argument("--json")
     ap.add_argument("--web", action="store_true")
+    ap.add_argument("--strict", action="store_true",
+                    help="exit 1 if any test of any reactor fails, errors "
+                         "or crashes (default: only if one that passes on "
+                         "epoll does not pass on ame)")
     args = ap.parse_args()
+    args.out = os.path.abspath(args.out)  # the children run in it
     if args.child:
         return child(*args.child)
 
@@ -318,6 +325,14 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
+    if args.strict and (
+            any(t["fail"] or t["error"] or t["crash"]
+                for t in totals.values())
+            or any(sum(c[k] for k in ("pass", "fail", "error", "skip",
+                                      "xfail", "crash")) == 0
+                   for m in summary["modules"].values()
+                   for c in m.values())):
+        return 1
     return 0 if not summary["missing"] else 1
 
 
