@@ -534,6 +534,58 @@ TEST_IMPL(call_foreign_threads) {
 }
 
 /* ------------------------------------------------------------------------
+** The before_poll hook: called by each worker on its own thread, after
+** what was ready ran (a posted call's commit is visible to it) and before
+** the worker polls again.
+*/
+
+static atomic_int g_hook_calls[2];
+static atomic_int g_hook_bad_thread;
+static atomic_int g_hook_posted;   /* set by a posted call, at commit */
+static atomic_int g_hook_saw_post; /* the hook saw it */
+
+static void hook(void *arg) {
+  ASSERT_EQ(arg, (void *)&g_hook_calls);
+  int w = ame_reactor_current_worker(g_r);
+  if (w < 0 || w >= 2) {
+    atomic_fetch_add(&g_hook_bad_thread, 1);
+    return;
+  }
+  atomic_fetch_add(&g_hook_calls[w], 1);
+  if (atomic_load(&g_hook_posted)) atomic_store(&g_hook_saw_post, 1);
+}
+
+static void set_posted(void *arg) {
+  (void)arg;
+  atomic_store(&g_hook_posted, 1);
+}
+
+static int post_flag(ame_tx_t *tx, void *arg) {
+  (void)arg;
+  return ame_tx_on_commit(tx, set_posted, NULL);
+}
+
+TEST_IMPL(before_poll_hook) {
+  int fds = fd_baseline();
+  ame_reactor_config_t cfg = {.workers = 2, .before_poll = hook,
+                              .before_poll_arg = &g_hook_calls};
+  ASSERT_EQ(ame_reactor_new(&g_r, &cfg), 0);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  ASSERT_EQ(ame_reactor_call(g_r, post_flag, NULL), 0);
+  /* The worker that ran the call polls again afterwards: the hook sees
+  ** its commit. */
+  ASSERT_WAIT(atomic_load(&g_hook_saw_post) == 1, 10000);
+  ASSERT_EQ(ame_reactor_call(g_r, stop_call, g_r), 0);
+  rt_wait(&rt, 10000);
+  ASSERT_EQ(atomic_load(&g_hook_bad_thread), 0);
+  ASSERT_GE(atomic_load(&g_hook_calls[0]) + atomic_load(&g_hook_calls[1]), 2);
+  printf("# before_poll calls: worker 0 %d, worker 1 %d\n",
+         atomic_load(&g_hook_calls[0]), atomic_load(&g_hook_calls[1]));
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
 ** Tasks, counters and the report: every committed callback is counted
 ** once, failures are counted and logged, and the report says so.
 */
