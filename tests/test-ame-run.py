@@ -569,8 +569,13 @@ def case_crash(ame):
         check(res['requests'] > 0 and e['connect'] == 0 and
               e['timeout'] == 0 and e['parse'] == 0,
               'load: requests succeeded, no connect/timeout/parse errors')
-        check(e['read'] + e['write'] <= 8,
-              'load: at most one failure per connection (%d)'
+        # A connection on worker 2 fails when it dies; its reconnect can
+        # fail once more if the kernel hashes it to worker 2's SO_REUSEPORT
+        # socket while the dying process still holds it (the exit of a
+        # large process, an ASan build's in particular, takes a while):
+        # at most two failures per connection of the 8.
+        check(e['read'] + e['write'] <= 16,
+              'load: at most two failures per connection (%d)'
               % (e['read'] + e['write']))
     if new:
         seen = {}
