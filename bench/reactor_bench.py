@@ -97,6 +97,33 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
+def wrk_summary(runs):
+    """
+    The per-configuration summary of repeated wrk runs (each a dict with
+    rps, cpu_us_per_req, server_cpus, wrk_cpus, others_cpus, socket_errors
+    and non2xx): medians, min-max, error counts, and the runs themselves.
+    """
+    rps = [r["rps"] for r in runs]
+    cpr = [r["cpu_us_per_req"] for r in runs]
+    return {
+        "runs": len(runs),
+        "rps": rps, "rps_median": med(rps),
+        "rps_min": min(rps) if rps else None,
+        "rps_max": max(rps) if rps else None,
+        "cpu_us_per_req": cpr, "cpu_median": med(cpr),
+        "cpu_min": min(cpr) if cpr else None,
+        "cpu_max": max(cpr) if cpr else None,
+        "server_cpus": med([r["server_cpus"] for r in runs]),
+        "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
+        "others_cpus": med([r["others_cpus"] for r in runs
+                            if r["others_cpus"] is not None]),
+        "socket_errors": sum(r["socket_errors"] for r in runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+        "errors": sum(r["socket_errors"] + r["non2xx"] for r in runs),
+        "runs_detail": runs,
+    }
+
+
 def print_rows(head, table, right_from, group=None):
     """Print an aligned table; columns from right_from on are right-aligned.
     group(row) -> key: a blank line between groups."""
@@ -658,25 +685,11 @@ def http_section(args, builddir, progress, failures, tmpdir):
     for key in configs:
         s, t = key
         runs = results.get(key, [])
-        rps = [r["rps"] for r in runs]
-        cpr = [r["cpu_us_per_req"] for r in runs]
-        rows.append({
-            "server": s, "wrk_threads": t, "runs": len(runs),
-            "workers": int(s.split("-")[1][:-1]) if "-" in s else 1,
-            "rps": rps, "rps_median": med(rps),
-            "rps_min": min(rps) if rps else None,
-            "rps_max": max(rps) if rps else None,
-            "cpu_us_per_req": cpr, "cpu_median": med(cpr),
-            "cpu_min": min(cpr) if cpr else None,
-            "cpu_max": max(cpr) if cpr else None,
-            "server_cpus": med([r["server_cpus"] for r in runs]),
-            "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
-            "others_cpus": med([r["others_cpus"] for r in runs
-                                if r["others_cpus"] is not None]),
-            "errors": sum(r["socket_errors"] + r["non2xx"] for r in runs),
-            "response": responses.get(s),
-            "runs_detail": runs,
-        })
+        rows.append(dict(
+            {"server": s, "wrk_threads": t,
+             "workers": int(s.split("-")[1][:-1]) if "-" in s else 1,
+             "response": responses.get(s)},
+            **wrk_summary(runs)))
     by = {(r["server"], r["wrk_threads"]): r for r in rows}
 
     def ratio(a, b):

@@ -44,8 +44,8 @@ from benchlib import (CLK_TCK, REPO, LoadMeter, ame_env, ame_extension_built,
                       machine_info, proc_start_time, resolve_builddir)
 from reactor_bench import (BenchError, Server, cpu_ticks,
                            descendants, fmt_cpus, fmt_ratio, fmt_us,
-                           free_port, int_list, med, name_list, print_bars,
-                           print_rows, run_wrk, wait_quiet)
+                           free_port, int_list, name_list, print_bars,
+                           print_rows, run_wrk, wait_quiet, wrk_summary)
 
 SECTIONS = ("reactors", "workers")
 # webclose: web.py with "Connection: close" on every request (a new
@@ -309,29 +309,12 @@ def summarize(keys, results, responses, notes, cpus):
     for key in keys:
         app, mode, server = key
         runs = results.get(key, [])
-        rps = [r["rps"] for r in runs]
-        cpr = [r["cpu_us_per_req"] for r in runs]
-        rows.append({
-            "app": app, "mode": mode, "server": server,
-            "label": server_label(server), "workers": run_workers(server),
-            "runs": len(runs),
-            "rps": rps, "rps_median": med(rps),
-            "rps_min": min(rps) if rps else None,
-            "rps_max": max(rps) if rps else None,
-            "cpu_us_per_req": cpr, "cpu_median": med(cpr),
-            "cpu_min": min(cpr) if cpr else None,
-            "cpu_max": max(cpr) if cpr else None,
-            "server_cpus": med([r["server_cpus"] for r in runs]),
-            "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
-            "others_cpus": med([r["others_cpus"] for r in runs
-                                if r["others_cpus"] is not None]),
-            "socket_errors": sum(r["socket_errors"] for r in runs),
-            "non2xx": sum(r["non2xx"] for r in runs),
-            "errors": sum(r["socket_errors"] + r["non2xx"] for r in runs),
-            "tree_changed": any(r["tree_changed"] for r in runs),
-            "response": responses.get(key),
-            "runs_detail": runs,
-        })
+        rows.append(dict(
+            {"app": app, "mode": mode, "server": server,
+             "label": server_label(server), "workers": run_workers(server),
+             "tree_changed": any(r["tree_changed"] for r in runs),
+             "response": responses.get(key)},
+            **wrk_summary(runs)))
     by = {(r["app"], r["mode"], r["server"]): r for r in rows}
 
     def ratio(a, b):
