@@ -297,8 +297,6 @@ static int flush(struct core *c, int wait) {
   return 0;
 }
 
-int ame__flush(struct core *c, int wait) { return flush(c, wait); }
-
 int ame__core_live(struct core *c) { return c->fork_gen == fork_gen; }
 
 /* Put w on the list of fds the next wait() checks directly. */

@@ -84,7 +84,6 @@ struct core {
   char *scratch;            /* worker: recv buffer */
   int wake_pending;         /* worker: signal efd before polling */
   struct gai_query *gai_head, *gai_tail; /* lock: answered DNS queries */
-  size_t gai_pending;       /* lock: queries not delivered yet */
   uint64_t n_reads, n_sends, n_writes; /* lock */
 };
 
@@ -139,10 +138,7 @@ PyObject *ame__sockaddr_tuple(const struct sockaddr *sa, socklen_t len);
 /* _ame.c */
 void ame__signal_efd(struct core *c);
 PyObject *ame__set_error(int err);
-int ame__flush(struct core *c, int wait);
 int ame__core_live(struct core *c);
-/* Lock held: a stream has news for the Python thread. */
-void ame__fready_push(struct core *c, struct fconn *f);
 
 /* transport.c */
 int ame__stream_init_type(PyObject *m, ame_state *st);
@@ -161,7 +157,7 @@ void ame__before_poll(void *arg);
 int ame__getaddrinfo(struct core *c, const char *host, const char *service,
                      int family, int socktype, PyObject *callback);
 /* Python thread, in wait(): deliver the answered queries. */
-int ame__gai_dispatch(struct core *c);
+void ame__gai_dispatch(struct core *c);
 void ame__gai_free_all(struct core *c);
 /* Free what the streams of a closed core left behind (no worker). */
 void ame__fconn_free_all(struct core *c);

@@ -107,9 +107,6 @@ int ame__getaddrinfo(struct core *c, const char *host, const char *service,
     return rc;
   }
   q->callback = Py_NewRef(callback);
-  pthread_mutex_lock(&c->lock);
-  c->gai_pending++;
-  pthread_mutex_unlock(&c->lock);
   return 0;
 }
 
@@ -141,17 +138,13 @@ static PyObject *gai_result(const struct gai_query *q) {
   return list;
 }
 
-int ame__gai_dispatch(struct core *c) {
+void ame__gai_dispatch(struct core *c) {
   pthread_mutex_lock(&c->lock);
   struct gai_query *q = c->gai_head;
   c->gai_head = c->gai_tail = NULL;
   pthread_mutex_unlock(&c->lock);
-  int rc = 0;
   while (q) {
     struct gai_query *next = q->next;
-    pthread_mutex_lock(&c->lock);
-    c->gai_pending--;
-    pthread_mutex_unlock(&c->lock);
     PyObject *res = gai_result(q);
     if (res == NULL) {
       /* Out of memory building it: tell the caller so. */
@@ -170,7 +163,6 @@ int ame__gai_dispatch(struct core *c) {
     gai_free(q);
     q = next;
   }
-  return rc;
 }
 
 void ame__gai_free_all(struct core *c) {

@@ -222,10 +222,6 @@ static int fready_push(struct core *c, struct fconn *f) {
   return 1;
 }
 
-void ame__fready_push(struct core *c, struct fconn *f) {
-  if (fready_push(c, f)) ame__signal_efd(c);
-}
-
 /* The worker is about to poll: wake the Python thread once for everything
 ** this loop iteration put on the ready list (not once per connection: on
 ** a shared core, each wake-up would preempt the worker for one request). */
