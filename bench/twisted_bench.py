@@ -83,14 +83,34 @@ def server_label(server):
         return "EPollReactor"
     if server == "ame":
         return "AMEReactor"
-    return "ame run --workers %d" % run_workers(server)
+    w, io = parse_run(server)
+    if io is None:
+        return "ame run --workers %d (io %s)" % (w, auto_io(w))
+    return "ame run --workers %d --io %s" % (w, io)
+
+
+def parse_run(server):
+    """ame-run-2w -> (2, None: --io auto); ame-run-2w-inline -> (2,
+    "inline"); (None, None) for the in-process servers."""
+    if not server.startswith("ame-run-"):
+        return None, None
+    w, _, io = server[len("ame-run-"):].partition("-")
+    return int(w[:-1]), io or None
 
 
 def run_workers(server):
     """ame-run-2w -> 2; None for the in-process servers."""
-    if server.startswith("ame-run-"):
-        return int(server[len("ame-run-"):-1])
-    return None
+    return parse_run(server)[0]
+
+
+def run_server(w, io):
+    return "ame-run-%dw" % w + ("" if io == "auto" else "-" + io)
+
+
+def auto_io(w):
+    """What `ame run --io auto` chooses for w workers here."""
+    return "inline" if w > 1 and w >= len(os.sched_getaffinity(0)) \
+        else "thread"
 
 
 # ---- servers ----------------------------------------------------------------
@@ -118,13 +138,14 @@ class AppServer(Server):
 
 def server_cmd(args, builddir, app, mode, server, port, cpus):
     script = os.path.join(REPO, APP_FILE[app])
-    w = run_workers(server)
+    w, io = parse_run(server)
     if w is None:
         cmd = [args.python, script, "--port", str(port),
                "--reactor", server]
     else:
         cmd = [os.path.join(builddir, "bindings", "cmd", "ame"), "run",
-               "--workers", str(w), "--", script, "--port", str(port)]
+               "--workers", str(w), "--io", io or "auto", "--", script,
+               "--port", str(port)]
     if mode == "pinned":
         cmd = ["taskset", "-c", str(cpus[0])] + cmd
     return cmd
@@ -238,7 +259,8 @@ def configurations(args, skip):
                 for server in ("epoll", "ame"):
                     keys.append((app, mode, server))
     if "workers" in args.sections:
-        for server in ["epoll"] + ["ame-run-%dw" % w for w in args.workers]:
+        for server in ["epoll"] + [run_server(w, io) for w in args.workers
+                                   for io in args.io]:
             keys.append(("web", "unpinned", server))
     out = []
     for k in keys:
@@ -488,6 +510,11 @@ def main():
                     metavar="N,..",
                     help="workers section: ame run --workers values "
                          "(default 1,2)")
+    ap.add_argument("--io", default=["auto"],
+                    type=name_list(("auto", "thread", "inline"), "io mode"),
+                    help="workers section: ame run --io values, each run "
+                         "at every --workers value (default auto; the "
+                         "bars and the x 1w reference use auto)")
     ap.add_argument("--runs", "--reps", dest="reps", type=int, default=None,
                     help="repetitions of every run (default 3; quick 1)")
     ap.add_argument("--duration", type=int, default=None, metavar="S",
@@ -550,7 +577,8 @@ def main():
                 "warmup_s": args.warmup, "connections": args.connections,
                 "wrk_threads": 1, "sections": args.sections,
                 "apps": args.apps, "modes": args.modes,
-                "workers": args.workers, "quick": args.quick,
+                "workers": args.workers, "io": args.io,
+                "quick": args.quick,
                 "python": args.python, "quiet_wait_s": args.quiet_wait,
                 "builddir": builddir}
     if args.json:

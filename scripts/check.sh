@@ -35,7 +35,7 @@ asan_py() {
 }
 asan_py -m twisted.trial --temp-directory build-asan/_trial_temp \
   bindings/tests/test_reactor.py bindings/tests/test_timers.py
-asan_py bindings/tests/run_twisted_conformance.py --reactors ame --strict \
+asan_py bindings/tests/run_twisted_conformance.py --reactors ame,ame-inline --strict \
   --modules test_tcp,test_tls,test_process,test_core \
   --out build-asan/conformance
 

@@ -49,6 +49,8 @@
   X(poll_pipe, 20)                                                            \
   X(call_foreign_threads, 30)                                                 \
   X(before_poll_hook, 20)                                                     \
+  X(attach_step, 20)                                                          \
+  X(attach_free, 20)                                                          \
   X(stats_report, 20)                                                         \
   X(reactor_lifecycle, 20)                                                    \
   /* child processes: test-reactor-process.c */                               \

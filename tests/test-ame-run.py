@@ -272,6 +272,7 @@ def case_usage(ame):
                  ['run', '--bogus', 'x.py'], ['run', '-m'],
                  ['run', '--sockets', 'bogus', 'x.py'],
                  ['twistd', '--sockets', 'bogus'],
+                 ['run', '--io', 'fibres', 'x.py'], ['twistd', '--io', 'x'],
                  ['twistd', '--workers', '0'], ['twistd', '--workers']):
         rc, out, err = run_ame(ame, args)
         check(rc == 2 and err.strip() and not out,
@@ -378,10 +379,16 @@ def case_errors(ame):
 
 
 def case_examples(ame):
-    for workers in ('1', '2', 'shared'):
+    # --io auto (the default): inline when the workers fill the CPUs.
+    auto2 = 'inline' if len(os.sched_getaffinity(0)) <= 2 else 'thread'
+    for workers in ('1', '2', 'shared', 'thread', 'inline'):
         opts = ['--workers', workers]
+        io = 'thread' if workers == '1' else auto2
         if workers == 'shared':
             workers, opts = '2', ['--workers', '2', '--sockets', 'shared']
+        elif workers in ('thread', 'inline'):
+            io = workers
+            workers, opts = '2', ['--workers', '2', '--io', io]
         srv = Server(ame, ['run'] + opts + ['hello_web.py', '0'])
         port = srv.port()
         if not check(port, 'hello_web.py %s: listening' % ' '.join(opts)):
@@ -392,6 +399,8 @@ def case_examples(ame):
             check(sorted(seen) == [1, 2], 'both workers answer: %s' % seen)
         status, h, body = http_get(port)
         check(status == 200 and body == b'hello\n', 'GET / -> 200 hello')
+        check(h.get('x-io') == io, '%s: io %s (%s)'
+              % (' '.join(opts), h.get('x-io'), io))
         status, h, body = http_get(port, '/big')
         check(status == 200 and body == b'x' * BIG, 'GET /big -> 256 KiB')
         rc = srv.stop()
@@ -400,7 +409,7 @@ def case_examples(ame):
         n = len([l for l in srv.out if re.search(r'served \d+', l)])
         if not check(n == int(workers), '%d "served" line(s) (%s)' % (n, workers)):
             srv.dump()
-        if '--sockets' in opts:
+        if '--sockets' in opts or '--io' in opts:
             continue
 
         srv = Server(ame, ['run', '--workers', workers, 'echo_lines.py'])

@@ -586,6 +586,122 @@ TEST_IMPL(before_poll_hook) {
 }
 
 /* ------------------------------------------------------------------------
+** Embedding: a thread attaches to a one-worker reactor and steps its loop
+** from a loop of its own (poll on ame_reactor_fd), as the Python binding
+** does in processes that should have one thread.  Ops it asks for between
+** steps run at once; callbacks, timers and the hook run inside steps, on
+** that thread; another thread may talk to the server and stop it.
+*/
+
+static atomic_int g_att_hook;       /* before_poll calls on the thread */
+static atomic_int g_att_hook_bad;   /* ... elsewhere */
+static atomic_int g_att_timer;      /* the timer ran, on the thread */
+static pthread_t g_att_thread;
+
+static void att_hook(void *arg) {
+  (void)arg;
+  if (pthread_equal(pthread_self(), g_att_thread) &&
+      ame_reactor_current_worker(g_r) == 0)
+    atomic_fetch_add(&g_att_hook, 1);
+  else
+    atomic_fetch_add(&g_att_hook_bad, 1);
+}
+
+static int att_timer_cb(ame_tx_t *tx, ame_timer_t *t) {
+  (void)t;
+  if (pthread_equal(pthread_self(), g_att_thread)) commit_inc(tx, &g_att_timer);
+  return 0;
+}
+
+struct att_client {
+  int port;
+  atomic_int step_rc; /* ame_reactor_step off the attached thread */
+  atomic_int done;
+};
+
+static void *att_client_main(void *arg) {
+  struct att_client *c = arg;
+  int t;
+  atomic_store(&c->step_rc, ame_reactor_step(g_r, &t));
+  for (int i = 0; i < 3; i++) {
+    int fd = tcp_client("127.0.0.1", c->port);
+    echo_check(fd, "stepped");
+    close(fd);
+  }
+  ASSERT_WAIT(atomic_load(&g_att_timer) == 1, 10000);
+  ASSERT_EQ(ame_reactor_call(g_r, stop_call, g_r), 0);
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+TEST_IMPL(attach_step) {
+  int fds = fd_baseline();
+  g_att_thread = pthread_self();
+  ame_reactor_config_t cfg = {.workers = 1, .before_poll = att_hook};
+  ASSERT_EQ(ame_reactor_new(&g_r, &cfg), 0);
+  ASSERT_EQ(ame_reactor_current_worker(g_r), -1);
+  int t = 123;
+  ASSERT_EQ(ame_reactor_step(g_r, &t), -EINVAL); /* not attached */
+  ASSERT_EQ(ame_reactor_attach(g_r), 0);
+  ASSERT_EQ(ame_reactor_attach(g_r), -EALREADY);
+  ASSERT_EQ(ame_reactor_run(g_r), -EALREADY);
+  ASSERT(ame_reactor_fd(g_r) >= 0);
+  /* An op asked for by the attached thread runs at once: the listener is
+  ** bound when ame_tcp_listen returns, before any step. */
+  ame_listener_t *l;
+  ASSERT_EQ(ame_tcp_listen(g_r, "127.0.0.1", 0, 0, 0, &echo_cbs, NULL, &l),
+            0);
+  struct att_client c = {.port = ame_listener_port(l)};
+  ASSERT(c.port > 0);
+  ame_timer_t *tm;
+  ASSERT_EQ(ame_timer_start(g_r, 30, 0, att_timer_cb, NULL, &tm), 0);
+  /* Nothing ready yet: the step says how long the caller may sleep, no
+  ** longer than the timer. */
+  ASSERT_EQ(ame_reactor_step(g_r, &t), 1);
+  ASSERT(t >= 0 && t <= 30);
+  pthread_t th;
+  thread_start(&th, att_client_main, &c);
+  int rc, steps = 0;
+  while ((rc = ame_reactor_step(g_r, &t)) > 0) {
+    steps++;
+    ASSERT(t >= -1);
+    if (t == 0) continue;
+    struct pollfd p = {.fd = ame_reactor_fd(g_r), .events = POLLIN};
+    ASSERT(poll(&p, 1, t < 0 || t > 10000 ? 10000 : t) >= 0);
+  }
+  ASSERT_EQ(rc, 0);
+  thread_join(th);
+  ASSERT_EQ(atomic_load(&c.done), 1);
+  ASSERT_EQ(atomic_load(&c.step_rc), -EINVAL);
+  ASSERT_EQ(atomic_load(&g_echo.closes), 3);
+  ASSERT_EQ(atomic_load(&g_att_timer), 1);
+  ASSERT_GE(atomic_load(&g_att_hook), 2);
+  ASSERT_EQ(atomic_load(&g_att_hook_bad), 0);
+  /* Stopped: detached, and it can be neither stepped nor run again. */
+  ASSERT_EQ(ame_reactor_current_worker(g_r), -1);
+  ASSERT_EQ(ame_reactor_step(g_r, &t), -EINVAL);
+  printf("# attached: %d steps\n", steps);
+  rt_finish(g_r, fds);
+}
+
+/* Freeing an attached reactor that still runs stops it first: its open
+** listener is closed and nothing leaks. */
+TEST_IMPL(attach_free) {
+  int fds = fd_baseline();
+  ASSERT_EQ(ame_reactor_new(&g_r, &(ame_reactor_config_t){.workers = 2}), 0);
+  ASSERT_EQ(ame_reactor_attach(g_r), -EINVAL); /* two workers */
+  ame_reactor_free(g_r);
+  ASSERT_EQ(ame_reactor_new(&g_r, &(ame_reactor_config_t){.workers = 1}), 0);
+  ASSERT_EQ(ame_reactor_attach(g_r), 0);
+  ame_listener_t *l;
+  ASSERT_EQ(ame_tcp_listen(g_r, "127.0.0.1", 0, 0, 0, &echo_cbs, NULL, &l),
+            0);
+  int t;
+  ASSERT_EQ(ame_reactor_step(g_r, &t), 1);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
 ** Tasks, counters and the report: every committed callback is counted
 ** once, failures are counted and logged, and the report says so.
 */

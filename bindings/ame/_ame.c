@@ -119,7 +119,13 @@ static void signal_efd(struct core *c) {
   while (n < 0 && errno == EINTR);
 }
 
-void ame__signal_efd(struct core *c) { signal_efd(c); }
+/* The worker side's wake-up.  Inline, the worker side runs inside wait()
+** on the Python thread, which looks at the ready lists after each step. */
+static void worker_signal(struct core *c) {
+  if (!c->inline_mode) signal_efd(c);
+}
+
+void ame__signal_efd(struct core *c) { worker_signal(c); }
 PyObject *ame__set_error(int err) { return set_error(err); }
 
 /* The events an fd has now, as epoll would report them (for the error path,
@@ -156,7 +162,7 @@ static void deliver(void *arg) {
     }
   }
   pthread_mutex_unlock(&c->lock);
-  if (signal) signal_efd(c);
+  if (signal) worker_signal(c);
 }
 
 /* The poll fired: a transaction on the worker.  Everything with an effect
@@ -208,7 +214,7 @@ static void apply_one(struct core *c, struct watch *w) {
       /* Closed under us (Python did not remove it first): report it, so
       ** that Twisted finds out from fileno() or the read. */
       w->fired |= AME_DISCONNECT;
-      if (ready_push(c, w)) signal_efd(c);
+      if (ready_push(c, w)) worker_signal(c);
     }
   } else if (w->armed != target) {
     ame_poll_change(w->poll, target);
@@ -273,6 +279,14 @@ static int flush(struct core *c, int wait) {
     return 0;
   }
   uint64_t my = ++c->req_seq;
+  if (c->inline_mode) {
+    /* This thread is the worker: apply at once (with the GIL: a few
+    ** epoll_ctl and send calls, as EPollReactor makes them). */
+    c->n_flushes++;
+    pthread_mutex_unlock(&c->lock);
+    apply_now(c);
+    return 0;
+  }
   int post = !c->job_pending;
   c->job_pending = 1;
   c->n_flushes += post;
@@ -432,7 +446,17 @@ static void core_close(CoreObject *self) {
   if (c == NULL) return;
   self->c = NULL;
   if (c->fork_gen != fork_gen) return; /* forked child: no thread to stop */
-  if (c->started) {
+  if (c->inline_mode) {
+    /* Only the thread that steps the reactor can stop it (ame_reactor_free
+    ** steps it to the end).  Dropped on another thread, it is left as it
+    ** is, like a core in a forked child. */
+    if (!pthread_equal(c->owner, pthread_self())) return;
+    ame_reactor_t *r = c->r;
+    c->r = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ame_reactor_free(r);
+    Py_END_ALLOW_THREADS
+  } else if (c->started) {
     ame_reactor_stop(c->r);
     Py_BEGIN_ALLOW_THREADS
     pthread_join(c->thread, NULL);
@@ -443,10 +467,18 @@ static void core_close(CoreObject *self) {
 
 static PyObject *Core_new(PyTypeObject *type, PyObject *args,
                           PyObject *kw) {
-  static char *kwlist[] = {"workers", NULL};
+  static char *kwlist[] = {"workers", "io", NULL};
   unsigned workers = 1;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|I:Core", kwlist, &workers))
+  const char *io = "thread";
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|Is:Core", kwlist, &workers,
+                                   &io))
     return NULL;
+  int inl = strcmp(io, "inline") == 0;
+  if (!inl && strcmp(io, "thread") != 0) {
+    PyErr_Format(PyExc_ValueError, "io must be 'thread' or 'inline', not '%s'",
+                 io);
+    return NULL;
+  }
   if (workers != 1) {
     PyErr_SetString(PyExc_ValueError,
                     "the Python reactor runs one C worker (see "
@@ -485,6 +517,17 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args,
     set_error(rc);
     Py_DECREF(self);
     return NULL;
+  }
+  if (inl) {
+    rc = ame_reactor_attach(c->r);
+    if (rc != 0) {
+      set_error(rc);
+      Py_DECREF(self);
+      return NULL;
+    }
+    c->inline_mode = 1;
+    c->owner = pthread_self();
+    return (PyObject *)self;
   }
   /* The workers block every signal, so that signals reach the Python
   ** thread (and interrupt its wait) rather than a worker. */
@@ -534,6 +577,11 @@ static struct core *live(CoreObject *self) {
                     "worker thread does not exist in this process");
     return NULL;
   }
+  if (self->c->inline_mode && !pthread_equal(self->c->owner, pthread_self())) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "this ame reactor core runs inline on another thread");
+    return NULL;
+  }
   return self->c;
 }
 
@@ -579,6 +627,62 @@ static PyObject *Core_watch(CoreObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+static double mono_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Inline wait: step the reactor on this thread (its callbacks fill the
+** ready lists, with the GIL held: they are C, and short) until something
+** is ready for Python, wake() was called, a signal arrived or timeout
+** (seconds; < 0: forever) has passed.  Between steps, sleep in poll() on
+** the reactor's fd and the eventfd with the GIL released; a signal ends
+** the sleep with EINTR, and Python's handlers run at once, as under
+** EPollReactor.  Return 0, or -1 with an exception set. */
+static int step_wait(struct core *c, double timeout) {
+  double deadline = timeout > 0 ? mono_now() + timeout : 0;
+  int woken = 0;
+  for (;;) {
+    int t;
+    int rc = ame_reactor_step(c->r, &t);
+    if (rc < 0) {
+      set_error(rc);
+      return -1;
+    }
+    pthread_mutex_lock(&c->lock);
+    int have = c->ready_head != NULL || c->nev > 0 ||
+               c->fready_head != NULL || c->gai_head != NULL;
+    pthread_mutex_unlock(&c->lock);
+    if (rc == 0 || have || woken || timeout == 0) return 0;
+    int ms = t;
+    if (timeout > 0) {
+      double left = deadline - mono_now();
+      if (left <= 0) return 0;
+      double lms = ceil(left * 1e3);
+      if (lms > 1e9) lms = 1e9;
+      if (ms < 0 || lms < ms) ms = (int)lms;
+    }
+    struct pollfd p[2] = {{.fd = ame_reactor_fd(c->r), .events = POLLIN},
+                          {.fd = c->efd, .events = POLLIN}};
+    int n, err;
+    Py_BEGIN_ALLOW_THREADS
+    n = poll(p, 2, ms);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (n < 0 && err == EINTR) return PyErr_CheckSignals() < 0 ? -1 : 0;
+    if (n < 0) {
+      set_error(-err);
+      return -1;
+    }
+    if (p[1].revents) {
+      uint64_t v;
+      if (read(c->efd, &v, sizeof v) < 0) (void)0; /* EAGAIN: raced */
+      woken = 1; /* one more step, then return */
+    }
+  }
+}
+
 PyDoc_STRVAR(wait_doc,
 "wait(timeout)\n--\n\n"
 "Apply pending watch changes, then wait up to timeout seconds (None:\n"
@@ -602,6 +706,10 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
   int rc = direct_check(c);
   if (rc == 0) rc = flush(c, 0);
   if (rc != 0) return set_error(rc);
+  if (c->inline_mode) {
+    if (step_wait(c, timeout) < 0) return NULL;
+    goto collect;
+  }
   pthread_mutex_lock(&c->lock);
   int have = c->ready_head != NULL || c->nev > 0 || c->fready_head != NULL ||
              c->gai_head != NULL;
@@ -636,6 +744,7 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
     }
   }
 
+collect:
   pthread_mutex_lock(&c->lock);
   size_t nready = 0;
   for (struct watch *w = c->ready_head; w; w = w->next_ready) nready++;
@@ -865,15 +974,26 @@ static PyMethodDef Core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Core_get_io(CoreObject *self, void *closure) {
+  (void)closure;
+  return PyUnicode_FromString(self->c && self->c->inline_mode ? "inline"
+                                                              : "thread");
+}
+
 static PyGetSetDef Core_getset[] = {
     {"closed", (getter)Core_get_closed, NULL, "True once close() ran.", NULL},
+    {"io", (getter)Core_get_io, NULL,
+     "'thread' (a C worker thread does the I/O) or 'inline' (wait() steps\n"
+     "the C reactor on the calling thread).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 PyDoc_STRVAR(Core_doc,
-"Core(workers=1)\n--\n\n"
-"One ame C reactor running on a thread of its own, with fd watching and a\n"
-"wait() for the Python thread.  See ame.reactor.AMEReactor.");
+"Core(workers=1, io='thread')\n--\n\n"
+"One ame C reactor, with fd watching and a wait() for the Python thread.\n"
+"io='thread': the reactor runs on a thread of its own; io='inline': no\n"
+"thread, wait() steps it on the thread that made the Core (which must be\n"
+"the only thread to use it).  See ame.reactor.AMEReactor.");
 
 static PyType_Slot Core_slots[] = {
     {Py_tp_new, Core_new},

@@ -41,7 +41,8 @@ class _State:
     pidfile = None  # twistd's pid file (absolute), if it writes one
 
 
-def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
+def main(cmd, mode, target, python, args, workers, grace, sockets, io,
+         verbose):
     """
     Run the program as C{ame run} / C{ame twistd} and return the exit status.
 
@@ -54,6 +55,8 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
     @param grace: seconds a stopping worker waits for its connections.
     @param sockets: C{"reuseport"}: each worker listens on a TCP socket of
         its own (L{_ownSocket}); C{"shared"}: the workers share the setup's.
+    @param io: C{"thread"} or C{"inline"}: the reactor's I/O mode
+        (L{ame.reactor.AMEReactor}), in the setup and in every worker.
     @param verbose: print the traceback after the one line of an error.
     """
     label = target if mode != "twistd" else None
@@ -77,7 +80,7 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
 
     state = _State()
     try:
-        _install(state, workers, grace, sockets)
+        _install(state, workers, grace, sockets, io)
         if mode == "path":
             import runpy
 
@@ -109,13 +112,13 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, verbose):
     return 0
 
 
-def _install(state, workers, grace, sockets):
+def _install(state, workers, grace, sockets, io):
     """
     Install the ame reactor and wrap its C{run}: return the reactor.
     """
     from ame import reactor as amereactor
 
-    amereactor.install()
+    amereactor.install(io=io)
     from twisted.internet import reactor
 
     _daemonizeHooks(reactor)

@@ -50,6 +50,9 @@ struct core {
   ame_reactor_t *r;
   pthread_t thread;         /* runs ame_reactor_run */
   int started;              /* thread is running (py) */
+  int inline_mode;          /* no thread: wait() steps the reactor on the
+                               Python thread (ame_reactor_attach) */
+  pthread_t owner;          /* inline: the thread that attached */
   unsigned fork_gen;        /* fork_gen when created: a forked child has
                                no worker thread and must not use it */
   int efd;                  /* eventfd: wait() sleeps on it */
@@ -135,7 +138,8 @@ struct fconn {
 ** ((host, port) or (host, port, flowinfo, scope_id)). */
 PyObject *ame__sockaddr_tuple(const struct sockaddr *sa, socklen_t len);
 
-/* _ame.c */
+/* _ame.c.  From the worker side: wake the Python thread's wait() (a
+** no-op inline, where wait() itself steps the reactor). */
 void ame__signal_efd(struct core *c);
 PyObject *ame__set_error(int err);
 int ame__core_live(struct core *c);

@@ -22,6 +22,7 @@ for what is in C and what is Python.
 """
 
 import errno
+import os
 import socket
 
 from zope.interface import implementer
@@ -407,8 +408,14 @@ class AMEReactor(
     _POLL_IN = _ame.READABLE
     _POLL_OUT = _ame.WRITABLE
 
-    def __init__(self):
-        self._core = _ame.Core()
+    def __init__(self, io=None):
+        # "thread" (a C worker thread does the socket I/O beside the Python
+        # thread) or "inline" (no thread: doPoll steps the C reactor on the
+        # Python thread; for processes that should have one thread, such as
+        # `ame run` workers that fill every core).  Default: $AME_IO, else
+        # "thread".
+        self._ameIO = io or os.environ.get("AME_IO") or "thread"
+        self._core = _ame.Core(io=self._ameIO)
         self._reads = set()
         self._writes = set()
         self._selectables = {}
@@ -635,14 +642,17 @@ class AMEReactor(
 
     # ame
 
-    def _reinitAfterFork(self):
+    def _reinitAfterFork(self, io=None):
         """
         In a child made by C{fork()} after this reactor was created (the
         C{ame run --workers N} supervisor forks at C{reactor.run()}): the
         parent's C worker thread does not exist here, so start a new core
-        and watch again every fd the reactor watched.
+        (C{io}: as for L{__init__}; default: as before) and watch again
+        every fd the reactor watched.
         """
-        self._core = _ame.Core()
+        if io is not None:
+            self._ameIO = io
+        self._core = _ame.Core(io=self._ameIO)
         self._core.set_handlers(self._ameReadFailed)
         if isinstance(self.waker, _AMEWaker):
             self.waker._core = self._core
@@ -701,11 +711,12 @@ class AMEReactor(
         return self._core.report()
 
 
-def install():
+def install(io=None):
     """
-    Install the ame reactor as C{twisted.internet.reactor}.
+    Install the ame reactor as C{twisted.internet.reactor}.  C{io}: as for
+    L{AMEReactor}.
     """
-    p = AMEReactor()
+    p = AMEReactor(io=io)
     from twisted.internet.main import installReactor
 
     installReactor(p)

@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <sched.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,7 @@ struct opts {
   unsigned workers;
   double grace_s;
   const char *sockets; /* "reuseport" or "shared" */
+  const char *io;      /* "thread", "inline" or "auto" */
   int verbose;
 };
 
@@ -160,6 +162,21 @@ static void print_exception(const char *cmd, const char *what) {
   Py_XDECREF(tb);
 }
 
+/* --io auto: inline (no C I/O thread per worker) when the workers alone
+** fill the CPUs this process may run on: an I/O thread per worker would
+** then only add thread switches.  Otherwise each worker keeps its thread,
+** which takes the socket work off the Python thread's core. */
+static const char *resolve_io(const struct opts *o) {
+  if (strcmp(o->io, "auto") != 0) return o->io;
+  cpu_set_t set;
+  long n = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
+  return o->workers > 1 && n > 0 && o->workers >= (unsigned long)n
+             ? "inline"
+             : "thread";
+}
+
 /* Start Python as AME_PYTHON, run ame._supervisor.main() with o, finish
 ** Python, and return the exit status. */
 static int run_python(const struct opts *o) {
@@ -203,9 +220,10 @@ static int run_python(const struct opts *o) {
   }
   PyObject *r = NULL;
   if (args)
-    r = PyObject_CallMethod(mod, "main", "ssssOIdsi", o->cmd, o->mode,
+    r = PyObject_CallMethod(mod, "main", "ssssOIdssi", o->cmd, o->mode,
                             o->target ? o->target : "", AME_PYTHON, args,
-                            o->workers, o->grace_s, o->sockets, o->verbose);
+                            o->workers, o->grace_s, o->sockets,
+                            resolve_io(o), o->verbose);
   Py_XDECREF(args);
   Py_DECREF(mod);
   if (r == NULL) {
@@ -250,6 +268,13 @@ static void run_usage(FILE *f) {
 "                        accepted by whichever worker is free (with few\n"
 "                        long-lived connections this can leave a worker\n"
 "                        with none; see docs/multicore.md)\n"
+"      --io thread|inline|auto\n"
+"                        thread: each process has a C thread that does the\n"
+"                        socket I/O beside the Python thread; inline: no\n"
+"                        such thread, the Python thread steps the C\n"
+"                        reactor itself; auto (the default): inline when\n"
+"                        the workers fill the CPUs this process may use\n"
+"                        (workers > 1 and workers >= CPUs), else thread\n"
 "  -m MODULE             run a module as a script (the rest are its args)\n"
 "  -v, --verbose         after a setup error's one line, print the traceback\n"
 "  -h, --help            this help\n"
@@ -294,7 +319,7 @@ static void run_usage(FILE *f) {
 static void twistd_usage(FILE *f) {
   fprintf(f,
 "usage: ame twistd [--workers N|auto] [--grace SECONDS] [--sockets MODE]\n"
-"                  [--verbose] [--]\n"
+"                  [--io MODE] [--verbose] [--]\n"
 "                  [TWISTD-OPTIONS] SUBCOMMAND [OPTIONS...]\n"
 "\n"
 "Run twistd (twisted.scripts.twistd) with the ame reactor installed: the\n"
@@ -305,6 +330,7 @@ static void twistd_usage(FILE *f) {
 "  --workers N|auto   worker processes (default 1), as for 'ame run'\n"
 "  --grace SECONDS    graceful-stop limit per worker (default %g)\n"
 "  --sockets reuseport|shared   as for 'ame run'\n"
+"  --io thread|inline|auto      as for 'ame run'\n"
 "  --verbose          print the traceback of a setup error\n"
 "  --help             this help\n"
 "\n"
@@ -357,6 +383,16 @@ static int parse_grace(const char *s, double *out) {
   return 0;
 }
 
+/* Parse --io.  Return 0 or -1. */
+static int parse_io(const char *s, const char **out) {
+  if (strcmp(s, "thread") == 0 || strcmp(s, "inline") == 0 ||
+      strcmp(s, "auto") == 0) {
+    *out = s;
+    return 0;
+  }
+  return -1;
+}
+
 /* Parse --sockets.  Return 0 or -1. */
 static int parse_sockets(const char *s, const char **out) {
   if (strcmp(s, "reuseport") == 0 || strcmp(s, "shared") == 0) {
@@ -368,11 +404,13 @@ static int parse_sockets(const char *s, const char **out) {
 
 int ame_run_main(int argc, char **argv) {
   struct opts o = {.cmd = "ame run", .mode = "path", .workers = 1,
-                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport"};
+                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport",
+                   .io = "auto"};
   static const struct option longopts[] = {
       {"workers", required_argument, NULL, 'w'},
       {"grace", required_argument, NULL, 'g'},
       {"sockets", required_argument, NULL, 's'},
+      {"io", required_argument, NULL, 'i'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -396,6 +434,11 @@ int ame_run_main(int argc, char **argv) {
     case 's':
       if (parse_sockets(optarg, &o.sockets) < 0)
         return usage_error("run", "--sockets wants 'reuseport' or 'shared', "
+                                  "not '%s'", optarg);
+      break;
+    case 'i':
+      if (parse_io(optarg, &o.io) < 0)
+        return usage_error("run", "--io wants 'thread', 'inline' or 'auto', "
                                   "not '%s'", optarg);
       break;
     case 'm':
@@ -431,14 +474,15 @@ int ame_run_main(int argc, char **argv) {
 
 int ame_twistd_main(int argc, char **argv) {
   struct opts o = {.cmd = "ame twistd", .mode = "twistd", .workers = 1,
-                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport"};
+                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport",
+                   .io = "auto"};
   /* Only our own leading long options; the first other argument starts
   ** twistd's (getopt would reject twistd's options). */
   int i = 1;
   for (; i < argc; i++) {
     const char *a = argv[i];
     const char *val = NULL;
-    int takes = 0; /* 1: --workers, 2: --grace, 3: --sockets */
+    int takes = 0; /* 1: --workers, 2: --grace, 3: --sockets, 4: --io */
     if (strcmp(a, "--") == 0) {
       i++;
       break;
@@ -460,6 +504,9 @@ int ame_twistd_main(int argc, char **argv) {
                                                    a[9] == '=')) {
       takes = 3;
       val = a[9] == '=' ? a + 10 : NULL;
+    } else if (strncmp(a, "--io", 4) == 0 && (a[4] == '\0' || a[4] == '=')) {
+      takes = 4;
+      val = a[4] == '=' ? a + 5 : NULL;
     } else {
       break;
     }
@@ -476,6 +523,9 @@ int ame_twistd_main(int argc, char **argv) {
                          val);
     if (takes == 3 && parse_sockets(val, &o.sockets) < 0)
       return usage_error("twistd", "--sockets wants 'reuseport' or 'shared', "
+                                   "not '%s'", val);
+    if (takes == 4 && parse_io(val, &o.io) < 0)
+      return usage_error("twistd", "--io wants 'thread', 'inline' or 'auto', "
                                    "not '%s'", val);
   }
   o.args = argv + i;

@@ -21,7 +21,8 @@ Options::
 
     --modules a,b,...   modules of twisted.internet.test (default: all
                         the ReactorBuilder modules listed in MODULES)
-    --reactors ame,epoll
+    --reactors ame,epoll  (also ame-inline: AMEReactor with AME_IO=inline,
+                        its C reactor stepped on the Python thread)
     --timeout SECONDS   per child (default 1800)
     --out DIR           logs and per-test results (default
                         /tmp/ame-conformance)
@@ -63,7 +64,16 @@ REACTORS = {
         "twisted.internet.epollreactor.EPollReactor",
         "twisted.internet.epollreactor",
     ),
+    "ame-inline": ("ame.reactor.AMEReactor", "ame.reactor"),
 }
+
+# Environment of a reactor's children, and its name for trial --reactor.
+REACTOR_ENV = {"ame-inline": {"AME_IO": "inline"}}
+TRIAL_NAME = {"ame-inline": "ame"}
+
+
+def reactorEnv(env, reactorKey):
+    return dict(env, **REACTOR_ENV.get(reactorKey, {}))
 
 # Outcomes, worst first: a test that both errored and failed is an error.
 ORDER = ["crash", "error", "failure", "unexpected-success", "skip",
@@ -183,8 +193,9 @@ def runChild(module, reactorKey, args, env):
         p = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--child", module,
              reactorKey, outPath],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-            cwd=args.out, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT,
+            env=reactorEnv(env, reactorKey), cwd=args.out,
+            start_new_session=True)
         try:
             rc = p.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
@@ -218,10 +229,12 @@ def runWeb(reactorKey, args, env):
     with open(logPath, "w") as log:
         p = subprocess.Popen(
             [sys.executable, "-m", "twisted.trial",
-             "--reactor=" + reactorKey, "--temp-directory",
+             "--reactor=" + TRIAL_NAME.get(reactorKey, reactorKey),
+             "--temp-directory",
              os.path.join(args.out, "_trial_temp-web-" + reactorKey),
              "twisted.web.test"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=args.out,
+            stdout=log, stderr=subprocess.STDOUT,
+            env=reactorEnv(env, reactorKey), cwd=args.out,
             start_new_session=True)
         try:
             p.wait(timeout=args.timeout)
@@ -269,7 +282,7 @@ def main():
     reactors = args.reactors.split(",")
     summary = {"modules": {}, "missing": [], "web": {}}
     allResults = {r: {} for r in reactors}
-    print("%-16s %-6s %5s %5s %5s %5s %5s %5s %8s" % (
+    print("%-16s %-10s %5s %5s %5s %5s %5s %5s %8s" % (
         "module", "react", "pass", "fail", "error", "skip", "xfail",
         "crash", "seconds"))
     for module in modules:
@@ -279,7 +292,7 @@ def main():
             c = counts(results)
             summary["modules"].setdefault(module, {})[r] = dict(
                 c, rc=rc, seconds=round(secs, 1))
-            print("%-16s %-6s %5d %5d %5d %5d %5d %5d %8.1f%s" % (
+            print("%-16s %-10s %5d %5d %5d %5d %5d %5d %8.1f%s" % (
                 module, r, c["pass"], c["fail"], c["error"], c["skip"],
                 c["xfail"], c["crash"], secs,
                 "" if rc in (0, 1) else "  (child: %s)" % rc), flush=True)
@@ -287,7 +300,7 @@ def main():
     totals = {r: counts(allResults[r]) for r in reactors}
     for r in reactors:
         t = totals[r]
-        print("%-16s %-6s %5d %5d %5d %5d %5d %5d" % (
+        print("%-16s %-10s %5d %5d %5d %5d %5d %5d" % (
             "TOTAL", r, t["pass"], t["fail"], t["error"], t["skip"],
             t["xfail"], t["crash"]))
     summary["totals"] = totals

@@ -717,6 +717,24 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self._lastReactor = ReactorBehaviourMixin.buildReactor(self)
         return self._lastReactor
 
+    def _echoOnce(self, reactor, data):
+        """
+        Run reactor until one TCP client has had data echoed by a server of
+        its own; return what the client got back.
+        """
+        factory = protocol.ServerFactory.forProtocol(_Echo)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        done = Deferred()
+        got = []
+        done.addCallback(got.append)
+        done.addBoth(lambda _: port.stopListening())
+        done.addBoth(lambda _: reactor.stop())
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           protocol.ClientFactory.forProtocol(
+                               lambda: _Client(data, done)))
+        self.runReactor(reactor)
+        return got
+
     def test_ameReport(self):
         """
         ameReport() gives the C reactor's counters and the STM conflict
@@ -724,15 +742,7 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         and committed transactions.
         """
         reactor = self.buildReactor()
-        factory = protocol.ServerFactory.forProtocol(_Echo)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        done = Deferred()
-        done.addBoth(lambda _: port.stopListening())
-        done.addBoth(lambda _: reactor.stop())
-        reactor.connectTCP("127.0.0.1", port.getHost().port,
-                           protocol.ClientFactory.forProtocol(
-                               lambda: _Client(b"report", done)))
-        self.runReactor(reactor)
+        self.assertEqual(self._echoOnce(reactor, b"report"), [b"report"])
         text = reactor.ameReport()
         self.assertIn("ame reactor: 1 workers", text)
         self.assertIn("ame STM report", text)
@@ -863,3 +873,72 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.assertRaises(RuntimeError, r._core.wait, 0)
         self.assertRaises(RuntimeError, r._core.watch, 0, 1)
         r._core.wake()  # harmless
+
+
+class AMEInlineReactorTests(AMEReactorTests):
+    """
+    The same behaviours with C{io="inline"}: no C thread, C{doPoll} steps
+    the C reactor on the Python thread (what C{ame run} workers use when
+    they fill every core).
+    """
+
+    reactorFactory = staticmethod(lambda: AMEReactor(io="inline"))
+
+    def test_noThread(self):
+        """
+        An inline reactor starts no thread, and serves TCP all the same.
+        """
+        before = len(os.listdir("/proc/self/task"))
+        reactor = self.buildReactor()
+        self.assertEqual(reactor._core.io, "inline")
+        self.assertEqual(len(os.listdir("/proc/self/task")), before)
+        self.assertEqual(self._echoOnce(reactor, b"inline"), [b"inline"])
+        self.assertEqual(len(os.listdir("/proc/self/task")), before)
+
+    def test_signalInterruptsWait(self):
+        """
+        A signal ends an inline wait at once and its Python handler runs
+        (here it raises, out of wait()), with no Twisted waker installed.
+        """
+        reactor = self.buildReactor()
+        old = signal.signal(signal.SIGALRM, self._raiseBoom)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            self.assertRaises(_Boom, reactor._core.wait, 60)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    @staticmethod
+    def _raiseBoom(signum, frame):
+        raise _Boom()
+
+    def test_otherThread(self):
+        """
+        Only the thread that made an inline core may wait or watch on it;
+        wake() from another thread ends its wait.
+        """
+        reactor = self.buildReactor()
+        errors = []
+
+        def other():
+            for f, a in ((reactor._core.wait, (0,)),
+                         (reactor._core.watch, (0, 0))):
+                try:
+                    f(*a)
+                except RuntimeError as e:
+                    errors.append(str(e))
+            reactor._core.wake()
+
+        t = threading.Thread(target=other)
+        t.start()
+        self.assertEqual(reactor._core.wait(60), [])
+        t.join()
+        self.assertEqual(len(errors), 2)
+        self.assertIn("another thread", errors[0])
+
+    def test_badIO(self):
+        """
+        io must be "thread" or "inline".
+        """
+        self.assertRaises(ValueError, AMEReactor, io="fibres")

@@ -29,6 +29,7 @@
 #include "ame/reactor.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <uv.h>
 
 #define LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -103,6 +104,8 @@ struct worker {
   struct jobq timers;        /* ordered: this worker's timer callbacks */
   struct jobq tasks;         /* unordered */
   uv_thread_t thread;
+  pthread_t owner;           /* attached: the thread that steps the loop */
+  int attached;              /* ame_reactor_attach() made owner the worker */
   ame_tx_t *tx;
   char *readbuf;             /* one read at a time per worker */
   int stopping;              /* owner thread: stop has begun here */
@@ -124,6 +127,7 @@ struct ame_reactor {
   void *before_poll_arg;
   FILE *log;
   int running;               /* atomic */
+  sigset_t attach_mask;      /* attached: the owner's mask before attach */
   int stopping;              /* atomic */
   int quiet;                 /* atomic: being freed, call nobody back */
   unsigned idle;             /* atomic: workers blocked with nothing to do */

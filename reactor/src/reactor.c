@@ -12,6 +12,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -177,13 +178,19 @@ static void drain_inbox(struct worker *w);
 static void op_dispatch(void *arg) {
   struct op *op = arg;
   struct worker *w = op->w;
+  /* The thread an embedding program attached (ame_reactor_attach) is w's
+  ** between steps too: its ops run at once, with w current meanwhile. */
+  struct worker *saved = current;
+  if (saved != w && w->attached && pthread_equal(w->owner, pthread_self()))
+    current = w;
   if (current == w) {
     if (!w->draining && LOAD(&w->inbox_head) == NULL) {
       op_run(op);
-      return;
+    } else {
+      inbox_push(w, op);
+      if (!w->draining) drain_inbox(w);
     }
-    inbox_push(w, op);
-    if (!w->draining) drain_inbox(w);
+    current = saved;
     return;
   }
   inbox_push(w, op);
@@ -716,6 +723,72 @@ int ame_reactor_run(ame_reactor_t *r) {
   return 0;
 }
 
+/* ------------------------------------------------------------------------
+** Embedding: the caller's thread steps worker 0's loop.
+*/
+
+int ame_reactor_attach(ame_reactor_t *r) {
+  if (r == NULL || r->nworkers != 1) return -EINVAL;
+  int expected = 0;
+  if (!__atomic_compare_exchange_n(&r->running, &expected, 1, 0,
+                                   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+    return -EALREADY;
+  struct worker *w = &r->workers[0];
+  struct worker *saved = current;
+  worker_enter(w, &r->attach_mask);
+  current = saved; /* w is current only while it steps or runs an op */
+  w->owner = pthread_self();
+  w->attached = 1;
+  return 0;
+}
+
+static int attached_here(const ame_reactor_t *r) {
+  return r->nworkers == 1 && r->workers[0].attached &&
+         pthread_equal(r->workers[0].owner, pthread_self());
+}
+
+int ame_reactor_step(ame_reactor_t *r, int *timeout_ms) {
+  if (r == NULL || !attached_here(r)) return -EINVAL;
+  struct worker *w = &r->workers[0];
+  struct worker *saved = current;
+  current = w;
+  int alive = uv_run(&w->loop, UV_RUN_NOWAIT);
+  if (alive) {
+    current = saved;
+    if (timeout_ms) *timeout_ms = uv_backend_timeout(&w->loop);
+    return 1;
+  }
+  /* The loop has ended (stop completed): what ame_reactor_run() does once
+  ** its loops have ended. */
+  if (LOAD(&w->idle_marked)) {
+    STORE(&w->idle_marked, 0);
+    SUB(&r->idle, 1);
+  }
+  w->attached = 0;
+  worker_leave(w, &r->attach_mask);
+  run_leftovers(r);
+  if (r->report_on_stop) ame_reactor_report(r, r->log);
+  current = saved;
+  STORE(&r->running, 0);
+  if (timeout_ms) *timeout_ms = -1;
+  return 0;
+}
+
+int ame_reactor_fd(const ame_reactor_t *r) {
+  return r ? uv_backend_fd(&r->workers[0].loop) : -EINVAL;
+}
+
+/* ame_reactor_free() of an attached reactor that still runs. */
+static void step_to_end(ame_reactor_t *r) {
+  ame_reactor_stop(r);
+  int t;
+  while (ame_reactor_step(r, &t) > 0) {
+    if (t == 0) continue;
+    struct pollfd p = {.fd = ame_reactor_fd(r), .events = POLLIN};
+    poll(&p, 1, t);
+  }
+}
+
 static void stop_now(void *arg) {
   ame_reactor_t *r = arg;
   int expected = 0;
@@ -752,6 +825,10 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 
 void ame_reactor_free(ame_reactor_t *r) {
   if (r == NULL) return;
+  if (r->nworkers == 1 && r->workers[0].attached) {
+    assert(attached_here(r) && "ame_reactor_free off the attached thread");
+    step_to_end(r);
+  }
   assert(!LOAD(&r->running) && "ame_reactor_free while running");
   /* A reactor that never ran (or never stopped) still has ops in its
   ** inboxes (listens, connects, timers asked for before ame_reactor_run)

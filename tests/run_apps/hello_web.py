@@ -11,8 +11,9 @@ prints "listening on PORT".  Paths:
     /big     256 KiB of b"x" (truncation shows)
     /slow    "slow\\n" 1 s later (a request in flight for a while)
 
-Every response carries X-Worker-Pid (the serving process) and X-Worker
-(AME_WORKER, "-" in one process).  At shutdown the process prints
+Every response carries X-Worker-Pid (the serving process), X-Worker
+(AME_WORKER, "-" in one process) and X-Io (the ame reactor's I/O mode,
+"thread" or "inline").  At shutdown the process prints
 "served N requests on M connections" (per worker: each has its own
 counters).
 """
@@ -43,6 +44,7 @@ class Root(resource.Resource):
         request.setHeader(b"x-worker-pid", str(os.getpid()).encode())
         request.setHeader(b"x-worker",
                           os.environ.get("AME_WORKER", "-").encode())
+        request.setHeader(b"x-io", reactor._core.io.encode())
         if request.path == b"/close":
             # One request per connection: what twisted.web does for a
             # request with "Connection: close".

@@ -97,6 +97,34 @@ int ame_reactor_new(ame_reactor_t **out, const ame_reactor_config_t *cfg);
 ** thread becomes worker 0.  Return 0 or a negative error. */
 int ame_reactor_run(ame_reactor_t *r);
 
+/* Embedding: run a one-worker reactor from a loop of the caller's own,
+** instead of ame_reactor_run() (the Python binding's wait() does, in
+** processes that should have one thread: libuv's uv_backend_fd pattern).
+**
+** ame_reactor_attach(r) makes the calling thread r's worker: it registers
+** it with the STM and blocks SIGPIPE on it (as on every worker; restored
+** when the reactor has stopped).  From then on, ops that thread asks for
+** between steps (ame_poll_change, ame_stream_write, ...) run at once, as
+** from a callback.  r must have exactly one worker and not be running.
+** Return 0, -EINVAL (not one worker) or -EALREADY (running or attached).
+**
+** ame_reactor_step(r, &timeout_ms), on the attached thread, runs one loop
+** iteration without blocking: the callbacks of whatever is ready (I/O,
+** expired timers, posted calls, jobs, before_poll).  It sets *timeout_ms
+** to how long the caller may block before the next step (-1: until
+** ame_reactor_fd(r) is readable; 0: step again at once).  It returns 1
+** while the reactor runs, and 0 once it has stopped (ame_reactor_stop()
+** has completed: the thread is detached and r may be freed), or -EINVAL
+** off the attached thread.
+**
+** ame_reactor_fd(r) is readable when a step has work (libuv's backend
+** fd): poll it, with the caller's own fds, for at most the timeout.
+** ame_reactor_free() of an attached reactor that has not stopped stops it
+** and steps it to the end first (on the attached thread). */
+int ame_reactor_attach(ame_reactor_t *r);
+int ame_reactor_step(ame_reactor_t *r, int *timeout_ms);
+int ame_reactor_fd(const ame_reactor_t *r);
+
 /* Stop gracefully: stop accepting, let running callbacks finish, flush
 ** queued writes (up to drain_timeout_ms), close every handle (calling the
 ** on_close callbacks), then make ame_reactor_run() return.  Posted calls,
