@@ -82,7 +82,9 @@ def server_label(server):
     if server == "epoll":
         return "EPollReactor"
     if server == "ame":
-        return "AMEReactor"
+        return "AMEReactor"  # io auto: inline when pinned, else thread
+    if server == "ame-inline":
+        return "AMEReactor, io inline"
     w, io = parse_run(server)
     if io is None:
         return "ame run --workers %d (io %s)" % (w, auto_io(w))
@@ -109,8 +111,7 @@ def run_server(w, io):
 
 def auto_io(w):
     """What `ame run --io auto` chooses for w workers here."""
-    return "inline" if w > 1 and w >= len(os.sched_getaffinity(0)) \
-        else "thread"
+    return "inline" if w >= len(os.sched_getaffinity(0)) else "thread"
 
 
 # ---- servers ----------------------------------------------------------------
@@ -139,7 +140,10 @@ class AppServer(Server):
 def server_cmd(args, builddir, app, mode, server, port, cpus):
     script = os.path.join(REPO, APP_FILE[app])
     w, io = parse_run(server)
-    if w is None:
+    if server == "ame-inline":
+        cmd = ["env", "AME_IO=inline", args.python, script, "--port",
+               str(port), "--reactor", "ame"]
+    elif w is None:
         cmd = [args.python, script, "--port", str(port),
                "--reactor", server]
     else:
@@ -256,7 +260,8 @@ def configurations(args, skip):
     if "reactors" in args.sections:
         for app in args.apps:
             for mode in args.modes:
-                for server in ("epoll", "ame"):
+                for server in ("epoll", "ame") + (
+                        ("ame-inline",) if "inline" in args.io else ()):
                     keys.append((app, mode, server))
     if "workers" in args.sections:
         for server in ["epoll"] + [run_server(w, io) for w in args.workers
@@ -264,7 +269,8 @@ def configurations(args, skip):
             keys.append(("web", "unpinned", server))
     out = []
     for k in keys:
-        kind = "ame-run" if k[2].startswith("ame-run") else k[2]
+        kind = "ame-run" if k[2].startswith("ame-run") else \
+            "ame" if k[2] == "ame-inline" else k[2]
         if k not in out and kind not in skip:
             out.append(k)
     order = {}
@@ -458,7 +464,8 @@ def print_report(settings, machine, twisted, bars, failures):
           "process of it) per request completed.  srv/wrk/other: CPUs used "
           "by the server, by wrk and by other work on the machine.  x epoll: "
           "against EPollReactor, same program and mode; x 1w: against "
-          "ame run --workers 1.")
+          "ame run --workers 1.  AMEReactor: its default io auto, inline "
+          "(no C thread) when pinned to one CPU, else thread.")
     table = []
     for r in twisted["rows"]:
         if r["rps_median"] is None:
@@ -514,7 +521,9 @@ def main():
                     type=name_list(("auto", "thread", "inline"), "io mode"),
                     help="workers section: ame run --io values, each run "
                          "at every --workers value (default auto; the "
-                         "bars and the x 1w reference use auto)")
+                         "bars and the x 1w reference use auto); with "
+                         "inline, the reactors section adds AMEReactor "
+                         "with AME_IO=inline")
     ap.add_argument("--runs", "--reps", dest="reps", type=int, default=None,
                     help="repetitions of every run (default 3; quick 1)")
     ap.add_argument("--duration", type=int, default=None, metavar="S",

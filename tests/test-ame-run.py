@@ -380,10 +380,12 @@ def case_errors(ame):
 
 def case_examples(ame):
     # --io auto (the default): inline when the workers fill the CPUs.
-    auto2 = 'inline' if len(os.sched_getaffinity(0)) <= 2 else 'thread'
+    ncpu = len(os.sched_getaffinity(0))
+    auto2 = 'inline' if ncpu <= 2 else 'thread'
     for workers in ('1', '2', 'shared', 'thread', 'inline'):
         opts = ['--workers', workers]
-        io = 'thread' if workers == '1' else auto2
+        io = ('inline' if ncpu <= 1 else 'thread') if workers == '1' \
+            else auto2
         if workers == 'shared':
             workers, opts = '2', ['--workers', '2', '--sockets', 'shared']
         elif workers in ('thread', 'inline'):

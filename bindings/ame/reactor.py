@@ -410,11 +410,15 @@ class AMEReactor(
 
     def __init__(self, io=None):
         # "thread" (a C worker thread does the socket I/O beside the Python
-        # thread) or "inline" (no thread: doPoll steps the C reactor on the
+        # thread), "inline" (no thread: doPoll steps the C reactor on the
         # Python thread; for processes that should have one thread, such as
-        # `ame run` workers that fill every core).  Default: $AME_IO, else
-        # "thread".
-        self._ameIO = io or os.environ.get("AME_IO") or "thread"
+        # `ame run` workers that fill every core) or "auto": inline if this
+        # process may run on one CPU only (its affinity), else thread.
+        # Default: $AME_IO, else "auto".
+        io = io or os.environ.get("AME_IO") or "auto"
+        if io == "auto":
+            io = "inline" if len(os.sched_getaffinity(0)) <= 1 else "thread"
+        self._ameIO = io
         self._core = _ame.Core(io=self._ameIO)
         self._reads = set()
         self._writes = set()

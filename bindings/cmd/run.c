@@ -163,18 +163,17 @@ static void print_exception(const char *cmd, const char *what) {
 }
 
 /* --io auto: inline (no C I/O thread per worker) when the workers alone
-** fill the CPUs this process may run on: an I/O thread per worker would
-** then only add thread switches.  Otherwise each worker keeps its thread,
-** which takes the socket work off the Python thread's core. */
+** fill the CPUs this process may run on (one worker on one CPU too, as
+** AMEReactor's own auto): an I/O thread per worker would then only add
+** thread switches.  Otherwise each worker keeps its thread, which takes
+** the socket work off the Python thread's core. */
 static const char *resolve_io(const struct opts *o) {
   if (strcmp(o->io, "auto") != 0) return o->io;
   cpu_set_t set;
   long n = 0;
   if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
   if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
-  return o->workers > 1 && n > 0 && o->workers >= (unsigned long)n
-             ? "inline"
-             : "thread";
+  return n > 0 && o->workers >= (unsigned long)n ? "inline" : "thread";
 }
 
 /* Start Python as AME_PYTHON, run ame._supervisor.main() with o, finish
@@ -274,7 +273,7 @@ static void run_usage(FILE *f) {
 "                        such thread, the Python thread steps the C\n"
 "                        reactor itself; auto (the default): inline when\n"
 "                        the workers fill the CPUs this process may use\n"
-"                        (workers > 1 and workers >= CPUs), else thread\n"
+"                        (workers >= CPUs), else thread\n"
 "  -m MODULE             run a module as a script (the rest are its args)\n"
 "  -v, --verbose         after a setup error's one line, print the traceback\n"
 "  -h, --help            this help\n"

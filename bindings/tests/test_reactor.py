@@ -13,6 +13,8 @@ import gc
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,7 +24,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import log
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ame.reactor import AMEReactor
 
@@ -692,7 +694,7 @@ class EPollReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
 
 
 class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
-    reactorFactory = AMEReactor
+    reactorFactory = staticmethod(lambda: AMEReactor(io="thread"))
 
     def test_ameStats(self):
         """
@@ -942,3 +944,41 @@ class AMEInlineReactorTests(AMEReactorTests):
         io must be "thread" or "inline".
         """
         self.assertRaises(ValueError, AMEReactor, io="fibres")
+
+
+class AMEAutoIOTests(SynchronousTestCase):
+    """
+    AMEReactor's default I/O mode: $AME_IO, else auto (inline when the
+    process may run on one CPU only, else thread).  Each case runs in a
+    child, whose affinity and environment can be changed.
+    """
+
+    def _io(self, cpus, env):
+        code = ("import os, sys\n"
+                "cpus = %r\n"
+                "if cpus: os.sched_setaffinity(0, cpus)\n"
+                "from ame.reactor import AMEReactor\n"
+                "r = AMEReactor()\n"
+                "print(r._core.io)\n" % (cpus,))
+        full = dict(os.environ)
+        full.pop("AME_IO", None)
+        full.update(env)
+        # The child finds ame where this process did (trial runs in a
+        # directory of its own; site made these paths absolute).
+        full["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        out = subprocess.run([sys.executable, "-c", code], env=full,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout.strip()
+
+    def test_autoOneCPU(self):
+        cpu = min(os.sched_getaffinity(0))
+        self.assertEqual(self._io({cpu}, {}), "inline")
+        self.assertEqual(self._io({cpu}, {"AME_IO": "thread"}), "thread")
+
+    def test_autoManyCPUs(self):
+        cpus = os.sched_getaffinity(0)
+        if len(cpus) < 2:
+            raise SkipTest("one CPU here")
+        self.assertEqual(self._io(None, {}), "thread")
+        self.assertEqual(self._io(None, {"AME_IO": "inline"}), "inline")
