@@ -273,6 +273,11 @@ static void mark_dirty(struct core *c, struct watch *w) {
 /* Post an apply if there is something to apply.  If wait is set, block
 ** (without the GIL) until it has run.  Return 0 or a negative error. */
 static int flush(struct core *c, int wait) {
+  /* What callbacks wrote becomes the worker's to send, except at a
+  ** barrier (watch(fd, 0) inside a callback): a response still being
+  ** written must not leave in pieces (with Nagle, a piece waits for the
+  ** peer's delayed ACK, up to 40 ms). */
+  if (!wait) ame__fconn_flush_pending(c);
   pthread_mutex_lock(&c->lock);
   if (c->dirty_head == NULL && c->fdirty == NULL) {
     pthread_mutex_unlock(&c->lock);

@@ -82,6 +82,7 @@ struct core {
   /* Fast streams (transport.c). */
   struct fconn *fready_head, *fready_tail; /* lock: streams with news */
   struct fconn *fdirty;     /* lock: streams the worker must look at */
+  struct fconn *fpending;   /* py: streams written since the last flush */
   int py_waiting;           /* lock: the Python thread sleeps in wait() */
   PyObject *on_read_error;  /* py: reactor._ameReadFailed */
   char *scratch;            /* worker: recv buffer */
@@ -116,6 +117,12 @@ struct fconn {
   /* Outbound, appended by Python, sent by the worker. */
   char *obuf;               /* lock */
   size_t olen, ocap;        /* lock */
+  size_t oready;            /* lock: the first oready bytes of obuf were
+                               flushed (end of a dispatch): the worker sends
+                               no more than these, so it never sends half
+                               of what a callback is still writing */
+  int pending;              /* py: on c's pending list */
+  struct fconn *next_pending; /* py */
   size_t queued;            /* lock: bytes written and not yet sent */
   int werr;                 /* lock: send failed: errno */
   int dropping;             /* lock: aborted: write() drops its data */
@@ -163,6 +170,9 @@ int ame__getaddrinfo(struct core *c, const char *host, const char *service,
 /* Python thread, in wait(): deliver the answered queries. */
 void ame__gai_dispatch(struct core *c);
 void ame__gai_free_all(struct core *c);
+/* Python thread, in flush(): release what was written since the last
+** flush to the worker (the streams go on the dirty list). */
+void ame__fconn_flush_pending(struct core *c);
 /* Free what the streams of a closed core left behind (no worker). */
 void ame__fconn_free_all(struct core *c);
 

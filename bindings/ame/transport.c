@@ -205,6 +205,32 @@ static void mark_fdirty(struct core *c, struct fconn *f) {
   c->fdirty = f;
 }
 
+/* Lock held, Python thread.  Note that f was written to: the next flush
+** releases what it holds to the worker. */
+static void mark_pending(struct core *c, struct fconn *f) {
+  if (f->pending) return;
+  f->pending = 1;
+  f->refs++;
+  f->next_pending = c->fpending;
+  c->fpending = f;
+}
+
+void ame__fconn_flush_pending(struct core *c) {
+  if (c->fpending == NULL) return;
+  pthread_mutex_lock(&c->lock);
+  struct fconn *f = c->fpending;
+  c->fpending = NULL;
+  while (f) {
+    struct fconn *next = f->next_pending;
+    f->pending = 0;
+    f->oready = f->olen;
+    if (!f->detach) mark_fdirty(c, f);
+    fconn_unref(f); /* the pending list's reference */
+    f = next;
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
 /* Lock held.  Return 1 if the Python thread must be woken (after the lock
 ** is released: ame__signal_efd). */
 static int fready_push(struct core *c, struct fconn *f) {
@@ -327,8 +353,11 @@ static void do_send(struct core *c, struct fconn *f) {
     if (f->woff == f->wlen) {
       /* Take what Python appended since (swap the buffers). */
       pthread_mutex_lock(&c->lock);
-      int more = f->olen > 0 && !f->detach && !f->werr;
-      if (more) {
+      /* Only what was flushed: the rest is a callback's output still
+      ** being written (the next flush releases it). */
+      size_t take = f->oready < f->olen ? f->oready : f->olen;
+      int more = take > 0 && !f->detach && !f->werr;
+      if (more && take == f->olen) {
         char *b = f->wbuf;
         size_t cap = f->wcap;
         f->wbuf = f->obuf;
@@ -338,7 +367,24 @@ static void do_send(struct core *c, struct fconn *f) {
         f->obuf = b;
         f->ocap = cap;
         f->olen = 0;
+      } else if (more) {
+        if (take > f->wcap) {
+          char *b = realloc(f->wbuf, take);
+          if (b == NULL) {
+            pthread_mutex_unlock(&c->lock);
+            err = ENOMEM;
+            break;
+          }
+          f->wbuf = b;
+          f->wcap = take;
+        }
+        memcpy(f->wbuf, f->obuf, take);
+        memmove(f->obuf, f->obuf + take, f->olen - take);
+        f->olen -= take;
+        f->wlen = take;
+        f->woff = 0;
       }
+      f->oready -= more ? take : 0;
       pthread_mutex_unlock(&c->lock);
       if (!more) break;
     }
@@ -363,7 +409,7 @@ static void do_send(struct core *c, struct fconn *f) {
   if (err) {
     f->werr = err;
     f->woff = f->wlen = 0;
-    f->olen = 0;
+    f->olen = f->oready = 0;
     f->queued = 0;
   }
   if ((err || f->queued == 0) && f->want_drain && !f->detach) {
@@ -482,6 +528,13 @@ void ame__fconn_free_all(struct core *c) {
   c->fdirty = NULL;
   while (f) {
     struct fconn *next = f->next_dirty;
+    fconn_unref(f);
+    f = next;
+  }
+  f = c->fpending;
+  c->fpending = NULL;
+  while (f) {
+    struct fconn *next = f->next_pending;
     fconn_unref(f);
     f = next;
   }
@@ -690,7 +743,7 @@ static void stream_detach(StreamObject *self) {
   f->want_read = f->want_drain = 0;
   free(f->obuf);
   f->obuf = NULL;
-  f->olen = f->ocap = 0;
+  f->olen = f->ocap = f->oready = 0;
   mark_fdirty(c, f);
   fconn_unref(f); /* the Python object's reference */
   pthread_mutex_unlock(&c->lock);
@@ -758,7 +811,7 @@ static PyObject *Stream_discard(StreamObject *self, PyObject *unused) {
   if (f) {
     pthread_mutex_lock(&f->c->lock);
     f->queued -= f->olen;
-    f->olen = 0;
+    f->olen = f->oready = 0;
     f->dropping = 1;
     pthread_mutex_unlock(&f->c->lock);
   }
@@ -933,7 +986,7 @@ static int stream_send(StreamObject *self, const char *p, size_t n) {
   }
   f->queued += n;
   c->n_writes++;
-  mark_fdirty(c, f);
+  mark_pending(c, f);
   pthread_mutex_unlock(&c->lock);
   return 0;
 }
@@ -955,7 +1008,7 @@ static int stream_sendv(StreamObject *self, PyObject *seq) {
     size_t len = (size_t)PyBytes_GET_SIZE(b);
     if (buf_append(&f->obuf, &f->olen, &f->ocap, PyBytes_AS_STRING(b), len)) {
       f->queued += total;
-      mark_fdirty(c, f);
+      mark_pending(c, f);
       pthread_mutex_unlock(&c->lock);
       PyErr_NoMemory();
       return -1;
@@ -965,7 +1018,7 @@ static int stream_sendv(StreamObject *self, PyObject *seq) {
   if (total) {
     f->queued += total;
     c->n_writes++;
-    mark_fdirty(c, f);
+    mark_pending(c, f);
   }
   pthread_mutex_unlock(&c->lock);
   return 0;

@@ -737,6 +737,58 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.runReactor(reactor)
         return got
 
+    def test_responseLeavesWhole(self):
+        """
+        What one dataReceived writes in several write() calls leaves in one
+        send(), even when the worker runs in the middle of it (a watch
+        removed inside the callback makes it apply at once): a response
+        sent in pieces waits, with Nagle, for the peer's delayed ACK.
+        """
+        reactor = self.buildReactor()
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        reader = _PairReader(reactor, a)
+        reactor.addReader(reader)
+        reactor.iterate(0)  # the pipe's watch is armed on the worker
+        sends = []
+
+        class Piecewise(protocol.Protocol):
+            def dataReceived(self, data):
+                sends.append(reactor.ameStats()["stream_sends"])
+                self.transport.write(b"head-")
+                reactor.removeReader(reader)  # the worker applies now
+                self.transport.write(b"body")
+
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(
+            Piecewise), interface="127.0.0.1")
+        done = Deferred()
+
+        class Asker(protocol.Protocol):
+            got = b""
+
+            def connectionMade(self):
+                self.transport.write(b"?")
+
+            def dataReceived(self, data):
+                self.got += data
+                if self.got == b"head-body":
+                    sends.append(reactor.ameStats()["stream_sends"])
+                    self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                done.callback(self.got)
+
+        got = []
+        done.addCallback(got.append)
+        done.addBoth(lambda _: port.stopListening())
+        done.addBoth(lambda _: reactor.stop())
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           protocol.ClientFactory.forProtocol(Asker))
+        self.runReactor(reactor)
+        self.assertEqual(got, [b"head-body"])
+        self.assertEqual(sends[1] - sends[0], 1)
+
     def test_ameReport(self):
         """
         ameReport() gives the C reactor's counters and the STM conflict
