@@ -39,14 +39,15 @@ check: deps
 demo: deps-demo build-release
 	$(PYTHON) bench/demo.py --builddir $(BENCH_BUILD) $(DEMO_ARGS)
 
-# The full benchmarks (about ten minutes).  BENCH_ARGS go to every runner
-# (e.g. --json, --quick); STM_BENCH_ARGS, REACTOR_BENCH_ARGS and
-# TWISTED_BENCH_ARGS to one each (their other flags differ: --duration is
+# The full benchmarks (about twelve minutes).  BENCH_ARGS go to every runner
+# (e.g. --json, --quick); STM_BENCH_ARGS, REACTOR_BENCH_ARGS,
+# TWISTED_BENCH_ARGS and LOAD_BENCH_ARGS to one each (their other flags differ: --duration is
 # ms for the STM runner, seconds for the others).
 bench: build-release
 	$(PYTHON) bench/stm_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(STM_BENCH_ARGS)
 	$(PYTHON) bench/reactor_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(REACTOR_BENCH_ARGS)
 	$(PYTHON) bench/twisted_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(TWISTED_BENCH_ARGS)
+	$(PYTHON) bench/load_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(LOAD_BENCH_ARGS)
 
 install: build
 	$(MESON) install -C $(BUILD)
