@@ -451,7 +451,7 @@ static void core_close(CoreObject *self) {
   if (c == NULL) return;
   self->c = NULL;
   if (c->fork_gen != fork_gen) return; /* forked child: no thread to stop */
-  if (c->inline_mode) {
+  if (c->inline_mode && c->attached) {
     /* Only the thread that steps the reactor can stop it (ame_reactor_free
     ** steps it to the end).  Dropped on another thread, it is left as it
     ** is, like a core in a forked child. */
@@ -524,14 +524,10 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args,
     return NULL;
   }
   if (inl) {
-    rc = ame_reactor_attach(c->r);
-    if (rc != 0) {
-      set_error(rc);
-      Py_DECREF(self);
-      return NULL;
-    }
+    /* Attached by the first wait(): the thread that runs the loop, which
+    ** need not be the one that made the reactor (a program may set up in
+    ** one thread and run the reactor in another). */
     c->inline_mode = 1;
-    c->owner = pthread_self();
     return (PyObject *)self;
   }
   /* The workers block every signal, so that signals reach the Python
@@ -582,7 +578,8 @@ static struct core *live(CoreObject *self) {
                     "worker thread does not exist in this process");
     return NULL;
   }
-  if (self->c->inline_mode && !pthread_equal(self->c->owner, pthread_self())) {
+  if (self->c->inline_mode && self->c->attached &&
+      !pthread_equal(self->c->owner, pthread_self())) {
     PyErr_SetString(PyExc_RuntimeError,
                     "this ame reactor core runs inline on another thread");
     return NULL;
@@ -702,6 +699,15 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
     timeout = PyFloat_AsDouble(arg);
     if (timeout == -1 && PyErr_Occurred()) return NULL;
     if (timeout < 0 || isnan(timeout)) timeout = 0;
+  }
+  if (c->inline_mode && !c->attached) {
+    /* The first wait(): this thread runs the loop from now on.  Ops asked
+    ** for before (listening, watching) wait in the reactor's inbox and run
+    ** at the first step. */
+    int rc = ame_reactor_attach(c->r);
+    if (rc != 0) return set_error(rc);
+    c->attached = 1;
+    c->owner = pthread_self();
   }
   /* The fds returned last time have been dispatched: they (and the fds
   ** changed since) are checked here, and armed on the worker if not
@@ -997,8 +1003,8 @@ PyDoc_STRVAR(Core_doc,
 "Core(workers=1, io='thread')\n--\n\n"
 "One ame C reactor, with fd watching and a wait() for the Python thread.\n"
 "io='thread': the reactor runs on a thread of its own; io='inline': no\n"
-"thread, wait() steps it on the thread that made the Core (which must be\n"
-"the only thread to use it).  See ame.reactor.AMEReactor.");
+"thread, wait() steps it on the thread that first calls wait() (which must\n"
+"then be the only thread to use it).  See ame.reactor.AMEReactor.");
 
 static PyType_Slot Core_slots[] = {
     {Py_tp_new, Core_new},

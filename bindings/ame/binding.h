@@ -52,6 +52,7 @@ struct core {
   int started;              /* thread is running (py) */
   int inline_mode;          /* no thread: wait() steps the reactor on the
                                Python thread (ame_reactor_attach) */
+  int attached;             /* inline: the first wait() attached owner */
   pthread_t owner;          /* inline: the thread that attached */
   unsigned fork_gen;        /* fork_gen when created: a forked child has
                                no worker thread and must not use it */

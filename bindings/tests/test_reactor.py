@@ -969,10 +969,11 @@ class AMEInlineReactorTests(AMEReactorTests):
 
     def test_otherThread(self):
         """
-        Only the thread that made an inline core may wait or watch on it;
-        wake() from another thread ends its wait.
+        Once a thread has waited on an inline core, only that thread may
+        wait or watch on it; wake() from another thread ends its wait.
         """
         reactor = self.buildReactor()
+        reactor._core.wait(0)  # this thread runs it from now on
         errors = []
 
         def other():
@@ -990,6 +991,40 @@ class AMEInlineReactorTests(AMEReactorTests):
         t.join()
         self.assertEqual(len(errors), 2)
         self.assertIn("another thread", errors[0])
+
+    def test_runInAnotherThread(self):
+        """
+        An inline reactor set up in one thread (a listening port) can be
+        run in another, as programs that run Twisted in a background
+        thread do: the first wait() makes that thread the loop's.
+        """
+        reactor = self.buildReactor()
+        factory = protocol.ServerFactory.forProtocol(_Echo)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        got, errors = [], []
+
+        def run():
+            try:
+                done = Deferred()
+                done.addCallback(got.append)
+                done.addBoth(lambda _: port.stopListening())
+                done.addBoth(lambda _: reactor.stop())
+                reactor.connectTCP("127.0.0.1", port.getHost().port,
+                                   protocol.ClientFactory.forProtocol(
+                                       lambda: _Client(b"elsewhere", done)))
+                reactor.callLater(30, reactor.stop)
+                reactor.run(installSignalHandlers=False)
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(60)
+        self.assertFalse(t.is_alive())
+        self.assertEqual(errors, [])
+        self.assertEqual(got, [b"elsewhere"])
+        # This thread did not run it: it may not wait on it now.
+        self.assertRaises(RuntimeError, reactor._core.wait, 0)
 
     def test_badIO(self):
         """
