@@ -264,8 +264,9 @@ def main():
             plan.append(("ame run --workers %d" % w,
                          [ame, "run", "--workers", str(w), "--", WEB]
                          + url_args, w, args.sweep_duration))
-        # --io auto: one thread per worker when the workers fill the CPUs.
-        io = "inline" if ncpu > 1 else "thread"
+        # --io auto: one thread per worker when the workers fill the CPUs,
+        # which --workers auto always does.
+        io = "inline"
         plan.append(("ame run --workers auto (%d, io %s)" % (ncpu, io),
                      [ame, "run", "--workers", "auto", "--", WEB] + url_args,
                      ncpu, args.duration))

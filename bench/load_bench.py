@@ -24,13 +24,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 from benchlib import (LoadMeter, fmt_rate, machine_info, resolve_builddir,
                       runner_parser)
 from reactor_bench import (BenchError, Server, Tools, fmt_ratio, fmt_us,
                            free_port, int_list, med, print_bars, print_rows,
-                           run_wrk, wait_quiet)
+                           run_wrk, wait_client, wait_quiet)
 
 LOW, HIGH = 0.85, 1.15
 
@@ -43,17 +42,7 @@ def run_ame_load(ame, port, threads, conns, duration, tmpdir):
     with open(out_path, "wb") as out:
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                              stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + duration + 30
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid != 0:
-                break
-            if time.monotonic() > deadline:
-                p.kill()
-                os.wait4(p.pid, 0)
-                raise BenchError("ame load did not finish (server hung?)")
-            time.sleep(0.05)
-    rc = os.waitstatus_to_exitcode(status)
+        rc, ru = wait_client(p, duration + 30, "ame load")
     with open(out_path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     try:

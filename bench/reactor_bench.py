@@ -540,6 +540,30 @@ WRK_RE = {
 }
 
 
+def wait_client(p, timeout, what):
+    """Wait for client process p (a Popen) for at most timeout seconds;
+    return (exit status, rusage).  Past the limit, kill it and raise
+    BenchError.  Ctrl-C kills it too."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid != 0:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                return p.returncode, ru
+            if time.monotonic() > deadline:
+                p.kill()
+                os.wait4(p.pid, 0)
+                p.returncode = -9
+                raise BenchError("%s did not finish (server hung?)" % what)
+            time.sleep(0.05)
+    except BaseException:
+        if p.returncode is None:
+            p.kill()
+            p.wait()
+        raise
+
+
 def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=()):
     """Run wrk (with extra request headers, e.g. "Connection: close");
     return (parsed dict, wrk's CPU seconds, wall seconds)."""
@@ -552,24 +576,7 @@ def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=()):
         t0 = time.monotonic()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                              stderr=subprocess.STDOUT)
-        try:
-            deadline = t0 + duration + 30
-            while True:
-                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-                if pid != 0:
-                    break
-                if time.monotonic() > deadline:
-                    p.kill()
-                    pid, status, ru = os.wait4(p.pid, 0)
-                    p.returncode = -9
-                    raise BenchError("wrk did not finish (server hung?)")
-                time.sleep(0.05)
-            p.returncode = os.waitstatus_to_exitcode(status)
-        except BaseException:
-            if p.returncode is None:
-                p.kill()
-                p.wait()
-            raise
+        _, ru = wait_client(p, duration + 30, "wrk")
         wall = time.monotonic() - t0
     with open(out_path, encoding="utf-8", errors="replace") as f:
         text = f.read()
