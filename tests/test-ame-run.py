@@ -34,6 +34,14 @@ are in tests/run_apps/.  Cases:
   early     SIGTERM as soon as the workers are forked (before their
             reactors run): they still stop gracefully, exit 0
   backoff   workers that die at start are restarted after 0.1, 0.2, 0.4 s
+  faults    bad input while serving, in one process (io thread and
+            inline) and with 2 workers: malformed requests get a 400,
+            peers that reset mid-request or mid-response, a resource that
+            raises (500), a callLater callback that raises (logged), and
+            an fd table exhausted by 120 connections under a limit of 64
+            descriptors (some served, the rest closed by Twisted's EMFILE
+            recovery, none left hanging); after each, the server still
+            answers GET / and GET /big whole, and SIGTERM exits 0
   twistd    `ame twistd -n web` in one process and with 2 workers, and
             daemonized (no -n) with 2 workers: pid file, clean stop
 
@@ -46,8 +54,10 @@ import http.client
 import json
 import os
 import re
+import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -121,12 +131,22 @@ class Server:
     """`ame ARGS` running in the background, its output collected line by
     line (stdout and stderr apart) by two threads."""
 
-    def __init__(self, ame, args, cwd=APPS):
+    def __init__(self, ame, args, cwd=APPS, max_fds=None, env=None):
+        """max_fds: the soft RLIMIT_NOFILE to run ame (and its workers)
+        under; env: variables to add to the environment."""
         self.args = args
+
+        def limit():
+            if max_fds is not None:
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, hard))
+
         self.p = subprocess.Popen([ame] + args, cwd=cwd,
                                   stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True,
-                                  start_new_session=True)
+                                  start_new_session=True,
+                                  preexec_fn=limit,
+                                  env=dict(os.environ, **(env or {})))
         self.out, self.err = [], []
         self.cond = threading.Condition()
         self.threads = [
@@ -755,6 +775,160 @@ def case_backoff(ame):
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 
+def raw_exchange(port, data, timeout=TIMEOUT):
+    """Send data on a fresh connection, read until the server closes it
+    (or timeout); return what came back."""
+    with socket.create_connection(('127.0.0.1', port), timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(data)
+        got = b''
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def reset_close(s):
+    """Close s with a reset (SO_LINGER 0) instead of a FIN."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                 struct.pack('ii', 1, 0))
+    s.close()
+
+
+def still_serves(port, what):
+    """GET / and GET /big on fresh connections, retried for up to TIMEOUT
+    (descriptors a fault used are released asynchronously)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            status, h, body = http_get(port, timeout=5)
+            status2, h2, body2 = http_get(port, '/big', timeout=5)
+            ok = (status, body, status2, body2) == (200, b'hello\n', 200,
+                                                   b'x' * BIG)
+        except OSError as e:
+            ok, status = False, e
+        if ok or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return check(ok, '%s: then GET / and GET /big whole (%s)'
+                 % (what, status))
+
+
+def exhaust_fds(port, conns):
+    """Open conns connections at once, then send GET / on each and read
+    the answers; return (served, closed, hung).  A connection the server
+    closed (Twisted's EMFILE recovery accepts and closes what it cannot
+    keep) counts as closed; one with no answer or close after TIMEOUT
+    (or 5 s per socket) as hung."""
+    socks = []
+    for _ in range(conns):
+        s = socket.socket()
+        s.settimeout(TIMEOUT)
+        try:
+            s.connect(('127.0.0.1', port))
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+    served = closed = hung = 0
+    for s in socks:
+        try:
+            s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\n\r\n')
+        except OSError:
+            pass
+    deadline = time.monotonic() + TIMEOUT
+    for s in socks:
+        got = b''
+        s.settimeout(max(0.1, min(5, deadline - time.monotonic())))
+        try:
+            while b'hello\n' not in got:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        except socket.timeout:
+            hung += 1
+            continue
+        if got.startswith(b'HTTP/1.1 200') and got.endswith(b'hello\n'):
+            served += 1
+        elif got:
+            print('  unexpected answer: %r' % got[:200])
+            hung += 1
+        else:
+            closed += 1
+    for s in socks:
+        s.close()
+    return served, closed, hung
+
+
+def case_faults(ame):
+    for opts in (['--workers', '1', '--io', 'thread'],
+                 ['--workers', '1', '--io', 'inline'],
+                 ['--workers', '2']):
+        name = 'hello_web.py %s' % ' '.join(opts)
+        srv = Server(ame, ['run'] + opts + ['hello_web.py', '0'], max_fds=64,
+                     env={'HELLO_LOG': '1'})
+        port = srv.port()
+        if not check(port, '%s (64 descriptors): listening' % name):
+            srv.stop(signal.SIGKILL)
+            continue
+        if opts[1] == '2':
+            seen = wait_workers_serving(port, [1, 2])
+            check(sorted(seen) == [1, 2], 'both workers answer: %s' % seen)
+
+        for junk in (b'GARBAGE\r\n\r\n', b'\x00\x01\x02 junk\r\n\r\n',
+                     b'GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n',
+                     b'GET / HTTP/1.1\r\n' + b'X: y\r\n' * 20000):
+            got = raw_exchange(port, junk)
+            check(got.startswith(b'HTTP/1.1 400'),
+                  '%s: %r... -> 400, closed (%r)'
+                  % (name, junk[:20], got[:40]))
+        still_serves(port, '%s, malformed requests' % name)
+
+        for i in range(20):
+            with socket.create_connection(('127.0.0.1', port), TIMEOUT) as s:
+                if i % 2:
+                    s.sendall(b'GET /big HTTP/1.1\r\nHost: x\r\n\r\n')
+                    s.settimeout(TIMEOUT)
+                    s.recv(1000)  # the response is on its way
+                else:
+                    s.sendall(b'GET /big HTTP/1.1\r\nHo')
+                reset_close(s)
+        still_serves(port, '%s, 20 peers reset mid-request or '
+                     'mid-response' % name)
+
+        status, h, body = http_get(port, '/raise')
+        check(status == 500, '%s: a resource that raises -> %d (500)'
+              % (name, status))
+        status, h, body = http_get(port, '/later')
+        check(status == 200, '%s: /later -> %d' % (name, status))
+        m = srv.wait_line('err', r'ZeroDivisionError')
+        m = m and srv.wait_line('err', r'ZeroDivisionError',
+                                start=srv.err.index(m.string) + 1)
+        check(m is not None, '%s: both raising callbacks are logged' % name)
+        still_serves(port, '%s, raising callbacks' % name)
+
+        start = len(srv.err)
+        served, closed, hung = exhaust_fds(port, 120)
+        check(hung == 0 and served > 0 and closed > 0,
+              '%s: 120 connections at 64 descriptors: %d served, %d closed '
+              '(fd table full), %d hung' % (name, served, closed, hung))
+        check(srv.wait_line('err', r'EMFILE encountered', start=start)
+              is not None, '%s: Twisted logged its EMFILE recovery' % name)
+        still_serves(port, '%s, fd table exhausted' % name)
+
+        rc = srv.stop()
+        if not check(rc == 0, '%s: SIGTERM -> exit %s (0)' % (name, rc)):
+            srv.dump()
+
+
 def case_twistd(ame):
     www = tempfile.mkdtemp()
     with open(os.path.join(www, 'index.html'), 'w') as f:
@@ -866,6 +1040,7 @@ CASES = {
     'force': case_force,
     'early': case_early,
     'backoff': case_backoff,
+    'faults': case_faults,
     'twistd': case_twistd,
 }
 

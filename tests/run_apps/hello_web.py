@@ -10,12 +10,16 @@ prints "listening on PORT".  Paths:
     /close   "hello\\n", then the server closes the connection
     /big     256 KiB of b"x" (truncation shows)
     /slow    "slow\\n" 1 s later (a request in flight for a while)
+    /raise   the resource raises ZeroDivisionError (twisted.web: a 500)
+    /later   "later\\n" now; a callLater callback raises
+             ZeroDivisionError just after (logged; the reactor goes on)
 
 Every response carries X-Worker-Pid (the serving process), X-Worker
 (AME_WORKER, "-" in one process) and X-Io (the ame reactor's I/O mode,
 "thread" or "inline").  At shutdown the process prints
 "served N requests on M connections" (per worker: each has its own
-counters).
+counters).  With HELLO_LOG=1 in the environment it logs Twisted's events
+(access lines included) to stderr.
 """
 import os
 import sys
@@ -51,6 +55,11 @@ class Root(resource.Resource):
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
             request.channel.persistent = False
             return b"hello\n"
+        if request.path == b"/raise":
+            1 // 0
+        if request.path == b"/later":
+            reactor.callLater(0, lambda: 1 // 0)
+            return b"later\n"
         if request.path == b"/big":
             return b"x" * BIG
         if request.path == b"/slow":
@@ -66,6 +75,11 @@ def bye():
     print("served %d requests on %d connections"
           % (served[0], connections[0]), flush=True)
 
+
+if os.environ.get("HELLO_LOG") == "1":
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
+                                     redirectStandardIO=False)
 
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 site = CountingSite(Root())
