@@ -128,8 +128,72 @@ def run_one(cmd, duration):
     return result, None
 
 
+def line_transfer(builddir):
+    """What moving a cache line between the first two CPUs costs now, in ns
+    (bench-line-transfer's median), or None if it cannot be measured."""
+    exe = os.path.join(builddir, "bench", "bench-line-transfer")
+    if not os.access(exe, os.X_OK):
+        return None
+    try:
+        p = subprocess.run([exe], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True, timeout=30)
+        return json.loads(p.stdout)["ns_per_transfer"] \
+            if p.returncode == 0 else None
+    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
+        return None
+
+
+def placement(rows):
+    """Split each multi-thread row's runs by the line-transfer cost measured
+    just before and after each: "near" when both were at most twice the
+    cheapest measured in this invocation.  Adds line_ns (every measurement),
+    near_runs, near_median and near_vs_1t to the rows; returns the
+    cheapest and dearest measurement (None, None if there were none)."""
+    every = [ns for r in rows for run in r.get("_runs", [])
+             for ns in run.get("line_ns", [])]
+    if not every:
+        return None, None
+    fastest = min(every)
+    for r in rows:
+        runs = [run for run in r.get("_runs", []) if "line_ns" in run]
+        if r["threads"] < 2 or not runs:
+            continue
+        near = [run["ops_per_s"] for run in runs
+                if max(run["line_ns"]) <= 2 * fastest]
+        r["line_ns"] = [run["line_ns"] for run in runs]
+        r["near_runs"] = len(near)
+        r["near_median"] = statistics.median(near) if near else None
+        r["near_vs_1t"] = (r["near_median"] / r["_base_1t"]
+                           if near and r.get("_base_1t") else None)
+    return fastest, max(every)
+
+
+def print_placement(rows, fastest, dearest):
+    print()
+    print("Moving a cache line between the two CPUs cost %.0f-%.0f ns "
+          "around the multi-thread runs (bench-line-transfer, before and "
+          "after each run); under a hypervisor it changes with where the "
+          "host places the vCPUs, and every figure at 2+ threads moves with "
+          "it.  Runs with both measurements at most %.0f ns (twice the "
+          "cheapest), for reference -- the bars use every run:"
+          % (fastest, dearest, 2 * fastest))
+    for r in rows:
+        if "near_runs" not in r:
+            continue
+        print("  %-32s t=%d %-5s  near %d/%d runs: %s, 2t/1t %s"
+              % (r["config"], r["threads"], r["variant"], r["near_runs"],
+                 len(r["line_ns"]), fmt_rate(r["near_median"])
+                 if r["near_median"] else "-", fmt_ratio(r["near_vs_1t"])))
+
+
 def fmt_ratio(x):
     return "-" if x is None else "%.2fx" % x
+
+
+def fmt_bar_ratio(x):
+    """A ratio against a bar: three decimals, so that 1.797x does not show
+    as the 1.80x it misses."""
+    return "-" if x is None else "%.3fx" % x
 
 
 def fmt_apc(x):
@@ -161,6 +225,7 @@ def summarise(configs, variants_for, results, failures):
                 "max": max(rates) if rates else None,
                 "aborts_per_commit":
                     statistics.median(apcs) if apcs else None,
+                "_runs": runs,
             }
             med[(base_key(cfg), cfg["t"], v)] = row["median"]
             rows.append(row)
@@ -176,6 +241,7 @@ def summarise(configs, variants_for, results, failures):
                          if v != "itm" else None)
         row["vs_1t"] = (ratio(row["median"], med.get((key, 1, v)))
                         if t > 1 else None)
+        row["_base_1t"] = med.get((key, 1, v))
     return rows
 
 
@@ -205,13 +271,13 @@ def evaluate_bars(rows):
     r2 = find_row(rows, "rbtree", 20, 2, "ame")
     r100 = find_row(rows, "rbtree", 100, 2, "ame")
     bar("rbtree 20% upd, 1 thread: ame vs seq",
-        r1 and r1["vs_seq"], ">=", 0.6, fmt_ratio)
+        r1 and r1["vs_seq"], ">=", 0.6, fmt_bar_ratio)
     bar("rbtree 20% upd, 2 threads: ame vs itm",
-        r2 and r2["vs_itm"], ">=", 2.0, fmt_ratio)
+        r2 and r2["vs_itm"], ">=", 2.0, fmt_bar_ratio)
     bar("rbtree 20% upd: ame 2 threads / 1 thread",
-        r2 and r2["vs_1t"], ">=", 1.8, fmt_ratio)
+        r2 and r2["vs_1t"], ">=", 1.8, fmt_bar_ratio)
     bar("rbtree 100% upd, 2 threads: ame vs itm",
-        r100 and r100["vs_itm"], ">=", 2.0, fmt_ratio)
+        r100 and r100["vs_itm"], ">=", 2.0, fmt_bar_ratio)
     bar("rbtree 100% upd, 2 threads: ame aborts/commit",
         r100 and r100["aborts_per_commit"], "<=", 0.1, fmt_apc)
     return bars
@@ -365,7 +431,12 @@ def main():
                     print("\r[%d/%d] %-40s %-6s t=%d " % (
                         done, total, config_label(cfg), v, cfg["t"]),
                         end="", file=sys.stderr, flush=True)
+                before = line_transfer(builddir) if cfg["t"] > 1 else None
                 res, err = run_one(cmd, args.duration)
+                if res is not None and before is not None:
+                    after = line_transfer(builddir)
+                    if after is not None:
+                        res["line_ns"] = [before, after]
                 if err is not None:
                     failures.append({"index": (ci, v),
                                      "config": config_label(cfg),
@@ -384,11 +455,16 @@ def main():
         del f["index"]
     rows = summarise(configs, variants_for, results, failed_runs)
     bars = evaluate_bars(rows)
+    fastest, dearest = placement(rows)
+    for r in rows:
+        del r["_runs"], r["_base_1t"]
     settings = {"reps": args.reps, "duration_ms": args.duration,
                 "quick": args.quick, "builddir": builddir,
                 "seed": args.seed}
     machine = machine_info()
     machine["other_cpus"] = meter.others()
+    machine["line_transfer_ns"] = (None if fastest is None
+                                   else {"min": fastest, "max": dearest})
     if args.json:
         out = {"settings": settings, "machine": machine, "results": rows,
                "bars": bars, "failures": failures}
@@ -396,6 +472,8 @@ def main():
         print()
     else:
         print_table(rows, bars, failures, settings, machine)
+        if fastest is not None:
+            print_placement(rows, fastest, dearest)
     return 1 if failures else 0
 
 
