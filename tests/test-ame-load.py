@@ -18,6 +18,11 @@ what `ame load --json` reports agrees:
   close    GET /close (Connection: close): reconnects, nothing lost
   rate     --rate 200 for 2 s: about 400 requests, latency from due time
   timeout  GET /hang (never answered): timeouts counted, exit 1
+  method   -m POST -b DATA, -m PUT --body-file (every byte value), -m
+           HEAD (responses with Content-Length and no body), -m DELETE:
+           the server sees that method and exactly that body on every
+           request, and the counts agree; bad -m / --body / -H values
+           exit 2, an unreadable --body-file exits 1
 
 Standard library only; timings decide nothing but the generous bounds of
 'rate' (at most the scheduled number of requests).
@@ -28,6 +33,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 
 DELAY_S = 0.005
@@ -40,6 +46,8 @@ class CountingServer:
     def __init__(self):
         self.served = 0
         self.status = {}
+        self.methods = {}  # method: requests
+        self.bodies = {}   # body bytes: requests
         self.connections = 0
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
@@ -62,8 +70,9 @@ class CountingServer:
         self.loop.call_soon_threadsafe(stop)
         self.thread.join(10)
 
-    def _response(self, path):
-        """The next response for path, counted, and whether to close."""
+    def _response(self, path, method='GET'):
+        """The next response for path, counted, and whether to close.  A
+        response to HEAD has the headers a GET's would have, no body."""
         n = self.served
         self.served += 1
         code = 404 if n % 10 == 9 else 200
@@ -74,6 +83,8 @@ class CountingServer:
         close = path == '/close'
         if close:
             head += b'Connection: close\r\n'
+        if method == 'HEAD':
+            return head + b'Content-Length: %d\r\n\r\n' % len(body), close
         if n % 3 == 1:
             half = len(body) // 2
             chunks = b'%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n' % (
@@ -89,13 +100,22 @@ class CountingServer:
                     head = await reader.readuntil(b'\r\n\r\n')
                 except (asyncio.IncompleteReadError, ConnectionError):
                     break
-                path = head.split(b' ', 2)[1].decode()
+                method, path = head.split(b' ', 2)[:2]
+                method, path = method.decode(), path.decode()
+                length = 0
+                for line in head.split(b'\r\n')[1:]:
+                    name, _, value = line.partition(b':')
+                    if name.strip().lower() == b'content-length':
+                        length = int(value)
+                body = await reader.readexactly(length) if length else b''
+                self.methods[method] = self.methods.get(method, 0) + 1
+                self.bodies[body] = self.bodies.get(body, 0) + 1
                 if path == '/hang':
                     await reader.read()  # until the client gives up
                     break
                 if path == '/slow':
                     await asyncio.sleep(DELAY_S)
-                data, close = self._response(path)
+                data, close = self._response(path, method)
                 writer.write(data)
                 await writer.drain()
                 if close:
@@ -315,6 +335,68 @@ def case_timeout(ame):
           'no other errors: %s' % res['errors'])
 
 
+def case_method(ame):
+    blob = bytes(range(256)) * 40  # every byte value, NUL and CR LF too
+    with tempfile.NamedTemporaryFile(suffix='.bin') as f:
+        f.write(blob)
+        f.flush()
+        runs = [
+            (['-m', 'POST', '-b', 'a=1&b=two', '-H',
+              'Content-Type: application/x-www-form-urlencoded'],
+             'POST', b'a=1&b=two'),
+            (['-m', 'PUT', '--body-file', f.name], 'PUT', blob),
+            (['-m', 'HEAD'], 'HEAD', b''),
+            (['-m', 'DELETE'], 'DELETE', b''),
+            (['-m', 'POST'], 'POST', b''),
+        ]
+        for args, method, body in runs:
+            srv = CountingServer()
+            try:
+                rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
+                                    ['-c', '4', '-d', '1s', '-t', '2'] + args)
+            finally:
+                srv.close()
+            what = ' '.join(a if len(a) < 30 else a[:8] + '...'
+                            for a in args)
+            check(rc == 0 and res is not None,
+                  '%s: exit %d (0), JSON parsed' % (what, rc))
+            if res is None:
+                continue
+            check(res['requests'] > 50, '%s: %d requests (> 50)'
+                  % (what, res['requests']))
+            check(list(srv.methods) == [method],
+                  '%s: the server saw %s' % (what, srv.methods))
+            check(list(srv.bodies) == [body],
+                  '%s: every body was the %d bytes given (%s)'
+                  % (what, len(body),
+                     sorted((len(b), n) for b, n in srv.bodies.items())))
+            check(res['method'] == method and res['body_bytes'] == len(body),
+                  '%s: JSON says %s, %d body bytes'
+                  % (what, res['method'], res['body_bytes']))
+            check_counts(srv, res, 4)
+            check(res['errors']['total'] == 0, '%s: no errors: %s'
+                  % (what, res['errors']))
+
+    url = 'http://127.0.0.1:1/'
+    for args in (['-m', 'BAD METHOD'], ['-m', ''], ['-m', 'GET\r\nX: y'],
+                 ['-b', 'x', '--body-file', '/dev/null'],
+                 ['-b', 'x', '-b', 'y'],
+                 ['-b', 'x', '-H', 'Content-Length: 1'],
+                 ['-b', 'x', '-H', 'transfer-encoding: chunked']):
+        rc, out, err = run_ame(ame, ['load', url] + args)
+        check(rc == 2 and err.strip() and not out,
+              'ame load %s: exit %d (2), says %r'
+              % (' '.join(args), rc, err.strip().split('\n')[0]))
+    rc, out, err = run_ame(ame, ['load', url, '--body-file',
+                                 '/nonexistent/body'])
+    check(rc == 1 and 'No such file' in err and not out,
+          '--body-file /nonexistent/body: exit %d (1), says %r'
+          % (rc, err.strip()))
+    rc, out, err = run_ame(ame, ['load', '--help'])
+    check(all(o in out for o in ('--method', '--body', '--body-file')),
+          'ame load --help lists --method, --body, --body-file')
+
+
 CASES = {
     'hist': case_hist,
     'usage': case_usage,
@@ -324,6 +406,7 @@ CASES = {
     'close': case_close,
     'rate': case_rate,
     'timeout': case_timeout,
+    'method': case_method,
 }
 
 

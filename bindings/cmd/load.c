@@ -6,7 +6,8 @@
 ** address that accepts a test connection is used.  A reactor with -t
 ** workers runs -c connections, spread over the workers by the reactor
 ** (ame_tcp_connect gives each new stream to the worker with the fewest).
-** Each connection sends one GET (built once, keep-alive), parses the
+** Each connection sends one request (GET unless -m says otherwise, with
+** the --body if one is given; built once, keep-alive), parses the
 ** response with http-parser, records the latency and sends the next one
 ** (closed loop), or, with --rate, waits for its next slot in a fixed
 ** schedule (open loop, see below).  A housekeeping timer every 10 ms ends
@@ -54,6 +55,7 @@
 #include <ame/reactor.h>
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -69,6 +71,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -141,11 +144,15 @@ struct load {
   int port;
   char *request;               /* the request, built once */
   size_t request_len;
+  const char *method;          /* -m: GET by default */
+  size_t body_len;             /* --body / --body-file: its length */
+  int has_body;                /* a body was given (maybe empty) */
   unsigned nconns, nworkers;
   uint64_t duration_ns, timeout_ns;
   double rate;                 /* requests/s over all connections, 0: none */
   uint64_t interval_ns;        /* --rate: between one connection's slots */
   int json, progress, tty;
+  int head;                    /* the method is HEAD */
   ame_reactor_t *r;
   conn_t *conns;
   wstats_t *ws;                /* one per worker */
@@ -295,7 +302,15 @@ static int on_message_complete(http_parser *p) {
   return 0;
 }
 
+/* http-parser: a response to HEAD has no body, whatever its headers say
+** (1: "no body follows"). */
+static int on_headers_complete(http_parser *p) {
+  (void)p;
+  return L->head;
+}
+
 static const http_parser_settings parser_settings = {
+    .on_headers_complete = on_headers_complete,
     .on_message_complete = on_message_complete,
 };
 
@@ -549,10 +564,12 @@ static void usage(FILE *f) {
           "usage: ame load URL [-c CONNECTIONS] [-d DURATION] [-t THREADS]\n"
           "                    [--rate R] [--timeout T] [-H HEADER]... "
           "[--json] [--progress]\n"
+          "                    [-m METHOD] [-b BODY | --body-file FILE]\n"
           "\n"
           "An HTTP/1.1 load generator on the ame reactor: CONNECTIONS "
           "keep-alive\n"
-          "connections send GET URL one request at a time, for DURATION.\n"
+          "connections send GET URL (or METHOD URL with BODY) one request "
+          "at a time,\nfor DURATION.\n"
           "\n"
           "  URL                    http://HOST[:PORT][/PATH] (HOST: name, "
           "IPv4, [IPv6])\n"
@@ -568,6 +585,14 @@ static void usage(FILE *f) {
           "      --timeout T        a request unanswered for T is an error "
           "(default 2s)\n"
           "  -H, --header 'N: V'    add a request header (repeatable)\n"
+          "  -m, --method M         request method (default GET; HEAD "
+          "responses are\n"
+          "                         read without a body)\n"
+          "  -b, --body DATA        send DATA as every request's body "
+          "(Content-Length\n"
+          "                         is set; give Content-Type with -H)\n"
+          "      --body-file FILE   the same, with FILE's bytes (at most "
+          "64 MiB)\n"
           "      --json             print the results as JSON\n"
           "      --progress         print progress every second on stderr "
           "(default:\n"
@@ -679,28 +704,98 @@ static const char *parse_url(const char *s, url_t *u) {
   return NULL;
 }
 
-/* Build the request for u (and the extra headers) into a new string.  It
-** is as small as wrk's (the request line, Host, and Connection: keep-alive)
-** so that both tools cost the server the same; -H adds the rest. */
+/* Build the request for u (and the extra headers, and the body) into a new
+** string.  A GET is as small as wrk's (the request line, Host, and
+** Connection: keep-alive) so that both tools cost the server the same; -H
+** adds the rest.  Content-Length goes with a body, and with POST, PUT and
+** PATCH even without one (RFC 9110 8.6). */
 static char *build_request(const url_t *u, const char *query,
-                           char **headers, size_t nheaders, size_t *len) {
-  size_t cap = 256 + strlen(u->authority) + (u->path ? strlen(u->path) : 0) +
-               (query ? strlen(query) : 0);
+                           const char *method, char **headers,
+                           size_t nheaders, const char *body, size_t body_len,
+                           int has_body, size_t *len) {
+  size_t cap = 320 + strlen(method) + strlen(u->authority) +
+               (u->path ? strlen(u->path) : 0) + (query ? strlen(query) : 0) +
+               body_len;
   for (size_t i = 0; i < nheaders; i++) cap += strlen(headers[i]) + 2;
   char *req = malloc(cap);
   if (req == NULL) return NULL;
   const char *target = u->path ? u->path : (query ? query : "");
   int tlen = (int)strcspn(target, "#"); /* a fragment is not sent */
   int n = snprintf(req, cap,
-                   "GET %s%.*s HTTP/1.1\r\nHost: %s\r\n"
+                   "%s %s%.*s HTTP/1.1\r\nHost: %s\r\n"
                    "Connection: keep-alive\r\n",
-                   u->path ? "" : "/", tlen, target, u->authority);
+                   method, u->path ? "" : "/", tlen, target, u->authority);
   size_t off = (size_t)n;
   for (size_t i = 0; i < nheaders; i++)
     off += (size_t)snprintf(req + off, cap - off, "%s\r\n", headers[i]);
+  if (has_body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+      strcmp(method, "PATCH") == 0)
+    off += (size_t)snprintf(req + off, cap - off, "Content-Length: %zu\r\n",
+                            body_len);
   off += (size_t)snprintf(req + off, cap - off, "\r\n");
-  *len = off;
+  if (body_len) memcpy(req + off, body, body_len);
+  *len = off + body_len;
   return req;
+}
+
+/* Is m an HTTP method name (a token, RFC 9110 5.6.2, of 1..32 chars)? */
+static int valid_method(const char *m) {
+  size_t n = strlen(m);
+  if (n == 0 || n > 32) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (!isalnum((unsigned char)m[i]) && !strchr("!#$%&'*+-.^_`|~", m[i]))
+      return 0;
+  return 1;
+}
+
+/* Does header line h ("Name: value") have the name `name` (any case)? */
+static int header_is(const char *h, const char *name) {
+  size_t n = strlen(name);
+  return strncasecmp(h, name, n) == 0 && (h[n] == ':' || h[n] == ' ');
+}
+
+#define MAX_BODY ((size_t)64 << 20)
+
+/* Read all of path into a new buffer (*len bytes).  Return it, or NULL
+** after one line on stderr. */
+static char *read_body_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    fprintf(stderr, "ame load: --body-file %s: %s\n", path, strerror(errno));
+    return NULL;
+  }
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  while (buf != NULL) {
+    size_t got = fread(buf + n, 1, cap - n, f);
+    n += got;
+    if (got == 0) break;
+    if (n == cap) {
+      if (cap > MAX_BODY) break;
+      char *nb = realloc(buf, cap * 2);
+      if (nb == NULL) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+  }
+  int err = ferror(f) ? errno : 0;
+  fclose(f);
+  if (buf == NULL) {
+    fprintf(stderr, "ame load: --body-file %s: out of memory\n", path);
+    return NULL;
+  }
+  if (err || n > MAX_BODY) {
+    fprintf(stderr, "ame load: --body-file %s: %s\n", path,
+            err ? strerror(err) : "larger than 64 MiB");
+    free(buf);
+    return NULL;
+  }
+  *len = n;
+  return buf;
 }
 
 /* ------------------------------------------------------------------------
@@ -854,11 +949,17 @@ static void report_text(const struct load *ld, const wstats_t *t,
                         double elapsed) {
   char b1[32], b2[32];
   const hist_t *h = &t->hist;
-  printf("ame load %s: %s, %u connection%s, %u thread%s", ld->url,
+  printf("ame load %s%s%s: %s, %u connection%s, %u thread%s",
+         strcmp(ld->method, "GET") ? ld->method : "",
+         strcmp(ld->method, "GET") ? " " : "", ld->url,
          fmt_ns(b1, sizeof b1, ld->duration_ns), ld->nconns,
          ld->nconns == 1 ? "" : "s", ld->nworkers,
          ld->nworkers == 1 ? "" : "s");
   if (ld->rate > 0) printf(", %.6g req/s scheduled", ld->rate);
+  if (ld->has_body) {
+    char b3[32];
+    printf(", %s body", fmt_bytes(b3, sizeof b3, (double)ld->body_len));
+  }
   printf("\n  requests  %llu in %.2fs: %.2f req/s, %s read (%s/s)\n",
          (unsigned long long)t->requests, elapsed,
          elapsed > 0 ? (double)t->requests / elapsed : 0.0,
@@ -900,6 +1001,9 @@ static void report_json(const struct load *ld, const wstats_t *t,
   const hist_t *h = &t->hist;
   printf("{\"url\": ");
   json_string(stdout, ld->url);
+  printf(", \"method\": ");
+  json_string(stdout, ld->method);
+  printf(", \"body_bytes\": %zu", ld->body_len);
   printf(", \"address\": ");
   json_string(stdout, ld->addr);
   printf(", \"port\": %d, \"connections\": %u, \"threads\": %u, "
@@ -1008,7 +1112,7 @@ static int run(struct load *ld) {
 
 int ame_load_main(int argc, char **argv) {
   enum { OPT_RATE = 256, OPT_TIMEOUT, OPT_JSON, OPT_PROGRESS, OPT_NOPROGRESS,
-         OPT_SELFTEST };
+         OPT_SELFTEST, OPT_BODY_FILE };
   static const struct option opts[] = {
       {"connections", required_argument, NULL, 'c'},
       {"duration", required_argument, NULL, 'd'},
@@ -1016,6 +1120,9 @@ int ame_load_main(int argc, char **argv) {
       {"rate", required_argument, NULL, 'r'},
       {"timeout", required_argument, NULL, OPT_TIMEOUT},
       {"header", required_argument, NULL, 'H'},
+      {"method", required_argument, NULL, 'm'},
+      {"body", required_argument, NULL, 'b'},
+      {"body-file", required_argument, NULL, OPT_BODY_FILE},
       {"json", no_argument, NULL, OPT_JSON},
       {"progress", no_argument, NULL, OPT_PROGRESS},
       {"no-progress", no_argument, NULL, OPT_NOPROGRESS},
@@ -1031,6 +1138,8 @@ int ame_load_main(int argc, char **argv) {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   ld.nworkers = cores > 0 ? (unsigned)cores : 1;
   int progress = -1; /* -1: when stderr is a terminal */
+  const char *body = NULL, *body_file = NULL;
+  ld.method = "GET";
   char **headers = calloc((size_t)argc + 1, sizeof *headers);
   size_t nheaders = 0;
   if (headers == NULL) {
@@ -1041,7 +1150,7 @@ int ame_load_main(int argc, char **argv) {
   opterr = 0;
   optind = 1;
   while (status == 0 &&
-         (ch = getopt_long(argc, argv, ":c:d:t:r:H:h", opts, NULL)) != -1) {
+         (ch = getopt_long(argc, argv, ":c:d:t:r:H:m:b:h", opts, NULL)) != -1) {
     switch (ch) {
     case 'c':
       if (parse_uint(optarg, 1, MAX_CONNS, &ld.nconns) != 0)
@@ -1079,6 +1188,29 @@ int ame_load_main(int argc, char **argv) {
       else
         headers[nheaders++] = optarg;
       break;
+    case 'm':
+      if (!valid_method(optarg))
+        status = usage_error("-m wants a method name such as POST (letters, "
+                             "digits, !#$%%&'*+-.^_`|~), not '%s'", optarg);
+      else
+        ld.method = optarg;
+      break;
+    case 'b':
+      if (body || body_file)
+        status = usage_error("%s", "give one body: --body or --body-file, "
+                                   "once");
+      else if (strlen(optarg) > MAX_BODY)
+        status = usage_error("%s", "--body is longer than 64 MiB");
+      else
+        body = optarg;
+      break;
+    case OPT_BODY_FILE:
+      if (body || body_file)
+        status = usage_error("%s", "give one body: --body or --body-file, "
+                                   "once");
+      else
+        body_file = optarg;
+      break;
     case OPT_JSON: ld.json = 1; break;
     case OPT_PROGRESS: progress = 1; break;
     case OPT_NOPROGRESS: progress = 0; break;
@@ -1110,6 +1242,28 @@ int ame_load_main(int argc, char **argv) {
     free(headers);
     return status;
   }
+  for (size_t i = 0; status == 0 && i < nheaders; i++)
+    if ((body || body_file) && (header_is(headers[i], "Content-Length") ||
+                                header_is(headers[i], "Transfer-Encoding")))
+      status = usage_error("-H '%s': ame load sets Content-Length from the "
+                           "body", headers[i]);
+  if (status != 0) {
+    free(headers);
+    return status;
+  }
+  char *file_body = NULL;
+  if (body_file) {
+    file_body = read_body_file(body_file, &ld.body_len);
+    if (file_body == NULL) {
+      free(headers);
+      return 1;
+    }
+    body = file_body;
+  } else if (body) {
+    ld.body_len = strlen(body);
+  }
+  ld.has_body = body != NULL;
+  ld.head = strcmp(ld.method, "HEAD") == 0;
   ld.url = argv[optind];
   if (ld.nworkers > ld.nconns) ld.nworkers = ld.nconns;
   if (ld.rate > 0) ld.interval_ns = (uint64_t)(1e9 * ld.nconns / ld.rate);
@@ -1117,9 +1271,11 @@ int ame_load_main(int argc, char **argv) {
   ld.progress = progress < 0 ? ld.tty : progress;
   if (!ld.progress) ld.tty = 0;
   const char *q = strchr(argv[optind], '?');
-  ld.request = build_request(&u, u.path ? NULL : q, headers, nheaders,
+  ld.request = build_request(&u, u.path ? NULL : q, ld.method, headers,
+                             nheaders, body, ld.body_len, ld.has_body,
                              &ld.request_len);
   free(headers);
+  free(file_body);
   if (ld.request == NULL) {
     fprintf(stderr, "ame load: out of memory\n");
     return 1;
