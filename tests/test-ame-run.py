@@ -42,6 +42,11 @@ are in tests/run_apps/.  Cases:
             descriptors (some served, the rest closed by Twisted's EMFILE
             recovery, none left hanging); after each, the server still
             answers GET / and GET /big whole, and SIGTERM exits 0
+  cpus      in a cgroup of its own with a CPU quota of one CPU (as root,
+            where a cpu controller can be written; else skipped, exit 77):
+            `ame run --workers auto` runs one process, `ame load` one
+            thread, and ame._ame.cpu_count() says 1; at 1.5 CPUs, two
+            workers (on a machine where the process may use two CPUs)
   twistd    `ame twistd -n web` in one process and with 2 workers, and
             daemonized (no -n) with 2 workers: pid file, clean stop
 
@@ -131,15 +136,19 @@ class Server:
     """`ame ARGS` running in the background, its output collected line by
     line (stdout and stderr apart) by two threads."""
 
-    def __init__(self, ame, args, cwd=APPS, max_fds=None, env=None):
+    def __init__(self, ame, args, cwd=APPS, max_fds=None, env=None,
+                 cgroup=None):
         """max_fds: the soft RLIMIT_NOFILE to run ame (and its workers)
-        under; env: variables to add to the environment."""
+        under; env: variables to add to the environment; cgroup: the
+        directory of a cgroup to start it in."""
         self.args = args
 
         def limit():
             if max_fds is not None:
                 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
                 resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, hard))
+            if cgroup is not None:
+                join_cgroup(cgroup)
 
         self.p = subprocess.Popen([ame] + args, cwd=cwd,
                                   stdout=subprocess.PIPE,
@@ -929,6 +938,124 @@ def case_faults(ame):
             srv.dump()
 
 
+def join_cgroup(cg):
+    """Move the calling process into cgroup directory cg."""
+    with open(os.path.join(cg, 'cgroup.procs'), 'w') as f:
+        f.write(str(os.getpid()))
+
+
+def make_cpu_cgroup():
+    """A new cgroup, as (directory, function setting its CPU quota in
+    CPUs), in cgroup v2 where the cpu controller is enabled, else in v1's
+    cpu hierarchy; None where none can be made (not root, read-only)."""
+    mounts = []
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            left, _, right = line.partition(' - ')
+            fields, rfields = left.split(), right.split()
+            if len(fields) < 5 or len(rfields) < 3:
+                continue
+            point = fields[4].replace('\\040', ' ')
+            if rfields[0] == 'cgroup2':
+                mounts.append((2, point))
+            elif rfields[0] == 'cgroup' and 'cpu' in rfields[2].split(','):
+                mounts.append((1, point))
+    for version, point in sorted(mounts, reverse=True):
+        if version == 2:
+            try:
+                with open(os.path.join(point, 'cgroup.subtree_control')) as f:
+                    if 'cpu' not in f.read().split():
+                        continue
+            except OSError:
+                continue
+        cg = os.path.join(point, 'ame-test-%d' % os.getpid())
+        try:
+            os.mkdir(cg)
+        except OSError:
+            continue
+
+        def set_quota(cpus, cg=cg, version=version):
+            if version == 2:
+                with open(os.path.join(cg, 'cpu.max'), 'w') as f:
+                    f.write('%d 100000' % int(cpus * 100000))
+            else:
+                with open(os.path.join(cg, 'cpu.cfs_period_us'), 'w') as f:
+                    f.write('100000')
+                with open(os.path.join(cg, 'cpu.cfs_quota_us'), 'w') as f:
+                    f.write('%d' % int(cpus * 100000))
+        try:
+            set_quota(1)
+        except OSError:
+            os.rmdir(cg)
+            continue
+        return cg, set_quota
+    return None
+
+
+def case_cpus(ame):
+    made = make_cpu_cgroup() if os.geteuid() == 0 else None
+    if made is None:
+        print('SKIP  no cgroup with a CPU quota can be made here (needs '
+              'root and a writable cpu controller)')
+        return 'skip'
+    cg, set_quota = made
+    print('  cgroup %s' % cg)
+    try:
+        set_quota(1)
+        srv = Server(ame, ['run', '--workers', 'auto', 'hello_web.py', '0'],
+                     cgroup=cg)
+        port = srv.port()
+        if check(port, 'quota 1 CPU: --workers auto listening'):
+            status, h, body = http_get(port)
+            check(status == 200 and h.get('x-worker') == '-',
+                  'one process served (X-Worker %s)' % h.get('x-worker'))
+            check(h.get('x-cpus') == '1' and h.get('x-io') == 'inline',
+                  'quota 1 CPU: ame._ame.cpu_count() %s (1), io %s (inline)'
+                  % (h.get('x-cpus'), h.get('x-io')))
+            url = 'http://127.0.0.1:%d/' % port
+            p = subprocess.run([ame, 'load', url, '-c', '4', '-d', '300ms',
+                                '--json', '--no-progress'], text=True,
+                               stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE,
+                               preexec_fn=lambda: join_cgroup(cg),
+                               timeout=60)
+            try:
+                threads = json.loads(p.stdout)['threads']
+            except (ValueError, KeyError):
+                threads = None
+            check(threads == 1, 'quota 1 CPU: ame load runs %s thread(s) '
+                  '(1) %s' % (threads, p.stderr.strip()))
+        rc = srv.stop()
+        check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+        check(not any('worker' in l and 'started' in l for l in srv.err),
+              'no worker processes were forked')
+
+        if len(os.sched_getaffinity(0)) >= 2:
+            set_quota(1.5)
+            srv = Server(ame, ['run', '--workers', 'auto', 'hello_web.py',
+                               '0'], cgroup=cg)
+            port = srv.port()
+            if check(port, 'quota 1.5 CPUs: --workers auto listening'):
+                seen = wait_workers_serving(port, [1, 2])
+                check(sorted(seen) == [1, 2],
+                      'quota 1.5 CPUs: two workers answer: %s' % seen)
+            rc = srv.stop()
+            check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+            check(not srv.wait_line('err', r'worker 3 started', timeout=0),
+                  'no third worker')
+    finally:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.rmdir(cg)
+                break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    check(False, 'cgroup %s removed: %s' % (cg, e))
+                    break
+                time.sleep(0.1)
+
+
 def case_twistd(ame):
     www = tempfile.mkdtemp()
     with open(os.path.join(www, 'index.html'), 'w') as f:
@@ -1042,6 +1169,7 @@ CASES = {
     'backoff': case_backoff,
     'faults': case_faults,
     'twistd': case_twistd,
+    'cpus': case_cpus,
 }
 
 
@@ -1050,16 +1178,20 @@ def main():
         sys.exit(__doc__)
     ame = os.path.abspath(sys.argv[1])
     names = sys.argv[2:] or list(CASES)
+    skipped = 0
     for name in names:
         print('== %s' % name, flush=True)
         t = time.monotonic()
-        CASES[name](ame)
+        if CASES[name](ame) == 'skip':
+            skipped += 1
         print('   (%.1f s)' % (time.monotonic() - t))
     if failures:
         print('%d check(s) failed:' % len(failures))
         for f in failures:
             print('  ' + f)
         sys.exit(1)
+    if skipped == len(names):
+        sys.exit(77)  # meson: skipped
     print('all checks passed')
 
 

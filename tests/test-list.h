@@ -89,6 +89,15 @@
   X(tasks_add_in_aborted_tx, 30)                                              \
   X(tasks_unregistered_caller, 30)                                            \
   X(tasks_rerun, 30)                                                          \
+  /* ame_cpu_count: test-stm-cpus.c */                                        \
+  X(cpus_count_rounding, 10)                                                  \
+  X(cpus_count_here, 10)                                                      \
+  X(cpus_quota_v2, 10)                                                        \
+  X(cpus_quota_v1, 10)                                                        \
+  X(cpus_quota_both, 10)                                                      \
+  X(cpus_quota_container, 10)                                                 \
+  X(cpus_quota_escaped_mount, 10)                                             \
+  X(cpus_quota_bad_files, 10)                                                 \
   /* progress and contention management: test-stm-progress.c */              \
   X(progress_long_reader, 120)                                                \
   X(progress_escalation, 60)                                                  \

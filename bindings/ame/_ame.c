@@ -1065,6 +1065,22 @@ static int module_clear(PyObject *m) {
 
 static void module_free(void *m) { module_clear((PyObject *)m); }
 
+PyDoc_STRVAR(cpu_count_doc,
+"cpu_count() -> int\n\n"
+"How many CPUs this process can use: those of its affinity mask, lowered\n"
+"to its cgroups' CPU quota, rounded up (ame_cpu_count()).");
+
+static PyObject *module_cpu_count(PyObject *m, PyObject *unused) {
+  (void)m;
+  (void)unused;
+  return PyLong_FromUnsignedLong(ame_cpu_count());
+}
+
+static PyMethodDef module_methods[] = {
+    {"cpu_count", module_cpu_count, METH_NOARGS, cpu_count_doc},
+    {NULL, NULL, 0, NULL},
+};
+
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, module_exec},
     {0, NULL},
@@ -1078,6 +1094,7 @@ static struct PyModuleDef ame_module = {
     .m_name = "ame._ame",
     .m_doc = module_doc,
     .m_size = sizeof(ame_state),
+    .m_methods = module_methods,
     .m_slots = module_slots,
     .m_traverse = module_traverse,
     .m_clear = module_clear,

@@ -413,11 +413,12 @@ class AMEReactor(
         # thread), "inline" (no thread: doPoll steps the C reactor on the
         # Python thread; for processes that should have one thread, such as
         # `ame run` workers that fill every core) or "auto": inline if this
-        # process may run on one CPU only (its affinity), else thread.
-        # Default: $AME_IO, else "auto".
+        # process may use one CPU only (its affinity mask, or its cgroup's
+        # CPU quota: _ame.cpu_count()), else thread.  Default: $AME_IO,
+        # else "auto".
         io = io or os.environ.get("AME_IO") or "auto"
         if io == "auto":
-            io = "inline" if len(os.sched_getaffinity(0)) <= 1 else "thread"
+            io = "inline" if _ame.cpu_count() <= 1 else "thread"
         self._ameIO = io
         self._core = _ame.Core(io=self._ameIO)
         self._reads = set()

@@ -576,7 +576,8 @@ static void usage(FILE *f) {
           "  -c, --connections N    connections (default 10)\n"
           "  -d, --duration D       how long: 10s, 500ms, 1m, 1h (default "
           "10s)\n"
-          "  -t, --threads N        worker threads (default: one per core)\n"
+          "  -t, --threads N        worker threads (default: one per CPU it "
+          "may use)\n"
           "  -r, --rate R           requests per second over all "
           "connections, on a\n"
           "                         fixed schedule; latency counts from "
@@ -1135,8 +1136,8 @@ int ame_load_main(int argc, char **argv) {
   ld.nconns = 10;
   ld.duration_ns = 10000000000ull;
   ld.timeout_ns = 2000000000ull;
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  ld.nworkers = cores > 0 ? (unsigned)cores : 1;
+  ld.nworkers = ame_cpu_count();
+  if (ld.nworkers > MAX_THREADS) ld.nworkers = MAX_THREADS;
   int progress = -1; /* -1: when stderr is a terminal */
   const char *body = NULL, *body_file = NULL;
   ld.method = "GET";

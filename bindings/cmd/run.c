@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include "run.h"
+#include "ame/stm.h"
 #include "supervise.h"
 
 #include <errno.h>
@@ -169,11 +170,7 @@ static void print_exception(const char *cmd, const char *what) {
 ** the socket work off the Python thread's core. */
 static const char *resolve_io(const struct opts *o) {
   if (strcmp(o->io, "auto") != 0) return o->io;
-  cpu_set_t set;
-  long n = 0;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
-  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 && o->workers >= (unsigned long)n ? "inline" : "thread";
+  return o->workers >= ame_cpu_count() ? "inline" : "thread";
 }
 
 /* Start Python as AME_PYTHON, run ame._supervisor.main() with o, finish
@@ -256,8 +253,9 @@ static void run_usage(FILE *f) {
 "sys.argv, sys.path[0] the program's directory (the current one for -m),\n"
 "same packages (PYTHONPATH is honoured).\n"
 "\n"
-"  -w, --workers N|auto  worker processes: N, or one per online CPU "
-"(default 1)\n"
+"  -w, --workers N|auto  worker processes: N, or auto: one per CPU this\n"
+"                        process may use (its affinity mask, lowered to its\n"
+"                        cgroup's CPU quota) (default 1)\n"
 "      --grace SECONDS   at a graceful stop, how long a worker waits for its\n"
 "                        connections to finish (default %g)\n"
 "      --sockets reuseport|shared\n"
@@ -358,8 +356,8 @@ static int usage_error(const char *cmd, const char *fmt, const char *arg) {
 /* Parse --workers: N in 1..MAX_WORKERS or "auto".  Return 0 or -1. */
 static int parse_workers(const char *s, unsigned *out) {
   if (strcmp(s, "auto") == 0) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    *out = n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
+    unsigned n = ame_cpu_count();
+    *out = n > MAX_WORKERS ? MAX_WORKERS : n;
     return 0;
   }
   char *end;

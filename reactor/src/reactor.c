@@ -587,10 +587,7 @@ int ame_reactor_new(ame_reactor_t **out, const ame_reactor_config_t *cfg) {
   ame_reactor_t *r = calloc(1, sizeof *r);
   if (r == NULL) return -ENOMEM;
   unsigned n = cfg && cfg->workers ? cfg->workers : 0;
-  if (n == 0) {
-    long c = sysconf(_SC_NPROCESSORS_ONLN);
-    n = c > 0 ? (unsigned)c : 1;
-  }
+  if (n == 0) n = ame_cpu_count();
   if (n > 1024) {
     free(r);
     return -EINVAL;

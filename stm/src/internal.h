@@ -153,4 +153,13 @@ void ame__conflict_note(uintptr_t addr, ame_abort_cause_t cause,
 void ame__conflicts_reset(void);
 void ame__stats_shutdown(void);
 
+/* cpus.c: the smallest CPU quota (in CPUs; 0 for none) of the cgroups that
+** the cgroup file (/proc/self/cgroup) names, found through the mountinfo
+** file, with prefix before every mount point ("" on a real system); and
+** the count ame_cpu_count() gives for an affinity mask of affinity CPUs
+** and that quota. */
+double ame__cpu_quota(const char *cgroup, const char *mountinfo,
+                      const char *prefix);
+unsigned ame__cpu_count_with(unsigned affinity, double quota);
+
 #endif /* AME_STM_INTERNAL_H */

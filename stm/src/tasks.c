@@ -149,10 +149,7 @@ int ame_tasks_run(ame_tasks_t *q, unsigned nthreads) {
   if (q == NULL) return -EINVAL;
   ame_tx_t *me = ame_self();
   if (me && ame_tx_depth(me) > 0) return -EINVAL;
-  if (nthreads == 0) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    nthreads = n > 0 ? (unsigned)n : 1;
-  }
+  if (nthreads == 0) nthreads = ame_cpu_count();
   pthread_mutex_lock(&q->lock);
   if (q->busy) {
     pthread_mutex_unlock(&q->lock);

@@ -15,8 +15,8 @@ prints "listening on PORT".  Paths:
              ZeroDivisionError just after (logged; the reactor goes on)
 
 Every response carries X-Worker-Pid (the serving process), X-Worker
-(AME_WORKER, "-" in one process) and X-Io (the ame reactor's I/O mode,
-"thread" or "inline").  At shutdown the process prints
+(AME_WORKER, "-" in one process), X-Io (the ame reactor's I/O mode,
+"thread" or "inline") and X-Cpus (ame._ame.cpu_count()).  At shutdown the process prints
 "served N requests on M connections" (per worker: each has its own
 counters).  With HELLO_LOG=1 in the environment it logs Twisted's events
 (access lines included) to stderr.
@@ -24,6 +24,7 @@ counters).  With HELLO_LOG=1 in the environment it logs Twisted's events
 import os
 import sys
 
+from ame import _ame
 from twisted.internet import reactor, task
 from twisted.web import resource, server
 
@@ -49,6 +50,7 @@ class Root(resource.Resource):
         request.setHeader(b"x-worker",
                           os.environ.get("AME_WORKER", "-").encode())
         request.setHeader(b"x-io", reactor._core.io.encode())
+        request.setHeader(b"x-cpus", str(_ame.cpu_count()).encode())
         if request.path == b"/close":
             # One request per connection: what twisted.web does for a
             # request with "Connection: close".

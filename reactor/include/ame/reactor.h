@@ -72,7 +72,7 @@ typedef struct ame_signal ame_signal_t;
 */
 
 typedef struct ame_reactor_config {
-  unsigned workers;         /* worker threads (0: one per online CPU) */
+  unsigned workers;         /* worker threads (0: ame_cpu_count()) */
   size_t high_watermark;    /* bytes queued for writing on one stream above
                                which its reading pauses (0: 1 MiB) */
   size_t low_watermark;     /* ... below which reading resumes (0: 256 KiB) */

@@ -295,7 +295,7 @@ AME_EXTERN void ame_tasks_free(ame_tasks_t *q);
 AME_EXTERN int ame_tasks_add(ame_tasks_t *q, ame_tx_t *tx, ame_task_fn fn,
                              void *arg);
 
-/* Run the queued tasks on nthreads threads (0: one per online CPU; the
+/* Run the queued tasks on nthreads threads (0: ame_cpu_count(); the
 ** calling thread is one of them) until the queue is empty and no task is
 ** running; tasks may add tasks.  The outcome is that of running the tasks one
 ** at a time in some order.  If fewer threads can be started, the run goes on
@@ -305,6 +305,13 @@ AME_EXTERN int ame_tasks_run(ame_tasks_t *q, unsigned nthreads);
 
 /* How many tasks ran to commit in the last ame_tasks_run(). */
 AME_EXTERN uint64_t ame_tasks_done(const ame_tasks_t *q);
+
+/* How many CPUs this process can use: those of its affinity mask, lowered
+** to the CPU quota of its cgroups (v2 cpu.max, v1 cpu.cfs_quota_us, the
+** smallest over its cgroup and their ancestors), rounded up; at least 1.
+** "One per CPU" means this everywhere in ame: ame_tasks_run(q, 0), the
+** reactor's default workers, `ame run --workers auto`, `ame load`. */
+AME_EXTERN unsigned ame_cpu_count(void);
 
 /* ------------------------------------------------------------------------
 ** Transactional loads and stores.  Addresses must be naturally aligned.
