@@ -110,6 +110,29 @@ def ame_extension_built(builddir):
         return False
 
 
+_CPUS = None
+
+
+def ame_cpus():
+    """What ame counts as the CPUs it may use (ame._ame.cpu_count(): the
+    affinity mask lowered to the cgroup CPU quota), asked of the ame found
+    on PYTHONPATH in a child; the affinity mask where that fails."""
+    global _CPUS
+    if _CPUS is None:
+        import subprocess
+        import sys
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c",
+                 "import ame._ame as a; print(a.cpu_count())"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True, timeout=30).stdout
+            _CPUS = int(out)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            _CPUS = len(os.sched_getaffinity(0))
+    return _CPUS
+
+
 def ame_run_status(builddir):
     """(True, None) if BUILDDIR/bindings/cmd/ame has a working `ame run`
     (`ame run --help` exits 0), else (False, why)."""

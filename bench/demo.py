@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import (CLK_TCK, REPO, ame_env, runner_parser,
+from benchlib import (CLK_TCK, REPO, ame_cpus, ame_env, runner_parser,
                       ame_extension_built, ame_run_status, fmt_rate,
                       machine_busy, machine_info, resolve_builddir)
 from reactor_bench import (BenchError, Server, cpu_ticks, fmt_ratio, fmt_us,
@@ -253,7 +253,7 @@ def main():
         sys.exit("demo: the ame Python extension is not built in %s"
                  % builddir)
     os.environ.update({"PYTHONPATH": ame_env(builddir)["PYTHONPATH"]})
-    ncpu = len(os.sched_getaffinity(0))
+    ncpu = ame_cpus()  # what `--workers auto` will use
     run_ok, why = (False, "--stand-in given") if args.stand_in \
         else ame_run_status(builddir)
 

@@ -38,7 +38,8 @@ import shutil
 import sys
 import tempfile
 
-from benchlib import (CLK_TCK, REPO, LoadMeter, ame_env, ame_extension_built,
+from benchlib import (CLK_TCK, REPO, LoadMeter, ame_cpus, ame_env,
+                      ame_extension_built,
                       runner_parser,
                       ame_run_status, fmt_rate, kill_leftovers, machine_busy,
                       machine_info, proc_start_time, resolve_builddir)
@@ -111,7 +112,7 @@ def run_server(w, io):
 
 def auto_io(w):
     """What `ame run --io auto` chooses for w workers here."""
-    return "inline" if w >= len(os.sched_getaffinity(0)) else "thread"
+    return "inline" if w >= ame_cpus() else "thread"
 
 
 # ---- servers ----------------------------------------------------------------
