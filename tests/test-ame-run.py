@@ -42,6 +42,10 @@ are in tests/run_apps/.  Cases:
             descriptors (some served, the rest closed by Twisted's EMFILE
             recovery, none left hanging); after each, the server still
             answers GET / and GET /big whole, and SIGTERM exits 0
+  signals   SIGHUP and SIGUSR1 sent to the supervisor reach every worker
+            when the program handles them (and the supervisor says so);
+            when it does not, SIGUSR1 ends the supervisor, as it would end
+            one process, and the workers stop after it
   cpus      in a cgroup of its own with a CPU quota of one CPU (as root,
             where a cpu controller can be written; else skipped, exit 77):
             `ame run --workers auto` runs one process, `ame load` one
@@ -938,6 +942,55 @@ def case_faults(ame):
             srv.dump()
 
 
+def case_signals(ame):
+    srv = Server(ame, ['run', '--workers', '2', 'hello_web.py', '0'],
+                 env={'HELLO_SIGNALS': '1'})
+    port = srv.port()
+    if not check(port, 'listening (the program handles HUP and USR1)'):
+        srv.stop(signal.SIGKILL)
+        return
+    seen = wait_workers_serving(port, [1, 2])
+    check(sorted(seen) == [1, 2], 'both workers answer: %s' % seen)
+    for sig in (signal.SIGUSR1, signal.SIGUSR1, signal.SIGHUP):
+        os.kill(srv.p.pid, sig)
+        time.sleep(0.1)  # one at a time: a pending signal is not queued
+    want = 'hup=1 usr1=2'
+    got = {}
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            status, h, body = http_get(port, timeout=5)
+        except OSError:
+            continue
+        got[h.get('x-worker')] = h.get('x-signals')
+        if len(got) == 2 and all(v == want for v in got.values()):
+            break
+    check(len(got) == 2 and all(v == want for v in got.values()),
+          'each worker counted the signals sent to the supervisor: %s (%s)'
+          % (got, want))
+    check(srv.wait_line('err', r'SIGUSR1: passed on to 2 worker') is not
+          None and srv.wait_line('err', r'SIGHUP: passed on to 2 worker')
+          is not None, 'the supervisor says it passed them on')
+    check(srv.p.poll() is None, 'the supervisor still runs')
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+    srv = Server(ame, ['run', '--workers', '2', 'hello_web.py', '0'])
+    port = srv.port()
+    if not check(port, 'listening (no handler for USR1)'):
+        srv.stop(signal.SIGKILL)
+        return
+    seen = wait_workers_serving(port, [1, 2])
+    os.kill(srv.p.pid, signal.SIGUSR1)
+    try:
+        rc = srv.p.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        rc = None
+    check(rc == -signal.SIGUSR1, 'no handler: SIGUSR1 ends the supervisor '
+          '(%s)' % rc)
+    srv.stop()  # checks that the workers are gone too
+
+
 def join_cgroup(cg):
     """Move the calling process into cgroup directory cg."""
     with open(os.path.join(cg, 'cgroup.procs'), 'w') as f:
@@ -1170,6 +1223,7 @@ CASES = {
     'faults': case_faults,
     'twistd': case_twistd,
     'cpus': case_cpus,
+    'signals': case_signals,
 }
 
 

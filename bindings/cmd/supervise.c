@@ -18,6 +18,9 @@
 ** All output here is write(2), never stdio: a stdio buffer would be copied
 ** into every worker forked after it.
 **
+** Signals passed on.  HUP, USR1 and USR2, when the program has a handler
+** for them, are sent on to every worker (FWD_SIGNALS).
+**
 ** Signals and fork.  INT, TERM and CHLD are blocked around fork(), and the
 ** child puts the caller's handlers and mask back (INT and TERM stay
 ** blocked: supervise.h) before anything can be delivered, so a signal that
@@ -81,7 +84,17 @@ static struct {
   int failed;               /* the exit status will be 1 */
   sigset_t old_mask;        /* the caller's, for the children */
   struct sigaction old_int, old_term, old_chld, old_pipe;
+  /* HUP, USR1, USR2: forwarded to the workers when the caller has a
+  ** handler for them (FWD_SIGNALS). */
+  struct sigaction old_fwd[3];
+  int fwd[3];
 } S;
+
+/* Signals passed on to every worker, when the program (the caller) has a
+** handler for them: twistd's SIGUSR1 log rotation, a program's own
+** SIGHUP "reload"; without a handler they keep their default action (the
+** supervisor ends, and its workers with it, as one process would). */
+static const int FWD_SIGNALS[3] = {SIGHUP, SIGUSR1, SIGUSR2};
 
 static double now_s(void) {
   struct timespec ts;
@@ -127,6 +140,9 @@ static const char *signame(int signo) {
   switch (signo) {
   case SIGINT: return "SIGINT";
   case SIGTERM: return "SIGTERM";
+  case SIGHUP: return "SIGHUP";
+  case SIGUSR1: return "SIGUSR1";
+  case SIGUSR2: return "SIGUSR2";
   default: return "signal";
   }
 }
@@ -260,6 +276,8 @@ static void child_setup(int out, int err) {
   sigaction(SIGTERM, &S.old_term, NULL);
   sigaction(SIGCHLD, &S.old_chld, NULL);
   sigaction(SIGPIPE, &S.old_pipe, NULL);
+  for (int k = 0; k < 3; k++)
+    if (S.fwd[k]) sigaction(FWD_SIGNALS[k], &S.old_fwd[k], NULL);
   close(S.sigpipe[0]);
   close(S.sigpipe[1]);
   for (size_t k = 0; k < S.ns; k++) {
@@ -311,6 +329,8 @@ static unsigned start_worker(unsigned i, double now) {
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
   sigaddset(&block, SIGCHLD);
+  for (int k = 0; k < 3; k++)
+    if (S.fwd[k]) sigaddset(&block, FWD_SIGNALS[k]);
   sigprocmask(SIG_BLOCK, &block, &prev);
   if (S.cfg->before_fork) S.cfg->before_fork(S.cfg->data);
   pid_t pid = fork();
@@ -423,6 +443,15 @@ static void on_stop_signal(int signo, double now) {
   }
 }
 
+/* A signal the program handles (FWD_SIGNALS): pass it on to every live
+** worker. */
+static void forward(int signo) {
+  unsigned n = 0;
+  for (unsigned i = 0; i < S.cfg->workers; i++)
+    if (S.w[i].pid > 0 && kill(S.w[i].pid, signo) == 0) n++;
+  say("%s: passed on to %u worker(s)", signame(signo), n);
+}
+
 /* ---- the loop -------------------------------------------------------- */
 
 int ame_supervise(const ame_sup_config_t *cfg, int *status) {
@@ -452,6 +481,15 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
   sigaction(SIGCHLD, &sa, &S.old_chld);
   sa.sa_handler = SIG_IGN;
   sigaction(SIGPIPE, &sa, &S.old_pipe);
+  sa.sa_handler = on_signal;
+  for (int k = 0; k < 3; k++) {
+    struct sigaction cur;
+    if (sigaction(FWD_SIGNALS[k], NULL, &cur) != 0) continue;
+    int handled = (cur.sa_flags & SA_SIGINFO) ? cur.sa_sigaction != NULL
+                  : cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN;
+    if (handled && sigaction(FWD_SIGNALS[k], &sa, &S.old_fwd[k]) == 0)
+      S.fwd[k] = 1;
+  }
 
   for (unsigned i = 0; i < cfg->workers; i++) {
     unsigned id = start_worker(i, now_s());
@@ -514,6 +552,8 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
         for (ssize_t k = 0; k < n; k++)
           if (sig[k] == SIGINT || sig[k] == SIGTERM)
             on_stop_signal(sig[k], now);
+          else if (sig[k] != SIGCHLD)
+            forward(sig[k]);
     }
     /* Streams: walk backwards, stream_close() moves the last into k. */
     for (size_t k = np - 1; k >= 1; k--)
@@ -550,6 +590,8 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
   sigaction(SIGTERM, &S.old_term, NULL);
   sigaction(SIGCHLD, &S.old_chld, NULL);
   sigaction(SIGPIPE, &S.old_pipe, NULL);
+  for (int k = 0; k < 3; k++)
+    if (S.fwd[k]) sigaction(FWD_SIGNALS[k], &S.old_fwd[k], NULL);
   *status = S.failed ? 1 : 0;
   return 0;
 }

@@ -16,7 +16,9 @@ prints "listening on PORT".  Paths:
 
 Every response carries X-Worker-Pid (the serving process), X-Worker
 (AME_WORKER, "-" in one process), X-Io (the ame reactor's I/O mode,
-"thread" or "inline") and X-Cpus (ame._ame.cpu_count()).  At shutdown the process prints
+"thread" or "inline") and X-Cpus (ame._ame.cpu_count()).  With
+HELLO_SIGNALS=1 the program handles SIGHUP and SIGUSR1 by counting them,
+and responses carry X-Signals: "hup=N usr1=M" (this process's counts).  At shutdown the process prints
 "served N requests on M connections" (per worker: each has its own
 counters).  With HELLO_LOG=1 in the environment it logs Twisted's events
 (access lines included) to stderr.
@@ -32,6 +34,7 @@ BIG = 256 * 1024
 SLOW_S = 1.0
 
 served = [0]
+signals_seen = {"hup": 0, "usr1": 0}
 connections = [0]
 
 
@@ -51,6 +54,8 @@ class Root(resource.Resource):
                           os.environ.get("AME_WORKER", "-").encode())
         request.setHeader(b"x-io", reactor._core.io.encode())
         request.setHeader(b"x-cpus", str(_ame.cpu_count()).encode())
+        request.setHeader(b"x-signals", ("hup=%(hup)d usr1=%(usr1)d"
+                                         % signals_seen).encode())
         if request.path == b"/close":
             # One request per connection: what twisted.web does for a
             # request with "Connection: close".
@@ -82,6 +87,15 @@ if os.environ.get("HELLO_LOG") == "1":
     from twisted.logger import globalLogBeginner, textFileLogObserver
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
                                      redirectStandardIO=False)
+
+if os.environ.get("HELLO_SIGNALS") == "1":
+    import signal
+
+    def count(signo, frame):
+        signals_seen["hup" if signo == signal.SIGHUP else "usr1"] += 1
+
+    signal.signal(signal.SIGHUP, count)
+    signal.signal(signal.SIGUSR1, count)
 
 port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 site = CountingSite(Root())
