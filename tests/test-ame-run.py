@@ -1038,8 +1038,16 @@ def make_cpu_cgroup():
                     f.write('%d' % int(cpus * 100000))
         try:
             set_quota(1)
-        except OSError:
-            os.rmdir(cg)
+            # A process can be started in it (delegation, "no internal
+            # processes" in v2).
+            subprocess.run(['/bin/true'], check=True, timeout=30,
+                           preexec_fn=lambda cg=cg: join_cgroup(cg))
+        except (OSError, subprocess.SubprocessError):
+            time.sleep(0.1)
+            try:
+                os.rmdir(cg)
+            except OSError:
+                pass
             continue
         return cg, set_quota
     return None
