@@ -166,7 +166,7 @@ def _attach(transport, reactor, fd, listener=False):
     try:
         transport._ameAttach(core, fd, listener)
     except OSError:
-        pass
+        reactor._amePythonPath = getattr(reactor, "_amePythonPath", 0) + 1
 
 
 class Server(_ame.Stream, _FastStream, tcp.Server):
@@ -701,9 +701,14 @@ class AMEReactor(
         C{direct_events} (events found by the Python thread's own check of
         the fds it had just dispatched or changed, with no worker round
         trip), C{watch_flushes} (batches of watch changes posted to the
-        worker), C{watch_barriers} (removals that waited for the worker).
+        worker), C{watch_barriers} (removals that waited for the worker);
+        and C{python_path} (connections and listeners left on Twisted's
+        own Python I/O because the C side could not take them: a full
+        descriptor table).
         """
-        return self._core.stats()
+        stats = self._core.stats()
+        stats["python_path"] = getattr(self, "_amePythonPath", 0)
+        return stats
 
     def ameReport(self):
         """

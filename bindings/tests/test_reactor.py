@@ -11,6 +11,7 @@ Run with Debian's python and the extension built::
 
 import gc
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -695,6 +696,63 @@ class EPollReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
 
 class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
     reactorFactory = staticmethod(lambda: AMEReactor(io="thread"))
+
+    def _iterateUntil(self, reactor, cond, what, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                self.fail("not within %s s: %s" % (timeout, what))
+            reactor.iterate(0.01)
+
+    def test_fullDescriptorTableFallsBack(self):
+        """
+        A connection accepted when the descriptor table has room for it
+        but not for the C side's dup of it stays on Twisted's own Python
+        I/O (ameStats()["python_path"] counts it) and is served there.
+        """
+        reactor = self.buildReactor()
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(_Echo),
+                                 interface="127.0.0.1")
+        reactor.iterate(0)  # an inline core attaches at its first wait
+        self.assertEqual(reactor.ameStats()["python_path"], 0)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        top = max(int(n) for n in os.listdir("/proc/self/fd"))
+        fillers = []
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top + 16, hard))
+        try:
+            while True:
+                try:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    break
+            # Two free descriptors: the client's socket and the server's
+            # accept() get them, the C side's dup of the accepted one fails.
+            os.close(fillers.pop())
+            os.close(fillers.pop())
+            client = socket.create_connection(
+                ("127.0.0.1", port.getHost().port), 5)
+            self.addCleanup(client.close)
+            self._iterateUntil(
+                reactor, lambda: reactor.ameStats()["python_path"] == 1,
+                "the connection accepted on the Python path")
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        client.setblocking(False)
+        client.sendall(b"served on the Python path")
+        got = []
+
+        def received():
+            try:
+                got.append(client.recv(100))
+            except BlockingIOError:
+                pass
+            return b"".join(got) == b"served on the Python path"
+
+        self._iterateUntil(reactor, received, "the echo")
+        self.assertEqual(reactor.ameStats()["python_path"], 1)
+        port.stopListening()
 
     def test_ameStats(self):
         """
