@@ -16,8 +16,7 @@ prints "listening on PORT".  Paths:
 
 Every response carries X-Worker-Pid (the serving process), X-Worker
 (AME_WORKER, "-" in one process), X-Io (the ame reactor's I/O mode,
-"thread" or "inline"), X-Cpus (ame._ame.cpu_count()) and X-Python-Path
-(reactor.ameStats()["python_path"]: connections the C side could not take).  With
+"thread" or "inline") and X-Cpus (ame._ame.cpu_count()).  With
 HELLO_SIGNALS=1 the program handles SIGHUP and SIGUSR1 by counting them,
 and responses carry X-Signals: "hup=N usr1=M" (this process's counts).  At shutdown the process prints
 "served N requests on M connections" (per worker: each has its own
@@ -55,8 +54,6 @@ class Root(resource.Resource):
                           os.environ.get("AME_WORKER", "-").encode())
         request.setHeader(b"x-io", reactor._core.io.encode())
         request.setHeader(b"x-cpus", str(_ame.cpu_count()).encode())
-        request.setHeader(b"x-python-path",
-                          str(reactor.ameStats()["python_path"]).encode())
         request.setHeader(b"x-signals", ("hup=%(hup)d usr1=%(usr1)d"
                                          % signals_seen).encode())
         if request.path == b"/close":
