@@ -4,7 +4,7 @@
 # Usage: scripts/install-deps.sh [build|bench|demo]   (default: build)
 set -eu
 
-BUILD_PKGS="gcc make meson ninja-build pkg-config python3 python3-dev python3-twisted python3-openssl python3-service-identity libgcc-12-dev libuv1-dev libhttp-parser-dev clang libclang-rt-14-dev"
+BUILD_PKGS="gcc make meson ninja-build pkg-config python3 python3-dev python3-twisted python3-openssl python3-service-identity libgcc-12-dev libuv1-dev libhttp-parser-dev libssl-dev openssl clang libclang-rt-14-dev"
 BENCH_PKGS="$BUILD_PKGS wrk nginx-light"
 # make demo: the plot (bench/demo.py) needs matplotlib.
 DEMO_PKGS="$BUILD_PKGS python3-matplotlib"

@@ -18,6 +18,11 @@ what `ame load --json` reports agrees:
   close    GET /close (Connection: close): reconnects, nothing lost
   rate     --rate 200 for 2 s: about 400 requests, latency from due time
   timeout  GET /hang (never answered): timeouts counted, exit 1
+  tls      https:// against the same server behind TLS (a certificate made
+           by `openssl req` for the test): counts, statuses, a POST body
+           and HEAD agree, no errors; https:// to a server that does not
+           speak TLS: exit 1 and one line saying the handshake failed;
+           --rate with https:// is a usage error
   method   -m POST -b DATA, -m PUT --body-file (every byte value), -m
            HEAD (responses with Content-Length and no body), -m DELETE:
            the server sees that method and exactly that body on every
@@ -33,6 +38,7 @@ import os
 import socket
 import subprocess
 import sys
+import ssl
 import tempfile
 import threading
 
@@ -43,7 +49,8 @@ class CountingServer:
     """An HTTP/1.1 keep-alive server on a thread of its own.  `served`
     counts the responses written, `status` the same by code."""
 
-    def __init__(self):
+    def __init__(self, ssl_context=None):
+        self.ssl = ssl_context
         self.served = 0
         self.status = {}
         self.methods = {}  # method: requests
@@ -58,7 +65,8 @@ class CountingServer:
     def _run(self):
         asyncio.set_event_loop(self.loop)
         self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._client, '127.0.0.1', 0))
+            asyncio.start_server(self._client, '127.0.0.1', 0,
+                                 ssl=self.ssl))
         self.port = self.server.sockets[0].getsockname()[1]
         self.ready.set()
         self.loop.run_forever()
@@ -98,7 +106,8 @@ class CountingServer:
             while True:
                 try:
                     head = await reader.readuntil(b'\r\n\r\n')
-                except (asyncio.IncompleteReadError, ConnectionError):
+                except (asyncio.IncompleteReadError, ConnectionError,
+                        ssl.SSLError):
                     break
                 method, path = head.split(b' ', 2)[:2]
                 method, path = method.decode(), path.decode()
@@ -204,7 +213,7 @@ def case_usage(ame):
         ['load', '--timeout', 'never', 'http://127.0.0.1:1/'],
         ['load', '--bogus', 'http://127.0.0.1:1/'],
         ['load', '-c'],
-        ['load', 'https://127.0.0.1/'],
+        ['load', 'https://127.0.0.1:99999/'],
         ['load', 'ftp://127.0.0.1/'],
         ['load', 'http://127.0.0.1:99999/'],
         ['load', 'http://::1/'],
@@ -397,6 +406,67 @@ def case_method(ame):
           'ame load --help lists --method, --body, --body-file')
 
 
+def make_cert(d):
+    """A self-signed certificate and key for 127.0.0.1 in directory d (by
+    the openssl command); return an SSL server context."""
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048',
+                    '-nodes', '-days', '1', '-subj', '/CN=localhost',
+                    '-keyout', key, '-out', cert],
+                   check=True, capture_output=True, timeout=60)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def case_tls(ame):
+    with tempfile.TemporaryDirectory() as d:
+        ctx = make_cert(d)
+        for args, method, body in (([], 'GET', b''),
+                                   (['-m', 'POST', '-b', 'k=v'], 'POST',
+                                    b'k=v'),
+                                   (['-m', 'HEAD'], 'HEAD', b'')):
+            srv = CountingServer(ctx)
+            try:
+                rc, res = load_json(ame, 'https://127.0.0.1:%d/' % srv.port,
+                                    ['-c', '8', '-d', '1500ms', '-t', '2']
+                                    + args)
+            finally:
+                srv.close()
+            what = 'https %s' % method
+            check(rc == 0 and res is not None,
+                  '%s: exit %d (0), JSON parsed' % (what, rc))
+            if res is None:
+                continue
+            check(res['requests'] > 50, '%s: %d requests (> 50)'
+                  % (what, res['requests']))
+            check(list(srv.methods) == [method] and
+                  list(srv.bodies) == [body],
+                  '%s: the server saw %s with bodies %s' % (
+                      what, srv.methods,
+                      sorted((len(b), n) for b, n in srv.bodies.items())))
+            check_counts(srv, res, 8)
+            check(res['errors']['total'] == 0, '%s: no errors: %s'
+                  % (what, res['errors']))
+            check_percentiles(res['latency_us'])
+
+    # A plain HTTP server behind an https:// URL: every handshake fails.
+    srv = CountingServer()
+    try:
+        rc, out, err = run_ame(ame, ['load', 'https://127.0.0.1:%d/'
+                                     % srv.port, '-c', '4', '-d', '5s'])
+    finally:
+        srv.close()
+    lines = err.strip().split('\n')
+    check(rc == 1 and len(lines) == 1 and 'TLS handshake' in lines[0]
+          and not out, 'https to a plain server: exit %d (1), one line: %r'
+          % (rc, err.strip()))
+    rc, out, err = run_ame(ame, ['load', 'https://127.0.0.1:1/', '--rate',
+                                 '10'])
+    check(rc == 2 and 'https' in err, '--rate with https: exit %d (2), %r'
+          % (rc, err.strip().split('\n')[0]))
+
+
 CASES = {
     'hist': case_hist,
     'usage': case_usage,
@@ -407,6 +477,7 @@ CASES = {
     'rate': case_rate,
     'timeout': case_timeout,
     'method': case_method,
+    'tls': case_tls,
 }
 
 

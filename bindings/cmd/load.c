@@ -6,6 +6,7 @@
 ** address that accepts a test connection is used.  A reactor with -t
 ** workers runs -c connections, spread over the workers by the reactor
 ** (ame_tcp_connect gives each new stream to the worker with the fewest).
+** https:// adds TLS (OpenSSL) under the same loop: see "https" below.
 ** Each connection sends one request (GET unless -m says otherwise, with
 ** the --body if one is given; built once, keep-alive), parses the
 ** response with http-parser, records the latency and sends the next one
@@ -75,6 +76,10 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#ifdef AME_HAVE_OPENSSL
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 #include <unistd.h>
 
 #define HK_MS 10               /* housekeeping period */
@@ -90,9 +95,10 @@
 #define LOAD_SC(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define STORE_SC(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
 
-enum { ERR_CONNECT, ERR_READ, ERR_WRITE, ERR_TIMEOUT, ERR_PARSE, ERR__COUNT };
+enum { ERR_CONNECT, ERR_READ, ERR_WRITE, ERR_TIMEOUT, ERR_PARSE, ERR_TLS,
+       ERR__COUNT };
 static const char *const err_names[ERR__COUNT] = {"connect", "read", "write",
-                                                  "timeout", "parse"};
+                                                  "timeout", "parse", "tls"};
 
 /* One worker's results.  Changed only by callbacks running on that worker;
 ** the counters before `status` are also read (atomically) by the progress
@@ -124,6 +130,7 @@ typedef struct conn {
   int completed;        /* a response completed in this callback */
   int keep_alive;       /* ... and the server keeps the connection */
   int bad;              /* a parser callback failed: 1 protocol, <0 errno */
+  struct tls_conn *tls; /* https: the current stream's TLS state */
   /* Shared with timers, which may run on any worker. */
   uintptr_t stream_w;      /* STM word: the open stream, or 0 */
   uintptr_t epoch_w;       /* STM word: bumped when a stream closes */
@@ -153,6 +160,16 @@ struct load {
   uint64_t interval_ns;        /* --rate: between one connection's slots */
   int json, progress, tty;
   int head;                    /* the method is HEAD */
+  int tls;                     /* https:// */
+  char sni[256];               /* https: the server name sent, or "" */
+#ifdef AME_HAVE_OPENSSL
+  SSL_CTX *ssl_ctx;
+#endif
+  int tls_ok_ever;             /* atomic: some TLS handshake completed */
+  unsigned tls_failures;       /* atomic: handshakes failed before that */
+  int tls_fatal;               /* atomic: every first handshake failed */
+  char tls_error[256];         /* the first TLS error (set once) */
+  int tls_error_set;           /* atomic: tls_error is set */
   ame_reactor_t *r;
   conn_t *conns;
   wstats_t *ws;                /* one per worker */
@@ -212,6 +229,8 @@ static int reconnect(conn_t *c) {
 /* Nothing in flight on c. */
 static void set_idle(conn_t *c) { STORE_SC(&c->inflight_since, 0); }
 
+static int tls_write_request(conn_t *c, ame_stream_t *s);
+
 /* Write the request on s now, unless the run is draining (then close s).
 ** The time is published before the draining flag is read: see the top. */
 static int send_now(conn_t *c, ame_stream_t *s, wstats_t *ws, uint64_t now) {
@@ -221,7 +240,8 @@ static int send_now(conn_t *c, ame_stream_t *s, wstats_t *ws, uint64_t now) {
     ame_stream_close(s);
     return 0;
   }
-  int rc = ame_stream_write(s, L->request, L->request_len);
+  int rc = L->tls ? tls_write_request(c, s)
+                  : ame_stream_write(s, L->request, L->request_len);
   if (rc < 0) {
     set_idle(c);
     bump(&ws->errors[ERR_WRITE], 1);
@@ -288,9 +308,12 @@ static int on_message_complete(http_parser *p) {
   hist_t *h = &ws->hist;
   unsigned code = p->status_code;
   uint64_t *st = code < NSTATUS ? &ws->status[code] : &ws->status_other;
-  if (ame_tx_save(c->tx, &h->count, HIST_SUMMARY_SIZE) ||
-      ame_tx_save(c->tx, &h->counts[hist_index(h, lat)], sizeof(uint64_t)) ||
-      ame_tx_save(c->tx, st, sizeof *st)) {
+  /* (c->tx is NULL where https responses are read: after the callback's
+  ** commit, see tls_data_commit, where nothing is undone.) */
+  if (c->tx && (ame_tx_save(c->tx, &h->count, HIST_SUMMARY_SIZE) ||
+                ame_tx_save(c->tx, &h->counts[hist_index(h, lat)],
+                            sizeof(uint64_t)) ||
+                ame_tx_save(c->tx, st, sizeof *st))) {
     c->bad = -ENOMEM;
     return 1;
   }
@@ -322,6 +345,253 @@ static int protocol_error(conn_t *c, ame_stream_t *s, wstats_t *ws) {
   return 0;
 }
 
+/* ------------------------------------------------------------------------
+** https.  Each stream has an OpenSSL client (struct tls_conn) over two
+** memory BIOs: the reactor's bytes go in, what OpenSSL wants sent comes
+** out and is written to the stream.  OpenSSL's state cannot be undone, so
+** it is never touched inside a transaction: the callbacks hand the work to
+** commit handlers (tls_open_commit, tls_data_commit, tls_free_commit),
+** which run once, after the callback committed, on the stream's worker,
+** in order.  There the response bytes go through plain_data() with no
+** transaction (nothing to undo), and requests are written with
+** ame_stream_write(), which outside a transaction acts at once.  Like
+** wrk, the server's certificate is not verified; the server name is sent
+** (SNI) when the URL's host is a name.  --rate is refused with https
+** (its timers may run on another worker than the stream's).
+*/
+
+static void stop_commit(void *arg);
+static int plain_data(ame_tx_t *tx, conn_t *c, ame_stream_t *s,
+                      wstats_t *ws, const char *data, size_t len);
+
+#ifdef AME_HAVE_OPENSSL
+struct tls_conn {
+  SSL *ssl;
+  BIO *rbio, *wbio; /* network side: bytes received, bytes to send */
+  int handshaken;
+  int failed;       /* tls_fail() counted it */
+  const char *lost; /* the stream closed during the handshake: why */
+};
+
+struct tls_chunk {
+  conn_t *c;
+  ame_stream_t *s;
+  size_t len;
+  char data[];
+};
+
+static void tls_conn_free(struct tls_conn *t) {
+  if (t == NULL) return;
+  SSL_free(t->ssl); /* and its BIOs */
+  free(t);
+}
+
+static struct tls_conn *tls_conn_new(void) {
+  struct tls_conn *t = calloc(1, sizeof *t);
+  if (t == NULL) return NULL;
+  t->ssl = SSL_new(L->ssl_ctx);
+  t->rbio = BIO_new(BIO_s_mem());
+  t->wbio = BIO_new(BIO_s_mem());
+  if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+    BIO_free(t->rbio);
+    BIO_free(t->wbio);
+    SSL_free(t->ssl);
+    free(t);
+    return NULL;
+  }
+  SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  SSL_set_connect_state(t->ssl);
+  if (L->sni[0]) SSL_set_tlsext_host_name(t->ssl, L->sni);
+  return t;
+}
+
+/* Write what OpenSSL has to send to s.  Return 0 or -errno. */
+static int tls_flush(struct tls_conn *t, ame_stream_t *s) {
+  char buf[16384];
+  int n;
+  while ((n = BIO_read(t->wbio, buf, (int)sizeof buf)) > 0) {
+    int rc = ame_stream_write(s, buf, (size_t)n);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* Keep the first TLS error's text for the final message. */
+static void tls_note_error(const char *what) {
+  unsigned long e = ERR_peek_last_error();
+  if (__atomic_exchange_n(&L->tls_error_set, 1, __ATOMIC_SEQ_CST) == 0) {
+    char reason[200] = "";
+    if (e) ERR_error_string_n(e, reason, sizeof reason);
+    snprintf(L->tls_error, sizeof L->tls_error, "%s%s%s", what,
+             reason[0] ? ": " : "", reason);
+  }
+  ERR_clear_error();
+}
+
+/* A handshake failed.  When none has ever completed and as many have
+** failed as there are connections, the run ends (the server does not
+** speak TLS, or not ours). */
+static void tls_count_failure(const char *what) {
+  tls_note_error(what);
+  if (!LOAD_SC(&L->tls_ok_ever) &&
+      __atomic_add_fetch(&L->tls_failures, 1, __ATOMIC_SEQ_CST) >= L->nconns &&
+      __atomic_exchange_n(&L->tls_fatal, 1, __ATOMIC_SEQ_CST) == 0) {
+    stop_commit(NULL);
+    ame_reactor_stop(L->r);
+  }
+}
+
+/* A TLS failure on s: count it, and start over on a new connection. */
+static void tls_fail(conn_t *c, ame_stream_t *s, wstats_t *ws,
+                     const char *what) {
+  set_idle(c);
+  bump(&ws->errors[ERR_TLS], 1);
+  if (c->tls) c->tls->failed = 1;
+  tls_count_failure(what);
+  ame_stream_abort(s);
+}
+
+static int tls_handshaken(const struct tls_conn *t) { return t->handshaken; }
+
+/* In on_close: t's stream closed before its handshake completed (why). */
+static void tls_mark_lost(struct tls_conn *t, const char *why) {
+  if (!t->failed) t->lost = why;
+}
+
+static int tls_write_request(conn_t *c, ame_stream_t *s) {
+  struct tls_conn *t = c->tls;
+  if (t == NULL || SSL_write(t->ssl, L->request, (int)L->request_len) <= 0) {
+    tls_note_error("TLS write failed");
+    return -EPIPE;
+  }
+  return tls_flush(t, s);
+}
+
+/* Go on with the handshake; once it is done, send the first request.
+** Return 0 if the stream goes on, 1 if it is being closed. */
+static int tls_handshake(conn_t *c, ame_stream_t *s, wstats_t *ws) {
+  struct tls_conn *t = c->tls;
+  int r = SSL_do_handshake(t->ssl);
+  if (r == 1) {
+    t->handshaken = 1;
+    STORE_SC(&L->tls_ok_ever, 1);
+    if (tls_flush(t, s) < 0) return 1; /* closing: on_close reconnects */
+    set_idle(c);
+    send_now(c, s, ws, now_ns());
+    return 0;
+  }
+  if (SSL_get_error(t->ssl, r) == SSL_ERROR_WANT_READ)
+    return tls_flush(t, s) < 0;
+  tls_fail(c, s, ws, "TLS handshake failed");
+  return 1;
+}
+
+/* After on_open committed: a new TLS client for c's stream, and the
+** handshake's first message.  The handshake counts as a request in
+** flight, so --timeout applies to it. */
+static void tls_open_commit(void *arg) {
+  conn_t *c = arg;
+  ame_stream_t *s = (ame_stream_t *)LOAD(&c->stream_w);
+  if (s == NULL) return;
+  wstats_t *ws = &L->ws[ame_stream_worker(s)];
+  if (LOAD_SC(&L->draining)) {
+    ame_stream_close(s);
+    return;
+  }
+  c->tls = tls_conn_new();
+  if (c->tls == NULL) {
+    tls_fail(c, s, ws, "out of memory");
+    return;
+  }
+  STORE_SC(&c->inflight_since, now_ns());
+  tls_handshake(c, s, ws);
+}
+
+/* After on_data committed: decrypt what came, and handle the plaintext. */
+static void tls_data_commit(void *arg) {
+  struct tls_chunk *k = arg;
+  conn_t *c = k->c;
+  ame_stream_t *s = k->s;
+  struct tls_conn *t = c->tls;
+  wstats_t *ws = &L->ws[ame_stream_worker(s)];
+  int in = t ? BIO_write(t->rbio, k->data, (int)k->len) : 0;
+  int whole = t && in == (int)k->len;
+  free(k);
+  if (!whole) {
+    if (t) tls_fail(c, s, ws, "out of memory");
+    return;
+  }
+  if (!t->handshaken && (tls_handshake(c, s, ws) || !t->handshaken)) return;
+  char buf[16384];
+  for (;;) {
+    int n = SSL_read(t->ssl, buf, (int)sizeof buf);
+    if (n > 0) {
+      int rc = plain_data(NULL, c, s, ws, buf, (size_t)n);
+      if (rc < 0) {
+        set_idle(c);
+        bump(&ws->errors[ERR_READ], 1);
+        ame_stream_abort(s);
+      }
+      if (rc != 0) return;
+      continue;
+    }
+    int e = SSL_get_error(t->ssl, n);
+    if (e == SSL_ERROR_WANT_READ) break;
+    if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify: the server is done */
+      ame_stream_close(s);
+      return;
+    }
+    tls_fail(c, s, ws, "TLS read failed");
+    return;
+  }
+  if (tls_flush(t, s) < 0) ame_stream_abort(s);
+}
+
+/* After on_close committed. */
+static void tls_free_commit(void *arg) {
+  struct tls_conn *t = arg;
+  if (t->lost) tls_count_failure(t->lost);
+  tls_conn_free(t);
+}
+
+/* on_data with https: copy the bytes for tls_data_commit. */
+static int tls_data(ame_tx_t *tx, conn_t *c, ame_stream_t *s,
+                    const char *data, size_t len) {
+  struct tls_chunk *k = malloc(sizeof *k + len);
+  if (k == NULL) return -ENOMEM;
+  k->c = c;
+  k->s = s;
+  k->len = len;
+  memcpy(k->data, data, len);
+  if (ame_tx_on_abort(tx, free, k) != 0) {
+    free(k);
+    return -ENOMEM;
+  }
+  return ame_tx_on_commit(tx, tls_data_commit, k) != 0 ? -ENOMEM : 0;
+}
+#else
+static int tls_write_request(conn_t *c, ame_stream_t *s) {
+  (void)c;
+  (void)s;
+  return -EPROTONOSUPPORT;
+}
+static void tls_open_commit(void *arg) { (void)arg; }
+static void tls_free_commit(void *arg) { (void)arg; }
+static int tls_handshaken(const struct tls_conn *t) {
+  (void)t;
+  return 1;
+}
+static void tls_mark_lost(struct tls_conn *t, const char *why) {
+  (void)t;
+  (void)why;
+}
+static int tls_data(ame_tx_t *tx, conn_t *c, ame_stream_t *s,
+                    const char *data, size_t len) {
+  (void)tx, (void)c, (void)s, (void)data, (void)len;
+  return -EPROTONOSUPPORT;
+}
+#endif
+
 static int on_open(ame_tx_t *tx, ame_stream_t *s) {
   conn_t *c = ame_handle_data(s);
   wstats_t *ws = &L->ws[ame_stream_worker(s)];
@@ -335,9 +605,40 @@ static int on_open(ame_tx_t *tx, ame_stream_t *s) {
   http_parser_init(&c->parser, HTTP_RESPONSE);
   c->parser.data = c;
   ame_stream_nodelay(s, 1);
+  if (L->tls) /* the handshake first, after this commits */
+    return ame_tx_on_commit(tx, tls_open_commit, c) != 0 ? -ENOMEM : 0;
   uint64_t now = now_ns();
   return L->rate > 0 ? schedule(c, s, ws, now) : send_now(c, s, ws, now);
 }
+
+/* Response bytes for c (on stream s, worker results ws): parse them,
+** record what completed, and send the next request.  tx is the callback's
+** transaction, or NULL after it (https: tls_data_commit).  Return 0, 1 if
+** s is being closed (read nothing more from it), or -errno. */
+static int plain_data(ame_tx_t *tx, conn_t *c, ame_stream_t *s,
+                      wstats_t *ws, const char *data, size_t len) {
+  c->tx = tx;
+  c->ws = ws;
+  c->completed = 0;
+  c->bad = 0;
+  size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
+  if (c->bad < 0) return c->bad;
+  if (c->bad || HTTP_PARSER_ERRNO(&c->parser) != HPE_OK || n != len)
+    return protocol_error(c, s, ws), 1;
+  if (!c->completed) return 0;
+  if (!c->keep_alive) {
+    set_idle(c);
+    ame_stream_close(s); /* on_close connects again */
+    return 1;
+  }
+  uint64_t now = now_ns();
+  if (L->rate <= 0) return send_now(c, s, ws, now);
+  c->intended_ns += L->interval_ns;
+  return schedule(c, s, ws, now);
+}
+
+static int tls_data(ame_tx_t *tx, conn_t *c, ame_stream_t *s,
+                    const char *data, size_t len);
 
 static int on_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
                    size_t len) {
@@ -346,24 +647,9 @@ static int on_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
   int rc = save_conn(tx, c, ws);
   if (rc) return rc;
   ws->bytes += len;
-  c->tx = tx;
-  c->ws = ws;
-  c->completed = 0;
-  c->bad = 0;
-  size_t n = http_parser_execute(&c->parser, &parser_settings, data, len);
-  if (c->bad < 0) return c->bad;
-  if (c->bad || HTTP_PARSER_ERRNO(&c->parser) != HPE_OK || n != len)
-    return protocol_error(c, s, ws);
-  if (!c->completed) return 0;
-  if (!c->keep_alive) {
-    set_idle(c);
-    ame_stream_close(s); /* on_close connects again */
-    return 0;
-  }
-  uint64_t now = now_ns();
-  if (L->rate <= 0) return send_now(c, s, ws, now);
-  c->intended_ns += L->interval_ns;
-  return schedule(c, s, ws, now);
+  if (L->tls) return tls_data(tx, c, s, data, len);
+  rc = plain_data(tx, c, s, ws, data, len);
+  return rc < 0 ? rc : 0;
 }
 
 static int on_eof(ame_tx_t *tx, ame_stream_t *s) {
@@ -401,6 +687,11 @@ static void on_close(ame_tx_t *tx, ame_stream_t *s, int status) {
   conn_t *c = ame_handle_data(s);
   wstats_t *ws = &L->ws[ame_stream_worker(s)];
   if (save_conn(tx, c, ws) || ame_tx_on_commit(tx, closed_commit, c)) return;
+  struct tls_conn *t = c->tls;
+  if (t) { /* freed once this commits (no handler of it runs later) */
+    if (ame_tx_on_commit(tx, tls_free_commit, t) != 0) return;
+    c->tls = NULL;
+  }
   uint64_t since = LOAD(&c->inflight_since);
   int stopped = LOAD_SC(&L->stopped), draining = LOAD_SC(&L->draining);
   if (c->open) {
@@ -409,12 +700,21 @@ static void on_close(ame_tx_t *tx, ame_stream_t *s, int status) {
     c->epoch++;
     ame_store_ptr_tx(tx, (void **)&c->stream_w, NULL);
     ame_store_word_tx(tx, &c->epoch_w, c->epoch);
+    /* https: a stream that ends during its handshake is a TLS error. */
+    int handshaking = t && !tls_handshaken(t) && since && !stopped;
+    if (handshaking)
+      tls_mark_lost(t, timed_out ? "the TLS handshake timed out"
+                                 : "the server closed the connection "
+                                   "during the TLS handshake");
     if (timed_out)
-      bump(&ws->errors[ERR_TIMEOUT], 1);
+      bump(&ws->errors[handshaking ? ERR_TLS : ERR_TIMEOUT], 1);
     else if (since && stopped)
       bump(&ws->abandoned, 1);
     else if (since)
-      bump(&ws->errors[status == -EPIPE ? ERR_WRITE : ERR_READ], 1);
+      bump(&ws->errors[handshaking             ? ERR_TLS
+                       : status == -EPIPE ? ERR_WRITE
+                                          : ERR_READ],
+           1);
     else if (status < 0 && !stopped)
       bump(&ws->errors[ERR_READ], 1);
     if (since && L->rate > 0) c->intended_ns += L->interval_ns;
@@ -571,8 +871,10 @@ static void usage(FILE *f) {
           "connections send GET URL (or METHOD URL with BODY) one request "
           "at a time,\nfor DURATION.\n"
           "\n"
-          "  URL                    http://HOST[:PORT][/PATH] (HOST: name, "
-          "IPv4, [IPv6])\n"
+          "  URL                    http[s]://HOST[:PORT][/PATH] (HOST: name, "
+          "IPv4, [IPv6];\n"
+          "                         https: TLS, the certificate not "
+          "verified, as wrk)\n"
           "  -c, --connections N    connections (default 10)\n"
           "  -d, --duration D       how long: 10s, 500ms, 1m, 1h (default "
           "10s)\n"
@@ -651,6 +953,7 @@ static int parse_uint(const char *s, unsigned long lo, unsigned long hi,
 }
 
 typedef struct url {
+  int tls;             /* https:// */
   char host[256];      /* without brackets */
   char authority[300]; /* host[:port] as written: the Host header */
   int port;
@@ -660,11 +963,17 @@ typedef struct url {
 /* Split an http:// URL.  Return NULL or a message saying what is wrong. */
 static const char *parse_url(const char *s, url_t *u) {
   const char *p = strstr(s, "://");
+  u->tls = 0;
   if (p) {
-    if ((size_t)(p - s) == 5 && strncasecmp(s, "https", 5) == 0)
-      return "https is not supported (plain http:// only)";
-    if ((size_t)(p - s) != 4 || strncasecmp(s, "http", 4) != 0)
-      return "the URL must start with http://";
+    if ((size_t)(p - s) == 5 && strncasecmp(s, "https", 5) == 0) {
+#ifdef AME_HAVE_OPENSSL
+      u->tls = 1;
+#else
+      return "https is not supported by this build (no OpenSSL)";
+#endif
+    } else if ((size_t)(p - s) != 4 || strncasecmp(s, "http", 4) != 0) {
+      return "the URL must start with http:// or https://";
+    }
     p += 3;
   } else {
     p = s;
@@ -695,7 +1004,7 @@ static const char *parse_url(const char *s, url_t *u) {
   }
   u->host[hlen] = '\0';
   if (hlen == 0) return "the URL has no host";
-  u->port = 80;
+  u->port = u->tls ? 443 : 80;
   if (colon) {
     unsigned port;
     if (parse_uint(colon + 1, 1, 65535, &port) != 0)
@@ -1055,12 +1364,39 @@ static void report_json(const struct load *ld, const wstats_t *t,
 ** main.
 */
 
+/* https: the client context, and the server name to send. */
+static int tls_setup(struct load *ld, const url_t *u) {
+#ifdef AME_HAVE_OPENSSL
+  ld->ssl_ctx = SSL_CTX_new(TLS_client_method());
+  if (ld->ssl_ctx == NULL ||
+      !SSL_CTX_set_min_proto_version(ld->ssl_ctx, TLS1_2_VERSION)) {
+    fprintf(stderr, "ame load: cannot set up TLS: %s\n",
+            ERR_reason_error_string(ERR_get_error()));
+    return -1;
+  }
+  SSL_CTX_set_verify(ld->ssl_ctx, SSL_VERIFY_NONE, NULL);
+  unsigned char addr[16];
+  if (inet_pton(AF_INET, u->host, addr) != 1 &&
+      inet_pton(AF_INET6, u->host, addr) != 1)
+    snprintf(ld->sni, sizeof ld->sni, "%s", u->host);
+  return 0;
+#else
+  (void)ld;
+  (void)u;
+  return -1;
+#endif
+}
+
 static void free_load(struct load *ld) {
   if (ld->ws)
     for (unsigned w = 0; w < ld->nworkers; w++) hist_free(&ld->ws[w].hist);
   free(ld->ws);
   free(ld->conns);
   free(ld->request);
+#ifdef AME_HAVE_OPENSSL
+  SSL_CTX_free(ld->ssl_ctx);
+  ld->ssl_ctx = NULL;
+#endif
 }
 
 /* Connect every slot and run the reactor to the end.  Return 0, or print
@@ -1265,6 +1601,12 @@ int ame_load_main(int argc, char **argv) {
   }
   ld.has_body = body != NULL;
   ld.head = strcmp(ld.method, "HEAD") == 0;
+  ld.tls = u.tls;
+  if (ld.tls && ld.rate > 0) {
+    free(headers);
+    free(file_body);
+    return usage_error("%s", "--rate is not supported with https:// yet");
+  }
   ld.url = argv[optind];
   if (ld.nworkers > ld.nconns) ld.nworkers = ld.nconns;
   if (ld.rate > 0) ld.interval_ns = (uint64_t)(1e9 * ld.nconns / ld.rate);
@@ -1281,7 +1623,8 @@ int ame_load_main(int argc, char **argv) {
     fprintf(stderr, "ame load: out of memory\n");
     return 1;
   }
-  if (find_server(&ld, &u) != 0 || raise_fd_limit(ld.nconns) != 0) {
+  if (find_server(&ld, &u) != 0 || raise_fd_limit(ld.nconns) != 0 ||
+      (ld.tls && tls_setup(&ld, &u) != 0)) {
     free_load(&ld);
     return 1;
   }
@@ -1319,11 +1662,16 @@ int ame_load_main(int argc, char **argv) {
   }
   double elapsed = (double)(ld.end_ns - ld.start_ns) / 1e9;
   int rc = 0;
+  int v6 = strchr(ld.addr, ':') != NULL;
   if (ld.g.fatal_error) {
-    int v6 = strchr(ld.addr, ':') != NULL;
     fprintf(stderr, "ame load: cannot connect to %s%s%s:%d: %s\n",
             v6 ? "[" : "", ld.addr, v6 ? "]" : "", ld.port,
             strerror((int)ld.g.fatal_error));
+    rc = 1;
+  } else if (LOAD_SC(&ld.tls_fatal)) {
+    fprintf(stderr, "ame load: no TLS handshake with %s%s%s:%d succeeded: "
+            "%s\n", v6 ? "[" : "", ld.addr, v6 ? "]" : "", ld.port,
+            ld.tls_error);
     rc = 1;
   } else {
     if (ld.json)
