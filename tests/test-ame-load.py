@@ -344,6 +344,36 @@ def case_timeout(ame):
           'no other errors: %s' % res['errors'])
 
 
+def check_method_run(ame, srv, scheme, args, method, body, what):
+    """`ame load` with args (4 connections, 2 threads, 1 s) against srv
+    (closed here): the server saw only method, with exactly body on every
+    request; the JSON says so; the counts agree; no errors."""
+    try:
+        rc, res = load_json(ame, '%s://127.0.0.1:%d/' % (scheme, srv.port),
+                            ['-c', '4', '-d', '1s', '-t', '2'] + args)
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None,
+          '%s: exit %d (0), JSON parsed' % (what, rc))
+    if res is None:
+        return
+    check(res['requests'] > 50, '%s: %d requests (> 50)'
+          % (what, res['requests']))
+    check(list(srv.methods) == [method],
+          '%s: the server saw %s' % (what, srv.methods))
+    check(list(srv.bodies) == [body],
+          '%s: every body was the %d bytes given (%s)'
+          % (what, len(body),
+             sorted((len(b), n) for b, n in srv.bodies.items())))
+    check(res['method'] == method and res['body_bytes'] == len(body),
+          '%s: JSON says %s, %d body bytes'
+          % (what, res['method'], res['body_bytes']))
+    check_counts(srv, res, 4)
+    check(res['errors']['total'] == 0, '%s: no errors: %s'
+          % (what, res['errors']))
+    check_percentiles(res['latency_us'])
+
+
 def case_method(ame):
     blob = bytes(range(256)) * 40  # every byte value, NUL and CR LF too
     with tempfile.NamedTemporaryFile(suffix='.bin') as f:
@@ -359,32 +389,10 @@ def case_method(ame):
             (['-m', 'POST'], 'POST', b''),
         ]
         for args, method, body in runs:
-            srv = CountingServer()
-            try:
-                rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
-                                    ['-c', '4', '-d', '1s', '-t', '2'] + args)
-            finally:
-                srv.close()
             what = ' '.join(a if len(a) < 30 else a[:8] + '...'
                             for a in args)
-            check(rc == 0 and res is not None,
-                  '%s: exit %d (0), JSON parsed' % (what, rc))
-            if res is None:
-                continue
-            check(res['requests'] > 50, '%s: %d requests (> 50)'
-                  % (what, res['requests']))
-            check(list(srv.methods) == [method],
-                  '%s: the server saw %s' % (what, srv.methods))
-            check(list(srv.bodies) == [body],
-                  '%s: every body was the %d bytes given (%s)'
-                  % (what, len(body),
-                     sorted((len(b), n) for b, n in srv.bodies.items())))
-            check(res['method'] == method and res['body_bytes'] == len(body),
-                  '%s: JSON says %s, %d body bytes'
-                  % (what, res['method'], res['body_bytes']))
-            check_counts(srv, res, 4)
-            check(res['errors']['total'] == 0, '%s: no errors: %s'
-                  % (what, res['errors']))
+            check_method_run(ame, CountingServer(), 'http', args, method,
+                             body, what)
 
     url = 'http://127.0.0.1:1/'
     for args in (['-m', 'BAD METHOD'], ['-m', ''], ['-m', 'GET\r\nX: y'],
@@ -426,29 +434,8 @@ def case_tls(ame):
                                    (['-m', 'POST', '-b', 'k=v'], 'POST',
                                     b'k=v'),
                                    (['-m', 'HEAD'], 'HEAD', b'')):
-            srv = CountingServer(ctx)
-            try:
-                rc, res = load_json(ame, 'https://127.0.0.1:%d/' % srv.port,
-                                    ['-c', '8', '-d', '1500ms', '-t', '2']
-                                    + args)
-            finally:
-                srv.close()
-            what = 'https %s' % method
-            check(rc == 0 and res is not None,
-                  '%s: exit %d (0), JSON parsed' % (what, rc))
-            if res is None:
-                continue
-            check(res['requests'] > 50, '%s: %d requests (> 50)'
-                  % (what, res['requests']))
-            check(list(srv.methods) == [method] and
-                  list(srv.bodies) == [body],
-                  '%s: the server saw %s with bodies %s' % (
-                      what, srv.methods,
-                      sorted((len(b), n) for b, n in srv.bodies.items())))
-            check_counts(srv, res, 8)
-            check(res['errors']['total'] == 0, '%s: no errors: %s'
-                  % (what, res['errors']))
-            check_percentiles(res['latency_us'])
+            check_method_run(ame, CountingServer(ctx), 'https', args, method,
+                             body, 'https %s' % method)
 
     # A plain HTTP server behind an https:// URL: every handshake fails.
     srv = CountingServer()
