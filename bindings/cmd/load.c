@@ -1015,9 +1015,9 @@ static const char *parse_url(const char *s, url_t *u) {
 }
 
 /* Build the request for u (and the extra headers, and the body) into a new
-** string.  A GET is as small as wrk's (the request line, Host, and
-** Connection: keep-alive) so that both tools cost the server the same; -H
-** adds the rest.  Content-Length goes with a body, and with POST, PUT and
+** string.  A GET is nearly as small as wrk's (wrk sends the request line
+** and Host; this adds Connection: keep-alive), so that both tools cost
+** the server about the same; -H adds the rest.  Content-Length goes with a body, and with POST, PUT and
 ** PATCH even without one (RFC 9110 8.6). */
 static char *build_request(const url_t *u, const char *query,
                            const char *method, char **headers,
