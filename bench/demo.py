@@ -28,18 +28,16 @@ demo does both).
 import json
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 from benchlib import (CLK_TCK, REPO, ame_cpus, ame_env, runner_parser,
                       ame_extension_built, ame_run_status, fmt_rate,
                       machine_busy, machine_info, resolve_builddir)
-from reactor_bench import (BenchError, Server, cpu_ticks, fmt_ratio, fmt_us,
-                           print_rows)
+from reactor_bench import (BenchError, ServerSession, cpu_ticks, fmt_ratio,
+                           fmt_us, print_rows)
 from twisted_bench import AppServer, check_response
 
 WEB = os.path.join(REPO, "examples", "python", "web.py")
@@ -290,26 +288,21 @@ def main():
         "(sweep) / %gs" % (args.connections, args.threads, args.warmup,
                            args.sweep_duration, args.duration))
     results = []
-    tmpdir = tempfile.mkdtemp(prefix="ame-demo-")
     t0 = time.monotonic()
-    try:
-        for name, cmd, workers, duration in plan:
-            results.append(measure(name, cmd, workers, duration, args, ame,
-                                   tmpdir))
-            why_busy = wait_port_free(args.port)
-            if why_busy:
-                raise BenchError("after stopping `%s`, %s" % (name,
-                                                              why_busy))
-    except BenchError as e:
-        print("demo: FAILED: %s" % e, file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ndemo: interrupted; servers stopped", file=sys.stderr)
+    with ServerSession("demo") as session:
+        try:
+            for name, cmd, workers, duration in plan:
+                results.append(measure(name, cmd, workers, duration, args,
+                                       ame, session.tmpdir))
+                why_busy = wait_port_free(args.port)
+                if why_busy:
+                    raise BenchError("after stopping `%s`, %s"
+                                     % (name, why_busy))
+        except BenchError as e:
+            print("demo: FAILED: %s" % e, file=sys.stderr)
+            return 1
+    if session.interrupted:
         return 130
-    finally:
-        for srv in list(Server.LIVE):
-            srv.stop()
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
     default = results[-1]
     say()

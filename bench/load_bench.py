@@ -20,14 +20,12 @@ Default: -t2 -c50, 5 s, 5 repetitions, servers with 1 and 2 workers
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 from benchlib import (LoadMeter, fmt_rate, machine_info, resolve_builddir,
                       runner_parser)
-from reactor_bench import (BenchError, Server, Tools, fmt_ratio, fmt_us,
+from reactor_bench import (BenchError, Server, ServerSession, Tools, fmt_ratio, fmt_us,
                            free_port, int_list, med, print_bars, print_rows,
                            run_wrk, wait_client, wait_quiet)
 
@@ -216,8 +214,7 @@ def main():
     meter = LoadMeter()
     progress = sys.stderr.isatty()
     failures, pairs = [], {}
-    tmpdir = tempfile.mkdtemp(prefix="ame-load-bench-")
-    try:
+    with ServerSession("load_bench") as session:
         total = args.reps * len(args.workers)
         done = 0
         for rep in range(args.reps):
@@ -229,19 +226,15 @@ def main():
                           end="", file=sys.stderr, flush=True)
                 try:
                     pairs.setdefault(w, []).append(
-                        run_pair(tools, ame, w, order, args, tmpdir))
+                        run_pair(tools, ame, w, order, args,
+                                 session.tmpdir))
                 except BenchError as e:
                     failures.append({"what": "server -w %d, repetition %d"
                                      % (w, rep + 1), "error": str(e)})
         if progress:
             print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("\nload_bench: interrupted; servers stopped", file=sys.stderr)
+    if session.interrupted:
         return 130
-    finally:
-        for srv in list(Server.LIVE):
-            srv.stop()
-        shutil.rmtree(tmpdir, ignore_errors=True)
     machine["other_cpus"] = meter.others()
     rows = summarize(args.workers, pairs)
     d = {"settings": {"reps": args.reps, "duration_s": args.duration,

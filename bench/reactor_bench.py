@@ -485,6 +485,41 @@ class Server:
             Server.LIVE.remove(self)
 
 
+class ServerSession:
+    """A runner's servers and scratch files:
+
+        with ServerSession("load_bench") as session:
+            ... session.tmpdir ...
+        if session.interrupted:
+            return 130
+
+    On leaving the block, however it is left, every server still running
+    is stopped and tmpdir removed; a Ctrl-C (KeyboardInterrupt) ends the
+    block with "NAME: interrupted; servers stopped" on stderr and
+    interrupted set."""
+
+    def __init__(self, name):
+        self.name = name
+        self.interrupted = False
+        self.tmpdir = None
+
+    def __enter__(self):
+        self.tmpdir = tempfile.mkdtemp(
+            prefix="ame-%s-" % self.name.replace("_", "-"))
+        return self
+
+    def __exit__(self, kind, value, tb):
+        for srv in list(Server.LIVE):
+            srv.stop()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if kind is KeyboardInterrupt:
+            print("\n%s: interrupted; servers stopped" % self.name,
+                  file=sys.stderr)
+            self.interrupted = True
+            return True
+        return False
+
+
 def probe(port):
     """GET / twice on one connection.  Return a dict describing the second
     response (status line, header names, bytes), or raise BenchError."""
@@ -915,19 +950,14 @@ def main():
     progress = sys.stderr.isatty()
     failures = []
     scaling = http = None
-    tmpdir = tempfile.mkdtemp(prefix="ame-reactor-bench-")
-    try:
+    with ServerSession("reactor_bench") as session:
         if "scaling" in args.sections:
             scaling = scaling_section(args, builddir, progress, failures)
         if "http" in args.sections:
-            http = http_section(args, builddir, progress, failures, tmpdir)
-    except KeyboardInterrupt:
-        print("\nreactor_bench: interrupted; servers stopped", file=sys.stderr)
+            http = http_section(args, builddir, progress, failures,
+                                session.tmpdir)
+    if session.interrupted:
         return 130
-    finally:
-        for srv in list(Server.LIVE):
-            srv.stop()
-        shutil.rmtree(tmpdir, ignore_errors=True)
     machine["other_cpus"] = meter.others()
     bars = evaluate_bars(scaling, http)
     settings = {"reps": args.reps, "duration_s": args.duration,

@@ -36,14 +36,13 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 
 from benchlib import (CLK_TCK, REPO, LoadMeter, ame_cpus, ame_env,
                       ame_extension_built,
                       runner_parser,
                       ame_run_status, fmt_rate, kill_leftovers, machine_busy,
                       machine_info, proc_start_time, resolve_builddir)
-from reactor_bench import (BenchError, Server, cpu_ticks,
+from reactor_bench import (BenchError, Server, ServerSession, cpu_ticks,
                            descendants, fmt_cpus, fmt_ratio, fmt_us,
                            free_port, int_list, name_list, print_bars,
                            print_rows, run_wrk, wait_quiet, wrk_summary)
@@ -570,17 +569,11 @@ def main():
     meter = LoadMeter()
     progress = sys.stderr.isatty()
     failures, notes = [], []
-    tmpdir = tempfile.mkdtemp(prefix="ame-twisted-bench-")
-    try:
-        twisted = run_matrix(args, builddir, progress, failures, tmpdir,
-                             notes)
-    except KeyboardInterrupt:
-        print("\ntwisted_bench: interrupted; servers stopped", file=sys.stderr)
+    with ServerSession("twisted_bench") as session:
+        twisted = run_matrix(args, builddir, progress, failures,
+                             session.tmpdir, notes)
+    if session.interrupted:
         return 130
-    finally:
-        for srv in list(Server.LIVE):
-            srv.stop()
-        shutil.rmtree(tmpdir, ignore_errors=True)
     machine["other_cpus"] = meter.others()
     bars = evaluate_bars(twisted["rows"])
     settings = {"reps": args.reps, "duration_s": args.duration,

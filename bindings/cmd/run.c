@@ -25,7 +25,6 @@
 
 #include <errno.h>
 #include <getopt.h>
-#include <sched.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
