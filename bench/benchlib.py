@@ -134,10 +134,10 @@ def ame_cpus():
 
 
 def ame_run_status(builddir):
-    """(True, None) if BUILDDIR/bindings/cmd/ame has a working `ame run`
+    """(True, None) if BUILDDIR/cmd/ame has a working `ame run`
     (`ame run --help` exits 0), else (False, why)."""
     import subprocess
-    ame = os.path.join(builddir, "bindings", "cmd", "ame")
+    ame = os.path.join(builddir, "cmd", "ame")
     if not os.access(ame, os.X_OK):
         return False, "%s not built" % ame
     try:

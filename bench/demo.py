@@ -244,7 +244,7 @@ def main():
         sys.exit("demo: %s is not a build directory: run `make demo` (or "
                  "meson setup %s -Dbuildtype=release && ninja -C %s)"
                  % (args.builddir, args.builddir, args.builddir))
-    ame = os.path.join(builddir, "bindings", "cmd", "ame")
+    ame = os.path.join(builddir, "cmd", "ame")
     if not os.access(ame, os.X_OK):
         sys.exit("demo: %s is not built" % ame)
     if not ame_extension_built(builddir):

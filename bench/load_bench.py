@@ -203,7 +203,7 @@ def main():
                  "(meson setup %s -Dbuildtype=release && ninja -C %s)"
                  % (args.builddir, args.builddir, args.builddir))
     tools = Tools(args, builddir)
-    ame = os.path.join(builddir, "bindings", "cmd", "ame")
+    ame = os.path.join(builddir, "cmd", "ame")
     if tools.wrk is None:
         sys.exit("load_bench: wrk not found (Debian: apt-get install wrk)")
     if "ame" in tools.missing or not os.access(ame, os.X_OK):

@@ -147,7 +147,7 @@ def server_cmd(args, builddir, app, mode, server, port, cpus):
         cmd = [args.python, script, "--port", str(port),
                "--reactor", server]
     else:
-        cmd = [os.path.join(builddir, "bindings", "cmd", "ame"), "run",
+        cmd = [os.path.join(builddir, "cmd", "ame"), "run",
                "--workers", str(w), "--io", io or "auto", "--", script,
                "--port", str(port)]
     if mode == "pinned":

@@ -34,8 +34,8 @@ asan_py() {
     /usr/bin/python3 "$@"
 }
 asan_py -m twisted.trial --temp-directory build-asan/_trial_temp \
-  bindings/tests/test_reactor.py bindings/tests/test_timers.py
-asan_py bindings/tests/run_twisted_conformance.py --reactors ame,ame-inline --strict \
+  tests/python/test_reactor.py tests/python/test_timers.py
+asan_py tests/python/run_twisted_conformance.py --reactors ame,ame-inline --strict \
   --modules test_tcp,test_tls,test_process,test_core \
   --out build-asan/conformance
 

@@ -10,15 +10,15 @@
 ** uses the first form; the last is for running the suite by hand.
 **
 ** The same file builds every runner: compiled with AME_REACTOR_RUNNER
-** defined it is run-reactor-tests, whose list is reactor-test-list.h.
+** defined it is run-reactor-tests, whose list is reactor/list.h.
 */
 #include "task.h"
 
 #if defined(AME_REACTOR_RUNNER)
-#include "reactor-test-list.h"
+#include "reactor/list.h"
 #define AME_TESTS AME_REACTOR_TESTS
 #else
-#include "test-list.h"
+#include "stm/list.h"
 #define AME_TESTS AME_STM_TESTS
 #endif
 

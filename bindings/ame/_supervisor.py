@@ -1,7 +1,7 @@
 """
 The Python half of C{ame run} and C{ame twistd} (the C half, which embeds
-CPython and supervises the workers, is C{bindings/cmd/run.c} and
-C{bindings/cmd/supervise.c}; see C{docs/multicore.md}).
+CPython and supervises the workers, is C{cmd/run/run.c} and
+C{cmd/run/supervise.c}; see C{docs/multicore.md}).
 
 L{main} installs the ame reactor, wraps C{reactor.run} on the instance, and
 runs the program (C{runpy}) or twistd.  When the program calls

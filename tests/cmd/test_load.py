@@ -1,0 +1,488 @@
+#!/usr/bin/python3
+"""tests/cmd/test_load.py — `ame load` end to end (suite 'load').
+
+    test_load.py AME [CASE...]      (all cases when none is named)
+
+AME is the built `ame` program.  The cases run it against a small HTTP/1.1
+server of this file's own (asyncio, 127.0.0.1, a port picked by the
+kernel) that counts every response it writes, by status, and checks that
+what `ame load --json` reports agrees:
+
+  hist     the histogram's own checks (ame load --selftest-hist)
+  usage    bad command lines exit 2; --help exits 0
+  refused  a port nobody listens on: exit 1 and one line on stderr
+  counts   GET / for 2 s: every 10th response is a 404, every 3rd is
+           chunked; the requests and status codes reported are the ones
+           the server sent, no errors, percentiles in order
+  delay    GET /slow (answered after 5 ms): latencies are all >= 5 ms
+  close    GET /close (Connection: close): reconnects, nothing lost
+  rate     --rate 200 for 2 s: about 400 requests, latency from due time
+  timeout  GET /hang (never answered): timeouts counted, exit 1
+  tls      https:// against the same server behind TLS (a certificate made
+           by `openssl req` for the test): counts, statuses, a POST body
+           and HEAD agree, no errors; https:// to a server that does not
+           speak TLS: exit 1 and one line saying the handshake failed;
+           --rate with https:// is a usage error
+  method   -m POST -b DATA, -m PUT --body-file (every byte value), -m
+           HEAD (responses with Content-Length and no body), -m DELETE:
+           the server sees that method and exactly that body on every
+           request, and the counts agree; bad -m / --body / -H values
+           exit 2, an unreadable --body-file exits 1
+
+Standard library only; timings decide nothing but the generous bounds of
+'rate' (at most the scheduled number of requests).
+"""
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import ssl
+import tempfile
+import threading
+
+DELAY_S = 0.005
+
+
+class CountingServer:
+    """An HTTP/1.1 keep-alive server on a thread of its own.  `served`
+    counts the responses written, `status` the same by code."""
+
+    def __init__(self, ssl_context=None):
+        self.ssl = ssl_context
+        self.served = 0
+        self.status = {}
+        self.methods = {}  # method: requests
+        self.bodies = {}   # body bytes: requests
+        self.connections = 0
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(10)
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._client, '127.0.0.1', 0,
+                                 ssl=self.ssl))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    def close(self):
+        def stop():
+            self.server.close()
+            self.loop.stop()
+        self.loop.call_soon_threadsafe(stop)
+        self.thread.join(10)
+
+    def _response(self, path, method='GET'):
+        """The next response for path, counted, and whether to close.  A
+        response to HEAD has the headers a GET's would have, no body."""
+        n = self.served
+        self.served += 1
+        code = 404 if n % 10 == 9 else 200
+        self.status[code] = self.status.get(code, 0) + 1
+        reason = b'OK' if code == 200 else b'Not Found'
+        body = b'hello\n' if code == 200 else b'not found\n'
+        head = b'HTTP/1.1 %d %s\r\n' % (code, reason)
+        close = path == '/close'
+        if close:
+            head += b'Connection: close\r\n'
+        if method == 'HEAD':
+            return head + b'Content-Length: %d\r\n\r\n' % len(body), close
+        if n % 3 == 1:
+            half = len(body) // 2
+            chunks = b'%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n' % (
+                half, body[:half], len(body) - half, body[half:])
+            return head + b'Transfer-Encoding: chunked\r\n\r\n' + chunks, close
+        return head + b'Content-Length: %d\r\n\r\n' % len(body) + body, close
+
+    async def _client(self, reader, writer):
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b'\r\n\r\n')
+                except (asyncio.IncompleteReadError, ConnectionError,
+                        ssl.SSLError):
+                    break
+                method, path = head.split(b' ', 2)[:2]
+                method, path = method.decode(), path.decode()
+                length = 0
+                for line in head.split(b'\r\n')[1:]:
+                    name, _, value = line.partition(b':')
+                    if name.strip().lower() == b'content-length':
+                        length = int(value)
+                body = await reader.readexactly(length) if length else b''
+                self.methods[method] = self.methods.get(method, 0) + 1
+                self.bodies[body] = self.bodies.get(body, 0) + 1
+                if path == '/hang':
+                    await reader.read()  # until the client gives up
+                    break
+                if path == '/slow':
+                    await asyncio.sleep(DELAY_S)
+                data, close = self._response(path, method)
+                writer.write(data)
+                await writer.drain()
+                if close:
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+def run_ame(ame, args, timeout=60):
+    p = subprocess.run([ame] + args, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=timeout, text=True)
+    return p.returncode, p.stdout, p.stderr
+
+
+failures = []
+
+
+def check(cond, what):
+    print(('ok    ' if cond else 'FAIL  ') + what)
+    if not cond:
+        failures.append(what)
+
+
+def load_json(ame, url, args):
+    rc, out, err = run_ame(ame, ['load', url, '--json', '--no-progress'] +
+                           args)
+    if err:
+        print('stderr: ' + err.strip())
+    print('stdout: ' + out.strip())
+    try:
+        return rc, json.loads(out)
+    except ValueError:
+        return rc, None
+
+
+def check_percentiles(lat):
+    order = [lat['min'], lat['p50'], lat['p90'], lat['p99'], lat['p99.9'],
+             lat['max']]
+    check(all(a <= b for a, b in zip(order, order[1:])),
+          'min <= p50 <= p90 <= p99 <= p99.9 <= max: %s' % order)
+
+
+def check_counts(srv, res, conns):
+    """The requests and codes reported against what srv sent.  Every
+    response the server wrote is read before the run ends, so they should
+    be equal; a response still in flight when the drain gives up (at most
+    one per connection) is the only difference allowed."""
+    reported = res['requests']
+    diff = srv.served - reported
+    check(0 <= diff <= conns,
+          'requests reported %d, server answered %d (in flight at most %d)'
+          % (reported, srv.served, conns))
+    got = {int(k): v for k, v in res['status'].items()}
+    if diff == 0:
+        check(got == srv.status, 'status counts %s == server %s'
+              % (got, srv.status))
+    else:
+        check(set(got) <= set(srv.status) and
+              all(0 <= srv.status[k] - got.get(k, 0) <= diff
+                  for k in srv.status),
+              'status counts %s within %d of server %s'
+              % (got, diff, srv.status))
+    check(res['latency_us']['count'] == reported,
+          'one latency per request (%d)' % res['latency_us']['count'])
+
+
+def case_hist(ame):
+    rc, out, err = run_ame(ame, ['load', '--selftest-hist'])
+    sys.stdout.write(out + err)
+    check(rc == 0 and 'ok' in out, 'histogram self-test')
+
+
+def case_usage(ame):
+    bad = [
+        [],
+        ['bogus'],
+        ['load'],
+        ['load', '-c', '0', 'http://127.0.0.1:1/'],
+        ['load', '-c', 'x', 'http://127.0.0.1:1/'],
+        ['load', '-d', 'xyz', 'http://127.0.0.1:1/'],
+        ['load', '-d', '0s', 'http://127.0.0.1:1/'],
+        ['load', '-t', '0', 'http://127.0.0.1:1/'],
+        ['load', '--rate', '-5', 'http://127.0.0.1:1/'],
+        ['load', '--timeout', 'never', 'http://127.0.0.1:1/'],
+        ['load', '--bogus', 'http://127.0.0.1:1/'],
+        ['load', '-c'],
+        ['load', 'https://127.0.0.1:99999/'],
+        ['load', 'ftp://127.0.0.1/'],
+        ['load', 'http://127.0.0.1:99999/'],
+        ['load', 'http://::1/'],
+        ['load', 'http://127.0.0.1:1/', 'http://127.0.0.1:2/'],
+    ]
+    for args in bad:
+        rc, out, err = run_ame(ame, args)
+        check(rc == 2 and err.strip() and not out,
+              'ame %s: exit %d (2), says %r' % (' '.join(args), rc,
+                                                err.strip().split('\n')[0]))
+    rc, out, err = run_ame(ame, ['--help'])
+    check(rc == 0 and all(c in out for c in ('load', 'run', 'twistd')),
+          'ame --help lists load, run, twistd')
+    rc, out, err = run_ame(ame, ['help'])
+    check(rc == 0 and 'load' in out, 'ame help')
+    rc, out, err = run_ame(ame, ['load', '--help'])
+    check(rc == 0 and '--rate' in out and '--json' in out, 'ame load --help')
+
+
+def case_refused(ame):
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()  # nobody listens there now
+    rc, out, err = run_ame(ame, ['load', 'http://127.0.0.1:%d/' % port,
+                                 '-d', '2s', '--json'])
+    lines = err.strip().split('\n')
+    check(rc == 1, 'refused port: exit %d (1)' % rc)
+    check(len(lines) == 1 and 'connect' in lines[0] and not out,
+          'refused port: one line on stderr: %r' % err)
+
+
+def case_counts(ame):
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
+                            ['-c', '8', '-d', '2s', '-t', '2'])
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None, 'exit %d (0), JSON parsed' % rc)
+    if res is None:
+        return
+    check(res['requests'] > 100, '%d requests (> 100)' % res['requests'])
+    check_counts(srv, res, 8)
+    check(res['errors']['total'] == 0, 'no errors: %s' % res['errors'])
+    check(res['abandoned'] == 0, 'nothing abandoned')
+    check_percentiles(res['latency_us'])
+    check(res['requests_per_s'] > 0 and res['elapsed_s'] >= 2.0,
+          'elapsed %.3f s >= 2 s' % res['elapsed_s'])
+
+
+def case_delay(ame):
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/slow' % srv.port,
+                            ['-c', '4', '-d', '1500ms', '-t', '2'])
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None, 'exit %d (0), JSON parsed' % rc)
+    if res is None:
+        return
+    lat = res['latency_us']
+    delay_us = DELAY_S * 1e6
+    check(lat['min'] >= delay_us and lat['p50'] >= delay_us,
+          'min %.1f us and p50 %.1f us >= the server delay %.0f us'
+          % (lat['min'], lat['p50'], delay_us))
+    check_percentiles(lat)
+    check_counts(srv, res, 4)
+    # 4 connections, one request each per >= 5 ms: at most 800 per second.
+    check(res['requests'] <= 4 * 1.5 / DELAY_S + 4,
+          '%d requests is possible with a %.0f ms delay'
+          % (res['requests'], DELAY_S * 1e3))
+    check(res['errors']['total'] == 0, 'no errors: %s' % res['errors'])
+
+
+def case_close(ame):
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/close' % srv.port,
+                            ['-c', '4', '-d', '1s'])
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None, 'exit %d (0), JSON parsed' % rc)
+    if res is None:
+        return
+    check_counts(srv, res, 4)
+    check(res['errors']['total'] == 0, 'no errors: %s' % res['errors'])
+    check(srv.connections >= res['requests'],
+          'one connection per request (%d connections, %d requests)'
+          % (srv.connections, res['requests']))
+
+
+def case_rate(ame):
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
+                            ['-c', '4', '-d', '2s', '--rate', '200'])
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None, 'exit %d (0), JSON parsed' % rc)
+    if res is None:
+        return
+    check(res['rate'] == 200 and res['latency_us']['from'] == 'due',
+          'rate 200, latency from the due time')
+    # 200/s for 2 s is 400 slots (+ one per connection at the start).  The
+    # upper bound is firm; the lower one only catches a broken schedule.
+    check(200 <= res['requests'] <= 404,
+          '%d requests for 400 scheduled' % res['requests'])
+    check_counts(srv, res, 4)
+    check_percentiles(res['latency_us'])
+
+
+def case_timeout(ame):
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/hang' % srv.port,
+                            ['-c', '2', '-d', '1s', '--timeout', '300ms'])
+    finally:
+        srv.close()
+    check(rc == 1, 'no response: exit %d (1)' % rc)
+    if res is None:
+        check(False, 'JSON printed')
+        return
+    check(res['requests'] == 0 and srv.served == 0, 'no response')
+    check(res['errors']['timeout'] >= 2,
+          '%d timeouts (>= 2)' % res['errors']['timeout'])
+    check(res['errors']['read'] == 0 and res['errors']['connect'] == 0,
+          'no other errors: %s' % res['errors'])
+
+
+def check_method_run(ame, srv, scheme, args, method, body, what):
+    """`ame load` with args (4 connections, 2 threads, 1 s) against srv
+    (closed here): the server saw only method, with exactly body on every
+    request; the JSON says so; the counts agree; no errors."""
+    try:
+        rc, res = load_json(ame, '%s://127.0.0.1:%d/' % (scheme, srv.port),
+                            ['-c', '4', '-d', '1s', '-t', '2'] + args)
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None,
+          '%s: exit %d (0), JSON parsed' % (what, rc))
+    if res is None:
+        return
+    check(res['requests'] > 50, '%s: %d requests (> 50)'
+          % (what, res['requests']))
+    check(list(srv.methods) == [method],
+          '%s: the server saw %s' % (what, srv.methods))
+    check(list(srv.bodies) == [body],
+          '%s: every body was the %d bytes given (%s)'
+          % (what, len(body),
+             sorted((len(b), n) for b, n in srv.bodies.items())))
+    check(res['method'] == method and res['body_bytes'] == len(body),
+          '%s: JSON says %s, %d body bytes'
+          % (what, res['method'], res['body_bytes']))
+    check_counts(srv, res, 4)
+    check(res['errors']['total'] == 0, '%s: no errors: %s'
+          % (what, res['errors']))
+    check_percentiles(res['latency_us'])
+
+
+def case_method(ame):
+    blob = bytes(range(256)) * 40  # every byte value, NUL and CR LF too
+    with tempfile.NamedTemporaryFile(suffix='.bin') as f:
+        f.write(blob)
+        f.flush()
+        runs = [
+            (['-m', 'POST', '-b', 'a=1&b=two', '-H',
+              'Content-Type: application/x-www-form-urlencoded'],
+             'POST', b'a=1&b=two'),
+            (['-m', 'PUT', '--body-file', f.name], 'PUT', blob),
+            (['-m', 'HEAD'], 'HEAD', b''),
+            (['-m', 'DELETE'], 'DELETE', b''),
+            (['-m', 'POST'], 'POST', b''),
+        ]
+        for args, method, body in runs:
+            what = ' '.join(a if len(a) < 30 else a[:8] + '...'
+                            for a in args)
+            check_method_run(ame, CountingServer(), 'http', args, method,
+                             body, what)
+
+    url = 'http://127.0.0.1:1/'
+    for args in (['-m', 'BAD METHOD'], ['-m', ''], ['-m', 'GET\r\nX: y'],
+                 ['-b', 'x', '--body-file', '/dev/null'],
+                 ['-b', 'x', '-b', 'y'],
+                 ['-b', 'x', '-H', 'Content-Length: 1'],
+                 ['-b', 'x', '-H', 'transfer-encoding: chunked']):
+        rc, out, err = run_ame(ame, ['load', url] + args)
+        check(rc == 2 and err.strip() and not out,
+              'ame load %s: exit %d (2), says %r'
+              % (' '.join(args), rc, err.strip().split('\n')[0]))
+    rc, out, err = run_ame(ame, ['load', url, '--body-file',
+                                 '/nonexistent/body'])
+    check(rc == 1 and 'No such file' in err and not out,
+          '--body-file /nonexistent/body: exit %d (1), says %r'
+          % (rc, err.strip()))
+    rc, out, err = run_ame(ame, ['load', '--help'])
+    check(all(o in out for o in ('--method', '--body', '--body-file')),
+          'ame load --help lists --method, --body, --body-file')
+
+
+def make_cert(d):
+    """A self-signed certificate and key for 127.0.0.1 in directory d (by
+    the openssl command); return an SSL server context."""
+    cert, key = os.path.join(d, 'cert.pem'), os.path.join(d, 'key.pem')
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048',
+                    '-nodes', '-days', '1', '-subj', '/CN=localhost',
+                    '-keyout', key, '-out', cert],
+                   check=True, capture_output=True, timeout=60)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def case_tls(ame):
+    with tempfile.TemporaryDirectory() as d:
+        ctx = make_cert(d)
+        for args, method, body in (([], 'GET', b''),
+                                   (['-m', 'POST', '-b', 'k=v'], 'POST',
+                                    b'k=v'),
+                                   (['-m', 'HEAD'], 'HEAD', b'')):
+            check_method_run(ame, CountingServer(ctx), 'https', args, method,
+                             body, 'https %s' % method)
+
+    # A plain HTTP server behind an https:// URL: every handshake fails.
+    srv = CountingServer()
+    try:
+        rc, out, err = run_ame(ame, ['load', 'https://127.0.0.1:%d/'
+                                     % srv.port, '-c', '4', '-d', '5s'])
+    finally:
+        srv.close()
+    lines = err.strip().split('\n')
+    check(rc == 1 and len(lines) == 1 and 'TLS handshake' in lines[0]
+          and not out, 'https to a plain server: exit %d (1), one line: %r'
+          % (rc, err.strip()))
+    rc, out, err = run_ame(ame, ['load', 'https://127.0.0.1:1/', '--rate',
+                                 '10'])
+    check(rc == 2 and 'https' in err, '--rate with https: exit %d (2), %r'
+          % (rc, err.strip().split('\n')[0]))
+
+
+CASES = {
+    'hist': case_hist,
+    'usage': case_usage,
+    'refused': case_refused,
+    'counts': case_counts,
+    'delay': case_delay,
+    'close': case_close,
+    'rate': case_rate,
+    'timeout': case_timeout,
+    'method': case_method,
+    'tls': case_tls,
+}
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    ame = os.path.abspath(sys.argv[1])
+    names = sys.argv[2:] or list(CASES)
+    for name in names:
+        print('== %s' % name)
+        CASES[name](ame)
+    if failures:
+        print('%d check(s) failed:' % len(failures))
+        for f in failures:
+            print('  ' + f)
+        sys.exit(1)
+    print('all checks passed')
+
+
+if __name__ == '__main__':
+    main()

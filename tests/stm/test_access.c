@@ -1,0 +1,351 @@
+/*
+** tests/stm/test_access.c — transactional loads and stores of every width
+** and type in ame/stm.h, read-after-write inside a transaction, 32-bit
+** halves of one word, and isolation of uncommitted writes.
+*/
+#include "stm-test.h"
+
+#include <math.h>
+
+TEST_IMPL(load_store_word) {
+  ame_tx_t *tx = enter();
+  static uintptr_t w[4];
+  const uintptr_t vals[4] = {0, 1, UINTPTR_MAX,
+                             (uintptr_t)0x8000000000000001ULL};
+  AME_ATOMIC(tx) {
+    for (int i = 0; i < 4; i++)
+      ame_store_word_tx(tx, &w[i], vals[i]);
+    for (int i = 0; i < 4; i++)
+      ASSERT_EQ(ame_load_word_tx(tx, &w[i]), vals[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    ASSERT_EQ(w[i], vals[i]);               /* written back by the commit */
+    ASSERT_EQ(tx_get(tx, &w[i]), vals[i]);  /* and read by a new transaction */
+  }
+  leave_and_shutdown();
+}
+
+TEST_IMPL(load_store_ptr) {
+  ame_tx_t *tx = enter();
+  static int target;
+  static void *p = &target;
+  AME_ATOMIC(tx) {
+    ASSERT_PTR_EQ(ame_load_ptr_tx(tx, &p), &target);
+    ame_store_ptr_tx(tx, &p, NULL);
+    ASSERT_NULL(ame_load_ptr_tx(tx, &p));
+  }
+  ASSERT_NULL(p);
+  AME_ATOMIC(tx) { ame_store_ptr_tx(tx, &p, (void *)&p); }
+  void *volatile seen = NULL;
+  AME_ATOMIC(tx) { seen = ame_load_ptr_tx(tx, &p); }
+  ASSERT_PTR_EQ(seen, &p);
+  leave_and_shutdown();
+}
+
+TEST_IMPL(load_store_u64_i64) {
+  ame_tx_t *tx = enter();
+  static uint64_t u;
+  static int64_t i;
+  AME_ATOMIC(tx) {
+    ame_store_u64_tx(tx, &u, UINT64_MAX);
+    ame_store_i64_tx(tx, &i, INT64_MIN);
+  }
+  ASSERT_EQ(u, UINT64_MAX);
+  ASSERT_EQ(i, INT64_MIN);
+  volatile uint64_t su = 0;
+  volatile int64_t si = 0;
+  AME_ATOMIC(tx) {
+    su = ame_load_u64_tx(tx, &u);
+    si = ame_load_i64_tx(tx, &i);
+    ame_store_i64_tx(tx, &i, -1);
+    ASSERT_EQ(ame_load_i64_tx(tx, &i), -1);
+    ame_store_u64_tx(tx, &u, 0x0123456789abcdefULL);
+  }
+  ASSERT_EQ(su, UINT64_MAX);
+  ASSERT_EQ(si, INT64_MIN);
+  ASSERT_EQ(i, -1);
+  ASSERT_EQ(u, 0x0123456789abcdefULL);
+  leave_and_shutdown();
+}
+
+TEST_IMPL(load_store_u32_i32) {
+  ame_tx_t *tx = enter();
+  static uint32_t u;
+  static int32_t i;
+  AME_ATOMIC(tx) {
+    ame_store_u32_tx(tx, &u, UINT32_MAX);
+    ame_store_i32_tx(tx, &i, INT32_MIN);
+    ASSERT_EQ(ame_load_u32_tx(tx, &u), UINT32_MAX);
+    ASSERT_EQ(ame_load_i32_tx(tx, &i), INT32_MIN);
+  }
+  ASSERT_EQ(u, UINT32_MAX);
+  ASSERT_EQ(i, INT32_MIN);
+  volatile int32_t si = 0;
+  AME_ATOMIC(tx) {
+    ame_store_i32_tx(tx, &i, -7);
+    si = ame_load_i32_tx(tx, &i);  /* sign survives the round trip */
+  }
+  ASSERT_EQ(si, -7);
+  ASSERT_EQ(i, -7);
+  leave_and_shutdown();
+}
+
+/* Two 32-bit halves of one 64-bit word. */
+struct halves {
+  _Alignas(8) uint32_t lo;
+  uint32_t hi;
+};
+
+struct half_worker {
+  struct halves *h;
+  int which;        /* 0: increment lo, 1: increment hi */
+  unsigned iters;
+};
+
+static void *half_worker_main(void *arg) {
+  struct half_worker *w = arg;
+  ame_tx_t *tx = enter();
+  uint32_t *p = w->which ? &w->h->hi : &w->h->lo;
+  for (unsigned n = 0; n < w->iters; n++) {
+    AME_ATOMIC(tx) { ame_store_u32_tx(tx, p, ame_load_u32_tx(tx, p) + 1); }
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(load_store_u32_halves) {
+  ame_tx_t *tx = enter();
+  static struct halves h;
+
+  /* Across transactions: writing one half keeps the other. */
+  AME_ATOMIC(tx) { ame_store_u32_tx(tx, &h.lo, 0x11111111u); }
+  AME_ATOMIC(tx) { ame_store_u32_tx(tx, &h.hi, 0x22222222u); }
+  ASSERT_EQ(h.lo, 0x11111111u);
+  ASSERT_EQ(h.hi, 0x22222222u);
+
+  /* In one transaction: both halves written separately, then read. */
+  AME_ATOMIC(tx) {
+    ame_store_u32_tx(tx, &h.hi, 0xdeadbeefu);
+    ASSERT_EQ(ame_load_u32_tx(tx, &h.lo), 0x11111111u);
+    ame_store_u32_tx(tx, &h.lo, 0xcafef00du);
+    ASSERT_EQ(ame_load_u32_tx(tx, &h.hi), 0xdeadbeefu);
+    ASSERT_EQ(ame_load_u32_tx(tx, &h.lo), 0xcafef00du);
+    ame_store_u32_tx(tx, &h.hi, 0x33333333u);  /* overwrite one half again */
+    ASSERT_EQ(ame_load_u32_tx(tx, &h.lo), 0xcafef00du);
+  }
+  ASSERT_EQ(h.lo, 0xcafef00du);
+  ASSERT_EQ(h.hi, 0x33333333u);
+
+  /* An aborted attempt's half-word store leaves both halves alone. */
+  volatile int attempts = 0;
+  AME_ATOMIC(tx) {
+    attempts++;
+    ame_store_u32_tx(tx, &h.lo, 0x44444444u);
+    if (attempts == 1)
+      ame_tx_abort(tx);
+  }
+  ASSERT_EQ(attempts, 2);
+  ASSERT_EQ(h.lo, 0x44444444u);
+  ASSERT_EQ(h.hi, 0x33333333u);
+
+  /* Concurrently: one thread counts in each half of the same word. */
+  h.lo = h.hi = 0;
+  const unsigned iters = 50000;
+  struct half_worker wl = {&h, 0, iters}, wh = {&h, 1, iters};
+  pthread_t tl, th;
+  thread_start(&tl, half_worker_main, &wl);
+  thread_start(&th, half_worker_main, &wh);
+  thread_join(tl);
+  thread_join(th);
+  ASSERT_EQ(h.lo, iters);
+  ASSERT_EQ(h.hi, iters);
+  leave_and_shutdown();
+}
+
+/* A word written as a whole and read by halves in the same transaction,
+** and the other way round: the transaction sees its own writes whatever
+** the width it reads them with. */
+union word_halves {
+  uintptr_t w;
+  uint32_t h[2];
+};
+
+TEST_IMPL(load_store_mixed_width) {
+  ame_tx_t *tx = enter();
+  static union word_halves u;
+  u.w = 0;
+  AME_ATOMIC(tx) {
+    ame_store_u32_tx(tx, &u.h[1], 0xabcd0123u);
+    union word_halves exp = {.w = 0};
+    exp.h[1] = 0xabcd0123u;
+    ASSERT_EQ(ame_load_word_tx(tx, &u.w), exp.w);
+    ame_store_word_tx(tx, &u.w, 0x0102030405060708ULL);
+    exp.w = 0x0102030405060708ULL;
+    ASSERT_EQ(ame_load_u32_tx(tx, &u.h[0]), exp.h[0]);
+    ASSERT_EQ(ame_load_u32_tx(tx, &u.h[1]), exp.h[1]);
+    ame_store_u32_tx(tx, &u.h[0], 0xffffffffu);
+    exp.h[0] = 0xffffffffu;
+    ASSERT_EQ(ame_load_word_tx(tx, &u.w), exp.w);
+  }
+  union word_halves exp = {.w = 0x0102030405060708ULL};
+  exp.h[0] = 0xffffffffu;
+  ASSERT_EQ(u.w, exp.w);
+  ASSERT_EQ(tx_get(tx, &u.w), exp.w);
+  leave_and_shutdown();
+}
+
+TEST_IMPL(load_store_double) {
+  ame_tx_t *tx = enter();
+  static double d[5];
+  const double vals[5] = {3.25, -0.0, 1e308, -2.5e-310, INFINITY};
+  AME_ATOMIC(tx) {
+    for (int i = 0; i < 5; i++)
+      ame_store_double_tx(tx, &d[i], vals[i]);
+    for (int i = 0; i < 5; i++)
+      ASSERT(memcmp(&(double){ame_load_double_tx(tx, &d[i])}, &vals[i],
+                    sizeof(double)) == 0);
+  }
+  for (int i = 0; i < 5; i++)
+    ASSERT(memcmp(&d[i], &vals[i], sizeof(double)) == 0);  /* bit for bit */
+  ASSERT(signbit(d[1]));
+  /* A NaN keeps its payload bits. */
+  static double nan_slot;
+  double nan_in = nan("0x5a5a");
+  volatile double nan_out = 0;
+  AME_ATOMIC(tx) {
+    ame_store_double_tx(tx, &nan_slot, nan_in);
+  }
+  AME_ATOMIC(tx) { nan_out = ame_load_double_tx(tx, &nan_slot); }
+  double out = nan_out;
+  ASSERT(isnan(out));
+  ASSERT(memcmp(&nan_in, &out, sizeof(double)) == 0);
+  leave_and_shutdown();
+}
+
+/* The short forms, on ame_self(). */
+TEST_IMPL(self_forms) {
+  ame_tx_t *tx = enter();
+  static uintptr_t w;
+  static void *p;
+  static uint64_t u64;
+  static int64_t i64;
+  static uint32_t u32[2];
+  static int32_t i32[2];
+  static double d;
+  AME_ATOMIC(tx) {
+    ame_store_word(&w, 7);
+    ame_store_ptr(&p, &w);
+    ame_store_u64(&u64, 1ULL << 63);
+    ame_store_i64(&i64, -5);
+    ame_store_u32(&u32[1], 9);
+    ame_store_i32(&i32[0], -9);
+    ame_store_double(&d, 0.5);
+    ASSERT_EQ(ame_load_word(&w), 7);
+    ASSERT_PTR_EQ(ame_load_ptr(&p), &w);
+    ASSERT_EQ(ame_load_u64(&u64), 1ULL << 63);
+    ASSERT_EQ(ame_load_i64(&i64), -5);
+    ASSERT_EQ(ame_load_u32(&u32[1]), 9);
+    ASSERT_EQ(ame_load_u32(&u32[0]), 0);
+    ASSERT_EQ(ame_load_i32(&i32[0]), -9);
+    ASSERT_DOUBLE_EQ(ame_load_double(&d), 0.5);
+  }
+  ASSERT_EQ(w, 7);
+  ASSERT_PTR_EQ(p, &w);
+  ASSERT_EQ(u64, 1ULL << 63);
+  ASSERT_EQ(i64, -5);
+  ASSERT_EQ(u32[1], 9);
+  ASSERT_EQ(i32[0], -9);
+  ASSERT_DOUBLE_EQ(d, 0.5);
+  leave_and_shutdown();
+}
+
+TEST_IMPL(read_after_write) {
+  ame_tx_t *tx = enter();
+  static uintptr_t w;
+  AME_ATOMIC(tx) {
+    for (uintptr_t k = 1; k <= 100; k++) {
+      ame_store_word_tx(tx, &w, k);
+      ASSERT_EQ(ame_load_word_tx(tx, &w), k);
+    }
+  }
+  ASSERT_EQ(w, 100);
+
+  /* A large write set (the log has to grow, maybe restarting larger): every
+  ** word reads back its own value, and all are committed. */
+  enum { N = 20000 };
+  uintptr_t *a = calloc(N, sizeof *a);
+  ASSERT_NOT_NULL(a);
+  AME_ATOMIC(tx) {
+    for (uintptr_t k = 0; k < N; k++)
+      ame_store_word_tx(tx, &a[k], k * 3 + 1);
+    for (uintptr_t k = 0; k < N; k++)
+      ASSERT_EQ(ame_load_word_tx(tx, &a[k]), k * 3 + 1);
+    for (uintptr_t k = 0; k < N; k += 2)
+      ame_store_word_tx(tx, &a[k], ame_load_word_tx(tx, &a[k]) + 1);
+  }
+  for (uintptr_t k = 0; k < N; k++)
+    ASSERT_EQ(a[k], k * 3 + 1 + (k % 2 == 0));
+  free(a);
+  leave_and_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** A store is invisible to other threads until its transaction commits.
+** The writer stores inside a transaction, then holds the transaction open
+** until the reader has tried to read the word a few times; the reader may
+** see the old value or wait, but never the new value while the writer has
+** not reached its commit.
+*/
+
+struct invisible {
+  uintptr_t x;                /* the word */
+  atomic_int stored;          /* the writer has stored, not committed */
+  atomic_int committing;      /* the writer leaves its block now */
+  atomic_int reader_tries;    /* the reader's attempts at reading x */
+  atomic_int old_seen;        /* times the reader saw the old value */
+  atomic_int new_seen_early;  /* times it saw the new one too early */
+};
+
+static void *invisible_reader(void *arg) {
+  struct invisible *s = arg;
+  ame_tx_t *tx = enter();
+  ASSERT_WAIT(atomic_load(&s->stored), 5000);
+  for (;;) {
+    volatile uintptr_t v = 0;
+    AME_ATOMIC(tx) {
+      atomic_fetch_add(&s->reader_tries, 1);
+      v = ame_load_word_tx(tx, &s->x);
+      if (v == 1 && !atomic_load(&s->committing))
+        atomic_fetch_add(&s->new_seen_early, 1);
+    }
+    if (v == 1)
+      break;
+    atomic_fetch_add(&s->old_seen, 1);
+    ASSERT_EQ(v, 0);
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(writes_invisible_before_commit) {
+  ame_tx_t *tx = enter();
+  static struct invisible s;
+  pthread_t t;
+  thread_start(&t, invisible_reader, &s);
+  AME_ATOMIC(tx) {
+    ame_store_word_tx(tx, &s.x, 1);
+    ASSERT_EQ(ame_load_word_tx(tx, &s.x), 1);
+    atomic_store(&s.stored, 1);
+    /* Hold the write uncommitted while the reader tries (a few tries: it may
+    ** abort on our lock, or read the old value and commit). */
+    int first = ame_tx_attempt(tx) == 0;
+    if (first)
+      WAIT_UNTIL(atomic_load(&s.reader_tries) >= 3, 2000);
+    atomic_store(&s.committing, 1);
+  }
+  thread_join(t);
+  ASSERT_EQ(atomic_load(&s.new_seen_early), 0);
+  ASSERT_GE(atomic_load(&s.reader_tries), 1);
+  ASSERT_EQ(s.x, 1);
+  leave_and_shutdown();
+}

@@ -1,0 +1,323 @@
+/*
+** tests/stm/test_progress.c — contention management and progress: a long
+** transaction commits while short writers hammer what it reads (escalating
+** to irrevocability if it must), escalation happens after exactly
+** escalate_after consecutive aborts, and snapshot extension lets a reader
+** go on past unrelated commits (and stops it at related ones).
+*/
+#include "stm-test.h"
+
+/* ------------------------------------------------------------------------
+** 2000 accounts; short writers move one unit between two random accounts
+** (the sum is conserved); the long transaction reads all of them, checks
+** the sum on every attempt (opacity), and writes one word.
+*/
+enum { NACC = 2000, ACC_INIT = 100, NWRITERS = 3, LONG_COMMITS = 5 };
+
+struct long_state {
+  struct gate gate;
+  uintptr_t acc[NACC];
+  uintptr_t result;
+  atomic_ulong writer_commits;
+};
+
+static void *short_writer_main(void *arg) {
+  struct long_state *s = arg;
+  ame_tx_t *tx = enter();
+  uint64_t rs = rnd_seed(7 + (unsigned)(uintptr_t)pthread_self());
+  unsigned long commits = 0;
+  gate_wait(&s->gate);
+  while (!atomic_load(&s->gate.stop)) {
+    unsigned i = (unsigned)rnd_below(&rs, NACC);
+    unsigned j = (unsigned)rnd_below(&rs, NACC);
+    AME_ATOMIC(tx) {
+      uintptr_t a = ame_load_word_tx(tx, &s->acc[i]);
+      if (a > 0 && i != j) {
+        ame_store_word_tx(tx, &s->acc[i], a - 1);
+        ame_store_word_tx(tx, &s->acc[j], ame_load_word_tx(tx, &s->acc[j]) + 1);
+      }
+    }
+    commits++;
+  }
+  atomic_fetch_add(&s->writer_commits, commits);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(progress_long_reader) {
+  ame_stm_config_t cfg = {0};  /* escalate_after: the default, 16 */
+  ASSERT_EQ(ame_stm_init(&cfg), 0);
+  watchdog_start(40, "the long transaction never committed 5 times");
+  ame_tx_t *tx = enter();
+  static struct long_state s;
+  for (int i = 0; i < NACC; i++)
+    s.acc[i] = ACC_INIT;
+  pthread_t th[NWRITERS];
+  for (int i = 0; i < NWRITERS; i++)
+    thread_start(&th[i], short_writer_main, &s);
+  gate_open(&s.gate, NWRITERS);
+  sleep_ms(20);  /* let the writers get going */
+
+  uint64_t t0 = now_ms();
+  uint64_t deadline = t0 + (uint64_t)30000 * slow_factor();
+  unsigned commits = 0;
+  volatile unsigned most_attempts = 0;
+  while (commits < LONG_COMMITS || now_ms() < t0 + stress_ms()) {
+    ASSERT_LT(now_ms(), deadline);  /* it must get through */
+    AME_ATOMIC(tx) {
+      uintptr_t sum = 0;
+      for (int i = 0; i < NACC; i++) {
+        sum += ame_load_word_tx(tx, &s.acc[i]);
+        if (i % 256 == 255)
+          sched_yield();  /* make it long: the writers get in */
+      }
+      ASSERT_EQ(sum, (uintptr_t)NACC * ACC_INIT);
+      ame_store_word_tx(tx, &s.result, ame_load_word_tx(tx, &s.result) + 1);
+      if (ame_tx_attempt(tx) + 1 > most_attempts)
+        most_attempts = ame_tx_attempt(tx) + 1;
+      /* Contention management: after 16 aborts in a row it turns
+      ** irrevocable, which may cost one more restart. */
+      ASSERT_LE(ame_tx_attempt(tx), 16 + 1);
+    }
+    commits++;
+  }
+  atomic_store(&s.gate.stop, 1);
+  for (int i = 0; i < NWRITERS; i++)
+    thread_join(th[i]);
+
+  ASSERT_GE(commits, LONG_COMMITS);
+  ASSERT_EQ(s.result, commits);
+  uintptr_t sum = 0;
+  for (int i = 0; i < NACC; i++)
+    sum += s.acc[i];
+  ASSERT_EQ(sum, (uintptr_t)NACC * ACC_INIT);
+  ASSERT_GT(atomic_load(&s.writer_commits), 0);
+
+  ame_stats_t st;
+  ame_stats_thread(tx, &st);
+  ASSERT_EQ(st.commits, commits);
+  ASSERT_EQ(st.max_attempts, most_attempts);
+  if (st.max_attempts > 16)
+    ASSERT_GE(st.escalations, 1);
+  if (st.escalations > 0)
+    ASSERT_GE(st.irrevocable, st.escalations);
+  printf("long reader: %u commits, %" PRIu64 " aborts, max %" PRIu64
+         " attempts, %" PRIu64 " escalations; writers %lu commits\n",
+         commits, st.aborts, st.max_attempts, st.escalations,
+         atomic_load(&s.writer_commits));
+  leave_and_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** Escalation, made deterministic: every attempt of the victim reads w, has
+** a helper commit a change to w and w2, and reads w2 (newer than its
+** snapshot: the extension finds w changed and the attempt aborts).  Once
+** the contention manager makes the victim irrevocable the helper is not
+** asked and the victim commits.
+*/
+enum { ESCALATE = 4 };
+
+struct escalation {
+  uintptr_t w;
+  _Alignas(64) uintptr_t w2;
+  atomic_int req, ack, stop;
+};
+
+static void *bumper_main(void *arg) {
+  struct escalation *e = arg;
+  ame_tx_t *tx = enter();
+  while (!atomic_load(&e->stop)) {
+    int r = atomic_load(&e->req);
+    if (r != atomic_load(&e->ack)) {
+      AME_ATOMIC(tx) {
+        ame_store_word_tx(tx, &e->w, ame_load_word_tx(tx, &e->w) + 1);
+        ame_store_word_tx(tx, &e->w2, ame_load_word_tx(tx, &e->w2) + 1);
+      }
+      atomic_store(&e->ack, r);
+    } else {
+      sched_yield();
+    }
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(progress_escalation) {
+  ame_stm_config_t cfg = {.escalate_after = ESCALATE};
+  ASSERT_EQ(ame_stm_init(&cfg), 0);
+  watchdog_start(20, "the victim never escalated and committed");
+  ame_tx_t *tx = enter();
+  static struct escalation e;
+  pthread_t t;
+  thread_start(&t, bumper_main, &e);
+  for (int round = 1; round <= 3; round++) {
+    volatile int attempts = 0;
+    volatile int irrevocable_from = -1;
+    AME_ATOMIC(tx) {
+      attempts++;
+      if (ame_tx_is_irrevocable(tx) && irrevocable_from < 0)
+        irrevocable_from = (int)ame_tx_attempt(tx);
+      (void)ame_load_word_tx(tx, &e.w);
+      if (!ame_tx_is_irrevocable(tx)) {
+        int r = atomic_fetch_add(&e.req, 1) + 1;
+        ASSERT_WAIT(atomic_load(&e.ack) == r, 5000);
+        (void)ame_load_word_tx(tx, &e.w2);  /* newer: extend, fail, abort */
+        ASSERT(0 && "the attempt should have aborted");
+      }
+      ame_store_word_tx(tx, &e.w2, ame_load_word_tx(tx, &e.w2) + 1);
+    }
+    ASSERT_EQ(irrevocable_from, ESCALATE);
+    ASSERT_EQ(attempts, ESCALATE + 1);
+    ame_stats_t st;
+    ame_stats_thread(tx, &st);
+    ASSERT_EQ(st.escalations, (uint64_t)round);
+    ASSERT_EQ(st.irrevocable, (uint64_t)round);
+    ASSERT_EQ(st.aborts, (uint64_t)round * ESCALATE);
+    ASSERT_EQ(st.aborts_by_cause[AME_ABORT_VALIDATE],
+              (uint64_t)round * ESCALATE);
+    ASSERT_EQ(st.max_attempts, ESCALATE + 1);
+  }
+  atomic_store(&e.stop, 1);
+  thread_join(t);
+  ASSERT_EQ(e.w, 3 * ESCALATE);           /* one bump per aborted attempt */
+  ASSERT_EQ(e.w2, 3 * ESCALATE + 3);      /* and the victims' own writes */
+  leave_and_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** Snapshot extension.  A reads x; B commits; A reads y, which B's commit
+** made newer than A's snapshot.
+*/
+struct ext {
+  _Alignas(64) uintptr_t x;
+  _Alignas(64) uintptr_t y;
+  atomic_int a_read;
+  atomic_int b_done;
+  int b_writes_x;           /* B changes x too: the extension must fail */
+};
+
+static void *ext_b_main(void *arg) {
+  struct ext *e = arg;
+  ame_tx_t *tx = enter();
+  ASSERT_WAIT(atomic_load(&e->a_read), 5000);
+  AME_ATOMIC(tx) {
+    uintptr_t v = ame_load_word_tx(tx, &e->y) + 1;
+    ame_store_word_tx(tx, &e->y, v);
+    if (e->b_writes_x)
+      ame_store_word_tx(tx, &e->x, v);
+  }
+  atomic_store(&e->b_done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+static void extension_case(int b_writes_x) {
+  ame_tx_t *tx = enter();
+  static struct ext e;
+  e.b_writes_x = b_writes_x;
+  e.x = e.y = 5;
+  pthread_t t;
+  thread_start(&t, ext_b_main, &e);
+  volatile int attempts = 0;
+  volatile uintptr_t sx = 0, sy = 0;
+  AME_ATOMIC(tx) {
+    attempts++;
+    sx = ame_load_word_tx(tx, &e.x);
+    if (attempts == 1) {
+      atomic_store(&e.a_read, 1);
+      ASSERT_WAIT(atomic_load(&e.b_done), 5000);
+    }
+    sy = ame_load_word_tx(tx, &e.y);
+    if (b_writes_x)
+      ASSERT_EQ(sx, sy);  /* never old x with new y */
+  }
+  thread_join(t);
+  ame_stats_t st;
+  ame_stats_thread(tx, &st);
+  if (b_writes_x) {
+    ASSERT_EQ(attempts, 2);
+    ASSERT_EQ(sx, 6);
+    ASSERT_EQ(sy, 6);
+    ASSERT_EQ(st.aborts, 1);
+    ASSERT_EQ(st.aborts_by_cause[AME_ABORT_VALIDATE], 1);
+  } else {
+    ASSERT_EQ(attempts, 1);  /* extended, not aborted */
+    ASSERT_EQ(sx, 5);
+    ASSERT_EQ(sy, 6);
+    ASSERT_EQ(st.aborts, 0);
+    ASSERT_GE(st.extensions, 1);
+  }
+  leave_and_shutdown();
+}
+
+TEST_IMPL(snapshot_extension) { extension_case(0); }
+
+TEST_IMPL(snapshot_extension_fails) { extension_case(1); }
+
+/* ------------------------------------------------------------------------
+** Opacity when a write locks an orec that changed after the snapshot.  A
+** reads x; B commits new values to x and to words under the orec that A
+** then writes; A's write takes that orec, and A reads another word under
+** it.  A must not go on with the old x and the new word: the write (or the
+** read after it) has to validate or abort.  Case 1: x is under that same
+** orec; case 2: it is under another one.
+*/
+struct granule {
+  _Alignas(32) uintptr_t a;   /* 32 bytes: the words of one orec */
+  uintptr_t b;
+  uintptr_t c;
+  uintptr_t d;
+};
+
+struct lock_newer {
+  struct granule g1;
+  _Alignas(64) struct granule g2;
+  int same_orec;            /* case 1: x is g2.a; case 2: x is g1.a */
+  atomic_int a_read, b_done;
+};
+
+static void *lock_newer_b(void *arg) {
+  struct lock_newer *s = arg;
+  ame_tx_t *tx = enter();
+  ASSERT_WAIT(atomic_load(&s->a_read), 5000);
+  AME_ATOMIC(tx) {
+    uintptr_t v = ame_load_word_tx(tx, &s->g1.a) + 1;
+    ame_store_word_tx(tx, &s->g1.a, v);
+    ame_store_word_tx(tx, &s->g2.a, v);
+    ame_store_word_tx(tx, &s->g2.b, v);
+  }
+  atomic_store(&s->b_done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+static void lock_newer_case(ame_tx_t *tx, struct lock_newer *s, int same) {
+  s->same_orec = same;
+  atomic_store(&s->a_read, 0);
+  atomic_store(&s->b_done, 0);
+  pthread_t t;
+  thread_start(&t, lock_newer_b, s);
+  volatile int attempts = 0;
+  AME_ATOMIC(tx) {
+    attempts++;
+    uintptr_t x = ame_load_word_tx(tx, same ? &s->g2.a : &s->g1.a);
+    if (attempts == 1) {
+      atomic_store(&s->a_read, 1);
+      ASSERT_WAIT(atomic_load(&s->b_done), 5000);
+    }
+    ame_store_word_tx(tx, &s->g2.c, x);      /* locks g2's orec */
+    uintptr_t y = ame_load_word_tx(tx, &s->g2.b);
+    ASSERT_EQ(x, y);  /* never the old x with the new y */
+  }
+  thread_join(t);
+  ASSERT_EQ(attempts, 2);
+  ASSERT_EQ(s->g2.c, s->g2.b);
+}
+
+TEST_IMPL(opacity_write_lock_newer) {
+  ame_tx_t *tx = enter();
+  static struct lock_newer s;
+  lock_newer_case(tx, &s, 1);
+  lock_newer_case(tx, &s, 0);
+  leave_and_shutdown();
+}
