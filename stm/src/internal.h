@@ -92,8 +92,10 @@ struct ame_tx {
   unsigned attempt;            /* aborts of the current transaction */
   unsigned conflicts;          /* ... of which conflicts (escalation) */
   int irr_user;                /* the program asked for irrevocability */
-  uintptr_t hold;              /* start kept published while handlers run
-                                  (0: none) */
+  uintptr_t hold;              /* atomic: the finished transaction's start,
+                                  published while its handlers run: what
+                                  it could reach stays allocated (IDLE:
+                                  none); quiescence ignores it */
   struct ame__vec retry_set;   /* ame__rentry: what ame_retry() waits on */
   struct ame__vec undo;        /* ame__undo: ame_tx_save() records */
   struct ame__vec undo_bytes;  /* char: the saved bytes */

@@ -23,7 +23,26 @@
 **  - Each running transaction publishes its start timestamp (`active`).  A
 **    block freed by a transaction that committed at ts is handed back to
 **    malloc once every thread is idle or started at or after ts; the same
-**    test makes the privatization fence.
+**    test on `active` alone makes the privatization fence.  While a
+**    thread runs commit or abort handlers it is between transactions
+**    (`active` is idle, so nobody's quiescence waits for it), but it
+**    publishes the finished transaction's start as `hold`, which keeps
+**    what that transaction could reach allocated until the handlers
+**    return (reclamation takes the older of `active` and `hold`).
+**    Handlers never hold or wait for the irrevocability ticket.
+**
+** Memory ordering (C11; x86 needs none of the fences below as
+** instructions, weakly ordered CPUs need all of them):
+**  - Orecs and data words form a seqlock: a reader loads the orec
+**    (acquire), the word (acquire) and the orec again; a writer locks the
+**    orec (CAS), issues a release fence before writing back the words (so
+**    a reader that sees a new word also sees the orec locked or newer on
+**    its second load), and unlocks with a release store of the new
+**    version.
+**  - Publishing `active` and reading shared data is a store-load pattern
+**    against the reclaimer's (and privatizer's) commit-then-scan: both
+**    sides separate the store from the loads with a sequentially
+**    consistent fence (fence_sc()).
 */
 #include "internal.h"
 
@@ -59,9 +78,11 @@ static __thread ame_tx_t *self;
 
 static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site);
+static void abort_handlers(ame_tx_t *tx);
 static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) __attribute__((noreturn));
 static void reclaim(ame_tx_t *tx, int force);
+static void wait_reclaimable(ame_tx_t *tx, uintptr_t ts);
 static void undo_restore(ame_tx_t *tx);
 
 static inline void cpu_relax(void) {
@@ -72,10 +93,45 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-/* A full barrier that the thread sanitizer understands (a locked RMW). */
-static void full_barrier(void) {
+/* A sequentially consistent fence: C11's atomic_thread_fence(seq_cst).
+** On x86-64 a locked no-op on the top of the stack is the same full fence
+** (x86-TSO) at less cost than mfence, as the Linux kernel's smp_mb() does.
+** The thread sanitizer does not model fences (gcc refuses them under
+** -fsanitize=thread): there a seq_cst read-modify-write stands in. */
+static inline void fence_sc(void) {
+#if defined(__SANITIZE_THREAD__)
   static uintptr_t dummy;
   __atomic_fetch_add(&dummy, 0, __ATOMIC_SEQ_CST);
+#elif defined(__x86_64__)
+  __asm__ __volatile__("lock; orq $0, (%%rsp)" ::: "memory", "cc");
+#else
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+/* Store v to *p (release), then a sequentially consistent fence: the
+** first half of the store-load pattern that publishes a transaction's
+** start.  On x86-64 one xchg is both (a locked instruction is a full fence
+** under x86-TSO, and as a seq_cst read-modify-write it keeps the compiler
+** from hoisting later loads above it), the same cost as a plain seq_cst
+** store there; elsewhere it is the C11 store and fence. */
+static inline void store_fence_sc(uintptr_t *p, uintptr_t v) {
+#if defined(__x86_64__) || defined(__SANITIZE_THREAD__)
+  (void)__atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
+#else
+  STORE_REL(p, v);
+  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+/* A release fence: orders the orec locks taken so far before the
+** write-back that follows (the writer's half of the seqlock).  A compiler
+** barrier on x86; absent under the thread sanitizer (see fence_sc()),
+** whose view of the data words, all atomic, does not need it. */
+static inline void fence_release(void) {
+#if !defined(__SANITIZE_THREAD__)
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+#endif
 }
 
 static inline uint64_t xorshift(uint64_t *s) {
@@ -219,6 +275,7 @@ static ame_tx_t *new_descriptor(unsigned slot) {
   tx->h.r_end = tx->r_base + READ_LOG_INIT;
   tx->slot = slot;
   tx->active = AME__IDLE;
+  tx->hold = AME__IDLE;
   tx->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)slot * 0xBF58476D1CE4E5B9ull);
   return tx;
 }
@@ -269,8 +326,8 @@ void ame_thread_exit(void) {
   struct ame__limbo *lb = tx->limbo.items;
   for (size_t i = 0; i < tx->limbo.n; i++) {
     if (ame__vec_push(&ame__G.orphans, &lb[i], sizeof lb[i]) != 0) {
-      /* Out of memory: wait for quiescence and free it ourselves. */
-      ame_quiesce(tx);
+      /* Out of memory: wait until it is safe and free it ourselves. */
+      wait_reclaimable(tx, lb[i].ts);
       free(lb[i].ptr);
       STAT_INC(tx, frees_done);
       STAT_ADD(tx, frees_pending, (uint64_t)-1);
@@ -291,15 +348,24 @@ ame_tx_t *ame_self(void) { return self; }
 ** Reclamation and quiescence.
 */
 
-/* The oldest start timestamp of any running transaction (IDLE if none). */
+/* The oldest start timestamp that any thread still needs: of a running
+** transaction (`active`) or of one whose handlers are running (`hold`);
+** IDLE if none.  Called after fence_sc().  Both are read with acquire:
+** every store to them is a release, so what a transaction or handler did
+** before its thread moved on happens before the caller frees anything.
+** A thread moves its start from `active` to `hold` by storing `hold`
+** first and then `active`, so that a reader that sees the second store
+** also sees the first. */
 static uintptr_t oldest_active(void) {
   uintptr_t min = AME__IDLE;
   unsigned n = LOAD_ACQ(&ame__G.n_slots);
   for (unsigned i = 0; i < n; i++) {
     ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
     if (t == NULL) continue;
-    uintptr_t a = __atomic_load_n(&t->active, __ATOMIC_SEQ_CST);
+    uintptr_t a = LOAD_ACQ(&t->active);
+    uintptr_t h = LOAD_ACQ(&t->hold);
     if (a < min) min = a;
+    if (h < min) min = h;
   }
   return min;
 }
@@ -308,7 +374,7 @@ static uintptr_t oldest_active(void) {
 ** any more; with force, also try the orphans of exited threads. */
 static void reclaim(ame_tx_t *tx, int force) {
   if (tx->limbo.n == 0 && !force) return;
-  full_barrier();
+  fence_sc();
   uintptr_t oldest = oldest_active();
   struct ame__limbo *lb = tx->limbo.items;
   size_t i = 0;
@@ -339,15 +405,39 @@ static void reclaim(ame_tx_t *tx, int force) {
   }
 }
 
-/* Wait until every transaction that started before ts has ended. */
+/* Wait until every transaction that started before ts has ended.  Only
+** `active` counts: a thread running handlers is between transactions, and
+** its handlers may themselves be waiting for this thread.  The loads are
+** acquire (the ends of transactions are release stores): what a
+** transaction that ran read happens before what the caller does next. */
 static void quiesce_before(ame_tx_t *tx, uintptr_t ts) {
-  full_barrier();
+  fence_sc();
   unsigned n = LOAD_ACQ(&ame__G.n_slots);
   for (unsigned i = 0; i < n; i++) {
     ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
     if (t == NULL || t == tx) continue;
     unsigned spins = 0;
-    while (__atomic_load_n(&t->active, __ATOMIC_SEQ_CST) < ts) {
+    while (LOAD_ACQ(&t->active) < ts) {
+      if (++spins < 1024)
+        cpu_relax();
+      else
+        sched_yield();
+    }
+  }
+}
+
+/* Wait until nothing another thread still needs (a running transaction,
+** or one whose handlers run) started before ts: the blocking form of
+** reclaim()'s test, for when a deferred free cannot be recorded (out of
+** memory). */
+static void wait_reclaimable(ame_tx_t *tx, uintptr_t ts) {
+  fence_sc();
+  unsigned n = LOAD_ACQ(&ame__G.n_slots);
+  for (unsigned i = 0; i < n; i++) {
+    ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+    if (t == NULL || t == tx) continue;
+    unsigned spins = 0;
+    while (LOAD_ACQ(&t->active) < ts || LOAD_ACQ(&t->hold) < ts) {
       if (++spins < 1024)
         cpu_relax();
       else
@@ -359,7 +449,7 @@ static void quiesce_before(ame_tx_t *tx, uintptr_t ts) {
 void ame_quiesce(ame_tx_t *tx) {
   assert(tx == NULL || tx->nesting == 0);
   quiesce_before(tx, LOAD_ACQ(&ame__G.clock) + 1);
-  if (tx && tx->hold == 0) reclaim(tx, 0); /* everything older is safe now */
+  if (tx) reclaim(tx, 0); /* everything older is safe now */
 }
 
 void ame_thread_idle(ame_tx_t *tx) {
@@ -414,11 +504,10 @@ static void begin_attempt(ame_tx_t *tx) {
     now = tx->seen = LOAD_ACQ(&ame__G.clock);
   else
     now = tx->seen;
-  /* Publish the start before the first read (a full barrier: the reclaimer
-  ** reads `active` after unlinking; see reclaim()).  A transaction run by
-  ** a handler keeps the older start its parent holds. */
-  __atomic_store_n(&tx->active, tx->hold && tx->hold < now ? tx->hold : now,
-                   __ATOMIC_SEQ_CST);
+  /* Publish the start before the first read: the reclaimer and the
+  ** privatizer read `active` after their commit, behind a fence of their
+  ** own (store-load on both sides: fence_sc()). */
+  store_fence_sc(&tx->active, now);
   tx->h.snapshot = tx->irrevocable ? 0 : now << 1;
 }
 
@@ -436,26 +525,31 @@ int ame__frame_begin(struct ame__frame *f, const char *site) {
   return 0;
 }
 
-/* What `active` says between transactions: idle, or the held start of a
-** transaction whose handlers are running. */
-static inline uintptr_t idle_value(const ame_tx_t *tx) {
-  return tx->hold ? tx->hold : AME__IDLE;
+/* End the attempt's publication of its start: `active` goes idle.  If
+** handlers are about to run (keep != 0), the start moves to `hold` first,
+** so that no reader sees neither (see oldest_active()).  Return the hold
+** to restore once the handlers are done. */
+static uintptr_t unpublish(ame_tx_t *tx, int keep) {
+  uintptr_t prev = tx->hold;
+  uintptr_t start = LOAD(&tx->active);
+  if (keep && start < prev) STORE_REL(&tx->hold, start);
+  STORE_REL(&tx->active, AME__IDLE);
+  return prev;
 }
 
 /* Run the handlers in v outside the transaction (depth 0; they may run
-** transactions of their own).  While they run, the thread keeps `start`
-** published as its oldest start, so that memory the transaction could
-** reach is not reclaimed under them (see reclaim()).  The state of the
-** transaction being aborted (restart point, attempt count, escalation)
-** is kept across. */
-static void run_handlers(ame_tx_t *tx, struct ame__vec *v, uintptr_t start) {
+** transactions of their own, which may privatize, quiesce, retry or turn
+** irrevocable).  The caller has moved the transaction's start to `hold`
+** (unpublish()), so that memory the transaction could reach is not
+** reclaimed under them, and holds no irrevocability ticket.  The state of
+** the transaction being aborted (restart point, attempt count,
+** escalation) is kept across. */
+static void run_handlers(ame_tx_t *tx, struct ame__vec *v) {
   if (v->n == 0) return;
+  assert(!tx->has_token && "handlers run with the irrevocability token");
   /* Detach, so that handlers' transactions have their own lists. */
   struct ame__vec mine = *v;
   memset(v, 0, sizeof *v);
-  uintptr_t prev_hold = tx->hold;
-  if (start != AME__IDLE && (prev_hold == 0 || start < prev_hold))
-    tx->hold = start;
   jmp_buf *env = tx->env;
   unsigned nesting = tx->nesting, attempt = tx->attempt;
   unsigned conflicts = tx->conflicts;
@@ -473,7 +567,6 @@ static void run_handlers(ame_tx_t *tx, struct ame__vec *v, uintptr_t start) {
   tx->conflicts = conflicts;
   tx->want_irrevocable = want;
   STORE(&tx->site, site);
-  tx->hold = prev_hold;
   if (v->items == NULL) {
     *v = mine;
     v->n = 0;
@@ -855,10 +948,11 @@ static void release_locks(ame_tx_t *tx, uintptr_t version) {
 */
 
 /* Undo the attempt: release locks, free its allocations, drop its commit
-** handlers and frees, count it.  Does not jump. */
+** handlers and frees, count it.  Its start stays published and its abort
+** handlers are left for abort_handlers(), which the caller runs once it
+** holds and awaits no irrevocability ticket.  Does not jump. */
 static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) {
-  uintptr_t start = LOAD(&tx->active);
   release_locks(tx, 0);
   if (tx->undo.n) undo_restore(tx);
   void **al = tx->allocs.items;
@@ -879,9 +973,15 @@ static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
     STORE(&tx->irrevocable, 0);
     tx->h.snapshot = 0;
   }
-  if (tx->on_abort.n) run_handlers(tx, &tx->on_abort, start);
+}
+
+/* After rollback(): the attempt is over; run its abort handlers (if any)
+** with its start held, then publish nothing. */
+static void abort_handlers(ame_tx_t *tx) {
+  uintptr_t prev_hold = unpublish(tx, tx->on_abort.n != 0);
+  if (tx->on_abort.n) run_handlers(tx, &tx->on_abort);
   tx->on_abort.n = 0;
-  __atomic_store_n(&tx->active, idle_value(tx), __ATOMIC_RELEASE);
+  STORE_REL(&tx->hold, prev_hold);
 }
 
 /* Restart the outermost transaction (after rollback). */
@@ -895,6 +995,7 @@ static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) {
   assert(!tx->irrevocable && "an irrevocable transaction cannot abort");
   rollback(tx, cause, addr, other_site);
+  abort_handlers(tx);
   if (tx->conflicts >= ame__G.escalate_after && !tx->want_irrevocable) {
     tx->want_irrevocable = 1;
     STAT_INC(tx, escalations);
@@ -907,6 +1008,7 @@ void ame_tx_abort(ame_tx_t *tx) {
   assert(tx->nesting > 0 && "ame_tx_abort outside a transaction");
   assert(!tx->irrevocable && "an irrevocable transaction cannot abort");
   rollback(tx, AME_ABORT_EXPLICIT, 0, NULL);
+  abort_handlers(tx);
   restart(tx);
 }
 
@@ -918,7 +1020,7 @@ static void commit(ame_tx_t *tx) {
   uintptr_t ts = 0;
   /* The common read-only case, with nothing else to do, stays short. */
   if (tx->w_n == 0 && !tx->irrevocable && !tx->want_irrevocable &&
-      !tx->has_token && !tx->privatize && tx->hold == 0 &&
+      !tx->has_token && !tx->privatize &&
       (tx->frees.n | tx->allocs.n | tx->on_commit.n | tx->on_abort.n |
        tx->undo.n | tx->attempt | tx->conflicts) == 0) {
     STAT_INC(tx, commits_ro);
@@ -928,7 +1030,7 @@ static void commit(ame_tx_t *tx) {
     tx->nesting = 0;
     tx->h.snapshot = 0;
     tx->irr_user = 0;
-    __atomic_store_n(&tx->active, AME__IDLE, __ATOMIC_RELEASE);
+    STORE_REL(&tx->active, AME__IDLE);
     if (AME__UNLIKELY(tx->limbo.n) && tx->starts % LIMBO_SCAN == 0)
       reclaim(tx, 0);
     return;
@@ -943,6 +1045,7 @@ static void commit(ame_tx_t *tx) {
       uintptr_t bad = validate(tx);
       if (bad) abort_tx(tx, AME_ABORT_COMMIT, bad, NULL);
     }
+    fence_release(); /* the locks taken before the words written back */
     write_back(tx);
     release_locks(tx, ts << 1);
     tx->seen = ts;
@@ -957,14 +1060,17 @@ static void commit(ame_tx_t *tx) {
   tx->undo.n = 0;
   tx->undo_bytes.n = 0;
   tx->attempt = 0;
-  uintptr_t start = LOAD(&tx->active);
   end_tx(tx);
+  /* The transaction is over: nobody's quiescence waits for this thread
+  ** from here on (not even while it privatizes below, or runs handlers
+  ** that do), while its start stays held for the handlers. */
+  uintptr_t prev_hold = unpublish(tx, tx->on_commit.n != 0);
   if (tx->frees.n) {
     void **fp = tx->frees.items;
     for (size_t i = 0; i < tx->frees.n; i++) {
       struct ame__limbo lb = {fp[i], ts ? ts : LOAD_ACQ(&ame__G.clock)};
       if (ame__vec_push(&tx->limbo, &lb, sizeof lb) != 0) {
-        quiesce_before(tx, lb.ts);
+        wait_reclaimable(tx, lb.ts);
         free(lb.ptr);
         STAT_INC(tx, frees_done);
         continue;
@@ -982,12 +1088,12 @@ static void commit(ame_tx_t *tx) {
               NULL, NULL, 0);
     }
   }
-  if (tx->on_commit.n) run_handlers(tx, &tx->on_commit, start);
+  if (tx->on_commit.n) run_handlers(tx, &tx->on_commit);
   tx->on_commit.n = 0;
-  __atomic_store_n(&tx->active, idle_value(tx), __ATOMIC_RELEASE);
+  STORE_REL(&tx->hold, prev_hold);
   /* Scan limbo when it is large, and now and then when it is not, so a
   ** few blocks freed by a long-lived thread do not wait for its exit. */
-  if (tx->limbo.n && tx->hold == 0 &&
+  if (tx->limbo.n &&
       (tx->limbo.n >= LIMBO_SCAN || tx->starts % LIMBO_SCAN == 0))
     reclaim(tx, 0);
 }
@@ -1043,9 +1149,15 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
         __atomic_fetch_add(&ame__G.irr_next, 1, __ATOMIC_ACQ_REL);
     while (LOAD_ACQ(&ame__G.irr_serving) != ticket) {
       if (LOAD(&tx->killed)) {
+        /* Give up our locks at once, then our place in the queue: wait
+        ** for the ticket and pass it on (abort handlers, which may run
+        ** transactions that want the token too, must not run while it
+        ** is ours or awaited), and start again irrevocable. */
         rollback(tx, AME_ABORT_KILLED, 0, NULL);
         while (LOAD_ACQ(&ame__G.irr_serving) != ticket) sched_yield();
         tx->has_token = 1;
+        release_token(tx);
+        abort_handlers(tx);
         tx->want_irrevocable = 1;
         restart(tx);
       }
@@ -1086,6 +1198,8 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
   return 0;
 changed:
   rollback(tx, AME_ABORT_IRREVOCABLE, 0, NULL);
+  release_token(tx); /* taken again at the restart, after the handlers */
+  abort_handlers(tx);
   tx->want_irrevocable = 1;
   restart(tx);
 }
@@ -1137,6 +1251,10 @@ void ame_retry(ame_tx_t *tx) {
   STAT_INC(tx, retries);
   /* Waiting is not contention: start over with no escalation. */
   release_token(tx);
+  /* Detach the set: the abort handlers may run transactions that retry. */
+  struct ame__vec set = tx->retry_set;
+  memset(&tx->retry_set, 0, sizeof tx->retry_set);
+  abort_handlers(tx);
   tx->want_irrevocable = 0;
   tx->conflicts = 0;
   __atomic_add_fetch(&ame__G.retry_waiters, 1, __ATOMIC_SEQ_CST);
@@ -1147,7 +1265,7 @@ void ame_retry(ame_tx_t *tx) {
       changed = LOAD_ACQ(&ame__G.clock) != clock0;
     } else {
       for (size_t i = 0; i < n && !changed; i++) {
-        struct ame__rentry *r = &((struct ame__rentry *)tx->retry_set.items)[i];
+        struct ame__rentry *r = &((struct ame__rentry *)set.items)[i];
         if (LOAD_ACQ(ame__orec_of(r->addr)) != r->version) changed = 1;
       }
     }
@@ -1156,7 +1274,12 @@ void ame_retry(ame_tx_t *tx) {
     futex_wait(&ame__G.retry_seq, seq, 1000000L);
   }
   __atomic_sub_fetch(&ame__G.retry_waiters, 1, __ATOMIC_SEQ_CST);
-  tx->retry_set.n = 0;
+  if (tx->retry_set.items == NULL) {
+    tx->retry_set = set;
+    tx->retry_set.n = 0;
+  } else {
+    ame__vec_free(&set);
+  }
   restart(tx);
 }
 

@@ -47,6 +47,11 @@
   X(handlers_nested, 10)                                                      \
   X(handlers_run_transactions, 10)                                            \
   X(handlers_abort_run_transactions, 20)                                      \
+  /* what handlers may do: test_handlers.c */                                 \
+  X(handlers_privatize_two_threads, 30)                                       \
+  X(handlers_quiesce_two_threads, 30)                                         \
+  X(handlers_retry_in_handler, 30)                                            \
+  X(handlers_abort_escalate_killed, 30)                                       \
   /* allocation: test_alloc.c */                                          \
   X(tx_malloc_commit, 10)                                                     \
   X(tx_malloc_abort_frees, 20)                                                \

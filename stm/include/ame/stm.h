@@ -172,10 +172,15 @@ AME_EXTERN void ame_tx_set_site(ame_tx_t *tx, const char *site);
 ** handler) or after the current attempt aborts (abort handler), outside the
 ** transaction, in registration order.  Handlers belong to one attempt: an
 ** abort discards the attempt's commit handlers, a commit discards its abort
-** handlers.  Commit handlers may run transactions of their own; abort
-** handlers may not (they run while the aborted attempt is being undone,
-** which also keeps every block it could reach allocated until they
-** return).  Return 0 or -ENOMEM. */
+** handlers.  An abort handler runs once the attempt has been undone (its
+** locks released, its ame_tx_save() bytes restored, its ame_tx_malloc()
+** blocks freed).  Handlers of either kind may run transactions of their
+** own, and those may privatize, call ame_quiesce(), wait in ame_retry() or
+** turn irrevocable: while handlers run, the thread is between
+** transactions (no other thread's quiescence or privatization waits for
+** it) and holds no irrevocability ticket.  Memory that the finished
+** attempt could reach stays allocated until its handlers return (deferred
+** frees on every thread wait for them).  Return 0 or -ENOMEM. */
 AME_EXTERN int ame_tx_on_commit(ame_tx_t *tx, void (*fn)(void *arg),
                                 void *arg);
 AME_EXTERN int ame_tx_on_abort(ame_tx_t *tx, void (*fn)(void *arg),
@@ -196,7 +201,8 @@ AME_EXTERN void ame_tx_privatize(ame_tx_t *tx);
 AME_EXTERN int ame_tx_save(ame_tx_t *tx, void *addr, size_t size);
 
 /* Outside a transaction: wait until every transaction running now has
-** ended (a privatization fence). */
+** ended (a privatization fence).  A thread running commit or abort
+** handlers is between transactions: it is not waited for. */
 AME_EXTERN void ame_quiesce(ame_tx_t *tx);
 
 /* ------------------------------------------------------------------------
