@@ -1,6 +1,7 @@
 /*
 ** cmd/load/load.h — `ame load`, the HTTP/1.1 load generator of the
-** `ame` command (cmd/load/load.c; docs/load.md).
+** `ame` command (cmd/load/; internal.h says which file does what;
+** docs/load.md).
 */
 #ifndef AME_CMD_LOAD_H
 #define AME_CMD_LOAD_H
