@@ -65,6 +65,10 @@ extern "C" {
 #define AME_REACTOR_EXTERN
 #endif
 
+/* <netdb.h> defines it only when POSIX features are on (a program built
+** with -std=c11 alone has none); ame_resolve() needs the tag in scope. */
+struct addrinfo;
+
 typedef struct ame_reactor ame_reactor_t;
 typedef struct ame_handle ame_handle_t;   /* any handle */
 typedef struct ame_stream ame_stream_t;   /* TCP or Unix stream, or pipe */
