@@ -165,6 +165,27 @@ int ame__op_submit(struct op *op);
 ** was registered and the caller disposes of op and handle). */
 int ame__publish(struct op *op, void (*undo)(void *), void *arg);
 
+/* The shape most handle kinds share: made by the calling thread, started
+** by an op on the owner, stopped by an op, closed on the owner.
+**
+** ame__handle_start: make the new handle h live by running start(op) on
+** its owner, through ame__publish (undo(arg), which may be NULL, if the
+** attempt aborts).  Return 0, or -ENOMEM: then nothing was registered, and
+** the caller frees h and what it holds as if it had never been published.
+**
+** ame__handle_stop: run h->on_stop on h's owner (at commit inside a
+** transaction, at once outside), for kinds whose stop and close are the
+** same (timers, UDP, signals, polls).  Nothing happens if memory ran out
+** or h is already dead.
+**
+** ame__close_uv (owner thread): close hd, the one libuv handle of h, if h
+** is open; once closed, h is unlinked and its open reference dropped.
+** hd->data must be h. */
+int ame__handle_start(ame_handle_t *h, int (*start)(struct op *),
+                      void (*undo)(void *), void *arg);
+void ame__handle_stop(ame_handle_t *h);
+void ame__close_uv(ame_handle_t *h, uv_handle_t *hd);
+
 /* Jobs. */
 int ame__job_push(struct worker *w, struct jobq *q, struct job *job);
 

@@ -224,15 +224,8 @@ int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
     *out = p;
     return 0;
   }
-  struct op *op = ame__op_new(op_spawn, &p->h, w, 0);
-  if (op == NULL) {
-    spawn_undo(p);
-    return -ENOMEM;
-  }
-  int rc = ame__publish(op, spawn_abort, p);
+  int rc = ame__handle_start(&p->h, op_spawn, spawn_abort, p);
   if (rc != 0) {
-    op->h = NULL;
-    free(op);
     spawn_undo(p);
     return rc;
   }

@@ -262,6 +262,49 @@ int ame__publish(struct op *op, void (*undo)(void *), void *arg) {
   return ame__op_submit(op);
 }
 
+/* ------------------------------------------------------------------------
+** The shape handle kinds share: started by an op on the owner, stopped by
+** an op, closed on the owner (internal.h).
+*/
+
+int ame__handle_start(ame_handle_t *h, int (*start)(struct op *),
+                      void (*undo)(void *), void *arg) {
+  struct op *op = ame__op_new(start, h, NULL, 0);
+  if (op == NULL) return -ENOMEM;
+  int rc = ame__publish(op, undo, arg);
+  if (rc != 0) {
+    /* Never registered: the op's reference goes with the handle, which
+    ** the caller frees whole. */
+    op->h = NULL;
+    free(op);
+  }
+  return rc;
+}
+
+static int op_stop(struct op *op) {
+  assert(op->h->on_stop != NULL);
+  op->h->on_stop(op->h);
+  return 0;
+}
+
+void ame__handle_stop(ame_handle_t *h) {
+  struct op *op = ame__op_new(op_stop, h, NULL, 0);
+  if (op) ame__op_submit(op);
+}
+
+static void uv_closed_cb(uv_handle_t *hd) {
+  ame_handle_t *h = hd->data;
+  h->state = HS_CLOSED;
+  ame__handle_unlink(h);
+  ame__handle_unref(h);
+}
+
+void ame__close_uv(ame_handle_t *h, uv_handle_t *hd) {
+  if (h->state != HS_OPEN) return;
+  h->state = HS_CLOSING;
+  uv_close(hd, uv_closed_cb);
+}
+
 /* Owner thread: run the inbox's ops in order, one at a time (an op asked
 ** for by a callback that one of them runs queues behind the rest). */
 static void drain_inbox(struct worker *w) {

@@ -919,15 +919,8 @@ static int start_connect(ame_reactor_t *r, ame_stream_t *s,
                          ame_stream_t **out) {
   (void)r;
   s->opened = 1; /* handed to the program: on_close is due */
-  struct op *op = ame__op_new(op_connect, &s->h, NULL, 0);
-  if (op == NULL) {
-    stream_discard(s);
-    return -ENOMEM;
-  }
-  int rc = ame__publish(op, connect_undo, s);
+  int rc = ame__handle_start(&s->h, op_connect, connect_undo, s);
   if (rc != 0) {
-    op->h = NULL;
-    free(op);
     stream_discard(s);
     return rc;
   }

@@ -12,21 +12,22 @@
 #define AME_TESTS_REACTOR_TEST_LIST_H
 
 #define AME_REACTOR_TESTS(X)                                                  \
-  /* AME semantics: test_semantics.c */                               \
+  /* AME semantics: test_semantics.c */                                       \
   X(counter_tasks_2, 30)                                                      \
   X(counter_tasks_4, 30)                                                      \
+  X(conflict_rerun_once, 20)                                                  \
   X(stream_conflicts, 30)                                                     \
   X(stream_order, 30)                                                         \
   X(effects_deferred, 20)                                                     \
   X(effects_aborted_handles, 20)                                              \
   X(broadcast, 30)                                                            \
-  /* timers: test_timer.c */                                          \
+  /* timers: test_timer.c */                                                  \
   X(timer_order, 20)                                                          \
   X(timer_ties, 20)                                                           \
   X(timer_repeat_cancel, 20)                                                  \
   X(timer_cancel_answers, 20)                                                 \
   X(timer_cancel_aborted, 20)                                                 \
-  /* streams and listeners: test_tcp.c */                             \
+  /* streams and listeners: test_tcp.c */                                     \
   X(tcp_listen_errors, 20)                                                    \
   X(tcp_connect_refused, 20)                                                  \
   X(tcp_ipv4_ipv6, 20)                                                        \
@@ -41,7 +42,7 @@
   X(stream_close_kinds, 20)                                                   \
   X(stream_eof_once, 20)                                                      \
   X(connect_then_shutdown, 20)                                                \
-  /* other handles: test_misc.c */                                    \
+  /* other handles: test_misc.c */                                            \
   X(udp_send_recv, 20)                                                        \
   X(udp_multicast, 20)                                                        \
   X(signal_usr1, 20)                                                          \
@@ -53,10 +54,10 @@
   X(attach_free, 20)                                                          \
   X(stats_report, 20)                                                         \
   X(reactor_lifecycle, 20)                                                    \
-  /* child processes: test_process.c */                               \
+  /* child processes: test_process.c */                                       \
   X(spawn_echo_cat, 20)                                                       \
   X(spawn_errors_kill, 20)                                                    \
-  /* faults: test_faults.c */                                         \
+  /* faults: test_faults.c */                                                 \
   X(accept_emfile, 30)                                                        \
   X(peer_gone, 20)                                                            \
   X(slow_reader, 30)                                                          \

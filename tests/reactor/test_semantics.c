@@ -1,11 +1,20 @@
 /*
 ** tests/reactor/test_semantics.c — the AME guarantees of the reactor:
 ** every callback is a transaction (a shared counter bumped by a million
-** callbacks on every worker ends exact); callbacks that all write one word
-** conflict and are re-run, yet their effects (socket writes) happen exactly
-** once; one connection's callbacks run in order (on_open, on_data...,
-** on_eof, on_close) under load; and an attempt that aborts leaves no trace
-** (no bytes, no close, no timer, task or call).
+** callbacks, with every worker running at once, ends exact); a callback
+** that aborts on a conflict is re-run and its write reaches the peer
+** once; callbacks that all write one word conflict and are re-run, yet
+** their effects (socket writes) happen exactly once; one connection's
+** callbacks run in order (on_open, on_data..., on_eof, on_close) under
+** load; and an attempt that aborts leaves no trace (no bytes, no close, no
+** timer, task or call).
+**
+** Where a test needs callbacks on different workers inside their
+** transactions at the same time (to prove concurrency, or to force a
+** conflict), it does not hope for it: a rendezvous holds the first
+** callback on each worker until the others have arrived.  The wait is
+** bounded, so a reactor that cannot run them together fails the test
+** instead of hanging it.
 */
 #include "reactor-test.h"
 
@@ -20,9 +29,35 @@ static uintptr_t g_counter;
 static uintptr_t g_total;
 static uintptr_t g_chain_left[CHAINS];
 
+/* The rendezvous: the first task each worker runs waits, inside its
+** transaction and before it touches shared data, until every worker is
+** inside a task (or 5 s, times the slow factor, have passed). */
+static struct {
+  unsigned workers;
+  atomic_int inside; /* workers waiting in the rendezvous now */
+  atomic_int most;   /* the most that were in it at once */
+  atomic_int open;   /* every worker arrived */
+} g_rv;
+static __thread int t_rv_done; /* this worker has been through it */
+
+static void rendezvous(void) {
+  if (t_rv_done)
+    return;
+  t_rv_done = 1;
+  int n = atomic_fetch_add(&g_rv.inside, 1) + 1;
+  int most = atomic_load(&g_rv.most);
+  while (n > most && !atomic_compare_exchange_weak(&g_rv.most, &most, n)) {
+  }
+  if (n >= (int)g_rv.workers)
+    atomic_store(&g_rv.open, 1);
+  WAIT_UNTIL(atomic_load(&g_rv.open), 5000);
+  atomic_fetch_sub(&g_rv.inside, 1);
+}
+
 /* One link of a chain: count, then add the next link (at commit). */
 static int chain_task(ame_tx_t *tx, void *arg) {
   uintptr_t *left = arg;
+  rendezvous();
   uintptr_t v = tx_inc(tx, &g_counter);
   uintptr_t l = ame_load_word_tx(tx, left) - 1;
   ame_store_word_tx(tx, left, l);
@@ -41,6 +76,7 @@ static void counter_tasks(unsigned workers) {
   const uintptr_t per_chain = 1000; /* a million in all */
   g_total = CHAINS * per_chain;
   g_counter = 0;
+  g_rv.workers = workers;
   printf("# %u workers, %" PRIuPTR " tasks in %d chains\n", workers, g_total,
          CHAINS);
   g_r = rt_new(workers, NULL);
@@ -67,14 +103,163 @@ static void counter_tasks(unsigned workers) {
   ASSERT_EQ(sum, st.callbacks);
   ame_stats_t s;
   ame_stats_total(&s);
-  printf("# %u of %u workers ran tasks (%" PRIu64 " stolen); %" PRIu64
-         " aborts\n",
-         busy, workers, st.stolen, s.aborts);
+  printf("# %u of %u workers ran tasks (%" PRIu64 " stolen), %d inside "
+         "tasks at once; %" PRIu64 " aborts\n",
+         busy, workers, st.stolen, atomic_load(&g_rv.most), s.aborts);
+  /* Every worker ran tasks, and all of them were inside one at the same
+  ** moment. */
+  ASSERT_EQ(busy, workers);
+  ASSERT_EQ(atomic_load(&g_rv.most), (int)workers);
   rt_finish(g_r, fds);
 }
 
 TEST_IMPL(counter_tasks_2) { counter_tasks(2); }
 TEST_IMPL(counter_tasks_4) { counter_tasks(4); }
+
+/* ------------------------------------------------------------------------
+** A callback that aborts on a conflict is re-run, and its write reaches
+** the peer once.  Two clients, on connections owned by two different
+** workers, each send one byte.  Each on_data reads one shared word and
+** asks for a reply that carries the value it will write; the first
+** attempt on each worker then waits at a gate until the other is inside
+** its transaction too, having done the same; then it writes the word.
+** Both read the word before either wrote it, so the STM must abort one of
+** them, after it asked for its reply; the re-run reads the other's value.
+** Each client then sends "q", which closes its stream, and counts what it
+** received up to the end of the stream: exactly RR_REPLY bytes (the
+** aborted attempt's reply never leaves), value 1 from the attempt that
+** committed first, value 2 from a later attempt of the other.
+*/
+
+enum { RR_REPLY = 4096 }; /* bytes: attempt, value, then the pattern */
+
+static struct {
+  uintptr_t word;        /* transactional: the word both callbacks bump */
+  atomic_int opened;     /* on_open committed */
+  atomic_int worker[2];  /* the worker of each connection, in open order */
+  atomic_int at_gate;    /* callbacks that reached the gate */
+  atomic_int attempts;   /* on_data attempts, aborted ones too */
+  atomic_int closed;     /* on_close committed */
+} g_rr;
+static __thread int t_rr_gated; /* this worker has been through the gate */
+
+static void rr_opened(void *arg) {
+  int i = atomic_fetch_add(&g_rr.opened, 1);
+  ASSERT_LT(i, 2);
+  atomic_store(&g_rr.worker[i], (int)(uintptr_t)arg);
+}
+
+static int rr_open(ame_tx_t *tx, ame_stream_t *s) {
+  ame_handle_set_name(s, "rerun on_data");
+  ASSERT_EQ(ame_tx_on_commit(tx, rr_opened,
+                             (void *)(uintptr_t)ame_stream_worker(s)),
+            0);
+  return 0;
+}
+
+static int rr_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
+                   size_t len) {
+  static __thread char reply[RR_REPLY];
+  ASSERT_EQ(len, 1);
+  if (data[0] == 'q') { /* the reply has arrived: close */
+    ame_stream_close(s);
+    return 0;
+  }
+  ASSERT_EQ(data[0], 'x');
+  atomic_fetch_add(&g_rr.attempts, 1);
+  uint64_t attempt = ame_tx_attempt(tx);
+  uintptr_t v = ame_load_word_tx(tx, &g_rr.word);
+  /* The reply is asked for before the conflict, so that the attempt that
+  ** aborts has asked for it too. */
+  uint64_t value = v + 1;
+  memcpy(reply, &attempt, 8);
+  memcpy(reply + 8, &value, 8);
+  pattern_fill(reply + 16, RR_REPLY - 16, 0);
+  ASSERT_EQ(ame_stream_write(s, reply, RR_REPLY), 0);
+  if (!t_rr_gated) {
+    t_rr_gated = 1;
+    atomic_fetch_add(&g_rr.at_gate, 1);
+    ASSERT_WAIT(atomic_load(&g_rr.at_gate) == 2, 10000);
+  }
+  ame_store_word_tx(tx, &g_rr.word, v + 1);
+  return 0;
+}
+
+static void rr_close(ame_tx_t *tx, ame_stream_t *s, int status) {
+  (void)s;
+  ASSERT_EQ(status, 0);
+  commit_inc(tx, &g_rr.closed);
+}
+
+static const ame_stream_cbs_t rr_cbs = {
+    .on_open = rr_open, .on_data = rr_data, .on_close = rr_close};
+
+TEST_IMPL(conflict_rerun_once) {
+  int fds = fd_baseline();
+  memset(&g_rr, 0, sizeof g_rr);
+  ame_stats_t s0;
+  ame_stats_total(&s0);
+  g_r = rt_new(2, NULL);
+  ame_listener_t *l;
+  ASSERT_EQ(ame_tcp_listen(g_r, "127.0.0.1", 0, 0, 0, &rr_cbs, NULL, &l), 0);
+  int port = ame_listener_port(l);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  /* One connection at a time: the second goes to the worker with fewer
+  ** open streams, the other one. */
+  int fd[2];
+  fd[0] = tcp_client("127.0.0.1", port);
+  ASSERT_WAIT(atomic_load(&g_rr.opened) == 1, 10000);
+  fd[1] = tcp_client("127.0.0.1", port);
+  ASSERT_WAIT(atomic_load(&g_rr.opened) == 2, 10000);
+  ASSERT_NE(atomic_load(&g_rr.worker[0]), atomic_load(&g_rr.worker[1]));
+  send_all(fd[0], "x", 1);
+  send_all(fd[1], "x", 1);
+  uint64_t attempt[2], value[2];
+  for (int i = 0; i < 2; i++) {
+    char buf[2 * RR_REPLY];
+    recv_exact(fd[i], buf, RR_REPLY);
+    memcpy(&attempt[i], buf, 8);
+    memcpy(&value[i], buf + 8, 8);
+    ASSERT_EQ(pattern_check(buf + 16, RR_REPLY - 16, 0), RR_REPLY - 16);
+    /* Nothing more before the end of the stream: the reply went out once,
+    ** however many attempts wrote it. */
+    send_all(fd[i], "q", 1);
+    ASSERT_EQ(recv_to_eof(fd[i], buf, sizeof buf, 0), 0);
+    close(fd[i]);
+  }
+  ASSERT_WAIT(atomic_load(&g_rr.closed) == 2, 10000);
+  rt_stop(&rt);
+  ame_stats_t s1;
+  ame_stats_total(&s1);
+  printf("# replies: (attempt %" PRIu64 ", value %" PRIu64 "), (attempt %"
+         PRIu64 ", value %" PRIu64 "); %d attempts, %" PRIu64 " aborts\n",
+         attempt[0], value[0], attempt[1], value[1],
+         atomic_load(&g_rr.attempts), s1.aborts - s0.aborts);
+  ASSERT_EQ(atomic_load(&g_rr.at_gate), 2);
+  ASSERT_EQ(g_rr.word, 2);
+  /* The first to commit did so on its first attempt (the STM aborts the
+  ** transaction that meets the other's lock); the other was re-run. */
+  int second = value[0] == 2 ? 0 : 1;
+  ASSERT_EQ(value[second], 2);
+  ASSERT_EQ(value[1 - second], 1);
+  ASSERT_EQ(attempt[1 - second], 0);
+  ASSERT_GE(attempt[second], 1);
+  ASSERT_GE(atomic_load(&g_rr.attempts), 3);
+  /* The STM counted the aborts, and put them on these callbacks. */
+  ASSERT_GT(s1.aborts - s0.aborts, 0);
+  ame_conflict_t c[16];
+  size_t nc = ame_conflicts(c, 16);
+  uint64_t here = 0;
+  for (size_t i = 0; i < nc; i++)
+    if (c[i].site && strcmp(c[i].site, "rerun on_data") == 0)
+      here += c[i].count;
+  ASSERT_GT(here, 0);
+  ame_reactor_stats_t st;
+  ame_reactor_stats(g_r, &st);
+  ASSERT_EQ(st.failures, 0);
+  rt_finish(g_r, fds);
+}
 
 /* ------------------------------------------------------------------------
 ** A message server.  Clients send 16-byte messages (client id, sequence
@@ -105,7 +290,9 @@ static struct {
   uintptr_t opens, closes, eofs; /* transactional */
   atomic_int closed;   /* on_close committed */
   atomic_int data_calls;
+  atomic_int at_gate;  /* shared mode: workers that reached the gate */
 } g_ms;
+static __thread int t_ms_gated; /* this worker has been through the gate */
 
 static int ms_open(ame_tx_t *tx, ame_stream_t *s) {
   struct msg_conn *c = ame_tx_calloc(tx, 1, sizeof *c);
@@ -130,7 +317,17 @@ static void ms_message(ame_tx_t *tx, struct msg_conn *c, uint64_t client,
   ame_store_word_tx(tx, &c->expect, seq + 1);
   uint64_t v = seq;
   if (g_ms.shared) {
-    uintptr_t n = tx_inc(tx, &g_ms.seq) - 1;
+    uintptr_t n = ame_load_word_tx(tx, &g_ms.seq);
+    /* The first message each worker answers waits here, having read the
+    ** word and not yet written it, until a callback on another worker
+    ** has too: two transactions that both read the word before either
+    ** wrote it, so the STM must abort one of them. */
+    if (!t_ms_gated) {
+      t_ms_gated = 1;
+      atomic_fetch_add(&g_ms.at_gate, 1);
+      WAIT_UNTIL(atomic_load(&g_ms.at_gate) >= 2, 5000);
+    }
+    ame_store_word_tx(tx, &g_ms.seq, n + 1);
     ASSERT_LT(n, (uintptr_t)g_ms.clients * g_ms.msgs);
     ASSERT_EQ(ame_load_word_tx(tx, &g_ms.log[n]), 0);
     ame_store_word_tx(tx, &g_ms.log[n], (client << 32 | seq) + 1);
@@ -276,6 +473,8 @@ static void message_server(unsigned workers, unsigned clients, unsigned msgs,
          workers, clients, msgs, window,
          shared ? ", each answered with the next number of a shared word"
                 : "");
+  ame_stats_t s0;
+  ame_stats_total(&s0);
   g_r = rt_new(workers, NULL);
   ame_listener_t *l;
   ASSERT_EQ(ame_tcp_listen(g_r, "127.0.0.1", 0, 0, 0, &ms_cbs, NULL, &l), 0);
@@ -297,8 +496,11 @@ static void message_server(unsigned workers, unsigned clients, unsigned msgs,
   ame_stats_t s;
   ame_stats_total(&s);
   printf("# %d on_data calls, %" PRIu64 " aborted attempts\n",
-         atomic_load(&g_ms.data_calls), s.aborts);
+         atomic_load(&g_ms.data_calls), s.aborts - s0.aborts);
   if (shared) {
+    /* Callbacks on two workers met at the gate, and conflicted. */
+    ASSERT_GE(atomic_load(&g_ms.at_gate), 2);
+    ASSERT_GT(s.aborts - s0.aborts, 0);
     size_t n = (size_t)clients * msgs;
     ASSERT_EQ(g_ms.seq, n);
     /* Every (client, message) logged once; every number arrived once. */

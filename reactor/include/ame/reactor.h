@@ -57,6 +57,18 @@
 extern "C" {
 #endif
 
+/* libame-reactor is built with hidden symbols: what this header declares
+** is its whole exported interface (as AME_EXTERN is for libame). */
+#if defined(AME_BUILDING_REACTOR)
+#define AME_REACTOR_EXTERN __attribute__((visibility("default")))
+#else
+#define AME_REACTOR_EXTERN
+#endif
+
+/* <netdb.h> defines it only when POSIX features are on (a program built
+** with -std=c11 alone has none); ame_resolve() needs the tag in scope. */
+struct addrinfo;
+
 typedef struct ame_reactor ame_reactor_t;
 typedef struct ame_handle ame_handle_t;   /* any handle */
 typedef struct ame_stream ame_stream_t;   /* TCP or Unix stream, or pipe */
@@ -91,11 +103,12 @@ typedef struct ame_reactor_config {
 
 /* Create a reactor.  Return 0 and set *out, or -ENOMEM / -EINVAL / a libuv
 ** error.  Registers nothing with the STM until it runs. */
-int ame_reactor_new(ame_reactor_t **out, const ame_reactor_config_t *cfg);
+AME_REACTOR_EXTERN int ame_reactor_new(ame_reactor_t **out,
+                                       const ame_reactor_config_t *cfg);
 
 /* Run the workers until ame_reactor_stop() has completed.  The calling
 ** thread becomes worker 0.  Return 0 or a negative error. */
-int ame_reactor_run(ame_reactor_t *r);
+AME_REACTOR_EXTERN int ame_reactor_run(ame_reactor_t *r);
 
 /* Embedding: run a one-worker reactor from a loop of the caller's own,
 ** instead of ame_reactor_run() (the Python binding's wait() does, in
@@ -121,9 +134,9 @@ int ame_reactor_run(ame_reactor_t *r);
 ** fd): poll it, with the caller's own fds, for at most the timeout.
 ** ame_reactor_free() of an attached reactor that has not stopped stops it
 ** and steps it to the end first (on the attached thread). */
-int ame_reactor_attach(ame_reactor_t *r);
-int ame_reactor_step(ame_reactor_t *r, int *timeout_ms);
-int ame_reactor_fd(const ame_reactor_t *r);
+AME_REACTOR_EXTERN int ame_reactor_attach(ame_reactor_t *r);
+AME_REACTOR_EXTERN int ame_reactor_step(ame_reactor_t *r, int *timeout_ms);
+AME_REACTOR_EXTERN int ame_reactor_fd(const ame_reactor_t *r);
 
 /* Stop gracefully: stop accepting, let running callbacks finish, flush
 ** queued writes (up to drain_timeout_ms), close every handle (calling the
@@ -131,32 +144,34 @@ int ame_reactor_fd(const ame_reactor_t *r);
 ** tasks and timer callbacks that have not started by then are dropped.
 ** Thread-safe and idempotent.  Inside a transaction, it takes effect at
 ** commit. */
-void ame_reactor_stop(ame_reactor_t *r);
+AME_REACTOR_EXTERN void ame_reactor_stop(ame_reactor_t *r);
 
 /* Free a reactor that is not running.  Handles still open are closed
 ** without callbacks. */
-void ame_reactor_free(ame_reactor_t *r);
+AME_REACTOR_EXTERN void ame_reactor_free(ame_reactor_t *r);
 
 /* The number of workers, and the index of the calling worker (or -1 if the
 ** calling thread is not one of r's workers). */
-unsigned ame_reactor_workers(const ame_reactor_t *r);
-int ame_reactor_current_worker(const ame_reactor_t *r);
+AME_REACTOR_EXTERN unsigned ame_reactor_workers(const ame_reactor_t *r);
+AME_REACTOR_EXTERN int ame_reactor_current_worker(const ame_reactor_t *r);
 
 /* Milliseconds on the calling worker's loop clock (monotonic). */
-uint64_t ame_reactor_now(ame_reactor_t *r);
+AME_REACTOR_EXTERN uint64_t ame_reactor_now(ame_reactor_t *r);
 
 /* Run fn(tx, arg) as a transaction on a worker, after the calls posted
 ** before it from the same thread.  Safe from any thread (this is the
 ** "call from another thread" entry).  Inside a transaction the post happens
 ** at commit.  Return 0 or -ENOMEM, or -ESHUTDOWN once stopping. */
 typedef int (*ame_call_fn)(ame_tx_t *tx, void *arg);
-int ame_reactor_call(ame_reactor_t *r, ame_call_fn fn, void *arg);
+AME_REACTOR_EXTERN int ame_reactor_call(ame_reactor_t *r, ame_call_fn fn,
+                                        void *arg);
 
 /* Add a task: fn(tx, arg) runs as a transaction on whichever worker is
 ** free, in no particular order (the thread-less task API on the reactor's
 ** pool).  Inside a transaction, added at commit.  Return 0, -ENOMEM or
 ** -ESHUTDOWN. */
-int ame_reactor_task(ame_reactor_t *r, ame_call_fn fn, void *arg);
+AME_REACTOR_EXTERN int ame_reactor_task(ame_reactor_t *r, ame_call_fn fn,
+                                        void *arg);
 
 /* Per-reactor counters. */
 typedef struct ame_reactor_stats {
@@ -168,21 +183,22 @@ typedef struct ame_reactor_stats {
   uint64_t streams_open;   /* streams open now */
   uint64_t per_worker_callbacks[64]; /* callbacks per worker (first 64) */
 } ame_reactor_stats_t;
-void ame_reactor_stats(const ame_reactor_t *r, ame_reactor_stats_t *out);
+AME_REACTOR_EXTERN void ame_reactor_stats(const ame_reactor_t *r,
+                                          ame_reactor_stats_t *out);
 
 /* Write the reactor's counters and the STM conflict report (hot words,
 ** callback sites) to f. */
-void ame_reactor_report(ame_reactor_t *r, FILE *f);
+AME_REACTOR_EXTERN void ame_reactor_report(ame_reactor_t *r, FILE *f);
 
 /* ------------------------------------------------------------------------
 ** Handles.
 */
 
-void *ame_handle_data(const void *handle);
-void ame_handle_set_data(void *handle, void *data);
+AME_REACTOR_EXTERN void *ame_handle_data(const void *handle);
+AME_REACTOR_EXTERN void ame_handle_set_data(void *handle, void *data);
 
 /* Name a handle's callbacks in conflict reports (a string literal). */
-void ame_handle_set_name(void *handle, const char *name);
+AME_REACTOR_EXTERN void ame_handle_set_name(void *handle, const char *name);
 
 /* ------------------------------------------------------------------------
 ** Streams: TCP (IPv4/IPv6), Unix stream sockets, process pipes.
@@ -211,37 +227,41 @@ typedef struct ame_stream_cbs {
 ** shared data after its on_close committed; that attempt will abort).
 ** Bytes written to a stream that is closing are dropped when the write
 ** reaches it. */
-int ame_stream_write(ame_stream_t *s, const void *data, size_t len);
+AME_REACTOR_EXTERN int ame_stream_write(ame_stream_t *s, const void *data,
+                                        size_t len);
 
 /* Close after the queued writes are flushed (Twisted's loseConnection). */
-void ame_stream_close(ame_stream_t *s);
+AME_REACTOR_EXTERN void ame_stream_close(ame_stream_t *s);
 
 /* Close at once, dropping queued writes (abortConnection; TCP sends RST). */
-void ame_stream_abort(ame_stream_t *s);
+AME_REACTOR_EXTERN void ame_stream_abort(ame_stream_t *s);
 
 /* Shut down the writing side once the queued writes are flushed. */
-void ame_stream_shutdown(ame_stream_t *s);
+AME_REACTOR_EXTERN void ame_stream_shutdown(ame_stream_t *s);
 
 /* Stop and restart reading (flow control by the program). */
-void ame_stream_pause(ame_stream_t *s);
-void ame_stream_resume(ame_stream_t *s);
+AME_REACTOR_EXTERN void ame_stream_pause(ame_stream_t *s);
+AME_REACTOR_EXTERN void ame_stream_resume(ame_stream_t *s);
 
 /* Bytes queued for writing and not yet sent (as of the last commit). */
-size_t ame_stream_write_queue(const ame_stream_t *s);
+AME_REACTOR_EXTERN size_t ame_stream_write_queue(const ame_stream_t *s);
 
 /* Set this stream's watermarks (0 keeps the reactor's). */
-void ame_stream_set_watermarks(ame_stream_t *s, size_t high, size_t low);
+AME_REACTOR_EXTERN void ame_stream_set_watermarks(ame_stream_t *s, size_t high,
+                                                  size_t low);
 
 /* The socket's file descriptor, its addresses (return 0 or -errno). */
-int ame_stream_fd(const ame_stream_t *s);
-int ame_stream_peername(const ame_stream_t *s, struct sockaddr_storage *sa);
-int ame_stream_sockname(const ame_stream_t *s, struct sockaddr_storage *sa);
+AME_REACTOR_EXTERN int ame_stream_fd(const ame_stream_t *s);
+AME_REACTOR_EXTERN int ame_stream_peername(const ame_stream_t *s,
+                                           struct sockaddr_storage *sa);
+AME_REACTOR_EXTERN int ame_stream_sockname(const ame_stream_t *s,
+                                           struct sockaddr_storage *sa);
 
 /* The worker the stream belongs to. */
-unsigned ame_stream_worker(const ame_stream_t *s);
+AME_REACTOR_EXTERN unsigned ame_stream_worker(const ame_stream_t *s);
 
 /* TCP_NODELAY and keep-alive (0 or -errno; applied at commit in a tx). */
-int ame_stream_nodelay(ame_stream_t *s, int on);
+AME_REACTOR_EXTERN int ame_stream_nodelay(ame_stream_t *s, int on);
 
 /* Listen flags. */
 enum {
@@ -254,41 +274,44 @@ enum {
 ** errors (-EADDRINUSE, -EACCES, -EINVAL) are returned here; accepting starts
 ** at commit inside a transaction (an abort closes the socket).  Return 0 and
 ** set *out. */
-int ame_tcp_listen(ame_reactor_t *r, const char *host, int port, int flags,
-                   int backlog, const ame_stream_cbs_t *cbs, void *data,
-                   ame_listener_t **out);
+AME_REACTOR_EXTERN int ame_tcp_listen(ame_reactor_t *r, const char *host,
+                                      int port, int flags, int backlog,
+                                      const ame_stream_cbs_t *cbs, void *data,
+                                      ame_listener_t **out);
 
 /* Listen on a Unix socket path (an existing socket file is an error). */
-int ame_unix_listen(ame_reactor_t *r, const char *path, int backlog,
-                    const ame_stream_cbs_t *cbs, void *data,
-                    ame_listener_t **out);
+AME_REACTOR_EXTERN int ame_unix_listen(ame_reactor_t *r, const char *path,
+                                       int backlog, const ame_stream_cbs_t *cbs,
+                                       void *data, ame_listener_t **out);
 
 /* Adopt an already listening socket (IReactorSocket.adoptStreamPort). */
-int ame_listen_fd(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
-                  void *data, ame_listener_t **out);
+AME_REACTOR_EXTERN int ame_listen_fd(ame_reactor_t *r, int fd,
+                                     const ame_stream_cbs_t *cbs, void *data,
+                                     ame_listener_t **out);
 
 /* The bound port / address of a listener. */
-int ame_listener_port(const ame_listener_t *l);
-int ame_listener_sockname(const ame_listener_t *l,
-                          struct sockaddr_storage *sa);
+AME_REACTOR_EXTERN int ame_listener_port(const ame_listener_t *l);
+AME_REACTOR_EXTERN int ame_listener_sockname(const ame_listener_t *l,
+                                             struct sockaddr_storage *sa);
 
 /* Stop listening and close the socket (at commit in a transaction).  The
 ** pointer is invalid afterwards. */
-void ame_listener_close(ame_listener_t *l);
+AME_REACTOR_EXTERN void ame_listener_close(ame_listener_t *l);
 
 /* Connect to host:port (numeric address) or a Unix path.  The stream is
 ** returned at once; on_open runs when connected, or on_close with the
 ** error.  Return 0 or -EINVAL / -ENOMEM (then no callback). */
-int ame_tcp_connect(ame_reactor_t *r, const char *host, int port,
-                    const ame_stream_cbs_t *cbs, void *data,
-                    ame_stream_t **out);
-int ame_unix_connect(ame_reactor_t *r, const char *path,
-                     const ame_stream_cbs_t *cbs, void *data,
-                     ame_stream_t **out);
+AME_REACTOR_EXTERN int ame_tcp_connect(ame_reactor_t *r, const char *host,
+                                       int port, const ame_stream_cbs_t *cbs,
+                                       void *data, ame_stream_t **out);
+AME_REACTOR_EXTERN int ame_unix_connect(ame_reactor_t *r, const char *path,
+                                        const ame_stream_cbs_t *cbs, void *data,
+                                        ame_stream_t **out);
 
 /* Adopt a connected socket (IReactorSocket.adoptStreamConnection). */
-int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
-                     void *data, ame_stream_t **out);
+AME_REACTOR_EXTERN int ame_stream_adopt(ame_reactor_t *r, int fd,
+                                        const ame_stream_cbs_t *cbs, void *data,
+                                        ame_stream_t **out);
 
 /* ------------------------------------------------------------------------
 ** Timers.
@@ -300,16 +323,16 @@ typedef int (*ame_timer_cb)(ame_tx_t *tx, ame_timer_t *t);
 ** timer belongs to the calling worker (worker 0 from outside).  A one-shot
 ** timer is freed after its callback commits; a repeating one when
 ** cancelled.  Return 0 and set *out (may be NULL), or -ENOMEM. */
-int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
-                    uint64_t repeat_ms, ame_timer_cb cb, void *data,
-                    ame_timer_t **out);
+AME_REACTOR_EXTERN int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
+                                       uint64_t repeat_ms, ame_timer_cb cb,
+                                       void *data, ame_timer_t **out);
 
 /* Cancel a timer that has not fired (or a repeating one).  Return 0, or
 ** -ENOENT if it already fired or was cancelled.  Inside a transaction the
 ** cancel takes effect at commit: -ENOENT if the timer had already fired or
 ** been cancelled when called, else 0 (and if it fires before the commit,
 ** the cancel does nothing). */
-int ame_timer_cancel(ame_timer_t *t);
+AME_REACTOR_EXTERN int ame_timer_cancel(ame_timer_t *t);
 
 /* ------------------------------------------------------------------------
 ** UDP.
@@ -319,32 +342,36 @@ typedef int (*ame_udp_recv_cb)(ame_tx_t *tx, ame_udp_t *u, const char *data,
                                size_t len, const struct sockaddr *from);
 
 /* Bind a UDP socket (numeric host, port 0 picks one).  Return 0 or -errno. */
-int ame_udp_bind(ame_reactor_t *r, const char *host, int port, int flags,
-                 ame_udp_recv_cb cb, void *data, ame_udp_t **out);
-int ame_udp_send(ame_udp_t *u, const struct sockaddr *to, const void *data,
-                 size_t len);
-int ame_udp_port(const ame_udp_t *u);
-int ame_udp_fd(const ame_udp_t *u);
+AME_REACTOR_EXTERN int ame_udp_bind(ame_reactor_t *r, const char *host,
+                                    int port, int flags, ame_udp_recv_cb cb,
+                                    void *data, ame_udp_t **out);
+AME_REACTOR_EXTERN int ame_udp_send(ame_udp_t *u, const struct sockaddr *to,
+                                    const void *data, size_t len);
+AME_REACTOR_EXTERN int ame_udp_port(const ame_udp_t *u);
+AME_REACTOR_EXTERN int ame_udp_fd(const ame_udp_t *u);
 /* Join or leave a multicast group (interface may be NULL). */
-int ame_udp_membership(ame_udp_t *u, const char *group, const char *iface,
-                       int join);
-void ame_udp_close(ame_udp_t *u);
+AME_REACTOR_EXTERN int ame_udp_membership(ame_udp_t *u, const char *group,
+                                          const char *iface, int join);
+AME_REACTOR_EXTERN void ame_udp_close(ame_udp_t *u);
 
 /* ------------------------------------------------------------------------
 ** Signals, DNS, watching file descriptors.
 */
 
 typedef int (*ame_signal_cb)(ame_tx_t *tx, ame_signal_t *s, int signum);
-int ame_signal_start(ame_reactor_t *r, int signum, ame_signal_cb cb,
-                     void *data, ame_signal_t **out);
-void ame_signal_stop(ame_signal_t *s);
+AME_REACTOR_EXTERN int ame_signal_start(ame_reactor_t *r, int signum,
+                                        ame_signal_cb cb, void *data,
+                                        ame_signal_t **out);
+AME_REACTOR_EXTERN void ame_signal_stop(ame_signal_t *s);
 
 /* Resolve host/service (libuv's getaddrinfo on its thread pool); cb gets
 ** the list (freed after cb returns) or a negative status. */
 typedef int (*ame_resolve_cb)(ame_tx_t *tx, int status,
                               const struct addrinfo *res, void *data);
-int ame_resolve(ame_reactor_t *r, const char *host, const char *service,
-                const struct addrinfo *hints, ame_resolve_cb cb, void *data);
+AME_REACTOR_EXTERN int ame_resolve(ame_reactor_t *r, const char *host,
+                                   const char *service,
+                                   const struct addrinfo *hints,
+                                   ame_resolve_cb cb, void *data);
 
 enum { AME_READABLE = 1, AME_WRITABLE = 2, AME_DISCONNECT = 4 };
 typedef int (*ame_poll_cb)(ame_tx_t *tx, ame_poll_t *p, int status,
@@ -354,10 +381,11 @@ typedef int (*ame_poll_cb)(ame_tx_t *tx, ame_poll_t *p, int status,
 ** As with uv_poll, the fd is made non-blocking, and after an error
 ** (EPOLLERR) the watch stops and cb gets a negative status and no events.
 ** Remove a watch before closing its fd. */
-int ame_poll_start(ame_reactor_t *r, int fd, int events, ame_poll_cb cb,
-                   void *data, ame_poll_t **out);
-int ame_poll_change(ame_poll_t *p, int events);
-void ame_poll_stop(ame_poll_t *p);
+AME_REACTOR_EXTERN int ame_poll_start(ame_reactor_t *r, int fd, int events,
+                                      ame_poll_cb cb, void *data,
+                                      ame_poll_t **out);
+AME_REACTOR_EXTERN int ame_poll_change(ame_poll_t *p, int events);
+AME_REACTOR_EXTERN void ame_poll_stop(ame_poll_t *p);
 
 /* ------------------------------------------------------------------------
 ** Child processes.
@@ -379,12 +407,13 @@ typedef struct ame_process_options {
 /* Start a child.  Return 0 and set *out, or -errno (-ENOENT, ...) with no
 ** callback.  Inside a transaction the child starts at commit, and a failure
 ** to start shows as on_exit with status -errno. */
-int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
-              ame_process_t **out);
-int ame_process_pid(const ame_process_t *p);
+AME_REACTOR_EXTERN int ame_spawn(ame_reactor_t *r,
+                                 const ame_process_options_t *opts,
+                                 ame_process_t **out);
+AME_REACTOR_EXTERN int ame_process_pid(const ame_process_t *p);
 /* The child's stdin (NULL without pipe_stdin), stdout and stderr streams. */
-ame_stream_t *ame_process_stdio(ame_process_t *p, int fd);
-int ame_process_kill(ame_process_t *p, int signum);
+AME_REACTOR_EXTERN ame_stream_t *ame_process_stdio(ame_process_t *p, int fd);
+AME_REACTOR_EXTERN int ame_process_kill(ame_process_t *p, int signum);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,101 @@
+/*
+** reactor/src/dns.c — name resolution (getaddrinfo) that blocks no worker.
+**
+** ame_resolve() is a request, not a handle: the program gets nothing to
+** hold or cancel.  At commit an op on a worker (the calling one, else
+** round-robin) asks libuv, which runs getaddrinfo on its thread pool and
+** brings the answer back to that worker's loop; the callback runs there
+** as a transaction (with the error, if libuv refused the request), then
+** the request and the answer are freed.  The host, service and hints are
+** copied, so the caller's may go at once.  Once the reactor is being
+** freed (quiet), the answer is dropped without calling back.
+*/
+#include "internal.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct resolve {
+  uv_getaddrinfo_t req;
+  ame_reactor_t *r;
+  ame_resolve_cb cb;
+  void *data;
+  char *host, *service;
+  struct addrinfo hints;
+  int has_hints;
+};
+
+static void resolve_free(struct resolve *q) {
+  free(q->host);
+  free(q->service);
+  free(q);
+}
+
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  struct resolve *q = req->data;
+  struct worker *w = ame__current();
+  volatile int rc = 0;
+  if (!LOAD(&q->r->quiet)) {
+    AME_ATOMIC(w->tx) {
+      ame_tx_set_site(w->tx, "resolve");
+      rc = q->cb(w->tx, status, res, q->data);
+    }
+  }
+  ame__cb_done(w, NULL, "resolve callback", rc);
+  uv_freeaddrinfo(res);
+  resolve_free(q);
+}
+
+static int op_resolve(struct op *op) {
+  struct resolve *q = op->p;
+  struct worker *w = op->w;
+  q->req.data = q;
+  int rc = uv_getaddrinfo(&w->loop, &q->req, resolved, q->host, q->service,
+                          q->has_hints ? &q->hints : NULL);
+  if (rc != 0) {
+    volatile int rc2 = 0;
+    if (!LOAD(&q->r->quiet)) {
+      AME_ATOMIC(w->tx) { rc2 = q->cb(w->tx, rc, NULL, q->data); }
+    }
+    ame__cb_done(w, NULL, "resolve callback", rc2);
+    resolve_free(q);
+  }
+  return 0;
+}
+
+static void resolve_undo(void *arg) { resolve_free(arg); }
+
+int ame_resolve(ame_reactor_t *r, const char *host, const char *service,
+                const struct addrinfo *hints, ame_resolve_cb cb, void *data) {
+  if (r == NULL || cb == NULL || (host == NULL && service == NULL))
+    return -EINVAL;
+  struct resolve *q = calloc(1, sizeof *q);
+  if (q == NULL) return -ENOMEM;
+  q->r = r;
+  q->cb = cb;
+  q->data = data;
+  q->host = host ? strdup(host) : NULL;
+  q->service = service ? strdup(service) : NULL;
+  if (hints) {
+    q->hints = *hints;
+    q->hints.ai_addr = NULL;
+    q->hints.ai_canonname = NULL;
+    q->hints.ai_next = NULL;
+    q->has_hints = 1;
+  }
+  struct op *op = ame__op_new(op_resolve, NULL, ame__home(r), 0);
+  if (op == NULL || (host && !q->host) || (service && !q->service)) {
+    free(op);
+    resolve_free(q);
+    return -ENOMEM;
+  }
+  op->p = q;
+  int rc = ame__publish(op, resolve_undo, q);
+  if (rc) {
+    free(op);
+    resolve_free(q);
+  }
+  return rc;
+}

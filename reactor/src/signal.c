@@ -1,0 +1,77 @@
+/*
+** reactor/src/signal.c — signal watchers: a callback each time the process
+** receives a signal.
+**
+** Every watcher belongs to worker 0, whichever thread starts it: at commit
+** an op starts its libuv signal handle on worker 0's loop, and only that
+** worker touches it.  libuv's own handler turns the signal into an event
+** on that loop, where the callback runs as a transaction.  A watcher alone
+** does not keep the reactor running.
+*/
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+struct ame_signal {
+  ame_handle_t h;
+  uv_signal_t s;
+  ame_signal_cb cb;
+  int signum;
+};
+
+static void signal_cb(uv_signal_t *us, int signum) {
+  ame_signal_t *s = us->data;
+  struct worker *w = s->h.w;
+  volatile int rc = 0;
+  AME_ATOMIC(w->tx) {
+    ame_tx_set_site(w->tx, s->h.name ? s->h.name : "signal");
+    rc = s->cb(w->tx, s, signum);
+  }
+  ame__cb_done(w, &s->h, "signal callback", rc);
+}
+
+static void signal_stop_h(ame_handle_t *h) {
+  ame_signal_t *s = (ame_signal_t *)h;
+  if (h->state == HS_OPEN) uv_signal_stop(&s->s);
+  ame__close_uv(h, (uv_handle_t *)&s->s);
+}
+
+static int op_signal_start(struct op *op) {
+  ame_signal_t *s = (ame_signal_t *)op->h;
+  struct worker *w = s->h.w;
+  if (s->h.state != HS_NEW) return 0;
+  uv_signal_init(&w->loop, &s->s);
+  s->s.data = s;
+  s->h.state = HS_OPEN;
+  ame__handle_link(&s->h);
+  int rc = w->stopping ? 0 : uv_signal_start(&s->s, signal_cb, s->signum);
+  if (rc != 0 || w->stopping) {
+    if (rc) ame__log(s->h.r, "signal %d: %s", s->signum, uv_strerror(rc));
+    signal_stop_h(&s->h);
+  } else {
+    /* A signal watcher alone does not keep the reactor running. */
+    uv_unref((uv_handle_t *)&s->s);
+  }
+  return 0;
+}
+
+int ame_signal_start(ame_reactor_t *r, int signum, ame_signal_cb cb,
+                     void *data, ame_signal_t **out) {
+  if (r == NULL || cb == NULL || signum <= 0 || signum >= 65) return -EINVAL;
+  ame_signal_t *s = calloc(1, sizeof *s);
+  if (s == NULL) return -ENOMEM;
+  ame__handle_init(&s->h, H_SIGNAL, r, &r->workers[0], data);
+  s->h.on_stop = signal_stop_h;
+  s->cb = cb;
+  s->signum = signum;
+  int rc = ame__handle_start(&s->h, op_signal_start, NULL, NULL);
+  if (rc) {
+    free(s);
+    return rc;
+  }
+  if (out) *out = s;
+  return 0;
+}
+
+void ame_signal_stop(ame_signal_t *s) { ame__handle_stop(&s->h); }
