@@ -80,6 +80,7 @@ struct ame__limbo {
 
 struct ame_tx {
   struct ame__txhot h;         /* must stay first: the inline loads */
+  struct ame__dom *dom;        /* the domain it belongs to */
   /* -- write log */
   struct ame__wchunk *w_first; /* first chunk (kept across transactions) */
   struct ame__wchunk *w_chunk; /* chunk being filled */
@@ -105,6 +106,12 @@ struct ame_tx {
   int has_token;               /* holds the irrevocability token */
   int killed;                  /* atomic: an irrevocable tx wants us out */
   jmp_buf *env;                /* where an abort restarts */
+  int explicit_env;            /* begun by ame_tx_begin() (a binding) */
+  ame_abort_cause_t last_cause;/* of the last abort */
+  uintptr_t last_addr;         /* ... and the word it concerned, or 0 */
+  int pid;                     /* heap: the owner's process */
+  uintptr_t stuck_lock;        /* heap: a lock met again and again ... */
+  uint64_t stuck_since;        /* ... since (ms) */
   const char *site;            /* atomic: call site for reports */
   uintptr_t active;            /* atomic: snapshot ts while running, IDLE */
   uint64_t rng;                /* backoff randomness */
@@ -124,8 +131,14 @@ struct ame_tx {
   ame_stats_t stats;           /* owner writes, anyone reads (atomics) */
 };
 
-/* Global state beyond what the inline loads need. */
-struct ame__global {
+/* A domain: the clock, orecs, irrevocability token, retry futex and
+** table of descriptors that a set of transactions shares.  A process has
+** its private domain (ame__G.dom, for ame_thread_enter()'s descriptors);
+** a shared heap (heap.c) has one in its header, in memory mapped at the
+** same address by every process that uses it, so every field, pointers
+** included, means the same in all of them.  Each descriptor belongs to
+** one domain for life (ame_tx.dom). */
+struct ame__dom {
   uintptr_t clock __attribute__((aligned(AME__CACHELINE))); /* commit ts */
   char pad0[AME__CACHELINE - sizeof(uintptr_t)];
   uint32_t retry_seq __attribute__((aligned(AME__CACHELINE))); /* futex */
@@ -134,16 +147,61 @@ struct ame__global {
   uintptr_t irr_next __attribute__((aligned(AME__CACHELINE))); /* tickets */
   uintptr_t irr_serving;
   char pad2[AME__CACHELINE - 2 * sizeof(uintptr_t)];
-  int initialised;
+  /* read-mostly */
+  uintptr_t *orecs __attribute__((aligned(AME__CACHELINE)));
+  unsigned shift;              /* 64 - log2(number of orecs) */
   unsigned escalate_after;
   unsigned max_threads;
   unsigned n_slots;            /* atomic: high-water mark of threads[] */
   ame_tx_t **threads;          /* atomic pointers; never freed while up */
+  int shared;                  /* process-shared: shared futexes; a
+                                  descriptor's owner may die (heap.c) */
+  struct ame_heap *heap;       /* the shared heap, or NULL */
+};
+
+/* Process-wide state. */
+struct ame__global {
+  struct ame__dom dom;         /* the private domain */
+  int initialised;
   pthread_mutex_t reg_lock;    /* registry, orphans */
   struct ame__vec orphans;     /* ame__limbo left by exited threads */
   ame_stats_t orphan_stats;    /* reclamation counts of orphans */
 };
 extern struct ame__global ame__G;
+
+/* An acquire fence: orders the loads before it (of data read outside the
+** STM's load protocol, such as a blob copy) before the loads after it
+** (validation).  The thread sanitizer does not model fences (gcc refuses
+** them under -fsanitize=thread), and needs none here: the data words are
+** all atomic. */
+static inline void ame__fence_acquire(void) {
+#if !defined(__SANITIZE_THREAD__)
+  __atomic_thread_fence(__ATOMIC_ACQUIRE);
+#endif
+}
+
+/* Bind a descriptor to domain d (its hot part keeps the orec table). */
+static inline void ame__tx_init_domain(ame_tx_t *tx, struct ame__dom *d) {
+  tx->dom = d;
+  tx->h.orecs = d->orecs;
+  tx->h.shift = d->shift;
+}
+
+/* Heap descriptors (stm.c; heap.c places them in the heap's slots).
+** ame__tx_setup() makes *tx, whose memory a previous owner (perhaps a
+** process now dead) may have left in any state, a fresh descriptor of
+** domain d with the given write log; 0 or -ENOMEM.  ame__tx_teardown()
+** frees its private parts.  ame__tx_recover() finishes or undoes the
+** transaction of a descriptor whose owner died (status: its slot's commit
+** status) and releases its locks; return 1 if it finished a write-back. */
+extern __thread ame_tx_t *ame__heap_self;
+int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
+                  struct ame__wchunk *log, int pid);
+void ame__tx_teardown(ame_tx_t *tx);
+int ame__tx_recover(ame_tx_t *tx, uintptr_t status);
+/* Abort unless the word at addr, which the transaction read (or wrote),
+** is unchanged since: O(1), where ame_tx_validate() checks every read. */
+void ame__tx_check_word(ame_tx_t *tx, const void *addr);
 
 /* Vectors (stm.c). */
 int ame__vec_push(struct ame__vec *v, const void *item, size_t size);

@@ -159,9 +159,9 @@ void ame_stats_thread(const ame_tx_t *tx, ame_stats_t *out) {
 void ame_stats_total(ame_stats_t *out) {
   memset(out, 0, sizeof *out);
   if (!LOAD_ACQ(&ame__G.initialised)) return;
-  unsigned n = LOAD_ACQ(&ame__G.n_slots);
+  unsigned n = LOAD_ACQ(&ame__G.dom.n_slots);
   for (unsigned i = 0; i < n; i++) {
-    ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+    ame_tx_t *t = __atomic_load_n(&ame__G.dom.threads[i], __ATOMIC_ACQUIRE);
     if (t) add_stats(out, &t->stats);
   }
   pthread_mutex_lock(&ame__G.reg_lock);
@@ -172,9 +172,9 @@ void ame_stats_total(ame_stats_t *out) {
 
 void ame_stats_reset(void) {
   if (LOAD_ACQ(&ame__G.initialised)) {
-    unsigned n = LOAD_ACQ(&ame__G.n_slots);
+    unsigned n = LOAD_ACQ(&ame__G.dom.n_slots);
     for (unsigned i = 0; i < n; i++) {
-      ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+      ame_tx_t *t = __atomic_load_n(&ame__G.dom.threads[i], __ATOMIC_ACQUIRE);
       if (t == NULL) continue;
       ame_stats_t *s = &t->stats;
       /* Pending frees are a level, not a count: keep them. */
@@ -209,6 +209,7 @@ const char *ame_abort_cause_name(ame_abort_cause_t cause) {
   case AME_ABORT_EXPLICIT: return "explicit";
   case AME_ABORT_RETRY: return "retry";
   case AME_ABORT_IRREVOCABLE: return "irrevocable";
+  case AME_ABORT_CAPACITY: return "capacity";
   case AME_ABORT__COUNT: break;
   }
   return "unknown";

@@ -45,6 +45,7 @@
 **    consistent fence (fence_sc()).
 */
 #include "internal.h"
+#include "heap.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -56,10 +57,10 @@
 #include <time.h>
 #include <unistd.h>
 
-struct ame__shared ame__g;
 struct ame__global ame__G = {.reg_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static __thread ame_tx_t *self;
+__thread ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
 
 #define DEFAULT_OREC_BITS 20
 #define DEFAULT_MAX_THREADS 1024
@@ -69,6 +70,8 @@ static __thread ame_tx_t *self;
 #define CONFLICT_SPINS 256  /* pauses before giving up on a held lock */
 #define SNAPSHOT_REFRESH 16 /* starts between two reads of the clock */
 #define VERSION0 2          /* initial orec value: version of ts 1 */
+#define STUCK_MS 2          /* heap: a lock held this long may be a dead
+                               process's */
 
 #define IS_LOCKED(l) ((l) & 1)
 #define LOCK_ENTRY(l) ((struct ame__wentry *)((l) & ~(uintptr_t)1))
@@ -82,6 +85,10 @@ static void abort_handlers(ame_tx_t *tx);
 static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) __attribute__((noreturn));
 static void reclaim(ame_tx_t *tx, int force);
+static void commit(ame_tx_t *tx);
+static void end_tx(ame_tx_t *tx);
+static uintptr_t validate(ame_tx_t *tx);
+static void log_full(ame_tx_t *tx);
 static void wait_reclaimable(ame_tx_t *tx, uintptr_t ts);
 static void undo_restore(ame_tx_t *tx);
 
@@ -196,16 +203,19 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
     return -ENOMEM;
   }
   for (size_t i = 0; i < n; i++) orecs[i] = VERSION0;
-  ame__g.orecs = orecs;
-  ame__g.shift = 64 - bits;
-  STORE(&ame__G.clock, 1);
-  ame__G.escalate_after =
+  struct ame__dom *d = &ame__G.dom;
+  d->orecs = orecs;
+  d->shift = 64 - bits;
+  STORE(&d->clock, 1);
+  d->escalate_after =
       cfg && cfg->escalate_after ? cfg->escalate_after : DEFAULT_ESCALATE;
-  ame__G.max_threads = maxt;
-  ame__G.threads = threads;
-  STORE(&ame__G.n_slots, 0);
-  STORE(&ame__G.irr_next, 0);
-  STORE(&ame__G.irr_serving, 0);
+  d->max_threads = maxt;
+  d->threads = threads;
+  d->shared = 0;
+  d->heap = NULL;
+  STORE(&d->n_slots, 0);
+  STORE(&d->irr_next, 0);
+  STORE(&d->irr_serving, 0);
   memset(&ame__G.orphan_stats, 0, sizeof ame__G.orphan_stats);
   STORE_REL(&ame__G.initialised, 1);
   pthread_mutex_unlock(&ame__G.reg_lock);
@@ -239,9 +249,10 @@ void ame_stm_shutdown(void) {
     pthread_mutex_unlock(&ame__G.reg_lock);
     return;
   }
-  unsigned n = LOAD(&ame__G.n_slots);
+  struct ame__dom *d = &ame__G.dom;
+  unsigned n = LOAD(&d->n_slots);
   for (unsigned i = 0; i < n; i++) {
-    ame_tx_t *tx = ame__G.threads[i];
+    ame_tx_t *tx = d->threads[i];
     if (tx == NULL) continue;
     assert(!LOAD(&tx->in_use) && "ame_stm_shutdown with threads registered");
     free_descriptor(tx);
@@ -249,10 +260,10 @@ void ame_stm_shutdown(void) {
   struct ame__limbo *lb = ame__G.orphans.items;
   for (size_t i = 0; i < ame__G.orphans.n; i++) free(lb[i].ptr);
   ame__vec_free(&ame__G.orphans);
-  free(ame__G.threads);
-  free(ame__g.orecs);
-  ame__G.threads = NULL;
-  ame__g.orecs = NULL;
+  free(d->threads);
+  free(d->orecs);
+  d->threads = NULL;
+  d->orecs = NULL;
   ame__stats_shutdown();
   STORE_REL(&ame__G.initialised, 0);
   pthread_mutex_unlock(&ame__G.reg_lock);
@@ -273,6 +284,7 @@ static ame_tx_t *new_descriptor(unsigned slot) {
   for (unsigned i = 0; i < AME__WCHUNK; i++) tx->w_first->e[i].tx = tx;
   tx->h.r_cur = tx->r_base;
   tx->h.r_end = tx->r_base + READ_LOG_INIT;
+  ame__tx_init_domain(tx, &ame__G.dom);
   tx->slot = slot;
   tx->active = AME__IDLE;
   tx->hold = AME__IDLE;
@@ -291,19 +303,20 @@ ame_tx_t *ame_thread_enter(void) {
   }
   pthread_mutex_lock(&ame__G.reg_lock);
   ame_tx_t *tx = NULL;
-  unsigned n = LOAD(&ame__G.n_slots);
+  struct ame__dom *d = &ame__G.dom;
+  unsigned n = LOAD(&d->n_slots);
   for (unsigned i = 0; i < n; i++) {
-    ame_tx_t *t = ame__G.threads[i];
+    ame_tx_t *t = d->threads[i];
     if (t && !LOAD(&t->in_use)) {
       tx = t;
       break;
     }
   }
-  if (tx == NULL && n < ame__G.max_threads) {
+  if (tx == NULL && n < d->max_threads) {
     tx = new_descriptor(n);
     if (tx) {
-      __atomic_store_n(&ame__G.threads[n], tx, __ATOMIC_RELEASE);
-      STORE_REL(&ame__G.n_slots, n + 1);
+      __atomic_store_n(&d->threads[n], tx, __ATOMIC_RELEASE);
+      STORE_REL(&d->n_slots, n + 1);
     }
   }
   if (tx) {
@@ -356,11 +369,11 @@ ame_tx_t *ame_self(void) { return self; }
 ** A thread moves its start from `active` to `hold` by storing `hold`
 ** first and then `active`, so that a reader that sees the second store
 ** also sees the first. */
-static uintptr_t oldest_active(void) {
+static uintptr_t oldest_active(struct ame__dom *d) {
   uintptr_t min = AME__IDLE;
-  unsigned n = LOAD_ACQ(&ame__G.n_slots);
+  unsigned n = LOAD_ACQ(&d->n_slots);
   for (unsigned i = 0; i < n; i++) {
-    ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+    ame_tx_t *t = __atomic_load_n(&d->threads[i], __ATOMIC_ACQUIRE);
     if (t == NULL) continue;
     uintptr_t a = LOAD_ACQ(&t->active);
     uintptr_t h = LOAD_ACQ(&t->hold);
@@ -375,7 +388,7 @@ static uintptr_t oldest_active(void) {
 static void reclaim(ame_tx_t *tx, int force) {
   if (tx->limbo.n == 0 && !force) return;
   fence_sc();
-  uintptr_t oldest = oldest_active();
+  uintptr_t oldest = oldest_active(tx->dom);
   struct ame__limbo *lb = tx->limbo.items;
   size_t i = 0;
   while (i < tx->limbo.n && lb[i].ts <= oldest) {
@@ -388,7 +401,8 @@ static void reclaim(ame_tx_t *tx, int force) {
     STAT_ADD(tx, frees_done, i);
     STAT_ADD(tx, frees_pending, (uint64_t)0 - i);
   }
-  if (force && pthread_mutex_trylock(&ame__G.reg_lock) == 0) {
+  if (force && tx->dom == &ame__G.dom &&
+      pthread_mutex_trylock(&ame__G.reg_lock) == 0) {
     struct ame__limbo *ob = ame__G.orphans.items;
     size_t j = 0, k = 0;
     for (; j < ame__G.orphans.n; j++) {
@@ -410,11 +424,11 @@ static void reclaim(ame_tx_t *tx, int force) {
 ** its handlers may themselves be waiting for this thread.  The loads are
 ** acquire (the ends of transactions are release stores): what a
 ** transaction that ran read happens before what the caller does next. */
-static void quiesce_before(ame_tx_t *tx, uintptr_t ts) {
+static void quiesce_before(struct ame__dom *d, ame_tx_t *tx, uintptr_t ts) {
   fence_sc();
-  unsigned n = LOAD_ACQ(&ame__G.n_slots);
+  unsigned n = LOAD_ACQ(&d->n_slots);
   for (unsigned i = 0; i < n; i++) {
-    ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+    ame_tx_t *t = __atomic_load_n(&d->threads[i], __ATOMIC_ACQUIRE);
     if (t == NULL || t == tx) continue;
     unsigned spins = 0;
     while (LOAD_ACQ(&t->active) < ts) {
@@ -432,9 +446,10 @@ static void quiesce_before(ame_tx_t *tx, uintptr_t ts) {
 ** memory). */
 static void wait_reclaimable(ame_tx_t *tx, uintptr_t ts) {
   fence_sc();
-  unsigned n = LOAD_ACQ(&ame__G.n_slots);
+  struct ame__dom *d = tx->dom;
+  unsigned n = LOAD_ACQ(&d->n_slots);
   for (unsigned i = 0; i < n; i++) {
-    ame_tx_t *t = __atomic_load_n(&ame__G.threads[i], __ATOMIC_ACQUIRE);
+    ame_tx_t *t = __atomic_load_n(&d->threads[i], __ATOMIC_ACQUIRE);
     if (t == NULL || t == tx) continue;
     unsigned spins = 0;
     while (LOAD_ACQ(&t->active) < ts || LOAD_ACQ(&t->hold) < ts) {
@@ -448,7 +463,9 @@ static void wait_reclaimable(ame_tx_t *tx, uintptr_t ts) {
 
 void ame_quiesce(ame_tx_t *tx) {
   assert(tx == NULL || tx->nesting == 0);
-  quiesce_before(tx, LOAD_ACQ(&ame__G.clock) + 1);
+  assert((tx == NULL || !tx->dom->shared) && "ame_quiesce in a shared heap");
+  struct ame__dom *d = tx ? tx->dom : &ame__G.dom;
+  quiesce_before(d, tx, LOAD_ACQ(&d->clock) + 1);
   if (tx) reclaim(tx, 0); /* everything older is safe now */
 }
 
@@ -461,23 +478,47 @@ void ame_thread_idle(ame_tx_t *tx) {
 ** Starting and ending attempts.
 */
 
-static void acquire_token(ame_tx_t *tx) {
-  if (tx->has_token) return;
-  uintptr_t ticket = __atomic_fetch_add(&ame__G.irr_next, 1, __ATOMIC_ACQ_REL);
+/* The irrevocability token.  In a private domain a FIFO ticket lock; in a
+** heap the bakery over its slots (heap.c), which a dead holder or waiter
+** cannot wedge.  token_take() queues, token_served() says whether it is
+** our turn (without waiting), token_pass() hands the token on. */
+static uintptr_t token_take(ame_tx_t *tx) {
+  if (tx->dom->shared) return ame__heap_ticket_take(tx);
+  return __atomic_fetch_add(&tx->dom->irr_next, 1, __ATOMIC_ACQ_REL);
+}
+
+static int token_served(ame_tx_t *tx, uintptr_t ticket) {
+  if (tx->dom->shared) return ame__heap_ticket_served(tx, ticket);
+  return LOAD_ACQ(&tx->dom->irr_serving) == ticket;
+}
+
+static void token_pass(ame_tx_t *tx) {
+  if (tx->dom->shared)
+    ame__heap_token_release(tx);
+  else
+    STORE_REL(&tx->dom->irr_serving, LOAD(&tx->dom->irr_serving) + 1);
+}
+
+static void token_wait(ame_tx_t *tx, uintptr_t ticket) {
   unsigned spins = 0;
-  while (LOAD_ACQ(&ame__G.irr_serving) != ticket) {
+  while (!token_served(tx, ticket)) {
     if (++spins < 256)
       cpu_relax();
     else
       sched_yield();
   }
+}
+
+static void acquire_token(ame_tx_t *tx) {
+  if (tx->has_token) return;
+  token_wait(tx, token_take(tx));
   tx->has_token = 1;
 }
 
 static void release_token(ame_tx_t *tx) {
   if (!tx->has_token) return;
   tx->has_token = 0;
-  STORE_REL(&ame__G.irr_serving, LOAD(&ame__G.irr_serving) + 1);
+  token_pass(tx);
 }
 
 /* Start an attempt of the outermost transaction. */
@@ -501,7 +542,7 @@ static void begin_attempt(ame_tx_t *tx) {
   ** never lags far behind (it holds back reclamation). */
   uintptr_t now;
   if (++tx->starts % SNAPSHOT_REFRESH == 0 || tx->seen == 0)
-    now = tx->seen = LOAD_ACQ(&ame__G.clock);
+    now = tx->seen = LOAD_ACQ(&tx->dom->clock);
   else
     now = tx->seen;
   /* Publish the start before the first read: the reclaimer and the
@@ -513,16 +554,83 @@ static void begin_attempt(ame_tx_t *tx) {
 
 int ame__frame_begin(struct ame__frame *f, const char *site) {
   ame_tx_t *tx = f->tx;
-  assert(tx != NULL && tx == self && "descriptor used by another thread");
+  assert(tx != NULL && (tx == self || tx == ame__heap_self) &&
+         "descriptor used by another thread");
   if (tx->nesting > 0 && tx->env != f->env) {
     tx->nesting++; /* flat nesting: join the outer transaction */
     return 0;
   }
   tx->env = f->env;
   tx->nesting = 1;
+  tx->explicit_env = 0;
   STORE(&tx->site, site);
   begin_attempt(tx);
   return 0;
+}
+
+/* ------------------------------------------------------------------------
+** Transactions begun and ended by explicit calls (language bindings).
+*/
+
+void ame_tx_begin(ame_tx_t *tx, jmp_buf *env, const char *site) {
+  assert(tx != NULL && (tx == self || tx == ame__heap_self) &&
+         "descriptor used by another thread");
+  assert(tx->nesting == 0 && "ame_tx_begin inside a transaction");
+  tx->env = env;
+  tx->nesting = 1;
+  tx->explicit_env = 1;
+  STORE(&tx->site, site);
+  begin_attempt(tx);
+}
+
+jmp_buf *ame_tx_set_env(ame_tx_t *tx, jmp_buf *env) {
+  assert(tx->nesting > 0 && "ame_tx_set_env outside a transaction");
+  jmp_buf *old = tx->env;
+  tx->env = env;
+  return old;
+}
+
+void ame_tx_commit(ame_tx_t *tx) {
+  assert(tx->nesting == 1 && tx->explicit_env &&
+         "ame_tx_commit without ame_tx_begin");
+  commit(tx);
+  tx->explicit_env = 0;
+}
+
+void ame_tx_cancel(ame_tx_t *tx) {
+  if (tx->nesting > 0) {
+    assert(!tx->irrevocable && "ame_tx_cancel of an irrevocable transaction");
+    rollback(tx, AME_ABORT_EXPLICIT, 0, NULL);
+    release_token(tx);
+    abort_handlers(tx);
+  }
+  end_tx(tx);
+  tx->attempt = 0;
+  tx->explicit_env = 0;
+}
+
+ame_abort_cause_t ame_tx_last_cause(const ame_tx_t *tx, uintptr_t *addr) {
+  if (addr) *addr = tx->last_addr;
+  return tx->last_cause;
+}
+
+void ame__tx_check_word(ame_tx_t *tx, const void *addr) {
+  uintptr_t *o = ame__orec_of(&tx->h, (uintptr_t)addr);
+  uintptr_t l = LOAD_ACQ(o);
+  if (IS_LOCKED(l)) {
+    if (LOAD(&LOCK_ENTRY(l)->tx) == tx) return; /* ours: read or written */
+    abort_tx(tx, AME_ABORT_VALIDATE, (uintptr_t)addr, NULL);
+  }
+  /* Versions only grow, and every read was at or below the snapshot. */
+  if (!tx->irrevocable && l > tx->h.snapshot)
+    abort_tx(tx, AME_ABORT_VALIDATE, (uintptr_t)addr, NULL);
+}
+
+void ame_tx_validate(ame_tx_t *tx) {
+  assert(tx->nesting > 0 && "ame_tx_validate outside a transaction");
+  if (tx->irrevocable) return; /* it holds what it read */
+  uintptr_t bad = validate(tx);
+  if (bad) abort_tx(tx, AME_ABORT_VALIDATE, bad, NULL);
 }
 
 /* End the attempt's publication of its start: `active` goes idle.  If
@@ -597,7 +705,7 @@ static void end_tx(ame_tx_t *tx) {
 ** address of a read that was overwritten. */
 static uintptr_t validate(ame_tx_t *tx) {
   for (struct ame__rentry *r = tx->r_base; r < tx->h.r_cur; r++) {
-    uintptr_t l = LOAD_ACQ(ame__orec_of(r->addr));
+    uintptr_t l = LOAD_ACQ(ame__orec_of(&tx->h, r->addr));
     if (l == r->version) continue;
     if (IS_LOCKED(l)) {
       struct ame__wentry *e = LOCK_ENTRY(l);
@@ -610,7 +718,7 @@ static uintptr_t validate(ame_tx_t *tx) {
 
 /* Move the snapshot to now.  Return 0 or the address that failed. */
 static uintptr_t extend(ame_tx_t *tx) {
-  uintptr_t now = LOAD_ACQ(&ame__G.clock);
+  uintptr_t now = LOAD_ACQ(&tx->dom->clock);
   uintptr_t bad = validate(tx);
   if (bad) return bad;
   tx->h.snapshot = now << 1;
@@ -626,6 +734,34 @@ static uintptr_t extend(ame_tx_t *tx) {
 /* We met a lock on addr held by entry e of another transaction.  Wait a
 ** little for it to go; return once it has (the caller retries), or abort.
 ** An irrevocable transaction waits for as long as it takes. */
+/* The site of the transaction that owns a lock, for the report: NULL if
+** the owner is in another process (its pointer means nothing here). */
+static const char *owner_site(const ame_tx_t *tx, ame_tx_t *owner) {
+  if (tx->dom->shared && LOAD(&owner->pid) != tx->pid) return NULL;
+  return LOAD(&owner->site);
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* In a heap: we keep meeting lock l.  Once it has stood for
+** STUCK_MS, see whether its owner's process died (heap.c recovers its
+** slot, which releases the lock).  Return 1 if it did. */
+static int stuck_on(ame_tx_t *tx, uintptr_t l, ame_tx_t *owner) {
+  uint64_t now = mono_ms();
+  if (tx->stuck_lock != l) {
+    tx->stuck_lock = l;
+    tx->stuck_since = now;
+    return 0;
+  }
+  if (now - tx->stuck_since < STUCK_MS) return 0;
+  tx->stuck_since = now;
+  return ame__heap_owner_dead(tx, owner);
+}
+
 static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
                         uintptr_t addr, ame_abort_cause_t cause) {
   ame_tx_t *owner = LOAD(&LOCK_ENTRY(l)->tx);
@@ -638,6 +774,7 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
       } else {
         STORE(&owner->killed, 1);
         sched_yield();
+        if (tx->dom->shared && stuck_on(tx, l, owner)) return;
       }
     }
     return;
@@ -649,7 +786,8 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
       if (LOAD(&tx->killed)) break;
     }
   }
-  abort_tx(tx, cause, addr, LOAD(&owner->site));
+  if (tx->dom->shared && stuck_on(tx, l, owner)) return;
+  abort_tx(tx, cause, addr, owner_site(tx, owner));
 }
 
 /* Back off after an abort: random, growing with the attempt count. */
@@ -682,6 +820,7 @@ static uintptr_t read_own(struct ame__wentry *head, const uintptr_t *a) {
 
 static struct ame__wentry *new_entry(ame_tx_t *tx) {
   if (tx->w_i == AME__WCHUNK) {
+    if (tx->w_chunk->next == NULL && tx->dom->shared) log_full(tx);
     if (tx->w_chunk->next == NULL) {
       struct ame__wchunk *c = malloc(sizeof *c);
       if (c == NULL) {
@@ -699,6 +838,20 @@ static struct ame__wentry *new_entry(ame_tx_t *tx) {
   return &tx->w_chunk->e[tx->w_i++];
 }
 
+/* A heap descriptor's write log is fixed at the heap's creation (it must
+** be in the heap, for recovery).  A transaction that outgrows it cannot
+** succeed by running again: abort it for good. */
+static void log_full(ame_tx_t *tx) {
+  if (!tx->irrevocable && tx->explicit_env) {
+    /* A binding's transaction: the caller sees AME_ABORT_CAPACITY and
+    ** gives up (ame_tx_cancel). */
+    abort_tx(tx, AME_ABORT_CAPACITY, 0, NULL);
+  }
+  fprintf(stderr, "ame: a shared-heap transaction wrote more than %zu "
+                  "words (its write log is full); giving up\n", tx->w_n);
+  abort();
+}
+
 /* Undo new_entry() (a lost CAS). */
 static void drop_entry(ame_tx_t *tx) {
   tx->w_i--;
@@ -708,7 +861,7 @@ static void drop_entry(ame_tx_t *tx) {
 /* Irrevocable: lock the orec of a (if we do not hold it) and return the head
 ** entry.  Never fails; waits for other owners to go. */
 static struct ame__wentry *irr_lock(ame_tx_t *tx, uintptr_t a) {
-  uintptr_t *o = ame__orec_of(a);
+  uintptr_t *o = ame__orec_of(&tx->h, a);
   for (;;) {
     uintptr_t l = LOAD_ACQ(o);
     if (IS_LOCKED(l)) {
@@ -756,7 +909,7 @@ uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *a) {
   assert(tx->nesting > 0 && "transactional load outside a transaction");
   assert(((uintptr_t)a & 7) == 0 && "unaligned transactional load");
   if (tx->irrevocable) return read_own(irr_lock(tx, (uintptr_t)a), a);
-  uintptr_t *o = ame__orec_of((uintptr_t)a);
+  uintptr_t *o = ame__orec_of(&tx->h, (uintptr_t)a);
   for (;;) {
     uintptr_t l = LOAD_ACQ(o);
     if (IS_LOCKED(l)) {
@@ -787,7 +940,7 @@ uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
   assert(((uintptr_t)addr & 3) == 0 && "unaligned transactional load");
   /* The same protocol as a word load, on the containing word's orec, but
   ** reading only our 4 bytes from memory (they may be all there is). */
-  uintptr_t *o = ame__orec_of(word);
+  uintptr_t *o = ame__orec_of(&tx->h, word);
   uintptr_t l = LOAD_ACQ(o);
   if (AME__LIKELY(!IS_LOCKED(l) && l <= tx->h.snapshot)) {
     uint32_t v = __atomic_load_n(addr, __ATOMIC_ACQUIRE);
@@ -839,7 +992,7 @@ uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
 static void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
                          uintptr_t mask) {
   assert(tx->nesting > 0 && "transactional store outside a transaction");
-  uintptr_t *o = ame__orec_of(a);
+  uintptr_t *o = ame__orec_of(&tx->h, a);
   if (AME__UNLIKELY(LOAD(&tx->killed)) && !tx->irrevocable)
     abort_tx(tx, AME_ABORT_KILLED, a, NULL);
   for (;;) {
@@ -962,11 +1115,14 @@ static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
   tx->on_commit.n = 0;
   STAT_INC(tx, aborts);
   STAT_INC(tx, aborts_by_cause[cause]);
-  if (cause != AME_ABORT_EXPLICIT && cause != AME_ABORT_RETRY &&
-      cause != AME_ABORT_IRREVOCABLE)
+  tx->last_cause = cause;
+  tx->last_addr = addr;
+  int conflict = cause != AME_ABORT_EXPLICIT && cause != AME_ABORT_RETRY &&
+                 cause != AME_ABORT_CAPACITY;
+  if (conflict && cause != AME_ABORT_IRREVOCABLE)
     ame__conflict_note(addr, cause, LOAD(&tx->site), other_site);
   tx->attempt++;
-  if (cause != AME_ABORT_EXPLICIT && cause != AME_ABORT_RETRY) tx->conflicts++;
+  if (conflict) tx->conflicts++;
   if (tx->attempt + 1 > LOAD(&tx->stats.max_attempts))
     STORE(&tx->stats.max_attempts, (uint64_t)tx->attempt + 1);
   if (tx->irrevocable) { /* an escalated transaction given up by retry */
@@ -996,7 +1152,7 @@ static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
   assert(!tx->irrevocable && "an irrevocable transaction cannot abort");
   rollback(tx, cause, addr, other_site);
   abort_handlers(tx);
-  if (tx->conflicts >= ame__G.escalate_after && !tx->want_irrevocable) {
+  if (tx->conflicts >= tx->dom->escalate_after && !tx->want_irrevocable) {
     tx->want_irrevocable = 1;
     STAT_INC(tx, escalations);
   }
@@ -1040,14 +1196,26 @@ static void commit(ame_tx_t *tx) {
   } else {
     if (!tx->irrevocable && LOAD(&tx->killed))
       abort_tx(tx, AME_ABORT_KILLED, 0, NULL);
-    ts = __atomic_add_fetch(&ame__G.clock, 1, __ATOMIC_ACQ_REL);
+    struct ame__slot *slot = tx->dom->shared ? ame__slot_of(tx) : NULL;
+    if (slot && ame__heap_phase_hook) ame__heap_phase_hook("locked");
+    ts = __atomic_add_fetch(&tx->dom->clock, 1, __ATOMIC_ACQ_REL);
     if (!tx->irrevocable && (ts - 1) << 1 != tx->h.snapshot) {
       uintptr_t bad = validate(tx);
       if (bad) abort_tx(tx, AME_ABORT_COMMIT, bad, NULL);
     }
+    if (slot) {
+      /* Decided: from here a recoverer finishes the write-back. */
+      STORE_REL(&slot->status, (ts << 1) | 1);
+      if (ame__heap_phase_hook) ame__heap_phase_hook("validated");
+    }
     fence_release(); /* the locks taken before the words written back */
     write_back(tx);
+    if (slot && ame__heap_phase_hook) ame__heap_phase_hook("writeback");
     release_locks(tx, ts << 1);
+    if (slot) {
+      STORE_REL(&slot->status, 0);
+      if (ame__heap_phase_hook) ame__heap_phase_hook("released");
+    }
     tx->seen = ts;
   }
   STAT_INC(tx, commits);
@@ -1068,7 +1236,7 @@ static void commit(ame_tx_t *tx) {
   if (tx->frees.n) {
     void **fp = tx->frees.items;
     for (size_t i = 0; i < tx->frees.n; i++) {
-      struct ame__limbo lb = {fp[i], ts ? ts : LOAD_ACQ(&ame__G.clock)};
+      struct ame__limbo lb = {fp[i], ts ? ts : LOAD_ACQ(&tx->dom->clock)};
       if (ame__vec_push(&tx->limbo, &lb, sizeof lb) != 0) {
         wait_reclaimable(tx, lb.ts);
         free(lb.ptr);
@@ -1080,12 +1248,14 @@ static void commit(ame_tx_t *tx) {
     tx->frees.n = 0;
   }
   if (privatize) /* a read-only one privatizes by agreement: same wait */
-    quiesce_before(tx, ts ? ts : LOAD_ACQ(&ame__G.clock) + 1);
+    quiesce_before(tx->dom, tx, ts ? ts : LOAD_ACQ(&tx->dom->clock) + 1);
   if (ts) {
-    if (LOAD(&ame__G.retry_waiters)) {
-      __atomic_add_fetch(&ame__G.retry_seq, 1, __ATOMIC_RELEASE);
-      syscall(SYS_futex, &ame__G.retry_seq, FUTEX_WAKE_PRIVATE, INT_MAX,
-              NULL, NULL, 0);
+    struct ame__dom *d = tx->dom;
+    if (LOAD(&d->retry_waiters)) {
+      __atomic_add_fetch(&d->retry_seq, 1, __ATOMIC_RELEASE);
+      syscall(SYS_futex, &d->retry_seq,
+              d->shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, INT_MAX, NULL,
+              NULL, 0);
     }
   }
   if (tx->on_commit.n) run_handlers(tx, &tx->on_commit);
@@ -1145,16 +1315,15 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
   /* Wait for the token; while we hold locks, an irrevocable transaction may
   ** be waiting for them, so give them up if asked. */
   if (tx->w_n > 0 && !tx->has_token) {
-    uintptr_t ticket =
-        __atomic_fetch_add(&ame__G.irr_next, 1, __ATOMIC_ACQ_REL);
-    while (LOAD_ACQ(&ame__G.irr_serving) != ticket) {
+    uintptr_t ticket = token_take(tx);
+    while (!token_served(tx, ticket)) {
       if (LOAD(&tx->killed)) {
         /* Give up our locks at once, then our place in the queue: wait
         ** for the ticket and pass it on (abort handlers, which may run
         ** transactions that want the token too, must not run while it
         ** is ours or awaited), and start again irrevocable. */
         rollback(tx, AME_ABORT_KILLED, 0, NULL);
-        while (LOAD_ACQ(&ame__G.irr_serving) != ticket) sched_yield();
+        token_wait(tx, ticket);
         tx->has_token = 1;
         release_token(tx);
         abort_handlers(tx);
@@ -1169,7 +1338,7 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
   }
   /* Lock what we read so far; if any of it changed, restart irrevocable. */
   for (struct ame__rentry *r = tx->r_base; r < tx->h.r_cur; r++) {
-    uintptr_t *o = ame__orec_of(r->addr);
+    uintptr_t *o = ame__orec_of(&tx->h, r->addr);
     for (;;) {
       uintptr_t l = LOAD_ACQ(o);
       if (IS_LOCKED(l)) {
@@ -1218,9 +1387,11 @@ void ame_tx_set_site(ame_tx_t *tx, const char *site) { STORE(&tx->site, site); }
 ** Retry.
 */
 
-static int futex_wait(uint32_t *word, uint32_t val, long ns) {
+static int futex_wait(uint32_t *word, uint32_t val, long ns, int shared) {
   struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
-  return (int)syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, val, &ts, NULL, 0);
+  return (int)syscall(SYS_futex, word,
+                      shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, val, &ts,
+                      NULL, 0);
 }
 
 void ame_retry(ame_tx_t *tx) {
@@ -1231,7 +1402,8 @@ void ame_retry(ame_tx_t *tx) {
   ** one the program made irrevocable) has written nothing yet and locked
   ** what it read: its lock entries tell what it read. */
   size_t n = 0;
-  uintptr_t clock0 = LOAD_ACQ(&ame__G.clock);
+  struct ame__dom *d = tx->dom;
+  uintptr_t clock0 = LOAD_ACQ(&d->clock);
   if (tx->irrevocable) {
     for (struct ame__wchunk *c = tx->w_first; c && tx->w_n; c = c->next) {
       struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
@@ -1257,23 +1429,26 @@ void ame_retry(ame_tx_t *tx) {
   abort_handlers(tx);
   tx->want_irrevocable = 0;
   tx->conflicts = 0;
-  __atomic_add_fetch(&ame__G.retry_waiters, 1, __ATOMIC_SEQ_CST);
+  __atomic_add_fetch(&d->retry_waiters, 1, __ATOMIC_SEQ_CST);
+  if (d->shared) STORE(&ame__slot_of(tx)->retry_waiting, 1);
   for (;;) {
-    uint32_t seq = __atomic_load_n(&ame__G.retry_seq, __ATOMIC_SEQ_CST);
+    uint32_t seq = __atomic_load_n(&d->retry_seq, __ATOMIC_SEQ_CST);
     int changed = 0;
     if (n == 0) {
-      changed = LOAD_ACQ(&ame__G.clock) != clock0;
+      changed = LOAD_ACQ(&d->clock) != clock0;
     } else {
       for (size_t i = 0; i < n && !changed; i++) {
         struct ame__rentry *r = &((struct ame__rentry *)set.items)[i];
-        if (LOAD_ACQ(ame__orec_of(r->addr)) != r->version) changed = 1;
+        if (LOAD_ACQ(ame__orec_of(&tx->h, r->addr)) != r->version)
+          changed = 1;
       }
     }
     if (changed) break;
     /* A committer that missed our count is covered by the timeout. */
-    futex_wait(&ame__G.retry_seq, seq, 1000000L);
+    futex_wait(&d->retry_seq, seq, 1000000L, d->shared);
   }
-  __atomic_sub_fetch(&ame__G.retry_waiters, 1, __ATOMIC_SEQ_CST);
+  if (d->shared) STORE(&ame__slot_of(tx)->retry_waiting, 0);
+  __atomic_sub_fetch(&d->retry_waiters, 1, __ATOMIC_SEQ_CST);
   if (tx->retry_set.items == NULL) {
     tx->retry_set = set;
     tx->retry_set.n = 0;
@@ -1329,11 +1504,13 @@ static void undo_restore(ame_tx_t *tx) {
 
 void ame_tx_privatize(ame_tx_t *tx) {
   assert(tx->nesting > 0 && "ame_tx_privatize outside a transaction");
+  assert(!tx->dom->shared && "privatization in a shared heap");
   tx->privatize = 1;
 }
 
 void *ame_tx_malloc(ame_tx_t *tx, size_t size) {
   assert(tx->nesting > 0 && "ame_tx_malloc outside a transaction");
+  if (tx->dom->shared) return ame__heap_tx_malloc(tx, size);
   void *p = malloc(size ? size : 1);
   if (p && ame__vec_push(&tx->allocs, &p, sizeof p) != 0) {
     free(p);
@@ -1344,6 +1521,14 @@ void *ame_tx_malloc(ame_tx_t *tx, size_t size) {
 
 void *ame_tx_calloc(ame_tx_t *tx, size_t n, size_t size) {
   assert(tx->nesting > 0 && "ame_tx_calloc outside a transaction");
+  if (tx->dom->shared) {
+    if (size && n > SIZE_MAX / size) return NULL;
+    uintptr_t *p = ame__heap_tx_malloc(tx, n * size);
+    if (p == NULL) return NULL;
+    for (size_t i = 0; i < (n * size + 7) / 8; i++)
+      ame_store_word_tx(tx, &p[i], 0);
+    return p;
+  }
   void *p = calloc(n ? n : 1, size ? size : 1);
   if (p && ame__vec_push(&tx->allocs, &p, sizeof p) != 0) {
     free(p);
@@ -1355,6 +1540,10 @@ void *ame_tx_calloc(ame_tx_t *tx, size_t n, size_t size) {
 void ame_tx_free(ame_tx_t *tx, void *ptr, size_t size) {
   assert(tx->nesting > 0 && "ame_tx_free outside a transaction");
   if (ptr == NULL) return;
+  if (tx->dom->shared) {
+    ame__heap_tx_free(tx, ptr);
+    return;
+  }
   if (size) {
     /* Lock every granule of the block, as a write would. */
     uintptr_t g = (uintptr_t)1 << AME__GRAIN_SHIFT;
@@ -1378,4 +1567,99 @@ const char *ame_strerror(int err) {
   case -ENOSPC: return "no free slot (too many threads)";
   default: return err < 0 && err > -4096 ? strerror(-err) : "unknown error";
   }
+}
+
+/* ------------------------------------------------------------------------
+** Heap descriptors (heap.c places them in the heap's slots).
+*/
+
+int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
+                  struct ame__wchunk *log, int pid) {
+  /* Everything a previous owner (perhaps another process) left is
+  ** meaningless now, private pointers first. */
+  ame_stats_t stats = tx->stats;
+  memset(tx, 0, sizeof *tx);
+  tx->stats = stats;
+  tx->r_base = malloc(READ_LOG_INIT * sizeof *tx->r_base);
+  if (tx->r_base == NULL) return -ENOMEM;
+  tx->h.r_cur = tx->r_base;
+  tx->h.r_end = tx->r_base + READ_LOG_INIT;
+  ame__tx_init_domain(tx, d);
+  tx->w_first = log;
+  tx->w_chunk = log;
+  tx->slot = slot;
+  tx->pid = pid;
+  STORE(&tx->active, AME__IDLE);
+  STORE(&tx->hold, AME__IDLE);
+  tx->rng = 0x9E3779B97F4A7C15ull ^
+            ((uint64_t)(slot + 1) * 0xBF58476D1CE4E5B9ull) ^ (uint64_t)pid;
+  STORE(&tx->in_use, 1);
+  tx->refs = 1;
+  return 0;
+}
+
+void ame__tx_teardown(ame_tx_t *tx) {
+  free(tx->r_base);
+  ame__vec_free(&tx->allocs);
+  ame__vec_free(&tx->frees);
+  ame__vec_free(&tx->on_commit);
+  ame__vec_free(&tx->on_abort);
+  ame__vec_free(&tx->limbo);
+  ame__vec_free(&tx->retry_set);
+  ame__vec_free(&tx->undo);
+  ame__vec_free(&tx->undo_bytes);
+  tx->r_base = NULL;
+  STORE(&tx->in_use, 0);
+}
+
+int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
+  /* The owner is dead: nothing of its descriptor changes under us.  Its
+  ** current attempt's log runs from w_first to (w_chunk, w_i); an entry
+  ** holds a lock only if its orec still points at it (the owner may have
+  ** died between filling an entry and its compare-and-swap, or after
+  ** releasing some locks of a commit). */
+  uintptr_t version = (status & 1) ? (status >> 1) << 1 : 0;
+  if (tx->w_first == NULL || tx->w_chunk == NULL) return 0;
+  if (version) {
+    /* A decided commit: redo the write-back of every word whose orec is
+    ** still ours (those released were written back before the release
+    ** began).  A chained entry's orec points at its chain's head. */
+    for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
+      struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
+                                                 : c->e + AME__WCHUNK;
+      for (struct ame__wentry *e = c->e; e < end; e++) {
+        uintptr_t l = LOAD_ACQ(e->orec);
+        if (!IS_LOCKED(l) || LOAD(&LOCK_ENTRY(l)->tx) != tx) continue;
+        uintptr_t *p = (uintptr_t *)e->addr;
+        if (e->mask == MASK_ALL || e->mask == (MASK_LO | MASK_HI))
+          STORE(p, e->value);
+        else if (e->mask == MASK_LO)
+          STORE((uint32_t *)p, (uint32_t)e->value);
+        else if (e->mask == MASK_HI)
+          STORE((uint32_t *)p + 1, (uint32_t)(e->value >> 32));
+      }
+      if (c == tx->w_chunk || c->next == NULL) break;
+    }
+  }
+  fence_release();
+  for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
+    struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
+                                               : c->e + AME__WCHUNK;
+    for (struct ame__wentry *e = c->e; e < end; e++) {
+      if (!e->head) continue;
+      uintptr_t mine = (uintptr_t)e | 1;
+      uintptr_t l = mine;
+      __atomic_compare_exchange_n(e->orec, &l, version ? version : e->version,
+                                  0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+    }
+    if (c == tx->w_chunk || c->next == NULL) break;
+  }
+  tx->w_chunk = tx->w_first;
+  tx->w_i = 0;
+  tx->w_n = 0;
+  STORE(&tx->killed, 0);
+  STORE(&tx->irrevocable, 0);
+  STORE_REL(&tx->active, AME__IDLE);
+  STORE_REL(&tx->hold, AME__IDLE);
+  return version != 0;
 }

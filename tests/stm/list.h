@@ -12,15 +12,15 @@
 #define AME_TESTS_TEST_LIST_H
 
 #define AME_STM_TESTS(X)                                                      \
-  /* lifecycle: test_lifecycle.c */                                       \
+  /* lifecycle: test_lifecycle.c */                                           \
   X(init_shutdown, 10)                                                        \
-  X(init_config, 30)                                              \
+  X(init_config, 30)                                                          \
   X(thread_enter_exit, 10)                                                    \
   X(thread_enter_auto_init, 10)                                               \
   X(thread_idle, 20)                                                          \
   X(strerror, 10)                                                             \
   X(misuse_asserts, 20)                                                       \
-  /* loads and stores: test_access.c */                                   \
+  /* loads and stores: test_access.c */                                       \
   X(load_store_word, 10)                                                      \
   X(load_store_ptr, 10)                                                       \
   X(load_store_u64_i64, 10)                                                   \
@@ -31,7 +31,7 @@
   X(self_forms, 10)                                                           \
   X(read_after_write, 10)                                                     \
   X(writes_invisible_before_commit, 20)                                       \
-  /* transactions: test_tx.c */                                           \
+  /* transactions: test_tx.c */                                               \
   X(atomic_commit_fallthrough, 10)                                            \
   X(atomic_break_continue, 10)                                                \
   X(atomic_nesting_depth, 10)                                                 \
@@ -52,7 +52,7 @@
   X(handlers_quiesce_two_threads, 30)                                         \
   X(handlers_retry_in_handler, 30)                                            \
   X(handlers_abort_escalate_killed, 30)                                       \
-  /* allocation: test_alloc.c */                                          \
+  /* allocation: test_alloc.c */                                              \
   X(tx_malloc_commit, 10)                                                     \
   X(tx_malloc_abort_frees, 20)                                                \
   X(tx_calloc, 10)                                                            \
@@ -61,25 +61,25 @@
   X(tx_malloc_free_same_tx, 10)                                               \
   X(tx_free_thread_exit, 20)                                                  \
   X(tx_free_size_conflicts, 20)                                               \
-  /* irrevocability: test_irrevocable.c */                                \
+  /* irrevocability: test_irrevocable.c */                                    \
   X(irrevocable_basic, 10)                                                    \
   X(irrevocable_nested, 10)                                                   \
   X(irrevocable_under_contention, 60)                                         \
   X(irrevocable_exclusive, 60)                                                \
-  /* retry: test_retry.c */                                               \
+  /* retry: test_retry.c */                                                   \
   X(retry_blocks_until_change, 20)                                            \
   X(retry_read_nothing, 20)                                                   \
   X(retry_queue_1p1c, 60)                                                     \
   X(retry_queue_2p2c, 60)                                                     \
   X(retry_after_escalation, 30)                                               \
-  /* privatization: test_privatize.c */                                   \
+  /* privatization: test_privatize.c */                                       \
   X(privatize_basic, 10)                                                      \
   X(quiesce_waits_for_running, 20)                                            \
   X(privatize_waits_for_running, 20)                                          \
   X(privatize_readonly_waits, 20)                                             \
   X(stress_privatize_list, 60)                                                \
   X(stress_deferred_free_list, 60)                                            \
-  /* statistics: test_stats.c */                                          \
+  /* statistics: test_stats.c */                                              \
   X(stats_commits, 10)                                                        \
   X(stats_aborts_by_cause, 20)                                                \
   X(stats_conflict_causes, 20)                                                \
@@ -88,13 +88,13 @@
   X(abort_cause_name, 10)                                                     \
   X(label_errors, 10)                                                         \
   X(conflict_report, 30)                                                      \
-  /* tasks: test_tasks.c */                                               \
+  /* tasks: test_tasks.c */                                                   \
   X(tasks_counter, 30)                                                        \
   X(tasks_tree, 30)                                                           \
   X(tasks_add_in_aborted_tx, 30)                                              \
   X(tasks_unregistered_caller, 30)                                            \
   X(tasks_rerun, 30)                                                          \
-  /* ame_cpu_count: test_cpus.c */                                        \
+  /* ame_cpu_count: test_cpus.c */                                            \
   X(cpus_count_rounding, 10)                                                  \
   X(cpus_count_here, 10)                                                      \
   X(cpus_quota_v2, 10)                                                        \
@@ -103,13 +103,21 @@
   X(cpus_quota_container, 10)                                                 \
   X(cpus_quota_escaped_mount, 10)                                             \
   X(cpus_quota_bad_files, 10)                                                 \
-  /* progress and contention management: test_progress.c */              \
+  /* progress and contention management: test_progress.c */                   \
   X(progress_long_reader, 120)                                                \
   X(progress_escalation, 60)                                                  \
   X(snapshot_extension, 20)                                                   \
   X(snapshot_extension_fails, 20)                                             \
   X(opacity_write_lock_newer, 20)                                             \
-  /* randomised stress: test_stress.c */                                  \
+  /* the shared heap: test_heap.c */                                          \
+  X(heap_create_open, 30)                                                     \
+  X(heap_open_refuses, 20)                                                    \
+  X(heap_alloc, 30)                                                           \
+  X(heap_map, 60)                                                             \
+  X(heap_queue_counter_log, 20)                                               \
+  X(heap_processes, 60)                                                       \
+  X(heap_retry_processes, 20)                                                 \
+  /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \
   X(stress_bank_hot, 60)                                                      \
@@ -117,7 +125,7 @@
   X(stress_opacity_zombie_ring, 60)                                           \
   X(stress_write_skew, 60)                                                    \
   X(stress_large_read_set, 60)                                                \
-  /* concurrent integer sets from bench/intset: test_intset.c */         \
+  /* concurrent integer sets from bench/intset: test_intset.c */              \
   X(intset_linkedlist, 90)                                                    \
   X(intset_skiplist, 90)                                                      \
   X(intset_hashset, 90)                                                       \

@@ -127,6 +127,7 @@ typedef enum ame_abort_cause {
   AME_ABORT_EXPLICIT,     /* ame_tx_abort() */
   AME_ABORT_RETRY,        /* ame_retry(): waiting for a change */
   AME_ABORT_IRREVOCABLE,  /* restarted to run irrevocable from the start */
+  AME_ABORT_CAPACITY,     /* a shared heap's write log is full: given up */
   AME_ABORT__COUNT
 } ame_abort_cause_t;
 
@@ -152,6 +153,33 @@ AME_EXTERN void ame_retry(ame_tx_t *tx) __attribute__((noreturn));
 ** (and restarted directly in irrevocable mode) if what it read so far was
 ** overwritten.  Return 0. */
 AME_EXTERN int ame_tx_irrevocable(ame_tx_t *tx);
+
+/* Transactions begun and ended by explicit calls, for language bindings
+** whose transaction body cannot be a C block (Python's ame.atomic).
+**
+** ame_tx_begin(tx, env, site) starts the outermost transaction (not
+** inside one); from then on an abort rolls the attempt back and longjmps
+** to *env (the attempt is over: call ame_tx_begin again to run it again,
+** or ame_tx_cancel to give up).  The jmp_buf must stay valid while it is
+** the restart point: a binding that returns to its caller between two
+** operations of one transaction sets a fresh one around each C call with
+** ame_tx_set_env (which returns the previous).  ame_tx_commit(tx) commits
+** (or aborts, longjmping to *env).  ame_tx_cancel(tx), inside the
+** transaction, rolls it back and ends it (its abort handlers run); after
+** an abort, it forgets the attempts (escalation, the irrevocability token
+** an escalation took).  ame_tx_last_cause() says why the last attempt
+** aborted (and sets *addr to the word concerned, or 0):
+** AME_ABORT_CAPACITY means running it again cannot succeed.
+** ame_tx_validate() checks every read so far and aborts if one was
+** overwritten (e.g. before trusting data read outside the STM, such as a
+** heap blob; ame/heap.h). */
+AME_EXTERN void ame_tx_begin(ame_tx_t *tx, jmp_buf *env, const char *site);
+AME_EXTERN jmp_buf *ame_tx_set_env(ame_tx_t *tx, jmp_buf *env);
+AME_EXTERN void ame_tx_commit(ame_tx_t *tx);
+AME_EXTERN void ame_tx_cancel(ame_tx_t *tx);
+AME_EXTERN ame_abort_cause_t ame_tx_last_cause(const ame_tx_t *tx,
+                                               uintptr_t *addr);
+AME_EXTERN void ame_tx_validate(ame_tx_t *tx);
 
 /* Return nonzero if the current transaction is irrevocable. */
 AME_EXTERN int ame_tx_is_irrevocable(const ame_tx_t *tx);

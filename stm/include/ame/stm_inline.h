@@ -38,29 +38,27 @@ struct ame__txhot {
   uintptr_t last_orec;         /* address of the orec of the last logged
                                   read (an integer, so that storing it
                                   does not alias the orec table) */
+  uintptr_t *orecs;            /* the ownership records of the
+                                  descriptor's domain (the process's own,
+                                  or a shared heap's) */
+  unsigned shift;              /* 64 - log2(number of orecs) */
 };
-
-/* Process-wide state the fast path reads. */
-struct ame__shared {
-  uintptr_t *orecs;   /* the ownership records */
-  unsigned shift;     /* 64 - log2(number of orecs) */
-};
-extern AME_EXTERN struct ame__shared ame__g;
 
 AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 
 /* The orec covering addr: Fibonacci hashing of the granule number, so that
 ** the same offsets in different threads' malloc arenas, which differ only in
 ** high address bits, do not collide. */
-static inline uintptr_t *ame__orec_of(uintptr_t addr) {
-  return &ame__g.orecs[((addr >> AME__GRAIN_SHIFT) *
-                        (uintptr_t)0x9E3779B97F4A7C15ull) >>
-                       ame__g.shift];
+static inline uintptr_t *ame__orec_of(const struct ame__txhot *h,
+                                      uintptr_t addr) {
+  return &h->orecs[((addr >> AME__GRAIN_SHIFT) *
+                    (uintptr_t)0x9E3779B97F4A7C15ull) >>
+                   h->shift];
 }
 
 static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {
   struct ame__txhot *h = (struct ame__txhot *)tx;
-  uintptr_t *o = ame__orec_of((uintptr_t)a);
+  uintptr_t *o = ame__orec_of(h, (uintptr_t)a);
   uintptr_t l = __atomic_load_n(o, __ATOMIC_ACQUIRE);
   if (__builtin_expect(!(l & 1) && l <= h->snapshot, 1)) {
     uintptr_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);

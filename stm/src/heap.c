@@ -1,0 +1,638 @@
+/*
+** stm/src/heap.c — the shared heap's region, its participants and their
+** recovery (heap.h has the layout; ame/heap.h the contract).
+**
+** A participant is a thread of some process holding a slot: the slot says
+** who it is (pid and the process's start time, which together name one
+** process for the life of the system; a pid alone may be reused) and holds
+** its descriptor, whose write log lives in the heap too.  Everything a
+** transaction changes in the heap goes through that log (redo logging,
+** ame/stm.h's engine), and the commit records its decision in the slot
+** (`status`) before it writes back.  So when a process dies, whatever
+** instruction it was at, its slots say all there is to do: if a commit was
+** decided, finish its write-back; in any case give back the orecs it
+** still locks (the engine's ame__tx_recover), its place in the
+** irrevocability queue, and the slot.  What its transactions allocated was
+** allocated transactionally (heap_alloc.c) and goes away with the attempt.
+**
+** Who recovers: the supervisor that reaped the process
+** (ame_heap_recover_pid), anyone that checks (ame_heap_check), and any
+** participant that has been kept waiting by a lock or the irrevocability
+** queue for a couple of milliseconds and finds the holder's process gone.
+** Recovery is idempotent and claimed by compare-and-swap on the slot's
+** state, so that two recoverers never run it at once, and a recoverer that
+** dies half-way is replaced by the next.
+*/
+#include "heap.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_SIZE ((size_t)256 << 20)
+#define MIN_SIZE ((size_t)4 << 20)
+#define DEFAULT_SLOTS 128
+#define MAX_SLOTS 1024
+#define LOG_ENTRIES 262144  /* write-log entries per slot (16 MiB) */
+#define PAGE 4096
+#define LIVENESS_MS 2       /* a waiter looks at a holder's process after */
+
+struct ame_heap *ame__heap;
+void (*ame__heap_phase_hook)(const char *phase);
+
+static inline uintptr_t round_up(uintptr_t x, uintptr_t a) {
+  return (x + a - 1) & ~(a - 1);
+}
+
+/* ------------------------------------------------------------------------
+** Processes: who is alive.
+*/
+
+/* The start time of process pid (field 22 of /proc/pid/stat, clock ticks
+** since boot), and in *state its state letter; 0 if it does not exist. */
+static uint64_t proc_start(pid_t pid, char *state) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  /* The command name may hold spaces and parentheses: skip to the last
+  ** ')', then field 3 (state) ... field 22 (starttime). */
+  char *p = strrchr(buf, ')');
+  if (p == NULL || p[1] != ' ') return 0;
+  p += 2;
+  if (state) *state = *p;
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p, ' ');
+    if (p == NULL) return 0;
+    p++;
+  }
+  return strtoull(p, NULL, 10);
+}
+
+/* Is the process (pid, start) alive?  A zombie is dead: it runs no more
+** instructions. */
+static int proc_alive(pid_t pid, uint64_t start) {
+  if (pid <= 0) return 0;
+  char state = 0;
+  uint64_t s = proc_start(pid, &state);
+  if (s == 0 || s != start) return 0;
+  return state != 'Z' && state != 'X' && state != 'x';
+}
+
+static __thread int my_pid_cache;
+static __thread uint64_t my_start_cache;
+
+static void my_identity(int *pid, uint64_t *start) {
+  int p = (int)getpid();
+  if (my_pid_cache != p) { /* first use, or a fork */
+    my_pid_cache = p;
+    my_start_cache = proc_start(p, NULL);
+  }
+  *pid = my_pid_cache;
+  *start = my_start_cache;
+}
+
+/* ------------------------------------------------------------------------
+** The region.
+*/
+
+static uint64_t fnv(const void *p, size_t n, uint64_t h) {
+  const unsigned char *c = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* The hash of the header's identity and layout fields. */
+static uint64_t hdr_check(const struct ame__heap_hdr *h) {
+  return fnv(h, offsetof(struct ame__heap_hdr, check), 0xcbf29ce484222325ull);
+}
+
+struct layout {
+  size_t size, off_table, off_orecs, off_slots, off_logs, off_arena, arena;
+  unsigned slots, orec_bits;
+  size_t log_entries, log_bytes;
+};
+
+/* The layout for an arena of `arena` bytes and `slots` slots: the mapping
+** is the arena plus the metadata before it (the slots' write logs are most
+** of that, and take memory only where touched). */
+static int plan(size_t arena, unsigned slots, struct layout *L) {
+  memset(L, 0, sizeof *L);
+  if (arena < MIN_SIZE || slots == 0 || slots > MAX_SLOTS) return -EINVAL;
+  L->arena = arena = round_up(arena, PAGE);
+  L->slots = slots;
+  L->log_entries = LOG_ENTRIES;
+  L->log_bytes = round_up(LOG_ENTRIES / AME__WCHUNK *
+                              sizeof(struct ame__wchunk), PAGE);
+  /* One orec per 256 bytes of arena, between 2^14 and 2^20. */
+  unsigned bits = 14;
+  while (bits < 20 && ((size_t)1 << (bits + 8)) < arena) bits++;
+  L->orec_bits = bits;
+  size_t off = round_up(sizeof(struct ame__heap_hdr), 64);
+  L->off_table = off; /* the descriptor table: a pointer per slot */
+  off = round_up(off + (size_t)slots * sizeof(ame_tx_t *), PAGE);
+  L->off_orecs = off;
+  off = round_up(off + ((size_t)1 << bits) * sizeof(uintptr_t), PAGE);
+  L->off_slots = off;
+  off = round_up(off + (size_t)slots * sizeof(struct ame__slot), PAGE);
+  L->off_logs = off;
+  off += (size_t)slots * L->log_bytes;
+  L->off_arena = off;
+  L->size = off + arena;
+  return 0;
+}
+
+/* Slot i's write log. */
+static struct ame__wchunk *slot_log(const struct ame__heap_hdr *h,
+                                    unsigned i) {
+  size_t bytes = round_up(h->log_entries / AME__WCHUNK *
+                              sizeof(struct ame__wchunk), PAGE);
+  return (struct ame__wchunk *)((char *)h + h->off_logs + (size_t)i * bytes);
+}
+
+static int valid_name(const char *name) {
+  size_t n = strlen(name);
+  if (n == 0 || n > 200) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+      return 0;
+  }
+  return name[0] != '.';
+}
+
+static void init_region(struct ame__heap_hdr *h, const struct layout *L,
+                        uintptr_t base) {
+  memcpy(h->magic, AME__HEAP_MAGIC, 8);
+  h->version = AME__HEAP_VERSION;
+  h->hdr_size = sizeof *h;
+  h->size = L->size;
+  h->base = base;
+  h->max_slots = L->slots;
+  h->orec_bits = L->orec_bits;
+  h->log_entries = L->log_entries;
+  h->off_table = L->off_table;
+  h->off_orecs = L->off_orecs;
+  h->off_slots = L->off_slots;
+  h->off_logs = L->off_logs;
+  h->off_arena = L->off_arena;
+  h->arena_size = L->arena;
+  h->slot_size = sizeof(struct ame__slot);
+  if (getrandom(h->seed, sizeof h->seed, 0) != (ssize_t)sizeof h->seed) {
+    h->seed[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    h->seed[1] = (uint64_t)(uintptr_t)h ^ 0x9E3779B97F4A7C15ull;
+  }
+  h->check = hdr_check(h);
+
+  struct ame__dom *d = &h->dom;
+  uintptr_t *orecs = (uintptr_t *)((char *)h + L->off_orecs);
+  size_t norecs = (size_t)1 << L->orec_bits;
+  for (size_t i = 0; i < norecs; i++) orecs[i] = 2; /* version of ts 1 */
+  d->clock = 1;
+  d->orecs = orecs;
+  d->shift = 64 - L->orec_bits;
+  d->escalate_after = 16;
+  d->max_threads = L->slots;
+  d->shared = 1;
+  d->heap = NULL; /* per process: see ame_tx_heap() */
+  /* The descriptor table the engine's scans walk: every slot's
+  ** descriptor, fixed (the same pointers in every process). */
+  struct ame__slot *slots = ame__heap_slots(h);
+  ame_tx_t **table = (ame_tx_t **)((char *)h + L->off_table);
+  d->threads = table;
+  d->n_slots = L->slots;
+  for (unsigned i = 0; i < L->slots; i++) {
+    struct ame__slot *s = &slots[i];
+    table[i] = &s->tx;
+    s->tx.active = AME__IDLE;
+    s->tx.hold = AME__IDLE;
+    /* Link the slot's log: chunks of AME__WCHUNK entries. */
+    struct ame__wchunk *c = slot_log(h, i);
+    size_t nchunks = L->log_entries / AME__WCHUNK;
+    for (size_t k = 0; k < nchunks; k++) {
+      c[k].next = k + 1 < nchunks ? &c[k + 1] : NULL;
+      for (unsigned e = 0; e < AME__WCHUNK; e++) c[k].e[e].tx = &s->tx;
+    }
+    s->tx.w_first = c;
+    s->tx.w_chunk = c;
+  }
+  ame__heap_alloc_init(h);
+}
+
+static int attach(struct ame__heap_hdr *hdr, size_t size, const char *name,
+                  ame_heap_t **out) {
+  struct ame_heap *heap = calloc(1, sizeof *heap);
+  if (heap == NULL) return -ENOMEM;
+  heap->hdr = hdr;
+  heap->size = size;
+  if (name) {
+    heap->named = 1;
+    snprintf(heap->name, sizeof heap->name, "%s", name);
+  }
+  ame__heap = heap;
+  *out = heap;
+  return 0;
+}
+
+int ame_heap_create(const char *name, const ame_heap_config_t *cfg,
+                    ame_heap_t **out) {
+  if (ame__heap) return -EBUSY;
+  size_t size = cfg && cfg->size ? cfg->size : DEFAULT_SIZE;
+  unsigned slots = cfg && cfg->max_slots ? cfg->max_slots : DEFAULT_SLOTS;
+  uintptr_t want = cfg ? cfg->address : 0;
+  if (want & (PAGE - 1)) return -EINVAL;
+  if (name && !valid_name(name)) return -EINVAL;
+  struct layout L;
+  if (plan(size, slots, &L) != 0) return -EINVAL;
+  int fd = -1;
+  int flags = MAP_SHARED | MAP_NORESERVE;
+  if (want) flags |= MAP_FIXED_NOREPLACE;
+  if (name) {
+    char path[256];
+    snprintf(path, sizeof path, "/%s", name);
+    fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)L.size) != 0) {
+      int e = -errno;
+      close(fd);
+      shm_unlink(path);
+      return e;
+    }
+  } else {
+    flags |= MAP_ANONYMOUS;
+  }
+  void *p = mmap((void *)want, L.size, PROT_READ | PROT_WRITE, flags, fd, 0);
+  int err = p == MAP_FAILED ? -errno : 0;
+  if (err == 0 && want && (uintptr_t)p != want) {
+    munmap(p, L.size);
+    err = -EADDRINUSE;
+  }
+  if (err == -EEXIST) err = -EADDRINUSE;
+  if (err) {
+    if (fd >= 0) {
+      char path[256];
+      snprintf(path, sizeof path, "/%s", name);
+      shm_unlink(path);
+      close(fd);
+    }
+    return err;
+  }
+  if (fd >= 0) close(fd);
+  struct ame__heap_hdr *h = p;
+  init_region(h, &L, (uintptr_t)p);
+  STORE_REL(&h->ready, 1);
+  int rc = attach(h, L.size, name, out);
+  if (rc != 0) munmap(p, L.size);
+  return rc;
+}
+
+int ame_heap_open(const char *name, ame_heap_t **out) {
+  if (ame__heap) return -EBUSY;
+  if (name == NULL || !valid_name(name)) return -EINVAL;
+  char path[256];
+  snprintf(path, sizeof path, "/%s", name);
+  int fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  struct stat st;
+  struct ame__heap_hdr hdr;
+  int err = 0;
+  if (fstat(fd, &st) != 0) {
+    err = -errno;
+  } else if ((size_t)st.st_size < sizeof hdr ||
+             pread(fd, &hdr, sizeof hdr, 0) != (ssize_t)sizeof hdr) {
+    err = -EPROTO;
+  } else if (memcmp(hdr.magic, AME__HEAP_MAGIC, 8) != 0 ||
+             hdr.version != AME__HEAP_VERSION ||
+             hdr.hdr_size != sizeof hdr || hdr.check != hdr_check(&hdr) ||
+             hdr.size != (uint64_t)st.st_size ||
+             hdr.slot_size != sizeof(struct ame__slot) ||
+             (hdr.base & (PAGE - 1)) || hdr.max_slots == 0 ||
+             hdr.max_slots > MAX_SLOTS) {
+    err = -EPROTO;
+  } else {
+    struct layout L;
+    if (plan(hdr.arena_size, hdr.max_slots, &L) != 0 || L.size != hdr.size ||
+        L.off_arena != hdr.off_arena || L.off_logs != hdr.off_logs ||
+        L.off_slots != hdr.off_slots || L.off_orecs != hdr.off_orecs ||
+        L.off_table != hdr.off_table || L.log_entries != hdr.log_entries ||
+        L.orec_bits != hdr.orec_bits || L.arena != hdr.arena_size)
+      err = -EPROTO;
+  }
+  if (err) {
+    close(fd);
+    return err;
+  }
+  void *p = mmap((void *)hdr.base, hdr.size, PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_FIXED_NOREPLACE, fd, 0);
+  err = p == MAP_FAILED ? -errno : 0;
+  close(fd);
+  if (err == -EEXIST) err = -EADDRINUSE;
+  if (err == 0 && (uintptr_t)p != hdr.base) {
+    munmap(p, hdr.size);
+    err = -EADDRINUSE; /* a kernel without MAP_FIXED_NOREPLACE */
+  }
+  if (err) return err;
+  struct ame__heap_hdr *h = p;
+  if (!LOAD_ACQ(&h->ready)) {
+    munmap(p, hdr.size);
+    return -EPROTO;
+  }
+  int rc = attach(h, hdr.size, name, out);
+  if (rc != 0) munmap(p, hdr.size);
+  return rc;
+}
+
+void ame_heap_close(ame_heap_t *heap) {
+  if (heap == NULL) return;
+  assert(ame__heap_self == NULL && "ame_heap_close with threads entered");
+  munmap(heap->hdr, heap->size);
+  if (ame__heap == heap) ame__heap = NULL;
+  free(heap);
+}
+
+int ame_heap_unlink(const char *name) {
+  if (name == NULL || !valid_name(name)) return -EINVAL;
+  char path[256];
+  snprintf(path, sizeof path, "/%s", name);
+  return shm_unlink(path) == 0 ? 0 : -errno;
+}
+
+ame_heap_t *ame_heap_current(void) { return ame__heap; }
+
+void *ame_heap_base(const ame_heap_t *heap) { return heap->hdr; }
+
+size_t ame_heap_mapped(const ame_heap_t *heap) { return heap->size; }
+
+void ame_heap_after_fork_child(ame_heap_t *heap) {
+  (void)heap;
+  ame__heap_self = NULL; /* the parent's slot is the parent's */
+  my_pid_cache = 0;
+}
+
+ame_heap_t *ame_tx_heap(const ame_tx_t *tx) {
+  return tx && tx->dom->shared ? ame__heap : NULL;
+}
+
+/* ------------------------------------------------------------------------
+** Participants.
+*/
+
+ame_tx_t *ame_heap_enter(ame_heap_t *heap) {
+  if (ame__heap_self) {
+    ame__heap_self->refs++;
+    return ame__heap_self;
+  }
+  struct ame__heap_hdr *h = heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  int pid;
+  uint64_t start;
+  my_identity(&pid, &start);
+  for (int round = 0; round < 2; round++) {
+    for (unsigned i = 0; i < h->max_slots; i++) {
+      struct ame__slot *s = &slots[i];
+      uint32_t st = SLOT_FREE;
+      if (LOAD(&s->state) != SLOT_FREE ||
+          !__atomic_compare_exchange_n(&s->state, &st, SLOT_LIVE, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        continue;
+      /* Identity first (a recoverer reads it once the state is LIVE; a
+      ** crash before it is stored leaves pid 0: dead at once). */
+      STORE(&s->pid, 0);
+      STORE(&s->start, start);
+      STORE(&s->incarnation, __atomic_add_fetch(&h->incarnations, 1,
+                                                __ATOMIC_RELAXED));
+      STORE_REL(&s->pid, pid);
+      STORE(&s->status, 0);
+      STORE(&s->ticket, 0);
+      STORE(&s->ticket_state, TICKET_NONE);
+      if (ame__tx_setup(&s->tx, &h->dom, i, slot_log(h, i), pid) != 0) {
+        STORE_REL(&s->state, SLOT_FREE);
+        return NULL;
+      }
+      ame__heap_self = &s->tx;
+      return &s->tx;
+    }
+    /* Full: perhaps some slot's owner died unnoticed. */
+    if (ame_heap_check(heap) == 0) break;
+  }
+  return NULL;
+}
+
+void ame_heap_exit(ame_heap_t *heap) {
+  (void)heap;
+  ame_tx_t *tx = ame__heap_self;
+  if (tx == NULL) return;
+  assert(tx->nesting == 0 && "ame_heap_exit inside a transaction");
+  if (--tx->refs > 0) return;
+  struct ame__slot *s = ame__slot_of(tx);
+  ame__tx_teardown(tx);
+  STORE_REL(&s->state, SLOT_FREE);
+  ame__heap_self = NULL;
+}
+
+ame_tx_t *ame_heap_self(const ame_heap_t *heap) {
+  (void)heap;
+  return ame__heap_self;
+}
+
+/* ------------------------------------------------------------------------
+** Recovery.
+*/
+
+/* Recover slot s, whose owner (pid, start) is dead.  Return 1 if this call
+** did it, 0 if there was nothing to do or another recoverer has it. */
+static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
+  int me;
+  uint64_t my_start;
+  my_identity(&me, &my_start);
+  for (;;) {
+    uint32_t st = LOAD_ACQ(&s->state);
+    if (st == SLOT_FREE) return 0;
+    if (st == SLOT_LIVE) {
+      if (proc_alive(LOAD_ACQ(&s->pid), LOAD(&s->start))) return 0;
+      STORE(&s->rec_pid, me);
+      STORE(&s->rec_start, my_start);
+      if (__atomic_compare_exchange_n(&s->state, &st, SLOT_RECOVERING, 0,
+                                      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        break;
+      continue;
+    }
+    /* SLOT_RECOVERING: someone is at it; take over only if they died. */
+    if (proc_alive(LOAD(&s->rec_pid), LOAD(&s->rec_start))) return 0;
+    if (LOAD(&s->rec_pid) == me && LOAD(&s->rec_start) == my_start) break;
+    STORE(&s->rec_pid, me);
+    STORE(&s->rec_start, my_start);
+    break;
+  }
+  ame_tx_t *tx = &s->tx;
+  uintptr_t status = LOAD_ACQ(&s->status);
+  int finished = ame__tx_recover(tx, status);
+  /* The irrevocability queue: leave it. */
+  STORE(&s->ticket, 0);
+  STORE_REL(&s->ticket_state, TICKET_NONE);
+  if (LOAD(&s->retry_waiting)) {
+    __atomic_sub_fetch(&h->dom.retry_waiters, 1, __ATOMIC_SEQ_CST);
+    STORE(&s->retry_waiting, 0);
+  }
+  STORE(&s->status, 0);
+  STORE(&tx->in_use, 0);
+  __atomic_add_fetch(&h->recoveries, 1, __ATOMIC_RELAXED);
+  if (finished) __atomic_add_fetch(&h->recovered_commits, 1, __ATOMIC_RELAXED);
+  /* Wake whoever waits in ame_retry: the write-back may have changed what
+  ** they read. */
+  __atomic_add_fetch(&h->dom.retry_seq, 1, __ATOMIC_RELEASE);
+  syscall(SYS_futex, &h->dom.retry_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  STORE_REL(&s->state, SLOT_FREE);
+  return 1;
+}
+
+int ame_heap_recover_pid(ame_heap_t *heap, pid_t pid) {
+  struct ame__heap_hdr *h = heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  int n = 0;
+  for (unsigned i = 0; i < h->max_slots; i++)
+    if (LOAD(&slots[i].state) != SLOT_FREE && LOAD(&slots[i].pid) == pid)
+      n += recover_slot(h, &slots[i]);
+  return n;
+}
+
+int ame_heap_check(ame_heap_t *heap) {
+  struct ame__heap_hdr *h = heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  int n = 0;
+  for (unsigned i = 0; i < h->max_slots; i++)
+    if (LOAD(&slots[i].state) != SLOT_FREE) n += recover_slot(h, &slots[i]);
+  return n;
+}
+
+int ame__heap_owner_dead(ame_tx_t *tx, ame_tx_t *owner) {
+  struct ame__heap_hdr *h = ame__heap->hdr;
+  (void)tx;
+  struct ame__slot *s = ame__slot_of(owner);
+  if (LOAD_ACQ(&s->state) == SLOT_FREE) return 1; /* already recovered */
+  return recover_slot(h, s);
+}
+
+/* ------------------------------------------------------------------------
+** The irrevocability token across processes: Lamport's bakery over the
+** slots (FIFO by ticket number, ties by slot), so that a participant that
+** dies holding or awaiting the token cannot wedge it: recovery clears its
+** number.  Irrevocable transactions are rare (escalation after repeated
+** aborts), so a scan of the slots per step costs nothing that matters.
+*/
+
+uintptr_t ame__heap_ticket_take(ame_tx_t *tx) {
+  struct ame__heap_hdr *h = ame__heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  struct ame__slot *me = ame__slot_of(tx);
+  __atomic_store_n(&me->ticket_state, TICKET_WAITING, __ATOMIC_SEQ_CST);
+  uintptr_t max = 0;
+  for (unsigned i = 0; i < h->max_slots; i++) {
+    uintptr_t t = __atomic_load_n(&slots[i].ticket, __ATOMIC_SEQ_CST);
+    if (t > max) max = t;
+  }
+  __atomic_store_n(&me->ticket, max + 1, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&me->ticket_state, TICKET_HOLDING, __ATOMIC_SEQ_CST);
+  return max + 1;
+}
+
+int ame__heap_ticket_served(ame_tx_t *tx, uintptr_t ticket) {
+  struct ame__heap_hdr *h = ame__heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  struct ame__slot *me = ame__slot_of(tx);
+  unsigned mine = (unsigned)(me - slots);
+  for (unsigned i = 0; i < h->max_slots; i++) {
+    if (i == mine) continue;
+    struct ame__slot *s = &slots[i];
+    uint32_t choosing = __atomic_load_n(&s->ticket_state, __ATOMIC_SEQ_CST);
+    uintptr_t t = __atomic_load_n(&s->ticket, __ATOMIC_SEQ_CST);
+    if (choosing == TICKET_WAITING ||
+        (t != 0 && (t < ticket || (t == ticket && i < mine)))) {
+      /* Ahead of us (or choosing).  If that has lasted, is it alive? */
+      uint64_t now = 0;
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+      now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+      if (tx->stuck_lock != (uintptr_t)s + 1) {
+        tx->stuck_lock = (uintptr_t)s + 1;
+        tx->stuck_since = now;
+      } else if (now - tx->stuck_since >= LIVENESS_MS) {
+        tx->stuck_since = now;
+        recover_slot(h, s);
+      }
+      return 0;
+    }
+  }
+  return 1;
+}
+
+void ame__heap_token_release(ame_tx_t *tx) {
+  struct ame__slot *me = ame__slot_of(tx);
+  __atomic_store_n(&me->ticket, 0, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&me->ticket_state, TICKET_NONE, __ATOMIC_SEQ_CST);
+}
+
+/* ------------------------------------------------------------------------
+** Statistics and errors.
+*/
+
+void ame_heap_stats(ame_heap_t *heap, ame_heap_stats_t *out) {
+  struct ame__heap_hdr *h = heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  memset(out, 0, sizeof *out);
+  out->size = h->size;
+  out->arena = h->arena_size;
+  out->slots_max = h->max_slots;
+  out->top = LOAD(&h->top) - (h->base + h->off_arena);
+  out->recoveries = LOAD(&h->recoveries);
+  out->recovered_commits = LOAD(&h->recovered_commits);
+  out->clock = LOAD(&h->dom.clock);
+  for (unsigned i = 0; i < h->max_slots; i++) {
+    struct ame__slot *s = &slots[i];
+    if (LOAD(&s->state) != SLOT_FREE) out->slots_live++;
+    out->used += (int64_t)LOAD(&s->used);
+    ame_stats_t st;
+    ame_stats_thread(&s->tx, &st);
+    out->tx.commits += st.commits;
+    out->tx.commits_ro += st.commits_ro;
+    out->tx.aborts += st.aborts;
+    for (int c = 0; c < AME_ABORT__COUNT; c++)
+      out->tx.aborts_by_cause[c] += st.aborts_by_cause[c];
+    out->tx.retries += st.retries;
+    out->tx.irrevocable += st.irrevocable;
+    out->tx.escalations += st.escalations;
+    out->tx.extensions += st.extensions;
+    if (st.max_attempts > out->tx.max_attempts)
+      out->tx.max_attempts = st.max_attempts;
+  }
+}
+
+const char *ame_heap_strerror(int err) {
+  switch (err) {
+  case -EPROTO: return "not an ame heap, or a corrupt one";
+  case -EADDRINUSE: return "the heap's address is taken in this process";
+  case -ENOSPC: return "the heap is full";
+  case -EBUSY: return "this process has a heap open already";
+  default: return ame_strerror(err);
+  }
+}
+
+void ame_heap_set_phase_hook(void (*hook)(const char *phase)) {
+  ame__heap_phase_hook = hook;
+}

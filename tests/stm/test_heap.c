@@ -1,0 +1,570 @@
+/*
+** tests/stm/test_heap.c — the shared heap (ame/heap.h): creating and
+** opening (and refusing what is not a heap), the allocator (sizes, blobs,
+** rollback, a full heap, merging of large blocks), the containers, and
+** transactions from several processes at once (a counter incremented
+** from four processes ends exact; ame_retry wakes across processes).
+** Crashes are tests/stm/test_heap_crash.c's.
+*/
+#include "stm-test.h"
+
+#include <ame/heap.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* A heap name unique to this process. */
+static const char *heap_name(char *buf, size_t n, const char *what) {
+  snprintf(buf, n, "ame-test-%s-%d", what, (int)getpid());
+  return buf;
+}
+
+/* Run fn in a forked child with the heap; return its exit status (a
+** failed assertion there aborts it: a signal, which fails the test). */
+static int in_child(ame_heap_t *h, int (*fn)(ame_heap_t *h, void *arg),
+                    void *arg) {
+  fflush(NULL);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ame_heap_after_fork_child(h);
+    _exit(fn(h, arg));
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  if (!WIFEXITED(st))
+    AME_TEST_FAIL_("child died with signal %d", WTERMSIG(st));
+  return WEXITSTATUS(st);
+}
+
+static int64_t used_now(ame_heap_t *h) {
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  return st.used;
+}
+
+/* ------------------------------------------------------------------------
+** Creating and opening.
+*/
+
+static int open_taken(ame_heap_t *h, void *arg) {
+  const char *name = arg;
+  /* Unmap the inherited heap, put something else at its address, and
+  ** try to open it there. */
+  void *addr = ame_heap_base(h);
+  ame_heap_close(h);
+  void *m = mmap(addr, 4096, PROT_READ,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (m != addr) return 3;
+  ame_heap_t *h2 = NULL;
+  int rc = ame_heap_open(name, &h2);
+  return rc == -EADDRINUSE ? 0 : 4;
+}
+
+static int open_and_bump(ame_heap_t *h, void *arg) {
+  const char *name = arg;
+  ame_heap_close(h);
+  ame_heap_t *h2 = NULL;
+  int rc = ame_heap_open(name, &h2);
+  if (rc != 0) return 10 + (-rc % 100);
+  ame_tx_t *tx = ame_heap_enter(h2);
+  if (tx == NULL) return 5;
+  volatile int found = 0;
+  AME_ATOMIC(tx) {
+    uintptr_t *w = NULL;
+    unsigned type = 0;
+    found = ame_heap_root_get(tx, "word", 4, &type, (void **)&w);
+    if (found && type == 42)
+      ame_store_word_tx(tx, w, ame_load_word_tx(tx, w) + 1);
+  }
+  ame_heap_exit(h2);
+  ame_heap_close(h2);
+  return found ? 0 : 6;
+}
+
+TEST_IMPL(heap_create_open) {
+  char name[64];
+  heap_name(name, sizeof name, "open");
+  ame_heap_unlink(name);
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 8};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(name, &cfg, &h), 0);
+  ASSERT_PTR_EQ(ame_heap_current(), h);
+  ame_heap_t *h2 = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h2), -EBUSY); /* one at a time */
+  ASSERT_EQ(ame_heap_open(name, &h2), -EBUSY);
+  ame_tx_t *tx = ame_heap_enter(h);
+  ASSERT_NOT_NULL(tx);
+  ASSERT_PTR_EQ(ame_heap_enter(h), tx);  /* a reference more */
+  ame_heap_exit(h);
+  ASSERT_PTR_EQ(ame_heap_self(h), tx);
+  ASSERT_PTR_EQ(ame_tx_heap(tx), h);
+  static uintptr_t *volatile word;
+  AME_ATOMIC(tx) {
+    word = ame_heap_alloc(tx, 8, 16, 0);
+    ame_store_word_tx(tx, word, 7);
+    ASSERT_EQ(ame_heap_root_set(tx, "word", 4, 42, word), 0);
+  }
+  (void)word;
+  ame_heap_exit(h);
+  ASSERT_NULL(ame_heap_self(h));
+  /* Another process opens it by name and changes the word. */
+  ASSERT_EQ(in_child(h, open_and_bump, name), 0);
+  tx = ame_heap_enter(h);
+  ASSERT_EQ(tx_get(tx, word), 8);
+  ame_heap_exit(h);
+  /* Where its address is taken, opening is refused. */
+  ASSERT_EQ(in_child(h, open_taken, name), 0);
+  ame_heap_close(h);
+  ASSERT_NULL(ame_heap_current());
+  ASSERT_EQ(ame_heap_unlink(name), 0);
+  ASSERT_EQ(ame_heap_open(name, &h2), -ENOENT);
+}
+
+/* Files in /dev/shm that are not heaps are refused, not crashed on. */
+TEST_IMPL(heap_open_refuses) {
+  char name[64], path[128];
+  heap_name(name, sizeof name, "bad");
+  snprintf(path, sizeof path, "/dev/shm/%s", name);
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_open("no/slash", &h), -EINVAL);
+  ASSERT_EQ(ame_heap_open("", &h), -EINVAL);
+  ASSERT_EQ(ame_heap_create("bad name", NULL, &h), -EINVAL);
+  /* Empty, short, garbage, and a real heap with one byte changed. */
+  static const char garbage[8192] = "this is not an ame heap";
+  size_t sizes[] = {0, 100, sizeof garbage};
+  for (unsigned i = 0; i < 3; i++) {
+    int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, garbage, sizes[i]), (ssize_t)sizes[i]);
+    close(fd);
+    ASSERT_EQ(ame_heap_open(name, &h), -EPROTO);
+    unlink(path);
+  }
+  ame_heap_config_t cfg = {.size = 4 << 20, .max_slots = 4};
+  ASSERT_EQ(ame_heap_create(name, &cfg, &h), 0);
+  ame_heap_close(h);
+  int fd = open(path, O_RDWR);
+  ASSERT_GE(fd, 0);
+  char c;
+  ASSERT_EQ(pread(fd, &c, 1, 40), 1);  /* inside the layout fields */
+  c ^= 1;
+  ASSERT_EQ(pwrite(fd, &c, 1, 40), 1);
+  ASSERT_EQ(ame_heap_open(name, &h), -EPROTO);
+  c ^= 1;
+  ASSERT_EQ(pwrite(fd, &c, 1, 40), 1);
+  ASSERT_EQ(ftruncate(fd, 1 << 20), 0);  /* truncated */
+  ASSERT_EQ(ame_heap_open(name, &h), -EPROTO);
+  close(fd);
+  ASSERT_EQ(ame_heap_unlink(name), 0);
+  ASSERT_NULL(ame_heap_current());
+  ASSERT_STR_EQ(ame_heap_strerror(-EPROTO), "not an ame heap, or a corrupt one");
+}
+
+/* ------------------------------------------------------------------------
+** The allocator.
+*/
+
+TEST_IMPL(heap_alloc) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  int64_t base = used_now(h);
+  /* Large blocks merge when freed, so a big one fits again (first, while
+  ** nothing else is carved between them). */
+  static void *volatile big[3];
+  AME_ATOMIC(tx) {
+    for (int i = 0; i < 3; i++) big[i] = ame_heap_alloc(tx, 1 << 20, 16, 0);
+  }
+  AME_ATOMIC(tx) {
+    ame_heap_free(tx, big[1]);
+    ame_heap_free(tx, big[0]);
+    ame_heap_free(tx, big[2]);
+  }
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  uint64_t top = st.top;
+  AME_ATOMIC(tx) { big[0] = ame_heap_alloc(tx, 3 << 20, 16, 0); }
+  ASSERT_NOT_NULL(big[0]);
+  ame_heap_stats(h, &st);
+  ASSERT_EQ(st.top, top);  /* reused the merged run, took nothing new */
+  AME_ATOMIC(tx) { ame_heap_free(tx, big[0]); }
+  /* Every size class and some large sizes: usable size, tag, owner. */
+  static void *volatile blocks[64];
+  static const size_t sizes[] = {1, 8, 16, 17, 100, 1000, 4096, 30000,
+                                 32752, 32753, 100000, 1 << 20};
+  const unsigned n = sizeof sizes / sizeof sizes[0];
+  AME_ATOMIC(tx) {
+    for (unsigned i = 0; i < n; i++) {
+      blocks[i] = ame_heap_alloc(tx, sizes[i], 20 + i, 1000 + i);
+      ASSERT_NOT_NULL(blocks[i]);
+      ASSERT_GE(ame_heap_size(tx, blocks[i]), sizes[i]);
+      ASSERT_EQ(ame_heap_tag(tx, blocks[i]), 20 + i);
+      ASSERT_EQ(ame_heap_owner(tx, blocks[i]), 1000 + i);
+      ASSERT_EQ(((uintptr_t)blocks[i]) & 7, 0);
+    }
+  }
+  ASSERT_GT(used_now(h), base);
+  AME_ATOMIC(tx) {
+    for (unsigned i = 0; i < n; i++) ame_heap_free(tx, blocks[i]);
+  }
+  ASSERT_EQ(used_now(h), base);
+  /* An attempt that aborts allocated nothing. */
+  volatile int attempts = 0;
+  AME_ATOMIC(tx) {
+    void *p = ame_heap_alloc(tx, 500, 16, 0);
+    ASSERT_NOT_NULL(p);
+    if (++attempts == 1) ame_tx_abort(tx);
+    ame_heap_free(tx, p);
+  }
+  ASSERT_EQ(attempts, 2);
+  ASSERT_EQ(used_now(h), base);
+  /* Blobs: copied in directly, read back by reference. */
+  static void *volatile ref;
+  char data[3000];
+  for (unsigned i = 0; i < sizeof data; i++) data[i] = (char)(i * 7);
+  static uintptr_t *volatile cell;
+  AME_ATOMIC(tx) {
+    cell = ame_heap_alloc(tx, 8, 16, 0);
+    ame_store_ptr_tx(tx, (void **)cell,
+                     ame_heap_blob_new(tx, data, sizeof data, 17, 5));
+  }
+  ref = (void *)cell;
+  char back[4000];
+  volatile size_t got = 0;
+  AME_ATOMIC(tx) { got = ame_heap_blob_get(tx, (void *const *)ref, back, sizeof back); }
+  ASSERT_GE(got, sizeof data);
+  ASSERT_EQ(memcmp(back, data, sizeof data), 0);
+  AME_ATOMIC(tx) {
+    ame_heap_free(tx, ame_load_ptr_tx(tx, (void **)cell));
+    ame_store_ptr_tx(tx, (void **)cell, NULL);
+    ame_heap_free(tx, cell);
+  }
+  ASSERT_EQ(used_now(h), base);
+  /* Full: NULL, and the transaction goes on (and commits). */
+  static void *volatile held[64];
+  volatile int nheld = 0, got_null = 0;
+  AME_ATOMIC(tx) {
+    nheld = 0;
+    got_null = 0;
+    for (int i = 0; i < 64; i++) {
+      void *p = ame_heap_alloc(tx, 1 << 20, 16, 0);
+      if (p == NULL) {
+        got_null = 1;
+        break;
+      }
+      held[nheld++] = p;
+    }
+  }
+  ASSERT(got_null);
+  ASSERT_GE(nheld, 5);   /* an 8 MiB arena holds several */
+  ASSERT_LE(nheld, 8);
+  AME_ATOMIC(tx) {
+    for (int i = 0; i < nheld; i++) ame_heap_free(tx, held[i]);
+  }
+  ASSERT_EQ(used_now(h), base);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* ------------------------------------------------------------------------
+** Containers.
+*/
+
+static int count_entry(ame_tx_t *tx, void *e, void *arg) {
+  (void)tx;
+  (void)e;
+  (*(size_t *)arg)++;
+  return 0;
+}
+
+TEST_IMPL(heap_map) {
+  ame_heap_config_t cfg = {.size = 32 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  int64_t base = used_now(h);
+  static ame_hmap_t *volatile m;
+  AME_ATOMIC(tx) { m = ame_hmap_new(tx, 16, 9); }
+  const int N = 20000;
+  for (int i = 0; i < N; i++) {
+    char k[32], v[64];
+    int kl = snprintf(k, sizeof k, "key-%d", i);
+    int vl = snprintf(v, sizeof v, "value %d %s", i, i % 3 ? "" : "long");
+    volatile int rc = -1;
+    AME_ATOMIC(tx) { rc = ame_hmap_put(tx, m, k, kl, v, vl, 0); }
+    ASSERT_EQ(rc, 0);
+  }
+  volatile size_t len = 0, seen = 0;
+  AME_ATOMIC(tx) {
+    len = ame_hmap_len(tx, m);
+    seen = 0;
+    ame_hmap_foreach(tx, m, count_entry, (void *)&seen);
+  }
+  ASSERT_EQ(len, (size_t)N);
+  ASSERT_EQ(seen, (size_t)N);
+  /* Every key reads back its value; a missing key is NULL. */
+  for (int i = 0; i < N; i += 7) {
+    char k[32], v[64], back[64];
+    int kl = snprintf(k, sizeof k, "key-%d", i);
+    int vl = snprintf(v, sizeof v, "value %d %s", i, i % 3 ? "" : "long");
+    volatile size_t got = 0, vlen = 0, klen = 0;
+    AME_ATOMIC(tx) {
+      void *e = ame_hmap_find(tx, m, k, kl);
+      ASSERT_NOT_NULL(e);
+      vlen = ame_hmap_entry_vlen(tx, e);
+      klen = ame_hmap_entry_klen(tx, e);
+      got = ame_hmap_entry_value(tx, e, back, sizeof back);
+    }
+    ASSERT_EQ(vlen, (size_t)vl);
+    ASSERT_EQ(klen, (size_t)kl);
+    ASSERT_EQ(got, (size_t)vl);
+    ASSERT_EQ(memcmp(back, v, vl), 0);
+  }
+  AME_ATOMIC(tx) { ASSERT_NULL(ame_hmap_find(tx, m, "nope", 4)); }
+  /* Replace, only-if-absent, only-if-present, delete. */
+  volatile int r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0;
+  AME_ATOMIC(tx) {
+    r1 = ame_hmap_put(tx, m, "key-5", 5, "new", 3, 0);
+    r2 = ame_hmap_put(tx, m, "key-6", 5, "x", 1, AME_HMAP_IF_ABSENT);
+    r3 = ame_hmap_put(tx, m, "fresh", 5, "x", 1, AME_HMAP_IF_PRESENT);
+    r4 = ame_hmap_del(tx, m, "key-7", 5);
+    r5 = ame_hmap_del(tx, m, "key-7", 5);
+  }
+  ASSERT_EQ(r1, 1);
+  ASSERT_EQ(r2, 1);
+  ASSERT_EQ(r3, 0);
+  ASSERT_EQ(r4, 1);
+  ASSERT_EQ(r5, 0);
+  char back[16];
+  volatile size_t got = 0;
+  AME_ATOMIC(tx) {
+    got = ame_hmap_entry_value(tx, ame_hmap_find(tx, m, "key-5", 5), back,
+                               sizeof back);
+    ASSERT_NULL(ame_hmap_find(tx, m, "fresh", 5));
+    len = ame_hmap_len(tx, m);
+  }
+  ASSERT_EQ(got, 3);
+  ASSERT_EQ(memcmp(back, "new", 3), 0);
+  ASSERT_EQ(len, (size_t)N - 1);
+  /* Delete half, in transactions of 100. */
+  for (int i = 0; i < N; i += 200) {
+    AME_ATOMIC(tx) {
+      for (int j = i; j < i + 200; j += 2) {
+        char k[32];
+        int kl = snprintf(k, sizeof k, "key-%d", j);
+        ame_hmap_del(tx, m, k, kl);
+      }
+    }
+  }
+  AME_ATOMIC(tx) { len = ame_hmap_len(tx, m); }
+  ASSERT_EQ(len, (size_t)N / 2 - 1);  /* the odd keys but key-7 */
+  /* Destroying, then collecting, gives back every byte. */
+  AME_ATOMIC(tx) { ame_hmap_destroy(tx, m); }
+  ASSERT_GT(used_now(h), base);
+  while (ame_heap_collect(h, 10) == 1) {
+  }
+  ASSERT_EQ(ame_heap_collect(h, 10), 0);
+  ASSERT_EQ(used_now(h), base);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+TEST_IMPL(heap_queue_counter_log) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  int64_t base = used_now(h);
+  static ame_hqueue_t *volatile q;
+  static ame_hcounter_t *volatile c;
+  static ame_hlog_t *volatile l;
+  AME_ATOMIC(tx) {
+    q = ame_hqueue_new(tx, 16, 0);
+    c = ame_hcounter_new(tx, 16, 0);
+    l = ame_hlog_new(tx, 16, 0);
+  }
+  for (int i = 0; i < 100; i++) {
+    char v[16];
+    int n = snprintf(v, sizeof v, "item %d", i);
+    AME_ATOMIC(tx) {
+      ASSERT_EQ(ame_hqueue_push(tx, q, v, n), 0);
+      ame_hcounter_add(tx, c, i);
+      ASSERT_EQ(ame_hlog_append(tx, l, v, n), i + 1);
+    }
+  }
+  volatile size_t qlen = 0;
+  volatile int64_t sum = 0;
+  AME_ATOMIC(tx) {
+    qlen = ame_hqueue_len(tx, q);
+    sum = ame_hcounter_get(tx, c);
+  }
+  ASSERT_EQ(qlen, 100);
+  ASSERT_EQ(sum, 99 * 100 / 2);
+  /* FIFO order. */
+  for (int i = 0; i < 100; i++) {
+    char want[16], got[16];
+    int n = snprintf(want, sizeof want, "item %d", i);
+    volatile size_t len = 0, copied = 0;
+    AME_ATOMIC(tx) {
+      void *it = ame_hqueue_peek(tx, q, (size_t *)&len);
+      ASSERT_NOT_NULL(it);
+      copied = ame_hqueue_item_value(tx, it, got, sizeof got);
+      ame_hqueue_drop(tx, q);
+    }
+    ASSERT_EQ(len, (size_t)n);
+    ASSERT_EQ(copied, (size_t)n);
+    ASSERT_EQ(memcmp(got, want, n), 0);
+  }
+  AME_ATOMIC(tx) { ASSERT_NULL(ame_hqueue_peek(tx, q, NULL)); }
+  /* The log: records after a number, in order; trimming. */
+  volatile uint64_t first = 0, count = 0;
+  AME_ATOMIC(tx) {
+    count = 0;
+    void *r = ame_hlog_first(tx, l, 90);
+    first = r ? ame_hlog_record_seq(tx, r) : 0;
+    for (; r; r = ame_hlog_next(tx, r)) count++;
+  }
+  ASSERT_EQ(first, 91);
+  ASSERT_EQ(count, 10);
+  AME_ATOMIC(tx) { ASSERT_EQ(ame_hlog_trim(tx, l, 50), 50); }
+  AME_ATOMIC(tx) {
+    first = ame_hlog_record_seq(tx, ame_hlog_first(tx, l, 0));
+    ame_hcounter_set(tx, c, 5);
+    sum = ame_hcounter_get(tx, c);
+  }
+  ASSERT_EQ(first, 51);
+  ASSERT_EQ(sum, 5);
+  AME_ATOMIC(tx) {
+    ame_hqueue_destroy(tx, q);
+    ame_hlog_destroy(tx, l);
+    ame_heap_free(tx, c);
+  }
+  while (ame_heap_collect(h, 10) == 1) {
+  }
+  ASSERT_EQ(used_now(h), base);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* ------------------------------------------------------------------------
+** Several processes.
+*/
+
+struct procs {
+  uintptr_t *word;       /* incremented by plain transactions */
+  ame_hcounter_t *counter;
+  ame_hmap_t *map;       /* each process its own keys */
+  int id, rounds;
+};
+
+static int increment_main(ame_heap_t *h, void *arg) {
+  struct procs *p = arg;
+  ame_tx_t *tx = ame_heap_enter(h);
+  if (tx == NULL) return 2;
+  for (int i = 0; i < p->rounds; i++) {
+    char k[32];
+    int kl = snprintf(k, sizeof k, "p%d-%d", p->id, i % 64);
+    AME_ATOMIC(tx) {
+      ame_store_word_tx(tx, p->word, ame_load_word_tx(tx, p->word) + 1);
+      ame_hcounter_add(tx, p->counter, 2);
+      ame_hmap_put(tx, p->map, k, kl, &i, sizeof i, 0);
+    }
+  }
+  ame_heap_exit(h);
+  return 0;
+}
+
+TEST_IMPL(heap_processes) {
+  ame_heap_config_t cfg = {.size = 16 << 20, .max_slots = 16};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static struct procs p;
+  AME_ATOMIC(tx) {
+    p.word = ame_heap_alloc(tx, 8, 16, 0);
+    ame_store_word_tx(tx, p.word, 0);
+    p.counter = ame_hcounter_new(tx, 16, 0);
+    p.map = ame_hmap_new(tx, 16, 0);
+  }
+  ame_heap_exit(h);
+  p.rounds = 20000 / (int)slow_factor();
+  enum { NPROC = 4 };
+  pid_t pids[NPROC];
+  fflush(NULL);
+  for (int i = 0; i < NPROC; i++) {
+    p.id = i;
+    pids[i] = fork();
+    ASSERT_GE(pids[i], 0);
+    if (pids[i] == 0) {
+      ame_heap_after_fork_child(h);
+      _exit(increment_main(h, &p));
+    }
+  }
+  for (int i = 0; i < NPROC; i++) {
+    int st = 0;
+    ASSERT_EQ(waitpid(pids[i], &st, 0), pids[i]);
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  tx = ame_heap_enter(h);
+  volatile uintptr_t w = 0;
+  volatile int64_t c = 0;
+  volatile size_t n = 0;
+  AME_ATOMIC(tx) {
+    w = ame_load_word_tx(tx, p.word);
+    c = ame_hcounter_get(tx, p.counter);
+    n = ame_hmap_len(tx, p.map);
+  }
+  ASSERT_EQ(w, (uintptr_t)NPROC * p.rounds);
+  ASSERT_EQ(c, (int64_t)2 * NPROC * p.rounds);
+  ASSERT_EQ(n, (size_t)NPROC * 64);
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  printf("heap_processes: %llu commits, %llu aborts\n",
+         (unsigned long long)st.tx.commits, (unsigned long long)st.tx.aborts);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* ame_retry in one process wakes when another commits. */
+static int retry_waiter(ame_heap_t *h, void *arg) {
+  uintptr_t *flag = arg;
+  ame_tx_t *tx = ame_heap_enter(h);
+  volatile uintptr_t v = 0;
+  AME_ATOMIC(tx) {
+    v = ame_load_word_tx(tx, flag);
+    if (v == 0) ame_retry(tx);
+  }
+  ame_heap_exit(h);
+  return v == 5 ? 0 : 1;
+}
+
+TEST_IMPL(heap_retry_processes) {
+  ame_heap_config_t cfg = {.size = 4 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static uintptr_t *volatile flag;
+  AME_ATOMIC(tx) {
+    flag = ame_heap_alloc(tx, 8, 16, 0);
+    ame_store_word_tx(tx, flag, 0);
+  }
+  fflush(NULL);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ame_heap_after_fork_child(h);
+    _exit(retry_waiter(h, flag));
+  }
+  sleep_ms(100);  /* let it wait (correct either way) */
+  tx_set(tx, flag, 5);
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
