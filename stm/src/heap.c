@@ -358,10 +358,28 @@ int ame_heap_open(const char *name, ame_heap_t **out) {
   return rc;
 }
 
+int ame_heap_adopt(void *base, ame_heap_t **out) {
+  if (ame__heap) return ame__heap->hdr == base ? (*out = ame__heap, 0) : -EBUSY;
+  if (base == NULL || ((uintptr_t)base & (PAGE - 1))) return -EINVAL;
+  /* Is a page mapped there?  (msync says ENOMEM if not.) */
+  if (msync(base, PAGE, MS_ASYNC) != 0) return -ENOENT;
+  struct ame__heap_hdr *h = base;
+  if (memcmp(h->magic, AME__HEAP_MAGIC, 8) != 0 ||
+      h->version != AME__HEAP_VERSION || h->hdr_size != sizeof *h ||
+      h->check != hdr_check(h) || h->base != (uint64_t)(uintptr_t)base ||
+      !LOAD_ACQ(&h->ready))
+    return -EPROTO;
+  if (msync((char *)base + h->size - PAGE, PAGE, MS_ASYNC) != 0)
+    return -EPROTO; /* not all of it is mapped */
+  int rc = attach(h, h->size, NULL, out);
+  if (rc == 0) (*out)->adopted = 1;
+  return rc;
+}
+
 void ame_heap_close(ame_heap_t *heap) {
   if (heap == NULL) return;
   assert(ame__heap_self == NULL && "ame_heap_close with threads entered");
-  munmap(heap->hdr, heap->size);
+  if (!heap->adopted) munmap(heap->hdr, heap->size);
   if (ame__heap == heap) ame__heap = NULL;
   free(heap);
 }

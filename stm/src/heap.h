@@ -103,6 +103,7 @@ struct ame_heap {
   struct ame__heap_hdr *hdr;   /* == the region's base */
   size_t size;
   int named;
+  int adopted;                 /* mapped by someone else (ame_heap_adopt) */
   char name[208];
 };
 

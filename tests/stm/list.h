@@ -117,6 +117,7 @@
   X(heap_queue_counter_log, 20)                                               \
   X(heap_processes, 60)                                                       \
   X(heap_retry_processes, 20)                                                 \
+  X(heap_adopt, 20)                                                           \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \

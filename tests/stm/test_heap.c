@@ -10,6 +10,7 @@
 
 #include <ame/heap.h>
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -567,4 +568,69 @@ TEST_IMPL(heap_retry_processes) {
   ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
   ame_heap_exit(h);
   ame_heap_close(h);
+}
+
+/* A second copy of the library in the same process (the `ame` command's
+** own beside Python's ame._ame) adopts the heap the first one created and
+** sees the same state. */
+TEST_IMPL(heap_adopt) {
+  const char *lib = getenv("AME_TEST_LIBAME");
+  if (lib == NULL || access(lib, R_OK) != 0)
+    TEST_SKIP("AME_TEST_LIBAME (the shared libame) not given");
+  void *dl = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
+  ASSERT_NOT_NULL(dl);
+  int (*adopt)(void *, ame_heap_t **) = (int (*)(void *, ame_heap_t **))
+      dlsym(dl, "ame_heap_adopt");
+  ame_tx_t *(*enter)(ame_heap_t *) = (ame_tx_t * (*)(ame_heap_t *))
+      dlsym(dl, "ame_heap_enter");
+  void (*leave)(ame_heap_t *) = (void (*)(ame_heap_t *))dlsym(dl,
+                                                             "ame_heap_exit");
+  int (*root_get)(ame_tx_t *, const void *, size_t, unsigned *, void **) =
+      (int (*)(ame_tx_t *, const void *, size_t, unsigned *, void **))dlsym(
+          dl, "ame_heap_root_get");
+  ASSERT(adopt && enter && leave && root_get);
+  ASSERT_PTR_NE((void *)adopt, (void *)ame_heap_adopt); /* another copy */
+  ame_heap_config_t cfg = {.size = 4 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static uintptr_t *volatile w;
+  AME_ATOMIC(tx) {
+    w = ame_heap_alloc(tx, 8, 16, 0);
+    ame_store_word_tx(tx, w, 1234);
+    ame_heap_root_set(tx, "w", 1, 3, w);
+  }
+  ame_heap_exit(h);
+  ame_heap_t *h2 = NULL;
+  ASSERT_EQ(adopt((void *)0x1000, &h2), -ENOENT);
+  ASSERT_EQ(adopt(ame_heap_base(h), &h2), 0);
+  ame_tx_t *tx2 = enter(h2);
+  ASSERT_NOT_NULL(tx2);
+  /* The other copy's transactions, through its own functions. */
+  uintptr_t (*load)(ame_tx_t *, const uintptr_t *) =
+      (uintptr_t(*)(ame_tx_t *, const uintptr_t *))dlsym(dl,
+                                                        "ame_load_word_tx");
+  void (*begin)(ame_tx_t *, jmp_buf *, const char *) =
+      (void (*)(ame_tx_t *, jmp_buf *, const char *))dlsym(dl, "ame_tx_begin");
+  void (*commit)(ame_tx_t *) = (void (*)(ame_tx_t *))dlsym(dl, "ame_tx_commit");
+  ASSERT(load && begin && commit);
+  jmp_buf env;
+  volatile uintptr_t v = 0;
+  volatile unsigned type = 0;
+  if (setjmp(env) == 0) {
+    begin(tx2, &env, "adopt");
+    void *p = NULL;
+    unsigned t = 0;
+    ASSERT_EQ(root_get(tx2, "w", 1, &t, &p), 1);
+    type = t;
+    v = load(tx2, p);
+    commit(tx2);
+  } else {
+    AME_TEST_FAIL_("a lone transaction aborted");
+  }
+  ASSERT_EQ(type, 3);
+  ASSERT_EQ(v, 1234);
+  leave(h2);
+  ame_heap_close(h);
+  dlclose(dl);
 }

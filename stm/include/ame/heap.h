@@ -88,6 +88,14 @@ AME_EXTERN int ame_heap_create(const char *name, const ame_heap_config_t *cfg,
 ** process), -EBUSY (this process has a heap open), or another -errno. */
 AME_EXTERN int ame_heap_open(const char *name, ame_heap_t **out);
 
+/* Use a heap that is already mapped in this process at base (inherited
+** from a parent that created it, or created by another copy of this
+** library in the process, such as the `ame` command's before Python
+** loads ame._ame).  Return 0 and set *out, -ENOENT (nothing mapped
+** there), -EPROTO (not a heap, or not all of it mapped), -EBUSY (another
+** heap is open).  Closing an adopted heap leaves it mapped. */
+AME_EXTERN int ame_heap_adopt(void *base, ame_heap_t **out);
+
 /* Unmap the heap from this process.  Every thread must have left it
 ** (ame_heap_exit).  The heap itself lives on while others map it (and, if
 ** named, until ame_heap_unlink). */
