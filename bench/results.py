@@ -339,10 +339,16 @@ def render(found, missing, command, when_done):
     out += ["", "## Bars", ""]
     body = []
     for name, _, title in RUNNERS:
-        for b in found.get(name, {}).get("bars", []):
+        d = found.get(name, {})
+        other = d.get("machine", {}).get("other_cpus")
+        for b in d.get("bars", []):
+            note = b.get("note")
+            if not note and other is not None and other > 0.2 and \
+                    b["status"] != "n/a":
+                note = ("disturbed: other work used %.2f CPUs during the "
+                        "runner" % other)
             body.append([title, b["bar"], b["target"], b["shown"],
-                         verdict(b) + (" (%s)" % b["note"]
-                                       if b.get("note") else "")])
+                         verdict(b) + (" (%s)" % note if note else "")])
     out.append(table(["benchmark", "bar", "target", "figure", "verdict"],
                      body, right_from=5))
 
