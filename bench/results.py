@@ -405,8 +405,10 @@ def main():
     else:
         with open(args.output, "w") as f:
             f.write(text)
+        shown = os.path.relpath(args.output)
         print("results: %s written%s" % (
-            os.path.relpath(args.output),
+            shown if not shown.startswith("..") else
+            os.path.abspath(args.output),
             " (incomplete: no %s)" % ", ".join(missing) if missing else ""))
     failed = [n for n, d in found.items() if d.get("failures")]
     if failed:
