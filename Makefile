@@ -40,14 +40,15 @@ demo: deps-demo build-release
 	$(PYTHON) bench/demo.py --builddir $(BENCH_BUILD) $(DEMO_ARGS)
 
 # The benchmarks, each against its baselines in the same run (about 15
-# minutes; BENCH_ARGS=--quick about 2; bench/README.md).  Each runner prints its tables and writes its results to
-# $(BENCH_BUILD)/bench-NAME.json; bench/results.py then renders them all as
-# bench/RESULTS.md, the one file of measured figures (date, machine, command,
-# tables, bars).  A runner that fails does not stop the others; make bench
-# then fails at the end.  BENCH_ARGS go to every runner (e.g. --quick, which
-# RESULTS.md marks as a quick run); STM_BENCH_ARGS, REACTOR_BENCH_ARGS,
-# TWISTED_BENCH_ARGS and LOAD_BENCH_ARGS to one each (their other flags
-# differ: --duration is ms for the STM runner, seconds for the others).
+# minutes; BENCH_ARGS=--quick about 2; bench/README.md).  Each runner prints
+# its tables and writes its results to $(BENCH_BUILD)/bench-NAME.json;
+# bench/results.py then renders them all as bench/RESULTS.md, the one file
+# of measured figures (date, machine, command, tables, bars).  A runner that
+# fails does not stop the others; make bench then fails at the end.
+# BENCH_ARGS go to every runner (e.g. --quick, which RESULTS.md marks as a
+# quick run); STM_BENCH_ARGS, REACTOR_BENCH_ARGS, TWISTED_BENCH_ARGS and
+# LOAD_BENCH_ARGS to one each (their other flags differ: --duration is ms
+# for the STM runner, seconds for the others).
 BENCH_VARS = BENCH_ARGS STM_BENCH_ARGS REACTOR_BENCH_ARGS TWISTED_BENCH_ARGS \
 	     LOAD_BENCH_ARGS
 BENCH_CMD = $(strip make bench $(foreach v,$(BENCH_VARS),$(if $($(v)),$(v)='$($(v))')))
