@@ -39,15 +39,27 @@ check: deps
 demo: deps-demo build-release
 	$(PYTHON) bench/demo.py --builddir $(BENCH_BUILD) $(DEMO_ARGS)
 
-# The full benchmarks (about twelve minutes).  BENCH_ARGS go to every runner
-# (e.g. --json, --quick); STM_BENCH_ARGS, REACTOR_BENCH_ARGS,
-# TWISTED_BENCH_ARGS and LOAD_BENCH_ARGS to one each (their other flags differ: --duration is
-# ms for the STM runner, seconds for the others).
+# The benchmarks, each against its baselines in the same run (about 15
+# minutes; BENCH_ARGS=--quick about 2; bench/README.md).  Each runner prints
+# its tables and writes its results to $(BENCH_BUILD)/bench-NAME.json;
+# bench/results.py then renders them all as bench/RESULTS.md, the one file
+# of measured figures (date, machine, command, tables, bars).  A runner that
+# fails does not stop the others; make bench then fails at the end.
+# BENCH_ARGS go to every runner (e.g. --quick, which RESULTS.md marks as a
+# quick run); STM_BENCH_ARGS, REACTOR_BENCH_ARGS, TWISTED_BENCH_ARGS and
+# LOAD_BENCH_ARGS to one each (their other flags differ: --duration is ms
+# for the STM runner, seconds for the others).
+BENCH_VARS = BENCH_ARGS STM_BENCH_ARGS REACTOR_BENCH_ARGS TWISTED_BENCH_ARGS \
+	     LOAD_BENCH_ARGS
+BENCH_CMD = $(strip make bench $(foreach v,$(BENCH_VARS),$(if $($(v)),$(v)='$($(v))')))
+BENCH_OUT = --builddir $(BENCH_BUILD) --json-out $(BENCH_BUILD)/bench
 bench: build-release
-	$(PYTHON) bench/stm_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(STM_BENCH_ARGS)
-	$(PYTHON) bench/reactor_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(REACTOR_BENCH_ARGS)
-	$(PYTHON) bench/twisted_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(TWISTED_BENCH_ARGS)
-	$(PYTHON) bench/load_bench.py --builddir $(BENCH_BUILD) $(BENCH_ARGS) $(LOAD_BENCH_ARGS)
+	@rm -f $(BENCH_BUILD)/bench-*.json
+	-$(PYTHON) bench/stm_bench.py $(BENCH_OUT)-stm.json $(BENCH_ARGS) $(STM_BENCH_ARGS)
+	-$(PYTHON) bench/reactor_bench.py $(BENCH_OUT)-reactor.json $(BENCH_ARGS) $(REACTOR_BENCH_ARGS)
+	-$(PYTHON) bench/twisted_bench.py $(BENCH_OUT)-twisted.json $(BENCH_ARGS) $(TWISTED_BENCH_ARGS)
+	-$(PYTHON) bench/load_bench.py $(BENCH_OUT)-load.json $(BENCH_ARGS) $(LOAD_BENCH_ARGS)
+	$(PYTHON) bench/results.py --builddir $(BENCH_BUILD) --command "$(BENCH_CMD)"
 
 install: build
 	$(MESON) install -C $(BUILD)

@@ -1,15 +1,47 @@
-"""bench/benchlib.py — what the benchmark runners share: how busy the
-machine was (so a table can say how much other work disturbed it), what
-the machine is, and how rates are printed.  Standard library only; run with
-Debian's /usr/bin/python3."""
+"""bench/benchlib.py — what the benchmark runners (stm_bench.py,
+reactor_bench.py, twisted_bench.py, load_bench.py, demo.py) share, so that
+each mechanism exists once:
 
+- the machine: what it is (machine_info), how busy other work kept it
+  (LoadMeter, wait_quiet), and the CPU time of a server's processes over
+  a client's run (ServerCPU);
+- running programs: a benchmark binary that prints one JSON line
+  (run_json), the HTTP clients wrk (run_wrk) and `ame load --json`
+  (run_ame_load), with limits, and their output parsed in one place;
+- servers: each in its own process group (Server, AppServer), all stopped
+  however a runner ends (ServerSession), checked with two keep-alive GETs
+  (check_http);
+- the command line (runner_parser and the list parsers), the JSON a runner
+  writes and prints (emit, load_saved), and the text tables (fmt_*,
+  print_rows, print_bars, print_failures).
+
+Standard library only; run with Debian's /usr/bin/python3.
+"""
+
+import argparse
+import json
 import os
 import platform
+import re
 import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+class BenchError(Exception):
+    """A run that failed (not a missed bar)."""
+
+
+# ---- the machine ------------------------------------------------------------
 
 def machine_busy():
     """Seconds of CPU the whole machine has been busy (/proc/stat), or None."""
@@ -47,7 +79,25 @@ class LoadMeter:
         return max(0.0, ((b1 - b0) - (c1 - c0)) / (t1 - t0))
 
 
+def wait_quiet(max_wait):
+    """Wait, up to max_wait seconds, until other work on the machine uses
+    under 0.15 CPUs (sampled over 0.5 s while we run nothing).  Return the
+    seconds waited."""
+    t0 = time.monotonic()
+    while max_wait > 0:
+        b0, s0 = machine_busy(), time.monotonic()
+        time.sleep(0.5)
+        b1, s1 = machine_busy(), time.monotonic()
+        if b0 is None or b1 is None or (b1 - b0) / (s1 - s0) < 0.15:
+            break
+        if s1 - t0 >= max_wait:
+            break
+    return time.monotonic() - t0
+
+
 def machine_info():
+    """The CPU model, CPU count, kernel, load average and the time (UTC) at
+    the start of a run."""
     model = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -63,28 +113,478 @@ def machine_info():
     except OSError:
         load = None
     return {"cpus": os.cpu_count(), "cpu": model,
-            "kernel": platform.release(), "loadavg_at_start": load}
+            "kernel": platform.release(), "loadavg_at_start": load,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def fmt_rate(x):
-    if x is None:
-        return "-"
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if x >= div:
-            return "%.2f%s" % (x / div, unit)
-    return "%.0f" % x
+def proc_stat(pid):
+    """(ppid, utime+stime ticks) of pid, or None if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data.rsplit(")", 1)[1].split()
+    return int(rest[1]), int(rest[11]) + int(rest[12])
+
+
+def proc_start_time(pid):
+    """The start time of pid (ticks since boot, /proc/PID/stat field 22),
+    which tells a process from a later one with the same pid; None if
+    gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(pid):
+    """pid and every process below it (nginx: master and workers)."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = proc_stat(int(name))
+            if st is not None:
+                children.setdefault(st[0], []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_ticks(pids):
+    """{pid: utime+stime ticks} for the pids still alive."""
+    out = {}
+    for p in pids:
+        st = proc_stat(p)
+        if st is not None:
+            out[p] = st[1]
+    return out
+
+
+class ServerCPU:
+    """The CPU time a server's processes use while a client runs, and what
+    other work on the machine used meanwhile:
+
+        window = ServerCPU(pids)
+        ... run the client ...
+        window.stop()
+        window.seconds, window.changed, window.others(client_cpu_s, wall_s)
+
+    seconds counts every thread of the pids (utime + stime from /proc); a
+    pid gone by stop() counts up to its last sample; changed says whether
+    any was gone."""
+
+    def __init__(self, pids):
+        self.busy0 = machine_busy()
+        self.ticks0 = cpu_ticks(pids)
+        self.pids = pids
+
+    def stop(self):
+        ticks1 = cpu_ticks(self.pids)
+        self.busy1 = machine_busy()
+        self.changed = len(ticks1) != len(self.ticks0)
+        self.seconds = sum(ticks1.get(p, t) - t
+                           for p, t in self.ticks0.items()) / float(CLK_TCK)
+        return self.seconds
+
+    def others(self, client_cpu, wall):
+        """CPUs other work used over wall seconds: the machine's busy time
+        less the server's and the client's."""
+        if self.busy0 is None or self.busy1 is None or wall <= 0:
+            return None
+        return max(0.0, (self.busy1 - self.busy0 - self.seconds - client_cpu)
+                   / wall)
+
+
+# ---- running programs -------------------------------------------------------
+
+def run_json(cmd, timeout):
+    """Run a benchmark binary that prints one JSON line (its last line
+    starting with "{").  Return (result dict or None, error text or None):
+    the error says why it failed -- a timeout, a signal, an invariant
+    failure ("valid": false), an exit status, no result line -- with the
+    last line of its stderr."""
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           timeout=timeout, text=True)
+    except subprocess.TimeoutExpired:
+        return None, "timed out after %.0f s (hang or livelock?)" % timeout
+    except OSError as e:
+        return None, "cannot run: %s" % e
+    result = None
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                pass
+            break
+    if p.returncode != 0:
+        if p.returncode < 0:
+            why = "killed by signal %d" % -p.returncode
+        elif result is not None and not result.get("valid", True):
+            why = "invariant failure"
+        else:
+            why = "exit status %d" % p.returncode
+        err = p.stderr.strip().splitlines()
+        return result, why + (": " + err[-1] if err else "")
+    if result is None:
+        return None, "no result line in its output"
+    return result, None
+
+
+def wait_client(p, timeout, what):
+    """Wait for client process p (a Popen) for at most timeout seconds;
+    return (exit status, rusage).  Past the limit, kill it and raise
+    BenchError.  Ctrl-C kills it too."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid != 0:
+                p.returncode = os.waitstatus_to_exitcode(status)
+                return p.returncode, ru
+            if time.monotonic() > deadline:
+                p.kill()
+                os.wait4(p.pid, 0)
+                p.returncode = -9
+                raise BenchError("%s did not finish (server hung?)" % what)
+            time.sleep(0.05)
+    except BaseException:
+        if p.returncode is None:
+            p.kill()
+            p.wait()
+        raise
+
+
+def run_client(cmd, what, timeout, tmpdir, stderr_too=True):
+    """Run a load client with its output in a file of tmpdir (stderr in
+    the same file, or with stderr_too false in a file of its own); return
+    (exit status, its output, its stderr or "", its CPU seconds, wall
+    seconds)."""
+    base = os.path.join(tmpdir, what.replace(" ", "-"))
+    with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT if stderr_too else err)
+        rc, ru = wait_client(p, timeout, what)
+        wall = time.monotonic() - t0
+    texts = []
+    for path in (base + ".out", base + ".err"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            texts.append(f.read())
+    return rc, texts[0], texts[1], ru.ru_utime + ru.ru_stime, wall
+
+
+WRK_RE = {
+    "requests": re.compile(r"(\d+) requests in ([\d.]+)(\w+)"),
+    "rps": re.compile(r"Requests/sec:\s*([\d.]+)"),
+    "socket_errors": re.compile(r"Socket errors: connect (\d+), read (\d+), "
+                                r"write (\d+), timeout (\d+)"),
+    "non2xx": re.compile(r"Non-2xx or 3xx responses: (\d+)"),
+}
+
+
+def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=()):
+    """Run wrk (with extra request headers, e.g. "Connection: close");
+    return (parsed dict, wrk's CPU seconds, wall seconds)."""
+    cmd = [wrk, "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append("http://127.0.0.1:%d/" % port)
+    rc, text, _, cpu, wall = run_client(cmd, "wrk", duration + 30, tmpdir)
+    if rc != 0:
+        raise BenchError("wrk exit status %d: %s" % (rc, text.strip()[-200:]))
+    m = WRK_RE["requests"].search(text)
+    r = WRK_RE["rps"].search(text)
+    if not m or not r:
+        raise BenchError("cannot parse wrk output: %s" % text.strip()[-200:])
+    res = {"requests": int(m.group(1)), "rps": float(r.group(1)),
+           "socket_errors": 0, "non2xx": 0, "command": " ".join(cmd)}
+    e = WRK_RE["socket_errors"].search(text)
+    if e:
+        res["socket_errors"] = sum(int(x) for x in e.groups())
+    n = WRK_RE["non2xx"].search(text)
+    if n:
+        res["non2xx"] = int(n.group(1))
+    return res, cpu, wall
+
+
+def run_ame_load(ame, port, threads, conns, duration, tmpdir, extra=()):
+    """Run `ame load http://127.0.0.1:PORT/ -t -c -d --json` (plus extra
+    arguments); return (its JSON, its CPU seconds, the command).  Raise
+    BenchError if it fails, hangs or prints no JSON."""
+    cmd = [ame, "load", "http://127.0.0.1:%d/" % port, "-t", str(threads),
+           "-c", str(conns), "-d", "%gs" % duration, "--json"] + list(extra)
+    rc, text, err, cpu, _ = run_client(cmd, "ame load", duration + 30,
+                                       tmpdir, stderr_too=False)
+    if rc != 0:
+        raise BenchError("`%s` exited %d: %s" % (" ".join(cmd), rc,
+                                                 err.strip()[-300:]))
+    try:
+        d = json.loads(text)
+    except ValueError:
+        raise BenchError("cannot parse the output of `%s`: %s"
+                         % (" ".join(cmd), text.strip()[-300:]))
+    return d, cpu, " ".join(cmd)
+
+
+def round_robin(keys, reps, run, describe, on_failure, label="",
+                quiet_wait=0, alternate=False):
+    """Run run(key, rep) for every key once per repetition, so that a slow
+    patch of the machine does not land on one configuration (with
+    alternate, the order is reversed on every other repetition), each run
+    after wait_quiet(quiet_wait), with a progress line on stderr when it is
+    a terminal ("[LABEL 3/12] describe(key)").  Return {key: [run's
+    results]}; a run that raises BenchError is left out and passed to
+    on_failure(key, rep, error)."""
+    results = {}
+    total, done, width = len(keys) * reps, 0, 0
+    tty = sys.stderr.isatty()
+    for rep in range(reps):
+        for key in (keys[::-1] if alternate and rep % 2 else keys):
+            done += 1
+            if tty:
+                line = "[%s%d/%d] %s" % (label + " " if label else "", done,
+                                         total, describe(key))
+                width = max(width, len(line))
+                print("\r" + line.ljust(width), end="", file=sys.stderr,
+                      flush=True)
+            wait_quiet(quiet_wait)
+            try:
+                res = run(key, rep)
+            except BenchError as e:
+                on_failure(key, rep, str(e))
+                if tty:
+                    print("\n  FAILED: %s" % e, file=sys.stderr)
+                continue
+            results.setdefault(key, []).append(res)
+    if tty:
+        print("\r" + " " * width + "\r", end="", file=sys.stderr)
+    return results
+
+
+# ---- servers ----------------------------------------------------------------
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """One server process in its own process group.  Every server started
+    is in LIVE until stopped, so that a ServerSession can stop what an
+    interruption left running."""
+
+    LIVE = []
+
+    def __init__(self, cmd, log_path):
+        self.cmd = cmd
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        Server.LIVE.append(self)
+
+    def log_tail(self, n=5):
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+            return " | ".join(lines[-n:])
+        except OSError:
+            return ""
+
+    def wait_port(self, port, timeout=10.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise BenchError("exited with status %s before accepting: %s"
+                                 % (self.proc.returncode, self.log_tail()))
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise BenchError("did not accept on port %d within %.0f s"
+                         % (port, timeout))
+
+    def check_running(self, during):
+        """Raise BenchError if the server has exited (during: "the run",
+        "the warm-up")."""
+        if self.proc.poll() is not None:
+            raise BenchError("the server exited during %s (status %s): %s"
+                             % (during, self.proc.returncode,
+                                self.log_tail()))
+
+    def stop(self):
+        """Kill the whole process group: TERM, then KILL after 3 s."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever is left of the group (workers whose master died, ...).
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                pass
+        self.log.close()
+        if self in Server.LIVE:
+            Server.LIVE.remove(self)
+
+
+def kill_leftovers(idents):
+    """SIGKILL each (pid, start time) still alive as that same process (a
+    worker that left its parent's process group); return the pids
+    killed."""
+    killed = []
+    for pid, start in idents:
+        if start is not None and proc_start_time(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except OSError:
+                pass
+    return killed
+
+
+class AppServer(Server):
+    """A Server (own process group, stopped TERM then KILL) that also
+    remembers every process seen in its tree (an `ame run` supervisor and
+    its workers), and kills any of them still alive after the group is
+    gone (a worker that left the group)."""
+
+    def __init__(self, cmd, log_path):
+        super().__init__(cmd, log_path)
+        self.seen = {}
+
+    def remember(self):
+        if self.proc.poll() is None:
+            for p in descendants(self.proc.pid):
+                self.seen.setdefault(p, proc_start_time(p))
+        return sorted(self.seen)
+
+    def stop(self):
+        self.remember()
+        super().stop()
+        kill_leftovers(self.seen.items())
+
+
+class ServerSession:
+    """A runner's servers and scratch files:
+
+        with ServerSession("load_bench") as session:
+            ... session.tmpdir ...
+        if session.interrupted:
+            return 130
+
+    On leaving the block, however it is left, every server still running
+    is stopped and tmpdir removed; a Ctrl-C (KeyboardInterrupt) ends the
+    block with "NAME: interrupted; servers stopped" on stderr and
+    interrupted set."""
+
+    def __init__(self, name):
+        self.name = name
+        self.interrupted = False
+        self.tmpdir = None
+
+    def __enter__(self):
+        self.tmpdir = tempfile.mkdtemp(
+            prefix="ame-%s-" % self.name.replace("_", "-"))
+        return self
+
+    def __exit__(self, kind, value, tb):
+        for srv in list(Server.LIVE):
+            srv.stop()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        if kind is KeyboardInterrupt:
+            print("\n%s: interrupted; servers stopped" % self.name,
+                  file=sys.stderr)
+            self.interrupted = True
+            return True
+        return False
+
+
+def check_http(port, body):
+    """GET / twice on one keep-alive connection: each must answer 200 with
+    a Content-Length and exactly body, and not close.  Return a dict
+    describing the second response (status line, header names, bytes), or
+    raise BenchError."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), 5)
+    except OSError as e:
+        raise BenchError("GET / failed: %s" % e)
+    s.settimeout(5)
+    try:
+        buf = b""
+        out = None
+        for _ in range(2):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"User-Agent: ame-bench\r\n\r\n")
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise BenchError("connection closed before a response "
+                                     "(keep-alive broken?)")
+                buf += chunk
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                headers[k.strip().lower()] = v.strip()
+            n = int(headers.get("content-length", "-1"))
+            if n < 0:
+                raise BenchError("no Content-Length in %r" % head)
+            while len(buf) < n:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise BenchError("connection closed inside the body")
+                buf += chunk
+            data, buf = buf[:n], buf[n:]
+            out = {"status": lines[0], "headers": [l.split(":")[0]
+                                                   for l in lines[1:]],
+                   "bytes": len(head) + 4 + n, "body_ok": data == body}
+            if not lines[0].startswith("HTTP/1.1 200"):
+                raise BenchError("GET / answered %r" % lines[0])
+            if data != body:
+                raise BenchError("GET / body %r, expected %r" % (data, body))
+            if headers.get("connection", "").lower() == "close":
+                raise BenchError("the server closed a keep-alive connection")
+        return out
+    except socket.timeout:
+        raise BenchError("no response within 5 s")
+    except OSError as e:
+        raise BenchError("GET / failed: %s" % e)
+    finally:
+        s.close()
 
 
 # ---- Python servers from a build tree (twisted_bench.py, demo.py) ----------
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def resolve_builddir(builddir):
+def resolve_builddir(builddir, need="build.ninja"):
     """builddir as given, or relative to the repository root; absolute.
-    None if neither holds a build (no build.ninja)."""
+    None if neither holds need (a build: build.ninja; the benchmarks'
+    binaries: "bench")."""
     for d in (builddir, os.path.join(REPO, builddir)):
-        if os.path.isfile(os.path.join(d, "build.ninja")):
+        if os.path.exists(os.path.join(d, need)):
             return os.path.abspath(d)
     return None
 
@@ -119,8 +619,6 @@ def ame_cpus():
     on PYTHONPATH in a child; the affinity mask where that fails."""
     global _CPUS
     if _CPUS is None:
-        import subprocess
-        import sys
         try:
             out = subprocess.run(
                 [sys.executable, "-c",
@@ -136,7 +634,6 @@ def ame_cpus():
 def ame_run_status(builddir):
     """(True, None) if BUILDDIR/cmd/ame has a working `ame run`
     (`ame run --help` exits 0), else (False, why)."""
-    import subprocess
     ame = os.path.join(builddir, "cmd", "ame")
     if not os.access(ame, os.X_OK):
         return False, "%s not built" % ame
@@ -153,49 +650,23 @@ def ame_run_status(builddir):
     return True, None
 
 
-def proc_start_time(pid):
-    """The start time of pid (ticks since boot, /proc/PID/stat field 22),
-    which tells a process from a later one with the same pid; None if
-    gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def kill_leftovers(idents):
-    """SIGKILL each (pid, start time) still alive as that same process (a
-    worker that left its parent's process group); return the pids
-    killed."""
-    import signal
-    killed = []
-    for pid, start in idents:
-        if start is not None and proc_start_time(pid) == start:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except OSError:
-                pass
-    return killed
-
+# ---- the command line -------------------------------------------------------
 
 def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def runner_parser(doc, builddir, epilog_from=1, results=False):
+def runner_parser(doc, builddir, epilog_from=1, results=False,
+                  quiet_wait=False):
     """
     What every runner does first: quiet under `| head` (SIGPIPE), clean up
     on SIGTERM as on Ctrl-C, and take Ctrl-C even when the shell started it
     with SIGINT ignored (a background job); then return an ArgumentParser
     made of the module's docstring (first paragraph: description; from
     paragraph epilog_from on: epilog) with --builddir (default builddir);
-    with results, also --quiet-wait, --json and --show (the benchmark
-    runners' common options).
+    with results, also --json, --json-out and --show (see emit()); with
+    quiet_wait, --quiet-wait.
     """
-    import argparse
-    import signal
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -205,15 +676,253 @@ def runner_parser(doc, builddir, epilog_from=1, results=False):
         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--builddir", default=builddir,
                     help="meson build directory (default: %s)" % builddir)
-    if results:
+    if quiet_wait:
         ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
                         help="before each run, wait up to S seconds for "
                              "other work on the machine to fall under 0.15 "
                              "CPUs (default 0: do not wait)")
+    if results:
         ap.add_argument("--json", action="store_true",
                         help="print the results as JSON instead of the "
                              "tables")
+        ap.add_argument("--json-out", default=None, metavar="FILE",
+                        help="also write the results as JSON to FILE "
+                             "(make bench: BUILDDIR/bench-*.json, which "
+                             "bench/results.py renders as bench/RESULTS.md)")
         ap.add_argument("--show", default=None, metavar="FILE",
                         help="run nothing: print the tables of a saved "
                              "--json output")
     return ap
+
+
+def add_runs(ap, quick, reps, duration, duration_help, metavar="S",
+             reps_flags=("--reps",)):
+    """Add --quick (help: "short form: " + quick), --reps and --duration,
+    whose defaults are (full run, --quick) pairs: reps, duration.
+    parse_args() fills them in."""
+    ap.add_argument("--quick", action="store_true",
+                    help="short form: " + quick)
+    ap.add_argument(*reps_flags, dest="reps", type=int, default=None,
+                    help="repetitions of every run (default %d; quick %d)"
+                    % reps)
+    ap.add_argument("--duration", type=int, default=None, metavar=metavar,
+                    help="%s (default %d; quick %d)"
+                    % ((duration_help,) + duration))
+    ap.set_defaults(run_defaults=(reps, duration))
+
+
+def parse_args(ap, report=None):
+    """ap.parse_args(), with the defaults of add_runs() filled in.  With
+    --show FILE, print report(the saved results) instead and exit: 1 if
+    they hold failures."""
+    args = ap.parse_args()
+    if getattr(args, "show", None):
+        d = load_saved(args.show)
+        report(d)
+        sys.exit(1 if d["failures"] else 0)
+    if getattr(args, "run_defaults", None):
+        (reps, quick_reps), (dur, quick_dur) = args.run_defaults
+        if args.reps is None:
+            args.reps = quick_reps if args.quick else reps
+        if args.duration is None:
+            args.duration = quick_dur if args.quick else dur
+        del args.run_defaults
+    return args
+
+
+def command_line():
+    """How this runner was started, as one shell-like line."""
+    argv = [os.path.relpath(sys.argv[0], REPO)
+            if os.path.isabs(sys.argv[0]) else sys.argv[0]] + sys.argv[1:]
+    return " ".join(a if a and not set(a) & set(" '\"$\\|&;<>()*?")
+                    else "'%s'" % a.replace("'", "'\\''") for a in argv)
+
+
+def int_list(text):
+    return sorted({int(x) for x in text.split(",") if x.strip()})
+
+
+def float_list(text):
+    return sorted({float(x) for x in text.split(",") if x.strip()})
+
+
+def name_list(allowed, what):
+    """An argparse type: a comma-separated subset of allowed."""
+    def parse(text):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        for x in items:
+            if x not in allowed:
+                raise argparse.ArgumentTypeError(
+                    "unknown %s '%s' (choose from %s)" % (
+                        what, x, ", ".join(allowed)))
+        return items
+    return parse
+
+
+# ---- results ----------------------------------------------------------------
+
+def load_saved(path):
+    """The results of a run saved with --json or --json-out."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def emit(args, results, report):
+    """The end of a runner: write results (a dict, with "failures") to
+    --json-out FILE if given, then print them as JSON (--json) or as
+    report(results).  Return the exit status: 1 if anything failed."""
+    text = json.dumps(results, indent=1) + "\n"
+    if getattr(args, "json_out", None):
+        d = os.path.dirname(os.path.abspath(args.json_out))
+        os.makedirs(d, exist_ok=True)
+        with open(args.json_out, "w") as f:
+            f.write(text)
+    if args.json:
+        sys.stdout.write(text)
+    else:
+        report(results)
+    return 1 if results.get("failures") else 0
+
+
+# ---- text tables ------------------------------------------------------------
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def ratio(a, b):
+    """a / b, or None when either is missing (or b is 0)."""
+    return a / b if a is not None and b else None
+
+
+def fmt_rate(x):
+    if x is None:
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= div:
+            return "%.2f%s" % (x / div, unit)
+    return "%.0f" % x
+
+
+def fmt_ratio(x):
+    return "-" if x is None else "%.2fx" % x
+
+
+def fmt_apc(x, none="-"):
+    """Aborts per commit."""
+    if x is None:
+        return none
+    return "%.4f" % x if x < 10 else "%.1f" % x
+
+
+def fmt_us(x):
+    return "-" if x is None else "%.2f" % x
+
+
+fmt_cpus = fmt_us
+
+
+def wrk_summary(runs):
+    """
+    The per-configuration summary of repeated wrk runs (each a dict with
+    rps, cpu_us_per_req, server_cpus, wrk_cpus, others_cpus, socket_errors
+    and non2xx): medians, min-max, error counts, and the runs themselves.
+    """
+    rps = [r["rps"] for r in runs]
+    cpr = [r["cpu_us_per_req"] for r in runs]
+    return {
+        "runs": len(runs),
+        "rps": rps, "rps_median": med(rps),
+        "rps_min": min(rps) if rps else None,
+        "rps_max": max(rps) if rps else None,
+        "cpu_us_per_req": cpr, "cpu_median": med(cpr),
+        "cpu_min": min(cpr) if cpr else None,
+        "cpu_max": max(cpr) if cpr else None,
+        "server_cpus": med([r["server_cpus"] for r in runs]),
+        "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
+        "others_cpus": med([r["others_cpus"] for r in runs
+                            if r["others_cpus"] is not None]),
+        "socket_errors": sum(r["socket_errors"] for r in runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+        "errors": sum(r["socket_errors"] + r["non2xx"] for r in runs),
+        "runs_detail": runs,
+    }
+
+
+def print_rows(head, table, right_from, group=None):
+    """Print an aligned table; columns from right_from on are right-aligned.
+    group(row) -> key: a blank line between groups."""
+    rows = [head] + table
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    prev = None
+    for n, row in enumerate(rows):
+        if group and n > 1 and group(row) != prev:
+            print()
+        if group and n > 0:
+            prev = group(row)
+        cells = [row[i].ljust(widths[i]) if i < right_from
+                 else row[i].rjust(widths[i]) for i in range(len(head))]
+        print("  ".join(cells).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def print_machine(title, machine, worst=None):
+    """The header of a report: the machine, the load average at the start
+    and the CPUs other work used during the run (and, when that disturbed
+    the figures, which are worst hit: "2 threads").  title None: only the
+    latter."""
+    if title is not None:
+        print("%s: %s CPUs (%s), load average %s at the start"
+              % (title, machine["cpus"], machine["cpu"],
+                 " ".join(machine["loadavg_at_start"] or ["?"])))
+    other = machine.get("other_cpus")
+    if other is not None:
+        print("Other work on the machine used %.2f CPUs on average during "
+              "the run%s" % (other, (" -- figures are disturbed" + (
+                  ", above all at " + worst if worst else ""))
+                  if other > 0.2 else "."))
+
+
+def print_bars(bars, width=12):
+    """The bars section: PASS/MISS, the bar, the figure, the target, and a
+    note (runs disturbed by other work, errors)."""
+    print("bars:")
+    if not bars:
+        return
+    w = max(len(b["bar"]) for b in bars)
+    for b in bars:
+        print("  %-4s  %s  %-*s (target %s)%s" % (
+            b["status"], b["bar"].ljust(w), width, b["shown"], b["target"],
+            "  [%s]" % b["note"] if b.get("note") else ""))
+
+
+def print_failures(failures, what=lambda f: f["what"]):
+    """The failed runs, each with the command that reproduces it."""
+    if not failures:
+        return
+    print()
+    print("FAILURES (%d):" % len(failures))
+    for f in failures:
+        print("  %s: %s" % (what(f), f["error"]))
+        if f.get("command"):
+            print("    reproduce: %s" % f["command"])
+
+
+def bar_met(figure, op, target):
+    """Whether figure meets a bar: op is ">=", "<=" or "<"."""
+    return (figure >= target if op == ">=" else
+            figure <= target if op == "<=" else figure < target)
+
+
+def make_bar(name, figure, op, target, fmt=fmt_ratio, note=None):
+    """One bar: status PASS/MISS (n/a when not measured), the figure as
+    shown, the target, a note (ignored when not measured)."""
+    if figure is None:
+        status, shown = "n/a", "not measured"
+    else:
+        status = "PASS" if bar_met(figure, op, target) else "MISS"
+        shown = fmt(figure)
+    return {"bar": name, "target": "%s %s" % (op, fmt(target)),
+            "measured": figure, "shown": shown, "status": status,
+            "note": note if figure is not None else None}

@@ -27,18 +27,15 @@ demo does both).
 
 import json
 import os
-import resource
 import socket
-import subprocess
 import sys
 import time
 
-from benchlib import (CLK_TCK, REPO, ame_cpus, ame_env, runner_parser,
-                      ame_extension_built, ame_run_status, fmt_rate,
-                      machine_busy, machine_info, resolve_builddir)
-from reactor_bench import (BenchError, ServerSession, cpu_ticks, fmt_ratio,
-                           fmt_us, print_rows)
-from twisted_bench import AppServer, check_response
+from benchlib import (AppServer, BenchError, REPO, ServerCPU, ServerSession,
+                      ame_cpus, ame_env, ame_extension_built, ame_run_status,
+                      check_http, fmt_rate, fmt_ratio, fmt_us, machine_info,
+                      print_rows, resolve_builddir, run_ame_load,
+                      runner_parser)
 
 WEB = os.path.join(REPO, "examples", "python", "web.py")
 BODY = b"Hello, world!"
@@ -76,27 +73,6 @@ def wait_port_free(port, timeout=5.0):
         time.sleep(0.1)
 
 
-def ame_load(ame, port, args, duration):
-    """Run ame load against port for duration seconds; return its JSON."""
-    cmd = [ame, "load", "http://127.0.0.1:%d/" % port,
-           "-c", str(args.connections), "-t", str(args.threads),
-           "-d", "%gs" % duration, "--json", "--no-progress"]
-    try:
-        p = subprocess.run(cmd, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True, timeout=duration + 30)
-    except subprocess.TimeoutExpired:
-        raise BenchError("`%s` did not finish" % " ".join(cmd))
-    if p.returncode != 0:
-        raise BenchError("`%s` exited %d: %s" % (
-            " ".join(cmd), p.returncode, p.stderr.strip()[-300:]))
-    try:
-        return json.loads(p.stdout)
-    except ValueError:
-        raise BenchError("cannot parse the output of `%s`: %s"
-                         % (" ".join(cmd), p.stdout.strip()[-300:]))
-
-
 def measure(name, cmd, workers, duration, args, ame, tmpdir):
     """Serve with cmd, warm up, load for duration s; return a result dict.
     Raise BenchError on failure; the server is stopped in every case."""
@@ -109,31 +85,22 @@ def measure(name, cmd, workers, duration, args, ame, tmpdir):
         os.listdir(tmpdir))))
     try:
         srv.wait_port(args.port, timeout=30)
-        check_response(args.port, BODY)
-        ame_load(ame, args.port, args, args.warmup)
-        if srv.proc.poll() is not None:
-            raise BenchError("the server exited during the warm-up (status "
-                             "%s): %s" % (srv.proc.returncode,
-                                          srv.log_tail()))
+        check_http(args.port, BODY)
+        load = (ame, args.port, args.threads, args.connections)
+        run_ame_load(*load, args.warmup, tmpdir, ["--no-progress"])
+        srv.check_running("the warm-up")
         pids = srv.remember()
-        cpu0 = cpu_ticks(pids)
-        busy0, t0 = machine_busy(), time.monotonic()
-        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        res = ame_load(ame, args.port, args, duration)
-        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        busy1, t1 = machine_busy(), time.monotonic()
-        cpu1 = cpu_ticks(pids)
-        if srv.proc.poll() is not None:
-            raise BenchError("the server exited during the run (status %s): "
-                             "%s" % (srv.proc.returncode, srv.log_tail()))
+        window = ServerCPU(pids)
+        t0 = time.monotonic()
+        res, load_cpu, _ = run_ame_load(*load, duration, tmpdir,
+                                        ["--no-progress"])
+        t1 = time.monotonic()
+        cpu_s = window.stop()
+        srv.check_running("the run")
         changed = srv.remember() != pids
     finally:
         srv.stop()
-    cpu_s = sum(cpu1.get(p, cpu0[p]) - cpu0[p] for p in cpu0) / float(CLK_TCK)
-    # ame load is the only child reaped while it ran.
-    load_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    others = (None if busy0 is None or busy1 is None else
-              max(0.0, (busy1 - busy0 - cpu_s - load_cpu) / (t1 - t0)))
+    others = window.others(load_cpu, t1 - t0)
     n = res["requests"]
     if n == 0:
         raise BenchError("no request completed")

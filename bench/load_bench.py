@@ -18,40 +18,18 @@ Default: -t2 -c50, 5 s, 5 repetitions, servers with 1 and 2 workers
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 
-from benchlib import (LoadMeter, fmt_rate, machine_info, resolve_builddir,
-                      runner_parser)
-from reactor_bench import (BenchError, Server, ServerSession, Tools, fmt_ratio, fmt_us,
-                           free_port, int_list, med, print_bars, print_rows,
-                           run_wrk, wait_client, wait_quiet)
+from benchlib import (LoadMeter, Server, ServerSession, add_runs,
+                      command_line, emit, fmt_rate, fmt_ratio, fmt_us,
+                      free_port, int_list, machine_info, med, parse_args,
+                      print_bars, print_failures, print_machine, print_rows,
+                      ratio, resolve_builddir, round_robin, run_ame_load,
+                      run_wrk, runner_parser, wait_quiet)
+from reactor_bench import Tools
 
 LOW, HIGH = 0.85, 1.15
-
-
-def run_ame_load(ame, port, threads, conns, duration, tmpdir):
-    """Run `ame load --json`; return (req/s, requests, errors, CPU s)."""
-    out_path = os.path.join(tmpdir, "ame-load.json")
-    cmd = [ame, "load", "http://127.0.0.1:%d/" % port, "-t", str(threads),
-           "-c", str(conns), "-d", "%ds" % duration, "--json"]
-    with open(out_path, "wb") as out:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.DEVNULL)
-        rc, ru = wait_client(p, duration + 30, "ame load")
-    with open(out_path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    try:
-        d = json.loads(text)
-    except ValueError:
-        raise BenchError("ame load exit %d, no JSON: %s" % (rc, text[-200:]))
-    errors = d.get("errors", {}).get("total", 0) + sum(
-        n for code, n in d.get("status", {}).items()
-        if not code.startswith("2"))
-    return (d["requests_per_s"], d["requests"], errors,
-            ru.ru_utime + ru.ru_stime, " ".join(cmd))
 
 
 def run_pair(tools, ame, workers, order, args, tmpdir):
@@ -75,14 +53,16 @@ def run_pair(tools, ame, workers, order, args, tmpdir):
             else:
                 run_ame_load(ame, port, args.threads, args.connections, 1,
                              tmpdir)
-                rps, n, errors, cpu, command = run_ame_load(
+                d, cpu, command = run_ame_load(
                     ame, port, args.threads, args.connections, args.duration,
                     tmpdir)
-                out["ame"] = {"rps": rps, "requests": n, "errors": errors,
+                errors = d.get("errors", {}).get("total", 0) + sum(
+                    n for code, n in d.get("status", {}).items()
+                    if not code.startswith("2"))
+                out["ame"] = {"rps": d["requests_per_s"],
+                              "requests": d["requests"], "errors": errors,
                               "cpu_s": cpu, "command": command}
-            if srv.proc.poll() is not None:
-                raise BenchError("server exited (status %s): %s"
-                                 % (srv.proc.returncode, srv.log_tail()))
+            srv.check_running("the run")
         return out
     finally:
         srv.stop()
@@ -101,8 +81,8 @@ def summarize(workers, pairs):
                 "cpu_us_per_req": med([p[c]["cpu_s"] * 1e6 / p[c]["requests"]
                                        for p in ps if p[c]["requests"]]),
                 "errors": sum(p[c]["errors"] for p in ps)}
-        a, b = row["ame"]["rps_median"], row["wrk"]["rps_median"]
-        row["ratio"] = a / b if a is not None and b else None
+        row["ratio"] = ratio(row["ame"]["rps_median"],
+                             row["wrk"]["rps_median"])
         per = [p["ame"]["rps"] / p["wrk"]["rps"] for p in ps
                if p["wrk"]["rps"]]
         row["pair_ratio_min"] = min(per, default=None)
@@ -129,14 +109,9 @@ def evaluate_bars(rows):
 
 
 def print_report(d):
-    m, s = d["machine"], d["settings"]
-    print("ame load vs wrk: %s CPUs (%s), load average %s at the start"
-          % (m["cpus"], m["cpu"], " ".join(m["loadavg_at_start"] or ["?"])))
-    other = m.get("other_cpus")
-    if other is not None:
-        print("Other work on the machine used %.2f CPUs on average during "
-              "the run%s" % (other, " -- figures are disturbed"
-                             if other > 0.2 else "."))
+    """The human-readable form of one run (also for --show FILE)."""
+    s = d["settings"]
+    print_machine("ame load vs wrk", d["machine"])
     print()
     print("Server: examples/c/http -w W.  Clients: wrk and ame load, -t%d "
           "-c%d -d%ds after 1 s of warm-up each, back to back on the same "
@@ -164,18 +139,14 @@ def print_report(d):
                 "pairs", "errors wrk/ame"), table, 1)
     print()
     print_bars(d["bars"])
-    for f in d["failures"]:
-        print("FAILED: %s: %s" % (f["what"], f["error"]))
+    print_failures(d["failures"])
 
 
 def main():
-    ap = runner_parser(__doc__, "build-release", results=True)
-    ap.add_argument("--quick", action="store_true",
-                    help="short form: 1 repetition of 2 s")
-    ap.add_argument("--reps", type=int, default=None,
-                    help="repetitions (default 5; quick 1)")
-    ap.add_argument("--duration", type=int, default=None, metavar="S",
-                    help="seconds per client run (default 5; quick 2)")
+    ap = runner_parser(__doc__, "build-release", results=True,
+                       quiet_wait=True)
+    add_runs(ap, "1 repetition of 2 s", (5, 1), (5, 2),
+             "seconds per client run")
     ap.add_argument("--threads", type=int, default=2,
                     help="client threads, wrk -t and ame load -t (default 2)")
     ap.add_argument("--connections", type=int, default=50,
@@ -187,13 +158,7 @@ def main():
     ap.add_argument("--nginx", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--wrk", default=None, metavar="PATH",
                     help="wrk binary (default: on PATH)")
-    args = ap.parse_args()
-    if args.show:
-        with open(args.show) as f:
-            print_report(json.load(f))
-        return 0
-    args.reps = args.reps or (1 if args.quick else 5)
-    args.duration = args.duration or (2 if args.quick else 5)
+    args = parse_args(ap, print_report)
     if min(args.reps, args.duration, args.threads, args.connections,
            min(args.workers)) < 1:
         ap.error("counts must be positive")
@@ -212,27 +177,21 @@ def main():
 
     machine = machine_info()
     meter = LoadMeter()
-    progress = sys.stderr.isatty()
-    failures, pairs = [], {}
+    failures = []
+
+    def failed(w, rep, err):
+        failures.append({"what": "server -w %d, repetition %d" % (w, rep + 1),
+                         "error": err})
+
     with ServerSession("load_bench") as session:
-        total = args.reps * len(args.workers)
-        done = 0
-        for rep in range(args.reps):
+
+        def run(w, rep):
+            # The clients' order alternates between repetitions.
             order = ("wrk", "ame") if rep % 2 == 0 else ("ame", "wrk")
-            for w in args.workers:
-                done += 1
-                if progress:
-                    print("\r[load %d/%d] server -w %d   " % (done, total, w),
-                          end="", file=sys.stderr, flush=True)
-                try:
-                    pairs.setdefault(w, []).append(
-                        run_pair(tools, ame, w, order, args,
-                                 session.tmpdir))
-                except BenchError as e:
-                    failures.append({"what": "server -w %d, repetition %d"
-                                     % (w, rep + 1), "error": str(e)})
-        if progress:
-            print("\r" + " " * 40 + "\r", end="", file=sys.stderr)
+            return run_pair(tools, ame, w, order, args, session.tmpdir)
+
+        pairs = round_robin(args.workers, args.reps, run,
+                            lambda w: "server -w %d" % w, failed, "load")
     if session.interrupted:
         return 130
     machine["other_cpus"] = meter.others()
@@ -241,15 +200,10 @@ def main():
                       "threads": args.threads,
                       "connections": args.connections,
                       "workers": args.workers, "quick": args.quick,
-                      "builddir": builddir},
+                      "builddir": builddir, "command": command_line()},
          "machine": machine, "rows": rows, "bars": evaluate_bars(rows),
          "failures": failures}
-    if args.json:
-        json.dump(d, sys.stdout, indent=1)
-        print()
-    else:
-        print_report(d)
-    return 1 if failures else 0
+    return emit(args, d, print_report)
 
 
 if __name__ == "__main__":

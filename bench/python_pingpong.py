@@ -14,9 +14,10 @@ timings never decide anything.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
+
+from benchlib import run_json
 
 
 def child(which, conns, n):
@@ -78,11 +79,12 @@ def main():
         return child(a.child, a.connections, a.round_trips)
     rows = {}
     for which in ("epoll", "ame"):
-        out = subprocess.run(
+        res, err = run_json(
             [sys.executable, os.path.abspath(__file__), "--child", which,
-             "-c", str(a.connections), "-n", str(a.round_trips)],
-            check=True, capture_output=True, text=True).stdout
-        rows[which] = json.loads(out.strip().splitlines()[-1])
+             "-c", str(a.connections), "-n", str(a.round_trips)], 600)
+        if err is not None:
+            sys.exit("python_pingpong: the %s child failed: %s" % (which, err))
+        rows[which] = res
     if a.json:
         print(json.dumps(rows))
         return 0

@@ -29,117 +29,24 @@ Run it with Debian's /usr/bin/python3 from the repository root, after
 Ctrl-C it kills the process groups it started.
 """
 
-import argparse
-import json
 import os
-import re
 import resource
 import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-from benchlib import (CLK_TCK, LoadMeter, fmt_rate, machine_busy, machine_info,
-                      runner_parser)
+from benchlib import (BenchError, LoadMeter, Server, ServerCPU, ServerSession,
+                      add_runs, check_http, command_line, descendants, emit,
+                      float_list, fmt_apc, fmt_cpus, fmt_rate, fmt_ratio,
+                      fmt_us, free_port, int_list, machine_busy, machine_info,
+                      make_bar, med, name_list, parse_args, print_bars,
+                      print_failures, print_machine, print_rows, ratio,
+                      resolve_builddir, round_robin, run_json, run_wrk,
+                      runner_parser, wrk_summary)
 
 SECTIONS = ("scaling", "http")
 SERVERS = ("ame-1w", "ame-2w", "plain", "nginx-1w", "nginx-2w")
 HELLO = b"Hello, world!\n"
-
-
-class BenchError(Exception):
-    """A run that failed (not a missed bar)."""
-
-
-# ---- machine load -----------------------------------------------------------
-
-def wait_quiet(max_wait):
-    """Wait, up to max_wait seconds, until other work on the machine uses
-    under 0.15 CPUs (sampled over 0.5 s while we run nothing).  Return the
-    seconds waited."""
-    t0 = time.monotonic()
-    while max_wait > 0:
-        b0, s0 = machine_busy(), time.monotonic()
-        time.sleep(0.5)
-        b1, s1 = machine_busy(), time.monotonic()
-        if b0 is None or b1 is None or (b1 - b0) / (s1 - s0) < 0.15:
-            break
-        if s1 - t0 >= max_wait:
-            break
-    return time.monotonic() - t0
-
-
-# ---- formatting -------------------------------------------------------------
-
-def fmt_ratio(x):
-    return "-" if x is None else "%.2fx" % x
-
-
-def fmt_apc(x):
-    if x is None:
-        return "-"
-    return "%.4f" % x if x < 10 else "%.1f" % x
-
-
-def fmt_us(x):
-    return "-" if x is None else "%.2f" % x
-
-
-def fmt_cpus(x):
-    return "-" if x is None else "%.2f" % x
-
-
-def med(xs):
-    return statistics.median(xs) if xs else None
-
-
-def wrk_summary(runs):
-    """
-    The per-configuration summary of repeated wrk runs (each a dict with
-    rps, cpu_us_per_req, server_cpus, wrk_cpus, others_cpus, socket_errors
-    and non2xx): medians, min-max, error counts, and the runs themselves.
-    """
-    rps = [r["rps"] for r in runs]
-    cpr = [r["cpu_us_per_req"] for r in runs]
-    return {
-        "runs": len(runs),
-        "rps": rps, "rps_median": med(rps),
-        "rps_min": min(rps) if rps else None,
-        "rps_max": max(rps) if rps else None,
-        "cpu_us_per_req": cpr, "cpu_median": med(cpr),
-        "cpu_min": min(cpr) if cpr else None,
-        "cpu_max": max(cpr) if cpr else None,
-        "server_cpus": med([r["server_cpus"] for r in runs]),
-        "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
-        "others_cpus": med([r["others_cpus"] for r in runs
-                            if r["others_cpus"] is not None]),
-        "socket_errors": sum(r["socket_errors"] for r in runs),
-        "non2xx": sum(r["non2xx"] for r in runs),
-        "errors": sum(r["socket_errors"] + r["non2xx"] for r in runs),
-        "runs_detail": runs,
-    }
-
-
-def print_rows(head, table, right_from, group=None):
-    """Print an aligned table; columns from right_from on are right-aligned.
-    group(row) -> key: a blank line between groups."""
-    rows = [head] + table
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    prev = None
-    for n, row in enumerate(rows):
-        if group and n > 1 and group(row) != prev:
-            print()
-        if group and n > 0:
-            prev = group(row)
-        cells = [row[i].ljust(widths[i]) if i < right_from
-                 else row[i].rjust(widths[i]) for i in range(len(head))]
-        print("  ".join(cells).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 # ---- the scaling section ----------------------------------------------------
@@ -164,44 +71,19 @@ def run_scaling_one(cmd, timeout):
     busy0 = machine_busy()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=timeout, text=True)
-    except subprocess.TimeoutExpired:
-        return None, "timed out after %.0f s (hang or livelock?)" % timeout
-    except OSError as e:
-        return None, "cannot run: %s" % e
+    result, err = run_json(cmd, timeout)
     wall = time.monotonic() - t0
     busy1 = machine_busy()
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
-    result = None
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith("{"):
-            try:
-                result = json.loads(line)
-            except ValueError:
-                pass
-            break
     if result is not None:
         result["others_cpus"] = (
             None if busy0 is None or busy1 is None or wall <= 0
             else max(0.0, (busy1 - busy0 - own) / wall))
-    if p.returncode != 0:
-        if p.returncode < 0:
-            why = "killed by signal %d" % -p.returncode
-        elif result is not None and not result.get("valid", True):
-            why = "invariant failure"
-        else:
-            why = "exit status %d" % p.returncode
-        err = p.stderr.strip().splitlines()
-        return result, why + (": " + err[-1] if err else "")
-    if result is None:
-        return None, "no result line in its output"
-    return result, None
+    return result, err
 
 
-def scaling_section(args, builddir, progress, failures):
+def scaling_section(args, builddir, failures):
     binary = os.path.join(builddir, "bench", "bench-reactor-scaling")
     if not os.access(binary, os.X_OK):
         print("reactor_bench: %s not built: scaling section skipped" % binary,
@@ -215,27 +97,26 @@ def scaling_section(args, builddir, progress, failures):
             configs.append((c, "reactor", w))
     # A generous limit: the 1-worker run at its slowest, 20 times over.
     timeout = 60 + 20 * args.events * args.work_units * 1.5e-6
-    results = {}
-    total, done = len(configs) * args.reps, 0
-    for rep in range(args.reps):
-        for key in configs:
-            c, mode, w = key
-            cmd = scaling_cmd(builddir, mode, w, c, args, args.seed + rep)
-            done += 1
-            if progress:
-                print("\r[scaling %d/%d] p=%g%% %s w=%d   " % (
-                    done, total, c, mode, w), end="", file=sys.stderr,
-                    flush=True)
-            wait_quiet(args.quiet_wait)
-            res, err = run_scaling_one(cmd, timeout)
-            if err is not None:
-                failures.append({"section": "scaling",
-                                 "what": "p=%g%% %s w=%d" % (c, mode, w),
-                                 "error": err, "command": " ".join(cmd)})
-                continue
-            results.setdefault(key, []).append(res)
-    if progress:
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+
+    def cmd(key, rep):
+        c, mode, w = key
+        return scaling_cmd(builddir, mode, w, c, args, args.seed + rep)
+
+    def run(key, rep):
+        res, err = run_scaling_one(cmd(key, rep), timeout)
+        if err is not None:
+            raise BenchError(err)
+        return res
+
+    def describe(key):
+        return "p=%g%% %s w=%d" % key
+
+    def failed(key, rep, err):
+        failures.append({"section": "scaling", "what": describe(key),
+                         "error": err, "command": " ".join(cmd(key, rep))})
+
+    results = round_robin(configs, args.reps, run, describe, failed,
+                          "scaling", args.quiet_wait)
 
     rows = []
     medians = {}
@@ -262,9 +143,6 @@ def scaling_section(args, builddir, progress, failures):
         }
         medians[key] = row["median"]
         rows.append(row)
-
-    def ratio(a, b):
-        return a / b if a is not None and b else None
 
     for row in rows:
         c, w = row["conflict_pct"], row["workers"]
@@ -310,50 +188,6 @@ def print_scaling(sec, reps):
 
 
 # ---- the http section -------------------------------------------------------
-
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def proc_stat(pid):
-    """(ppid, utime+stime ticks) of pid, or None if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            data = f.read()
-    except OSError:
-        return None
-    rest = data.rsplit(")", 1)[1].split()
-    return int(rest[1]), int(rest[11]) + int(rest[12])
-
-
-def descendants(pid):
-    """pid and every process below it (nginx: master and workers)."""
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = proc_stat(int(name))
-            if st is not None:
-                children.setdefault(st[0], []).append(int(name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def cpu_ticks(pids):
-    """{pid: utime+stime ticks} for the pids still alive."""
-    out = {}
-    for p in pids:
-        st = proc_stat(p)
-        if st is not None:
-            out[p] = st[1]
-    return out
 
 
 def nginx_conf(tmpdir, port, workers):
@@ -421,218 +255,6 @@ class Tools:
                 "-g", "daemon off;"]
 
 
-class Server:
-    """One server process in its own process group.  Every server started
-    is in LIVE until stopped, so that main() can stop what an interruption
-    left running."""
-
-    LIVE = []
-
-    def __init__(self, cmd, log_path):
-        self.cmd = cmd
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        Server.LIVE.append(self)
-
-    def log_tail(self, n=5):
-        try:
-            with open(self.log_path, "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-            return " | ".join(lines[-n:])
-        except OSError:
-            return ""
-
-    def wait_port(self, port, timeout=10.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise BenchError("exited with status %s before accepting: %s"
-                                 % (self.proc.returncode, self.log_tail()))
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise BenchError("did not accept on port %d within %.0f s"
-                         % (port, timeout))
-
-    def stop(self):
-        """Kill the whole process group: TERM, then KILL after 3 s."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except OSError:
-                pass
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                pass
-        # Whatever is left of the group (workers whose master died, ...).
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                pass
-        self.log.close()
-        if self in Server.LIVE:
-            Server.LIVE.remove(self)
-
-
-class ServerSession:
-    """A runner's servers and scratch files:
-
-        with ServerSession("load_bench") as session:
-            ... session.tmpdir ...
-        if session.interrupted:
-            return 130
-
-    On leaving the block, however it is left, every server still running
-    is stopped and tmpdir removed; a Ctrl-C (KeyboardInterrupt) ends the
-    block with "NAME: interrupted; servers stopped" on stderr and
-    interrupted set."""
-
-    def __init__(self, name):
-        self.name = name
-        self.interrupted = False
-        self.tmpdir = None
-
-    def __enter__(self):
-        self.tmpdir = tempfile.mkdtemp(
-            prefix="ame-%s-" % self.name.replace("_", "-"))
-        return self
-
-    def __exit__(self, kind, value, tb):
-        for srv in list(Server.LIVE):
-            srv.stop()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-        if kind is KeyboardInterrupt:
-            print("\n%s: interrupted; servers stopped" % self.name,
-                  file=sys.stderr)
-            self.interrupted = True
-            return True
-        return False
-
-
-def probe(port):
-    """GET / twice on one connection.  Return a dict describing the second
-    response (status line, header names, bytes), or raise BenchError."""
-    s = socket.create_connection(("127.0.0.1", port), 5)
-    s.settimeout(5)
-    try:
-        buf = b""
-        out = None
-        for _ in range(2):
-            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      b"User-Agent: reactor_bench\r\n\r\n")
-            while b"\r\n\r\n" not in buf:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise BenchError("connection closed before a response "
-                                     "(keep-alive broken?)")
-                buf += chunk
-            head, buf = buf.split(b"\r\n\r\n", 1)
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {}
-            for line in lines[1:]:
-                k, _, v = line.partition(":")
-                headers[k.strip().lower()] = v.strip()
-            n = int(headers.get("content-length", "-1"))
-            if n < 0:
-                raise BenchError("no Content-Length in %r" % head)
-            while len(buf) < n:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise BenchError("connection closed inside the body")
-                buf += chunk
-            body, buf = buf[:n], buf[n:]
-            out = {"status": lines[0], "headers": [l.split(":")[0]
-                                                   for l in lines[1:]],
-                   "bytes": len(head) + 4 + n, "body_ok": body == HELLO}
-            if not lines[0].startswith("HTTP/1.1 200"):
-                raise BenchError("status %r" % lines[0])
-            if body != HELLO:
-                raise BenchError("body %r" % body)
-        return out
-    except socket.timeout:
-        raise BenchError("no response within 5 s")
-    finally:
-        s.close()
-
-
-WRK_RE = {
-    "requests": re.compile(r"(\d+) requests in ([\d.]+)(\w+)"),
-    "rps": re.compile(r"Requests/sec:\s*([\d.]+)"),
-    "socket_errors": re.compile(r"Socket errors: connect (\d+), read (\d+), "
-                                r"write (\d+), timeout (\d+)"),
-    "non2xx": re.compile(r"Non-2xx or 3xx responses: (\d+)"),
-}
-
-
-def wait_client(p, timeout, what):
-    """Wait for client process p (a Popen) for at most timeout seconds;
-    return (exit status, rusage).  Past the limit, kill it and raise
-    BenchError.  Ctrl-C kills it too."""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid != 0:
-                p.returncode = os.waitstatus_to_exitcode(status)
-                return p.returncode, ru
-            if time.monotonic() > deadline:
-                p.kill()
-                os.wait4(p.pid, 0)
-                p.returncode = -9
-                raise BenchError("%s did not finish (server hung?)" % what)
-            time.sleep(0.05)
-    except BaseException:
-        if p.returncode is None:
-            p.kill()
-            p.wait()
-        raise
-
-
-def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=()):
-    """Run wrk (with extra request headers, e.g. "Connection: close");
-    return (parsed dict, wrk's CPU seconds, wall seconds)."""
-    out_path = os.path.join(tmpdir, "wrk.out")
-    cmd = [wrk, "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration]
-    for h in headers:
-        cmd += ["-H", h]
-    cmd.append("http://127.0.0.1:%d/" % port)
-    with open(out_path, "wb") as out:
-        t0 = time.monotonic()
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=subprocess.STDOUT)
-        _, ru = wait_client(p, duration + 30, "wrk")
-        wall = time.monotonic() - t0
-    with open(out_path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    if p.returncode != 0:
-        raise BenchError("wrk exit status %d: %s" % (p.returncode,
-                                                      text.strip()[-200:]))
-    m = WRK_RE["requests"].search(text)
-    r = WRK_RE["rps"].search(text)
-    if not m or not r:
-        raise BenchError("cannot parse wrk output: %s" % text.strip()[-200:])
-    res = {"requests": int(m.group(1)), "rps": float(r.group(1)),
-           "socket_errors": 0, "non2xx": 0, "command": " ".join(cmd)}
-    e = WRK_RE["socket_errors"].search(text)
-    if e:
-        res["socket_errors"] = sum(int(x) for x in e.groups())
-    n = WRK_RE["non2xx"].search(text)
-    if n:
-        res["non2xx"] = int(n.group(1))
-    return res, ru.ru_utime + ru.ru_stime, wall
-
-
 def run_http_one(tools, server, wrk_threads, args, tmpdir, do_probe):
     """Start server, optionally probe it, drive it with wrk, stop it.
     Return the measurement dict; raise BenchError on failure."""
@@ -641,21 +263,15 @@ def run_http_one(tools, server, wrk_threads, args, tmpdir, do_probe):
     srv = Server(cmd, os.path.join(tmpdir, "%s-%d.log" % (server, port)))
     try:
         srv.wait_port(port)
-        info = probe(port) if do_probe else None
+        info = check_http(port, HELLO) if do_probe else None
         # nginx starts its workers after it listens: give them a moment.
         time.sleep(0.2)
         pids = descendants(srv.proc.pid)
-        busy0 = machine_busy()
-        cpu0 = cpu_ticks(pids)
+        window = ServerCPU(pids)
         res, wrk_cpu, wall = run_wrk(tools.wrk, port, wrk_threads,
                                      args.connections, args.duration, tmpdir)
-        cpu1 = cpu_ticks(pids)
-        busy1 = machine_busy()
-        if srv.proc.poll() is not None:
-            raise BenchError("server exited during the run (status %s): %s"
-                             % (srv.proc.returncode, srv.log_tail()))
-        ticks = sum(cpu1.get(p, cpu0[p]) - cpu0[p] for p in cpu0)
-        cpu_s = ticks / float(CLK_TCK)
+        cpu_s = window.stop()
+        srv.check_running("the run")
         n = res["requests"]
         if n == 0:
             raise BenchError("no request completed: %s" % srv.log_tail())
@@ -667,9 +283,7 @@ def run_http_one(tools, server, wrk_threads, args, tmpdir, do_probe):
             "server_cpus": cpu_s / wall,
             "wrk_cpu_s": wrk_cpu, "wrk_cpus": wrk_cpu / wall,
             "wrk_cpu_us_per_req": wrk_cpu * 1e6 / n,
-            "others_cpus": (None if busy0 is None or busy1 is None else
-                            max(0.0, (busy1 - busy0 - cpu_s - wrk_cpu)
-                                / wall)),
+            "others_cpus": window.others(wrk_cpu, wall),
             "response": info,
         })
         return res
@@ -677,7 +291,7 @@ def run_http_one(tools, server, wrk_threads, args, tmpdir, do_probe):
         srv.stop()
 
 
-def http_section(args, builddir, progress, failures, tmpdir):
+def http_section(args, builddir, failures, tmpdir):
     tools = Tools(args, builddir)
     if tools.wrk is None:
         print("reactor_bench: wrk not installed: http section skipped",
@@ -695,33 +309,26 @@ def http_section(args, builddir, progress, failures, tmpdir):
         print("reactor_bench: %s rows skipped: %s" % (kind, why),
               file=sys.stderr)
     configs = [(s, t) for t in args.wrk_threads for s in servers]
-    results, responses = {}, {}
-    total, done = len(configs) * args.reps, 0
-    for rep in range(args.reps):
-        for key in configs:
-            s, t = key
-            done += 1
-            if progress:
-                print("\r[http %d/%d] %s wrk -t%d   " % (done, total, s, t),
-                      end="", file=sys.stderr, flush=True)
-            wait_quiet(args.quiet_wait)
-            try:
-                res = run_http_one(tools, s, t, args, tmpdir,
-                                   do_probe=s not in responses)
-            except BenchError as e:
-                failures.append({"section": "http",
-                                 "what": "%s wrk -t%d" % (s, t),
-                                 "error": str(e),
-                                 "command": " ".join(tools.command(
-                                     s, 8080, "TMPDIR"))})
-                if progress:
-                    print("\n  FAILED: %s" % e, file=sys.stderr)
-                continue
-            if res["response"] is not None:
-                responses[s] = res["response"]
-            results.setdefault(key, []).append(res)
-    if progress:
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    responses = {}
+
+    def run(key, rep):
+        s, t = key
+        res = run_http_one(tools, s, t, args, tmpdir,
+                           do_probe=s not in responses)
+        if res["response"] is not None:
+            responses[s] = res["response"]
+        return res
+
+    def describe(key):
+        return "%s wrk -t%d" % key
+
+    def failed(key, rep, err):
+        failures.append({"section": "http", "what": describe(key),
+                         "error": err, "command": " ".join(tools.command(
+                             key[0], 8080, "TMPDIR"))})
+
+    results = round_robin(configs, args.reps, run, describe, failed,
+                          "http", args.quiet_wait)
 
     rows = []
     for key in configs:
@@ -733,9 +340,6 @@ def http_section(args, builddir, progress, failures, tmpdir):
              "response": responses.get(s)},
             **wrk_summary(runs)))
     by = {(r["server"], r["wrk_threads"]): r for r in rows}
-
-    def ratio(a, b):
-        return a / b if a is not None and b else None
 
     for r in rows:
         t = r["wrk_threads"]
@@ -795,20 +399,13 @@ def evaluate_bars(scaling, http):
     much (a MISS is then no verdict on ame)."""
     bars = []
 
-    def bar(name, figure, op, target, rows, fmt=fmt_ratio):
-        if figure is None:
-            status, shown = "n/a", "not measured"
-        else:
-            ok = figure >= target if op == ">=" else figure <= target
-            status, shown = ("PASS" if ok else "MISS"), fmt(figure)
+    def bar(name, figure, op, target, rows):
         other = [r["others_cpus"] for r in rows
                  if r and r.get("others_cpus") is not None]
         note = None
-        if figure is not None and other and max(other) > 0.2:
+        if other and max(other) > 0.2:
             note = "disturbed: other work used up to %.2f CPUs" % max(other)
-        bars.append({"bar": name, "target": "%s %s" % (op, fmt(target)),
-                     "measured": figure, "shown": shown, "status": status,
-                     "note": note})
+        bars.append(make_bar(name, figure, op, target, note=note))
 
     def srow(c, w):
         if scaling is None:
@@ -837,50 +434,17 @@ def evaluate_bars(scaling, http):
     return bars
 
 
-def print_bars(bars):
-    print("bars:")
-    if not bars:
-        return
-    w = max(len(b["bar"]) for b in bars)
-    for b in bars:
-        print("  %-4s  %s  %-12s (target %s)%s" % (
-            b["status"], b["bar"].ljust(w), b["shown"], b["target"],
-            "  [%s]" % b["note"] if b["note"] else ""))
-
-
 # ---- main -------------------------------------------------------------------
-
-def int_list(text):
-    return sorted({int(x) for x in text.split(",") if x.strip()})
-
-
-def float_list(text):
-    return sorted({float(x) for x in text.split(",") if x.strip()})
-
-
-def name_list(allowed, what):
-    def parse(text):
-        items = [x.strip() for x in text.split(",") if x.strip()]
-        for x in items:
-            if x not in allowed:
-                raise argparse.ArgumentTypeError(
-                    "unknown %s '%s' (choose from %s)" % (
-                        what, x, ", ".join(allowed)))
-        return items
-    return parse
 
 
 def main():
-    ap = runner_parser(__doc__, "build", epilog_from=2, results=True)
-    ap.add_argument("--quick", action="store_true",
-                    help="short form: 1 repetition, 20000 events, 2 s of wrk")
+    ap = runner_parser(__doc__, "build", epilog_from=2, results=True,
+                       quiet_wait=True)
+    add_runs(ap, "1 repetition, 20000 events, 2 s of wrk", (3, 1), (5, 2),
+             "seconds of wrk per http run")
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     type=name_list(SECTIONS, "section"),
                     help="comma-separated subset of %s" % ",".join(SECTIONS))
-    ap.add_argument("--reps", type=int, default=None,
-                    help="repetitions of every run (default 3; quick 1)")
-    ap.add_argument("--duration", type=int, default=None, metavar="S",
-                    help="seconds of wrk per http run (default 5; quick 2)")
     ap.add_argument("--events", type=int, default=None,
                     help="events per scaling run (default 100000; "
                          "quick 20000)")
@@ -912,17 +476,7 @@ def main():
                     help="wrk binary (default: on PATH)")
     ap.add_argument("--seed", type=int, default=1,
                     help="seed of the first scaling repetition (default 1)")
-    args = ap.parse_args()
-    if args.show:
-        with open(args.show) as f:
-            d = json.load(f)
-        print_report(d["settings"], d["machine"], d["scaling"], d["http"],
-                     d["bars"], d["failures"])
-        return 1 if d["failures"] else 0
-    if args.reps is None:
-        args.reps = 1 if args.quick else 3
-    if args.duration is None:
-        args.duration = 2 if args.quick else 5
+    args = parse_args(ap, print_report)
     if args.events is None:
         args.events = 20000 if args.quick else 100000
     if args.workers is None:
@@ -934,28 +488,20 @@ def main():
             or min(args.workers) < 1 or min(args.wrk_threads) < 1):
         ap.error("counts must be positive")
 
-    builddir = args.builddir
-    if not os.path.isdir(os.path.join(builddir, "bench")):
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        alt = os.path.join(here, builddir)
-        if os.path.isdir(os.path.join(alt, "bench")):
-            builddir = alt
-        else:
-            sys.exit("reactor_bench: no %s/bench: build first (ninja -C %s)"
-                     % (builddir, builddir))
-    builddir = os.path.abspath(builddir)
+    builddir = resolve_builddir(args.builddir, need="bench")
+    if builddir is None:
+        sys.exit("reactor_bench: no %s/bench: build first (ninja -C %s)"
+                 % (args.builddir, args.builddir))
 
     machine = machine_info()
     meter = LoadMeter()
-    progress = sys.stderr.isatty()
     failures = []
     scaling = http = None
     with ServerSession("reactor_bench") as session:
         if "scaling" in args.sections:
-            scaling = scaling_section(args, builddir, progress, failures)
+            scaling = scaling_section(args, builddir, failures)
         if "http" in args.sections:
-            http = http_section(args, builddir, progress, failures,
-                                session.tmpdir)
+            http = http_section(args, builddir, failures, session.tmpdir)
     if session.interrupted:
         return 130
     machine["other_cpus"] = meter.others()
@@ -967,41 +513,27 @@ def main():
                 "servers": args.servers, "wrk_threads": args.wrk_threads,
                 "connections": args.connections, "quick": args.quick,
                 "quiet_wait_s": args.quiet_wait,
-                "builddir": builddir, "seed": args.seed}
-    if args.json:
-        json.dump({"settings": settings, "machine": machine,
-                   "scaling": scaling, "http": http, "bars": bars,
-                   "failures": failures}, sys.stdout, indent=1)
-        print()
-    else:
-        print_report(settings, machine, scaling, http, bars, failures)
-    return 1 if failures else 0
+                "builddir": builddir, "seed": args.seed,
+                "command": command_line()}
+    return emit(args, {"settings": settings, "machine": machine,
+                       "scaling": scaling, "http": http, "bars": bars,
+                       "failures": failures}, print_report)
 
 
-def print_report(settings, machine, scaling, http, bars, failures):
+def print_report(d):
     """The human-readable form of one run (also for --show FILE)."""
-    print("ame reactor benchmarks: %s CPUs (%s), load average %s at the "
-          "start" % (machine["cpus"], machine["cpu"],
-                     " ".join(machine["loadavg_at_start"] or ["?"])))
-    other = machine["other_cpus"]
-    if other is not None:
-        print("Other work on the machine used %.2f CPUs on average during "
-              "the run%s" % (other, " -- figures are disturbed, above all "
-                             "at 2 workers" if other > 0.2 else "."))
-    if scaling:
+    print_machine("ame reactor benchmarks", d["machine"], worst="2 workers")
+    reps = d["settings"]["reps"]
+    if d["scaling"]:
         print()
-        print_scaling(scaling, settings["reps"])
-    if http:
+        print_scaling(d["scaling"], reps)
+    if d["http"]:
         print()
-        print_http(http, settings["reps"])
+        print_http(d["http"], reps)
     print()
-    print_bars(bars)
-    if failures:
-        print()
-        print("FAILURES (%d):" % len(failures))
-        for f in failures:
-            print("  %s %s: %s" % (f["section"], f["what"], f["error"]))
-            print("    reproduce: %s" % f["command"])
+    print_bars(d["bars"])
+    print_failures(d["failures"], what=lambda f: "%s %s" % (f["section"],
+                                                            f["what"]))
 
 
 if __name__ == "__main__":

@@ -24,15 +24,15 @@ Run it with Debian's /usr/bin/python3 from the repository root, after
 `ninja -C build` (or `make bench`, `make demo`).
 """
 
-import argparse
-import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 
-from benchlib import LoadMeter, fmt_rate, machine_info
+from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
+                      fmt_apc, fmt_rate, fmt_ratio, machine_info, make_bar,
+                      name_list, parse_args, print_bars, print_failures,
+                      print_machine, ratio, resolve_builddir, round_robin,
+                      run_json, runner_parser)
 
 VARIANTS = ("ame", "itm", "mutex", "seq")
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank")
@@ -98,34 +98,7 @@ def command(builddir, cfg, variant, duration, seed):
 
 def run_one(cmd, duration):
     """Run one benchmark binary.  Return (result dict or None, error text)."""
-    limit = 60 + 20 * duration / 1000.0
-    try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=limit, text=True)
-    except subprocess.TimeoutExpired:
-        return None, "timed out after %.0f s (hang or livelock?)" % limit
-    except OSError as e:
-        return None, "cannot run: %s" % e
-    result = None
-    for line in reversed(p.stdout.splitlines()):
-        if line.startswith("{"):
-            try:
-                result = json.loads(line)
-            except ValueError:
-                pass
-            break
-    if p.returncode != 0:
-        if p.returncode < 0:
-            why = "killed by signal %d" % -p.returncode
-        elif result is not None and not result.get("valid", True):
-            why = "invariant failure"
-        else:
-            why = "exit status %d" % p.returncode
-        err = p.stderr.strip().splitlines()
-        return result, why + (": " + err[-1] if err else "")
-    if result is None:
-        return None, "no result line in its output"
-    return result, None
+    return run_json(cmd, 60 + 20 * duration / 1000.0)
 
 
 def line_transfer(builddir):
@@ -134,13 +107,8 @@ def line_transfer(builddir):
     exe = os.path.join(builddir, "bench", "bench-line-transfer")
     if not os.access(exe, os.X_OK):
         return None
-    try:
-        p = subprocess.run([exe], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, text=True, timeout=30)
-        return json.loads(p.stdout)["ns_per_transfer"] \
-            if p.returncode == 0 else None
-    except (OSError, ValueError, KeyError, subprocess.TimeoutExpired):
-        return None
+    res, err = run_json([exe], 30)
+    return res.get("ns_per_transfer") if err is None else None
 
 
 def placement(rows):
@@ -186,20 +154,10 @@ def print_placement(rows, fastest, dearest):
                  if r["near_median"] else "-", fmt_ratio(r["near_vs_1t"])))
 
 
-def fmt_ratio(x):
-    return "-" if x is None else "%.2fx" % x
-
-
 def fmt_bar_ratio(x):
     """A ratio against a bar: three decimals, so that 1.797x does not show
     as the 1.80x it misses."""
     return "-" if x is None else "%.3fx" % x
-
-
-def fmt_apc(x):
-    if x is None:
-        return "n/a"
-    return "%.4f" % x if x < 10 else "%.1f" % x
 
 
 def summarise(configs, variants_for, results, failures):
@@ -230,9 +188,6 @@ def summarise(configs, variants_for, results, failures):
             med[(base_key(cfg), cfg["t"], v)] = row["median"]
             rows.append(row)
 
-    def ratio(a, b):
-        return a / b if a is not None and b else None
-
     for row in rows:
         cfg, v, t = row["params"], row["variant"], row["threads"]
         key = base_key(cfg)
@@ -259,13 +214,7 @@ def evaluate_bars(rows):
     bars = []
 
     def bar(name, figure, op, target, fmt):
-        if figure is None:
-            status, shown = "n/a", "not measured"
-        else:
-            ok = figure >= target if op == ">=" else figure <= target
-            status, shown = ("PASS" if ok else "MISS"), fmt(figure)
-        bars.append({"bar": name, "target": "%s %s" % (op, fmt(target)),
-                     "measured": figure, "shown": shown, "status": status})
+        bars.append(make_bar(name, figure, op, target, fmt))
 
     r1 = find_row(rows, "rbtree", 20, 1, "ame")
     r2 = find_row(rows, "rbtree", 20, 2, "ame")
@@ -279,7 +228,8 @@ def evaluate_bars(rows):
     bar("rbtree 100% upd, 2 threads: ame vs itm",
         r100 and r100["vs_itm"], ">=", 2.0, fmt_bar_ratio)
     bar("rbtree 100% upd, 2 threads: ame aborts/commit",
-        r100 and r100["aborts_per_commit"], "<=", 0.1, fmt_apc)
+        r100 and r100["aborts_per_commit"], "<=", 0.1,
+        lambda x: fmt_apc(x, none="n/a"))
     return bars
 
 
@@ -287,11 +237,7 @@ def print_table(rows, bars, failures, settings, machine):
     print("STM benchmarks: %d x %d ms per run, median of the runs; "
           "%s CPUs (%s)" % (settings["reps"], settings["duration_ms"],
                             machine["cpus"], machine["cpu"]))
-    other = machine.get("other_cpus")
-    if other is not None:
-        print("Other work on the machine used %.2f CPUs on average during "
-              "the run%s" % (other, " -- figures are disturbed, above all "
-                             "at 2 threads" if other > 0.2 else "."))
+    print_machine(None, machine, worst="2 threads")
     print("x seq: against seq at 1 thread; x itm: against itm at the same "
           "thread count; 2t/1t: against the same variant at 1 thread.")
     head = ("configuration", "thr", "variant", "ops/s", "min-max",
@@ -307,7 +253,7 @@ def print_table(rows, bars, failures, settings, machine):
             rate = "FAILED" if r["median"] is None else rate + " (FAILED)"
         table.append((r["config"], str(r["threads"]), r["variant"],
                       rate, spread,
-                      fmt_apc(r["aborts_per_commit"]),
+                      fmt_apc(r["aborts_per_commit"], none="n/a"),
                       fmt_ratio(r["vs_seq"]), fmt_ratio(r["vs_itm"]),
                       fmt_ratio(r["vs_1t"])))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
@@ -322,82 +268,51 @@ def print_table(rows, bars, failures, settings, machine):
         if n == 0:
             print("  ".join("-" * w for w in widths))
     print()
-    print("bars:")
-    w = max(len(b["bar"]) for b in bars)
-    for b in bars:
-        print("  %-4s  %s  %-10s (target %s)" % (b["status"], b["bar"].ljust(w),
-                                                  b["shown"], b["target"]))
-    if failures:
-        print()
-        print("FAILURES (%d):" % len(failures))
-        for f in failures:
-            print("  %s  %s t=%d: %s" % (f["variant"], f["config"],
-                                         f["threads"], f["error"]))
-            print("    reproduce: %s" % f["command"])
+    print_bars(bars, width=10)
+    print_failures(failures, what=lambda f: "%s  %s t=%d" % (
+        f["variant"], f["config"], f["threads"]))
 
 
-def parse_list(text, allowed, what):
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    for x in items:
-        if x not in allowed:
-            raise argparse.ArgumentTypeError(
-                "unknown %s '%s' (choose from %s)" % (what, x,
-                                                      ", ".join(allowed)))
-    return items
+def print_report(d):
+    """The human-readable form of one run (also for --show FILE)."""
+    print_table(d["results"], d["bars"], d["failures"], d["settings"],
+                d["machine"])
+    lt = d["machine"].get("line_transfer_ns")
+    if lt:
+        print_placement(d["results"], lt["min"], lt["max"])
 
 
 def main():
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet under `| head`
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n")[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--builddir", default="build",
-                    help="meson build directory (default: build)")
-    ap.add_argument("--quick", action="store_true",
-                    help="short form for `make demo`: fewer configurations "
-                         "(structures other than rbtree at 2 threads only, "
-                         "unless --threads is given), 1 repetition of 300 ms")
-    ap.add_argument("--reps", type=int, default=None,
-                    help="repetitions of each run (default 5; quick 1)")
-    ap.add_argument("--duration", type=int, default=None, metavar="MS",
-                    help="milliseconds per run (default 1000; quick 300)")
+    ap = runner_parser(__doc__, "build", epilog_from=2, results=True)
+    add_runs(ap, "fewer configurations (structures other than rbtree at "
+             "2 threads only, unless --threads is given), 1 repetition of "
+             "300 ms", (5, 1), (1000, 300), "milliseconds per run",
+             metavar="MS")
     ap.add_argument("--structures", default=",".join(STRUCTURES),
-                    type=lambda s: parse_list(s, STRUCTURES, "structure"),
+                    type=name_list(STRUCTURES, "structure"),
                     help="comma-separated subset of %s" % ",".join(STRUCTURES))
     ap.add_argument("--threads", default=None,
                     type=lambda s: sorted({int(x) for x in s.split(",")}),
                     help="comma-separated thread counts (default 1,2; the "
                          "100%% update rbtree runs at each count > 1)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
-                    type=lambda s: parse_list(s, VARIANTS, "variant"),
+                    type=name_list(VARIANTS, "variant"),
                     help="comma-separated subset of %s" % ",".join(VARIANTS))
     ap.add_argument("--update", type=int, default=20, metavar="PCT",
                     help="update percent of the intset runs (default 20)")
     ap.add_argument("--seed", type=int, default=1,
                     help="seed of the first repetition (default 1)")
-    ap.add_argument("--json", action="store_true",
-                    help="print the results as JSON instead of the table")
-    args = ap.parse_args()
+    args = parse_args(ap, print_report)
     args.threads_given = args.threads is not None
     if args.threads is None:
         args.threads = [1, 2]
-    if args.reps is None:
-        args.reps = 1 if args.quick else 5
-    if args.duration is None:
-        args.duration = 300 if args.quick else 1000
     if args.reps < 1 or args.duration < 1 or min(args.threads) < 1:
         ap.error("--reps, --duration and --threads must be positive")
 
-    builddir = args.builddir
-    if not os.path.isdir(os.path.join(builddir, "bench")):
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        alt = os.path.join(here, builddir)
-        if os.path.isdir(os.path.join(alt, "bench")):
-            builddir = alt
-        else:
-            sys.exit("stm_bench: no %s/bench: build first (ninja -C %s)"
-                     % (builddir, builddir))
+    builddir = resolve_builddir(args.builddir, need="bench")
+    if builddir is None:
+        sys.exit("stm_bench: no %s/bench: build first (ninja -C %s)"
+                 % (args.builddir, args.builddir))
 
     configs = build_matrix(args)
     variants_for = []
@@ -416,38 +331,43 @@ def main():
         print("stm_bench: not built here, skipped: %s"
               % ", ".join(sorted(skipped)), file=sys.stderr)
 
-    total = sum(len(vs) for vs in variants_for) * args.reps
+    machine = machine_info()
     meter = LoadMeter()
-    progress = sys.stderr.isatty()
-    results, failures, done = {}, [], 0
-    # Round-robin: every configuration and variant once per repetition.
-    for rep in range(args.reps):
-        for ci, cfg in enumerate(configs):
-            for v in variants_for[ci]:
-                cmd = command(builddir, cfg, v, args.duration,
-                              args.seed + rep)
-                done += 1
-                if progress:
-                    print("\r[%d/%d] %-40s %-6s t=%d " % (
-                        done, total, config_label(cfg), v, cfg["t"]),
-                        end="", file=sys.stderr, flush=True)
-                before = line_transfer(builddir) if cfg["t"] > 1 else None
-                res, err = run_one(cmd, args.duration)
-                if res is not None and before is not None:
-                    after = line_transfer(builddir)
-                    if after is not None:
-                        res["line_ns"] = [before, after]
-                if err is not None:
-                    failures.append({"index": (ci, v),
-                                     "config": config_label(cfg),
-                                     "threads": cfg["t"], "variant": v,
-                                     "error": err, "command": " ".join(cmd)})
-                    if progress:
-                        print("\n  FAILED: %s" % err, file=sys.stderr)
-                    continue
-                results.setdefault((ci, v), []).append(res)
-    if progress:
-        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+    failures = []
+
+    def cmd(key, rep):
+        ci, v = key
+        return command(builddir, configs[ci], v, args.duration,
+                       args.seed + rep)
+
+    def run(key, rep):
+        multi = configs[key[0]]["t"] > 1
+        before = line_transfer(builddir) if multi else None
+        res, err = run_one(cmd(key, rep), args.duration)
+        if err is not None:
+            raise BenchError(err)
+        if before is not None:
+            after = line_transfer(builddir)
+            if after is not None:
+                res["line_ns"] = [before, after]
+        return res
+
+    def describe(key):
+        cfg = configs[key[0]]
+        return "%-40s %-6s t=%d" % (config_label(cfg), key[1], cfg["t"])
+
+    def failed(key, rep, err):
+        cfg = configs[key[0]]
+        failures.append({"index": key, "config": config_label(cfg),
+                         "threads": cfg["t"], "variant": key[1],
+                         "error": err, "command": " ".join(cmd(key, rep))})
+
+    keys = [(ci, v) for ci in range(len(configs)) for v in variants_for[ci]]
+    try:
+        results = round_robin(keys, args.reps, run, describe, failed)
+    except KeyboardInterrupt:
+        print("\nstm_bench: interrupted", file=sys.stderr)
+        return 130
 
     failed_runs = {}
     for f in failures:
@@ -460,21 +380,13 @@ def main():
         del r["_runs"], r["_base_1t"]
     settings = {"reps": args.reps, "duration_ms": args.duration,
                 "quick": args.quick, "builddir": builddir,
-                "seed": args.seed}
-    machine = machine_info()
+                "seed": args.seed, "command": command_line()}
     machine["other_cpus"] = meter.others()
     machine["line_transfer_ns"] = (None if fastest is None
                                    else {"min": fastest, "max": dearest})
-    if args.json:
-        out = {"settings": settings, "machine": machine, "results": rows,
-               "bars": bars, "failures": failures}
-        json.dump(out, sys.stdout, indent=1)
-        print()
-    else:
-        print_table(rows, bars, failures, settings, machine)
-        if fastest is not None:
-            print_placement(rows, fastest, dearest)
-    return 1 if failures else 0
+    return emit(args, {"settings": settings, "machine": machine,
+                       "results": rows, "bars": bars, "failures": failures},
+                print_report)
 
 
 if __name__ == "__main__":

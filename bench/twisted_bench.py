@@ -31,21 +31,19 @@ SIGTERM the runner stops every process it started.
 """
 
 import contextlib
-import http.client
-import json
 import os
 import shutil
 import sys
 
-from benchlib import (CLK_TCK, REPO, LoadMeter, ame_cpus, ame_env,
-                      ame_extension_built,
-                      runner_parser,
-                      ame_run_status, fmt_rate, kill_leftovers, machine_busy,
-                      machine_info, proc_start_time, resolve_builddir)
-from reactor_bench import (BenchError, Server, ServerSession, cpu_ticks,
-                           descendants, fmt_cpus, fmt_ratio, fmt_us,
-                           free_port, int_list, name_list, print_bars,
-                           print_rows, run_wrk, wait_quiet, wrk_summary)
+from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
+                      ServerSession, add_runs, ame_cpus, ame_env,
+                      ame_extension_built, ame_run_status, bar_met,
+                      check_http, command_line, emit, fmt_cpus, fmt_rate,
+                      fmt_ratio, fmt_us, free_port, int_list, machine_info,
+                      make_bar, name_list, parse_args, print_bars,
+                      print_failures, print_machine, print_rows, ratio,
+                      resolve_builddir, round_robin, run_wrk, runner_parser,
+                      wrk_summary)
 
 SECTIONS = ("reactors", "workers")
 # webclose: web.py with "Connection: close" on every request (a new
@@ -116,26 +114,6 @@ def auto_io(w):
 
 # ---- servers ----------------------------------------------------------------
 
-class AppServer(Server):
-    """A Server (own process group, stopped TERM then KILL) that also
-    remembers every process seen in its tree, and kills any of them still
-    alive after the group is gone (a worker that left the group)."""
-
-    def __init__(self, cmd, log_path):
-        super().__init__(cmd, log_path)
-        self.seen = {}
-
-    def remember(self):
-        if self.proc.poll() is None:
-            for p in descendants(self.proc.pid):
-                self.seen.setdefault(p, proc_start_time(p))
-        return sorted(self.seen)
-
-    def stop(self):
-        self.remember()
-        super().stop()
-        kill_leftovers(self.seen.items())
-
 
 def server_cmd(args, builddir, app, mode, server, port, cpus):
     script = os.path.join(REPO, APP_FILE[app])
@@ -170,31 +148,6 @@ def affinity(cpu):
         os.sched_setaffinity(0, old)
 
 
-def check_response(port, body):
-    """Two GETs on one keep-alive connection: each must be 200 with body.
-    Return the second's status line and header names; raise BenchError."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        for _ in range(2):
-            c.request("GET", "/")
-            r = c.getresponse()
-            data = r.read()
-            if r.status != 200:
-                raise BenchError("GET / answered %d %s" % (r.status,
-                                                          r.reason))
-            if data != body:
-                raise BenchError("GET / body %r, expected %r" % (data, body))
-            if r.will_close:
-                raise BenchError("the server closed a keep-alive connection")
-        return {"status": "HTTP/1.1 %d %s" % (r.status, r.reason),
-                "headers": [k for k, _ in r.getheaders()],
-                "bytes": None}
-    except (OSError, http.client.HTTPException) as e:
-        raise BenchError("GET / failed: %s" % e)
-    finally:
-        c.close()
-
-
 def run_one(args, builddir, key, tmpdir, cpus, check):
     """Start one server, check it, warm it up, measure it with wrk, stop
     it.  Return the measurement dict; raise BenchError on failure."""
@@ -206,29 +159,21 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
     wrk_cpu_pin = cpus[1] if mode == "pinned" else None
     try:
         srv.wait_port(port, timeout=30)
-        info = check_response(port, APP_BODY[app]) if check else None
+        info = check_http(port, APP_BODY[app]) if check else None
         srv.remember()
         with affinity(wrk_cpu_pin):
             run_wrk(args.wrk, port, 1, args.connections, args.warmup, tmpdir,
                     APP_HEADERS.get(app, ()))
-        if srv.proc.poll() is not None:
-            raise BenchError("server exited during the warm-up (status %s): "
-                             "%s" % (srv.proc.returncode, srv.log_tail()))
+        srv.check_running("the warm-up")
         pids = srv.remember()
-        busy0 = machine_busy()
-        cpu0 = cpu_ticks(pids)
+        window = ServerCPU(pids)
         with affinity(wrk_cpu_pin):
             res, wrk_cpu, wall = run_wrk(args.wrk, port, 1, args.connections,
                                          args.duration, tmpdir,
                                          APP_HEADERS.get(app, ()))
-        cpu1 = cpu_ticks(pids)
-        busy1 = machine_busy()
-        if srv.proc.poll() is not None:
-            raise BenchError("server exited during the run (status %s): %s"
-                             % (srv.proc.returncode, srv.log_tail()))
+        cpu_s = window.stop()
+        srv.check_running("the run")
         after = srv.remember()
-        ticks = sum(cpu1.get(p, cpu0[p]) - cpu0[p] for p in cpu0)
-        cpu_s = ticks / float(CLK_TCK)
         n = res["requests"]
         if n == 0:
             raise BenchError("no request completed: %s" % srv.log_tail())
@@ -237,13 +182,11 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
             "server_command": " ".join(cmd), "server_pids": len(pids),
             # A process that joined the tree during the run (a restarted
             # worker) is missing from the CPU time.
-            "tree_changed": after != pids or len(cpu1) != len(cpu0),
+            "tree_changed": after != pids or window.changed,
             "server_cpu_s": cpu_s, "cpu_us_per_req": cpu_s * 1e6 / n,
             "server_cpus": cpu_s / wall,
             "wrk_cpu_s": wrk_cpu, "wrk_cpus": wrk_cpu / wall,
-            "others_cpus": (None if busy0 is None or busy1 is None else
-                            max(0.0, (busy1 - busy0 - cpu_s - wrk_cpu)
-                                / wall)),
+            "others_cpus": window.others(wrk_cpu, wall),
             "response": info,
         })
         return res
@@ -280,7 +223,7 @@ def configurations(args, skip):
     return out
 
 
-def run_matrix(args, builddir, progress, failures, tmpdir, notes):
+def run_matrix(args, builddir, failures, tmpdir, notes):
     skip = {}
     if not ame_extension_built(builddir):
         skip["ame"] = "the ame extension is not built in %s" % builddir
@@ -303,32 +246,22 @@ def run_matrix(args, builddir, progress, failures, tmpdir, notes):
         print("twisted_bench: %s rows skipped: %s" % (kind, why),
               file=sys.stderr)
     keys = configurations(args, skip)
-    results, responses = {}, {}
-    total, done = len(keys) * args.reps, 0
-    for rep in range(args.reps):
-        for key in (keys if rep % 2 == 0 else keys[::-1]):
-            done += 1
-            if progress:
-                print("\r[twisted %d/%d] %s %s %s        " % (
-                    done, total, key[0], key[1], key[2]), end="",
-                    file=sys.stderr, flush=True)
-            wait_quiet(args.quiet_wait)
-            try:
-                res = run_one(args, builddir, key, tmpdir, cpus,
-                              check=key not in responses)
-            except BenchError as e:
-                failures.append({"what": " ".join(key), "error": str(e),
-                                 "command": " ".join(server_cmd(
-                                     args, builddir, *key, 8080,
-                                     cpus or [0, 1]))})
-                if progress:
-                    print("\n  FAILED: %s" % e, file=sys.stderr)
-                continue
-            if res["response"] is not None:
-                responses[key] = res["response"]
-            results.setdefault(key, []).append(res)
-    if progress:
-        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+    responses = {}
+
+    def run(key, rep):
+        res = run_one(args, builddir, key, tmpdir, cpus,
+                      check=key not in responses)
+        if res["response"] is not None:
+            responses[key] = res["response"]
+        return res
+
+    def failed(key, rep, err):
+        failures.append({"what": " ".join(key), "error": err,
+                         "command": " ".join(server_cmd(
+                             args, builddir, *key, 8080, cpus or [0, 1]))})
+
+    results = round_robin(keys, args.reps, run, " ".join, failed, "twisted",
+                          args.quiet_wait, alternate=True)
     return summarize(keys, results, responses, notes, cpus)
 
 
@@ -344,9 +277,6 @@ def summarize(keys, results, responses, notes, cpus):
              "response": responses.get(key)},
             **wrk_summary(runs)))
     by = {(r["app"], r["mode"], r["server"]): r for r in rows}
-
-    def ratio(a, b):
-        return a / b if a is not None and b else None
 
     for r in rows:
         ep = by.get((r["app"], r["mode"], "epoll"))
@@ -384,10 +314,6 @@ def bar_of(row, what):
     return None
 
 
-def bar_met(figure, op, target):
-    return figure >= target if op == ">=" else figure < target
-
-
 def evaluate_bars(rows):
     bars = []
     for app, mode, server, key, op, target in BARS:
@@ -396,11 +322,6 @@ def evaluate_bars(rows):
                     mode is not None and r["mode"] != mode):
                 continue
             figure = r[key]
-            if figure is None:
-                status, shown = "n/a", "not measured"
-            else:
-                status = "PASS" if bar_met(figure, op, target) else "MISS"
-                shown = fmt_ratio(figure)
             base = "ame-run-1w" if key == "rps_vs_1w" else "epoll"
             other = [x["others_cpus"] for x in rows
                      if x["app"] == app and x["mode"] == r["mode"]
@@ -410,21 +331,20 @@ def evaluate_bars(rows):
                        if x["app"] == app and x["mode"] == r["mode"]
                        and x["server"] in (server, base))
             note = []
-            if figure is not None and other and max(other) > 0.2:
+            if other and max(other) > 0.2:
                 note.append("disturbed: other work used up to %.2f CPUs"
                             % max(other))
             if errs:
                 note.append("%d wrk errors in these rows" % errs)
-            bars.append({
-                "bar": "%s %s, %s: %s %s" % (
-                    APP_LABEL[app], r["mode"], r["label"],
-                    "CPU/request" if key.startswith("cpu") else "req/s",
-                    "vs ame run --workers 1" if key == "rps_vs_1w"
-                    else "vs EPollReactor"),
-                "app": app, "mode": r["mode"], "server": server,
-                "ratio": key, "target": "%s %s" % (op, fmt_ratio(target)),
-                "measured": figure, "shown": shown, "status": status,
-                "note": "; ".join(note) or None})
+            b = make_bar("%s %s, %s: %s %s" % (
+                APP_LABEL[app], r["mode"], r["label"],
+                "CPU/request" if key.startswith("cpu") else "req/s",
+                "vs ame run --workers 1" if key == "rps_vs_1w"
+                else "vs EPollReactor"), figure, op, target,
+                note="; ".join(note) or None)
+            b.update({"app": app, "mode": r["mode"], "server": server,
+                      "ratio": key})
+            bars.append(b)
     return bars
 
 
@@ -443,15 +363,10 @@ def ratio_cell(row, key):
                                  else "MISSED")
 
 
-def print_report(settings, machine, twisted, bars, failures):
-    print("Twisted benchmarks: %s CPUs (%s), load average %s at the start"
-          % (machine["cpus"], machine["cpu"],
-             " ".join(machine["loadavg_at_start"] or ["?"])))
-    other = machine.get("other_cpus")
-    if other is not None:
-        print("Other work on the machine used %.2f CPUs on average during "
-              "the run%s" % (other, " -- figures are disturbed"
-                             if other > 0.2 else "."))
+def print_report(d):
+    """The human-readable form of one run (also for --show FILE)."""
+    settings, twisted = d["settings"], d["twisted"]
+    print_machine("Twisted benchmarks", d["machine"])
     print()
     reps = settings["reps"]
     cpus = twisted.get("cpus_pinned")
@@ -489,21 +404,17 @@ def print_report(settings, machine, twisted, bars, failures):
     for n in twisted["notes"]:
         print("note: " + n)
     print()
-    print_bars(bars)
-    if failures:
-        print()
-        print("FAILURES (%d):" % len(failures))
-        for f in failures:
-            print("  %s: %s" % (f["what"], f["error"]))
-            print("    reproduce: %s" % f["command"])
+    print_bars(d["bars"])
+    print_failures(d["failures"])
 
 
 # ---- main -------------------------------------------------------------------
 
 def main():
-    ap = runner_parser(__doc__, "build-release", results=True)
-    ap.add_argument("--quick", action="store_true",
-                    help="short form: 1 repetition of 2 s")
+    ap = runner_parser(__doc__, "build-release", results=True,
+                       quiet_wait=True)
+    add_runs(ap, "1 repetition of 2 s", (3, 1), (5, 2),
+             "seconds of wrk per run", reps_flags=("--runs", "--reps"))
     ap.add_argument("--sections", default=",".join(SECTIONS),
                     type=name_list(SECTIONS, "section"),
                     help="comma-separated subset of %s" % ",".join(SECTIONS))
@@ -524,10 +435,6 @@ def main():
                          "bars and the x 1w reference use auto); with "
                          "inline, the reactors section adds AMEReactor "
                          "with AME_IO=inline")
-    ap.add_argument("--runs", "--reps", dest="reps", type=int, default=None,
-                    help="repetitions of every run (default 3; quick 1)")
-    ap.add_argument("--duration", type=int, default=None, metavar="S",
-                    help="seconds of wrk per run (default 5; quick 2)")
     ap.add_argument("--warmup", type=int, default=1, metavar="S",
                     help="seconds of wrk before each measured run "
                          "(default 1)")
@@ -538,17 +445,7 @@ def main():
                          "/usr/bin/python3)")
     ap.add_argument("--wrk", default=None, metavar="PATH",
                     help="wrk binary (default: on PATH)")
-    args = ap.parse_args()
-    if args.show:
-        with open(args.show) as f:
-            d = json.load(f)
-        print_report(d["settings"], d["machine"], d["twisted"], d["bars"],
-                     d["failures"])
-        return 1 if d["failures"] else 0
-    if args.reps is None:
-        args.reps = 1 if args.quick else 3
-    if args.duration is None:
-        args.duration = 2 if args.quick else 5
+    args = parse_args(ap, print_report)
     if (args.reps < 1 or args.duration < 1 or args.warmup < 1
             or args.connections < 1 or min(args.workers) < 1):
         ap.error("counts must be positive")
@@ -567,11 +464,10 @@ def main():
 
     machine = machine_info()
     meter = LoadMeter()
-    progress = sys.stderr.isatty()
     failures, notes = [], []
     with ServerSession("twisted_bench") as session:
-        twisted = run_matrix(args, builddir, progress, failures,
-                             session.tmpdir, notes)
+        twisted = run_matrix(args, builddir, failures, session.tmpdir,
+                             notes)
     if session.interrupted:
         return 130
     machine["other_cpus"] = meter.others()
@@ -583,15 +479,10 @@ def main():
                 "workers": args.workers, "io": args.io,
                 "quick": args.quick,
                 "python": args.python, "quiet_wait_s": args.quiet_wait,
-                "builddir": builddir}
-    if args.json:
-        json.dump({"settings": settings, "machine": machine,
-                   "twisted": twisted, "bars": bars, "failures": failures},
-                  sys.stdout, indent=1)
-        print()
-    else:
-        print_report(settings, machine, twisted, bars, failures)
-    return 1 if failures else 0
+                "builddir": builddir, "command": command_line()}
+    return emit(args, {"settings": settings, "machine": machine,
+                       "twisted": twisted, "bars": bars,
+                       "failures": failures}, print_report)
 
 
 if __name__ == "__main__":

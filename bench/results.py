@@ -1,0 +1,421 @@
+#!/usr/bin/python3
+"""Render bench/RESULTS.md from the JSON that the benchmark runners wrote.
+
+`make bench` runs stm_bench.py, reactor_bench.py, twisted_bench.py and
+load_bench.py, each with --json-out BUILDDIR/bench-NAME.json, and then this
+script, which writes one Markdown file: when and how the figures were taken
+(the date, the command, the commit), the machine (CPU model, CPUs, kernel,
+load average, the CPUs other work used, the cache-line transfer cost that
+stm_bench measures), every bar with its figure, met or missed, and for each
+benchmark a table of the figures with the baselines of the same run and
+the ratios to them.  A run in which any runner used --quick is marked as
+a quick run.
+
+The exit status is 1 when a runner's JSON is missing (the file is then
+written with what there is, and says so) or reports failed runs, 2 when
+there is nothing to render.
+
+Run it with Debian's /usr/bin/python3; by hand, after `make bench`:
+bench/results.py --builddir build-release [-o bench/RESULTS.md].
+"""
+
+import argparse
+import calendar
+import os
+import subprocess
+import sys
+import time
+
+from benchlib import REPO, fmt_apc, fmt_rate, fmt_ratio, fmt_us, load_saved
+
+# The runners, in the order make bench runs them: (name, script, title).
+RUNNERS = (
+    ("stm", "stm_bench.py", "STM"),
+    ("reactor", "reactor_bench.py", "Reactor"),
+    ("twisted", "twisted_bench.py", "Twisted"),
+    ("load", "load_bench.py", "`ame load` against wrk"),
+)
+
+
+# ---- Markdown ---------------------------------------------------------------
+
+def table(head, rows, right_from=1):
+    """A Markdown table; columns from right_from on are right-aligned."""
+    out = ["| " + " | ".join(head) + " |",
+           "|" + "|".join("---" if i < right_from else "---:"
+                          for i in range(len(head))) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in r)
+                   + " |")
+    return "\n".join(out)
+
+
+def spread(lo, hi, fmt=fmt_rate):
+    return "-" if lo is None else "%s-%s" % (fmt(lo), fmt(hi))
+
+
+def cpus3(r, client="wrk_cpus"):
+    return "%s / %s / %s" % tuple(
+        "-" if r.get(k) is None else "%.2f" % r[k]
+        for k in ("server_cpus", client, "others_cpus"))
+
+
+def verdict(b):
+    return {"PASS": "met", "MISS": "**missed**"}.get(b["status"],
+                                                      "not measured")
+
+
+def run_line(d):
+    """How a runner was run: its command, repetitions and the other work
+    on the machine during it."""
+    s, m = d["settings"], d["machine"]
+    parts = ["`%s`" % s.get("command", "?")]
+    if "reps" in s:
+        parts.append("1 repetition" if s["reps"] == 1 else
+                     "%d repetitions, medians" % s["reps"])
+    other = m.get("other_cpus")
+    if other is not None:
+        parts.append("other work on the machine: %.2f CPUs%s" % (
+            other, " (figures disturbed)" if other > 0.2 else ""))
+    return "; ".join(parts) + "."
+
+
+def failures_text(d):
+    out = []
+    for f in d.get("failures", []):
+        what = f.get("what") or "%s %s t=%s" % (
+            f.get("variant"), f.get("config"), f.get("threads"))
+        out.append("- FAILED: %s: %s%s" % (
+            what, f["error"],
+            " (reproduce: `%s`)" % f["command"] if f.get("command") else ""))
+    return out
+
+
+# ---- the sections -------------------------------------------------------------
+
+def stm_section(d):
+    out = []
+    rows = d["results"]
+    by = {}
+    configs = []
+    for r in rows:
+        key = (r["config"], r["threads"])
+        if key not in by:
+            configs.append(key)
+        by.setdefault(key, {})[r["variant"]] = r
+    variants = [v for v in ("ame", "itm", "mutex", "seq")
+                if any(v in by[k] for k in configs)]
+    head = (["configuration", "threads"] + ["%s ops/s" % v for v in variants]
+            + ["ame x seq", "ame x itm", "ame 2t/1t", "ame aborts/commit"])
+    body = []
+    for key in configs:
+        vs = by[key]
+        ame = vs.get("ame", {})
+        body.append([key[0], str(key[1])]
+                    + [fmt_rate(vs[v]["median"]) if v in vs else ""
+                       for v in variants]
+                    + [fmt_ratio(ame.get("vs_seq")),
+                       fmt_ratio(ame.get("vs_itm")),
+                       fmt_ratio(ame.get("vs_1t")),
+                       fmt_apc(ame.get("aborts_per_commit"))])
+    out.append(table(head, body, right_from=2))
+    out.append("")
+    out.append("ops/s: operations per second over all threads; x seq: "
+               "against seq at 1 thread; x itm: against libitm at the same "
+               "thread count; 2t/1t: against ame at 1 thread.")
+    lt = d["machine"].get("line_transfer_ns")
+    near = [r for r in rows if r["variant"] == "ame" and r.get("near_runs")]
+    if lt:
+        out.append("")
+        out.append("Moving a cache line between the two CPUs cost %.0f-%.0f "
+                   "ns around the multi-thread runs (`bench-line-transfer`, "
+                   "before and after each); the figures at 2 threads move "
+                   "with it.  The runs made while it was at most %.0f ns "
+                   "(twice the cheapest)%s" % (
+                       lt["min"], lt["max"], 2 * lt["min"],
+                       " gave, for ame:" if near else ": none."))
+    if lt and near:
+        out.append("")
+        for r in near:
+            out.append("- %s, %d threads: %d of %d runs, %s%s" % (
+                r["config"], r["threads"], r.get("near_runs", 0),
+                len(r["line_ns"]),
+                fmt_rate(r.get("near_median")) if r.get("near_median")
+                else "-",
+                ", %s its 1-thread figure" % fmt_ratio(r["near_vs_1t"])
+                if r.get("near_vs_1t") else ""))
+    return out
+
+
+def reactor_section(d):
+    out = []
+    sc = d.get("scaling")
+    if sc and sc.get("rows"):
+        workers = sorted({r["workers"] for r in sc["rows"]
+                          if r["mode"] == "reactor"})
+        conflicts = []
+        for r in sc["rows"]:
+            if r["conflict_pct"] not in conflicts:
+                conflicts.append(r["conflict_pct"])
+        cell = {(r["conflict_pct"], r["mode"], r["workers"]): r
+                for r in sc["rows"]}
+        top = workers[-1]
+        head = (["conflicts", "plain loop"]
+                + ["%d worker%s" % (w, "" if w == 1 else "s")
+                   for w in workers]
+                + ["%dw / 1w" % top, "1w x plain", "aborts/commit (%dw)" % top])
+        body = []
+        for c in conflicts:
+            plain = cell.get((c, "plain", 1), {})
+            rs = [cell.get((c, "reactor", w), {}) for w in workers]
+            body.append(["%g %%" % c, fmt_rate(plain.get("median"))]
+                        + [fmt_rate(r.get("median")) for r in rs]
+                        + [fmt_ratio(rs[-1].get("speedup")),
+                           fmt_ratio(rs[0].get("vs_plain")),
+                           fmt_apc(rs[-1].get("aborts_per_commit"))])
+        out.append("Scaling: %d events as reactor tasks, each %.1f us of "
+                   "work and a transactional update (events/s):"
+                   % (sc["events"], sc.get("event_work_us") or 0))
+        out.append("")
+        out.append(table(head, body))
+    http = d.get("http")
+    if http and http.get("rows"):
+        out.append("")
+        out.append("HTTP hello-world, `wrk -c%d -d%ds`:"
+                   % (http["connections"], http["duration_s"]))
+        out.append("")
+        body = []
+        for r in http["rows"]:
+            body.append([r["server"], "-t%d" % r["wrk_threads"],
+                         fmt_rate(r["rps_median"]),
+                         spread(r["rps_min"], r["rps_max"]),
+                         fmt_us(r["cpu_median"]),
+                         fmt_ratio(r["cpu_vs_plain"]),
+                         fmt_ratio(r["rps_vs_nginx1"]), cpus3(r),
+                         str(r["errors"])])
+        out.append(table(["server", "wrk", "req/s", "min-max",
+                          "CPU us/req", "CPU x plain", "req/s x nginx-1w",
+                          "CPUs srv / wrk / other", "errors"], body,
+                         right_from=2))
+        out.append("")
+        out.append("CPU us/req: the server's user+system CPU per request; "
+                   "plain: a single-threaded libuv server "
+                   "(bench/plain_libuv_http.c).")
+    elif http and http.get("skipped"):
+        out.append("")
+        out.append("HTTP hello-world: skipped (%s)." % http["skipped"])
+    return out
+
+
+def twisted_section(d):
+    out = []
+    tw = d["twisted"]
+    labels = {"raw": "raw Protocol", "web": "twisted.web",
+              "webclose": "twisted.web, Connection: close"}
+    body = []
+    for r in tw["rows"]:
+        body.append([labels.get(r["app"], r["app"]), r["mode"], r["label"],
+                     fmt_rate(r["rps_median"]),
+                     spread(r["rps_min"], r["rps_max"]),
+                     fmt_us(r["cpu_median"]),
+                     fmt_ratio(r.get("rps_vs_epoll")),
+                     fmt_ratio(r.get("cpu_vs_epoll")),
+                     fmt_ratio(r.get("rps_vs_1w")), cpus3(r),
+                     str(r["errors"])])
+    s = d["settings"]
+    out.append("`wrk -t1 -c%d -d%ds` after %ds of warm-up; pinned: server "
+               "on one CPU, wrk on another:" % (
+                   s["connections"], s["duration_s"], s["warmup_s"]))
+    out.append("")
+    out.append(table(["program", "mode", "server", "req/s", "min-max",
+                      "CPU us/req", "req/s x epoll", "CPU x epoll",
+                      "req/s x 1 worker", "CPUs srv / wrk / other",
+                      "errors"], body, right_from=3))
+    for n in tw.get("notes", []):
+        out.append("")
+        out.append("Note: " + n)
+    return out
+
+
+def load_section(d):
+    s = d["settings"]
+    body = []
+    for r in d["rows"]:
+        body.append([str(r["workers"]), fmt_rate(r["wrk"]["rps_median"]),
+                     fmt_rate(r["ame"]["rps_median"]),
+                     fmt_ratio(r["ratio"]),
+                     spread(r["pair_ratio_min"], r["pair_ratio_max"],
+                            fmt_ratio),
+                     "%s / %s" % (fmt_us(r["wrk"]["cpu_us_per_req"]),
+                                  fmt_us(r["ame"]["cpu_us_per_req"])),
+                     "%d / %d" % (r["wrk"]["errors"], r["ame"]["errors"])])
+    return ["One server (`examples/c/http -w W`), loaded by `wrk` and by "
+            "`ame load`, each `-t%d -c%d -d%ds` after 1 s of warm-up, back "
+            "to back:" % (s["threads"], s["connections"], s["duration_s"]),
+            "", table(["server workers", "wrk req/s", "ame load req/s",
+                       "ame load / wrk", "per pair", "client CPU us/req, "
+                       "wrk / ame load", "errors wrk / ame load"], body)]
+
+
+SECTIONS = {"stm": stm_section, "reactor": reactor_section,
+            "twisted": twisted_section, "load": load_section}
+
+
+# ---- the file -----------------------------------------------------------------
+
+def git_state():
+    """'commit abc1234' (plus ', with uncommitted changes'), or None."""
+    try:
+        head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short",
+                               "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode != 0:
+        return None
+    # RESULTS.md itself does not make the tree dirty.
+    changed = [l for l in dirty.stdout.splitlines()
+               if not l.endswith("bench/RESULTS.md")]
+    return "commit %s%s" % (head.stdout.strip(),
+                            ", with uncommitted changes" if changed else "")
+
+
+def render(found, missing, command, when_done):
+    first = min((d["machine"] for d in found.values()),
+                key=lambda m: m.get("started", ""))
+    quick = [name for name, d in found.items() if d["settings"].get("quick")]
+    out = ["# Benchmark results", ""]
+    out.append("Written by `make bench` (bench/results.py, from the runners' "
+               "`--json-out` files); every ratio is against a baseline "
+               "measured in the same run, on the machine below. "
+               "bench/README.md says what each benchmark does.")
+    out.append("")
+    if quick:
+        out.append("**Quick run** (`--quick`: one short repetition of each "
+                   "configuration, in %s): indicative figures, not the "
+                   "project's." % ", ".join(quick))
+        out.append("")
+    if missing:
+        out.append("**Incomplete**: no results from %s (the runner failed "
+                   "or was not run)." % ", ".join(missing))
+        out.append("")
+    started = first.get("started")
+    date = "-"
+    if started:
+        t0 = calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ"))
+        date = "%s UTC" % started.replace("T", " ")[:16]
+        if when_done and when_done > t0:
+            date += " (%.1f minutes to the last runner's end)" % (
+                (when_done - t0) / 60.0)
+    load = " ".join(first.get("loadavg_at_start") or ["?"])
+    others = ", ".join(
+        "%s %.2f" % (name, d["machine"]["other_cpus"])
+        for name, d in found.items()
+        if d["machine"].get("other_cpus") is not None)
+    info = [("date", date),
+            ("command", "`%s`" % command if command else
+             "the runners' commands, below")]
+    tree = git_state()
+    if tree:
+        info.append(("tree", tree))
+    info += [("CPU", "%s, %s CPUs" % (first.get("cpu") or "?",
+                                      first.get("cpus"))),
+             ("kernel", "Linux %s" % first.get("kernel", "?")),
+             ("load average at the start", load),
+             ("CPUs used by other work during each runner", others or "-")]
+    lt = found.get("stm", {}).get("machine", {}).get("line_transfer_ns")
+    if lt:
+        info.append(("moving a cache line between two CPUs",
+                     "%.0f-%.0f ns (`bench-line-transfer`, before and after "
+                     "each multi-thread STM run)" % (lt["min"], lt["max"])))
+    out += ["- %s: %s" % kv for kv in info]
+    out.append("")
+    out.append("Above 0.2 CPUs of other work the figures are disturbed, "
+               "those of 2 threads and of req/s first.")
+
+    out += ["", "## Bars", ""]
+    body = []
+    for name, _, title in RUNNERS:
+        d = found.get(name, {})
+        other = d.get("machine", {}).get("other_cpus")
+        for b in d.get("bars", []):
+            note = b.get("note")
+            if not note and other is not None and other > 0.2 and \
+                    b["status"] != "n/a":
+                note = ("disturbed: other work used %.2f CPUs during the "
+                        "runner" % other)
+            body.append([title, b["bar"], b["target"], b["shown"],
+                         verdict(b) + (" (%s)" % note if note else "")])
+    out.append(table(["benchmark", "bar", "target", "figure", "verdict"],
+                     body, right_from=5))
+
+    for name, script, title in RUNNERS:
+        out += ["", "## %s (`bench/%s`)" % (title, script), ""]
+        if name not in found:
+            out.append("No results (the runner failed or was not run).")
+            continue
+        d = found[name]
+        out.append(run_line(d))
+        out.append("")
+        out += SECTIONS[name](d)
+        fails = failures_text(d)
+        if fails:
+            out += [""] + fails
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--builddir", default="build-release",
+                    help="where the runners wrote bench-*.json (default: "
+                         "build-release)")
+    ap.add_argument("--command", default=None,
+                    help="the command that ran the benchmarks (make bench "
+                         "passes its own)")
+    ap.add_argument("-o", "--output",
+                    default=os.path.join(REPO, "bench", "RESULTS.md"),
+                    help="the file to write, '-' for stdout (default: "
+                         "bench/RESULTS.md)")
+    args = ap.parse_args()
+    builddir = args.builddir
+    if not os.path.isdir(builddir) and os.path.isdir(
+            os.path.join(REPO, builddir)):
+        builddir = os.path.join(REPO, builddir)
+    found, missing, done = {}, [], None
+    for name, _, _ in RUNNERS:
+        path = os.path.join(builddir, "bench-%s.json" % name)
+        try:
+            found[name] = load_saved(path)
+            done = max(done or 0, os.path.getmtime(path))
+        except (OSError, ValueError):
+            missing.append(name)
+    if not found:
+        print("results: no bench-*.json in %s: run make bench" % builddir,
+              file=sys.stderr)
+        return 2
+    text = render(found, missing, args.command, done)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w") as f:
+            f.write(text)
+        shown = os.path.relpath(args.output)
+        print("results: %s written%s" % (
+            shown if not shown.startswith("..") else
+            os.path.abspath(args.output),
+            " (incomplete: no %s)" % ", ".join(missing) if missing else ""))
+    failed = [n for n, d in found.items() if d.get("failures")]
+    if failed:
+        print("results: failed runs in %s" % ", ".join(failed),
+              file=sys.stderr)
+    return 1 if missing or failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
