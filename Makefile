@@ -6,7 +6,7 @@ BUILD   ?= build
 BENCH_BUILD ?= build-release
 MESON   ?= meson
 
-.PHONY: all deps deps-bench deps-demo build build-release check demo bench install clean
+.PHONY: all deps deps-bench deps-demo build build-release check demo bench stress install clean
 
 all: build
 
@@ -60,6 +60,15 @@ bench: build-release
 	-$(PYTHON) bench/twisted_bench.py $(BENCH_OUT)-twisted.json $(BENCH_ARGS) $(TWISTED_BENCH_ARGS)
 	-$(PYTHON) bench/load_bench.py $(BENCH_OUT)-load.json $(BENCH_ARGS) $(LOAD_BENCH_ARGS)
 	$(PYTHON) bench/results.py --builddir $(BENCH_BUILD) --command "$(BENCH_CMD)"
+
+# Crash injection on the shared heap at length: 10,000 SIGKILLs of worker
+# processes in the middle of transactions, recovered by the test and by the
+# surviving workers (tests/stm/test_heap_crash.c; make check runs 200 of
+# each).  AME_HEAP_KILLS=N to choose.
+AME_HEAP_KILLS ?= 10000
+stress: build
+	AME_HEAP_KILLS=$(AME_HEAP_KILLS) $(BUILD)/tests/stm/run-stm-tests heap_crash
+	AME_HEAP_KILLS=$(AME_HEAP_KILLS) $(BUILD)/tests/stm/run-stm-tests heap_crash_peer
 
 install: build
 	$(MESON) install -C $(BUILD)

@@ -641,6 +641,53 @@ void ame_heap_stats(ame_heap_t *heap, ame_heap_stats_t *out) {
   }
 }
 
+int64_t ame_heap_used_tx(ame_tx_t *tx) {
+  struct ame__heap_hdr *h = ame__heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  uintptr_t sum = 0;
+  for (unsigned i = 0; i < h->max_slots; i++)
+    sum += ame_load_word_tx(tx, &slots[i].used);
+  return (int64_t)sum;
+}
+
+int ame_heap_verify(ame_heap_t *heap, char *msg, size_t len) {
+  struct ame__heap_hdr *h = heap->hdr;
+  struct ame__slot *slots = ame__heap_slots(h);
+  uintptr_t *orecs = h->dom.orecs;
+  size_t n = (size_t)1 << h->orec_bits;
+  int bad = 0;
+  if (msg && len) msg[0] = '\0';
+  for (size_t i = 0; i < n; i++) {
+    uintptr_t l = LOAD_ACQ(&orecs[i]);
+    if (!(l & 1)) continue;
+    struct ame__wentry *e = (struct ame__wentry *)(l & ~(uintptr_t)1);
+    ame_tx_t *owner = LOAD(&e->tx);
+    struct ame__slot *s = ame__slot_of(owner);
+    unsigned k = (unsigned)(s - slots);
+    if (k >= h->max_slots) {
+      if (!bad && msg) snprintf(msg, len, "orec %zu: owner outside the slots", i);
+      bad++;
+      continue;
+    }
+    uint32_t st = LOAD_ACQ(&s->state);
+    int alive = st != SLOT_FREE && proc_alive(LOAD(&s->pid), LOAD(&s->start));
+    if (!alive && LOAD_ACQ(&orecs[i]) == l) { /* still held: not a race */
+      if (!bad && msg)
+        snprintf(msg, len, "orec %zu held by slot %u (%s, pid %d)", i, k,
+                 st == SLOT_FREE ? "free" : "dead", (int)LOAD(&s->pid));
+      bad++;
+    }
+  }
+  for (unsigned i = 0; i < h->max_slots; i++) {
+    struct ame__slot *s = &slots[i];
+    if (LOAD_ACQ(&s->state) == SLOT_FREE && LOAD(&s->ticket) != 0) {
+      if (!bad && msg) snprintf(msg, len, "free slot %u holds a ticket", i);
+      bad++;
+    }
+  }
+  return bad;
+}
+
 const char *ame_heap_strerror(int err) {
   switch (err) {
   case -EPROTO: return "not an ame heap, or a corrupt one";

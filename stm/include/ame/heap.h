@@ -325,6 +325,16 @@ typedef struct ame_heap_stats {
 
 AME_EXTERN void ame_heap_stats(ame_heap_t *h, ame_heap_stats_t *out);
 
+/* Inside a transaction: the bytes allocated (ame_heap_stats().used) as of
+** its snapshot. */
+AME_EXTERN int64_t ame_heap_used_tx(ame_tx_t *tx);
+
+/* A diagnostic: look for ownership records held by a slot that is free or
+** whose process is dead, and irrevocability tickets held by free slots.
+** Return how many (0: none); describe the first in msg.  Safe while others
+** run (a record that changes while looked at is not counted). */
+AME_EXTERN int ame_heap_verify(ame_heap_t *h, char *msg, size_t len);
+
 /* The message for a negative error code from this header. */
 AME_EXTERN const char *ame_heap_strerror(int err);
 
