@@ -20,6 +20,7 @@
 #include <Python.h>
 
 #include "run.h"
+#include "ame/heap.h"
 #include "ame/stm.h"
 #include "supervise.h"
 
@@ -48,8 +49,15 @@ struct opts {
   double grace_s;
   const char *sockets; /* "reuseport" or "shared" */
   const char *io;      /* "thread", "inline" or "auto" */
+  size_t shared_size;  /* the shared heap's bytes (0: AME_SHARED_SIZE or
+                          the default) */
   int verbose;
 };
+
+#define DEFAULT_SHARED_SIZE ((size_t)256 << 20)
+
+/* The heap the workers share (ame.shared), made before they are forked. */
+static ame_heap_t *shared_heap;
 
 /* The prefix of the supervisor's log lines, for _ame_run.supervise(). */
 static const char *run_cmd = "ame run";
@@ -71,6 +79,13 @@ static void after_fork_parent(void *data) {
 static void after_fork_child(void *data) {
   (void)data;
   PyOS_AfterFork_Child();
+}
+
+/* A worker is gone: give back what it held in the shared heap at once
+** (its locks, a write-back it had decided), before anyone waits for it. */
+static void worker_exited(void *data, int pid) {
+  (void)data;
+  if (shared_heap) ame_heap_recover_pid(shared_heap, pid);
 }
 
 PyDoc_STRVAR(supervise_doc,
@@ -102,6 +117,7 @@ static PyObject *run_supervise(PyObject *mod, PyObject *args) {
       .before_fork = before_fork,
       .after_fork_parent = after_fork_parent,
       .after_fork_child = after_fork_child,
+      .worker_exited = worker_exited,
   };
   int status;
   int r = ame_supervise(&cfg, &status);
@@ -172,10 +188,57 @@ static const char *resolve_io(const struct opts *o) {
   return o->workers >= ame_cpu_count() ? "inline" : "thread";
 }
 
+/* Parse a size: bytes, or with a K, M or G suffix (powers of 1024).
+** Return 0 or -1. */
+static int parse_size(const char *s, size_t *out) {
+  char *end;
+  errno = 0;
+  if (*s < '0' || *s > '9') return -1;
+  unsigned long long v = strtoull(s, &end, 10);
+  unsigned shift = 0;
+  if (*end == 'K' || *end == 'k') shift = 10, end++;
+  else if (*end == 'M' || *end == 'm') shift = 20, end++;
+  else if (*end == 'G' || *end == 'g') shift = 30, end++;
+  if (*end || errno || v == 0 || v > (1ull << 46) >> shift) return -1;
+  *out = (size_t)(v << shift);
+  return 0;
+}
+
+/* With workers, make the heap they share (ame.shared) now, before Python
+** and before any fork, and tell Python where it is (AME_SHARED_HEAP); in
+** one process, ame.shared makes its own when first used, of the size
+** AME_SHARED_SIZE says.  Return 0, or 1 after printing why not. */
+static int make_shared_heap(const struct opts *o) {
+  size_t size = o->shared_size;
+  const char *env = getenv("AME_SHARED_SIZE");
+  if (size == 0 && env && *env && parse_size(env, &size) < 0) {
+    fprintf(stderr, "%s: AME_SHARED_SIZE wants bytes (e.g. 256M), not "
+                    "'%s'\n", o->cmd, env);
+    return 1;
+  }
+  if (size == 0) size = DEFAULT_SHARED_SIZE;
+  char buf[32];
+  snprintf(buf, sizeof buf, "%zu", size);
+  setenv("AME_SHARED_SIZE", buf, 1);
+  if (o->workers < 2) return 0;
+  ame_heap_config_t cfg = {.size = size};
+  int rc = ame_heap_create(NULL, &cfg, &shared_heap);
+  if (rc != 0) {
+    fprintf(stderr, "%s: cannot make the shared heap (%zu bytes): %s\n",
+            o->cmd, size, ame_heap_strerror(rc));
+    return 1;
+  }
+  snprintf(buf, sizeof buf, "%lx", (unsigned long)(uintptr_t)
+           ame_heap_base(shared_heap));
+  setenv("AME_SHARED_HEAP", buf, 1);
+  return 0;
+}
+
 /* Start Python as AME_PYTHON, run ame._supervisor.main() with o, finish
 ** Python, and return the exit status. */
 static int run_python(const struct opts *o) {
   run_cmd = o->cmd;
+  if (make_shared_heap(o) != 0) return 1;
   if (PyImport_AppendInittab("_ame_run", PyInit__ame_run) < 0) {
     fprintf(stderr, "%s: cannot register the _ame_run module\n", o->cmd);
     return 1;
@@ -271,6 +334,11 @@ static void run_usage(FILE *f) {
 "                        reactor itself; auto (the default): inline when\n"
 "                        the workers fill the CPUs this process may use\n"
 "                        (workers >= CPUs), else thread\n"
+"      --shared-size BYTES\n"
+"                        the heap that ame.shared's objects live in, shared\n"
+"                        by the workers (K, M, G suffixes; default\n"
+"                        AME_SHARED_SIZE, else 256M); memory is used only\n"
+"                        as objects fill it\n"
 "  -m MODULE             run a module as a script (the rest are its args)\n"
 "  -v, --verbose         after a setup error's one line, print the traceback\n"
 "  -h, --help            this help\n"
@@ -298,9 +366,12 @@ static void run_usage(FILE *f) {
 "PER-WORKER STATE: each worker is a separate process with its own copy of\n"
 "the program's Python state as it was at reactor.run().  Counters, caches,\n"
 "sessions kept in Python objects are per worker and diverge; state that\n"
-"must be shared between workers belongs in a database (or, later, in ame's\n"
-"shared state).  Listeners created after reactor.run() (callWhenRunning,\n"
-"task.react) are made by each worker on its own and are not shared.\n"
+"the workers share belongs in ame.shared's objects (dict, counter, queue,\n"
+"channel; docs/shared.md), which live in a heap made before the workers\n"
+"are forked: every worker sees every change, each ame.atomic block is one\n"
+"transaction, and a worker that dies leaves them consistent.  Listeners\n"
+"created after reactor.run() (callWhenRunning, task.react) are made by\n"
+"each worker on its own and are not shared.\n"
 "\n"
 "Errors: a missing file, a syntax error, an exception during setup (a port\n"
 "already in use included), or a program that returns without calling\n"
@@ -315,7 +386,7 @@ static void run_usage(FILE *f) {
 static void twistd_usage(FILE *f) {
   fprintf(f,
 "usage: ame twistd [--workers N|auto] [--grace SECONDS] [--sockets MODE]\n"
-"                  [--io MODE] [--verbose] [--]\n"
+"                  [--io MODE] [--shared-size BYTES] [--verbose] [--]\n"
 "                  [TWISTD-OPTIONS] SUBCOMMAND [OPTIONS...]\n"
 "\n"
 "Run twistd (twisted.scripts.twistd) with the ame reactor installed: the\n"
@@ -327,6 +398,7 @@ static void twistd_usage(FILE *f) {
 "  --grace SECONDS    graceful-stop limit per worker (default %g)\n"
 "  --sockets reuseport|shared   as for 'ame run'\n"
 "  --io thread|inline|auto      as for 'ame run'\n"
+"  --shared-size BYTES          as for 'ame run'\n"
 "  --verbose          print the traceback of a setup error\n"
 "  --help             this help\n"
 "\n"
@@ -407,6 +479,7 @@ int ame_run_main(int argc, char **argv) {
       {"grace", required_argument, NULL, 'g'},
       {"sockets", required_argument, NULL, 's'},
       {"io", required_argument, NULL, 'i'},
+      {"shared-size", required_argument, NULL, 'S'},
       {"verbose", no_argument, NULL, 'v'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -436,6 +509,12 @@ int ame_run_main(int argc, char **argv) {
       if (parse_io(optarg, &o.io) < 0)
         return usage_error("run", "--io wants 'thread', 'inline' or 'auto', "
                                   "not '%s'", optarg);
+      break;
+    case 'S':
+      if (parse_size(optarg, &o.shared_size) < 0 ||
+          o.shared_size < ((size_t)4 << 20))
+        return usage_error("run", "--shared-size wants bytes, at least 4M "
+                                  "(e.g. 256M, 2G), not '%s'", optarg);
       break;
     case 'm':
       o.mode = "module";
@@ -478,7 +557,8 @@ int ame_twistd_main(int argc, char **argv) {
   for (; i < argc; i++) {
     const char *a = argv[i];
     const char *val = NULL;
-    int takes = 0; /* 1: --workers, 2: --grace, 3: --sockets, 4: --io */
+    int takes = 0; /* 1: --workers, 2: --grace, 3: --sockets, 4: --io,
+                      5: --shared-size */
     if (strcmp(a, "--") == 0) {
       i++;
       break;
@@ -503,6 +583,10 @@ int ame_twistd_main(int argc, char **argv) {
     } else if (strncmp(a, "--io", 4) == 0 && (a[4] == '\0' || a[4] == '=')) {
       takes = 4;
       val = a[4] == '=' ? a + 5 : NULL;
+    } else if (strncmp(a, "--shared-size", 13) == 0 &&
+               (a[13] == '\0' || a[13] == '=')) {
+      takes = 5;
+      val = a[13] == '=' ? a + 14 : NULL;
     } else {
       break;
     }
@@ -523,6 +607,10 @@ int ame_twistd_main(int argc, char **argv) {
     if (takes == 4 && parse_io(val, &o.io) < 0)
       return usage_error("twistd", "--io wants 'thread', 'inline' or 'auto', "
                                    "not '%s'", val);
+    if (takes == 5 && (parse_size(val, &o.shared_size) < 0 ||
+                       o.shared_size < ((size_t)4 << 20)))
+      return usage_error("twistd", "--shared-size wants bytes, at least 4M "
+                                   "(e.g. 256M, 2G), not '%s'", val);
   }
   o.args = argv + i;
   o.nargs = argc - i;

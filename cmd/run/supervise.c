@@ -393,6 +393,7 @@ static void reap(double now) {
       }
     if (w == NULL) continue; /* not a worker (cannot happen) */
     w->pid = 0;
+    if (S.cfg->worker_exited) S.cfg->worker_exited(S.cfg->data, (int)pid);
     char how[64];
     describe(st, how, sizeof how);
     int clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;

@@ -23,6 +23,9 @@ typedef struct ame_sup_config {
   void (*before_fork)(void *data);       /* each may be NULL */
   void (*after_fork_parent)(void *data);
   void (*after_fork_child)(void *data);
+  /* A worker has exited or died (reaped), before any restart: the place to
+  ** recover what it held in shared state (ame_heap_recover_pid). */
+  void (*worker_exited)(void *data, int pid);
   void *data;
 } ame_sup_config_t;
 

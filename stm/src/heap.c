@@ -200,10 +200,12 @@ static void init_region(struct ame__heap_hdr *h, const struct layout *L,
   }
   h->check = hdr_check(h);
 
+  /* Orecs start at 0 (unlocked, version 0: older than any snapshot), as
+  ** a fresh mapping is, so they need no writing; nor do the write logs,
+  ** whose chunks are linked as their owner first uses them.  Only what
+  ** is not zero is written here: the region takes memory where used. */
   struct ame__dom *d = &h->dom;
   uintptr_t *orecs = (uintptr_t *)((char *)h + L->off_orecs);
-  size_t norecs = (size_t)1 << L->orec_bits;
-  for (size_t i = 0; i < norecs; i++) orecs[i] = 2; /* version of ts 1 */
   d->clock = 1;
   d->orecs = orecs;
   d->shift = 64 - L->orec_bits;
@@ -222,15 +224,6 @@ static void init_region(struct ame__heap_hdr *h, const struct layout *L,
     table[i] = &s->tx;
     s->tx.active = AME__IDLE;
     s->tx.hold = AME__IDLE;
-    /* Link the slot's log: chunks of AME__WCHUNK entries. */
-    struct ame__wchunk *c = slot_log(h, i);
-    size_t nchunks = L->log_entries / AME__WCHUNK;
-    for (size_t k = 0; k < nchunks; k++) {
-      c[k].next = k + 1 < nchunks ? &c[k + 1] : NULL;
-      for (unsigned e = 0; e < AME__WCHUNK; e++) c[k].e[e].tx = &s->tx;
-    }
-    s->tx.w_first = c;
-    s->tx.w_chunk = c;
   }
   ame__heap_alloc_init(h);
 }
@@ -439,7 +432,8 @@ ame_tx_t *ame_heap_enter(ame_heap_t *heap) {
       STORE(&s->status, 0);
       STORE(&s->ticket, 0);
       STORE(&s->ticket_state, TICKET_NONE);
-      if (ame__tx_setup(&s->tx, &h->dom, i, slot_log(h, i), pid) != 0) {
+      if (ame__tx_setup(&s->tx, &h->dom, i, slot_log(h, i),
+                        h->log_entries / AME__WCHUNK, pid) != 0) {
         STORE_REL(&s->state, SLOT_FREE);
         return NULL;
       }

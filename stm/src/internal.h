@@ -84,6 +84,8 @@ struct ame_tx {
   /* -- write log */
   struct ame__wchunk *w_first; /* first chunk (kept across transactions) */
   struct ame__wchunk *w_chunk; /* chunk being filled */
+  struct ame__wchunk *w_end;   /* heap: the end of its fixed, contiguous
+                                  log (NULL: a growing private one) */
   unsigned w_i;                /* next free index in w_chunk */
   size_t w_n;                  /* entries in this attempt */
   /* -- read log */
@@ -196,7 +198,7 @@ static inline void ame__tx_init_domain(ame_tx_t *tx, struct ame__dom *d) {
 ** status) and releases its locks; return 1 if it finished a write-back. */
 extern __thread ame_tx_t *ame__heap_self;
 int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
-                  struct ame__wchunk *log, int pid);
+                  struct ame__wchunk *log, size_t chunks, int pid);
 void ame__tx_teardown(ame_tx_t *tx);
 int ame__tx_recover(ame_tx_t *tx, uintptr_t status);
 /* Abort unless the word at addr, which the transaction read (or wrote),

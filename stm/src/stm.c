@@ -819,8 +819,23 @@ static uintptr_t read_own(struct ame__wentry *head, const uintptr_t *a) {
 }
 
 static struct ame__wentry *new_entry(ame_tx_t *tx) {
+  if (AME__UNLIKELY(tx->w_end != NULL)) {
+    /* A heap descriptor's log: contiguous chunks, fixed in size, whose
+    ** links and owner fields are written as they are first used (so
+    ** that a heap's logs take memory only where touched). */
+    if (tx->w_i == AME__WCHUNK) {
+      struct ame__wchunk *next = tx->w_chunk + 1;
+      if (next == tx->w_end) log_full(tx);
+      tx->w_chunk->next = next;
+      tx->w_chunk = next;
+      tx->w_i = 0;
+    }
+    tx->w_n++;
+    struct ame__wentry *e = &tx->w_chunk->e[tx->w_i++];
+    e->tx = tx;
+    return e;
+  }
   if (tx->w_i == AME__WCHUNK) {
-    if (tx->w_chunk->next == NULL && tx->dom->shared) log_full(tx);
     if (tx->w_chunk->next == NULL) {
       struct ame__wchunk *c = malloc(sizeof *c);
       if (c == NULL) {
@@ -1574,7 +1589,7 @@ const char *ame_strerror(int err) {
 */
 
 int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
-                  struct ame__wchunk *log, int pid) {
+                  struct ame__wchunk *log, size_t chunks, int pid) {
   /* Everything a previous owner (perhaps another process) left is
   ** meaningless now, private pointers first. */
   ame_stats_t stats = tx->stats;
@@ -1587,6 +1602,7 @@ int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
   ame__tx_init_domain(tx, d);
   tx->w_first = log;
   tx->w_chunk = log;
+  tx->w_end = log + chunks;
   tx->slot = slot;
   tx->pid = pid;
   STORE(&tx->active, AME__IDLE);
@@ -1638,7 +1654,7 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
         else if (e->mask == MASK_HI)
           STORE((uint32_t *)p + 1, (uint32_t)(e->value >> 32));
       }
-      if (c == tx->w_chunk || c->next == NULL) break;
+      if (c == tx->w_chunk || c + 1 == tx->w_end) break;
     }
   }
   fence_release();
@@ -1652,7 +1668,7 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
       __atomic_compare_exchange_n(e->orec, &l, version ? version : e->version,
                                   0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
     }
-    if (c == tx->w_chunk || c->next == NULL) break;
+    if (c == tx->w_chunk || c + 1 == tx->w_end) break;
   }
   tx->w_chunk = tx->w_first;
   tx->w_i = 0;

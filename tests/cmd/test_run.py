@@ -306,7 +306,10 @@ def case_usage(ame):
                  ['run', '--sockets', 'bogus', 'x.py'],
                  ['twistd', '--sockets', 'bogus'],
                  ['run', '--io', 'fibres', 'x.py'], ['twistd', '--io', 'x'],
-                 ['twistd', '--workers', '0'], ['twistd', '--workers']):
+                 ['twistd', '--workers', '0'], ['twistd', '--workers'],
+                 ['run', '--shared-size', '1K', 'x.py'],
+                 ['run', '--shared-size', '12Q', 'x.py'],
+                 ['twistd', '--shared-size', 'lots']):
         rc, out, err = run_ame(ame, args)
         check(rc == 2 and err.strip() and not out,
               'ame %s: exit %d (2), says %r'
@@ -314,8 +317,10 @@ def case_usage(ame):
     rc, out, err = run_ame(ame, ['run', '--help'])
     check(rc == 0 and '--workers' in out and '-m MODULE' in out,
           'ame run --help: exit 0, options')
-    check('PER-WORKER STATE' in out and 'database' in out,
-          'ame run --help documents the per-worker state limit')
+    check('PER-WORKER STATE' in out and 'ame.shared' in out and
+          '--shared-size' in out,
+          'ame run --help documents the per-worker state limit and where '
+          'shared state goes')
     rc, out, err = run_ame(ame, ['help', 'run'])
     check(rc == 0 and '--workers' in out, 'ame help run')
     rc, out, err = run_ame(ame, ['twistd', '--help'])
