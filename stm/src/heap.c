@@ -347,8 +347,14 @@ int ame_heap_open(const char *name, ame_heap_t **out) {
     return -EPROTO;
   }
   int rc = attach(h, hdr.size, name, out);
-  if (rc != 0) munmap(p, hdr.size);
-  return rc;
+  if (rc != 0) {
+    munmap(p, hdr.size);
+    return rc;
+  }
+  /* Processes that used it may have died since: recover their slots now
+  ** rather than when someone first waits for them. */
+  ame_heap_check(*out);
+  return 0;
 }
 
 int ame_heap_adopt(void *base, ame_heap_t **out) {
