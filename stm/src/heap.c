@@ -15,6 +15,9 @@
 ** irrevocability queue, and the slot.  What its transactions allocated was
 ** allocated transactionally (heap_alloc.c) and goes away with the attempt.
 **
+** A slot belongs to a thread: its identity is the thread's id and start
+** time (and the process's pid, for ame_heap_recover_pid).
+**
 ** Who recovers: the supervisor that reaped the process
 ** (ame_heap_recover_pid), anyone that checks (ame_heap_check), and any
 ** participant that has been kept waiting by a lock or the irrevocability
@@ -84,8 +87,8 @@ static uint64_t proc_start(pid_t pid, char *state) {
   return strtoull(p, NULL, 10);
 }
 
-/* Is the process (pid, start) alive?  A zombie is dead: it runs no more
-** instructions. */
+/* Is the thread (tid, start) alive?  /proc/TID names any thread, not only
+** a process's first; a zombie is dead: it runs no more instructions. */
 static int proc_alive(pid_t pid, uint64_t start) {
   if (pid <= 0) return 0;
   char state = 0;
@@ -94,16 +97,19 @@ static int proc_alive(pid_t pid, uint64_t start) {
   return state != 'Z' && state != 'X' && state != 'x';
 }
 
-static __thread int my_pid_cache;
+static __thread int my_tid_cache;
 static __thread uint64_t my_start_cache;
 
-static void my_identity(int *pid, uint64_t *start) {
-  int p = (int)getpid();
-  if (my_pid_cache != p) { /* first use, or a fork */
-    my_pid_cache = p;
-    my_start_cache = proc_start(p, NULL);
+/* The calling thread's identity: its thread id and start time (a slot is
+** a thread's, so that a thread that ends without ame_heap_exit is seen to
+** be gone even while its process runs). */
+static void my_identity(int *tid, uint64_t *start) {
+  int t = (int)syscall(SYS_gettid);
+  if (my_tid_cache != t) { /* first use, or a fork */
+    my_tid_cache = t;
+    my_start_cache = proc_start(t, NULL);
   }
-  *pid = my_pid_cache;
+  *tid = my_tid_cache;
   *start = my_start_cache;
 }
 
@@ -399,7 +405,7 @@ size_t ame_heap_mapped(const ame_heap_t *heap) { return heap->size; }
 void ame_heap_after_fork_child(ame_heap_t *heap) {
   (void)heap;
   ame__heap_self = NULL; /* the parent's slot is the parent's */
-  my_pid_cache = 0;
+  my_tid_cache = 0;
 }
 
 ame_heap_t *ame_tx_heap(const ame_tx_t *tx) {
@@ -417,9 +423,9 @@ ame_tx_t *ame_heap_enter(ame_heap_t *heap) {
   }
   struct ame__heap_hdr *h = heap->hdr;
   struct ame__slot *slots = ame__heap_slots(h);
-  int pid;
+  int tid, pid = (int)getpid();
   uint64_t start;
-  my_identity(&pid, &start);
+  my_identity(&tid, &start);
   for (int round = 0; round < 2; round++) {
     for (unsigned i = 0; i < h->max_slots; i++) {
       struct ame__slot *s = &slots[i];
@@ -430,11 +436,12 @@ ame_tx_t *ame_heap_enter(ame_heap_t *heap) {
         continue;
       /* Identity first (a recoverer reads it once the state is LIVE; a
       ** crash before it is stored leaves pid 0: dead at once). */
-      STORE(&s->pid, 0);
+      STORE(&s->tid, 0);
+      STORE(&s->pid, pid);
       STORE(&s->start, start);
       STORE(&s->incarnation, __atomic_add_fetch(&h->incarnations, 1,
                                                 __ATOMIC_RELAXED));
-      STORE_REL(&s->pid, pid);
+      STORE_REL(&s->tid, tid);
       STORE(&s->status, 0);
       STORE(&s->ticket, 0);
       STORE(&s->ticket_state, TICKET_NONE);
@@ -483,7 +490,7 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
     uint32_t st = LOAD_ACQ(&s->state);
     if (st == SLOT_FREE) return 0;
     if (st == SLOT_LIVE) {
-      if (proc_alive(LOAD_ACQ(&s->pid), LOAD(&s->start))) return 0;
+      if (proc_alive(LOAD_ACQ(&s->tid), LOAD(&s->start))) return 0;
       STORE(&s->rec_pid, me);
       STORE(&s->rec_start, my_start);
       if (__atomic_compare_exchange_n(&s->state, &st, SLOT_RECOVERING, 0,
@@ -670,7 +677,7 @@ int ame_heap_verify(ame_heap_t *heap, char *msg, size_t len) {
       continue;
     }
     uint32_t st = LOAD_ACQ(&s->state);
-    int alive = st != SLOT_FREE && proc_alive(LOAD(&s->pid), LOAD(&s->start));
+    int alive = st != SLOT_FREE && proc_alive(LOAD(&s->tid), LOAD(&s->start));
     if (!alive && LOAD_ACQ(&orecs[i]) == l) { /* still held: not a race */
       if (!bad && msg)
         snprintf(msg, len, "orec %zu held by slot %u (%s, pid %d)", i, k,

@@ -44,11 +44,13 @@ enum { TICKET_NONE = 0, TICKET_WAITING = 1, TICKET_HOLDING = 2,
 
 struct ame__slot {
   uint32_t state;              /* atomic: SLOT_* */
-  int32_t pid;                 /* the owner process */
+  int32_t pid;                 /* the owner's process */
+  int32_t tid;                 /* atomic: the owner thread (0 while the
+                                  slot is being taken) */
   uint64_t start;              /* its start time (clock ticks since boot,
-                                  /proc/PID/stat field 22) */
+                                  /proc/TID/stat field 22) */
   uint64_t incarnation;        /* counts the slot's owners */
-  int32_t rec_pid;             /* SLOT_RECOVERING: the recoverer */
+  int32_t rec_pid;             /* SLOT_RECOVERING: the recoverer (tid) */
   uint32_t pad0;
   uint64_t rec_start;
   uintptr_t status;            /* atomic: (ts << 1) | 1 once the current

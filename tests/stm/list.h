@@ -118,6 +118,7 @@
   X(heap_processes, 60)                                                       \
   X(heap_retry_processes, 20)                                                 \
   X(heap_adopt, 20)                                                           \
+  X(heap_thread_dies, 30)                                                     \
   X(heap_crash, 120)                                                          \
   X(heap_crash_peer, 120)                                                     \
   /* randomised stress: test_stress.c */                                      \

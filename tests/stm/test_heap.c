@@ -634,3 +634,45 @@ TEST_IMPL(heap_adopt) {
   ame_heap_close(h);
   dlclose(dl);
 }
+
+/* A thread that ends inside a transaction, holding a lock, without
+** leaving the heap: its process lives on, but the slot is the thread's,
+** so a thread that meets the lock finds it gone and recovers the slot. */
+static uintptr_t *volatile orphan_word;
+
+static void *die_inside(void *arg) {
+  ame_heap_t *h = arg;
+  ame_tx_t *tx = ame_heap_enter(h);
+  AME_ATOMIC(tx) {
+    ame_store_word_tx(tx, orphan_word, 99);
+    pthread_exit(NULL); /* with the lock held and the attempt open */
+  }
+  return NULL;
+}
+
+TEST_IMPL(heap_thread_dies) {
+  ame_heap_config_t cfg = {.size = 4 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  AME_ATOMIC(tx) {
+    orphan_word = ame_heap_alloc(tx, 8, 16, 0);
+    ame_store_word_tx(tx, orphan_word, 1);
+  }
+  pthread_t t;
+  thread_start(&t, die_inside, h);
+  thread_join(t);
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  ASSERT_EQ(st.slots_live, 2);  /* the dead thread's, still taken */
+  watchdog_start(20, "a write to a word a dead thread locked");
+  tx_set(tx, orphan_word, 5);
+  ASSERT_EQ(tx_get(tx, orphan_word), 5);
+  ame_heap_stats(h, &st);
+  ASSERT_EQ(st.recoveries, 1);
+  ASSERT_EQ(st.slots_live, 1);
+  char msg[128];
+  ASSERT_EQ(ame_heap_verify(h, msg, sizeof msg), 0);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
