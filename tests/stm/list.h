@@ -42,6 +42,7 @@
   X(tx_run_returns, 10)                                                       \
   X(tx_run_nests, 10)                                                         \
   X(tx_set_site, 10)                                                          \
+  X(tx_cancel_escalated, 20)                                                  \
   X(handlers_commit_order, 10)                                                \
   X(handlers_abort_order, 10)                                                 \
   X(handlers_nested, 10)                                                      \
@@ -118,6 +119,7 @@
   X(heap_processes, 60)                                                       \
   X(heap_retry_processes, 20)                                                 \
   X(heap_adopt, 20)                                                           \
+  X(heap_capacity_escalated, 60)                                              \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \

@@ -634,3 +634,99 @@ TEST_IMPL(heap_adopt) {
   ame_heap_close(h);
   dlclose(dl);
 }
+
+/* ------------------------------------------------------------------------
+** A binding's transaction (ame_tx_begin) that outgrows its write log
+** after the contention manager made it irrevocable still aborts with
+** AME_ABORT_CAPACITY, rolled back, rather than ending the process.  The
+** conflicts that escalate it are forced as in tx_cancel_escalated.
+*/
+struct cap_esc {
+  ame_heap_t *h;
+  uintptr_t *w, *w2;     /* heap words the bumper changes */
+  atomic_int req, ack, stop;
+};
+
+static void *cap_bumper(void *arg) {
+  struct cap_esc *c = arg;
+  ame_tx_t *tx = ame_heap_enter(c->h);
+  ASSERT_NOT_NULL(tx);
+  while (!atomic_load(&c->stop)) {
+    int r = atomic_load(&c->req);
+    if (r != atomic_load(&c->ack)) {
+      AME_ATOMIC(tx) {
+        ame_store_word_tx(tx, c->w, ame_load_word_tx(tx, c->w) + 1);
+        ame_store_word_tx(tx, c->w2, ame_load_word_tx(tx, c->w2) + 1);
+      }
+      atomic_store(&c->ack, r);
+    } else {
+      sched_yield();
+    }
+  }
+  ame_heap_exit(c->h);
+  return NULL;
+}
+
+TEST_IMPL(heap_capacity_escalated) {
+  ame_heap_config_t cfg = {.size = 16 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  enum { NWORDS = 300000 };  /* more than a slot's write log holds */
+  static uintptr_t *volatile big;
+  static struct cap_esc c;
+  c.h = h;
+  AME_ATOMIC(tx) {
+    big = ame_heap_alloc(tx, NWORDS * sizeof(uintptr_t), 16, 0);
+    ASSERT_NOT_NULL(big);
+    c.w = ame_heap_alloc(tx, 64, 16, 0);
+    c.w2 = ame_heap_alloc(tx, 64, 16, 0);
+    ame_store_word_tx(tx, c.w, 0);
+    ame_store_word_tx(tx, c.w2, 0);
+  }
+  pthread_t tb;
+  thread_start(&tb, cap_bumper, &c);
+  static jmp_buf env;
+  static volatile int attempts, irrevocable;
+  attempts = 0;
+  irrevocable = 0;
+  if (setjmp(env) != 0) {
+    uintptr_t addr = 1;
+    ame_abort_cause_t cause = ame_tx_last_cause(tx, &addr);
+    if (cause != AME_ABORT_CAPACITY) {
+      ASSERT_LT(attempts, 40);
+      goto again;
+    }
+    ASSERT(irrevocable);
+    ASSERT_EQ(ame_tx_depth(tx), 0);
+    ame_tx_cancel(tx);
+    goto done;
+  }
+again:
+  attempts++;
+  ame_tx_begin(tx, &env, "heap_capacity_escalated");
+  (void)ame_load_word_tx(tx, c.w);
+  if (!ame_tx_is_irrevocable(tx)) {
+    int r = atomic_fetch_add(&c.req, 1) + 1;
+    ASSERT_WAIT(atomic_load(&c.ack) == r, 5000);
+    (void)ame_load_word_tx(tx, c.w2); /* aborts: w changed */
+    AME_TEST_FAIL_("the read of w2 did not abort");
+  }
+  irrevocable = 1;
+  for (unsigned i = 0; i < NWORDS; i++) ame_store_word_tx(tx, &big[i], 1);
+  AME_TEST_FAIL_("the write log did not fill");
+done:
+  atomic_store(&c.stop, 1);
+  thread_join(tb);
+  /* Nothing of it was written; the next transaction runs normally. */
+  volatile uintptr_t sum = 0;
+  AME_ATOMIC(tx) {
+    sum = 0;
+    for (unsigned i = 0; i < NWORDS; i += 997) sum += ame_load_word_tx(tx, &big[i]);
+    ame_store_word_tx(tx, &big[0], 5);
+  }
+  ASSERT_EQ(sum, 0);
+  ASSERT_EQ(tx_get(tx, &big[0]), 5);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
