@@ -222,13 +222,13 @@ static void init_region(struct ame__heap_hdr *h, const struct layout *L,
     table[i] = &s->tx;
     s->tx.active = AME__IDLE;
     s->tx.hold = AME__IDLE;
-    /* Link the slot's log: chunks of AME__WCHUNK entries. */
+    /* The slot's log: chunks of AME__WCHUNK entries, of which only the
+    ** first is prepared here; ame__heap_log_extend links the others the
+    ** first time a transaction needs them, so that the logs (most of the
+    ** mapping) take memory only where written. */
     struct ame__wchunk *c = slot_log(h, i);
-    size_t nchunks = L->log_entries / AME__WCHUNK;
-    for (size_t k = 0; k < nchunks; k++) {
-      c[k].next = k + 1 < nchunks ? &c[k + 1] : NULL;
-      for (unsigned e = 0; e < AME__WCHUNK; e++) c[k].e[e].tx = &s->tx;
-    }
+    c->next = NULL;
+    for (unsigned e = 0; e < AME__WCHUNK; e++) c->e[e].tx = &s->tx;
     s->tx.w_first = c;
     s->tx.w_chunk = c;
   }
@@ -401,6 +401,23 @@ void ame_heap_after_fork_child(ame_heap_t *heap) {
   (void)heap;
   ame__heap_self = NULL; /* the parent's slot is the parent's */
   my_pid_cache = 0;
+}
+
+int ame__heap_log_extend(ame_tx_t *tx) {
+  const struct ame__heap_hdr *h = ame__heap->hdr;
+  struct ame__wchunk *c = tx->w_chunk;
+  struct ame__wchunk *end =
+      slot_log(h, tx->slot) + h->log_entries / AME__WCHUNK;
+  if (c + 1 >= end) return 0;
+  /* A chunk once linked stays linked for every later owner of the slot
+  ** (its entries name the slot's descriptor, the same in every process).
+  ** Only the owner writes it; a recoverer reads it once the owner is
+  ** dead. */
+  struct ame__wchunk *n = c + 1;
+  n->next = NULL;
+  for (unsigned e = 0; e < AME__WCHUNK; e++) n->e[e].tx = c->e[0].tx;
+  c->next = n;
+  return 1;
 }
 
 ame_heap_t *ame_tx_heap(const ame_tx_t *tx) {

@@ -124,6 +124,10 @@ static inline struct ame__slot *ame__slot_of(ame_tx_t *tx) {
 ** process is dead, recover its slot and return 1 (the caller tries
 ** again); else 0. */
 int ame__heap_owner_dead(ame_tx_t *tx, ame_tx_t *owner);
+/* A heap descriptor's write log ran past its linked chunks: prepare and
+** link the next chunk of its slot's log.  Return 1, or 0 if the log is
+** full. */
+int ame__heap_log_extend(ame_tx_t *tx);
 /* The irrevocability ticket across processes. */
 void ame__heap_token_acquire(ame_tx_t *tx);
 void ame__heap_token_release(ame_tx_t *tx);

@@ -825,7 +825,9 @@ static uintptr_t read_own(struct ame__wentry *head, const uintptr_t *a) {
 
 static struct ame__wentry *new_entry(ame_tx_t *tx) {
   if (tx->w_i == AME__WCHUNK) {
-    if (tx->w_chunk->next == NULL && tx->dom->shared) log_full(tx);
+    if (tx->w_chunk->next == NULL && tx->dom->shared &&
+        !ame__heap_log_extend(tx))
+      log_full(tx);
     if (tx->w_chunk->next == NULL) {
       struct ame__wchunk *c = malloc(sizeof *c);
       if (c == NULL) {

@@ -120,6 +120,7 @@
   X(heap_retry_processes, 20)                                                 \
   X(heap_adopt, 20)                                                           \
   X(heap_capacity_escalated, 60)                                              \
+  X(heap_logs_lazy, 30)                                                       \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \
