@@ -28,7 +28,7 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 1
+#define AME__HEAP_VERSION 2
 #define AME__HEAP_NCLASS 40          /* small size classes */
 #define AME__HEAP_SMALL_MAX 32768    /* bytes: above, large blocks */
 #define AME__HEAP_SPAN 65536         /* carving unit for small classes */
@@ -63,6 +63,14 @@ struct ame__slot {
   uintptr_t cached[2 * AME__HEAP_NCLASS];    /* blocks in cache[] */
   uintptr_t carve[2 * AME__HEAP_NCLASS];     /* next uncarved block ... */
   uintptr_t carve_end[2 * AME__HEAP_NCLASS]; /* ... its span's end */
+  /* Blob blocks freed by the owner's latest attempt that freed any (a
+  ** list per class, and one of large blocks), and that attempt
+  ** (tx.starts): not handed out again before a later attempt
+  ** (heap_alloc.c). */
+  uintptr_t fresh[AME__HEAP_NCLASS];
+  uintptr_t fresh_large;
+  uintptr_t fresh_mask;        /* classes whose fresh list is not empty */
+  uintptr_t fresh_attempt;
   uintptr_t used;              /* bytes allocated minus freed by this
                                   slot's transactions (two's complement) */
   struct ame_tx tx __attribute__((aligned(AME__CACHELINE)));

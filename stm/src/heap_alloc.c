@@ -26,6 +26,15 @@
 **                  Keeping them apart means a transactional reader never
 **                  meets bytes that were written without the STM.
 **
+** A blob's bytes are written outside the write log, so a blob block must
+** never be handed out by the attempt that freed it: if that attempt
+** aborted, the free would be undone and the block's committed contents
+** overwritten.  Blob frees therefore go to the slot's `fresh` lists,
+** stamped with the attempt (tx->starts); the first blob allocation or
+** free of a later attempt moves them to the ordinary free lists (the
+** attempt that freed them committed: an aborted one's writes to the lists
+** were undone with it).
+**
 ** A block: a 16-byte header (word 0: capacity, class, pool, tag; word 1:
 ** the owner word while allocated, the next free block while free), then
 ** the caller's bytes.  Small blocks (up to 32 KiB) come in size classes
@@ -41,6 +50,10 @@
 #define HDR AME__HEAP_HDR
 #define SPILL 256          /* blocks a slot's class list keeps */
 #define BATCH 16           /* blocks taken from a global list at once */
+
+_Static_assert(NC <= 64, "fresh_mask has a bit per class");
+
+static void settle_fresh(ame_tx_t *tx, struct ame__slot *s);
 
 /* Header word 0. */
 #define H_TAG(w) ((unsigned)((w) & 0xff))
@@ -204,16 +217,17 @@ static void *heap_alloc(ame_tx_t *tx, size_t size, int blob, unsigned tag,
                         uint64_t owner) {
   assert(tx->nesting > 0 && tx->dom->shared && "heap allocation outside a "
                                                "heap transaction");
+  if (blob) settle_fresh(tx, ame__slot_of(tx));
   if (size == 0) size = 8;
   if (size <= class_cap[NC - 1]) return alloc_small(tx, size, blob, tag, owner);
   return alloc_large(tx, size, blob, tag, owner);
 }
 
-static void free_large(ame_tx_t *tx, uintptr_t b, uintptr_t w) {
+/* Put large block b (header word w) on its pool's free list. */
+static void insert_large(ame_tx_t *tx, uintptr_t b, uintptr_t w) {
   struct ame__heap_hdr *h = hdr_of(tx);
   int blob = (w & H_BLOB) != 0;
   size_t bytes = H_CAP(w) + HDR;
-  count(tx, ame__slot_of(tx), -(intptr_t)bytes);
   /* Insert in address order, merging with the runs on either side. */
   uintptr_t *link = &h->large_free[blob];
   uintptr_t prev = 0, r = LD(tx, link);
@@ -237,6 +251,59 @@ static void free_large(ame_tx_t *tx, uintptr_t b, uintptr_t w) {
   ST(tx, link, b);
 }
 
+/* Put small block b of pool/class i on the slot's free list; spill the
+** list to the global one when it grows long. */
+static void insert_small(ame_tx_t *tx, struct ame__slot *s, unsigned i,
+                         uintptr_t b) {
+  struct ame__heap_hdr *h = hdr_of(tx);
+  ST(tx, b + 8, LD(tx, &s->cache[i]));
+  ST(tx, &s->cache[i], b);
+  uintptr_t n = LD(tx, &s->cached[i]) + 1;
+  if (n <= SPILL) {
+    ST(tx, &s->cached[i], n);
+    return;
+  }
+  /* Too many: splice the whole list onto the global one. */
+  uintptr_t last = b;
+  for (uintptr_t next; (next = LD(tx, last + 8)) != 0;) last = next;
+  ST(tx, last + 8, LD(tx, &h->class_free[i]));
+  ST(tx, &h->class_free[i], b);
+  ST(tx, &s->cache[i], 0);
+  ST(tx, &s->cached[i], 0);
+}
+
+/* Before a blob allocation or free: if the blob blocks on the fresh lists
+** were freed by an earlier attempt, it committed: make them free blocks
+** like any other. */
+static void settle_fresh(ame_tx_t *tx, struct ame__slot *s) {
+  uintptr_t now = tx->starts;
+  if (LD(tx, &s->fresh_attempt) == now) return;
+  ST(tx, &s->fresh_attempt, now);
+  uintptr_t mask = LD(tx, &s->fresh_mask);
+  if (mask) {
+    ST(tx, &s->fresh_mask, 0);
+    for (unsigned c = 0; c < NC; c++) {
+      if (!(mask & ((uintptr_t)1 << c))) continue;
+      uintptr_t b = LD(tx, &s->fresh[c]);
+      ST(tx, &s->fresh[c], 0);
+      while (b) {
+        uintptr_t next = LD(tx, b + 8);
+        insert_small(tx, s, NC + c, b);
+        b = next;
+      }
+    }
+  }
+  uintptr_t b = LD(tx, &s->fresh_large);
+  if (b) {
+    ST(tx, &s->fresh_large, 0);
+    while (b) {
+      uintptr_t next = LD(tx, b + 8);
+      insert_large(tx, b, LD(tx, b) & ~H_FREE);
+      b = next;
+    }
+  }
+}
+
 static void heap_free(ame_tx_t *tx, void *p) {
   assert(tx->nesting > 0 && tx->dom->shared && "heap free outside a heap "
                                                "transaction");
@@ -252,29 +319,30 @@ static void heap_free(ame_tx_t *tx, void *p) {
     fprintf(stderr, "ame: ame_heap_free(%p): freed twice\n", p);
     abort();
   }
-  if (w & H_LARGE) {
-    free_large(tx, b, w);
-    return;
-  }
   struct ame__slot *s = ame__slot_of(tx);
   unsigned cls = H_CLASS(w);
-  unsigned i = ((w & H_BLOB) ? NC : 0) + cls;
-  ST(tx, b, w | H_FREE);
-  ST(tx, b + 8, LD(tx, &s->cache[i]));
-  ST(tx, &s->cache[i], b);
-  uintptr_t n = LD(tx, &s->cached[i]) + 1;
-  count(tx, s, -(intptr_t)(class_cap[cls] + HDR));
-  if (n <= SPILL) {
-    ST(tx, &s->cached[i], n);
+  count(tx, s, -(intptr_t)((w & H_LARGE) ? H_CAP(w) + HDR
+                                         : class_cap[cls] + HDR));
+  if (w & H_BLOB) {
+    /* Not reusable before a later attempt (see the top of the file). */
+    settle_fresh(tx, s);
+    ST(tx, b, w | H_FREE);
+    if (w & H_LARGE) {
+      ST(tx, b + 8, LD(tx, &s->fresh_large));
+      ST(tx, &s->fresh_large, b);
+    } else {
+      ST(tx, b + 8, LD(tx, &s->fresh[cls]));
+      ST(tx, &s->fresh[cls], b);
+      ST(tx, &s->fresh_mask, LD(tx, &s->fresh_mask) | ((uintptr_t)1 << cls));
+    }
     return;
   }
-  /* Too many: splice the whole list onto the global one. */
-  uintptr_t last = b;
-  for (uintptr_t next; (next = LD(tx, last + 8)) != 0;) last = next;
-  ST(tx, last + 8, LD(tx, &h->class_free[i]));
-  ST(tx, &h->class_free[i], b);
-  ST(tx, &s->cache[i], 0);
-  ST(tx, &s->cached[i], 0);
+  if (w & H_LARGE) {
+    insert_large(tx, b, w);
+    return;
+  }
+  ST(tx, b, w | H_FREE);
+  insert_small(tx, s, cls, b);
 }
 
 /* ------------------------------------------------------------------------

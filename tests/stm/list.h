@@ -121,6 +121,7 @@
   X(heap_adopt, 20)                                                           \
   X(heap_capacity_escalated, 60)                                              \
   X(heap_logs_lazy, 30)                                                       \
+  X(heap_blob_reuse_abort, 30)                                                \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \

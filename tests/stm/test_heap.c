@@ -775,3 +775,64 @@ TEST_IMPL(heap_logs_lazy) {
   ame_heap_exit(h);
   ame_heap_close(h);
 }
+
+/* ------------------------------------------------------------------------
+** A blob freed by an attempt is not handed out again by that attempt:
+** blobs are filled outside the write log, so if the attempt aborts (and
+** its free is undone) the committed blob would be overwritten.  Small and
+** large blobs; then a later attempt does reuse them.
+*/
+TEST_IMPL(heap_blob_reuse_abort) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static char big[100000], big2[100000];
+  memset(big, 'b', sizeof big);
+  memset(big2, 'X', sizeof big2);
+  static ame_hmap_t *volatile m;
+  AME_ATOMIC(tx) {
+    m = ame_hmap_new(tx, 16, 0);
+    ASSERT_EQ(ame_hmap_put(tx, m, "k", 1, "before", 6, 0), 0);
+    ASSERT_EQ(ame_hmap_put(tx, m, "big", 3, big, sizeof big, 0), 0);
+  }
+  int64_t used = used_now(h);
+  volatile int attempts = 0;
+  AME_ATOMIC(tx) {
+    if (++attempts == 1) {
+      /* Frees the old blobs, then allocates blobs of their sizes. */
+      ame_hmap_put(tx, m, "k", 1, "after!", 6, 0);
+      ame_hmap_put(tx, m, "n", 1, "XXXXXX", 6, 0);
+      ame_hmap_put(tx, m, "big", 3, big2, sizeof big2, 0);
+      ame_hmap_put(tx, m, "big2", 4, big2, sizeof big2, 0);
+      ame_tx_abort(tx);
+    }
+  }
+  ASSERT_EQ(attempts, 2);
+  static char back[100000];
+  volatile size_t n1 = 0, n2 = 0;
+  AME_ATOMIC(tx) {
+    n1 = ame_hmap_entry_value(tx, ame_hmap_find(tx, m, "k", 1), back, 16);
+    ASSERT_EQ(memcmp(back, "before", 6), 0);
+    n2 = ame_hmap_entry_value(tx, ame_hmap_find(tx, m, "big", 3), back,
+                              sizeof back);
+  }
+  ASSERT_EQ(n1, 6);
+  ASSERT_EQ(n2, sizeof big);
+  ASSERT_EQ(memcmp(back, big, sizeof big), 0);
+  ASSERT_EQ(used_now(h), used);
+  /* Committed frees are reused by later transactions: replacing the same
+  ** values many times does not grow the heap. */
+  for (int i = 0; i < 200; i++) {
+    AME_ATOMIC(tx) {
+      ame_hmap_put(tx, m, "k", 1, i % 2 ? "before" : "after!", 6, 0);
+      ame_hmap_put(tx, m, "big", 3, i % 2 ? big : big2, sizeof big, 0);
+    }
+  }
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  ASSERT_LT(st.top, (uint64_t)2 << 20);
+  ASSERT_EQ(used_now(h), used);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
