@@ -63,13 +63,10 @@ struct ame__slot {
   uintptr_t cached[2 * AME__HEAP_NCLASS];    /* blocks in cache[] */
   uintptr_t carve[2 * AME__HEAP_NCLASS];     /* next uncarved block ... */
   uintptr_t carve_end[2 * AME__HEAP_NCLASS]; /* ... its span's end */
-  /* Blob blocks freed by the owner's latest attempt that freed any (a
-  ** list per class, and one of large blocks), and that attempt
-  ** (tx.starts): not handed out again before a later attempt
-  ** (heap_alloc.c). */
-  uintptr_t fresh[AME__HEAP_NCLASS];
+  /* Large blob blocks freed by the owner's latest attempt that freed
+  ** any, and that attempt (tx.starts): not handed out again before a
+  ** later attempt (heap_alloc.c). */
   uintptr_t fresh_large;
-  uintptr_t fresh_mask;        /* classes whose fresh list is not empty */
   uintptr_t fresh_attempt;
   uintptr_t used;              /* bytes allocated minus freed by this
                                   slot's transactions (two's complement) */
