@@ -14,8 +14,9 @@
 ** Each thread that touches a shared object enters the heap once
 ** (ame_heap_enter: a slot and a descriptor of its own) and leaves it when
 ** the thread ends (a pthread key's destructor).  A forked child forgets
-** its parent's slots (_after_fork, which ame/shared.py calls from
-** os.register_at_fork).
+** its parent's slots (a pthread_atfork handler; _after_fork, which
+** ame/shared.py calls from os.register_at_fork, also drops an atomic block
+** the fork happened in).
 **
 ** A shared object is a small header in the heap (struct shobj: its kind,
 ** its container, the processes watching it) reached from the heap's
@@ -71,6 +72,7 @@
 #include "ame/heap.h"
 
 #include "shared.h"
+#include "shared_codec.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -78,6 +80,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------------
 ** Process-wide state.
@@ -107,6 +110,7 @@ struct shobj {
 static ame_heap_t *heap;        /* GIL: this process's heap, once found */
 static unsigned heap_epoch;     /* GIL: bumped when _use_heap replaces it */
 static unsigned enter_gen;      /* GIL: bumped at fork: slots are stale */
+static pid_t heap_pid;          /* the process whose slots those are */
 static int heap_threads;        /* atomic: threads of this process with a
                                    slot (bodies drop the GIL when > 1) */
 static pthread_key_t ts_key;    /* its destructor leaves the heap */
@@ -116,337 +120,8 @@ static PyObject *queue_empty;   /* queue.Empty */
 static PyObject *notify_hook;   /* ame.shared._notify(obj, version) */
 static PyObject *wait_hook;     /* ame.shared._wait(obj, deadline) */
 static PyObject *conflict_table;/* (name, kind, key bytes | None) -> n */
-static PyObject *int_to_bytes, *int_from_bytes, *int_bit_length;
-static PyObject *str_little, *str_signed_kw;
 static PyTypeObject *dict_type, *counter_type, *queue_type, *channel_type;
 static PyObject *empty_marker;  /* _ame._EMPTY: what _take() returns */
-
-/* ------------------------------------------------------------------------
-** Private byte buffers.
-*/
-
-struct buf {
-  char *p;
-  size_t len, cap;
-};
-
-/* Make room for n more bytes.  Return 0 or -1 (out of memory; nothing
-** set: callers may not hold the GIL). */
-static int buf_room(struct buf *b, size_t n) {
-  if (n <= b->cap - b->len) return 0;
-  size_t cap = b->cap ? b->cap : 256;
-  while (cap - b->len < n) {
-    if (cap > SIZE_MAX / 2) return -1;
-    cap *= 2;
-  }
-  char *p = realloc(b->p, cap);
-  if (p == NULL) return -1;
-  b->p = p;
-  b->cap = cap;
-  return 0;
-}
-
-static void buf_free(struct buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
-
-/* ------------------------------------------------------------------------
-** The codec.  A value is one tag byte and what the tag says follows:
-**
-**   0x00 None   0x01 False   0x02 True
-**   0x03 int in [-2^63, 2^63): its zigzag form as a varint
-**   0x04 other int: varint n, then n bytes, two's complement, little-endian
-**   0x05 float: 8 bytes, IEEE 754 binary64, little-endian
-**   0x06 str: varint n, then n bytes of UTF-8 (lone surrogates kept, as
-**        Python's "surrogatepass" does)
-**   0x07 bytes: varint n, then the n bytes
-**   0x08 tuple, 0x09 list: varint n, then n values
-**   0x0a dict: varint n, then n (key, value) pairs
-**
-** Varints are LEB128 (7 bits a byte, low first, high bit: more follows).
-** Keys (a shared dict's, and a dict value's) are the hashable subset:
-** None, bool, int, float, str, bytes and tuples of those; a key is looked
-** up by its encoded bytes, so 1, 1.0 and True are three different keys.
-** Subclasses of these types are stored as the base type.  Nesting is
-** limited to MAX_DEPTH levels (which also refuses a list that contains
-** itself).
-*/
-
-enum { C_NONE = 0, C_FALSE, C_TRUE, C_INT, C_BIGINT, C_FLOAT, C_STR,
-       C_BYTES, C_TUPLE, C_LIST, C_DICT };
-#define MAX_DEPTH 100
-
-static int put_byte(struct buf *b, unsigned char c) {
-  if (buf_room(b, 1) < 0) return -1;
-  b->p[b->len++] = (char)c;
-  return 0;
-}
-
-static int put_varint(struct buf *b, uint64_t v) {
-  if (buf_room(b, 10) < 0) return -1;
-  do {
-    unsigned char c = v & 0x7f;
-    v >>= 7;
-    b->p[b->len++] = (char)(c | (v ? 0x80 : 0));
-  } while (v);
-  return 0;
-}
-
-static int put_bytes(struct buf *b, const void *p, size_t n) {
-  if (buf_room(b, n) < 0) return -1;
-  if (n) memcpy(b->p + b->len, p, n);
-  b->len += n;
-  return 0;
-}
-
-static int put_tagged(struct buf *b, unsigned char tag, const void *p,
-                      size_t n) {
-  if (put_byte(b, tag) < 0 || put_varint(b, n) < 0 || put_bytes(b, p, n) < 0)
-    return -1;
-  return 0;
-}
-
-static int unstorable(PyObject *o, int key) {
-  if (key)
-    PyErr_Format(PyExc_TypeError,
-                 "ame.shared: a key must be str, bytes, int, float, bool, "
-                 "None or a tuple of those, not %.200s",
-                 Py_TYPE(o)->tp_name);
-  else
-    PyErr_Format(PyExc_TypeError,
-                 "ame.shared: cannot store a %.200s (values are str, bytes, "
-                 "int, float, bool, None, and tuples, lists and dicts of "
-                 "them)",
-                 Py_TYPE(o)->tp_name);
-  return -1;
-}
-
-static int encode_bigint(struct buf *b, PyObject *o) {
-  PyObject *bits = PyObject_CallOneArg(int_bit_length, o);
-  if (bits == NULL) return -1;
-  Py_ssize_t nbits = PyLong_AsSsize_t(bits);
-  Py_DECREF(bits);
-  if (nbits < 0) return -1;
-  PyObject *n = PyLong_FromSsize_t(nbits / 8 + 1); /* room for the sign */
-  if (n == NULL) return -1;
-  PyObject *args[4] = {o, n, str_little, Py_True};
-  PyObject *bytes = PyObject_Vectorcall(int_to_bytes, args, 3, str_signed_kw);
-  Py_DECREF(n);
-  if (bytes == NULL) return -1;
-  int rc = put_tagged(b, C_BIGINT, PyBytes_AS_STRING(bytes),
-                      (size_t)PyBytes_GET_SIZE(bytes));
-  Py_DECREF(bytes);
-  if (rc < 0) PyErr_NoMemory();
-  return rc;
-}
-
-/* Append o's encoding to b.  Return 0, or -1 with TypeError (not
-** storable) or MemoryError set.  Runs no Python code of the caller's. */
-static int encode(struct buf *b, PyObject *o, int depth, int key) {
-  if (depth > MAX_DEPTH) {
-    PyErr_Format(PyExc_TypeError,
-                 "ame.shared: value nested more than %d levels deep (or "
-                 "containing itself)",
-                 MAX_DEPTH);
-    return -1;
-  }
-  int rc;
-  if (o == Py_None) {
-    rc = put_byte(b, C_NONE);
-  } else if (o == Py_False || o == Py_True) {
-    rc = put_byte(b, o == Py_True ? C_TRUE : C_FALSE);
-  } else if (PyLong_Check(o)) {
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
-    if (overflow) return encode_bigint(b, o);
-    if (v == -1 && PyErr_Occurred()) return -1;
-    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-    rc = put_byte(b, C_INT) < 0 ? -1 : put_varint(b, z);
-  } else if (PyFloat_Check(o)) {
-    char f[8];
-    if (PyFloat_Pack8(PyFloat_AS_DOUBLE(o), f, 1) < 0) return -1;
-    rc = put_byte(b, C_FLOAT) < 0 ? -1 : put_bytes(b, f, 8);
-  } else if (PyUnicode_Check(o)) {
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(o, &n);
-    if (s != NULL) {
-      rc = put_tagged(b, C_STR, s, (size_t)n);
-    } else {
-      /* Lone surrogates: keep them, as surrogatepass does. */
-      PyErr_Clear();
-      PyObject *e = PyUnicode_AsEncodedString(o, "utf-8", "surrogatepass");
-      if (e == NULL) return -1;
-      rc = put_tagged(b, C_STR, PyBytes_AS_STRING(e),
-                      (size_t)PyBytes_GET_SIZE(e));
-      Py_DECREF(e);
-    }
-  } else if (PyBytes_Check(o)) {
-    rc = put_tagged(b, C_BYTES, PyBytes_AS_STRING(o),
-                    (size_t)PyBytes_GET_SIZE(o));
-  } else if (PyTuple_Check(o) || (!key && PyList_Check(o))) {
-    int tuple = PyTuple_Check(o);
-    Py_ssize_t n = tuple ? PyTuple_GET_SIZE(o) : PyList_GET_SIZE(o);
-    if (put_byte(b, tuple ? C_TUPLE : C_LIST) < 0 ||
-        put_varint(b, (uint64_t)n) < 0)
-      return PyErr_NoMemory(), -1;
-    /* Encoding runs no Python code, so a list cannot change under us. */
-    for (Py_ssize_t i = 0; i < n; i++) {
-      PyObject *item = tuple ? PyTuple_GET_ITEM(o, i) : PyList_GET_ITEM(o, i);
-      if (encode(b, item, depth + 1, key) < 0) return -1;
-    }
-    return 0;
-  } else if (!key && PyDict_Check(o)) {
-    if (put_byte(b, C_DICT) < 0 ||
-        put_varint(b, (uint64_t)PyDict_GET_SIZE(o)) < 0)
-      return PyErr_NoMemory(), -1;
-    Py_ssize_t pos = 0;
-    PyObject *k, *v;
-    while (PyDict_Next(o, &pos, &k, &v)) {
-      if (encode(b, k, depth + 1, 1) < 0 || encode(b, v, depth + 1, 0) < 0)
-        return -1;
-    }
-    return 0;
-  } else {
-    return unstorable(o, key);
-  }
-  if (rc < 0) PyErr_NoMemory();
-  return rc;
-}
-
-/* Encode o into b from empty. */
-static int encode_into(struct buf *b, PyObject *o, int key) {
-  b->len = 0;
-  return encode(b, o, 0, key);
-}
-
-struct rd {
-  const unsigned char *p, *end;
-};
-
-static PyObject *corrupt(void) {
-  PyErr_SetString(PyExc_ValueError,
-                  "ame.shared: a value in the shared heap is corrupt (not "
-                  "written by this version of ame.shared?)");
-  return NULL;
-}
-
-static int get_varint(struct rd *r, uint64_t *out) {
-  uint64_t v = 0;
-  for (unsigned shift = 0; shift < 64; shift += 7) {
-    if (r->p >= r->end) return -1;
-    unsigned char c = *r->p++;
-    v |= (uint64_t)(c & 0x7f) << shift;
-    if (!(c & 0x80)) {
-      *out = v;
-      return 0;
-    }
-  }
-  return -1;
-}
-
-/* Read a length that must fit what is left. */
-static int get_len(struct rd *r, size_t *out) {
-  uint64_t n;
-  if (get_varint(r, &n) < 0 || n > (uint64_t)(r->end - r->p)) return -1;
-  *out = (size_t)n;
-  return 0;
-}
-
-static PyObject *decode(struct rd *r, int depth) {
-  if (r->p >= r->end || depth > MAX_DEPTH) return corrupt();
-  unsigned tag = *r->p++;
-  size_t n;
-  uint64_t u;
-  switch (tag) {
-  case C_NONE:
-    Py_RETURN_NONE;
-  case C_FALSE:
-    Py_RETURN_FALSE;
-  case C_TRUE:
-    Py_RETURN_TRUE;
-  case C_INT:
-    if (get_varint(r, &u) < 0) return corrupt();
-    return PyLong_FromLongLong((long long)(u >> 1) ^ -(long long)(u & 1));
-  case C_BIGINT: {
-    if (get_len(r, &n) < 0) return corrupt();
-    PyObject *bytes = PyBytes_FromStringAndSize((const char *)r->p,
-                                                (Py_ssize_t)n);
-    if (bytes == NULL) return NULL;
-    r->p += n;
-    PyObject *args[3] = {bytes, str_little, Py_True};
-    PyObject *v = PyObject_Vectorcall(int_from_bytes, args, 2, str_signed_kw);
-    Py_DECREF(bytes);
-    return v;
-  }
-  case C_FLOAT: {
-    if (r->end - r->p < 8) return corrupt();
-    double d = PyFloat_Unpack8((const char *)r->p, 1);
-    r->p += 8;
-    return PyFloat_FromDouble(d);
-  }
-  case C_STR:
-  case C_BYTES: {
-    if (get_len(r, &n) < 0) return corrupt();
-    const char *s = (const char *)r->p;
-    r->p += n;
-    return tag == C_STR
-               ? PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "surrogatepass")
-               : PyBytes_FromStringAndSize(s, (Py_ssize_t)n);
-  }
-  case C_TUPLE:
-  case C_LIST: {
-    /* Each item takes at least one byte: a count larger is corrupt. */
-    if (get_len(r, &n) < 0) return corrupt();
-    PyObject *o = tag == C_TUPLE ? PyTuple_New((Py_ssize_t)n)
-                                 : PyList_New((Py_ssize_t)n);
-    if (o == NULL) return NULL;
-    for (size_t i = 0; i < n; i++) {
-      PyObject *item = decode(r, depth + 1);
-      if (item == NULL) {
-        Py_DECREF(o);
-        return NULL;
-      }
-      if (tag == C_TUPLE)
-        PyTuple_SET_ITEM(o, (Py_ssize_t)i, item);
-      else
-        PyList_SET_ITEM(o, (Py_ssize_t)i, item);
-    }
-    return o;
-  }
-  case C_DICT: {
-    if (get_len(r, &n) < 0) return corrupt();
-    PyObject *d = PyDict_New();
-    if (d == NULL) return NULL;
-    for (size_t i = 0; i < n; i++) {
-      PyObject *k = decode(r, depth + 1);
-      PyObject *v = k ? decode(r, depth + 1) : NULL;
-      int rc = v ? PyDict_SetItem(d, k, v) : -1;
-      Py_XDECREF(k);
-      Py_XDECREF(v);
-      if (rc < 0) {
-        Py_DECREF(d);
-        return NULL;
-      }
-    }
-    return d;
-  }
-  default:
-    return corrupt();
-  }
-}
-
-/* Decode exactly one value from [p, p+n). */
-static PyObject *decode_all(const char *p, size_t n) {
-  struct rd r = {(const unsigned char *)p, (const unsigned char *)p + n};
-  PyObject *o = decode(&r, 0);
-  if (o && r.p != r.end) {
-    Py_DECREF(o);
-    return corrupt();
-  }
-  return o;
-}
 
 /* ------------------------------------------------------------------------
 ** Threads.
@@ -473,10 +148,10 @@ struct tstate {
   PyObject *wait_obj;       /* DOOM_WAIT: the queue, and the deadline */
   PyObject *wait_timeout;
   PyObject *deferred;       /* list of (callable, args, kwargs) or NULL */
-  struct buf kbuf;          /* the key being looked up */
-  struct buf ibuf;          /* a value going in */
-  struct buf obuf;          /* values coming out */
-  struct buf tkeys;         /* keys of the touches */
+  struct amepy_buf kbuf;          /* the key being looked up */
+  struct amepy_buf ibuf;          /* a value going in */
+  struct amepy_buf obuf;          /* values coming out */
+  struct amepy_buf tkeys;         /* keys of the touches */
   struct touch *touch;      /* this attempt's touches */
   size_t ntouch, ctouch;
 };
@@ -490,10 +165,10 @@ static void ts_destroy(void *arg) {
     ame_heap_exit(heap);
     __atomic_sub_fetch(&heap_threads, 1, __ATOMIC_RELAXED);
   }
-  buf_free(&ts->kbuf);
-  buf_free(&ts->ibuf);
-  buf_free(&ts->obuf);
-  buf_free(&ts->tkeys);
+  amepy_buf_free(&ts->kbuf);
+  amepy_buf_free(&ts->ibuf);
+  amepy_buf_free(&ts->obuf);
+  amepy_buf_free(&ts->tkeys);
   free(ts->touch);
   if (tls_ts == ts) tls_ts = NULL;
   free(ts);
@@ -564,6 +239,7 @@ static ame_heap_t *heap_get(void) {
     }
   }
   heap = h;
+  heap_pid = getpid();
   heap_epoch++;
   return heap;
 }
@@ -703,7 +379,7 @@ static long touch_add(struct tstate *ts, ShObject *obj, const char *key,
     ts->ctouch = c;
   }
   size_t koff = ts->tkeys.len;
-  if (klen && put_bytes(&ts->tkeys, key, klen) < 0) return -1;
+  if (klen && amepy_buf_put(&ts->tkeys, key, klen) < 0) return -1;
   struct touch *t = &ts->touch[ts->ntouch];
   t->obj = Py_NewRef((PyObject *)obj);
   t->entry = 0;
@@ -931,7 +607,7 @@ static int run_op(struct tstate *ts, struct op *op, body_fn body,
 static int copy_value(ame_tx_t *tx, struct tstate *ts, void *e) {
   size_t n = ame_hmap_entry_vlen(tx, e);
   ts->obuf.len = 0;
-  if (buf_room(&ts->obuf, n) < 0) return -ENOMEM;
+  if (amepy_buf_room(&ts->obuf, n) < 0) return -ENOMEM;
   ts->obuf.len = ame_hmap_entry_value(tx, e, ts->obuf.p, n);
   return 0;
 }
@@ -1014,9 +690,9 @@ static int body_clear(ame_tx_t *tx, struct op *op) {
 
 /* Snapshots: op->flags says what to copy (1 keys, 2 values); each entry
 ** goes to obuf as [size_t len][bytes] per part. */
-static int snap_part(struct buf *b, ame_tx_t *tx, void *e, int value) {
+static int snap_part(struct amepy_buf *b, ame_tx_t *tx, void *e, int value) {
   size_t n = value ? ame_hmap_entry_vlen(tx, e) : ame_hmap_entry_klen(tx, e);
-  if (buf_room(b, sizeof n + n) < 0) return -ENOMEM;
+  if (amepy_buf_room(b, sizeof n + n) < 0) return -ENOMEM;
   char *at = b->p + b->len + sizeof n;
   n = value ? ame_hmap_entry_value(tx, e, at, n)
             : ame_hmap_entry_key(tx, e, at, n);
@@ -1027,7 +703,7 @@ static int snap_part(struct buf *b, ame_tx_t *tx, void *e, int value) {
 
 static int snap_entry(ame_tx_t *tx, void *e, void *arg) {
   struct op *op = arg;
-  struct buf *b = &op->ts->obuf;
+  struct amepy_buf *b = &op->ts->obuf;
   if ((op->flags & 1) && snap_part(b, tx, e, 0) < 0) return -ENOMEM;
   if ((op->flags & 2) && snap_part(b, tx, e, 1) < 0) return -ENOMEM;
   op->n++;
@@ -1137,9 +813,9 @@ static int body_take(ame_tx_t *tx, struct op *op) {
   void *it = ame_hqueue_peek(tx, op->self->impl, &n);
   op->found = it != NULL;
   if (it == NULL) return op->kl ? watch_add(tx, op, 0) : 0;
-  struct buf *b = &op->ts->obuf;
+  struct amepy_buf *b = &op->ts->obuf;
   b->len = 0;
-  if (buf_room(b, n) < 0) return -ENOMEM;
+  if (amepy_buf_room(b, n) < 0) return -ENOMEM;
   b->len = ame_hqueue_item_value(tx, it, b->p, n);
   ame_hqueue_drop(tx, op->self->impl);
   return 0;
@@ -1173,7 +849,7 @@ static int body_register(ame_tx_t *tx, struct op *op) {
 ** Out: op->n records, op->flags 1 if more follow, op->found 1 if the
 ** process is still subscribed. */
 static int body_read(ame_tx_t *tx, struct op *op) {
-  struct buf *b = &op->ts->obuf;
+  struct amepy_buf *b = &op->ts->obuf;
   b->len = 0;
   int64_t max = op->n, count = 0;
   uint64_t last = op->u;
@@ -1181,7 +857,7 @@ static int body_read(ame_tx_t *tx, struct op *op) {
   for (; r && count < max; r = ame_hlog_next(tx, r), count++) {
     uint64_t seq = ame_hlog_record_seq(tx, r);
     size_t n = ame_hlog_record_len(tx, r);
-    if (buf_room(b, sizeof seq + sizeof n + n) < 0) return -ENOMEM;
+    if (amepy_buf_room(b, sizeof seq + sizeof n + n) < 0) return -ENOMEM;
     char *at = b->p + b->len;
     n = ame_hlog_record_value(tx, r, at + sizeof seq + sizeof n, n);
     memcpy(at, &seq, sizeof seq);
@@ -1313,7 +989,13 @@ static PyObject *key_error(PyObject *key) {
 }
 
 static PyObject *out_value(struct tstate *ts) {
-  return decode_all(ts->obuf.p, ts->obuf.len);
+  return amepy_decode(ts->obuf.p, ts->obuf.len);
+}
+
+/* Encode o into b from empty. */
+static int encode_into(struct amepy_buf *b, PyObject *o, int key) {
+  b->len = 0;
+  return amepy_encode(b, o, key);
 }
 
 /* Start an operation on key: encode it.  Return 0 or -1. */
@@ -1424,7 +1106,7 @@ static PyObject *snapshot_list(struct tstate *ts, int what, size_t count) {
       if (!(what & (1 << j))) continue;
       size_t n;
       memcpy(&n, p, sizeof n);
-      part[j] = decode_all(p + sizeof n, n);
+      part[j] = amepy_decode(p + sizeof n, n);
       p += sizeof n + n;
       if (part[j] == NULL) {
         Py_XDECREF(part[0]);
@@ -1508,23 +1190,23 @@ static PyObject *Dict_popitem(ShObject *self, PyObject *unused) {
 }
 
 /* Append one encoded (key, value) pair to b, as body_update reads it. */
-static int add_pair(struct buf *b, struct buf *scratch, PyObject *k,
+static int add_pair(struct amepy_buf *b, struct amepy_buf *scratch, PyObject *k,
                     PyObject *v) {
   if (encode_into(scratch, k, 1) < 0) return -1;
   size_t kl = scratch->len;
-  if (put_bytes(b, &kl, sizeof kl) < 0 ||
-      put_bytes(b, scratch->p, kl) < 0)
+  if (amepy_buf_put(b, &kl, sizeof kl) < 0 ||
+      amepy_buf_put(b, scratch->p, kl) < 0)
     return PyErr_NoMemory(), -1;
   size_t at = b->len;
-  if (put_bytes(b, &kl, sizeof kl) < 0) return PyErr_NoMemory(), -1;
+  if (amepy_buf_put(b, &kl, sizeof kl) < 0) return PyErr_NoMemory(), -1;
   size_t before = b->len;
-  if (encode(b, v, 0, 0) < 0) return -1;
+  if (amepy_encode(b, v, 0) < 0) return -1;
   size_t vl = b->len - before;
   memcpy(b->p + at, &vl, sizeof vl);
   return 0;
 }
 
-static int add_pairs_from(struct buf *b, struct buf *scratch, PyObject *src) {
+static int add_pairs_from(struct amepy_buf *b, struct amepy_buf *scratch, PyObject *src) {
   if (PyDict_Check(src)) {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
@@ -1846,7 +1528,7 @@ static PyObject *Channel_read(ShObject *self, PyObject *args) {
     size_t n;
     memcpy(&seq, p, sizeof seq);
     memcpy(&n, p + sizeof seq, sizeof n);
-    PyObject *v = decode_all(p + sizeof seq + sizeof n, n);
+    PyObject *v = amepy_decode(p + sizeof seq + sizeof n, n);
     p += sizeof seq + sizeof n + n;
     PyObject *t = v ? Py_BuildValue("(KN)", (unsigned long long)seq, v) : NULL;
     if (t == NULL)
@@ -2236,7 +1918,7 @@ static PyObject *shared_decode_key(PyObject *m, PyObject *b) {
   char *p;
   Py_ssize_t n;
   if (PyBytes_AsStringAndSize(b, &p, &n) < 0) return NULL;
-  return decode_all(p, (size_t)n);
+  return amepy_decode(p, (size_t)n);
 }
 
 static PyObject *shared_encode(PyObject *m, PyObject *args) {
@@ -2244,30 +1926,46 @@ static PyObject *shared_encode(PyObject *m, PyObject *args) {
   PyObject *o;
   int key = 0;
   if (!PyArg_ParseTuple(args, "O|p:_encode", &o, &key)) return NULL;
-  struct buf b = {0};
-  if (encode(&b, o, 0, key) < 0) {
-    buf_free(&b);
+  struct amepy_buf b = {0};
+  if (amepy_encode(&b, o, key) < 0) {
+    amepy_buf_free(&b);
     return NULL;
   }
   PyObject *r = PyBytes_FromStringAndSize(b.p ? b.p : "", (Py_ssize_t)b.len);
-  buf_free(&b);
+  amepy_buf_free(&b);
   return r;
 }
 
-static PyObject *shared_after_fork(PyObject *m, PyObject *unused) {
-  (void)m;
-  (void)unused;
-  if (heap == NULL) Py_RETURN_NONE;
+/* In a child just forked (pthread_atfork, for every fork however made):
+** the parent's slots are the parent's.  Only what is async-signal-safe:
+** the Python side of an atomic block forked inside is dropped by
+** _after_fork, from os.register_at_fork. */
+static void atfork_child(void) {
+  if (heap == NULL || heap_pid == getpid()) return;
+  heap_pid = getpid();
   ame_heap_after_fork_child(heap);
   enter_gen++;
   __atomic_store_n(&heap_threads, 0, __ATOMIC_RELAXED);
   struct tstate *ts = tls_ts;
   if (ts) {
-    /* A fork inside ame.atomic: the child does not go on with it. */
     ts->tx = NULL;
     ts->depth = 0;
     ts->doomed = DOOM_NONE;
+  }
+}
+
+static PyObject *shared_after_fork(PyObject *m, PyObject *unused) {
+  (void)m;
+  (void)unused;
+  atfork_child(); /* done already if fork() ran the handlers */
+  struct tstate *ts = tls_ts;
+  if (ts) {
+    /* A fork inside ame.atomic: the child does not go on with it. */
+    ts->depth = 0;
+    ts->doomed = DOOM_NONE;
     attempt_discard(ts);
+    Py_CLEAR(ts->wait_obj);
+    Py_CLEAR(ts->wait_timeout);
   }
   Py_RETURN_NONE;
 }
@@ -2314,6 +2012,7 @@ static PyObject *shared_use_heap(PyObject *m, PyObject *args, PyObject *kw) {
       return NULL;
     }
     heap = h;
+    heap_pid = getpid();
     heap_epoch++;
   }
   Py_RETURN_NONE;
@@ -2505,7 +2204,10 @@ static PyType_Spec Counter_spec = SH_SPEC("SharedCounter", Counter_slots);
 static PyType_Spec Queue_spec = SH_SPEC("SharedQueue", Queue_slots);
 static PyType_Spec Channel_spec = SH_SPEC("SharedChannel", Channel_slots);
 
-static void ts_key_make(void) { pthread_key_create(&ts_key, ts_destroy); }
+static void ts_key_make(void) {
+  pthread_key_create(&ts_key, ts_destroy);
+  pthread_atfork(NULL, NULL, atfork_child);
+}
 
 static int add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **out) {
   PyTypeObject *t = (PyTypeObject *)PyType_FromModuleAndSpec(m, spec, NULL);
@@ -2546,16 +2248,6 @@ int amepy_shared_init(PyObject *m) {
     Py_DECREF(q);
     if (queue_empty == NULL) return -1;
   }
-  if (int_to_bytes == NULL) {
-    PyObject *t = (PyObject *)&PyLong_Type;
-    int_to_bytes = PyObject_GetAttrString(t, "to_bytes");
-    int_from_bytes = PyObject_GetAttrString(t, "from_bytes");
-    int_bit_length = PyObject_GetAttrString(t, "bit_length");
-    str_little = PyUnicode_InternFromString("little");
-    str_signed_kw = Py_BuildValue("(s)", "signed");
-    if (!int_to_bytes || !int_from_bytes || !int_bit_length || !str_little ||
-        !str_signed_kw)
-      return -1;
-  }
+  if (amepy_codec_init() < 0) return -1;
   return PyModule_AddFunctions(m, shared_functions);
 }
