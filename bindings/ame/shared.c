@@ -556,7 +556,8 @@ static int run_single(struct tstate *ts, struct op *op, body_fn body,
 static int run_nested(struct tstate *ts, struct op *op, body_fn body) {
   if (ts->doomed) return raise_doomed();
   ame_tx_t *tx = ts->tx;
-  long t = touch_add(ts, op->self, op->k, op->kl);
+  long t = touch_add(ts, op->self, op->k,
+                     op->self && op->self->kind == KIND_DICT ? op->kl : 0);
   jmp_buf env;
   jmp_buf *old = ame_tx_set_env(tx, &env);
   PyThreadState *volatile save = NULL;
@@ -591,8 +592,10 @@ static int run_op(struct tstate *ts, struct op *op, body_fn body,
   op->ts = ts;
   if (ts->depth > 0) return run_nested(ts, op, body);
   int rc = run_single(ts, op, body, site);
-  if (op->conflicts)
-    count_conflicts(op->self, op->k, op->self ? op->kl : 0, op->conflicts);
+  if (op->conflicts) /* op->k is a key for dicts only */
+    count_conflicts(op->self, op->k,
+                    op->self && op->self->kind == KIND_DICT ? op->kl : 0,
+                    op->conflicts);
   return rc < 0 ? raise_rc(rc) : 0;
 }
 
