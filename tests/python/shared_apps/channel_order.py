@@ -35,11 +35,15 @@ def main():
 
     channel.subscribe(received)
     sys.stdout.flush()
+    # As `ame run` does: no C reactor thread across fork (the child could
+    # inherit a lock it held); each worker starts its own core.
+    reactor._core.close()
     pids = []
     for i in range(n):
         pid = os.fork()
         if pid == 0:
             reactor._reinitAfterFork()
+            reactor.waker._core = reactor._core
 
             def begin():
                 # subscribe's start ran before this (startup order).

@@ -19,6 +19,7 @@ from ame import reactor as amereactor  # noqa: E402
 
 amereactor.install()
 from twisted.internet import reactor  # noqa: E402
+from twisted.internet.error import ReactorNotRunning  # noqa: E402
 
 import chat  # noqa: E402
 
@@ -28,11 +29,15 @@ def main():
     room = chat.Room("chat-%d" % os.getpid())
     room.start(reactor)
     sys.stdout.flush()
+    # As `ame run` does: no C reactor thread across fork (the child could
+    # inherit a lock it held); each worker starts its own core.
+    reactor._core.close()
     pids = []
     for i in range(n):
         pid = os.fork()
         if pid == 0:
             reactor._reinitAfterFork()
+            reactor.waker._core = reactor._core
             port = reactor.listenTCP(0, chat.make_factory(room),
                                      interface="127.0.0.1")
 
@@ -40,8 +45,19 @@ def main():
                 # The room's subscription started before this.
                 os.write(1, b"%d %d\n" % (port.getHost().port, os.getpid()))
 
+            def stop(signum, frame):
+                # From the parent and from the test's killpg: once.
+                reactor.callFromThread(stop_once)
+
+            def stop_once():
+                try:
+                    reactor.stop()
+                except ReactorNotRunning:
+                    pass
+
+            signal.signal(signal.SIGTERM, stop)
             reactor.callWhenRunning(started)
-            reactor.run()
+            reactor.run(installSignalHandlers=False)
             os._exit(0)
         pids.append(pid)
 
