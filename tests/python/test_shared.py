@@ -1253,13 +1253,18 @@ class ChatTests(SynchronousTestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
         self.addCleanup(self._stop, p)
-        workers = []
-        for _ in range(n):
-            ready, _, _ = select.select([p.stdout], [], [], 60)
-            line = p.stdout.readline() if ready else b""
-            self.assertTrue(line, "a worker did not start")
-            port, pid = map(int, line.split())
-            workers.append((port, pid))
+        # Raw reads: a buffered readline() after select() could take two
+        # lines into its buffer and leave select() nothing to see.
+        out, deadline = b"", time.monotonic() + 60
+        while out.count(b"\n") < n and time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 1)
+            data = os.read(p.stdout.fileno(), 4096) if ready else b""
+            if ready and not data:
+                break
+            out += data
+        lines = out.splitlines()
+        self.assertEqual(len(lines), n, "workers did not start: %r" % out)
+        workers = [tuple(map(int, line.split())) for line in lines]
         self.assertEqual(len({pid for _, pid in workers}), n)
         clients = []
         for port, pid in workers:
