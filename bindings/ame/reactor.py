@@ -25,7 +25,6 @@ import builtins
 import errno
 import os
 import socket
-import sys
 
 from zope.interface import implementer
 
@@ -671,6 +670,28 @@ class AMEReactor(
 
     doIteration = doPoll
 
+    # ame.atomic: calls made inside happen once, after the commit.
+
+    def _ameAtomicCallLater(self, delay, callable, *args, **kw):
+        # callLater (C, timers.c) comes here inside ame.atomic.
+        assert builtins.callable(callable), f"{callable} is not callable"
+        assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
+        dc = _AtomicDelayedCall(self, delay, callable, args, kw)
+        _afterCommit(dc._schedule)
+        return dc
+
+    def callFromThread(self, f, *args, **kw):
+        if _inAtomic():
+            return _afterCommit(
+                posixbase.PosixReactorBase.callFromThread, self, f, *args,
+                **kw)
+        return posixbase.PosixReactorBase.callFromThread(self, f, *args, **kw)
+
+    def stop(self):
+        if _inAtomic():
+            return _afterCommit(posixbase.PosixReactorBase.stop, self)
+        return posixbase.PosixReactorBase.stop(self)
+
     # ame
 
     def _reinitAfterFork(self, io=None):
@@ -802,49 +823,6 @@ class _AtomicDelayedCall:
         if self._dc is None:
             return not self._cancelled
         return self._dc.active()
-
-
-def _ameAtomicHooks():
-    """
-    Make AMEReactor's C{callLater}, C{callFromThread} and C{stop} defer
-    themselves to the commit when called inside C{ame.atomic}.  Installed
-    when C{ame.shared} is imported (ame.atomic imports it), so that a
-    program that never uses it keeps the C C{callLater} as it is.
-    """
-    if "_ameAtomic" in AMEReactor.__dict__:
-        return
-    callLater = _ame.Timers.callLater
-    callFromThread = posixbase.PosixReactorBase.callFromThread
-    stop = posixbase.PosixReactorBase.stop
-
-    def atomicCallLater(self, delay, callable, *args, **kw):
-        if _inAtomic():
-            assert builtins.callable(callable), f"{callable} is not callable"
-            assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
-            dc = _AtomicDelayedCall(self, delay, callable, args, kw)
-            _afterCommit(dc._schedule)
-            return dc
-        return callLater(self, delay, callable, *args, **kw)
-
-    def atomicCallFromThread(self, f, *args, **kw):
-        if _inAtomic():
-            return _afterCommit(callFromThread, self, f, *args, **kw)
-        return callFromThread(self, f, *args, **kw)
-
-    def atomicStop(self):
-        if _inAtomic():
-            return _afterCommit(stop, self)
-        return stop(self)
-
-    atomicCallLater.__doc__ = callLater.__doc__
-    AMEReactor.callLater = atomicCallLater
-    AMEReactor.callFromThread = atomicCallFromThread
-    AMEReactor.stop = atomicStop
-    AMEReactor._ameAtomic = True
-
-
-if "ame.shared" in sys.modules:
-    _ameAtomicHooks()
 
 
 def install(io=None):

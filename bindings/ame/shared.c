@@ -51,8 +51,8 @@
 ** shared objects (a reactor's) keeps it on the fast path.
 **
 ** Deferred effects.  Inside ame.atomic, after_commit() and the reactor's
-** hooks (amepy_shared_defer_method: TCP writes in transport.c, callLater and
-** friends in reactor.py) queue (callable, args, kwargs) on the thread's
+** hooks (amepy_shared_defer_method: TCP writes in transport.c; callLater
+** in timers.c, callFromThread and stop in reactor.py) queue (callable, args, kwargs) on the thread's
 ** state; atomic() runs them, in order, once the transaction has
 ** committed, and drops them when an attempt aborts.
 **
@@ -314,6 +314,16 @@ int amepy_shared_defer_method(PyObject *obj, const char *name,
   Py_XDECREF(a);
   Py_DECREF(fn);
   return rc < 0 ? -1 : 1;
+}
+
+PyObject *amepy_shared_call_method(PyObject *obj, const char *name,
+                                   PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames) {
+  PyObject *fn = PyObject_GetAttrString(obj, name);
+  if (fn == NULL) return NULL;
+  PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
+  Py_DECREF(fn);
+  return r;
 }
 
 /* ------------------------------------------------------------------------

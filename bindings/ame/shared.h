@@ -23,4 +23,10 @@ int amepy_shared_in_atomic(void);
 ** an exception set if it could not be queued.  GIL held. */
 int amepy_shared_defer_method(PyObject *obj, const char *name, PyObject *arg);
 
+/* Call obj.name(*args, **kwnames) (a vectorcall's arguments): how
+** callLater (timers.c) hands itself to reactor.py inside ame.atomic. */
+PyObject *amepy_shared_call_method(PyObject *obj, const char *name,
+                                   PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames);
+
 #endif

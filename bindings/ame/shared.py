@@ -706,9 +706,3 @@ def _use_heap(name=None, size=0, create=True):
 
 
 _os.register_at_fork(after_in_child=_after_fork)
-
-# AMEReactor's callLater, callFromThread and stop defer themselves inside
-# ame.atomic once this module is imported (ame.reactor does the same if it
-# is imported after).
-if "ame.reactor" in _sys.modules:
-    _sys.modules["ame.reactor"]._ameAtomicHooks()
