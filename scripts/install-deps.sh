@@ -5,7 +5,8 @@
 set -eu
 
 BUILD_PKGS="gcc make meson ninja-build pkg-config python3 python3-dev python3-twisted python3-openssl python3-service-identity libgcc-12-dev libuv1-dev libhttp-parser-dev libssl-dev openssl clang libclang-rt-14-dev"
-BENCH_PKGS="$BUILD_PKGS wrk nginx-light"
+# bench/shared_bench.py's baselines: Redis (server, client, C parser), LMDB.
+BENCH_PKGS="$BUILD_PKGS wrk nginx-light redis-server python3-redis python3-hiredis python3-lmdb"
 # make demo: the plot (bench/demo.py) needs matplotlib.
 DEMO_PKGS="$BUILD_PKGS python3-matplotlib"
 

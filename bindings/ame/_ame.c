@@ -71,6 +71,7 @@
 */
 
 #include "binding.h"
+#include "shared.h"
 #include "timers.h"
 
 /* Bumped in the child at every fork() (pthread_atfork): process-wide, not
@@ -1042,6 +1043,7 @@ static int module_exec(PyObject *m) {
   if (PyModule_AddType(m, st->core_type) < 0) return -1;
   if (ame__stream_init_type(m, st) < 0) return -1;
   if (ame__timers_init(m) < 0) return -1;
+  if (amepy_shared_init(m) < 0) return -1;
   if (PyModule_AddIntConstant(m, "READABLE", AME_READABLE) < 0 ||
       PyModule_AddIntConstant(m, "WRITABLE", AME_WRITABLE) < 0 ||
       PyModule_AddIntConstant(m, "DISCONNECT", AME_DISCONNECT) < 0)

@@ -21,19 +21,36 @@ Twisted's own posix code, as for L{EPollReactor}; see C{docs/twisted.md}
 for what is in C and what is Python.
 """
 
+import builtins
 import errno
 import os
 import socket
 
 from zope.interface import implementer
 
-from twisted.internet import _newtls, _resolver, main, posixbase, process, tcp
-from twisted.internet.interfaces import IReactorDaemonize, IReactorFDSet
+from twisted.internet import (
+    _newtls,
+    _resolver,
+    error,
+    main,
+    posixbase,
+    process,
+    tcp,
+)
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorDaemonize,
+    IReactorFDSet,
+)
 from twisted.python import deprecate, failure, log, versions
 
 from ame import _ame
 
 __all__ = ["AMEReactor", "install"]
+
+# ame.atomic's deferral of reactor calls (see _ameAtomicHooks).
+_inAtomic = _ame._shared_in_atomic
+_afterCommit = _ame.after_commit
 
 
 class _AMEWaker:
@@ -141,7 +158,15 @@ class _FastStream:
     def _ameSlowWriteSequence(self, iovec):
         _newtls.ConnectionMixin.writeSequence(self, iovec)
 
+    def loseConnection(self, *args, **kwargs):
+        # Inside ame.atomic: once it commits (as write()).
+        if _inAtomic():
+            return _afterCommit(self.loseConnection, *args, **kwargs)
+        return super().loseConnection(*args, **kwargs)
+
     def abortConnection(self):
+        if _inAtomic():
+            return _afterCommit(self.abortConnection)
         # Twisted drops what is still buffered: so do we, for what the
         # worker has not taken yet.
         if not self.disconnected and not getattr(self, "_aborting", False):
@@ -645,6 +670,28 @@ class AMEReactor(
 
     doIteration = doPoll
 
+    # ame.atomic: calls made inside happen once, after the commit.
+
+    def _ameAtomicCallLater(self, delay, callable, *args, **kw):
+        # callLater (C, timers.c) comes here inside ame.atomic.
+        assert builtins.callable(callable), f"{callable} is not callable"
+        assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
+        dc = _AtomicDelayedCall(self, delay, callable, args, kw)
+        _afterCommit(dc._schedule)
+        return dc
+
+    def callFromThread(self, f, *args, **kw):
+        if _inAtomic():
+            return _afterCommit(
+                posixbase.PosixReactorBase.callFromThread, self, f, *args,
+                **kw)
+        return posixbase.PosixReactorBase.callFromThread(self, f, *args, **kw)
+
+    def stop(self):
+        if _inAtomic():
+            return _afterCommit(posixbase.PosixReactorBase.stop, self)
+        return posixbase.PosixReactorBase.stop(self)
+
     # ame
 
     def _reinitAfterFork(self, io=None):
@@ -719,6 +766,63 @@ class AMEReactor(
         those of the C side (the worker's poll callbacks and posted calls).
         """
         return self._core.report()
+
+
+@implementer(IDelayedCall)
+class _AtomicDelayedCall:
+    """
+    What C{callLater} returns inside C{ame.atomic}: the call is scheduled
+    when the transaction commits, for the time asked for (counted from the
+    C{callLater}), and never for an attempt that aborts.  Until then it
+    can be cancelled, reset or delayed; from then on it stands for the
+    reactor's own DelayedCall.
+    """
+
+    def __init__(self, reactor, delay, f, args, kw):
+        self._reactor = reactor
+        self._time = reactor.seconds() + delay
+        self._call = (f, args, kw)
+        self._dc = None
+        self._cancelled = False
+
+    def _schedule(self):
+        if self._cancelled:
+            return
+        f, args, kw = self._call
+        self._call = None
+        delay = max(0.0, self._time - self._reactor.seconds())
+        self._dc = _ame.Timers.callLater(self._reactor, delay, f, *args, **kw)
+
+    def _pending(self):
+        if self._cancelled:
+            raise error.AlreadyCancelled
+        return self._dc is None
+
+    def getTime(self):
+        return self._time if self._dc is None else self._dc.getTime()
+
+    def cancel(self):
+        if self._pending():
+            self._cancelled = True
+        else:
+            self._dc.cancel()
+
+    def reset(self, secondsFromNow):
+        if self._pending():
+            self._time = self._reactor.seconds() + secondsFromNow
+        else:
+            self._dc.reset(secondsFromNow)
+
+    def delay(self, secondsLater):
+        if self._pending():
+            self._time += secondsLater
+        else:
+            self._dc.delay(secondsLater)
+
+    def active(self):
+        if self._dc is None:
+            return not self._cancelled
+        return self._dc.active()
 
 
 def install(io=None):

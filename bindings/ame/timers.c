@@ -45,6 +45,7 @@
 ** The module's Twisted objects and interned strings are process-wide
 ** statics, like transport.c's: one interpreter per process.
 */
+#include "shared.h"
 #include "timers.h"
 
 #include <float.h>
@@ -478,6 +479,11 @@ static PyType_Spec DC_spec = {
 static PyObject *Timers_callLater(TimersObject *self, PyObject *const *args,
                                   Py_ssize_t nargs, PyObject *kwnames) {
   PyObject *s = (PyObject *)self;
+  /* Inside ame.atomic: the reactor's stand-in, scheduled at commit
+  ** (reactor.py, shared.c). */
+  if (amepy_shared_in_atomic())
+    return amepy_shared_call_method(s, "_ameAtomicCallLater", args, nargs,
+                                    kwnames);
   PyObject *delay = nargs > 0 ? args[0] : NULL;
   PyObject *callable = nargs > 1 ? args[1] : NULL;
   PyObject *kw = PyDict_New(), *pos = NULL, *seconds = NULL, *t = NULL;

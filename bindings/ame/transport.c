@@ -41,6 +41,7 @@
 ** stopped the poll.
 */
 #include "binding.h"
+#include "shared.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1105,6 +1106,9 @@ PyDoc_STRVAR(write_doc,
 "Buffer data (bytes) to be sent; as Twisted's transport.write().");
 
 static PyObject *Stream_write(StreamObject *self, PyObject *data) {
+  /* Inside ame.atomic: once it commits (shared.c). */
+  int deferred = amepy_shared_defer_method((PyObject *)self, "write", data);
+  if (deferred) return deferred < 0 ? NULL : Py_NewRef(Py_None);
   int mode = PyBytes_Check(data) ? write_mode(self) : -1;
   if (mode < 0) {
     PyErr_Clear();
@@ -1122,6 +1126,9 @@ PyDoc_STRVAR(writeseq_doc,
 "Buffer each bytes of iovec; as Twisted's transport.writeSequence().");
 
 static PyObject *Stream_writeSequence(StreamObject *self, PyObject *iovec) {
+  int deferred =
+      amepy_shared_defer_method((PyObject *)self, "writeSequence", iovec);
+  if (deferred) return deferred < 0 ? NULL : Py_NewRef(Py_None);
   int mode = PyList_CheckExact(iovec) || PyTuple_CheckExact(iovec)
                  ? write_mode(self)
                  : -1;

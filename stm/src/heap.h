@@ -28,7 +28,7 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 1
+#define AME__HEAP_VERSION 3
 #define AME__HEAP_NCLASS 40          /* small size classes */
 #define AME__HEAP_SMALL_MAX 32768    /* bytes: above, large blocks */
 #define AME__HEAP_SPAN 65536         /* carving unit for small classes */
@@ -65,6 +65,11 @@ struct ame__slot {
   uintptr_t cached[2 * AME__HEAP_NCLASS];    /* blocks in cache[] */
   uintptr_t carve[2 * AME__HEAP_NCLASS];     /* next uncarved block ... */
   uintptr_t carve_end[2 * AME__HEAP_NCLASS]; /* ... its span's end */
+  /* Large blob blocks freed by the owner's latest attempt that freed
+  ** any, and that attempt (tx.starts): not handed out again before a
+  ** later attempt (heap_alloc.c). */
+  uintptr_t fresh_large;
+  uintptr_t fresh_attempt;
   uintptr_t used;              /* bytes allocated minus freed by this
                                   slot's transactions (two's complement) */
   struct ame_tx tx __attribute__((aligned(AME__CACHELINE)));

@@ -26,6 +26,18 @@
 **                  Keeping them apart means a transactional reader never
 **                  meets bytes that were written without the STM.
 **
+** A blob's bytes are written outside the write log, so a blob block must
+** never be handed out by the attempt that freed it: if that attempt
+** aborted, the free would be undone and the block's committed contents
+** overwritten.  So a small blob block freed by an attempt carries the
+** attempt's stamp (16 bits of tx->starts) in the high bits of its free
+** list link, and allocation passes over the blocks that carry the running
+** attempt's stamp (a block with an older stamp equal by chance is only
+** passed over, never wrongly taken).  Large blob frees wait on the slot's
+** fresh_large list, stamped likewise, until a later attempt moves them to
+** the free list (the attempt that freed them committed: an aborted one's
+** writes to the lists were undone with it).
+**
 ** A block: a 16-byte header (word 0: capacity, class, pool, tag; word 1:
 ** the owner word while allocated, the next free block while free), then
 ** the caller's bytes.  Small blocks (up to 32 KiB) come in size classes
@@ -41,6 +53,21 @@
 #define HDR AME__HEAP_HDR
 #define SPILL 256          /* blocks a slot's class list keeps */
 #define BATCH 16           /* blocks taken from a global list at once */
+
+#define SKIP_MAX 8         /* stamped blocks an allocation passes over */
+
+/* A small free block's link word (word 1): the next block, and the stamp
+** of the attempt that freed it (blobs) in the high 16 bits. */
+#define L_PTR ((((uintptr_t)1) << 48) - 1)
+#define L_NEXT(w) ((w)&L_PTR)
+#define L_STAMP(w) ((w) & ~L_PTR)
+
+/* The running attempt's stamp. */
+static uintptr_t stamp_of(const ame_tx_t *tx) {
+  return (uintptr_t)(tx->starts & 0xffff) << 48;
+}
+
+static void settle_large(ame_tx_t *tx, struct ame__slot *s);
 
 /* Header word 0. */
 #define H_TAG(w) ((unsigned)((w) & 0xff))
@@ -97,28 +124,44 @@ static void count(ame_tx_t *tx, struct ame__slot *s, intptr_t n) {
   ST(tx, &s->used, LD(tx, &s->used) + (uintptr_t)n);
 }
 
-/* Take a block of pool/class i from the global list into the slot's
-** list: up to BATCH at once.  Return the first, or 0. */
+/* Move up to BATCH blocks of pool/class i from the global list to the
+** slot's list.  Return how many. */
 static uintptr_t take_global(ame_tx_t *tx, struct ame__heap_hdr *h,
                              struct ame__slot *s, unsigned i) {
   uintptr_t first = LD(tx, &h->class_free[i]);
   if (first == 0) return 0;
-  uintptr_t last = first, n = 1;
-  while (n < BATCH) {
-    uintptr_t next = LD(tx, last + 8);
-    if (next == 0) break;
-    last = next;
+  uintptr_t last = first, n = 1, w;
+  while (n < BATCH && L_NEXT(w = LD(tx, last + 8)) != 0) {
+    last = L_NEXT(w);
     n++;
   }
-  ST(tx, &h->class_free[i], LD(tx, last + 8));
-  /* first is returned; the rest (second .. last) go to the slot. */
-  uintptr_t second = LD(tx, first + 8);
-  if (n > 1) {
-    ST(tx, last + 8, LD(tx, &s->cache[i]));
-    ST(tx, &s->cache[i], second);
-    ST(tx, &s->cached[i], LD(tx, &s->cached[i]) + n - 1);
+  w = LD(tx, last + 8);
+  ST(tx, &h->class_free[i], L_NEXT(w));
+  ST(tx, last + 8, L_STAMP(w) | LD(tx, &s->cache[i]));
+  ST(tx, &s->cache[i], first);
+  ST(tx, &s->cached[i], LD(tx, &s->cached[i]) + n);
+  return n;
+}
+
+/* Take a block of pool/class i off the slot's list, passing over (up to
+** SKIP_MAX) blob blocks the running attempt freed.  Return it, or 0. */
+static uintptr_t pop_cache(ame_tx_t *tx, struct ame__slot *s, unsigned i) {
+  uintptr_t *link = &s->cache[i];
+  uintptr_t lw = LD(tx, link);
+  uintptr_t now = i >= NC ? stamp_of(tx) : ~(uintptr_t)0;
+  for (unsigned skipped = 0; L_NEXT(lw) != 0; skipped++) {
+    uintptr_t b = L_NEXT(lw);
+    uintptr_t w = LD(tx, b + 8);
+    if (L_STAMP(w) != now) {
+      ST(tx, link, L_STAMP(lw) | L_NEXT(w));
+      ST(tx, &s->cached[i], LD(tx, &s->cached[i]) - 1);
+      return b;
+    }
+    if (skipped == SKIP_MAX) break;
+    link = (uintptr_t *)(b + 8);
+    lw = w;
   }
-  return first;
+  return 0;
 }
 
 /* A fresh span for pool/class i from the arena's top; return its first
@@ -141,17 +184,14 @@ static void *alloc_small(ame_tx_t *tx, size_t size, int blob, unsigned tag,
   unsigned cls = class_of(size);
   unsigned i = (blob ? NC : 0) + cls;
   size_t bsize = class_cap[cls] + HDR;
-  uintptr_t b = LD(tx, &s->cache[i]);
-  if (b) {
-    ST(tx, &s->cache[i], LD(tx, b + 8));
-    ST(tx, &s->cached[i], LD(tx, &s->cached[i]) - 1);
-  } else {
+  uintptr_t b = pop_cache(tx, s, i);
+  if (b == 0) {
     uintptr_t c = LD(tx, &s->carve[i]);
     if (c && c < LD(tx, &s->carve_end[i])) {
       ST(tx, &s->carve[i], c + bsize);
       b = c;
     } else {
-      b = take_global(tx, h, s, i);
+      if (take_global(tx, h, s, i)) b = pop_cache(tx, s, i);
       if (b == 0) b = new_span(tx, h, s, i, bsize);
       if (b == 0) return NULL;
     }
@@ -206,14 +246,15 @@ static void *heap_alloc(ame_tx_t *tx, size_t size, int blob, unsigned tag,
                                                "heap transaction");
   if (size == 0) size = 8;
   if (size <= class_cap[NC - 1]) return alloc_small(tx, size, blob, tag, owner);
+  if (blob) settle_large(tx, ame__slot_of(tx));
   return alloc_large(tx, size, blob, tag, owner);
 }
 
-static void free_large(ame_tx_t *tx, uintptr_t b, uintptr_t w) {
+/* Put large block b (header word w) on its pool's free list. */
+static void insert_large(ame_tx_t *tx, uintptr_t b, uintptr_t w) {
   struct ame__heap_hdr *h = hdr_of(tx);
   int blob = (w & H_BLOB) != 0;
   size_t bytes = H_CAP(w) + HDR;
-  count(tx, ame__slot_of(tx), -(intptr_t)bytes);
   /* Insert in address order, merging with the runs on either side. */
   uintptr_t *link = &h->large_free[blob];
   uintptr_t prev = 0, r = LD(tx, link);
@@ -237,6 +278,41 @@ static void free_large(ame_tx_t *tx, uintptr_t b, uintptr_t w) {
   ST(tx, link, b);
 }
 
+/* Put small block b of pool/class i on the slot's free list, its link
+** carrying stamp; spill the list to the global one when it grows long. */
+static void insert_small(ame_tx_t *tx, struct ame__slot *s, unsigned i,
+                         uintptr_t b, uintptr_t stamp) {
+  struct ame__heap_hdr *h = hdr_of(tx);
+  ST(tx, b + 8, stamp | LD(tx, &s->cache[i]));
+  ST(tx, &s->cache[i], b);
+  uintptr_t n = LD(tx, &s->cached[i]) + 1;
+  if (n <= SPILL) {
+    ST(tx, &s->cached[i], n);
+    return;
+  }
+  /* Too many: splice the whole list onto the global one. */
+  uintptr_t last = b, w;
+  while (L_NEXT(w = LD(tx, last + 8)) != 0) last = L_NEXT(w);
+  ST(tx, last + 8, L_STAMP(w) | LD(tx, &h->class_free[i]));
+  ST(tx, &h->class_free[i], b);
+  ST(tx, &s->cache[i], 0);
+  ST(tx, &s->cached[i], 0);
+}
+
+/* Before a large blob allocation or free: if the large blob blocks
+** waiting on fresh_large were freed by an earlier attempt, it committed:
+** put them on the free list. */
+static void settle_large(ame_tx_t *tx, struct ame__slot *s) {
+  uintptr_t b = LD(tx, &s->fresh_large);
+  if (b == 0 || LD(tx, &s->fresh_attempt) == tx->starts) return;
+  ST(tx, &s->fresh_large, 0);
+  while (b) {
+    uintptr_t next = LD(tx, b + 8);
+    insert_large(tx, b, LD(tx, b) & ~H_FREE);
+    b = next;
+  }
+}
+
 static void heap_free(ame_tx_t *tx, void *p) {
   assert(tx->nesting > 0 && tx->dom->shared && "heap free outside a heap "
                                                "transaction");
@@ -252,29 +328,26 @@ static void heap_free(ame_tx_t *tx, void *p) {
     fprintf(stderr, "ame: ame_heap_free(%p): freed twice\n", p);
     abort();
   }
-  if (w & H_LARGE) {
-    free_large(tx, b, w);
-    return;
-  }
   struct ame__slot *s = ame__slot_of(tx);
   unsigned cls = H_CLASS(w);
-  unsigned i = ((w & H_BLOB) ? NC : 0) + cls;
-  ST(tx, b, w | H_FREE);
-  ST(tx, b + 8, LD(tx, &s->cache[i]));
-  ST(tx, &s->cache[i], b);
-  uintptr_t n = LD(tx, &s->cached[i]) + 1;
-  count(tx, s, -(intptr_t)(class_cap[cls] + HDR));
-  if (n <= SPILL) {
-    ST(tx, &s->cached[i], n);
+  count(tx, s, -(intptr_t)((w & H_LARGE) ? H_CAP(w) + HDR
+                                         : class_cap[cls] + HDR));
+  if ((w & H_BLOB) && (w & H_LARGE)) {
+    /* Not reusable before a later attempt (see the top of the file). */
+    settle_large(tx, s);
+    ST(tx, &s->fresh_attempt, tx->starts);
+    ST(tx, b, w | H_FREE);
+    ST(tx, b + 8, LD(tx, &s->fresh_large));
+    ST(tx, &s->fresh_large, b);
     return;
   }
-  /* Too many: splice the whole list onto the global one. */
-  uintptr_t last = b;
-  for (uintptr_t next; (next = LD(tx, last + 8)) != 0;) last = next;
-  ST(tx, last + 8, LD(tx, &h->class_free[i]));
-  ST(tx, &h->class_free[i], b);
-  ST(tx, &s->cache[i], 0);
-  ST(tx, &s->cached[i], 0);
+  if (w & H_LARGE) {
+    insert_large(tx, b, w);
+    return;
+  }
+  ST(tx, b, w | H_FREE);
+  insert_small(tx, s, ((w & H_BLOB) ? NC : 0) + cls, b,
+               (w & H_BLOB) ? stamp_of(tx) : 0);
 }
 
 /* ------------------------------------------------------------------------

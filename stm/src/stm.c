@@ -82,6 +82,8 @@ __thread ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
 static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site);
 static void abort_handlers(ame_tx_t *tx);
+static void restart(ame_tx_t *tx) __attribute__((noreturn));
+static void release_token(ame_tx_t *tx);
 static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) __attribute__((noreturn));
 static void reclaim(ame_tx_t *tx, int force);
@@ -599,7 +601,10 @@ void ame_tx_commit(ame_tx_t *tx) {
 
 void ame_tx_cancel(ame_tx_t *tx) {
   if (tx->nesting > 0) {
-    assert(!tx->irrevocable && "ame_tx_cancel of an irrevocable transaction");
+    /* One the contention manager made irrevocable can still be rolled
+    ** back (nothing is written back before commit); one the program made
+    ** irrevocable promised not to be. */
+    assert(!tx->irr_user && "ame_tx_cancel of an irrevocable transaction");
     rollback(tx, AME_ABORT_EXPLICIT, 0, NULL);
     release_token(tx);
     abort_handlers(tx);
@@ -857,10 +862,17 @@ static struct ame__wentry *new_entry(ame_tx_t *tx) {
 ** be in the heap, for recovery).  A transaction that outgrows it cannot
 ** succeed by running again: abort it for good. */
 static void log_full(ame_tx_t *tx) {
-  if (!tx->irrevocable && tx->explicit_env) {
+  if (tx->explicit_env && !tx->irr_user) {
     /* A binding's transaction: the caller sees AME_ABORT_CAPACITY and
     ** gives up (ame_tx_cancel). */
-    abort_tx(tx, AME_ABORT_CAPACITY, 0, NULL);
+    if (!tx->irrevocable) abort_tx(tx, AME_ABORT_CAPACITY, 0, NULL);
+    /* Made irrevocable by the contention manager, not by the program:
+    ** nothing is written back before commit, so it can still be rolled
+    ** back (as ame_retry does), and the ticket handed on. */
+    rollback(tx, AME_ABORT_CAPACITY, 0, NULL);
+    release_token(tx);
+    abort_handlers(tx);
+    restart(tx);
   }
   fprintf(stderr, "ame: a shared-heap transaction wrote more than %zu "
                   "words (its write log is full); giving up\n", tx->w_n);

@@ -42,6 +42,7 @@
   X(tx_run_returns, 10)                                                       \
   X(tx_run_nests, 10)                                                         \
   X(tx_set_site, 10)                                                          \
+  X(tx_cancel_escalated, 20)                                                  \
   X(handlers_commit_order, 10)                                                \
   X(handlers_abort_order, 10)                                                 \
   X(handlers_nested, 10)                                                      \
@@ -121,6 +122,9 @@
   X(heap_thread_dies, 30)                                                     \
   X(heap_crash, 120)                                                          \
   X(heap_crash_peer, 120)                                                     \
+  X(heap_capacity_escalated, 60)                                              \
+  X(heap_logs_lazy, 30)                                                       \
+  X(heap_blob_reuse_abort, 30)                                                \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \

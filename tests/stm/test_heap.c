@@ -631,6 +631,11 @@ TEST_IMPL(heap_adopt) {
   ASSERT_EQ(type, 3);
   ASSERT_EQ(v, 1234);
   leave(h2);
+  /* The other copy's handle (closing an adopted heap leaves it mapped). */
+  void (*close2)(ame_heap_t *) = (void (*)(ame_heap_t *))dlsym(dl,
+                                                              "ame_heap_close");
+  ASSERT(close2);
+  close2(h2);
   ame_heap_close(h);
   dlclose(dl);
 }
@@ -673,6 +678,208 @@ TEST_IMPL(heap_thread_dies) {
   ASSERT_EQ(st.slots_live, 1);
   char msg[128];
   ASSERT_EQ(ame_heap_verify(h, msg, sizeof msg), 0);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* ------------------------------------------------------------------------
+** A binding's transaction (ame_tx_begin) that outgrows its write log
+** after the contention manager made it irrevocable still aborts with
+** AME_ABORT_CAPACITY, rolled back, rather than ending the process.  The
+** conflicts that escalate it are forced as in tx_cancel_escalated.
+*/
+struct cap_esc {
+  ame_heap_t *h;
+  uintptr_t *w, *w2;     /* heap words the bumper changes */
+  atomic_int req, ack, stop;
+};
+
+static void *cap_bumper(void *arg) {
+  struct cap_esc *c = arg;
+  ame_tx_t *tx = ame_heap_enter(c->h);
+  ASSERT_NOT_NULL(tx);
+  while (!atomic_load(&c->stop)) {
+    int r = atomic_load(&c->req);
+    if (r != atomic_load(&c->ack)) {
+      AME_ATOMIC(tx) {
+        ame_store_word_tx(tx, c->w, ame_load_word_tx(tx, c->w) + 1);
+        ame_store_word_tx(tx, c->w2, ame_load_word_tx(tx, c->w2) + 1);
+      }
+      atomic_store(&c->ack, r);
+    } else {
+      sched_yield();
+    }
+  }
+  ame_heap_exit(c->h);
+  return NULL;
+}
+
+TEST_IMPL(heap_capacity_escalated) {
+  ame_heap_config_t cfg = {.size = 16 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  enum { NWORDS = 300000 };  /* more than a slot's write log holds */
+  static uintptr_t *volatile big;
+  static struct cap_esc c;
+  c.h = h;
+  AME_ATOMIC(tx) {
+    big = ame_heap_alloc(tx, NWORDS * sizeof(uintptr_t), 16, 0);
+    ASSERT_NOT_NULL(big);
+    c.w = ame_heap_alloc(tx, 64, 16, 0);
+    c.w2 = ame_heap_alloc(tx, 64, 16, 0);
+    ame_store_word_tx(tx, c.w, 0);
+    ame_store_word_tx(tx, c.w2, 0);
+  }
+  pthread_t tb;
+  thread_start(&tb, cap_bumper, &c);
+  static jmp_buf env;
+  static volatile int attempts, irrevocable;
+  attempts = 0;
+  irrevocable = 0;
+  if (setjmp(env) != 0) {
+    uintptr_t addr = 1;
+    ame_abort_cause_t cause = ame_tx_last_cause(tx, &addr);
+    if (cause != AME_ABORT_CAPACITY) {
+      ASSERT_LT(attempts, 40);
+      goto again;
+    }
+    ASSERT(irrevocable);
+    ASSERT_EQ(ame_tx_depth(tx), 0);
+    ame_tx_cancel(tx);
+    goto done;
+  }
+again:
+  attempts++;
+  ame_tx_begin(tx, &env, "heap_capacity_escalated");
+  (void)ame_load_word_tx(tx, c.w);
+  if (!ame_tx_is_irrevocable(tx)) {
+    int r = atomic_fetch_add(&c.req, 1) + 1;
+    ASSERT_WAIT(atomic_load(&c.ack) == r, 5000);
+    (void)ame_load_word_tx(tx, c.w2); /* aborts: w changed */
+    AME_TEST_FAIL_("the read of w2 did not abort");
+  }
+  irrevocable = 1;
+  for (unsigned i = 0; i < NWORDS; i++) ame_store_word_tx(tx, &big[i], 1);
+  AME_TEST_FAIL_("the write log did not fill");
+done:
+  atomic_store(&c.stop, 1);
+  thread_join(tb);
+  /* Nothing of it was written; the next transaction runs normally. */
+  volatile uintptr_t sum = 0;
+  AME_ATOMIC(tx) {
+    sum = 0;
+    for (unsigned i = 0; i < NWORDS; i += 997) sum += ame_load_word_tx(tx, &big[i]);
+    ame_store_word_tx(tx, &big[0], 5);
+  }
+  ASSERT_EQ(sum, 0);
+  ASSERT_EQ(tx_get(tx, &big[0]), 5);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* ------------------------------------------------------------------------
+** The slots' write logs are most of a heap's mapping (16 MiB a slot): they
+** take memory only where transactions wrote, not at creation.
+*/
+static long rss_shmem_kb(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  ASSERT_NOT_NULL(f);
+  char line[256];
+  long kb = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "RssShmem: %ld kB", &kb) == 1) break;
+  fclose(f);
+  return kb;
+}
+
+TEST_IMPL(heap_logs_lazy) {
+  long before = rss_shmem_kb();
+  ASSERT_GE(before, 0);
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, NULL, &h), 0);  /* 128 slots */
+  ASSERT_GT(ame_heap_mapped(h), (size_t)2 << 30);
+  ASSERT_LT(rss_shmem_kb() - before, 64 * 1024);
+  /* Transactions longer than a chunk of the log, in successive owners of
+  ** the same slot (the chunks linked by the first serve the second). */
+  static uintptr_t *volatile words;
+  ame_tx_t *tx = ame_heap_enter(h);
+  AME_ATOMIC(tx) { words = ame_heap_alloc(tx, 5000 * sizeof(uintptr_t), 16, 0); }
+  for (int round = 1; round <= 3; round++) {
+    AME_ATOMIC(tx) {
+      for (unsigned i = 0; i < 5000; i++) ame_store_word_tx(tx, &words[i], round);
+    }
+    ame_heap_exit(h);
+    tx = ame_heap_enter(h);
+  }
+  volatile uintptr_t sum = 0;
+  AME_ATOMIC(tx) {
+    sum = 0;
+    for (unsigned i = 0; i < 5000; i++) sum += ame_load_word_tx(tx, &words[i]);
+  }
+  ASSERT_EQ(sum, 3 * 5000);
+  ASSERT_LT(rss_shmem_kb() - before, 64 * 1024);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* ------------------------------------------------------------------------
+** A blob freed by an attempt is not handed out again by that attempt:
+** blobs are filled outside the write log, so if the attempt aborts (and
+** its free is undone) the committed blob would be overwritten.  Small and
+** large blobs; then a later attempt does reuse them.
+*/
+TEST_IMPL(heap_blob_reuse_abort) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static char big[100000], big2[100000];
+  memset(big, 'b', sizeof big);
+  memset(big2, 'X', sizeof big2);
+  static ame_hmap_t *volatile m;
+  AME_ATOMIC(tx) {
+    m = ame_hmap_new(tx, 16, 0);
+    ASSERT_EQ(ame_hmap_put(tx, m, "k", 1, "before", 6, 0), 0);
+    ASSERT_EQ(ame_hmap_put(tx, m, "big", 3, big, sizeof big, 0), 0);
+  }
+  int64_t used = used_now(h);
+  volatile int attempts = 0;
+  AME_ATOMIC(tx) {
+    if (++attempts == 1) {
+      /* Frees the old blobs, then allocates blobs of their sizes. */
+      ame_hmap_put(tx, m, "k", 1, "after!", 6, 0);
+      ame_hmap_put(tx, m, "n", 1, "XXXXXX", 6, 0);
+      ame_hmap_put(tx, m, "big", 3, big2, sizeof big2, 0);
+      ame_hmap_put(tx, m, "big2", 4, big2, sizeof big2, 0);
+      ame_tx_abort(tx);
+    }
+  }
+  ASSERT_EQ(attempts, 2);
+  static char back[100000];
+  volatile size_t n1 = 0, n2 = 0;
+  AME_ATOMIC(tx) {
+    n1 = ame_hmap_entry_value(tx, ame_hmap_find(tx, m, "k", 1), back, 16);
+    ASSERT_EQ(memcmp(back, "before", 6), 0);
+    n2 = ame_hmap_entry_value(tx, ame_hmap_find(tx, m, "big", 3), back,
+                              sizeof back);
+  }
+  ASSERT_EQ(n1, 6);
+  ASSERT_EQ(n2, sizeof big);
+  ASSERT_EQ(memcmp(back, big, sizeof big), 0);
+  ASSERT_EQ(used_now(h), used);
+  /* Committed frees are reused by later transactions: replacing the same
+  ** values many times does not grow the heap. */
+  for (int i = 0; i < 200; i++) {
+    AME_ATOMIC(tx) {
+      ame_hmap_put(tx, m, "k", 1, i % 2 ? "before" : "after!", 6, 0);
+      ame_hmap_put(tx, m, "big", 3, i % 2 ? big : big2, sizeof big, 0);
+    }
+  }
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  ASSERT_LT(st.top, (uint64_t)2 << 20);
+  ASSERT_EQ(used_now(h), used);
   ame_heap_exit(h);
   ame_heap_close(h);
 }

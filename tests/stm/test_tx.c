@@ -552,3 +552,85 @@ TEST_IMPL(handlers_abort_run_transactions) {
   ASSERT_EQ(tx_get(tx, &abort_handler_word), 11);
   leave_and_shutdown();
 }
+
+/* ------------------------------------------------------------------------
+** The explicit API (ame_tx_begin ... ame_tx_cancel, for bindings): a
+** transaction that the contention manager made irrevocable is cancelled
+** like any other (rolled back, its ticket handed on).  The conflicts are
+** forced as in retry_after_escalation: a helper commits a change to w
+** between the victim's read of it and its read of w2.
+*/
+struct esc_cancel {
+  _Alignas(64) uintptr_t w;
+  _Alignas(64) uintptr_t w2;
+  _Alignas(64) uintptr_t out;    /* the victim writes it; cancelled */
+  atomic_int req, ack, stop, irr_req, irr_done;
+};
+
+static void *esc_cancel_bumper(void *arg) {
+  struct esc_cancel *e = arg;
+  ame_tx_t *tx = enter();
+  while (!atomic_load(&e->stop)) {
+    if (atomic_load(&e->irr_req) && !atomic_load(&e->irr_done)) {
+      AME_ATOMIC(tx) { ame_tx_irrevocable(tx); }
+      atomic_store(&e->irr_done, 1);
+    }
+    int r = atomic_load(&e->req);
+    if (r != atomic_load(&e->ack)) {
+      AME_ATOMIC(tx) {
+        ame_store_word_tx(tx, &e->w, ame_load_word_tx(tx, &e->w) + 1);
+        ame_store_word_tx(tx, &e->w2, ame_load_word_tx(tx, &e->w2) + 1);
+      }
+      atomic_store(&e->ack, r);
+    } else {
+      sched_yield();
+    }
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(tx_cancel_escalated) {
+  ame_stm_config_t cfg = {.escalate_after = 2};
+  ASSERT_EQ(ame_stm_init(&cfg), 0);
+  ame_tx_t *tx = enter();
+  static struct esc_cancel e;
+  pthread_t tb;
+  thread_start(&tb, esc_cancel_bumper, &e);
+  static jmp_buf env;
+  static volatile int attempts;
+  attempts = 0;
+  setjmp(env);
+  ASSERT_LT(attempts, 10);
+  attempts++;
+  ame_tx_begin(tx, &env, "tx_cancel_escalated");
+  ame_store_word_tx(tx, &e.out, 7);
+  (void)ame_load_word_tx(tx, &e.w);
+  if (!ame_tx_is_irrevocable(tx)) {
+    int r = atomic_fetch_add(&e.req, 1) + 1;
+    ASSERT_WAIT(atomic_load(&e.ack) == r, 5000);
+    (void)ame_load_word_tx(tx, &e.w2); /* aborts: w changed */
+    AME_TEST_FAIL_("the read of w2 did not abort");
+  }
+  ASSERT_EQ(attempts, 3);  /* two conflicts, then irrevocable */
+  ame_tx_cancel(tx);
+  ASSERT_EQ(ame_tx_depth(tx), 0);
+  ASSERT(!ame_tx_is_irrevocable(tx));
+  ASSERT_EQ(e.out, 0);  /* rolled back */
+  /* The ticket was handed on: another thread can become irrevocable (it
+  ** would wait forever otherwise), and so can this one; the next
+  ** transaction here starts revocable. */
+  atomic_store(&e.irr_req, 1);
+  ASSERT_WAIT(atomic_load(&e.irr_done), 5000);
+  atomic_store(&e.stop, 1);
+  thread_join(tb);
+  volatile int irr = 1;
+  AME_ATOMIC(tx) {
+    irr = ame_tx_is_irrevocable(tx);
+    ASSERT_EQ(ame_tx_irrevocable(tx), 0);
+    ame_store_word_tx(tx, &e.out, 8);
+  }
+  ASSERT_EQ(irr, 0);
+  ASSERT_EQ(e.out, 8);
+  leave_and_shutdown();
+}

@@ -167,9 +167,12 @@ AME_EXTERN int ame_tx_irrevocable(ame_tx_t *tx);
 ** (or aborts, longjmping to *env).  ame_tx_cancel(tx), inside the
 ** transaction, rolls it back and ends it (its abort handlers run); after
 ** an abort, it forgets the attempts (escalation, the irrevocability token
-** an escalation took).  ame_tx_last_cause() says why the last attempt
-** aborted (and sets *addr to the word concerned, or 0):
-** AME_ABORT_CAPACITY means running it again cannot succeed.
+** an escalation took).  A transaction that the contention manager made
+** irrevocable can still be cancelled (and still aborts with
+** AME_ABORT_CAPACITY); one that called ame_tx_irrevocable() cannot.
+** ame_tx_last_cause() says why the last attempt aborted (and sets *addr
+** to the word concerned, or 0): AME_ABORT_CAPACITY means running it again
+** cannot succeed.
 ** ame_tx_validate() checks every read so far and aborts if one was
 ** overwritten (e.g. before trusting data read outside the STM, such as a
 ** heap blob; ame/heap.h). */
