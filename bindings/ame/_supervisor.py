@@ -272,7 +272,7 @@ def _becomeWorker(state, reactor, workers, grace, timeout):
         port._shouldShutdown = False
         if os.environ.get("AME_RUN_GREEDY_ACCEPT") != "1":
             _acceptOneAtATime(port)
-    beat = _Heartbeat(reactor, timeout)
+    beat = _Heartbeat(reactor, timeout, ports)
     stop = _GracefulStop(reactor, ports, grace)
     reactor.callWhenRunning(beat.start)
     # Twisted installs reactor.sigInt/sigTerm at run(): use ours instead.
@@ -341,7 +341,8 @@ def _adoptInherited():
     In a reload's candidate: make C{tcp.Port.startListening} use the
     running service's listening socket for the address it asks for, when
     there is one (the same socket, so that no connection waiting in it is
-    lost when the old workers stop).
+    lost when the old workers stop).  A port asked for as 0 takes the first
+    one left on the same host: the service keeps its port.
     """
     import _ame_run
 
@@ -363,10 +364,14 @@ def _adoptInherited():
     startListening = tcp.Port.startListening
 
     def startListeningAdopting(self):
-        if self._preexistingSocket is None and self.port != 0:
+        if self._preexistingSocket is None:
             want = _normalAddress((self.interface or "", self.port))
-            for fd, (family, addr) in list(available.items()):
-                if family == self.addressFamily and addr == want:
+            for fd, (family, addr) in sorted(available.items()):
+                # Port 0 (the kernel's choice): the first one left on that
+                # host, so that the service keeps its port across reloads.
+                if family == self.addressFamily and (
+                        addr == want or
+                        (want[1] == 0 and addr[0] == want[0])):
                     del available[fd]
                     skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
                     skt.setblocking(False)
@@ -406,14 +411,20 @@ class _Heartbeat:
     serves; the last, at shutdown, leaves its final counts.
 
     Requests are counted where twisted.web finishes them
-    (C{HTTPChannel.requestDone}); at the request limit the supervisor gave
-    this worker (--max-requests), it beats at once, asking to be replaced.
+    (C{HTTPChannel.requestDone}).  At the request limit the supervisor gave
+    this worker (--max-requests), it beats at once, asking to be replaced,
+    stops accepting (the connections that arrive meanwhile wait in the
+    slot's socket for the replacement, which the supervisor starts at
+    once) and answers the next request of each of its connections with
+    "Connection: close" (so the clients reconnect, to the replacement).
+    The supervisor stops it once the replacement serves.
     """
 
-    def __init__(self, reactor, timeout):
+    def __init__(self, reactor, timeout, ports):
         import _ame_run
 
         self.reactor = reactor
+        self.ports = ports
         self.interval = min(1.0, timeout / 4.0) if timeout > 0 else 1.0
         self.requests = 0
         self.limit = _ame_run.max_requests()
@@ -432,11 +443,22 @@ class _Heartbeat:
         def requestDoneCounted(self, request):
             beat.requests += 1
             if beat.requests == beat.limit:
-                beat.asked = True
-                beat.beat()
+                beat.reachedLimit()
             return requestDone(self, request)
 
         http.HTTPChannel.requestDone = requestDoneCounted
+
+    def reachedLimit(self):
+        from twisted.web.http import HTTPChannel
+
+        self.asked = True
+        self.beat()
+        for port in self.ports:
+            port.stopReading()
+        for transport in _connections(self.reactor):
+            protocol = _unwrap(transport.protocol)
+            if isinstance(protocol, HTTPChannel):
+                protocol.checkPersistence = _closeAfter
 
     def start(self):
         from twisted.internet import task

@@ -110,6 +110,7 @@ int ame_reload_template(void (*candidate)(void *data), void *data) {
   close(sv[0]);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(0);
+  prctl(PR_SET_NAME, "ame-template");
   struct sigaction sa, old_chld;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;
@@ -133,6 +134,7 @@ int ame_reload_template(void (*candidate)(void *data), void *data) {
       close(sv[1]);
       sigaction(SIGCHLD, &old_chld, NULL);
       prctl(PR_SET_PDEATHSIG, SIGKILL);
+      prctl(PR_SET_NAME, "ame-reload");
       ame_reload_set_candidate(fds[m.n], m.root, fds, m.idx, m.n);
       candidate(data);
       _exit(1);

@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,6 +79,7 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
   }
   int rc = ame_reload__send(Z.ctl, &m, NULL, 0);
   if (rc < 0) return rc;
+  prctl(PR_SET_NAME, "ame-zygote");
   /* From here on the zygote only forks: stop signals are left pending
   ** (the workers unblock them), and it ends when the supervisor closes
   ** the control socket. */
@@ -116,6 +118,7 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
       close(pp[0]);
       close(pp[1]);
       if (wait_reparent() < 0) _exit(1);
+      prctl(PR_SET_NAME, "ame");
       if (after_child) after_child(data);
       close(Z.ctl);
       Z.ctl = -1;
