@@ -10,6 +10,7 @@
 #include "page.h"
 #include "supervise.h"
 
+#include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -62,6 +63,8 @@ struct sup_state {
   unsigned reload_failures;
   double start_time;    /* monotonic seconds */
   double last_sample;
+  int child_slot;       /* in a new worker: its id */
+  sigset_t old_mask;    /* the caller's signal mask, for the workers */
 };
 
 extern struct sup_state ame_sup;
@@ -75,6 +78,26 @@ void ame_sup_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A slot's counters (AME_PAGE_COUNTERS) over all its processes, ended
 ** and running, into out. */
 void ame_sup_counters(unsigned slot, uint64_t *out);
+
+/* Live worker processes. */
+unsigned ame_sup_live(void);
+
+/* How long to wait before restarting slot sl, whose process started at
+** started ended now; doubles while it keeps dying young. */
+double ame_sup_backoff(struct sup_slot *sl, double started, double now);
+
+/* Fork a worker process for slot from generation gen.  Return its record's
+** index in the supervisor, -1 if it could not be forked (logged), or -2 in
+** the new worker (S.child_slot is its id). */
+int ame_sup_fork(unsigned slot, unsigned gen, double now);
+
+/* Start slot's process (a first start or a restart).  Return as
+** ame_sup_fork, having scheduled a retry after a failure. */
+int ame_sup_start_slot(unsigned slot, double now);
+
+/* In a new worker (supervise.c): put the caller's signal handlers back and
+** close the self-pipe. */
+void ame_sup_child_signals(void);
 
 /* Start a replacement for slot's process from generation gen (recycling,
 ** reload), beside it.  Return its record's index, -1 if it could not be

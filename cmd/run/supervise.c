@@ -67,8 +67,6 @@ static struct {
   int failed;         /* the exit status will be 1 */
   int starting;       /* the first start is not over */
   int resize;         /* TTIN/TTOU deferred while a reload runs */
-  int child_slot;     /* in a new worker: its id */
-  sigset_t old_mask;  /* the caller's, for the children */
   struct sigaction old[16];
   int saved[16];      /* old[k] holds the caller's action for HANDLED[k] */
 } L;
@@ -135,193 +133,13 @@ static void on_signal(int signo) {
   errno = saved;
 }
 
-static unsigned live_procs(void) {
-  unsigned n = 0;
-  for (unsigned i = 0; i < AME_SUP_PROCS; i++) n += S.p[i].state != P_FREE;
-  return n;
-}
-
-void ame_sup_counters(unsigned slot, uint64_t *out) {
-  memcpy(out, S.s[slot].done, sizeof S.s[slot].done);
-  for (unsigned i = 0; i < AME_SUP_PROCS; i++) {
-    if (S.p[i].state == P_FREE || S.p[i].slot != slot) continue;
-    ame_page_entry_t *e = ame_page_entry(i);
-    for (unsigned k = 0; k < AME_PAGE_NCOUNTERS; k++)
-      out[k] += atomic_load_explicit(&e->c[k], memory_order_relaxed);
-  }
-}
-
-/* ---- forking --------------------------------------------------------- */
-
-/* In a new worker: put the caller's signal handlers back and close
-** everything of the supervisor's. */
-static void child_setup(void) {
+/* In a new worker: the caller's signal handlers back, the self-pipe
+** closed. */
+void ame_sup_child_signals(void) {
   for (unsigned k = 0; k < NHANDLED; k++)
     if (L.saved[k]) sigaction(HANDLED[k], &L.old[k], NULL);
   close(L.sigpipe[0]);
   close(L.sigpipe[1]);
-  ame_out_forget();
-  ame_metrics_forget();
-  ame_reload_forget();
-  for (unsigned s = 0; s <= AME_SUP_MAX_WORKERS; s++) {
-    free(S.s[s].rate);
-    free(S.s[s].busy);
-  }
-  free(S.s);
-}
-
-/* How long to wait before restarting slot sl (its process just ended). */
-static double next_backoff(struct sup_slot *sl, double started, double now) {
-  if (sl->backoff == 0 || now - started >= AME_SUP_BACKOFF_RESET_S)
-    sl->backoff = AME_SUP_BACKOFF_MIN_S;
-  else if ((sl->backoff *= 2) > AME_SUP_BACKOFF_MAX_S)
-    sl->backoff = AME_SUP_BACKOFF_MAX_S;
-  return sl->backoff;
-}
-
-/* Fork a worker process for slot from generation gen.  Return its record's
-** index in the supervisor, -1 if it could not be forked (logged), or -2 in
-** the new worker (L.child_slot is its id). */
-static int fork_proc(unsigned slot, unsigned gen, double now) {
-  int i = -1;
-  for (unsigned k = 0; k < AME_SUP_PROCS; k++)
-    if (S.p[k].state == P_FREE) {
-      i = (int)k;
-      break;
-    }
-  int out[2] = {-1, -1}, err[2] = {-1, -1}, e = EAGAIN;
-  int fds[AME_LST_MAX], lerr;
-  unsigned nfds = ame_lst_slot_fds(slot, fds, &lerr);
-  if (lerr)
-    ame_sup_say("worker %u: cannot make a listening socket of its own "
-                "(%s); it shares worker 1's", slot, strerror(lerr));
-  if (i < 0) goto fail;
-  if (ame_out_reserve(1) < 0) {
-    e = ENOMEM;
-    goto fail;
-  }
-  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
-    e = errno;
-    goto fail;
-  }
-  uint64_t maxreq = 0;
-  if (S.cfg->max_requests) {
-    maxreq = S.cfg->max_requests;
-    if (S.cfg->max_requests_jitter)
-      maxreq += (uint64_t)random() % (S.cfg->max_requests_jitter + 1);
-  }
-  ame_page_reset((unsigned)i, maxreq);
-  pid_t pid;
-  if (gen > 0) {
-    pid = ame_reload_fork(gen, slot, (unsigned)i, out[1], err[1], fds, nfds);
-    if (pid < 0) e = -pid;
-  } else {
-    sigset_t block, prev;
-    sigfillset(&block);
-    sigprocmask(SIG_BLOCK, &block, &prev);
-    if (S.cfg->before_fork) S.cfg->before_fork(S.cfg->data);
-    pid = fork();
-    if (pid == 0) {
-      if (S.cfg->after_fork_child) S.cfg->after_fork_child(S.cfg->data);
-      pid_t self = S.self;
-      sigset_t mask = L.old_mask;
-      double deadline = S.cfg->grace_s + AME_SUP_KILL_SLACK_S;
-      child_setup();
-      /* fds 0-2 are open (ame_supervise), so the pipes are above 2. */
-      dup2(out[1], 1);
-      dup2(err[1], 2);
-      close(out[0]), close(out[1]), close(err[0]), close(err[1]);
-      ame_lst_worker(slot, NULL);
-      int orphan = ame_page_worker_setup((unsigned)i, self, deadline) < 0;
-      /* Stop signals wait until the worker can handle them. */
-      sigaddset(&mask, SIGINT);
-      sigaddset(&mask, SIGTERM);
-      sigprocmask(SIG_SETMASK, &mask, NULL);
-      if (orphan) kill(getpid(), SIGTERM); /* the supervisor is gone */
-      L.child_slot = (int)slot;
-      return -2;
-    }
-    e = errno;
-    if (S.cfg->after_fork_parent) S.cfg->after_fork_parent(S.cfg->data);
-    sigprocmask(SIG_SETMASK, &prev, NULL);
-  }
-  close(out[1]);
-  close(err[1]);
-  if (pid < 0) {
-    close(out[0]);
-    close(err[0]);
-    out[0] = err[0] = -1;
-    goto fail;
-  }
-  S.p[i] = (struct sup_proc){.state = P_STARTING, .pid = pid, .slot = slot,
-                             .gen = gen, .started = now};
-  ame_out_add(out[0], 1, slot);
-  ame_out_add(err[0], 2, slot);
-  if (gen > 0)
-    ame_sup_say("worker %u started (pid %d, generation %u)", slot, (int)pid,
-                gen);
-  else
-    ame_sup_say("worker %u started (pid %d)", slot, (int)pid);
-  return i;
-fail:
-  for (int k = 0; k < 2; k++) {
-    if (out[k] >= 0) close(out[k]);
-    if (err[k] >= 0) close(err[k]);
-  }
-  ame_sup_say("cannot start worker %u: %s", slot,
-              i < 0 ? "too many worker processes" : strerror(e));
-  return -1;
-}
-
-/* Start slot's process (a first start or a restart).  Return as
-** fork_proc, having scheduled a retry after a failure. */
-static int start_slot(unsigned slot, double now) {
-  struct sup_slot *sl = &S.s[slot];
-  sl->restart_at = 0;
-  int i = fork_proc(slot, S.gen, now);
-  if (i >= 0) sl->cur = i;
-  if (i == -1) {
-    double d = next_backoff(sl, now, now);
-    sl->restart_at = now + d;
-    ame_sup_say("worker %u: trying again in %g s", slot, d);
-  }
-  return i;
-}
-
-/* Ask process i to stop gracefully (SIGTERM); kill it if it has not
-** stopped grace + slack seconds from now. */
-void ame_sup_stop_proc(int i, double now) {
-  struct sup_proc *p = &S.p[i];
-  if (p->state == P_STOPPING || p->state == P_HUNG) return;
-  p->state = P_STOPPING;
-  p->deadline = now + S.cfg->grace_s + AME_SUP_KILL_SLACK_S;
-  kill(p->pid, SIGTERM);
-}
-
-/* Start a replacement for slot's process from generation gen (recycling,
-** reload).  Return as fork_proc. */
-int ame_sup_replace(unsigned slot, unsigned gen, double now) {
-  struct sup_slot *sl = &S.s[slot];
-  if (sl->next >= 0) ame_sup_stop_proc(sl->next, now);
-  sl->next = -1;
-  int i = fork_proc(slot, gen, now);
-  if (i >= 0) sl->next = i;
-  return i;
-}
-
-/* Slot's replacement serves: it takes over, the old one stops. */
-void ame_sup_take_over(unsigned slot, double now) {
-  struct sup_slot *sl = &S.s[slot];
-  if (sl->next < 0) return;
-  if (sl->cur >= 0) ame_sup_stop_proc(sl->cur, now);
-  sl->cur = sl->next;
-  sl->next = -1;
-}
-
-/* Is process i serving (has its reactor sent a heartbeat)? */
-int ame_sup_ready(int i) {
-  ame_page_entry_t *e = ame_page_entry((unsigned)i);
-  return e && atomic_load_explicit(&e->beat_ns, memory_order_acquire) != 0;
 }
 
 /* ---- reaping --------------------------------------------------------- */
@@ -378,7 +196,7 @@ static void ended(int i, int st, double now) {
       ame_sup_say("worker %u (pid %d) exited (%s); not restarted", p.slot,
                   (int)p.pid, how);
     } else {
-      double d = next_backoff(sl, p.started, now);
+      double d = ame_sup_backoff(sl, p.started, now);
       sl->restart_at = now + d;
       sl->restarts++;
       ame_sup_say("worker %u (pid %d) %s (%s); restarting in %g s", p.slot,
@@ -390,7 +208,7 @@ static void ended(int i, int st, double now) {
     if (ame_reload_busy() && p.gen > S.gen) {
       ame_reload_worker_failed(i, how, now);
     } else {
-      double d = next_backoff(sl, p.started, now);
+      double d = ame_sup_backoff(sl, p.started, now);
       sl->retry_at = now + d;
       ame_sup_say("worker %u's replacement (pid %d) died before serving "
                   "(%s); worker %u goes on, trying again in %g s", p.slot,
@@ -437,7 +255,7 @@ static void kill_all(int signo) {
 static void force(const char *why) {
   L.state = FORCED;
   L.failed = 1;
-  ame_sup_say("%s: killing %u worker(s)", why, live_procs());
+  ame_sup_say("%s: killing %u worker(s)", why, ame_sup_live());
   kill_all(SIGKILL);
 }
 
@@ -450,7 +268,7 @@ static void global_stop(int signo, double now, const char *why) {
     S.s[s].restart_at = S.s[s].retry_at = 0;
   if (why)
     ame_sup_say("%s: stopping %u worker(s) gracefully (a second signal "
-                "kills them)", why, live_procs());
+                "kills them)", why, ame_sup_live());
   for (unsigned i = 0; i < AME_SUP_PROCS; i++) {
     struct sup_proc *p = &S.p[i];
     if (p->state == P_FREE) continue;
@@ -477,7 +295,7 @@ static void forward(int signo) {
   ame_sup_say("%s: passed on to %u worker(s)", signame(signo), n);
 }
 
-/* SIGTTIN (+1) or SIGTTOU (-1).  Return as fork_proc (or 0). */
+/* SIGTTIN (+1) or SIGTTOU (-1).  Return as ame_sup_fork (or 0). */
 static int resize(int by, double now) {
   if (ame_reload_busy()) {
     L.resize += by;
@@ -495,7 +313,7 @@ static int resize(int by, double now) {
     sl->active = 1;
     sl->backoff = 0;
     ame_sup_say("SIGTTIN: %u workers", S.nslots);
-    return start_slot(slot, now);
+    return ame_sup_start_slot(slot, now);
   }
   if (S.nslots <= 1) {
     ame_sup_say("SIGTTOU: 1 worker left; not removing it");
@@ -516,7 +334,7 @@ static int resize(int by, double now) {
 /* ---- checks ---------------------------------------------------------- */
 
 /* Heartbeats, limits, replacements that became ready, kill deadlines.
-** Return as fork_proc (or 0). */
+** Return as ame_sup_fork (or 0). */
 static int check(double now) {
   double timeout = S.cfg->timeout_s;
   int all_ready = 1;
@@ -632,7 +450,7 @@ static int setup(const ame_sup_config_t *cfg) {
   }
   if (cfg->reload_fd >= 0) prctl(PR_SET_CHILD_SUBREAPER, 1);
   srandom((unsigned)S.self ^ (unsigned)time(NULL));
-  sigprocmask(SIG_SETMASK, NULL, &L.old_mask);
+  sigprocmask(SIG_SETMASK, NULL, &S.old_mask);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
@@ -669,7 +487,7 @@ static void teardown(void) {
     if (L.saved[k]) sigaction(HANDLED[k], &L.old[k], NULL);
 }
 
-/* Handle the signals the self-pipe holds.  Return as fork_proc (or 0). */
+/* Handle the signals the self-pipe holds.  Return as ame_sup_fork (or 0). */
 static int signals(double now) {
   unsigned char sig[64];
   ssize_t n;
@@ -699,7 +517,7 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
   if (rc < 0) return rc;
   double now = ame_sup_now();
   for (unsigned s = 1; s <= cfg->workers; s++)
-    if (start_slot(s, now) == -2) return L.child_slot;
+    if (ame_sup_start_slot(s, now) == -2) return S.child_slot;
 
   struct pollfd *pfds = NULL;
   size_t npcap = 0;
@@ -715,7 +533,7 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
     if (L.state == RUNNING)
       for (unsigned s = 1; s <= S.nslots; s++)
         if (S.s[s].cur < 0 && S.s[s].restart_at > 0 &&
-            S.s[s].restart_at <= now && start_slot(s, now) == -2)
+            S.s[s].restart_at <= now && ame_sup_start_slot(s, now) == -2)
           goto child;
     if (now >= next_check) {
       if (check(now) == -2) goto child;
@@ -726,7 +544,7 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
       S.last_sample = now;
     }
     /* Done when no worker runs and none is due to restart. */
-    int busy = live_procs() > 0;
+    int busy = ame_sup_live() > 0;
     if (L.state == RUNNING)
       for (unsigned s = 1; s <= S.nslots; s++)
         busy |= S.s[s].restart_at > 0;
@@ -768,5 +586,5 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
   return 0;
 child:
   free(pfds);
-  return L.child_slot;
+  return S.child_slot;
 }
