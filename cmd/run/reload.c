@@ -90,7 +90,8 @@ int ame_reload__recv(int sock, struct msg *m, int *fds) {
 
 /* ---- the template ---------------------------------------------------- */
 
-int ame_reload_template(void (*candidate)(void *data), void *data) {
+int ame_reload_template(void (*candidate)(void *data),
+                        void (*exited)(void *data, int pid), void *data) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     return -errno;
@@ -111,12 +112,14 @@ int ame_reload_template(void (*candidate)(void *data), void *data) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(0);
   prctl(PR_SET_NAME, "ame-template");
-  struct sigaction sa, old_chld;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = SIG_IGN;
-  sa.sa_flags = SA_NOCLDWAIT; /* candidates are reaped by the kernel */
-  sigaction(SIGCHLD, &sa, &old_chld);
   for (;;) {
+    /* Reap the candidates (zygotes) that ended, and let the caller give
+    ** back what they held (their slots in the shared heap). */
+    pid_t c;
+    while ((c = waitpid(-1, NULL, WNOHANG)) > 0)
+      if (exited) exited(data, (int)c);
+    struct pollfd pfd = {.fd = sv[1], .events = POLLIN};
+    if (poll(&pfd, 1, 1000) <= 0) continue;
     struct msg m;
     int fds[MAX_FDS];
     int n = ame_reload__recv(sv[1], &m, fds);
@@ -129,10 +132,9 @@ int ame_reload_template(void (*candidate)(void *data), void *data) {
       while (n > 0) close(fds[--n]);
       continue;
     }
-    pid_t c = fork();
+    c = fork();
     if (c == 0) {
       close(sv[1]);
-      sigaction(SIGCHLD, &old_chld, NULL);
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       prctl(PR_SET_NAME, "ame-reload");
       ame_reload_set_candidate(fds[m.n], m.root, fds, m.idx, m.n);

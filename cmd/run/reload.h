@@ -30,11 +30,13 @@
 
 /* Fork the template.  It runs candidate(data) in a new child for every
 ** request, once ame_reload_set_candidate() has recorded what came with
-** it; candidate must not return (it exits).  Return
+** it; candidate must not return (it exits).  When it reaps a candidate
+** (a zygote that ended), it calls exited(data, pid) (may be NULL).  Return
 ** the supervisor's end of the template's socket, or a negative errno
 ** value.  The template ends when that socket is closed (with the process
 ** that holds it). */
-int ame_reload_template(void (*candidate)(void *data), void *data);
+int ame_reload_template(void (*candidate)(void *data),
+                        void (*exited)(void *data, int pid), void *data);
 
 /* ---- in the supervisor ----------------------------------------------- */
 

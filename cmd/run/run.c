@@ -78,8 +78,9 @@ static void after_fork_child(void *data) {
   PyOS_AfterFork_Child();
 }
 
-/* A worker is gone: give back what it held in the shared heap at once
-** (its locks, a write-back it had decided), before anyone waits for it. */
+/* A worker (or, in the reload template, a zygote) is gone: give back what
+** it held in the shared heap at once (its locks, a write-back it had
+** decided), before anyone waits for it. */
 static void worker_exited(void *data, int pid) {
   (void)data;
   if (shared_heap) ame_heap_recover_pid(shared_heap, pid);
@@ -457,6 +458,7 @@ static int run_main(struct opts *o) {
     ** (it ends when template_fd closes). */
     int rc = ame_page_create();
     if (rc == 0) rc = template_fd = ame_reload_template(candidate_main,
+                                                        worker_exited,
                                                         &run_opts);
     if (rc < 0) {
       fprintf(stderr, "%s: cannot set up the supervisor: %s\n", o->cmd,

@@ -30,7 +30,8 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             worker, a third SIGTTOU is refused: process counts checked
   reload    under `ame load`, SIGHUP with a new program version: the new
             workers serve the new version, the old ones are gone, load
-            sees no error and no non-2xx; a broken program's reload fails
+            sees no error and no non-2xx, and the new workers map the
+            same shared heap; a broken program's reload fails
             and the old workers go on; a storm of 10 SIGHUPs under load
             ends with exactly 2 workers of the last version, no error
   recycle   --max-requests 40 under `ame load`: workers are replaced (with
@@ -358,6 +359,7 @@ def case_reload(ame):
     if port is None:
         return srv.stop(signal.SIGKILL)
     old = wait_workers_serving(port, [1, 2])
+    heap0 = http_get(port, timeout=5)[1]['x-heap']
     lt = load_bg(port, 4)
     time.sleep(1)  # under load (the load's length decides nothing)
     with open(os.path.join(d, 'version'), 'w') as f:
@@ -377,6 +379,10 @@ def case_reload(ame):
     versions = _versions(port)
     check(versions == {'1': '2', '2': '2'},
           'both workers run the new version: %s' % versions)
+    heaps = {http_get(port, timeout=5)[1]['x-heap'] for _ in range(10)}
+    check(len(heaps) == 1 and heaps.pop().endswith(' mapped') and
+          heap0.endswith(' mapped') and heap0 in _heaps(port),
+          'the new workers map the same shared heap (%s)' % heap0)
     check(len(worker_procs(srv)) == 2, '2 worker processes')
 
     # A broken program: the reload fails, the old workers go on.
@@ -412,6 +418,10 @@ def case_reload(ame):
           % (_versions(port), worker_procs(srv)))
     rc = srv.stop()
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
+def _heaps(port):
+    return {http_get(port, timeout=5)[1]['x-heap'] for _ in range(10)}
 
 
 def _reload_state(srv):

@@ -17,8 +17,10 @@ reactor starts (a failed start).  Paths:
     /grow    keeps 200 MiB in this process, then "grown\\n"
     /count   this process's served count so far (this request included)
 
-Every response carries X-Worker (AME_WORKER), X-Worker-Pid, X-Version and
-X-Nofile (the soft RLIMIT_NOFILE).  At shutdown each process prints
+Every response carries X-Worker (AME_WORKER), X-Worker-Pid, X-Version,
+X-Nofile (the soft RLIMIT_NOFILE) and X-Heap: AME_SHARED_HEAP (where the
+supervisor made the heap the workers share) and whether this process has
+memory mapped there ("ADDR mapped").  At shutdown each process prints
 "served N requests" (stdout).
 """
 import os
@@ -51,6 +53,7 @@ class Root(web.Resource):
         request.setHeader(b"x-version", version.encode())
         request.setHeader(b"x-nofile", str(resource.getrlimit(
             resource.RLIMIT_NOFILE)[0]).encode())
+        request.setHeader(b"x-heap", heap_mapped().encode())
         if request.path == b"/hang":
             hang_forever()
         if request.path == b"/grow":
@@ -65,6 +68,19 @@ class Root(web.Resource):
             task.deferLater(reactor, 1.0, later)
             return server.NOT_DONE_YET
         return b"hello\n"
+
+
+def heap_mapped():
+    addr = os.environ.get("AME_SHARED_HEAP")
+    if not addr:
+        return "none"
+    a = int(addr, 16)
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= a < hi:
+                return "%s mapped" % addr
+    return "%s not mapped" % addr
 
 
 def hang_forever():
