@@ -44,6 +44,7 @@ _IDLE_CLOSE_S = 1.0
 
 
 class _State:
+    inWorker = False  # this process is a worker (of this process's run)
     ran = False  # the program called reactor.run()
     worker = None  # the worker id, in a worker
     pidfile = None  # twistd's pid file (absolute), if it writes one
@@ -255,6 +256,7 @@ def _becomeWorker(state, reactor, workers, grace, timeout):
     reactor._core.close()
     wid = _ame_run.supervise(workers, grace, state.pidfile, listeners)
     state.worker = wid
+    _State.inWorker = True
     # A worker, from here on.
     os.environ["AME_WORKER"] = str(wid)
     os.environ["AME_WORKERS"] = str(workers)
@@ -317,6 +319,11 @@ def _serviceListeners(reuseport):
 
         class _ServiceSocket(socket.socket):
             def bind(self, address):
+                if _State.inWorker:
+                    # A listener a worker opens after reactor.run(): each
+                    # worker binds its own, on the same port.
+                    self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT,
+                                    1)
                 socket.socket.bind(self, address)
                 if reuseport:
                     self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT,
@@ -430,6 +437,7 @@ class _Heartbeat:
         self.limit = _ame_run.max_requests()
         self.asked = False
         self.aborts = 0
+        self.last = {}
         self.tick = _ame_run.tick
         self._countRequests()
         reactor.addSystemEventTrigger("after", "shutdown", self.beat)
@@ -469,9 +477,11 @@ class _Heartbeat:
 
     def beat(self):
         try:
-            st = self.reactor.ameStats()
+            st = self.last = self.reactor.ameStats()
         except Exception:
-            st = {}
+            # The core is gone (the last beat, at shutdown): its last
+            # figures stand.
+            st = self.last
         g = st.get
         counters = (self.requests, g("accepted", 0), g("streams_open", 0),
                     g("callbacks", 0), g("fd_events", 0),

@@ -18,7 +18,8 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             of 40 requests
   inuse     a second `ame run` (2 workers, then 1) on the port a running
             one serves fails with "Address already in use", exit 1,
-            nothing of it left; the first still serves
+            nothing of it left; the first still serves; a port each
+            worker opens after reactor.run() is served by both
   nofile    under a soft descriptor limit of 256 and a hard one of 4096,
             the workers run with 4096
   pidfile   --pid-file holds the supervisor's pid while it runs and is
@@ -234,10 +235,15 @@ def _quiet(port, path):
 
 
 def case_inuse(ame):
-    srv = start(['run', '--workers', '2', APP, '0'])
+    late = free_port()
+    srv = start(['run', '--workers', '2', APP, '0'],
+                env={'SUP_LATE_PORT': str(late)})
     port = serving(srv, 2, 'first service')
     if port is None:
         return srv.stop(signal.SIGKILL)
+    seen = wait_workers_serving(late, [1, 2])
+    check(sorted(seen) == [1, 2], 'a port each worker opens after '
+          'reactor.run() is served by both: %s' % seen)
     for workers in ('2', '1'):
         rc, out, err = run_ame(ame, ['run', '--workers', workers, APP,
                                      str(port)])

@@ -8,7 +8,8 @@ With STATE_DIR, setup reads STATE_DIR/version (the program's "code
 version": a reload runs setup again and must see a new one) and raises
 RuntimeError if STATE_DIR/broken exists (a reload of a broken program).
 With SUP_FAIL_WORKER=N in the environment, worker N exits with status 3 as its
-reactor starts (a failed start).  Paths:
+reactor starts (a failed start).  With SUP_LATE_PORT=P, each worker also
+listens on port P once its reactor runs (a listener of its own).  Paths:
 
     /        "hello\\n"
     /hang    never answers: the handler loops in Python forever (first,
@@ -108,5 +109,9 @@ p = reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
 print("listening on %d" % p.getHost().port, flush=True)
 if os.environ.get("SUP_FAIL_WORKER"):
     reactor.callWhenRunning(fail_at_start)
+if os.environ.get("SUP_LATE_PORT"):
+    # A listener each worker opens on its own, after reactor.run().
+    reactor.callWhenRunning(reactor.listenTCP, int(os.environ[
+        "SUP_LATE_PORT"]), site, interface="127.0.0.1")
 reactor.addSystemEventTrigger("after", "shutdown", bye)
 reactor.run()
