@@ -230,7 +230,8 @@ def main():
                  fmt=lambda x: "%d" % x),
     ]
     out = {"machine": machine,
-           "settings": {"command": command_line(), "workers": args.workers, "threads": args.threads,
+           "settings": {"command": command_line(), "workers": args.workers,
+                        "threads": args.threads,
                         "connections": args.conns,
                         "duration_s": args.duration, "reps": args.reps,
                         "max_requests": args.max_requests,

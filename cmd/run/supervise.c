@@ -186,7 +186,7 @@ static void ended(int i, int st, double now) {
     }
     if (p.state == P_STOPPING) {
       /* asked to stop: nothing to restart */
-    } else if (sl->next >= 0) { /* its replacement was starting: it takes over */
+    } else if (sl->next >= 0) { /* its replacement takes over */
       sl->cur = sl->next;
       sl->next = -1;
       sl->restarts++;
