@@ -95,8 +95,12 @@ int ame_sup_fork(unsigned slot, unsigned gen, double now);
 ** ame_sup_fork, having scheduled a retry after a failure. */
 int ame_sup_start_slot(unsigned slot, double now);
 
-/* In a new worker (supervise.c): put the caller's signal handlers back and
-** close the self-pipe. */
+/* Close the metrics server and the reload sockets and free the slots (the
+** supervisor ends, or in a new worker). */
+void ame_sup_release(void);
+
+/* In a new worker, and at the supervisor's end (supervise.c): put the
+** caller's signal handlers back and close the self-pipe. */
 void ame_sup_child_signals(void);
 
 /* Start a replacement for slot's process from generation gen (recycling,

@@ -474,17 +474,8 @@ static int setup(const ame_sup_config_t *cfg) {
 
 static void teardown(void) {
   ame_out_drain(DRAIN_S);
-  ame_metrics_forget();
-  ame_reload_forget();
-  for (unsigned s = 0; s <= AME_SUP_MAX_WORKERS; s++) {
-    free(S.s[s].rate);
-    free(S.s[s].busy);
-  }
-  free(S.s);
-  close(L.sigpipe[0]);
-  close(L.sigpipe[1]);
-  for (unsigned k = 0; k < NHANDLED; k++)
-    if (L.saved[k]) sigaction(HANDLED[k], &L.old[k], NULL);
+  ame_sup_release();
+  ame_sup_child_signals(); /* the caller's handlers back, as in a worker */
 }
 
 /* Handle the signals the self-pipe holds.  Return as ame_sup_fork (or 0). */

@@ -43,6 +43,10 @@ void ame_sup_counters(unsigned slot, uint64_t *out) {
 static void child_setup(void) {
   ame_sup_child_signals();
   ame_out_forget();
+  ame_sup_release();
+}
+
+void ame_sup_release(void) {
   ame_metrics_forget();
   ame_reload_forget();
   for (unsigned s = 0; s <= AME_SUP_MAX_WORKERS; s++) {
@@ -50,6 +54,7 @@ static void child_setup(void) {
     free(S.s[s].busy);
   }
   free(S.s);
+  S.s = NULL;
 }
 
 /* How long to wait before restarting slot sl (its process just ended). */
