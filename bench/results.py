@@ -34,6 +34,7 @@ RUNNERS = (
     ("reactor", "reactor_bench.py", "Reactor"),
     ("twisted", "twisted_bench.py", "Twisted"),
     ("load", "load_bench.py", "`ame load` against wrk"),
+    ("supervisor", "supervisor_bench.py", "The `ame run` supervisor"),
 )
 
 
@@ -257,8 +258,31 @@ def load_section(d):
                        "wrk / ame load", "errors wrk / ame load"], body)]
 
 
+def supervisor_section(d):
+    s = d["settings"]
+    body = []
+    for r in d["rows"]:
+        body.append([r["config"], fmt_rate(r["rps_median"]),
+                     spread(r["rps_min"], r["rps_max"]),
+                     fmt_ratio(r["rps_vs_plain"]),
+                     fmt_us(r["p99_median_us"] / 1000.0),
+                     fmt_ratio(r["p99_vs_plain"]),
+                     "%d / %d" % (r["errors"], r["non2xx"]),
+                     str(r["reloads"] or r["recycled"] or "-")])
+    return ["examples/python/web.py under `ame run --workers %d`, `ame load "
+            "-t%d -c%d -d%ds`: plain; --metrics (with /metrics fetched every "
+            "second); a SIGHUP reload a third of the way in; "
+            "--max-requests %d (recycling all through the run):"
+            % (s["workers"], s["threads"], s["connections"],
+               s["duration_s"], s["max_requests"]),
+            "", table(["config", "req/s", "min-max", "req/s x plain",
+                       "p99 ms (whole run)", "p99 x plain",
+                       "errors / non-2xx", "reloads / recycled"], body)]
+
+
 SECTIONS = {"stm": stm_section, "reactor": reactor_section,
-            "twisted": twisted_section, "load": load_section}
+            "twisted": twisted_section, "load": load_section,
+            "supervisor": supervisor_section}
 
 
 # ---- the file -----------------------------------------------------------------

@@ -9,12 +9,18 @@ C{reactor.run()}:
 
   - with one worker, the real C{run()} runs: exactly C{ame.reactor.install()}
     followed by the program;
-  - with N workers, the process becomes the supervisor
+  - with N workers (or a supervisor of one: --max-requests, --max-rss,
+    --metrics), the process becomes the supervisor
     (C{_ame_run.supervise()}, which never returns there) and each forked
     worker comes back here, starts a new C reactor core
     (C{reactor._reinitAfterFork()}), installs the graceful stop
-    (L{_GracefulStop}) and runs the real C{run()} on the listening sockets
-    the setup created.
+    (L{_GracefulStop}) and the heartbeat (L{_Heartbeat}), and runs the real
+    C{run()} on the listening sockets the setup created (each worker's
+    slot's own: the supervisor puts them in place, C{cmd/run/listeners.h});
+  - in a reload's candidate (a fresh run of the program on SIGHUP,
+    C{cmd/run/reload.h}), the setup adopts the running service's listening
+    sockets by address (L{_adoptInherited}), and at C{reactor.run()} the
+    process becomes the zygote that forks the new workers.
 
 Errors in the program's setup become one line, C{"ame run: PROGRAM: Type:
 message (at file:line)"}, and exit status 1.
@@ -33,16 +39,19 @@ __all__ = ["main"]
 
 # How often a stopping worker looks at its connections.
 _DRAIN_POLL_S = 0.05
+# A stopping worker closes a keep-alive connection idle for this long.
+_IDLE_CLOSE_S = 1.0
 
 
 class _State:
+    inWorker = False  # this process is a worker (of this process's run)
     ran = False  # the program called reactor.run()
     worker = None  # the worker id, in a worker
     pidfile = None  # twistd's pid file (absolute), if it writes one
 
 
 def main(cmd, mode, target, python, args, workers, grace, sockets, io,
-         verbose):
+         verbose, supervised=None, timeout=0.0):
     """
     Run the program as C{ame run} / C{ame twistd} and return the exit status.
 
@@ -58,7 +67,13 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, io,
     @param io: C{"thread"} or C{"inline"}: the reactor's I/O mode
         (L{ame.reactor.AMEReactor}), in the setup and in every worker.
     @param verbose: print the traceback after the one line of an error.
+    @param supervised: run a supervisor (default: with more than one
+        worker).
+    @param timeout: the supervisor's --timeout: a worker whose heartbeat is
+        older is hung (0: no check); the heartbeat beats four times in it.
     """
+    if supervised is None:
+        supervised = workers > 1
     label = target if mode != "twistd" else None
     if mode == "path":
         if not os.path.exists(target):
@@ -80,7 +95,7 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, io,
 
     state = _State()
     try:
-        _install(state, workers, grace, sockets, io)
+        _install(state, workers, grace, sockets, io, supervised, timeout)
         if mode == "path":
             import runpy
 
@@ -112,7 +127,7 @@ def main(cmd, mode, target, python, args, workers, grace, sockets, io,
     return 0
 
 
-def _install(state, workers, grace, sockets, io):
+def _install(state, workers, grace, sockets, io, supervised, timeout):
     """
     Install the ame reactor and wrap its C{run}: return the reactor.
     """
@@ -122,14 +137,14 @@ def _install(state, workers, grace, sockets, io):
     from twisted.internet import reactor
 
     _daemonizeHooks(reactor)
-    if workers > 1 and sockets == "reuseport":
-        _reusePortForTCP()
+    if supervised:
+        _serviceListeners(sockets == "reuseport")
     realRun = reactor.run
 
     def run(*args, **kwargs):
         state.ran = True
-        if workers > 1:
-            _becomeWorker(state, reactor, workers, grace, sockets)
+        if supervised:
+            _becomeWorker(state, reactor, workers, grace, timeout)
         return realRun(*args, **kwargs)
 
     run.__doc__ = realRun.__doc__
@@ -198,12 +213,13 @@ def _reinitAfterFork(reactor):
         waker._core = reactor._core
 
 
-def _becomeWorker(state, reactor, workers, grace, sockets):
+def _becomeWorker(state, reactor, workers, grace, timeout):
     """
-    At C{reactor.run()} with N workers: fork them and supervise them (this
-    process never returns from here); in each worker, set the reactor up
-    for the worker's life and return.
+    At C{reactor.run()} with a supervisor: fork the workers and supervise
+    them (this process never returns from here); in each worker, set the
+    reactor up for the worker's life and return.
     """
+    import faulthandler
     import threading
 
     from twisted.internet.interfaces import IListeningPort
@@ -226,23 +242,41 @@ def _becomeWorker(state, reactor, workers, grace, sockets):
             "ame run: warning: %d other thread(s) running at reactor.run(); "
             "they do not exist in the workers\n" % (others,)
         )
+    # The TCP listeners the supervisor hands out per worker slot (and to a
+    # reload's new program).
+    listeners = []
+    for port in ports:
+        skt = getattr(port, "socket", None)
+        if skt is not None and _isTCP(skt):
+            listeners.append((skt.fileno(), getattr(port, "backlog", 50)))
     # Whatever is buffered would be written once per worker.
     _flush()
     # The core's C thread would not survive fork(); stop it here, where no
     # reactor will run again.  Each worker starts its own.
     reactor._core.close()
-    wid = _ame_run.supervise(workers, grace, state.pidfile)
+    wid = _ame_run.supervise(workers, grace, state.pidfile, listeners)
     state.worker = wid
+    _State.inWorker = True
     # A worker, from here on.
     os.environ["AME_WORKER"] = str(wid)
     os.environ["AME_WORKERS"] = str(workers)
+    # SIGABRT (a hung worker, killed by the supervisor) prints the Python
+    # traceback of every thread to the worker's stderr (fd 2: twistd may
+    # have replaced sys.stderr) before the process dies.
+    try:
+        faulthandler.enable(file=2, all_threads=True)
+    except (OSError, RuntimeError, ValueError):
+        pass
     _reinitAfterFork(reactor)
     for port in ports:
-        if sockets == "reuseport" and wid > 1 and _ownSocket(port):
-            continue
+        # The socket is shared with the supervisor (and with a replacement
+        # worker): closing this copy must not shut it down for them.
+        port._shouldShutdown = False
         if os.environ.get("AME_RUN_GREEDY_ACCEPT") != "1":
             _acceptOneAtATime(port)
+    beat = _Heartbeat(reactor, timeout, ports)
     stop = _GracefulStop(reactor, ports, grace)
+    reactor.callWhenRunning(beat.start)
     # Twisted installs reactor.sigInt/sigTerm at run(): use ours instead.
     reactor.sigInt = stop.onSignal
     reactor.sigTerm = stop.onSignal
@@ -255,75 +289,220 @@ def _becomeWorker(state, reactor, workers, grace, sockets):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
-def _reusePortForTCP():
+def _isTCP(skt):
+    import socket
+
+    try:
+        return (skt.family in (socket.AF_INET, socket.AF_INET6)
+                and skt.type == socket.SOCK_STREAM)
+    except OSError:
+        return False
+
+
+def _serviceListeners(reuseport):
     """
-    Make every TCP listening socket Twisted creates from now on
-    C{SO_REUSEPORT} (set before C{bind()}), so that the workers can each
-    bind a socket of their own to the same address (L{_ownSocket}).
+    Make every TCP listening socket Twisted creates from now on the
+    service's own: bound without C{SO_REUSEPORT}, so that the address must
+    be free (a second C{ame run} on a port this one serves fails with
+    "address already in use", as gunicorn and nginx do), and made
+    C{SO_REUSEPORT} once bound when C{reuseport}, so that the supervisor
+    can bind each worker slot a socket of its own to the same address
+    (C{cmd/run/listeners.h}).  In a reload's candidate, a port whose
+    address the running service listens on adopts its socket instead
+    (L{_adoptInherited}).
     """
     import socket
 
     from twisted.internet import tcp
 
-    if not hasattr(socket, "SO_REUSEPORT"):
+    if hasattr(socket, "SO_REUSEPORT"):
+
+        class _ServiceSocket(socket.socket):
+            def bind(self, address):
+                if _State.inWorker:
+                    # A listener a worker opens after reactor.run(): each
+                    # worker binds its own, on the same port.
+                    self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT,
+                                    1)
+                socket.socket.bind(self, address)
+                if reuseport:
+                    self.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT,
+                                    1)
+
+        create = tcp.Port.createInternetSocket
+
+        def createInternetSocket(self):
+            s = create(self)
+            if s.family not in (socket.AF_INET, socket.AF_INET6):
+                return s
+            new = _ServiceSocket(s.family, s.type, s.proto, s.detach())
+            new.setblocking(False)
+            return new
+
+        tcp.Port.createInternetSocket = createInternetSocket
+    _adoptInherited()
+
+
+def _adoptInherited():
+    """
+    In a reload's candidate: make C{tcp.Port.startListening} use the
+    running service's listening socket for the address it asks for, when
+    there is one (the same socket, so that no connection waiting in it is
+    lost when the old workers stop).  A port asked for as 0 takes the first
+    one left on the same host: the service keeps its port.
+    """
+    import _ame_run
+
+    fds = _ame_run.inherited()
+    if not fds:
         return
-    create = tcp.Port.createInternetSocket
-
-    def createInternetSocket(self):
-        s = create(self)
-        if s.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            except OSError:
-                pass
-        return s
-
-    tcp.Port.createInternetSocket = createInternetSocket
-
-
-def _ownSocket(port):
-    """
-    In worker 2..N: give C{port} a listening socket of this worker's own,
-    bound to the same address with C{SO_REUSEPORT}, in place of its copy of
-    the setup's socket (which worker 1 goes on serving; the supervisor
-    keeps it open, so the address stays bound whatever the workers do).
-    The kernel then spreads new connections over the workers' sockets by a
-    hash of their addresses.  Return False (and leave the port alone) when
-    the port's socket was not made with C{SO_REUSEPORT} (a UNIX socket, an
-    adopted one) or the new socket cannot be bound.
-    """
     import socket
 
-    skt = getattr(port, "socket", None)
-    if skt is None or not hasattr(socket, "SO_REUSEPORT"):
-        return False
+    from twisted.internet import tcp
+
+    available = {}
+    for fd in fds:
+        try:
+            s = socket.socket(fileno=fd)
+            available[fd] = (s.family, _normalAddress(s.getsockname()))
+            s.detach()
+        except OSError:
+            pass
+    startListening = tcp.Port.startListening
+
+    def startListeningAdopting(self):
+        if self._preexistingSocket is None:
+            want = _normalAddress((self.interface or "", self.port))
+            for fd, (family, addr) in sorted(available.items()):
+                # Port 0 (the kernel's choice): the first one left on that
+                # host, so that the service keeps its port across reloads.
+                if family == self.addressFamily and (
+                        addr == want or
+                        (want[1] == 0 and addr[0] == want[0])):
+                    del available[fd]
+                    skt = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+                    skt.setblocking(False)
+                    self._preexistingSocket = skt
+                    break
+        return startListening(self)
+
+    tcp.Port.startListening = startListeningAdopting
+
+
+def _normalAddress(addr):
+    """(host, port) with the wildcard and numeric forms of a host made
+    one."""
+    import ipaddress
+
+    host, port = addr[0], addr[1]
+    if host in ("", "0.0.0.0"):
+        host = "0.0.0.0"
+    else:
+        try:
+            host = str(ipaddress.ip_address(host.split("%")[0]))
+        except ValueError:
+            pass
+    return host, port
+
+
+class _Heartbeat:
+    """
+    A worker's heartbeat: a reactor timer that tells the supervisor, through
+    the page it shares with it (C{_ame_run.tick}, C{cmd/run/page.h}), that
+    this worker's reactor loop runs, with its counters: requests served,
+    the reactor's and the STM's (C{reactor.ameStats()}), and the hottest
+    STM conflicts when there are any.  It beats four times per --timeout
+    (at most once a second), so a worker whose loop is stuck (a handler in
+    an endless loop) stops beating and the supervisor replaces it.  The
+    first beat, as the reactor starts, tells the supervisor the worker
+    serves; the last, at shutdown, leaves its final counts.
+
+    Requests are counted where twisted.web finishes them
+    (C{HTTPChannel.requestDone}).  At the request limit the supervisor gave
+    this worker (--max-requests), it beats at once, asking to be replaced,
+    stops accepting (the connections that arrive meanwhile wait in the
+    slot's socket for the replacement, which the supervisor starts at
+    once) and answers the next request of each of its connections with
+    "Connection: close" (so the clients reconnect, to the replacement).
+    The supervisor stops it once the replacement serves.
+    """
+
+    def __init__(self, reactor, timeout, ports):
+        import _ame_run
+
+        self.reactor = reactor
+        self.ports = ports
+        self.interval = min(1.0, timeout / 4.0) if timeout > 0 else 1.0
+        self.requests = 0
+        self.limit = _ame_run.max_requests()
+        self.asked = False
+        self.aborts = 0
+        self.last = {}
+        self.tick = _ame_run.tick
+        self._countRequests()
+        reactor.addSystemEventTrigger("after", "shutdown", self.beat)
+
+    def _countRequests(self):
+        from twisted.web import http
+
+        requestDone = http.HTTPChannel.requestDone
+        beat = self
+
+        def requestDoneCounted(self, request):
+            beat.requests += 1
+            if beat.requests == beat.limit:
+                beat.reachedLimit()
+            return requestDone(self, request)
+
+        http.HTTPChannel.requestDone = requestDoneCounted
+
+    def reachedLimit(self):
+        from twisted.web.http import HTTPChannel
+
+        self.asked = True
+        self.beat()
+        for port in self.ports:
+            port.stopReading()
+        for transport in _connections(self.reactor):
+            protocol = _unwrap(transport.protocol)
+            if isinstance(protocol, HTTPChannel):
+                protocol.checkPersistence = _closeAfter
+
+    def start(self):
+        from twisted.internet import task
+
+        self.loop = task.LoopingCall(self.beat)
+        self.loop.clock = self.reactor
+        self.loop.start(self.interval, now=True)
+
+    def beat(self):
+        try:
+            st = self.last = self.reactor.ameStats()
+        except Exception:
+            # The core is gone (the last beat, at shutdown): its last
+            # figures stand.
+            st = self.last
+        g = st.get
+        counters = (self.requests, g("accepted", 0), g("streams_open", 0),
+                    g("callbacks", 0), g("fd_events", 0),
+                    g("stream_reads", 0), g("stream_sends", 0),
+                    g("python_path", 0), g("stm_commits", 0),
+                    g("stm_aborts", 0))
+        text = None
+        if g("stm_aborts", 0) != self.aborts:
+            self.aborts = g("stm_aborts", 0)
+            text = _hottest(self.reactor)
+        self.tick(counters, text, self.asked)
+
+
+def _hottest(reactor):
+    """The hottest-conflicts part of the reactor's STM report, or ""."""
     try:
-        if (
-            skt.family not in (socket.AF_INET, socket.AF_INET6)
-            or skt.type != socket.SOCK_STREAM
-            or not skt.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
-        ):
-            return False
-        new = port.createInternetSocket()
-    except OSError:
-        return False
-    try:
-        new.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        new.bind(skt.getsockname())
-        new.listen(port.backlog)
-    except OSError as e:
-        new.close()
-        sys.stderr.write(
-            "ame run: warning: cannot bind a socket of this worker's own "
-            "to %s (%s); sharing the setup's\n" % (skt.getsockname(), e)
-        )
-        return False
-    port.stopReading()
-    port.socket = new
-    port.fileno = new.fileno
-    skt.close()  # this worker's copy; the socket stays open elsewhere
-    port.startReading()
-    return True
+        report = reactor.ameReport()
+    except Exception:
+        return ""
+    at = report.find("hottest conflicts")
+    return report[at:].strip()[:470] if at >= 0 else ""
 
 
 def _acceptOneAtATime(port):
@@ -355,15 +534,21 @@ def _isInternal(reactor, selectable):
 
 class _GracefulStop:
     """
-    A worker's answer to SIGINT or SIGTERM: stop accepting, let the
-    connections finish what they are doing, then stop the reactor.
+    A worker's answer to SIGINT or SIGTERM (the supervisor sends SIGTERM to
+    stop it, to replace it, or to end a generation after a reload): stop
+    accepting, let the connections finish what they are doing, then stop
+    the reactor.
 
-      - Every listening port the setup opened stops listening (this closes
-        the worker's copy of the socket only).
+      - Every listening port the setup opened stops listening, after the
+        connections already accepted for it (by the C side too) are taken:
+        this closes the worker's copy of the socket only; the supervisor
+        and any replacement keep it, so that nothing queued on it is lost.
       - An HTTP connection (L{twisted.web.http.HTTPChannel}, under TLS too)
-        with no request in flight is closed; one with a request in flight is
-        made non-persistent, so that it closes once the response is
-        written.
+        answers its requests from now on with "Connection: close" and
+        closes once the response is written.  One that stays idle for
+        C{_IDLE_CLOSE_S} (a keep-alive connection with no request coming)
+        is closed: a client's next request is not cut off by a close the
+        moment its previous response went out.
       - Any other connection is closed with C{loseConnection()}: what it
         has written is flushed first, and a producer registered on it
         finishes first (Twisted closes once it unregisters).
@@ -381,6 +566,7 @@ class _GracefulStop:
         self.deadline = None
         self.connections = []
         self.closed = set()
+        self.busy = {}  # id(transport) -> when it last had a request
 
     def onSignal(self, number, frame=None):
         self.reactor._exitSignal = number
@@ -394,10 +580,16 @@ class _GracefulStop:
         log.msg("ame: worker stopping: finishing in-flight requests")
         for port in self.ports:
             try:
+                _drainAccepted(port)
+            except Exception:
+                log.err(None, "ame: taking the accepted connections")
+            try:
                 port.stopListening()
             except Exception:
                 log.err(None, "ame: stopListening")
-        self.deadline = self.reactor.seconds() + self.grace
+        self.begun = self.reactor.seconds()
+        self.deadline = self.begun + self.grace
+        self.idle = min(_IDLE_CLOSE_S, self.grace / 2.0)
         # No server connection can appear once the ports stopped listening:
         # find them once (a scan of every object), then watch that list.
         self.connections = _connections(self.reactor)
@@ -405,37 +597,69 @@ class _GracefulStop:
 
     def check(self):
         left = 0
+        now = self.reactor.seconds()
         for transport in self.connections:
             if not transport.connected:
                 continue
             left += 1
-            self._finish(transport)
-        if left == 0 or self.reactor.seconds() >= self.deadline:
+            self._finish(transport, now)
+        if left == 0 or now >= self.deadline:
             if self.reactor.running:
                 self.reactor.stop()
             return
         self.reactor.callLater(_DRAIN_POLL_S, self.check)
 
-    def _finish(self, transport):
+    def _finish(self, transport, now):
         """
         Ask one connection to close once it has finished; called at every
         check until it has closed.
         """
         from twisted.web.http import HTTPChannel
 
+        if id(transport) in self.closed:
+            return
         protocol = _unwrap(transport.protocol)
         if isinstance(protocol, HTTPChannel):
+            if protocol.__dict__.get("checkPersistence") is not _closeAfter:
+                # Every request from now on is the connection's last (its
+                # headers may still be arriving: it is decided when they
+                # are complete).
+                protocol.checkPersistence = _closeAfter
             if protocol.requests:
-                # Reset at each check: a request whose headers were still
-                # arriving recomputes it when they are complete.
                 protocol.persistent = False
+                self.busy[id(transport)] = now
                 return
-            if id(transport) not in self.closed:
+            since = max(self.busy.get(id(transport), self.begun), self.begun)
+            if now - since >= self.idle:
                 self.closed.add(id(transport))
                 protocol.loseConnection()
-        elif id(transport) not in self.closed:
+        else:
             self.closed.add(id(transport))
             transport.loseConnection()
+
+
+def _closeAfter(request, version):
+    """An C{HTTPChannel.checkPersistence} for a stopping worker: the
+    response says "Connection: close", and the connection closes after
+    it."""
+    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+    return False
+
+
+def _drainAccepted(port):
+    """
+    Take the connections already accepted for C{port} (by the C side, or
+    waiting in this worker's accept loop) before it stops listening, so
+    that closing it does not close them.
+    """
+    port.stopReading()
+    accept = type(port).doRead
+    for _ in range(64):
+        before = getattr(port, "sessionno", 0)
+        port.numberAccepts = 1024
+        accept(port)
+        if getattr(port, "sessionno", 0) == before:
+            break
 
 
 def _unwrap(protocol):

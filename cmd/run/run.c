@@ -10,11 +10,13 @@
 ** variables — so the program sees what `python3 program.py` sees.  The
 ** Python half lives in the ame package (bindings/ame/_supervisor.py): it
 ** installs the ame reactor, wraps `reactor.run` and runs the program with
-** runpy, and turns setup errors into one line.  This file parses the
-** command line, starts Python, calls `ame._supervisor.main()`, and
+** runpy, and turns setup errors into one line.  This file starts the
+** process (the descriptor limit, the pid file, the metrics socket, and for
+** a supervisor the shared heap, the page and the reload template, all
+** before Python), starts Python, calls `ame._supervisor.main()`, and
 ** provides the built-in module `_ame_run`, whose `supervise()` forks the
 ** workers at `reactor.run()` and runs the supervisor (supervise.c) without
-** ever returning to Python in the supervisor.
+** ever returning to Python in the supervisor.  The options are opts.c's.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,45 +24,40 @@
 #include "run.h"
 #include "ame/heap.h"
 #include "ame/stm.h"
+#include "listeners.h"
+#include "metrics.h"
+#include "opts.h"
+#include "page.h"
+#include "reload.h"
 #include "supervise.h"
 
 #include <errno.h>
-#include <getopt.h>
-#include <math.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #ifndef AME_PYTHON
 #define AME_PYTHON "/usr/bin/python3"
 #endif
 
-#define MAX_WORKERS 1024
-#define DEFAULT_GRACE_S 10.0
-
-struct opts {
-  const char *cmd;    /* "ame run" or "ame twistd": the prefix of messages */
-  const char *mode;   /* "path", "module" or "twistd" */
-  const char *target; /* the program, the module, or NULL (twistd) */
-  char **args;        /* the program's arguments */
-  int nargs;
-  unsigned workers;
-  double grace_s;
-  const char *sockets; /* "reuseport" or "shared" */
-  const char *io;      /* "thread", "inline" or "auto" */
-  size_t shared_size;  /* the shared heap's bytes (0: AME_SHARED_SIZE or
-                          the default) */
-  int verbose;
-};
-
 #define DEFAULT_SHARED_SIZE ((size_t)256 << 20)
 
 /* The heap the workers share (ame.shared), made before they are forked. */
 static ame_heap_t *shared_heap;
 
-/* The prefix of the supervisor's log lines, for _ame_run.supervise(). */
-static const char *run_cmd = "ame run";
+/* The options, for _ame_run.supervise() (and a reload's candidate). */
+static struct opts run_opts;
+
+/* Made before Python: the metrics socket (-1: none), the reload template's
+** socket (-1: none). */
+static int metrics_fd = -1, template_fd = -1;
+
+/* The pid file, and the process that may remove it. */
+static pid_t pid_file_owner;
 
 /* ------------------------------------------------------------------------
 ** The built-in module _ame_run.
@@ -81,39 +78,79 @@ static void after_fork_child(void *data) {
   PyOS_AfterFork_Child();
 }
 
-/* A worker is gone: give back what it held in the shared heap at once
-** (its locks, a write-back it had decided), before anyone waits for it. */
+/* A worker (or, in the reload template, a zygote) is gone: give back what
+** it held in the shared heap at once (its locks, a write-back it had
+** decided), before anyone waits for it. */
 static void worker_exited(void *data, int pid) {
   (void)data;
   if (shared_heap) ame_heap_recover_pid(shared_heap, pid);
 }
 
+static void write_pid_file(void);
+
 PyDoc_STRVAR(supervise_doc,
-"supervise(workers, grace, remove_at_exit=None)\n--\n\n"
+"supervise(workers, grace, remove_at_exit=None, listeners=())\n--\n\n"
 "Fork `workers` worker processes and supervise them (ame run --workers).\n"
 "Return the worker id (1..workers) in each worker, which then runs the\n"
 "reactor.  Never return in the supervisor: it exits once every worker\n"
 "has.  A worker that dies is replaced by a new fork of the supervisor,\n"
-"which returns here with the same id.  The supervisor removes the file\n"
-"remove_at_exit (twistd's pid file) when it exits.  Raise OSError if the\n"
-"supervisor cannot be set up.  Call with no other thread running.");
+"which returns here with the same id.  listeners: (fd, backlog) of each\n"
+"TCP listening socket the program made (each worker gets its slot's own:\n"
+"cmd/run/listeners.h).  The supervisor removes the file remove_at_exit\n"
+"(twistd's pid file) when it exits.  In a reload's candidate, become the\n"
+"zygote instead (cmd/run/reload.h).  Raise OSError if the supervisor\n"
+"cannot be set up.  Call with no other thread running.");
 
 static PyObject *run_supervise(PyObject *mod, PyObject *args) {
   (void)mod;
   unsigned workers;
   double grace;
   const char *remove_at_exit = NULL;
-  if (!PyArg_ParseTuple(args, "Id|z:supervise", &workers, &grace,
-                        &remove_at_exit))
+  PyObject *lst = NULL;
+  if (!PyArg_ParseTuple(args, "Id|zO:supervise", &workers, &grace,
+                        &remove_at_exit, &lst))
     return NULL;
-  if (workers < 1 || workers > MAX_WORKERS || !(grace >= 0)) {
+  if (workers < 1 || workers > AME_RUN_MAX_WORKERS || !(grace >= 0)) {
     PyErr_SetString(PyExc_ValueError, "workers 1..1024, grace >= 0");
     return NULL;
   }
+  int fds[AME_LST_MAX], backlogs[AME_LST_MAX];
+  unsigned n = 0;
+  PyObject *seq = lst ? PySequence_Fast(lst, "listeners: a sequence") : NULL;
+  if (lst && seq == NULL) return NULL;
+  for (Py_ssize_t k = 0; seq && k < PySequence_Fast_GET_SIZE(seq); k++) {
+    if (n == AME_LST_MAX) break; /* the rest stay shared */
+    if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "ii", &fds[n],
+                          &backlogs[n])) {
+      Py_DECREF(seq);
+      return NULL;
+    }
+    n++;
+  }
+  Py_XDECREF(seq);
+  double deadline = grace + AME_SUP_KILL_SLACK_S;
+  unsigned ninh;
+  if (ame_reload_inherited(&ninh)) {
+    int r = ame_reload_zygote(fds, n, deadline, before_fork,
+                              after_fork_parent, after_fork_child, NULL);
+    if (r > 0) return PyLong_FromLong(r);
+    errno = -r;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  if (ame_lst_init(fds, backlogs, n, strcmp(run_opts.sockets, "reuseport")
+                                          == 0) < 0)
+    return PyErr_NoMemory();
+  write_pid_file(); /* twistd may have daemonized: the pid is ours now */
   ame_sup_config_t cfg = {
       .workers = workers,
       .grace_s = grace,
-      .name = run_cmd,
+      .timeout_s = run_opts.timeout_s,
+      .max_requests = run_opts.max_requests,
+      .max_requests_jitter = run_opts.max_requests_jitter,
+      .max_rss = run_opts.max_rss,
+      .metrics_fd = metrics_fd,
+      .reload_fd = template_fd,
+      .name = run_opts.cmd,
       .before_fork = before_fork,
       .after_fork_parent = after_fork_parent,
       .after_fork_child = after_fork_child,
@@ -129,12 +166,76 @@ static PyObject *run_supervise(PyObject *mod, PyObject *args) {
   /* The supervisor is done.  Nothing of the program may run here again
   ** (no atexit handlers, no finalizers): they belong to the workers. */
   if (remove_at_exit) unlink(remove_at_exit);
+  if (run_opts.pid_file && pid_file_owner == getpid())
+    unlink(run_opts.pid_file);
   fflush(NULL);
   _exit(status);
 }
 
+PyDoc_STRVAR(tick_doc,
+"tick(counters, text=None, recycle=False)\n--\n\n"
+"In a worker: the heartbeat.  Record the worker's counters (a tuple in\n"
+"cmd/run/page.h's AME_PAGE_COUNTERS order), the text of its hottest STM\n"
+"conflicts (None: unchanged), whether it asks to be replaced (it reached\n"
+"its request limit), and that its reactor runs, now.");
+
+static PyObject *run_tick(PyObject *mod, PyObject *args) {
+  (void)mod;
+  PyObject *counters;
+  const char *text = NULL;
+  int recycle = 0;
+  if (!PyArg_ParseTuple(args, "O!|zp:tick", &PyTuple_Type, &counters, &text,
+                        &recycle))
+    return NULL;
+  uint64_t c[AME_PAGE_NCOUNTERS];
+  unsigned n = 0;
+  for (; n < AME_PAGE_NCOUNTERS && n < PyTuple_GET_SIZE(counters); n++) {
+    c[n] = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(counters, n));
+    if (c[n] == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+  }
+  ame_page_tick(c, n, text, recycle);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(max_requests_doc,
+"max_requests()\n--\n\n"
+"In a worker: the number of requests after which it asks to be replaced\n"
+"(--max-requests plus its jitter), or 0.");
+
+static PyObject *run_max_requests(PyObject *mod, PyObject *unused) {
+  (void)mod;
+  (void)unused;
+  return PyLong_FromUnsignedLongLong(ame_page_max_requests());
+}
+
+PyDoc_STRVAR(inherited_doc,
+"inherited()\n--\n\n"
+"In a reload's candidate: the listening sockets (fds) of the running\n"
+"service, for the program's setup to adopt by address; else None.");
+
+static PyObject *run_inherited(PyObject *mod, PyObject *unused) {
+  (void)mod;
+  (void)unused;
+  unsigned n;
+  const int *fds = ame_reload_inherited(&n);
+  if (fds == NULL) Py_RETURN_NONE;
+  PyObject *l = PyList_New(n);
+  for (unsigned k = 0; l && k < n; k++) {
+    PyObject *v = PyLong_FromLong(fds[k]);
+    if (v == NULL) {
+      Py_CLEAR(l);
+      break;
+    }
+    PyList_SET_ITEM(l, k, v);
+  }
+  return l;
+}
+
 static PyMethodDef run_methods[] = {
     {"supervise", run_supervise, METH_VARARGS, supervise_doc},
+    {"tick", run_tick, METH_VARARGS, tick_doc},
+    {"max_requests", run_max_requests, METH_NOARGS, max_requests_doc},
+    {"inherited", run_inherited, METH_NOARGS, inherited_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -188,30 +289,15 @@ static const char *resolve_io(const struct opts *o) {
   return o->workers >= ame_cpu_count() ? "inline" : "thread";
 }
 
-/* Parse a size: bytes, or with a K, M or G suffix (powers of 1024).
-** Return 0 or -1. */
-static int parse_size(const char *s, size_t *out) {
-  char *end;
-  errno = 0;
-  if (*s < '0' || *s > '9') return -1;
-  unsigned long long v = strtoull(s, &end, 10);
-  unsigned shift = 0;
-  if (*end == 'K' || *end == 'k') shift = 10, end++;
-  else if (*end == 'M' || *end == 'm') shift = 20, end++;
-  else if (*end == 'G' || *end == 'g') shift = 30, end++;
-  if (*end || errno || v == 0 || v > (1ull << 46) >> shift) return -1;
-  *out = (size_t)(v << shift);
-  return 0;
-}
-
-/* With workers, make the heap they share (ame.shared) now, before Python
-** and before any fork, and tell Python where it is (AME_SHARED_HEAP); in
-** one process, ame.shared makes its own when first used, of the size
-** AME_SHARED_SIZE says.  Return 0, or 1 after printing why not. */
+/* With a supervisor, make the heap the workers share (ame.shared) now,
+** before Python and before any fork, and tell Python where it is
+** (AME_SHARED_HEAP); in one process, ame.shared makes its own when first
+** used, of the size AME_SHARED_SIZE says.  Return 0, or 1 after printing
+** why not. */
 static int make_shared_heap(const struct opts *o) {
   size_t size = o->shared_size;
   const char *env = getenv("AME_SHARED_SIZE");
-  if (size == 0 && env && *env && parse_size(env, &size) < 0) {
+  if (size == 0 && env && *env && ame_parse_size(env, &size) < 0) {
     fprintf(stderr, "%s: AME_SHARED_SIZE wants bytes (e.g. 256M), not "
                     "'%s'\n", o->cmd, env);
     return 1;
@@ -220,7 +306,7 @@ static int make_shared_heap(const struct opts *o) {
   char buf[32];
   snprintf(buf, sizeof buf, "%zu", size);
   setenv("AME_SHARED_SIZE", buf, 1);
-  if (o->workers < 2) return 0;
+  if (!ame_run_supervised(o)) return 0;
   ame_heap_config_t cfg = {.size = size};
   int rc = ame_heap_create(NULL, &cfg, &shared_heap);
   if (rc != 0) {
@@ -237,8 +323,6 @@ static int make_shared_heap(const struct opts *o) {
 /* Start Python as AME_PYTHON, run ame._supervisor.main() with o, finish
 ** Python, and return the exit status. */
 static int run_python(const struct opts *o) {
-  run_cmd = o->cmd;
-  if (make_shared_heap(o) != 0) return 1;
   if (PyImport_AppendInittab("_ame_run", PyInit__ame_run) < 0) {
     fprintf(stderr, "%s: cannot register the _ame_run module\n", o->cmd);
     return 1;
@@ -278,10 +362,11 @@ static int run_python(const struct opts *o) {
   }
   PyObject *r = NULL;
   if (args)
-    r = PyObject_CallMethod(mod, "main", "ssssOIdssi", o->cmd, o->mode,
+    r = PyObject_CallMethod(mod, "main", "ssssOIdssiid", o->cmd, o->mode,
                             o->target ? o->target : "", AME_PYTHON, args,
                             o->workers, o->grace_s, o->sockets,
-                            resolve_io(o), o->verbose);
+                            resolve_io(o), o->verbose, ame_run_supervised(o),
+                            o->timeout_s);
   Py_XDECREF(args);
   Py_DECREF(mod);
   if (r == NULL) {
@@ -301,318 +386,112 @@ done:
 }
 
 /* ------------------------------------------------------------------------
-** Command lines.
+** The process, before Python.
 */
 
-static void run_usage(FILE *f) {
-  fprintf(f,
-"usage: ame run [--workers N|auto] [OPTIONS] [--] PROGRAM.py [ARGS...]\n"
-"       ame run [--workers N|auto] [OPTIONS] -m MODULE [ARGS...]\n"
-"\n"
-"Run an unmodified Twisted program on the ame reactor.  The reactor is\n"
-"installed before the program imports anything; then the program runs as\n"
-"'" AME_PYTHON " PROGRAM.py ARGS...' (or '-m MODULE ARGS...') would: same\n"
-"sys.argv, sys.path[0] the program's directory (the current one for -m),\n"
-"same packages (PYTHONPATH is honoured).\n"
-"\n"
-"  -w, --workers N|auto  worker processes: N, or auto: one per CPU this\n"
-"                        process may use (its affinity mask, lowered to its\n"
-"                        cgroup's CPU quota) (default 1)\n"
-"      --grace SECONDS   at a graceful stop, how long a worker waits for its\n"
-"                        connections to finish (default %g)\n"
-"      --sockets reuseport|shared\n"
-"                        how workers share TCP listeners: each its own\n"
-"                        SO_REUSEPORT socket (the default: connections\n"
-"                        spread evenly by a hash), or the setup's socket,\n"
-"                        accepted by whichever worker is free (with few\n"
-"                        long-lived connections this can leave a worker\n"
-"                        with none; see docs/multicore.md)\n"
-"      --io thread|inline|auto\n"
-"                        thread: each process has a C thread that does the\n"
-"                        socket I/O beside the Python thread; inline: no\n"
-"                        such thread, the Python thread steps the C\n"
-"                        reactor itself; auto (the default): inline when\n"
-"                        the workers fill the CPUs this process may use\n"
-"                        (workers >= CPUs), else thread\n"
-"      --shared-size BYTES\n"
-"                        the heap that ame.shared's objects live in, shared\n"
-"                        by the workers (K, M, G suffixes; default\n"
-"                        AME_SHARED_SIZE, else 256M); memory is used only\n"
-"                        as objects fill it\n"
-"  -m MODULE             run a module as a script (the rest are its args)\n"
-"  -v, --verbose         after a setup error's one line, print the traceback\n"
-"  -h, --help            this help\n"
-"\n"
-"--workers 1 (the default) is one process: exactly ame.reactor.install()\n"
-"followed by the program.\n"
-"\n"
-"--workers N > 1: the program's setup (everything before reactor.run()) runs\n"
-"once.  At reactor.run() the process becomes a supervisor and forks N\n"
-"workers; each runs the reactor on the listening sockets the setup created,\n"
-"which all workers share (the kernel spreads the connections, see\n"
-"--sockets).  The\n"
-"supervisor runs no Python code and never accepts.  It\n"
-"  - restarts a worker that dies, after a back-off (0.1 s, doubling up to\n"
-"    10 s while the worker keeps dying within 10 s of its start), and logs\n"
-"    'ame run: worker 2 (pid 1234) died (signal 9); restarting in 0.1 s';\n"
-"  - forwards SIGINT and SIGTERM: each worker stops accepting, lets the\n"
-"    requests in flight finish (at most --grace seconds), then exits; a\n"
-"    second signal kills the workers at once;\n"
-"  - prefixes each line a worker writes to stdout or stderr with '[wN] '.\n"
-"Workers see AME_WORKER=N (1..N) and AME_WORKERS in their environment.  A\n"
-"worker that exits with status 0 on its own is not restarted.  Exit status:\n"
-"0 when every worker ended cleanly, 1 otherwise.\n"
-"\n"
-"PER-WORKER STATE: each worker is a separate process with its own copy of\n"
-"the program's Python state as it was at reactor.run().  Counters, caches,\n"
-"sessions kept in Python objects are per worker and diverge; state that\n"
-"the workers share belongs in ame.shared's objects (dict, counter, queue,\n"
-"channel; docs/shared.md), which live in a heap made before the workers\n"
-"are forked: every worker sees every change, each ame.atomic block is one\n"
-"transaction, and a worker that dies leaves them consistent.  Listeners\n"
-"created after reactor.run() (callWhenRunning, task.react) are made by\n"
-"each worker on its own and are not shared.\n"
-"\n"
-"Errors: a missing file, a syntax error, an exception during setup (a port\n"
-"already in use included), or a program that returns without calling\n"
-"reactor.run() print one line, 'ame run: PROGRAM: ...', and exit 1; nothing\n"
-"is left running.  sys.exit(N) exits N.  Usage errors exit 2.\n"
-"\n"
-"Outside an installed ame, Python must find the ame package: in a build\n"
-"tree, PYTHONPATH=BUILDDIR/bindings:bindings.  See docs/multicore.md.\n",
-          DEFAULT_GRACE_S);
-}
-
-static void twistd_usage(FILE *f) {
-  fprintf(f,
-"usage: ame twistd [--workers N|auto] [--grace SECONDS] [--sockets MODE]\n"
-"                  [--io MODE] [--shared-size BYTES] [--verbose] [--]\n"
-"                  [TWISTD-OPTIONS] SUBCOMMAND [OPTIONS...]\n"
-"\n"
-"Run twistd (twisted.scripts.twistd) with the ame reactor installed: the\n"
-"same as 'twistd --reactor=ame ...', with the reactor preset.  A\n"
-"'--reactor=ame' or '-r ame' among the arguments is dropped; any other\n"
-"reactor is an error.  'ame twistd -- --help' shows twistd's own options.\n"
-"\n"
-"  --workers N|auto   worker processes (default 1), as for 'ame run'\n"
-"  --grace SECONDS    graceful-stop limit per worker (default %g)\n"
-"  --sockets reuseport|shared   as for 'ame run'\n"
-"  --io thread|inline|auto      as for 'ame run'\n"
-"  --shared-size BYTES          as for 'ame run'\n"
-"  --verbose          print the traceback of a setup error\n"
-"  --help             this help\n"
-"\n"
-"With --workers N > 1 the supervisor of 'ame run' applies (see 'ame run\n"
-"--help', including the per-worker state limit): the listeners that\n"
-"twistd's services open before reactor.run() are shared by the workers.\n"
-"That covers strports and endpoint services ('web --listen tcp:8080',\n"
-"'--port'), internet.TCPServer and the like (they listen in\n"
-"privilegedStartService).  With -n (--nodaemon) the supervisor stays in\n"
-"the foreground and twistd's log goes to stdout, prefixed per worker.\n"
-"Daemonized (no -n), the daemon is the supervisor: --pidfile holds its pid\n"
-"and it removes the file when it exits; its own messages (restarts) go to\n"
-"its stderr, which twistd points at /dev/null, so prefer -n under a\n"
-"process manager.\n",
-          DEFAULT_GRACE_S);
-}
-
-/* Print a usage error and return 2. */
-static int usage_error(const char *cmd, const char *fmt, const char *arg) {
-  fprintf(stderr, "ame %s: ", cmd);
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, "\nTry 'ame %s --help'.\n", cmd);
-  return 2;
-}
-
-/* Parse --workers: N in 1..MAX_WORKERS or "auto".  Return 0 or -1. */
-static int parse_workers(const char *s, unsigned *out) {
-  if (strcmp(s, "auto") == 0) {
-    unsigned n = ame_cpu_count();
-    *out = n > MAX_WORKERS ? MAX_WORKERS : n;
-    return 0;
+/* Raise the soft descriptor limit to the hard one (nginx's
+** worker_rlimit_nofile, Go's runtime): a worker under the usual 1024
+** holds about half the connections Twisted's own reactor holds. */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
   }
-  char *end;
-  errno = 0;
-  if (*s < '0' || *s > '9') return -1;
-  unsigned long v = strtoul(s, &end, 10);
-  if (*end || errno || v < 1 || v > MAX_WORKERS) return -1;
-  *out = (unsigned)v;
+}
+
+/* (Re)write the pid file with this process's pid; the first call checks
+** that no live process holds it.  Return 0, or 1 after printing why not. */
+static int pid_file(const struct opts *o, int first) {
+  const char *path = o->pid_file;
+  if (path == NULL) return 0;
+  if (first) {
+    FILE *f = fopen(path, "r");
+    long other = 0;
+    if (f) {
+      if (fscanf(f, "%ld", &other) != 1) other = 0;
+      fclose(f);
+    }
+    if (other > 0 && other != (long)getpid() &&
+        (kill((pid_t)other, 0) == 0 || errno == EPERM)) {
+      fprintf(stderr, "%s: --pid-file %s: already running as pid %ld\n",
+              o->cmd, path, other);
+      return 1;
+    }
+  }
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0 || write(fd, buf, (size_t)n) != n) {
+    fprintf(stderr, "%s: --pid-file %s: %s\n", o->cmd, path,
+            strerror(errno));
+    if (fd >= 0) close(fd);
+    return 1;
+  }
+  close(fd);
+  pid_file_owner = getpid();
   return 0;
 }
 
-/* Parse --grace: seconds, >= 0, at most a day.  Return 0 or -1. */
-static int parse_grace(const char *s, double *out) {
-  char *end;
-  errno = 0;
-  double v = strtod(s, &end);
-  if (end == s || *end || errno || !isfinite(v) || v < 0 || v > 86400)
-    return -1;
-  *out = v;
-  return 0;
+static void write_pid_file(void) {
+  if (run_opts.pid_file && pid_file_owner != getpid())
+    pid_file(&run_opts, 0);
 }
 
-/* Parse --io.  Return 0 or -1. */
-static int parse_io(const char *s, const char **out) {
-  if (strcmp(s, "thread") == 0 || strcmp(s, "inline") == 0 ||
-      strcmp(s, "auto") == 0) {
-    *out = s;
-    return 0;
-  }
-  return -1;
+/* In a reload's candidate (a child of the template): run the program
+** afresh; it becomes the zygote at reactor.run() (_ame_run.supervise). */
+static void candidate_main(void *data) {
+  const struct opts *o = data;
+  fflush(NULL);
+  _exit(run_python(o));
 }
 
-/* Parse --sockets.  Return 0 or -1. */
-static int parse_sockets(const char *s, const char **out) {
-  if (strcmp(s, "reuseport") == 0 || strcmp(s, "shared") == 0) {
-    *out = s;
-    return 0;
+/* Run o: the process set-up, then Python.  Return the exit status. */
+static int run_main(struct opts *o) {
+  run_opts = *o;
+  raise_nofile();
+  int sup = ame_run_supervised(o);
+  if (pid_file(o, 1) != 0) return 1;
+  if (make_shared_heap(o) != 0) goto fail;
+  if (sup) {
+    /* The template first: it must hold nothing but the heap and the page
+    ** (it ends when template_fd closes). */
+    int rc = ame_page_create();
+    if (rc == 0) rc = template_fd = ame_reload_template(candidate_main,
+                                                        worker_exited,
+                                                        &run_opts);
+    if (rc < 0) {
+      fprintf(stderr, "%s: cannot set up the supervisor: %s\n", o->cmd,
+              strerror(-rc));
+      goto fail;
+    }
   }
-  return -1;
+  if (sup && o->metrics) {
+    char err[256];
+    metrics_fd = ame_metrics_listen(o->metrics, err, sizeof err);
+    if (metrics_fd < 0) {
+      fprintf(stderr, "%s: %s\n", o->cmd, err);
+      goto fail;
+    }
+  }
+  int status = run_python(o);
+  /* One process, or the program ended before reactor.run(). */
+  if (o->pid_file && pid_file_owner == getpid()) unlink(o->pid_file);
+  return status;
+fail:
+  if (o->pid_file && pid_file_owner == getpid()) unlink(o->pid_file);
+  if (template_fd >= 0) close(template_fd);
+  return 1;
 }
 
 int ame_run_main(int argc, char **argv) {
-  struct opts o = {.cmd = "ame run", .mode = "path", .workers = 1,
-                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport",
-                   .io = "auto"};
-  static const struct option longopts[] = {
-      {"workers", required_argument, NULL, 'w'},
-      {"grace", required_argument, NULL, 'g'},
-      {"sockets", required_argument, NULL, 's'},
-      {"io", required_argument, NULL, 'i'},
-      {"shared-size", required_argument, NULL, 'S'},
-      {"verbose", no_argument, NULL, 'v'},
-      {"help", no_argument, NULL, 'h'},
-      {NULL, 0, NULL, 0},
-  };
-  int ch;
-  opterr = 0;
-  optind = 1;
-  /* '+': options end at the program; -m ends them too (below). */
-  while ((ch = getopt_long(argc, argv, "+:w:m:vh", longopts, NULL)) != -1) {
-    switch (ch) {
-    case 'w':
-      if (parse_workers(optarg, &o.workers) < 0)
-        return usage_error("run", "--workers wants a number from 1 to 1024 "
-                                  "or 'auto', not '%s'", optarg);
-      break;
-    case 'g':
-      if (parse_grace(optarg, &o.grace_s) < 0)
-        return usage_error("run", "--grace wants seconds (>= 0), not '%s'",
-                           optarg);
-      break;
-    case 's':
-      if (parse_sockets(optarg, &o.sockets) < 0)
-        return usage_error("run", "--sockets wants 'reuseport' or 'shared', "
-                                  "not '%s'", optarg);
-      break;
-    case 'i':
-      if (parse_io(optarg, &o.io) < 0)
-        return usage_error("run", "--io wants 'thread', 'inline' or 'auto', "
-                                  "not '%s'", optarg);
-      break;
-    case 'S':
-      if (parse_size(optarg, &o.shared_size) < 0 ||
-          o.shared_size < ((size_t)4 << 20))
-        return usage_error("run", "--shared-size wants bytes, at least 4M "
-                                  "(e.g. 256M, 2G), not '%s'", optarg);
-      break;
-    case 'm':
-      o.mode = "module";
-      o.target = optarg;
-      break;
-    case 'v':
-      o.verbose = 1;
-      break;
-    case 'h':
-      run_usage(stdout);
-      return 0;
-    case ':':
-      return usage_error("run", "%s needs a value", argv[optind - 1]);
-    default:
-      return usage_error("run", "unknown option '%s'", argv[optind - 1]);
-    }
-    if (o.target) break; /* -m MODULE: the rest is the module's */
-  }
-  if (o.target == NULL) {
-    if (optind >= argc)
-      return usage_error("run", "%s", "which program? (ame run PROGRAM.py)");
-    o.target = argv[optind++];
-    if (*o.target == '\0')
-      return usage_error("run", "%s", "the program's name is empty");
-  } else if (*o.target == '\0') {
-    return usage_error("run", "%s", "-m wants a module name");
-  }
-  o.args = argv + optind;
-  o.nargs = argc - optind;
-  return run_python(&o);
+  struct opts o;
+  int r = ame_run_parse(argc, argv, &o);
+  return r >= 0 ? r : run_main(&o);
 }
 
 int ame_twistd_main(int argc, char **argv) {
-  struct opts o = {.cmd = "ame twistd", .mode = "twistd", .workers = 1,
-                   .grace_s = DEFAULT_GRACE_S, .sockets = "reuseport",
-                   .io = "auto"};
-  /* Only our own leading long options; the first other argument starts
-  ** twistd's (getopt would reject twistd's options). */
-  int i = 1;
-  for (; i < argc; i++) {
-    const char *a = argv[i];
-    const char *val = NULL;
-    int takes = 0; /* 1: --workers, 2: --grace, 3: --sockets, 4: --io,
-                      5: --shared-size */
-    if (strcmp(a, "--") == 0) {
-      i++;
-      break;
-    } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-      twistd_usage(stdout);
-      return 0;
-    } else if (strcmp(a, "--verbose") == 0) {
-      o.verbose = 1;
-      continue;
-    } else if (strncmp(a, "--workers", 9) == 0 && (a[9] == '\0' ||
-                                                   a[9] == '=')) {
-      takes = 1;
-      val = a[9] == '=' ? a + 10 : NULL;
-    } else if (strncmp(a, "--grace", 7) == 0 && (a[7] == '\0' ||
-                                                 a[7] == '=')) {
-      takes = 2;
-      val = a[7] == '=' ? a + 8 : NULL;
-    } else if (strncmp(a, "--sockets", 9) == 0 && (a[9] == '\0' ||
-                                                   a[9] == '=')) {
-      takes = 3;
-      val = a[9] == '=' ? a + 10 : NULL;
-    } else if (strncmp(a, "--io", 4) == 0 && (a[4] == '\0' || a[4] == '=')) {
-      takes = 4;
-      val = a[4] == '=' ? a + 5 : NULL;
-    } else if (strncmp(a, "--shared-size", 13) == 0 &&
-               (a[13] == '\0' || a[13] == '=')) {
-      takes = 5;
-      val = a[13] == '=' ? a + 14 : NULL;
-    } else {
-      break;
-    }
-    if (val == NULL) {
-      if (i + 1 >= argc)
-        return usage_error("twistd", "%s needs a value", a);
-      val = argv[++i];
-    }
-    if (takes == 1 && parse_workers(val, &o.workers) < 0)
-      return usage_error("twistd", "--workers wants a number from 1 to 1024 "
-                                   "or 'auto', not '%s'", val);
-    if (takes == 2 && parse_grace(val, &o.grace_s) < 0)
-      return usage_error("twistd", "--grace wants seconds (>= 0), not '%s'",
-                         val);
-    if (takes == 3 && parse_sockets(val, &o.sockets) < 0)
-      return usage_error("twistd", "--sockets wants 'reuseport' or 'shared', "
-                                   "not '%s'", val);
-    if (takes == 4 && parse_io(val, &o.io) < 0)
-      return usage_error("twistd", "--io wants 'thread', 'inline' or 'auto', "
-                                   "not '%s'", val);
-    if (takes == 5 && (parse_size(val, &o.shared_size) < 0 ||
-                       o.shared_size < ((size_t)4 << 20)))
-      return usage_error("twistd", "--shared-size wants bytes, at least 4M "
-                                   "(e.g. 256M, 2G), not '%s'", val);
-  }
-  o.args = argv + i;
-  o.nargs = argc - i;
-  return run_python(&o);
+  struct opts o;
+  int r = ame_twistd_parse(argc, argv, &o);
+  return r >= 0 ? r : run_main(&o);
 }

@@ -3,129 +3,92 @@
 ** (supervise.h, docs/multicore.md).
 **
 ** Shape.  ame_supervise() forks the workers and then loops on poll() over
-** a self-pipe (written by the handlers of SIGINT, SIGTERM and SIGCHLD) and
-** the read ends of every worker's stdout and stderr pipes, until every
+** a self-pipe (written by the signal handlers), the workers' output pipes
+** (output.c), the metrics server's sockets (metrics.c) and a reload's
+** control socket (reload.c), waking at least every AME_SUP_CHECK_S to read
+** the workers' heartbeats and limits in the page (page.h), until every
 ** worker has exited and none is due to be restarted.  It never runs
-** anything of the caller's program; the listening sockets the caller made
-** stay open here (a restarted worker is a fork of this process and needs
-** them) but are never accepted on.
+** anything of the caller's program; the listening sockets stay open here
+** (a restarted worker needs them: listeners.h) but are never accepted on.
 **
-** Output.  Each worker incarnation gets a pipe for stdout and one for
-** stderr; complete lines are copied to the supervisor's fd 1 or 2 with the
-** prefix "[wN] ", one write() per batch of lines, so lines of different
-** workers never interleave within a line.  A line longer than
-** LINE_MAX_BYTES is cut; an unterminated last line is ended with "\n".
-** All output here is write(2), never stdio: a stdio buffer would be copied
-** into every worker forked after it.
+** Slots and processes.  A slot is a worker id (1..N, AME_WORKER); the
+** process serving it changes: a restart after a crash, a replacement
+** (recycling, reload) that starts beside the old one and takes over once
+** its reactor runs (its first heartbeat), after which the old one stops
+** gracefully.  Each process has a record here and the page entry of the
+** same index, which only it writes.
 **
-** Signals passed on.  HUP, USR1 and USR2, when the program has a handler
-** for them, are sent on to every worker (FWD_SIGNALS).
+** Start.  Until every worker of the first start has sent a heartbeat, a
+** worker that ends is a failed start: the others are stopped and the
+** supervisor exits 1 (no half-started service).
 **
-** Signals and fork.  INT, TERM and CHLD are blocked around fork(), and the
-** child puts the caller's handlers and mask back (INT and TERM stay
-** blocked: supervise.h) before anything can be delivered, so a signal that
-** reaches a new worker early is the worker's (the handler also ignores a
-** signal when getpid() is not the supervisor's).  SIGPIPE is ignored here so that a closed stdout costs
-** only the copied lines.
+** Signals.  INT and TERM stop the workers; HUP reloads (reload.c); TTIN
+** and TTOU add or remove the highest worker (never below one); USR1 and
+** USR2, when the program has a handler for them, are passed on to every
+** worker (FWD_SIGNALS).  They are blocked around fork(), and the child puts
+** the caller's handlers and mask back (INT and TERM stay blocked:
+** supervise.h) before anything can be delivered (the handler also ignores
+** a signal when getpid() is not the supervisor's).  SIGPIPE is ignored
+** here so that a closed stdout costs only the copied lines.
 */
 #include "supervise.h"
 
+#include "listeners.h"
+#include "metrics.h"
+#include "output.h"
+#include "reload.h"
+#include "sup_internal.h"
+
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define LINE_MAX_BYTES 65536 /* a longer line is cut into pieces */
-#define READ_CHUNK 65536     /* one read() of a worker's pipe */
-#define DRAIN_S 1.0          /* output is read this long after the last
-                                worker exited (its own children may still
-                                hold the pipe) */
-
-struct worker {
-  pid_t pid;         /* the running process; 0 when none */
-  double started;    /* when it was forked (monotonic seconds) */
-  double restart_at; /* > 0: fork it again at this time */
-  double backoff;    /* the wait before its last restart; 0: none yet */
-};
-
-struct stream {
-  int fd;      /* read end of one incarnation's stdout or stderr pipe */
-  int out;     /* where its lines go: 1 or 2 */
-  unsigned id; /* the worker id, for the prefix */
-  char *buf;   /* the unterminated line so far */
-  size_t len, cap;
-};
+#define DRAIN_S 1.0 /* output is read this long after the last worker
+                       exited (its own children may still hold the pipe) */
 
 enum { RUNNING, STOPPING, FORCED };
 
-/* One supervisor per process (supervise.h): its state is static so that
-** the signal handler can reach the self-pipe. */
+struct sup_state ame_sup;
+#define S ame_sup
+
+/* The loop's own state. */
 static struct {
-  const ame_sup_config_t *cfg;
-  pid_t self;               /* the supervisor's pid */
-  struct worker *w;         /* cfg->workers slots; worker id = index + 1 */
-  struct stream *s;         /* open pipes, any order */
-  size_t ns, scap;
-  char *obuf;               /* output assembled by pump() */
-  size_t ocap;
-  int sigpipe[2];           /* self-pipe: one byte per signal */
-  int state;                /* RUNNING, STOPPING, FORCED */
-  int stop_signo;           /* the signal forwarded to the workers */
-  double kill_at;           /* STOPPING: SIGKILL whoever is left then */
-  int failed;               /* the exit status will be 1 */
-  sigset_t old_mask;        /* the caller's, for the children */
-  struct sigaction old_int, old_term, old_chld, old_pipe;
-  /* HUP, USR1, USR2: forwarded to the workers when the caller has a
-  ** handler for them (FWD_SIGNALS). */
-  struct sigaction old_fwd[3];
-  int fwd[3];
-} S;
+  int sigpipe[2];     /* self-pipe: one byte per signal */
+  int state;          /* RUNNING, STOPPING, FORCED */
+  int stop_signo;     /* the signal forwarded to the workers */
+  int failed;         /* the exit status will be 1 */
+  int starting;       /* the first start is not over */
+  int resize;         /* TTIN/TTOU deferred while a reload runs */
+  struct sigaction old[16];
+  int saved[16];      /* old[k] holds the caller's action for HANDLED[k] */
+} L;
 
-/* Signals passed on to every worker, when the program (the caller) has a
-** handler for them: twistd's SIGUSR1 log rotation, a program's own
-** SIGHUP "reload"; without a handler they keep their default action (the
-** supervisor ends, and its workers with it, as one process would). */
-static const int FWD_SIGNALS[3] = {SIGHUP, SIGUSR1, SIGUSR2};
+/* Signals the supervisor handles (SIGPIPE: ignored). */
+static const int HANDLED[] = {SIGINT,  SIGTERM, SIGCHLD, SIGHUP, SIGTTIN,
+                              SIGTTOU, SIGPIPE, SIGUSR1, SIGUSR2};
+#define NHANDLED (sizeof HANDLED / sizeof HANDLED[0])
+/* Passed on to the workers when the program has a handler for them:
+** twistd's SIGUSR1 log reopening, a program's own USR2; without a handler
+** they keep their default action (the supervisor ends, and its workers
+** with it, as one process would). */
+#define FWD_FIRST 7 /* HANDLED[7..]: USR1, USR2 */
 
-static double now_s(void) {
+double ame_sup_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Write all of p to fd, waiting if fd is non-blocking and full.  Return
-** -1 (and give up) on any other error. */
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t r = write(fd, p, n);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) {
-        struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-        poll(&pfd, 1, 1000);
-        continue;
-      }
-      return -1;
-    }
-    p += r;
-    n -= (size_t)r;
-  }
-  return 0;
-}
-
-/* Log one line "<name>: <message>" on stderr. */
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...) {
-  char line[512];
+void ame_sup_say(const char *fmt, ...) {
+  char line[640];
   int n = snprintf(line, sizeof line, "%s: ", S.cfg->name);
   va_list ap;
   va_start(ap, fmt);
@@ -133,7 +96,7 @@ static void say(const char *fmt, ...) {
   va_end(ap);
   if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
   line[n++] = '\n';
-  write_all(2, line, (size_t)n);
+  ame_write_all(2, line, (size_t)n);
 }
 
 static const char *signame(int signo) {
@@ -143,6 +106,8 @@ static const char *signame(int signo) {
   case SIGHUP: return "SIGHUP";
   case SIGUSR1: return "SIGUSR1";
   case SIGUSR2: return "SIGUSR2";
+  case SIGTTIN: return "SIGTTIN";
+  case SIGTTOU: return "SIGTTOU";
   default: return "signal";
   }
 }
@@ -162,375 +127,430 @@ static void on_signal(int signo) {
   int saved = errno;
   if (getpid() == S.self) {
     unsigned char b = (unsigned char)signo;
-    ssize_t r = write(S.sigpipe[1], &b, 1); /* full: a byte is there */
+    ssize_t r = write(L.sigpipe[1], &b, 1); /* full: a byte is there */
     (void)r;
   }
   errno = saved;
 }
 
-static unsigned live_workers(void) {
-  unsigned n = 0;
-  for (unsigned i = 0; i < S.cfg->workers; i++) n += S.w[i].pid > 0;
-  return n;
+/* In a new worker: the caller's signal handlers back, the self-pipe
+** closed. */
+void ame_sup_child_signals(void) {
+  for (unsigned k = 0; k < NHANDLED; k++)
+    if (L.saved[k]) sigaction(HANDLED[k], &L.old[k], NULL);
+  close(L.sigpipe[0]);
+  close(L.sigpipe[1]);
 }
 
-/* ---- output ---------------------------------------------------------- */
+/* ---- reaping --------------------------------------------------------- */
 
-/* Make room for n more bytes at obuf + used.  Return -1 if malloc fails. */
-static int obuf_reserve(size_t used, size_t n) {
-  if (used + n <= S.ocap) return 0;
-  size_t cap = S.ocap ? S.ocap : 4096;
-  while (cap < used + n) cap *= 2;
-  char *p = realloc(S.obuf, cap);
-  if (p == NULL) return -1;
-  S.obuf = p;
-  S.ocap = cap;
-  return 0;
-}
+static void global_stop(int signo, double now, const char *why);
 
-/* Append "[wN] " + p[0..n) + "\n" to obuf at *used (the data carries its
-** own "\n" unless add_nl). */
-static void obuf_line(size_t *used, unsigned id, const char *p, size_t n,
-                      int add_nl) {
-  char prefix[24];
-  int pn = snprintf(prefix, sizeof prefix, "[w%u] ", id);
-  if (obuf_reserve(*used, (size_t)pn + n + 1) < 0) return; /* dropped */
-  memcpy(S.obuf + *used, prefix, (size_t)pn);
-  memcpy(S.obuf + *used + pn, p, n);
-  *used += (size_t)pn + n;
-  if (add_nl) S.obuf[(*used)++] = '\n';
-}
-
-/* Keep p[0..n) as (the start of) s's unterminated line; cut it into a line
-** of its own once it reaches LINE_MAX_BYTES. */
-static void stream_keep(struct stream *s, size_t *used, const char *p,
-                        size_t n) {
-  while (n > 0) {
-    size_t room = LINE_MAX_BYTES - s->len;
-    size_t take = n < room ? n : room;
-    if (s->cap < s->len + take) {
-      size_t cap = s->cap ? s->cap : 256;
-      while (cap < s->len + take) cap *= 2;
-      char *b = realloc(s->buf, cap);
-      if (b == NULL) return; /* dropped */
-      s->buf = b;
-      s->cap = cap;
+/* Process i (of slot sl) has ended with wait status st. */
+static void ended(int i, int st, double now) {
+  struct sup_proc p = S.p[i];
+  struct sup_slot *sl = &S.s[p.slot];
+  int was_ready = ame_sup_ready(i);
+  char how[64];
+  describe(st, how, sizeof how);
+  int clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  ame_page_entry_t *e = ame_page_entry((unsigned)i);
+  for (unsigned k = 0; k < AME_PAGE_NCOUNTERS; k++)
+    sl->done[k] += atomic_load_explicit(&e->c[k], memory_order_relaxed);
+  S.p[i].state = P_FREE;
+  if (L.state != RUNNING) {
+    int by_stop = WIFSIGNALED(st) && WTERMSIG(st) == L.stop_signo;
+    if (!clean && !by_stop && p.state != P_HUNG) {
+      L.failed = 1;
+      if (L.state != FORCED)
+        ame_sup_say("worker %u (pid %d) ended with %s", p.slot, (int)p.pid,
+                    how);
     }
-    memcpy(s->buf + s->len, p, take);
-    s->len += take;
-    p += take;
-    n -= take;
-    if (s->len == LINE_MAX_BYTES) {
-      obuf_line(used, s->id, s->buf, s->len, 1);
-      s->len = 0;
-    }
+    if (sl->cur == i) sl->cur = -1;
+    if (sl->next == i) sl->next = -1;
+    return;
   }
-}
-
-/* Read what stream s has and copy its complete lines out.  Return 0 at
-** end of file (the rest of the line is copied out too), 1 otherwise. */
-static int pump(struct stream *s) {
-  char chunk[READ_CHUNK];
-  ssize_t n = read(s->fd, chunk, sizeof chunk);
-  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return 1;
-  size_t used = 0;
-  if (n <= 0) { /* end of file, or an error: the same */
-    if (s->len) obuf_line(&used, s->id, s->buf, s->len, 1);
-    s->len = 0;
-    write_all(s->out, S.obuf, used);
-    return 0;
-  }
-  const char *p = chunk, *end = chunk + n;
-  while (p < end) {
-    const char *nl = memchr(p, '\n', (size_t)(end - p));
-    if (nl == NULL) {
-      stream_keep(s, &used, p, (size_t)(end - p));
-      break;
-    }
-    if (s->len) { /* finish the line begun in an earlier read */
-      stream_keep(s, &used, p, (size_t)(nl + 1 - p));
-      if (s->len) obuf_line(&used, s->id, s->buf, s->len, 0);
-      s->len = 0;
+  if (sl->cur == i) {
+    sl->cur = -1;
+    if (p.state == P_STOPPING) {
+      ame_sup_say("worker %u (pid %d) stopped (%s)", p.slot, (int)p.pid, how);
+    } else if (L.starting && !was_ready) {
+      ame_sup_say("worker %u (pid %d) failed to start (%s); stopping", p.slot,
+                  (int)p.pid, how);
+      L.failed = 1;
+      global_stop(SIGTERM, now, NULL);
+      return;
     } else {
-      obuf_line(&used, s->id, p, (size_t)(nl + 1 - p), 0);
+      snprintf(sl->why, sizeof sl->why, "%s%s",
+               p.state == P_HUNG ? "hung, killed: " : "", how);
     }
-    p = nl + 1;
-  }
-  if (used) write_all(s->out, S.obuf, used);
-  return 1;
-}
-
-static void stream_close(size_t k) {
-  close(S.s[k].fd);
-  free(S.s[k].buf);
-  S.s[k] = S.s[--S.ns];
-}
-
-/* ---- workers --------------------------------------------------------- */
-
-/* In a new worker: put the caller's signal handlers back, close
-** everything of the supervisor's, and move stdout and stderr onto the
-** pipes.  (The caller's signal mask is restored after this.) */
-static void child_setup(int out, int err) {
-  sigaction(SIGINT, &S.old_int, NULL);
-  sigaction(SIGTERM, &S.old_term, NULL);
-  sigaction(SIGCHLD, &S.old_chld, NULL);
-  sigaction(SIGPIPE, &S.old_pipe, NULL);
-  for (int k = 0; k < 3; k++)
-    if (S.fwd[k]) sigaction(FWD_SIGNALS[k], &S.old_fwd[k], NULL);
-  close(S.sigpipe[0]);
-  close(S.sigpipe[1]);
-  for (size_t k = 0; k < S.ns; k++) {
-    close(S.s[k].fd);
-    free(S.s[k].buf);
-  }
-  free(S.s);
-  free(S.obuf);
-  free(S.w);
-  /* fds 0-2 are open (ame_supervise), so out and err are above 2. */
-  dup2(out, 1);
-  dup2(err, 2);
-  close(out);
-  close(err);
-  prctl(PR_SET_PDEATHSIG, SIGTERM);
-  memset(&S, 0, sizeof S);
-}
-
-/* When worker slot i has died: how long to wait before its restart. */
-static double next_backoff(struct worker *w, double now) {
-  if (w->backoff == 0 || now - w->started >= AME_SUP_BACKOFF_RESET_S)
-    w->backoff = AME_SUP_BACKOFF_MIN_S;
-  else if ((w->backoff *= 2) > AME_SUP_BACKOFF_MAX_S)
-    w->backoff = AME_SUP_BACKOFF_MAX_S;
-  return w->backoff;
-}
-
-/* Fork worker slot i.  Return its id in the new worker, 0 in the
-** supervisor (a fork that fails is logged and retried after a back-off). */
-static unsigned start_worker(unsigned i, double now) {
-  struct worker *w = &S.w[i];
-  int out[2] = {-1, -1}, err[2] = {-1, -1}, e;
-  if (S.ns + 2 > S.scap) {
-    size_t cap = S.scap ? 2 * S.scap : 2 * (size_t)S.cfg->workers + 2;
-    struct stream *s = realloc(S.s, cap * sizeof *s);
-    if (s == NULL) {
-      e = ENOMEM;
-      goto fail;
+    if (p.state == P_STOPPING) {
+      /* asked to stop: nothing to restart */
+    } else if (sl->next >= 0) { /* its replacement takes over */
+      sl->cur = sl->next;
+      sl->next = -1;
+      sl->restarts++;
+      ame_sup_say("worker %u (pid %d) %s (%s); its replacement takes over",
+                  p.slot, (int)p.pid, clean ? "exited" : "died", how);
+    } else if (clean && p.state != P_HUNG) {
+      ame_sup_say("worker %u (pid %d) exited (%s); not restarted", p.slot,
+                  (int)p.pid, how);
+    } else {
+      double d = ame_sup_backoff(sl, p.started, now);
+      sl->restart_at = now + d;
+      sl->restarts++;
+      ame_sup_say("worker %u (pid %d) %s (%s); restarting in %g s", p.slot,
+                  (int)p.pid, p.state == P_HUNG ? "was hung and is gone"
+                                                : "died", how, d);
     }
-    S.s = s;
-    S.scap = cap;
+  } else if (sl->next == i) {
+    sl->next = -1;
+    if (ame_reload_busy() && p.gen > S.gen) {
+      ame_reload_worker_failed(i, how, now);
+    } else {
+      double d = ame_sup_backoff(sl, p.started, now);
+      sl->retry_at = now + d;
+      ame_sup_say("worker %u's replacement (pid %d) died before serving "
+                  "(%s); worker %u goes on, trying again in %g s", p.slot,
+                  (int)p.pid, how, p.slot, d);
+    }
+  } else if (p.gen > S.gen && ame_reload_busy()) {
+    ame_reload_worker_failed(i, how, now);
+  } else {
+    ame_sup_say("worker %u (pid %d, replaced) exited (%s)", p.slot,
+                (int)p.pid, how);
   }
-  if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
-    e = errno;
-    goto fail;
+  if (!sl->active && sl->cur < 0 && sl->next < 0) {
+    int left = 0;
+    for (unsigned k = 0; k < AME_SUP_PROCS; k++)
+      left |= S.p[k].state != P_FREE && S.p[k].slot == p.slot;
+    if (!left) ame_lst_drop_slot(p.slot);
   }
-  sigset_t block, prev;
-  sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGTERM);
-  sigaddset(&block, SIGCHLD);
-  for (int k = 0; k < 3; k++)
-    if (S.fwd[k]) sigaddset(&block, FWD_SIGNALS[k]);
-  sigprocmask(SIG_BLOCK, &block, &prev);
-  if (S.cfg->before_fork) S.cfg->before_fork(S.cfg->data);
-  pid_t pid = fork();
-  if (pid == 0) {
-    if (S.cfg->after_fork_child) S.cfg->after_fork_child(S.cfg->data);
-    pid_t self = S.self;
-    sigset_t mask = S.old_mask;
-    child_setup(out[1], err[1]);
-    /* Stop signals wait until the worker can handle them (supervise.h). */
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGTERM);
-    sigprocmask(SIG_SETMASK, &mask, NULL);
-    if (getppid() != self) raise(SIGTERM); /* the supervisor is gone */
-    return i + 1;
-  }
-  e = errno;
-  if (S.cfg->after_fork_parent) S.cfg->after_fork_parent(S.cfg->data);
-  sigprocmask(SIG_SETMASK, &prev, NULL);
-  close(out[1]);
-  close(err[1]);
-  if (pid < 0) {
-    close(out[0]);
-    close(err[0]);
-    goto fail2;
-  }
-  w->pid = pid;
-  w->started = now;
-  w->restart_at = 0;
-  S.s[S.ns++] = (struct stream){.fd = out[0], .out = 1, .id = i + 1};
-  S.s[S.ns++] = (struct stream){.fd = err[0], .out = 2, .id = i + 1};
-  say("worker %u started (pid %d)", i + 1, (int)pid);
-  return 0;
-fail:
-  for (int k = 0; k < 2; k++) {
-    if (out[k] >= 0) close(out[k]);
-    if (err[k] >= 0) close(err[k]);
-  }
-fail2:;
-  w->started = now;
-  double d = next_backoff(w, now);
-  w->restart_at = now + d;
-  say("cannot start worker %u: %s; trying again in %g s", i + 1,
-      strerror(e), d);
-  return 0;
 }
 
-/* Collect every worker that has exited; schedule restarts. */
+/* Collect every process that has exited (workers, and anything else
+** reparented to this subreaper). */
 static void reap(double now) {
   for (;;) {
     int st;
     pid_t pid = waitpid(-1, &st, WNOHANG);
     if (pid < 0 && errno == EINTR) continue;
     if (pid <= 0) return;
-    struct worker *w = NULL;
-    unsigned i;
-    for (i = 0; i < S.cfg->workers; i++)
-      if (S.w[i].pid == pid) {
-        w = &S.w[i];
+    for (unsigned i = 0; i < AME_SUP_PROCS; i++)
+      if (S.p[i].state != P_FREE && S.p[i].pid == pid) {
+        if (S.cfg->worker_exited) S.cfg->worker_exited(S.cfg->data, (int)pid);
+        ended((int)i, st, now);
         break;
       }
-    if (w == NULL) continue; /* not a worker (cannot happen) */
-    w->pid = 0;
-    if (S.cfg->worker_exited) S.cfg->worker_exited(S.cfg->data, (int)pid);
-    char how[64];
-    describe(st, how, sizeof how);
-    int clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
-    if (S.state == RUNNING) {
-      if (clean) {
-        say("worker %u (pid %d) exited (%s); not restarted", i + 1,
-            (int)pid, how);
-      } else {
-        double d = next_backoff(w, now);
-        w->restart_at = now + d;
-        say("worker %u (pid %d) died (%s); restarting in %g s", i + 1,
-            (int)pid, how, d);
-      }
-    } else {
-      int by_stop = WIFSIGNALED(st) && WTERMSIG(st) == S.stop_signo;
-      if (!clean && !by_stop) {
-        S.failed = 1;
-        if (S.state != FORCED)
-          say("worker %u (pid %d) ended with %s", i + 1, (int)pid, how);
-      }
-    }
   }
 }
 
+/* ---- stopping, signals ----------------------------------------------- */
+
 static void kill_all(int signo) {
-  for (unsigned i = 0; i < S.cfg->workers; i++)
-    if (S.w[i].pid > 0) kill(S.w[i].pid, signo);
+  for (unsigned i = 0; i < AME_SUP_PROCS; i++)
+    if (S.p[i].state != P_FREE) kill(S.p[i].pid, signo);
 }
 
 static void force(const char *why) {
-  S.state = FORCED;
-  S.failed = 1;
-  say("%s: killing %u worker(s)", why, live_workers());
+  L.state = FORCED;
+  L.failed = 1;
+  ame_sup_say("%s: killing %u worker(s)", why, ame_sup_live());
   kill_all(SIGKILL);
 }
 
-static void on_stop_signal(int signo, double now) {
-  if (S.state == RUNNING) {
-    S.state = STOPPING;
-    S.stop_signo = signo;
-    S.kill_at = now + S.cfg->grace_s + AME_SUP_KILL_SLACK_S;
-    for (unsigned i = 0; i < S.cfg->workers; i++) S.w[i].restart_at = 0;
-    say("%s: stopping %u worker(s) gracefully (a second signal kills "
-        "them)", signame(signo), live_workers());
-    kill_all(signo);
-  } else if (S.state == STOPPING) {
-    force("second signal");
+/* Stop every worker with signo (why: logged, NULL: already said). */
+static void global_stop(int signo, double now, const char *why) {
+  L.state = STOPPING;
+  L.stop_signo = signo;
+  ame_reload_cancel();
+  for (unsigned s = 1; s <= AME_SUP_MAX_WORKERS; s++)
+    S.s[s].restart_at = S.s[s].retry_at = 0;
+  if (why)
+    ame_sup_say("%s: stopping %u worker(s) gracefully (a second signal "
+                "kills them)", why, ame_sup_live());
+  for (unsigned i = 0; i < AME_SUP_PROCS; i++) {
+    struct sup_proc *p = &S.p[i];
+    if (p->state == P_FREE) continue;
+    if (p->state != P_HUNG) {
+      p->state = P_STOPPING;
+      p->deadline = now + S.cfg->grace_s + AME_SUP_KILL_SLACK_S;
+    }
+    kill(p->pid, signo);
   }
 }
 
-/* A signal the program handles (FWD_SIGNALS): pass it on to every live
-** worker. */
+static void on_stop_signal(int signo, double now) {
+  if (L.state == RUNNING)
+    global_stop(signo, now, signame(signo));
+  else if (L.state == STOPPING)
+    force("second signal");
+}
+
+/* A signal the program handles: pass it on to every live worker. */
 static void forward(int signo) {
   unsigned n = 0;
-  for (unsigned i = 0; i < S.cfg->workers; i++)
-    if (S.w[i].pid > 0 && kill(S.w[i].pid, signo) == 0) n++;
-  say("%s: passed on to %u worker(s)", signame(signo), n);
+  for (unsigned i = 0; i < AME_SUP_PROCS; i++)
+    if (S.p[i].state != P_FREE && kill(S.p[i].pid, signo) == 0) n++;
+  ame_sup_say("%s: passed on to %u worker(s)", signame(signo), n);
+}
+
+/* SIGTTIN (+1) or SIGTTOU (-1).  Return as ame_sup_fork (or 0). */
+static int resize(int by, double now) {
+  if (ame_reload_busy()) {
+    L.resize += by;
+    ame_sup_say("%s: after the reload under way", by > 0 ? "SIGTTIN"
+                                                           : "SIGTTOU");
+    return 0;
+  }
+  if (by > 0) {
+    if (S.nslots >= AME_SUP_MAX_WORKERS) {
+      ame_sup_say("SIGTTIN: already %u workers (the most)", S.nslots);
+      return 0;
+    }
+    unsigned slot = ++S.nslots;
+    struct sup_slot *sl = &S.s[slot];
+    sl->active = 1;
+    sl->backoff = 0;
+    ame_sup_say("SIGTTIN: %u workers", S.nslots);
+    return ame_sup_start_slot(slot, now);
+  }
+  if (S.nslots <= 1) {
+    ame_sup_say("SIGTTOU: 1 worker left; not removing it");
+    return 0;
+  }
+  unsigned slot = S.nslots--;
+  struct sup_slot *sl = &S.s[slot];
+  sl->active = 0;
+  sl->restart_at = sl->retry_at = 0;
+  ame_sup_say("SIGTTOU: %u workers (stopping worker %u)", S.nslots, slot);
+  int none = 1;
+  if (sl->next >= 0) ame_sup_stop_proc(sl->next, now), none = 0;
+  if (sl->cur >= 0) ame_sup_stop_proc(sl->cur, now), none = 0;
+  if (none) ame_lst_drop_slot(slot);
+  return 0;
+}
+
+/* ---- checks ---------------------------------------------------------- */
+
+/* Heartbeats, limits, replacements that became ready, kill deadlines.
+** Return as ame_sup_fork (or 0). */
+static int check(double now) {
+  double timeout = S.cfg->timeout_s;
+  int all_ready = 1;
+  for (unsigned i = 0; i < AME_SUP_PROCS; i++) {
+    struct sup_proc *p = &S.p[i];
+    if (p->state == P_FREE) continue;
+    if ((p->state == P_STOPPING || p->state == P_HUNG) &&
+        now >= p->deadline) {
+      if (L.state == STOPPING) {
+        force("workers still running after the grace period");
+        return 0;
+      }
+      if (L.state == RUNNING && p->state == P_STOPPING)
+        ame_sup_say("worker %u (pid %d) did not stop within the grace "
+                    "period; killing it", p->slot, (int)p->pid);
+      kill(p->pid, SIGKILL);
+      p->deadline = now + 3600;
+      continue;
+    }
+    ame_page_entry_t *e = ame_page_entry(i);
+    uint64_t beat = atomic_load_explicit(&e->beat_ns, memory_order_acquire);
+    if (p->state == P_STARTING && beat) p->state = P_READY;
+    if (p->state == P_STARTING) all_ready = 0;
+    if (L.state != RUNNING || p->state == P_STOPPING || p->state == P_HUNG)
+      continue;
+    double last = beat ? (double)beat / 1e9 : p->started;
+    if (timeout > 0 && now - last > timeout) {
+      char text[160];
+      ame_page_text(i, text, sizeof text);
+      uint64_t req = atomic_load_explicit(&e->c[AME_PAGE_requests],
+                                          memory_order_relaxed);
+      ame_sup_say("worker %u (pid %d) is hung: no heartbeat for %.1f s "
+                  "(%s; %llu requests served, %llu connections open); "
+                  "killing it (SIGABRT for its traceback, then SIGKILL)",
+                  p->slot, (int)p->pid, now - last,
+                  beat ? "its reactor ran before" : "its reactor never ran",
+                  (unsigned long long)req,
+                  (unsigned long long)atomic_load_explicit(
+                      &e->c[AME_PAGE_open], memory_order_relaxed));
+      S.s[p->slot].hung++;
+      p->state = P_HUNG;
+      p->deadline = now + AME_SUP_HUNG_KILL_S;
+      kill(p->pid, SIGABRT);
+      continue;
+    }
+  }
+  if (L.starting && all_ready) {
+    L.starting = 0;
+    ame_sup_say("%u worker(s) serving", S.nslots);
+  }
+  if (L.state != RUNNING) return 0;
+  ame_reload_check(now);
+  for (unsigned s = 1; s <= S.nslots; s++) {
+    struct sup_slot *sl = &S.s[s];
+    if (sl->next >= 0 && !ame_reload_busy() && ame_sup_ready(sl->next)) {
+      ame_sup_take_over(s, now);
+      continue;
+    }
+    if (sl->cur < 0 || sl->next >= 0 || ame_reload_busy() ||
+        S.p[sl->cur].state != P_READY || now < sl->retry_at)
+      continue;
+    ame_page_entry_t *e = ame_page_entry((unsigned)sl->cur);
+    const char *why = NULL;
+    char buf[96];
+    if (atomic_load_explicit(&e->recycle, memory_order_relaxed)) {
+      snprintf(buf, sizeof buf, "served %llu requests (--max-requests)",
+               (unsigned long long)e->max_requests);
+      why = buf;
+    } else if (S.cfg->max_rss && S.p[sl->cur].rss > S.cfg->max_rss) {
+      snprintf(buf, sizeof buf, "RSS %.1f MiB (--max-rss %.0f)",
+               (double)S.p[sl->cur].rss / 1048576.0,
+               (double)S.cfg->max_rss / 1048576.0);
+      why = buf;
+    }
+    if (why) {
+      ame_sup_say("worker %u (pid %d) %s: replacing it", s,
+                  (int)S.p[sl->cur].pid, why);
+      sl->recycled++;
+      snprintf(sl->why, sizeof sl->why, "recycled: %s", why);
+      int r = ame_sup_replace(s, S.gen, now);
+      if (r == -2) return r;
+    }
+  }
+  return 0;
 }
 
 /* ---- the loop -------------------------------------------------------- */
 
-int ame_supervise(const ame_sup_config_t *cfg, int *status) {
+static int setup(const ame_sup_config_t *cfg) {
   memset(&S, 0, sizeof S);
+  memset(&L, 0, sizeof L);
   S.cfg = cfg;
   S.self = getpid();
-  S.sigpipe[0] = S.sigpipe[1] = -1;
+  S.nslots = cfg->workers;
+  S.start_time = ame_sup_now();
+  L.sigpipe[0] = L.sigpipe[1] = -1;
+  L.starting = 1;
   /* fds 0-2 must be open, so that no pipe lands on them. */
   for (int fd = 0; fd <= 2; fd++)
     if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) != fd)
       return -EBADF;
-  S.w = calloc(cfg->workers, sizeof *S.w);
-  if (S.w == NULL) return -ENOMEM;
-  if (pipe2(S.sigpipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+  if (ame_page_entry(0) == NULL && ame_page_create() < 0) return -ENOMEM;
+  S.s = calloc(AME_SUP_MAX_WORKERS + 1, sizeof *S.s);
+  if (S.s == NULL) return -ENOMEM;
+  for (unsigned s = 0; s <= AME_SUP_MAX_WORKERS; s++) {
+    S.s[s].cur = S.s[s].next = -1;
+    S.s[s].active = s >= 1 && s <= cfg->workers;
+  }
+  if (pipe2(L.sigpipe, O_CLOEXEC | O_NONBLOCK) < 0) {
     int e = errno;
-    free(S.w);
+    free(S.s);
     return -e;
   }
+  if (cfg->reload_fd >= 0) prctl(PR_SET_CHILD_SUBREAPER, 1);
+  srandom((unsigned)S.self ^ (unsigned)time(NULL));
   sigprocmask(SIG_SETMASK, NULL, &S.old_mask);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
   sa.sa_flags = SA_NOCLDSTOP;
   sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, &S.old_int);
-  sigaction(SIGTERM, &sa, &S.old_term);
-  sigaction(SIGCHLD, &sa, &S.old_chld);
-  sa.sa_handler = SIG_IGN;
-  sigaction(SIGPIPE, &sa, &S.old_pipe);
-  sa.sa_handler = on_signal;
-  for (int k = 0; k < 3; k++) {
+  for (unsigned k = 0; k < NHANDLED; k++) {
     struct sigaction cur;
-    if (sigaction(FWD_SIGNALS[k], NULL, &cur) != 0) continue;
-    int handled = (cur.sa_flags & SA_SIGINFO) ? cur.sa_sigaction != NULL
-                  : cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN;
-    if (handled && sigaction(FWD_SIGNALS[k], &sa, &S.old_fwd[k]) == 0)
-      S.fwd[k] = 1;
+    if (sigaction(HANDLED[k], NULL, &cur) != 0) continue;
+    if (k >= FWD_FIRST) {
+      int handled = (cur.sa_flags & SA_SIGINFO)
+                        ? cur.sa_sigaction != NULL
+                        : cur.sa_handler != SIG_DFL &&
+                              cur.sa_handler != SIG_IGN;
+      if (!handled) continue;
+    }
+    sa.sa_handler = HANDLED[k] == SIGPIPE ? SIG_IGN : on_signal;
+    if (sigaction(HANDLED[k], &sa, &L.old[k]) == 0) L.saved[k] = 1;
   }
+  return 0;
+}
 
-  for (unsigned i = 0; i < cfg->workers; i++) {
-    unsigned id = start_worker(i, now_s());
-    if (id) return (int)id;
-  }
+static void teardown(void) {
+  ame_out_drain(DRAIN_S);
+  ame_sup_release();
+  ame_sup_child_signals(); /* the caller's handlers back, as in a worker */
+}
+
+/* Handle the signals the self-pipe holds.  Return as ame_sup_fork (or 0). */
+static int signals(double now) {
+  unsigned char sig[64];
+  ssize_t n;
+  while ((n = read(L.sigpipe[0], sig, sizeof sig)) > 0)
+    for (ssize_t k = 0; k < n; k++) {
+      int r = 0;
+      switch (sig[k]) {
+      case SIGINT:
+      case SIGTERM: on_stop_signal(sig[k], now); break;
+      case SIGCHLD: break;
+      case SIGHUP:
+        if (L.state == RUNNING) ame_reload_request(now);
+        break;
+      case SIGTTIN:
+      case SIGTTOU:
+        if (L.state == RUNNING) r = resize(sig[k] == SIGTTIN ? 1 : -1, now);
+        break;
+      default: forward(sig[k]);
+      }
+      if (r == -2) return r;
+    }
+  return 0;
+}
+
+int ame_supervise(const ame_sup_config_t *cfg, int *status) {
+  int rc = setup(cfg);
+  if (rc < 0) return rc;
+  double now = ame_sup_now();
+  for (unsigned s = 1; s <= cfg->workers; s++)
+    if (ame_sup_start_slot(s, now) == -2) return S.child_slot;
 
   struct pollfd *pfds = NULL;
   size_t npcap = 0;
+  double next_check = 0;
   for (;;) {
-    double now = now_s();
+    now = ame_sup_now();
     reap(now);
-    if (S.state == RUNNING)
-      for (unsigned i = 0; i < cfg->workers; i++)
-        if (S.w[i].pid == 0 && S.w[i].restart_at > 0 &&
-            S.w[i].restart_at <= now) {
-          unsigned id = start_worker(i, now);
-          if (id) {
-            free(pfds);
-            return (int)id;
-          }
-        }
-    if (S.state == STOPPING && now >= S.kill_at)
-      force("workers still running after the grace period");
+    if (L.state == RUNNING && !ame_reload_busy() && L.resize) {
+      int by = L.resize > 0 ? 1 : -1;
+      L.resize -= by;
+      if (resize(by, now) == -2) goto child;
+    }
+    if (L.state == RUNNING)
+      for (unsigned s = 1; s <= S.nslots; s++)
+        if (S.s[s].cur < 0 && S.s[s].restart_at > 0 &&
+            S.s[s].restart_at <= now && ame_sup_start_slot(s, now) == -2)
+          goto child;
+    if (now >= next_check) {
+      if (check(now) == -2) goto child;
+      next_check = now + AME_SUP_CHECK_S;
+    }
+    if (now - S.last_sample >= 1.0) {
+      ame_metrics_sample(now);
+      S.last_sample = now;
+    }
     /* Done when no worker runs and none is due to restart. */
-    double next = -1;
-    int busy = live_workers() > 0;
-    if (S.state == RUNNING)
-      for (unsigned i = 0; i < cfg->workers; i++)
-        if (S.w[i].restart_at > 0) {
-          busy = 1;
-          if (next < 0 || S.w[i].restart_at < next) next = S.w[i].restart_at;
-        }
+    int busy = ame_sup_live() > 0;
+    if (L.state == RUNNING)
+      for (unsigned s = 1; s <= S.nslots; s++)
+        busy |= S.s[s].restart_at > 0;
     if (!busy) break;
-    if (S.state == STOPPING && (next < 0 || S.kill_at < next))
-      next = S.kill_at;
-    int timeout = -1;
-    if (next >= 0) timeout = next <= now ? 0 : (int)((next - now) * 1e3) + 1;
+    double next = next_check;
+    if (L.state == RUNNING)
+      for (unsigned s = 1; s <= S.nslots; s++)
+        if (S.s[s].restart_at > 0 && S.s[s].restart_at < next)
+          next = S.s[s].restart_at;
+    int timeout = next <= now ? 0 : (int)((next - now) * 1e3) + 1;
 
-    if (npcap < S.ns + 1) {
-      npcap = S.ns + 1 + cfg->workers * 2;
+    size_t nout = ame_out_count(), nm = ame_metrics_count();
+    size_t want = 2 + nout + nm;
+    if (npcap < want) {
+      npcap = want + 2 * S.nslots + 8;
       struct pollfd *p = realloc(pfds, npcap * sizeof *p);
       if (p == NULL) { /* try again shortly */
         npcap = 0;
@@ -540,59 +560,22 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
       }
       pfds = p;
     }
-    pfds[0] = (struct pollfd){.fd = S.sigpipe[0], .events = POLLIN};
-    for (size_t k = 0; k < S.ns; k++)
-      pfds[k + 1] = (struct pollfd){.fd = S.s[k].fd, .events = POLLIN};
-    size_t np = S.ns + 1;
-    if (poll(pfds, np, timeout) < 0) continue; /* EINTR */
-    now = now_s();
-    if (pfds[0].revents) {
-      unsigned char sig[64];
-      ssize_t n;
-      while ((n = read(S.sigpipe[0], sig, sizeof sig)) > 0)
-        for (ssize_t k = 0; k < n; k++)
-          if (sig[k] == SIGINT || sig[k] == SIGTERM)
-            on_stop_signal(sig[k], now);
-          else if (sig[k] != SIGCHLD)
-            forward(sig[k]);
-    }
-    /* Streams: walk backwards, stream_close() moves the last into k. */
-    for (size_t k = np - 1; k >= 1; k--)
-      if (pfds[k].revents && !pump(&S.s[k - 1])) stream_close(k - 1);
-  }
-
-  /* Copy what is left in the pipes, for a little while. */
-  double until = now_s() + DRAIN_S;
-  while (S.ns > 0) {
-    double left = until - now_s();
-    if (left <= 0) break;
-    if (npcap < S.ns) break; /* cannot happen: ns only shrinks here */
-    for (size_t k = 0; k < S.ns; k++)
-      pfds[k] = (struct pollfd){.fd = S.s[k].fd, .events = POLLIN};
-    size_t np = S.ns;
-    if (poll(pfds, np, (int)(left * 1000) + 1) <= 0) continue;
-    for (size_t k = np; k-- > 0;)
-      if (pfds[k].revents && !pump(&S.s[k])) stream_close(k);
-  }
-  while (S.ns > 0) {
-    struct stream *s = &S.s[S.ns - 1];
-    size_t used = 0;
-    if (s->len) obuf_line(&used, s->id, s->buf, s->len, 1);
-    write_all(s->out, S.obuf, used);
-    stream_close(S.ns - 1);
+    pfds[0] = (struct pollfd){.fd = L.sigpipe[0], .events = POLLIN};
+    pfds[1] = (struct pollfd){.fd = ame_reload_pollfd(), .events = POLLIN};
+    ame_out_pollfds(pfds + 2);
+    ame_metrics_pollfds(pfds + 2 + nout);
+    if (poll(pfds, want, timeout) < 0) continue; /* EINTR */
+    now = ame_sup_now();
+    if (pfds[0].revents && signals(now) == -2) goto child;
+    if (pfds[1].fd >= 0 && pfds[1].revents) ame_reload_readable(now);
+    ame_out_pump(pfds + 2, nout);
+    ame_metrics_handle(pfds + 2 + nout, nm, now);
   }
   free(pfds);
-  free(S.s);
-  free(S.obuf);
-  free(S.w);
-  close(S.sigpipe[0]);
-  close(S.sigpipe[1]);
-  sigaction(SIGINT, &S.old_int, NULL);
-  sigaction(SIGTERM, &S.old_term, NULL);
-  sigaction(SIGCHLD, &S.old_chld, NULL);
-  sigaction(SIGPIPE, &S.old_pipe, NULL);
-  for (int k = 0; k < 3; k++)
-    if (S.fwd[k]) sigaction(FWD_SIGNALS[k], &S.old_fwd[k], NULL);
-  *status = S.failed ? 1 : 0;
+  teardown();
+  *status = L.failed ? 1 : 0;
   return 0;
+child:
+  free(pfds);
+  return S.child_slot;
 }

@@ -1,7 +1,10 @@
 """
-For the `ame run` back-off test: each worker dies (exit status 7) right
-after reactor.run() until it has done so CRASHES times (counted with files
-in the directory CRASH_DIR, per worker id), then serves a port.
+For the `ame run` back-off test: each worker dies (exit status 7) just
+after its reactor started (in the first iteration after the start-up
+triggers, so after its first heartbeat: a worker that dies before that, in
+the first start, ends the service) until it has done so CRASHES times
+(counted with files in the directory CRASH_DIR, per worker id), then
+serves a port.
 
     crash_loop.py CRASH_DIR CRASHES
 """
@@ -23,5 +26,5 @@ def maybe_crash():
 
 
 p = reactor.listenTCP(0, protocol.ServerFactory(), interface="127.0.0.1")
-reactor.callWhenRunning(maybe_crash)
+reactor.callWhenRunning(reactor.callLater, 0, maybe_crash)
 reactor.run()

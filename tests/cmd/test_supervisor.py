@@ -1,0 +1,604 @@
+#!/usr/bin/python3
+"""tests/cmd/test_supervisor.py — the supervisor of `ame run` end to end
+(suite 'run'): what it does beyond starting and restarting workers.
+
+    test_supervisor.py AME [CASE...]      (all cases when none is named)
+
+AME is the built `ame` program; PYTHONPATH must find the `ame` package.
+The program run is tests/cmd/run_apps/sup_web.py.  Cases:
+
+  options   bad values of the supervisor's options exit 2 with one line;
+            --help says the descriptor limit is raised
+  hung      a worker stuck in a Python loop (GET /hang) with --timeout 2:
+            the supervisor says it is hung, its traceback (the looping
+            function) is printed, a new worker takes its slot and serves
+  orphan    SIGKILL to the supervisor while a worker is stuck in Python
+            (--timeout 0, --grace 1): every worker is gone within grace +
+            5 s + margin, and a new `ame run` on the same port answers all
+            of 40 requests
+  inuse     a second `ame run` (2 workers, then 1) on the port a running
+            one serves fails with "Address already in use", exit 1,
+            nothing of it left; the first still serves; a port each
+            worker opens after reactor.run() is served by both
+  nofile    under a soft descriptor limit of 256 and a hard one of 4096,
+            the workers run with 4096
+  pidfile   --pid-file holds the supervisor's pid while it runs and is
+            removed at the end; one that cannot be written, or that names
+            a live process, is refused (exit 1, nothing left running)
+  startfail a worker that fails as its reactor starts (before its first
+            heartbeat) stops the service: exit 1, nothing left running
+  resize    SIGTTIN adds worker 3 (which serves), SIGTTOU twice leaves one
+            worker, a third SIGTTOU is refused: process counts checked
+  reload    under `ame load`, SIGHUP with a new program version: the new
+            workers serve the new version, the old ones are gone, load
+            sees no error and no non-2xx, and the new workers map the
+            same shared heap; a broken program's reload fails
+            and the old workers go on; a storm of 10 SIGHUPs under load
+            ends with exactly 2 workers of the last version, no error
+  recycle   --max-requests 40 under `ame load`: workers are replaced (with
+            each old one's count at least 40), no error, no non-2xx;
+            --max-rss 150 and GET /grow (200 MiB): that worker is replaced
+  metrics   --metrics: /metrics (Prometheus text), /data.json and the page
+            (/); after 100 requests, the per-worker request counters equal
+            the workers' own counts; a --metrics address in use is refused
+
+Every case checks that nothing it started is left running.  Timings decide
+nothing: every wait is bounded and fails loudly.
+"""
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_run as T  # noqa: E402
+from test_run import (TIMEOUT, Server, check, http_get, run_ame,  # noqa
+                      session_procs, wait_workers_serving)
+
+APP = 'sup_web.py'
+
+
+def comm(pid):
+    try:
+        with open('/proc/%d/comm' % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def worker_procs(srv):
+    """Pids of the session's worker processes (named 'ame', not the
+    supervisor, nor its template and zygote)."""
+    return sorted(p for p in session_procs(srv.p.pid)
+                  if p != srv.p.pid and comm(p) == 'ame')
+
+
+def wait_until(cond, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    return cond()
+
+
+def start(args, env=None, cwd=T.APPS, **kw):
+    srv = Server(T.os.path.abspath(AME), args, env=env, cwd=cwd, **kw)
+    return srv
+
+
+def serving(srv, n, what):
+    port = srv.port()
+    ok = check(port is not None and
+               srv.wait_line('err', r'%d worker\(s\) serving' % n),
+               '%s: %d workers serving' % (what, n))
+    return port if ok else None
+
+
+def load_bg(port, seconds, conns=16, path='/'):
+    """`ame load` in a thread; .result is its JSON."""
+    class L(threading.Thread):
+        result = None
+
+        def run(self):
+            p = subprocess.run([AME, 'load', 'http://127.0.0.1:%d%s'
+                                % (port, path), '-c', str(conns), '-d',
+                                '%gs' % seconds, '--json', '--no-progress'],
+                               capture_output=True, text=True, timeout=120)
+            try:
+                self.result = json.loads(p.stdout)
+            except ValueError:
+                print('  load: %s %s' % (p.stdout, p.stderr))
+    t = L()
+    t.start()
+    return t
+
+
+def load_errors(res):
+    """(socket errors, non-2xx, requests) of an `ame load` JSON."""
+    if res is None:
+        return None, None, 0
+    n_err = res.get('errors', {}).get('total')
+    statuses = res.get('status', {})
+    non2xx = sum(v for k, v in statuses.items() if not k.startswith('2'))
+    return n_err, non2xx, res.get('requests', 0)
+
+
+# ---- cases ---------------------------------------------------------------
+
+def case_options(ame):
+    for args in (['run', '--timeout', '-1', 'x.py'],
+                 ['run', '--timeout', 'soon', 'x.py'],
+                 ['run', '--max-requests', 'many', 'x.py'],
+                 ['run', '--max-requests', '-5', 'x.py'],
+                 ['run', '--max-requests-jitter', '5', 'x.py'],
+                 ['run', '--max-rss', '1.5', 'x.py'],
+                 ['run', '--metrics', 'nocolon', 'x.py'],
+                 ['run', '--metrics', 'host:', 'x.py'],
+                 ['run', '--pid-file', '', 'x.py'],
+                 ['twistd', '--timeout', 'x'],
+                 ['twistd', '--max-rss']):
+        rc, out, err = run_ame(ame, args)
+        check(rc == 2 and len(err.strip().splitlines()) == 2 and not out,
+              'ame %s: exit %d (2), says %r'
+              % (' '.join(args), rc, err.strip().split('\n')[0]))
+    rc, out, err = run_ame(ame, ['run', '--help'])
+    for word in ('--timeout', '--max-requests', '--max-rss', '--metrics',
+                 '--pid-file', 'SIGHUP', 'SIGTTIN', 'RLIMIT_NOFILE'):
+        check(word in out, 'ame run --help mentions %s' % word)
+
+
+def case_hung(ame):
+    srv = start(['run', '--workers', '2', '--timeout', '2', APP, '0'])
+    port = serving(srv, 2, '--timeout 2')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    seen = wait_workers_serving(port, [1, 2])
+    hung = {}
+
+    def hang():
+        try:
+            http_get(port, '/hang', timeout=60)
+        except OSError as e:
+            hung['end'] = repr(e)
+    t = threading.Thread(target=hang, daemon=True)
+    t.start()
+    m = srv.wait_line('err', r'worker (\d) \(pid (\d+)\) is hung: no '
+                      r'heartbeat for', timeout=30)
+    if not check(m, 'the supervisor says a worker is hung'):
+        srv.dump()
+        return srv.stop(signal.SIGKILL)
+    wid, pid = int(m.group(1)), int(m.group(2))
+    check(seen.get(wid) == pid, 'it is the worker that took /hang '
+          '(%s %s)' % (wid, pid))
+    check(srv.wait_line('err', r'\[w%d\] .*in hang_forever' % wid),
+          'its Python traceback names the looping function')
+    check(srv.wait_line('err', r'worker %d \(pid %d\) was hung and is gone'
+                        % (wid, pid)), 'it is killed')
+    again = wait_workers_serving(port, [1, 2])
+    check(sorted(again) == [1, 2] and again[wid] != pid,
+          'a new worker %d serves: %s' % (wid, again))
+    t.join(TIMEOUT)
+    check('end' in hung, 'the hung request ended (%s)' % hung.get('end'))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
+def case_orphan(ame):
+    mark = tempfile.mkdtemp()
+    srv = start(['run', '--workers', '2', '--timeout', '0', '--grace', '1',
+                 APP, '0'], env={'SUP_MARK_DIR': mark})
+    port = serving(srv, 2, 'orphan')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    seen = wait_workers_serving(port, [1, 2])
+    t = threading.Thread(target=_quiet, args=(port, '/hang'), daemon=True)
+    t.start()
+    stuck = wait_until(lambda: os.listdir(mark))
+    check(stuck, 'one worker is stuck in Python (%s)' % stuck)
+    os.kill(srv.p.pid, signal.SIGKILL)
+    srv.p.wait()
+    # grace 1 + the worker's own 5 s deadline, and a margin.
+    left = wait_until(lambda: not session_procs(srv.p.pid), 20)
+    check(left, 'every worker ended after the supervisor was killed '
+          '(left: %s)' % session_procs(srv.p.pid))
+    for pid in session_procs(srv.p.pid):
+        os.kill(pid, signal.SIGKILL)
+    srv2 = start(['run', '--workers', '2', APP, str(port)])
+    if serving(srv2, 2, 'a new service on the same port'):
+        ok = 0
+        for _ in range(40):
+            try:
+                status, h, body = http_get(port, timeout=5)
+                ok += status == 200 and h['x-worker-pid'] not in \
+                    map(str, seen.values())
+            except OSError:
+                pass
+        check(ok == 40, 'the new service answers %d of 40 requests' % ok)
+    srv2.stop()
+
+
+def _quiet(port, path):
+    try:
+        http_get(port, path, timeout=60)
+    except OSError:
+        pass
+
+
+def case_inuse(ame):
+    late = free_port()
+    srv = start(['run', '--workers', '2', APP, '0'],
+                env={'SUP_LATE_PORT': str(late)})
+    port = serving(srv, 2, 'first service')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    seen = wait_workers_serving(late, [1, 2])
+    check(sorted(seen) == [1, 2], 'a port each worker opens after '
+          'reactor.run() is served by both: %s' % seen)
+    for workers in ('2', '1'):
+        rc, out, err = run_ame(ame, ['run', '--workers', workers, APP,
+                                     str(port)])
+        check(rc == 1 and 'Address already in use' in err and
+              len(err.strip().splitlines()) == 1,
+              'a second ame run --workers %s on port %d: exit %s (1), %r'
+              % (workers, port, rc, err.strip()))
+    seen = wait_workers_serving(port, [1, 2])
+    check(sorted(seen) == [1, 2], 'the first still serves: %s' % seen)
+    check(srv.stop() == 0, 'SIGTERM: exit 0')
+
+
+def case_nofile(ame):
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        print('SKIP: the hard descriptor limit is %d (< 4096)' % hard)
+        return 'skip'
+
+    def limits():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+    p = subprocess.Popen([AME, 'run', '--workers', '2', APP, '0'],
+                         cwd=T.APPS, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True,
+                         start_new_session=True, preexec_fn=limits)
+    line = p.stdout.readline()
+    m = re.search(r'listening on (\d+)', line)
+    if check(m, 'listening'):
+        port = int(m.group(1))
+        seen = {}
+        for _ in range(200):
+            try:
+                status, h, body = http_get(port, timeout=5)
+                seen[h['x-worker']] = h['x-nofile']
+            except OSError:
+                time.sleep(0.05)
+            if len(seen) == 2:
+                break
+        check(seen == {'1': '4096', '2': '4096'},
+              'the workers run with the hard limit as the soft one: %s'
+              % seen)
+    os.kill(p.pid, signal.SIGTERM)
+    p.wait(TIMEOUT)
+    T.check_nothing_left(p.pid, 'nofile')
+
+
+def case_pidfile(ame):
+    d = tempfile.mkdtemp()
+    path = os.path.join(d, 'ame.pid')
+    srv = start(['run', '--workers', '2', '--pid-file', path, APP, '0'])
+    if serving(srv, 2, '--pid-file'):
+        with open(path) as f:
+            check(f.read().strip() == str(srv.p.pid),
+                  'the pid file holds the supervisor pid')
+        rc, out, err = run_ame(ame, ['run', '--workers', '2', '--pid-file',
+                                     path, APP, '0'])
+        check(rc == 1 and 'already running' in err and
+              len(err.strip().splitlines()) == 1,
+              'a second one with that pid file is refused: %s %r'
+              % (rc, err.strip()))
+    check(srv.stop() == 0, 'SIGTERM: exit 0')
+    check(not os.path.exists(path), 'the pid file is removed at the end')
+    bad = os.path.join(d, 'no', 'such', 'dir', 'ame.pid')
+    for workers in ('2', '1'):
+        rc, out, err = run_ame(ame, ['run', '--workers', workers,
+                                     '--pid-file', bad, APP, '0'])
+        check(rc == 1 and len(err.strip().splitlines()) == 1 and
+              '--pid-file' in err and 'No such file' in err,
+              'a pid file that cannot be written (--workers %s): exit %s '
+              '(1), %r' % (workers, rc, err.strip()))
+
+
+def case_startfail(ame):
+    srv = start(['run', '--workers', '2', APP, '0'],
+                env={'SUP_FAIL_WORKER': '2'})
+    try:
+        rc = srv.p.wait(TIMEOUT * 2)
+    except subprocess.TimeoutExpired:
+        rc = None
+    check(rc == 1, 'a worker failing at start ends the service: exit %s (1)'
+          % rc)
+    check(srv.wait_line('err', r'worker 2 \(pid \d+\) failed to start '
+                        r'\(exit status 3\); stopping'),
+          'the supervisor says which worker failed, and how')
+    srv.stop()  # checks that nothing is left
+
+
+def case_resize(ame):
+    srv = start(['run', '--workers', '2', APP, '0'])
+    port = serving(srv, 2, 'resize')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    os.kill(srv.p.pid, signal.SIGTTIN)
+    check(srv.wait_line('err', r'SIGTTIN: 3 workers'), 'SIGTTIN: 3 workers')
+    seen = wait_workers_serving(port, [1, 2, 3])
+    check(sorted(seen) == [1, 2, 3], 'worker 3 serves: %s' % seen)
+    check(wait_until(lambda: len(worker_procs(srv)) == 3),
+          '3 worker processes (%s)' % worker_procs(srv))
+    for n in (2, 1):
+        os.kill(srv.p.pid, signal.SIGTTOU)
+        check(srv.wait_line('err', r'SIGTTOU: %d workers? \(stopping worker '
+                            r'%d\)' % (n, n + 1)), 'SIGTTOU: %d' % n)
+        check(wait_until(lambda: len(worker_procs(srv)) == n),
+              '%d worker process(es) (%s)' % (n, worker_procs(srv)))
+    os.kill(srv.p.pid, signal.SIGTTOU)
+    check(srv.wait_line('err', r'SIGTTOU: 1 worker left; not removing it'),
+          'a third SIGTTOU is refused')
+    ok = sum(http_get(port, timeout=5)[0] == 200 for _ in range(20))
+    check(ok == 20 and len(worker_procs(srv)) == 1,
+          'one worker serves all of 20 requests (%d)' % ok)
+    check(srv.stop() == 0, 'SIGTERM: exit 0')
+
+
+def case_reload(ame):
+    d = tempfile.mkdtemp()
+    with open(os.path.join(d, 'version'), 'w') as f:
+        f.write('1\n')
+    srv = start(['run', '--workers', '2', APP, '0', d])
+    port = serving(srv, 2, 'reload')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    old = wait_workers_serving(port, [1, 2])
+    heap0 = http_get(port, timeout=5)[1]['x-heap']
+    lt = load_bg(port, 4)
+    time.sleep(1)  # under load (the load's length decides nothing)
+    with open(os.path.join(d, 'version'), 'w') as f:
+        f.write('2\n')
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'reload: generation 1 serves \(2 '
+                        r'worker'), 'SIGHUP: generation 1 serves')
+    lt.join(60)
+    e, non2xx, n = load_errors(lt.result)
+    check(e == 0 and non2xx == 0 and n > 0,
+          'a reload under load: %s requests, %s errors, %s non-2xx'
+          % (n, e, non2xx))
+    gone = wait_until(lambda: not any(T.os.path.exists('/proc/%d' % p)
+                                      and comm(p) == 'ame'
+                                      for p in old.values()))
+    check(gone, 'the old workers are gone')
+    versions = _versions(port)
+    check(versions == {'1': '2', '2': '2'},
+          'both workers run the new version: %s' % versions)
+    heaps = {http_get(port, timeout=5)[1]['x-heap'] for _ in range(10)}
+    check(len(heaps) == 1 and heaps.pop().endswith(' mapped') and
+          heap0.endswith(' mapped') and heap0 in _heaps(port),
+          'the new workers map the same shared heap (%s)' % heap0)
+    check(len(worker_procs(srv)) == 2, '2 worker processes')
+
+    # A broken program: the reload fails, the old workers go on.
+    now = wait_workers_serving(port, [1, 2])
+    open(os.path.join(d, 'broken'), 'w').close()
+    start_at = len(srv.err)
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'RuntimeError: broken on purpose',
+                        start=start_at), "the new program's error is shown")
+    check(srv.wait_line('err', r'reload failed: .*the old workers go on',
+                        start=start_at), 'the supervisor says it failed')
+    check(wait_workers_serving(port, [1, 2]) == now,
+          'the same workers serve on')
+    os.unlink(os.path.join(d, 'broken'))
+
+    # A storm of SIGHUPs under load.
+    with open(os.path.join(d, 'version'), 'w') as f:
+        f.write('3\n')
+    lt = load_bg(port, 6)
+    time.sleep(1)
+    for _ in range(10):
+        os.kill(srv.p.pid, signal.SIGHUP)
+        time.sleep(0.1)
+    lt.join(60)
+    e, non2xx, n = load_errors(lt.result)
+    check(e == 0 and non2xx == 0 and n > 0,
+          '10 SIGHUPs under load: %s requests, %s errors, %s non-2xx'
+          % (n, e, non2xx))
+    settled = wait_until(lambda: _versions(port) == {'1': '3', '2': '3'} and
+                         len(worker_procs(srv)) == 2 and
+                         'STARTING' not in _reload_state(srv), 30)
+    check(settled, 'it ends with exactly 2 workers of version 3: %s, %s'
+          % (_versions(port), worker_procs(srv)))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
+def _heaps(port):
+    return {http_get(port, timeout=5)[1]['x-heap'] for _ in range(10)}
+
+
+def _reload_state(srv):
+    """'STARTING' while the log shows a reload begun and not finished."""
+    text = '\n'.join(srv.err)
+    begun = len(re.findall(r'SIGHUP: reloading', text))
+    ended = len(re.findall(r'reload: generation \d+ serves|reload failed',
+                           text))
+    return 'STARTING' if begun > ended else 'IDLE'
+
+
+def _versions(port):
+    v = {}
+    for _ in range(60):
+        try:
+            status, h, body = http_get(port, timeout=5)
+            v[h['x-worker']] = h['x-version']
+        except OSError:
+            pass
+        if len(v) == 2:
+            break
+    return v
+
+
+def case_recycle(ame):
+    srv = start(['run', '--workers', '2', '--max-requests', '40',
+                 '--max-requests-jitter', '0', APP, '0'])
+    port = serving(srv, 2, 'recycle')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    lt = load_bg(port, 3, conns=8)
+    lt.join(60)
+    e, non2xx, n = load_errors(lt.result)
+    check(e == 0 and non2xx == 0 and n > 200,
+          'load with recycling: %s requests, %s errors, %s non-2xx'
+          % (n, e, non2xx))
+    text = '\n'.join(srv.err)
+    replaced = re.findall(r'worker \d \(pid (\d+)\) served 40 requests '
+                          r'\(--max-requests\): replacing it', text)
+    check(len(replaced) >= 2, '%d replacements at 40 requests'
+          % len(replaced))
+    # --max-rss: the worker that grows is replaced.
+    srv2 = start(['run', '--workers', '2', '--max-rss', '150', APP, '0'])
+    port2 = serving(srv2, 2, '--max-rss')
+    if port2:
+        status, h, body = http_get(port2, '/grow')
+        pid = h.get('x-worker-pid')
+        check(srv2.wait_line('err', r'worker \d \(pid %s\) RSS [\d.]+ MiB '
+                             r'\(--max-rss 150\): replacing it' % pid),
+              'the worker that grew past 150 MiB is replaced')
+        check(wait_until(lambda: not os.path.exists('/proc/%s' % pid)),
+              'and ends')
+    check(srv2.stop() == 0, '--max-rss: SIGTERM: exit 0')
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+    counts = [int(m.group(1)) for m in
+              (re.match(r'\[w\d\] served (\d+) requests', l)
+               for l in srv.out) if m]
+    # A worker at its limit stops accepting and closes each of its (8)
+    # keep-alive connections after one more response at most.
+    check(len(counts) >= len(replaced) + 2 and
+          sum(40 <= c <= 40 + 8 for c in counts) >= len(replaced),
+          "each replaced worker had served its 40, and at most one more "
+          "per connection: %s" % counts)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def fetch(mport, path):
+    with urllib.request.urlopen('http://127.0.0.1:%d%s' % (mport, path),
+                                timeout=10) as r:
+        return r.status, r.headers.get('content-type'), r.read().decode()
+
+
+def case_metrics(ame):
+    mport = free_port()
+    srv = start(['run', '--workers', '2', '--metrics', '127.0.0.1:%d'
+                 % mport, APP, '0'])
+    port = serving(srv, 2, '--metrics')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    for _ in range(100):
+        http_get(port)
+    want = 100
+
+    def totals():
+        st, ct, text = fetch(mport, '/metrics')
+        got = {int(m.group(1)): int(m.group(2)) for m in re.finditer(
+            r'^ame_worker_requests_total\{worker="(\d+)"\} (\d+)$', text,
+            re.M)}
+        return got if sum(got.values()) == want else None
+    got = wait_until(totals)
+    check(got, 'the request counters reach %d: %s' % (want, got))
+    st, ct, text = fetch(mport, '/metrics')
+    check(st == 200 and ct.startswith('text/plain') and
+          '# TYPE ame_worker_requests_total counter' in text and
+          'ame_workers 2' in text and 'ame_worker_busy_ratio{worker="1"}'
+          in text, 'Prometheus text format')
+    st, ct, data = fetch(mport, '/data.json')
+    d = json.loads(data)
+    check(st == 200 and d['workers'] == 2 and len(d['slots']) == 2 and
+          all(s['state'] == 'serving' for s in d['slots']),
+          '/data.json: 2 workers serving')
+    st, ct, page = fetch(mport, '/')
+    check(st == 200 and ct.startswith('text/html') and '<canvas' in page and
+          'http' not in page.replace('http-equiv', ''),
+          'the page: HTML with a canvas, nothing fetched from elsewhere')
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+    own = {int(m.group(1)): int(m.group(2)) for m in
+           (re.match(r'\[w(\d)\] served (\d+) requests', l)
+            for l in srv.out) if m}
+    check(got == own, 'the counters equal the workers\' own counts: %s, %s'
+          % (got, own))
+    # A metrics address in use.
+    blocker = socket.socket()
+    blocker.bind(('127.0.0.1', 0))
+    blocker.listen(1)
+    rc, out, err = run_ame(ame, ['run', '--workers', '2', '--metrics',
+                                 '127.0.0.1:%d' % blocker.getsockname()[1],
+                                 APP, '0'])
+    blocker.close()
+    check(rc == 1 and len(err.strip().splitlines()) == 1 and
+          'Address already in use' in err,
+          'a --metrics address in use: exit %s (1), %r' % (rc, err.strip()))
+
+
+CASES = {
+    'options': case_options, 'hung': case_hung, 'orphan': case_orphan,
+    'inuse': case_inuse, 'nofile': case_nofile, 'pidfile': case_pidfile,
+    'startfail': case_startfail, 'resize': case_resize,
+    'reload': case_reload, 'recycle': case_recycle,
+    'metrics': case_metrics,
+}
+NEEDS_LOAD = {'reload', 'recycle'}
+AME = None
+
+
+def main():
+    global AME
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    AME = os.path.abspath(sys.argv[1])
+    names = sys.argv[2:] or list(CASES)
+    skipped = 0
+    has_load = subprocess.run([AME, 'load', '--help'], capture_output=True,
+                              text=True).returncode == 0
+    for name in names:
+        print('== %s' % name, flush=True)
+        t = time.monotonic()
+        if name in NEEDS_LOAD and not has_load:
+            print('SKIP: %s needs `ame load`, not in this build' % name)
+            skipped += 1
+        elif CASES[name](AME) == 'skip':
+            skipped += 1
+        print('   (%.1f s)' % (time.monotonic() - t))
+    if T.failures:
+        print('%d check(s) failed:' % len(T.failures))
+        for f in T.failures:
+            print('  ' + f)
+        sys.exit(1)
+    if skipped == len(names):
+        sys.exit(77)
+    print('all checks passed')
+
+
+if __name__ == '__main__':
+    main()
