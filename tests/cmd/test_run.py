@@ -55,6 +55,11 @@ are in tests/cmd/run_apps/.  Cases:
             workers (on a machine where the process may use two CPUs)
   twistd    `ame twistd -n web` in one process and with 2 workers, and
             daemonized (no -n) with 2 workers: pid file, clean stop
+  shared    ame.shared across workers (run_apps/shared_web.py): a shared
+            counter counts every request served by either worker; a bank's
+            total holds through transfers while a worker is SIGKILLed under
+            load; examples/python/chat.py: clients on both workers get the
+            same lines in the same order
 
 Every case checks that nothing it started is left running: each `ame` runs
 in a session of its own, and no process of that session may remain once it
@@ -1232,10 +1237,117 @@ def twistd_daemon(ame, www):
         os.kill(p, signal.SIGKILL)
 
 
+def case_shared(ame):
+    """ame.shared across workers: two workers (and, after a worker is
+    killed with SIGKILL under load, its replacement) increment one shared
+    counter exactly once per request served, and keep a shared bank's total
+    through transfers; examples/python/chat.py under --workers 2 gives every
+    client, on either worker, the same lines in the same order."""
+    srv = Server(ame, ['run', '--workers', '2', 'shared_web.py', '0'])
+    port = srv.port()
+    if port is None:
+        check(False, 'shared_web.py under --workers 2 listens')
+        return
+    pids = wait_workers_serving_pid(port, 2)
+    check(len(pids) == 2, 'both workers answer (%s)' % sorted(pids))
+    res = load(ame, port, ['-c', '8', '-d', '1s', '-t', '1'])
+    ok = res is not None and res['errors']['total'] == 0
+    check(ok, 'ame load: no errors')
+    time.sleep(0.2)  # requests in flight when ame load stopped finish
+    status, h, body = http_get(port, '/count')
+    if ok:
+        # ame load counts the responses it read; those it abandoned at
+        # the end may have been served too.
+        served = res['status'].get('200', 0)
+        lo, hi = served, served + res['abandoned']
+        check(status == 200 and lo <= int(body) <= hi and served > 0,
+              'the shared counter is the number of requests the workers '
+              'served: %s, ame load read %d (+%d abandoned)'
+              % (body.strip().decode(), served, res['abandoned']))
+    # Transfers under load, a worker killed in the middle: the total holds.
+    p = subprocess.Popen([ame, 'load', 'http://127.0.0.1:%d/transfer' % port,
+                          '-c', '8', '-d', '2s', '-t', '1', '--json',
+                          '--no-progress'], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(0.7)
+    os.kill(max(pids.values()), signal.SIGKILL)
+    p.communicate(timeout=60)
+    check(srv.wait_line('err', r'worker \d+ \(pid %d\) died'
+                        % max(pids.values())) is not None,
+          'the supervisor saw the worker die')
+    sums = set()
+    for _ in range(20):
+        status, h, body = http_get(port, '/sum')
+        sums.add((status, body.strip()))
+    check(sums == {(200, b'1000')},
+          'after the kill, every worker sees the bank total 1000: %s'
+          % sorted(sums))
+    check(srv.stop() == 0, 'SIGTERM: exit 0')
+
+    # The chat room spans the workers.
+    chat = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'examples',
+                        'python', 'chat.py')
+    srv = Server(ame, ['run', '--workers', '2', chat, '--port', '0'])
+    m = srv.wait_line('out', r'listening on [\d.]+:(\d+)')
+    if m is None:
+        srv.dump()
+        check(False, 'chat.py under --workers 2 listens')
+        return
+    cport = int(m.group(1))
+    clients, by_pid = [], {}
+    for _ in range(40):
+        c = socket.create_connection(('127.0.0.1', cport), timeout=TIMEOUT)
+        f = c.makefile('rb')
+        greet = f.readline().decode()
+        mm = re.search(r'you are (\S+) \(process (\d+)\)', greet)
+        clients.append((c, f, mm.group(1)))
+        by_pid.setdefault(int(mm.group(2)), []).append(len(clients) - 1)
+        if len(by_pid) == 2 and len(clients) >= 3:
+            break
+    check(len(by_pid) == 2, 'clients on both workers (%d clients)'
+          % len(clients))
+    # Everyone says something, at once; every client reads until it has
+    # every line (its socket's timeout fails the test if one never comes).
+    for i, (c, f, name) in enumerate(clients):
+        c.sendall(b'line %d\n' % i)
+    seqs = []
+    for c, f, name in clients:
+        got = []
+        while len(got) < len(clients):
+            line = f.readline().decode().rstrip('\r\n')
+            if not line:
+                break
+            if line.startswith('<'):
+                got.append(line)
+        seqs.append(got)
+    check(all(s == seqs[0] for s in seqs) and
+          len(seqs[0]) == len(clients),
+          'every client, on both workers, got the same %d lines in the same '
+          'order' % len(seqs[0]))
+    for c, f, name in clients:
+        c.close()
+    check(srv.stop() == 0, 'chat: SIGTERM: exit 0')
+
+
+def wait_workers_serving_pid(port, n, timeout=TIMEOUT):
+    """Fresh connections until n different X-Worker-Pid answered."""
+    pids = {}
+    deadline = time.monotonic() + timeout
+    while len(pids) < n and time.monotonic() < deadline:
+        try:
+            status, h, body = http_get(port, '/count', timeout=5)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        pids[h['x-worker-pid']] = int(h['x-worker-pid'])
+    return pids
+
+
 # Cases that drive the server with `ame load`.
-NEEDS_LOAD = {'programs', 'balance', 'crash', 'cpus'}
+NEEDS_LOAD = {'programs', 'balance', 'crash', 'cpus', 'shared'}
 
 CASES = {
+    'shared': case_shared,
     'usage': case_usage,
     'setup': case_setup,
     'errors': case_errors,
