@@ -475,6 +475,7 @@ struct op {
 typedef int (*body_fn)(ame_tx_t *tx, struct op *op);
 
 #define RC_CAPACITY (-E2BIG)
+#define RC_NOT_INT (-EDOM)   /* dict.add: a value that is not an int */
 
 static int raise_rc(int rc) {
   if (rc == -ENOSPC) {
@@ -485,6 +486,10 @@ static int raise_rc(int rc) {
                  "in use); give it more with --shared-size or "
                  "AME_SHARED_SIZE",
                  (unsigned long long)st.used, (unsigned long long)st.arena);
+  } else if (rc == RC_NOT_INT) {
+    PyErr_SetString(PyExc_TypeError,
+                    "ame.shared: dict.add: a key's value is not an int (or "
+                    "the sum leaves 64 bits)");
   } else if (rc == RC_CAPACITY) {
     PyErr_SetString(PyExc_MemoryError,
                     "ame.shared: one transaction wrote more words than a "
@@ -692,6 +697,47 @@ static int body_update(ame_tx_t *tx, struct op *op) {
     int rc = ame_hmap_put(tx, op->self->impl, k, kl, v, vl, 0);
     if (rc < 0) return rc;
     p = v + vl;
+  }
+  return 0;
+}
+
+/* op->v: pairs, each [size_t klen][key][int64 delta]: add delta to each
+** key's value, an int of 64 bits (0 when absent), in the codec's form (a
+** C_INT tag, then the zigzag varint). */
+static int body_add(ame_tx_t *tx, struct op *op) {
+  const char *p = op->v, *end = op->v + op->vl;
+  while (p < end) {
+    size_t kl;
+    int64_t d;
+    memcpy(&kl, p, sizeof kl);
+    const char *k = p + sizeof kl;
+    memcpy(&d, k + kl, sizeof d);
+    p = k + kl + sizeof d;
+    void *e = ame_hmap_find(tx, op->self->impl, k, kl);
+    int64_t cur = 0;
+    unsigned char buf[16];
+    if (e) {
+      size_t n = ame_hmap_entry_vlen(tx, e);
+      if (n < 2 || n > 11) return RC_NOT_INT;
+      ame_hmap_entry_value(tx, e, buf, n);
+      if (buf[0] != AMEPY_C_INT) return RC_NOT_INT;
+      uint64_t z = 0;
+      for (size_t i = 1, shift = 0; i < n && shift < 64; i++, shift += 7)
+        z |= (uint64_t)(buf[i] & 0x7f) << shift;
+      cur = (int64_t)((z >> 1) ^ (0 - (z & 1)));
+    }
+    int64_t sum;
+    if (__builtin_add_overflow(cur, d, &sum)) return RC_NOT_INT;
+    uint64_t z = ((uint64_t)sum << 1) ^ (uint64_t)(sum >> 63);
+    size_t n = 0;
+    buf[n++] = AMEPY_C_INT;
+    do {
+      unsigned char c = z & 0x7f;
+      z >>= 7;
+      buf[n++] = (unsigned char)(c | (z ? 0x80 : 0));
+    } while (z);
+    int rc = ame_hmap_put(tx, op->self->impl, k, kl, buf, n, 0);
+    if (rc < 0) return rc;
   }
   return 0;
 }
@@ -1275,6 +1321,66 @@ static PyObject *Dict_update(ShObject *self, PyObject *args, PyObject *kw) {
   struct op op = {.self = self, .v = ts->ibuf.p, .vl = ts->ibuf.len};
   if (run_op(ts, &op, body_update, "ame.shared.dict.update") < 0) return NULL;
   Py_RETURN_NONE;
+}
+
+/* One (key, delta) pair for add: the key encoded, the delta an int of 64
+** bits. */
+static int add_delta(struct amepy_buf *b, struct amepy_buf *scratch,
+                     PyObject *k, PyObject *v) {
+  if (!PyLong_Check(v)) {
+    PyErr_Format(PyExc_TypeError, "ame.shared: dict.add: %R is not an int",
+                 v);
+    return -1;
+  }
+  int overflow = 0;
+  long long d = PyLong_AsLongLongAndOverflow(v, &overflow);
+  if (overflow) {
+    PyErr_SetString(PyExc_OverflowError,
+                    "ame.shared: dict.add: an amount beyond 64 bits");
+    return -1;
+  }
+  if (d == -1 && PyErr_Occurred()) return -1;
+  if (encode_into(scratch, k, 1) < 0) return -1;
+  size_t kl = scratch->len;
+  int64_t d64 = (int64_t)d;
+  if (amepy_buf_put(b, &kl, sizeof kl) < 0 ||
+      amepy_buf_put(b, scratch->p, kl) < 0 ||
+      amepy_buf_put(b, &d64, sizeof d64) < 0)
+    return PyErr_NoMemory(), -1;
+  return 0;
+}
+
+/* add(key, n=1) or add(mapping): add to int values, in one transaction. */
+static PyObject *Dict_add(ShObject *self, PyObject *args) {
+  PyObject *what, *n = NULL;
+  if (!PyArg_UnpackTuple(args, "add", 1, 2, &what, &n)) return NULL;
+  struct tstate *ts = obj_ts(self);
+  if (ts == NULL) return NULL;
+  ts->ibuf.len = 0;
+  if (PyDict_Check(what) && n == NULL) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(what, &pos, &k, &v))
+      if (add_delta(&ts->ibuf, &ts->kbuf, k, v) < 0) return NULL;
+  } else {
+    PyObject *one = PyLong_FromLong(1);
+    int rc = add_delta(&ts->ibuf, &ts->kbuf, what, n ? n : one);
+    Py_DECREF(one);
+    if (rc < 0) return NULL;
+  }
+  struct op op = {.self = self, .v = ts->ibuf.p, .vl = ts->ibuf.len};
+  if (run_op(ts, &op, body_add, "ame.shared.dict.add") < 0) return NULL;
+  Py_RETURN_NONE;
+}
+
+/* _shared_lane(): this thread's lane (0..15): the heap slot it has, modulo
+** 16, as the striped counters choose. */
+static PyObject *shared_lane(PyObject *m, PyObject *unused) {
+  (void)m;
+  (void)unused;
+  struct tstate *ts = ts_get();
+  if (ts == NULL) return NULL;
+  return PyLong_FromUnsignedLong(ame_heap_slot(ts->tx) % 16);
 }
 
 static PyObject *Dict_clear(ShObject *self, PyObject *unused) {
@@ -2031,6 +2137,21 @@ static PyObject *shared_use_heap(PyObject *m, PyObject *args, PyObject *kw) {
   Py_RETURN_NONE;
 }
 
+/* _shared_recover_pid(pid): process pid, which this process reaped, has
+** died: give back what its threads held in the heap (their locks, a
+** write-back they had decided).  Return how many slots were recovered. */
+static PyObject *shared_recover_pid(PyObject *m, PyObject *arg) {
+  (void)m;
+  long pid = PyLong_AsLong(arg);
+  if (pid == -1 && PyErr_Occurred()) return NULL;
+  if (heap_get() == NULL) return NULL;
+  int n;
+  Py_BEGIN_ALLOW_THREADS
+  n = ame_heap_recover_pid(heap, (pid_t)pid);
+  Py_END_ALLOW_THREADS
+  return PyLong_FromLong(n);
+}
+
 static PyObject *shared_heap_info(PyObject *m, PyObject *unused) {
   (void)m;
   (void)unused;
@@ -2073,6 +2194,8 @@ static PyMethodDef shared_functions[] = {
     {"_shared_use_heap", (PyCFunction)(void (*)(void))shared_use_heap,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"_shared_heap_info", shared_heap_info, METH_NOARGS, NULL},
+    {"_shared_recover_pid", shared_recover_pid, METH_O, NULL},
+    {"_shared_lane", shared_lane, METH_NOARGS, NULL},
     {"_shared_unlink", shared_unlink, METH_O, NULL},
     {"_shared_set_hooks", shared_set_hooks, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -2102,6 +2225,9 @@ static PyMethodDef Dict_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "update([other], **kw): store every pair, in one transaction."},
     {"clear", (PyCFunction)Dict_clear, METH_NOARGS, "clear(): remove all."},
+    {"add", (PyCFunction)Dict_add, METH_VARARGS,
+     "add(key, n=1) or add(mapping): add n (or each mapping value) to the\n"
+     "key's int value (0 if absent), in one transaction."},
     {"keys", (PyCFunction)Dict_keys, METH_NOARGS,
      "keys(): a list of the keys, copied in one transaction."},
     {"values", (PyCFunction)Dict_values, METH_NOARGS,

@@ -109,12 +109,14 @@ from ame import _ame
 
 __all__ = [
     "Channel",
+    "Counts",
     "Queue",
     "after_commit",
     "atomic",
     "atomically",
     "channel",
     "counter",
+    "counts",
     "dict",
     "in_atomic",
     "queue",
@@ -185,11 +187,152 @@ def queue(name):
     return _open(Queue, name)
 
 
+def counts(name):
+    """
+    The shared tally called C{name}: a L{Counts} (created empty if need
+    be).
+    """
+    c = _objects.get((Counts, name))
+    if c is None:
+        if not isinstance(name, str):
+            raise TypeError(
+                "ame.shared: a name is a str, not %s" % type(name).__name__
+            )
+        c = _objects[(Counts, name)] = Counts(name)
+    return c
+
+
 def channel(name):
     """
     The publish/subscribe channel called C{name} (created if need be).
     """
     return _open(Channel, name)
+
+
+class Counts:
+    """
+    A tally of keys (like C{collections.Counter}): integer counts that any
+    number of processes add to without conflicting with each other.  Each
+    participant (thread of a process) adds to its own lane, one of 16
+    shared dicts ("NAME#0" ... "NAME#15"); a count is the sum over the
+    lanes, read in one transaction.  Use it where many transactions add to
+    the same keys at once (word counts, hit counts per page): in one
+    C{ame.shared.dict}, such adds conflict, and all but one are run again.
+
+      - C{add(key, n=1)}, C{update(mapping)} (adds each count), C{c[key] +=
+        n}: one transaction each, or part of the running C{ame.atomic}.
+      - C{c[key]} (0 if absent), C{get(key, default=0)}, C{key in c},
+        C{len(c)} (keys with a count), C{items()}, C{keys()}, C{values()},
+        C{most_common(n=None)}, C{copy()} (a C{collections.Counter}), each
+        one consistent snapshot.
+      - C{clear()}.  Setting a count (C{c[key] = n}) sets it: the other
+        lanes' parts of the key are dropped.
+    """
+
+    LANES = 16
+
+    def __init__(self, name):
+        self.name = name
+        self._lanes = [None] * self.LANES
+
+    def _lane(self, i):
+        d = self._lanes[i]
+        if d is None:
+            d = self._lanes[i] = _open(_ame.SharedDict, "%s#%d" % (self.name, i))
+        return d
+
+    def _all(self):
+        return [self._lane(i) for i in range(self.LANES)]
+
+    def add(self, key, n=1):
+        self._lane(_ame._shared_lane()).add(key, n)
+
+    def update(self, mapping=(), **kw):
+        lane = self._lane(_ame._shared_lane())
+        if not isinstance(mapping, _builtins.dict):
+            mapping = _builtins.dict(mapping)
+        if kw:
+            mapping = _builtins.dict(mapping, **kw)
+        lane.add(mapping)
+
+    def __getitem__(self, key):
+        lanes = self._all()
+        return atomic(lambda: sum(d.get(key, 0) for d in lanes))
+
+    def get(self, key, default=0):
+        lanes = self._all()
+
+        def read():
+            found = False
+            total = 0
+            for d in lanes:
+                v = d.get(key, _EMPTY)
+                if v is not _EMPTY:
+                    found = True
+                    total += v
+            return total if found else default
+
+        return atomic(read)
+
+    def __setitem__(self, key, value):
+        lanes = self._all()
+        mine = _ame._shared_lane()
+
+        def put():
+            for i, d in enumerate(lanes):
+                if i != mine:
+                    d.pop(key, None)
+            lanes[mine][key] = value
+
+        atomic(put)
+
+    def __iadd__(self, mapping):
+        self.update(mapping)
+        return self
+
+    def __contains__(self, key):
+        lanes = self._all()
+        return atomic(lambda: any(key in d for d in lanes))
+
+    def copy(self):
+        """
+        A C{collections.Counter} of every count (one transaction).
+        """
+        lanes = self._all()
+
+        def read():
+            total = _collections.Counter()
+            for d in lanes:
+                for k, v in d.items():
+                    total[k] += v
+            return total
+
+        return atomic(read)
+
+    def items(self):
+        return list(self.copy().items())
+
+    def keys(self):
+        return list(self.copy().keys())
+
+    def values(self):
+        return list(self.copy().values())
+
+    def __len__(self):
+        return len(self.copy())
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def most_common(self, n=None):
+        return self.copy().most_common(n)
+
+    def clear(self):
+        lanes = self._all()
+        atomic(lambda: [d.clear() for d in lanes])
+
+    def __repr__(self):
+        return "<ame.shared.Counts %r>" % (self.name,)
 
 
 # ---------------------------------------------------------------------------

@@ -67,6 +67,7 @@ void amepy_buf_free(struct amepy_buf *b) {
 
 enum { C_NONE = 0, C_FALSE, C_TRUE, C_INT, C_BIGINT, C_FLOAT, C_STR,
        C_BYTES, C_TUPLE, C_LIST, C_DICT };
+_Static_assert(C_INT == AMEPY_C_INT, "shared.c's dict.add knows the int tag");
 #define MAX_DEPTH 100
 
 static int put_byte(struct amepy_buf *b, unsigned char c) {

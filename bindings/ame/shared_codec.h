@@ -31,6 +31,10 @@ int amepy_codec_init(void);
 ** no Python code of the caller's. */
 int amepy_encode(struct amepy_buf *b, PyObject *o, int key);
 
+/* The tag of an int of 64 bits (then its zigzag form as a varint): the
+** form dict.add reads and writes without Python (shared.c). */
+#define AMEPY_C_INT 0x03
+
 /* Decode exactly one value from [p, p+n).  Return a new reference, or NULL
 ** with ValueError (not a value) or MemoryError set. */
 PyObject *amepy_decode(const char *p, size_t n);

@@ -134,9 +134,14 @@ struct layout {
   size_t log_entries, log_bytes;
 };
 
-/* The layout for an arena of `arena` bytes and `slots` slots: the mapping
-** is the arena plus the metadata before it (the slots' write logs are most
-** of that, and take memory only where touched). */
+/* The layout for an arena of `arena` bytes and `slots` slots:
+**
+**   header, descriptor table, slots, orecs, arena | write logs
+**
+** The orecs map every 64-byte granule of what is before the logs (all a
+** transaction may touch) to an orec of its own, so that transactions on
+** different words never conflict by sharing one; they take memory only
+** where used, as do the logs (most of the mapping). */
 static int plan(size_t arena, unsigned slots, struct layout *L) {
   memset(L, 0, sizeof *L);
   if (arena < MIN_SIZE || slots == 0 || slots > MAX_SLOTS) return -EINVAL;
@@ -145,21 +150,24 @@ static int plan(size_t arena, unsigned slots, struct layout *L) {
   L->log_entries = LOG_ENTRIES;
   L->log_bytes = round_up(LOG_ENTRIES / AME__WCHUNK *
                               sizeof(struct ame__wchunk), PAGE);
-  /* One orec per 256 bytes of arena, between 2^14 and 2^20. */
-  unsigned bits = 14;
-  while (bits < 20 && ((size_t)1 << (bits + 8)) < arena) bits++;
-  L->orec_bits = bits;
   size_t off = round_up(sizeof(struct ame__heap_hdr), 64);
   L->off_table = off; /* the descriptor table: a pointer per slot */
   off = round_up(off + (size_t)slots * sizeof(ame_tx_t *), PAGE);
-  L->off_orecs = off;
-  off = round_up(off + ((size_t)1 << bits) * sizeof(uintptr_t), PAGE);
   L->off_slots = off;
   off = round_up(off + (size_t)slots * sizeof(struct ame__slot), PAGE);
+  L->off_orecs = off;
+  /* The smallest power of two of orecs that covers itself and the rest. */
+  unsigned bits = 10;
+  while (((size_t)1 << bits) * 64 <
+         off + ((size_t)1 << bits) * sizeof(uintptr_t) + arena)
+    bits++;
+  L->orec_bits = bits;
+  off = round_up(off + ((size_t)1 << bits) * sizeof(uintptr_t), PAGE);
+  L->off_arena = off;
+  off += arena;
   L->off_logs = off;
   off += (size_t)slots * L->log_bytes;
-  L->off_arena = off;
-  L->size = off + arena;
+  L->size = off;
   return 0;
 }
 
@@ -214,7 +222,10 @@ static void init_region(struct ame__heap_hdr *h, const struct layout *L,
   uintptr_t *orecs = (uintptr_t *)((char *)h + L->off_orecs);
   d->clock = 1;
   d->orecs = orecs;
-  d->shift = 64 - L->orec_bits;
+  d->orec_bias = base;
+  d->orec_mult = 1;
+  d->orec_mask = ((uintptr_t)1 << L->orec_bits) - 1;
+  d->shift = 0;
   d->escalate_after = 16;
   d->max_threads = L->slots;
   d->shared = 1;
@@ -407,6 +418,8 @@ void ame_heap_after_fork_child(ame_heap_t *heap) {
   ame__heap_self = NULL; /* the parent's slot is the parent's */
   my_tid_cache = 0;
 }
+
+unsigned ame_heap_slot(const ame_tx_t *tx) { return tx->slot; }
 
 ame_heap_t *ame_tx_heap(const ame_tx_t *tx) {
   return tx && tx->dom->shared ? ame__heap : NULL;

@@ -8,13 +8,15 @@
 **   header   struct ame__heap_hdr: identity and layout (checked on open),
 **            the domain (clock, ticket, retry futex, orec table pointer),
 **            the allocator's global words, the root directory, counters
-**   orecs    the domain's ownership records
+**   table    the descriptor table the engine's scans walk
 **   slots    struct ame__slot[max_slots]: a participant each: identity
-**            (pid, start time, incarnation), commit status, ticket state,
-**            its allocator caches, and its descriptor (struct ame_tx)
-**   logs     each slot's write log: a chain of chunks, fixed at creation
-**            (pages are only backed once touched)
+**            (pid, thread, start time, incarnation), commit status, its
+**            allocator caches, and its descriptor (struct ame_tx)
+**   orecs    the domain's ownership records: one per 64-byte granule of
+**            everything above and the arena (a direct map, no hashing)
 **   arena    the allocator's memory
+**   logs     each slot's write log, fixed at creation (pages are only
+**            backed once touched)
 **
 ** Who writes what: a slot's descriptor, status and log are written by
 ** its owner thread only, and by a recoverer once the owner is dead; the
@@ -28,7 +30,7 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 3
+#define AME__HEAP_VERSION 4
 #define AME__HEAP_NCLASS 40          /* small size classes */
 #define AME__HEAP_SMALL_MAX 32768    /* bytes: above, large blocks */
 #define AME__HEAP_SPAN 65536         /* carving unit for small classes */

@@ -112,7 +112,7 @@ static uintptr_t arena_start(const struct ame__heap_hdr *h) {
 }
 
 static uintptr_t arena_end(const struct ame__heap_hdr *h) {
-  return h->base + h->size;
+  return h->base + h->off_arena + h->arena_size;
 }
 
 void ame__heap_alloc_init(struct ame__heap_hdr *h) {

@@ -102,8 +102,43 @@ struct entry {
   uintptr_t next;              /* the next entry in the chain */
   uintptr_t hash;
   uintptr_t klen, vlen;
-  void *key, *val;             /* blobs (each referenced by this word) */
+  void *key, *val;             /* blobs (each referenced by this word), or,
+                                  up to INLINE bytes, the bytes themselves */
 };
+
+/* Keys and values of up to INLINE bytes live in the entry's word itself:
+** no blob to allocate, free or copy (a counter's value is one). */
+#define INLINE 8
+
+/* Read the bytes of a key or value of `have` bytes whose word is *ref. */
+static size_t ref_get(ame_tx_t *tx, void *const *ref, size_t have, void *buf,
+                      size_t len) {
+  if (len > have) len = have;
+  if (have <= INLINE) {
+    uintptr_t w = LD(tx, ref);
+    memcpy(buf, &w, len);
+    return len;
+  }
+  return ame_heap_blob_get(tx, ref, buf, len);
+}
+
+/* Store len bytes as the word *ref's key or value, whose old length was
+** old (0: none). */
+static int ref_set(ame_tx_t *tx, void **ref, size_t old, const void *p,
+                   size_t len, unsigned tag, uint64_t owner) {
+  void *prev = old > INLINE ? ame_load_ptr_tx(tx, ref) : NULL;
+  if (len <= INLINE) {
+    uintptr_t w = 0;
+    memcpy(&w, p, len);
+    ST(tx, ref, w);
+  } else {
+    void *b = ame_heap_blob_new(tx, p, len, tag, owner);
+    if (b == NULL) return -ENOSPC;
+    ame_store_ptr_tx(tx, ref, b);
+  }
+  if (prev) ame_heap_free(tx, prev);
+  return 0;
+}
 
 static uintptr_t new_node(ame_tx_t *tx, unsigned tag, uint64_t owner) {
   uintptr_t *n = ame_heap_alloc(tx, FANOUT * sizeof(uintptr_t), tag, owner);
@@ -137,7 +172,7 @@ static int key_equal(ame_tx_t *tx, struct entry *e, uint64_t h,
     fprintf(stderr, "ame: out of memory comparing a key\n");
     abort();
   }
-  size_t got = ame_heap_blob_get(tx, &e->key, buf, len);
+  size_t got = ref_get(tx, &e->key, len, buf, len);
   int eq = got == len && memcmp(buf, key, len) == 0;
   if (buf != stack) free(buf);
   return eq;
@@ -189,18 +224,14 @@ size_t ame_hmap_entry_vlen(ame_tx_t *tx, const void *e) {
 
 size_t ame_hmap_entry_key(ame_tx_t *tx, const void *e, void *buf,
                           size_t len) {
-  size_t have = ame_hmap_entry_klen(tx, e);
-  if (len > have) len = have;
-  return ame_heap_blob_get(tx, (void *const *)&((const struct entry *)e)->key,
-                           buf, len);
+  return ref_get(tx, (void *const *)&((const struct entry *)e)->key,
+                 ame_hmap_entry_klen(tx, e), buf, len);
 }
 
 size_t ame_hmap_entry_value(ame_tx_t *tx, const void *e, void *buf,
                             size_t len) {
-  size_t have = ame_hmap_entry_vlen(tx, e);
-  if (len > have) len = have;
-  return ame_heap_blob_get(tx, (void *const *)&((const struct entry *)e)->val,
-                           buf, len);
+  return ref_get(tx, (void *const *)&((const struct entry *)e)->val,
+                 ame_hmap_entry_vlen(tx, e), buf, len);
 }
 
 static void count_add(ame_tx_t *tx, ame_hmap_t *m, intptr_t d) {
@@ -243,29 +274,26 @@ int ame_hmap_put(ame_tx_t *tx, ame_hmap_t *m, const void *key, size_t klen,
   uint64_t owner = LD(tx, &m->owner);
   if (e) {
     if (flags & AME_HMAP_IF_ABSENT) return 1;
-    void *nv = ame_heap_blob_new(tx, val, vlen, tag, owner);
-    if (nv == NULL) return -ENOSPC;
-    void *old = ame_load_ptr_tx(tx, &e->val);
-    ame_store_ptr_tx(tx, &e->val, nv);
-    ST(tx, &e->vlen, vlen);
-    if (old) ame_heap_free(tx, old);
+    size_t old = LD(tx, &e->vlen);
+    if (ref_set(tx, &e->val, old, val, vlen, tag, owner) < 0) return -ENOSPC;
+    if (old != vlen) ST(tx, &e->vlen, vlen);
     return 1;
   }
   if (flags & AME_HMAP_IF_PRESENT) return 0;
   struct entry *n = ame_heap_alloc(tx, sizeof *n, tag, owner);
-  void *kb = n ? ame_heap_blob_new(tx, key, klen, tag, owner) : NULL;
-  void *vb = kb ? ame_heap_blob_new(tx, val, vlen, tag, owner) : NULL;
-  if (n == NULL || kb == NULL || vb == NULL) {
-    /* Free what we got: the transaction may go on (the caller reports). */
-    if (kb) ame_heap_free(tx, kb);
-    if (n) ame_heap_free(tx, n);
+  if (n == NULL) return -ENOSPC;
+  if (ref_set(tx, &n->key, 0, key, klen, tag, owner) < 0) {
+    ame_heap_free(tx, n); /* the transaction may go on (the caller says) */
+    return -ENOSPC;
+  }
+  if (ref_set(tx, &n->val, 0, val, vlen, tag, owner) < 0) {
+    if (klen > INLINE) ame_heap_free(tx, ame_load_ptr_tx(tx, &n->key));
+    ame_heap_free(tx, n);
     return -ENOSPC;
   }
   ST(tx, &n->hash, h);
   ST(tx, &n->klen, klen);
   ST(tx, &n->vlen, vlen);
-  ame_store_ptr_tx(tx, &n->key, kb);
-  ame_store_ptr_tx(tx, &n->val, vb);
   /* Prepend to the chain, then split it if it grew too long. */
   ST(tx, &n->next, LD(tx, link));
   ST(tx, link, n);
@@ -283,8 +311,8 @@ int ame_hmap_put(ame_tx_t *tx, ame_hmap_t *m, const void *key, size_t klen,
 
 /* Free an entry and its blobs (overwriting their references first). */
 static void free_entry(ame_tx_t *tx, struct entry *e) {
-  void *k = ame_load_ptr_tx(tx, &e->key);
-  void *v = ame_load_ptr_tx(tx, &e->val);
+  void *k = LD(tx, &e->klen) > INLINE ? ame_load_ptr_tx(tx, &e->key) : NULL;
+  void *v = LD(tx, &e->vlen) > INLINE ? ame_load_ptr_tx(tx, &e->val) : NULL;
   ame_store_ptr_tx(tx, &e->key, NULL);
   ame_store_ptr_tx(tx, &e->val, NULL);
   if (k) ame_heap_free(tx, k);

@@ -151,7 +151,10 @@ struct ame__dom {
   char pad2[AME__CACHELINE - 2 * sizeof(uintptr_t)];
   /* read-mostly */
   uintptr_t *orecs __attribute__((aligned(AME__CACHELINE)));
-  unsigned shift;              /* 64 - log2(number of orecs) */
+  uintptr_t orec_bias;         /* ame__orec_of(): see stm_inline.h */
+  uintptr_t orec_mult;
+  uintptr_t orec_mask;
+  unsigned shift;
   unsigned escalate_after;
   unsigned max_threads;
   unsigned n_slots;            /* atomic: high-water mark of threads[] */
@@ -186,6 +189,9 @@ static inline void ame__fence_acquire(void) {
 static inline void ame__tx_init_domain(ame_tx_t *tx, struct ame__dom *d) {
   tx->dom = d;
   tx->h.orecs = d->orecs;
+  tx->h.orec_bias = d->orec_bias;
+  tx->h.orec_mult = d->orec_mult;
+  tx->h.orec_mask = d->orec_mask;
   tx->h.shift = d->shift;
 }
 

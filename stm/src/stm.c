@@ -207,6 +207,9 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
   for (size_t i = 0; i < n; i++) orecs[i] = VERSION0;
   struct ame__dom *d = &ame__G.dom;
   d->orecs = orecs;
+  d->orec_bias = 0;
+  d->orec_mult = (uintptr_t)0x9E3779B97F4A7C15ull;
+  d->orec_mask = ((uintptr_t)1 << bits) - 1;
   d->shift = 64 - bits;
   STORE(&d->clock, 1);
   d->escalate_after =

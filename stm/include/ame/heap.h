@@ -133,6 +133,11 @@ AME_EXTERN void ame_heap_exit(ame_heap_t *h);
 /* The calling thread's descriptor on h, or NULL. */
 AME_EXTERN ame_tx_t *ame_heap_self(const ame_heap_t *h);
 
+/* The index of a heap descriptor's slot (0 .. slots_max - 1): stable while
+** its thread stays entered, and the same for no two live participants (the
+** striped containers choose their lane by it). */
+AME_EXTERN unsigned ame_heap_slot(const ame_tx_t *tx);
+
 /* The heap a descriptor belongs to, or NULL for a process-private one. */
 AME_EXTERN ame_heap_t *ame_tx_heap(const ame_tx_t *tx);
 

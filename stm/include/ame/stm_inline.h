@@ -38,22 +38,32 @@ struct ame__txhot {
   uintptr_t last_orec;         /* address of the orec of the last logged
                                   read (an integer, so that storing it
                                   does not alias the orec table) */
-  uintptr_t *orecs;            /* the ownership records of the
-                                  descriptor's domain (the process's own,
-                                  or a shared heap's) */
-  unsigned shift;              /* 64 - log2(number of orecs) */
+  /* The domain's ownership records and how an address finds its own
+  ** (ame__orec_of): the process's domain hashes granules over its table;
+  ** a shared heap maps each granule of its region to an orec of its own
+  ** (bias: the region's start, mult 1, shift 0), so that transactions on
+  ** different words of the heap never share one. */
+  uintptr_t *orecs;
+  uintptr_t orec_bias;
+  uintptr_t orec_mult;
+  uintptr_t orec_mask;         /* number of orecs - 1 */
+  unsigned shift;
 };
 
 AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 
-/* The orec covering addr: Fibonacci hashing of the granule number, so that
-** the same offsets in different threads' malloc arenas, which differ only in
-** high address bits, do not collide. */
+/* The orec covering addr.  In a process's own domain, Fibonacci hashing
+** of the granule number (mult), so that the same offsets in different
+** threads' malloc arenas, which differ only in high address bits, do not
+** collide; in a heap, the granule's offset in the region (the mask keeps
+** an address outside it, which a heap transaction must not touch, inside
+** the table). */
 static inline uintptr_t *ame__orec_of(const struct ame__txhot *h,
                                       uintptr_t addr) {
-  return &h->orecs[((addr >> AME__GRAIN_SHIFT) *
-                    (uintptr_t)0x9E3779B97F4A7C15ull) >>
-                   h->shift];
+  return &h->orecs[((((addr - h->orec_bias) >> AME__GRAIN_SHIFT) *
+                     h->orec_mult) >>
+                    h->shift) &
+                   h->orec_mask];
 }
 
 static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {

@@ -1,0 +1,838 @@
+"""
+The thread-less API: add pieces of work, run them in parallel; each is one
+transaction, and the outcome is that of some serial order of them.
+
+    import ame.shared, ame.tasks
+
+    counts = ame.shared.dict("counts")
+
+    def count(path):                       # a task: one transaction
+        for word in open(path).read().split():
+            counts[word] = counts.get(word, 0) + 1
+
+    for path in paths:
+        ame.tasks.add(count, path)
+    ame.tasks.run(workers="auto")          # returns when all have run
+
+The model (PyPy's C{transaction.add}/C{transaction.run}): every task runs
+as one transaction over the shared objects it touches (L{ame.shared}), in
+some worker process; tasks that conflict are run again, so the result is
+that of running them one at a time in some order.  No threads, no locks.
+
+  - C{add(fn, *args, **kwargs)} queues C{fn(*args, **kwargs)}.  C{fn} must
+    be importable by name (a module-level function, as for
+    C{multiprocessing}); its arguments must be values C{ame.shared} can
+    store (str, bytes, int, float, bool, None, and tuples, lists and dicts
+    of them).  Otherwise C{add} raises TypeError and queues nothing.  A
+    task may call C{add}: the new tasks join the queue only if its
+    transaction commits.
+  - C{run(workers="auto")} forks the workers (C{"auto"}: one per CPU this
+    process may use) and returns when the queue is empty and no task runs.
+    The first exception a task raises stops the run: C{run} raises
+    L{TaskError} naming the task, with its traceback.  A task that kills
+    its worker (C{os._exit}, a signal, a crash) is recorded as failed and
+    not run again (it would kill the next worker too), the worker is
+    replaced, and the run goes on; C{run} then raises L{TaskFailed} naming
+    each such task.  Its transaction never committed: nothing it did is
+    in the shared objects (the heap's recovery, docs/shared.md).
+  - Output: C{print()} and C{logging} inside a task go to a buffer of the
+    attempt, written once, when the task commits (an attempt that is run
+    again or fails prints nothing).
+  - C{defer(fn, *args, **kwargs)}, in a Twisted program, returns a Deferred
+    that fires in this process with fn's result once the task has
+    committed in one of a pool of worker processes (started at the first
+    call): C{deferToThread}, but on other cores, each worker with its own
+    interpreter lock.  The Deferred fails with L{TaskError} if fn raises,
+    L{TaskFailed} if fn kills its worker.
+  - C{stats()}: the last run's tasks, attempts (re-runs), conflicts (the
+    hottest objects and keys, from every worker), and each worker's busy
+    time.
+
+Tasks and their arguments travel through the shared heap (ame.shared's
+queue), so a task's claim by a worker and its completion are transactions
+too: a worker killed while running a task leaves it claimed, and C{run}
+sees exactly which task that was.
+"""
+
+import collections as _collections
+import ctypes as _ctypes
+import importlib as _importlib
+import io as _io
+import itertools as _itertools
+import logging as _logging
+import os as _os
+import queue as _queue
+import signal as _signal
+import sys as _sys
+import time as _time
+import traceback as _traceback
+
+import ame.shared as _shared
+from ame import _ame
+
+__all__ = ["add", "run", "defer", "stats", "TaskError", "TaskFailed"]
+
+
+class TaskError(Exception):
+    """
+    A task raised an exception.  C{task} names it (C{"module.fn(args)"}),
+    C{type} is the exception's type name, C{tb} its traceback (text).
+    """
+
+    def __init__(self, task, type, message, tb):
+        Exception.__init__(self, "%s raised %s: %s\n%s" % (task, type, message,
+                                                          tb.rstrip()))
+        self.task, self.type, self.message, self.tb = task, type, message, tb
+
+
+class TaskFailed(Exception):
+    """
+    Tasks killed their worker process.  C{failures} is a list of
+    (task, how) pairs.
+    """
+
+    def __init__(self, failures):
+        Exception.__init__(self, "; ".join("%s killed its worker (%s)" % f
+                                           for f in failures))
+        self.failures = failures
+
+
+# ---------------------------------------------------------------------------
+# Tasks as values.
+
+
+def _ref(fn):
+    """
+    "module:qualname" for fn, which must be found again by that name.
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise TypeError(
+            "ame.tasks: %r is not importable by name (define it at module "
+            "level)" % (fn,))
+    if _resolve(module, qualname) is not fn:
+        raise TypeError(
+            "ame.tasks: %s.%s does not name %r" % (module, qualname, fn))
+    return "%s:%s" % (module, qualname)
+
+
+def _resolve(module, qualname):
+    try:
+        obj = _sys.modules.get(module) or _importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError):
+        return None
+
+
+def _describe(rec):
+    ref, args, kwargs = rec[1], rec[2], rec[3]
+    parts = [repr(a) for a in args]
+    parts += ["%s=%r" % kv for kv in sorted(kwargs.items())]
+    text = "%s(%s)" % (ref.replace(":", "."), ", ".join(parts))
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ---------------------------------------------------------------------------
+# A session: the shared objects one run() uses.
+
+
+class _Session:
+    """
+    A worker claims tasks from the queue a batch at a time (one
+    transaction: the batch goes to `batch[worker]`, its cursor to 0, and
+    `claimed` grows by its size), then runs them in order, each one
+    transaction that also advances the worker's cursor and `done`.  So the
+    run is over when the queue is empty and `done` has reached `claimed`;
+    and after a worker dies, its batch and cursor say which task it was
+    running (the cursor's) and which it had not started (after it).
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.queue = _shared.queue(name + ".queue")
+        self.batch = _shared.dict(name + ".batch")      # worker -> [tasks]
+        self.state = _shared.dict(name + ".state")
+        self.claimed = _shared.counter(name + ".claimed")
+        self.done = _shared.counter(name + ".done")
+        self.stats = _shared.dict(name + ".stats")      # worker -> stats
+        self.cursors = {}
+        self.pending = []   # added here, not yet in the queue
+
+    def flush(self, workers):
+        """
+        Put the tasks added here into the queue, in chunks (a queue item
+        per chunk keeps the queue's cost per task low; chunks small
+        enough that each worker gets several keep the work balanced).
+        """
+        recs, self.pending = self.pending, []
+        size = max(1, min(_CHUNK, len(recs) // (4 * workers)))
+        for i in range(0, len(recs), size):
+            self.queue.put(recs[i:i + size])
+
+    def cursor(self, wid):
+        c = self.cursors.get(wid)
+        if c is None:
+            c = self.cursors[wid] = _shared.counter(
+                "%s.cursor.%d" % (self.name, wid))
+        return c
+
+
+_session = None
+_serial = _itertools.count(1)
+_CHUNK = 64         # tasks per queue item
+
+
+def _current_session():
+    global _session
+    if _session is None or _session.pid != _os.getpid():
+        pid = _os.getpid()
+        _session = _Session("ame.tasks.%d.%d.%d" % (
+            pid, int(_time.time() * 1e6), next(_serial)))
+        _session.pid = pid
+    return _session
+
+
+# The task this process is running (inside its transaction), if any.
+_running_task = None
+
+
+_refs = {}  # function -> its "module:qualname"
+
+
+def add(fn, *args, **kwargs):
+    """
+    Queue C{fn(*args, **kwargs)} as a task.  Inside a task, it joins the
+    queue when (and only if) that task commits.  TypeError (nothing
+    queued) if fn is not importable by name or an argument cannot be
+    stored.
+    """
+    try:
+        ref = _refs[fn]
+    except (KeyError, TypeError):
+        ref = _ref(fn)
+        try:
+            _refs[fn] = ref
+        except TypeError:
+            pass  # not hashable: look it up each time
+    rec = (0, ref, args, kwargs)
+    if _running_task:
+        # Part of the running task's transaction: queued if it commits.
+        _running_task[0].queue.put([rec])
+        return
+    session = _current_session()
+    _ame._shared_encode(rec)  # TypeError now, with nothing queued
+    session.pending.append(rec)
+
+
+# ---------------------------------------------------------------------------
+# Output of a task: written at commit.
+
+
+class _Sink:
+    """
+    A text stream that keeps what is written (an attempt's output).
+    """
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def writable(self):
+        return True
+
+    def getvalue(self):
+        return "".join(self.parts)
+
+
+def _stream_handlers():
+    """
+    logging's handlers that write to this process's stdout or stderr, with
+    the stream each writes to.
+    """
+    std = (_sys.stdout, _sys.stderr, _sys.__stdout__, _sys.__stderr__)
+    found = []
+    loggers = [_logging.getLogger()] + [
+        lg for lg in list(_logging.Logger.manager.loggerDict.values())
+        if isinstance(lg, _logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            stream = getattr(h, "stream", None)
+            if isinstance(h, _logging.StreamHandler) and \
+                    any(stream is x for x in std):
+                found.append((h, stream))
+    return found
+
+
+class _Output:
+    """
+    A worker's redirection of sys.stdout, sys.stderr and logging's stream
+    handlers to the buffers of the task attempt that runs: what an attempt
+    prints is written, once, when its task commits.  refresh() looks for
+    logging's handlers again (once per batch of tasks).
+    """
+
+    def __init__(self):
+        self.saved = (_sys.stdout, _sys.stderr)
+        self.out, self.err = _Sink(), _Sink()
+        self.handlers = []
+
+    def refresh(self):
+        self.handlers = [
+            (h, stream, self.err if stream is self.saved[1] or
+             stream is _sys.__stderr__ else self.out)
+            for h, stream in _stream_handlers()]
+
+    def begin(self):
+        out, err = self.out, self.err
+        del out.parts[:]
+        del err.parts[:]
+        for h, stream, sink in self.handlers:
+            h.stream = sink
+        _sys.stdout, _sys.stderr = out, err
+        return out, err
+
+    def end(self):
+        _sys.stdout, _sys.stderr = self.saved
+        for h, stream, sink in self.handlers:
+            h.stream = stream
+
+    def flush(self, text_out, text_err):
+        if text_out:
+            self.saved[0].write(text_out)
+            self.saved[0].flush()
+        if text_err:
+            self.saved[1].write(text_err)
+            self.saved[1].flush()
+
+
+# ---------------------------------------------------------------------------
+# Workers.
+
+_PR_SET_PDEATHSIG = 1
+_EXIT_DONE, _EXIT_ERROR = 0, 3
+_STOP, _DONE, _WAIT = "stop", "done", "wait"
+
+
+def _die_with_parent():
+    try:
+        libc = _ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Worker:
+    """
+    A worker process's loop: claim a batch of tasks (a transaction), run
+    each (one transaction), until nothing is left (see L{_Session}).
+    """
+
+    def __init__(self, session, wid, workers):
+        self.s = session
+        self.wid = wid
+        self.workers = workers
+        self.cursor = session.cursor(wid)
+        self.tasks = 0
+        self.attempts = 0
+        self.busy = 0.0
+        self.fns = {}       # ref -> function
+        self.output = _Output()
+
+    def claim(self):
+        s = self.s
+        if s.state.get("stop"):
+            return _STOP
+        # About half of a fair share each time, at most _BATCH_MAX: big
+        # enough to spread the claim's cost, small enough to balance.
+        # One queue item: a chunk of tasks (up to _CHUNK, one when a task
+        # added it).
+        try:
+            recs = s.queue.get_nowait()
+        except _queue.Empty:
+            recs = None
+        if not recs:
+            return _DONE if s.claimed.value == s.done.value else _WAIT
+        s.batch[self.wid] = recs
+        self.cursor.value = 0
+        s.claimed.add(len(recs))
+        return recs
+
+    def resume(self):
+        """
+        A batch this worker's id left unfinished (a worker that died
+        before it, replaced by this one: run() has dealt with the task it
+        died in), from its cursor on; or None.
+        """
+        s = self.s
+        recs = s.batch.get(self.wid)
+        if recs is None:
+            return None
+        done = self.cursor.value
+        return recs[done:] or None
+
+    def execute(self, rec):
+        ref, args, kwargs = rec[1], rec[2], rec[3]
+        fn = self.fns.get(ref)
+        if fn is None:
+            module, qualname = ref.split(":", 1)
+            fn = self.fns[ref] = _resolve(module, qualname)
+            if fn is None:
+                raise ImportError("ame.tasks: cannot find %s" % ref)
+        s = self.s
+        cursor = self.cursor
+        output = self.output
+
+        def attempt():
+            global _running_task
+            self.attempts += 1
+            out, err = output.begin()
+            _running_task = (s, rec)
+            try:
+                fn(*args, **kwargs)
+            finally:
+                _running_task = None
+                output.end()
+            cursor.add(1)
+            s.done.add(1)
+            if out.parts or err.parts:
+                _shared.after_commit(output.flush, out.getvalue(),
+                                     err.getvalue())
+
+        t0 = _time.perf_counter()
+        try:
+            _shared.atomic(attempt)
+        finally:
+            self.busy += _time.perf_counter() - t0
+        self.tasks += 1
+
+    def loop(self):
+        pause = 0.0002
+        recs = _shared.atomic(self.resume)
+        while True:
+            if recs is None:
+                recs = _shared.atomic(self.claim)
+            if recs == _STOP or recs == _DONE:
+                return _EXIT_DONE
+            if recs == _WAIT:
+                recs = None
+                _time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+                continue
+            pause = 0.0002
+            self.output.refresh()
+            for rec in recs:
+                try:
+                    self.execute(rec)
+                except Exception as e:
+                    tb = _traceback.format_exc()
+                    _shared.atomic(self._record_error, rec, e, tb)
+                    return _EXIT_ERROR
+            recs = None
+
+    def _record_error(self, rec, e, tb):
+        if "error" not in self.s.state:
+            self.s.state["error"] = (_describe(rec), type(e).__name__,
+                                     str(e), tb)
+        self.s.state["stop"] = True
+
+    def report(self):
+        conflicts = [(c["object"], c["kind"], repr(c["key"]), c["aborts"])
+                     for c in _shared.stats()["conflicts"][:20]]
+        self.s.stats[self.wid] = {
+            "tasks": self.tasks, "attempts": self.attempts,
+            "busy_s": self.busy, "pid": _os.getpid(),
+            "conflicts": conflicts}
+
+
+def _worker_main(session, wid, workers):
+    code = 1
+    try:
+        _die_with_parent()
+        w = _Worker(session, wid, workers)
+        try:
+            code = w.loop()
+        finally:
+            w.report()
+    except BaseException:
+        _traceback.print_exc()
+    finally:
+        try:
+            _sys.stdout.flush()
+            _sys.stderr.flush()
+        finally:
+            _os._exit(code)
+
+
+def _fork_worker(session, wid, workers):
+    _sys.stdout.flush()
+    _sys.stderr.flush()
+    pid = _os.fork()
+    if pid == 0:
+        _worker_main(session, wid, workers)
+    return pid
+
+
+def _died(session, wid):
+    """
+    Worker wid died (its heap slots recovered): the task its cursor points
+    at killed it (dropped, and returned); the rest of its batch stays for
+    the worker that replaces it.
+    """
+    recs = session.batch.get(wid)
+    if recs is None:
+        return None
+    cursor = session.cursor(wid)
+    i = cursor.value
+    if i >= len(recs):
+        return None
+    cursor.add(1)
+    session.done.add(1)
+    return recs[i]
+
+
+def _how(status):
+    if _os.WIFSIGNALED(status):
+        sig = _os.WTERMSIG(status)
+        try:
+            return "signal %d, %s" % (sig, _signal.Signals(sig).name)
+        except ValueError:
+            return "signal %d" % sig
+    return "exit status %d" % _os.WEXITSTATUS(status)
+
+
+_last_stats = None
+
+
+def run(workers="auto"):
+    """
+    Run every queued task (and those they add) in C{workers} processes
+    (C{"auto"}: one per CPU this process may use); return when none is
+    left.  Raise L{TaskError} for the first task that raised,
+    L{TaskFailed} for tasks that killed their worker.
+    """
+    global _session, _last_stats
+    if _running_task or _shared.in_atomic():
+        raise RuntimeError("ame.tasks.run() inside a task or ame.atomic")
+    n = _ame.cpu_count() if workers == "auto" else int(workers)
+    if n < 1:
+        raise ValueError("ame.tasks.run: workers must be >= 1 or 'auto'")
+    session = _current_session()
+    session.flush(n)
+    t0 = _time.monotonic()
+    pids = {}
+    failures = []
+    try:
+        for wid in range(n):
+            pids[_fork_worker(session, wid, n)] = wid
+        while pids:
+            pid, status = _os.waitpid(-1, 0)
+            wid = pids.pop(pid, None)
+            if wid is None:
+                continue  # not ours
+            if _os.WIFEXITED(status) and \
+                    _os.WEXITSTATUS(status) in (_EXIT_DONE, _EXIT_ERROR):
+                continue
+            # Died: what it held in the heap goes back, and the task it had
+            # claimed is the culprit.
+            _ame._shared_recover_pid(pid)
+            rec = _shared.atomic(_died, session, wid)
+            if rec is not None:
+                failures.append((_describe(rec), _how(status)))
+            if not session.state.get("stop"):
+                pids[_fork_worker(session, wid, n)] = wid
+    finally:
+        for pid in pids:
+            try:
+                _os.kill(pid, _signal.SIGKILL)
+                _os.waitpid(pid, 0)
+                _ame._shared_recover_pid(pid)
+            except OSError:
+                pass
+        _session = None
+    _last_stats = _collect_stats(session, n, _time.monotonic() - t0)
+    error = session.state.get("error")
+    if error is not None:
+        raise TaskError(*error)
+    if failures:
+        raise TaskFailed(failures)
+
+
+def _collect_stats(session, n, elapsed):
+    per = _shared.atomic(lambda: dict(session.stats.items()))
+    conflicts = _collections.Counter()
+    for w in per.values():
+        for obj, kind, key, aborts in w.get("conflicts", ()):
+            conflicts[(obj, kind, key)] += aborts
+    tasks = sum(w["tasks"] for w in per.values())
+    attempts = sum(w["attempts"] for w in per.values())
+    return {
+        "workers": n, "elapsed_s": elapsed, "tasks": tasks,
+        "attempts": attempts, "reruns": attempts - tasks,
+        "per_worker": {wid: {"tasks": w["tasks"], "busy_s": w["busy_s"],
+                             "pid": w["pid"]}
+                       for wid, w in sorted(per.items())},
+        "conflicts": [{"object": o, "kind": k, "key": key, "aborts": a}
+                      for (o, k, key), a in conflicts.most_common(10)],
+    }
+
+
+# ---------------------------------------------------------------------------
+# defer(): a pool of workers serving a reactor.
+
+
+class _PoolWorker(_Worker):
+    """
+    A worker of a defer() pool: one task at a time, waiting for the next
+    in a transaction (the queue's blocking get: no thread, no polling);
+    each task's result goes to the results queue in its transaction.
+    """
+
+    def __init__(self, session, wid, results):
+        _Worker.__init__(self, session, wid, 1)
+        self.results = results
+
+    def claim_one(self):
+        s = self.s
+        rec = s.queue.get()  # in ame.atomic: waits for a value
+        s.batch[self.wid] = [rec]
+        self.cursor.value = 0
+        return rec
+
+    def run_one(self, rec):
+        ref, args, kwargs = rec[1], rec[2], rec[3]
+        fn = self.fns.get(ref)
+        if fn is None:
+            module, qualname = ref.split(":", 1)
+            fn = self.fns[ref] = _resolve(module, qualname)
+            if fn is None:
+                raise ImportError("ame.tasks: cannot find %s" % ref)
+        output = self.output
+        cursor = self.cursor
+        results = self.results
+
+        def attempt():
+            global _running_task
+            out, err = output.begin()
+            _running_task = (self.s, rec)
+            try:
+                value = fn(*args, **kwargs)
+            finally:
+                _running_task = None
+                output.end()
+            results.put((rec[0], True, value))
+            cursor.add(1)
+            if out.parts or err.parts:
+                _shared.after_commit(output.flush, out.getvalue(),
+                                     err.getvalue())
+
+        _shared.atomic(attempt)
+
+    def serve(self):
+        recs = _shared.atomic(self.resume)
+        for rec in recs or ():
+            self.one(rec)
+        while True:
+            self.output.refresh()
+            self.one(_shared.atomic(self.claim_one))
+
+    def one(self, rec):
+        try:
+            self.run_one(rec)
+        except Exception as e:
+            failure = (_describe(rec), type(e).__name__, str(e),
+                       _traceback.format_exc())
+
+            def report():
+                self.results.put((rec[0], False, failure))
+                self.cursor.add(1)
+
+            _shared.atomic(report)
+
+
+def _close_inherited_fds():
+    """
+    A pool worker keeps only stdin, stdout and stderr of what its parent
+    had open (listening sockets, connections: they are the parent's).
+    """
+    try:
+        fds = [int(fd) for fd in _os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            try:
+                _os.close(fd)
+            except OSError:
+                pass
+
+
+class _Pool:
+    """
+    This process's defer() workers, and the Deferreds waiting for them.
+    """
+
+    def __init__(self, reactor, workers):
+        self.reactor = reactor
+        self.workers = workers
+        pid = _os.getpid()
+        self.session = _Session("ame.tasks.pool.%d.%d" % (
+            pid, int(_time.time() * 1e6)))
+        self.results = _shared.queue(self.session.name + ".results")
+        self.waiting = {}   # task id -> Deferred
+        self.ids = _itertools.count(1)
+        self.procs = {}     # wid -> (pid, reader)
+        self.receiving = False
+        self.stopped = False
+        for wid in range(workers):
+            self.start(wid)
+        reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+
+    def start(self, wid):
+        _sys.stdout.flush()
+        _sys.stderr.flush()
+        pid = _os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _die_with_parent()
+                _close_inherited_fds()
+                _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+                # The parent's reactor is not this process's: this one
+                # runs tasks and blocks where it waits.
+                self.reactor.running = False
+                _PoolWorker(self.session, wid, self.results).serve()
+            except BaseException:
+                _traceback.print_exc()
+            finally:
+                _os._exit(code)
+        self.procs[wid] = (pid, _PidWatch(self, wid, pid))
+
+    def submit(self, fn, args, kwargs):
+        from twisted.internet import defer
+        ref = _ref(fn)
+        tid = next(self.ids)
+        d = defer.Deferred()
+        self.session.queue.put((tid, ref, args, kwargs))  # TypeError: none
+        self.waiting[tid] = d
+        self.receive()
+        return d
+
+    def receive(self):
+        if self.receiving or not self.waiting:
+            return
+        self.receiving = True
+        d = self.results.get_deferred(self.reactor)
+        d.addCallback(self.got)
+
+    def got(self, item):
+        self.receiving = False
+        tid, ok, value = item
+        d = self.waiting.pop(tid, None)
+        if d is not None:
+            if ok:
+                d.callback(value)
+            else:
+                d.errback(TaskError(*value))
+        self.receive()
+
+    def died(self, wid, pid, status):
+        """
+        Worker wid (pid) has ended: recover it, fail the task it ran,
+        start another.
+        """
+        self.procs.pop(wid, None)
+        _ame._shared_recover_pid(pid)
+        rec = _shared.atomic(_died, self.session, wid)
+        if rec is not None:
+            d = self.waiting.pop(rec[0], None)
+            if d is not None:
+                d.errback(TaskFailed([(_describe(rec), _how(status))]))
+        if not self.stopped:
+            self.start(wid)
+
+    def stop(self):
+        self.stopped = True
+        for wid, (pid, watch) in list(self.procs.items()):
+            watch.close()
+            try:
+                _os.kill(pid, _signal.SIGKILL)
+                _os.waitpid(pid, 0)
+                _ame._shared_recover_pid(pid)
+            except OSError:
+                pass
+        self.procs.clear()
+
+
+class _PidWatch:
+    """
+    The reactor's watch on a pool worker's end: its pidfd becomes
+    readable when the process exits (an authoritative death: no pid is
+    guessed at).
+    """
+
+    def __init__(self, pool, wid, pid):
+        self.pool, self.wid, self.pid = pool, wid, pid
+        self.fd = _os.pidfd_open(pid)
+        pool.reactor.addReader(self)
+
+    def fileno(self):
+        return self.fd
+
+    def logPrefix(self):
+        return "ame.tasks"
+
+    def doRead(self):
+        self.close()
+        try:
+            _, status = _os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = 0
+        self.pool.died(self.wid, self.pid, status)
+
+    def close(self):
+        if self.fd >= 0:
+            self.pool.reactor.removeReader(self)
+            _os.close(self.fd)
+            self.fd = -1
+
+    def connectionLost(self, reason):
+        pass
+
+
+_pool = None
+
+
+def defer(fn, *args, **kwargs):
+    """
+    Run C{fn(*args, **kwargs)} as a task in a pool of worker processes of
+    this one (started at the first call: one per CPU this process may
+    use), and return a Deferred that fires in this process's reactor with
+    fn's result once the task has committed.  fn must be importable by
+    name, its arguments and result values C{ame.shared} can store.  The
+    Deferred fails with L{TaskError} if fn raises, L{TaskFailed} if it
+    kills its worker (which is replaced).
+    """
+    global _pool
+    if _pool is None or _pool.session.name.split(".")[3] != str(_os.getpid()):
+        from twisted.internet import reactor
+        _pool = _Pool(reactor, _ame.cpu_count())
+    return _pool.submit(fn, args, kwargs)
+
+
+def stats():
+    """
+    The last run's statistics: C{tasks} (committed), C{attempts},
+    C{reruns} (attempts that conflicted and ran again), C{per_worker}
+    (tasks and busy seconds per worker), C{conflicts} (the objects and
+    keys that caused the most re-runs), C{elapsed_s}; None before any run.
+    """
+    return _last_stats

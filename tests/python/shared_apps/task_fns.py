@@ -1,0 +1,91 @@
+"""
+Task functions for tests/python/test_tasks.py: ame.tasks runs functions
+by name, so they live at module level here.  Each names its shared
+objects after its first argument (a test's fresh prefix).
+"""
+import os
+import signal
+import sys
+import time
+
+import ame
+import ame.shared as shared
+import ame.tasks
+
+
+def add_value(prefix, i):
+    """Add i to the prefix's total and record that task i ran."""
+    shared.counter(prefix + ".total").add(i)
+    shared.dict(prefix + ".ran")[i] = True
+
+
+def spawn(prefix, depth):
+    """A task that adds two more tasks until depth reaches 0."""
+    shared.counter(prefix + ".n").add(1)
+    if depth > 0:
+        ame.tasks.add(spawn, prefix, depth - 1)
+        ame.tasks.add(spawn, prefix, depth - 1)
+
+
+def spawn_then_raise(prefix):
+    """Adds a task, then raises: the added task must never run."""
+    ame.tasks.add(add_value, prefix, 1000)
+    raise KeyError("boom in " + prefix)
+
+
+def maybe_die(prefix, i, die_at):
+    """Like add_value, but task die_at kills its worker first."""
+    if i == die_at:
+        shared.counter(prefix + ".total").add(i)  # never committed
+        os._exit(9)
+    add_value(prefix, i)
+
+
+def slow_mark(prefix, i):
+    """Record this worker's pid as running task i, wait to be killed
+    (task 0), or just add."""
+    if i == 0:
+        # Tell the test which process to kill (a file: nothing written in
+        # this transaction is seen until it commits, and it never does).
+        with open(prefix + ".pid", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+    add_value(prefix, i)
+
+
+def chatty(prefix, i):
+    """Print, log, and (the first attempt of task 0) conflict on purpose."""
+    import logging
+    print("task %d printed" % i)
+    logging.getLogger("chatty").warning("task %d logged", i)
+    sys.stdout.flush()
+    if i == 0 and prefix not in _aborted:
+        # The first attempt of task 0, in this process: end it as a
+        # conflict would; the task runs again.
+        _aborted.add(prefix)
+        from ame import _ame
+        _ame._shared_abort()
+
+
+_aborted = set()  # prefixes whose task 0 had its forced abort here
+
+
+def square(x):
+    return x * x
+
+
+def fail(x):
+    raise ValueError("no %r" % (x,))
+
+
+def die(x):
+    os._exit(7)
+
+
+def busy(n):
+    """CPU work: sum of squares below n."""
+    return sum(i * i for i in range(n))
+
+
+def empty():
+    pass

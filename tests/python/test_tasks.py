@@ -1,0 +1,235 @@
+"""
+ame.tasks (bindings/ame/tasks.py): the thread-less API.  Tasks run in
+worker processes, each one transaction over ame.shared objects: a total
+over tasks is exact; tasks add tasks (only if they commit); the first
+exception stops the run and names its task; a task that kills its worker
+is reported and its effects are absent, the worker replaced, the rest done;
+a worker killed from outside mid-task likewise; output happens once, at
+commit; defer() from a running reactor; and examples/python/wordcount.py
+prints exactly what a sequential run prints.
+
+Task functions live in shared_apps/task_fns.py (ame.tasks runs functions
+by name).  Run with Debian's python and the extension built::
+
+    PYTHONPATH=build/bindings:bindings \\
+        /usr/bin/python3 -m twisted.trial tests/python/test_tasks.py
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+from twisted.trial.unittest import SynchronousTestCase
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "shared_apps"))
+EXAMPLES = os.path.join(HERE, "..", "..", "examples", "python")
+
+import ame  # noqa: E402
+import ame.shared as shared  # noqa: E402
+import ame.tasks as tasks  # noqa: E402
+import task_fns  # noqa: E402
+
+
+def fresh(what="t"):
+    return "%s-%s" % (what, uuid.uuid4().hex[:12])
+
+
+class RunTests(SynchronousTestCase):
+    def test_totalExact(self):
+        """200 tasks on 2 workers: each committed once."""
+        p = fresh()
+        for i in range(200):
+            tasks.add(task_fns.add_value, p, i)
+        tasks.run(workers=2)
+        self.assertEqual(shared.counter(p + ".total").value, sum(range(200)))
+        self.assertEqual(sorted(shared.dict(p + ".ran").keys()),
+                         list(range(200)))
+        st = tasks.stats()
+        self.assertEqual(st["tasks"], 200)
+        self.assertEqual(st["workers"], 2)
+        self.assertEqual(sum(w["tasks"] for w in st["per_worker"].values()),
+                         200)
+
+    def test_tasksAddTasks(self):
+        """A task's add() queues only when it commits; they all run."""
+        p = fresh()
+        tasks.add(task_fns.spawn, p, 6)
+        tasks.run(workers=2)
+        self.assertEqual(shared.counter(p + ".n").value, 2 ** 7 - 1)
+
+    def test_exceptionStopsRun(self):
+        """The first exception is raised by run(), naming the task; what
+        the failed task added never runs, nor is its write kept."""
+        p = fresh()
+        tasks.add(task_fns.spawn_then_raise, p)
+        with self.assertRaises(tasks.TaskError) as cm:
+            tasks.run(workers=2)
+        e = cm.exception
+        self.assertIn("spawn_then_raise", e.task)
+        self.assertIn(p, e.task)
+        self.assertEqual(e.type, "KeyError")
+        self.assertIn("boom in", e.message)
+        self.assertIn("Traceback", e.tb)
+        self.assertEqual(shared.counter(p + ".total").value, 0)
+        self.assertEqual(len(shared.dict(p + ".ran")), 0)
+
+    def test_taskKillsWorker(self):
+        """A task that exits its worker is reported as failed, its effects
+        are absent, the worker is replaced, and every other task runs."""
+        p = fresh()
+        for i in range(40):
+            tasks.add(task_fns.maybe_die, p, i, 17)
+        with self.assertRaises(tasks.TaskFailed) as cm:
+            tasks.run(workers=2)
+        self.assertEqual(len(cm.exception.failures), 1)
+        what, how = cm.exception.failures[0]
+        self.assertIn("maybe_die", what)
+        self.assertIn("17", what)
+        self.assertEqual(how, "exit status 9")
+        self.assertEqual(shared.counter(p + ".total").value,
+                         sum(range(40)) - 17)
+        self.assertEqual(sorted(shared.dict(p + ".ran").keys()),
+                         [i for i in range(40) if i != 17])
+
+    def test_workerKilledMidTask(self):
+        """SIGKILL from outside while a task runs: that task is reported,
+        its effects are absent, the others all ran once."""
+        p = os.path.join(tempfile.mkdtemp(), fresh())
+        for i in range(30):
+            tasks.add(task_fns.slow_mark, p, i)
+        result = {}
+
+        def killer():
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    with open(p + ".pid") as f:
+                        pid = int(f.read())
+                    break
+                except (OSError, ValueError):
+                    time.sleep(0.01)
+            else:
+                return
+            result["pid"] = pid
+            os.kill(pid, signal.SIGKILL)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        with self.assertRaises(tasks.TaskFailed) as cm:
+            tasks.run(workers=2)
+        t.join()
+        self.assertIn("pid", result)
+        (what, how), = cm.exception.failures
+        self.assertIn("slow_mark", what)
+        self.assertIn("SIGKILL", how)
+        self.assertEqual(shared.counter(p + ".total").value, sum(range(1, 30)))
+        self.assertNotIn(0, shared.dict(p + ".ran"))
+
+    def test_outputOnceAtCommit(self):
+        """print() and logging in a task happen once, at commit, even for
+        a task whose first attempt was rolled back."""
+        p = fresh()
+        code = (
+            "import sys, logging; sys.path.insert(0, %r)\n"
+            "logging.basicConfig(format='%%(message)s')\n"
+            "import ame.tasks, task_fns\n"
+            "for i in range(3): ame.tasks.add(task_fns.chatty, %r, i)\n"
+            "ame.tasks.run(workers=2)\n"
+            "print('reruns', ame.tasks.stats()['reruns'])\n"
+        ) % (os.path.join(HERE, "shared_apps"), p)
+        out = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.splitlines()
+        for i in range(3):
+            self.assertEqual(lines.count("task %d printed" % i), 1, lines)
+            self.assertEqual(out.stderr.splitlines().count(
+                "task %d logged" % i), 1, out.stderr)
+        self.assertIn("reruns 1", lines)
+
+    def test_addRefusesBadTasks(self):
+        """Functions not importable by name, and arguments ame.shared
+        cannot store, are a TypeError with nothing queued."""
+        with self.assertRaises(TypeError):
+            tasks.add(lambda: None)
+        with self.assertRaises(TypeError):
+            tasks.add(task_fns.add_value, fresh(), object())
+
+        def local():
+            pass
+
+        with self.assertRaises(TypeError):
+            tasks.add(local)
+        tasks.run(workers=1)  # nothing was queued: returns at once
+        self.assertEqual(tasks.stats()["tasks"], 0)
+
+
+class WordcountTests(SynchronousTestCase):
+    def corpus(self):
+        d = tempfile.mkdtemp()
+        out = subprocess.run(
+            [sys.executable, os.path.join(EXAMPLES, "corpus.py"), d,
+             "--files", "24", "--kib", "16"],
+            capture_output=True, text=True, check=True)
+        return out.stdout.split()
+
+    def wordcount(self, files, *flags):
+        out = subprocess.run(
+            [sys.executable, os.path.join(EXAMPLES, "wordcount.py")] +
+            list(flags) + files, capture_output=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return out.stdout
+
+    def test_sameAsSequential(self):
+        """Two workers print, byte for byte, what a sequential run does,
+        with the tally and with a plain shared dict."""
+        files = self.corpus()
+        seq = self.wordcount(files, "--sequential")
+        self.assertIn(b"files 24 words ", seq)
+        self.assertEqual(self.wordcount(files, "--workers", "2"), seq)
+        self.assertEqual(self.wordcount(files, "--workers", "2", "--dict"),
+                         seq)
+
+
+class DeferTests(SynchronousTestCase):
+    def test_deferFromReactor(self):
+        """defer() from a running reactor: results, a task's exception,
+        a task that kills its worker, and work after that."""
+        code = (
+            "import sys; sys.path.insert(0, %r)\n"
+            "import ame.reactor; ame.reactor.install()\n"
+            "from twisted.internet import reactor, defer\n"
+            "import ame.tasks, task_fns\n"
+            "@defer.inlineCallbacks\n"
+            "def main():\n"
+            "    r = yield defer.gatherResults([ame.tasks.defer(task_fns.square, i)"
+            " for i in range(30)])\n"
+            "    print('squares', r == [i * i for i in range(30)])\n"
+            "    try:\n"
+            "        yield ame.tasks.defer(task_fns.fail, 3)\n"
+            "    except ame.tasks.TaskError as e:\n"
+            "        print('error', e.type, e.message)\n"
+            "    try:\n"
+            "        yield ame.tasks.defer(task_fns.die, 1)\n"
+            "    except ame.tasks.TaskFailed as e:\n"
+            "        print('failed', e.failures[0][1])\n"
+            "    print('after', (yield ame.tasks.defer(task_fns.busy, 1000)))\n"
+            "    reactor.stop()\n"
+            "reactor.callWhenRunning(main)\n"
+            "reactor.run()\n"
+        ) % os.path.join(HERE, "shared_apps")
+        out = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), [
+            "squares True",
+            "error ValueError no 3",
+            "failed exit status 7",
+            "after %d" % sum(i * i for i in range(1000)),
+        ])
