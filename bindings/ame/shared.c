@@ -234,8 +234,34 @@ static ame_heap_t *heap_get(void) {
                      size);
         return NULL;
       }
-      int rc = ame_heap_create(NULL, &cfg, &h);
-      if (rc != 0) return (ame_heap_t *)heap_error("creating the heap", rc);
+      const char *name = getenv("AME_SHARED_NAME");
+      int rc;
+      if (name && *name) {
+        /* A named heap that unrelated processes share: open it, or make
+        ** it if nobody has.  One that another process is still making
+        ** reads as not a heap for a moment: try again for a second. */
+        for (int tries = 0;; tries++) {
+          rc = ame_heap_open(name, &h);
+          if (rc == -ENOENT) {
+            rc = ame_heap_create(name, &cfg, &h);
+            if (rc == -EEXIST) continue;
+          }
+          if (rc != -EPROTO || tries >= 1000) break;
+          Py_BEGIN_ALLOW_THREADS
+          usleep(1000);
+          Py_END_ALLOW_THREADS
+        }
+        if (rc != 0) {
+          PyErr_Format(PyExc_OSError,
+                       "ame.shared: the heap AME_SHARED_NAME=%s "
+                       "(/dev/shm/%s): %s",
+                       name, name, ame_heap_strerror(rc));
+          return NULL;
+        }
+      } else {
+        rc = ame_heap_create(NULL, &cfg, &h);
+        if (rc != 0) return (ame_heap_t *)heap_error("creating the heap", rc);
+      }
     }
   }
   heap = h;

@@ -1222,6 +1222,30 @@ print("ok", len(d))
         finally:
             _ame._shared_unlink(name)
 
+    def test_namedHeapAcrossProcesses(self):
+        """
+        AME_SHARED_NAME: unrelated processes (not forked from one another),
+        started at once, open the same named heap (the first one makes
+        it) and add to one counter: the total is exact.
+        """
+        name = fresh("ame-test-named")
+        code = ("import ame.shared as s\n"
+                "c = s.counter('n')\n"
+                "for i in range(500): c.add(1)\n")
+        env = dict(os.environ, AME_SHARED_NAME=name, AME_SHARED_SIZE="8M")
+        try:
+            procs = [subprocess.Popen([sys.executable, "-c", code], env=env)
+                     for _ in range(4)]
+            for p in procs:
+                self.assertEqual(p.wait(60), 0)
+            p = subprocess.run(
+                [sys.executable, "-c",
+                 "import ame.shared as s; print(s.counter('n').value)"],
+                env=env, stdout=subprocess.PIPE, timeout=60)
+            self.assertEqual(p.stdout.decode().strip(), "2000")
+        finally:
+            _ame._shared_unlink(name)
+
     def test_stats(self):
         s = shared.stats()
         for k in ("commits", "commits_ro", "aborts", "aborts_by_cause",
