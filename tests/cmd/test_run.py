@@ -494,15 +494,20 @@ def case_examples(ame):
 
 
 def case_programs(ame):
-    """The example programs of examples/python (every *.py but the tests),
-    unchanged, under `ame run`: listening on the ame reactor, answering,
-    stopped by SIGTERM with exit 0."""
+    """The HTTP example programs of examples/python (each one that
+    announces 'listening on http://'), unchanged, under `ame run`: listening
+    on the ame reactor, answering, stopped by SIGTERM with exit 0.  The
+    others are tested where they belong: chat.py (a line protocol) by
+    tests/python/test_shared.py, wordcount.py and corpus.py (batch jobs) by
+    tests/python/test_tasks.py."""
     d = os.path.join(os.path.dirname(os.path.dirname(HERE)), 'examples', 'python')
-    # chat.py speaks a line protocol, not HTTP (tests/python/test_shared.py
-    # runs it on forked workers).
+
+    def http_program(f):
+        with open(os.path.join(d, f), encoding='utf-8') as fh:
+            return 'listening on http://' in fh.read()
+
     progs = sorted(f for f in os.listdir(d) if f.endswith('.py') and
-                   not f.startswith('test') and f != 'chat.py') \
-        if os.path.isdir(d) else []
+                   http_program(f)) if os.path.isdir(d) else []
     check(progs, 'example programs in examples/python: %s' % progs)
     for prog in progs:
         for workers in ('1', '2'):
