@@ -154,7 +154,15 @@ struct tstate {
   struct amepy_buf tkeys;         /* keys of the touches */
   struct touch *touch;      /* this attempt's touches */
   size_t ntouch, ctouch;
+  uint64_t attempt;         /* the running attempt's serial (attempts) */
+  PyObject *made;           /* list of the objects this attempt created,
+                               or NULL (see made_confirm) */
 };
+
+/* Serials of ame.atomic attempts, process-wide (GIL): an object created
+** inside an attempt is that attempt's until it commits. */
+static uint64_t attempts;
+#define MADE_DEAD UINT64_MAX /* ShObject.made_in: its attempt aborted */
 
 static _Thread_local struct tstate *tls_ts;
 
@@ -362,6 +370,10 @@ typedef struct {
   void *impl;               /* its container */
   size_t osize, isize;      /* their block sizes (conflict report) */
   unsigned epoch;           /* heap_epoch it was opened in */
+  uint64_t made_in;         /* 0: in the heap for good; else the serial of
+                               the attempt that created it (usable by that
+                               attempt only until it commits), or
+                               MADE_DEAD: that attempt was rolled back */
   int kind;
   PyObject *name;           /* str */
 } ShObject;
@@ -1051,6 +1063,18 @@ static struct tstate *obj_ts(ShObject *self) {
                  self->name);
     return NULL;
   }
+  if (self->made_in != 0 &&
+      (self->made_in == MADE_DEAD || ts->depth == 0 ||
+       ts->attempt != self->made_in)) {
+    PyErr_Format(PyExc_RuntimeError,
+                 "ame.shared: %R was created by an ame.atomic attempt that %s; "
+                 "open it again (ame.shared.%s(name))",
+                 self->name,
+                 self->made_in == MADE_DEAD ? "was rolled back"
+                                            : "has not committed",
+                 kind_names[self->kind]);
+    return NULL;
+  }
   return ts;
 }
 
@@ -1708,8 +1732,20 @@ static PyObject *Channel_seq(ShObject *self, void *closure) {
 ** ame.atomic.
 */
 
+/* The objects the attempt created: in the heap for good once it commits
+** (ok), gone when it is rolled back. */
+static void made_settle(struct tstate *ts, int ok) {
+  PyObject *l = ts->made;
+  ts->made = NULL;
+  if (l == NULL) return;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(l); i++)
+    ((ShObject *)PyList_GET_ITEM(l, i))->made_in = ok ? 0 : MADE_DEAD;
+  Py_DECREF(l);
+}
+
 /* An attempt is over: drop what it queued and noted. */
 static void attempt_discard(struct tstate *ts) {
+  made_settle(ts, 0);
   Py_CLEAR(ts->deferred);
   touch_clear(ts);
   ts->collect = 0;
@@ -1772,6 +1808,7 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
     }
     ts->depth = 1;
     ts->doomed = DOOM_NONE;
+    ts->attempt = ++attempts;
     PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
     ts->depth = 0;
     ts->wait_expired = 0;
@@ -1835,6 +1872,7 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
     break;
   }
   PyObject *r = result;
+  made_settle(ts, 1);
   touch_clear(ts);
   if (ts->collect) {
     ts->collect = 0;
@@ -2007,6 +2045,20 @@ static PyObject *shared_open(PyObject *m, PyObject *args) {
   o->epoch = heap_epoch;
   o->kind = kind;
   o->name = Py_NewRef(name);
+  if (ts->depth > 0) {
+    /* Opened by the running attempt, which may have created it (or found
+    ** what an earlier open of the same attempt created): the attempt's own
+    ** until it commits (a rolled-back attempt frees what it created). */
+    if (ts->made == NULL && (ts->made = PyList_New(0)) == NULL) {
+      Py_DECREF(o);
+      return NULL;
+    }
+    if (PyList_Append(ts->made, (PyObject *)o) < 0) {
+      Py_DECREF(o);
+      return NULL;
+    }
+    o->made_in = ts->attempt;
+  }
   return (PyObject *)o;
 }
 

@@ -162,8 +162,16 @@ def _open(cls, name):
             raise TypeError(
                 "ame.shared: a name is a str, not %s" % type(name).__name__
             )
-        obj = _objects[(cls, name)] = _ame._shared_open(cls, name)
+        obj = _ame._shared_open(cls, name)
+        _cache(cls, name, obj)
     return obj
+
+
+def _cache(cls, name, obj):
+    # An object opened inside ame.atomic may be that attempt's creation,
+    # which a rollback frees: it is kept for later opens once the attempt
+    # commits (after_commit runs it at once outside atomic).
+    after_commit(_objects.setdefault, (cls, name), obj)
 
 
 def dict(name):
@@ -198,7 +206,8 @@ def counts(name):
             raise TypeError(
                 "ame.shared: a name is a str, not %s" % type(name).__name__
             )
-        c = _objects[(Counts, name)] = Counts(name)
+        c = Counts(name)
+        _cache(Counts, name, c)
     return c
 
 
@@ -238,7 +247,9 @@ class Counts:
     def _lane(self, i):
         d = self._lanes[i]
         if d is None:
-            d = self._lanes[i] = _open(_ame.SharedDict, "%s#%d" % (self.name, i))
+            d = _open(_ame.SharedDict, "%s#%d" % (self.name, i))
+            # kept once the attempt that opened it (if any) commits
+            after_commit(self._lanes.__setitem__, i, d)
         return d
 
     def _all(self):

@@ -730,6 +730,90 @@ class AtomicTests(SynchronousTestCase):
         self.assertEqual(calls, ["not yet", ("first", 3), {"n": 3}])
         self.assertEqual(len(runs), 3)
 
+    def test_createdInRolledBackAttempt(self):
+        """
+        An object that an attempt creates is rolled back with it: the next
+        attempt's open makes it anew (not a handle on freed blocks), the
+        rolled-back attempt's handle refuses to be used (RuntimeError),
+        and what the committed attempt wrote is there for a process that
+        opens the name afterwards.
+        """
+        name = fresh()
+        handles = []
+
+        def f():
+            d = shared.dict(name)
+            c = shared.counter(name + ".c")
+            handles.append((d, c))
+            d["k"] = len(handles)
+            c.add(len(handles))
+            if len(handles) < 3:
+                _ame._shared_abort()
+            return d["k"]
+
+        self.assertEqual(ame.atomic(f), 3)
+        (d1, c1), (d2, c2), (d3, c3) = handles
+        self.assertIsNot(d1, d3)
+        self.assertIsNot(c2, c3)
+        for h in (d1, c1, d2, c2):
+            e = self.assertRaises(RuntimeError, len if h in (d1, d2) else
+                                  (lambda c: c.value), h)
+            self.assertIn("rolled back", str(e))
+        self.assertEqual(d3["k"], 3)
+        self.assertIs(shared.dict(name), d3)
+        self.assertIs(shared.counter(name + ".c"), c3)
+
+        def child():
+            assert shared.dict(name).copy() == {"k": 3}, \
+                shared.dict(name).copy()
+            assert shared.counter(name + ".c").value == 3
+
+        wait_ok(self, in_child(child))
+
+    def test_createdInAttemptThatRaises(self):
+        """
+        An attempt that creates an object and then raises leaves nothing:
+        its handle refuses to be used, and a later open makes the object
+        afresh, empty.
+        """
+        name = fresh()
+        held = []
+
+        def f():
+            held.append(shared.dict(name))
+            held[0]["x"] = 1
+            raise _Boom()
+
+        self.assertRaises(_Boom, ame.atomic, f)
+        self.assertRaises(RuntimeError, len, held[0])
+        d = shared.dict(name)
+        self.assertIsNot(d, held[0])
+        self.assertEqual(d.copy(), {})
+
+    def test_createConflictsAcrossProcesses(self):
+        """
+        Processes that create the same objects inside conflicting atomic
+        blocks (as the first tasks of ame.tasks workers do) lose nothing:
+        every increment is counted once and no process crashes.
+        """
+        name = fresh()
+        n = 300
+
+        def child(w):
+            def body(i):
+                shared.counter(name + ".total").add(1)
+                shared.dict(name + ".seen")[(w, i)] = i
+                shared.counts(name + ".tally").update({"w": 1, "k%d" % (i % 7): 1})
+            for i in range(n):
+                ame.atomic(body, i)
+
+        pids = [in_child(child, w) for w in range(3)]
+        for pid in pids:
+            wait_ok(self, pid)
+        self.assertEqual(shared.counter(name + ".total").value, 3 * n)
+        self.assertEqual(len(shared.dict(name + ".seen")), 3 * n)
+        self.assertEqual(shared.counts(name + ".tally")["w"], 3 * n)
+
     def test_conflictCaughtByUserStillReruns(self):
         """
         _Conflict is a BaseException; a block that catches it anyway (bare
