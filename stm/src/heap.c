@@ -25,6 +25,15 @@
 ** Recovery is idempotent and claimed by compare-and-swap on the slot's
 ** state, so that two recoverers never run it at once, and a recoverer that
 ** dies half-way is replaced by the next.
+**
+** Taking a free slot is two steps, so that a slot is never LIVE without
+** its owner's identity: a compare-and-swap of its pid from 0 to the
+** taker's (which alone may then write the slot), the identity, and only
+** then the state LIVE (release).  A recoverer therefore judges a LIVE
+** slot by a complete identity, never a half-written one; a FREE slot
+** whose pid is not 0 is being taken, and is given back (pid 0) only if
+** that process is gone (a taker killed between the two steps).  Leaving
+** or recovering a slot sets it FREE first and its pid to 0 last.
 */
 #include "heap.h"
 
@@ -33,6 +42,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -442,25 +452,31 @@ ame_tx_t *ame_heap_enter(ame_heap_t *heap) {
   for (int round = 0; round < 2; round++) {
     for (unsigned i = 0; i < h->max_slots; i++) {
       struct ame__slot *s = &slots[i];
-      uint32_t st = SLOT_FREE;
-      if (LOAD(&s->state) != SLOT_FREE ||
-          !__atomic_compare_exchange_n(&s->state, &st, SLOT_LIVE, 0,
+      int32_t none = 0;
+      if (LOAD(&s->state) != SLOT_FREE || LOAD(&s->pid) != 0 ||
+          !__atomic_compare_exchange_n(&s->pid, &none, pid, 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         continue;
-      /* Identity first (a recoverer reads it once the state is LIVE; a
-      ** crash before it is stored leaves pid 0: dead at once). */
-      STORE(&s->tid, 0);
-      STORE(&s->pid, pid);
+      if (LOAD_ACQ(&s->state) != SLOT_FREE) {
+        /* Its recoverer has not given it back yet (state FREE comes
+        ** before pid 0 there, so this is only a stale read). */
+        STORE_REL(&s->pid, 0);
+        continue;
+      }
+      /* The slot is ours: the identity, then LIVE (release), so that a
+      ** recoverer that sees LIVE sees who owns it. */
+      STORE(&s->tid, tid);
       STORE(&s->start, start);
-      STORE(&s->incarnation, __atomic_add_fetch(&h->incarnations, 1,
-                                                __ATOMIC_RELAXED));
-      STORE_REL(&s->tid, tid);
+      STORE_REL(&s->incarnation, __atomic_add_fetch(&h->incarnations, 1,
+                                                    __ATOMIC_RELAXED));
       STORE(&s->status, 0);
       STORE(&s->ticket, 0);
       STORE(&s->ticket_state, TICKET_NONE);
+      STORE_REL(&s->state, SLOT_LIVE);
       if (ame__tx_setup(&s->tx, &h->dom, i, slot_log(h, i),
                         h->log_entries / AME__WCHUNK, pid) != 0) {
         STORE_REL(&s->state, SLOT_FREE);
+        STORE_REL(&s->pid, 0);
         return NULL;
       }
       ame__heap_self = &s->tx;
@@ -481,6 +497,7 @@ void ame_heap_exit(ame_heap_t *heap) {
   struct ame__slot *s = ame__slot_of(tx);
   ame__tx_teardown(tx);
   STORE_REL(&s->state, SLOT_FREE);
+  STORE_REL(&s->pid, 0);
   ame__heap_self = NULL;
 }
 
@@ -501,15 +518,35 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
   my_identity(&me, &my_start);
   for (;;) {
     uint32_t st = LOAD_ACQ(&s->state);
-    if (st == SLOT_FREE) return 0;
+    if (st == SLOT_FREE) {
+      /* Being taken (pid set, not yet LIVE): give it back only if the
+      ** taker is gone.  By its pid alone: a reused pid only delays this. */
+      int32_t taker = LOAD_ACQ(&s->pid);
+      if (taker != 0 && kill(taker, 0) != 0 && errno == ESRCH &&
+          LOAD_ACQ(&s->state) == SLOT_FREE)
+        __atomic_compare_exchange_n(&s->pid, &taker, 0, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_RELAXED);
+      return 0;
+    }
     if (st == SLOT_LIVE) {
-      if (proc_alive(LOAD_ACQ(&s->tid), LOAD(&s->start))) return 0;
+      uint64_t inc = LOAD_ACQ(&s->incarnation);
+      if (proc_alive(LOAD(&s->tid), LOAD(&s->start))) return 0;
       STORE(&s->rec_pid, me);
       STORE(&s->rec_start, my_start);
-      if (__atomic_compare_exchange_n(&s->state, &st, SLOT_RECOVERING, 0,
-                                      __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-        break;
-      continue;
+      if (!__atomic_compare_exchange_n(&s->state, &st, SLOT_RECOVERING, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+        continue;
+      if (LOAD(&s->incarnation) != inc) {
+        /* The dead owner left and a live one took the slot between our
+        ** reads and the swap (LIVE again): not ours to recover. */
+        STORE_REL(&s->state, SLOT_LIVE);
+        return 0;
+      }
+      /* Another recoverer may have written its identity between ours and
+      ** the swap: the slot's recoverer is the one that swapped. */
+      STORE(&s->rec_pid, me);
+      STORE(&s->rec_start, my_start);
+      break;
     }
     /* SLOT_RECOVERING: someone is at it; take over only if they died. */
     if (proc_alive(LOAD(&s->rec_pid), LOAD(&s->rec_start))) return 0;
@@ -537,6 +574,7 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
   __atomic_add_fetch(&h->dom.retry_seq, 1, __ATOMIC_RELEASE);
   syscall(SYS_futex, &h->dom.retry_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
   STORE_REL(&s->state, SLOT_FREE);
+  STORE_REL(&s->pid, 0);
   return 1;
 }
 
@@ -545,8 +583,7 @@ int ame_heap_recover_pid(ame_heap_t *heap, pid_t pid) {
   struct ame__slot *slots = ame__heap_slots(h);
   int n = 0;
   for (unsigned i = 0; i < h->max_slots; i++)
-    if (LOAD(&slots[i].state) != SLOT_FREE && LOAD(&slots[i].pid) == pid)
-      n += recover_slot(h, &slots[i]);
+    if (LOAD(&slots[i].pid) == pid) n += recover_slot(h, &slots[i]);
   return n;
 }
 
@@ -555,7 +592,8 @@ int ame_heap_check(ame_heap_t *heap) {
   struct ame__slot *slots = ame__heap_slots(h);
   int n = 0;
   for (unsigned i = 0; i < h->max_slots; i++)
-    if (LOAD(&slots[i].state) != SLOT_FREE) n += recover_slot(h, &slots[i]);
+    if (LOAD(&slots[i].state) != SLOT_FREE || LOAD(&slots[i].pid) != 0)
+      n += recover_slot(h, &slots[i]);
   return n;
 }
 

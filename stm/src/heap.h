@@ -30,7 +30,7 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 4
+#define AME__HEAP_VERSION 5
 #define AME__HEAP_NCLASS 40          /* small size classes */
 #define AME__HEAP_SMALL_MAX 32768    /* bytes: above, large blocks */
 #define AME__HEAP_SPAN 65536         /* carving unit for small classes */
@@ -46,9 +46,10 @@ enum { TICKET_NONE = 0, TICKET_WAITING = 1, TICKET_HOLDING = 2,
 
 struct ame__slot {
   uint32_t state;              /* atomic: SLOT_* */
-  int32_t pid;                 /* the owner's process */
-  int32_t tid;                 /* atomic: the owner thread (0 while the
-                                  slot is being taken) */
+  int32_t pid;                 /* atomic: the owner's process; 0 when the
+                                  slot is free and nobody is taking it */
+  int32_t tid;                 /* the owner thread (written before the
+                                  state turns LIVE) */
   uint64_t start;              /* its start time (clock ticks since boot,
                                   /proc/TID/stat field 22) */
   uint64_t incarnation;        /* counts the slot's owners */

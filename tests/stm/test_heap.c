@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A heap name unique to this process. */
@@ -680,6 +681,67 @@ TEST_IMPL(heap_thread_dies) {
   ASSERT_EQ(ame_heap_verify(h, msg, sizeof msg), 0);
   ame_heap_exit(h);
   ame_heap_close(h);
+}
+
+/* Taking a slot while another participant checks the heap: a slot is
+** never judged dead while its live owner is taking it (the check saw it
+** LIVE before its owner's identity was written and recovered it, which
+** then let a second thread take the same slot). */
+struct churn {
+  ame_heap_t *h;
+  atomic_int stop;
+  atomic_long rounds;
+};
+
+static void *churn_enter(void *arg) {
+  struct churn *c = arg;
+  while (!atomic_load(&c->stop)) {
+    ame_tx_t *tx = ame_heap_enter(c->h);
+    ASSERT_NOT_NULL(tx);
+    ame_heap_exit(c->h);
+    atomic_fetch_add(&c->rounds, 1);
+  }
+  return NULL;
+}
+
+static void *churn_check(void *arg) {
+  struct churn *c = arg;
+  while (!atomic_load(&c->stop)) ame_heap_check(c->h);
+  return NULL;
+}
+
+TEST_IMPL(heap_enter_while_checked) {
+  ame_heap_config_t cfg = {.size = 4 << 20, .max_slots = 4};
+  struct churn c = {.stop = 0, .rounds = 0};
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &c.h), 0);
+  pthread_t t[3];
+  thread_start(&t[0], churn_enter, &c);
+  thread_start(&t[1], churn_enter, &c);
+  thread_start(&t[2], churn_check, &c);
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += 2;
+  for (;;) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec > until.tv_sec ||
+        (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+      break;
+    ame_heap_stats_t st;
+    ame_heap_stats(c.h, &st);
+    if (st.recoveries != 0) break;
+    usleep(1000);
+  }
+  atomic_store(&c.stop, 1);
+  for (int i = 0; i < 3; i++) thread_join(t[i]);
+  ame_heap_stats_t st;
+  ame_heap_stats(c.h, &st);
+  ASSERT_GT(atomic_load(&c.rounds), 1000);
+  ASSERT_EQ(st.recoveries, 0);   /* nobody died */
+  ASSERT_EQ(st.slots_live, 0);
+  char msg[128];
+  ASSERT_EQ(ame_heap_verify(c.h, msg, sizeof msg), 0);
+  ame_heap_close(c.h);
 }
 
 /* ------------------------------------------------------------------------
