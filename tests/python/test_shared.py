@@ -904,11 +904,12 @@ class AtomicTests(SynchronousTestCase):
     def test_processesSerialise(self):
         """
         Conflicting read-modify-write blocks from several processes at once
-        serialise: the total is exact.
+        serialise: a count that each of 3 processes increments 100,000
+        times ends at exactly 300,000.
         """
         d, c = shared.dict(fresh()), shared.counter(fresh())
         d["n"] = 0
-        n, each = 4, 2500
+        n, each = 3, 100000
 
         def bump():
             d["n"] = d["n"] + 1
