@@ -55,6 +55,7 @@
 */
 #include "binding.h"
 #include "shared.h"
+#include "sockio.h" /* reactor/src: the socket calls the reactor shares */
 
 #include <errno.h>
 #include <stdlib.h>
@@ -329,13 +330,9 @@ static void fupdate(struct core *c, struct fconn *f) {
 
 /* Worker.  recv() once into the inbound buffer. */
 static void do_recv(struct core *c, struct fconn *f) {
-  ssize_t n;
-  do
-    n = f->pipe ? read(f->fd, c->scratch, AME_RECV_SIZE)
-                : recv(f->fd, c->scratch, AME_RECV_SIZE, MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
-  int err = n < 0 ? errno : 0;
-  if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) return;
+  ssize_t n = ame__sock_recv(f->fd, f->pipe, c->scratch, AME_RECV_SIZE);
+  if (n == -EAGAIN) return;
+  int err = n < 0 ? (int)-n : 0;
   pthread_mutex_lock(&c->lock);
   int sig = 0;
   if (!f->detach) {
@@ -401,18 +398,14 @@ static void do_send(struct core *c, struct fconn *f) {
       pthread_mutex_unlock(&c->lock);
       if (!more) break;
     }
-    ssize_t n = send(f->fd, f->wbuf + f->woff, f->wlen - f->woff,
-                     MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = ame__sock_send(f->fd, f->wbuf + f->woff, f->wlen - f->woff);
     if (n > 0) {
       f->woff += (size_t)n;
       sent += (size_t)n;
       if (f->woff == f->wlen) f->woff = f->wlen = 0;
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
-      break;
-    err = n < 0 ? errno : EPIPE;
+    if (n != -EAGAIN) err = (int)-n;
     break;
   }
   pthread_mutex_lock(&c->lock);
@@ -442,14 +435,11 @@ static void do_accept(struct core *c, struct fconn *f) {
   for (int i = 0; i < AME_ACCEPT_BATCH && !err; i++) {
     struct accepted a;
     a.len = sizeof a.addr;
-    a.fd = accept4(f->fd, (struct sockaddr *)&a.addr, &a.len,
-                   SOCK_NONBLOCK | SOCK_CLOEXEC);
+    a.fd = ame__sock_accept(f->fd, &a.addr, &a.len);
     if (a.fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      /* As Twisted: EPERM (netfilter), and a peer gone before we took it,
-      ** are not errors of the listener. */
-      if (errno == EINTR || errno == EPERM || errno == ECONNABORTED) continue;
-      err = errno;
+      if (a.fd == -EAGAIN) break;
+      if (a.fd == -ECONNABORTED) continue; /* not the listener's error */
+      err = -a.fd;
       a.fd = -1;
     }
     pthread_mutex_lock(&c->lock);
