@@ -271,6 +271,8 @@ static void mark_dirty(struct core *c, struct watch *w) {
   c->dirty_head = w;
 }
 
+static int post_apply(struct core *c, int wait);
+
 /* Post an apply if there is something to apply.  If wait is set, block
 ** (without the GIL) until it has run.  Return 0 or a negative error. */
 static int flush(struct core *c, int wait) {
@@ -280,10 +282,17 @@ static int flush(struct core *c, int wait) {
   ** peer's delayed ACK, up to 40 ms). */
   if (!wait) ame__fconn_flush_pending(c);
   pthread_mutex_lock(&c->lock);
-  if (c->dirty_head == NULL && c->fdirty == NULL) {
-    pthread_mutex_unlock(&c->lock);
-    return 0;
-  }
+  int idle = c->dirty_head == NULL && c->fdirty == NULL;
+  pthread_mutex_unlock(&c->lock);
+  return idle ? 0 : post_apply(c, wait);
+}
+
+int ame__core_sync(struct core *c) { return post_apply(c, 1); }
+
+/* Post an apply (even with nothing dirty).  If wait is set, block (without
+** the GIL) until an apply that started after this call has finished. */
+static int post_apply(struct core *c, int wait) {
+  pthread_mutex_lock(&c->lock);
   uint64_t my = ++c->req_seq;
   if (c->inline_mode) {
     /* This thread is the worker: apply at once (with the GIL: a few

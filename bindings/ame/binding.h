@@ -103,7 +103,8 @@ typedef struct {
 ** object's (until it detaches), one the ready list's (while queued). */
 struct fconn {
   struct core *c;
-  int fd;
+  int fd;                   /* Python's own (the socket's fileno()); -1
+                               once the worker let go of it */
   int refs;                 /* lock */
   PyObject *owner;          /* lock: the Stream (borrowed); NULL once it
                                detached */
@@ -133,6 +134,8 @@ struct fconn {
   int drained;              /* lock: a drained event is to be delivered */
   int queued_ready;         /* lock: on c's ready list */
   int dirty;                /* lock: on c's dirty list */
+  int seen;                 /* lock: the worker took it off the dirty list
+                               once: it may poll or use fd */
   struct fconn *next_ready, *next_dirty; /* lock */
   /* worker */
   ame_poll_t *poll;
@@ -151,6 +154,11 @@ PyObject *ame__sockaddr_tuple(const struct sockaddr *sa, socklen_t len);
 void ame__signal_efd(struct core *c);
 PyObject *ame__set_error(int err);
 int ame__core_live(struct core *c);
+/* Python thread.  Return once the worker has finished everything it was
+** doing with the streams' fds and has applied what is dirty now (a posted
+** apply, waited for without the GIL; inline, run at once).  Return 0 or a
+** negative error. */
+int ame__core_sync(struct core *c);
 
 /* transport.c */
 int ame__stream_init_type(PyObject *m, ame_state *st);

@@ -174,7 +174,7 @@ class _FastStream:
         tcp.Connection.abortConnection(self)
 
     def _closeSocket(self, orderly):
-        # Detach first: the worker stops polling (its dup of) the fd.
+        # Detach first: it returns once the worker no longer uses the fd.
         self._ameDetach()
         tcp.Connection._closeSocket(self, orderly)
 
@@ -182,8 +182,9 @@ class _FastStream:
 def _attach(transport, reactor, fd, listener=False):
     """
     Hand a connection's (or a listening socket's) I/O to the C worker, if
-    the reactor has one.  The worker needs a dup of the fd: when the fd
-    table is full (EMFILE), it stays on Twisted's own Python path instead.
+    the reactor has one.  The worker uses the fd itself (no second
+    descriptor); should attaching fail, the connection stays on Twisted's
+    own Python path.
     """
     core = getattr(reactor, "_core", None)
     if core is None:

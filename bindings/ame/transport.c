@@ -35,16 +35,29 @@
 ** code setting them (self.connected = 1, del self.protocol, ...) works
 ** unchanged.
 **
-** The worker works on its own dup() of the fd, so detaching (before
-** Twisted closes the socket) does not wait for it: libuv never watches a
-** closed fd or a reused number, and the worker closes its dup once it has
-** stopped the poll.
+** One descriptor per connection: the worker polls, reads, sends and
+** accepts on Python's own fd (the socket's fileno()), never a dup of it,
+** so that a process fits as many connections as Twisted's own reactors
+** under the same RLIMIT_NOFILE.  Then detaching, which Twisted does right
+** before it closes the socket, must not return while the worker may still
+** use the fd: once closed, its number is reused by the next socket, and a
+** late recv/send/accept would hit another connection, a late poll change
+** would make libuv abort.  So detaching a stream the worker has ever taken
+** up waits (without the GIL) for an apply the worker runs after it
+** (ame__core_sync): the worker runs the streams' callbacks and applies one
+** at a time on its one thread, so by then it has finished whatever it was
+** doing with the fd, seen the detach and stopped the poll.  A stream the
+** worker never took up needs no wait: when it does, it sees the detach
+** before anything else.  A transport collected while attached detaches in
+** its finalizer (tp_finalize), which runs before its __dict__, and with it
+** the socket, is cleared.  Everything else on the worker side stays
+** asynchronous: only this handshake, once per connection, waits.
 */
 #include "binding.h"
 #include "shared.h"
+#include "sockio.h" /* reactor/src: the socket calls the reactor shares */
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -317,13 +330,9 @@ static void fupdate(struct core *c, struct fconn *f) {
 
 /* Worker.  recv() once into the inbound buffer. */
 static void do_recv(struct core *c, struct fconn *f) {
-  ssize_t n;
-  do
-    n = f->pipe ? read(f->fd, c->scratch, AME_RECV_SIZE)
-                : recv(f->fd, c->scratch, AME_RECV_SIZE, MSG_DONTWAIT);
-  while (n < 0 && errno == EINTR);
-  int err = n < 0 ? errno : 0;
-  if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) return;
+  ssize_t n = ame__sock_recv(f->fd, f->pipe, c->scratch, AME_RECV_SIZE);
+  if (n == -EAGAIN) return;
+  int err = n < 0 ? (int)-n : 0;
   pthread_mutex_lock(&c->lock);
   int sig = 0;
   if (!f->detach) {
@@ -389,18 +398,14 @@ static void do_send(struct core *c, struct fconn *f) {
       pthread_mutex_unlock(&c->lock);
       if (!more) break;
     }
-    ssize_t n = send(f->fd, f->wbuf + f->woff, f->wlen - f->woff,
-                     MSG_DONTWAIT | MSG_NOSIGNAL);
+    ssize_t n = ame__sock_send(f->fd, f->wbuf + f->woff, f->wlen - f->woff);
     if (n > 0) {
       f->woff += (size_t)n;
       sent += (size_t)n;
       if (f->woff == f->wlen) f->woff = f->wlen = 0;
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
-      break;
-    err = n < 0 ? errno : EPIPE;
+    if (n != -EAGAIN) err = (int)-n;
     break;
   }
   pthread_mutex_lock(&c->lock);
@@ -430,14 +435,11 @@ static void do_accept(struct core *c, struct fconn *f) {
   for (int i = 0; i < AME_ACCEPT_BATCH && !err; i++) {
     struct accepted a;
     a.len = sizeof a.addr;
-    a.fd = accept4(f->fd, (struct sockaddr *)&a.addr, &a.len,
-                   SOCK_NONBLOCK | SOCK_CLOEXEC);
+    a.fd = ame__sock_accept(f->fd, &a.addr, &a.len);
     if (a.fd < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      /* As Twisted: EPERM (netfilter), and a peer gone before we took it,
-      ** are not errors of the listener. */
-      if (errno == EINTR || errno == EPERM || errno == ECONNABORTED) continue;
-      err = errno;
+      if (a.fd == -EAGAIN) break;
+      if (a.fd == -ECONNABORTED) continue; /* not the listener's error */
+      err = -a.fd;
       a.fd = -1;
     }
     pthread_mutex_lock(&c->lock);
@@ -496,12 +498,13 @@ void ame__fconn_apply_all(struct core *c) {
     struct fconn *next = f->next_dirty;
     f->dirty = 0;
     int detach = f->detach;
+    f->seen = 1;
     pthread_mutex_unlock(&c->lock);
     if (detach) {
+      /* Python's fd: let go of it, Python closes it. */
       if (f->poll) ame_poll_stop(f->poll);
       f->poll = NULL;
       f->armed = 0;
-      if (f->fd >= 0) close(f->fd); /* the worker's dup */
       f->fd = -1;
       pthread_mutex_lock(&c->lock);
       close_accepted(f);
@@ -719,8 +722,7 @@ static struct fconn *live_f(StreamObject *self) {
   CoreObject *co = (CoreObject *)self->core;
   if (co && co->c == f->c && ame__core_live(f->c)) return f;
   self->f = NULL;
-  if (f->fd >= 0) close(f->fd);
-  close_accepted(f);
+  close_accepted(f); /* f->fd is Python's: it closes it */
   free(f->ibuf);
   free(f->obuf);
   free(f->wbuf);
@@ -729,16 +731,15 @@ static struct fconn *live_f(StreamObject *self) {
   return NULL;
 }
 
-/* Detach from the worker (waits until it let go of the fd). */
+/* Detach from the worker: return once it no longer uses the fd (see the
+** opening comment), so that Python may close it. */
 static void stream_detach(StreamObject *self) {
   struct fconn *f = live_f(self);
   if (f == NULL) return;
   self->f = NULL;
   struct core *c = f->c;
-  /* No need to wait for the worker: it polls its own dup of the fd,
-  ** which it closes once it has stopped the poll (the dirty list keeps f
-  ** alive until then). */
   pthread_mutex_lock(&c->lock);
+  int sync = f->seen;
   f->detach = 1;
   f->owner = NULL;
   f->want_read = f->want_drain = 0;
@@ -748,6 +749,13 @@ static void stream_detach(StreamObject *self) {
   mark_fdirty(c, f);
   fconn_unref(f); /* the Python object's reference */
   pthread_mutex_unlock(&c->lock);
+  if (sync) {
+    /* The core stays alive meanwhile: self->core is released after. */
+    int rc = ame__core_sync(c);
+    if (rc != 0)
+      fprintf(stderr, "ame._ame: detaching fd %d: %s\n", self->pyfd,
+              strerror(-rc));
+  }
   Py_CLEAR(self->core);
 }
 
@@ -783,17 +791,9 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   }
   struct fconn *f = calloc(1, sizeof *f);
   if (f == NULL) return PyErr_NoMemory();
-  /* The worker polls, reads and sends on a dup of fd: Twisted closes fd
-  ** right after detaching, and the worker must never poll a closed fd
-  ** (libuv aborts) nor a reused number.  The connection is closed when
-  ** both are. */
-  int wfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (wfd < 0) {
-    free(f);
-    return ame__set_error(-errno);
-  }
+  /* The worker uses fd itself: detaching waits until it let go. */
   f->c = c;
-  f->fd = wfd;
+  f->fd = fd;
   f->listener = listener;
   f->pipe = pipe;
   self->pyfd = fd;
@@ -1316,6 +1316,15 @@ static int Stream_clear(StreamObject *self) {
   return 0;
 }
 
+/* Before a collected transport's __dict__ (and the socket in it, which
+** closes the fd) is cleared: detach. */
+static void Stream_finalize(PyObject *self) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  stream_detach((StreamObject *)self);
+  PyErr_Restore(type, value, tb);
+}
+
 static void Stream_dealloc(StreamObject *self) {
   PyTypeObject *tp = Py_TYPE(self);
   PyObject_GC_UnTrack(self);
@@ -1334,6 +1343,7 @@ PyDoc_STRVAR(Stream_doc,
 static PyType_Slot Stream_slots[] = {
     {Py_tp_new, Stream_new},
     {Py_tp_dealloc, Stream_dealloc},
+    {Py_tp_finalize, Stream_finalize},
     {Py_tp_traverse, Stream_traverse},
     {Py_tp_clear, Stream_clear},
     {Py_tp_methods, Stream_methods},

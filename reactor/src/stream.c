@@ -16,6 +16,7 @@
 ** the pending connections wait in the kernel's backlog meanwhile.
 */
 #include "internal.h"
+#include "sockio.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -517,11 +518,11 @@ static void listener_poll_cb(uv_poll_t *p, int status, int events) {
   if (status < 0 || l->h.state != HS_OPEN) return;
   /* (A callback run from here, on_open, may close the listener.) */
   for (int i = 0; i < ACCEPT_BATCH && l->h.state == HS_OPEN; i++) {
-    int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    int fd = ame__sock_accept(l->fd, NULL, NULL);
     if (fd < 0) {
-      int e = errno;
-      if (e == EAGAIN || e == EWOULDBLOCK) return;
-      if (e == EINTR || e == ECONNABORTED || e == EPROTO) continue;
+      int e = -fd;
+      if (e == EAGAIN) return;
+      if (e == ECONNABORTED) continue; /* not the listener's error */
       ADD(&r->accept_errors, 1);
       if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
         /* Out of descriptors or memory: stop accepting for a while; the

@@ -690,6 +690,48 @@ class ReactorBehaviourMixin:
         self.runReactor(reactor)
 
 
+    def test_oneDescriptorPerConnection(self):
+        """
+        A listening port takes one descriptor, and each TCP connection one
+        per end (here both ends, Twisted's client and server, are in this
+        process): nothing duplicates them.
+        """
+        reactor = self.buildReactor()
+        reactor.iterate(0)  # an inline core attaches at its first wait
+        before = len(os.listdir("/proc/self/fd"))
+        servers, clients = [], []
+
+        class Server(protocol.Protocol):
+            def connectionMade(self):
+                servers.append(self)
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                clients.append(self)
+
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(Server),
+                                 interface="127.0.0.1")
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before + 1)
+        n = 16
+        for _ in range(n):
+            reactor.connectTCP("127.0.0.1", port.getHost().port,
+                               protocol.ClientFactory.forProtocol(Client))
+        deadline = time.monotonic() + 10
+        while len(servers) < n or len(clients) < n:
+            self.assertLess(time.monotonic(), deadline, "connections made")
+            reactor.iterate(0.01)
+        self.assertEqual(len(os.listdir("/proc/self/fd")),
+                         before + 1 + 2 * n)
+        for p in servers + clients:
+            p.transport.loseConnection()
+        port.stopListening()
+        deadline = time.monotonic() + 10
+        while len(os.listdir("/proc/self/fd")) > before:
+            self.assertLess(time.monotonic(), deadline, "descriptors closed")
+            reactor.iterate(0.01)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), before)
+
+
 class EPollReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
     reactorFactory = EPollReactor
 
@@ -704,14 +746,21 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
                 self.fail("not within %s s: %s" % (timeout, what))
             reactor.iterate(0.01)
 
-    def test_fullDescriptorTableFallsBack(self):
+    def test_fullDescriptorTableServedInC(self):
         """
-        A connection accepted when the descriptor table has room for it
-        but not for the C side's dup of it stays on Twisted's own Python
-        I/O (ameStats()["python_path"] counts it) and is served there.
+        A connection accepted into the descriptor table's last free slot
+        is served by the C side all the same: it works on that one
+        descriptor (ameStats()["python_path"], connections left on
+        Twisted's own Python I/O, stays 0).
         """
         reactor = self.buildReactor()
-        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(_Echo),
+        served = []
+
+        class Echo(_Echo):
+            def connectionMade(self):
+                served.append(self.transport)
+
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(Echo),
                                  interface="127.0.0.1")
         reactor.iterate(0)  # an inline core attaches at its first wait
         self.assertEqual(reactor.ameStats()["python_path"], 0)
@@ -726,21 +775,20 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
                 except OSError:
                     break
             # Two free descriptors: the client's socket and the server's
-            # accept() get them, the C side's dup of the accepted one fails.
+            # accept() get them, and nothing else is needed.
             os.close(fillers.pop())
             os.close(fillers.pop())
             client = socket.create_connection(
                 ("127.0.0.1", port.getHost().port), 5)
             self.addCleanup(client.close)
-            self._iterateUntil(
-                reactor, lambda: reactor.ameStats()["python_path"] == 1,
-                "the connection accepted on the Python path")
+            self._iterateUntil(reactor, lambda: served,
+                               "the connection accepted")
         finally:
             for fd in fillers:
                 os.close(fd)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         client.setblocking(False)
-        client.sendall(b"served on the Python path")
+        client.sendall(b"served in C")
         got = []
 
         def received():
@@ -748,11 +796,77 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
                 got.append(client.recv(100))
             except BlockingIOError:
                 pass
-            return b"".join(got) == b"served on the Python path"
+            return b"".join(got) == b"served in C"
 
         self._iterateUntil(reactor, received, "the echo")
-        self.assertEqual(reactor.ameStats()["python_path"], 1)
+        self.assertEqual(reactor.ameStats()["python_path"], 0)
+        self.assertTrue(served[0]._ameFast)
         port.stopListening()
+
+    _ioMode = "thread"
+
+    def _capacity(self, kind):
+        """
+        How many TCP connections a child process running reactor kind
+        ("epoll", or "ame" in this class's I/O mode) serves under
+        RLIMIT_NOFILE 256: connect one at a time until one is not greeted.
+        """
+        code = (
+            "import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+            "from twisted.internet import protocol\n"
+            "if sys.argv[1] == 'epoll':\n"
+            "    from twisted.internet.epollreactor import EPollReactor\n"
+            "    reactor = EPollReactor()\n"
+            "else:\n"
+            "    from ame.reactor import AMEReactor\n"
+            "    reactor = AMEReactor(io=sys.argv[2])\n"
+            "class Hello(protocol.Protocol):\n"
+            "    def connectionMade(self):\n"
+            "        self.transport.write(b'x')\n"
+            "port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol("
+            "Hello), interface='127.0.0.1', backlog=1024)\n"
+            "reactor.callWhenRunning(lambda: print(port.getHost().port, "
+            "flush=True))\n"
+            "reactor.run(installSignalHandlers=False)\n")
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 1024 <= hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE,
+                            (soft, hard))
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, kind, self._ioMode],
+            stdout=subprocess.PIPE, env=dict(os.environ))
+        socks = []
+        try:
+            portno = int(child.stdout.readline())
+            while len(socks) < 400:
+                s = socket.create_connection(("127.0.0.1", portno), 5)
+                socks.append(s)
+                s.settimeout(2)
+                try:
+                    if s.recv(1) != b"x":
+                        break
+                except socket.timeout:
+                    break
+            return len(socks) - 1
+        finally:
+            for s in socks:
+                s.close()
+            child.kill()
+            child.wait()
+            child.stdout.close()
+
+    def test_lowDescriptorLimit(self):
+        """
+        Under the same low RLIMIT_NOFILE, AMEReactor serves as many
+        connections as EPollReactor: one descriptor each (its core's own
+        few fds aside).
+        """
+        epoll = self._capacity("epoll")
+        ame = self._capacity("ame")
+        self.assertGreater(epoll, 200)
+        self.assertGreaterEqual(ame, epoll - 8)
 
     def test_ameStats(self):
         """
@@ -995,6 +1109,7 @@ class AMEInlineReactorTests(AMEReactorTests):
     """
 
     reactorFactory = staticmethod(lambda: AMEReactor(io="inline"))
+    _ioMode = "inline"
 
     def test_noThread(self):
         """

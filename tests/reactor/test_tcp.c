@@ -6,7 +6,10 @@
 ** once and frees the stream once).
 */
 #include "reactor-test.h"
+#include "sockio.h" /* reactor/src: internal */
 
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 
 static ame_reactor_t *g_r;
@@ -1222,4 +1225,81 @@ TEST_IMPL(connect_then_shutdown) {
   rt_stop(&rt);
   ASSERT_EQ(atomic_load(&g_sc.cli_opens), 2);
   rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
+** sockio.h: the socket calls the reactor's listeners and the Python
+** binding's streams share, and their error convention.
+*/
+
+static void wait_readable(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLIN};
+  ASSERT_EQ(poll(&p, 1, 5000), 1);
+}
+
+TEST_IMPL(sockio) {
+  int fds = fd_baseline();
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  struct sockaddr_storage sa;
+  socklen_t len = sock_addr(&sa, "127.0.0.1", 0);
+  ASSERT_EQ(bind(lfd, (struct sockaddr *)&sa, len), 0);
+  /* Not listening: an error of the listener, not "none left". */
+  ASSERT_EQ(ame__sock_accept(lfd, NULL, NULL), -EINVAL);
+  ASSERT_EQ(listen(lfd, 16), 0);
+  ASSERT_EQ(getsockname(lfd, (struct sockaddr *)&sa, &len), 0);
+  int port = ntohs(((struct sockaddr_in *)&sa)->sin_port);
+  ASSERT_EQ(ame__sock_accept(lfd, NULL, NULL), -EAGAIN);
+  int c = tcp_client("127.0.0.1", port);
+  wait_readable(lfd);
+  struct sockaddr_storage peer;
+  socklen_t plen = sizeof peer;
+  int s = ame__sock_accept(lfd, &peer, &plen);
+  ASSERT(s >= 0);
+  ASSERT_EQ(peer.ss_family, AF_INET);
+  ASSERT(fcntl(s, F_GETFL) & O_NONBLOCK);
+  ASSERT_EQ(fcntl(s, F_GETFD), FD_CLOEXEC);
+  ASSERT_EQ(ame__sock_accept(lfd, NULL, NULL), -EAGAIN);
+  /* recv: nothing yet, data, then the peer's EOF. */
+  char b[16];
+  ASSERT_EQ(ame__sock_recv(s, 0, b, sizeof b), -EAGAIN);
+  ASSERT_EQ(ame__sock_send(s, "hello", 5), 5);
+  recv_exact(c, b, 5);
+  ASSERT(memcmp(b, "hello", 5) == 0);
+  ASSERT_EQ(send(c, "ping", 4, 0), 4);
+  wait_readable(s);
+  ASSERT_EQ(ame__sock_recv(s, 0, b, sizeof b), 4);
+  close(c);
+  wait_readable(s);
+  ASSERT_EQ(ame__sock_recv(s, 0, b, sizeof b), 0);
+  /* send to a closed peer: an error (no SIGPIPE), not "would block". */
+  ssize_t n = 1;
+  for (int i = 0; i < 1000 && n > 0; i++) {
+    n = ame__sock_send(s, "x", 1);
+    if (n > 0) usleep(1000);
+  }
+  ASSERT(n == -EPIPE || n == -ECONNRESET);
+  close(s);
+  /* A full send buffer is "would block". */
+  c = tcp_client_rcvbuf("127.0.0.1", port, 4096);
+  wait_readable(lfd);
+  s = ame__sock_accept(lfd, NULL, NULL);
+  ASSERT(s >= 0);
+  static char big[65536];
+  for (int i = 0; i < 10000 && (n = ame__sock_send(s, big, sizeof big)) > 0;
+       i++) {
+  }
+  ASSERT_EQ(n, -EAGAIN);
+  close(s);
+  close(c);
+  /* A pipe: read(), same convention. */
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+  ASSERT_EQ(ame__sock_recv(p[0], 1, b, sizeof b), -EAGAIN);
+  ASSERT_EQ(write(p[1], "pipe", 4), 4);
+  ASSERT_EQ(ame__sock_recv(p[0], 1, b, sizeof b), 4);
+  close(p[1]);
+  ASSERT_EQ(ame__sock_recv(p[0], 1, b, sizeof b), 0);
+  close(p[0]);
+  close(lfd);
+  ASSERT_EQ(fd_count(), fds);
 }

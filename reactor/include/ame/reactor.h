@@ -284,7 +284,10 @@ AME_REACTOR_EXTERN int ame_unix_listen(ame_reactor_t *r, const char *path,
                                        int backlog, const ame_stream_cbs_t *cbs,
                                        void *data, ame_listener_t **out);
 
-/* Adopt an already listening socket (IReactorSocket.adoptStreamPort). */
+/* Adopt an already listening socket (IReactorSocket.adoptStreamPort).  fd
+** stays the caller's: the listener works on a duplicate of it (close fd
+** after adopting to hold one descriptor).  Its connections take one
+** descriptor each. */
 AME_REACTOR_EXTERN int ame_listen_fd(ame_reactor_t *r, int fd,
                                      const ame_stream_cbs_t *cbs, void *data,
                                      ame_listener_t **out);
@@ -308,7 +311,10 @@ AME_REACTOR_EXTERN int ame_unix_connect(ame_reactor_t *r, const char *path,
                                         const ame_stream_cbs_t *cbs, void *data,
                                         ame_stream_t **out);
 
-/* Adopt a connected socket (IReactorSocket.adoptStreamConnection). */
+/* Adopt a connected socket (IReactorSocket.adoptStreamConnection).  fd
+** stays the caller's, as for ame_listen_fd: the stream works on a
+** duplicate (libuv's handle owns and closes its fd); close fd after
+** adopting to hold one descriptor per connection. */
 AME_REACTOR_EXTERN int ame_stream_adopt(ame_reactor_t *r, int fd,
                                         const ame_stream_cbs_t *cbs, void *data,
                                         ame_stream_t **out);

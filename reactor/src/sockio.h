@@ -1,0 +1,81 @@
+/*
+** reactor/src/sockio.h — the socket calls of the C streams that work on a
+** raw fd: the reactor's listeners (stream.c) and the Python binding's TCP
+** streams (bindings/ame/transport.c), which both accept, and the binding's
+** buffered reads and writes.  Internal: not part of ame/reactor.h, and
+** static inline, so nothing here is a symbol of libame-reactor and the hot
+** paths pay no call.
+**
+** Why two stream layers and one set of socket calls.  The reactor's
+** streams are libuv's (uv_tcp_t, uv_pipe_t: uv_read_start, uv_try_write
+** and uv_write), whose handle owns its fd and closes it at uv_close.  The
+** binding's fd belongs to Python's socket object, which Twisted closes
+** itself (and whose Port builds its own transports from accepted fds): an
+** ame_stream_t over it would need a second descriptor per connection (a
+** dup, as ame_stream_adopt takes) or would close it under Python.  So the
+** binding keeps its own streams over ame_poll, and what both do on a raw
+** fd — accept with one classification of errors, recv and send without
+** blocking — is this one module.
+**
+** Error convention: a negative errno, never errno itself; EINTR is retried
+** here, and "would block" is -EAGAIN whatever the kernel said (EAGAIN,
+** EWOULDBLOCK, ENOBUFS for a full send buffer).
+*/
+#ifndef AME_SOCKIO_H
+#define AME_SOCKIO_H
+
+#include <errno.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* accept4() one connection from listening socket lfd, non-blocking and
+** close-on-exec; sa and len (may be NULL) get the peer's address.  Return
+** the new fd; -EAGAIN when none is left; -ECONNABORTED when this one is
+** gone but others may follow (as Twisted: a peer that went away before we
+** took it, EPROTO, and EPERM from a firewall rule, are not errors of the
+** listener: go on accepting); or another -errno, an error of the listener
+** (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) that should pause accepting. */
+static inline int ame__sock_accept(int lfd, struct sockaddr_storage *sa,
+                                   socklen_t *len) {
+  for (;;) {
+    int fd = accept4(lfd, (struct sockaddr *)sa, len,
+                     SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) return fd;
+    int e = errno;
+    if (e == EINTR) continue;
+    if (e == EAGAIN || e == EWOULDBLOCK) return -EAGAIN;
+    if (e == ECONNABORTED || e == EPROTO || e == EPERM) return -ECONNABORTED;
+    return -e;
+  }
+}
+
+/* Read once without blocking: recv(), or read() for a pipe (is_pipe).
+** Return the bytes read (> 0), 0 at end of stream, -EAGAIN when nothing is
+** there, or another -errno. */
+static inline ssize_t ame__sock_recv(int fd, int is_pipe, void *buf,
+                                     size_t n) {
+  for (;;) {
+    ssize_t r = is_pipe ? read(fd, buf, n) : recv(fd, buf, n, MSG_DONTWAIT);
+    if (r >= 0) return r;
+    int e = errno;
+    if (e == EINTR) continue;
+    return e == EAGAIN || e == EWOULDBLOCK ? -EAGAIN : -e;
+  }
+}
+
+/* Send once without blocking and without SIGPIPE.  Return the bytes sent
+** (> 0, possibly fewer than n), -EAGAIN when the kernel's buffer is full,
+** or another -errno (-EPIPE for a send that took nothing). */
+static inline ssize_t ame__sock_send(int fd, const void *p, size_t n) {
+  for (;;) {
+    ssize_t r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r > 0) return r;
+    if (r == 0) return n == 0 ? 0 : -EPIPE;
+    int e = errno;
+    if (e == EINTR) continue;
+    return e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS ? -EAGAIN : -e;
+  }
+}
+
+#endif
