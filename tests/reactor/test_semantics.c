@@ -731,6 +731,9 @@ enum { BC_SLOTS = 256, BC_CLIENTS = 8 };
 static uintptr_t g_bc_slot[BC_SLOTS]; /* transactional: open streams */
 static uintptr_t g_bc_registered;     /* transactional */
 static atomic_int g_bc_opens, g_bc_closes;
+/* Chaos connections reset by the client: the kernel may drop one that is
+** reset before the listener accepts it (accept4 ECONNABORTED). */
+static atomic_int g_bc_resets;
 static unsigned g_bc_msgs;
 
 struct bc_conn {
@@ -857,10 +860,12 @@ static void *bc_chaos(void *arg) {
     char buf[512];
     if (rnd_below(&rnd, 2))
       (void)recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (rnd_below(&rnd, 3) == 0)
+    if (rnd_below(&rnd, 3) == 0) {
       close_reset(fd);
-    else
+      atomic_fetch_add(&g_bc_resets, 1);
+    } else {
       close(fd);
+    }
   }
   return NULL;
 }
@@ -897,8 +902,12 @@ TEST_IMPL(broadcast) {
     thread_join(ch[i]);
   ASSERT_WAIT(atomic_load(&g_bc_closes) == atomic_load(&g_bc_opens), 20000);
   rt_stop(&rt);
-  ASSERT_EQ(atomic_load(&g_bc_opens), BC_CLIENTS + 4 * 30);
-  ASSERT_EQ(atomic_load(&g_bc_closes), BC_CLIENTS + 4 * 30);
+  /* Every connection accepted is opened and closed once; at most the
+  ** chaos connections reset early were never accepted. */
+  ASSERT_LE(atomic_load(&g_bc_opens), BC_CLIENTS + 4 * 30);
+  ASSERT_GE(atomic_load(&g_bc_opens),
+            BC_CLIENTS + 4 * 30 - atomic_load(&g_bc_resets));
+  ASSERT_EQ(atomic_load(&g_bc_closes), atomic_load(&g_bc_opens));
   ASSERT_EQ(g_bc_registered, 0);
   ame_reactor_stats_t st;
   ame_reactor_stats(g_r, &st);
