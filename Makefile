@@ -39,8 +39,8 @@ check: deps
 demo: deps-demo build-release
 	$(PYTHON) bench/demo.py --builddir $(BENCH_BUILD) $(DEMO_ARGS)
 
-# The benchmarks, each against its baselines in the same run (about 15
-# minutes; BENCH_ARGS=--quick about 2; bench/README.md).  Each runner prints
+# The benchmarks, each against its baselines in the same run (about 20
+# minutes; BENCH_ARGS=--quick about 3; bench/README.md).  Each runner prints
 # its tables and writes its results to $(BENCH_BUILD)/bench-NAME.json;
 # bench/results.py then renders them all as bench/RESULTS.md, the one file
 # of measured figures (date, machine, command, tables, bars).  A runner that
