@@ -304,7 +304,8 @@ def shared_section(d):
         for name, why in sorted(ops.get("skipped", {}).items()):
             out += ["", "%s: skipped (%s)." % (name, why)]
         out += ["", "Two processes at once, each on its own keys (LMDB's "
-                "writers take turns):", ""]
+                "writers take turns; dict: each process its own copy, "
+                "nothing shared, the machine's ceiling):", ""]
         out.append(table(
             ["operation", "store", "calls/s", "min-max", "x one process",
              "per CPU-second x one process"],

@@ -27,7 +27,7 @@ the repetitions, and ratios are taken between medians of the same run.  A
 missing a bar never fails the run.  The exit status is 1 if a run fails
 (wrong counts, a task error, a worker that dies).
 
-Default: 3 repetitions; wordcount over 64 files of 128 KiB; 20000 empty
+Default: 5 repetitions; wordcount over 128 files of 128 KiB; 20000 empty
 tasks for ame.tasks and 4000 for the others: about 2 minutes.  --quick:
 1 repetition, 32 files, 5000 and 1000 tasks: under a minute.  Run it with
 Debian's /usr/bin/python3 after `ninja -C build-release`.
@@ -294,9 +294,9 @@ def main():
                     help="short form: 1 repetition, 32 files, 5000 and "
                          "1000 empty tasks")
     ap.add_argument("--reps", type=int, default=None,
-                    help="repetitions of every run (default 3; quick 1)")
+                    help="repetitions of every run (default 5; quick 1)")
     ap.add_argument("--files", type=int, default=None,
-                    help="wordcount: files in the corpus (default 64; "
+                    help="wordcount: files in the corpus (default 128; "
                          "quick 32)")
     ap.add_argument("--sections", type=name_list(SECTIONS, "section"),
                     default=list(SECTIONS),
@@ -311,9 +311,9 @@ def main():
                          "(default 4000; quick 1000)")
     args = parse_args(ap, report)
     if args.reps is None:
-        args.reps = 1 if args.quick else 3
+        args.reps = 1 if args.quick else 5
     if args.files is None:
-        args.files = 32 if args.quick else 64
+        args.files = 32 if args.quick else 128
     if args.tasks is None:
         args.tasks = 5000 if args.quick else 20000
     if args.slow_tasks is None:
