@@ -155,6 +155,20 @@ def atomically(fn):
 _objects = {}  # (class, name) -> object
 
 
+def _keep(cache, key, obj):
+    """
+    cache[key] = obj: at once outside ame.atomic; inside, once the
+    transaction commits.  An object opened by an attempt that rolls back
+    may hold the addresses of a header and container that the attempt
+    created and the rollback freed, which later allocations reuse: cached,
+    it would read and write another object's storage.
+    """
+    if _in_atomic():
+        after_commit(cache.__setitem__, key, obj)
+    else:
+        cache[key] = obj
+
+
 def _open(cls, name):
     obj = _objects.get((cls, name))
     if obj is None:
@@ -162,7 +176,8 @@ def _open(cls, name):
             raise TypeError(
                 "ame.shared: a name is a str, not %s" % type(name).__name__
             )
-        obj = _objects[(cls, name)] = _ame._shared_open(cls, name)
+        obj = _ame._shared_open(cls, name)
+        _keep(_objects, (cls, name), obj)
     return obj
 
 
@@ -238,7 +253,8 @@ class Counts:
     def _lane(self, i):
         d = self._lanes[i]
         if d is None:
-            d = self._lanes[i] = _open(_ame.SharedDict, "%s#%d" % (self.name, i))
+            d = _open(_ame.SharedDict, "%s#%d" % (self.name, i))
+            _keep(self._lanes, i, d)
         return d
 
     def _all(self):
