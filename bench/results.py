@@ -369,11 +369,14 @@ def tasks_section(d):
         out.append("")
         out.append(table(
             ["config", "seconds", "min-max", "MiB/s", "speed x plain loop",
-             "speed x ame.tasks 1w", "re-runs"],
+             "speed x ame.tasks 1w", "CPU s", "CPU x ame.tasks 1w",
+             "re-runs"],
             [[r["config"], "%.3f" % r["median_s"],
               "%.3f-%.3f" % (r["min_s"], r["max_s"]),
               "%.2f" % r["mib_per_s"], fmt_ratio(r["x_plain"]),
               fmt_ratio(r["x_ame_1w"]),
+              "-" if r.get("cpu_s") is None else "%.3f" % r["cpu_s"],
+              fmt_ratio(r.get("cpu_x_ame_1w")),
               str(r["reruns"]) if "reruns" in r else "-"]
              for r in wc["rows"]]))
     ov = d.get("overhead")

@@ -37,6 +37,7 @@ import collections
 import concurrent.futures
 import multiprocessing
 import os
+import resource
 import sys
 import time
 
@@ -95,6 +96,14 @@ def count_files(paths):
     return total
 
 
+def cpu_seconds():
+    """CPU seconds used by this process and its reaped children (the
+    workers of ame.tasks and of a Pool, joined before a run ends)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
+
+
 def wc_run(config, paths, rep, expected):
     """Count the corpus's words with config; return (seconds, details).
     The counts must equal expected."""
@@ -102,6 +111,7 @@ def wc_run(config, paths, rep, expected):
     import ame.tasks
     import wordcount
     details = {}
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     if config == "plain loop":
         counts = count_files(paths)
@@ -126,6 +136,7 @@ def wc_run(config, paths, rep, expected):
             counts.update(c)
         close(pool)
     dt = time.perf_counter() - t0
+    details["cpu_s"] = cpu_seconds() - c0
     if dict(counts) != expected:
         raise BenchError("%s: the counts differ from the plain loop's "
                          "(%d distinct words, expected %d)"
@@ -155,7 +166,8 @@ def wordcount_section(args, session, failures):
         secs = [r[0] for r in runs]
         row = {"config": c, "seconds": secs, "median_s": med(secs),
                "min_s": min(secs), "max_s": max(secs),
-               "mib_per_s": mib / med(secs)}
+               "mib_per_s": mib / med(secs),
+               "cpu_s": med([r[1]["cpu_s"] for r in runs])}
         if c.startswith("ame.tasks"):
             row["reruns"] = sum(r[1]["reruns"] for r in runs)
             row["tasks"] = sum(r[1]["tasks"] for r in runs)
@@ -163,10 +175,14 @@ def wordcount_section(args, session, failures):
     by = {r["config"]: r for r in rows}
     plain = by.get("plain loop", {}).get("median_s")
     one = by.get("ame.tasks 1w", {}).get("median_s")
+    one_cpu = by.get("ame.tasks 1w", {}).get("cpu_s")
     for r in rows:
         # Speed ratios: the other's time over this one's.
         r["x_plain"] = ratio(plain, r["median_s"])
         r["x_ame_1w"] = ratio(one, r["median_s"])
+        # CPU against ame.tasks on 1 worker: what running in parallel
+        # costs, which a busy machine does not hide.
+        r["cpu_x_ame_1w"] = ratio(r["cpu_s"], one_cpu)
     return {"rows": rows, "files": args.files, "kib": args.kib,
             "words": sum(expected.values()), "distinct": len(expected)}
 
@@ -263,11 +279,13 @@ def report(d):
                  s["reps"]))
         print()
         print_rows(["config", "seconds", "min-max", "MiB/s", "x plain loop",
-                    "x ame.tasks 1w", "re-runs"],
+                    "x ame.tasks 1w", "CPU s", "CPU x ame.tasks 1w",
+                    "re-runs"],
                    [[r["config"], "%.3f" % r["median_s"],
                      "%.3f-%.3f" % (r["min_s"], r["max_s"]),
                      "%.2f" % r["mib_per_s"], fmt_ratio(r["x_plain"]),
-                     fmt_ratio(r["x_ame_1w"]),
+                     fmt_ratio(r["x_ame_1w"]), "%.3f" % r["cpu_s"],
+                     fmt_ratio(r["cpu_x_ame_1w"]),
                      str(r["reruns"]) if "reruns" in r else "-"]
                     for r in wc["rows"]], right_from=1)
     ov = d.get("overhead")
