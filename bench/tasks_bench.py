@@ -284,8 +284,9 @@ def report(d):
                    [[r["config"], "%.3f" % r["median_s"],
                      "%.3f-%.3f" % (r["min_s"], r["max_s"]),
                      "%.2f" % r["mib_per_s"], fmt_ratio(r["x_plain"]),
-                     fmt_ratio(r["x_ame_1w"]), "%.3f" % r["cpu_s"],
-                     fmt_ratio(r["cpu_x_ame_1w"]),
+                     fmt_ratio(r["x_ame_1w"]),
+                     "-" if r.get("cpu_s") is None else "%.3f" % r["cpu_s"],
+                     fmt_ratio(r.get("cpu_x_ame_1w")),
                      str(r["reruns"]) if "reruns" in r else "-"]
                     for r in wc["rows"]], right_from=1)
     ov = d.get("overhead")
