@@ -39,18 +39,20 @@ check: deps
 demo: deps-demo build-release
 	$(PYTHON) bench/demo.py --builddir $(BENCH_BUILD) $(DEMO_ARGS)
 
-# The benchmarks, each against its baselines in the same run (about 15
-# minutes; BENCH_ARGS=--quick about 2; bench/README.md).  Each runner prints
+# The benchmarks, each against its baselines in the same run (about 20
+# minutes; BENCH_ARGS=--quick about 3; bench/README.md).  Each runner prints
 # its tables and writes its results to $(BENCH_BUILD)/bench-NAME.json;
 # bench/results.py then renders them all as bench/RESULTS.md, the one file
 # of measured figures (date, machine, command, tables, bars).  A runner that
 # fails does not stop the others; make bench then fails at the end.
 # BENCH_ARGS go to every runner (e.g. --quick, which RESULTS.md marks as a
 # quick run); STM_BENCH_ARGS, REACTOR_BENCH_ARGS, TWISTED_BENCH_ARGS,
-# LOAD_BENCH_ARGS and SUPERVISOR_BENCH_ARGS to one each (their other flags differ: --duration is ms
+# LOAD_BENCH_ARGS, SUPERVISOR_BENCH_ARGS, SHARED_BENCH_ARGS and
+# TASKS_BENCH_ARGS to one each (their other flags differ: --duration is ms
 # for the STM runner, seconds for the others).
 BENCH_VARS = BENCH_ARGS STM_BENCH_ARGS REACTOR_BENCH_ARGS TWISTED_BENCH_ARGS \
-	     LOAD_BENCH_ARGS SUPERVISOR_BENCH_ARGS
+	     LOAD_BENCH_ARGS SUPERVISOR_BENCH_ARGS SHARED_BENCH_ARGS \
+	     TASKS_BENCH_ARGS
 BENCH_CMD = $(strip make bench $(foreach v,$(BENCH_VARS),$(if $($(v)),$(v)='$($(v))')))
 BENCH_OUT = --builddir $(BENCH_BUILD) --json-out $(BENCH_BUILD)/bench
 bench: build-release
@@ -60,6 +62,8 @@ bench: build-release
 	-$(PYTHON) bench/twisted_bench.py $(BENCH_OUT)-twisted.json $(BENCH_ARGS) $(TWISTED_BENCH_ARGS)
 	-$(PYTHON) bench/load_bench.py $(BENCH_OUT)-load.json $(BENCH_ARGS) $(LOAD_BENCH_ARGS)
 	-$(PYTHON) bench/supervisor_bench.py $(BENCH_OUT)-supervisor.json $(BENCH_ARGS) $(SUPERVISOR_BENCH_ARGS)
+	-$(PYTHON) bench/shared_bench.py $(BENCH_OUT)-shared.json $(BENCH_ARGS) $(SHARED_BENCH_ARGS)
+	-$(PYTHON) bench/tasks_bench.py $(BENCH_OUT)-tasks.json $(BENCH_ARGS) $(TASKS_BENCH_ARGS)
 	$(PYTHON) bench/results.py --builddir $(BENCH_BUILD) --command "$(BENCH_CMD)"
 
 # Crash injection on the shared heap at length: 10,000 SIGKILLs of worker

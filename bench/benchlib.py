@@ -1,16 +1,18 @@
 """bench/benchlib.py — what the benchmark runners (stm_bench.py,
-reactor_bench.py, twisted_bench.py, load_bench.py, demo.py) share, so that
-each mechanism exists once:
+reactor_bench.py, twisted_bench.py, load_bench.py, supervisor_bench.py,
+shared_bench.py, tasks_bench.py, demo.py) share, so that each mechanism
+exists once:
 
 - the machine: what it is (machine_info), how busy other work kept it
   (LoadMeter, wait_quiet), and the CPU time of a server's processes over
   a client's run (ServerCPU);
 - running programs: a benchmark binary that prints one JSON line
   (run_json), the HTTP clients wrk (run_wrk) and `ame load --json`
-  (run_ame_load), with limits, and their output parsed in one place;
-- servers: each in its own process group (Server, AppServer), all stopped
-  however a runner ends (ServerSession), checked with two keep-alive GETs
-  (check_http);
+  (run_ame_load), the shared heap's crash-injection test (run_heap_crash),
+  with limits, and their output parsed in one place;
+- servers: each in its own process group (Server, AppServer), a program
+  under `ame run` (start_ame_run), all stopped however a runner ends
+  (ServerSession), checked with two keep-alive GETs (check_http);
 - the command line (runner_parser and the list parsers), the JSON a runner
   writes and prints (emit, load_saved), and the text tables (fmt_*,
   print_rows, print_bars, print_failures).
@@ -333,6 +335,73 @@ def run_ame_load(ame, port, threads, conns, duration, tmpdir, extra=()):
     return d, cpu, " ".join(cmd)
 
 
+HEAP_CRASH_RE = {
+    "kills": re.compile(r"^(heap_crash\w*): (\d+) kills \(random (\d+), "
+                        r"locked (\d+), validated (\d+), writeback (\d+), "
+                        r"released (\d+)\), (\d+) transfers acknowledged, "
+                        r"(\d+) recoveries \((\d+) finished a commit\)",
+                        re.M),
+    "peer": re.compile(r"^recovered by a surviving worker: (\d+) of", re.M),
+    "times": re.compile(r"^recovery time, ms: p50 ([\d.]+) p99 ([\d.]+) "
+                        r"max ([\d.]+)", re.M),
+    "check": re.compile(r"^  check ", re.M),
+}
+
+
+def run_heap_crash(runner, test, kills, timeout):
+    """
+    Run the shared heap's crash-injection test (tests/stm/test_heap_crash.c:
+    `run-stm-tests heap_crash` or `heap_crash_peer`) with AME_HEAP_KILLS=
+    kills, verbose (a "  check" line each time the invariants held after a
+    kill and its recovery).  Return a dict: kills, survived (kills after
+    which the invariants held), the kills per phase, transfers
+    acknowledged, recoveries, recovered_commits, by_survivor (peer only),
+    recovery p50/p99/max in ms, seconds, command, and error (None, or why
+    the test failed: a broken invariant, a hang, a crash).  Raise BenchError
+    only when it cannot run.
+    """
+    env = dict(os.environ, AME_HEAP_KILLS=str(kills),
+               AME_HEAP_CRASH_VERBOSE="1")
+    command = "AME_HEAP_KILLS=%d %s %s" % (kills, runner, test)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([runner, test], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=env, timeout=timeout, text=True,
+                           errors="replace")
+        out, err, rc = p.stdout, p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode("utf-8", "replace") if isinstance(
+            e.stdout, bytes) else (e.stdout or "")
+        err, rc = "timed out after %.0f s" % timeout, None
+    except OSError as e:
+        raise BenchError("cannot run %s: %s" % (runner, e))
+    res = {"test": test, "kills": kills,
+           "survived": len(HEAP_CRASH_RE["check"].findall(out)),
+           "seconds": time.monotonic() - t0, "command": command,
+           "error": None}
+    m = HEAP_CRASH_RE["kills"].search(out)
+    if m:
+        res["by_phase"] = dict(zip(("random", "locked", "validated",
+                                    "writeback", "released"),
+                                   (int(x) for x in m.groups()[2:7])))
+        res["acknowledged"] = int(m.group(8))
+        res["recoveries"] = int(m.group(9))
+        res["recovered_commits"] = int(m.group(10))
+    m = HEAP_CRASH_RE["peer"].search(out)
+    res["by_survivor"] = int(m.group(1)) if m else None
+    m = HEAP_CRASH_RE["times"].search(out)
+    res["p50_ms"], res["p99_ms"], res["max_ms"] = (
+        [float(x) for x in m.groups()] if m else (None, None, None))
+    if rc != 0 or m is None:
+        lines = (err or "").strip().splitlines() or out.strip().splitlines()
+        why = ("killed by signal %d" % -rc if rc is not None and rc < 0
+               else "exit status %s" % rc if rc is not None else "")
+        res["error"] = "; ".join(x for x in (why, lines[-1] if lines else "")
+                                 if x) or "no summary in its output"
+    return res
+
+
 def round_robin(keys, reps, run, describe, on_failure, label="",
                 quiet_wait=0, alternate=False):
     """Run run(key, rep) for every key once per repetition, so that a slow
@@ -485,6 +554,32 @@ class AppServer(Server):
         self.remember()
         super().stop()
         kill_leftovers(self.seen.items())
+
+
+def start_ame_run(builddir, program, workers, port, log, options=()):
+    """
+    Start `BUILDDIR/cmd/ame run --workers W [options] PROGRAM...` (program:
+    the Python program and its arguments) as an AppServer, with the
+    PYTHONPATH of ame_env(builddir); wait until it accepts on port and the
+    supervisor says that every worker serves.  Raise BenchError if it does
+    not within 30 s or exits.
+    """
+    ame = os.path.join(builddir, "cmd", "ame")
+    cmd = (["env", "PYTHONPATH=" + ame_env(builddir)["PYTHONPATH"], ame,
+            "run", "--workers", str(workers)] + list(options) + list(program))
+    srv = AppServer(cmd, log)
+    srv.wait_port(port, 30)
+    serving = re.compile(r"%d worker\(s\) serving" % workers)
+    end = time.monotonic() + 30
+    while True:
+        with open(log, errors="replace") as f:
+            if serving.search(f.read()):
+                return srv
+        srv.check_running("the start")
+        if time.monotonic() > end:
+            raise BenchError("`ame run` did not say that %d workers serve "
+                             "within 30 s: %s" % (workers, srv.log_tail()))
+        time.sleep(0.05)
 
 
 class ServerSession:

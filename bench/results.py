@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Render bench/RESULTS.md from the JSON that the benchmark runners wrote.
 
-`make bench` runs stm_bench.py, reactor_bench.py, twisted_bench.py and
-load_bench.py, each with --json-out BUILDDIR/bench-NAME.json, and then this
+`make bench` runs stm_bench.py, reactor_bench.py, twisted_bench.py,
+load_bench.py, supervisor_bench.py, shared_bench.py and tasks_bench.py,
+each with --json-out BUILDDIR/bench-NAME.json, and then this
 script, which writes one Markdown file: when and how the figures were taken
 (the date, the command, the commit), the machine (CPU model, CPUs, kernel,
 load average, the CPUs other work used, the cache-line transfer cost that
@@ -35,6 +36,8 @@ RUNNERS = (
     ("twisted", "twisted_bench.py", "Twisted"),
     ("load", "load_bench.py", "`ame load` against wrk"),
     ("supervisor", "supervisor_bench.py", "The `ame run` supervisor"),
+    ("shared", "shared_bench.py", "ame.shared"),
+    ("tasks", "tasks_bench.py", "ame.tasks"),
 )
 
 
@@ -280,9 +283,123 @@ def supervisor_section(d):
                        "errors / non-2xx", "reloads / recycled"], body)]
 
 
+def shared_section(d):
+    out = []
+    ops = d.get("ops")
+    if ops:
+        out.append("Single-key operations from Python, each one "
+                   "transaction (%d keys, values of %d bytes; Redis on a "
+                   "Unix socket, %s parser; LMDB with writemap, no sync, a "
+                   "write transaction per put), one process:"
+                   % (ops["keys"], ops["value_bytes"],
+                      "hiredis" if ops["hiredis"] else "Python"))
+        out.append("")
+        out.append(table(
+            ["operation", "store", "calls/s", "min-max", "us/call",
+             "ame.shared x it"],
+            [[r["case"], r["store"], fmt_rate(r["median"]),
+              spread(r["min"], r["max"]), fmt_us(r["us_per_call"]),
+              "" if r["store"] == "ame.shared" else fmt_ratio(r["ame_vs"])]
+             for r in ops["rows"]], right_from=2))
+        for name, why in sorted(ops.get("skipped", {}).items()):
+            out += ["", "%s: skipped (%s)." % (name, why)]
+        out += ["", "Two processes at once, each on its own keys (LMDB's "
+                "writers take turns; dict: each process its own copy, "
+                "nothing shared, the machine's ceiling):", ""]
+        out.append(table(
+            ["operation", "store", "calls/s", "min-max", "x one process",
+             "per CPU-second x one process"],
+            [[r["case"], r["store"], fmt_rate(r["median"]),
+              spread(r["min"], r["max"]), fmt_ratio(r["vs_one"]),
+              fmt_ratio(r["per_cpu_vs_one"])] for r in ops["two"]],
+            right_from=2))
+        out += ["", "One hot key, two processes:", ""]
+        out.append(table(
+            ["operation", "increments/s", "min-max", "aborts/commit"],
+            [["`ame.atomic(d[k] = d[k] + 1)`" if r["case"] == "hot key"
+              else "`counter.add(1)`", fmt_rate(r["median"]),
+              spread(r["min"], r["max"]), fmt_apc(r["aborts_per_commit"])]
+             for r in ops["hot"]]))
+    web = d.get("web")
+    if web and web.get("rows"):
+        out += ["", "bench/counter_web.py (twisted.web) under `ame run "
+                "--workers %d`, `ame load -t%d -c%d -d%ds`, with and without "
+                "a shared counter add per request (counted: the requests "
+                "the counter saw, which must be those served):"
+                % (web["workers"], web["threads"], web["connections"],
+                   web["duration_s"]), ""]
+        out.append(table(
+            ["config", "req/s", "min-max", "req/s x plain", "p99 ms",
+             "errors / non-2xx", "counted"],
+            [[r["config"], fmt_rate(r["rps_median"]),
+              spread(r["rps_min"], r["rps_max"]),
+              fmt_ratio(r["rps_vs_plain"]),
+              fmt_us(r["p99_median_us"] / 1000.0),
+              "%d / %d" % (r["errors"], r["non2xx"]), str(r["counted"])]
+             for r in web["rows"]]))
+    elif web and web.get("skipped"):
+        out += ["", "Web: skipped (%s)." % web["skipped"]]
+    crash = d.get("crash")
+    if crash and crash.get("runs"):
+        out += ["", "Crash injection (tests/stm/test_heap_crash.c, as `make "
+                "stress`): worker processes SIGKILLed at random moments and "
+                "in each phase of a commit, recovered by the test "
+                "(heap_crash) or by the surviving workers (heap_crash_peer); "
+                "survived: kills after which every invariant held:", ""]
+        out.append(table(
+            ["test", "kills", "survived", "recovery ms p50", "p99", "max",
+             "recovered by a survivor", "transfers acknowledged"],
+            [[r["test"], str(r["kills"]), str(r["survived"]),
+              fmt_us(r["p50_ms"]), fmt_us(r["p99_ms"]), fmt_us(r["max_ms"]),
+              "-" if r["by_survivor"] is None else str(r["by_survivor"]),
+              fmt_rate(r.get("acknowledged"))] for r in crash["runs"]]))
+    elif crash and crash.get("skipped"):
+        out += ["", "Crash injection: skipped (%s)." % crash["skipped"]]
+    return out[1:] if out and out[0] == "" else out
+
+
+def tasks_section(d):
+    out = []
+    wc = d.get("wordcount")
+    if wc:
+        out.append("wordcount (examples/python/wordcount.py's task) over %d "
+                   "files of %d KiB (%d words, %d distinct), counts read out "
+                   "as one dict; seconds, processes started included:"
+                   % (wc["files"], wc["kib"], wc["words"], wc["distinct"]))
+        out.append("")
+        out.append(table(
+            ["config", "seconds", "min-max", "MiB/s", "speed x plain loop",
+             "speed x ame.tasks 1w", "CPU s", "CPU x ame.tasks 1w",
+             "re-runs"],
+            [[r["config"], "%.3f" % r["median_s"],
+              "%.3f-%.3f" % (r["min_s"], r["max_s"]),
+              "%.2f" % r["mib_per_s"], fmt_ratio(r["x_plain"]),
+              fmt_ratio(r["x_ame_1w"]),
+              "-" if r.get("cpu_s") is None else "%.3f" % r["cpu_s"],
+              fmt_ratio(r.get("cpu_x_ame_1w")),
+              str(r["reruns"]) if "reruns" in r else "-"]
+             for r in wc["rows"]]))
+    ov = d.get("overhead")
+    if ov:
+        if out:
+            out.append("")
+        out.append("The cost of an empty task on 2 worker processes, "
+                   "(time for N - time for 1) / (N - 1):")
+        out.append("")
+        out.append(table(
+            ["config", "N", "us/task", "min-max", "x ame.tasks",
+             "start+stop ms"],
+            [[r["config"], str(r["tasks"]), fmt_us(r["median_us"]),
+              spread(r["min_us"], r["max_us"], fmt_us),
+              fmt_ratio(r["x_ame"]), "%.1f" % r["startup_ms"]]
+             for r in ov["rows"]]))
+    return out
+
+
 SECTIONS = {"stm": stm_section, "reactor": reactor_section,
             "twisted": twisted_section, "load": load_section,
-            "supervisor": supervisor_section}
+            "supervisor": supervisor_section, "shared": shared_section,
+            "tasks": tasks_section}
 
 
 # ---- the file -----------------------------------------------------------------
@@ -366,11 +483,11 @@ def render(found, missing, command, when_done):
         d = found.get(name, {})
         other = d.get("machine", {}).get("other_cpus")
         for b in d.get("bars", []):
-            note = b.get("note")
-            if not note and other is not None and other > 0.2 and \
-                    b["status"] != "n/a":
-                note = ("disturbed: other work used %.2f CPUs during the "
-                        "runner" % other)
+            notes = [b["note"]] if b.get("note") else []
+            if other is not None and other > 0.2 and b["status"] != "n/a":
+                notes.append("disturbed: other work used %.2f CPUs during "
+                             "the runner" % other)
+            note = "; ".join(notes)
             body.append([title, b["bar"], b["target"], b["shown"],
                          verdict(b) + (" (%s)" % note if note else "")])
     out.append(table(["benchmark", "bar", "target", "figure", "verdict"],

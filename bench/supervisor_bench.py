@@ -30,16 +30,15 @@ import re
 import signal
 import sys
 import threading
-import time
 import urllib.request
 
-from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerSession,
-                      add_runs, ame_cpus, ame_env, ame_run_status,
+from benchlib import (BenchError, LoadMeter, REPO, ServerSession,
+                      add_runs, ame_cpus, ame_run_status,
                       check_http, command_line, emit, fmt_rate, fmt_ratio,
                       fmt_us, free_port, machine_info, make_bar, med,
                       parse_args, print_bars, print_failures, print_machine,
                       print_rows, ratio, resolve_builddir, round_robin,
-                      run_ame_load, runner_parser)
+                      run_ame_load, runner_parser, start_ame_run)
 
 CONFIGS = ("plain", "metrics", "reload", "recycle")
 WEB = os.path.join(REPO, "examples", "python", "web.py")
@@ -50,28 +49,16 @@ def serve(args, config, tmpdir, rep):
     """Start web.py under `ame run` for config; return (server, port,
     metrics port or None)."""
     port = free_port()
-    ame = os.path.join(args.builddir, "cmd", "ame")
-    cmd = [ame, "run", "--workers", str(args.workers)]
+    options = []
     mport = None
     if config == "metrics":
         mport = free_port()
-        cmd += ["--metrics", "127.0.0.1:%d" % mport]
+        options += ["--metrics", "127.0.0.1:%d" % mport]
     if config == "recycle":
-        cmd += ["--max-requests", str(args.max_requests)]
-    cmd += [WEB, "--port", str(port)]
+        options += ["--max-requests", str(args.max_requests)]
     log = os.path.join(tmpdir, "%s-%d.log" % (config, rep))
-    env_cmd = ["env"] + ["%s=%s" % kv for kv in ame_env(args.builddir)
-                         .items() if kv[0] == "PYTHONPATH"] + cmd
-    srv = AppServer(env_cmd, log)
-    srv.wait_port(port, 30)
-    # Every worker up (the supervisor says so) before the load.
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        if re.search(r"%d worker\(s\) serving" % args.workers,
-                     open(log, errors="replace").read()):
-            break
-        srv.check_running("the start")
-        time.sleep(0.05)
+    srv = start_ame_run(args.builddir, [WEB, "--port", str(port)],
+                        args.workers, port, log, options)
     check_http(port, BODY)
     return srv, port, mport
 

@@ -155,6 +155,20 @@ def atomically(fn):
 _objects = {}  # (class, name) -> object
 
 
+def _keep(cache, key, obj):
+    """
+    cache[key] = obj: at once outside ame.atomic; inside, once the
+    transaction commits.  An object opened by an attempt that rolls back
+    may hold the addresses of a header and container that the attempt
+    created and the rollback freed, which later allocations reuse: cached,
+    it would read and write another object's storage.
+    """
+    if _in_atomic():
+        after_commit(cache.__setitem__, key, obj)
+    else:
+        cache[key] = obj
+
+
 def _open(cls, name):
     obj = _objects.get((cls, name))
     if obj is None:
@@ -163,15 +177,8 @@ def _open(cls, name):
                 "ame.shared: a name is a str, not %s" % type(name).__name__
             )
         obj = _ame._shared_open(cls, name)
-        _cache(cls, name, obj)
+        _keep(_objects, (cls, name), obj)
     return obj
-
-
-def _cache(cls, name, obj):
-    # An object opened inside ame.atomic may be that attempt's creation,
-    # which a rollback frees: it is kept for later opens once the attempt
-    # commits (after_commit runs it at once outside atomic).
-    after_commit(_objects.setdefault, (cls, name), obj)
 
 
 def dict(name):
@@ -207,7 +214,7 @@ def counts(name):
                 "ame.shared: a name is a str, not %s" % type(name).__name__
             )
         c = Counts(name)
-        _cache(Counts, name, c)
+        _keep(_objects, (Counts, name), c)
     return c
 
 
@@ -248,8 +255,7 @@ class Counts:
         d = self._lanes[i]
         if d is None:
             d = _open(_ame.SharedDict, "%s#%d" % (self.name, i))
-            # kept once the attempt that opened it (if any) commits
-            after_commit(self._lanes.__setitem__, i, d)
+            _keep(self._lanes, i, d)
         return d
 
     def _all(self):

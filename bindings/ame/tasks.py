@@ -175,8 +175,8 @@ class _Session:
     def cursor(self, wid):
         c = self.cursors.get(wid)
         if c is None:
-            c = self.cursors[wid] = _shared.counter(
-                "%s.cursor.%d" % (self.name, wid))
+            c = _shared.counter("%s.cursor.%d" % (self.name, wid))
+            _shared._keep(self.cursors, wid, c)
         return c
 
 

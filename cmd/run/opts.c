@@ -134,7 +134,7 @@ static int set_opt(const char *cmd, int key, const char *val, struct opts *o) {
     break;
   case O_MAXRSS:
     bad = parse_count(val, (uint64_t)1 << 30, &v);
-    o->max_rss = v << 20;
+    if (!bad) o->max_rss = v << 20;
     break;
   case O_METRICS:
     bad = strchr(val, ':') == NULL || val[strlen(val) - 1] == ':';

@@ -677,6 +677,40 @@ class AtomicTests(SynchronousTestCase):
         self.assertEqual(d.copy(), {"k": "before"})
         self.assertEqual((c.value, len(q), ch.seq), (0, 0, seq))
 
+    def test_openRolledBackNotKept(self):
+        """
+        Objects first opened (created) by an attempt that rolls back are
+        not kept: opened again, a dict, a counter and a tally's lane have
+        storage of their own, not blocks the rollback freed and a later
+        object took.
+        """
+        names = [fresh("gone") for _ in range(3)]
+
+        def f():
+            shared.dict(names[0])["a"] = 1
+            shared.counter(names[1]).add(7)
+            shared.counts(names[2]).add("w", 3)
+            raise _Boom()
+
+        self.assertRaises(_Boom, ame.atomic, f)
+        # New objects, which may take the blocks freed by the rollback.
+        others = [shared.dict(fresh()), shared.counter(fresh()),
+                  shared.counts(fresh())]
+        others[0]["other"] = "o"
+        others[1].add(100)
+        others[2].add("other", 5)
+        d, c, t = (shared.dict(names[0]), shared.counter(names[1]),
+                   shared.counts(names[2]))
+        self.assertEqual((d.copy(), c.value, t.copy()), ({}, 0, {}))
+        d["b"] = 2
+        c.add(1)
+        t.add("w", 1)
+        self.assertEqual((d.copy(), c.value, dict(t.copy())),
+                         ({"b": 2}, 1, {"w": 1}))
+        self.assertEqual((others[0].copy(), others[1].value,
+                          dict(others[2].copy())),
+                         ({"other": "o"}, 100, {"other": 5}))
+
     def test_nestedJoinsOuter(self):
         """
         An inner ame.atomic joins the outer one: an exception caught
