@@ -39,8 +39,10 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             each old one's count at least 40), no error, no non-2xx;
             --max-rss 150 and GET /grow (200 MiB): that worker is replaced
   metrics   --metrics: /metrics (Prometheus text), /data.json and the page
-            (/); after 100 requests, the per-worker request counters equal
-            the workers' own counts; a --metrics address in use is refused
+            (/); after 100 requests (one connection each), the per-worker
+            request counters equal the workers' own counts, 100 connections
+            were accepted, none is open, bytes in and out are counted; a
+            --metrics address in use is refused
   page      the live page (/) in a headless browser (Debian's chromium;
             skipped, exit 77, where there is none): examples/python/web.py
             with 2 workers; after the page's script ran, its table has a
@@ -523,23 +525,40 @@ def case_metrics(ame):
     port = serving(srv, 2, '--metrics')
     if port is None:
         return srv.stop(signal.SIGKILL)
+    sent = 0  # response bytes the client read (headers as sent, + body)
     for _ in range(100):
-        http_get(port)
+        status, h, body = http_get(port)
+        sent += len(body) + sum(len(k) + len(v) for k, v in h.items())
     want = 100
+
+    def per_worker(text, name):
+        return {int(m.group(1)): int(m.group(2)) for m in re.finditer(
+            r'^ame_worker_%s\{worker="(\d+)"\} (\d+)$' % name, text, re.M)}
 
     def totals():
         st, ct, text = fetch(mport, '/metrics')
-        got = {int(m.group(1)): int(m.group(2)) for m in re.finditer(
-            r'^ame_worker_requests_total\{worker="(\d+)"\} (\d+)$', text,
-            re.M)}
+        got = per_worker(text, 'requests_total')
         return got if sum(got.values()) == want else None
     got = wait_until(totals)
     check(got, 'the request counters reach %d: %s' % (want, got))
+    # The connection counters of twisted.web's transports: one connection
+    # per request, each closed by now.
+    def conns():
+        st, ct, text = fetch(mport, '/metrics')
+        c = {n: sum(per_worker(text, n).values()) for n in
+             ('accepted_total', 'open', 'bytes_in_total', 'bytes_out_total')}
+        return c if c['accepted_total'] == want and c['open'] == 0 else None
+    c = wait_until(conns)
+    check(c and c['bytes_in_total'] >= want * len('GET / HTTP/1.1\r\n\r\n')
+          and c['bytes_out_total'] >= sent,
+          '%d connections accepted, 0 open, bytes in and out counted (at '
+          'least %d out): %s' % (want, sent, c))
     st, ct, text = fetch(mport, '/metrics')
     check(st == 200 and ct.startswith('text/plain') and
           '# TYPE ame_worker_requests_total counter' in text and
           'ame_workers 2' in text and 'ame_worker_busy_ratio{worker="1"}'
-          in text, 'Prometheus text format')
+          in text and '# TYPE ame_worker_open gauge' in text,
+          'Prometheus text format')
     st, ct, data = fetch(mport, '/data.json')
     d = json.loads(data)
     check(st == 200 and d['workers'] == 2 and len(d['slots']) == 2 and
@@ -617,7 +636,8 @@ class _Rows(html.parser.HTMLParser):
 
 # The page's table columns (cmd/run/metrics_page.c).
 COLUMNS = ['worker', 'pid', 'state', 'requests', 'req/s', 'busy', 'RSS MiB',
-           'restarts', 'last end', 'accepted', 'open', 'C callbacks',
+           'restarts', 'last end', 'accepted', 'open', 'bytes in / out',
+           'C callbacks',
            'Python path', 'STM commits', 'STM aborts']
 
 
