@@ -42,7 +42,9 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             (/); after 100 requests (one connection each), the per-worker
             request counters equal the workers' own counts, 100 connections
             were accepted, none is open, bytes in and out are counted; a
-            --metrics address in use is refused
+            worker SIGKILLed while it holds a connection: restarts 1, why
+            'signal 9', connections open back to 0; a --metrics address
+            in use is refused
   page      the live page (/) in a headless browser (Debian's chromium;
             skipped, exit 77, where there is none): examples/python/web.py
             with 2 workers; after the page's script ran, its table has a
@@ -575,6 +577,44 @@ def case_metrics(ame):
             for l in srv.out) if m}
     check(got == own, 'the counters equal the workers\' own counts: %s, %s'
           % (got, own))
+    # A restart: the slot's restarts and why, and connections open (a
+    # gauge) back to 0 once the process that held one is gone.
+    mport = free_port()
+    srv = start(['run', '--workers', '2', '--metrics', '127.0.0.1:%d'
+                 % mport, APP, '0'])
+    port = serving(srv, 2, '--metrics (restart)')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    held = T.http.client.HTTPConnection('127.0.0.1', port, timeout=TIMEOUT)
+    st, h, body = http_get(port, conn=held)  # kept open (keep-alive)
+    w, pid = int(h['x-worker']), int(h['x-worker-pid'])
+
+    def gauge(name):
+        st, ct, text = fetch(mport, '/metrics')
+        m = re.search(r'^ame_worker_%s\{worker="%d"\} (\d+)$' % (name, w),
+                      text, re.M)
+        return int(m.group(1)) if m else None
+    check(wait_until(lambda: gauge('open') == 1),
+          'worker %d: 1 connection open' % w)
+    os.kill(pid, signal.SIGKILL)
+    new = srv.wait_line('err', r'worker %d started \(pid (?!%d\))' % (w, pid))
+    held.close()
+
+    def restarted():
+        st, ct, data = fetch(mport, '/data.json')
+        sl = json.loads(data)['slots'][w - 1]
+        return sl if sl['state'] == 'serving' and sl['pid'] != pid else None
+    sl = wait_until(restarted)
+    check(new and sl and sl['restarts'] == 1 and 'signal 9' in sl['why'],
+          'worker %d SIGKILLed: restarted, 1 restart, why %r'
+          % (w, sl and sl['why']))
+    check(wait_until(lambda: gauge('open') == 0) and
+          gauge('restarts_total') == 1,
+          'worker %d: 0 connections open after the restart (%s), '
+          'ame_worker_restarts_total 1' % (w, gauge('open')))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0: the workers it stopped ended '
+          'cleanly)' % rc)
     # A metrics address in use.
     blocker = socket.socket()
     blocker.bind(('127.0.0.1', 0))
