@@ -272,15 +272,29 @@ def supervisor_section(d):
                      fmt_ratio(r["p99_vs_plain"]),
                      "%d / %d" % (r["errors"], r["non2xx"]),
                      str(r["reloads"] or r["recycled"] or "-")])
-    return ["examples/python/web.py under `ame run --workers %d`, `ame load "
-            "-t%d -c%d -d%ds`: plain; --metrics (with /metrics fetched every "
-            "second); a SIGHUP reload a third of the way in; "
-            "--max-requests %d (recycling all through the run):"
-            % (s["workers"], s["threads"], s["connections"],
-               s["duration_s"], s["max_requests"]),
-            "", table(["config", "req/s", "min-max", "req/s x plain",
-                       "p99 ms (whole run)", "p99 x plain",
-                       "errors / non-2xx", "reloads / recycled"], body)]
+    out = ["examples/python/web.py under `ame run --workers %d`, `ame load "
+           "-t%d -c%d -d%ds`: plain; --metrics (with /metrics fetched every "
+           "second); a SIGHUP reload a third of the way in; "
+           "--max-requests %d (recycling all through the run):"
+           % (s["workers"], s["threads"], s["connections"],
+              s["duration_s"], s["max_requests"]),
+           "", table(["config", "req/s", "min-max", "req/s x plain",
+                      "p99 ms (whole run)", "p99 x plain",
+                      "errors / non-2xx", "reloads / recycled"], body)]
+    for r in d["rows"]:
+        if r.get("p99_reload_median_us") is not None:
+            out += ["", "Reload: p99 %s ms in the reload window (%.1f s, "
+                    "from just before the SIGHUP until the old workers had "
+                    "exited) against %s ms in the steady part before it, "
+                    "same run: %s (medians; the table's reload p99 is the "
+                    "larger of the two)."
+                    % (fmt_us(r["p99_reload_median_us"] / 1000.0),
+                       r["reload_window_median_s"],
+                       fmt_us(r["p99_steady_median_us"] / 1000.0),
+                       fmt_ratio(r["p99_reload_median_us"] /
+                                 r["p99_steady_median_us"]
+                                 if r["p99_steady_median_us"] else None))]
+    return out
 
 
 def shared_section(d):

@@ -7,7 +7,12 @@
   metrics   --metrics 127.0.0.1:PORT, with /metrics fetched once a second
             during the run (the counters' cost on the serving path)
   reload    a SIGHUP a third of the way into the run: the program runs
-            again and a new generation of workers takes over
+            again and a new generation of workers takes over.  The load
+            runs in two parts on the same server: steady (the first
+            third), then the reload window, from just before the SIGHUP
+            until the old workers have exited (at least the rest of the
+            run); the figures are the two parts together, and the p99 of
+            each part is given apart (reload window against steady)
   recycle   --max-requests N (default 2000, jitter N/10): workers replaced
             gracefully all through the run
 
@@ -15,7 +20,8 @@ Runs are interleaved (every configuration once per repetition, the order
 reversed on every other one); figures are medians with the min-max over the
 repetitions.  For each: req/s, the p99 latency of the whole run, socket
 errors and non-2xx responses (the bar for reload and recycle: none), and
-the ratios of req/s and p99 to plain in the same run.  A "bars" section
+the ratios of req/s and p99 to plain in the same run; for reload, the p99
+of the reload window against the steady part before it.  A "bars" section
 compares the figures the issue holds the supervisor to (--metrics within
 3 % of plain; no error, no non-2xx through a reload or recycling); missing
 a bar never fails the run.  The exit status is 1 if a server fails to start
@@ -25,9 +31,11 @@ Default: 3 repetitions of 6 s (about 2 minutes).  --quick: 1 of 3 s.
 Run it with Debian's /usr/bin/python3 after `ninja -C build-release`.
 """
 
+import json
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -76,6 +84,52 @@ def poll_metrics(mport, stop):
     return n
 
 
+def reload_window(args, srv, port, ame):
+    """The reload's part of a reload run: `ame load` started, the SIGHUP
+    0.2 s later, the load ended (SIGINT: it reports as at its deadline)
+    0.2 s after the old workers have all exited, and not before two
+    thirds of the run's duration.  Return (its JSON, its seconds)."""
+    cmd = [ame, "load", "http://127.0.0.1:%d/" % port, "-t",
+           str(args.threads), "-c", str(args.conns), "-d", "120s",
+           "--json", "--no-progress"]
+    t0 = time.monotonic()
+    load = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            log = open(srv.log_path, errors="replace").read()
+            if (re.search(r"reload: generation \d+ serves", log) and
+                    len(re.findall(r"replaced\) exited", log)) >=
+                    args.workers):
+                break
+            if load.poll() is not None:
+                break
+            time.sleep(0.05)
+        else:
+            raise BenchError("the reload did not end in 60 s: %s"
+                             % srv.log_tail())
+        time.sleep(max(0.2, t0 + args.duration * 2 / 3.0 -
+                       time.monotonic()))
+        load.send_signal(signal.SIGINT)
+        out, err = load.communicate(timeout=30)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.communicate()
+    if load.returncode != 0:
+        raise BenchError("`%s` exited %d: %s" % (" ".join(cmd),
+                                                 load.returncode,
+                                                 err.strip()[-300:]))
+    try:
+        return json.loads(out), time.monotonic() - t0
+    except ValueError:
+        raise BenchError("cannot parse the output of `%s`: %s"
+                         % (" ".join(cmd), out.strip()[-300:]))
+
+
 def one_run(args, config, rep, tmpdir):
     srv, port, mport = serve(args, config, tmpdir, rep)
     try:
@@ -84,17 +138,34 @@ def one_run(args, config, rep, tmpdir):
         if config == "metrics":
             helper = threading.Thread(target=poll_metrics,
                                       args=(mport, stop), daemon=True)
-        elif config == "reload":
-            def hup():
-                if not stop.wait(args.duration / 3.0):
-                    os.kill(srv.proc.pid, signal.SIGHUP)
-            helper = threading.Thread(target=hup, daemon=True)
         ame = os.path.join(args.builddir, "cmd", "ame")
         meter = LoadMeter()
         if helper:
             helper.start()
-        d, cpu, command = run_ame_load(ame, port, args.threads, args.conns,
-                                       args.duration, tmpdir)
+        d, cpu, command = run_ame_load(
+            ame, port, args.threads, args.conns,
+            args.duration / 3.0 if config == "reload" else args.duration,
+            tmpdir)
+        extra = {}
+        if config == "reload":
+            # Steady, then the reload window: both together are the run.
+            w, secs = reload_window(args, srv, port, ame)
+            extra = {"p99_steady_us": d["latency_us"]["p99"],
+                     "p99_reload_us": w["latency_us"]["p99"],
+                     "reload_window_s": secs}
+            steady_s = d["requests"] / d["requests_per_s"] \
+                if d["requests_per_s"] else args.duration / 3.0
+            d = {"requests": d["requests"] + w["requests"],
+                 "requests_per_s": (d["requests"] + w["requests"]) /
+                 (steady_s + secs),
+                 # The run's p99: the larger of the two parts' is an
+                 # upper bound (no histogram is merged).
+                 "latency_us": {"p99": max(d["latency_us"]["p99"],
+                                           w["latency_us"]["p99"])},
+                 "errors": {"total": d["errors"]["total"] +
+                            w["errors"]["total"]},
+                 "status": {k: d["status"].get(k, 0) + w["status"].get(k, 0)
+                            for k in set(d["status"]) | set(w["status"])}}
         stop.set()
         if helper:
             helper.join(10)
@@ -110,6 +181,7 @@ def one_run(args, config, rep, tmpdir):
                "recycled": len(re.findall(r"\(--max-requests\): replacing",
                                           log)),
                "others_cpus": meter.others(), "command": command}
+        res.update(extra)
         if config == "reload" and res["reloads"] != 1:
             raise BenchError("the reload did not complete: %s"
                              % srv.log_tail())
@@ -132,6 +204,13 @@ def summarize(runs):
             "recycled": sum(r["recycled"] for r in runs),
             "others_cpus": med([r["others_cpus"] for r in runs
                                 if r["others_cpus"] is not None]),
+            "p99_steady_median_us": med([r["p99_steady_us"] for r in runs
+                                         if "p99_steady_us" in r]),
+            "p99_reload_median_us": med([r["p99_reload_us"] for r in runs
+                                         if "p99_reload_us" in r]),
+            "reload_window_median_s": med([r["reload_window_s"]
+                                           for r in runs
+                                           if "reload_window_s" in r]),
             "runs_detail": runs}
 
 
@@ -155,6 +234,17 @@ def report(d):
     print_rows(["config", "req/s", "min-max", "req/s x plain", "p99 ms",
                 "p99 x plain", "errors / non-2xx", "reloads/recycled"],
                body, right_from=1)
+    for r in d["rows"]:
+        if r.get("p99_reload_median_us") is not None:
+            print()
+            print("reload: p99 %s ms in the reload window (%.1f s, from "
+                  "just before the SIGHUP until the old workers exited) "
+                  "against %s ms steady before it in the same run: %s"
+                  % (fmt_us(r["p99_reload_median_us"] / 1000.0),
+                     r["reload_window_median_s"],
+                     fmt_us(r["p99_steady_median_us"] / 1000.0),
+                     fmt_ratio(ratio(r["p99_reload_median_us"],
+                                     r["p99_steady_median_us"]))))
     print()
     print_bars(d["bars"])
     print_failures(d["failures"])

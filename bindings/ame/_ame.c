@@ -911,6 +911,8 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
   pthread_mutex_lock(&c->lock);
   uint64_t fl = c->n_flushes, ba = c->n_barriers, ev = c->n_events;
   uint64_t nr = c->n_reads, ns = c->n_sends, nw_ = c->n_writes;
+  uint64_t na = c->n_accepted, no = c->n_open;
+  uint64_t bi = c->n_bytes_in, bo = c->n_bytes_out;
   pthread_mutex_unlock(&c->lock);
   PyObject *d = PyDict_New();
   if (d == NULL) return NULL;
@@ -936,6 +938,8 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
       set_u64(d, "watch_flushes", fl) ||
       set_u64(d, "watch_barriers", ba) || set_u64(d, "stream_reads", nr) ||
       set_u64(d, "stream_sends", ns) || set_u64(d, "stream_writes", nw_) ||
+      set_u64(d, "stream_accepted", na) || set_u64(d, "stream_open", no) ||
+      set_u64(d, "bytes_received", bi) || set_u64(d, "bytes_sent", bo) ||
       set_u64(d, "stm_commits", tm.commits) ||
       set_u64(d, "stm_aborts", tm.aborts) ||
       set_u64(d, "stm_irrevocable", tm.irrevocable))

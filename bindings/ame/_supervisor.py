@@ -483,11 +483,16 @@ class _Heartbeat:
             # figures stand.
             st = self.last
         g = st.get
-        counters = (self.requests, g("accepted", 0), g("streams_open", 0),
+        # Connections: the C core's own streams and the binding's fast
+        # streams under Twisted's transports (twisted.web's, say).
+        counters = (self.requests,
+                    g("accepted", 0) + g("stream_accepted", 0),
+                    g("streams_open", 0) + g("stream_open", 0),
                     g("callbacks", 0), g("fd_events", 0),
                     g("stream_reads", 0), g("stream_sends", 0),
                     g("python_path", 0), g("stm_commits", 0),
-                    g("stm_aborts", 0))
+                    g("stm_aborts", 0), g("bytes_received", 0),
+                    g("bytes_sent", 0))
         text = None
         if g("stm_aborts", 0) != self.aborts:
             self.aborts = g("stm_aborts", 0)

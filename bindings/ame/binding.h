@@ -90,6 +90,10 @@ struct core {
   int wake_pending;         /* worker: signal efd before polling */
   struct gai_query *gai_head, *gai_tail; /* lock: answered DNS queries */
   uint64_t n_reads, n_sends, n_writes; /* lock */
+  uint64_t n_accepted;      /* lock: connections the worker accepted for
+                               fast listening streams */
+  uint64_t n_open;          /* lock: fast connection streams attached */
+  uint64_t n_bytes_in, n_bytes_out; /* lock: bytes recv()ed and sent */
 };
 
 typedef struct {
@@ -131,6 +135,8 @@ struct fconn {
   int pipe;                 /* not a socket: read() rather than recv() */
   int listener;             /* a listening socket: the worker accept()s,
                                ibuf holds struct accepted records */
+  int counted;              /* a connection, counted in c->n_open while
+                               attached */
   int drained;              /* lock: a drained event is to be delivered */
   int queued_ready;         /* lock: on c's ready list */
   int dirty;                /* lock: on c's dirty list */

@@ -744,6 +744,9 @@ class AMEReactor(
         C{fd_events} (readiness events the worker delivered),
         C{stream_reads}, C{stream_sends}, C{stream_writes} (the C TCP
         streams' recv() and send() calls and write() calls),
+        C{stream_accepted} (connections accepted for their listeners),
+        C{stream_open} (their connections open now), C{bytes_received},
+        C{bytes_sent} (their bytes),
         C{stm_commits}, C{stm_aborts}, C{stm_irrevocable} (process-wide
         STM totals),
         C{direct_events} (events found by the Python thread's own check of

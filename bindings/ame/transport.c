@@ -340,6 +340,7 @@ static void do_recv(struct core *c, struct fconn *f) {
       if (buf_append(&f->ibuf, &f->ilen, &f->icap, c->scratch, (size_t)n))
         f->rerr = ENOMEM;
       c->n_reads++;
+      c->n_bytes_in += (uint64_t)n;
     } else if (n == 0) {
       f->eof = 1;
     } else {
@@ -412,6 +413,7 @@ static void do_send(struct core *c, struct fconn *f) {
   int sig = 0;
   f->queued -= sent;
   c->n_sends += sent > 0;
+  c->n_bytes_out += sent;
   if (err) {
     f->werr = err;
     f->woff = f->wlen = 0;
@@ -452,6 +454,8 @@ static void do_accept(struct core *c, struct fconn *f) {
         buf_append(&f->ibuf, &f->ilen, &f->icap, &a, sizeof a) != 0) {
       close(a.fd);
       err = ENOMEM;
+    } else if (a.fd >= 0) {
+      c->n_accepted++;
     }
     if (err) f->rerr = err;
     if (f->want_read) sig |= fready_push(c, f);
@@ -740,6 +744,7 @@ static void stream_detach(StreamObject *self) {
   struct core *c = f->c;
   pthread_mutex_lock(&c->lock);
   int sync = f->seen;
+  if (f->counted) c->n_open--;
   f->detach = 1;
   f->owner = NULL;
   f->want_read = f->want_drain = 0;
@@ -800,6 +805,12 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   self->listener = listener;
   f->refs = 1;
   f->owner = (PyObject *)self;
+  f->counted = !listener && !pipe;
+  if (f->counted) {
+    pthread_mutex_lock(&c->lock);
+    c->n_open++;
+    pthread_mutex_unlock(&c->lock);
+  }
   self->f = f;
   Py_INCREF(core);
   Py_XSETREF(self->core, core);

@@ -246,14 +246,17 @@ static void prometheus(struct buf *b, double now) {
     }
   }
   for (unsigned k = 0; k < AME_PAGE_NCOUNTERS; k++) {
-    bprintf(b, "# HELP ame_worker_%s_total %s.\n"
-               "# TYPE ame_worker_%s_total counter\n", COUNTER_NAMES[k],
-            COUNTER_HELP[k], COUNTER_NAMES[k]);
+    /* Every one is a counter but connections open, a gauge. */
+    int gauge = k == AME_PAGE_open;
+    const char *sfx = gauge ? "" : "_total";
+    bprintf(b, "# HELP ame_worker_%s%s %s.\n# TYPE ame_worker_%s%s %s\n",
+            COUNTER_NAMES[k], sfx, COUNTER_HELP[k], COUNTER_NAMES[k], sfx,
+            gauge ? "gauge" : "counter");
     for (unsigned s = 1; s <= S.nslots; s++) {
       uint64_t v[AME_PAGE_NCOUNTERS];
       ame_sup_counters(s, v);
-      bprintf(b, "ame_worker_%s_total{worker=\"%u\"} %llu\n",
-              COUNTER_NAMES[k], s, (unsigned long long)v[k]);
+      bprintf(b, "ame_worker_%s%s{worker=\"%u\"} %llu\n",
+              COUNTER_NAMES[k], sfx, s, (unsigned long long)v[k]);
     }
   }
 }

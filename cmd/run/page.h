@@ -37,7 +37,9 @@
   X(sends, "send() calls of the C TCP streams")                           \
   X(python_path, "connections left on Twisted's Python I/O path")        \
   X(stm_commits, "STM commits")                                           \
-  X(stm_aborts, "STM aborts")
+  X(stm_aborts, "STM aborts")                                             \
+  X(bytes_in, "bytes received on TCP connections")                        \
+  X(bytes_out, "bytes sent on TCP connections")
 
 enum {
 #define AME_PAGE_ENUM(name, help) AME_PAGE_##name,

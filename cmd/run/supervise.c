@@ -155,8 +155,10 @@ static void ended(int i, int st, double now) {
   describe(st, how, sizeof how);
   int clean = WIFEXITED(st) && WEXITSTATUS(st) == 0;
   ame_page_entry_t *e = ame_page_entry((unsigned)i);
+  /* Connections open is a gauge: an ended process has none. */
   for (unsigned k = 0; k < AME_PAGE_NCOUNTERS; k++)
-    sl->done[k] += atomic_load_explicit(&e->c[k], memory_order_relaxed);
+    if (k != AME_PAGE_open)
+      sl->done[k] += atomic_load_explicit(&e->c[k], memory_order_relaxed);
   S.p[i].state = P_FREE;
   if (L.state != RUNNING) {
     int by_stop = WIFSIGNALED(st) && WTERMSIG(st) == L.stop_signo;

@@ -39,16 +39,28 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             each old one's count at least 40), no error, no non-2xx;
             --max-rss 150 and GET /grow (200 MiB): that worker is replaced
   metrics   --metrics: /metrics (Prometheus text), /data.json and the page
-            (/); after 100 requests, the per-worker request counters equal
-            the workers' own counts; a --metrics address in use is refused
+            (/); after 100 requests (one connection each), the per-worker
+            request counters equal the workers' own counts, 100 connections
+            were accepted, none is open, bytes in and out are counted; a
+            worker SIGKILLed while it holds a connection: restarts 1, why
+            'signal 9', connections open back to 0; a --metrics address
+            in use is refused
+  page      the live page (/) in a headless browser (Debian's chromium;
+            skipped, exit 77, where there is none): examples/python/web.py
+            with 2 workers; after the page's script ran, its table has a
+            row per worker (its pid, serving) and its summary and plots
+            were drawn; read again while `ame load` runs, the requests
+            served grew and the requests/s shown are above 0
 
 Every case checks that nothing it started is left running.  Timings decide
 nothing: every wait is bounded and fails loudly.
 """
+import html.parser
 import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -515,23 +527,40 @@ def case_metrics(ame):
     port = serving(srv, 2, '--metrics')
     if port is None:
         return srv.stop(signal.SIGKILL)
+    sent = 0  # response bytes the client read (headers as sent, + body)
     for _ in range(100):
-        http_get(port)
+        status, h, body = http_get(port)
+        sent += len(body) + sum(len(k) + len(v) for k, v in h.items())
     want = 100
+
+    def per_worker(text, name):
+        return {int(m.group(1)): int(m.group(2)) for m in re.finditer(
+            r'^ame_worker_%s\{worker="(\d+)"\} (\d+)$' % name, text, re.M)}
 
     def totals():
         st, ct, text = fetch(mport, '/metrics')
-        got = {int(m.group(1)): int(m.group(2)) for m in re.finditer(
-            r'^ame_worker_requests_total\{worker="(\d+)"\} (\d+)$', text,
-            re.M)}
+        got = per_worker(text, 'requests_total')
         return got if sum(got.values()) == want else None
     got = wait_until(totals)
     check(got, 'the request counters reach %d: %s' % (want, got))
+    # The connection counters of twisted.web's transports: one connection
+    # per request, each closed by now.
+    def conns():
+        st, ct, text = fetch(mport, '/metrics')
+        c = {n: sum(per_worker(text, n).values()) for n in
+             ('accepted_total', 'open', 'bytes_in_total', 'bytes_out_total')}
+        return c if c['accepted_total'] == want and c['open'] == 0 else None
+    c = wait_until(conns)
+    check(c and c['bytes_in_total'] >= want * len('GET / HTTP/1.1\r\n\r\n')
+          and c['bytes_out_total'] >= sent,
+          '%d connections accepted, 0 open, bytes in and out counted (at '
+          'least %d out): %s' % (want, sent, c))
     st, ct, text = fetch(mport, '/metrics')
     check(st == 200 and ct.startswith('text/plain') and
           '# TYPE ame_worker_requests_total counter' in text and
           'ame_workers 2' in text and 'ame_worker_busy_ratio{worker="1"}'
-          in text, 'Prometheus text format')
+          in text and '# TYPE ame_worker_open gauge' in text,
+          'Prometheus text format')
     st, ct, data = fetch(mport, '/data.json')
     d = json.loads(data)
     check(st == 200 and d['workers'] == 2 and len(d['slots']) == 2 and
@@ -548,6 +577,44 @@ def case_metrics(ame):
             for l in srv.out) if m}
     check(got == own, 'the counters equal the workers\' own counts: %s, %s'
           % (got, own))
+    # A restart: the slot's restarts and why, and connections open (a
+    # gauge) back to 0 once the process that held one is gone.
+    mport = free_port()
+    srv = start(['run', '--workers', '2', '--metrics', '127.0.0.1:%d'
+                 % mport, APP, '0'])
+    port = serving(srv, 2, '--metrics (restart)')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    held = T.http.client.HTTPConnection('127.0.0.1', port, timeout=TIMEOUT)
+    st, h, body = http_get(port, conn=held)  # kept open (keep-alive)
+    w, pid = int(h['x-worker']), int(h['x-worker-pid'])
+
+    def gauge(name):
+        st, ct, text = fetch(mport, '/metrics')
+        m = re.search(r'^ame_worker_%s\{worker="%d"\} (\d+)$' % (name, w),
+                      text, re.M)
+        return int(m.group(1)) if m else None
+    check(wait_until(lambda: gauge('open') == 1),
+          'worker %d: 1 connection open' % w)
+    os.kill(pid, signal.SIGKILL)
+    new = srv.wait_line('err', r'worker %d started \(pid (?!%d\))' % (w, pid))
+    held.close()
+
+    def restarted():
+        st, ct, data = fetch(mport, '/data.json')
+        sl = json.loads(data)['slots'][w - 1]
+        return sl if sl['state'] == 'serving' and sl['pid'] != pid else None
+    sl = wait_until(restarted)
+    check(new and sl and sl['restarts'] == 1 and 'signal 9' in sl['why'],
+          'worker %d SIGKILLed: restarted, 1 restart, why %r'
+          % (w, sl and sl['why']))
+    check(wait_until(lambda: gauge('open') == 0) and
+          gauge('restarts_total') == 1,
+          'worker %d: 0 connections open after the restart (%s), '
+          'ame_worker_restarts_total 1' % (w, gauge('open')))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0: the workers it stopped ended '
+          'cleanly)' % rc)
     # A metrics address in use.
     blocker = socket.socket()
     blocker.bind(('127.0.0.1', 0))
@@ -561,12 +628,167 @@ def case_metrics(ame):
           'a --metrics address in use: exit %s (1), %r' % (rc, err.strip()))
 
 
+def chromium():
+    """The headless browser's program, or None."""
+    for name in ('chromium', 'chromium-browser', 'google-chrome'):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+class _Rows(html.parser.HTMLParser):
+    """The page's worker table as rendered: {worker id: [cell texts]}, the
+    summary line (#sum) and the <body>'s attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.sum, self.body = {}, '', {}
+        self._row = self._cell = self._in_sum = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == 'body':
+            self.body = a
+        elif tag == 'tr' and 'data-worker' in a:
+            self._row = self.rows.setdefault(int(a['data-worker']), [])
+        elif tag == 'td' and self._row is not None:
+            self._cell = []
+        elif tag == 'div' and a.get('id') == 'sum':
+            self._in_sum = []
+
+    def handle_endtag(self, tag):
+        if tag == 'td' and self._cell is not None:
+            self._row.append(''.join(self._cell).strip())
+            self._cell = None
+        elif tag == 'tr':
+            self._row = None
+        elif tag == 'div' and self._in_sum is not None:
+            self.sum = ''.join(self._in_sum).strip()
+            self._in_sum = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._in_sum is not None:
+            self._in_sum.append(data)
+
+
+# The page's table columns (cmd/run/metrics_page.c).
+COLUMNS = ['worker', 'pid', 'state', 'requests', 'req/s', 'busy', 'RSS MiB',
+           'restarts', 'last end', 'accepted', 'open', 'bytes in / out',
+           'C callbacks',
+           'Python path', 'STM commits', 'STM aborts']
+
+
+def browse(browser, url, what):
+    """Load url in a fresh headless browser, let the page's script run for
+    3 s of the page's (virtual) time, and return the DOM it rendered,
+    parsed (_Rows), or None."""
+    with tempfile.TemporaryDirectory(prefix='ame-page-') as d:
+        env = dict(os.environ, HOME=d, XDG_CONFIG_HOME=d, XDG_CACHE_HOME=d)
+        for k in ('ASAN_OPTIONS', 'UBSAN_OPTIONS', 'LD_PRELOAD'):
+            env.pop(k, None)
+        try:
+            p = subprocess.run([browser, '--headless', '--no-sandbox',
+                                '--disable-gpu', '--no-first-run',
+                                '--user-data-dir=' + os.path.join(d, 'p'),
+                                '--virtual-time-budget=3000', '--dump-dom',
+                                url], capture_output=True, text=True,
+                               timeout=120, env=env, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            check(False, '%s: the browser answered in 120 s' % what)
+            return None
+    if not check(p.returncode == 0 and '<table' in p.stdout,
+                 '%s: the browser rendered the page (exit %d)'
+                 % (what, p.returncode)):
+        print('  browser stderr: ' + p.stderr[-2000:])
+        return None
+    r = _Rows()
+    r.feed(p.stdout)
+    return r
+
+
+def case_page(ame):
+    browser = chromium()
+    if browser is None:
+        print('SKIP: no chromium (scripts/install-deps.sh installs it)')
+        return 'skip'
+    web = os.path.join(os.path.dirname(os.path.dirname(T.HERE)), 'examples',
+                       'python', 'web.py')
+    mport = free_port()
+    url = 'http://127.0.0.1:%d/' % mport
+    srv = start(['run', '--workers', '2', '--metrics', '127.0.0.1:%d' % mport,
+                 web, '--port', '0'])
+    m = srv.wait_line('out', r'listening on http://[\d.]+:(\d+)/')
+    if not check(m and srv.wait_line('err', r'2 worker\(s\) serving'),
+                 'web.py --workers 2 --metrics: serving'):
+        srv.dump()
+        return srv.stop(signal.SIGKILL)
+    port = int(m.group(1))
+    pids = srv.worker_pids(2)
+
+    def table_ok(r, what):
+        """Check what every read must show; return the requests served
+        and the requests/s, summed over the table's rows."""
+        if r is None:
+            return None, None
+        check(sorted(r.rows) == [1, 2] and
+              all(len(c) == len(COLUMNS) for c in r.rows.values()),
+              '%s: a row of %d cells per worker: %s'
+              % (what, len(COLUMNS), r.rows))
+        got = {w: (int(c[1]), c[2]) for w, c in r.rows.items()
+               if len(c) == len(COLUMNS) and c[1].isdigit()}
+        check(got == {w: (pid, 'serving') for w, pid in pids.items()},
+              '%s: each row has its worker\'s pid, serving: %s (pids %s)'
+              % (what, got, pids))
+        # The script sets data-updated after drawing both plots; a tick
+        # that failed anywhere says "no answer" in the summary instead.
+        check('data-updated' in r.body and
+              r.sum.startswith('2 workers, generation 0'),
+              '%s: the summary and plots were drawn: %r' % (what, r.sum))
+        try:
+            return (sum(int(c[3]) for c in r.rows.values()),
+                    sum(float(c[4]) for c in r.rows.values()))
+        except (ValueError, IndexError):
+            check(False, '%s: numbers in the requests and req/s columns'
+                  % what)
+            return None, None
+
+    req1, rate1 = table_ok(browse(browser, url, 'idle'), 'idle')
+    # Load at a fixed rate (gentle on a busy machine), for longer than
+    # the second read can take; stopped once it is done.
+    load = subprocess.Popen([ame, 'load', 'http://127.0.0.1:%d/' % port,
+                             '-c', '4', '-t', '1', '-r', '200', '-d', '300s',
+                             '--no-progress'], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # Wait until the supervisor's last one-second sample saw requests.
+        def moving():
+            st, ct, data = fetch(mport, '/data.json')
+            return any(s['rate'] and s['rate'][-1] > 0
+                       for s in json.loads(data)['slots'])
+        check(wait_until(moving, 60), 'the load reaches the workers')
+        req2, rate2 = table_ok(browse(browser, url, 'under load'),
+                               'under load')
+    finally:
+        os.killpg(load.pid, signal.SIGKILL)
+        load.wait()
+    check(req1 is not None and req2 is not None and req2 > req1,
+          'the page\'s requests served grew under load: %s -> %s'
+          % (req1, req2))
+    check(rate2 is not None and rate2 > 0,
+          'the page shows requests/s under load: %s -> %s' % (rate1, rate2))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
 CASES = {
     'options': case_options, 'hung': case_hung, 'orphan': case_orphan,
     'inuse': case_inuse, 'nofile': case_nofile, 'pidfile': case_pidfile,
     'startfail': case_startfail, 'resize': case_resize,
     'reload': case_reload, 'recycle': case_recycle,
-    'metrics': case_metrics,
+    'metrics': case_metrics, 'page': case_page,
 }
 NEEDS_LOAD = {'reload', 'recycle'}
 AME = None

@@ -877,7 +877,8 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         for k in ("callbacks", "failures", "stolen", "accepted",
                   "accept_errors", "streams_open", "per_worker_callbacks",
                   "workers", "fd_events", "direct_events", "watch_flushes",
-                  "watch_barriers"):
+                  "watch_barriers", "stream_accepted", "stream_open",
+                  "bytes_received", "bytes_sent"):
             self.assertIn(k, s)
         self.assertEqual(s["workers"], 1)
         self.test_tcpEchoRoundTrip()
@@ -886,6 +887,12 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         s3 = self._lastReactor.ameStats()
         self.assertGreater(s3["fd_events"] + s3["direct_events"], 0)
         self.assertGreater(s3["callbacks"], 0)
+        # The echo's connection went through the fast TCP streams: accepted
+        # there, closed by now, its bytes counted both ways.
+        self.assertEqual(s3["stream_accepted"], 1)
+        self.assertEqual(s3["stream_open"], 0)
+        self.assertGreater(s3["bytes_received"], 0)
+        self.assertGreater(s3["bytes_sent"], 0)
 
     def buildReactor(self):
         self._lastReactor = ReactorBehaviourMixin.buildReactor(self)
