@@ -30,7 +30,7 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 5
+#define AME__HEAP_VERSION 6
 #define AME__HEAP_NCLASS 40          /* small size classes */
 #define AME__HEAP_SMALL_MAX 32768    /* bytes: above, large blocks */
 #define AME__HEAP_SPAN 65536         /* carving unit for small classes */
@@ -73,6 +73,12 @@ struct ame__slot {
   ** later attempt (heap_alloc.c). */
   uintptr_t fresh_large;
   uintptr_t fresh_attempt;
+  /* The slot's reserve of arena (transactional): spans are carved from
+  ** [reserve, reserve_end), taken from the arena's top several spans at a
+  ** time, so that slots allocating at once rarely write the one top word
+  ** (heap_alloc.c: new_span). */
+  uintptr_t reserve;
+  uintptr_t reserve_end;
   uintptr_t used;              /* bytes allocated minus freed by this
                                   slot's transactions (two's complement) */
   struct ame_tx tx __attribute__((aligned(AME__CACHELINE)));
@@ -97,6 +103,8 @@ struct ame__heap_hdr {
   struct ame__dom dom;         /* the domain (cache-aligned inside) */
   /* Allocator (transactional words). */
   uintptr_t top __attribute__((aligned(AME__CACHELINE))); /* uncarved */
+  uintptr_t top_pad[AME__CACHELINE / sizeof(uintptr_t) - 1]; /* top alone
+                                  in its granule (its own orec) */
   uintptr_t class_free[2 * AME__HEAP_NCLASS]; /* global free lists */
   uintptr_t large_free[2];     /* free large blocks of each pool, a list
                                   in address order */

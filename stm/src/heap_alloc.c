@@ -11,9 +11,14 @@
 **
 ** Conflicts are kept off the common path by giving each slot (participant)
 ** its own free lists and carving span per size class; only a slot whose
-** lists are empty touches the global ones (a batch at a time) or the
-** arena's top (a 64 KiB span at a time), and a slot whose lists grow long
-** gives them back in one splice.
+** lists are empty touches the global ones (a batch at a time) or its own
+** reserve of arena, which it refills from the arena's top several 64 KiB
+** spans at a time (a 128th of the arena, at most 2 MiB), and a slot whose
+** lists grow long gives them back in one splice.  The top is a word every
+** slot may write, so a long transaction that wrote it (a task filling a
+** large dict) would be re-run whenever another slot took arena meanwhile;
+** the reserve makes that rare.  A reserve belongs to the slot, not to its
+** owner: a slot's next owner (after a death too) carves on from it.
 **
 ** Two pools that never exchange memory:
 **   transactional  blocks read and written through the STM (map entries,
@@ -164,13 +169,32 @@ static uintptr_t pop_cache(ame_tx_t *tx, struct ame__slot *s, unsigned i) {
   return 0;
 }
 
-/* A fresh span for pool/class i from the arena's top; return its first
-** block, or 0 if the arena is full. */
+/* Spans a slot takes from the arena's top at once: a 128th of the arena,
+** at least one span, at most 32 (2 MiB). */
+static uintptr_t reserve_bytes(const struct ame__heap_hdr *h) {
+  uintptr_t spans = h->arena_size / 128 / AME__HEAP_SPAN;
+  if (spans < 1) spans = 1;
+  if (spans > 32) spans = 32;
+  return spans * AME__HEAP_SPAN;
+}
+
+/* A fresh span for pool/class i from the slot's reserve, refilled from
+** the arena's top when empty; return its first block, or 0 if the arena
+** is full. */
 static uintptr_t new_span(ame_tx_t *tx, struct ame__heap_hdr *h,
                           struct ame__slot *s, unsigned i, size_t bsize) {
-  uintptr_t top = LD(tx, &h->top);
-  if (top + AME__HEAP_SPAN > arena_end(h)) return 0;
-  ST(tx, &h->top, top + AME__HEAP_SPAN);
+  uintptr_t top = LD(tx, &s->reserve), rend = LD(tx, &s->reserve_end);
+  if (top == 0 || top + AME__HEAP_SPAN > rend) {
+    /* Reserves are whole spans: nothing is left of the old one. */
+    uintptr_t want = reserve_bytes(h);
+    top = LD(tx, &h->top);
+    if (top + want > arena_end(h)) want = AME__HEAP_SPAN;
+    if (top + want > arena_end(h)) return 0;
+    ST(tx, &h->top, top + want);
+    rend = top + want;
+    ST(tx, &s->reserve_end, rend);
+  }
+  ST(tx, &s->reserve, top + AME__HEAP_SPAN);
   uintptr_t end = top + AME__HEAP_SPAN - AME__HEAP_SPAN % bsize;
   ST(tx, &s->carve[i], top + bsize);
   ST(tx, &s->carve_end[i], end);
