@@ -34,14 +34,17 @@
 ** scheduled since).  wait(0) (trial's and Twisted's iterate(0), a loop
 ** with calls due) must still return it, as epoll_wait(0) would: it first
 ** makes sure the worker has polled after the wait() began.  The cheap
-** case: the worker sits in its poll (it has run no binding callback since
-** its last before_poll) and its epoll fd is not readable (level-triggered:
-** an fd the worker has been told of and not handled keeps it readable),
-** so nothing is in flight.  Otherwise wait(0) waits (GIL released) until
-** the worker's before_poll has run twice more, the second time after a
-** poll that began after the wait(): before_poll makes that poll
-** non-blocking while a catch-up waits.  A wait with a timeout needs none:
-** it sleeps until the worker reports.
+** case: no watch change is waiting to be applied (ours, or the worker's
+** on libuv's queue, which libuv applies at its next poll), the worker sits
+** in its poll (it has run no binding callback since its last before_poll)
+** and its epoll fd is not readable (level-triggered: an fd the worker has
+** been told of and not handled keeps it readable), so nothing is in
+** flight.  Otherwise wait(0) waits (GIL released) until this wait()'s
+** flush has been applied, then until the worker's before_poll has run
+** twice more, the second time after a poll that began after that:
+** before_poll makes the poll non-blocking while a catch-up waits, and a
+** no-op posted call wakes a worker asleep in an older one.  A wait with a
+** timeout needs none: it sleeps until the worker reports.
 **
 ** Python callbacks never run on the workers and never touch the STM: they
 ** all run on the thread that calls wait(), under the GIL, one at a time
