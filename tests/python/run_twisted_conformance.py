@@ -204,6 +204,7 @@ def readResults(path):
     started and never finished is a crash.
     """
     results = {}
+    running = set()
     if not os.path.exists(path):
         return results
     with open(path) as f:
@@ -214,13 +215,15 @@ def readResults(path):
                 continue
             t, o, d = rec["test"], rec["outcome"], rec["detail"]
             if o == "start":
-                results.setdefault(t, ("crash", "started, never finished"))
-                if results[t][0] == "crash":
-                    continue
+                # A suite may run two tests of one id: each must finish.
+                running.add(t)
+                continue
+            running.discard(t)
             old = results.get(t)
-            if old is None or old[0] == "crash" or \
-                    ORDER.index(o) < ORDER.index(old[0]):
+            if old is None or ORDER.index(o) < ORDER.index(old[0]):
                 results[t] = (o, d)
+    for t in running:
+        results[t] = ("crash", "started, never finished")
     return results
 
 
