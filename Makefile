@@ -42,7 +42,7 @@ check: deps
 conformance: build
 	PYTHONPATH=$(BUILD)/bindings:bindings $(PYTHON) \
 	  tests/python/run_twisted_conformance.py --reactors epoll,ame,ame-inline \
-	  --modules none --apps default --out $(BUILD)/conformance-apps \
+	  --modules none --apps default --timeout 900 --out $(BUILD)/conformance-apps \
 	  --json $(BUILD)/conformance-apps/summary.json $(CONFORMANCE_ARGS)
 
 # The demo (bench/demo.py, under two minutes): examples/python/web.py, an
