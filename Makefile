@@ -6,7 +6,7 @@ BUILD   ?= build
 BENCH_BUILD ?= build-release
 MESON   ?= meson
 
-.PHONY: all deps deps-bench deps-demo build build-release check demo bench stress install clean
+.PHONY: all deps deps-bench deps-demo build build-release check conformance demo bench stress install clean
 
 all: build
 
@@ -31,6 +31,19 @@ build-release: deps-bench
 # Every test, in the plain, ASan+UBSan and TSan builds, and a fuzz run.
 check: deps
 	@sh scripts/check.sh
+
+# Twisted's application test suites (twisted.test, web, words, mail, names,
+# conch, protocols, spread, application, runner) on EPollReactor, AMEReactor
+# with io=thread and with io=inline, in one run: a per-suite table of
+# passes, failures, errors and skips per reactor, and the tests that pass on
+# epoll and not on ame (then it fails).  docs/twisted.md.  CONFORMANCE_ARGS
+# go to the runner (e.g. --apps twisted.web.test, or --modules default to
+# add the reactor suite; tests/python/run_twisted_conformance.py --help).
+conformance: build
+	PYTHONPATH=$(BUILD)/bindings:bindings $(PYTHON) \
+	  tests/python/run_twisted_conformance.py --reactors epoll,ame,ame-inline \
+	  --modules none --apps default --timeout 900 --out $(BUILD)/conformance-apps \
+	  --json $(BUILD)/conformance-apps/summary.json $(CONFORMANCE_ARGS)
 
 # The demo (bench/demo.py, under two minutes): examples/python/web.py, an
 # ordinary twisted.web app, under `ame run --workers auto` (and 1, 2, 4, ...

@@ -33,11 +33,16 @@ asan_py() {
     PYTHONPATH="$PWD/build-asan/bindings:$PWD/bindings" \
     /usr/bin/python3 "$@"
 }
-asan_py -m twisted.trial --temp-directory build-asan/_trial_temp \
-  tests/python/test_reactor.py tests/python/test_timers.py
+# Its output is kept for the closing summary (and shown).
+if asan_py -m twisted.trial --temp-directory build-asan/_trial_temp \
+    tests/python/test_reactor.py tests/python/test_timers.py \
+    > build-asan/trial-asan.log 2>&1
+then cat build-asan/trial-asan.log
+else cat build-asan/trial-asan.log; exit 1
+fi
 asan_py tests/python/run_twisted_conformance.py --reactors ame,ame-inline --strict \
   --modules test_tcp,test_tls,test_process,test_core \
-  --out build-asan/conformance
+  --out build-asan/conformance --json build-asan/conformance/summary.json
 
 setup build-tsan -Db_sanitize=thread -Db_lundef=false
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
@@ -46,16 +51,13 @@ TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 # A short libFuzzer run of the HTTP example's request handling.
 run sh examples/c/fuzz.sh "${AME_FUZZ_SECONDS:-30}"
 
-# One closing line over the three builds, from meson's JSON logs.
-/usr/bin/python3 - build build-asan build-tsan <<'PY'
-import json, sys
-ok = bad = skip = 0
-for d in sys.argv[1:]:
-    for line in open(f"{d}/meson-logs/testlog.json"):
-        r = json.loads(line)["result"]
-        if r in ("OK", "EXPECTEDFAIL"): ok += 1
-        elif r == "SKIP": skip += 1
-        else: bad += 1
-print(f"check: {ok} passed, {bad} failed, {skip} skipped")
-sys.exit(1 if bad else 0)
-PY
+# The closing summary: a line per part (each build's meson tests, the trial
+# and Twisted conformance runs inside and outside meson, the fuzz run), a
+# total, and every skipped test with its reason.
+/usr/bin/python3 scripts/check_summary.py \
+  meson:plain:build \
+  meson:asan:build-asan \
+  trial:"asan trial (test_reactor, test_timers)":build-asan/trial-asan.log \
+  conformance:"asan twisted reactor suite":build-asan/conformance/summary.json \
+  meson:tsan:build-tsan \
+  ran:fuzz:"examples/c/fuzz.sh, ${AME_FUZZ_SECONDS:-30} s"

@@ -29,6 +29,23 @@
 ** handed to the worker to arm.  This also gives wait(0) epoll's meaning
 ** for them: what is ready now is reported now.
 **
+** The catch-up.  In thread mode the worker may not yet have taken an
+** event the kernel has already reported (it is busy, or has not been
+** scheduled since).  wait(0) (trial's and Twisted's iterate(0), a loop
+** with calls due) must still return it, as epoll_wait(0) would: it first
+** makes sure the worker has polled after the wait() began.  The cheap
+** case: no watch change is waiting to be applied (ours, or the worker's
+** on libuv's queue, which libuv applies at its next poll), the worker sits
+** in its poll (it has run no binding callback since its last before_poll)
+** and its epoll fd is not readable (level-triggered: an fd the worker has
+** been told of and not handled keeps it readable), so nothing is in
+** flight.  Otherwise wait(0) waits (GIL released) until this wait()'s
+** flush has been applied, then until the worker's before_poll has run
+** twice more, the second time after a poll that began after that:
+** before_poll makes the poll non-blocking while a catch-up waits, and a
+** no-op posted call wakes a worker asleep in an older one.  A wait with a
+** timeout needs none: it sleeps until the worker reports.
+**
 ** Python callbacks never run on the workers and never touch the STM: they
 ** all run on the thread that calls wait(), under the GIL, one at a time
 ** (an irrevocable transaction each, by construction).  The workers only run
@@ -170,6 +187,7 @@ static void deliver(void *arg) {
 ** happens in deliver(), at commit. */
 static int poll_cb(ame_tx_t *tx, ame_poll_t *p, int status, int events) {
   struct watch *w = ame_handle_data(p);
+  ame__worker_busy(w->c);
   w->cb_poll = p;
   w->cb_status = status;
   w->cb_events = events;
@@ -190,6 +208,7 @@ static int start_poll(struct core *c, struct watch *w, int ev) {
   if (rc != 0) return rc;
   ame_handle_set_name(p, "python fd watch");
   w->poll = p;
+  ame__worker_armed(c);
   w->armed = ev;
   return 0;
 }
@@ -219,6 +238,7 @@ static void apply_one(struct core *c, struct watch *w) {
     }
   } else if (w->armed != target) {
     ame_poll_change(w->poll, target);
+    ame__worker_armed(c);
     w->armed = target;
   }
 }
@@ -248,6 +268,7 @@ static void apply_now(void *arg) {
 }
 
 static int apply_cb(ame_tx_t *tx, void *arg) {
+  ame__worker_busy(arg);
   return ame_tx_on_commit(tx, apply_now, arg);
 }
 
@@ -639,6 +660,86 @@ static PyObject *Core_watch(CoreObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* Worker, in before_poll (lock not held). */
+int ame__catch_up_step(struct core *c) {
+  if (c->inline_mode) return 0;
+  pthread_mutex_lock(&c->lock);
+  c->iters++;
+  __atomic_store_n(&c->in_poll, 1, __ATOMIC_SEQ_CST);
+  int again = 0;
+  if (c->catch_target != 0) {
+    if (c->iters >= c->catch_target) {
+      c->catch_target = 0;
+      pthread_cond_broadcast(&c->cond);
+    } else {
+      again = 1;
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+  return again;
+}
+
+static int noop_cb(ame_tx_t *tx, void *arg) {
+  (void)tx;
+  (void)arg;
+  return 0;
+}
+
+/* Thread mode, the start of wait(0): make the worker take every event the
+** kernel has reported so far (see "The catch-up" above).  Return 0 or a
+** negative error. */
+static int catch_up(struct core *c) {
+  pthread_mutex_lock(&c->lock);
+  uint64_t v = c->iters, my = c->req_seq;
+  int pending = c->done_seq < my;
+  uint64_t armed = __atomic_load_n(&c->arm_iter, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(&c->lock);
+  /* Idle: no change of ours is waiting to be applied, none the worker made
+  ** can still be on libuv's queue (libuv applies poll changes at its next
+  ** poll: the one after the next before_poll), the worker has run no
+  ** callback since it came to poll, and its epoll fd has nothing. */
+  if (!pending && v >= armed + 2 &&
+      __atomic_load_n(&c->in_poll, __ATOMIC_SEQ_CST)) {
+    struct pollfd p = {.fd = ame_reactor_fd(c->r), .events = POLLIN};
+    int n;
+    do n = poll(&p, 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n == 0 && __atomic_load_n(&c->in_poll, __ATOMIC_SEQ_CST)) {
+      pthread_mutex_lock(&c->lock);
+      int idle = c->iters == v;
+      pthread_mutex_unlock(&c->lock);
+      if (idle) return 0;
+    }
+  }
+  c->n_catchups++;
+  /* A stopped worker never comes back: give up after a second (the
+  ** events then come in a later wait, as before). */
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  dl.tv_sec += 1;
+  int rc = 0;
+  Py_BEGIN_ALLOW_THREADS
+  pthread_mutex_lock(&c->lock);
+  /* What this wait() flushed first (a poll started: the fd of a new
+  ** connection), then two of the worker's before_polls: the second comes
+  ** after a poll that began after the changes were applied. */
+  int ok = 1;
+  while (ok && c->done_seq < my)
+    ok = pthread_cond_timedwait(&c->cond, &c->lock, &dl) == 0;
+  uint64_t target = c->iters + 2;
+  if (c->catch_target < target) c->catch_target = target;
+  int asleep = __atomic_load_n(&c->in_poll, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(&c->lock);
+  /* It may be blocked in a poll that began before catch_target was set. */
+  if (ok && asleep) rc = ame_reactor_call(c->r, noop_cb, NULL);
+  pthread_mutex_lock(&c->lock);
+  while (ok && rc == 0 && c->iters < target)
+    ok = pthread_cond_timedwait(&c->cond, &c->lock, &dl) == 0;
+  pthread_mutex_unlock(&c->lock);
+  Py_END_ALLOW_THREADS
+  return rc;
+}
+
 static double mono_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -726,6 +827,7 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
   c->nev = 0;
   int rc = direct_check(c);
   if (rc == 0) rc = flush(c, 0);
+  if (rc == 0 && !c->inline_mode && timeout == 0) rc = catch_up(c);
   if (rc != 0) return set_error(rc);
   if (c->inline_mode) {
     if (step_wait(c, timeout) < 0) return NULL;
@@ -934,7 +1036,7 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
       set_u64(d, "accepted", s.accepted) ||
       set_u64(d, "accept_errors", s.accept_errors) ||
       set_u64(d, "streams_open", s.streams_open) ||
-      set_u64(d, "fd_events", ev) || set_u64(d, "direct_events", c->n_direct) ||
+      set_u64(d, "fd_events", ev) || set_u64(d, "direct_events", c->n_direct) || set_u64(d, "catchups", c->n_catchups) ||
       set_u64(d, "watch_flushes", fl) ||
       set_u64(d, "watch_barriers", ba) || set_u64(d, "stream_reads", nr) ||
       set_u64(d, "stream_sends", ns) || set_u64(d, "stream_writes", nw_) ||

@@ -88,6 +88,14 @@ struct core {
   PyObject *on_read_error;  /* py: reactor._ameReadFailed */
   char *scratch;            /* worker: recv buffer */
   int wake_pending;         /* worker: signal efd before polling */
+  /* The catch-up (thread mode, wait(0)): see _ame.c. */
+  uint64_t iters;           /* lock: the worker's before_poll calls */
+  uint64_t catch_target;    /* lock: wait(0) waits for iters >= this */
+  uint64_t arm_iter;        /* atomic: iters when the worker last started
+                               or changed a poll */
+  int in_poll;              /* atomic: the worker has run no binding
+                               callback since its last before_poll */
+  uint64_t n_catchups;      /* py: wait(0)s that waited for the worker */
   struct gai_query *gai_head, *gai_tail; /* lock: answered DNS queries */
   uint64_t n_reads, n_sends, n_writes; /* lock */
   uint64_t n_accepted;      /* lock: connections the worker accepted for
@@ -175,8 +183,21 @@ void ame__fconn_apply_all(struct core *c);
 ** (a list) (stream, READABLE|WRITABLE) for what Python's doRead/doWrite
 ** must see.  Return 0, or -1 with an exception set. */
 int ame__fconn_dispatch(struct core *c, PyObject *events);
-/* The reactor's before_poll hook: wakes Python once per iteration. */
-void ame__before_poll(void *arg);
+/* The reactor's before_poll hook: wakes Python once per iteration, and
+** advances the catch-up (returns nonzero: poll again without blocking). */
+int ame__before_poll(void *arg);
+/* Worker, in before_poll: count the iteration, end a catch-up that is
+** done; nonzero while one is under way (_ame.c). */
+int ame__catch_up_step(struct core *c);
+/* Worker: it started or changed a poll (libuv applies it at its next
+** poll). */
+static inline void ame__worker_armed(struct core *c) {
+  __atomic_store_n(&c->arm_iter, c->iters, __ATOMIC_SEQ_CST);
+}
+/* Worker: a binding callback starts (the worker is no longer idle). */
+static inline void ame__worker_busy(struct core *c) {
+  __atomic_store_n(&c->in_poll, 0, __ATOMIC_SEQ_CST);
+}
 /* resolve.c: getaddrinfo on the reactor.  callback(list) gets the answer
 ** in socket.getaddrinfo's shape, or callback((code, message)) a failure.
 ** Return 0 or a negative error (then callback is never called). */

@@ -751,7 +751,8 @@ class AMEReactor(
         STM totals),
         C{direct_events} (events found by the Python thread's own check of
         the fds it had just dispatched or changed, with no worker round
-        trip), C{watch_flushes} (batches of watch changes posted to the
+        trip), C{catchups} (C{wait(0)}s that waited for the worker to
+        take what the kernel had reported), C{watch_flushes} (batches of watch changes posted to the
         worker), C{watch_barriers} (removals that waited for the worker);
         and C{python_path} (connections and listeners left on Twisted's
         own Python I/O because the C side could not take them: a full

@@ -81,6 +81,7 @@ static void gai_done(void *arg) {
 static int gai_cb(ame_tx_t *tx, int status, const struct addrinfo *res,
                   void *data) {
   struct gai_query *q = data;
+  ame__worker_busy(q->c);
   q->status = status;
   q->res = res;
   return ame_tx_on_commit(tx, gai_done, q);

@@ -265,12 +265,13 @@ static int fready_push(struct core *c, struct fconn *f) {
 /* The worker is about to poll: wake the Python thread once for everything
 ** this loop iteration put on the ready list (not once per connection: on
 ** a shared core, each wake-up would preempt the worker for one request). */
-void ame__before_poll(void *arg) {
+int ame__before_poll(void *arg) {
   struct core *c = arg;
   if (c->wake_pending) {
     c->wake_pending = 0;
     ame__signal_efd(c);
   }
+  return ame__catch_up_step(c);
 }
 
 /* Lock held.  Append n bytes to a growable buffer.  Return 0 or -1. */
@@ -308,6 +309,7 @@ static void fupdate(struct core *c, struct fconn *f) {
   }
   pthread_mutex_unlock(&c->lock);
   if (mask == f->armed) return;
+  ame__worker_armed(c);
   if (f->poll == NULL) {
     ame_poll_t *p = NULL;
     int rc = ame_poll_start(c->r, f->fd, mask, fpoll_cb, f, &p);
@@ -486,7 +488,7 @@ static void fdeliver(void *arg) {
 
 static int fpoll_cb(ame_tx_t *tx, ame_poll_t *p, int status, int events) {
   struct fconn *f = ame_handle_data(p);
-  (void)p;
+  ame__worker_busy(f->c);
   f->cb_status = status;
   f->cb_events = events;
   return ame_tx_on_commit(tx, fdeliver, f);

@@ -123,7 +123,7 @@ struct ame_reactor {
   size_t high, low;
   unsigned drain_timeout_ms;
   int report_on_stop;
-  void (*before_poll)(void *);  /* ame_reactor_config_t's hook, or NULL */
+  int (*before_poll)(void *);   /* ame_reactor_config_t's hook, or NULL */
   void *before_poll_arg;
   FILE *log;
   int running;               /* atomic */

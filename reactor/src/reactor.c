@@ -479,10 +479,11 @@ static void check_cb(uv_check_t *c) {
 
 static void prepare_cb(uv_prepare_t *p) {
   struct worker *w = p->data;
-  if (w->r->before_poll) w->r->before_poll(w->r->before_poll_arg);
+  int again = w->r->before_poll ? w->r->before_poll(w->r->before_poll_arg)
+                                : 0;
   if (w->stopping) return;
   /* About to poll: steal something first rather than block. */
-  if (run_jobs(w, JOB_BATCH) > 0 || has_jobs(w)) {
+  if (run_jobs(w, JOB_BATCH) > 0 || has_jobs(w) || again) {
     uv_idle_start(&w->idle, idle_cb);
     return;
   }

@@ -17,12 +17,25 @@ the global reactor (test_posixbase, test_sigchld) test it too.  Results are
 written one JSON line per test as they happen, so a child that dies still
 reports what it ran and the test it died in.
 
+Application suites (C{--apps}): Twisted's other test packages (web,
+words, mail, names, conch, protocols, spread, the old top-level
+twisted.test, ...) run the same way, one child per (suite, reactor), with
+the reactor installed as the global reactor, as C{trial --reactor=X}
+would.  Every reactor other than epoll is compared with epoll: the tests
+that pass on epoll and not on it are listed, and make the exit status 1.
+
 Options::
 
     --modules a,b,...   modules of twisted.internet.test (default: all
-                        the ReactorBuilder modules listed in MODULES)
+                        the ReactorBuilder modules listed in MODULES);
+                        a dotted name is taken as it is; "none": no
+                        reactor suite (with --apps); "default": MODULES
+    --apps a,b,...      also run these application suites (dotted names;
+                        "default": those listed in APPS; "check": the
+                        fast TCP-heavy subset in CHECK_APPS)
     --reactors ame,epoll  (also ame-inline: AMEReactor with AME_IO=inline,
-                        its C reactor stepped on the Python thread)
+                        its C reactor stepped on the Python thread; ame
+                        is AMEReactor with AME_IO=thread)
     --timeout SECONDS   per child (default 1800)
     --out DIR           logs and per-test results (default
                         /tmp/ame-conformance)
@@ -58,6 +71,33 @@ MODULES = [
     "test_posixbase",
 ]
 
+# Twisted's application test suites (what Debian's python3-twisted ships
+# besides the reactor suite), for --apps default.  twisted.test is the old
+# top-level suite (test_tcp, test_ftp, test_loopback, ...).
+APPS = [
+    "twisted.test",
+    "twisted.web.test",
+    "twisted.words.test",
+    "twisted.mail.test",
+    "twisted.names.test",
+    "twisted.conch.test",
+    "twisted.protocols.test",
+    "twisted.spread.test",
+    "twisted.application.test",
+    "twisted.runner.test",
+]
+
+# A fast TCP-heavy subset (--apps check; make check runs it): connects,
+# closes, resets, half-closes, HTTP and FTP data connections; about half a
+# minute over three reactors.
+CHECK_APPS = [
+    "twisted.test.test_tcp",
+    "twisted.test.test_loopback",
+    "twisted.web.test.test_http",
+    "twisted.test.test_ftp",
+    "twisted.web.test.test_webclient",
+]
+
 REACTORS = {
     "ame": ("ame.reactor.AMEReactor", "ame.reactor"),
     "epoll": (
@@ -68,7 +108,7 @@ REACTORS = {
 }
 
 # Environment of a reactor's children, and its name for trial --reactor.
-REACTOR_ENV = {"ame-inline": {"AME_IO": "inline"}}
+REACTOR_ENV = {"ame": {"AME_IO": "thread"}, "ame-inline": {"AME_IO": "inline"}}
 TRIAL_NAME = {"ame-inline": "ame"}
 
 
@@ -147,8 +187,9 @@ def child(module, reactorKey, outPath):
                            "_trial_temp-%s-%s" % (module, reactorKey))
     trialRunner = runner.TrialRunner(
         Recorder, stream=sys.stdout, workingDirectory=workdir)
-    suite = runner.TestLoader().loadByName(
-        "twisted.internet.test." + module, recurse=True)
+    if "." not in module:
+        module = "twisted.internet.test." + module
+    suite = runner.TestLoader().loadByName(module, recurse=True)
     result = trialRunner.run(suite)
     out.close()
     return 0 if result.wasSuccessful() else 1
@@ -163,6 +204,7 @@ def readResults(path):
     started and never finished is a crash.
     """
     results = {}
+    running = set()
     if not os.path.exists(path):
         return results
     with open(path) as f:
@@ -173,13 +215,15 @@ def readResults(path):
                 continue
             t, o, d = rec["test"], rec["outcome"], rec["detail"]
             if o == "start":
-                results.setdefault(t, ("crash", "started, never finished"))
-                if results[t][0] == "crash":
-                    continue
+                # A suite may run two tests of one id: each must finish.
+                running.add(t)
+                continue
+            running.discard(t)
             old = results.get(t)
-            if old is None or old[0] == "crash" or \
-                    ORDER.index(o) < ORDER.index(old[0]):
+            if old is None or ORDER.index(o) < ORDER.index(old[0]):
                 results[t] = (o, d)
+    for t in running:
+        results[t] = ("crash", "started, never finished")
     return results
 
 
@@ -222,6 +266,13 @@ def counts(results):
     return c
 
 
+def notOn(base, other):
+    """The tests that pass in base and not in other, sorted."""
+    return sorted(t for t, (o, _) in base.items()
+                  if o == "success" and
+                  other.get(t, ("absent",))[0] != "success")
+
+
 def runWeb(reactorKey, args, env):
     """Run trial --reactor=X twisted.web.test; return its summary line."""
     logPath = os.path.join(args.out, "web-%s.log" % reactorKey)
@@ -256,6 +307,7 @@ def main():
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--modules", default=",".join(MODULES))
     ap.add_argument("--reactors", default="ame,epoll")
+    ap.add_argument("--apps")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--out", default="/tmp/ame-conformance")
     ap.add_argument("--json")
@@ -263,7 +315,7 @@ def main():
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if any test of any reactor fails, errors "
                          "or crashes (default: only if one that passes on "
-                         "epoll does not pass on ame)")
+                         "epoll does not pass on another reactor)")
     args = ap.parse_args()
     args.out = os.path.abspath(args.out)  # the children run in it
     if args.child:
@@ -278,54 +330,72 @@ def main():
         path.append(bindings)
     env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
 
-    modules = args.modules.split(",")
+    modules = [] if args.modules == "none" else \
+        MODULES if args.modules == "default" else \
+        [m for m in args.modules.split(",") if m]
+    if args.apps:
+        modules += {"default": APPS, "check": CHECK_APPS}.get(
+            args.apps, [m for m in args.apps.split(",") if m])
     reactors = args.reactors.split(",")
-    summary = {"modules": {}, "missing": [], "web": {}}
+    if "epoll" in reactors:  # the baseline first: its column is compared
+        reactors.remove("epoll")
+        reactors.insert(0, "epoll")
+    others = [r for r in reactors if r != "epoll"] if "epoll" in reactors \
+        else []
+    summary = {"modules": {}, "missing": [], "web": {}, "skips": {}}
     allResults = {r: {} for r in reactors}
-    print("%-16s %-10s %5s %5s %5s %5s %5s %5s %8s" % (
-        "module", "react", "pass", "fail", "error", "skip", "xfail",
-        "crash", "seconds"))
+    width = max([16] + [len(m) for m in modules])
+    row = "%-*s %-10s %5s %5s %5s %5s %5s %5s %5s %8s"
+    print(row % (width, "suite", "reactor", "pass", "fail", "error", "skip",
+                 "xfail", "crash", "!ep", "seconds"))
     for module in modules:
+        byReactor = {}
         for r in reactors:
             results, rc, secs = runChild(module, r, args, env)
+            byReactor[r] = results
             allResults[r].update(results)
             c = counts(results)
+            # Tests of this suite that pass on epoll and not on r.
+            worse = "-" if r not in others else len(notOn(
+                byReactor["epoll"], results))
             summary["modules"].setdefault(module, {})[r] = dict(
                 c, rc=rc, seconds=round(secs, 1))
-            print("%-16s %-10s %5d %5d %5d %5d %5d %5d %8.1f%s" % (
-                module, r, c["pass"], c["fail"], c["error"], c["skip"],
-                c["xfail"], c["crash"], secs,
-                "" if rc in (0, 1) else "  (child: %s)" % rc), flush=True)
+            print(row % (
+                width, module, r, c["pass"], c["fail"], c["error"],
+                c["skip"], c["xfail"], c["crash"], worse, "%.1f" % secs) +
+                ("" if rc in (0, 1) else "  (child: %s)" % rc), flush=True)
 
     totals = {r: counts(allResults[r]) for r in reactors}
     for r in reactors:
         t = totals[r]
-        print("%-16s %-10s %5d %5d %5d %5d %5d %5d" % (
-            "TOTAL", r, t["pass"], t["fail"], t["error"], t["skip"],
-            t["xfail"], t["crash"]))
+        worse = "-" if r not in others else len(notOn(
+            allResults["epoll"], allResults[r]))
+        print(row % (width, "TOTAL", r, t["pass"], t["fail"], t["error"],
+                     t["skip"], t["xfail"], t["crash"], worse, ""))
     summary["totals"] = totals
+    for r in reactors:
+        summary["skips"][r] = sorted(
+            [t, d] for t, (o, d) in allResults[r].items() if o == "skip")
 
-    if "ame" in reactors and "epoll" in reactors:
-        ame, ep = allResults["ame"], allResults["epoll"]
-        missing = sorted(
-            t for t, (o, _) in ep.items()
-            if o == "success" and ame.get(t, ("absent",))[0] != "success")
-        print("\nPass on epoll but not on ame: %d" % len(missing))
+    for r in others:
+        ep, mine = allResults["epoll"], allResults[r]
+        missing = notOn(ep, mine)
+        print("\nPass on epoll but not on %s: %d" % (r, len(missing)))
         for t in missing:
-            o, d = ame.get(t, ("absent", ""))
+            o, d = mine.get(t, ("absent", ""))
             print("  %s: %s %s" % (t, o, d[:200]))
-            summary["missing"].append({"test": t, "outcome": o,
+            summary["missing"].append({"reactor": r, "test": t, "outcome": o,
                                        "detail": d})
-        extra = sorted(t for t, (o, _) in ame.items()
-                       if o == "success" and ep.get(t, ("",))[0] != "success")
+        extra = notOn(mine, ep)
         if extra:
-            print("\nPass on ame but not on epoll: %d" % len(extra))
+            print("\nPass on %s but not on epoll: %d" % (r, len(extra)))
             for t in extra:
                 print("  %s (epoll: %s)" % (t, ep.get(t, ("absent",))[0]))
-        summary["extra"] = extra
-        notPass = sorted((t, o, d) for t, (o, d) in ame.items()
-                         if o != "success")
-        print("\nEvery ame test that did not pass: %d" % len(notPass))
+        summary.setdefault("extra", {})[r] = extra
+        notPass = sorted((t, o, d) for t, (o, d) in mine.items()
+                         if o not in ("success", "skip"))
+        print("\nEvery %s test that did not pass (skips aside): %d" % (
+            r, len(notPass)))
         for t, o, d in notPass:
             print("  %-12s %s %s" % (o, t, d[:160]))
 

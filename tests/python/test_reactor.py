@@ -588,6 +588,78 @@ class ReactorBehaviourMixin:
             reactor.iterate(0)
         self.assertLess(time.monotonic() - start, 0.5)
 
+    def _waitReported(self, fd):
+        """
+        Block until the kernel reports a hang-up or readiness on fd (what
+        the reactor's own poll would see).
+        """
+        import select
+        p = select.poll()
+        p.register(fd, select.POLLIN | select.POLLRDHUP | select.POLLHUP)
+        self.assertTrue(p.poll(5000), "the kernel never reported fd %d" % fd)
+
+    def _closeSeenInOneIteration(self, reactor, transport, lost, peer,
+                                 reset):
+        if reset:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                            b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        peer.close()
+        self._waitReported(transport.fileno())
+        reactor.iterate(0)
+        self.assertEqual(len(lost), 1)
+        self.assertNotIn(transport, reactor.getReaders())
+        self.assertNotIn(transport, reactor.getWriters())
+
+    def test_peerCloseSeenInOneIteration(self):
+        """
+        A connection whose close or reset the kernel has reported is gone
+        (connectionLost called, no longer a reader or writer) after one
+        iterate(0), as under epoll: what was reported before an iteration
+        began is delivered in it (trial's cleanup relies on it).  Each
+        side, both ways, a few times over.
+        """
+        reactor = self.buildReactor()
+        lost = []
+        made = []
+
+        class P(protocol.Protocol):
+            def connectionMade(self):
+                made.append(self)
+
+            def connectionLost(self, reason):
+                lost.append(reason)
+
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(P),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        plain = socket.socket()
+        self.addCleanup(plain.close)
+        plain.bind(("127.0.0.1", 0))
+        plain.listen(5)
+        for i in range(8):
+            reset = bool(i & 1)
+            del lost[:], made[:]
+            # The server side: a plain client closes.
+            peer = socket.create_connection(
+                ("127.0.0.1", port.getHost().port))
+            deadline = time.monotonic() + 5
+            while not made and time.monotonic() < deadline:
+                reactor.iterate(0.01)
+            self.assertEqual(len(made), 1)
+            self._closeSeenInOneIteration(reactor, made[0].transport, lost,
+                                          peer, reset)
+            # The client side: a plain server closes.
+            del lost[:], made[:]
+            reactor.connectTCP("127.0.0.1", plain.getsockname()[1],
+                               protocol.ClientFactory.forProtocol(P))
+            deadline = time.monotonic() + 5
+            while not made and time.monotonic() < deadline:
+                reactor.iterate(0.01)
+            self.assertEqual(len(made), 1)
+            peer, _ = plain.accept()  # connected: in the backlog
+            self._closeSeenInOneIteration(reactor, made[0].transport, lost,
+                                          peer, reset)
+
     def test_readerGetsData(self):
         """
         A reader added with addReader gets what the peer sends, every time,

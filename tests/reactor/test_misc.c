@@ -544,15 +544,16 @@ static atomic_int g_hook_bad_thread;
 static atomic_int g_hook_posted;   /* set by a posted call, at commit */
 static atomic_int g_hook_saw_post; /* the hook saw it */
 
-static void hook(void *arg) {
+static int hook(void *arg) {
   ASSERT_EQ(arg, (void *)&g_hook_calls);
   int w = ame_reactor_current_worker(g_r);
   if (w < 0 || w >= 2) {
     atomic_fetch_add(&g_hook_bad_thread, 1);
-    return;
+    return 0;
   }
   atomic_fetch_add(&g_hook_calls[w], 1);
   if (atomic_load(&g_hook_posted)) atomic_store(&g_hook_saw_post, 1);
+  return 0;
 }
 
 static void set_posted(void *arg) {
@@ -598,13 +599,14 @@ static atomic_int g_att_hook_bad;   /* ... elsewhere */
 static atomic_int g_att_timer;      /* the timer ran, on the thread */
 static pthread_t g_att_thread;
 
-static void att_hook(void *arg) {
+static int att_hook(void *arg) {
   (void)arg;
   if (pthread_equal(pthread_self(), g_att_thread) &&
       ame_reactor_current_worker(g_r) == 0)
     atomic_fetch_add(&g_att_hook, 1);
   else
     atomic_fetch_add(&g_att_hook_bad, 1);
+  return 0;
 }
 
 static int att_timer_cb(ame_tx_t *tx, ame_timer_t *t) {

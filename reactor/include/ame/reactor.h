@@ -96,8 +96,11 @@ typedef struct ame_reactor_config {
   ** when it has run what was ready and is about to poll for more: the
   ** place to publish, once per loop iteration, what its callbacks
   ** gathered (the Python binding wakes its Python thread here, once for a
-  ** whole batch of connections).  NULL: none. */
-  void (*before_poll)(void *arg);
+  ** whole batch of connections).  It returns nonzero to make this poll
+  ** not block (the worker polls what is ready and comes back at once: the
+  ** binding's wait(0) uses it to have the worker take every event the
+  ** kernel has reported).  NULL: none. */
+  int (*before_poll)(void *arg);
   void *before_poll_arg;
 } ame_reactor_config_t;
 
