@@ -558,6 +558,9 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
   ame_tx_t *tx = &s->tx;
   uintptr_t status = LOAD_ACQ(&s->status);
   int finished = ame__tx_recover(tx, status);
+  /* A thread of this process that ended without leaving: its descriptor's
+  ** private memory (read log, vectors) is this process's to free. */
+  if (LOAD(&s->pid) == (int32_t)getpid()) ame__tx_teardown(tx);
   /* The irrevocability queue: leave it. */
   STORE(&s->ticket, 0);
   STORE_REL(&s->ticket_state, TICKET_NONE);

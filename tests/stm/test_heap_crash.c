@@ -200,22 +200,6 @@ static struct {
   size_t n, cap;
 } logged;
 
-static uint64_t collect_ids(ame_tx_t *tx, ame_hlog_t *log) {
-  uint64_t last = 0;
-  for (void *r = ame_hlog_first(tx, log, 0); r; r = ame_hlog_next(tx, r)) {
-    uint64_t id = 0;
-    ame_hlog_record_value(tx, r, &id, sizeof id);
-    last = ame_hlog_record_seq(tx, r);
-    if (logged.n == logged.cap) {
-      logged.cap = logged.cap ? 2 * logged.cap : 4096;
-      logged.ids = realloc(logged.ids, logged.cap * sizeof *logged.ids);
-      if (logged.ids == NULL) abort();
-    }
-    logged.ids[logged.n++] = id;
-  }
-  return last;
-}
-
 /* Drop the records up to upto, a thousand per transaction (a check's
 ** worth would not fit one write log). */
 static void trim(ame_tx_t *tx, ame_hlog_t *log, uint64_t upto) {
@@ -231,30 +215,73 @@ static void trim(ame_tx_t *tx, ame_hlog_t *log, uint64_t upto) {
   }
 }
 
+/* Append to logged the ids of log's records after `after` up to `last`
+** and trim them, a thousand records per transaction: the check's snapshot
+** (below) may cover many records, and a transaction that the contention
+** manager makes irrevocable locks all it reads, in its write log.  The
+** records up to last stay as they are until the parent trims them. */
+static void collect_ids(ame_tx_t *tx, ame_hlog_t *log, uint64_t after,
+                        uint64_t last) {
+  while (after < last) {
+    volatile size_t start = logged.n;
+    volatile uint64_t upto = after;
+    AME_ATOMIC(tx) {
+      logged.n = start;
+      upto = after;
+      for (void *r = ame_hlog_first(tx, log, after);
+           r && upto < last && logged.n - start < 1000;
+           r = ame_hlog_next(tx, r)) {
+        uint64_t id = 0;
+        ame_hlog_record_value(tx, r, &id, sizeof id);
+        upto = ame_hlog_record_seq(tx, r);
+        if (logged.n == logged.cap) {
+          logged.cap = logged.cap ? 2 * logged.cap : 4096;
+          logged.ids = realloc(logged.ids, logged.cap * sizeof *logged.ids);
+          if (logged.ids == NULL) abort();
+        }
+        logged.ids[logged.n++] = id;
+      }
+    }
+    ASSERT_GT(upto, after); /* the records up to last are there */
+    after = upto;
+    trim(tx, log, upto); /* the next chunk starts at the head */
+  }
+}
+
 /* The invariants, in one transaction of the parent's.  The bytes
 ** allocated must be base plus per_record for each transfer logged. */
 static void check(ame_heap_t *h, ame_tx_t *tx, struct acks *acks,
                   int64_t base, int64_t per_record, int verify) {
   volatile uintptr_t total = 0;
   volatile int64_t used = 0;
-  static uint64_t last[NWORK];
+  volatile uint64_t records = 0;
+  static uint64_t first[NWORK], last[NWORK];
   static ame_hlog_t *logs[NWORK];
+  /* One snapshot: the total, the bytes allocated, and each log's range of
+  ** records (numbered without gaps; trimming drops a prefix). */
   AME_ATOMIC(tx) {
     total = 0;
-    logged.n = 0;
+    records = 0;
     for (unsigned i = 0; i < NACC; i++)
       total += ame_load_word_tx(tx, &bank->acct[i * 8]);
     used = ame_heap_used_tx(tx);
     for (int w = 0; w < NWORK; w++) {
       logs[w] = ame_load_ptr_tx(tx, (void **)&bank->done[w]);
-      last[w] = collect_ids(tx, logs[w]);
+      last[w] = ame_hlog_next_seq(tx, logs[w]) - 1;
+      void *r = ame_hlog_first(tx, logs[w], 0);
+      first[w] = r ? ame_hlog_record_seq(tx, r) : last[w] + 1;
+      records += last[w] + 1 - first[w];
     }
   }
-  for (int w = 0; w < NWORK; w++) trim(tx, logs[w], last[w]);
+  logged.n = 0;
+  for (int w = 0; w < NWORK; w++) {
+    collect_ids(tx, logs[w], first[w] - 1, last[w]);
+  }
   ASSERT_EQ(total, (uintptr_t)NACC * INITIAL);
+  ASSERT_EQ(logged.n, records);
   /* The base and the records the logs held then (the trims above freed
   ** them since, and the base includes no record). */
-  ASSERT_EQ(used, base + (int64_t)logged.n * per_record);
+  ASSERT_EQ(used, base + (int64_t)records * per_record);
   for (size_t i = 0; i < logged.n; i++) seen_add(logged.ids[i]);
   char msg[160];
   int bad = verify ? ame_heap_verify(h, msg, sizeof msg) : 0;
