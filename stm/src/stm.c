@@ -1606,10 +1606,12 @@ const char *ame_strerror(int err) {
 int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
                   struct ame__wchunk *log, size_t chunks, int pid) {
   /* Everything a previous owner (perhaps another process) left is
-  ** meaningless now, private pointers first. */
-  ame_stats_t stats = tx->stats;
-  memset(tx, 0, sizeof *tx);
-  tx->stats = stats;
+  ** meaningless now, private pointers first; but not the statistics,
+  ** which the slot keeps over its owners and any thread may be reading
+  ** (ame_heap_stats: atomics, so they are not written here at all). */
+  size_t st = offsetof(ame_tx_t, stats), st_end = st + sizeof tx->stats;
+  memset(tx, 0, st);
+  memset((char *)tx + st_end, 0, sizeof *tx - st_end);
   tx->r_base = malloc(READ_LOG_INIT * sizeof *tx->r_base);
   if (tx->r_base == NULL) return -ENOMEM;
   tx->h.r_cur = tx->r_base;
