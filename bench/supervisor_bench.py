@@ -38,6 +38,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 from benchlib import (BenchError, LoadMeter, REPO, ServerSession,
