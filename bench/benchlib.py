@@ -696,6 +696,18 @@ def ame_env(builddir):
     return env
 
 
+def use_ame_here(name, builddir):
+    """Resolve builddir (exit naming the runner if it holds no build) and
+    import ame from it in this process and in the children it forks
+    (PYTHONPATH and sys.path).  Return the build directory, absolute."""
+    b = resolve_builddir(builddir)
+    if b is None:
+        sys.exit("%s: no build in %s" % (name, builddir))
+    os.environ["PYTHONPATH"] = ame_env(b)["PYTHONPATH"]
+    sys.path[:0] = os.environ["PYTHONPATH"].split(":")[:2]
+    return b
+
+
 def ame_extension_built(builddir):
     d = os.path.join(builddir, "bindings", "ame")
     try:

@@ -53,13 +53,13 @@ import time
 import urllib.request
 
 from benchlib import (BenchError, LoadMeter, REPO, Server, ServerSession,
-                      add_runs, ame_cpus, ame_env, ame_run_status, check_http,
+                      add_runs, ame_cpus, ame_run_status, check_http,
                       command_line, emit, fmt_apc, fmt_rate, fmt_ratio,
                       fmt_us, free_port, machine_info, make_bar, med,
                       name_list, parse_args, print_bars, print_failures,
-                      print_machine, print_rows, ratio, resolve_builddir,
-                      round_robin, run_ame_load, run_heap_crash,
-                      runner_parser, start_ame_run)
+                      print_machine, print_rows, ratio, round_robin,
+                      run_ame_load, run_heap_crash, runner_parser,
+                      start_ame_run, use_ame_here)
 
 SECTIONS = ("ops", "web", "crash")
 KEYS = 100
@@ -720,14 +720,7 @@ def main():
                               ("peer_kills", 100, 30)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    b = resolve_builddir(args.builddir)
-    if b is None:
-        sys.exit("shared_bench: no build in %s" % args.builddir)
-    args.builddir = b
-    # ame from the build tree, in this process (the ops section) and in
-    # the children it forks.
-    os.environ["PYTHONPATH"] = ame_env(b)["PYTHONPATH"]
-    sys.path[:0] = os.environ["PYTHONPATH"].split(":")[:2]
+    args.builddir = use_ame_here("shared_bench", args.builddir)
     failures = []
     machine = machine_info()
     meter = LoadMeter()

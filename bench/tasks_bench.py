@@ -41,12 +41,11 @@ import resource
 import sys
 import time
 
-from benchlib import (BenchError, LoadMeter, REPO, ServerSession,
-                      ame_cpus, ame_env, command_line, emit, fmt_ratio,
-                      fmt_us, machine_info, make_bar, med,
-                      name_list, parse_args, print_bars, print_failures,
-                      print_machine, print_rows, ratio, resolve_builddir,
-                      round_robin, runner_parser)
+from benchlib import (BenchError, LoadMeter, REPO, ServerSession, ame_cpus,
+                      command_line, emit, fmt_ratio, fmt_us, machine_info,
+                      make_bar, med, name_list, parse_args, print_bars,
+                      print_failures, print_machine, print_rows, ratio,
+                      round_robin, runner_parser, use_ame_here)
 
 SECTIONS = ("wordcount", "overhead")
 EXAMPLES = os.path.join(REPO, "examples", "python")
@@ -337,13 +336,7 @@ def main():
         args.tasks = 5000 if args.quick else 20000
     if args.slow_tasks is None:
         args.slow_tasks = 1000 if args.quick else 4000
-    b = resolve_builddir(args.builddir)
-    if b is None:
-        sys.exit("tasks_bench: no build in %s" % args.builddir)
-    args.builddir = b
-    # ame from the build tree, in this process and the workers it forks.
-    os.environ["PYTHONPATH"] = ame_env(b)["PYTHONPATH"]
-    sys.path[:0] = os.environ["PYTHONPATH"].split(":")[:2]
+    args.builddir = use_ame_here("tasks_bench", args.builddir)
     failures = []
     machine = machine_info()
     meter = LoadMeter()
