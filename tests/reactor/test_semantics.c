@@ -137,6 +137,7 @@ static struct {
   uintptr_t word;        /* transactional: the word both callbacks bump */
   atomic_int opened;     /* on_open committed */
   atomic_int worker[2];  /* the worker of each connection, in open order */
+  atomic_int slot;       /* opens that took a worker[] entry */
   atomic_int at_gate;    /* callbacks that reached the gate */
   atomic_int attempts;   /* on_data attempts, aborted ones too */
   atomic_int closed;     /* on_close committed */
@@ -144,9 +145,13 @@ static struct {
 static __thread int t_rr_gated; /* this worker has been through the gate */
 
 static void rr_opened(void *arg) {
-  int i = atomic_fetch_add(&g_rr.opened, 1);
+  /* Record the worker, then count the open: the test reads worker[i] once
+  ** it sees the count (counting first let it read a worker not yet
+  ** stored). */
+  int i = atomic_fetch_add(&g_rr.slot, 1);
   ASSERT_LT(i, 2);
   atomic_store(&g_rr.worker[i], (int)(uintptr_t)arg);
+  atomic_fetch_add(&g_rr.opened, 1);
 }
 
 static int rr_open(ame_tx_t *tx, ame_stream_t *s) {
