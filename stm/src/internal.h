@@ -112,8 +112,11 @@ struct ame_tx {
   ame_abort_cause_t last_cause;/* of the last abort */
   uintptr_t last_addr;         /* ... and the word it concerned, or 0 */
   int pid;                     /* heap: the owner's process */
-  uintptr_t stuck_lock;        /* heap: a lock met again and again ... */
+  uintptr_t stuck_lock;        /* heap: a ticket holder ahead of us ... */
   uint64_t stuck_since;        /* ... since (ms) */
+  uintptr_t *met_orec;         /* heap: a lock met (orec, value) ... */
+  uintptr_t met_lock;
+  uint64_t met_since;          /* ... first met then (ms) */
   const char *site;            /* atomic: call site for reports */
   uintptr_t active;            /* atomic: snapshot ts while running, IDLE */
   uint64_t rng;                /* backoff randomness */

@@ -755,18 +755,28 @@ static uint64_t mono_ms(void) {
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-/* In a heap: we keep meeting lock l.  Once it has stood for
-** STUCK_MS, see whether its owner's process died (heap.c recovers its
-** slot, which releases the lock).  Return 1 if it did. */
-static int stuck_on(ame_tx_t *tx, uintptr_t l, ame_tx_t *owner) {
+/* In a heap: we met lock l on orec.  A lock that has stood for STUCK_MS
+** may be a dead process's: then see whether its owner died (heap.c
+** recovers the slot, which releases the lock) and return 1 if it did.
+** The lock followed is the first one met that still stands, whatever
+** other locks are met meanwhile (conflicts with live owners come and go
+** between meetings of a dead one's; forgetting it at each of them could
+** leave it standing indefinitely), and its owner is looked up when it is
+** checked.  So a thread checks a process's liveness (a read of /proc) at
+** most once per STUCK_MS, and only for a lock that stood that long. */
+static int stuck_on(ame_tx_t *tx, uintptr_t *orec, uintptr_t l) {
   uint64_t now = mono_ms();
-  if (tx->stuck_lock != l) {
-    tx->stuck_lock = l;
-    tx->stuck_since = now;
+  if (tx->met_orec == NULL || LOAD(tx->met_orec) != tx->met_lock) {
+    tx->met_orec = orec;   /* nothing followed, or it went: follow this */
+    tx->met_lock = l;
+    tx->met_since = now;
     return 0;
   }
-  if (now - tx->stuck_since < STUCK_MS) return 0;
-  tx->stuck_since = now;
+  if (now - tx->met_since < STUCK_MS) return 0;
+  /* It has stood: whose is it?  (The entry lies in a slot's write log,
+  ** mapped for as long as the heap is.) */
+  ame_tx_t *owner = LOAD(&LOCK_ENTRY(tx->met_lock)->tx);
+  tx->met_orec = NULL;
   return ame__heap_owner_dead(tx, owner);
 }
 
@@ -782,7 +792,7 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
       } else {
         STORE(&owner->killed, 1);
         sched_yield();
-        if (tx->dom->shared && stuck_on(tx, l, owner)) return;
+        if (tx->dom->shared && stuck_on(tx, orec, l)) return;
       }
     }
     return;
@@ -794,7 +804,7 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
       if (LOAD(&tx->killed)) break;
     }
   }
-  if (tx->dom->shared && stuck_on(tx, l, owner)) return;
+  if (tx->dom->shared && stuck_on(tx, orec, l)) return;
   abort_tx(tx, cause, addr, owner_site(tx, owner));
 }
 
