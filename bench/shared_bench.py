@@ -288,10 +288,12 @@ def one_process(store, what, n):
     return n / dt, n / max(cpu, 1e-9)
 
 
-def in_children(count, fn):
-    """Fork count children; each waits for the go, runs fn(i) and reports
-    its CPU time.  Return (wall seconds from the go until every child
-    reported, their CPU seconds).  BenchError if a child fails."""
+def in_children(count, fn, prepare=None):
+    """Fork count children; each runs prepare(i) (not timed: e.g. building
+    its sequence of keys), waits for the go, runs fn(i, prepared) (fn(i)
+    without prepare) and reports its CPU time.  Return (wall seconds from
+    the go until every child reported, their CPU seconds).  BenchError if
+    a child fails."""
     go_r, go_w = os.pipe()
     res_r, res_w = os.pipe()
     pids = []
@@ -301,21 +303,36 @@ def in_children(count, fn):
         pid = os.fork()
         if pid == 0:
             code = 0
+            told = False
             try:
                 os.close(go_w)
                 os.close(res_r)
+                ready = prepare(i) if prepare else None
+                told = True
+                os.write(res_w, b"r")
                 os.read(go_r, 1)
                 cpu = time.process_time()
-                fn(i)
+                if prepare:
+                    fn(i, ready)
+                else:
+                    fn(i)
                 os.write(res_w, b"%20.9f" % (time.process_time() - cpu))
             except BaseException:
                 import traceback
                 traceback.print_exc()
                 code = 1
+                if not told:
+                    os.write(res_w, b"x")   # failed preparing: go on
             os._exit(code)
         pids.append(pid)
     os.close(go_r)
     os.close(res_w)
+    got = b""
+    while len(got) < count:     # every child prepared
+        b = os.read(res_r, count - len(got))
+        if not b:
+            break
+        got += b
     time.sleep(0.05)
     t = time.perf_counter()
     os.write(go_w, b"!" * count)
@@ -345,13 +362,16 @@ def two_processes(store, what, n):
     for ks in keysets:
         store.fill(ks)
 
-    def child(i):
+    def prepare(i):
         store.in_child()
-        getattr(store, what)(cycle(keysets[i], n))
+        return cycle(keysets[i], n)
+
+    def child(i, seq):
+        getattr(store, what)(seq)
 
     store.around_fork(True)
     try:
-        wall, cpu = in_children(2, child)
+        wall, cpu = in_children(2, child, prepare)
     finally:
         store.around_fork(False)
     for ks in keysets:
