@@ -434,6 +434,8 @@ def case_reload(ame):
                          'STARTING' not in _reload_state(srv), 30)
     check(settled, 'it ends with exactly 2 workers of version 3: %s, %s'
           % (_versions(port), worker_procs(srv)))
+    if not settled:  # what the supervisor said, for the diagnosis
+        print('\n'.join('   | ' + line for line in srv.err[-60:]))
     rc = srv.stop()
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
