@@ -15,9 +15,12 @@
 ** after write, for write; write after read, after write) are hints the
 ** STM does not need: each is the plain barrier.
 **
-** The calling thread's own stack is accessed directly, with undo logging
+** The calling thread's own stack is written directly, with undo logging
 ** (itm.h): the compiler may read with plain loads a local it wrote through
-** a barrier, which only write-through makes consistent.
+** a barrier, which only write-through makes consistent.  Stores to the
+** block the transaction allocated last are plain (itm_captured()).  Loads
+** of either go through the STM, which reads memory for any word it has
+** not buffered.
 */
 #include "itm.h"
 
@@ -93,16 +96,18 @@ typedef float itm_M256 __attribute__((vector_size(32), may_alias));
 
 #define GEN_R(T, ATTR, NAME)                                                \
   ITM_EXPORT ATTR itm_##T _ITM_##NAME##T(const itm_##T *p) {                \
-    struct itm_thread *t = &ame_itm__self;                                  \
-    if (ITM_UNLIKELY(itm_on_stack(t, p))) return *p;                        \
     return load_##T(itm_tx("_ITM_" #NAME #T), p);                           \
   }
 #define GEN_W(T, ATTR, NAME)                                                \
   ITM_EXPORT ATTR void _ITM_##NAME##T(itm_##T *p, itm_##T v) {              \
     struct itm_thread *t = &ame_itm__self;                                  \
+    if (itm_captured(t, p, sizeof *p)) {                                    \
+      memcpy(p, &v, sizeof v); /* the vector types may be under-aligned */ \
+      return;                                                               \
+    }                                                                       \
     if (ITM_UNLIKELY(itm_on_stack(t, p))) {                                 \
       ame_itm__stack_log(t, p, sizeof *p);                                  \
-      *p = v;                                                               \
+      memcpy(p, &v, sizeof v);                                              \
       return;                                                               \
     }                                                                       \
     store_##T(itm_tx("_ITM_" #NAME #T), p, v);                              \
@@ -244,7 +249,9 @@ static void copy(void *dst, const void *src, size_t n, int rt, int wt,
   struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = itm_tx("_ITM_memcpy/_ITM_memmove");
   if (rt && itm_on_stack(t, src)) rt = 0;
-  if (wt && itm_on_stack(t, dst)) {
+  if (wt && itm_captured(t, dst, n)) {
+    wt = 0;
+  } else if (wt && itm_on_stack(t, dst)) {
     ame_itm__stack_log(t, dst, n);
     wt = 0;
   }
@@ -294,8 +301,8 @@ static void set(void *dst, int c, size_t n) {
   unsigned char buf[CHUNK];
   struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = itm_tx("_ITM_memset");
-  if (itm_on_stack(t, dst)) {
-    ame_itm__stack_log(t, dst, n);
+  if (itm_captured(t, dst, n) || itm_on_stack(t, dst)) {
+    if (!itm_captured(t, dst, n)) ame_itm__stack_log(t, dst, n);
     memset(dst, c, n);
     return;
   }

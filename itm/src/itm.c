@@ -201,6 +201,7 @@ static void itm_resume(ame_tx_t *tx) __attribute__((noreturn));
 ** its code.  restore: a restart (live variables come back). */
 static uint32_t start(struct itm_thread *t, ame_tx_t *tx, int restore) {
   uint32_t props = t->props;
+  t->cap_len = 0;
   /* Uninstrumented code only, or a restart asked for serial mode. */
   if (!(props & pr_instrumentedCode) || t->want_serial) {
     if (!t->serial) serial_take(t);
@@ -295,8 +296,7 @@ uint32_t ame_itm__begin(uint32_t props,
 ITM_EXPORT void _ITM_commitTransaction(void) {
   struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = itm_tx("_ITM_commitTransaction");
-  ame__tx_leave(tx);
-  if (ame_tx_depth(tx) == 0) {
+  if (ame__tx_leave(tx) == 0) {
     t->owner = 0;
     if (t->serial) serial_release(t);
   }
@@ -417,16 +417,26 @@ ITM_EXPORT void _ITM_error(const _ITM_srcLocation *loc, int code) {
 ** Allocation: ame's transactional malloc and free.
 */
 
+/* Remember the block as the attempt's latest (itm_captured()). */
+static void *captured(struct itm_thread *t, void *p, size_t size) {
+  if (p) {
+    t->cap_lo = (uintptr_t)p;
+    t->cap_len = size;
+  }
+  return p;
+}
+
 ITM_EXPORT void *_ITM_malloc(size_t size) {
-  ame_tx_t *tx = ame_itm__self.tx;
-  if (tx == NULL || ame_tx_depth(tx) == 0) return malloc(size);
-  return ame_tx_malloc(tx, size);
+  struct itm_thread *t = &ame_itm__self;
+  if (t->tx == NULL || ame_tx_depth(t->tx) == 0) return malloc(size);
+  return captured(t, ame_tx_malloc(t->tx, size), size);
 }
 
 ITM_EXPORT void *_ITM_calloc(size_t n, size_t size) {
-  ame_tx_t *tx = ame_itm__self.tx;
-  if (tx == NULL || ame_tx_depth(tx) == 0) return calloc(n, size);
-  return ame_tx_calloc(tx, n, size);
+  struct itm_thread *t = &ame_itm__self;
+  if (t->tx == NULL || ame_tx_depth(t->tx) == 0) return calloc(n, size);
+  void *p = ame_tx_calloc(t->tx, n, size);
+  return p ? captured(t, p, n * size) : NULL;
 }
 
 ITM_EXPORT void _ITM_free(void *ptr) {
@@ -436,6 +446,7 @@ ITM_EXPORT void _ITM_free(void *ptr) {
     free(ptr);
     return;
   }
+  if ((uintptr_t)ptr == ame_itm__self.cap_lo) ame_itm__self.cap_len = 0;
   ame_tx_free(tx, ptr, 0);
 }
 

@@ -90,6 +90,7 @@ struct itm_thread {
   uintptr_t stack_lo, stack_len; /* the thread's stack */
   uintptr_t keep_sp;             /* stack below this is the transaction's
                                     own (dead after an abort) */
+  uintptr_t cap_lo, cap_len;     /* the block the attempt allocated last */
 };
 extern __thread struct itm_thread ame_itm__self
     __attribute__((tls_model("initial-exec")));
@@ -110,15 +111,25 @@ static inline ame_tx_t *itm_tx(const char *fn) {
   return tx;
 }
 
-/* The thread's own stack is not shared: the barriers access it directly
-** (the compiler may read with plain loads what it wrote through a
-** barrier), and undo-log what lies above the transaction's frames (live
+/* The thread's own stack is not shared: the store barriers write it
+** directly (the compiler may read with plain loads what it wrote through
+** a barrier), and undo-log what lies above the transaction's frames (live
 ** after an abort).  Bytes below keep_sp belong to frames of the
 ** transaction itself, dead after an abort, so are not logged. */
 static inline int itm_on_stack(const struct itm_thread *t, const void *p) {
   return (uintptr_t)p - t->stack_lo < t->stack_len;
 }
 void ame_itm__stack_log(struct itm_thread *t, void *p, size_t n);
+
+/* Memory the current attempt allocated (the last block) is reachable by no
+** other transaction until the attempt commits, and is freed if it aborts:
+** stores to it need neither locks nor logs.  (Loads of it go through the
+** STM, which reads memory for words it has not buffered.) */
+static inline int itm_captured(const struct itm_thread *t, const void *p,
+                               size_t n) {
+  return (uintptr_t)p - t->cap_lo < t->cap_len &&
+         (uintptr_t)p + n - t->cap_lo <= t->cap_len;
+}
 
 /* Transactional copies of n bytes at any alignment (barriers.c): src read
 ** through the STM into dst, or src written through the STM at dst. */

@@ -604,14 +604,12 @@ unsigned ame__tx_enter(ame_tx_t *tx, void (*resume)(ame_tx_t *),
   return 1;
 }
 
-void ame__tx_leave(ame_tx_t *tx) {
+unsigned ame__tx_leave(ame_tx_t *tx) {
   assert(tx->nesting > 0 && "ame__tx_leave outside a transaction");
-  if (tx->nesting > 1) {
-    tx->nesting--;
-    return;
-  }
+  if (tx->nesting > 1) return --tx->nesting;
   commit(tx);
   tx->explicit_env = 0;
+  return 0;
 }
 
 jmp_buf *ame_tx_set_env(ame_tx_t *tx, jmp_buf *env) {

@@ -43,10 +43,10 @@ TEST_IMPL(hook_enter_resume) {
     ASSERT_EQ(ame_tx_depth(tx), 3);
     ame_store_word_tx(tx, &w, ame_load_word_tx(tx, &w) + 1);
   }
-  ame__tx_leave(tx);
+  ASSERT_EQ(ame__tx_leave(tx), 1);
   ASSERT_EQ(ame_tx_depth(tx), 1);
   ASSERT_EQ(w, 0);
-  ame__tx_leave(tx);
+  ASSERT_EQ(ame__tx_leave(tx), 0);
   ASSERT_EQ(ame_tx_depth(tx), 0);
   ASSERT_EQ(w, 9);
   /* A later AME_ATOMIC restarts by longjmp, not through the old resume. */
