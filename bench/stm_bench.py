@@ -148,7 +148,7 @@ def print_placement(rows, fastest, dearest):
     for r in rows:
         if "near_runs" not in r:
             continue
-        print("  %-32s t=%d %-5s  near %d/%d runs: %s, 2t/1t %s"
+        print("  %-32s t=%d %-7s  near %d/%d runs: %s, 2t/1t %s"
               % (r["config"], r["threads"], r["variant"], r["near_runs"],
                  len(r["line_ns"]), fmt_rate(r["near_median"])
                  if r["near_median"] else "-", fmt_ratio(r["near_vs_1t"])))

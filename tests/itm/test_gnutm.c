@@ -11,7 +11,7 @@
 #include <complex.h>
 
 #if !defined(AME_ITM_GNUTM)
-/* Built without -fgnu-tm (gcc has none under AddressSanitizer). */
+/* Built without -fgnu-tm (a sanitizer build: tests/itm/meson.build). */
 #define GNUTM_SKIP(name)                                                     \
   TEST_IMPL(name) { TEST_SKIP("built without -fgnu-tm (sanitizer)"); }
 GNUTM_SKIP(gnutm_types)
