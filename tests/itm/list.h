@@ -21,6 +21,7 @@
   X(itm_irrevocable, 10)                                                      \
   X(itm_serial_excludes, 60)                                                  \
   X(itm_nested, 10)                                                           \
+  X(itm_inside_ame_atomic, 10)                                                \
   X(itm_malloc_free, 10)                                                      \
   X(itm_clone_tables, 10)                                                     \
   X(itm_stats_and_site, 30)                                                   \

@@ -517,6 +517,40 @@ TEST_IMPL(itm_nested) {
   ASSERT_EQ(ame_tx_depth(ame_self()), 0);
 }
 
+/* An ABI transaction inside an AME_ATOMIC block joins it: its stores
+** commit with the block, and a retry from inside restarts the block. */
+__attribute__((noinline)) static void abi_add(uint64_t *w, uint64_t d,
+                                              int retry) {
+  ITM_BEGIN();
+  ASSERT_EQ(ame_tx_depth(ame_self()), 2);
+  _ITM_WU8(w, _ITM_RU8(w) + d);
+  if (retry) _ITM_abortTransaction(userRetry);
+  _ITM_commitTransaction();
+}
+
+TEST_IMPL(itm_inside_ame_atomic) {
+  ame_tx_t *tx = ame_thread_enter();
+  ASSERT_NOT_NULL(tx);
+  static uint64_t w;
+  volatile int runs = 0;
+  AME_ATOMIC(tx) {
+    runs++;
+    abi_add(&w, 5, runs == 1);
+    ASSERT_EQ(ame_tx_depth(tx), 1);
+    ASSERT_EQ(w, 0); /* still buffered: the block has not committed */
+  }
+  ASSERT_EQ(runs, 2);
+  ASSERT_EQ(w, 5);
+  ASSERT_EQ(_ITM_inTransaction(), outsideTransaction);
+  /* Afterwards the thread's ABI transactions are its own again. */
+  uint32_t a = ITM_BEGIN();
+  ASSERT_EQ(a, a_runInstrumentedCode | a_saveLiveVariables);
+  _ITM_WU8(&w, 6);
+  _ITM_commitTransaction();
+  ASSERT_EQ(w, 6);
+  ame_thread_exit();
+}
+
 TEST_IMPL(itm_malloc_free) {
   static uint64_t *volatile keep;
   uint32_t a = ITM_BEGIN();
@@ -634,6 +668,13 @@ static void cancel_irrevocable(void) {
   _ITM_changeTransactionMode(modeSerialIrrevocable);
   _ITM_abortTransaction(userAbort);
 }
+static void cancel_inside_ame_atomic(void) {
+  ame_tx_t *tx = ame_thread_enter();
+  AME_ATOMIC(tx) {
+    ITM_BEGIN();
+    _ITM_abortTransaction(userAbort);
+  }
+}
 static void safe_without_clone(void) {
   ITM_BEGIN();
   _ITM_getTMCloneSafe(NO_CLONE);
@@ -649,6 +690,8 @@ TEST_IMPL(itm_refused) {
                       "of a nested transaction"},
       {cancel_irrevocable, "ame-itm: _ITM_abortTransaction: an irrevocable"},
       {safe_without_clone, "ame-itm: _ITM_getTMCloneSafe: no transactional"},
+      {cancel_inside_ame_atomic, "ame-itm: _ITM_abortTransaction: cannot "
+                                 "cancel a transaction begun by ame's own"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     int aborted = 0;
