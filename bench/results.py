@@ -107,7 +107,8 @@ def stm_section(d):
         if key not in by:
             configs.append(key)
         by.setdefault(key, {})[r["variant"]] = r
-    variants = [v for v in ("ame", "itm", "ame-itm", "mutex", "seq")
+    variants = [v for v in ("ame", "itm", "ame-itm", "tinystm-itm", "mutex",
+                            "seq")
                 if any(v in by[k] for k in configs)]
     head = (["configuration", "threads"] + ["%s ops/s" % v for v in variants]
             + ["ame x seq", "ame x itm", "ame 2t/1t", "ame aborts/commit"])

@@ -5,7 +5,11 @@ Every configuration (a data structure, its parameters, a thread count) is
 run with each variant -- ame (ame's STM), itm (GCC libitm), ame-itm (the
 itm variant's -fgnu-tm code linked against libame-itm: GCC's TM ABI on
 ame), mutex (one global lock), seq (no synchronisation, 1 thread only) --
-all built from the same data-structure source (bench/tm.h).  Runs are interleaved round-robin over
+all built from the same data-structure source (bench/tm.h).  With
+--tinystm DIR, also tinystm-itm: the itm binaries run on TinySTM's
+implementation of the same ABI (DIR: a TinySTM source tree, built outside
+this repository with `make -C DIR/abi/gcc`; its libitm.so stands in for
+GCC's through LD_LIBRARY_PATH).  Runs are interleaved round-robin over
 configurations and variants, and each is repeated; the table shows the
 median, the min-max spread, aborts per commit, and ratios against seq, itm
 and the 1-thread run.  A "bars" section compares the figures the project is
@@ -25,9 +29,12 @@ Run it with Debian's /usr/bin/python3 from the repository root, after
 `ninja -C build` (or `make bench`, `make demo`).
 """
 
+import atexit
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 
 from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
                       fmt_apc, fmt_rate, fmt_ratio, machine_info, make_bar,
@@ -36,6 +43,8 @@ from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
                       run_json, runner_parser)
 
 VARIANTS = ("ame", "itm", "ame-itm", "mutex", "seq")
+# Not run unless --tinystm is given.
+TINYSTM = "tinystm-itm"
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank")
 
 # The parameters of each structure's configurations (threads and update
@@ -83,12 +92,20 @@ def build_matrix(args):
     return configs
 
 
+# The directory whose libitm.so.1 is TinySTM's (set up by main()).
+TINYSTM_LIBDIR = None
+
+
 def binary(builddir, prog, variant):
+    if variant == TINYSTM:
+        variant = "itm"
     return os.path.join(builddir, "bench", "bench-%s-%s" % (prog, variant))
 
 
 def command(builddir, cfg, variant, duration, seed):
     cmd = [binary(builddir, cfg["prog"], variant)]
+    if variant == TINYSTM:
+        cmd = ["env", "LD_LIBRARY_PATH=" + TINYSTM_LIBDIR] + cmd
     for k, v in cfg.items():
         if k != "prog":
             cmd += ["-" + k, str(v)]
@@ -312,6 +329,10 @@ def main():
                     help="update percent of the intset runs (default 20)")
     ap.add_argument("--seed", type=int, default=1,
                     help="seed of the first repetition (default 1)")
+    ap.add_argument("--tinystm", metavar="DIR",
+                    help="also run the itm binaries on TinySTM's GCC ABI "
+                         "library (variant %s): DIR is a TinySTM source "
+                         "tree built with `make -C DIR/abi/gcc`" % TINYSTM)
     args = parse_args(ap, print_report)
     args.threads_given = args.threads is not None
     if args.threads is None:
@@ -323,6 +344,18 @@ def main():
     if builddir is None:
         sys.exit("stm_bench: no %s/bench: build first (ninja -C %s)"
                  % (args.builddir, args.builddir))
+
+    global TINYSTM_LIBDIR
+    if args.tinystm:
+        lib = os.path.join(os.path.abspath(args.tinystm), "abi", "gcc",
+                           "libitm.so")
+        if not os.path.exists(lib):
+            sys.exit("stm_bench: no %s: build it first (make -C %s/abi/gcc)"
+                     % (lib, args.tinystm))
+        TINYSTM_LIBDIR = tempfile.mkdtemp(prefix="stm_bench-tinystm-")
+        atexit.register(shutil.rmtree, TINYSTM_LIBDIR, True)
+        os.symlink(lib, os.path.join(TINYSTM_LIBDIR, "libitm.so.1"))
+        args.variants = list(args.variants) + [TINYSTM]
 
     configs = build_matrix(args)
     variants_for = []
