@@ -198,7 +198,8 @@ static void serial_wait(void) {
 static void itm_resume(ame_tx_t *tx) __attribute__((noreturn));
 
 /* Begin an attempt of the outermost transaction; return the actions for
-** its code.  restore: a restart (live variables come back). */
+** its code.  restore: a restart (live variables come back).  Inside a
+** transaction of ame's own API (an AME_ATOMIC block), join it instead. */
 static uint32_t start(struct itm_thread *t, ame_tx_t *tx, int restore) {
   uint32_t props = t->props;
   t->cap_len = 0;
@@ -213,13 +214,13 @@ static uint32_t start(struct itm_thread *t, ame_tx_t *tx, int restore) {
                                                 : a_runInstrumentedCode);
   }
   for (;;) {
-    if (ITM_UNLIKELY(__atomic_load_n(&serial_flag, __ATOMIC_ACQUIRE)))
-      serial_wait();
-    ame__tx_enter(tx, itm_resume, t->site);
+    if (ITM_UNLIKELY(ame__tx_enter(tx, itm_resume, t->site) > 1))
+      return a_runInstrumentedCode; /* joined ame's own: not the owner */
     /* ame published the start behind a full fence; serial_take() sets
     ** the flag before it waits for running transactions (Dekker). */
     if (ITM_LIKELY(!__atomic_load_n(&serial_flag, __ATOMIC_SEQ_CST))) break;
     ame_tx_cancel(tx);
+    serial_wait();
   }
   t->owner = 1;
   return a_runInstrumentedCode |
@@ -256,15 +257,11 @@ uint32_t ame_itm__begin(uint32_t props,
   struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = t->tx;
   if (ITM_UNLIKELY(tx == NULL)) tx = thread_setup(t);
-  if (ame_tx_depth(tx) > 0) {
-    /* Nested: joins the enclosing transaction (flat).  Code that is only
-    ** uninstrumented needs serial mode, which the enclosing one must
-    ** have from its start. */
+  if (t->owner) {
+    /* Nested in our own transaction: joins it (flat).  Code that is only
+    ** uninstrumented needs serial mode, which the outermost one must have
+    ** from its start. */
     if (!(props & pr_instrumentedCode) && !t->serial) {
-      if (!t->owner)
-        ame_itm__fatal("_ITM_beginTransaction: an uninstrumented nested "
-                       "transaction inside a transaction begun by ame's "
-                       "own API cannot go serial");
       if (ame_tx_is_irrevocable(tx) && t->user_irrevocable)
         ame_itm__fatal("_ITM_beginTransaction: an irrevocable transaction "
                        "cannot restart in serial mode");
@@ -272,12 +269,18 @@ uint32_t ame_itm__begin(uint32_t props,
       ame_tx_cancel(tx);
       jump_back(t, start(t, tx, 1));
     }
-    if (!t->owner && ame_tx_depth(tx) == 1) t->keep_sp = cp->rsp;
     ame__tx_enter(tx, NULL, NULL);
     return (t->serial && (props & pr_uninstrumentedCode))
                ? a_runUninstrumentedCode
                : a_runInstrumentedCode;
   }
+  if (ITM_UNLIKELY(!(props & pr_instrumentedCode)) && ame_tx_depth(tx) > 0)
+    ame_itm__fatal("_ITM_beginTransaction: an uninstrumented nested "
+                   "transaction inside a transaction begun by ame's own "
+                   "API cannot go serial");
+  /* The outermost transaction, or one nested in an AME_ATOMIC block
+  ** (start() joins that; the checkpoint is then unused, and keep_sp
+  ** still marks the frames that die if the block restarts). */
   t->cp = *cp;
   t->keep_sp = cp->rsp;
   t->props = props;
@@ -426,28 +429,33 @@ static void *captured(struct itm_thread *t, void *p, size_t size) {
   return p;
 }
 
+/* Outside any transaction (the thread's, or one of ame's own API). */
+static int outside(const struct itm_thread *t) {
+  return t->tx == NULL || (!t->owner && ame_tx_depth(t->tx) == 0);
+}
+
 ITM_EXPORT void *_ITM_malloc(size_t size) {
   struct itm_thread *t = &ame_itm__self;
-  if (t->tx == NULL || ame_tx_depth(t->tx) == 0) return malloc(size);
+  if (outside(t)) return malloc(size);
   return captured(t, ame_tx_malloc(t->tx, size), size);
 }
 
 ITM_EXPORT void *_ITM_calloc(size_t n, size_t size) {
   struct itm_thread *t = &ame_itm__self;
-  if (t->tx == NULL || ame_tx_depth(t->tx) == 0) return calloc(n, size);
+  if (outside(t)) return calloc(n, size);
   void *p = ame_tx_calloc(t->tx, n, size);
   return p ? captured(t, p, n * size) : NULL;
 }
 
 ITM_EXPORT void _ITM_free(void *ptr) {
-  ame_tx_t *tx = ame_itm__self.tx;
+  struct itm_thread *t = &ame_itm__self;
   if (ptr == NULL) return;
-  if (tx == NULL || ame_tx_depth(tx) == 0) {
+  if (outside(t)) {
     free(ptr);
     return;
   }
-  if ((uintptr_t)ptr == ame_itm__self.cap_lo) ame_itm__self.cap_len = 0;
-  ame_tx_free(tx, ptr, 0);
+  if ((uintptr_t)ptr == t->cap_lo) t->cap_len = 0;
+  ame_tx_free(t->tx, ptr, 0);
 }
 
 ITM_EXPORT void _ITM_dropReferences(void *ptr, size_t size) {
