@@ -122,7 +122,8 @@ static inline double bench_run(void *threads, size_t stride, unsigned nthreads,
 
 /* ---- statistics ---------------------------------------------------------- */
 
-/* The STM's own counts where the variant has them (ame), else what is
+/* The STM's own counts where the variant has them (ame, and ame-itm,
+** whose transactions are ame's), else what is
 ** known: with a lock or no synchronisation every transaction commits once
 ** and never aborts; libitm does not say how often it aborted. */
 typedef struct bench_stats {
@@ -136,7 +137,7 @@ typedef struct bench_stats {
 
 /* Forget what the set-up phase counted (ame). */
 static inline void bench_stats_reset(void) {
-#if defined(TM_AME)
+#if defined(TM_AME) || defined(TM_ITM_AME)
   ame_stats_reset();
 #endif
 }
@@ -145,7 +146,7 @@ static inline void bench_stats_reset(void) {
 static inline void bench_stats(bench_stats_t *s, uint64_t txs) {
   memset(s, 0, sizeof *s);
   (void)txs;
-#if defined(TM_AME)
+#if defined(TM_AME) || defined(TM_ITM_AME)
   ame_stats_t a;
   ame_stats_total(&a);
   s->known = 1;
@@ -165,7 +166,7 @@ static inline void bench_stats(bench_stats_t *s, uint64_t txs) {
 
 /* Print the conflict report (ame) to stderr. */
 static inline void bench_report(void) {
-#if defined(TM_AME)
+#if defined(TM_AME) || defined(TM_ITM_AME)
   ame_conflict_report(stderr, 10);
 #endif
 }

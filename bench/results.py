@@ -107,10 +107,14 @@ def stm_section(d):
         if key not in by:
             configs.append(key)
         by.setdefault(key, {})[r["variant"]] = r
-    variants = [v for v in ("ame", "itm", "mutex", "seq")
+    variants = [v for v in ("ame", "itm", "ame-itm", "tinystm-itm", "mutex",
+                            "seq")
                 if any(v in by[k] for k in configs)]
     head = (["configuration", "threads"] + ["%s ops/s" % v for v in variants]
             + ["ame x seq", "ame x itm", "ame 2t/1t", "ame aborts/commit"])
+    with_ai = "ame-itm" in variants
+    if with_ai:
+        head += ["ame-itm x itm", "ame-itm x ame"]
     body = []
     for key in configs:
         vs = by[key]
@@ -121,12 +125,17 @@ def stm_section(d):
                     + [fmt_ratio(ame.get("vs_seq")),
                        fmt_ratio(ame.get("vs_itm")),
                        fmt_ratio(ame.get("vs_1t")),
-                       fmt_apc(ame.get("aborts_per_commit"))])
+                       fmt_apc(ame.get("aborts_per_commit"))]
+                    + ([fmt_ratio(vs.get("ame-itm", {}).get("vs_itm")),
+                        fmt_ratio(vs.get("ame-itm", {}).get("vs_ame"))]
+                       if with_ai else []))
     out.append(table(head, body, right_from=2))
     out.append("")
     out.append("ops/s: operations per second over all threads; x seq: "
                "against seq at 1 thread; x itm: against libitm at the same "
-               "thread count; 2t/1t: against ame at 1 thread.")
+               "thread count; 2t/1t: against ame at 1 thread; ame-itm: "
+               "the itm variant's -fgnu-tm code linked against libame-itm "
+               "(x ame: against ame's own API at the same thread count).")
     lt = d["machine"].get("line_transfer_ns")
     near = [r for r in rows if r["variant"] == "ame" and r.get("near_runs")]
     if lt:

@@ -2,9 +2,14 @@
 """Run ame's STM benchmarks against their baselines and print one table.
 
 Every configuration (a data structure, its parameters, a thread count) is
-run with each variant -- ame (ame's STM), itm (GCC libitm), mutex (one global
-lock), seq (no synchronisation, 1 thread only) -- all built from the same
-data-structure source (bench/tm.h).  Runs are interleaved round-robin over
+run with each variant -- ame (ame's STM), itm (GCC libitm), ame-itm (the
+itm variant's -fgnu-tm code linked against libame-itm: GCC's TM ABI on
+ame), mutex (one global lock), seq (no synchronisation, 1 thread only) --
+all built from the same data-structure source (bench/tm.h).  With
+--tinystm DIR, also tinystm-itm: the itm binaries run on TinySTM's
+implementation of the same ABI (DIR: a TinySTM source tree, built outside
+this repository with `make -C DIR/abi/gcc`; its libitm.so stands in for
+GCC's through LD_LIBRARY_PATH).  Runs are interleaved round-robin over
 configurations and variants, and each is repeated; the table shows the
 median, the min-max spread, aborts per commit, and ratios against seq, itm
 and the 1-thread run.  A "bars" section compares the figures the project is
@@ -15,8 +20,8 @@ hangs does: the exit status is then 1.
 Default matrix: every structure (rbtree, skiplist, hashset: 4096 keys in
 1..8192; list: 256 keys in 1..512; bank: 1024 accounts, 90% transfers, 10%
 balance checks) at 1 and 2 threads with 20% updates, plus the red-black tree
-at 2 threads with 100% updates; 1 s per run, 5 repetitions: 38 runs x 5 x
-1 s, a little over 3 minutes.  --quick: the red-black tree configurations
+at 1 and 2 threads with 100% updates; 1 s per run, 5 repetitions: 54 runs
+x 5 x 1 s, about 4.5 minutes.  --quick: the red-black tree configurations
 and the other structures at 2 threads only, 1 repetition of 300 ms (about
 10 s).
 
@@ -24,9 +29,12 @@ Run it with Debian's /usr/bin/python3 from the repository root, after
 `ninja -C build` (or `make bench`, `make demo`).
 """
 
+import atexit
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 
 from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
                       fmt_apc, fmt_rate, fmt_ratio, machine_info, make_bar,
@@ -34,7 +42,9 @@ from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
                       print_machine, ratio, resolve_builddir, round_robin,
                       run_json, runner_parser)
 
-VARIANTS = ("ame", "itm", "mutex", "seq")
+VARIANTS = ("ame", "itm", "ame-itm", "mutex", "seq")
+# Not run unless --tinystm is given.
+TINYSTM = "tinystm-itm"
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank")
 
 # The parameters of each structure's configurations (threads and update
@@ -77,18 +87,25 @@ def build_matrix(args):
             configs.append(cfg)
         if s == "rbtree":
             for t in threads:
-                if t > 1:
-                    cfg = dict(BASES[s], u=100, t=t)
-                    configs.append(cfg)
+                cfg = dict(BASES[s], u=100, t=t)
+                configs.append(cfg)
     return configs
 
 
+# The directory whose libitm.so.1 is TinySTM's (set up by main()).
+TINYSTM_LIBDIR = None
+
+
 def binary(builddir, prog, variant):
+    if variant == TINYSTM:
+        variant = "itm"
     return os.path.join(builddir, "bench", "bench-%s-%s" % (prog, variant))
 
 
 def command(builddir, cfg, variant, duration, seed):
     cmd = [binary(builddir, cfg["prog"], variant)]
+    if variant == TINYSTM:
+        cmd = ["env", "LD_LIBRARY_PATH=" + TINYSTM_LIBDIR] + cmd
     for k, v in cfg.items():
         if k != "prog":
             cmd += ["-" + k, str(v)]
@@ -148,7 +165,7 @@ def print_placement(rows, fastest, dearest):
     for r in rows:
         if "near_runs" not in r:
             continue
-        print("  %-32s t=%d %-5s  near %d/%d runs: %s, 2t/1t %s"
+        print("  %-32s t=%d %-7s  near %d/%d runs: %s, 2t/1t %s"
               % (r["config"], r["threads"], r["variant"], r["near_runs"],
                  len(r["line_ns"]), fmt_rate(r["near_median"])
                  if r["near_median"] else "-", fmt_ratio(r["near_vs_1t"])))
@@ -194,6 +211,8 @@ def summarise(configs, variants_for, results, failures):
         row["vs_seq"] = ratio(row["median"], med.get((key, 1, "seq")))
         row["vs_itm"] = (ratio(row["median"], med.get((key, t, "itm")))
                          if v != "itm" else None)
+        row["vs_ame"] = (ratio(row["median"], med.get((key, t, "ame")))
+                         if v == "ame-itm" else None)
         row["vs_1t"] = (ratio(row["median"], med.get((key, 1, v)))
                         if t > 1 else None)
         row["_base_1t"] = med.get((key, 1, v))
@@ -230,6 +249,13 @@ def evaluate_bars(rows):
     bar("rbtree 100% upd, 2 threads: ame aborts/commit",
         r100 and r100["aborts_per_commit"], "<=", 0.1,
         lambda x: fmt_apc(x, none="n/a"))
+    # GCC's TM ABI on ame (libame-itm), the same -fgnu-tm objects as itm.
+    for u in (20, 100):
+        ri = find_row(rows, "rbtree", u, 2, "ame-itm")
+        bar("rbtree %d%% upd, 2 threads: ame-itm vs itm" % u,
+            ri and ri["vs_itm"], ">=", 2.0, fmt_bar_ratio)
+        bar("rbtree %d%% upd, 2 threads: ame-itm vs ame" % u,
+            ri and ri["vs_ame"], ">=", 0.8, fmt_bar_ratio)
     return bars
 
 
@@ -238,10 +264,11 @@ def print_table(rows, bars, failures, settings, machine):
           "%s CPUs (%s)" % (settings["reps"], settings["duration_ms"],
                             machine["cpus"], machine["cpu"]))
     print_machine(None, machine, worst="2 threads")
-    print("x seq: against seq at 1 thread; x itm: against itm at the same "
-          "thread count; 2t/1t: against the same variant at 1 thread.")
+    print("x seq: against seq at 1 thread; x itm, x ame: against itm, ame "
+          "at the same thread count; 2t/1t: against the same variant at 1 "
+          "thread.")
     head = ("configuration", "thr", "variant", "ops/s", "min-max",
-            "aborts/commit", "x seq", "x itm", "2t/1t")
+            "aborts/commit", "x seq", "x itm", "x ame", "2t/1t")
     table = [head]
     for r in rows:
         if r["median"] is None:
@@ -255,7 +282,7 @@ def print_table(rows, bars, failures, settings, machine):
                       rate, spread,
                       fmt_apc(r["aborts_per_commit"], none="n/a"),
                       fmt_ratio(r["vs_seq"]), fmt_ratio(r["vs_itm"]),
-                      fmt_ratio(r["vs_1t"])))
+                      fmt_ratio(r.get("vs_ame")), fmt_ratio(r["vs_1t"])))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     prev = None
     for n, row in enumerate(table):
@@ -294,7 +321,7 @@ def main():
     ap.add_argument("--threads", default=None,
                     type=lambda s: sorted({int(x) for x in s.split(",")}),
                     help="comma-separated thread counts (default 1,2; the "
-                         "100%% update rbtree runs at each count > 1)")
+                         "100%% update rbtree runs at each count)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     type=name_list(VARIANTS, "variant"),
                     help="comma-separated subset of %s" % ",".join(VARIANTS))
@@ -302,6 +329,10 @@ def main():
                     help="update percent of the intset runs (default 20)")
     ap.add_argument("--seed", type=int, default=1,
                     help="seed of the first repetition (default 1)")
+    ap.add_argument("--tinystm", metavar="DIR",
+                    help="also run the itm binaries on TinySTM's GCC ABI "
+                         "library (variant %s): DIR is a TinySTM source "
+                         "tree built with `make -C DIR/abi/gcc`" % TINYSTM)
     args = parse_args(ap, print_report)
     args.threads_given = args.threads is not None
     if args.threads is None:
@@ -313,6 +344,18 @@ def main():
     if builddir is None:
         sys.exit("stm_bench: no %s/bench: build first (ninja -C %s)"
                  % (args.builddir, args.builddir))
+
+    global TINYSTM_LIBDIR
+    if args.tinystm:
+        lib = os.path.join(os.path.abspath(args.tinystm), "abi", "gcc",
+                           "libitm.so")
+        if not os.path.exists(lib):
+            sys.exit("stm_bench: no %s: build it first (make -C %s/abi/gcc)"
+                     % (lib, args.tinystm))
+        TINYSTM_LIBDIR = tempfile.mkdtemp(prefix="stm_bench-tinystm-")
+        atexit.register(shutil.rmtree, TINYSTM_LIBDIR, True)
+        os.symlink(lib, os.path.join(TINYSTM_LIBDIR, "libitm.so.1"))
+        args.variants = list(args.variants) + [TINYSTM]
 
     configs = build_matrix(args)
     variants_for = []
@@ -354,7 +397,7 @@ def main():
 
     def describe(key):
         cfg = configs[key[0]]
-        return "%-40s %-6s t=%d" % (config_label(cfg), key[1], cfg["t"])
+        return "%-40s %-7s t=%d" % (config_label(cfg), key[1], cfg["t"])
 
     def failed(key, rep, err):
         cfg = configs[key[0]]

@@ -7,6 +7,8 @@
 **
 **     TM_AME    ame's STM (ame/stm.h): AME_ATOMIC, ame_load_*_tx, ...
 **     TM_ITM    GCC's libitm: __transaction_atomic, built with -fgnu-tm
+**               (with TM_ITM_AME also defined: the same objects, linked
+**               against libame-itm instead of libitm; TM_NAME "ame-itm")
 **     TM_MUTEX  one process-wide pthread mutex around every transaction
 **     TM_SEQ    no synchronisation at all (one thread only)
 **
@@ -32,7 +34,7 @@
 **     TM_VOLATILE              qualifies a local that the block assigns and
 **                              code after the block reads (volatile under
 **                              ame's setjmp; libitm forbids volatile there)
-**     TM_NAME                  "ame", "itm", "mutex" or "seq"
+**     TM_NAME                  "ame", "itm", "ame-itm", "mutex" or "seq"
 **
 ** Rules for code inside TM_ATOMIC, so that it means the same under every
 ** variant:
@@ -111,7 +113,12 @@ typedef struct tm_tx {
   int unused;
 } tm_tx_t;
 
+#if defined(TM_ITM_AME)
+#include "ame/stm.h" /* the statistics and the conflict report */
+#define TM_NAME "ame-itm"
+#else
 #define TM_NAME "itm"
+#endif
 #define TM_SAFE __attribute__((transaction_safe))
 #define TM_ATOMIC(tx) \
   if ((void)(tx), 0) { \

@@ -10,13 +10,17 @@
 ** uses the first form; the last is for running the suite by hand.
 **
 ** The same file builds every runner: compiled with AME_REACTOR_RUNNER
-** defined it is run-reactor-tests, whose list is reactor/list.h.
+** defined it is run-reactor-tests, whose list is reactor/list.h; with
+** AME_ITM_RUNNER, run-itm-tests (itm/list.h).
 */
 #include "task.h"
 
 #if defined(AME_REACTOR_RUNNER)
 #include "reactor/list.h"
 #define AME_TESTS AME_REACTOR_TESTS
+#elif defined(AME_ITM_RUNNER)
+#include "itm/list.h"
+#define AME_TESTS AME_ITM_TESTS
 #else
 #include "stm/list.h"
 #define AME_TESTS AME_STM_TESTS

@@ -108,6 +108,8 @@ struct ame_tx {
   int has_token;               /* holds the irrevocability token */
   int killed;                  /* atomic: an irrevocable tx wants us out */
   jmp_buf *env;                /* where an abort restarts */
+  void (*resume)(ame_tx_t *);  /* if set, called instead of longjmp(env)
+                                  (ame__tx_enter: the GCC TM ABI) */
   int explicit_env;            /* begun by ame_tx_begin() (a binding) */
   ame_abort_cause_t last_cause;/* of the last abort */
   uintptr_t last_addr;         /* ... and the word it concerned, or 0 */

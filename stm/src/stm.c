@@ -566,6 +566,7 @@ int ame__frame_begin(struct ame__frame *f, const char *site) {
     return 0;
   }
   tx->env = f->env;
+  tx->resume = NULL;
   tx->nesting = 1;
   tx->explicit_env = 0;
   STORE(&tx->site, site);
@@ -582,10 +583,33 @@ void ame_tx_begin(ame_tx_t *tx, jmp_buf *env, const char *site) {
          "descriptor used by another thread");
   assert(tx->nesting == 0 && "ame_tx_begin inside a transaction");
   tx->env = env;
+  tx->resume = NULL;
   tx->nesting = 1;
   tx->explicit_env = 1;
   STORE(&tx->site, site);
   begin_attempt(tx);
+}
+
+unsigned ame__tx_enter(ame_tx_t *tx, void (*resume)(ame_tx_t *),
+                       const char *site) {
+  assert(tx != NULL && (tx == self || tx == ame__heap_self) &&
+         "descriptor used by another thread");
+  if (tx->nesting > 0) return ++tx->nesting; /* flat nesting */
+  tx->env = NULL;
+  tx->resume = resume;
+  tx->nesting = 1;
+  tx->explicit_env = 1;
+  STORE(&tx->site, site);
+  begin_attempt(tx);
+  return 1;
+}
+
+unsigned ame__tx_leave(ame_tx_t *tx) {
+  assert(tx->nesting > 0 && "ame__tx_leave outside a transaction");
+  if (tx->nesting > 1) return --tx->nesting;
+  commit(tx);
+  tx->explicit_env = 0;
+  return 0;
 }
 
 jmp_buf *ame_tx_set_env(ame_tx_t *tx, jmp_buf *env) {
@@ -667,6 +691,7 @@ static void run_handlers(ame_tx_t *tx, struct ame__vec *v) {
   struct ame__vec mine = *v;
   memset(v, 0, sizeof *v);
   jmp_buf *env = tx->env;
+  void (*resume)(ame_tx_t *) = tx->resume;
   unsigned nesting = tx->nesting, attempt = tx->attempt;
   unsigned conflicts = tx->conflicts;
   int want = tx->want_irrevocable;
@@ -678,6 +703,7 @@ static void run_handlers(ame_tx_t *tx, struct ame__vec *v) {
   struct ame__handler *h = mine.items;
   for (size_t i = 0; i < mine.n; i++) h[i].fn(h[i].arg);
   tx->env = env;
+  tx->resume = resume;
   tx->nesting = nesting;
   tx->attempt = attempt;
   tx->conflicts = conflicts;
@@ -1002,7 +1028,8 @@ uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
       uintptr_t m = MASK_LO << shift;
       uint32_t mem = __atomic_load_n(addr, __ATOMIC_ACQUIRE);
       if (e == NULL || (e->mask & m) == 0) return mem;
-      return (uint32_t)(e->value >> shift);
+      uintptr_t w = ((uintptr_t)mem << shift) & ~e->mask;
+      return (uint32_t)((w | (e->value & e->mask)) >> shift);
     }
   }
   for (;;) {
@@ -1092,6 +1119,12 @@ void ame_store_word_tx(ame_tx_t *tx, uintptr_t *addr, uintptr_t v) {
   store_masked(tx, (uintptr_t)addr, v, MASK_ALL);
 }
 
+void ame__store_masked(ame_tx_t *tx, uintptr_t *addr, uintptr_t v,
+                       uintptr_t mask) {
+  assert(((uintptr_t)addr & 7) == 0 && "unaligned transactional store");
+  if (mask) store_masked(tx, (uintptr_t)addr, v, mask);
+}
+
 void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v) {
   assert(((uintptr_t)addr & 3) == 0 && "unaligned transactional store");
   unsigned shift = ((uintptr_t)addr & 4) ? 32 : 0;
@@ -1115,8 +1148,12 @@ static void write_back(ame_tx_t *tx) {
         STORE((uint32_t *)p, (uint32_t)e->value);
       } else if (e->mask == MASK_HI) {
         STORE((uint32_t *)p + 1, (uint32_t)(e->value >> 32));
-      } else if (e->mask == (MASK_LO | MASK_HI)) {
-        STORE(p, e->value);
+      } else if (e->mask != 0) {
+        /* Bytes (ame__store_masked): exactly those under the mask. */
+        uint8_t *b = (uint8_t *)p;
+        for (unsigned i = 0; i < 8; i++)
+          if ((e->mask >> (8 * i)) & 0xff)
+            STORE(&b[i], (uint8_t)(e->value >> (8 * i)));
       }
     }
     if (c == tx->w_chunk) break;
@@ -1184,6 +1221,7 @@ static void abort_handlers(ame_tx_t *tx) {
 static void restart(ame_tx_t *tx) __attribute__((noreturn));
 static void restart(ame_tx_t *tx) {
   tx->nesting = 0;
+  if (tx->resume) tx->resume(tx);
   longjmp(*tx->env, 1);
 }
 

@@ -374,6 +374,21 @@ struct ame__frame {
 AME_EXTERN int ame__frame_next(struct ame__frame *f);
 AME_EXTERN int ame__frame_begin(struct ame__frame *f, const char *site);
 
+/* For libame-itm (GCC's transactional memory ABI, itm/), whose restart
+** point is a register checkpoint rather than a jmp_buf.  ame__tx_enter
+** begins the outermost transaction (like ame_tx_begin) with an abort
+** calling resume(tx), which must not return, instead of longjmp; inside a
+** transaction it joins it one level deeper (flat nesting).  It returns the
+** depth.  ame__tx_leave leaves one level and commits at the outermost
+** (an abort there calls resume); it returns the depth left.  ame__store_masked buffers the bytes of
+** v selected by mask (any byte mask) into the aligned word at addr; the
+** other bytes of the word are neither read nor written. */
+AME_EXTERN unsigned ame__tx_enter(ame_tx_t *tx, void (*resume)(ame_tx_t *tx),
+                                  const char *site);
+AME_EXTERN unsigned ame__tx_leave(ame_tx_t *tx);
+AME_EXTERN void ame__store_masked(ame_tx_t *tx, uintptr_t *addr,
+                                  uintptr_t v, uintptr_t mask);
+
 #define AME__STR2(x) #x
 #define AME__STR(x) AME__STR2(x)
 

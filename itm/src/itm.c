@@ -1,0 +1,566 @@
+/*
+** itm/src/itm.c — GCC's transactional memory ABI (libitm's _ITM_*
+** entry points, the Intel TM ABI) on ame's STM: transactions, their
+** modes, user actions, allocation, the clone tables and the version and
+** query functions.  The loads, stores, logging and memory functions are
+** in barriers.c; _ITM_beginTransaction itself is begin_x86_64.S.
+**
+** An ABI transaction is an ame transaction begun with ame__tx_enter(),
+** whose restart point is the register checkpoint _ITM_beginTransaction
+** took instead of a jmp_buf: when ame aborts an attempt it calls
+** itm_resume(), which begins the next attempt and returns from
+** _ITM_beginTransaction once more.  Nesting is flat (ame's).
+**
+** Serial mode.  Code that the compiler did not instrument (a transaction
+** that always goes irrevocable, or one that calls an unsafe function after
+** _ITM_changeTransactionMode) reads and writes memory directly, so it must
+** run with no other ABI transaction in flight: it takes the serial lock,
+** which makes later ABI transactions wait at their start and waits for the
+** running ones to end (ame_quiesce), and runs as an irrevocable ame
+** transaction.  A transaction that asks for it midway is rolled back and
+** restarted in serial mode.  Transactions run through ame's own API do not
+** take part (see docs/stm.md).
+*/
+#include "itm.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+__thread struct itm_thread ame_itm__self
+    __attribute__((tls_model("initial-exec")));
+
+/* begin_x86_64.S. */
+uint32_t ame_itm__begin(uint32_t props, const struct ame_itm_checkpoint *cp)
+    __attribute__((visibility("hidden")));
+void ame_itm__restore(const struct ame_itm_checkpoint *cp, uint32_t actions)
+    __attribute__((noreturn, visibility("hidden")));
+
+#if defined(__SANITIZE_ADDRESS__)
+void __asan_handle_no_return(void);
+#endif
+#if defined(__SANITIZE_THREAD__)
+/* The jump back to the checkpoint skips the exits of the functions it
+** leaves, which TSan counts on its shadow stack: pop them. */
+uintptr_t __tsan_testonly_shadow_stack_current_size(void);
+void __tsan_func_exit(void);
+#endif
+
+void ame_itm__fatal(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("ame-itm: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  abort();
+}
+
+/* ------------------------------------------------------------------------
+** Threads: registered with ame on their first transaction, unregistered
+** when they exit.
+*/
+
+static pthread_key_t thread_key;
+static pthread_once_t thread_once = PTHREAD_ONCE_INIT;
+
+static void thread_gone(void *arg) {
+  (void)arg;
+  if (ame_itm__self.tx) {
+    ame_itm__self.tx = NULL;
+    ame_thread_exit();
+  }
+}
+
+static void make_key(void) {
+  if (pthread_key_create(&thread_key, thread_gone) != 0)
+    ame_itm__fatal("pthread_key_create failed");
+}
+
+static ame_tx_t *thread_setup(struct itm_thread *t) {
+  ame_tx_t *tx = ame_thread_enter();
+  if (tx == NULL)
+    ame_itm__fatal("_ITM_beginTransaction: ame_thread_enter failed (too "
+                   "many threads, or out of memory)");
+  pthread_once(&thread_once, make_key);
+  pthread_setspecific(thread_key, t);
+  pthread_attr_t attr;
+  void *lo;
+  size_t len;
+  if (pthread_getattr_np(pthread_self(), &attr) != 0 ||
+      pthread_attr_getstack(&attr, &lo, &len) != 0)
+    ame_itm__fatal("_ITM_beginTransaction: cannot find the thread's stack");
+  pthread_attr_destroy(&attr);
+  t->stack_lo = (uintptr_t)lo;
+  t->stack_len = len;
+  t->tx = tx;
+  return tx;
+}
+
+void ame_itm__stack_log(struct itm_thread *t, void *p, size_t n) {
+  uintptr_t a = (uintptr_t)p, end = a + n;
+  if (end <= t->keep_sp) return;
+  if (a < t->keep_sp) a = t->keep_sp;
+  if (ame_tx_save(t->tx, (void *)a, end - a) != 0)
+    ame_itm__fatal("out of memory logging a stack write");
+}
+
+/* ------------------------------------------------------------------------
+** Call sites: "function+0xoff [object+0xoff]" for a return address, kept
+** for the life of the process (conflict reports point at them).
+*/
+
+struct site {
+  uintptr_t rip;
+  struct site *next;
+  char name[];
+};
+#define SITE_BUCKETS 256
+static struct site *sites[SITE_BUCKETS];
+static pthread_mutex_t sites_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const char *site_of(struct itm_thread *t, uintptr_t rip) {
+  uint64_t h = rip * 0x9e3779b97f4a7c15ull;
+  unsigned c = (unsigned)(h >> 60) % ITM_SITE_CACHE;
+  if (ITM_LIKELY(t->sites[c].rip == rip)) return t->site = t->sites[c].name;
+  unsigned b = (unsigned)(h >> 56) % SITE_BUCKETS;
+  pthread_mutex_lock(&sites_lock);
+  struct site *s = sites[b];
+  while (s && s->rip != rip) s = s->next;
+  if (s == NULL) {
+    char buf[256];
+    Dl_info info;
+    if (dladdr((void *)rip, &info) && info.dli_fname) {
+      const char *obj = strrchr(info.dli_fname, '/');
+      obj = obj ? obj + 1 : info.dli_fname;
+      uintptr_t off = rip - (uintptr_t)info.dli_fbase;
+      if (info.dli_sname)
+        snprintf(buf, sizeof buf, "%s+0x%lx [%s+0x%lx]", info.dli_sname,
+                 (unsigned long)(rip - (uintptr_t)info.dli_saddr), obj,
+                 (unsigned long)off);
+      else
+        snprintf(buf, sizeof buf, "[%s+0x%lx]", obj, (unsigned long)off);
+    } else {
+      snprintf(buf, sizeof buf, "[0x%lx]", (unsigned long)rip);
+    }
+    size_t n = strlen(buf) + 1;
+    s = malloc(sizeof *s + n);
+    if (s == NULL) {
+      pthread_mutex_unlock(&sites_lock);
+      return t->site = "ame-itm (no memory for the site name)";
+    }
+    s->rip = rip;
+    memcpy(s->name, buf, n);
+    s->next = sites[b];
+    sites[b] = s;
+  }
+  pthread_mutex_unlock(&sites_lock);
+  t->sites[c].rip = rip;
+  t->sites[c].name = s->name;
+  return t->site = s->name;
+}
+
+/* ------------------------------------------------------------------------
+** Serial mode (see the top of the file).
+*/
+
+static int serial_flag; /* atomic: a thread holds or wants serial mode */
+static pthread_mutex_t serial_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void serial_take(struct itm_thread *t) {
+  pthread_mutex_lock(&serial_lock);
+  __atomic_store_n(&serial_flag, 1, __ATOMIC_SEQ_CST);
+  ame_quiesce(t->tx); /* every transaction running now ends */
+  t->serial = 1;
+}
+
+static void serial_release(struct itm_thread *t) {
+  t->serial = 0;
+  t->want_serial = 0;
+  __atomic_store_n(&serial_flag, 0, __ATOMIC_RELEASE);
+  pthread_mutex_unlock(&serial_lock);
+}
+
+/* Wait while another thread holds serial mode (outside a transaction). */
+static void serial_wait(void) {
+  pthread_mutex_lock(&serial_lock);
+  pthread_mutex_unlock(&serial_lock);
+}
+
+/* ------------------------------------------------------------------------
+** Begin, restart, commit.
+*/
+
+static void itm_resume(ame_tx_t *tx) __attribute__((noreturn));
+
+/* Begin an attempt of the outermost transaction; return the actions for
+** its code.  restore: a restart (live variables come back).  Inside a
+** transaction of ame's own API (an AME_ATOMIC block), join it instead. */
+static uint32_t start(struct itm_thread *t, ame_tx_t *tx, int restore) {
+  uint32_t props = t->props;
+  t->cap_len = 0;
+  /* Uninstrumented code only, or a restart asked for serial mode. */
+  if (!(props & pr_instrumentedCode) || t->want_serial) {
+    if (!t->serial) serial_take(t);
+    ame__tx_enter(tx, itm_resume, t->site);
+    ame_tx_irrevocable(tx);
+    t->owner = 1;
+    uint32_t a = restore ? a_restoreLiveVariables : a_saveLiveVariables;
+    return a | ((props & pr_uninstrumentedCode) ? a_runUninstrumentedCode
+                                                : a_runInstrumentedCode);
+  }
+  for (;;) {
+    if (ITM_UNLIKELY(ame__tx_enter(tx, itm_resume, t->site) > 1))
+      return a_runInstrumentedCode; /* joined ame's own: not the owner */
+    /* ame published the start behind a full fence; serial_take() sets
+    ** the flag before it waits for running transactions (Dekker). */
+    if (ITM_LIKELY(!__atomic_load_n(&serial_flag, __ATOMIC_SEQ_CST))) break;
+    ame_tx_cancel(tx);
+    serial_wait();
+  }
+  t->owner = 1;
+  return a_runInstrumentedCode |
+         (restore ? a_restoreLiveVariables : a_saveLiveVariables);
+}
+
+/* Return to the checkpoint with actions a (never returns). */
+static void jump_back(struct itm_thread *t, uint32_t a)
+    __attribute__((noreturn));
+static void jump_back(struct itm_thread *t, uint32_t a) {
+#if defined(__SANITIZE_THREAD__)
+  for (uintptr_t n = __tsan_testonly_shadow_stack_current_size();
+       n > t->tsan_depth; n--)
+    __tsan_func_exit();
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+  __asan_handle_no_return();
+#endif
+  ame_itm__restore(&t->cp, a);
+}
+
+/* ame's restart point for ABI transactions: the attempt was rolled back
+** (and its abort handlers run); begin the next one and go back to the
+** checkpoint. */
+static void itm_resume(ame_tx_t *tx) {
+  struct itm_thread *t = &ame_itm__self;
+  t->id = 0;
+  t->user_irrevocable = 0;
+  jump_back(t, start(t, tx, 1));
+}
+
+uint32_t ame_itm__begin(uint32_t props,
+                        const struct ame_itm_checkpoint *cp) {
+  struct itm_thread *t = &ame_itm__self;
+  ame_tx_t *tx = t->tx;
+  if (ITM_UNLIKELY(tx == NULL)) tx = thread_setup(t);
+  if (t->owner) {
+    /* Nested in our own transaction: joins it (flat).  Code that is only
+    ** uninstrumented needs serial mode, which the outermost one must have
+    ** from its start. */
+    if (!(props & pr_instrumentedCode) && !t->serial) {
+      if (ame_tx_is_irrevocable(tx) && t->user_irrevocable)
+        ame_itm__fatal("_ITM_beginTransaction: an irrevocable transaction "
+                       "cannot restart in serial mode");
+      t->want_serial = 1;
+      ame_tx_cancel(tx);
+      jump_back(t, start(t, tx, 1));
+    }
+    ame__tx_enter(tx, NULL, NULL);
+    return (t->serial && (props & pr_uninstrumentedCode))
+               ? a_runUninstrumentedCode
+               : a_runInstrumentedCode;
+  }
+  if (ITM_UNLIKELY(!(props & pr_instrumentedCode)) && ame_tx_depth(tx) > 0)
+    ame_itm__fatal("_ITM_beginTransaction: an uninstrumented nested "
+                   "transaction inside a transaction begun by ame's own "
+                   "API cannot go serial");
+  /* The outermost transaction, or one nested in an AME_ATOMIC block
+  ** (start() joins that; the checkpoint is then unused, and keep_sp
+  ** still marks the frames that die if the block restarts). */
+  t->cp = *cp;
+  t->keep_sp = cp->rsp;
+  t->props = props;
+  t->id = 0;
+  t->user_irrevocable = 0;
+  t->want_serial = 0;
+#if defined(__SANITIZE_THREAD__)
+  /* This function's own entry is on the shadow stack: not the caller's. */
+  t->tsan_depth = __tsan_testonly_shadow_stack_current_size() - 1;
+#endif
+  site_of(t, cp->rip);
+  return start(t, tx, 0);
+}
+
+/* Leave one level; after the outermost commit, give serial mode back. */
+ITM_EXPORT void _ITM_commitTransaction(void) {
+  struct itm_thread *t = &ame_itm__self;
+  ame_tx_t *tx = itm_tx("_ITM_commitTransaction");
+  if (ame__tx_leave(tx) == 0) {
+    t->owner = 0;
+    if (t->serial) serial_release(t);
+  }
+}
+
+ITM_EXPORT void _ITM_commitTransactionEH(void *exc_ptr) {
+  (void)exc_ptr;
+  ame_itm__fatal("_ITM_commitTransactionEH: C++ exceptions leaving a "
+                 "transaction are not supported");
+}
+
+ITM_EXPORT void _ITM_abortTransaction(_ITM_abortReason reason) {
+  struct itm_thread *t = &ame_itm__self;
+  ame_tx_t *tx = itm_tx("_ITM_abortTransaction");
+  if (ame_tx_depth(tx) == 0)
+    ame_itm__fatal("_ITM_abortTransaction called outside a transaction");
+  if (t->user_irrevocable || t->serial)
+    ame_itm__fatal("_ITM_abortTransaction: an irrevocable transaction "
+                   "cannot abort");
+  if (reason & userRetry) {
+    /* Roll back and run it again (from the outermost checkpoint). */
+    if (!t->owner) ame_tx_abort(tx);
+    ame_tx_cancel(tx);
+    jump_back(t, start(t, tx, 1));
+  }
+  if (!(reason & userAbort))
+    ame_itm__fatal("_ITM_abortTransaction: reason %d is not supported",
+                   (int)reason);
+  if (!t->owner)
+    ame_itm__fatal("_ITM_abortTransaction: cannot cancel a transaction "
+                   "begun by ame's own API");
+  if (ame_tx_depth(tx) > 1 && !(reason & outerAbort))
+    ame_itm__fatal("_ITM_abortTransaction: __transaction_cancel of a "
+                   "nested transaction (closed nesting) is not supported; "
+                   "nesting is flat: use __transaction_cancel [[outer]]");
+  /* Roll back everything (flat nesting: the outermost transaction), run
+  ** the undo actions, and leave at the outermost checkpoint. */
+  ame_tx_cancel(tx);
+  t->owner = 0;
+  jump_back(t, a_abortTransaction | a_restoreLiveVariables);
+}
+
+ITM_EXPORT void _ITM_changeTransactionMode(_ITM_transactionState mode) {
+  struct itm_thread *t = &ame_itm__self;
+  ame_tx_t *tx = itm_tx("_ITM_changeTransactionMode");
+  if (mode != modeSerialIrrevocable)
+    ame_itm__fatal("_ITM_changeTransactionMode: mode %d is not supported",
+                   (int)mode);
+  if (t->serial) { /* already serial and irrevocable */
+    t->user_irrevocable = 1;
+    return;
+  }
+  if (!t->owner) { /* inside ame's own transaction: irrevocable is all */
+    ame_tx_irrevocable(tx);
+    t->user_irrevocable = 1;
+    return;
+  }
+  /* The code that follows may touch memory directly: run the whole
+  ** transaction again, serial and irrevocable from its start. */
+  t->want_serial = 1;
+  ame_tx_cancel(tx);
+  t->id = 0;
+  jump_back(t, start(t, tx, 1));
+}
+
+/* ------------------------------------------------------------------------
+** User actions.
+*/
+
+ITM_EXPORT void _ITM_addUserCommitAction(_ITM_userCommitFunction fn,
+                                         _ITM_transactionId_t resuming,
+                                         void *arg) {
+  (void)resuming;
+  ame_tx_t *tx = itm_tx("_ITM_addUserCommitAction");
+  if (ame_tx_on_commit(tx, fn, arg) != 0)
+    ame_itm__fatal("_ITM_addUserCommitAction: out of memory");
+}
+
+ITM_EXPORT void _ITM_addUserUndoAction(_ITM_userUndoFunction fn, void *arg) {
+  ame_tx_t *tx = itm_tx("_ITM_addUserUndoAction");
+  if (ame_tx_on_abort(tx, fn, arg) != 0)
+    ame_itm__fatal("_ITM_addUserUndoAction: out of memory");
+}
+
+/* ------------------------------------------------------------------------
+** Queries and versions.
+*/
+
+ITM_EXPORT _ITM_howExecuting _ITM_inTransaction(void) {
+  ame_tx_t *tx = ame_itm__self.tx;
+  if (tx == NULL || ame_tx_depth(tx) == 0) return outsideTransaction;
+  return ame_tx_is_irrevocable(tx) ? inIrrevocableTransaction
+                                   : inRetryableTransaction;
+}
+
+ITM_EXPORT _ITM_transactionId_t _ITM_getTransactionId(void) {
+  static _ITM_transactionId_t next = _ITM_noTransactionId + 1;
+  struct itm_thread *t = &ame_itm__self;
+  if (t->tx == NULL || ame_tx_depth(t->tx) == 0) return _ITM_noTransactionId;
+  if (t->id == 0) t->id = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+  return t->id;
+}
+
+ITM_EXPORT int _ITM_versionCompatible(int version) {
+  return version == ITM_VERSION_NO;
+}
+
+ITM_EXPORT const char *_ITM_libraryVersion(void) {
+  return "ame-itm " AME_ITM_VERSION " (GCC TM ABI 0.90)";
+}
+
+ITM_EXPORT void _ITM_error(const _ITM_srcLocation *loc, int code) {
+  ame_itm__fatal("_ITM_error: error %d at %s", code,
+                 loc && loc->psource ? loc->psource : "(unknown)");
+}
+
+/* ------------------------------------------------------------------------
+** Allocation: ame's transactional malloc and free.
+*/
+
+/* Remember the block as the attempt's latest (itm_captured()). */
+static void *captured(struct itm_thread *t, void *p, size_t size) {
+  if (p) {
+    t->cap_lo = (uintptr_t)p;
+    t->cap_len = size;
+  }
+  return p;
+}
+
+/* Outside any transaction (the thread's, or one of ame's own API). */
+static int outside(const struct itm_thread *t) {
+  return t->tx == NULL || (!t->owner && ame_tx_depth(t->tx) == 0);
+}
+
+ITM_EXPORT void *_ITM_malloc(size_t size) {
+  struct itm_thread *t = &ame_itm__self;
+  if (outside(t)) return malloc(size);
+  return captured(t, ame_tx_malloc(t->tx, size), size);
+}
+
+ITM_EXPORT void *_ITM_calloc(size_t n, size_t size) {
+  struct itm_thread *t = &ame_itm__self;
+  if (outside(t)) return calloc(n, size);
+  void *p = ame_tx_calloc(t->tx, n, size);
+  return p ? captured(t, p, n * size) : NULL;
+}
+
+ITM_EXPORT void _ITM_free(void *ptr) {
+  struct itm_thread *t = &ame_itm__self;
+  if (ptr == NULL) return;
+  if (outside(t)) {
+    free(ptr);
+    return;
+  }
+  if ((uintptr_t)ptr == t->cap_lo) t->cap_len = 0;
+  ame_tx_free(t->tx, ptr, 0);
+}
+
+ITM_EXPORT void _ITM_dropReferences(void *ptr, size_t size) {
+  (void)ptr;
+  (void)size;
+  ame_itm__fatal("_ITM_dropReferences is not supported");
+}
+
+/* ------------------------------------------------------------------------
+** The clone tables: (original, transactional clone) pairs that each
+** object compiled with -fgnu-tm registers from its constructor, for
+** indirect calls inside transactions.
+*/
+
+struct clone_pair {
+  void *orig, *clone;
+};
+struct clone_table {
+  const void *key;          /* the address the object registered */
+  struct clone_pair *pairs; /* sorted by orig */
+  size_t n;
+  struct clone_table *next;
+};
+static struct clone_table *clone_tables;
+static pthread_rwlock_t clone_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static int pair_cmp(const void *a, const void *b) {
+  uintptr_t x = (uintptr_t)((const struct clone_pair *)a)->orig;
+  uintptr_t y = (uintptr_t)((const struct clone_pair *)b)->orig;
+  return x < y ? -1 : x > y;
+}
+
+ITM_EXPORT void _ITM_registerTMCloneTable(void *table, size_t n) {
+  struct clone_table *ct = malloc(sizeof *ct);
+  struct clone_pair *p = malloc((n ? n : 1) * sizeof *p);
+  if (ct == NULL || p == NULL)
+    ame_itm__fatal("_ITM_registerTMCloneTable: out of memory");
+  memcpy(p, table, n * sizeof *p);
+  qsort(p, n, sizeof *p, pair_cmp);
+  ct->key = table;
+  ct->pairs = p;
+  ct->n = n;
+  pthread_rwlock_wrlock(&clone_lock);
+  ct->next = clone_tables;
+  clone_tables = ct;
+  pthread_rwlock_unlock(&clone_lock);
+}
+
+ITM_EXPORT void _ITM_deregisterTMCloneTable(void *table) {
+  pthread_rwlock_wrlock(&clone_lock);
+  for (struct clone_table **pp = &clone_tables; *pp; pp = &(*pp)->next) {
+    if ((*pp)->key == table) {
+      struct clone_table *ct = *pp;
+      *pp = ct->next;
+      free(ct->pairs);
+      free(ct);
+      break;
+    }
+  }
+  pthread_rwlock_unlock(&clone_lock);
+}
+
+static void *find_clone(void *fn) {
+  void *found = NULL;
+  struct clone_pair key = {fn, NULL};
+  pthread_rwlock_rdlock(&clone_lock);
+  for (struct clone_table *ct = clone_tables; ct && !found; ct = ct->next) {
+    struct clone_pair *p =
+        bsearch(&key, ct->pairs, ct->n, sizeof key, pair_cmp);
+    if (p) found = p->clone;
+  }
+  pthread_rwlock_unlock(&clone_lock);
+  return found;
+}
+
+ITM_EXPORT void *_ITM_getTMCloneOrIrrevocable(void *fn) {
+  void *clone = find_clone(fn);
+  if (clone) return clone;
+  /* No clone: the original runs uninstrumented, so go serial. */
+  _ITM_changeTransactionMode(modeSerialIrrevocable);
+  return fn;
+}
+
+ITM_EXPORT void *_ITM_getTMCloneSafe(void *fn) {
+  void *clone = find_clone(fn);
+  if (clone == NULL)
+    ame_itm__fatal("_ITM_getTMCloneSafe: no transactional clone of %p "
+                   "(an indirect call to a function that is not "
+                   "transaction_safe)", fn);
+  return clone;
+}
+
+/* ------------------------------------------------------------------------
+** C++ exceptions in transactions: refused.
+*/
+
+#define REFUSE_CXA(ret, name, params, ...)                                  \
+  ITM_EXPORT ret name params {                                              \
+    __VA_ARGS__;                                                            \
+    ame_itm__fatal(#name ": C++ exceptions inside transactions are not "    \
+                   "supported");                                            \
+  }
+REFUSE_CXA(void *, _ITM_cxa_allocate_exception, (size_t size), (void)size)
+REFUSE_CXA(void, _ITM_cxa_free_exception, (void *exc), (void)exc)
+REFUSE_CXA(void, _ITM_cxa_throw, (void *obj, void *tinfo, void *dest),
+           (void)obj, (void)tinfo, (void)dest)
+REFUSE_CXA(void *, _ITM_cxa_begin_catch, (void *exc), (void)exc)
+REFUSE_CXA(void, _ITM_cxa_end_catch, (void), (void)0)

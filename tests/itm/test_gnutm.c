@@ -1,0 +1,201 @@
+/*
+** tests/itm/test_gnutm.c — programs written with GCC's transactional
+** memory extension (compiled with -fgnu-tm) running on libame-itm:
+** every type the compiler instruments, transaction_safe functions,
+** __transaction_cancel with nesting, __transaction_relaxed around an
+** unsafe call (serial mode), indirect calls through the clone tables, and
+** threads sharing words with byte- and int-sized fields.
+*/
+#include "itm-test.h"
+
+#include <complex.h>
+
+#if !defined(AME_ITM_GNUTM)
+/* Built without -fgnu-tm (a sanitizer build: tests/itm/meson.build). */
+#define GNUTM_SKIP(name)                                                     \
+  TEST_IMPL(name) { TEST_SKIP("built without -fgnu-tm (sanitizer)"); }
+GNUTM_SKIP(gnutm_types)
+GNUTM_SKIP(gnutm_cancel_nested)
+GNUTM_SKIP(gnutm_relaxed_serial)
+GNUTM_SKIP(gnutm_indirect_calls)
+GNUTM_SKIP(gnutm_bytes_concurrent)
+GNUTM_SKIP(gnutm_counter_concurrent)
+#else
+
+struct mixed {
+  char c;
+  short s;
+  int i;
+  long l;
+  float f;
+  double d;
+  long double e;
+  double _Complex cd;
+  char name[13];
+};
+static struct mixed gm;
+
+static __attribute__((transaction_safe)) void fill(struct mixed *m, int k) {
+  m->c = (char)k;
+  m->s = (short)(k * 2);
+  m->i = k * 3;
+  m->l = (long)k * 4;
+  m->f = (float)k / 2;
+  m->d = (double)k / 4;
+  m->e = (long double)k / 8;
+  m->cd = k + 1.0 * I;
+  memcpy(m->name, "transactions", 13);
+  m->name[0] = (char)('a' + k);
+}
+
+TEST_IMPL(gnutm_types) {
+  __transaction_atomic { fill(&gm, 5); }
+  ASSERT_EQ(gm.c, 5);
+  ASSERT_EQ(gm.s, 10);
+  ASSERT_EQ(gm.i, 15);
+  ASSERT_EQ(gm.l, 20);
+  ASSERT(gm.f == 2.5f);
+  ASSERT(gm.d == 1.25);
+  ASSERT(gm.e == 0.625L);
+  ASSERT(gm.cd == 5 + 1.0 * I);
+  ASSERT_STR_EQ(gm.name, "fransactions");
+  struct mixed copy;
+  __transaction_atomic {
+    gm.i += gm.s + gm.c;
+    copy = gm; /* a transactional memcpy */
+  }
+  ASSERT_EQ(gm.i, 30);
+  ASSERT_EQ(memcmp(&copy, &gm, sizeof copy), 0);
+  ame_stats_t st;
+  ame_stats_thread(ame_self(), &st);
+  ASSERT(st.commits >= 2); /* they were ame transactions */
+}
+
+static long acct[2] = {100, 0};
+
+TEST_IMPL(gnutm_cancel_nested) {
+  int cancelled = 1;
+  __transaction_atomic {
+    acct[0] -= 30;
+    acct[1] += 30;
+    if (acct[0] < 1000) __transaction_cancel;
+    cancelled = 0;
+  }
+  ASSERT_EQ(cancelled, 1);
+  ASSERT_EQ(acct[0], 100);
+  ASSERT_EQ(acct[1], 0);
+  /* Nested: the inner commit is part of the outer transaction; an outer
+  ** cancel from inside the inner one undoes both. */
+  __transaction_atomic {
+    acct[0] -= 10;
+    __transaction_atomic { acct[1] += 10; }
+  }
+  ASSERT_EQ(acct[0], 90);
+  ASSERT_EQ(acct[1], 10);
+  __transaction_atomic [[outer]] {
+    acct[0] -= 10;
+    __transaction_atomic {
+      acct[1] += 10;
+      if (acct[1] > 0) __transaction_cancel [[outer]];
+    }
+  }
+  ASSERT_EQ(acct[0], 90);
+  ASSERT_EQ(acct[1], 10);
+}
+
+static char logbuf[64];
+
+/* Not transaction_safe: the compiler runs it uninstrumented, after the
+** switch to serial irrevocable mode. */
+static void unsafe_log(int k) {
+  snprintf(logbuf, sizeof logbuf, "k=%d", k);
+}
+
+TEST_IMPL(gnutm_relaxed_serial) {
+  static int counter;
+  __transaction_relaxed {
+    counter++;
+    unsafe_log(counter);
+  }
+  ASSERT_EQ(counter, 1);
+  ASSERT_STR_EQ(logbuf, "k=1");
+  __transaction_relaxed {
+    unsafe_log(counter); /* only uninstrumented code: serial from start */
+  }
+  ASSERT_STR_EQ(logbuf, "k=1");
+}
+
+__attribute__((transaction_safe)) static int add_one(int x) {
+  return x + 1;
+}
+__attribute__((transaction_safe)) static int twice(int x) { return 2 * x; }
+typedef int safe_fn_t(int) __attribute__((transaction_safe));
+static safe_fn_t *ops[2] = {add_one, twice};
+static int results[2];
+
+TEST_IMPL(gnutm_indirect_calls) {
+  /* Calls through pointers to transaction_safe functions find their
+  ** clones in the table the program registered at start. */
+  __transaction_atomic {
+    for (int k = 0; k < 2; k++) results[k] = ops[k](results[k] + 10);
+  }
+  ASSERT_EQ(results[0], 11);
+  ASSERT_EQ(results[1], 20);
+  ASSERT_EQ(_ITM_inTransaction(), outsideTransaction);
+}
+
+/* Threads updating their own char and int fields of shared words. */
+enum { GT_THREADS = 4, GT_ROUNDS = 20000 };
+static struct {
+  char c[GT_THREADS];
+  short s[GT_THREADS];
+  int i[GT_THREADS];
+} __attribute__((aligned(8))) gfields;
+static long gcounter;
+static struct gate gt_gate;
+
+static void *gt_bytes(void *arg) {
+  int me = (int)(uintptr_t)arg;
+  gate_wait(&gt_gate);
+  for (int r = 0; r < GT_ROUNDS; r++) {
+    __transaction_atomic {
+      gfields.c[me]++;
+      gfields.s[me] += 2;
+      gfields.i[me] += 3;
+    }
+  }
+  return NULL;
+}
+
+TEST_IMPL(gnutm_bytes_concurrent) {
+  gate_init(&gt_gate);
+  pthread_t th[GT_THREADS];
+  for (int k = 0; k < GT_THREADS; k++)
+    spawn(&th[k], gt_bytes, (void *)(uintptr_t)k);
+  gate_open(&gt_gate);
+  for (int k = 0; k < GT_THREADS; k++) thread_join(th[k]);
+  for (int k = 0; k < GT_THREADS; k++) {
+    ASSERT_EQ(gfields.c[k], (char)GT_ROUNDS);
+    ASSERT_EQ(gfields.s[k], (short)(2 * GT_ROUNDS));
+    ASSERT_EQ(gfields.i[k], 3 * GT_ROUNDS);
+  }
+}
+
+static void *gt_counter(void *arg) {
+  (void)arg;
+  gate_wait(&gt_gate);
+  for (int r = 0; r < GT_ROUNDS; r++) {
+    __transaction_atomic { gcounter++; }
+  }
+  return NULL;
+}
+
+TEST_IMPL(gnutm_counter_concurrent) {
+  gate_init(&gt_gate);
+  pthread_t th[GT_THREADS];
+  for (int k = 0; k < GT_THREADS; k++) spawn(&th[k], gt_counter, NULL);
+  gate_open(&gt_gate);
+  for (int k = 0; k < GT_THREADS; k++) thread_join(th[k]);
+  ASSERT_EQ(gcounter, (long)GT_THREADS * GT_ROUNDS);
+}
+#endif /* AME_ITM_GNUTM */
