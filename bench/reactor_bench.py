@@ -8,8 +8,10 @@ share of events that write one shared hot word), at 1..cores workers, and
 once per repetition the same events in a plain loop without reactor or STM;
 the table gives events/s, the speedup over 1 worker and aborts per commit.
 "http": the ame HTTP example (examples/c/http.c) at 1 and 2 workers, a plain
-single-threaded libuv server (bench/plain_libuv_http.c) and nginx at 1 and 2
-worker processes, all answering GET / with "Hello, world!\\n" on keep-alive
+single-threaded libuv server (bench/plain_libuv_http.c), the same server
+over uv_poll with its own output buffer ("poll", bench/plain_poll_http.c:
+the Python binding's way of buffering a TCP stream, against libuv's
+uv_tcp_t in "plain") and nginx at 1 and 2 worker processes, all answering GET / with "Hello, world!\\n" on keep-alive
 connections, driven by wrk -t1 -c50; the table gives requests/s and the
 servers' CPU microseconds per request (from /proc/PID/stat), with ratios
 against plain libuv and nginx.  Runs are interleaved round-robin and
@@ -20,8 +22,8 @@ broken invariant, crashes, hangs, or a server fails to start or to answer.
 
 Default: both sections, 3 repetitions; scaling: 100000 events of 10 work
 units (about 6.5 us of work each on the reference machine) for the plain
-loop and 1 and 2 workers at 4 conflict rates, about 30 s; http: 5 servers
-x 3 repetitions x 5 s of wrk, about 1.5 minutes.  --quick: 1 repetition, 20000 events, 2 s
+loop and 1 and 2 workers at 4 conflict rates, about 30 s; http: 6 servers
+x 3 repetitions x 5 s of wrk, about 2 minutes.  --quick: 1 repetition, 20000 events, 2 s
 of wrk (about 20 s in all).
 
 Run it with Debian's /usr/bin/python3 from the repository root, after
@@ -45,7 +47,7 @@ from benchlib import (BenchError, LoadMeter, Server, ServerCPU, ServerSession,
                       runner_parser, wrk_summary)
 
 SECTIONS = ("scaling", "http")
-SERVERS = ("ame-1w", "ame-2w", "plain", "nginx-1w", "nginx-2w")
+SERVERS = ("ame-1w", "ame-2w", "plain", "poll", "nginx-1w", "nginx-2w")
 HELLO = b"Hello, world!\n"
 
 
@@ -227,6 +229,7 @@ class Tools:
         self.ame = args.ame_http or os.path.join(builddir, "examples", "c",
                                                  "http")
         self.plain = os.path.join(builddir, "bench", "plain-libuv-http")
+        self.poll = os.path.join(builddir, "bench", "plain-poll-http")
         self.nginx = args.nginx or shutil.which("nginx") or (
             "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
             else None)
@@ -238,6 +241,8 @@ class Tools:
             self.missing["ame"] = "%s not built" % self.ame
         if not os.access(self.plain, os.X_OK):
             self.missing["plain"] = "%s not built" % self.plain
+        if not os.access(self.poll, os.X_OK):
+            self.missing["poll"] = "%s not built" % self.poll
         if self.nginx is None or not os.access(self.nginx, os.X_OK):
             self.missing["nginx"] = "nginx not found"
 
@@ -249,6 +254,8 @@ class Tools:
                     "--host", "127.0.0.1"]
         if kind == "plain":
             return [self.plain, str(port), "127.0.0.1"]
+        if kind == "poll":
+            return [self.poll, str(port), "127.0.0.1"]
         conf = nginx_conf(tmpdir, port, workers)
         return [self.nginx, "-p", tmpdir, "-c", conf,
                 "-e", os.path.join(tmpdir, "nginx-error.log"),

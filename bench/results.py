@@ -213,7 +213,9 @@ def reactor_section(d):
         out.append("")
         out.append("CPU us/req: the server's user+system CPU per request; "
                    "plain: a single-threaded libuv server "
-                   "(bench/plain_libuv_http.c).")
+                   "(bench/plain_libuv_http.c); poll: the same over uv_poll "
+                   "with its own output buffer, the Python binding's way "
+                   "(bench/plain_poll_http.c).")
     elif http and http.get("skipped"):
         out.append("")
         out.append("HTTP hello-world: skipped (%s)." % http["skipped"])

@@ -67,7 +67,6 @@
 
 #define AME_RECV_SIZE 65536 /* one recv(), as Twisted's bufferSize */
 #define AME_ICAP 65536      /* stop reading above this much unread data */
-#define AME_ACCEPT_BATCH 64 /* accept() calls per readiness */
 
 /* A connection the worker accepted for a listening stream, waiting in its
 ** inbound buffer for Python (Port.doRead) to take it. */
@@ -430,42 +429,66 @@ static void do_send(struct core *c, struct fconn *f) {
   c->wake_pending |= sig;
 }
 
-/* Worker.  Accept up to AME_ACCEPT_BATCH connections on a listening
-** stream into its inbound buffer.  An error other than "none left" stops
-** accepting here (fupdate) until Python has met it with Twisted's own
-** accept() (which knows how to recover from EMFILE). */
+/* A listening stream's accept batch (do_accept). */
+struct accepting {
+  struct core *c;
+  struct fconn *f;
+  int sig;      /* wake the Python thread */
+  int detached; /* Python let go of the listener meanwhile */
+};
+
+/* Worker.  Put connection fd in the listener's inbound buffer.  Return
+** nonzero to stop accepting: detached, out of memory, or the buffer full
+** until Python takes some. */
+static int take_accepted(void *arg, int fd, const struct sockaddr_storage *sa,
+                         socklen_t len) {
+  struct accepting *x = arg;
+  struct core *c = x->c;
+  struct fconn *f = x->f;
+  struct accepted a = {.fd = fd, .len = len};
+  memcpy(&a.addr, sa, len <= sizeof a.addr ? len : sizeof a.addr);
+  pthread_mutex_lock(&c->lock);
+  if (f->detach) {
+    close(fd);
+    pthread_mutex_unlock(&c->lock);
+    x->detached = 1;
+    return 1;
+  }
+  int stop = 0;
+  if (buf_append(&f->ibuf, &f->ilen, &f->icap, &a, sizeof a) != 0) {
+    close(fd);
+    f->rerr = ENOMEM;
+    stop = 1;
+  } else {
+    c->n_accepted++;
+  }
+  if (f->want_read) x->sig |= fready_push(c, f);
+  stop |= f->ilen >= 256 * sizeof(struct accepted);
+  pthread_mutex_unlock(&c->lock);
+  return stop;
+}
+
+/* Worker.  Accept a batch of connections on a listening stream into its
+** inbound buffer (sockio.h's loop, as the reactor's listeners).  An error
+** other than "none left" stops accepting here (fupdate) until Python has
+** met it with Twisted's own accept() (which knows how to recover from
+** EMFILE). */
 static void do_accept(struct core *c, struct fconn *f) {
-  int sig = 0, err = 0;
-  for (int i = 0; i < AME_ACCEPT_BATCH && !err; i++) {
-    struct accepted a;
-    a.len = sizeof a.addr;
-    a.fd = ame__sock_accept(f->fd, &a.addr, &a.len);
-    if (a.fd < 0) {
-      if (a.fd == -EAGAIN) break;
-      if (a.fd == -ECONNABORTED) continue; /* not the listener's error */
-      err = -a.fd;
-      a.fd = -1;
-    }
+  struct accepting x = {.c = c, .f = f};
+  int rc = ame__sock_accept_batch(f->fd, AME__ACCEPT_BATCH, 1, take_accepted,
+                                  &x);
+  if (x.detached) return;
+  if (rc < 0) {
     pthread_mutex_lock(&c->lock);
     if (f->detach) {
-      if (a.fd >= 0) close(a.fd);
       pthread_mutex_unlock(&c->lock);
       return;
     }
-    if (a.fd >= 0 &&
-        buf_append(&f->ibuf, &f->ilen, &f->icap, &a, sizeof a) != 0) {
-      close(a.fd);
-      err = ENOMEM;
-    } else if (a.fd >= 0) {
-      c->n_accepted++;
-    }
-    if (err) f->rerr = err;
-    if (f->want_read) sig |= fready_push(c, f);
-    int full = f->ilen >= 256 * sizeof(struct accepted);
+    f->rerr = -rc;
+    if (f->want_read) x.sig |= fready_push(c, f);
     pthread_mutex_unlock(&c->lock);
-    if (full) break;
   }
-  c->wake_pending |= sig;
+  c->wake_pending |= x.sig;
 }
 
 /* Commit handler of fpoll_cb: on the worker, outside the transaction. */

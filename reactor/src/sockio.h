@@ -8,14 +8,16 @@
 **
 ** Why two stream layers and one set of socket calls.  The reactor's
 ** streams are libuv's (uv_tcp_t, uv_pipe_t: uv_read_start, uv_try_write
-** and uv_write), whose handle owns its fd and closes it at uv_close.  The
-** binding's fd belongs to Python's socket object, which Twisted closes
-** itself (and whose Port builds its own transports from accepted fds): an
-** ame_stream_t over it would need a second descriptor per connection (a
-** dup, as ame_stream_adopt takes) or would close it under Python.  So the
-** binding keeps its own streams over ame_poll, and what both do on a raw
-** fd — accept with one classification of errors, recv and send without
-** blocking — is this one module.
+** and uv_write), whose handle owns its fd and closes it at uv_close, and
+** whose buffers belong to the loop's thread.  The binding's fd belongs to
+** Python's socket object, which Twisted closes itself (and whose Port
+** builds its own transports from accepted fds), and its bytes are
+** written and read by the Python thread under a lock: an ame_stream_t
+** over it would need a second descriptor per connection (a dup, as
+** ame_stream_adopt takes) or would close it under Python.  So the binding
+** keeps its own buffers over ame_poll, and what both do on a raw fd — the
+** accept loop with one classification of errors, recv and send without
+** blocking — is this one module (docs/twisted.md).
 **
 ** Error convention: a negative errno, never errno itself; EINTR is retried
 ** here, and "would block" is -EAGAIN whatever the kernel said (EAGAIN,
@@ -48,6 +50,39 @@ static inline int ame__sock_accept(int lfd, struct sockaddr_storage *sa,
     if (e == ECONNABORTED || e == EPROTO || e == EPERM) return -ECONNABORTED;
     return -e;
   }
+}
+
+/* Accepts per readiness: how many connections one readable event of a
+** listening socket takes at most before the loop serves others. */
+#define AME__ACCEPT_BATCH 64
+
+/* What ame__sock_accept_batch hands each connection to: take owns fd from
+** then on; sa and len are the peer's address (sa NULL unless asked for).
+** Return 0 to go on accepting, nonzero to stop. */
+typedef int (*ame__accept_take)(void *arg, int fd,
+                                const struct sockaddr_storage *sa,
+                                socklen_t len);
+
+/* Accept up to max connections from listening socket lfd, each handed to
+** take(arg, ...), with the peer's address if want_addr.  A connection gone
+** before it was taken (-ECONNABORTED of ame__sock_accept) is skipped and
+** counts against max.  Return 0 once none is left (-EAGAIN), 1 if it
+** stopped (max taken, or take said so: more may be waiting), or the
+** listener's own error (a -errno: EMFILE, ENFILE, ENOBUFS, ENOMEM, ...),
+** on which the caller pauses accepting. */
+static inline int ame__sock_accept_batch(int lfd, int max, int want_addr,
+                                         ame__accept_take take, void *arg) {
+  for (int i = 0; i < max; i++) {
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    int fd = ame__sock_accept(lfd, want_addr ? &sa : NULL,
+                              want_addr ? &len : NULL);
+    if (fd == -EAGAIN) return 0;
+    if (fd == -ECONNABORTED) continue; /* not the listener's error */
+    if (fd < 0) return fd;
+    if (take(arg, fd, want_addr ? &sa : NULL, want_addr ? len : 0)) return 1;
+  }
+  return 1;
 }
 
 /* Read once without blocking: recv(), or read() for a pipe (is_pipe).

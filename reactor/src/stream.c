@@ -29,7 +29,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define ACCEPT_BATCH 64       /* accepts per readable event */
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE and friends */
 
 struct ame_listener {
@@ -510,69 +509,75 @@ static void retry_cb(uv_timer_t *t) {
     l->polling = 1;
 }
 
+/* Hand connection fd, accepted by l, to a worker: l's own, or (a lone
+** listener) the one with the fewest open streams.  Return nonzero once l
+** is no longer open (a callback run from here, on_open, may close it). */
+static int listener_take(void *arg, int fd, const struct sockaddr_storage *sa,
+                         socklen_t len) {
+  ame_listener_t *l = arg;
+  ame_reactor_t *r = l->h.r;
+  struct worker *w = l->h.w;
+  (void)sa;
+  (void)len;
+  ADD(&r->accepted, 1);
+  /* A member of a REUSEPORT group (the first one too) keeps what it
+  ** accepts: the kernel spreads the connections over the group. */
+  struct worker *to = l->group != l || l->next_in_group != NULL ||
+                              r->nworkers == 1
+                          ? w
+                          : ame__pick_worker(r);
+  if (to == w) {
+    int rc = ame__stream_adopt_fd(w, fd, l->is_unix, l->cbs,
+                                  ame_handle_data(l->group), NULL, 1);
+    if (rc != 0) {
+      ame__log(r, "worker %u: cannot set up a connection: %s", w->id,
+               uv_strerror(rc));
+      close(fd);
+    }
+    return l->h.state != HS_OPEN;
+  }
+  struct adopt *a = malloc(sizeof *a);
+  struct op *op = a ? ame__op_new(op_adopt, NULL, to, 0) : NULL;
+  if (op == NULL) {
+    free(a);
+    close(fd);
+    return 0;
+  }
+  a->fd = fd;
+  a->is_unix = l->is_unix;
+  a->cbs = l->cbs;
+  a->data = ame_handle_data(l->group);
+  op->p = a;
+  ame__op_submit(op);
+  return 0;
+}
+
 static void listener_poll_cb(uv_poll_t *p, int status, int events) {
   ame_listener_t *l = p->data;
   ame_reactor_t *r = l->h.r;
   struct worker *w = l->h.w;
   (void)events;
   if (status < 0 || l->h.state != HS_OPEN) return;
-  /* (A callback run from here, on_open, may close the listener.) */
-  for (int i = 0; i < ACCEPT_BATCH && l->h.state == HS_OPEN; i++) {
-    int fd = ame__sock_accept(l->fd, NULL, NULL);
-    if (fd < 0) {
-      int e = -fd;
-      if (e == EAGAIN) return;
-      if (e == ECONNABORTED) continue; /* not the listener's error */
-      ADD(&r->accept_errors, 1);
-      if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
-        /* Out of descriptors or memory: stop accepting for a while; the
-        ** kernel keeps the backlog. */
-        /* Logged at most once a second per listener. */
-        uint64_t now = uv_now(&w->loop);
-        if (l->last_log == 0 || now - l->last_log >= 1000) {
-          l->last_log = now;
-          ame__log(r, "accept: %s; pausing accepts for %d ms", strerror(e),
-                   ACCEPT_RETRY_MS);
-        }
-        uv_poll_stop(&l->poll);
-        l->polling = 0;
-        uv_timer_start(&l->retry, retry_cb, ACCEPT_RETRY_MS, 0);
-        return;
-      }
-      ame__log(r, "accept: %s", strerror(e));
-      return;
+  int e = -ame__sock_accept_batch(l->fd, AME__ACCEPT_BATCH, 0, listener_take,
+                                  l);
+  if (e <= 0) return; /* none left, or a batch taken (or l closed) */
+  ADD(&r->accept_errors, 1);
+  if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+    /* Out of descriptors or memory: stop accepting for a while; the
+    ** kernel keeps the backlog.  Logged at most once a second per
+    ** listener. */
+    uint64_t now = uv_now(&w->loop);
+    if (l->last_log == 0 || now - l->last_log >= 1000) {
+      l->last_log = now;
+      ame__log(r, "accept: %s; pausing accepts for %d ms", strerror(e),
+               ACCEPT_RETRY_MS);
     }
-    ADD(&r->accepted, 1);
-    /* A member of a REUSEPORT group (the first one too) keeps what it
-    ** accepts: the kernel spreads the connections over the group. */
-    struct worker *to = l->group != l || l->next_in_group != NULL ||
-                                r->nworkers == 1
-                            ? w
-                            : ame__pick_worker(r);
-    if (to == w) {
-      int rc = ame__stream_adopt_fd(w, fd, l->is_unix, l->cbs,
-                                    ame_handle_data(l->group), NULL, 1);
-      if (rc != 0) {
-        ame__log(r, "worker %u: cannot set up a connection: %s", w->id,
-                 uv_strerror(rc));
-        close(fd);
-      }
-      continue;
-    }
-    struct adopt *a = malloc(sizeof *a);
-    struct op *op = a ? ame__op_new(op_adopt, NULL, to, 0) : NULL;
-    if (op == NULL) {
-      free(a);
-      close(fd);
-      continue;
-    }
-    a->fd = fd;
-    a->is_unix = l->is_unix;
-    a->cbs = l->cbs;
-    a->data = ame_handle_data(l->group);
-    op->p = a;
-    ame__op_submit(op);
+    uv_poll_stop(&l->poll);
+    l->polling = 0;
+    uv_timer_start(&l->retry, retry_cb, ACCEPT_RETRY_MS, 0);
+    return;
   }
+  ame__log(r, "accept: %s", strerror(e));
 }
 
 /* Close a listener's socket (and remove its Unix socket file). */
