@@ -39,6 +39,7 @@
 #include "reload.h"
 #include "sup_internal.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -245,6 +246,83 @@ static void reap(double now) {
         break;
       }
   }
+}
+
+/* Worker processes nobody here started.  A reload's worker is forked by
+** its generation's zygote and reparented here (this process is a
+** subreaper); if its pid never reached us (the zygote answered after
+** ame_reload_fork gave up on it), it would serve on unseen, with the
+** listening sockets, until the supervisor exits.  So, once a second, the
+** children named as workers ("ame", or "ame-zygote" before a worker names
+** itself) that no record here holds are stopped like a replaced worker:
+** SIGTERM, and SIGKILL after the grace period. */
+#define STRAYS 16
+struct stray {
+  pid_t pid;
+  double deadline;              /* SIGKILL then */
+};
+static struct stray strays[STRAYS];
+
+static int known(pid_t pid) {
+  for (unsigned i = 0; i < AME_SUP_PROCS; i++)
+    if (S.p[i].state != P_FREE && S.p[i].pid == pid) return 1;
+  return 0;
+}
+
+static int worker_named(pid_t pid) {
+  char path[64], comm[32] = "";
+  snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, comm, sizeof comm - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  comm[n] = 0;
+  comm[strcspn(comm, "\n")] = 0;
+  return strcmp(comm, "ame") == 0 || strcmp(comm, "ame-zygote") == 0;
+}
+
+static void stray(pid_t pid, double now) {
+  unsigned free_at = STRAYS;
+  for (unsigned k = 0; k < STRAYS; k++) {
+    if (strays[k].pid == pid) {
+      if (now >= strays[k].deadline) {
+        kill(pid, SIGKILL);
+        strays[k].deadline = now + 3600;
+      }
+      return;
+    }
+    if (strays[k].pid == 0 && free_at == STRAYS) free_at = k;
+  }
+  ame_sup_say("a worker process no record here holds (pid %d: its start "
+              "was given up on); stopping it", (int)pid);
+  kill(pid, SIGTERM);
+  if (free_at < STRAYS)
+    strays[free_at] = (struct stray){
+        pid, now + S.cfg->grace_s + AME_SUP_KILL_SLACK_S};
+}
+
+static void sweep_strays(double now) {
+  for (unsigned k = 0; k < STRAYS; k++) /* forget the ones gone */
+    if (strays[k].pid && kill(strays[k].pid, 0) < 0 && errno == ESRCH)
+      strays[k].pid = 0;
+  /* Each thread's children (an orphan is given to one of them). */
+  DIR *tasks = opendir("/proc/self/task");
+  if (tasks == NULL) return;
+  struct dirent *t;
+  while ((t = readdir(tasks)) != NULL) {
+    if (t->d_name[0] == '.') continue;
+    char path[300];
+    snprintf(path, sizeof path, "/proc/self/task/%s/children", t->d_name);
+    FILE *f = fopen(path, "re");
+    if (f == NULL) continue; /* no CONFIG_PROC_CHILDREN: nothing to do */
+    long pid;
+    while (fscanf(f, "%ld", &pid) == 1)
+      if (!known((pid_t)pid) && worker_named((pid_t)pid))
+        stray((pid_t)pid, now);
+    fclose(f);
+  }
+  closedir(tasks);
 }
 
 /* ---- stopping, signals ----------------------------------------------- */
@@ -534,6 +612,7 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
     }
     if (now - S.last_sample >= 1.0) {
       ame_metrics_sample(now);
+      if (S.cfg->reload_fd >= 0) sweep_strays(now);
       S.last_sample = now;
     }
     /* Done when no worker runs and none is due to restart. */

@@ -63,6 +63,10 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
                       void (*before_fork)(void *), void (*after_parent)(void *),
                       void (*after_child)(void *), void *data) {
   if (Z.ctl < 0) return -EINVAL;
+  /* A test's hook: answer each fork request this late (the supervisor's
+  ** handling of a worker whose start it gave up on: tests/cmd). */
+  const char *delay = getenv("AME_TEST_ZYGOTE_REPLY_MS");
+  long reply_delay_ms = delay ? strtol(delay, NULL, 10) : 0;
   /* targets[p]: the fd of the Port that adopted listener p, or -1. */
   int targets[AME_LST_MAX];
   for (unsigned p = 0; p < AME_LST_MAX; p++) targets[p] = -1;
@@ -149,6 +153,11 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
     close(pp[0]);
   answer:
     for (int k = 0; k < n; k++) close(fds[k]);
+    if (reply_delay_ms > 0) { /* tests: a zygote that answers late */
+      struct timespec ts = {reply_delay_ms / 1000,
+                            (reply_delay_ms % 1000) * 1000000L};
+      nanosleep(&ts, NULL);
+    }
     if (ame_reload__send(Z.ctl, &reply, NULL, 0) < 0) _exit(0);
   }
 }

@@ -444,6 +444,38 @@ def _heaps(port):
     return {http_get(port, timeout=5)[1]['x-heap'] for _ in range(10)}
 
 
+def case_stray(ame):
+    """A reload's worker whose start the supervisor gave up on (its zygote
+    answered after ame_reload_fork's 10 s) is not left serving unseen: the
+    supervisor finds the worker process no record holds and stops it."""
+    d = tempfile.mkdtemp()
+    with open(os.path.join(d, 'version'), 'w') as f:
+        f.write('1\n')
+    srv = start(['run', '--workers', '2', APP, '0', d],
+                env={'AME_TEST_ZYGOTE_REPLY_MS': '11000'})
+    port = serving(srv, 2, 'stray')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    first = worker_procs(srv)
+    with open(os.path.join(d, 'version'), 'w') as f:
+        f.write('2\n')
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'cannot start worker 1: Connection timed '
+                        r'out', timeout=40), 'the late zygote: given up on')
+    check(srv.wait_line('err', r'reload failed: cannot start the new '
+                        r'workers; the old workers go on', timeout=10),
+          'the reload failed, the old workers go on')
+    check(srv.wait_line('err', r'a worker process no record here holds '
+                        r'\(pid \d+', timeout=15),
+          'the supervisor found the worker it gave up on')
+    settled = wait_until(lambda: worker_procs(srv) == first, 30)
+    check(settled, 'the old worker processes alone again: %s (%s)'
+          % (worker_procs(srv), first))
+    check(_versions(port) == {'1': '1', '2': '1'}, 'the old version serves')
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
 def _reload_state(srv):
     """'STARTING' while the log shows a reload begun and not finished."""
     text = '\n'.join(srv.err)
@@ -789,7 +821,7 @@ CASES = {
     'options': case_options, 'hung': case_hung, 'orphan': case_orphan,
     'inuse': case_inuse, 'nofile': case_nofile, 'pidfile': case_pidfile,
     'startfail': case_startfail, 'resize': case_resize,
-    'reload': case_reload, 'recycle': case_recycle,
+    'reload': case_reload, 'recycle': case_recycle, 'stray': case_stray,
     'metrics': case_metrics, 'page': case_page,
 }
 NEEDS_LOAD = {'reload', 'recycle'}
