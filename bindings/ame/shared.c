@@ -774,7 +774,9 @@ static int body_add(ame_tx_t *tx, struct op *op) {
       z >>= 7;
       buf[n++] = (unsigned char)(c | (z ? 0x80 : 0));
     } while (z);
-    int rc = ame_hmap_put(tx, op->self->impl, k, kl, buf, n, 0);
+    /* Found: set the entry's value in place (one lookup per key). */
+    int rc = e ? ame_hmap_entry_set(tx, op->self->impl, e, buf, n)
+               : ame_hmap_put(tx, op->self->impl, k, kl, buf, n, 0);
     if (rc < 0) return rc;
   }
   return 0;
@@ -1259,6 +1261,44 @@ static PyObject *Dict_items(ShObject *self, PyObject *unused) {
   return snapshot(self, 3);
 }
 
+/* _add_to(total): add each (key, value) of a snapshot to the dict total,
+** as total[key] = total.get(key, 0) + value (ame.shared.Counts sums its
+** lanes this way, without a list of pairs in between). */
+static PyObject *Dict_add_to(ShObject *self, PyObject *total) {
+  if (!PyDict_Check(total)) {
+    PyErr_SetString(PyExc_TypeError, "ame.shared: _add_to needs a dict");
+    return NULL;
+  }
+  struct tstate *ts = obj_ts(self);
+  struct op op = {.self = self, .flags = 3};
+  if (ts == NULL || run_op(ts, &op, body_snapshot, "ame.shared.dict.items") < 0)
+    return NULL;
+  PyObject *zero = PyLong_FromLong(0);
+  if (zero == NULL) return NULL;
+  const char *p = ts->obuf.p;
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < (size_t)op.n; i++) {
+    size_t kn, vn;
+    memcpy(&kn, p, sizeof kn);
+    PyObject *k = amepy_decode(p + sizeof kn, kn);
+    p += sizeof kn + kn;
+    memcpy(&vn, p, sizeof vn);
+    PyObject *v = k ? amepy_decode(p + sizeof vn, vn) : NULL;
+    p += sizeof vn + vn;
+    PyObject *cur = v ? PyDict_GetItemWithError(total, k) : NULL;
+    PyObject *sum = v && (cur || !PyErr_Occurred())
+                        ? PyNumber_Add(cur ? cur : zero, v)
+                        : NULL;
+    rc = sum ? PyDict_SetItem(total, k, sum) : -1;
+    Py_XDECREF(sum);
+    Py_XDECREF(v);
+    Py_XDECREF(k);
+  }
+  Py_DECREF(zero);
+  if (rc < 0) return NULL;
+  Py_RETURN_NONE;
+}
+
 static PyObject *Dict_iter(ShObject *self) {
   PyObject *keys = snapshot(self, 1);
   if (keys == NULL) return NULL;
@@ -1374,9 +1414,8 @@ static PyObject *Dict_update(ShObject *self, PyObject *args, PyObject *kw) {
 }
 
 /* One (key, delta) pair for add: the key encoded, the delta an int of 64
-** bits. */
-static int add_delta(struct amepy_buf *b, struct amepy_buf *scratch,
-                     PyObject *k, PyObject *v) {
+** bits.  The key is encoded in place, after room for its length. */
+static int add_delta(struct amepy_buf *b, PyObject *k, PyObject *v) {
   if (!PyLong_Check(v)) {
     PyErr_Format(PyExc_TypeError, "ame.shared: dict.add: %R is not an int",
                  v);
@@ -1390,13 +1429,22 @@ static int add_delta(struct amepy_buf *b, struct amepy_buf *scratch,
     return -1;
   }
   if (d == -1 && PyErr_Occurred()) return -1;
-  if (encode_into(scratch, k, 1) < 0) return -1;
-  size_t kl = scratch->len;
+  size_t at = b->len;
+  if (amepy_buf_room(b, sizeof(size_t)) < 0) return PyErr_NoMemory(), -1;
+  b->len += sizeof(size_t);
+  if (amepy_encode(b, k, 1) < 0) {
+    b->len = at;
+    return -1;
+  }
+  size_t kl = b->len - at - sizeof kl;
   int64_t d64 = (int64_t)d;
-  if (amepy_buf_put(b, &kl, sizeof kl) < 0 ||
-      amepy_buf_put(b, scratch->p, kl) < 0 ||
-      amepy_buf_put(b, &d64, sizeof d64) < 0)
+  if (amepy_buf_room(b, sizeof d64) < 0) {
+    b->len = at;
     return PyErr_NoMemory(), -1;
+  }
+  memcpy(b->p + at, &kl, sizeof kl);
+  memcpy(b->p + b->len, &d64, sizeof d64);
+  b->len += sizeof d64;
   return 0;
 }
 
@@ -1411,10 +1459,10 @@ static PyObject *Dict_add(ShObject *self, PyObject *args) {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
     while (PyDict_Next(what, &pos, &k, &v))
-      if (add_delta(&ts->ibuf, &ts->kbuf, k, v) < 0) return NULL;
+      if (add_delta(&ts->ibuf, k, v) < 0) return NULL;
   } else {
     PyObject *one = PyLong_FromLong(1);
-    int rc = add_delta(&ts->ibuf, &ts->kbuf, what, n ? n : one);
+    int rc = add_delta(&ts->ibuf, what, n ? n : one);
     Py_DECREF(one);
     if (rc < 0) return NULL;
   }
@@ -2310,6 +2358,9 @@ static PyMethodDef Dict_methods[] = {
      "keys(): a list of the keys, copied in one transaction."},
     {"values", (PyCFunction)Dict_values, METH_NOARGS,
      "values(): a list of the values, copied in one transaction."},
+    {"_add_to", (PyCFunction)Dict_add_to, METH_O,
+     "_add_to(total): total[k] = total.get(k, 0) + v for each pair (for\n"
+     "ame.shared.Counts)."},
     {"items", (PyCFunction)Dict_items, METH_NOARGS,
      "items(): a list of (key, value), copied in one transaction."},
     {"copy", (PyCFunction)Dict_copy, METH_NOARGS,

@@ -234,6 +234,21 @@ size_t ame_hmap_entry_value(ame_tx_t *tx, const void *e, void *buf,
                  ame_hmap_entry_vlen(tx, e), buf, len);
 }
 
+int ame_hmap_entry_set(ame_tx_t *tx, ame_hmap_t *m, void *entry,
+                       const void *val, size_t vlen) {
+  struct entry *e = entry;
+  size_t old = LD(tx, &e->vlen);
+  unsigned tag = 0;
+  uint64_t owner = 0;
+  if (vlen > INLINE) { /* a blob: its block carries the map's tag */
+    tag = (unsigned)LD(tx, &m->tag);
+    owner = LD(tx, &m->owner);
+  }
+  if (ref_set(tx, &e->val, old, val, vlen, tag, owner) < 0) return -ENOSPC;
+  if (old != vlen) ST(tx, &e->vlen, vlen);
+  return 0;
+}
+
 static void count_add(ame_tx_t *tx, ame_hmap_t *m, intptr_t d) {
   uintptr_t *c = &m->count[lane_of(tx) * LANE_WORDS];
   ST(tx, c, LD(tx, c) + (uintptr_t)d);

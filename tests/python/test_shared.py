@@ -436,6 +436,75 @@ class DictTests(SynchronousTestCase):
 # Counters.
 
 
+    def test_addMapping(self):
+        """
+        add(mapping) adds each count in one transaction, as a Counter
+        would: to present keys and new ones, of every key type, across
+        the boundary where a count no longer fits in a word (and back);
+        a value that is not an int is a TypeError with nothing added.
+        """
+        d = shared.dict(fresh())
+        ref = collections.Counter()
+        big = 2 ** 60
+        rounds = [{"a": 1, "é": 2, 7: 3, (1, "x"): 4, b"b": 5, "w" * 40: 6},
+                  {"a": 10, "é": -2, "new": 1, 7: big, "w" * 40: 1},
+                  {7: -big, "a": -11, "zz": 0},
+                  {"é": 1, 7: 1}]
+        for r in rounds:
+            d.add(r)
+            ref.update(r)
+            self.assertEqual(d.copy(), dict(ref))
+        d["s"] = "text"
+        self.assertRaises(TypeError, d.add, {"a": 1, "s": 1})
+        self.assertRaises(TypeError, d.add, {"a": 1, "q": "1"})
+        ref["s"] = "text"
+        self.assertEqual(d.copy(), dict(ref))
+
+    def test_addTo(self):
+        """
+        _add_to(total) adds every pair to total as total.get(k, 0) + v,
+        Python's equality deciding which keys are one (1 and True are two
+        keys in the shared dict, one in total).
+        """
+        d = shared.dict(fresh())
+        d.update({"a": 2, 1: 3, "f": 0.5})
+        d[True] = 4
+        total = {"a": 1, "z": 9}
+        d._add_to(total)
+        self.assertEqual(total, {"a": 3, 1: 7, "f": 0.5, "z": 9})
+        self.assertRaises(TypeError, d._add_to, [])
+
+
+class CountsTests(SynchronousTestCase):
+    def test_lanesSum(self):
+        """
+        Threads add to lanes of their own; a count, copy() and items() are
+        sums over the lanes, keys in several lanes once.
+        """
+        t = shared.counts(fresh())
+        words = ["w%d" % i for i in range(50)]
+        ref = collections.Counter()
+
+        def adder(k):
+            for i in range(20):
+                t.update(collections.Counter(words[(k * 7 + i) % 50:][:10]))
+
+        threads = [threading.Thread(target=adder, args=(k,))
+                   for k in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for k in range(3):
+            for i in range(20):
+                ref.update(words[(k * 7 + i) % 50:][:10])
+        self.assertEqual(t.copy(), ref)
+        self.assertIsInstance(t.copy(), collections.Counter)
+        self.assertEqual(sorted(t.items()), sorted(ref.items()))
+        self.assertEqual(t["w3"], ref["w3"])
+        self.assertEqual(len(t), len(ref))
+
+
 class CounterTests(SynchronousTestCase):
     def test_counter(self):
         c = shared.counter(fresh())

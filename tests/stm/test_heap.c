@@ -353,6 +353,40 @@ TEST_IMPL(heap_map) {
   ASSERT_EQ(got, 3);
   ASSERT_EQ(memcmp(back, "new", 3), 0);
   ASSERT_EQ(len, (size_t)N - 1);
+  /* Set found entries' values in place: inline to a blob and back (the
+  ** blob freed, which the byte count at the end checks), and a rolled
+  ** back set leaves the old value. */
+  const char *vals[] = {"a blob of more than eight bytes", "tiny", "",
+                        "another value longer than a word"};
+  for (int i = 0; i < 4; i++) {
+    volatile int rc = -1;
+    volatile size_t n = 0;
+    AME_ATOMIC(tx) {
+      void *e = ame_hmap_find(tx, m, "key-5", 5);
+      ASSERT_NOT_NULL(e);
+      rc = ame_hmap_entry_set(tx, m, e, vals[i], strlen(vals[i]));
+      n = ame_hmap_entry_value(tx, ame_hmap_find(tx, m, "key-5", 5), back,
+                               sizeof back);
+    }
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(n, strlen(vals[i]) < sizeof back ? strlen(vals[i])
+                                               : sizeof back);
+    ASSERT_EQ(memcmp(back, vals[i], n), 0);
+  }
+  static volatile int tries;
+  tries = 0;
+  AME_ATOMIC(tx) {
+    if (tries++ == 0) {
+      ame_hmap_entry_set(tx, m, ame_hmap_find(tx, m, "key-5", 5), "x", 1);
+      ame_tx_abort(tx);
+    }
+    got = ame_hmap_entry_value(tx, ame_hmap_find(tx, m, "key-5", 5), back,
+                               sizeof back);
+  }
+  ASSERT_EQ(got, sizeof back);
+  ASSERT_EQ(memcmp(back, vals[3], sizeof back), 0);
+  AME_ATOMIC(tx) { len = ame_hmap_len(tx, m); }
+  ASSERT_EQ(len, (size_t)N - 1);
   /* Delete half, in transactions of 100. */
   for (int i = 0; i < N; i += 200) {
     AME_ATOMIC(tx) {
