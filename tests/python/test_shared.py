@@ -460,6 +460,72 @@ class DictTests(SynchronousTestCase):
         ref["s"] = "text"
         self.assertEqual(d.copy(), dict(ref))
 
+    def test_addKnownEntries(self):
+        """
+        add() keeps each key's entry in this process between calls; what
+        removes entries (del, pop, clear, here or in another process) and
+        an attempt that inserted a key and rolled back leave no stale one:
+        every count stays exact.
+        """
+        d = shared.dict(fresh())
+        ref = collections.Counter()
+
+        def add(m):
+            d.add(m)
+            ref.update(m)
+
+        add({"a": 1, "b": 2, 3: 4, b"c": 5})
+        add({"a": 1, "b": 2, 3: 4, b"c": 5})
+        del d["a"]
+        del ref["a"]
+        add({"a": 7, "b": 1})
+        self.assertEqual(d.pop(3), 8)
+        del ref[3]
+        add({3: 1, "a": 1})
+        d.clear()
+        ref.clear()
+        add({"a": 2, "b": 3})
+        self.assertEqual(d.copy(), dict(ref))
+
+        def rolled_back():
+            d.add({"new": 1, "b": 1})
+            d.add({"new": 1})   # finds the entry this attempt inserted
+            raise _Boom()
+
+        self.assertRaises(_Boom, ame.atomic, rolled_back)
+        self.assertNotIn("new", d)
+        add({"new": 5, "b": 1})
+        add({"new": 1})
+        d["b"] = 100            # set in place: the entry stays
+        ref["b"] = 100
+        add({"b": 1})
+        self.assertEqual(d.copy(), dict(ref))
+
+        def other(name):
+            o = shared.dict(name)
+            del o["new"]
+            o.pop("a")
+            o["new"] = 1
+        wait_ok(self, in_child(other, d.name))
+        del ref["a"]
+        ref["new"] = 1
+        add({"new": 2, "a": 1, "b": 1})
+        self.assertEqual(d.copy(), dict(ref))
+
+    def test_addEqualEncodings(self):
+        """
+        Two keys of one mapping that are one key in the shared dict (str
+        subclasses that Python keeps apart) both add to it.
+        """
+        class Apart(str):
+            __eq__ = object.__eq__
+            __hash__ = object.__hash__
+
+        d = shared.dict(fresh())
+        d.add({"w": 1})
+        d.add({Apart("w"): 2, Apart("w"): 3, Apart("v"): 1, Apart("v"): 1})
+        self.assertEqual(d.copy(), {"w": 6, "v": 2})
+
     def test_addTo(self):
         """
         _add_to(total) adds every pair to total as total.get(k, 0) + v,
