@@ -406,7 +406,7 @@ struct ecache {
   struct amepy_buf keys;
 };
 
-#define ECACHE_MAX (1u << 20) /* entries kept at most */
+#define ECACHE_MAX (1u << 17) /* entries kept at most (then 8 MiB of slots) */
 
 static void ecache_free(struct ecache *ec) {
   if (ec == NULL) return;
