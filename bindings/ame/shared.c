@@ -152,6 +152,8 @@ struct tstate {
   struct amepy_buf ibuf;          /* a value going in */
   struct amepy_buf obuf;          /* values coming out */
   struct amepy_buf tkeys;         /* keys of the touches */
+  struct amepy_buf pend;          /* dict.add: entries this attempt found,
+                                     kept by key once it commits */
   struct touch *touch;      /* this attempt's touches */
   size_t ntouch, ctouch;
   uint64_t attempt;         /* the running attempt's serial (attempts) */
@@ -177,6 +179,7 @@ static void ts_destroy(void *arg) {
   amepy_buf_free(&ts->ibuf);
   amepy_buf_free(&ts->obuf);
   amepy_buf_free(&ts->tkeys);
+  amepy_buf_free(&ts->pend);
   free(ts->touch);
   if (tls_ts == ts) tls_ts = NULL;
   free(ts);
@@ -376,7 +379,159 @@ typedef struct {
                                MADE_DEAD: that attempt was rolled back */
   int kind;
   PyObject *name;           /* str */
+  struct ecache *ec;        /* dict.add's entries by key, or NULL */
 } ShObject;
+
+/* ------------------------------------------------------------------------
+** Entries by key, for dict.add (Counts.update): a private hash table per
+** dict, from a key's encoding to its map entry, valid while the map's
+** removal count (ame_hmap_gen) is the one it was filled at.  A count whose
+** entry is known is a read and a store of the entry's value word, without
+** the lookup through the trie (and its reads in the transaction's log).
+** An entry goes in only once the transaction that found it has committed
+** (tstate.pend until then): one found by an attempt that is rolled back
+** may be one that attempt inserted, and freed by the rollback.  GIL.
+*/
+
+struct eslot {
+  void *entry;              /* NULL: free */
+  Py_hash_t h;
+  size_t koff, klen;        /* the key's encoding in keys */
+};
+
+struct ecache {
+  uint64_t gen;             /* the map's ame_hmap_gen its entries are of */
+  size_t mask, n;           /* slots - 1, slots used */
+  struct eslot *slot;
+  struct amepy_buf keys;
+};
+
+#define ECACHE_MAX (1u << 17) /* entries kept at most (then 8 MiB of slots) */
+
+static void ecache_free(struct ecache *ec) {
+  if (ec == NULL) return;
+  free(ec->slot);
+  amepy_buf_free(&ec->keys);
+  free(ec);
+}
+
+static void *ecache_get(const struct ecache *ec, Py_hash_t h, const char *k,
+                        size_t kl) {
+  for (size_t i = (size_t)h & ec->mask;; i = (i + 1) & ec->mask) {
+    const struct eslot *e = &ec->slot[i];
+    if (e->entry == NULL) return NULL;
+    if (e->h == h && e->klen == kl && memcmp(ec->keys.p + e->koff, k, kl) == 0)
+      return e->entry;
+  }
+}
+
+/* Start over, empty, for entries of generation gen.  Return 0 or -1. */
+static int ecache_reset(struct ecache *ec, uint64_t gen, size_t slots) {
+  struct eslot *t = calloc(slots, sizeof *t);
+  if (t == NULL) return -1;
+  free(ec->slot);
+  ec->slot = t;
+  ec->mask = slots - 1;
+  ec->n = 0;
+  ec->keys.len = 0;
+  ec->gen = gen;
+  return 0;
+}
+
+static void ecache_put(struct ecache *ec, Py_hash_t h, const char *k,
+                       size_t kl, void *entry) {
+  if (ec->n >= ECACHE_MAX) return;
+  if (2 * (ec->n + 1) > ec->mask + 1) {
+    /* Grow: twice the slots, the same entries. */
+    size_t slots = 2 * (ec->mask + 1);
+    struct eslot *t = calloc(slots, sizeof *t);
+    if (t == NULL) return;
+    for (size_t i = 0; i <= ec->mask; i++) {
+      struct eslot *e = &ec->slot[i];
+      if (e->entry == NULL) continue;
+      size_t j = (size_t)e->h & (slots - 1);
+      while (t[j].entry) j = (j + 1) & (slots - 1);
+      t[j] = *e;
+    }
+    free(ec->slot);
+    ec->slot = t;
+    ec->mask = slots - 1;
+  }
+  size_t i = (size_t)h & ec->mask;
+  for (;; i = (i + 1) & ec->mask) {
+    struct eslot *e = &ec->slot[i];
+    if (e->entry == NULL) break;
+    if (e->h == h && e->klen == kl &&
+        memcmp(ec->keys.p + e->koff, k, kl) == 0) {
+      e->entry = entry;
+      return;
+    }
+  }
+  size_t off = ec->keys.len;
+  if (amepy_buf_put(&ec->keys, k, kl) < 0) return;
+  ec->slot[i] = (struct eslot){.entry = entry, .h = h, .koff = off,
+                               .klen = kl};
+  ec->n++;
+}
+
+/* One entry found by the running attempt: [ShObject *][uint64_t gen]
+** [Py_hash_t][void *entry][size_t klen][key].  No GIL needed. */
+static int pend_add(struct amepy_buf *b, void *obj, uint64_t gen,
+                    Py_hash_t h, void *entry, const char *k, size_t kl) {
+  if (amepy_buf_room(b, sizeof obj + sizeof gen + sizeof h + sizeof entry +
+                            sizeof kl + kl) < 0)
+    return -1;
+  char *p = b->p + b->len;
+  memcpy(p, &obj, sizeof obj), p += sizeof obj;
+  memcpy(p, &gen, sizeof gen), p += sizeof gen;
+  memcpy(p, &h, sizeof h), p += sizeof h;
+  memcpy(p, &entry, sizeof entry), p += sizeof entry;
+  memcpy(p, &kl, sizeof kl), p += sizeof kl;
+  memcpy(p, k, kl);
+  b->len = (size_t)(p + kl - b->p);
+  return 0;
+}
+
+/* The attempt committed: keep what it found, in the objects that are
+** sure to be alive: self (the caller's, outside ame.atomic), or one the
+** attempt's touches hold (inside it, until touch_clear). */
+static void pend_commit(struct tstate *ts, ShObject *self) {
+  const char *p = ts->pend.p, *end = p + ts->pend.len;
+  ShObject *alive = self;
+  while (p < end) {
+    ShObject *obj;
+    uint64_t gen;
+    Py_hash_t h;
+    void *entry;
+    size_t kl;
+    memcpy(&obj, p, sizeof obj), p += sizeof obj;
+    memcpy(&gen, p, sizeof gen), p += sizeof gen;
+    memcpy(&h, p, sizeof h), p += sizeof h;
+    memcpy(&entry, p, sizeof entry), p += sizeof entry;
+    memcpy(&kl, p, sizeof kl), p += sizeof kl;
+    const char *k = p;
+    p += kl;
+    if (obj != alive) {
+      size_t i = 0;
+      while (i < ts->ntouch && ts->touch[i].obj != (PyObject *)obj) i++;
+      if (i == ts->ntouch) continue;
+      alive = obj;
+    }
+    struct ecache *ec = obj->ec;
+    if (ec == NULL) {
+      ec = obj->ec = calloc(1, sizeof *ec);
+      if (ec == NULL || ecache_reset(ec, gen, 1024) < 0) {
+        ecache_free(ec);
+        obj->ec = NULL;
+        continue;
+      }
+    } else if (ec->gen != gen && ecache_reset(ec, gen, 1024) < 0) {
+      continue;
+    }
+    ecache_put(ec, h, k, kl, entry);
+  }
+  ts->pend.len = 0;
+}
 
 /* ------------------------------------------------------------------------
 ** The conflict report.
@@ -739,19 +894,36 @@ static int body_update(ame_tx_t *tx, struct op *op) {
   return 0;
 }
 
-/* op->v: pairs, each [size_t klen][key][int64 delta]: add delta to each
-** key's value, an int of 64 bits (0 when absent), in the codec's form (a
-** C_INT tag, then the zigzag varint). */
+/* op->v: pairs, each [size_t klen][key][int64 delta][void *entry]
+** [Py_hash_t hash]: add delta to each key's value, an int of 64 bits (0
+** when absent), in the codec's form (a C_INT tag, then the zigzag varint).
+** entry is the key's entry from the dict's ecache (or NULL), good if the
+** map's generation is still op->u (op->flags: there is a cache); an entry
+** found through the map goes to ts->pend (hash -1: not kept). */
 static int body_add(ame_tx_t *tx, struct op *op) {
+  ame_hmap_t *m = op->self->impl;
+  struct tstate *ts = op->ts;
+  if (ts->depth == 0) ts->pend.len = 0; /* a single op's earlier attempt */
+  uint64_t gen = ame_hmap_gen(tx, m);
+  int cached = op->flags && gen == op->u;
   const char *p = op->v, *end = op->v + op->vl;
   while (p < end) {
     size_t kl;
     int64_t d;
+    void *e;
+    Py_hash_t h;
     memcpy(&kl, p, sizeof kl);
     const char *k = p + sizeof kl;
-    memcpy(&d, k + kl, sizeof d);
-    p = k + kl + sizeof d;
-    void *e = ame_hmap_find(tx, op->self->impl, k, kl);
+    p = k + kl;
+    memcpy(&d, p, sizeof d), p += sizeof d;
+    memcpy(&e, p, sizeof e), p += sizeof e;
+    memcpy(&h, p, sizeof h), p += sizeof h;
+    if (!cached) e = NULL;
+    if (e == NULL) {
+      e = ame_hmap_find(tx, m, k, kl);
+      if (e && h != -1 && pend_add(&ts->pend, op->self, gen, h, e, k, kl) < 0)
+        return -ENOMEM;
+    }
     int64_t cur = 0;
     unsigned char buf[16];
     if (e) {
@@ -774,7 +946,9 @@ static int body_add(ame_tx_t *tx, struct op *op) {
       z >>= 7;
       buf[n++] = (unsigned char)(c | (z ? 0x80 : 0));
     } while (z);
-    int rc = ame_hmap_put(tx, op->self->impl, k, kl, buf, n, 0);
+    /* Found: set the entry's value in place (one lookup per key). */
+    int rc = e ? ame_hmap_entry_set(tx, m, e, buf, n)
+               : ame_hmap_put(tx, m, k, kl, buf, n, 0);
     if (rc < 0) return rc;
   }
   return 0;
@@ -1259,6 +1433,44 @@ static PyObject *Dict_items(ShObject *self, PyObject *unused) {
   return snapshot(self, 3);
 }
 
+/* _add_to(total): add each (key, value) of a snapshot to the dict total,
+** as total[key] = total.get(key, 0) + value (ame.shared.Counts sums its
+** lanes this way, without a list of pairs in between). */
+static PyObject *Dict_add_to(ShObject *self, PyObject *total) {
+  if (!PyDict_Check(total)) {
+    PyErr_SetString(PyExc_TypeError, "ame.shared: _add_to needs a dict");
+    return NULL;
+  }
+  struct tstate *ts = obj_ts(self);
+  struct op op = {.self = self, .flags = 3};
+  if (ts == NULL || run_op(ts, &op, body_snapshot, "ame.shared.dict.items") < 0)
+    return NULL;
+  PyObject *zero = PyLong_FromLong(0);
+  if (zero == NULL) return NULL;
+  const char *p = ts->obuf.p;
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < (size_t)op.n; i++) {
+    size_t kn, vn;
+    memcpy(&kn, p, sizeof kn);
+    PyObject *k = amepy_decode(p + sizeof kn, kn);
+    p += sizeof kn + kn;
+    memcpy(&vn, p, sizeof vn);
+    PyObject *v = k ? amepy_decode(p + sizeof vn, vn) : NULL;
+    p += sizeof vn + vn;
+    PyObject *cur = v ? PyDict_GetItemWithError(total, k) : NULL;
+    PyObject *sum = v && (cur || !PyErr_Occurred())
+                        ? PyNumber_Add(cur ? cur : zero, v)
+                        : NULL;
+    rc = sum ? PyDict_SetItem(total, k, sum) : -1;
+    Py_XDECREF(sum);
+    Py_XDECREF(v);
+    Py_XDECREF(k);
+  }
+  Py_DECREF(zero);
+  if (rc < 0) return NULL;
+  Py_RETURN_NONE;
+}
+
 static PyObject *Dict_iter(ShObject *self) {
   PyObject *keys = snapshot(self, 1);
   if (keys == NULL) return NULL;
@@ -1374,8 +1586,8 @@ static PyObject *Dict_update(ShObject *self, PyObject *args, PyObject *kw) {
 }
 
 /* One (key, delta) pair for add: the key encoded, the delta an int of 64
-** bits. */
-static int add_delta(struct amepy_buf *b, struct amepy_buf *scratch,
+** bits.  The key is encoded in place, after room for its length. */
+static int add_delta(struct amepy_buf *b, const struct ecache *ec,
                      PyObject *k, PyObject *v) {
   if (!PyLong_Check(v)) {
     PyErr_Format(PyExc_TypeError, "ame.shared: dict.add: %R is not an int",
@@ -1390,13 +1602,35 @@ static int add_delta(struct amepy_buf *b, struct amepy_buf *scratch,
     return -1;
   }
   if (d == -1 && PyErr_Occurred()) return -1;
-  if (encode_into(scratch, k, 1) < 0) return -1;
-  size_t kl = scratch->len;
+  size_t at = b->len;
+  if (amepy_buf_room(b, sizeof(size_t)) < 0) return PyErr_NoMemory(), -1;
+  b->len += sizeof(size_t);
+  if (amepy_encode(b, k, 1) < 0) {
+    b->len = at;
+    return -1;
+  }
+  size_t kl = b->len - at - sizeof kl;
   int64_t d64 = (int64_t)d;
-  if (amepy_buf_put(b, &kl, sizeof kl) < 0 ||
-      amepy_buf_put(b, scratch->p, kl) < 0 ||
-      amepy_buf_put(b, &d64, sizeof d64) < 0)
+  /* The key's entry, if the cache has it.  Only keys whose hash runs no
+  ** Python code are kept (hash -1: not kept). */
+  Py_hash_t h = -1;
+  if (PyUnicode_CheckExact(k) || PyLong_CheckExact(k) ||
+      PyBytes_CheckExact(k)) {
+    h = PyObject_Hash(k);
+    if (h == -1) PyErr_Clear();
+  }
+  void *e = ec && h != -1 ? ecache_get(ec, h, b->p + at + sizeof kl, kl)
+                          : NULL;
+  if (amepy_buf_room(b, sizeof d64 + sizeof e + sizeof h) < 0) {
+    b->len = at;
     return PyErr_NoMemory(), -1;
+  }
+  char *o = b->p + b->len;
+  memcpy(b->p + at, &kl, sizeof kl);
+  memcpy(o, &d64, sizeof d64);
+  memcpy(o + sizeof d64, &e, sizeof e);
+  memcpy(o + sizeof d64 + sizeof e, &h, sizeof h);
+  b->len += sizeof d64 + sizeof e + sizeof h;
   return 0;
 }
 
@@ -1411,15 +1645,21 @@ static PyObject *Dict_add(ShObject *self, PyObject *args) {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
     while (PyDict_Next(what, &pos, &k, &v))
-      if (add_delta(&ts->ibuf, &ts->kbuf, k, v) < 0) return NULL;
+      if (add_delta(&ts->ibuf, self->ec, k, v) < 0) return NULL;
   } else {
     PyObject *one = PyLong_FromLong(1);
-    int rc = add_delta(&ts->ibuf, &ts->kbuf, what, n ? n : one);
+    int rc = add_delta(&ts->ibuf, self->ec, what, n ? n : one);
     Py_DECREF(one);
     if (rc < 0) return NULL;
   }
-  struct op op = {.self = self, .v = ts->ibuf.p, .vl = ts->ibuf.len};
-  if (run_op(ts, &op, body_add, "ame.shared.dict.add") < 0) return NULL;
+  struct op op = {.self = self, .v = ts->ibuf.p, .vl = ts->ibuf.len,
+                  .flags = self->ec != NULL,
+                  .u = self->ec ? self->ec->gen : 0};
+  if (run_op(ts, &op, body_add, "ame.shared.dict.add") < 0) {
+    if (ts->depth == 0) ts->pend.len = 0;
+    return NULL;
+  }
+  if (ts->depth == 0) pend_commit(ts, self);
   Py_RETURN_NONE;
 }
 
@@ -1458,6 +1698,7 @@ static PyObject *Sh_get_name(ShObject *self, void *closure) {
 
 static void Sh_dealloc(ShObject *self) {
   PyTypeObject *tp = Py_TYPE(self);
+  ecache_free(self->ec);
   Py_XDECREF(self->name);
   tp->tp_free((PyObject *)self);
   Py_DECREF(tp);
@@ -1745,6 +1986,7 @@ static void made_settle(struct tstate *ts, int ok) {
 
 /* An attempt is over: drop what it queued and noted. */
 static void attempt_discard(struct tstate *ts) {
+  ts->pend.len = 0;
   made_settle(ts, 0);
   Py_CLEAR(ts->deferred);
   touch_clear(ts);
@@ -1873,6 +2115,7 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
   }
   PyObject *r = result;
   made_settle(ts, 1);
+  pend_commit(ts, NULL);
   touch_clear(ts);
   if (ts->collect) {
     ts->collect = 0;
@@ -2310,6 +2553,9 @@ static PyMethodDef Dict_methods[] = {
      "keys(): a list of the keys, copied in one transaction."},
     {"values", (PyCFunction)Dict_values, METH_NOARGS,
      "values(): a list of the values, copied in one transaction."},
+    {"_add_to", (PyCFunction)Dict_add_to, METH_O,
+     "_add_to(total): total[k] = total.get(k, 0) + v for each pair (for\n"
+     "ame.shared.Counts)."},
     {"items", (PyCFunction)Dict_items, METH_NOARGS,
      "items(): a list of (key, value), copied in one transaction."},
     {"copy", (PyCFunction)Dict_copy, METH_NOARGS,

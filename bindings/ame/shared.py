@@ -318,13 +318,12 @@ class Counts:
         lanes = self._all()
 
         def read():
-            total = _collections.Counter()
+            total = {}
             for d in lanes:
-                for k, v in d.items():
-                    total[k] += v
+                d._add_to(total)  # total[k] = total.get(k, 0) + v
             return total
 
-        return atomic(read)
+        return _collections.Counter(atomic(read))
 
     def items(self):
         return list(self.copy().items())

@@ -156,6 +156,14 @@ static int encode(struct amepy_buf *b, PyObject *o, int depth, int key) {
     return -1;
   }
   int rc;
+  if (PyUnicode_CheckExact(o) && PyUnicode_IS_READY(o) &&
+      PyUnicode_IS_ASCII(o)) {
+    /* The common key: its characters are its UTF-8. */
+    return put_tagged(b, C_STR, PyUnicode_DATA(o),
+                      (size_t)PyUnicode_GET_LENGTH(o)) < 0
+               ? (PyErr_NoMemory(), -1)
+               : 0;
+  }
   if (o == Py_None) {
     rc = put_byte(b, C_NONE);
   } else if (o == Py_False || o == Py_True) {

@@ -164,13 +164,17 @@ class _Session:
     def flush(self, workers):
         """
         Put the tasks added here into the queue, in chunks (a queue item
-        per chunk keeps the queue's cost per task low; chunks small
-        enough that each worker gets several keep the work balanced).
+        per chunk keeps the queue's cost per task low).  Chunks shrink
+        as the queue drains (each a 2*workers-th of the tasks left, at
+        most _CHUNK, down to one task): the first are big, and the last
+        are small enough that the workers finish together.
         """
         recs, self.pending = self.pending, []
-        size = max(1, min(_CHUNK, len(recs) // (4 * workers)))
-        for i in range(0, len(recs), size):
+        i = 0
+        while i < len(recs):
+            size = max(1, min(_CHUNK, (len(recs) - i) // (2 * workers)))
             self.queue.put(recs[i:i + size])
+            i += size
 
     def cursor(self, wid):
         c = self.cursors.get(wid)

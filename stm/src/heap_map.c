@@ -94,7 +94,8 @@ struct ame_hmap {
   uintptr_t root;              /* the top node */
   uintptr_t tag;               /* the caller's tag for its blocks */
   uintptr_t owner;             /* ... and owner word */
-  uintptr_t pad[LANE_WORDS - 3];
+  uintptr_t gen;               /* bumped by every removal (ame_hmap_gen) */
+  uintptr_t pad[LANE_WORDS - 4];
   uintptr_t count[LANES * LANE_WORDS]; /* lane i: count[i * LANE_WORDS] */
 };
 
@@ -158,6 +159,7 @@ ame_hmap_t *ame_hmap_new(ame_tx_t *tx, unsigned tag, uint64_t owner) {
   ST(tx, &m->root, root);
   ST(tx, &m->tag, tag);
   ST(tx, &m->owner, owner);
+  ST(tx, &m->gen, 0);
   for (unsigned i = 0; i < LANES; i++) ST(tx, &m->count[i * LANE_WORDS], 0);
   return m;
 }
@@ -232,6 +234,25 @@ size_t ame_hmap_entry_value(ame_tx_t *tx, const void *e, void *buf,
                             size_t len) {
   return ref_get(tx, (void *const *)&((const struct entry *)e)->val,
                  ame_hmap_entry_vlen(tx, e), buf, len);
+}
+
+int ame_hmap_entry_set(ame_tx_t *tx, ame_hmap_t *m, void *entry,
+                       const void *val, size_t vlen) {
+  struct entry *e = entry;
+  size_t old = LD(tx, &e->vlen);
+  unsigned tag = 0;
+  uint64_t owner = 0;
+  if (vlen > INLINE) { /* a blob: its block carries the map's tag */
+    tag = (unsigned)LD(tx, &m->tag);
+    owner = LD(tx, &m->owner);
+  }
+  if (ref_set(tx, &e->val, old, val, vlen, tag, owner) < 0) return -ENOSPC;
+  if (old != vlen) ST(tx, &e->vlen, vlen);
+  return 0;
+}
+
+uint64_t ame_hmap_gen(ame_tx_t *tx, ame_hmap_t *m) {
+  return LD(tx, &m->gen);
 }
 
 static void count_add(ame_tx_t *tx, ame_hmap_t *m, intptr_t d) {
@@ -328,6 +349,7 @@ int ame_hmap_del(ame_tx_t *tx, ame_hmap_t *m, const void *key, size_t len) {
   ST(tx, link, LD(tx, &e->next));
   free_entry(tx, e);
   count_add(tx, m, -1);
+  ST(tx, &m->gen, LD(tx, &m->gen) + 1);
   return 1;
 }
 
@@ -482,6 +504,7 @@ void ame_hmap_clear(ame_tx_t *tx, ame_hmap_t *m) {
   }
   ST(tx, &m->root, root);
   for (unsigned i = 0; i < LANES; i++) ST(tx, &m->count[i * LANE_WORDS], 0);
+  ST(tx, &m->gen, LD(tx, &m->gen) + 1);
 }
 
 void ame_hmap_destroy(ame_tx_t *tx, ame_hmap_t *m) {

@@ -436,6 +436,141 @@ class DictTests(SynchronousTestCase):
 # Counters.
 
 
+    def test_addMapping(self):
+        """
+        add(mapping) adds each count in one transaction, as a Counter
+        would: to present keys and new ones, of every key type, across
+        the boundary where a count no longer fits in a word (and back);
+        a value that is not an int is a TypeError with nothing added.
+        """
+        d = shared.dict(fresh())
+        ref = collections.Counter()
+        big = 2 ** 60
+        rounds = [{"a": 1, "é": 2, 7: 3, (1, "x"): 4, b"b": 5, "w" * 40: 6},
+                  {"a": 10, "é": -2, "new": 1, 7: big, "w" * 40: 1},
+                  {7: -big, "a": -11, "zz": 0},
+                  {"é": 1, 7: 1}]
+        for r in rounds:
+            d.add(r)
+            ref.update(r)
+            self.assertEqual(d.copy(), dict(ref))
+        d["s"] = "text"
+        self.assertRaises(TypeError, d.add, {"a": 1, "s": 1})
+        self.assertRaises(TypeError, d.add, {"a": 1, "q": "1"})
+        ref["s"] = "text"
+        self.assertEqual(d.copy(), dict(ref))
+
+    def test_addKnownEntries(self):
+        """
+        add() keeps each key's entry in this process between calls; what
+        removes entries (del, pop, clear, here or in another process) and
+        an attempt that inserted a key and rolled back leave no stale one:
+        every count stays exact.
+        """
+        d = shared.dict(fresh())
+        ref = collections.Counter()
+
+        def add(m):
+            d.add(m)
+            ref.update(m)
+
+        add({"a": 1, "b": 2, 3: 4, b"c": 5})
+        add({"a": 1, "b": 2, 3: 4, b"c": 5})
+        del d["a"]
+        del ref["a"]
+        add({"a": 7, "b": 1})
+        self.assertEqual(d.pop(3), 8)
+        del ref[3]
+        add({3: 1, "a": 1})
+        d.clear()
+        ref.clear()
+        add({"a": 2, "b": 3})
+        self.assertEqual(d.copy(), dict(ref))
+
+        def rolled_back():
+            d.add({"new": 1, "b": 1})
+            d.add({"new": 1})   # finds the entry this attempt inserted
+            raise _Boom()
+
+        self.assertRaises(_Boom, ame.atomic, rolled_back)
+        self.assertNotIn("new", d)
+        add({"new": 5, "b": 1})
+        add({"new": 1})
+        d["b"] = 100            # set in place: the entry stays
+        ref["b"] = 100
+        add({"b": 1})
+        self.assertEqual(d.copy(), dict(ref))
+
+        def other(name):
+            o = shared.dict(name)
+            del o["new"]
+            o.pop("a")
+            o["new"] = 1
+        wait_ok(self, in_child(other, d.name))
+        del ref["a"]
+        ref["new"] = 1
+        add({"new": 2, "a": 1, "b": 1})
+        self.assertEqual(d.copy(), dict(ref))
+
+    def test_addEqualEncodings(self):
+        """
+        Two keys of one mapping that are one key in the shared dict (str
+        subclasses that Python keeps apart) both add to it.
+        """
+        class Apart(str):
+            __eq__ = object.__eq__
+            __hash__ = object.__hash__
+
+        d = shared.dict(fresh())
+        d.add({"w": 1})
+        d.add({Apart("w"): 2, Apart("w"): 3, Apart("v"): 1, Apart("v"): 1})
+        self.assertEqual(d.copy(), {"w": 6, "v": 2})
+
+    def test_addTo(self):
+        """
+        _add_to(total) adds every pair to total as total.get(k, 0) + v,
+        Python's equality deciding which keys are one (1 and True are two
+        keys in the shared dict, one in total).
+        """
+        d = shared.dict(fresh())
+        d.update({"a": 2, 1: 3, "f": 0.5})
+        d[True] = 4
+        total = {"a": 1, "z": 9}
+        d._add_to(total)
+        self.assertEqual(total, {"a": 3, 1: 7, "f": 0.5, "z": 9})
+        self.assertRaises(TypeError, d._add_to, [])
+
+
+class CountsTests(SynchronousTestCase):
+    def test_lanesSum(self):
+        """
+        Threads add to lanes of their own; a count, copy() and items() are
+        sums over the lanes, keys in several lanes once.
+        """
+        t = shared.counts(fresh())
+        words = ["w%d" % i for i in range(50)]
+        ref = collections.Counter()
+
+        def adder(k):
+            for i in range(20):
+                t.update(collections.Counter(words[(k * 7 + i) % 50:][:10]))
+
+        threads = [threading.Thread(target=adder, args=(k,))
+                   for k in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        for k in range(3):
+            for i in range(20):
+                ref.update(words[(k * 7 + i) % 50:][:10])
+        self.assertEqual(t.copy(), ref)
+        self.assertIsInstance(t.copy(), collections.Counter)
+        self.assertEqual(sorted(t.items()), sorted(ref.items()))
+        self.assertEqual(t["w3"], ref["w3"])
+        self.assertEqual(len(t), len(ref))
+
+
 class CounterTests(SynchronousTestCase):
     def test_counter(self):
         c = shared.counter(fresh())

@@ -56,6 +56,28 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(sum(w["tasks"] for w in st["per_worker"].values()),
                          200)
 
+    def test_chunksShrink(self):
+        """
+        The queue gets the tasks in order, in chunks that shrink as it
+        drains, down to single tasks at the end (so the workers finish
+        together).
+        """
+        session = tasks._Session(fresh())
+        session.pending = [(0, "m:f", (i,), {}) for i in range(200)]
+        session.flush(2)
+        chunks = []
+        while True:
+            try:
+                chunks.append(session.queue.get_nowait())
+            except Exception:
+                break
+        sizes = [len(c) for c in chunks]
+        self.assertEqual([r[2][0] for c in chunks for r in c],
+                         list(range(200)))
+        self.assertEqual(sizes, sorted(sizes, reverse=True))
+        self.assertEqual(sizes[0], 50)
+        self.assertEqual(sizes[-4:], [1, 1, 1, 1])
+
     def test_tasksAddTasks(self):
         """A task's add() queues only when it commits; they all run."""
         p = fresh()

@@ -247,7 +247,15 @@ enum { AME_HMAP_IF_ABSENT = 1, AME_HMAP_IF_PRESENT = 2 };
 ** (with AME_HMAP_IF_PRESENT and the key absent, 0 and nothing added).
 ** ame_hmap_find() returns the key's entry (valid in this transaction) or
 ** NULL; the entry_* functions read its lengths and copy its bytes (as
-** ame_heap_blob_get()).  ame_hmap_foreach() calls fn on every entry
+** ame_heap_blob_get()); ame_hmap_entry_set() replaces the value of an
+** entry that ame_hmap_find() returned in this transaction (0, or -ENOSPC
+** with the old value kept): a read-modify-write of one key with one
+** lookup.  ame_hmap_gen() returns the map's removal count: entries are
+** never moved, and freed only by ame_hmap_del() and ame_hmap_clear(),
+** which bump it; so while it reads the same, an entry found by a committed
+** transaction is still the map's entry for its key (a caller may keep
+** entries by key, outside the heap, and skip the lookups).  Reading it
+** conflicts with every removal.  ame_hmap_foreach() calls fn on every entry
 ** (stopping at, and returning, the first nonzero result); fn must not
 ** change the map. */
 AME_EXTERN ame_hmap_t *ame_hmap_new(ame_tx_t *tx, unsigned tag,
@@ -260,6 +268,9 @@ AME_EXTERN size_t ame_hmap_entry_key(ame_tx_t *tx, const void *entry,
                                      void *buf, size_t len);
 AME_EXTERN size_t ame_hmap_entry_value(ame_tx_t *tx, const void *entry,
                                        void *buf, size_t len);
+AME_EXTERN int ame_hmap_entry_set(ame_tx_t *tx, ame_hmap_t *m, void *entry,
+                                  const void *val, size_t vlen);
+AME_EXTERN uint64_t ame_hmap_gen(ame_tx_t *tx, ame_hmap_t *m);
 AME_EXTERN int ame_hmap_put(ame_tx_t *tx, ame_hmap_t *m, const void *key,
                             size_t klen, const void *val, size_t vlen,
                             int flags);
