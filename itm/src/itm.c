@@ -31,8 +31,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+static uintptr_t nobody_orec = 1; /* locked */
+struct ame__txhot ame_itm__nobody = {.orecs = &nobody_orec};
+
 __thread struct itm_thread ame_itm__self
-    __attribute__((tls_model("initial-exec")));
+    __attribute__((tls_model("initial-exec"))) = {
+        .ld = (ame_tx_t *)&ame_itm__nobody};
 
 /* begin_x86_64.S. */
 uint32_t ame_itm__begin(uint32_t props, const struct ame_itm_checkpoint *cp)
@@ -72,6 +76,7 @@ static void thread_gone(void *arg) {
   (void)arg;
   if (ame_itm__self.tx) {
     ame_itm__self.tx = NULL;
+    ame_itm__self.ld = (ame_tx_t *)&ame_itm__nobody;
     ame_thread_exit();
   }
 }
@@ -98,6 +103,7 @@ static ame_tx_t *thread_setup(struct itm_thread *t) {
   t->stack_lo = (uintptr_t)lo;
   t->stack_len = len;
   t->tx = tx;
+  t->ld = tx;
   return tx;
 }
 
@@ -123,10 +129,10 @@ struct site {
 static struct site *sites[SITE_BUCKETS];
 static pthread_mutex_t sites_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static const char *site_of(struct itm_thread *t, uintptr_t rip) {
-  uint64_t h = rip * 0x9e3779b97f4a7c15ull;
-  unsigned c = (unsigned)(h >> 60) % ITM_SITE_CACHE;
-  if (ITM_LIKELY(t->sites[c].rip == rip)) return t->site = t->sites[c].name;
+/* The name for rip, from the process's table (made on its first use);
+** kept in the thread's cache entry c. */
+static __attribute__((noinline)) const char *site_lookup(
+    struct itm_thread *t, uintptr_t rip, uint64_t h, unsigned c) {
   unsigned b = (unsigned)(h >> 56) % SITE_BUCKETS;
   pthread_mutex_lock(&sites_lock);
   struct site *s = sites[b];
@@ -162,6 +168,15 @@ static const char *site_of(struct itm_thread *t, uintptr_t rip) {
   t->sites[c].rip = rip;
   t->sites[c].name = s->name;
   return t->site = s->name;
+}
+
+/* Name the transaction's call site (t->site) for the return address rip:
+** from the thread's cache when there (no stack frame on that path). */
+static inline const char *site_of(struct itm_thread *t, uintptr_t rip) {
+  uint64_t h = rip * 0x9e3779b97f4a7c15ull;
+  unsigned c = (unsigned)(h >> 60) % ITM_SITE_CACHE;
+  if (ITM_LIKELY(t->sites[c].rip == rip)) return t->site = t->sites[c].name;
+  return site_lookup(t, rip, h, c);
 }
 
 /* ------------------------------------------------------------------------
