@@ -267,11 +267,31 @@ static void itm_resume(ame_tx_t *tx) {
   jump_back(t, start(t, tx, 1));
 }
 
-uint32_t ame_itm__begin(uint32_t props,
-                        const struct ame_itm_checkpoint *cp) {
-  struct itm_thread *t = &ame_itm__self;
+/* The outermost transaction's state, from its checkpoint. */
+static inline void outer_setup(struct itm_thread *t, uint32_t props,
+                               const struct ame_itm_checkpoint *cp,
+                               uintptr_t tsan_depth) {
+  t->cp = *cp;
+  t->keep_sp = cp->rsp;
+  t->props = props;
+  t->id = 0;
+  t->user_irrevocable = 0;
+  t->want_serial = 0;
+#if defined(__SANITIZE_THREAD__)
+  t->tsan_depth = tsan_depth;
+#else
+  (void)tsan_depth;
+#endif
+  site_of(t, cp->rip);
+}
+
+/* ame_itm__begin's cases other than the common one: the thread's first
+** transaction, nesting, uninstrumented code. */
+static __attribute__((noinline)) uint32_t begin_other(
+    struct itm_thread *t, uint32_t props,
+    const struct ame_itm_checkpoint *cp, uintptr_t tsan_depth) {
   ame_tx_t *tx = t->tx;
-  if (ITM_UNLIKELY(tx == NULL)) tx = thread_setup(t);
+  if (tx == NULL) tx = thread_setup(t);
   if (t->owner) {
     /* Nested in our own transaction: joins it (flat).  Code that is only
     ** uninstrumented needs serial mode, which the outermost one must have
@@ -296,18 +316,36 @@ uint32_t ame_itm__begin(uint32_t props,
   /* The outermost transaction, or one nested in an AME_ATOMIC block
   ** (start() joins that; the checkpoint is then unused, and keep_sp
   ** still marks the frames that die if the block restarts). */
-  t->cp = *cp;
-  t->keep_sp = cp->rsp;
-  t->props = props;
-  t->id = 0;
-  t->user_irrevocable = 0;
-  t->want_serial = 0;
+  outer_setup(t, props, cp, tsan_depth);
+  return start(t, tx, 0);
+}
+
+uint32_t ame_itm__begin(uint32_t props,
+                        const struct ame_itm_checkpoint *cp) {
+  struct itm_thread *t = &ame_itm__self;
+  ame_tx_t *tx = t->tx;
+  uintptr_t tsan_depth = 0;
 #if defined(__SANITIZE_THREAD__)
   /* This function's own entry is on the shadow stack: not the caller's. */
-  t->tsan_depth = __tsan_testonly_shadow_stack_current_size() - 1;
+  tsan_depth = __tsan_testonly_shadow_stack_current_size() - 1;
 #endif
-  site_of(t, cp->rip);
-  return start(t, tx, 0);
+  if (ITM_UNLIKELY(tx == NULL || t->owner || !(props & pr_instrumentedCode)))
+    return begin_other(t, props, cp, tsan_depth);
+  /* The common case, start()'s first pass inline: the outermost
+  ** transaction of instrumented code. */
+  outer_setup(t, props, cp, tsan_depth);
+  t->cap_len = 0;
+  unsigned depth = ame__tx_enter(tx, itm_resume, t->site);
+  if (ITM_UNLIKELY(depth > 1))
+    return a_runInstrumentedCode; /* joined ame's own: not the owner */
+  /* As in start(): ame published the start behind a full fence. */
+  if (ITM_UNLIKELY(__atomic_load_n(&serial_flag, __ATOMIC_SEQ_CST))) {
+    ame_tx_cancel(tx);
+    serial_wait();
+    return start(t, tx, 0);
+  }
+  t->owner = 1;
+  return a_runInstrumentedCode | a_saveLiveVariables;
 }
 
 /* Leave one level; after the outermost commit, give serial mode back. */
