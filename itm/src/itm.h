@@ -135,8 +135,8 @@ void ame_itm__stack_log(struct itm_thread *t, void *p, size_t n);
 ** STM, which reads memory for words it has not buffered.) */
 static inline int itm_captured(const struct itm_thread *t, const void *p,
                                size_t n) {
-  return (uintptr_t)p - t->cap_lo < t->cap_len &&
-         (uintptr_t)p + n - t->cap_lo <= t->cap_len;
+  uintptr_t off = (uintptr_t)p - t->cap_lo;
+  return off < t->cap_len && off + n <= t->cap_len;
 }
 
 /* Transactional copies of n bytes at any alignment (barriers.c): src read
