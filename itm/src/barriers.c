@@ -94,9 +94,25 @@ typedef int itm_M64 __attribute__((vector_size(8), may_alias));
 typedef float itm_M128 __attribute__((vector_size(16), may_alias));
 typedef float itm_M256 __attribute__((vector_size(32), may_alias));
 
+/* The barriers' fast paths are leaf functions with no stack frame: what
+** needs memory for a value (unaligned and stack accesses) is out of line
+** (NOINLINE), and the engine's slow paths are tail calls.  The loads take
+** the thread's descriptor from ame_itm__self.ld, never NULL: on a thread
+** outside any transaction it is ame_itm__nobody, whose locked orec sends
+** the load to its slow path, where the misuse is reported. */
+#define NOINLINE __attribute__((noinline))
+
+/* The load barriers' descriptor, checked (for the paths that do not go
+** through an orec first). */
+static inline ame_tx_t *ld_tx(ame_tx_t *tx, const char *fn) {
+  if (ITM_UNLIKELY(tx == (ame_tx_t *)&ame_itm__nobody))
+    ame_itm__fatal("%s called outside a transaction", fn);
+  return tx;
+}
+
 #define GEN_R(T, ATTR, NAME)                                                \
   ITM_EXPORT ATTR itm_##T _ITM_##NAME##T(const itm_##T *p) {                \
-    return load_##T(itm_tx("_ITM_" #NAME #T), p);                           \
+    return load_##T(ame_itm__self.ld, p, "_ITM_" #NAME #T);                 \
   }
 #define GEN_W(T, ATTR, NAME)                                                \
   ITM_EXPORT ATTR void _ITM_##NAME##T(itm_##T *p, itm_##T v) {              \
@@ -106,8 +122,7 @@ typedef float itm_M256 __attribute__((vector_size(32), may_alias));
       return;                                                               \
     }                                                                       \
     if (ITM_UNLIKELY(itm_on_stack(t, p))) {                                 \
-      ame_itm__stack_log(t, p, sizeof *p);                                  \
-      memcpy(p, &v, sizeof v);                                              \
+      stack_##T(t, p, v);                                                   \
       return;                                                               \
     }                                                                       \
     store_##T(itm_tx("_ITM_" #NAME #T), p, v);                              \
@@ -116,7 +131,15 @@ typedef float itm_M256 __attribute__((vector_size(32), may_alias));
   ITM_EXPORT ATTR void _ITM_L##T(const itm_##T *p) {                        \
     log_bytes("_ITM_L" #T, (void *)p, sizeof *p);                           \
   }
+/* A store to the thread's own stack: logged, then written. */
+#define GEN_STACK(T, ATTR)                                                  \
+  static NOINLINE ATTR void stack_##T(struct itm_thread *t, itm_##T *p,     \
+                                      itm_##T v) {                          \
+    ame_itm__stack_log(t, p, sizeof *p);                                    \
+    memcpy(p, &v, sizeof v);                                                \
+  }
 #define GEN_BARRIERS(T, ATTR)                                               \
+  GEN_STACK(T, ATTR)                                                        \
   GEN_R(T, ATTR, R)                                                         \
   GEN_R(T, ATTR, RaR)                                                       \
   GEN_R(T, ATTR, RaW)                                                       \
@@ -128,58 +151,140 @@ typedef float itm_M256 __attribute__((vector_size(32), may_alias));
 
 /* The generic access: the bytes of the value, word by word. */
 #define GEN_GENERIC(T, ATTR, SIZE)                                          \
-  static inline ATTR itm_##T load_##T(ame_tx_t *tx, const itm_##T *p) {     \
+  static inline ATTR itm_##T load_##T(ame_tx_t *tx, const itm_##T *p,       \
+                                      const char *fn) {                     \
     itm_##T v;                                                              \
     memset(&v, 0, sizeof v);                                                \
-    ame_itm__load_bytes(tx, &v, p, SIZE);                                   \
+    ame_itm__load_bytes(ld_tx(tx, fn), &v, p, SIZE);                        \
     return v;                                                               \
   }                                                                         \
   static inline ATTR void store_##T(ame_tx_t *tx, itm_##T *p, itm_##T v) {  \
     ame_itm__store_bytes(tx, p, &v, SIZE);                                  \
   }
 
+/* Unaligned 8- and 4-byte accesses, as their bits (a load's address
+** first, where the barrier received it). */
+static NOINLINE uint64_t load_bytes8(const void *p, ame_tx_t *tx,
+                                     const char *fn) {
+  uint64_t v;
+  ame_itm__load_bytes(ld_tx(tx, fn), &v, p, 8);
+  return v;
+}
+static NOINLINE void store_bytes8(ame_tx_t *tx, void *p, uint64_t v) {
+  ame_itm__store_bytes(tx, p, &v, 8);
+}
+static NOINLINE uint32_t load_bytes4(const void *p, ame_tx_t *tx,
+                                     const char *fn) {
+  uint32_t v;
+  ame_itm__load_bytes(ld_tx(tx, fn), &v, p, 4);
+  return v;
+}
+static NOINLINE void store_bytes4(ame_tx_t *tx, void *p, uint32_t v) {
+  ame_itm__store_bytes(tx, p, &v, 4);
+}
+
+/* The slow paths of the aligned loads below (the address first, where
+** the barrier received it). */
+static NOINLINE uintptr_t load_slow(const uintptr_t *a, ame_tx_t *tx,
+                                    const char *fn) {
+  return ame__load_slow(ld_tx(tx, fn), a);
+}
+static NOINLINE uint32_t load_slow_u32(const uint32_t *a, ame_tx_t *tx,
+                                       const char *fn) {
+  return ame_load_u32_tx(ld_tx(tx, fn), a);
+}
+
+/* An aligned word load: ame__load_w (stm_inline.h) with the slow path
+** above. */
+static inline uintptr_t load_w(ame_tx_t *tx, const uintptr_t *a,
+                               const char *fn) {
+  struct ame__txhot *h = (struct ame__txhot *)tx;
+  uintptr_t *o = ame__orec_of(h, (uintptr_t)a);
+  uintptr_t l = __atomic_load_n(o, __ATOMIC_ACQUIRE);
+  if (ITM_LIKELY(!(l & 1) && l <= h->snapshot)) {
+    uintptr_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
+    if (ITM_LIKELY(__atomic_load_n(o, __ATOMIC_RELAXED) == l)) {
+      if ((uintptr_t)o != h->last_orec) {
+        if (ITM_UNLIKELY(h->r_cur == h->r_end)) return load_slow(a, tx, fn);
+        h->r_cur->addr = (uintptr_t)a;
+        h->r_cur->version = l;
+        h->r_cur++;
+        h->last_orec = (uintptr_t)o;
+      }
+      return v;
+    }
+  }
+  return load_slow(a, tx, fn);
+}
+
+/* An aligned 32-bit load: the same on the containing word's orec, reading
+** only the 4 bytes (they may be all there is), and logging the word as
+** ame_load_u32_tx does. */
+static inline uint32_t load_u32(ame_tx_t *tx, const uint32_t *a,
+                                const char *fn) {
+  struct ame__txhot *h = (struct ame__txhot *)tx;
+  uintptr_t w = (uintptr_t)a & ~(uintptr_t)7;
+  uintptr_t *o = ame__orec_of(h, w);
+  uintptr_t l = __atomic_load_n(o, __ATOMIC_ACQUIRE);
+  if (ITM_LIKELY(!(l & 1) && l <= h->snapshot)) {
+    uint32_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
+    if (ITM_LIKELY(__atomic_load_n(o, __ATOMIC_RELAXED) == l)) {
+      if ((uintptr_t)o != h->last_orec) {
+        if (ITM_UNLIKELY(h->r_cur == h->r_end))
+          return load_slow_u32(a, tx, fn);
+        h->r_cur->addr = w;
+        h->r_cur->version = l;
+        h->r_cur++;
+        h->last_orec = (uintptr_t)o;
+      }
+      return v;
+    }
+  }
+  return load_slow_u32(a, tx, fn);
+}
+
 /* 8-byte values: one word when aligned. */
 #define GEN_WORD(T)                                                         \
-  static inline itm_##T load_##T(ame_tx_t *tx, const itm_##T *p) {          \
+  static inline itm_##T load_##T(ame_tx_t *tx, const itm_##T *p,            \
+                                const char *fn) {                           \
+    uint64_t w;                                                             \
     itm_##T v;                                                              \
-    if (ITM_LIKELY(ALIGNED(p, 8))) {                                        \
-      uintptr_t w = ame__load_w(tx, (const uintptr_t *)(const void *)p);    \
-      memcpy(&v, &w, 8);                                                    \
-    } else {                                                                \
-      ame_itm__load_bytes(tx, &v, p, 8);                                    \
-    }                                                                       \
+    if (ITM_LIKELY(ALIGNED(p, 8)))                                          \
+      w = load_w(tx, (const uintptr_t *)(const void *)p, fn);               \
+    else                                                                    \
+      w = load_bytes8(p, tx, fn);                                           \
+    memcpy(&v, &w, 8);                                                      \
     return v;                                                               \
   }                                                                         \
   static inline void store_##T(ame_tx_t *tx, itm_##T *p, itm_##T v) {       \
-    if (ITM_LIKELY(ALIGNED(p, 8))) {                                        \
-      uintptr_t w;                                                          \
-      memcpy(&w, &v, 8);                                                    \
+    uint64_t w;                                                             \
+    memcpy(&w, &v, 8);                                                      \
+    if (ITM_LIKELY(ALIGNED(p, 8)))                                          \
       ame_store_word_tx(tx, (uintptr_t *)(void *)p, w);                     \
-    } else {                                                                \
-      ame_itm__store_bytes(tx, p, &v, 8);                                   \
-    }                                                                       \
+    else                                                                    \
+      store_bytes8(tx, p, w);                                               \
   }
 
 /* 4-byte values: ame's 32-bit access when aligned. */
 #define GEN_HALF(T)                                                         \
-  static inline itm_##T load_##T(ame_tx_t *tx, const itm_##T *p) {          \
+  static inline itm_##T load_##T(ame_tx_t *tx, const itm_##T *p,            \
+                                const char *fn) {                           \
+    uint32_t w;                                                             \
     itm_##T v;                                                              \
-    if (ITM_LIKELY(ALIGNED(p, 4))) {                                        \
-      uint32_t w = ame_load_u32_tx(tx, (const uint32_t *)(const void *)p);  \
-      memcpy(&v, &w, 4);                                                    \
-    } else {                                                                \
-      ame_itm__load_bytes(tx, &v, p, 4);                                    \
-    }                                                                       \
+    if (ITM_LIKELY(ALIGNED(p, 4)))                                          \
+      w = load_u32(tx, (const uint32_t *)(const void *)p, fn);              \
+    else                                                                    \
+      w = load_bytes4(p, tx, fn);                                           \
+    memcpy(&v, &w, 4);                                                      \
     return v;                                                               \
   }                                                                         \
   static inline void store_##T(ame_tx_t *tx, itm_##T *p, itm_##T v) {       \
-    if (ITM_LIKELY(ALIGNED(p, 4))) {                                        \
-      uint32_t w;                                                           \
-      memcpy(&w, &v, 4);                                                    \
+    uint32_t w;                                                             \
+    memcpy(&w, &v, 4);                                                      \
+    if (ITM_LIKELY(ALIGNED(p, 4)))                                          \
       ame_store_u32_tx(tx, (uint32_t *)(void *)p, w);                       \
-    } else {                                                                \
-      ame_itm__store_bytes(tx, p, &v, 4);                                   \
-    }                                                                       \
+    else                                                                    \
+      store_bytes4(tx, p, w);                                               \
   }
 
 GEN_GENERIC(U1, , 1)
@@ -197,16 +302,18 @@ GEN_GENERIC(M256, AVX, 32)
 
 /* long double: x87's 80 bits (10 bytes) of its 16; a store writes those
 ** 10 bytes, as the processor's own store does. */
-static inline itm_E load_E(ame_tx_t *tx, const itm_E *p) {
+static inline itm_E load_E(ame_tx_t *tx, const itm_E *p, const char *fn) {
   itm_E v = 0;
-  ame_itm__load_bytes(tx, &v, p, 10);
+  ame_itm__load_bytes(ld_tx(tx, fn), &v, p, 10);
   return v;
 }
 static inline void store_E(ame_tx_t *tx, itm_E *p, itm_E v) {
   ame_itm__store_bytes(tx, p, &v, 10);
 }
-static inline itm_CE load_CE(ame_tx_t *tx, const itm_CE *p) {
+static inline itm_CE load_CE(ame_tx_t *tx, const itm_CE *p,
+                             const char *fn) {
   itm_CE v = 0;
+  tx = ld_tx(tx, fn);
   ame_itm__load_bytes(tx, &v, p, 10);
   ame_itm__load_bytes(tx, (char *)&v + 16, (const char *)p + 16, 10);
   return v;

@@ -31,8 +31,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+static uintptr_t nobody_orec = 1; /* locked */
+struct ame__txhot ame_itm__nobody = {.orecs = &nobody_orec};
+
 __thread struct itm_thread ame_itm__self
-    __attribute__((tls_model("initial-exec")));
+    __attribute__((tls_model("initial-exec"))) = {
+        .ld = (ame_tx_t *)&ame_itm__nobody};
 
 /* begin_x86_64.S. */
 uint32_t ame_itm__begin(uint32_t props, const struct ame_itm_checkpoint *cp)
@@ -72,6 +76,7 @@ static void thread_gone(void *arg) {
   (void)arg;
   if (ame_itm__self.tx) {
     ame_itm__self.tx = NULL;
+    ame_itm__self.ld = (ame_tx_t *)&ame_itm__nobody;
     ame_thread_exit();
   }
 }
@@ -98,6 +103,7 @@ static ame_tx_t *thread_setup(struct itm_thread *t) {
   t->stack_lo = (uintptr_t)lo;
   t->stack_len = len;
   t->tx = tx;
+  t->ld = tx;
   return tx;
 }
 
@@ -123,10 +129,10 @@ struct site {
 static struct site *sites[SITE_BUCKETS];
 static pthread_mutex_t sites_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static const char *site_of(struct itm_thread *t, uintptr_t rip) {
-  uint64_t h = rip * 0x9e3779b97f4a7c15ull;
-  unsigned c = (unsigned)(h >> 60) % ITM_SITE_CACHE;
-  if (ITM_LIKELY(t->sites[c].rip == rip)) return t->site = t->sites[c].name;
+/* The name for rip, from the process's table (made on its first use);
+** kept in the thread's cache entry c. */
+static __attribute__((noinline)) const char *site_lookup(
+    struct itm_thread *t, uintptr_t rip, uint64_t h, unsigned c) {
   unsigned b = (unsigned)(h >> 56) % SITE_BUCKETS;
   pthread_mutex_lock(&sites_lock);
   struct site *s = sites[b];
@@ -162,6 +168,15 @@ static const char *site_of(struct itm_thread *t, uintptr_t rip) {
   t->sites[c].rip = rip;
   t->sites[c].name = s->name;
   return t->site = s->name;
+}
+
+/* Name the transaction's call site (t->site) for the return address rip:
+** from the thread's cache when there (no stack frame on that path). */
+static inline const char *site_of(struct itm_thread *t, uintptr_t rip) {
+  uint64_t h = rip * 0x9e3779b97f4a7c15ull;
+  unsigned c = (unsigned)(h >> 60) % ITM_SITE_CACHE;
+  if (ITM_LIKELY(t->sites[c].rip == rip)) return t->site = t->sites[c].name;
+  return site_lookup(t, rip, h, c);
 }
 
 /* ------------------------------------------------------------------------
@@ -252,11 +267,31 @@ static void itm_resume(ame_tx_t *tx) {
   jump_back(t, start(t, tx, 1));
 }
 
-uint32_t ame_itm__begin(uint32_t props,
-                        const struct ame_itm_checkpoint *cp) {
-  struct itm_thread *t = &ame_itm__self;
+/* The outermost transaction's state, from its checkpoint. */
+static inline void outer_setup(struct itm_thread *t, uint32_t props,
+                               const struct ame_itm_checkpoint *cp,
+                               uintptr_t tsan_depth) {
+  t->cp = *cp;
+  t->keep_sp = cp->rsp;
+  t->props = props;
+  t->id = 0;
+  t->user_irrevocable = 0;
+  t->want_serial = 0;
+#if defined(__SANITIZE_THREAD__)
+  t->tsan_depth = tsan_depth;
+#else
+  (void)tsan_depth;
+#endif
+  site_of(t, cp->rip);
+}
+
+/* ame_itm__begin's cases other than the common one: the thread's first
+** transaction, nesting, uninstrumented code. */
+static __attribute__((noinline)) uint32_t begin_other(
+    struct itm_thread *t, uint32_t props,
+    const struct ame_itm_checkpoint *cp, uintptr_t tsan_depth) {
   ame_tx_t *tx = t->tx;
-  if (ITM_UNLIKELY(tx == NULL)) tx = thread_setup(t);
+  if (tx == NULL) tx = thread_setup(t);
   if (t->owner) {
     /* Nested in our own transaction: joins it (flat).  Code that is only
     ** uninstrumented needs serial mode, which the outermost one must have
@@ -281,18 +316,36 @@ uint32_t ame_itm__begin(uint32_t props,
   /* The outermost transaction, or one nested in an AME_ATOMIC block
   ** (start() joins that; the checkpoint is then unused, and keep_sp
   ** still marks the frames that die if the block restarts). */
-  t->cp = *cp;
-  t->keep_sp = cp->rsp;
-  t->props = props;
-  t->id = 0;
-  t->user_irrevocable = 0;
-  t->want_serial = 0;
+  outer_setup(t, props, cp, tsan_depth);
+  return start(t, tx, 0);
+}
+
+uint32_t ame_itm__begin(uint32_t props,
+                        const struct ame_itm_checkpoint *cp) {
+  struct itm_thread *t = &ame_itm__self;
+  ame_tx_t *tx = t->tx;
+  uintptr_t tsan_depth = 0;
 #if defined(__SANITIZE_THREAD__)
   /* This function's own entry is on the shadow stack: not the caller's. */
-  t->tsan_depth = __tsan_testonly_shadow_stack_current_size() - 1;
+  tsan_depth = __tsan_testonly_shadow_stack_current_size() - 1;
 #endif
-  site_of(t, cp->rip);
-  return start(t, tx, 0);
+  if (ITM_UNLIKELY(tx == NULL || t->owner || !(props & pr_instrumentedCode)))
+    return begin_other(t, props, cp, tsan_depth);
+  /* The common case, start()'s first pass inline: the outermost
+  ** transaction of instrumented code. */
+  outer_setup(t, props, cp, tsan_depth);
+  t->cap_len = 0;
+  unsigned depth = ame__tx_enter(tx, itm_resume, t->site);
+  if (ITM_UNLIKELY(depth > 1))
+    return a_runInstrumentedCode; /* joined ame's own: not the owner */
+  /* As in start(): ame published the start behind a full fence. */
+  if (ITM_UNLIKELY(__atomic_load_n(&serial_flag, __ATOMIC_SEQ_CST))) {
+    ame_tx_cancel(tx);
+    serial_wait();
+    return start(t, tx, 0);
+  }
+  t->owner = 1;
+  return a_runInstrumentedCode | a_saveLiveVariables;
 }
 
 /* Leave one level; after the outermost commit, give serial mode back. */

@@ -73,6 +73,8 @@ struct ame_itm_checkpoint {
 /* A calling thread's state. */
 struct itm_thread {
   ame_tx_t *tx;                  /* its ame descriptor (NULL: not yet) */
+  ame_tx_t *ld;                  /* the load barriers' descriptor: tx, or
+                                    ame_itm__nobody while tx is NULL */
   struct ame_itm_checkpoint cp;  /* the outermost transaction's restart */
   uint32_t props;                /* ... and its code properties */
   int owner;                     /* the outermost transaction is the ABI's
@@ -94,6 +96,12 @@ struct itm_thread {
 };
 extern __thread struct itm_thread ame_itm__self
     __attribute__((tls_model("initial-exec")));
+
+/* The load barriers' descriptor of a thread without one: its only orec
+** is locked, so that every load takes the barrier's slow path, which
+** reports the misuse (a load barrier outside any transaction) without a
+** test of its own on the fast path. */
+extern struct ame__txhot ame_itm__nobody;
 
 /* Print "ame-itm: <what>" and abort the process (the ABI call named in
 ** what is not supported, or is misused). */
@@ -127,8 +135,8 @@ void ame_itm__stack_log(struct itm_thread *t, void *p, size_t n);
 ** STM, which reads memory for words it has not buffered.) */
 static inline int itm_captured(const struct itm_thread *t, const void *p,
                                size_t n) {
-  return (uintptr_t)p - t->cap_lo < t->cap_len &&
-         (uintptr_t)p + n - t->cap_lo <= t->cap_len;
+  uintptr_t off = (uintptr_t)p - t->cap_lo;
+  return off < t->cap_len && off + n <= t->cap_len;
 }
 
 /* Transactional copies of n bytes at any alignment (barriers.c): src read

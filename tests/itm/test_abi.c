@@ -680,6 +680,47 @@ static void safe_without_clone(void) {
   _ITM_getTMCloneSafe(NO_CLONE);
 }
 
+/* Barriers on a thread that never began a transaction (a fresh one: the
+** forked child's main thread may have run some). */
+static void on_fresh_thread(void *(*fn)(void *)) {
+  pthread_t th;
+  ASSERT_EQ(pthread_create(&th, NULL, fn, NULL), 0);
+  pthread_join(th, NULL);
+}
+static uint64_t stray[4];
+static void *stray_ru8(void *arg) {
+  (void)arg;
+  stray[0] = _ITM_RU8(&stray[1]);
+  return NULL;
+}
+static void *stray_rar_u4(void *arg) {
+  (void)arg;
+  stray[0] = _ITM_RaRU4((uint32_t *)&stray[1] + 1);
+  return NULL;
+}
+static void *stray_ru1(void *arg) {
+  (void)arg;
+  stray[0] = _ITM_RU1((uint8_t *)&stray[1] + 3);
+  return NULL;
+}
+static void *stray_rd_unaligned(void *arg) {
+  (void)arg;
+  stray[0] = (uint64_t)_ITM_RD((double *)(void *)((char *)&stray[1] + 4));
+  return NULL;
+}
+static void *stray_wu8(void *arg) {
+  (void)arg;
+  _ITM_WU8(&stray[1], 1);
+  return NULL;
+}
+static void load_outside_u8(void) { on_fresh_thread(stray_ru8); }
+static void load_outside_u4(void) { on_fresh_thread(stray_rar_u4); }
+static void load_outside_u1(void) { on_fresh_thread(stray_ru1); }
+static void load_outside_unaligned(void) {
+  on_fresh_thread(stray_rd_unaligned);
+}
+static void store_outside(void) { on_fresh_thread(stray_wu8); }
+
 TEST_IMPL(itm_refused) {
   static const struct {
     void (*fn)(void);
@@ -692,6 +733,12 @@ TEST_IMPL(itm_refused) {
       {safe_without_clone, "ame-itm: _ITM_getTMCloneSafe: no transactional"},
       {cancel_inside_ame_atomic, "ame-itm: _ITM_abortTransaction: cannot "
                                  "cancel a transaction begun by ame's own"},
+      {load_outside_u8, "ame-itm: _ITM_RU8 called outside a transaction"},
+      {load_outside_u4, "ame-itm: _ITM_RaRU4 called outside a transaction"},
+      {load_outside_u1, "ame-itm: _ITM_RU1 called outside a transaction"},
+      {load_outside_unaligned,
+       "ame-itm: _ITM_RD called outside a transaction"},
+      {store_outside, "ame-itm: _ITM_WU8 called outside a transaction"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     int aborted = 0;
