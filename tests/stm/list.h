@@ -125,7 +125,7 @@
   X(heap_thread_dies, 30)                                                     \
   X(heap_enter_while_checked, 30)                                             \
   X(heap_crash, 120)                                                          \
-  X(heap_crash_peer, 120)                                                     \
+  X(heap_crash_peer, 300)                                                     \
   X(heap_capacity_escalated, 60)                                              \
   X(heap_logs_lazy, 30)                                                       \
   X(heap_blob_reuse_abort, 30)                                                \
