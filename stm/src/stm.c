@@ -578,16 +578,23 @@ int ame__frame_begin(struct ame__frame *f, const char *site) {
 ** Transactions begun and ended by explicit calls (language bindings).
 */
 
-void ame_tx_begin(ame_tx_t *tx, jmp_buf *env, const char *site) {
-  assert(tx != NULL && (tx == self || tx == ame__heap_self) &&
-         "descriptor used by another thread");
-  assert(tx->nesting == 0 && "ame_tx_begin inside a transaction");
+/* Begin the outermost transaction of an explicit caller: an abort
+** restarts it by longjmp to env, or (env NULL) by calling resume. */
+static void begin_explicit(ame_tx_t *tx, jmp_buf *env,
+                           void (*resume)(ame_tx_t *), const char *site) {
   tx->env = env;
-  tx->resume = NULL;
+  tx->resume = resume;
   tx->nesting = 1;
   tx->explicit_env = 1;
   STORE(&tx->site, site);
   begin_attempt(tx);
+}
+
+void ame_tx_begin(ame_tx_t *tx, jmp_buf *env, const char *site) {
+  assert(tx != NULL && (tx == self || tx == ame__heap_self) &&
+         "descriptor used by another thread");
+  assert(tx->nesting == 0 && "ame_tx_begin inside a transaction");
+  begin_explicit(tx, env, NULL, site);
 }
 
 unsigned ame__tx_enter(ame_tx_t *tx, void (*resume)(ame_tx_t *),
@@ -595,12 +602,7 @@ unsigned ame__tx_enter(ame_tx_t *tx, void (*resume)(ame_tx_t *),
   assert(tx != NULL && (tx == self || tx == ame__heap_self) &&
          "descriptor used by another thread");
   if (tx->nesting > 0) return ++tx->nesting; /* flat nesting */
-  tx->env = NULL;
-  tx->resume = resume;
-  tx->nesting = 1;
-  tx->explicit_env = 1;
-  STORE(&tx->site, site);
-  begin_attempt(tx);
+  begin_explicit(tx, NULL, resume, site);
   return 1;
 }
 
