@@ -10,9 +10,10 @@
 **   supervisor -> zygote     FORK: slot, page entry, the worker's stdout
 **                            and stderr pipes, the slot's sockets
 **   zygote -> supervisor     FORKED: the new worker's pid, or -errno
-** The supervisor waits for FORKED (it is quick: two forks) and polls the
-** control socket otherwise; end of file there means the candidate (or the
-** zygote) is gone.  Closing it tells a zygote to exit.
+** The supervisor waits for FORKED (it is quick: two forks), matching it to
+** its FORK by a sequence number, and polls the control socket otherwise;
+** end of file there means the candidate (or the zygote) is gone.  Closing
+** it tells a zygote to exit.
 **
 ** A reload runs one at a time: a SIGHUP during one is remembered and
 ** starts the next once this one has switched over (or failed), so a storm
@@ -154,6 +155,8 @@ static struct {
   int pending;       /* a SIGHUP came during this reload */
   int ctl;           /* the candidate's control socket (SPAWNING, STARTING) */
   unsigned gen;      /* the generation it will be */
+  unsigned last;     /* the last generation number given to an attempt */
+  uint32_t seq;      /* the last FORK request's number */
   uint64_t adopted;
   int zygote[2];     /* control sockets of the current and the previous
                         generations' zygotes (-1: none; generation 0 is
@@ -172,13 +175,16 @@ static void init(void) {
 
 int ame_reload_busy(void) { return R.inited && R.phase != IDLE; }
 
+int ame_reload_owns(unsigned gen) {
+  return R.inited && R.phase != IDLE && gen == R.gen;
+}
+
 int ame_reload_pollfd(void) {
   init();
   return R.phase != IDLE ? R.ctl : -1;
 }
 
 static void fail(const char *why, double now) {
-  (void)now;
   ame_sup_say("reload failed: %s; the old workers go on", why);
   S.reload_failures++;
   for (unsigned s = 1; s <= S.nslots; s++) {
@@ -191,6 +197,12 @@ static void fail(const char *why, double now) {
   if (R.ctl >= 0) close(R.ctl);
   R.ctl = -1;
   R.phase = IDLE;
+  /* A SIGHUP during the attempt asked for the program as it is now: run
+  ** it (it may have been fixed meanwhile). */
+  if (R.pending) {
+    R.pending = 0;
+    ame_reload_request(now);
+  }
 }
 
 void ame_reload_request(double now) {
@@ -234,10 +246,7 @@ void ame_reload_request(double now) {
   R.ctl = sv[0];
   R.phase = SPAWNING;
   R.pending = 0;
-  unsigned top = S.gen;
-  for (int k = 0; k < 2; k++)
-    if (R.zygote[k] >= 0 && R.zgen[k] > top) top = R.zgen[k];
-  R.gen = top + 1;
+  R.gen = ++R.last;
   (void)now;
   ame_sup_say("SIGHUP: reloading: running the program again "
               "(generation %u)", R.gen);
@@ -329,15 +338,29 @@ pid_t ame_reload_fork(unsigned gen, unsigned slot, unsigned entry, int out,
       m.idx[m.n] = p;
       all[2 + m.n++] = fds[p];
     }
+  m.seq = ++R.seq;
   int rc = ame_reload__send(ctl, &m, all, 2 + m.n);
   if (rc < 0) return rc;
-  struct pollfd pfd = {.fd = ctl, .events = POLLIN};
-  if (poll(&pfd, 1, FORK_REPLY_MS) <= 0) return -ETIMEDOUT;
-  int got[MAX_FDS];
-  int k = ame_reload__recv(ctl, &m, got);
-  while (k > 0) close(got[--k]);
-  if (m.magic != MAGIC_FORK) return -EPIPE;
-  return m.pid;
+  /* A signal (a SIGHUP storm, a worker's SIGCHLD) interrupts poll: its
+  ** flag waits for the supervisor loop, and the wait goes on. */
+  double until = ame_sup_now() + FORK_REPLY_MS / 1e3;
+  for (;;) {
+    int left = (int)((until - ame_sup_now()) * 1e3);
+    if (left <= 0) return -ETIMEDOUT;
+    struct pollfd pfd = {.fd = ctl, .events = POLLIN};
+    int r = poll(&pfd, 1, left);
+    if (r < 0 && errno != EINTR) return -errno;
+    if (r <= 0) continue;
+    struct msg a;
+    int got[MAX_FDS];
+    int k = ame_reload__recv(ctl, &a, got);
+    while (k > 0) close(got[--k]);
+    if (k < 0 && k != -EPROTO) return k;
+    if (k == 0 && a.magic == 0) return -EPIPE; /* the zygote is gone */
+    if (a.magic == MAGIC_FORK && a.seq == m.seq) return a.pid;
+    /* The late answer to a request given up on: the worker it names is
+    ** no one's (sweep_strays stops it). */
+  }
 }
 
 void ame_reload_cancel(void) {

@@ -43,13 +43,20 @@ int ame_reload_template(void (*candidate)(void *data),
 /* Called by the supervisor loop (supervise.c). */
 void ame_reload_request(double now);       /* SIGHUP */
 int ame_reload_busy(void);                 /* a reload is under way */
+/* A reload is under way and gen is its generation (every attempt gets a
+** number of its own, so a process of an attempt that failed is never taken
+** for one of the attempt under way). */
+int ame_reload_owns(unsigned gen);
 int ame_reload_pollfd(void);               /* the fd to poll, or -1 */
 void ame_reload_readable(double now);      /* it is readable */
 void ame_reload_check(double now);         /* new workers ready? */
 /* A new-generation worker died before the switch (proc i). */
 void ame_reload_worker_failed(int i, const char *how, double now);
 /* Fork a worker of generation gen (> 0) from its zygote: return its pid,
-** or a negative errno value. */
+** or a negative errno value (-ETIMEDOUT: no answer within FORK_REPLY_MS,
+** signals to the supervisor notwithstanding; a late answer is told apart
+** by its sequence number and dropped, and the worker it names is stopped
+** as a stray). */
 pid_t ame_reload_fork(unsigned gen, unsigned slot, unsigned entry, int out,
                       int err, const int *fds, unsigned n);
 /* The supervisor is stopping: give up a reload under way. */

@@ -208,7 +208,7 @@ static void ended(int i, int st, double now) {
     }
   } else if (sl->next == i) {
     sl->next = -1;
-    if (ame_reload_busy() && p.gen > S.gen) {
+    if (p.state != P_STOPPING && ame_reload_owns(p.gen)) {
       ame_reload_worker_failed(i, how, now);
     } else {
       double d = ame_sup_backoff(sl, p.started, now);
@@ -217,7 +217,7 @@ static void ended(int i, int st, double now) {
                   "(%s); worker %u goes on, trying again in %g s", p.slot,
                   (int)p.pid, how, p.slot, d);
     }
-  } else if (p.gen > S.gen && ame_reload_busy()) {
+  } else if (p.state != P_STOPPING && ame_reload_owns(p.gen)) {
     ame_reload_worker_failed(i, how, now);
   } else {
     ame_sup_say("worker %u (pid %d, replaced) exited (%s)", p.slot,

@@ -103,7 +103,7 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
       continue;
     }
     int pp[2];
-    struct msg reply = {.magic = MAGIC_FORK, .pid = -EAGAIN};
+    struct msg reply = {.magic = MAGIC_FORK, .seq = m.seq, .pid = -EAGAIN};
     if (pipe2(pp, O_CLOEXEC) < 0) {
       reply.pid = -errno;
       goto answer;

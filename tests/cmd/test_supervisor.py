@@ -35,6 +35,16 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             same shared heap; a broken program's reload fails
             and the old workers go on; a storm of 10 SIGHUPs under load
             ends with exactly 2 workers of the last version, no error
+  stray     a reload's worker whose start the supervisor gave up on (the
+            zygote answers after 10 s): the reload fails, the old workers
+            go on, and the supervisor stops the worker no record holds
+  rehup     SIGHUPs during reloads (the zygote answers each fork 1.5 s
+            late): one while the supervisor waits for a fork's answer
+            does not fail that fork, and the reload it asked for follows;
+            one during a reload that then fails (its worker 2 exits before
+            serving, after worker 1 started) runs the program again, and
+            the failed attempt's worker 1, stopped, does not fail the new
+            attempt: it ends with exactly 2 workers of the last version
   recycle   --max-requests 40 under `ame load`: workers are replaced (with
             each old one's count at least 40), no error, no non-2xx;
             --max-rss 150 and GET /grow (200 MiB): that worker is replaced
@@ -476,6 +486,69 @@ def case_stray(ame):
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 
+def case_rehup(ame):
+    d = tempfile.mkdtemp()
+    put = _put_in(d)
+    put('version', '1')
+    srv = start(['run', '--workers', '2', APP, '0', d],
+                env={'AME_TEST_ZYGOTE_REPLY_MS': '1500'})
+    port = serving(srv, 2, 'rehup')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    # A SIGHUP while the supervisor waits 1.5 s for worker 2's fork.
+    put('version', '2')
+    at = len(srv.err)
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'worker 1 started \(pid \d+, generation 1\)',
+                        start=at), 'reload 1: worker 1 started')
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'reload: generation 1 serves', start=at),
+          'a SIGHUP during a fork: generation 1 serves')
+    check(srv.wait_line('err', r'reload: generation 2 serves', start=at),
+          'the reload it asked for follows: generation 2 serves')
+    said = '\n'.join(srv.err[at:])
+    check('cannot start' not in said and 'reload failed' not in said,
+          'no fork given up on, no reload failed')
+    check(wait_until(lambda: _versions(port) == {'1': '2', '2': '2'}),
+          'both workers run version 2: %s' % _versions(port))
+
+    # A SIGHUP during a reload that fails after its worker 1 started.
+    put('fail_worker', '2')
+    put('version', '3')
+    at = len(srv.err)
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'worker 2 started \(pid \d+, generation 3\)',
+                        start=at), 'reload 3: its worker 2 started')
+    os.unlink(os.path.join(d, 'fail_worker'))
+    put('version', '4')
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'a reload is under way; another one '
+                        r'follows it', start=at), 'the next one waits')
+    put('fail_now', '')
+    check(srv.wait_line('err', r'reload failed: worker 2 \(pid \d+\) of '
+                        r'generation 3 died before serving \(exit status '
+                        r'3\)', start=at), 'reload 3 fails on its worker 2')
+    check(srv.wait_line('err', r'reload: generation 4 serves', start=at),
+          'the SIGHUP it held runs the program again: generation 4 serves')
+    settled = wait_until(lambda: _versions(port) == {'1': '4', '2': '4'} and
+                         len(worker_procs(srv)) == 2)
+    check(settled, 'it ends with exactly 2 workers of version 4: %s, %s'
+          % (_versions(port), worker_procs(srv)))
+    failed = [x for x in srv.err[at:] if 'reload failed' in x]
+    check(len(failed) == 1, 'one reload failed, not the next: %s' % failed)
+    if not settled or len(failed) != 1:
+        print('\n'.join('   | ' + line for line in srv.err[-40:]))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
+def _put_in(d):
+    def put(name, text):
+        with open(os.path.join(d, name), 'w') as f:
+            f.write(text + '\n' if text else '')
+    return put
+
+
 def _reload_state(srv):
     """'STARTING' while the log shows a reload begun and not finished."""
     text = '\n'.join(srv.err)
@@ -822,6 +895,7 @@ CASES = {
     'inuse': case_inuse, 'nofile': case_nofile, 'pidfile': case_pidfile,
     'startfail': case_startfail, 'resize': case_resize,
     'reload': case_reload, 'recycle': case_recycle, 'stray': case_stray,
+    'rehup': case_rehup,
     'metrics': case_metrics, 'page': case_page,
 }
 NEEDS_LOAD = {'reload', 'recycle'}

@@ -7,6 +7,10 @@ Setup prints "listening on PORT" (to stdout, before the workers exist).
 With STATE_DIR, setup reads STATE_DIR/version (the program's "code
 version": a reload runs setup again and must see a new one) and raises
 RuntimeError if STATE_DIR/broken exists (a reload of a broken program).
+If STATE_DIR/fail_worker exists at setup (it holds a worker id N), worker
+N of that run of the program waits, as its reactor starts (before it
+serves), until STATE_DIR/fail_now exists, then exits with status 3: a
+reload that fails after its other workers started, when the test says.
 With SUP_FAIL_WORKER=N in the environment, worker N exits with status 3 as its
 reactor starts (a failed start).  With SUP_LATE_PORT=P, each worker also
 listens on port P once its reactor runs (a listener of its own).  Paths:
@@ -27,6 +31,7 @@ memory mapped there ("ADDR mapped").  At shutdown each process prints
 import os
 import resource
 import sys
+import time
 
 from twisted.internet import reactor, task
 from twisted.web import resource as web, server
@@ -38,6 +43,10 @@ if state:
         version = f.read().strip()
     if os.path.exists(os.path.join(state, "broken")):
         raise RuntimeError("broken on purpose")
+fail_worker = None
+if state and os.path.exists(os.path.join(state, "fail_worker")):
+    with open(os.path.join(state, "fail_worker")) as f:
+        fail_worker = f.read().strip()
 
 served = [0]
 kept = []
@@ -99,6 +108,17 @@ def fail_at_start():
         os._exit(3)
 
 
+def fail_when_told():
+    if os.environ.get("AME_WORKER") != fail_worker:
+        return
+    mark = os.path.join(state, "fail_now")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(mark) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print("worker %s fails on purpose" % fail_worker, flush=True)
+    os._exit(3)
+
+
 def bye():
     print("served %d requests" % served[0], flush=True)
 
@@ -109,6 +129,8 @@ p = reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
 print("listening on %d" % p.getHost().port, flush=True)
 if os.environ.get("SUP_FAIL_WORKER"):
     reactor.callWhenRunning(fail_at_start)
+if fail_worker:
+    reactor.callWhenRunning(fail_when_told)
 if os.environ.get("SUP_LATE_PORT"):
     # A listener each worker opens on its own, after reactor.run().
     reactor.callWhenRunning(reactor.listenTCP, int(os.environ[
