@@ -27,6 +27,7 @@
 #define AME_STM_INLINE
 #endif
 #include "ame/reactor.h"
+#include "streambuf.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -58,7 +59,7 @@ struct ame_handle {
 };
 
 /* An effect on a handle, executed on its owner's thread.  run() returns 1
-** if it kept the op (a write in libuv's queue), else the op is freed. */
+** if it kept the op, else the op is freed. */
 struct op {
   int (*run)(struct op *op);
   struct op *next;
@@ -66,7 +67,6 @@ struct op {
   struct worker *w;          /* where to run */
   uint64_t a, b;             /* arguments */
   void *p;
-  uv_write_t wreq;           /* for writes */
   struct sockaddr_storage sa;/* for UDP sends */
   size_t len;                /* payload length */
   char data[];               /* payload */
@@ -203,22 +203,23 @@ void ame__log(ame_reactor_t *r, const char *fmt, ...)
 void ame__cb_done(struct worker *w, ame_handle_t *h, const char *what,
                   int rc);
 
-enum { K_TCP, K_PIPE };
+enum { K_TCP, K_UNIX };        /* a TCP socket; a Unix one (or socketpair) */
+
+/* Bytes one read takes at most (the worker's readbuf). */
+#define AME__READBUF_SIZE 65536
 
 struct ame_stream {
   ame_handle_t h;
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } u;
-  int kind;                    /* K_TCP or K_PIPE */
+  uv_poll_t poll;              /* on sock, from the open on */
+  int polling;                 /* UV_READABLE | UV_WRITABLE watched now */
+  int kind;                    /* K_TCP or K_UNIX */
+  int sock;                    /* owner: the socket, ours (-1 before) */
   const ame_stream_cbs_t *cbs;
-  size_t queued;               /* atomic: bytes in libuv's write queue */
+  ame__oqueue_t out;           /* owner: bytes the socket did not take yet */
+  size_t queued;               /* atomic: out.bytes, for any thread */
   size_t high, low;            /* atomic: watermarks */
   int opened;                  /* handed to the program (on_close due) */
-  int reading;                 /* uv_read_start is on */
+  int write_only;              /* a child's stdin: never read */
   int paused_user;             /* ame_stream_pause() */
   int paused_wm;               /* over the high watermark */
   int eof;                     /* the peer's EOF was read */
@@ -227,23 +228,26 @@ struct ame_stream {
   int want_shutdown;           /* shut down writing once flushed */
   int shut_done;
   int closing_status;          /* status to give on_close */
-  int fd;                      /* atomic: the socket, for accessors */
-  uv_connect_t connect_req;
-  uv_shutdown_t shutdown_req;
+  int fd;                      /* atomic: sock once connected, for
+                                  accessors */
   struct sockaddr_storage peer;/* for connect */
   char *path;                  /* Unix connect path */
 };
 
 /* Streams (stream.c). */
-int ame__stream_adopt_fd(struct worker *w, int fd, int is_pipe,
+int ame__stream_adopt_fd(struct worker *w, int fd, int is_unix,
                          const ame_stream_cbs_t *cbs, void *data,
                          ame_stream_t **out, int call_open);
 void ame__stream_stop(ame_handle_t *h);
-/* A pipe stream for a child's stdio: new (libuv handle initialised on w's
-** loop), then opened once the child runs, or discarded if it did not. */
+/* A stream for a child's stdio: new (a socket pair: the stream's end, and
+** *child_fd, blocking and close-on-exec, for uv_spawn to give the child;
+** the caller closes it after the spawn), then opened once the child runs
+** (read: on_data for what the child writes; else its stdin, never read;
+** return 0, or a libuv error: then the stream is gone), or discarded if
+** it did not. */
 ame_stream_t *ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs,
-                            void *data);
-void ame__pipe_opened(ame_stream_t *s, int read);
+                            void *data, int *child_fd);
+int ame__pipe_opened(ame_stream_t *s, int read);
 void ame__pipe_discard(ame_stream_t *s);
 void ame__streams_abort_all(struct worker *w);
 

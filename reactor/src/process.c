@@ -1,5 +1,6 @@
 /*
-** reactor/src/process.c — child processes with stdin/stdout/stderr pipes.
+** reactor/src/process.c — child processes with stdin/stdout/stderr pipes
+** (streams over socket pairs: stream.c).
 **
 ** uv_spawn must run on the thread of the loop that will own the child, so
 ** ame_spawn() spawns at once when called on that thread (or before the
@@ -12,6 +13,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct ame_process {
   ame_handle_t h;
@@ -112,22 +114,25 @@ static int do_spawn(ame_process_t *p) {
   memset(io, 0, sizeof io);
   const ame_stream_cbs_t *cbs[3] = {NULL, o->stdout_cbs, o->stderr_cbs};
   int want[3] = {o->pipe_stdin, o->stdout_cbs != NULL, o->stderr_cbs != NULL};
+  int child_fd[3] = {-1, -1, -1}; /* the child's ends of the stdio pairs */
   for (int i = 0; i < 3; i++) {
     if (!want[i]) {
       io[i].flags = i == 0 ? UV_IGNORE : UV_INHERIT_FD;
       io[i].data.fd = i;
       continue;
     }
-    p->stdio[i] = ame__pipe_new(w, cbs[i], o->data);
+    p->stdio[i] = ame__pipe_new(w, cbs[i], o->data, &child_fd[i]);
     if (p->stdio[i] == NULL) {
       for (int k = 0; k < i; k++)
-        if (p->stdio[k]) ame__pipe_discard(p->stdio[k]);
+        if (p->stdio[k]) {
+          ame__pipe_discard(p->stdio[k]);
+          close(child_fd[k]);
+        }
       memset(p->stdio, 0, sizeof p->stdio);
       return UV_ENOMEM;
     }
-    io[i].flags = UV_CREATE_PIPE |
-                  (i == 0 ? UV_READABLE_PIPE : UV_WRITABLE_PIPE);
-    io[i].data.stream = (uv_stream_t *)&p->stdio[i]->u.pipe;
+    io[i].flags = UV_INHERIT_FD;
+    io[i].data.fd = child_fd[i];
   }
   uv_process_options_t uo;
   memset(&uo, 0, sizeof uo);
@@ -140,6 +145,8 @@ static int do_spawn(ame_process_t *p) {
   uo.stdio_count = 3;
   p->p.data = p;
   int rc = uv_spawn(&w->loop, &p->p, &uo);
+  for (int i = 0; i < 3; i++)
+    if (child_fd[i] >= 0) close(child_fd[i]); /* the child has its own */
   if (rc != 0) {
     for (int i = 0; i < 3; i++)
       if (p->stdio[i]) ame__pipe_discard(p->stdio[i]);
@@ -155,7 +162,8 @@ static int do_spawn(ame_process_t *p) {
   p->h.state = HS_OPEN;
   ame__handle_link(&p->h);
   for (int i = 0; i < 3; i++)
-    if (p->stdio[i]) ame__pipe_opened(p->stdio[i], i != 0);
+    if (p->stdio[i] && ame__pipe_opened(p->stdio[i], i != 0) != 0)
+      p->stdio[i] = NULL; /* (cannot be watched: gone) */
   /* Published for other threads (ame_process_stdio) once they are live. */
   for (int i = 0; i < 3; i++) STORE(&p->published[i], p->stdio[i]);
   return 0;

@@ -20,7 +20,6 @@
 #include <unistd.h>
 
 #define JOB_BATCH 64       /* jobs per loop iteration before polling again */
-#define READBUF_SIZE 65536
 
 static __thread struct worker *current;
 
@@ -660,7 +659,7 @@ int ame_reactor_new(ame_reactor_t **out, const ame_reactor_config_t *cfg) {
     w->r = r;
     w->id = i;
     w->timers.ordered = 1;
-    w->readbuf = malloc(READBUF_SIZE);
+    w->readbuf = malloc(AME__READBUF_SIZE);
     if (w->readbuf == NULL) {
       rc = -ENOMEM;
       break;

@@ -1,23 +1,15 @@
 /*
-** reactor/src/sockio.h — the socket calls of the C streams that work on a
-** raw fd: the reactor's listeners (stream.c) and the Python binding's TCP
-** streams (bindings/ame/transport.c), which both accept, and the binding's
-** buffered reads and writes.  Internal: not part of ame/reactor.h, and
-** static inline, so nothing here is a symbol of libame-reactor and the hot
-** paths pay no call.
+** reactor/src/sockio.h — the socket calls of the C streams, which all work
+** on a raw fd: the reactor's streams and listeners (stream.c, with
+** streambuf.c's flush) and the Python binding's TCP streams
+** (bindings/ame/transport.c): the accept loop, reads and writes.
+** Internal: not part of ame/reactor.h, and static inline, so nothing here
+** is a symbol of libame-reactor and the hot paths pay no call.
 **
-** Why two stream layers and one set of socket calls.  The reactor's
-** streams are libuv's (uv_tcp_t, uv_pipe_t: uv_read_start, uv_try_write
-** and uv_write), whose handle owns its fd and closes it at uv_close, and
-** whose buffers belong to the loop's thread.  The binding's fd belongs to
-** Python's socket object, which Twisted closes itself (and whose Port
-** builds its own transports from accepted fds), and its bytes are
-** written and read by the Python thread under a lock: an ame_stream_t
-** over it would need a second descriptor per connection (a dup, as
-** ame_stream_adopt takes) or would close it under Python.  So the binding
-** keeps its own buffers over ame_poll, and what both do on a raw fd — the
-** accept loop with one classification of errors, recv and send without
-** blocking — is this one module (docs/twisted.md).
+** Both kinds of stream watch a socket with a uv_poll and call these
+** themselves: the reactor's streams own their fd, the binding's use
+** Python's; what they buffer between readiness events is streambuf.h
+** (docs/twisted.md, "One stream layer").
 **
 ** Error convention: a negative errno, never errno itself; EINTR is retried
 ** here, and "would block" is -EAGAIN whatever the kernel said (EAGAIN,
@@ -29,6 +21,7 @@
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* accept4() one connection from listening socket lfd, non-blocking and
@@ -107,6 +100,20 @@ static inline ssize_t ame__sock_send(int fd, const void *p, size_t n) {
     ssize_t r = send(fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (r > 0) return r;
     if (r == 0) return n == 0 ? 0 : -EPIPE;
+    int e = errno;
+    if (e == EINTR) continue;
+    return e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS ? -EAGAIN : -e;
+  }
+}
+
+/* ame__sock_send for iovcnt buffers at once (sendmsg). */
+static inline ssize_t ame__sock_sendv(int fd, struct iovec *iov,
+                                      int iovcnt) {
+  struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)iovcnt};
+  for (;;) {
+    ssize_t r = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (r > 0) return r;
+    if (r == 0) return -EPIPE;
     int e = errno;
     if (e == EINTR) continue;
     return e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS ? -EAGAIN : -e;

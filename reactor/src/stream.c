@@ -1,13 +1,23 @@
 /*
-** reactor/src/stream.c — streams (TCP, Unix sockets, pipes) and listeners.
+** reactor/src/stream.c — streams (TCP, Unix sockets, child stdio) and
+** listeners.
 **
-** A stream lives on one worker's loop for its whole life, so its callbacks
-** run one at a time and in event order.  Writes asked for inside a callback
-** become ops that run after the commit: on the owner they try the socket at
-** once (uv_try_write) and queue the rest.  The bytes queued are counted; over
-** the high watermark the stream stops reading until the queue falls under
-** the low one, so a peer that sends faster than it reads cannot make the
-** process buffer without bound.
+** A stream is a socket watched by a uv_poll on the worker that owns it,
+** for its whole life, so its callbacks run one at a time and in event
+** order.  It reads and writes itself, with the socket calls of sockio.h,
+** and what it cannot send at once waits in its output queue (streambuf.h,
+** the module the Python binding's streams buffer with too).  Reading:
+** readable, recv() into the worker's buffer (up to 32 times while reads
+** fill it) and hand each read to on_data.  Writing: a write asked for
+** inside a callback becomes an op that runs after the commit; on the owner
+** it sends at once if nothing waits, and queues the rest, which POLLOUT
+** flushes with writev.  The bytes queued are counted; over the high
+** watermark the stream stops reading until the queue falls under the low
+** one, so a peer that sends faster than it reads cannot make the process
+** buffer without bound.  The stream owns its fd: closed when the stream
+** closes (a reset sets SO_LINGER 0 first), one descriptor per connection.
+** A child's stdin, stdout and stderr are streams over a socket pair whose
+** other end the child inherits.
 **
 ** A listener accepts on its own socket with a uv_poll on its worker (one
 ** per worker with SO_REUSEPORT) and hands each new socket to the worker
@@ -30,6 +40,8 @@
 #include <unistd.h>
 
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE and friends */
+#define READS_PER_EVENT 32    /* reads per readiness while they fill the
+                                 buffer, as libuv's streams */
 
 struct ame_listener {
   ame_handle_t h;
@@ -52,7 +64,6 @@ struct ame_listener {
 */
 
 static void stream_close(ame_stream_t *s, int status, int reset);
-void ame__stream_read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
 
 /* Duplicate fd for a handle of ours (close-on-exec, non-blocking).  Return
 ** the new descriptor or -errno. */
@@ -119,50 +130,36 @@ static void cb_close(ame_stream_t *s, int status) {
 }
 
 /* ------------------------------------------------------------------------
-** Reading.
+** The poll.
 */
 
-static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  (void)hint;
-  struct worker *w = h->loop->data;
-  buf->base = w->readbuf;
-  buf->len = 65536;
+static void poll_cb(uv_poll_t *p, int status, int events);
+
+/* Whether s reads now.  (After the peer's EOF there is nothing more to
+** read: reading again would report the EOF again.) */
+static int wants_read(const ame_stream_t *s) {
+  return s->h.state == HS_OPEN && !s->paused_user && !s->paused_wm &&
+         !s->want_close && !s->eof && !s->write_only;
 }
 
-static void update_reading(ame_stream_t *s) {
-  /* (After the peer's EOF there is nothing more to read: reading again
-  ** would report the EOF again.) */
-  int want = s->h.state == HS_OPEN && !s->paused_user && !s->paused_wm &&
-             !s->want_close && !s->eof;
-  if (want && !s->reading) {
-    if (uv_read_start(&s->u.stream, alloc_cb, ame__stream_read_cb) == 0)
-      s->reading = 1;
-  } else if (!want && s->reading) {
-    uv_read_stop(&s->u.stream);
-    s->reading = 0;
+/* Owner thread.  Watch for what s needs: writable while connecting or
+** while output waits, readable while it reads. */
+static void update_poll(ame_stream_t *s) {
+  if (s->h.state != HS_OPEN) return;
+  int ev = 0;
+  if (!s->connected) {
+    ev = UV_WRITABLE;
+  } else {
+    if (wants_read(s)) ev |= UV_READABLE;
+    if (s->out.head) ev |= UV_WRITABLE;
   }
-}
-
-void ame__stream_read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
-  ame_stream_t *s = st->data;
-  if (n > 0) {
-    stream_failed(s, cb_data(s, buf->base, (size_t)n));
+  if (ev == s->polling) return;
+  int rc = ev ? uv_poll_start(&s->poll, ev, poll_cb) : uv_poll_stop(&s->poll);
+  if (rc != 0) {
+    stream_close(s, rc, 0);
     return;
   }
-  if (n == 0) return; /* EAGAIN */
-  if (n == UV_EOF) {
-    uv_read_stop(st);
-    s->reading = 0;
-    s->eof = 1;
-    if (s->cbs->on_eof) {
-      stream_failed(s, cb_simple(s, s->cbs->on_eof, "on_eof"));
-    } else {
-      s->want_close = 1;
-      if (LOAD(&s->queued) == 0) stream_close(s, 0, 0);
-    }
-    return;
-  }
-  stream_close(s, (int)n, 0);
+  s->polling = ev;
 }
 
 /* ------------------------------------------------------------------------
@@ -180,40 +177,64 @@ static void close_cb(uv_handle_t *hd) {
   ame__handle_unref(&s->h);
 }
 
-/* Close now (reset: TCP RST, drop queued writes). */
+/* Owner thread.  Close now, dropping what is queued (reset: a TCP RST). */
 static void stream_close(ame_stream_t *s, int status, int reset) {
-  if (s->h.state != HS_OPEN && s->h.state != HS_NEW) return;
+  if (s->h.state != HS_OPEN) return;
   s->h.state = HS_CLOSING;
   s->closing_status = status;
-  if (s->reading) {
-    uv_read_stop(&s->u.stream);
-    s->reading = 0;
+  ame__oq_clear(&s->out);
+  STORE(&s->queued, 0);
+  uv_close((uv_handle_t *)&s->poll, close_cb); /* stops watching the fd */
+  if (reset && s->kind == K_TCP) {
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(s->sock, SOL_SOCKET, SO_LINGER, &l, sizeof l);
   }
-  if (reset && s->kind == K_TCP && uv_tcp_close_reset(&s->u.tcp, close_cb) == 0)
-    return;
-  uv_close(&s->u.handle, close_cb);
+  close(s->sock);
 }
 
-static void shutdown_cb(uv_shutdown_t *req, int status) {
-  ame_stream_t *s = req->data;
-  (void)status;
-  s->shut_done = 1;
-}
-
-/* Called when the write queue may have emptied. */
+/* Called when the output queue may have emptied. */
 static void flushed(ame_stream_t *s) {
-  if (LOAD(&s->queued) != 0 || s->h.state != HS_OPEN) return;
+  if (s->out.head != NULL || s->h.state != HS_OPEN) return;
   if (s->want_close) {
     stream_close(s, 0, 0);
   } else if (s->want_shutdown && !s->shut_done) {
-    /* While connecting, libuv would take the shutdown request and never
-    ** carry it out (nothing to write, so it stops watching for POLLOUT):
-    ** connect_cb calls us again. */
-    if (!s->connected) return;
+    if (!s->connected) return; /* after the connect (connect_done) */
     s->want_shutdown = 0;
-    s->shutdown_req.data = s;
-    if (uv_shutdown(&s->shutdown_req, &s->u.stream, shutdown_cb) != 0)
-      s->shut_done = 1;
+    s->shut_done = 1;
+    shutdown(s->sock, SHUT_WR);
+  }
+}
+
+/* ------------------------------------------------------------------------
+** Reading.
+*/
+
+static void got_eof(ame_stream_t *s) {
+  s->eof = 1;
+  if (s->cbs->on_eof) {
+    stream_failed(s, cb_simple(s, s->cbs->on_eof, "on_eof"));
+  } else {
+    s->want_close = 1;
+    flushed(s);
+  }
+}
+
+/* Owner thread: s is readable. */
+static void do_read(ame_stream_t *s) {
+  char *buf = s->h.w->readbuf;
+  for (int i = 0; i < READS_PER_EVENT && wants_read(s); i++) {
+    ssize_t n = ame__sock_recv(s->sock, 0, buf, AME__READBUF_SIZE);
+    if (n == -EAGAIN) return;
+    if (n == 0) {
+      got_eof(s);
+      return;
+    }
+    if (n < 0) {
+      stream_close(s, (int)n, 0);
+      return;
+    }
+    stream_failed(s, cb_data(s, buf, (size_t)n));
+    if ((size_t)n < AME__READBUF_SIZE) return; /* the socket is empty */
   }
 }
 
@@ -221,57 +242,53 @@ static void flushed(ame_stream_t *s) {
 ** Writing.
 */
 
-static void write_cb(uv_write_t *req, int status) {
-  struct op *op = req->data;
-  ame_stream_t *s = (ame_stream_t *)op->h;
-  size_t left = SUB(&s->queued, (size_t)op->a);
-  if (status < 0 && status != UV_ECANCELED && s->h.state == HS_OPEN) {
-    stream_close(s, status, 0);
-  } else if (s->h.state == HS_OPEN) {
-    if (s->paused_wm && left <= LOAD(&s->low)) {
-      s->paused_wm = 0;
-      update_reading(s);
-      if (s->cbs->on_drain)
-        stream_failed(s, cb_simple(s, s->cbs->on_drain, "on_drain"));
-    }
-    flushed(s);
+/* Owner thread: the queue shrank (or was flushed). */
+static void sent_some(ame_stream_t *s) {
+  STORE(&s->queued, s->out.bytes);
+  if (s->paused_wm && s->out.bytes <= LOAD(&s->low)) {
+    s->paused_wm = 0;
+    if (s->cbs->on_drain)
+      stream_failed(s, cb_simple(s, s->cbs->on_drain, "on_drain"));
   }
-  /* The op was kept by op_write; release it now. */
-  ame_handle_t *h = op->h;
-  free(op);
-  ame__handle_unref(h);
+  flushed(s);
+}
+
+/* Owner thread: s is writable. */
+static void do_write(ame_stream_t *s) {
+  if (s->out.head == NULL) return;
+  int rc = ame__oq_flush(&s->out, s->sock, NULL);
+  if (rc < 0 && rc != -EAGAIN) {
+    stream_close(s, rc, 0);
+    return;
+  }
+  sent_some(s);
 }
 
 static int op_write(struct op *op) {
   ame_stream_t *s = (ame_stream_t *)op->h;
   if (s->h.state != HS_OPEN) return 0;
-  uv_buf_t b = uv_buf_init(op->data, (unsigned)op->len);
-  if (LOAD(&s->queued) == 0) {
-    int n = uv_try_write(&s->u.stream, &b, 1);
-    if (n == (int)op->len) return 0;
-    if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
-      stream_close(s, n, 0);
+  const char *p = op->data;
+  size_t n = op->len;
+  if (s->out.head == NULL && s->connected) {
+    ssize_t k = ame__sock_send(s->sock, p, n);
+    if (k == (ssize_t)n) return 0;
+    if (k < 0 && k != -EAGAIN) {
+      stream_close(s, (int)k, 0);
       return 0;
     }
-    if (n > 0) {
-      b.base += n;
-      b.len -= (unsigned)n;
+    if (k > 0) {
+      p += k;
+      n -= (size_t)k;
     }
   }
-  op->a = b.len;
-  op->wreq.data = op;
-  ADD(&s->queued, (size_t)b.len);
-  int rc = uv_write(&op->wreq, &s->u.stream, &b, 1, write_cb);
-  if (rc != 0) {
-    SUB(&s->queued, (size_t)b.len);
-    stream_close(s, rc, 0);
+  if (ame__oq_append(&s->out, p, n) != 0) {
+    stream_close(s, -ENOMEM, 0);
     return 0;
   }
-  if (!s->paused_wm && LOAD(&s->queued) > LOAD(&s->high)) {
-    s->paused_wm = 1;
-    update_reading(s);
-  }
-  return 1;
+  STORE(&s->queued, s->out.bytes);
+  if (!s->paused_wm && s->out.bytes > LOAD(&s->high)) s->paused_wm = 1;
+  update_poll(s);
+  return 0;
 }
 
 int ame_stream_write(ame_stream_t *s, const void *data, size_t len) {
@@ -282,6 +299,54 @@ int ame_stream_write(ame_stream_t *s, const void *data, size_t len) {
   if (op == NULL) return LOAD(&s->h.refs) == 0 ? -EPIPE : -ENOMEM;
   memcpy(op->data, data, len);
   return ame__op_submit(op);
+}
+
+/* ------------------------------------------------------------------------
+** Events.
+*/
+
+/* Owner thread: a connecting stream's socket is writable, or failed. */
+static void connect_done(ame_stream_t *s) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(s->sock, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == EINPROGRESS) return;
+  if (err) {
+    stream_close(s, -err, 0);
+    return;
+  }
+  STORE(&s->fd, s->sock);
+  s->connected = 1;
+  update_poll(s);
+  stream_failed(s, cb_open(s));
+  if (s->h.state == HS_OPEN) flushed(s); /* a shutdown asked for meanwhile */
+}
+
+static void poll_cb(uv_poll_t *p, int status, int events) {
+  ame_stream_t *s = p->data;
+  if (s->h.state != HS_OPEN) return;
+  if (status < 0) {
+    /* POLLERR: libuv stopped the watch.  The reads and sends below meet
+    ** the socket's error; else it is restarted. */
+    s->polling = 0;
+    events = UV_READABLE | UV_WRITABLE;
+  }
+  if (!s->connected) {
+    connect_done(s);
+    if (s->h.state == HS_OPEN) update_poll(s);
+    return;
+  }
+  if (events & (UV_READABLE | UV_DISCONNECT)) do_read(s);
+  if (s->h.state == HS_OPEN && (events & UV_WRITABLE)) do_write(s);
+  if (s->h.state == HS_OPEN && status < 0) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(s->sock, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err) {
+      stream_close(s, -err, 0);
+      return;
+    }
+  }
+  update_poll(s);
 }
 
 /* ------------------------------------------------------------------------
@@ -296,7 +361,6 @@ static int op_control(struct op *op) {
   switch (op->a) {
   case C_CLOSE:
     s->want_close = 1;
-    update_reading(s);
     flushed(s);
     break;
   case C_ABORT: stream_close(s, 0, 1); break;
@@ -304,18 +368,16 @@ static int op_control(struct op *op) {
     s->want_shutdown = 1;
     flushed(s);
     break;
-  case C_PAUSE:
-    s->paused_user = 1;
-    update_reading(s);
-    break;
-  case C_RESUME:
-    s->paused_user = 0;
-    update_reading(s);
-    break;
+  case C_PAUSE: s->paused_user = 1; break;
+  case C_RESUME: s->paused_user = 0; break;
   case C_NODELAY:
-    if (s->kind == K_TCP) uv_tcp_nodelay(&s->u.tcp, (int)op->b);
+    if (s->kind == K_TCP) {
+      int on = (int)op->b;
+      setsockopt(s->sock, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    }
     break;
   }
+  update_poll(s);
   return 0;
 }
 
@@ -341,7 +403,7 @@ size_t ame_stream_write_queue(const ame_stream_t *s) {
   return LOAD(&s->queued);
 }
 
-/* Any thread: the owner reads them at its next write or completion. */
+/* Any thread: the owner reads them at its next write or flush. */
 void ame_stream_set_watermarks(ame_stream_t *s, size_t high, size_t low) {
   if (high == 0) high = LOAD(&s->high);
   if (low == 0) low = LOAD(&s->low);
@@ -373,7 +435,7 @@ void ame__stream_stop(ame_handle_t *h) {
   ame_stream_t *s = (ame_stream_t *)h;
   if (s->h.state != HS_OPEN) return;
   s->want_close = 1;
-  update_reading(s);
+  update_poll(s);
   flushed(s);
 }
 
@@ -402,58 +464,43 @@ static ame_stream_t *stream_new(ame_reactor_t *r, struct worker *w, int kind,
   s->high = r->high;
   s->low = r->low;
   s->fd = -1;
-  s->u.handle.data = s;
+  s->sock = -1;
+  s->poll.data = s;
   return s;
 }
 
-static void open_failed_closed(uv_handle_t *hd) {
-  ame_stream_t *s = hd->data;
-  s->h.state = HS_CLOSED;
-  free(s->path);
-  s->path = NULL;
-  ame__handle_unref(&s->h);
-}
-
-/* Owner thread: init the libuv handle on fd and start reading.  Return 0
-** or a libuv error (the fd is then closed by the caller).  After an error
-** the stream is either still HS_NEW (the caller disposes of it) or, if
-** the libuv handle had been initialised, HS_CLOSING: it is on the loop's
-** list until closed, and its open reference is dropped then. */
-static int stream_open_fd(ame_stream_t *s, int fd) {
+/* Owner thread: watch socket fd (non-blocking) for s, which owns it from
+** now on, and make s live (not reading yet: update_poll).  connected: fd
+** is connected (else a connect is under way).  Return 0, or a libuv error:
+** then s is still HS_NEW and fd is the caller's. */
+static int stream_open_fd(ame_stream_t *s, int fd, int connected) {
   struct worker *w = s->h.w;
-  int rc = s->kind == K_TCP ? uv_tcp_init(&w->loop, &s->u.tcp)
-                            : uv_pipe_init(&w->loop, &s->u.pipe, 0);
+  int rc = uv_poll_init_socket(&w->loop, &s->poll, fd);
   if (rc != 0) return rc;
-  s->u.handle.data = s;
-  rc = s->kind == K_TCP ? uv_tcp_open(&s->u.tcp, fd)
-                        : uv_pipe_open(&s->u.pipe, fd);
-  if (rc != 0) {
-    s->h.state = HS_CLOSING;
-    uv_close(&s->u.handle, open_failed_closed);
-    return rc;
-  }
-  STORE(&s->fd, fd);
-  s->connected = 1;
+  s->poll.data = s;
+  s->sock = fd;
+  if (connected) STORE(&s->fd, fd);
+  s->connected = connected;
   s->h.state = HS_OPEN;
   ame__handle_link(&s->h);
   ADD(&w->nstreams, 1);
   return 0;
 }
 
-/* Free a stream whose libuv handle was never opened. */
+/* Free a stream that never went live. */
 static void stream_discard(ame_stream_t *s) {
   free(s->path);
   free(s);
 }
 
-int ame__stream_adopt_fd(struct worker *w, int fd, int is_pipe,
+int ame__stream_adopt_fd(struct worker *w, int fd, int is_unix,
                          const ame_stream_cbs_t *cbs, void *data,
                          ame_stream_t **out, int call_open) {
-  ame_stream_t *s = stream_new(w->r, w, is_pipe ? K_PIPE : K_TCP, cbs, data);
+  ame_stream_t *s = stream_new(w->r, w, is_unix ? K_UNIX : K_TCP, cbs, data);
   if (s == NULL) return -ENOMEM;
-  int rc = stream_open_fd(s, fd);
+  int rc = stream_open_fd(s, fd, 1);
   if (rc != 0) {
-    if (s->h.state == HS_NEW) stream_discard(s);
+    stream_discard(s);
     return rc;
   }
   if (out) *out = s;
@@ -462,7 +509,7 @@ int ame__stream_adopt_fd(struct worker *w, int fd, int is_pipe,
     return 0;
   }
   s->opened = 1;
-  update_reading(s);
+  update_poll(s);
   if (call_open) stream_failed(s, cb_open(s));
   return 0;
 }
@@ -864,51 +911,44 @@ void ame_listener_close(ame_listener_t *l) {
 ** Connecting and adopting.
 */
 
-static void connect_cb(uv_connect_t *req, int status) {
-  ame_stream_t *s = req->data;
-  if (s->h.state != HS_OPEN) return;
-  if (status < 0) {
-    stream_close(s, status, 0);
-    return;
-  }
-  int fd = -1;
-  uv_fileno(&s->u.handle, &fd);
-  STORE(&s->fd, fd);
-  s->connected = 1;
-  update_reading(s);
-  stream_failed(s, cb_open(s));
-  if (s->h.state == HS_OPEN) flushed(s); /* a shutdown asked for meanwhile */
-}
-
 static int op_connect(struct op *op) {
   ame_stream_t *s = (ame_stream_t *)op->h;
   struct worker *w = s->h.w;
   if (s->h.state != HS_NEW) return 0;
-  int rc = s->kind == K_TCP ? uv_tcp_init(&w->loop, &s->u.tcp)
-                            : uv_pipe_init(&w->loop, &s->u.pipe, 0);
+  struct sockaddr_un sun = {.sun_family = AF_UNIX};
+  const struct sockaddr *sa = (const struct sockaddr *)&s->peer;
+  socklen_t len;
+  if (s->kind == K_UNIX) {
+    strcpy(sun.sun_path, s->path); /* its length was checked */
+    sa = (const struct sockaddr *)&sun;
+    len = sizeof sun;
+  } else {
+    len = s->peer.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                        : sizeof(struct sockaddr_in);
+  }
+  int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+  int rc = fd < 0 ? -errno : stream_open_fd(s, fd, 0);
   if (rc != 0) {
-    /* Not a libuv handle yet: report and free. */
+    /* Not live: report and free. */
+    if (fd >= 0) close(fd);
     s->h.state = HS_CLOSED;
     cb_close(s, rc);
     ame__handle_unref(&s->h);
     return 0;
   }
-  s->u.handle.data = s;
-  s->h.state = HS_OPEN;
-  ame__handle_link(&s->h);
-  ADD(&w->nstreams, 1);
-  s->connect_req.data = s;
   if (w->stopping) {
     stream_close(s, -ESHUTDOWN, 0);
     return 0;
   }
-  if (s->kind == K_TCP) {
-    rc = uv_tcp_connect(&s->connect_req, &s->u.tcp,
-                        (const struct sockaddr *)&s->peer, connect_cb);
-    if (rc != 0) stream_close(s, rc, 0);
-  } else {
-    uv_pipe_connect(&s->connect_req, &s->u.pipe, s->path, connect_cb);
+  while ((rc = connect(fd, sa, len)) != 0 && errno == EINTR) {
   }
+  /* Connected at once (Unix) or under way: writable once it is done. */
+  if (rc != 0 && errno != EINPROGRESS) {
+    stream_close(s, -errno, 0);
+    return 0;
+  }
+  update_poll(s);
   return 0;
 }
 
@@ -953,7 +993,7 @@ int ame_unix_connect(ame_reactor_t *r, const char *path,
   if (r == NULL || path == NULL || cbs == NULL || out == NULL) return -EINVAL;
   struct sockaddr_un sun;
   if (strlen(path) >= sizeof sun.sun_path) return -ENAMETOOLONG;
-  ame_stream_t *s = stream_new(r, ame__pick_worker(r), K_PIPE, cbs, data);
+  ame_stream_t *s = stream_new(r, ame__pick_worker(r), K_UNIX, cbs, data);
   if (s == NULL) return -ENOMEM;
   if ((s->path = strdup(path)) == NULL) {
     free(s);
@@ -966,21 +1006,19 @@ static int op_adopt_stream(struct op *op) {
   ame_stream_t *s = (ame_stream_t *)op->h;
   if (s->h.state != HS_NEW) return 0;
   int fd = (int)op->a;
-  int rc = stream_open_fd(s, fd);
+  int rc = stream_open_fd(s, fd, 1);
   if (rc != 0) {
     close(fd);
     cb_close(s, rc);
-    if (s->h.state == HS_NEW) { /* else dropped once closed */
-      s->h.state = HS_CLOSED;
-      ame__handle_unref(&s->h);
-    }
+    s->h.state = HS_CLOSED;
+    ame__handle_unref(&s->h);
     return 0;
   }
   if (s->h.w->stopping) {
     stream_close(s, -ESHUTDOWN, 1);
     return 0;
   }
-  update_reading(s);
+  update_poll(s);
   stream_failed(s, cb_open(s));
   return 0;
 }
@@ -1002,7 +1040,7 @@ int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
   int nfd = fcntl_dup(fd);
   if (nfd < 0) return nfd;
   ame_stream_t *s = stream_new(r, ame__pick_worker(r),
-                               sa.ss_family == AF_UNIX ? K_PIPE : K_TCP, cbs,
+                               sa.ss_family == AF_UNIX ? K_UNIX : K_TCP, cbs,
                                data);
   if (s == NULL) {
     close(nfd);
@@ -1029,37 +1067,43 @@ int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
 }
 
 /* ------------------------------------------------------------------------
-** Pipes for child processes (process.c).
+** Child stdio (process.c): a stream over one end of a socket pair (as
+** libuv's UV_CREATE_PIPE makes), the other end the child's.
 */
 
 ame_stream_t *ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs,
-                            void *data) {
+                            void *data, int *child_fd) {
   static const ame_stream_cbs_t none;
-  ame_stream_t *s = stream_new(w->r, w, K_PIPE, cbs ? cbs : &none, data);
-  if (s == NULL) return NULL;
-  if (uv_pipe_init(&w->loop, &s->u.pipe, 0) != 0) {
-    free(s);
+  int sv[2];
+  /* Both ends blocking (the child's must be); ours is made non-blocking
+  ** by uv_poll_init once the child runs. */
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return NULL;
+  ame_stream_t *s = stream_new(w->r, w, K_UNIX, cbs ? cbs : &none, data);
+  if (s == NULL) {
+    close(sv[0]);
+    close(sv[1]);
     return NULL;
   }
-  s->u.handle.data = s;
+  s->sock = sv[0];
+  *child_fd = sv[1];
   return s;
 }
 
-static void pipe_discarded(uv_handle_t *hd) { free(hd->data); }
-
 void ame__pipe_discard(ame_stream_t *s) {
-  uv_close(&s->u.handle, pipe_discarded);
+  close(s->sock);
+  stream_discard(s);
 }
 
-void ame__pipe_opened(ame_stream_t *s, int read) {
-  struct worker *w = s->h.w;
-  int fd = -1;
-  uv_fileno(&s->u.handle, &fd);
-  STORE(&s->fd, fd);
-  s->connected = 1;
-  s->h.state = HS_OPEN;
+int ame__pipe_opened(ame_stream_t *s, int read) {
+  int fd = s->sock;
+  int rc = stream_open_fd(s, fd, 1);
+  if (rc != 0) {
+    ame__pipe_discard(s);
+    return rc;
+  }
   s->opened = 1;
-  ame__handle_link(&s->h);
-  ADD(&w->nstreams, 1);
-  if (read) update_reading(s);
+  s->write_only = !read;
+  update_poll(s);
+  return 0;
 }

@@ -36,6 +36,7 @@
   X(unix_stream, 20)                                                          \
   X(listen_fd_adopt, 20)                                                      \
   X(sockio, 20)                                                               \
+  X(streambuf, 20)                                                            \
   X(stream_pause_resume, 20)                                                  \
   X(stream_shutdown, 20)                                                      \
   X(stream_watermarks, 30)                                                    \

@@ -6,7 +6,8 @@
 ** once and frees the stream once).
 */
 #include "reactor-test.h"
-#include "sockio.h" /* reactor/src: internal */
+#include "sockio.h"    /* reactor/src: internal */
+#include "streambuf.h" /* reactor/src: internal */
 
 #include <fcntl.h>
 #include <poll.h>
@@ -1301,5 +1302,97 @@ TEST_IMPL(sockio) {
   ASSERT_EQ(ame__sock_recv(p[0], 1, b, sizeof b), 0);
   close(p[0]);
   close(lfd);
+  ASSERT_EQ(fd_count(), fds);
+}
+
+/* ------------------------------------------------------------------------
+** streambuf.h: the input buffer and output queue both kinds of stream
+** buffer with.
+*/
+
+TEST_IMPL(streambuf) {
+  int fds = fd_baseline();
+  /* Input buffer: append, consume from the front, take, put back. */
+  ame__ibuf_t in = {0};
+  ASSERT_EQ(ame__ibuf_append(&in, "hello ", 6), 0);
+  ASSERT_EQ(ame__ibuf_append(&in, "world", 5), 0);
+  ASSERT_EQ(in.len, 11);
+  ame__ibuf_consume(&in, 6);
+  ASSERT_EQ(in.len, 5);
+  ASSERT(memcmp(ame__ibuf_data(&in), "world", 5) == 0);
+  /* Appends after a consume keep the order (sliding, or growing). */
+  static char big[10000];
+  for (size_t i = 0; i < sizeof big; i++) big[i] = (char)('a' + i % 26);
+  ASSERT_EQ(ame__ibuf_append(&in, big, sizeof big), 0);
+  ASSERT_EQ(in.len, 5 + sizeof big);
+  ASSERT(memcmp(ame__ibuf_data(&in), "world", 5) == 0);
+  ASSERT(memcmp(ame__ibuf_data(&in) + 5, big, sizeof big) == 0);
+  ame__ibuf_t taken = {0};
+  ame__ibuf_take(&in, &taken);
+  ASSERT_EQ(in.len, 0);
+  ASSERT_NULL(in.p);
+  ASSERT_EQ(taken.len, 5 + sizeof big);
+  ASSERT_EQ(ame__ibuf_append(&in, "!", 1), 0); /* came in meanwhile */
+  ASSERT_EQ(ame__ibuf_putback(&in, &taken), 0);
+  ASSERT_NULL(taken.p);
+  ASSERT_EQ(in.len, 6 + sizeof big);
+  ASSERT(memcmp(ame__ibuf_data(&in), "world", 5) == 0);
+  ASSERT_EQ(ame__ibuf_data(&in)[5 + sizeof big], '!');
+  ame__ibuf_consume(&in, in.len);
+  ASSERT_EQ(in.len, 0);
+  ame__ibuf_free(&in);
+
+  /* Output queue: small writes share a chunk, a big one gets its own;
+  ** splice moves them whole; flush sends in order until the kernel is
+  ** full, then the rest once there is room. */
+  ame__oqueue_t a = {0}, b = {0};
+  ASSERT_EQ(ame__oq_append(&a, "ab", 2), 0);
+  ASSERT_EQ(ame__oq_append(&a, "cd", 2), 0);
+  ASSERT_PTR_EQ(a.head, a.tail);
+  ASSERT_EQ(a.bytes, 4);
+  static char huge[1 << 20];
+  for (size_t i = 0; i < sizeof huge; i++) huge[i] = (char)(i * 7);
+  ASSERT_EQ(ame__oq_append(&b, huge, sizeof huge), 0);
+  ame__oq_splice(&a, &b);
+  ASSERT_NULL(b.head);
+  ASSERT_EQ(b.bytes, 0);
+  ASSERT_EQ(a.bytes, 4 + sizeof huge);
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  int sz = 4096;
+  setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+  size_t sent = 0, got = 0;
+  int rc = ame__oq_flush(&a, sv[0], &sent);
+  ASSERT_EQ(rc, -EAGAIN);
+  ASSERT(sent > 0 && sent < 4 + sizeof huge);
+  ASSERT_EQ(a.bytes, 4 + sizeof huge - sent);
+  static char rbuf[(1 << 20) + 4];
+  for (int i = 0; i < 100000 && got < sizeof rbuf; i++) {
+    ssize_t n = ame__sock_recv(sv[1], 0, rbuf + got, sizeof rbuf - got);
+    if (n > 0) got += (size_t)n;
+    if (a.head) {
+      rc = ame__oq_flush(&a, sv[0], &sent);
+      ASSERT(rc == 0 || rc == -EAGAIN);
+    }
+    if (n == -EAGAIN) wait_readable(sv[1]);
+  }
+  ASSERT_EQ(rc, 0);
+  ASSERT_NULL(a.head);
+  ASSERT_NULL(a.tail);
+  ASSERT_EQ(a.bytes, 0);
+  ASSERT_EQ(got, sizeof rbuf);
+  ASSERT(memcmp(rbuf, "abcd", 4) == 0);
+  ASSERT(memcmp(rbuf + 4, huge, sizeof huge) == 0);
+  /* The peer gone: an error, not "would block"; clear drops the rest. */
+  ASSERT_EQ(ame__oq_append(&a, "x", 1), 0);
+  close(sv[1]);
+  rc = ame__oq_flush(&a, sv[0], &sent);
+  ASSERT(rc == -EPIPE || rc == -ECONNRESET);
+  ASSERT_EQ(sent, 0);
+  ASSERT_EQ(a.bytes, 1);
+  ame__oq_clear(&a);
+  ASSERT_NULL(a.head);
+  ASSERT_EQ(a.bytes, 0);
+  close(sv[0]);
   ASSERT_EQ(fd_count(), fds);
 }
