@@ -9,6 +9,7 @@
 #include <Python.h>
 
 #include "ame/reactor.h"
+#include "streambuf.h" /* reactor/src: the buffers of fast streams */
 
 #include <pthread.h>
 #include <poll.h>
@@ -123,18 +124,18 @@ struct fconn {
   int want_read;            /* lock: Python reads (startReading) */
   int want_drain;           /* lock: Python wants a drained event */
   int detach;               /* lock: Python detached: the worker lets go */
-  /* Inbound, filled by the worker, taken by Python. */
-  char *ibuf;               /* lock */
-  size_t ilen, icap;        /* lock */
+  /* Inbound, filled by the worker, taken by Python (streambuf.h). */
+  ame__ibuf_t in;           /* lock: bytes (a listener: struct accepted
+                               records) */
   int eof;                  /* lock: the peer closed (recv returned 0) */
   int rerr;                 /* lock: recv failed: errno */
-  /* Outbound, appended by Python, sent by the worker. */
-  char *obuf;               /* lock */
-  size_t olen, ocap;        /* lock */
-  size_t oready;            /* lock: the first oready bytes of obuf were
-                               flushed (end of a dispatch): the worker sends
-                               no more than these, so it never sends half
-                               of what a callback is still writing */
+  /* Outbound, appended by Python, sent by the worker: three queues
+  ** (streambuf.h), chunks spliced from one to the next without copying. */
+  ame__oqueue_t out;        /* lock: written since the last flush: a
+                               callback may still be writing, so the
+                               worker never sends from it */
+  ame__oqueue_t ready;      /* lock: flushed (end of a dispatch), for the
+                               worker to take */
   int pending;              /* py: on c's pending list */
   struct fconn *next_pending; /* py */
   size_t queued;            /* lock: bytes written and not yet sent */
@@ -154,8 +155,7 @@ struct fconn {
   /* worker */
   ame_poll_t *poll;
   int armed;
-  char *wbuf;
-  size_t wlen, woff, wcap;
+  ame__oqueue_t wq;         /* taken from ready, being sent */
   int cb_status, cb_events;
 };
 

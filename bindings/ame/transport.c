@@ -9,17 +9,20 @@
 **
 **   reading   The worker keeps the fd's poll armed for reading while
 **             Python reads (startReading), recv()s into the stream's
-**             inbound buffer and puts the stream on the core's ready list.
+**             input buffer (reactor/src/streambuf.h, the buffers the
+**             reactor's own streams use) and puts the stream on the
+**             core's ready list.
 **             wait() takes the list and calls protocol.dataReceived(data)
 **             itself, in C (the fast path).  EOF, errors, and exceptions
 **             or return values of dataReceived go back to Python (doRead,
 **             reactor._ameReadFailed), which does what Twisted does.
 **             At most AME_ICAP bytes wait unread: then the worker stops
 **             reading until Python has taken them.
-**   writing   Stream.write (C) copies the bytes into the stream's outbound
-**             buffer; the next flush (once per wait(), batched over every
-**             stream) hands them to the worker, which send()s them,
-**             waiting for POLLOUT when the kernel buffer is full.  Python
+**   writing   Stream.write (C) copies the bytes into the stream's output
+**             queue; the next flush (once per wait(), batched over every
+**             stream) splices it to the worker's side, which the worker
+**             takes and sends (writev), waiting for POLLOUT when the
+**             kernel buffer is full.  Python
 **             asks to be told when everything is sent (addWriter: drained
 **             events, for loseConnection, producers and half-close); then
 **             doWrite runs Twisted's end-of-buffer logic.
@@ -55,7 +58,9 @@
 */
 #include "binding.h"
 #include "shared.h"
-#include "sockio.h" /* reactor/src: the socket calls the reactor shares */
+#include "sockio.h"    /* reactor/src: the socket calls */
+#include "streambuf.h" /* reactor/src: the buffers the reactor's streams
+                          use too */
 
 #include <errno.h>
 #include <stdlib.h>
@@ -191,22 +196,29 @@ static void pop_log_context(PyObject *contexts) {
 ** buffer). */
 static void close_accepted(struct fconn *f) {
   if (!f->listener) return;
-  for (size_t off = 0; off + sizeof(struct accepted) <= f->ilen;
+  const char *p = ame__ibuf_data(&f->in);
+  for (size_t off = 0; off + sizeof(struct accepted) <= f->in.len;
        off += sizeof(struct accepted)) {
     struct accepted a;
-    memcpy(&a, f->ibuf + off, sizeof a);
+    memcpy(&a, p + off, sizeof a);
     close(a.fd);
   }
-  f->ilen = 0;
+  ame__ibuf_consume(&f->in, f->in.len);
+}
+
+/* Free f's buffers and f. */
+static void fconn_free(struct fconn *f) {
+  close_accepted(f);
+  ame__ibuf_free(&f->in);
+  ame__oq_clear(&f->out);
+  ame__oq_clear(&f->ready);
+  ame__oq_clear(&f->wq);
+  free(f);
 }
 
 static void fconn_unref(struct fconn *f) {
   if (--f->refs > 0) return;
-  close_accepted(f);
-  free(f->ibuf);
-  free(f->obuf);
-  free(f->wbuf);
-  free(f);
+  fconn_free(f);
 }
 
 /* Lock held. */
@@ -236,7 +248,7 @@ void ame__fconn_flush_pending(struct core *c) {
   while (f) {
     struct fconn *next = f->next_pending;
     f->pending = 0;
-    f->oready = f->olen;
+    ame__oq_splice(&f->ready, &f->out);
     if (!f->detach) mark_fdirty(c, f);
     fconn_unref(f); /* the pending list's reference */
     f = next;
@@ -273,22 +285,6 @@ int ame__before_poll(void *arg) {
   return ame__catch_up_step(c);
 }
 
-/* Lock held.  Append n bytes to a growable buffer.  Return 0 or -1. */
-static int buf_append(char **buf, size_t *len, size_t *cap, const void *p,
-                      size_t n) {
-  if (*len + n > *cap) {
-    size_t nc = *cap ? *cap : 512;
-    while (nc < *len + n) nc *= 2;
-    char *b = realloc(*buf, nc);
-    if (b == NULL) return -1;
-    *buf = b;
-    *cap = nc;
-  }
-  memcpy(*buf + *len, p, n);
-  *len += n;
-  return 0;
-}
-
 /* ------------------------------------------------------------------------
 ** The worker side.
 */
@@ -302,9 +298,9 @@ static void fupdate(struct core *c, struct fconn *f) {
   int mask = 0;
   if (!f->detach) {
     if (f->want_read && !f->eof && !f->rerr &&
-        f->ilen < (f->listener ? 256 * sizeof(struct accepted) : AME_ICAP))
+        f->in.len < (f->listener ? 256 * sizeof(struct accepted) : AME_ICAP))
       mask |= AME_READABLE;
-    if (f->woff < f->wlen && !f->werr) mask |= AME_WRITABLE;
+    if (f->wq.head && !f->werr) mask |= AME_WRITABLE;
   }
   pthread_mutex_unlock(&c->lock);
   if (mask == f->armed) return;
@@ -338,7 +334,7 @@ static void do_recv(struct core *c, struct fconn *f) {
   int sig = 0;
   if (!f->detach) {
     if (n > 0) {
-      if (buf_append(&f->ibuf, &f->ilen, &f->icap, c->scratch, (size_t)n))
+      if (ame__ibuf_append(&f->in, c->scratch, (size_t)n) != 0)
         f->rerr = ENOMEM;
       c->n_reads++;
       c->n_bytes_in += (uint64_t)n;
@@ -359,56 +355,14 @@ static void do_send(struct core *c, struct fconn *f) {
   int err = 0;
   pthread_mutex_lock(&c->lock);
   int detached = f->detach;
+  /* Take what was flushed, never what a callback is still writing (out:
+  ** the next flush releases it). */
+  if (!detached && !f->werr) ame__oq_splice(&f->wq, &f->ready);
   pthread_mutex_unlock(&c->lock);
   if (detached) return; /* closed by Python: send nothing more */
-  for (;;) {
-    if (f->woff == f->wlen) {
-      /* Take what Python appended since (swap the buffers). */
-      pthread_mutex_lock(&c->lock);
-      /* Only what was flushed: the rest is a callback's output still
-      ** being written (the next flush releases it). */
-      size_t take = f->oready < f->olen ? f->oready : f->olen;
-      int more = take > 0 && !f->detach && !f->werr;
-      if (more && take == f->olen) {
-        char *b = f->wbuf;
-        size_t cap = f->wcap;
-        f->wbuf = f->obuf;
-        f->wcap = f->ocap;
-        f->wlen = f->olen;
-        f->woff = 0;
-        f->obuf = b;
-        f->ocap = cap;
-        f->olen = 0;
-      } else if (more) {
-        if (take > f->wcap) {
-          char *b = realloc(f->wbuf, take);
-          if (b == NULL) {
-            pthread_mutex_unlock(&c->lock);
-            err = ENOMEM;
-            break;
-          }
-          f->wbuf = b;
-          f->wcap = take;
-        }
-        memcpy(f->wbuf, f->obuf, take);
-        memmove(f->obuf, f->obuf + take, f->olen - take);
-        f->olen -= take;
-        f->wlen = take;
-        f->woff = 0;
-      }
-      f->oready -= more ? take : 0;
-      pthread_mutex_unlock(&c->lock);
-      if (!more) break;
-    }
-    ssize_t n = ame__sock_send(f->fd, f->wbuf + f->woff, f->wlen - f->woff);
-    if (n > 0) {
-      f->woff += (size_t)n;
-      sent += (size_t)n;
-      if (f->woff == f->wlen) f->woff = f->wlen = 0;
-      continue;
-    }
-    if (n != -EAGAIN) err = (int)-n;
-    break;
+  if (f->wq.head) {
+    int rc = ame__oq_flush(&f->wq, f->fd, &sent);
+    if (rc < 0 && rc != -EAGAIN) err = -rc;
   }
   pthread_mutex_lock(&c->lock);
   int sig = 0;
@@ -417,8 +371,9 @@ static void do_send(struct core *c, struct fconn *f) {
   c->n_bytes_out += sent;
   if (err) {
     f->werr = err;
-    f->woff = f->wlen = 0;
-    f->olen = f->oready = 0;
+    ame__oq_clear(&f->wq);
+    ame__oq_clear(&f->ready);
+    ame__oq_clear(&f->out);
     f->queued = 0;
   }
   if ((err || f->queued == 0) && f->want_drain && !f->detach) {
@@ -455,7 +410,7 @@ static int take_accepted(void *arg, int fd, const struct sockaddr_storage *sa,
     return 1;
   }
   int stop = 0;
-  if (buf_append(&f->ibuf, &f->ilen, &f->icap, &a, sizeof a) != 0) {
+  if (ame__ibuf_append(&f->in, &a, sizeof a) != 0) {
     close(fd);
     f->rerr = ENOMEM;
     stop = 1;
@@ -463,7 +418,7 @@ static int take_accepted(void *arg, int fd, const struct sockaddr_storage *sa,
     c->n_accepted++;
   }
   if (f->want_read) x->sig |= fready_push(c, f);
-  stop |= f->ilen >= 256 * sizeof(struct accepted);
+  stop |= f->in.len >= 256 * sizeof(struct accepted);
   pthread_mutex_unlock(&c->lock);
   return stop;
 }
@@ -580,8 +535,7 @@ void ame__fconn_free_all(struct core *c) {
 struct entry {
   struct fconn *f;
   PyObject *owner;  /* strong */
-  char *buf;        /* data taken, or NULL */
-  size_t len, cap;
+  ame__ibuf_t in;   /* data taken (empty: none) */
   int rd, wr;       /* slow events for doRead / doWrite */
 };
 
@@ -590,23 +544,9 @@ struct entry {
 ** dataReceived), which dispatches again. */
 #define AME_ENTS_STACK 32
 
-/* Lock held.  Put buf back in front of f's inbound buffer. */
-static void ibuf_putback(struct fconn *f, struct entry *e) {
-  if (f->ilen == 0) {
-    free(f->ibuf);
-    f->ibuf = e->buf;
-    f->ilen = e->len;
-    f->icap = e->cap;
-  } else if (buf_append(&e->buf, &e->len, &e->cap, f->ibuf, f->ilen) == 0) {
-    free(f->ibuf);
-    f->ibuf = e->buf;
-    f->ilen = e->len;
-    f->icap = e->cap;
-  } else {
-    f->rerr = ENOMEM;
-    free(e->buf);
-  }
-  e->buf = NULL;
+/* Lock held.  Put data taken (in) back in front of f's inbound buffer. */
+static void ibuf_putback(struct fconn *f, ame__ibuf_t *in) {
+  if (ame__ibuf_putback(&f->in, in) != 0) f->rerr = ENOMEM;
 }
 
 static int append_event(PyObject *events, PyObject *owner, int ev) {
@@ -642,17 +582,13 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
     e->owner = f->owner;
     Py_INCREF(e->owner);
     if (f->listener) { /* Port.doRead takes the connections */
-      e->rd = f->want_read && (f->ilen || f->rerr);
+      e->rd = f->want_read && (f->in.len || f->rerr);
       continue;
     }
     if (f->want_read) {
-      if (f->ilen) {
-        int was_full = f->ilen >= AME_ICAP;
-        e->buf = f->ibuf;
-        e->len = f->ilen;
-        e->cap = f->icap;
-        f->ibuf = NULL;
-        f->ilen = f->icap = 0;
+      if (f->in.len) {
+        int was_full = f->in.len >= AME_ICAP;
+        ame__ibuf_take(&f->in, &e->in);
         if (was_full) mark_fdirty(c, f); /* read again */
       }
       e->rd = f->eof || f->rerr;
@@ -669,12 +605,13 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
   for (size_t i = 0; i < n; i++) {
     struct entry *e = &ents[i];
     f = e->f;
-    if (e->owner && e->buf && rc == 0 && contexts == NULL &&
+    if (e->owner && e->in.len && rc == 0 && contexts == NULL &&
         (contexts = context_list()) == NULL)
       rc = -1;
-    if (e->owner && e->buf && rc == 0) {
+    if (e->owner && e->in.len && rc == 0) {
       StreamObject *s = (StreamObject *)e->owner;
-      PyObject *data = PyBytes_FromStringAndSize(e->buf, (Py_ssize_t)e->len);
+      PyObject *data = PyBytes_FromStringAndSize(ame__ibuf_data(&e->in),
+                                                 (Py_ssize_t)e->in.len);
       if (data == NULL) {
         rc = -1;
       } else if (s->f == f && f->want_read && s->protocol) {
@@ -707,8 +644,7 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
           Py_XDECREF(exc);
         }
         Py_XDECREF(r);
-        free(e->buf);
-        e->buf = NULL;
+        ame__ibuf_free(&e->in);
       }
       Py_XDECREF(data);
     }
@@ -721,13 +657,13 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
         rc = -1;
     }
     pthread_mutex_lock(&c->lock);
-    if (e->buf) {
+    if (e->in.len) {
       /* Not delivered (reading stopped meanwhile, or an error): keep it. */
       if (!f->detach) {
-        ibuf_putback(f, e);
+        ibuf_putback(f, &e->in);
         if (f->want_read && fready_push(c, f)) ame__signal_efd(c);
       } else {
-        free(e->buf);
+        ame__ibuf_free(&e->in);
       }
     }
     fconn_unref(f);
@@ -751,11 +687,7 @@ static struct fconn *live_f(StreamObject *self) {
   CoreObject *co = (CoreObject *)self->core;
   if (co && co->c == f->c && ame__core_live(f->c)) return f;
   self->f = NULL;
-  close_accepted(f); /* f->fd is Python's: it closes it */
-  free(f->ibuf);
-  free(f->obuf);
-  free(f->wbuf);
-  free(f);
+  fconn_free(f); /* f->fd is Python's: it closes it */
   Py_CLEAR(self->core);
   return NULL;
 }
@@ -773,9 +705,8 @@ static void stream_detach(StreamObject *self) {
   f->detach = 1;
   f->owner = NULL;
   f->want_read = f->want_drain = 0;
-  free(f->obuf);
-  f->obuf = NULL;
-  f->olen = f->ocap = f->oready = 0;
+  ame__oq_clear(&f->out);
+  ame__oq_clear(&f->ready);
   mark_fdirty(c, f);
   fconn_unref(f); /* the Python object's reference */
   pthread_mutex_unlock(&c->lock);
@@ -847,8 +778,9 @@ static PyObject *Stream_discard(StreamObject *self, PyObject *unused) {
   struct fconn *f = live_f(self);
   if (f) {
     pthread_mutex_lock(&f->c->lock);
-    f->queued -= f->olen;
-    f->olen = f->oready = 0;
+    f->queued -= f->out.bytes + f->ready.bytes;
+    ame__oq_clear(&f->out);
+    ame__oq_clear(&f->ready);
     f->dropping = 1;
     pthread_mutex_unlock(&f->c->lock);
   }
@@ -885,12 +817,11 @@ static PyObject *Stream_acceptOne(StreamObject *self, PyObject *unused) {
   if (f == NULL || !f->listener) Py_RETURN_NONE;
   struct core *c = f->c;
   pthread_mutex_lock(&c->lock);
-  if (f->ilen >= sizeof(struct accepted)) {
-    int was_full = f->ilen >= 256 * sizeof(struct accepted);
+  if (f->in.len >= sizeof(struct accepted)) {
+    int was_full = f->in.len >= 256 * sizeof(struct accepted);
     struct accepted a;
-    memcpy(&a, f->ibuf, sizeof a);
-    f->ilen -= sizeof a;
-    memmove(f->ibuf, f->ibuf + sizeof a, f->ilen);
+    memcpy(&a, ame__ibuf_data(&f->in), sizeof a);
+    ame__ibuf_consume(&f->in, sizeof a);
     if (was_full) mark_fdirty(c, f);
     pthread_mutex_unlock(&c->lock);
     PyObject *addr = ame__sockaddr_tuple((const struct sockaddr *)&a.addr,
@@ -922,7 +853,7 @@ static PyObject *Stream_requeue(StreamObject *self, PyObject *unused) {
       f->rerr = 0;
       mark_fdirty(f->c, f);
     }
-    if (f->want_read && f->ilen) fready_push(f->c, f);
+    if (f->want_read && f->in.len) fready_push(f->c, f);
     pthread_mutex_unlock(&f->c->lock);
   }
   Py_RETURN_NONE;
@@ -953,7 +884,7 @@ static PyObject *set_want(StreamObject *self, PyObject *arg, int drain) {
   } else if (f->want_read != on) {
     f->want_read = on;
     mark_fdirty(c, f);
-    if (on && (f->ilen || f->eof || f->rerr)) sig = fready_push(c, f);
+    if (on && (f->in.len || f->eof || f->rerr)) sig = fready_push(c, f);
   }
   pthread_mutex_unlock(&c->lock);
   if (sig) ame__signal_efd(c);
@@ -983,19 +914,19 @@ static PyObject *Stream_read(StreamObject *self, PyObject *unused) {
     pthread_mutex_unlock(&c->lock);
     Py_RETURN_NONE;
   }
-  if (f->ilen) {
-    struct entry e = {.buf = f->ibuf, .len = f->ilen, .cap = f->icap};
-    int was_full = f->ilen >= AME_ICAP;
-    f->ibuf = NULL;
-    f->ilen = f->icap = 0;
+  if (f->in.len) {
+    ame__ibuf_t in;
+    int was_full = f->in.len >= AME_ICAP;
+    ame__ibuf_take(&f->in, &in);
     if (was_full) mark_fdirty(c, f);
     pthread_mutex_unlock(&c->lock);
-    PyObject *b = PyBytes_FromStringAndSize(e.buf, (Py_ssize_t)e.len);
+    PyObject *b = PyBytes_FromStringAndSize(ame__ibuf_data(&in),
+                                            (Py_ssize_t)in.len);
     pthread_mutex_lock(&c->lock);
     if (b == NULL && self->f == f)
-      ibuf_putback(f, &e);
+      ibuf_putback(f, &in);
     else
-      free(e.buf);
+      ame__ibuf_free(&in);
     pthread_mutex_unlock(&c->lock);
     return b;
   }
@@ -1016,7 +947,7 @@ static int stream_send(StreamObject *self, const char *p, size_t n) {
     pthread_mutex_unlock(&c->lock);
     return 0;
   }
-  if (buf_append(&f->obuf, &f->olen, &f->ocap, p, n) != 0) {
+  if (ame__oq_append(&f->out, p, n) != 0) {
     pthread_mutex_unlock(&c->lock);
     PyErr_NoMemory();
     return -1;
@@ -1043,7 +974,7 @@ static int stream_sendv(StreamObject *self, PyObject *seq) {
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
     size_t len = (size_t)PyBytes_GET_SIZE(b);
-    if (buf_append(&f->obuf, &f->olen, &f->ocap, PyBytes_AS_STRING(b), len)) {
+    if (ame__oq_append(&f->out, PyBytes_AS_STRING(b), len) != 0) {
       f->queued += total;
       mark_pending(c, f);
       pthread_mutex_unlock(&c->lock);
