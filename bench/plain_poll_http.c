@@ -8,9 +8,10 @@
 ** blocking) and buffers its output itself: the responses to the requests
 ** that ended in one read are copied into the connection's buffer and sent
 ** from it, and what the kernel does not take waits for POLLOUT.  That is
-** how the Python binding's TCP streams work on Python's own fd
-** (bindings/ame/transport.c), where the reactor's streams leave reading and
-** buffering to libuv (uv_read_start, uv_try_write, uv_write).  Set against
+** how ame's streams work, the reactor's (reactor/src/stream.c) and the
+** Python binding's (bindings/ame/transport.c), with their buffering in
+** reactor/src/streambuf.h; libuv's uv_tcp_t leaves reading and buffering
+** to libuv (uv_read_start, uv_try_write, uv_write).  Set against
 ** plain-libuv-http in bench/reactor_bench.py, it measures what one way
 ** costs against the other, with nothing else in between.
 **

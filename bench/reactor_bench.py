@@ -10,8 +10,8 @@ the table gives events/s, the speedup over 1 worker and aborts per commit.
 "http": the ame HTTP example (examples/c/http.c) at 1 and 2 workers, a plain
 single-threaded libuv server (bench/plain_libuv_http.c), the same server
 over uv_poll with its own output buffer ("poll", bench/plain_poll_http.c:
-the Python binding's way of buffering a TCP stream, against libuv's
-uv_tcp_t in "plain") and nginx at 1 and 2 worker processes, all answering GET / with "Hello, world!\\n" on keep-alive
+the way ame's streams, the reactor's and the Python binding's, buffer a
+TCP stream, against libuv's uv_tcp_t in "plain") and nginx at 1 and 2 worker processes, all answering GET / with "Hello, world!\\n" on keep-alive
 connections, driven by wrk -t1 -c50; the table gives requests/s and the
 servers' CPU microseconds per request (from /proc/PID/stat), with ratios
 against plain libuv and nginx.  Runs are interleaved round-robin and

@@ -214,7 +214,7 @@ def reactor_section(d):
         out.append("CPU us/req: the server's user+system CPU per request; "
                    "plain: a single-threaded libuv server "
                    "(bench/plain_libuv_http.c); poll: the same over uv_poll "
-                   "with its own output buffer, the Python binding's way "
+                   "with its own output buffer, the way ame's streams buffer "
                    "(bench/plain_poll_http.c).")
     elif http and http.get("skipped"):
         out.append("")
