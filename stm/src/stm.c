@@ -14,7 +14,8 @@
 **    validates the reads if anyone committed since the snapshot, writes the
 **    values back and releases the orecs with the new version.
 **  - A conflict with a lock held by another transaction waits a little, then
-**    aborts the one that met it.  Aborts back off exponentially; after
+**    aborts the one that met it; one holding locks itself waits only for a
+**    younger owner (wait-die).  Aborts back off exponentially; after
 **    `escalate_after` aborts in a row the transaction restarts irrevocable.
 **  - An irrevocable transaction holds a ticket lock (one at a time, FIFO)
 **    and locks everything it reads as well as what it writes, so it can
@@ -921,7 +922,19 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
     }
     return;
   }
-  if (!LOAD(&owner->irrevocable)) {
+  /* Wait for a revocable owner to go, unless that could close a cycle:
+  ** a transaction that holds locks itself waits only for a younger owner
+  ** (a later start; between equal starts, the higher descriptor address)
+  ** and gives way at once to an older one (wait-die), so that two
+  ** writers never spin on each other's locks until both give up.  One
+  ** that holds nothing cannot be waited for, and waits. */
+  int wait = !LOAD(&owner->irrevocable);
+  if (wait && tx->w_n) {
+    uintptr_t mine = LOAD(&tx->active), theirs = LOAD(&owner->active);
+    wait = theirs > mine ||
+           (theirs == mine && (uintptr_t)owner > (uintptr_t)tx);
+  }
+  if (wait) {
     for (unsigned i = 0; i < CONFLICT_SPINS; i++) {
       cpu_relax();
       if (LOAD_ACQ(orec) != l) return;
