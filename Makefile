@@ -23,9 +23,17 @@ build: deps
 	@test -f $(BUILD)/build.ninja || $(MESON) setup $(BUILD)
 	ninja -C $(BUILD)
 
+# TinySTM, the STM baseline beyond libitm (bench/README.md): TINYSTM=DIR, a
+# TinySTM tree built outside this repository (`make -C DIR`: DIR/lib/libstm.a),
+# or, without it, such a tree at ../tinystm beside this checkout if it is
+# built.  The benchmarks then have a tinystm variant; without one they build
+# and run as ever.
+TINYSTM ?= $(patsubst %/lib/libstm.a,%,$(wildcard $(abspath ../tinystm)/lib/libstm.a))
+
 build-release: deps-bench
 	@test -f $(BENCH_BUILD)/build.ninja || \
 	  $(MESON) setup $(BENCH_BUILD) -Dbuildtype=release
+	@$(MESON) configure $(BENCH_BUILD) -Dtinystm=$(if $(TINYSTM),$(abspath $(TINYSTM)))
 	ninja -C $(BENCH_BUILD)
 
 # Every test, in the plain, ASan+UBSan and TSan builds, and a fuzz run.
@@ -63,7 +71,7 @@ demo: deps-demo build-release
 # LOAD_BENCH_ARGS, SUPERVISOR_BENCH_ARGS, SHARED_BENCH_ARGS and
 # TASKS_BENCH_ARGS to one each (their other flags differ: --duration is ms
 # for the STM runner, seconds for the others).
-BENCH_VARS = BENCH_ARGS STM_BENCH_ARGS REACTOR_BENCH_ARGS TWISTED_BENCH_ARGS \
+BENCH_VARS = TINYSTM BENCH_ARGS STM_BENCH_ARGS REACTOR_BENCH_ARGS TWISTED_BENCH_ARGS \
 	     LOAD_BENCH_ARGS SUPERVISOR_BENCH_ARGS SHARED_BENCH_ARGS \
 	     TASKS_BENCH_ARGS
 BENCH_CMD = $(strip make bench $(foreach v,$(BENCH_VARS),$(if $($(v)),$(v)='$($(v))')))

@@ -139,6 +139,8 @@ typedef struct bench_stats {
 static inline void bench_stats_reset(void) {
 #if defined(TM_AME) || defined(TM_ITM_AME)
   ame_stats_reset();
+#elif defined(TM_TINYSTM)
+  __atomic_store_n(&tm__tiny_total, 0, __ATOMIC_RELAXED);
 #endif
 }
 
@@ -158,6 +160,12 @@ static inline void bench_stats(bench_stats_t *s, uint64_t txs) {
 #elif defined(TM_ITM)
   s->commits = txs;
   s->aborts = -1;
+#elif defined(TM_TINYSTM)
+  /* Attempts the workers started (counted by tm.h), less their commits. */
+  s->known = 1;
+  s->commits = txs;
+  s->aborts = (int64_t)(__atomic_load_n(&tm__tiny_total, __ATOMIC_RELAXED) -
+                        txs);
 #else
   s->commits = txs;
   s->aborts = 0;

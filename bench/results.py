@@ -107,14 +107,17 @@ def stm_section(d):
         if key not in by:
             configs.append(key)
         by.setdefault(key, {})[r["variant"]] = r
-    variants = [v for v in ("ame", "itm", "ame-itm", "tinystm-itm", "mutex",
-                            "seq")
+    variants = [v for v in ("ame", "itm", "ame-itm", "tinystm",
+                            "tinystm-itm", "mutex", "seq")
                 if any(v in by[k] for k in configs)]
     head = (["configuration", "threads"] + ["%s ops/s" % v for v in variants]
             + ["ame x seq", "ame x itm", "ame 2t/1t", "ame aborts/commit"])
     with_ai = "ame-itm" in variants
     if with_ai:
         head += ["ame-itm x itm", "ame-itm x ame"]
+    with_tiny = "tinystm" in variants
+    if with_tiny:
+        head += ["ame x tinystm", "tinystm aborts/commit"]
     body = []
     for key in configs:
         vs = by[key]
@@ -128,14 +131,22 @@ def stm_section(d):
                        fmt_apc(ame.get("aborts_per_commit"))]
                     + ([fmt_ratio(vs.get("ame-itm", {}).get("vs_itm")),
                         fmt_ratio(vs.get("ame-itm", {}).get("vs_ame"))]
-                       if with_ai else []))
+                       if with_ai else [])
+                    + ([fmt_ratio(ame.get("vs_tinystm")),
+                        fmt_apc(vs.get("tinystm", {}).get(
+                            "aborts_per_commit"))]
+                       if with_tiny else []))
     out.append(table(head, body, right_from=2))
     out.append("")
     out.append("ops/s: operations per second over all threads; x seq: "
                "against seq at 1 thread; x itm: against libitm at the same "
                "thread count; 2t/1t: against ame at 1 thread; ame-itm: "
                "the itm variant's -fgnu-tm code linked against libame-itm "
-               "(x ame: against ame's own API at the same thread count).")
+               "(x ame: against ame's own API at the same thread count)"
+               + ("; tinystm: TinySTM's own API on the same source, its "
+                  "default build (x tinystm: ame against it at the same "
+                  "thread count, above 1 when ame is ahead)"
+                  if with_tiny else "") + ".")
     lt = d["machine"].get("line_transfer_ns")
     near = [r for r in rows if r["variant"] == "ame" and r.get("near_runs")]
     if lt:

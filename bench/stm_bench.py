@@ -5,11 +5,14 @@ Every configuration (a data structure, its parameters, a thread count) is
 run with each variant -- ame (ame's STM), itm (GCC libitm), ame-itm (the
 itm variant's -fgnu-tm code linked against libame-itm: GCC's TM ABI on
 ame), mutex (one global lock), seq (no synchronisation, 1 thread only) --
-all built from the same data-structure source (bench/tm.h).  With
---tinystm DIR, also tinystm-itm: the itm binaries run on TinySTM's
-implementation of the same ABI (DIR: a TinySTM source tree, built outside
-this repository with `make -C DIR/abi/gcc`; its libitm.so stands in for
-GCC's through LD_LIBRARY_PATH).  Runs are interleaved round-robin over
+all built from the same data-structure source (bench/tm.h) -- and tinystm
+(TinySTM's own API, statically linked) where the build has it (meson
+-Dtinystm=DIR, DIR a TinySTM tree built outside this repository with its
+default configuration); then the table also has ratios ame/tinystm per
+structure and thread count.  With --tinystm DIR, also tinystm-itm: the itm
+binaries run on TinySTM's implementation of the same ABI (DIR: a TinySTM
+source tree, built outside this repository with `make -C DIR/abi/gcc`; its
+libitm.so stands in for GCC's through LD_LIBRARY_PATH).  Runs are interleaved round-robin over
 configurations and variants, and each is repeated; the table shows the
 median, the min-max spread, aborts per commit, and ratios against seq, itm
 and the 1-thread run.  A "bars" section compares the figures the project is
@@ -42,7 +45,9 @@ from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
                       print_machine, ratio, resolve_builddir, round_robin,
                       run_json, runner_parser)
 
-VARIANTS = ("ame", "itm", "ame-itm", "mutex", "seq")
+VARIANTS = ("ame", "itm", "ame-itm", "tinystm", "mutex", "seq")
+# Run where built (meson -Dtinystm=DIR), never reported as missing.
+OPTIONAL = ("tinystm",)
 # Not run unless --tinystm is given.
 TINYSTM = "tinystm-itm"
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank")
@@ -213,6 +218,9 @@ def summarise(configs, variants_for, results, failures):
                          if v != "itm" else None)
         row["vs_ame"] = (ratio(row["median"], med.get((key, t, "ame")))
                          if v == "ame-itm" else None)
+        row["vs_tinystm"] = (ratio(row["median"],
+                                   med.get((key, t, "tinystm")))
+                             if v == "ame" else None)
         row["vs_1t"] = (ratio(row["median"], med.get((key, 1, v)))
                         if t > 1 else None)
         row["_base_1t"] = med.get((key, 1, v))
@@ -264,11 +272,11 @@ def print_table(rows, bars, failures, settings, machine):
           "%s CPUs (%s)" % (settings["reps"], settings["duration_ms"],
                             machine["cpus"], machine["cpu"]))
     print_machine(None, machine, worst="2 threads")
-    print("x seq: against seq at 1 thread; x itm, x ame: against itm, ame "
-          "at the same thread count; 2t/1t: against the same variant at 1 "
-          "thread.")
+    print("x seq: against seq at 1 thread; x itm, x ame, x tiny: against "
+          "itm, ame, tinystm at the same thread count; 2t/1t: against the "
+          "same variant at 1 thread.")
     head = ("configuration", "thr", "variant", "ops/s", "min-max",
-            "aborts/commit", "x seq", "x itm", "x ame", "2t/1t")
+            "aborts/commit", "x seq", "x itm", "x ame", "x tiny", "2t/1t")
     table = [head]
     for r in rows:
         if r["median"] is None:
@@ -282,7 +290,9 @@ def print_table(rows, bars, failures, settings, machine):
                       rate, spread,
                       fmt_apc(r["aborts_per_commit"], none="n/a"),
                       fmt_ratio(r["vs_seq"]), fmt_ratio(r["vs_itm"]),
-                      fmt_ratio(r.get("vs_ame")), fmt_ratio(r["vs_1t"])))
+                      fmt_ratio(r.get("vs_ame")),
+                      fmt_ratio(r.get("vs_tinystm")),
+                      fmt_ratio(r["vs_1t"])))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     prev = None
     for n, row in enumerate(table):
@@ -294,6 +304,14 @@ def print_table(rows, bars, failures, settings, machine):
         print("  ".join(cells).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
+    tiny = [r for r in rows if r["variant"] == "ame"
+            and r.get("vs_tinystm") is not None]
+    if tiny:
+        print()
+        print("ame / tinystm (ratio of the medians; above 1: ame ahead):")
+        for r in tiny:
+            print("  %-32s t=%d  %s" % (r["config"], r["threads"],
+                                        fmt_bar_ratio(r["vs_tinystm"])))
     print()
     print_bars(bars, width=10)
     print_failures(failures, what=lambda f: "%s  %s t=%d" % (
@@ -366,7 +384,8 @@ def main():
             if v == "seq" and cfg["t"] != 1:
                 continue
             if not os.access(binary(builddir, cfg["prog"], v), os.X_OK):
-                skipped.add("bench-%s-%s" % (cfg["prog"], v))
+                if v not in OPTIONAL:
+                    skipped.add("bench-%s-%s" % (cfg["prog"], v))
                 continue
             vs.append(v)
         variants_for.append(vs)

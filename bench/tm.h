@@ -9,6 +9,9 @@
 **     TM_ITM    GCC's libitm: __transaction_atomic, built with -fgnu-tm
 **               (with TM_ITM_AME also defined: the same objects, linked
 **               against libame-itm instead of libitm; TM_NAME "ame-itm")
+**     TM_TINYSTM  TinySTM (its own API, stm.h and mod_mem.h, statically
+**               linked from a TinySTM tree built outside this repository
+**               with its default configuration; meson -Dtinystm=DIR)
 **     TM_MUTEX  one process-wide pthread mutex around every transaction
 **     TM_SEQ    no synchronisation at all (one thread only)
 **
@@ -34,7 +37,8 @@
 **     TM_VOLATILE              qualifies a local that the block assigns and
 **                              code after the block reads (volatile under
 **                              ame's setjmp; libitm forbids volatile there)
-**     TM_NAME                  "ame", "itm", "ame-itm", "mutex" or "seq"
+**     TM_NAME                  "ame", "itm", "ame-itm", "tinystm", "mutex"
+**                              or "seq"
 **
 ** Rules for code inside TM_ATOMIC, so that it means the same under every
 ** variant:
@@ -60,13 +64,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#if !defined(TM_AME) && !defined(TM_ITM) && !defined(TM_MUTEX) && \
-    !defined(TM_SEQ)
+#if !defined(TM_AME) && !defined(TM_ITM) && !defined(TM_TINYSTM) && \
+    !defined(TM_MUTEX) && !defined(TM_SEQ)
 #define TM_AME 1
 #endif
-#if defined(TM_AME) + defined(TM_ITM) + defined(TM_MUTEX) + \
-        defined(TM_SEQ) != 1
-#error "define exactly one of TM_AME, TM_ITM, TM_MUTEX, TM_SEQ"
+#if defined(TM_AME) + defined(TM_ITM) + defined(TM_TINYSTM) + \
+        defined(TM_MUTEX) + defined(TM_SEQ) != 1
+#error "define exactly one of TM_AME, TM_ITM, TM_TINYSTM, TM_MUTEX, TM_SEQ"
 #endif
 
 /* ------------------------------------------------------------------------
@@ -126,6 +130,67 @@ typedef struct tm_tx {
     __transaction_atomic
 
 /* ------------------------------------------------------------------------
+** TinySTM, through its own API with explicit descriptors (stm_load_tx,
+** stm_store_tx: calls into libstm.a, as its own benchmarks make them), in
+** the configuration its Makefile builds by default (write-back with
+** encounter-time locking, the "suicide" contention manager, no epoch GC:
+** a block freed in a transaction goes back to malloc when it commits).  A
+** transaction that aborts restarts at the sigsetjmp() below, like ame's.
+** The attempts each thread started are counted here (TinySTM's default
+** build keeps no statistics), so that aborts = attempts - commits.
+*/
+#elif defined(TM_TINYSTM)
+#include <setjmp.h>
+#include <stm.h>
+#include <mod_mem.h>
+
+typedef struct stm_tx tm_tx_t;
+
+/* Attempts started by this thread, and by threads that left. */
+static _Thread_local uint64_t tm__tiny_attempts;
+static uint64_t tm__tiny_total __attribute__((unused));
+
+static inline int tm__tiny_startup(void) {
+  stm_init();
+  mod_mem_init(0);
+  return 0;
+}
+
+static inline void tm__tiny_thread_exit(tm_tx_t *tx) {
+  __atomic_add_fetch(&tm__tiny_total, tm__tiny_attempts, __ATOMIC_RELAXED);
+  tm__tiny_attempts = 0;
+  stm_exit_thread_tx(tx);
+}
+
+#define TM_NAME "tinystm"
+#define TM_SAFE
+#define TM_VOLATILE volatile
+#define TM_STARTUP() tm__tiny_startup()
+#define TM_SHUTDOWN() stm_exit()
+#define TM_THREAD_ENTER() stm_init_thread()
+#define TM_THREAD_EXIT(tx) tm__tiny_thread_exit(tx)
+/* Start (an abort jumps back to the sigsetjmp and runs the body again),
+** run the body, commit (the for's increment).  Not nested here, so
+** stm_start_tx always returns an environment. */
+#define TM_ATOMIC(tx)                                                     \
+  for (sigjmp_buf *tm__env_ = stm_start_tx((tx), (stm_tx_attr_t)0);      \
+       tm__env_ != NULL; tm__env_ = (stm_commit_tx(tx), NULL))            \
+    switch (sigsetjmp(*tm__env_, 0))                                      \
+    default:                                                              \
+      if (tm__tiny_attempts++, 0) {                                       \
+      } else
+#define TM_LOAD_PTR(tx, a) \
+  ((void *)stm_load_tx((tx), (volatile stm_word_t *)(void *)(a)))
+#define TM_STORE_PTR(tx, a, v) \
+  stm_store_tx((tx), (volatile stm_word_t *)(void *)(a), (stm_word_t)(v))
+#define TM_LOAD_WORD(tx, a) \
+  ((uintptr_t)stm_load_tx((tx), (volatile stm_word_t *)(a)))
+#define TM_STORE_WORD(tx, a, v) \
+  stm_store_tx((tx), (volatile stm_word_t *)(a), (stm_word_t)(v))
+#define TM_MALLOC(tx, n) stm_malloc_tx((tx), (n))
+#define TM_FREE(tx, p, n) stm_free_tx((tx), (p), (n))
+
+/* ------------------------------------------------------------------------
 ** One global mutex.
 */
 #elif defined(TM_MUTEX)
@@ -161,9 +226,9 @@ typedef struct tm_tx {
 #endif
 
 /* ------------------------------------------------------------------------
-** What the three non-ame variants share: plain loads and stores.
+** What the three variants without an STM share: plain loads and stores.
 */
-#if !defined(TM_AME)
+#if !defined(TM_AME) && !defined(TM_TINYSTM)
 /* The calling thread's (empty) context. */
 static inline tm_tx_t *tm__self(void) {
   static _Thread_local tm_tx_t self;

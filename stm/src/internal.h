@@ -176,6 +176,8 @@ struct ame__global {
   pthread_mutex_t reg_lock;    /* registry, orphans */
   struct ame__vec orphans;     /* ame__limbo left by exited threads */
   ame_stats_t orphan_stats;    /* reclamation counts of orphans */
+  int membarrier;              /* atomic: the private domain's fences are
+                                  asymmetric (stm.c: fence_heavy()) */
 };
 extern struct ame__global ame__G;
 

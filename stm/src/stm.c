@@ -14,7 +14,8 @@
 **    validates the reads if anyone committed since the snapshot, writes the
 **    values back and releases the orecs with the new version.
 **  - A conflict with a lock held by another transaction waits a little, then
-**    aborts the one that met it.  Aborts back off exponentially; after
+**    aborts the one that met it; one holding locks itself waits only for a
+**    younger owner (wait-die).  Aborts back off exponentially; after
 **    `escalate_after` aborts in a row the transaction restarts irrevocable.
 **  - An irrevocable transaction holds a ticket lock (one at a time, FIFO)
 **    and locks everything it reads as well as what it writes, so it can
@@ -42,7 +43,15 @@
 **  - Publishing `active` and reading shared data is a store-load pattern
 **    against the reclaimer's (and privatizer's) commit-then-scan: both
 **    sides separate the store from the loads with a sequentially
-**    consistent fence (fence_sc()).
+**    consistent fence.  In the process's own domain, where the kernel
+**    offers it, the fence is asymmetric (C++'s proposed
+**    asymmetric_thread_fence_light/_heavy, liburcu's membarrier flavour):
+**    a transaction's start has only a compiler barrier after its store
+**    (fence_light()), and the rarer side, the reclaimer's or privatizer's
+**    scan, issues membarrier(PRIVATE_EXPEDITED) (fence_heavy()), which
+**    makes every thread of the process run a full barrier, so that each
+**    light fence acts as a sequentially consistent one.  A shared heap's
+**    domain (other processes' threads too) keeps the symmetric fences.
 */
 #include "internal.h"
 #include "heap.h"
@@ -52,7 +61,9 @@
 #include <sched.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -66,7 +77,11 @@ __thread ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
 #define DEFAULT_MAX_THREADS 1024
 #define DEFAULT_ESCALATE 16
 #define READ_LOG_INIT 4096
-#define LIMBO_SCAN 128      /* deferred frees before a reclamation scan */
+#define LIMBO_SCAN 128      /* a reclamation scan each time a thread's
+                               deferred frees pass a multiple of this */
+#define LIMBO_PERIOD 1024   /* ... and every this many starts while it
+                               has any (a scan's fence can cost a
+                               membarrier: microseconds) */
 #define CONFLICT_SPINS 256  /* pauses before giving up on a held lock */
 #define SNAPSHOT_REFRESH 16 /* starts between two reads of the clock */
 #define VERSION0 2          /* initial orec value: version of ts 1 */
@@ -143,6 +158,52 @@ static inline void fence_release(void) {
 #endif
 }
 
+/* The asymmetric fence (see the top of this file).  fence_light() follows
+** the store that publishes a start when ame__G.membarrier is set: a
+** compiler barrier, which the heavy side's membarrier makes a full fence
+** on whichever CPU runs the thread.  fence_heavy(d) precedes a scan of
+** d's published starts. */
+static inline void fence_light(void) {
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+static void fence_heavy(struct ame__dom *d) {
+#if !defined(__SANITIZE_THREAD__)
+  if (d == &ame__G.dom && LOAD(&ame__G.membarrier)) {
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+      return;
+    /* Not registered (a process forked from one that was): register and
+    ** try again; without it the light fences order nothing. */
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0,
+                0) == 0 &&
+        syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+      return;
+    fprintf(stderr, "ame: membarrier failed after it was registered\n");
+    abort();
+  }
+#else
+  (void)d;
+#endif
+  fence_sc();
+}
+
+/* Whether this process can use the asymmetric fence: membarrier's private
+** expedited command, registered now.  AME_STM_MEMBARRIER=0 turns it off
+** (every start then has its locked instruction).  Never under the thread
+** sanitizer, which models neither side. */
+static int membarrier_setup(void) {
+#if !defined(__SANITIZE_THREAD__)
+  const char *env = getenv("AME_STM_MEMBARRIER");
+  if (env && strcmp(env, "0") == 0) return 0;
+  long q = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  if (q < 0 || !(q & MEMBARRIER_CMD_PRIVATE_EXPEDITED)) return 0;
+  return syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0,
+                 0) == 0;
+#else
+  return 0;
+#endif
+}
+
 static inline uint64_t xorshift(uint64_t *s) {
   uint64_t x = *s;
   x ^= x << 13;
@@ -179,6 +240,23 @@ void ame__vec_free(struct ame__vec *v) {
 ** Lifecycle.
 */
 
+/* The private domain's orec table.  Orecs are hashed over the table, so
+** even a small working set's orecs lie on as many pages as it has
+** granules: with 4 KiB pages, most of an orec access's cost at one thread
+** is TLB misses.  So the table is aligned to 2 MiB and asked to be backed
+** by huge pages (transparent huge pages in their "madvise" or "always"
+** mode; elsewhere the advice is ignored, and so is its failure).  Freed
+** with free(). */
+#define OREC_ALIGN ((size_t)2 << 20)
+static uintptr_t *orecs_alloc(size_t n) {
+  void *p = NULL;
+  size_t bytes = n * sizeof(uintptr_t);
+  if (bytes < OREC_ALIGN) return malloc(bytes);
+  if (posix_memalign(&p, OREC_ALIGN, bytes) != 0) return NULL;
+  (void)madvise(p, bytes, MADV_HUGEPAGE);
+  return p;
+}
+
 int ame_stm_init(const ame_stm_config_t *cfg) {
   pthread_mutex_lock(&ame__G.reg_lock);
   if (ame__G.initialised) {
@@ -196,7 +274,7 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
     return -EINVAL;
   }
   size_t n = (size_t)1 << bits;
-  uintptr_t *orecs = malloc(n * sizeof *orecs);
+  uintptr_t *orecs = orecs_alloc(n);
   ame_tx_t **threads = calloc(maxt, sizeof *threads);
   if (orecs == NULL || threads == NULL) {
     free(orecs);
@@ -222,6 +300,7 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
   STORE(&d->irr_next, 0);
   STORE(&d->irr_serving, 0);
   memset(&ame__G.orphan_stats, 0, sizeof ame__G.orphan_stats);
+  STORE(&ame__G.membarrier, membarrier_setup());
   STORE_REL(&ame__G.initialised, 1);
   pthread_mutex_unlock(&ame__G.reg_lock);
   return 0;
@@ -368,7 +447,7 @@ ame_tx_t *ame_self(void) { return self; }
 
 /* The oldest start timestamp that any thread still needs: of a running
 ** transaction (`active`) or of one whose handlers are running (`hold`);
-** IDLE if none.  Called after fence_sc().  Both are read with acquire:
+** IDLE if none.  Called after fence_heavy().  Both are read with acquire:
 ** every store to them is a release, so what a transaction or handler did
 ** before its thread moved on happens before the caller frees anything.
 ** A thread moves its start from `active` to `hold` by storing `hold`
@@ -391,8 +470,15 @@ static uintptr_t oldest_active(struct ame__dom *d) {
 /* Free this thread's deferred blocks that no running transaction can reach
 ** any more; with force, also try the orphans of exited threads. */
 static void reclaim(ame_tx_t *tx, int force) {
-  if (tx->limbo.n == 0 && !force) return;
-  fence_sc();
+  /* The orphans, only if there are some and nobody else is at them. */
+  int orphans = force && tx->dom == &ame__G.dom &&
+                pthread_mutex_trylock(&ame__G.reg_lock) == 0;
+  if (orphans && ame__G.orphans.n == 0) {
+    pthread_mutex_unlock(&ame__G.reg_lock);
+    orphans = 0;
+  }
+  if (tx->limbo.n == 0 && !orphans) return; /* no fence for nothing */
+  fence_heavy(tx->dom);
   uintptr_t oldest = oldest_active(tx->dom);
   struct ame__limbo *lb = tx->limbo.items;
   size_t i = 0;
@@ -406,8 +492,7 @@ static void reclaim(ame_tx_t *tx, int force) {
     STAT_ADD(tx, frees_done, i);
     STAT_ADD(tx, frees_pending, (uint64_t)0 - i);
   }
-  if (force && tx->dom == &ame__G.dom &&
-      pthread_mutex_trylock(&ame__G.reg_lock) == 0) {
+  if (orphans) {
     struct ame__limbo *ob = ame__G.orphans.items;
     size_t j = 0, k = 0;
     for (; j < ame__G.orphans.n; j++) {
@@ -430,7 +515,7 @@ static void reclaim(ame_tx_t *tx, int force) {
 ** acquire (the ends of transactions are release stores): what a
 ** transaction that ran read happens before what the caller does next. */
 static void quiesce_before(struct ame__dom *d, ame_tx_t *tx, uintptr_t ts) {
-  fence_sc();
+  fence_heavy(d);
   unsigned n = LOAD_ACQ(&d->n_slots);
   for (unsigned i = 0; i < n; i++) {
     ame_tx_t *t = __atomic_load_n(&d->threads[i], __ATOMIC_ACQUIRE);
@@ -450,8 +535,8 @@ static void quiesce_before(struct ame__dom *d, ame_tx_t *tx, uintptr_t ts) {
 ** reclaim()'s test, for when a deferred free cannot be recorded (out of
 ** memory). */
 static void wait_reclaimable(ame_tx_t *tx, uintptr_t ts) {
-  fence_sc();
   struct ame__dom *d = tx->dom;
+  fence_heavy(d);
   unsigned n = LOAD_ACQ(&d->n_slots);
   for (unsigned i = 0; i < n; i++) {
     ame_tx_t *t = __atomic_load_n(&d->threads[i], __ATOMIC_ACQUIRE);
@@ -526,8 +611,10 @@ static void release_token(ame_tx_t *tx) {
   token_pass(tx);
 }
 
-/* Start an attempt of the outermost transaction. */
-static void begin_attempt(ame_tx_t *tx) {
+/* Start an attempt of the outermost transaction.  Inlined into its two
+** callers: a short transaction's start is mostly this. */
+static inline __attribute__((always_inline)) void
+begin_attempt(ame_tx_t *tx) {
   tx->h.r_cur = tx->r_base;
   tx->h.last_orec = 0;
   tx->w_chunk = tx->w_first;
@@ -552,8 +639,18 @@ static void begin_attempt(ame_tx_t *tx) {
     now = tx->seen;
   /* Publish the start before the first read: the reclaimer and the
   ** privatizer read `active` after their commit, behind a fence of their
-  ** own (store-load on both sides: fence_sc()). */
+  ** own (store-load on both sides; asymmetric in the process's own
+  ** domain where membarrier works: see the top of this file). */
+#if !defined(__SANITIZE_THREAD__)
+  if (AME__LIKELY(LOAD(&ame__G.membarrier)) && tx->dom == &ame__G.dom) {
+    STORE_REL(&tx->active, now);
+    fence_light();
+  } else {
+    store_fence_sc(&tx->active, now);
+  }
+#else
   store_fence_sc(&tx->active, now);
+#endif
   tx->h.snapshot = tx->irrevocable ? 0 : now << 1;
 }
 
@@ -825,7 +922,19 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
     }
     return;
   }
-  if (!LOAD(&owner->irrevocable)) {
+  /* Wait for a revocable owner to go, unless that could close a cycle:
+  ** a transaction that holds locks itself waits only for a younger owner
+  ** (a later start; between equal starts, the higher descriptor address)
+  ** and gives way at once to an older one (wait-die), so that two
+  ** writers never spin on each other's locks until both give up.  One
+  ** that holds nothing cannot be waited for, and waits. */
+  int wait = !LOAD(&owner->irrevocable);
+  if (wait && tx->w_n) {
+    uintptr_t mine = LOAD(&tx->active), theirs = LOAD(&owner->active);
+    wait = theirs > mine ||
+           (theirs == mine && (uintptr_t)owner > (uintptr_t)tx);
+  }
+  if (wait) {
     for (unsigned i = 0; i < CONFLICT_SPINS; i++) {
       cpu_relax();
       if (LOAD_ACQ(orec) != l) return;
@@ -1057,9 +1166,11 @@ uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
 ** Stores.
 */
 
-/* Buffer (value & mask) for the word at a, locking its orec. */
-static void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
-                         uintptr_t mask) {
+/* store_masked()'s every case: an orec we hold, one held by another,
+** one newer than the snapshot, an irrevocable transaction, a heap's log,
+** a full chunk, a lost compare-and-swap. */
+static __attribute__((noinline)) void store_slow(ame_tx_t *tx, uintptr_t a,
+                                                 uintptr_t v, uintptr_t mask) {
   assert(tx->nesting > 0 && "transactional store outside a transaction");
   uintptr_t *o = ame__orec_of(&tx->h, a);
   if (AME__UNLIKELY(LOAD(&tx->killed)) && !tx->irrevocable)
@@ -1116,6 +1227,35 @@ static void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
   }
 }
 
+/* Buffer (value & mask) for the word at a, locking its orec.  Inline here
+** the common case of a first write under an orec (free, in the snapshot,
+** room in the private log's chunk, not killed); snapshot is 0 outside a
+** transaction and when irrevocable, so those take the slow path. */
+static inline void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
+                                uintptr_t mask) {
+  uintptr_t *o = ame__orec_of(&tx->h, a);
+  uintptr_t l = LOAD_ACQ(o);
+  if (AME__LIKELY(!IS_LOCKED(l) && l <= tx->h.snapshot &&
+                  tx->w_i < AME__WCHUNK && tx->w_end == NULL &&
+                  !LOAD(&tx->killed))) {
+    struct ame__wentry *e = &tx->w_chunk->e[tx->w_i];
+    e->addr = a;
+    e->value = v & mask;
+    e->mask = mask;
+    e->version = l;
+    e->orec = o;
+    e->next = NULL;
+    e->head = 1;
+    if (AME__LIKELY(__atomic_compare_exchange_n(
+            o, &l, (uintptr_t)e | 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))) {
+      tx->w_i++;
+      tx->w_n++;
+      return;
+    }
+  }
+  store_slow(tx, a, v, mask);
+}
+
 void ame_store_word_tx(ame_tx_t *tx, uintptr_t *addr, uintptr_t v) {
   assert(((uintptr_t)addr & 7) == 0 && "unaligned transactional store");
   store_masked(tx, (uintptr_t)addr, v, MASK_ALL);
@@ -1138,25 +1278,48 @@ void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v) {
 ** Iterating the write log.
 */
 
+/* Write back the buffered bytes of one entry. */
+static inline void write_entry(const struct ame__wentry *e) {
+  uintptr_t *p = (uintptr_t *)e->addr;
+  if (e->mask == MASK_ALL) {
+    STORE(p, e->value);
+  } else if (e->mask == MASK_LO) {
+    STORE((uint32_t *)p, (uint32_t)e->value);
+  } else if (e->mask == MASK_HI) {
+    STORE((uint32_t *)p + 1, (uint32_t)(e->value >> 32));
+  } else if (e->mask != 0) {
+    /* Bytes (ame__store_masked): exactly those under the mask. */
+    uint8_t *b = (uint8_t *)p;
+    for (unsigned i = 0; i < 8; i++)
+      if ((e->mask >> (8 * i)) & 0xff)
+        STORE(&b[i], (uint8_t)(e->value >> (8 * i)));
+  }
+}
+
 static void write_back(ame_tx_t *tx) {
   for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
     struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
                                                : c->e + AME__WCHUNK;
+    for (struct ame__wentry *e = c->e; e < end; e++) write_entry(e);
+    if (c == tx->w_chunk) break;
+  }
+}
+
+/* A private domain's commit: write back and release in one pass over the
+** log, orec by orec.  Each lock head's chain holds every entry under its
+** orec, so an orec is released (release store of `version`) only once all
+** its words are written; a reader that sees the new version and extends
+** its snapshot to it sees them all, and meets the orecs not yet released
+** still locked.  (A heap's commit keeps the two passes, write_back() then
+** release_locks(): its recovery and crash tests name the phase between.) */
+static void write_back_release(ame_tx_t *tx, uintptr_t version) {
+  for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
+    struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
+                                               : c->e + AME__WCHUNK;
     for (struct ame__wentry *e = c->e; e < end; e++) {
-      uintptr_t *p = (uintptr_t *)e->addr;
-      if (e->mask == MASK_ALL) {
-        STORE(p, e->value);
-      } else if (e->mask == MASK_LO) {
-        STORE((uint32_t *)p, (uint32_t)e->value);
-      } else if (e->mask == MASK_HI) {
-        STORE((uint32_t *)p + 1, (uint32_t)(e->value >> 32));
-      } else if (e->mask != 0) {
-        /* Bytes (ame__store_masked): exactly those under the mask. */
-        uint8_t *b = (uint8_t *)p;
-        for (unsigned i = 0; i < 8; i++)
-          if ((e->mask >> (8 * i)) & 0xff)
-            STORE(&b[i], (uint8_t)(e->value >> (8 * i)));
-      }
+      if (!e->head) continue;
+      for (const struct ame__wentry *w = e; w; w = w->next) write_entry(w);
+      STORE_REL(e->orec, version);
     }
     if (c == tx->w_chunk) break;
   }
@@ -1252,14 +1415,45 @@ void ame_tx_abort(ame_tx_t *tx) {
 ** Commit.
 */
 
+/* Whether the attempt has nothing to do at commit but the commit itself:
+** no handlers, frees, allocations, saved bytes, privatization,
+** irrevocability or earlier aborts. */
+static inline int commit_plain(const ame_tx_t *tx) {
+  return !tx->irrevocable && !tx->want_irrevocable && !tx->has_token &&
+         !tx->privatize &&
+         (tx->frees.n | tx->allocs.n | tx->on_commit.n | tx->on_abort.n |
+          tx->undo.n | tx->attempt | tx->conflicts) == 0;
+}
+
 static void commit(ame_tx_t *tx) {
   uintptr_t ts = 0;
-  /* The common read-only case, with nothing else to do, stays short. */
-  if (tx->w_n == 0 && !tx->irrevocable && !tx->want_irrevocable &&
-      !tx->has_token && !tx->privatize &&
-      (tx->frees.n | tx->allocs.n | tx->on_commit.n | tx->on_abort.n |
-       tx->undo.n | tx->attempt | tx->conflicts) == 0) {
-    STAT_INC(tx, commits_ro);
+  /* The common case, with nothing to do but commit (no handlers, frees,
+  ** allocations, saved bytes, privatization, irrevocability, earlier
+  ** aborts), stays short: a reader has nothing to do, a writer in the
+  ** process's own domain takes its timestamp, validates if needed, and
+  ** writes back and releases.  (A heap's writers take the long way: its
+  ** commit records its phases for recovery.) */
+  if (tx->w_n == 0 ? commit_plain(tx)
+                   : !tx->dom->shared && commit_plain(tx)) {
+    if (tx->w_n == 0) {
+      STAT_INC(tx, commits_ro);
+    } else {
+      if (LOAD(&tx->killed)) abort_tx(tx, AME_ABORT_KILLED, 0, NULL);
+      struct ame__dom *d = tx->dom;
+      ts = __atomic_add_fetch(&d->clock, 1, __ATOMIC_ACQ_REL);
+      if ((ts - 1) << 1 != tx->h.snapshot) {
+        uintptr_t bad = validate(tx);
+        if (bad) abort_tx(tx, AME_ABORT_COMMIT, bad, NULL);
+      }
+      fence_release(); /* the locks taken before the words written back */
+      write_back_release(tx, ts << 1);
+      tx->seen = ts;
+      if (LOAD(&d->retry_waiters)) {
+        __atomic_add_fetch(&d->retry_seq, 1, __ATOMIC_RELEASE);
+        syscall(SYS_futex, &d->retry_seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL,
+                NULL, 0);
+      }
+    }
     STAT_INC(tx, commits);
     if (AME__UNLIKELY(LOAD(&tx->stats.max_attempts) == 0))
       STORE(&tx->stats.max_attempts, 1);
@@ -1267,7 +1461,7 @@ static void commit(ame_tx_t *tx) {
     tx->h.snapshot = 0;
     tx->irr_user = 0;
     STORE_REL(&tx->active, AME__IDLE);
-    if (AME__UNLIKELY(tx->limbo.n) && tx->starts % LIMBO_SCAN == 0)
+    if (AME__UNLIKELY(tx->limbo.n) && tx->starts % LIMBO_PERIOD == 0)
       reclaim(tx, 0);
     return;
   }
@@ -1289,9 +1483,13 @@ static void commit(ame_tx_t *tx) {
       if (ame__heap_phase_hook) ame__heap_phase_hook("validated");
     }
     fence_release(); /* the locks taken before the words written back */
-    write_back(tx);
-    if (slot && ame__heap_phase_hook) ame__heap_phase_hook("writeback");
-    release_locks(tx, ts << 1);
+    if (slot) {
+      write_back(tx);
+      if (ame__heap_phase_hook) ame__heap_phase_hook("writeback");
+      release_locks(tx, ts << 1);
+    } else {
+      write_back_release(tx, ts << 1);
+    }
     if (slot) {
       STORE_REL(&slot->status, 0);
       if (ame__heap_phase_hook) ame__heap_phase_hook("released");
@@ -1313,6 +1511,7 @@ static void commit(ame_tx_t *tx) {
   ** from here on (not even while it privatizes below, or runs handlers
   ** that do), while its start stays held for the handlers. */
   uintptr_t prev_hold = unpublish(tx, tx->on_commit.n != 0);
+  size_t limbo0 = tx->limbo.n;
   if (tx->frees.n) {
     void **fp = tx->frees.items;
     for (size_t i = 0; i < tx->frees.n; i++) {
@@ -1341,10 +1540,13 @@ static void commit(ame_tx_t *tx) {
   if (tx->on_commit.n) run_handlers(tx, &tx->on_commit);
   tx->on_commit.n = 0;
   STORE_REL(&tx->hold, prev_hold);
-  /* Scan limbo when it is large, and now and then when it is not, so a
-  ** few blocks freed by a long-lived thread do not wait for its exit. */
-  if (tx->limbo.n &&
-      (tx->limbo.n >= LIMBO_SCAN || tx->starts % LIMBO_SCAN == 0))
+  /* Scan limbo each time it grows past a multiple of LIMBO_SCAN, and
+  ** now and then when it does not, so that a few blocks freed by a
+  ** long-lived thread do not wait for its exit.  (Not at every commit
+  ** while it stays large: while an old transaction runs elsewhere, each
+  ** scan would free nothing and still cost its fence.) */
+  if (tx->limbo.n && (tx->limbo.n / LIMBO_SCAN != limbo0 / LIMBO_SCAN ||
+                      tx->starts % LIMBO_PERIOD == 0))
     reclaim(tx, 0);
 }
 

@@ -394,12 +394,14 @@ AME_EXTERN void ame__store_masked(ame_tx_t *tx, uintptr_t *addr,
 
 /* Run the statement that follows as one transaction on descriptor tx.
 ** (The jmp_buf is declared without an initialiser: zeroing it would cost
-** more than the rest of a short transaction's start.) */
+** more than the rest of a short transaction's start.  The first pass of
+** the inner loop is decided inline; ame__frame_next, called once the body
+** is done, commits.) */
 #define AME_ATOMIC(tx)                                                       \
   for (jmp_buf ame__env_, *ame__envp_ = &ame__env_; ame__envp_;              \
        ame__envp_ = NULL)                                                    \
     for (struct ame__frame ame__fr_ = {(tx), 0, ame__envp_};                 \
-         ame__frame_next(&ame__fr_);)                                        \
+         ame__fr_.state ? ame__frame_next(&ame__fr_) : (ame__fr_.state = 1);) \
       switch (setjmp(ame__env_))                                             \
       default:                                                               \
         if (ame__frame_begin(&ame__fr_, __FILE__ ":" AME__STR(__LINE__))) { \
