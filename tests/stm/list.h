@@ -131,6 +131,7 @@
   X(heap_blob_reuse_abort, 30)                                                \
   X(heap_reuse_across_classes, 60)                                            \
   X(heap_reuse_other_slot, 60)                                                \
+  X(heap_reuse_slot_leftovers, 60)                                            \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \

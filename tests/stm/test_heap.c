@@ -1157,3 +1157,58 @@ TEST_IMPL(heap_reuse_other_slot) {
   ame_heap_exit(h);
   ame_heap_close(h);
 }
+
+/* A participant that allocated and freed a little, then left (once all
+** of them had done so: each holds a slot of its own). */
+static pthread_barrier_t leave_together;
+
+static void *touch_and_leave(void *arg) {
+  ame_heap_t *h = arg;
+  ame_tx_t *tx = ame_heap_enter(h);
+  ASSERT_NOT_NULL(tx);
+  static __thread void *volatile b;
+  AME_ATOMIC(tx) { b = ame_heap_alloc(tx, 100, 7, 0); }
+  ASSERT_NOT_NULL(b);
+  AME_ATOMIC(tx) { ame_heap_free(tx, b); }
+  AME_ATOMIC(tx) { b = ame_heap_blob_new(tx, "x", 1, 7, 0); }
+  ASSERT_NOT_NULL(b);
+  AME_ATOMIC(tx) { ame_heap_free(tx, b); }
+  pthread_barrier_wait(&leave_together);
+  ame_heap_exit(h);
+  return NULL;
+}
+
+/* What slots hold without using it (the arena they reserved, the spans
+** they allocated from, frees they deferred) serves others: 31 threads
+** each take a slot, allocate and free a block of each pool, and leave;
+** then 1 MiB blocks fill the arena to within 1 MiB of its end. */
+TEST_IMPL(heap_reuse_slot_leftovers) {
+  ame_heap_config_t cfg = {.size = 64 << 20, .max_slots = 32};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  pthread_t t[31];
+  ASSERT_EQ(pthread_barrier_init(&leave_together, NULL, 31), 0);
+  for (int i = 0; i < 31; i++)
+    ASSERT_EQ(pthread_create(&t[i], NULL, touch_and_leave, h), 0);
+  for (int i = 0; i < 31; i++) ASSERT_EQ(pthread_join(t[i], NULL), 0);
+  pthread_barrier_destroy(&leave_together);
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  uint64_t carved = st.top;
+  ASSERT_GE(carved, (uint64_t)31 << 19); /* each took a reserve */
+  static void *volatile got;
+  size_t n = 0;
+  for (;;) {
+    AME_ATOMIC(tx) { got = ame_heap_alloc(tx, 1 << 20, 7, 0); }
+    if (got == NULL) break;
+    n++;
+  }
+  ame_heap_stats(h, &st);
+  printf("%zu blocks of 1 MiB; used %lld of %llu (%llu carved before)\n", n,
+         (long long)st.used, (unsigned long long)st.arena,
+         (unsigned long long)carved);
+  ASSERT_GE((uint64_t)st.used + (1 << 20) + 4096 * 2, st.arena);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
