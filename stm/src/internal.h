@@ -215,6 +215,11 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status);
 /* Abort unless the word at addr, which the transaction read (or wrote),
 ** is unchanged since: O(1), where ame_tx_validate() checks every read. */
 void ame__tx_check_word(ame_tx_t *tx, const void *addr);
+/* Lock the orec of the word at addr as a store would, writing nothing:
+** at commit the granule takes the commit's version, so that a reader with
+** an older snapshot that meets it aborts (heap_alloc.c, before memory that
+** held transactional words is written outside the STM). */
+void ame__tx_claim(ame_tx_t *tx, uintptr_t *addr);
 
 /* Vectors (stm.c). */
 int ame__vec_push(struct ame__vec *v, const void *item, size_t size);

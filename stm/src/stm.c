@@ -1127,6 +1127,13 @@ void ame__store_masked(ame_tx_t *tx, uintptr_t *addr, uintptr_t v,
   if (mask) store_masked(tx, (uintptr_t)addr, v, mask);
 }
 
+void ame__tx_claim(ame_tx_t *tx, uintptr_t *addr) {
+  assert(((uintptr_t)addr & 7) == 0 && "unaligned transactional claim");
+  /* An entry with an empty mask: write-back and recovery store nothing
+  ** for it; the release gives its orec the commit's version. */
+  store_masked(tx, (uintptr_t)addr, 0, 0);
+}
+
 void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v) {
   assert(((uintptr_t)addr & 3) == 0 && "unaligned transactional store");
   unsigned shift = ((uintptr_t)addr & 4) ? 32 : 0;
