@@ -335,8 +335,7 @@ static void detach(ame_tx_t *tx, struct ame__slot *k, unsigned i,
 ** running attempt (else by an earlier one, settled). */
 static void span_give(ame_tx_t *tx, uintptr_t b, uintptr_t w, int now) {
   uintptr_t sp = b - H_SIZE(w);
-  unsigned i = (unsigned)LD(tx, SW(sp, S_CLASS));
-  ST(tx, b, w | H_FREE);
+  if (!(w & H_FREE)) ST(tx, b, w | H_FREE);
   ST(tx, b + 8, LD(tx, SW(sp, S_FREE)));
   ST(tx, SW(sp, S_FREE), b);
   uintptr_t live = LD(tx, SW(sp, S_LIVE)) - 1;
@@ -344,6 +343,7 @@ static void span_give(ame_tx_t *tx, uintptr_t b, uintptr_t w, int now) {
   if (now) ST(tx, SW(sp, S_FREED), attempt_id(tx));
   uintptr_t state = LD(tx, SW(sp, S_STATE));
   if (state == SPAN_OWNED) return; /* its slot finds it there */
+  unsigned i = (unsigned)LD(tx, SW(sp, S_CLASS));
   if (live == 0) {
     if (state == SPAN_PARTIAL) unlist_span(tx, sp, i);
     release_span(tx, sp, i);
