@@ -132,6 +132,7 @@
   X(heap_reuse_across_classes, 60)                                            \
   X(heap_reuse_other_slot, 60)                                                \
   X(heap_reuse_slot_leftovers, 60)                                            \
+  X(heap_blob_over_freed_block, 30)                                           \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \

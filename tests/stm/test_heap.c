@@ -1212,3 +1212,86 @@ TEST_IMPL(heap_reuse_slot_leftovers) {
   ame_heap_exit(h);
   ame_heap_close(h);
 }
+
+/* A transaction still reading a block that another frees, whose memory an
+** aborted attempt then fills with a blob. */
+struct stale {
+  ame_heap_t *h;
+  uintptr_t **root;             /* -> the block, or NULL once freed */
+  atomic_int step;              /* 1: read once; 2: memory rewritten */
+  uintptr_t first, second;      /* what attempt 1 read, twice */
+  int attempts;
+};
+
+static void *read_stale(void *arg) {
+  struct stale *s = arg;
+  ame_tx_t *tx = ame_heap_enter(s->h);
+  ASSERT_NOT_NULL(tx);
+  AME_ATOMIC(tx) {
+    int attempt = ++s->attempts;
+    uintptr_t *p = ame_load_ptr_tx(tx, (void **)s->root);
+    if (p) {
+      uintptr_t v = ame_load_word_tx(tx, &p[100]);
+      if (attempt == 1) {
+        s->first = v;
+        atomic_store(&s->step, 1);
+        while (atomic_load(&s->step) != 2) sched_yield();
+      }
+      /* Memory a blob overwrote must not read as consistent. */
+      v = ame_load_word_tx(tx, &p[100]);
+      if (attempt == 1) s->second = v;
+    }
+  }
+  ame_heap_exit(s->h);
+  return NULL;
+}
+
+/* A large transactional block is freed while another transaction reads
+** it; an attempt that takes its memory for a blob (so writes it outside
+** the STM) aborts.  The reader must not go on with what the blob wrote:
+** its next read there aborts it (the claimed memory took a new version,
+** though the attempt that claimed it aborted), and its next attempt finds
+** the block gone. */
+TEST_IMPL(heap_blob_over_freed_block) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static uintptr_t **volatile root;
+  static uintptr_t *volatile block;
+  AME_ATOMIC(tx) {
+    root = ame_heap_alloc(tx, sizeof *root, 7, 0);
+    uintptr_t *p = block = ame_heap_alloc(tx, 100000, 7, 0);
+    for (int i = 0; i < 200; i++) ame_store_word_tx(tx, &p[i], 0x1111);
+    ame_store_ptr_tx(tx, (void **)root, p);
+  }
+  static struct stale s;
+  s.h = h;
+  s.root = root;
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, NULL, read_stale, &s), 0);
+  while (atomic_load(&s.step) != 1) sched_yield();
+  AME_ATOMIC(tx) {
+    uintptr_t *p = ame_load_ptr_tx(tx, (void **)root);
+    ame_store_ptr_tx(tx, (void **)root, NULL);
+    ame_heap_free(tx, p);
+  }
+  static char junk[100000];
+  memset(junk, 0xab, sizeof junk);
+  volatile int attempts = 0;
+  static void *volatile b;
+  AME_ATOMIC(tx) {
+    if (++attempts == 1) {
+      b = ame_heap_blob_new(tx, junk, sizeof junk, 7, 0);
+      ame_tx_abort(tx);
+    }
+  }
+  ASSERT_PTR_EQ(b, (void *)block); /* the freed block's memory, reused */
+  atomic_store(&s.step, 2);
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_EQ(s.first, 0x1111);
+  ASSERT_EQ(s.attempts, 2);     /* the stale attempt did not commit */
+  ASSERT_EQ(s.second, 0);       /* nor read on after the blob's bytes */
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
