@@ -1130,8 +1130,13 @@ void ame__store_masked(ame_tx_t *tx, uintptr_t *addr, uintptr_t v,
 void ame__tx_claim(ame_tx_t *tx, uintptr_t *addr) {
   assert(((uintptr_t)addr & 7) == 0 && "unaligned transactional claim");
   /* An entry with an empty mask: write-back and recovery store nothing
-  ** for it; the release gives its orec the commit's version. */
+  ** for it.  Its orec's head entry (this one, or an earlier store's) is
+  ** marked so that even an abort releases the orec with a new version:
+  ** the caller writes under it outside the STM, which no abort undoes. */
   store_masked(tx, (uintptr_t)addr, 0, 0);
+  uintptr_t l = LOAD(ame__orec_of(&tx->h, (uintptr_t)addr));
+  assert(IS_LOCKED(l) && LOAD(&LOCK_ENTRY(l)->tx) == tx);
+  LOCK_ENTRY(l)->head = 2;
 }
 
 void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v) {
@@ -1173,11 +1178,17 @@ static void write_back(ame_tx_t *tx) {
 ** version is 0). */
 static void release_locks(ame_tx_t *tx, uintptr_t version) {
   if (tx->w_n == 0) return;
+  /* Claimed granules (head 2) take the clock's value on abort: newer than
+  ** any snapshot that read what they held before (ame__tx_claim). */
+  uintptr_t bump = version ? version : LOAD_ACQ(&tx->dom->clock) << 1;
   for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
     struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
                                                : c->e + AME__WCHUNK;
     for (struct ame__wentry *e = c->e; e < end; e++)
-      if (e->head) STORE_REL(e->orec, version ? version : e->version);
+      if (e->head)
+        STORE_REL(e->orec, version     ? version
+                           : e->head == 2 ? bump
+                                          : e->version);
     if (c == tx->w_chunk) break;
   }
 }
@@ -1739,8 +1750,13 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
       if (!e->head) continue;
       uintptr_t mine = (uintptr_t)e | 1;
       uintptr_t l = mine;
-      __atomic_compare_exchange_n(e->orec, &l, version ? version : e->version,
-                                  0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+      /* Undecided: the old version, or for a claimed granule (head 2,
+      ** written outside the STM) the clock's, as release_locks does. */
+      uintptr_t v = version        ? version
+                    : e->head == 2 ? LOAD_ACQ(&tx->dom->clock) << 1
+                                   : e->version;
+      __atomic_compare_exchange_n(e->orec, &l, v, 0, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_RELAXED);
     }
     if (c == tx->w_chunk || c + 1 == tx->w_end) break;
   }
