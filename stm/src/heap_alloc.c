@@ -45,9 +45,11 @@
 ** Memory moves between them through the free runs.  A run remembers
 ** whether it may hold a transactional block's words (`clean` if not):
 ** before such memory is written outside the STM, the allocating
-** transaction claims every granule of it (ame__tx_claim), so a zombie
-** reader of the old block meets a newer version there and aborts instead
-** of reading bytes the STM never saw.  Blob allocations prefer clean runs.
+** transaction claims every granule of it (ame__tx_claim: the granule takes
+** a new version when the lock goes, on commit, abort or recovery alike,
+** since no abort undoes the bytes), so a zombie reader of the old block
+** meets a newer version there and aborts instead of reading bytes the STM
+** never saw.  Blob allocations prefer clean runs.
 **
 ** A blob's bytes are written outside the write log, so memory freed by an
 ** attempt must never be written as a blob by that same attempt: if it
