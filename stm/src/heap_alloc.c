@@ -199,10 +199,10 @@ static void insert_run(ame_tx_t *tx, uintptr_t b, size_t bytes, int clean) {
 }
 
 /* Take *bytes (pages) from the free runs: the first that fits among those
-** whose cleanliness is `prefer`, else the first that fits; set *clean, and
-** *bytes to what was taken (a run less than a page longer is taken
-** whole).  Return it, or 0. */
-static uintptr_t take_run(ame_tx_t *tx, size_t *bytes, int prefer,
+** whose cleanliness is `prefer`, else (unless `only`) the first that
+** fits; set *clean, and *bytes to what was taken (a run less than a page
+** longer is taken whole).  Return it, or 0. */
+static uintptr_t take_run(ame_tx_t *tx, size_t *bytes, int prefer, int only,
                           int *clean) {
   struct ame__heap_hdr *h = hdr_of(tx);
   uintptr_t *link = &h->runs, *other = NULL, r;
@@ -212,7 +212,7 @@ static uintptr_t take_run(ame_tx_t *tx, size_t *bytes, int prefer,
     if (((w & H_BLOB) != 0) == prefer) break;
     if (other == NULL) other = link;
   }
-  if (r == 0 && other) r = LD(tx, link = other);
+  if (r == 0 && other && !only) r = LD(tx, link = other);
   if (r == 0) return 0;
   uintptr_t w = LD(tx, r);
   size_t have = H_SIZE(w) + HDR;
@@ -428,14 +428,16 @@ static void reclaim(ame_tx_t *tx, struct ame__heap_hdr *h, unsigned want) {
   }
 }
 
-/* A new span for pool/class i, owned by slot s: from the free runs, the
-** reserve, or the top.  Return it, or 0 if none is left. */
+/* A new span for pool/class i, owned by slot s: from the free runs (for
+** blobs clean ones first: another costs a claim of its 1,024 granules,
+** amortised over the span's blocks), the reserve, or the top.  Return it,
+** or 0 if none is left. */
 static uintptr_t new_span(ame_tx_t *tx, struct ame__heap_hdr *h,
                           struct ame__slot *s, unsigned i) {
   int blob = i >= NC, clean = 1;
   size_t bytes = SPAN;
   settle(tx, s);
-  uintptr_t sp = take_run(tx, &bytes, blob, &clean);
+  uintptr_t sp = take_run(tx, &bytes, blob, 0, &clean);
   if (sp == 0) sp = from_reserve(tx, h, s);
   if (sp == 0) return 0;
   if (blob && !clean) claim(tx, sp, SPAN);
@@ -489,7 +491,9 @@ static void *alloc_small(ame_tx_t *tx, size_t size, int blob, unsigned tag,
   return (void *)(b + HDR);
 }
 
-/* Large blocks: page runs, first fit from the free runs, else the top. */
+/* Large blocks: page runs, first fit from the free runs, else the top (for
+** blobs: clean runs, the top, then the other runs, whose claim costs a
+** log entry per 64 bytes). */
 static void *alloc_large(ame_tx_t *tx, size_t size, int blob, unsigned tag,
                          uint64_t owner) {
   struct ame__heap_hdr *h = hdr_of(tx);
@@ -501,16 +505,19 @@ static void *alloc_large(ame_tx_t *tx, size_t size, int blob, unsigned tag,
   uintptr_t b = 0;
   for (int round = 0; b == 0; round++) {
     size_t want = bytes;
-    b = take_run(tx, &want, blob, &clean);
+    b = take_run(tx, &want, blob, blob, &clean);
+    if (b == 0) {
+      uintptr_t top = LD(tx, &h->top);
+      if (top + bytes <= arena_end(h)) {
+        ST(tx, &h->top, top + bytes);
+        b = top;
+        clean = 1;
+        break;
+      }
+    }
+    if (b == 0 && blob) b = take_run(tx, &want, 1, 0, &clean);
     if (b) {
       bytes = want;
-      break;
-    }
-    uintptr_t top = LD(tx, &h->top);
-    if (top + bytes <= arena_end(h)) {
-      ST(tx, &h->top, top + bytes);
-      b = top;
-      clean = 1;
       break;
     }
     if (round) return NULL;

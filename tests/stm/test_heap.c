@@ -1265,6 +1265,13 @@ TEST_IMPL(heap_blob_over_freed_block) {
     for (int i = 0; i < 200; i++) ame_store_word_tx(tx, &p[i], 0x1111);
     ame_store_ptr_tx(tx, (void **)root, p);
   }
+  /* The rest of the arena taken: the blob below can only go where the
+  ** block was. */
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  AME_ATOMIC(tx) {
+    ASSERT_NOT_NULL(ame_heap_alloc(tx, st.arena - st.top - 16, 7, 0));
+  }
   static struct stale s;
   s.h = h;
   s.root = root;
