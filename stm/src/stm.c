@@ -825,6 +825,11 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
     }
     return;
   }
+  /* An irrevocable transaction waits for a lock of ours: give way now.
+  ** (Waiting here for a lock that comes and goes, as the loops of our
+  ** callers would, may never end: its owners keep retrying, and the
+  ** irrevocable one keeps waiting for us.) */
+  if (LOAD(&tx->killed)) abort_tx(tx, AME_ABORT_KILLED, addr, NULL);
   if (!LOAD(&owner->irrevocable)) {
     for (unsigned i = 0; i < CONFLICT_SPINS; i++) {
       cpu_relax();
