@@ -70,10 +70,11 @@ struct ame__slot {
   ** (tx.starts): given back by a later attempt. */
   uintptr_t fresh;
   uintptr_t fresh_attempt;
-  /* The slot's reserve of arena (transactional): spans are carved from
-  ** [reserve, reserve_end), taken from the arena's top several spans at a
-  ** time, so that slots allocating at once rarely write the one top word
-  ** (heap_alloc.c: new_span). */
+  /* The slot's reserve of arena (transactional): spans are taken from
+  ** [reserve, reserve_end), which is taken from the arena's top several
+  ** spans at a time, so that slots allocating at once rarely write the one
+  ** top word; a full heap takes it back (heap_alloc.c: from_reserve,
+  ** reclaim). */
   uintptr_t reserve;
   uintptr_t reserve_end;
   uintptr_t used;              /* bytes allocated minus freed by this
