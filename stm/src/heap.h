@@ -11,7 +11,7 @@
 **   table    the descriptor table the engine's scans walk
 **   slots    struct ame__slot[max_slots]: a participant each: identity
 **            (pid, thread, start time, incarnation), commit status, its
-**            allocator caches, and its descriptor (struct ame_tx)
+**            allocator words, and its descriptor (struct ame_tx)
 **   orecs    the domain's ownership records: one per 64-byte granule of
 **            everything above and the arena (a direct map, no hashing)
 **   arena    the allocator's memory
@@ -30,10 +30,9 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 6
+#define AME__HEAP_VERSION 7
 #define AME__HEAP_NCLASS 40          /* small size classes */
-#define AME__HEAP_SMALL_MAX 32768    /* bytes: above, large blocks */
-#define AME__HEAP_SPAN 65536         /* carving unit for small classes */
+#define AME__HEAP_SPAN 65536         /* a small class's unit of arena */
 #define AME__HEAP_PAGE 4096          /* granule of large blocks */
 #define AME__HEAP_HDR 16             /* bytes of a block's header */
 
@@ -62,21 +61,20 @@ struct ame__slot {
   uintptr_t ticket;            /* atomic: the ticket taken (TICKET_*) */
   uint32_t ticket_state;       /* atomic */
   uint32_t retry_waiting;      /* atomic: counted in retry_waiters */
-  /* The allocator's per-slot words (transactional), per pool and class
-  ** (index pool * AME__HEAP_NCLASS + class; heap_alloc.c). */
-  uintptr_t cache[2 * AME__HEAP_NCLASS];     /* free blocks, a list */
-  uintptr_t cached[2 * AME__HEAP_NCLASS];    /* blocks in cache[] */
-  uintptr_t carve[2 * AME__HEAP_NCLASS];     /* next uncarved block ... */
-  uintptr_t carve_end[2 * AME__HEAP_NCLASS]; /* ... its span's end */
-  /* Large blob blocks freed by the owner's latest attempt that freed
-  ** any, and that attempt (tx.starts): not handed out again before a
-  ** later attempt (heap_alloc.c). */
-  uintptr_t fresh_large;
+  /* The allocator's per-slot words (transactional; heap_alloc.c).  The
+  ** span each pool and class allocates from (index pool *
+  ** AME__HEAP_NCLASS + class), or 0. */
+  uintptr_t span[2 * AME__HEAP_NCLASS];
+  /* What an attempt freed that it must not hand out again itself (small
+  ** blobs, large blocks, spans it emptied), a list, and that attempt
+  ** (tx.starts): given back by a later attempt. */
+  uintptr_t fresh;
   uintptr_t fresh_attempt;
-  /* The slot's reserve of arena (transactional): spans are carved from
-  ** [reserve, reserve_end), taken from the arena's top several spans at a
-  ** time, so that slots allocating at once rarely write the one top word
-  ** (heap_alloc.c: new_span). */
+  /* The slot's reserve of arena (transactional): spans are taken from
+  ** [reserve, reserve_end), which is taken from the arena's top several
+  ** spans at a time, so that slots allocating at once rarely write the one
+  ** top word; a full heap takes it back (heap_alloc.c: from_reserve,
+  ** reclaim). */
   uintptr_t reserve;
   uintptr_t reserve_end;
   uintptr_t used;              /* bytes allocated minus freed by this
@@ -105,9 +103,11 @@ struct ame__heap_hdr {
   uintptr_t top __attribute__((aligned(AME__CACHELINE))); /* uncarved */
   uintptr_t top_pad[AME__CACHELINE / sizeof(uintptr_t) - 1]; /* top alone
                                   in its granule (its own orec) */
-  uintptr_t class_free[2 * AME__HEAP_NCLASS]; /* global free lists */
-  uintptr_t large_free[2];     /* free large blocks of each pool, a list
-                                  in address order */
+  uintptr_t partial[2 * AME__HEAP_NCLASS]; /* spans of each pool and
+                                  class with room, owned by no slot: a
+                                  doubly linked list */
+  uintptr_t runs;              /* free page runs (emptied spans, large
+                                  blocks), a list in address order */
   uintptr_t roots;             /* the root directory (a map), or 0 */
   uintptr_t garbage;           /* unreachable structures to free, a list
                                   (heap_map.c: ame_heap_collect) */

@@ -1,53 +1,70 @@
 /*
 ** stm/src/heap_alloc.c — the shared heap's allocator, and blobs.
 **
-** Every word of the allocator's state — free lists, carving pointers, the
-** arena's top, the per-slot byte counts, block headers — is read and
-** written through the STM, inside the allocating or freeing transaction.
-** So an allocation is exactly as durable as the transaction that made it:
-** an attempt that aborts, or a process killed anywhere in here, allocated
-** and freed nothing (recovery redoes or undoes the whole transaction), and
-** no separate crash protocol is needed.
+** Every word of the allocator's state — spans' headers and free lists, the
+** free runs, the arena's top, the per-slot words, block headers — is read
+** and written through the STM, inside the allocating or freeing
+** transaction.  So an allocation is exactly as durable as the transaction
+** that made it: an attempt that aborts, or a process killed anywhere in
+** here, allocated and freed nothing (recovery redoes or undoes the whole
+** transaction), and no separate crash protocol is needed.
 **
-** Conflicts are kept off the common path by giving each slot (participant)
-** its own free lists and carving span per size class; only a slot whose
-** lists are empty touches the global ones (a batch at a time) or its own
-** reserve of arena, which it refills from the arena's top several 64 KiB
-** spans at a time (a 128th of the arena, at most 2 MiB), and a slot whose
-** lists grow long gives them back in one splice.  The top is a word every
-** slot may write, so a long transaction that wrote it (a task filling a
-** large dict) would be re-run whenever another slot took arena meanwhile;
-** the reserve makes that rare.  A reserve belongs to the slot, not to its
-** owner: a slot's next owner (after a death too) carves on from it.
+** Memory:
+**   span    64 KiB holding blocks of one size class of one pool: a 64-byte
+**           header (its own granule: class, free list, live count, carving
+**           point, state), then the blocks.  A slot allocates from one span
+**           per class (slot->span[]), so slots rarely meet; a free puts the
+**           block back on its span's list.  A span nobody allocates from
+**           that has room is on its class's partial list; one whose last
+**           block is freed becomes a free run again, for any class, pool or
+**           large block.
+**   run     free pages: emptied spans, freed large blocks, and what a
+**           slot's reserve gave back, in one address-ordered list that
+**           merges neighbours.  Large blocks (over 32,720 bytes) are page
+**           runs, first fit.
+**   top     the arena not yet handed out.  Spans are taken from a slot's
+**           reserve, refilled from the top a 128th of the arena (at most
+**           2 MiB) at a time, so that slots rarely write the one top word
+**           (a long transaction that wrote it would be re-run whenever
+**           another slot took arena meanwhile).
+** An allocation tries, in order: its slot's span, a partial span of its
+** class, a free run, the reserve, the top; and when all of that fails,
+** takes back what other slots hold (their spans, reserves and deferred
+** frees: `reclaim`) and tries again.  So it fails only if no span of its
+** class has a free block and no free run or unreserved arena fits: the
+** free memory it cannot use is then free blocks inside spans that still
+** hold live blocks of other classes (at most 64 KiB per such span), page
+** runs too short, and what its own attempt freed.
 **
-** Two pools that never exchange memory:
+** Two pools:
 **   transactional  blocks read and written through the STM (map entries,
-**                  nodes).  Their words are only ever written by
-**                  transactions, so a zombie that still holds a pointer
-**                  to a freed block sees new versions on anything reused.
+**                  nodes).
 **   blob           immutable byte strings filled directly, outside the
 **                  write log (ame_heap_blob_new), and read by copy and
 **                  validation (ame_heap_blob_read + ame_tx_validate).
-**                  Keeping them apart means a transactional reader never
-**                  meets bytes that were written without the STM.
+** Memory moves between them through the free runs.  A run remembers
+** whether it may hold a transactional block's words (`clean` if not):
+** before such memory is written outside the STM, the allocating
+** transaction claims every granule of it (ame__tx_claim: the granule takes
+** a new version when the lock goes, on commit, abort or recovery alike,
+** since no abort undoes the bytes), so a zombie reader of the old block
+** meets a newer version there and aborts instead of reading bytes the STM
+** never saw.  Blob allocations prefer clean runs.
 **
-** A blob's bytes are written outside the write log, so a blob block must
-** never be handed out by the attempt that freed it: if that attempt
+** A blob's bytes are written outside the write log, so memory freed by an
+** attempt must never be written as a blob by that same attempt: if it
 ** aborted, the free would be undone and the block's committed contents
-** overwritten.  So a small blob block freed by an attempt carries the
-** attempt's stamp (16 bits of tx->starts) in the high bits of its free
-** list link, and allocation passes over the blocks that carry the running
-** attempt's stamp (a block with an older stamp equal by chance is only
-** passed over, never wrongly taken).  Large blob frees wait on the slot's
-** fresh_large list, stamped likewise, until a later attempt moves them to
-** the free list (the attempt that freed them committed: an aborted one's
-** writes to the lists were undone with it).
+** overwritten.  So blob frees, large frees and spans emptied by an attempt
+** wait on the slot's `fresh` list until a later attempt (the one that
+** freed them committed: an aborted one's writes to the list were undone
+** with it) or another slot's reclaim gives them back.  Transactional small
+** blocks go back to their span at once (they are only ever written
+** through the STM), and a span they empty waits on `fresh` like the rest.
 **
-** A block: a 16-byte header (word 0: capacity, class, pool, tag; word 1:
-** the owner word while allocated, the next free block while free), then
-** the caller's bytes.  Small blocks (up to 32 KiB) come in size classes
-** carved from 64 KiB spans; larger ones are page runs from a first-fit,
-** address-ordered free list that merges neighbours.
+** A block: a 16-byte header (word 0: size — for a small block its offset
+** in its span, the class giving its size —, class, pool, tag; word 1: the
+** owner word while allocated, the next free block while free), then the
+** caller's bytes.
 */
 #include "heap.h"
 
@@ -56,44 +73,48 @@
 
 #define NC AME__HEAP_NCLASS
 #define HDR AME__HEAP_HDR
-#define SPILL 256          /* blocks a slot's class list keeps */
-#define BATCH 16           /* blocks taken from a global list at once */
-
-#define SKIP_MAX 8         /* stamped blocks an allocation passes over */
-
-/* A small free block's link word (word 1): the next block, and the stamp
-** of the attempt that freed it (blobs) in the high 16 bits. */
-#define L_PTR ((((uintptr_t)1) << 48) - 1)
-#define L_NEXT(w) ((w)&L_PTR)
-#define L_STAMP(w) ((w) & ~L_PTR)
-
-/* The running attempt's stamp. */
-static uintptr_t stamp_of(const ame_tx_t *tx) {
-  return (uintptr_t)(tx->starts & 0xffff) << 48;
-}
-
-static void settle_large(ame_tx_t *tx, struct ame__slot *s);
+#define SPAN AME__HEAP_SPAN
+#define PAGE AME__HEAP_PAGE
+#define SPAN_HDR 64        /* a span's header: its first granule */
+#define GRAIN 64           /* bytes under one orec */
 
 /* Header word 0. */
 #define H_TAG(w) ((unsigned)((w) & 0xff))
-#define H_BLOB ((uintptr_t)1 << 8)
-#define H_LARGE ((uintptr_t)1 << 9)
+#define H_BLOB ((uintptr_t)1 << 8)   /* blob; on a free run: clean */
+#define H_LARGE ((uintptr_t)1 << 9)  /* large block or free run */
 #define H_FREE ((uintptr_t)1 << 10)
 #define H_CLASS(w) ((unsigned)(((w) >> 11) & 0x3f))
-#define H_CAP(w) ((size_t)((w) >> 17))
-#define H_MAKE(cap, cls, blob, large, tag)                                   \
-  (((uintptr_t)(cap) << 17) | ((uintptr_t)(cls) << 11) |                    \
+#define H_SIZE(w) ((size_t)((w) >> 17)) /* large: bytes - HDR; small: the
+                                           block's offset in its span */
+#define H_MAKE(size, cls, blob, large, tag)                                  \
+  (((uintptr_t)(size) << 17) | ((uintptr_t)(cls) << 11) |                   \
    ((blob) ? H_BLOB : 0) | ((large) ? H_LARGE : 0) | ((uintptr_t)(tag)&0xff))
+
+/* A span's header: the word of field f of span sp. */
+#define SW(sp, f) ((uintptr_t *)((sp) + 8 * (f)))
+enum {
+  S_CLASS,   /* pool/class index i */
+  S_FREE,    /* free blocks, a list through word 1 */
+  S_LIVE,    /* blocks handed out and not given back */
+  S_CARVE,   /* the next block never handed out */
+  S_STATE,   /* SPAN_* */
+  S_NEXT,    /* the partial list */
+  S_PREV,
+  S_FREED,   /* the attempt that last gave a block back (attempt_id) */
+};
+enum { SPAN_FULL = 0, SPAN_OWNED = 1, SPAN_PARTIAL = 2 };
 
 #define LD(tx, a) ame_load_word_tx((tx), (const uintptr_t *)(a))
 #define ST(tx, a, v) ame_store_word_tx((tx), (uintptr_t *)(a), (uintptr_t)(v))
 
-/* User capacities of the small classes (the block is 16 bytes more). */
+/* User capacities of the small classes (the block is 16 bytes more); the
+** last is half a span less its header. */
 static const uint32_t class_cap[NC] = {
     16,    32,    48,    64,    80,    96,    112,   128,   160,   192,
     224,   256,   320,   384,   448,   512,   640,   768,   896,   1024,
     1280,  1536,  1792,  2048,  2560,  3072,  3584,  4096,  5120,  6144,
-    7168,  8192,  10240, 12288, 14336, 16384, 20480, 24576, 28672, 32752};
+    7168,  8192,  10240, 12288, 14336, 16384, 20480, 24576, 28672,
+    (SPAN - SPAN_HDR) / 2 - HDR};
 
 static unsigned class_of(size_t size) {
   unsigned lo = 0, hi = NC - 1;
@@ -105,6 +126,13 @@ static unsigned class_of(size_t size) {
       lo = mid + 1;
   }
   return lo;
+}
+
+/* The usable bytes of the block whose header word 0 is w (0 for a word
+** that is no small block's: a zombie may read anything). */
+static size_t block_cap(uintptr_t w) {
+  if (w & H_LARGE) return H_SIZE(w);
+  return H_CLASS(w) < NC ? class_cap[H_CLASS(w)] : 0;
 }
 
 static struct ame__heap_hdr *hdr_of(ame_tx_t *tx) {
@@ -124,81 +152,317 @@ void ame__heap_alloc_init(struct ame__heap_hdr *h) {
   h->top = arena_start(h);
 }
 
+/* The running attempt, as a span's S_FREED records it. */
+static uintptr_t attempt_id(const ame_tx_t *tx) {
+  return ((uintptr_t)tx->slot + 1) << 32 | tx->starts;
+}
+
 /* Add n to the slot's byte count (two's complement). */
 static void count(ame_tx_t *tx, struct ame__slot *s, intptr_t n) {
   ST(tx, &s->used, LD(tx, &s->used) + (uintptr_t)n);
 }
 
-/* Move up to BATCH blocks of pool/class i from the global list to the
-** slot's list.  Return how many. */
-static uintptr_t take_global(ame_tx_t *tx, struct ame__heap_hdr *h,
-                             struct ame__slot *s, unsigned i) {
-  uintptr_t first = LD(tx, &h->class_free[i]);
-  if (first == 0) return 0;
-  uintptr_t last = first, n = 1, w;
-  while (n < BATCH && L_NEXT(w = LD(tx, last + 8)) != 0) {
-    last = L_NEXT(w);
-    n++;
+/* ------------------------------------------------------------------------
+** Free runs.
+*/
+
+/* Put [b, b + bytes) on the free runs, in address order, merging with the
+** runs on either side (clean only if both are). */
+static void insert_run(ame_tx_t *tx, uintptr_t b, size_t bytes, int clean) {
+  struct ame__heap_hdr *h = hdr_of(tx);
+  uintptr_t *link = &h->runs;
+  uintptr_t prev = 0, r = LD(tx, link);
+  while (r && r < b) {
+    prev = r;
+    link = (uintptr_t *)(r + 8);
+    r = LD(tx, link);
   }
-  w = LD(tx, last + 8);
-  ST(tx, &h->class_free[i], L_NEXT(w));
-  ST(tx, last + 8, L_STAMP(w) | LD(tx, &s->cache[i]));
-  ST(tx, &s->cache[i], first);
-  ST(tx, &s->cached[i], LD(tx, &s->cached[i]) + n);
-  return n;
+  if (r && b + bytes == r) { /* merge the next run into this one */
+    uintptr_t w = LD(tx, r);
+    bytes += H_SIZE(w) + HDR;
+    clean = clean && (w & H_BLOB);
+    r = LD(tx, r + 8);
+  }
+  if (prev) {
+    uintptr_t w = LD(tx, prev);
+    if (prev + H_SIZE(w) + HDR == b) { /* into the previous */
+      size_t pbytes = H_SIZE(w) + HDR + bytes;
+      clean = clean && (w & H_BLOB);
+      ST(tx, prev, H_MAKE(pbytes - HDR, 0, clean, 1, 0) | H_FREE);
+      ST(tx, prev + 8, r);
+      return;
+    }
+  }
+  ST(tx, b, H_MAKE(bytes - HDR, 0, clean, 1, 0) | H_FREE);
+  ST(tx, b + 8, r);
+  ST(tx, link, b);
 }
 
-/* Take a block of pool/class i off the slot's list, passing over (up to
-** SKIP_MAX) blob blocks the running attempt freed.  Return it, or 0. */
-static uintptr_t pop_cache(ame_tx_t *tx, struct ame__slot *s, unsigned i) {
-  uintptr_t *link = &s->cache[i];
-  uintptr_t lw = LD(tx, link);
-  uintptr_t now = i >= NC ? stamp_of(tx) : ~(uintptr_t)0;
-  for (unsigned skipped = 0; L_NEXT(lw) != 0; skipped++) {
-    uintptr_t b = L_NEXT(lw);
-    uintptr_t w = LD(tx, b + 8);
-    if (L_STAMP(w) != now) {
-      ST(tx, link, L_STAMP(lw) | L_NEXT(w));
-      ST(tx, &s->cached[i], LD(tx, &s->cached[i]) - 1);
-      return b;
-    }
-    if (skipped == SKIP_MAX) break;
-    link = (uintptr_t *)(b + 8);
-    lw = w;
+/* Take *bytes (pages) from the free runs: the first that fits among those
+** whose cleanliness is `prefer`, else (unless `only`) the first that
+** fits; set *clean, and *bytes to what was taken (a run less than a page
+** longer is taken whole).  Return it, or 0. */
+static uintptr_t take_run(ame_tx_t *tx, size_t *bytes, int prefer, int only,
+                          int *clean) {
+  struct ame__heap_hdr *h = hdr_of(tx);
+  uintptr_t *link = &h->runs, *other = NULL, r;
+  for (r = LD(tx, link); r; link = (uintptr_t *)(r + 8), r = LD(tx, link)) {
+    uintptr_t w = LD(tx, r);
+    if (H_SIZE(w) + HDR < *bytes) continue;
+    if (((w & H_BLOB) != 0) == prefer) break;
+    if (other == NULL) other = link;
   }
-  return 0;
+  if (r == 0 && other && !only) r = LD(tx, link = other);
+  if (r == 0) return 0;
+  uintptr_t w = LD(tx, r);
+  size_t have = H_SIZE(w) + HDR;
+  int c = (w & H_BLOB) != 0;
+  if (have - *bytes >= PAGE) { /* split: keep the tail free */
+    uintptr_t rest = r + *bytes;
+    ST(tx, rest, H_MAKE(have - *bytes - HDR, 0, c, 1, 0) | H_FREE);
+    ST(tx, rest + 8, LD(tx, r + 8));
+    ST(tx, link, rest);
+  } else {
+    *bytes = have;
+    ST(tx, link, LD(tx, r + 8));
+  }
+  *clean = c;
+  return r;
+}
+
+/* Before writing [b, b + bytes) outside the STM: claim every granule, so
+** that a transaction that read a word there when it held a transactional
+** block sees it change (see the top of the file). */
+static void claim(ame_tx_t *tx, uintptr_t b, size_t bytes) {
+  for (uintptr_t g = b & ~(uintptr_t)(GRAIN - 1); g < b + bytes; g += GRAIN)
+    ame__tx_claim(tx, (uintptr_t *)g);
+}
+
+/* ------------------------------------------------------------------------
+** Deferred frees.
+*/
+
+static void span_give(ame_tx_t *tx, uintptr_t b, uintptr_t w, int now);
+
+/* Give back what slot k deferred, if the attempt that deferred it is over
+** (for another slot, the list as this transaction reads it holds only
+** committed attempts' frees). */
+static void settle(ame_tx_t *tx, struct ame__slot *k) {
+  uintptr_t b = LD(tx, &k->fresh);
+  if (b == 0) return;
+  if (k == ame__slot_of(tx) && LD(tx, &k->fresh_attempt) == tx->starts)
+    return;
+  ST(tx, &k->fresh, 0);
+  while (b) {
+    uintptr_t next = LD(tx, b + 8);
+    uintptr_t w = LD(tx, b);
+    if (w & H_LARGE)
+      insert_run(tx, b, H_SIZE(w) + HDR, (w & H_BLOB) != 0);
+    else
+      span_give(tx, b, w, 0);
+    b = next;
+  }
+}
+
+/* Put block or run b (its header word 0 written, H_FREE set) on the
+** slot's fresh list, for a later attempt. */
+static void defer(ame_tx_t *tx, struct ame__slot *s, uintptr_t b) {
+  settle(tx, s);
+  ST(tx, &s->fresh_attempt, tx->starts);
+  ST(tx, b + 8, LD(tx, &s->fresh));
+  ST(tx, &s->fresh, b);
+}
+
+/* ------------------------------------------------------------------------
+** Spans.
+*/
+
+static uintptr_t span_bsize(unsigned i) { return class_cap[i % NC] + HDR; }
+
+/* The end of span sp's last block. */
+static uintptr_t span_end(uintptr_t sp, unsigned i) {
+  uintptr_t bsize = span_bsize(i);
+  return sp + SPAN_HDR + (SPAN - SPAN_HDR) / bsize * bsize;
+}
+
+static void list_span(ame_tx_t *tx, uintptr_t sp, unsigned i) {
+  struct ame__heap_hdr *h = hdr_of(tx);
+  uintptr_t head = LD(tx, &h->partial[i]);
+  ST(tx, SW(sp, S_NEXT), head);
+  ST(tx, SW(sp, S_PREV), 0);
+  if (head) ST(tx, SW(head, S_PREV), sp);
+  ST(tx, &h->partial[i], sp);
+  ST(tx, SW(sp, S_STATE), SPAN_PARTIAL);
+}
+
+static void unlist_span(ame_tx_t *tx, uintptr_t sp, unsigned i) {
+  struct ame__heap_hdr *h = hdr_of(tx);
+  uintptr_t next = LD(tx, SW(sp, S_NEXT)), prev = LD(tx, SW(sp, S_PREV));
+  if (prev)
+    ST(tx, SW(prev, S_NEXT), next);
+  else
+    ST(tx, &h->partial[i], next);
+  if (next) ST(tx, SW(next, S_PREV), prev);
+}
+
+/* Span sp holds no live block: make it a free run (clean if it held
+** blobs), now, or, if the running attempt gave its last blocks back,
+** after it. */
+static void release_span(ame_tx_t *tx, uintptr_t sp, unsigned i) {
+  int clean = i >= NC;
+  if (LD(tx, SW(sp, S_FREED)) == attempt_id(tx)) {
+    ST(tx, sp, H_MAKE(SPAN - HDR, 0, clean, 1, 0) | H_FREE);
+    defer(tx, ame__slot_of(tx), sp);
+  } else {
+    insert_run(tx, sp, SPAN, clean);
+  }
+}
+
+/* A span no slot allocates from any more (sp was slot k's for class i):
+** released if empty, listed if it has room, else left alone. */
+static void detach(ame_tx_t *tx, struct ame__slot *k, unsigned i,
+                   uintptr_t sp) {
+  ST(tx, &k->span[i], 0);
+  if (LD(tx, SW(sp, S_LIVE)) == 0) {
+    release_span(tx, sp, i);
+  } else if (LD(tx, SW(sp, S_FREE)) != 0 ||
+             LD(tx, SW(sp, S_CARVE)) < span_end(sp, i)) {
+    list_span(tx, sp, i);
+  } else {
+    ST(tx, SW(sp, S_STATE), SPAN_FULL);
+  }
+}
+
+/* Block b (header word 0 w) goes back to its span; now: freed by the
+** running attempt (else by an earlier one, settled). */
+static void span_give(ame_tx_t *tx, uintptr_t b, uintptr_t w, int now) {
+  uintptr_t sp = b - H_SIZE(w);
+  if (!(w & H_FREE)) ST(tx, b, w | H_FREE);
+  ST(tx, b + 8, LD(tx, SW(sp, S_FREE)));
+  ST(tx, SW(sp, S_FREE), b);
+  uintptr_t live = LD(tx, SW(sp, S_LIVE)) - 1;
+  ST(tx, SW(sp, S_LIVE), live);
+  if (now) ST(tx, SW(sp, S_FREED), attempt_id(tx));
+  uintptr_t state = LD(tx, SW(sp, S_STATE));
+  if (state == SPAN_OWNED) return; /* its slot finds it there */
+  unsigned i = (unsigned)LD(tx, SW(sp, S_CLASS));
+  if (live == 0) {
+    if (state == SPAN_PARTIAL) unlist_span(tx, sp, i);
+    release_span(tx, sp, i);
+  } else if (state == SPAN_FULL) {
+    list_span(tx, sp, i);
+  }
+}
+
+/* A block of span sp (class index i), or 0 if it is full. */
+static uintptr_t span_take(ame_tx_t *tx, uintptr_t sp, unsigned i) {
+  uintptr_t b = LD(tx, SW(sp, S_FREE));
+  if (b) {
+    ST(tx, SW(sp, S_FREE), LD(tx, b + 8));
+  } else {
+    b = LD(tx, SW(sp, S_CARVE));
+    uintptr_t bsize = span_bsize(i);
+    if (b + bsize > span_end(sp, i)) return 0;
+    ST(tx, SW(sp, S_CARVE), b + bsize);
+  }
+  ST(tx, SW(sp, S_LIVE), LD(tx, SW(sp, S_LIVE)) + 1);
+  return b;
 }
 
 /* Spans a slot takes from the arena's top at once: a 128th of the arena,
 ** at least one span, at most 32 (2 MiB). */
 static uintptr_t reserve_bytes(const struct ame__heap_hdr *h) {
-  uintptr_t spans = h->arena_size / 128 / AME__HEAP_SPAN;
+  uintptr_t spans = h->arena_size / 128 / SPAN;
   if (spans < 1) spans = 1;
   if (spans > 32) spans = 32;
-  return spans * AME__HEAP_SPAN;
+  return spans * SPAN;
 }
 
-/* A fresh span for pool/class i from the slot's reserve, refilled from
-** the arena's top when empty; return its first block, or 0 if the arena
-** is full. */
-static uintptr_t new_span(ame_tx_t *tx, struct ame__heap_hdr *h,
-                          struct ame__slot *s, unsigned i, size_t bsize) {
+/* A span's worth of the slot's reserve, refilled from the arena's top when
+** empty; 0 if the top has less than a span. */
+static uintptr_t from_reserve(ame_tx_t *tx, struct ame__heap_hdr *h,
+                              struct ame__slot *s) {
   uintptr_t top = LD(tx, &s->reserve), rend = LD(tx, &s->reserve_end);
-  if (top == 0 || top + AME__HEAP_SPAN > rend) {
+  if (top == 0 || top + SPAN > rend) {
     /* Reserves are whole spans: nothing is left of the old one. */
     uintptr_t want = reserve_bytes(h);
     top = LD(tx, &h->top);
-    if (top + want > arena_end(h)) want = AME__HEAP_SPAN;
+    if (top + want > arena_end(h)) want = SPAN;
     if (top + want > arena_end(h)) return 0;
     ST(tx, &h->top, top + want);
     rend = top + want;
     ST(tx, &s->reserve_end, rend);
   }
-  ST(tx, &s->reserve, top + AME__HEAP_SPAN);
-  uintptr_t end = top + AME__HEAP_SPAN - AME__HEAP_SPAN % bsize;
-  ST(tx, &s->carve[i], top + bsize);
-  ST(tx, &s->carve_end[i], end);
+  ST(tx, &s->reserve, top + SPAN);
   return top;
+}
+
+/* Take back what the slots hold and the allocation of pool/class want (or
+** of a large block: want >= 2 * NC) could use: deferred frees of
+** attempts that committed, reserves, the empty spans slots allocate from
+** and the spans of class want (listed or released like any other), and
+** the top's last pages.  Everything free is then a free run, a listed
+** span, or the running attempt's own frees.  The last resort before
+** "full": it writes other slots' words, so they conflict with it. */
+static void reclaim(ame_tx_t *tx, struct ame__heap_hdr *h, unsigned want) {
+  struct ame__slot *slots = ame__heap_slots(h);
+  uintptr_t top = LD(tx, &h->top);
+  if (top < arena_end(h)) {
+    insert_run(tx, top, arena_end(h) - top, 1);
+    ST(tx, &h->top, arena_end(h));
+  }
+  for (unsigned k = 0; k < h->max_slots; k++) {
+    struct ame__slot *s = &slots[k];
+    settle(tx, s);
+    uintptr_t r = LD(tx, &s->reserve), rend = LD(tx, &s->reserve_end);
+    if (r && r < rend) {
+      insert_run(tx, r, rend - r, 1);
+      ST(tx, &s->reserve, 0);
+      ST(tx, &s->reserve_end, 0);
+    }
+    for (unsigned i = 0; i < 2 * NC; i++) {
+      uintptr_t sp = LD(tx, &s->span[i]);
+      if (sp && (i == want || LD(tx, SW(sp, S_LIVE)) == 0))
+        detach(tx, s, i, sp);
+    }
+  }
+}
+
+/* A new span for pool/class i, owned by slot s: from the free runs (for
+** blobs clean ones first: another costs a claim of its 1,024 granules,
+** amortised over the span's blocks), the reserve, or the top.  Return it,
+** or 0 if none is left. */
+static uintptr_t new_span(ame_tx_t *tx, struct ame__heap_hdr *h,
+                          struct ame__slot *s, unsigned i) {
+  int blob = i >= NC, clean = 1;
+  size_t bytes = SPAN;
+  settle(tx, s);
+  uintptr_t sp = take_run(tx, &bytes, blob, 0, &clean);
+  if (sp == 0) sp = from_reserve(tx, h, s);
+  if (sp == 0) return 0;
+  if (blob && !clean) claim(tx, sp, SPAN);
+  ST(tx, SW(sp, S_CLASS), i);
+  ST(tx, SW(sp, S_FREE), 0);
+  ST(tx, SW(sp, S_LIVE), 0);
+  ST(tx, SW(sp, S_CARVE), sp + SPAN_HDR);
+  ST(tx, SW(sp, S_STATE), SPAN_OWNED);
+  ST(tx, SW(sp, S_NEXT), 0);
+  ST(tx, SW(sp, S_PREV), 0);
+  ST(tx, SW(sp, S_FREED), 0);
+  ST(tx, &s->span[i], sp);
+  return sp;
+}
+
+/* Make slot s allocate pool/class i from a partial span, if there is one;
+** return it, or 0. */
+static uintptr_t adopt_partial(ame_tx_t *tx, struct ame__heap_hdr *h,
+                               struct ame__slot *s, unsigned i) {
+  uintptr_t sp = LD(tx, &h->partial[i]);
+  if (sp == 0) return 0;
+  unlist_span(tx, sp, i);
+  ST(tx, SW(sp, S_STATE), SPAN_OWNED);
+  ST(tx, &s->span[i], sp);
+  return sp;
 }
 
 static void *alloc_small(ame_tx_t *tx, size_t size, int blob, unsigned tag,
@@ -207,57 +471,59 @@ static void *alloc_small(ame_tx_t *tx, size_t size, int blob, unsigned tag,
   struct ame__slot *s = ame__slot_of(tx);
   unsigned cls = class_of(size);
   unsigned i = (blob ? NC : 0) + cls;
-  size_t bsize = class_cap[cls] + HDR;
-  uintptr_t b = pop_cache(tx, s, i);
-  if (b == 0) {
-    uintptr_t c = LD(tx, &s->carve[i]);
-    if (c && c < LD(tx, &s->carve_end[i])) {
-      ST(tx, &s->carve[i], c + bsize);
-      b = c;
-    } else {
-      if (take_global(tx, h, s, i)) b = pop_cache(tx, s, i);
-      if (b == 0) b = new_span(tx, h, s, i, bsize);
-      if (b == 0) return NULL;
+  uintptr_t sp = LD(tx, &s->span[i]), b = 0;
+  if (sp) b = span_take(tx, sp, i);
+  for (int round = 0; b == 0; round++) {
+    if (sp) detach(tx, s, i, sp);
+    sp = adopt_partial(tx, h, s, i);
+    if (sp == 0) sp = new_span(tx, h, s, i);
+    if (sp == 0) {
+      if (round) return NULL;
+      reclaim(tx, h, i);
+      continue;
     }
+    b = span_take(tx, sp, i);
+    assert(b && "a partial or new span without room");
   }
-  ST(tx, b, H_MAKE(class_cap[cls], cls, blob, 0, tag));
+  ST(tx, b, H_MAKE(b - sp, cls, blob, 0, tag));
   ST(tx, b + 8, owner);
-  count(tx, s, (intptr_t)bsize);
+  count(tx, s, (intptr_t)(class_cap[cls] + HDR));
   return (void *)(b + HDR);
 }
 
-/* Large blocks: page runs, first fit from the pool's address-ordered free
-** list (a free run's header: word 0 its bytes, word 1 the next run). */
+/* Large blocks: page runs, first fit from the free runs, else the top (for
+** blobs: clean runs, the top, then the other runs, whose claim costs a
+** log entry per 64 bytes). */
 static void *alloc_large(ame_tx_t *tx, size_t size, int blob, unsigned tag,
                          uint64_t owner) {
   struct ame__heap_hdr *h = hdr_of(tx);
   struct ame__slot *s = ame__slot_of(tx);
   if (size > arena_end(h) - arena_start(h)) return NULL;
-  size_t bytes = (size + HDR + AME__HEAP_PAGE - 1) & ~(size_t)(AME__HEAP_PAGE - 1);
-  uintptr_t *link = &h->large_free[blob ? 1 : 0];
+  size_t bytes = (size + HDR + PAGE - 1) & ~(size_t)(PAGE - 1);
+  int clean = 1;
+  settle(tx, s);
   uintptr_t b = 0;
-  for (uintptr_t r = LD(tx, link); r; link = (uintptr_t *)(r + 8),
-                 r = LD(tx, link)) {
-    size_t have = H_CAP(LD(tx, r)) + HDR;
-    if (have < bytes) continue;
-    if (have - bytes >= AME__HEAP_PAGE) { /* split: keep the tail free */
-      uintptr_t rest = r + bytes;
-      ST(tx, rest, H_MAKE(have - bytes - HDR, 0, blob, 1, 0) | H_FREE);
-      ST(tx, rest + 8, LD(tx, r + 8));
-      ST(tx, link, rest);
-    } else {
-      bytes = have;
-      ST(tx, link, LD(tx, r + 8));
+  for (int round = 0; b == 0; round++) {
+    size_t want = bytes;
+    b = take_run(tx, &want, blob, blob, &clean);
+    if (b == 0) {
+      uintptr_t top = LD(tx, &h->top);
+      if (top + bytes <= arena_end(h)) {
+        ST(tx, &h->top, top + bytes);
+        b = top;
+        clean = 1;
+        break;
+      }
     }
-    b = r;
-    break;
+    if (b == 0 && blob) b = take_run(tx, &want, 1, 0, &clean);
+    if (b) {
+      bytes = want;
+      break;
+    }
+    if (round) return NULL;
+    reclaim(tx, h, 2 * NC);
   }
-  if (b == 0) {
-    uintptr_t top = LD(tx, &h->top);
-    if (top + bytes > arena_end(h)) return NULL;
-    ST(tx, &h->top, top + bytes);
-    b = top;
-  }
+  if (blob && !clean) claim(tx, b, bytes);
   ST(tx, b, H_MAKE(bytes - HDR, 0, blob, 1, tag));
   ST(tx, b + 8, owner);
   count(tx, s, (intptr_t)bytes);
@@ -270,71 +536,7 @@ static void *heap_alloc(ame_tx_t *tx, size_t size, int blob, unsigned tag,
                                                "heap transaction");
   if (size == 0) size = 8;
   if (size <= class_cap[NC - 1]) return alloc_small(tx, size, blob, tag, owner);
-  if (blob) settle_large(tx, ame__slot_of(tx));
   return alloc_large(tx, size, blob, tag, owner);
-}
-
-/* Put large block b (header word w) on its pool's free list. */
-static void insert_large(ame_tx_t *tx, uintptr_t b, uintptr_t w) {
-  struct ame__heap_hdr *h = hdr_of(tx);
-  int blob = (w & H_BLOB) != 0;
-  size_t bytes = H_CAP(w) + HDR;
-  /* Insert in address order, merging with the runs on either side. */
-  uintptr_t *link = &h->large_free[blob];
-  uintptr_t prev = 0, r = LD(tx, link);
-  while (r && r < b) {
-    prev = r;
-    link = (uintptr_t *)(r + 8);
-    r = LD(tx, link);
-  }
-  if (r && b + bytes == r) { /* merge the next run into this one */
-    bytes += H_CAP(LD(tx, r)) + HDR;
-    r = LD(tx, r + 8);
-  }
-  if (prev && prev + H_CAP(LD(tx, prev)) + HDR == b) { /* into the previous */
-    size_t pbytes = H_CAP(LD(tx, prev)) + HDR + bytes;
-    ST(tx, prev, H_MAKE(pbytes - HDR, 0, blob, 1, 0) | H_FREE);
-    ST(tx, prev + 8, r);
-    return;
-  }
-  ST(tx, b, H_MAKE(bytes - HDR, 0, blob, 1, 0) | H_FREE);
-  ST(tx, b + 8, r);
-  ST(tx, link, b);
-}
-
-/* Put small block b of pool/class i on the slot's free list, its link
-** carrying stamp; spill the list to the global one when it grows long. */
-static void insert_small(ame_tx_t *tx, struct ame__slot *s, unsigned i,
-                         uintptr_t b, uintptr_t stamp) {
-  struct ame__heap_hdr *h = hdr_of(tx);
-  ST(tx, b + 8, stamp | LD(tx, &s->cache[i]));
-  ST(tx, &s->cache[i], b);
-  uintptr_t n = LD(tx, &s->cached[i]) + 1;
-  if (n <= SPILL) {
-    ST(tx, &s->cached[i], n);
-    return;
-  }
-  /* Too many: splice the whole list onto the global one. */
-  uintptr_t last = b, w;
-  while (L_NEXT(w = LD(tx, last + 8)) != 0) last = L_NEXT(w);
-  ST(tx, last + 8, L_STAMP(w) | LD(tx, &h->class_free[i]));
-  ST(tx, &h->class_free[i], b);
-  ST(tx, &s->cache[i], 0);
-  ST(tx, &s->cached[i], 0);
-}
-
-/* Before a large blob allocation or free: if the large blob blocks
-** waiting on fresh_large were freed by an earlier attempt, it committed:
-** put them on the free list. */
-static void settle_large(ame_tx_t *tx, struct ame__slot *s) {
-  uintptr_t b = LD(tx, &s->fresh_large);
-  if (b == 0 || LD(tx, &s->fresh_attempt) == tx->starts) return;
-  ST(tx, &s->fresh_large, 0);
-  while (b) {
-    uintptr_t next = LD(tx, b + 8);
-    insert_large(tx, b, LD(tx, b) & ~H_FREE);
-    b = next;
-  }
 }
 
 static void heap_free(ame_tx_t *tx, void *p) {
@@ -353,25 +555,14 @@ static void heap_free(ame_tx_t *tx, void *p) {
     abort();
   }
   struct ame__slot *s = ame__slot_of(tx);
-  unsigned cls = H_CLASS(w);
-  count(tx, s, -(intptr_t)((w & H_LARGE) ? H_CAP(w) + HDR
-                                         : class_cap[cls] + HDR));
-  if ((w & H_BLOB) && (w & H_LARGE)) {
-    /* Not reusable before a later attempt (see the top of the file). */
-    settle_large(tx, s);
-    ST(tx, &s->fresh_attempt, tx->starts);
+  count(tx, s, -(intptr_t)(block_cap(w) + HDR));
+  if ((w & H_LARGE) || (w & H_BLOB)) {
+    /* Not to be written as a blob by this attempt (top of the file). */
     ST(tx, b, w | H_FREE);
-    ST(tx, b + 8, LD(tx, &s->fresh_large));
-    ST(tx, &s->fresh_large, b);
+    defer(tx, s, b);
     return;
   }
-  if (w & H_LARGE) {
-    insert_large(tx, b, w);
-    return;
-  }
-  ST(tx, b, w | H_FREE);
-  insert_small(tx, s, ((w & H_BLOB) ? NC : 0) + cls, b,
-               (w & H_BLOB) ? stamp_of(tx) : 0);
+  span_give(tx, b, w, 1);
 }
 
 /* ------------------------------------------------------------------------
@@ -392,7 +583,7 @@ void *ame_heap_alloc(ame_tx_t *tx, size_t size, unsigned tag,
 void ame_heap_free(ame_tx_t *tx, void *p) { heap_free(tx, p); }
 
 size_t ame_heap_size(ame_tx_t *tx, const void *p) {
-  return H_CAP(LD(tx, (uintptr_t)p - HDR));
+  return block_cap(LD(tx, (uintptr_t)p - HDR));
 }
 
 unsigned ame_heap_tag(ame_tx_t *tx, const void *p) {
@@ -408,7 +599,11 @@ void *ame_heap_blob_new(ame_tx_t *tx, const void *data, size_t len,
   uintptr_t *p = heap_alloc(tx, len, 1, tag, owner & 0xffffffffffffull);
   if (p == NULL) return NULL;
   /* Word by word (relaxed atomics: a zombie's copy may race with us and
-  ** will be thrown away by its validation), the last word zero-padded. */
+  ** will be thrown away by its validation), the last word zero-padded,
+  ** after a release fence: a transactional reader that sees one of these
+  ** words sees the locks claim() took on memory that held transactional
+  ** blocks (its load of the word is an acquire, its orec check after). */
+  __atomic_thread_fence(__ATOMIC_RELEASE);
   const unsigned char *src = data;
   size_t words = len / 8;
   for (size_t i = 0; i < words; i++) {
@@ -437,7 +632,7 @@ size_t ame_heap_blob_get(ame_tx_t *tx, void *const *ref, void *buf,
             (void *)blob);
     abort();
   }
-  size_t cap = H_CAP(LD(tx, b));
+  size_t cap = block_cap(LD(tx, b));
   if (len > cap) len = cap;
   if ((uintptr_t)blob + len > arena_end(h))
     len = arena_end(h) - (uintptr_t)blob;

@@ -922,6 +922,11 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
     }
     return;
   }
+  /* An irrevocable transaction waits for a lock of ours: give way now.
+  ** (Waiting here for a lock that comes and goes, as the loops of our
+  ** callers would, may never end: its owners keep retrying, and the
+  ** irrevocable one keeps waiting for us.) */
+  if (LOAD(&tx->killed)) abort_tx(tx, AME_ABORT_KILLED, addr, NULL);
   /* Wait for a revocable owner to go, unless that could close a cycle:
   ** a transaction that holds locks itself waits only for a younger owner
   ** (a later start; between equal starts, the higher descriptor address)
@@ -1267,6 +1272,18 @@ void ame__store_masked(ame_tx_t *tx, uintptr_t *addr, uintptr_t v,
   if (mask) store_masked(tx, (uintptr_t)addr, v, mask);
 }
 
+void ame__tx_claim(ame_tx_t *tx, uintptr_t *addr) {
+  assert(((uintptr_t)addr & 7) == 0 && "unaligned transactional claim");
+  /* An entry with an empty mask: write-back and recovery store nothing
+  ** for it.  Its orec's head entry (this one, or an earlier store's) is
+  ** marked so that even an abort releases the orec with a new version:
+  ** the caller writes under it outside the STM, which no abort undoes. */
+  store_masked(tx, (uintptr_t)addr, 0, 0);
+  uintptr_t l = LOAD(ame__orec_of(&tx->h, (uintptr_t)addr));
+  assert(IS_LOCKED(l) && LOAD(&LOCK_ENTRY(l)->tx) == tx);
+  LOCK_ENTRY(l)->head = 2;
+}
+
 void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v) {
   assert(((uintptr_t)addr & 3) == 0 && "unaligned transactional store");
   unsigned shift = ((uintptr_t)addr & 4) ? 32 : 0;
@@ -1329,11 +1346,17 @@ static void write_back_release(ame_tx_t *tx, uintptr_t version) {
 ** version is 0). */
 static void release_locks(ame_tx_t *tx, uintptr_t version) {
   if (tx->w_n == 0) return;
+  /* Claimed granules (head 2) take the clock's value on abort: newer than
+  ** any snapshot that read what they held before (ame__tx_claim). */
+  uintptr_t bump = version ? version : LOAD_ACQ(&tx->dom->clock) << 1;
   for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
     struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
                                                : c->e + AME__WCHUNK;
     for (struct ame__wentry *e = c->e; e < end; e++)
-      if (e->head) STORE_REL(e->orec, version ? version : e->version);
+      if (e->head)
+        STORE_REL(e->orec, version     ? version
+                           : e->head == 2 ? bump
+                                          : e->version);
     if (c == tx->w_chunk) break;
   }
 }
@@ -1934,8 +1957,13 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
       if (!e->head) continue;
       uintptr_t mine = (uintptr_t)e | 1;
       uintptr_t l = mine;
-      __atomic_compare_exchange_n(e->orec, &l, version ? version : e->version,
-                                  0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+      /* Undecided: the old version, or for a claimed granule (head 2,
+      ** written outside the STM) the clock's, as release_locks does. */
+      uintptr_t v = version        ? version
+                    : e->head == 2 ? LOAD_ACQ(&tx->dom->clock) << 1
+                                   : e->version;
+      __atomic_compare_exchange_n(e->orec, &l, v, 0, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_RELAXED);
     }
     if (c == tx->w_chunk || c + 1 == tx->w_end) break;
   }

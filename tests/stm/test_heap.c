@@ -1005,3 +1005,300 @@ TEST_IMPL(heap_blob_reuse_abort) {
   ame_heap_exit(h);
   ame_heap_close(h);
 }
+
+/* ------------------------------------------------------------------------
+** Reuse: memory freed is found again by every later allocation, whatever
+** its size class or pool and whoever freed it.
+*/
+
+/* Allocate blocks of `size` (blobs if blob) until `bytes` are taken, a few
+** hundred per transaction; put them in p and return how many (a NULL from
+** the allocator fails the test). */
+static size_t fill(ame_tx_t *tx, void **p, size_t size, int blob,
+                   size_t bytes) {
+  static char data[200000];
+  size_t n = 0;
+  while (n * (size + 16) < bytes) {
+    volatile size_t k = n;
+    volatile int full = 0;
+    AME_ATOMIC(tx) {
+      k = n;
+      full = 0;
+      for (int j = 0; j < 256 && k * (size + 16) < bytes; j++) {
+        void *b = blob ? ame_heap_blob_new(tx, data, size, 7, k)
+                       : ame_heap_alloc(tx, size, 7, k);
+        if (b == NULL) {
+          full = 1;
+          break;
+        }
+        p[k++] = b;
+      }
+    }
+    if (full) {
+      ame_heap_stats_t st;
+      ame_heap_stats(ame_tx_heap(tx), &st);
+      AME_TEST_FAIL_("heap full after %zu blocks of %zu bytes (%s): used "
+                     "%lld of %llu, carved %llu",
+                     (size_t)k, size, blob ? "blob" : "transactional",
+                     (long long)st.used, (unsigned long long)st.arena,
+                     (unsigned long long)st.top);
+    }
+    n = k;
+  }
+  return n;
+}
+
+static void free_all(ame_tx_t *tx, void **p, size_t n) {
+  for (size_t i = 0; i < n; i += 256) {
+    AME_ATOMIC(tx) {
+      for (size_t j = i; j < n && j < i + 256; j++) ame_heap_free(tx, p[j]);
+    }
+  }
+}
+
+/* Rounds that each fill three quarters of the arena with blocks of one
+** kind (a size class of either pool, or large blocks), then free them:
+** every round fits, and after ten the arena has been handed out about
+** eight times over. */
+TEST_IMPL(heap_reuse_across_classes) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  int64_t base = used_now(h);
+  size_t bytes = st.arena / 4 * 3;
+  void **p = malloc(bytes / 32 * sizeof *p);
+  ASSERT_NOT_NULL(p);
+  static const struct { size_t size; int blob; } kinds[] = {
+      {24, 0}, {24, 1}, {3000, 0}, {100, 1}, {100000, 0},
+      {20000, 1}, {40, 0}, {150000, 1}, {1000, 0}, {16, 1}};
+  for (size_t r = 0; r < sizeof kinds / sizeof kinds[0]; r++) {
+    size_t n = fill(tx, p, kinds[r].size, kinds[r].blob, bytes);
+    free_all(tx, p, n);
+  }
+  ASSERT_EQ(used_now(h), base);
+  free(p);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* Another participant's frees. */
+struct frees {
+  ame_heap_t *h;
+  void **p;
+  size_t n;
+};
+
+static void *free_in_one(void *arg) {
+  struct frees *f = arg;
+  ame_tx_t *tx = ame_heap_enter(f->h);
+  ASSERT_NOT_NULL(tx);
+  AME_ATOMIC(tx) {
+    for (size_t i = 0; i < f->n; i++) ame_heap_free(tx, f->p[i]);
+  }
+  ame_heap_exit(f->h);
+  return NULL;
+}
+
+/* The heap filled with small blobs, another participant frees 2,000 of
+** them in one transaction; then 70,000 attempts (each rolled back, so each
+** finds the same free blocks) allocate one: every attempt gets one,
+** whatever its number (blocks a running attempt freed itself are the only
+** ones it may not take, and these are not). */
+TEST_IMPL(heap_reuse_other_slot) {
+  ame_heap_config_t cfg = {.size = 4 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  size_t cap = st.arena / 40;
+  void **p = malloc(cap * sizeof *p);
+  ASSERT_NOT_NULL(p);
+  /* Fill: blobs of 24 bytes until the allocator says no. */
+  size_t n = 0;
+  for (volatile int full = 0; !full;) {
+    volatile size_t k = n;
+    AME_ATOMIC(tx) {
+      k = n;
+      for (int j = 0; j < 256; j++) {
+        void *b = ame_heap_blob_new(tx, "twenty-four bytes, fixed", 24, 7, 0);
+        if (b == NULL) {
+          full = 1;
+          break;
+        }
+        ASSERT_LT(k, cap);
+        p[k++] = b;
+      }
+    }
+    n = k;
+  }
+  ASSERT_GT(n, 2000);
+  struct frees f = {h, p + n - 2000, 2000};
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, NULL, free_in_one, &f), 0);
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  static void *volatile got;
+  AME_ATOMIC(tx) {
+    got = ame_heap_blob_new(tx, "twenty-four bytes, fixed", 24, 7, 0);
+  }
+  ASSERT_NOT_NULL(got);
+  volatile unsigned attempts = 0, nulls = 0;
+  AME_ATOMIC(tx) {
+    if (ame_heap_blob_new(tx, "twenty-four bytes, fixed", 24, 7, 0) == NULL)
+      nulls++;
+    if (++attempts < 70000) ame_tx_abort(tx);
+  }
+  ASSERT_EQ(attempts, 70000);
+  ASSERT_EQ(nulls, 0);
+  free(p);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* A participant that allocated and freed a little, then left (once all
+** of them had done so: each holds a slot of its own). */
+static pthread_barrier_t leave_together;
+
+static void *touch_and_leave(void *arg) {
+  ame_heap_t *h = arg;
+  ame_tx_t *tx = ame_heap_enter(h);
+  ASSERT_NOT_NULL(tx);
+  static __thread void *volatile b;
+  AME_ATOMIC(tx) { b = ame_heap_alloc(tx, 100, 7, 0); }
+  ASSERT_NOT_NULL(b);
+  AME_ATOMIC(tx) { ame_heap_free(tx, b); }
+  AME_ATOMIC(tx) { b = ame_heap_blob_new(tx, "x", 1, 7, 0); }
+  ASSERT_NOT_NULL(b);
+  AME_ATOMIC(tx) { ame_heap_free(tx, b); }
+  pthread_barrier_wait(&leave_together);
+  ame_heap_exit(h);
+  return NULL;
+}
+
+/* What slots hold without using it (the arena they reserved, the spans
+** they allocated from, frees they deferred) serves others: 31 threads
+** each take a slot, allocate and free a block of each pool, and leave;
+** then 1 MiB blocks fill the arena to within 1 MiB of its end. */
+TEST_IMPL(heap_reuse_slot_leftovers) {
+  ame_heap_config_t cfg = {.size = 64 << 20, .max_slots = 32};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  pthread_t t[31];
+  ASSERT_EQ(pthread_barrier_init(&leave_together, NULL, 31), 0);
+  for (int i = 0; i < 31; i++)
+    ASSERT_EQ(pthread_create(&t[i], NULL, touch_and_leave, h), 0);
+  for (int i = 0; i < 31; i++) ASSERT_EQ(pthread_join(t[i], NULL), 0);
+  pthread_barrier_destroy(&leave_together);
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  uint64_t carved = st.top;
+  ASSERT_GE(carved, (uint64_t)31 << 19); /* each took a reserve */
+  static void *volatile got;
+  size_t n = 0;
+  for (;;) {
+    AME_ATOMIC(tx) { got = ame_heap_alloc(tx, 1 << 20, 7, 0); }
+    if (got == NULL) break;
+    n++;
+  }
+  ame_heap_stats(h, &st);
+  printf("%zu blocks of 1 MiB; used %lld of %llu (%llu carved before)\n", n,
+         (long long)st.used, (unsigned long long)st.arena,
+         (unsigned long long)carved);
+  ASSERT_GE((uint64_t)st.used + (1 << 20) + 4096 * 2, st.arena);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* A transaction still reading a block that another frees, whose memory an
+** aborted attempt then fills with a blob. */
+struct stale {
+  ame_heap_t *h;
+  uintptr_t **root;             /* -> the block, or NULL once freed */
+  atomic_int step;              /* 1: read once; 2: memory rewritten */
+  uintptr_t first, second;      /* what attempt 1 read, twice */
+  int attempts;
+};
+
+static void *read_stale(void *arg) {
+  struct stale *s = arg;
+  ame_tx_t *tx = ame_heap_enter(s->h);
+  ASSERT_NOT_NULL(tx);
+  AME_ATOMIC(tx) {
+    int attempt = ++s->attempts;
+    uintptr_t *p = ame_load_ptr_tx(tx, (void **)s->root);
+    if (p) {
+      uintptr_t v = ame_load_word_tx(tx, &p[100]);
+      if (attempt == 1) {
+        s->first = v;
+        atomic_store(&s->step, 1);
+        while (atomic_load(&s->step) != 2) sched_yield();
+      }
+      /* Memory a blob overwrote must not read as consistent. */
+      v = ame_load_word_tx(tx, &p[100]);
+      if (attempt == 1) s->second = v;
+    }
+  }
+  ame_heap_exit(s->h);
+  return NULL;
+}
+
+/* A large transactional block is freed while another transaction reads
+** it; an attempt that takes its memory for a blob (so writes it outside
+** the STM) aborts.  The reader must not go on with what the blob wrote:
+** its next read there aborts it (the claimed memory took a new version,
+** though the attempt that claimed it aborted), and its next attempt finds
+** the block gone. */
+TEST_IMPL(heap_blob_over_freed_block) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static uintptr_t **volatile root;
+  static uintptr_t *volatile block;
+  AME_ATOMIC(tx) {
+    root = ame_heap_alloc(tx, sizeof *root, 7, 0);
+    uintptr_t *p = block = ame_heap_alloc(tx, 100000, 7, 0);
+    for (int i = 0; i < 200; i++) ame_store_word_tx(tx, &p[i], 0x1111);
+    ame_store_ptr_tx(tx, (void **)root, p);
+  }
+  /* The rest of the arena taken: the blob below can only go where the
+  ** block was. */
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  AME_ATOMIC(tx) {
+    ASSERT_NOT_NULL(ame_heap_alloc(tx, st.arena - st.top - 16, 7, 0));
+  }
+  static struct stale s;
+  s.h = h;
+  s.root = root;
+  pthread_t t;
+  ASSERT_EQ(pthread_create(&t, NULL, read_stale, &s), 0);
+  while (atomic_load(&s.step) != 1) sched_yield();
+  AME_ATOMIC(tx) {
+    uintptr_t *p = ame_load_ptr_tx(tx, (void **)root);
+    ame_store_ptr_tx(tx, (void **)root, NULL);
+    ame_heap_free(tx, p);
+  }
+  static char junk[100000];
+  memset(junk, 0xab, sizeof junk);
+  volatile int attempts = 0;
+  static void *volatile b;
+  AME_ATOMIC(tx) {
+    if (++attempts == 1) {
+      b = ame_heap_blob_new(tx, junk, sizeof junk, 7, 0);
+      ame_tx_abort(tx);
+    }
+  }
+  ASSERT_PTR_EQ(b, (void *)block); /* the freed block's memory, reused */
+  atomic_store(&s.step, 2);
+  ASSERT_EQ(pthread_join(t, NULL), 0);
+  ASSERT_EQ(s.first, 0x1111);
+  ASSERT_EQ(s.attempts, 2);     /* the stale attempt did not commit */
+  ASSERT_EQ(s.second, 0);       /* nor read on after the blob's bytes */
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}

@@ -163,7 +163,12 @@ AME_EXTERN int ame_heap_check(ame_heap_t *h);
 */
 
 /* Allocate size bytes (8-aligned), tagged.  Return NULL if the heap is
-** full (the transaction goes on; see -ENOSPC). */
+** full (the transaction goes on; see -ENOSPC): no 64 KiB span of the
+** block's size class has a free block and no free run of the arena fits
+** it, after taking back what other participants hold unused.  The free
+** memory that cannot serve it is then free blocks in spans that also hold
+** live blocks of other classes, free runs shorter than it, and blocks its
+** own attempt freed (a blob never reuses those). */
 AME_EXTERN void *ame_heap_alloc(ame_tx_t *tx, size_t size, unsigned tag,
                                 uint64_t owner);
 
@@ -180,8 +185,10 @@ AME_EXTERN uint64_t ame_heap_owner(ame_tx_t *tx, const void *p);
 ** other.  ame_heap_blob_new() allocates a block and copies len bytes into
 ** it directly, not through the write log (nobody can reach the block
 ** before the transaction commits a reference to it), so a large value
-** costs one log entry, not one per word; store the result in its
-** reference.  Its bytes never change after that.  ame_heap_blob_get()
+** costs one log entry, not one per word (one per 64 bytes where it lands
+** in memory that last held transactional blocks: the allocator claims
+** that memory, so that a zombie reader of the old blocks aborts); store
+** the result in its reference.  Its bytes never change after that.  ame_heap_blob_get()
 ** reads *ref (transactionally), copies up to len bytes of the blob into
 ** buf, then checks that *ref is unchanged, aborting if not: the copy is
 ** the blob as of the transaction's snapshot.  It returns the bytes copied
