@@ -603,7 +603,7 @@ void *ame_heap_blob_new(ame_tx_t *tx, const void *data, size_t len,
   ** after a release fence: a transactional reader that sees one of these
   ** words sees the locks claim() took on memory that held transactional
   ** blocks (its load of the word is an acquire, its orec check after). */
-  __atomic_thread_fence(__ATOMIC_RELEASE);
+  ame__fence_release();
   const unsigned char *src = data;
   size_t words = len / 8;
   for (size_t i = 0; i < words; i++) {

@@ -148,16 +148,6 @@ static inline void store_fence_sc(uintptr_t *p, uintptr_t v) {
 #endif
 }
 
-/* A release fence: orders the orec locks taken so far before the
-** write-back that follows (the writer's half of the seqlock).  A compiler
-** barrier on x86; absent under the thread sanitizer (see fence_sc()),
-** whose view of the data words, all atomic, does not need it. */
-static inline void fence_release(void) {
-#if !defined(__SANITIZE_THREAD__)
-  __atomic_thread_fence(__ATOMIC_RELEASE);
-#endif
-}
-
 /* The asymmetric fence (see the top of this file).  fence_light() follows
 ** the store that publishes a start when ame__G.membarrier is set: a
 ** compiler barrier, which the heavy side's membarrier makes a full fence
@@ -1468,7 +1458,7 @@ static void commit(ame_tx_t *tx) {
         uintptr_t bad = validate(tx);
         if (bad) abort_tx(tx, AME_ABORT_COMMIT, bad, NULL);
       }
-      fence_release(); /* the locks taken before the words written back */
+      ame__fence_release(); /* the locks taken before the words written back */
       write_back_release(tx, ts << 1);
       tx->seen = ts;
       if (LOAD(&d->retry_waiters)) {
@@ -1505,7 +1495,7 @@ static void commit(ame_tx_t *tx) {
       STORE_REL(&slot->status, (ts << 1) | 1);
       if (ame__heap_phase_hook) ame__heap_phase_hook("validated");
     }
-    fence_release(); /* the locks taken before the words written back */
+    ame__fence_release(); /* the locks taken before the words written back */
     if (slot) {
       write_back(tx);
       if (ame__heap_phase_hook) ame__heap_phase_hook("writeback");
@@ -1949,7 +1939,7 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
       if (c == tx->w_chunk || c + 1 == tx->w_end) break;
     }
   }
-  fence_release();
+  ame__fence_release();
   for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
     struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
                                                : c->e + AME__WCHUNK;
