@@ -1032,6 +1032,21 @@ static void drop_entry(ame_tx_t *tx) {
 
 /* Irrevocable: lock the orec of a (if we do not hold it) and return the head
 ** entry.  Never fails; waits for other owners to go. */
+/* Fill e as the head entry of orec o (whose value before locking is l)
+** for the word at a: value under mask (0, 0: a lock taken without a
+** write).  The caller then swaps the lock in. */
+static inline void head_entry(struct ame__wentry *e, uintptr_t a,
+                              uintptr_t value, uintptr_t mask, uintptr_t l,
+                              uintptr_t *o) {
+  e->addr = a;
+  e->value = value;
+  e->mask = mask;
+  e->version = l;
+  e->orec = o;
+  e->next = NULL;
+  e->head = 1;
+}
+
 static struct ame__wentry *irr_lock(ame_tx_t *tx, uintptr_t a) {
   uintptr_t *o = ame__orec_of(&tx->h, a);
   for (;;) {
@@ -1043,13 +1058,7 @@ static struct ame__wentry *irr_lock(ame_tx_t *tx, uintptr_t a) {
       continue;
     }
     struct ame__wentry *e = new_entry(tx);
-    e->addr = a;
-    e->value = 0;
-    e->mask = 0;
-    e->version = l;
-    e->orec = o;
-    e->next = NULL;
-    e->head = 1;
+    head_entry(e, a, 0, 0, l, o);
     if (__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
       return e;
@@ -1208,13 +1217,7 @@ static __attribute__((noinline)) void store_slow(ame_tx_t *tx, uintptr_t a,
       continue;
     }
     struct ame__wentry *e = new_entry(tx);
-    e->addr = a;
-    e->value = v & mask;
-    e->mask = mask;
-    e->version = l;
-    e->orec = o;
-    e->next = NULL;
-    e->head = 1;
+    head_entry(e, a, v & mask, mask, l, o);
     if (__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
       return;
@@ -1234,13 +1237,7 @@ static inline void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
                   tx->w_i < AME__WCHUNK && tx->w_end == NULL &&
                   !LOAD(&tx->killed))) {
     struct ame__wentry *e = &tx->w_chunk->e[tx->w_i];
-    e->addr = a;
-    e->value = v & mask;
-    e->mask = mask;
-    e->version = l;
-    e->orec = o;
-    e->next = NULL;
-    e->head = 1;
+    head_entry(e, a, v & mask, mask, l, o);
     if (AME__LIKELY(__atomic_compare_exchange_n(
             o, &l, (uintptr_t)e | 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))) {
       tx->w_i++;
