@@ -270,6 +270,27 @@ static int attach(struct ame__heap_hdr *hdr, size_t size, const char *name,
   return 0;
 }
 
+/* Where a named heap goes when the caller names no address.  The kernel
+** puts a mapping just below the process's libraries, whose place ASLR
+** draws anew in every process: an unrelated process that opens the heap
+** would find that range taken by its own libraries or arenas about once in
+** a few hundred tries.  So ask for a random 1 GiB-aligned place in
+** [32 TiB, 48 TiB), which the kernel hands out to nobody on its own (the
+** mmap area is near the top, the program and its brk near 85 TiB on x86-64
+** and arm64 with 48-bit addresses, and ASan's shadow ends below 17 TiB).
+** A hint only: where it is taken or out of reach, the kernel picks, as for
+** an anonymous heap (and ThreadSanitizer, which keeps its own ranges,
+** always drops it). */
+static uintptr_t named_hint(size_t size) {
+  const uintptr_t lo = (uintptr_t)32 << 40, span = (uintptr_t)16 << 40;
+  if (sizeof(uintptr_t) < 8 || size >= span / 2) return 0;
+  uint64_t r = 0;
+  if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+    r = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+  uintptr_t slots = (span - round_up(size, (uintptr_t)1 << 30)) >> 30;
+  return lo + ((uintptr_t)(r % slots) << 30);
+}
+
 int ame_heap_create(const char *name, const ame_heap_config_t *cfg,
                     ame_heap_t **out) {
   if (ame__heap) return -EBUSY;
@@ -297,7 +318,8 @@ int ame_heap_create(const char *name, const ame_heap_config_t *cfg,
   } else {
     flags |= MAP_ANONYMOUS;
   }
-  void *p = mmap((void *)want, L.size, PROT_READ | PROT_WRITE, flags, fd, 0);
+  void *at = want ? (void *)want : name ? (void *)named_hint(L.size) : NULL;
+  void *p = mmap(at, L.size, PROT_READ | PROT_WRITE, flags, fd, 0);
   int err = p == MAP_FAILED ? -errno : 0;
   if (err == 0 && want && (uintptr_t)p != want) {
     munmap(p, L.size);

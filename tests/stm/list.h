@@ -116,6 +116,7 @@
   /* the shared heap: test_heap.c */                                          \
   X(heap_create_open, 30)                                                     \
   X(heap_open_refuses, 20)                                                    \
+  X(heap_named_address, 30)                                                   \
   X(heap_alloc, 30)                                                           \
   X(heap_map, 60)                                                             \
   X(heap_queue_counter_log, 20)                                               \

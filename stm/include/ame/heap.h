@@ -18,7 +18,10 @@
 **   - ame_heap_create("name", ...) makes /dev/shm/name, which unrelated
 **     processes open with ame_heap_open("name"); it is mapped at the
 **     address recorded in its header, and refused (-EADDRINUSE) where that
-**     address is taken in the opening process.
+**     address is taken in the opening process.  Unless told an address,
+**     the creator maps it at a random place in a range the kernel gives
+**     nobody on its own (32-48 TiB), not where the kernel would put it:
+**     below the libraries, whose place ASLR draws anew in each process.
 ** A process has at most one heap open at a time.
 **
 ** Crash safety.  A participant may die at any instruction (SIGKILL):
@@ -70,7 +73,9 @@ typedef struct ame_heap_config {
                            least 4 MiB); the mapping is larger by the
                            metadata, mostly write logs backed by memory
                            only where touched */
-  uintptr_t address;    /* where to map it (0: where the kernel puts it) */
+  uintptr_t address;    /* where to map it (0: a named heap at a random
+                           place in 32-48 TiB, an anonymous one where the
+                           kernel puts it) */
   unsigned max_slots;   /* participants (threads, over all processes) at
                            once (0: 128; at most 1024) */
 } ame_heap_config_t;
