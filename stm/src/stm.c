@@ -1925,13 +1925,7 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
       for (struct ame__wentry *e = c->e; e < end; e++) {
         uintptr_t l = LOAD_ACQ(e->orec);
         if (!IS_LOCKED(l) || LOAD(&LOCK_ENTRY(l)->tx) != tx) continue;
-        uintptr_t *p = (uintptr_t *)e->addr;
-        if (e->mask == MASK_ALL || e->mask == (MASK_LO | MASK_HI))
-          STORE(p, e->value);
-        else if (e->mask == MASK_LO)
-          STORE((uint32_t *)p, (uint32_t)e->value);
-        else if (e->mask == MASK_HI)
-          STORE((uint32_t *)p + 1, (uint32_t)(e->value >> 32));
+        write_entry(e); /* as the commit's write-back: exactly its bytes */
       }
       if (c == tx->w_chunk || c + 1 == tx->w_end) break;
     }

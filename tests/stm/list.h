@@ -124,6 +124,7 @@
   X(heap_retry_processes, 20)                                                 \
   X(heap_adopt, 20)                                                           \
   X(heap_thread_dies, 30)                                                     \
+  X(heap_recover_bytes, 30)                                                   \
   X(heap_enter_while_checked, 30)                                             \
   X(heap_crash, 120)                                                          \
   X(heap_crash_peer, 300)                                                     \

@@ -814,6 +814,56 @@ TEST_IMPL(heap_thread_dies) {
   ame_heap_close(h);
 }
 
+/* A commit killed once decided, before its write-back: recovery writes
+** back every byte it buffered, those of a byte-masked store too (the
+** engine's own barrier for the GCC TM ABI's byte and unaligned stores). */
+static uintptr_t *bytes_word;
+
+static void die_when_decided(const char *phase) {
+  if (strcmp(phase, "validated") == 0) raise(SIGKILL);
+}
+
+TEST_IMPL(heap_recover_bytes) {
+  ame_heap_config_t cfg = {.size = 4 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  AME_ATOMIC(tx) {
+    bytes_word = ame_heap_alloc(tx, 16, 16, 0);
+    ame_store_word_tx(tx, &bytes_word[0], 0x1111111111111111ull);
+    ame_store_word_tx(tx, &bytes_word[1], 1);
+  }
+  fflush(NULL);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ame_heap_after_fork_child(h);
+    ame_heap_set_phase_hook(die_when_decided);
+    ame_tx_t *c = ame_heap_enter(h);
+    if (c == NULL) _exit(5);
+    AME_ATOMIC(c) {
+      ame__store_masked(c, &bytes_word[0], 0xab00, 0xff00); /* byte 1 */
+      ame__store_masked(c, &bytes_word[0], 0xcd00000000000000ull,
+                        0xff00000000000000ull);             /* byte 7 */
+      ame_store_word_tx(c, &bytes_word[1], 7);
+    }
+    _exit(6); /* not reached: the hook kills it */
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  ASSERT(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+  ASSERT_EQ(ame_heap_recover_pid(h, pid), 1);
+  ame_heap_stats_t hs;
+  ame_heap_stats(h, &hs);
+  ASSERT_EQ(hs.recovered_commits, 1);
+  ASSERT_EQ(tx_get(tx, &bytes_word[1]), 7);
+  ASSERT_EQ(tx_get(tx, &bytes_word[0]), 0xcd1111111111ab11ull);
+  char msg[128];
+  ASSERT_EQ(ame_heap_verify(h, msg, sizeof msg), 0);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
 /* Taking a slot while another participant checks the heap: a slot is
 ** never judged dead while its live owner is taking it (the check saw it
 ** LIVE before its owner's identity was written and recovered it, which
