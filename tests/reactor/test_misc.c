@@ -374,11 +374,23 @@ static void pl_write_byte(void *arg) {
   ASSERT_EQ(write(g_pl.p[1], "x", 1), 1);
 }
 
+/* Read the pipe until it is empty (read fails with EAGAIN), then add what
+** was read to g_pl.bytes in one step.  The test thread writes more bytes
+** as soon as it sees the count, so the count must not show before this
+** loop is done: a count per byte let it see 1 while the loop could still
+** read, and the loop then read those bytes too.  Bytes written after the
+** count can only be read by a second read callback, which the test says
+** never comes. */
 static void pl_read_byte(void *arg) {
   (void)arg;
   char c;
-  while (read(g_pl.p[0], &c, 1) == 1)
-    atomic_fetch_add(&g_pl.bytes, 1);
+  int n = 0;
+  ssize_t got;
+  while ((got = read(g_pl.p[0], &c, 1)) == 1)
+    n++;
+  ASSERT_EQ(got, -1);
+  ASSERT_EQ(errno, EAGAIN);
+  atomic_fetch_add(&g_pl.bytes, n);
 }
 
 static int pl_wr_cb(ame_tx_t *tx, ame_poll_t *p, int status, int events) {
