@@ -532,51 +532,84 @@ ame_tx_t *ame_heap_self(const ame_heap_t *heap) {
 ** Recovery.
 */
 
-/* Recover slot s, whose owner (pid, start) is dead.  Return 1 if this call
-** did it, 0 if there was nothing to do or another recoverer has it. */
+/* A recoverer's identity in one word: its thread id and the low 32 bits
+** of its start time (ticks since boot: they wrap after 497 days at 100 Hz,
+** and a reused thread id with the same low bits is still the same one
+** only if the kernel reused the id within the same tick). */
+static uint64_t rec_id(int tid, uint64_t start) {
+  return ((uint64_t)(uint32_t)tid << 32) | (uint32_t)start;
+}
+
+/* Is the recoverer r (rec_id) alive? */
+static int rec_alive(uint64_t r) {
+  pid_t tid = (pid_t)(r >> 32);
+  if (tid <= 0) return 0;
+  char state = 0;
+  uint64_t s = proc_start(tid, &state);
+  if (s == 0 || (uint32_t)s != (uint32_t)r) return 0;
+  return state != 'Z' && state != 'X' && state != 'x';
+}
+
+/* Whether the owner of slot s is known dead: its identity read as one
+** owner's (the incarnation and the state LIVE the same before and after:
+** a new owner writes its identity before its incarnation and then LIVE,
+** and only into a slot that was FREE), and that thread gone. */
+static int owner_dead(struct ame__slot *s) {
+  uint64_t inc = LOAD_ACQ(&s->incarnation);
+  if (LOAD_ACQ(&s->state) != SLOT_LIVE) return 0;
+  int32_t tid = LOAD_ACQ(&s->tid);
+  uint64_t start = LOAD_ACQ(&s->start);
+  if (LOAD_ACQ(&s->state) != SLOT_LIVE || LOAD_ACQ(&s->incarnation) != inc)
+    return 0;
+  return !proc_alive(tid, start);
+}
+
+/* Recover slot s if its owner is dead.  Return 1 if this call did it, 0
+** if there was nothing to do or another recoverer has it.
+**
+** One recoverer at a time: the slot's recoverer word is taken by one
+** compare-and-swap, from 0 or from a recoverer found dead, and only then
+** is the slot looked at again.  (An identity written in two words beside
+** the state could be read half old and half new: a second recoverer then
+** judged the first one dead and recovered alongside it, and the slower of
+** the two reset the descriptor and freed the slot under a new owner that
+** had entered in between.)  While the word is ours, a slot whose owner is
+** dead cannot change hands: it leaves that owner only through FREE, which
+** only its recoverer sets. */
 static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
   int me;
   uint64_t my_start;
   my_identity(&me, &my_start);
-  for (;;) {
-    uint32_t st = LOAD_ACQ(&s->state);
-    if (st == SLOT_FREE) {
-      /* Being taken (pid set, not yet LIVE): give it back only if the
-      ** taker is gone.  By its pid alone: a reused pid only delays this. */
-      int32_t taker = LOAD_ACQ(&s->pid);
-      if (taker != 0 && kill(taker, 0) != 0 && errno == ESRCH &&
-          LOAD_ACQ(&s->state) == SLOT_FREE)
-        __atomic_compare_exchange_n(&s->pid, &taker, 0, 0, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_RELAXED);
-      return 0;
-    }
-    if (st == SLOT_LIVE) {
-      uint64_t inc = LOAD_ACQ(&s->incarnation);
-      if (proc_alive(LOAD(&s->tid), LOAD(&s->start))) return 0;
-      STORE(&s->rec_pid, me);
-      STORE(&s->rec_start, my_start);
-      if (!__atomic_compare_exchange_n(&s->state, &st, SLOT_RECOVERING, 0,
-                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-        continue;
-      if (LOAD(&s->incarnation) != inc) {
-        /* The dead owner left and a live one took the slot between our
-        ** reads and the swap (LIVE again): not ours to recover. */
-        STORE_REL(&s->state, SLOT_LIVE);
-        return 0;
-      }
-      /* Another recoverer may have written its identity between ours and
-      ** the swap: the slot's recoverer is the one that swapped. */
-      STORE(&s->rec_pid, me);
-      STORE(&s->rec_start, my_start);
-      break;
-    }
-    /* SLOT_RECOVERING: someone is at it; take over only if they died. */
-    if (proc_alive(LOAD(&s->rec_pid), LOAD(&s->rec_start))) return 0;
-    if (LOAD(&s->rec_pid) == me && LOAD(&s->rec_start) == my_start) break;
-    STORE(&s->rec_pid, me);
-    STORE(&s->rec_start, my_start);
-    break;
+  uint32_t st = LOAD_ACQ(&s->state);
+  if (st == SLOT_FREE) {
+    /* Being taken (pid set, not yet LIVE): give it back only if the
+    ** taker is gone.  By its pid alone: a reused pid only delays this. */
+    int32_t taker = LOAD_ACQ(&s->pid);
+    if (taker != 0 && kill(taker, 0) != 0 && errno == ESRCH &&
+        LOAD_ACQ(&s->state) == SLOT_FREE)
+      __atomic_compare_exchange_n(&s->pid, &taker, 0, 0, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_RELAXED);
+    return 0;
   }
+  if (st == SLOT_LIVE && !owner_dead(s)) return 0;
+  uint64_t mine = rec_id(me, my_start);
+  uint64_t r = LOAD_ACQ(&s->recoverer);
+  for (;;) {
+    if (r != 0 && r != mine && rec_alive(r)) return 0; /* someone is at it */
+    if (__atomic_compare_exchange_n(&s->recoverer, &r, mine, 0,
+                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+      break;
+  }
+  /* Ours.  Look again: a recoverer before us may have finished, and the
+  ** slot have a new, live owner. */
+  st = LOAD_ACQ(&s->state);
+  if (st != SLOT_RECOVERING && !(st == SLOT_LIVE && owner_dead(s))) {
+    STORE_REL(&s->recoverer, 0);
+    return 0;
+  }
+  /* LIVE with a dead owner, or RECOVERING by one that died half-way
+  ** (each step below is idempotent: start again). */
+  STORE_REL(&s->state, SLOT_RECOVERING);
   ame_tx_t *tx = &s->tx;
   uintptr_t status = LOAD_ACQ(&s->status);
   int finished = ame__tx_recover(tx, status);
@@ -600,6 +633,7 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
   syscall(SYS_futex, &h->dom.retry_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
   STORE_REL(&s->state, SLOT_FREE);
   STORE_REL(&s->pid, 0);
+  STORE_REL(&s->recoverer, 0);
   return 1;
 }
 

@@ -30,7 +30,7 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 7
+#define AME__HEAP_VERSION 8
 #define AME__HEAP_NCLASS 40          /* small size classes */
 #define AME__HEAP_SPAN 65536         /* a small class's unit of arena */
 #define AME__HEAP_PAGE 4096          /* granule of large blocks */
@@ -52,9 +52,11 @@ struct ame__slot {
   uint64_t start;              /* its start time (clock ticks since boot,
                                   /proc/TID/stat field 22) */
   uint64_t incarnation;        /* counts the slot's owners */
-  int32_t rec_pid;             /* SLOT_RECOVERING: the recoverer (tid) */
-  uint32_t pad0;
-  uint64_t rec_start;
+  uint64_t recoverer;          /* atomic: who is recovering the slot, one
+                                  word taken by compare-and-swap (from 0,
+                                  or from a recoverer that died):
+                                  rec_id(tid, start); 0: nobody */
+  uint64_t pad0;
   uintptr_t status;            /* atomic: (ts << 1) | 1 once the current
                                   commit is decided (write-back may be
                                   unfinished), else 0 */
