@@ -422,9 +422,14 @@ class _Heartbeat:
     this worker (--max-requests), it beats at once, asking to be replaced,
     stops accepting (the connections that arrive meanwhile wait in the
     slot's socket for the replacement, which the supervisor starts at
-    once) and answers the next request of each of its connections with
+    once; those its C worker had already accepted wait in it for the
+    graceful stop, L{_GracefulStop}, which answers them with "Connection:
+    close") and answers the next request of each of its connections with
     "Connection: close" (so the clients reconnect, to the replacement).
-    The supervisor stops it once the replacement serves.
+    No other connection reaches it: its ports accept nothing after
+    C{stopReading()}, not even in the reactor iteration where the limit
+    was reached (C{AMEReactor.doPoll}).  The supervisor stops it once the
+    replacement serves.
     """
 
     def __init__(self, reactor, timeout, ports):

@@ -51,6 +51,7 @@ __all__ = ["AMEReactor", "install"]
 # ame.atomic's deferral of reactor calls (see _ameAtomicHooks).
 _inAtomic = _ame._shared_in_atomic
 _afterCommit = _ame.after_commit
+_READABLE = _ame.READABLE
 
 
 class _AMEWaker:
@@ -619,12 +620,26 @@ class AMEReactor(
         events = self._core.wait(timeout)
         _drdw = self._doReadOrWrite
         selectables = self._selectables
+        reads = self._reads
         for fd, event in events:
             if fd.__class__ is int:
                 selectable = selectables.get(fd)
             else:  # a fast stream (its data went to dataReceived already)
                 selectable = fd
                 fd = selectable.fileno()
+                # wait() took this event while the stream read; a callback
+                # that ran since (a dataReceived called from wait(), an
+                # earlier event of this loop) may have stopped its reading.
+                # Then it is not delivered, as EPollReactor delivers
+                # nothing to a selectable removed meanwhile: a listening
+                # port would accept a connection after stopReading() (ame
+                # run's worker stops its ports at --max-requests, then
+                # accepts nothing more).  What the worker took stays in C
+                # until the stream reads again.
+                if event == _READABLE and (
+                        fd not in reads or selectables.get(fd) is not
+                        selectable):
+                    continue
             if selectable is not None:
                 log.callWithLogger(selectable, _drdw, selectable, fd, event)
 

@@ -689,6 +689,69 @@ class ReactorBehaviourMixin:
             reactor.iterate(0.01)
         self.assertEqual(r.got, b"onetwothree")
 
+    def _waitAcceptable(self, reactor, port, n):
+        """
+        Block, without iterating reactor, until the n-th connection to
+        port is there for its next iteration to accept.
+        """
+        self._waitReported(port.fileno())
+
+    def _waitReadable(self, reactor, transport, n):
+        """
+        Block, without iterating reactor, until the data sent to
+        transport's peer (n bytes in all, to every connection) is there
+        for its next iteration to read.
+        """
+        self._waitReported(transport.fileno())
+
+    def test_portStoppedMidIterationAcceptsNothing(self):
+        """
+        A listening port whose reading a callback stops accepts no
+        connection after, not even one that was there for the same
+        iteration as the data that callback got (ame run's worker stops
+        its ports at --max-requests and must take no connection after);
+        the connection waits, and the port accepts it once it reads
+        again.
+        """
+        reactor = self.buildReactor()
+        made = []  # per connection made: had the port stopped reading?
+        servers = []
+
+        class P(protocol.Protocol):
+            def connectionMade(self):
+                made.append(port not in reactor.getReaders())
+                servers.append(self.transport)
+
+            def dataReceived(self, data):
+                port.stopReading()
+
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(P),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        addr = ("127.0.0.1", port.getHost().port)
+        first = socket.create_connection(addr)
+        self.addCleanup(first.close)
+        deadline = time.monotonic() + 5
+        while not made and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+        self.assertEqual(made, [False])
+        reactor.iterate(0)  # ame: the C worker reads the connection now
+        # The second connection, then the first's data: both there for
+        # the next iteration (in that order on ame's ready list).
+        second = socket.create_connection(addr)
+        self.addCleanup(second.close)
+        self._waitAcceptable(reactor, port, 2)
+        first.sendall(b"stop")
+        self._waitReadable(reactor, servers[0], 4)
+        reactor.iterate(0)
+        self.assertNotIn(port, reactor.getReaders())
+        self.assertNotIn(True, made)
+        port.startReading()
+        deadline = time.monotonic() + 5
+        while len(made) < 2 and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+        self.assertEqual(made, [False, False])
+
     def test_removeThenCloseMany(self):
         """
         Watching, unwatching and closing fds in quick succession (the way
@@ -817,6 +880,21 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
             if time.monotonic() > deadline:
                 self.fail("not within %s s: %s" % (timeout, what))
             reactor.iterate(0.01)
+
+    def _waitStat(self, reactor, name, n):
+        deadline = time.monotonic() + 5
+        while reactor.ameStats()[name] < n:
+            self.assertLess(time.monotonic(), deadline,
+                            "ameStats()[%r] reaches %d" % (name, n))
+            time.sleep(0.005)
+
+    def _waitAcceptable(self, reactor, port, n):
+        # The C worker accepts (the kernel then reports nothing more on
+        # the listening socket): wait until it has taken the n-th.
+        self._waitStat(reactor, "stream_accepted", n)
+
+    def _waitReadable(self, reactor, transport, n):
+        self._waitStat(reactor, "bytes_received", n)
 
     def test_fullDescriptorTableServedInC(self):
         """
@@ -1189,6 +1267,10 @@ class AMEInlineReactorTests(AMEReactorTests):
 
     reactorFactory = staticmethod(lambda: AMEReactor(io="inline"))
     _ioMode = "inline"
+
+    # No C thread: what the kernel has waits there for doPoll.
+    _waitAcceptable = ReactorBehaviourMixin._waitAcceptable
+    _waitReadable = ReactorBehaviourMixin._waitReadable
 
     def test_noThread(self):
         """
