@@ -48,9 +48,11 @@ struct bank {
 
 /* What the parent tells a worker through memory outside the heap. */
 struct control {
-  int die_phase;                /* 0 none, 1..4 the hook's phases */
+  int plan;                     /* round << 8 | phase: in that round a
+                                   worker dies at that phase (1..4 the
+                                   hook's phases; 0 none) */
   int die_permille;             /* chance of dying at it */
-  int dying;                    /* set by the one worker that dies there */
+  int dead_round;               /* the last round a worker died in */
   int entered[NWORK];           /* each worker's pid once it holds a slot */
 };
 
@@ -62,15 +64,22 @@ static const char *const phases[] = {NULL, "locked", "validated",
                                      "writeback", "released"};
 
 static void phase_hook(const char *phase) {
-  int p = __atomic_load_n(&ctl->die_phase, __ATOMIC_RELAXED);
+  /* The round and its phase in one word: a worker that read the plan of a
+  ** round that is over finds that round's death taken (with two words, a
+  ** worker could read the phase of a round just before the parent ended
+  ** it, and die in the next round too: two deaths in one round, the
+  ** second one recovered before the parent looked for it). */
+  int plan = __atomic_load_n(&ctl->plan, __ATOMIC_SEQ_CST);
+  int p = plan & 0xff, round = plan >> 8;
   if (p == 0 || strcmp(phase, phases[p]) != 0) return;
   if (rnd_below(&rng_state, 1000) >=
       (uint64_t)__atomic_load_n(&ctl->die_permille, __ATOMIC_RELAXED))
     return;
-  int no = 0; /* one death per round */
-  if (__atomic_compare_exchange_n(&ctl->dying, &no, 1, 0, __ATOMIC_SEQ_CST,
-                                  __ATOMIC_RELAXED))
-    raise(SIGKILL);
+  int dead = __atomic_load_n(&ctl->dead_round, __ATOMIC_SEQ_CST);
+  if (dead < round &&
+      __atomic_compare_exchange_n(&ctl->dead_round, &dead, round, 0,
+                                  __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+    raise(SIGKILL); /* one death per round */
 }
 
 static int64_t used_bytes(ame_heap_t *h) {
@@ -397,7 +406,7 @@ static void crash(int peer) {
     int w = (int)rnd_below(&rs, NWORK);
     int phase = (int)rnd_below(&rs, 5); /* 0: at a random moment */
     __atomic_store_n(&ctl->die_permille, 200, __ATOMIC_RELAXED);
-    __atomic_store_n(&ctl->die_phase, phase, __ATOMIC_RELAXED);
+    __atomic_store_n(&ctl->plan, (int)(k + 1) << 8 | phase, __ATOMIC_SEQ_CST);
     int st = 0;
     pid_t got;
     ame_heap_stats_t s0;
@@ -420,8 +429,7 @@ static void crash(int peer) {
       }
       ASSERT_LT(w, NWORK);
     }
-    __atomic_store_n(&ctl->die_phase, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&ctl->dying, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&ctl->plan, (int)(k + 1) << 8, __ATOMIC_SEQ_CST);
     ASSERT_EQ(got, pids[w]);
     participants +=
         __atomic_load_n(&ctl->entered[w], __ATOMIC_ACQUIRE) == (int)got;
