@@ -97,14 +97,20 @@ static uint64_t proc_start(pid_t pid, char *state) {
   return strtoull(p, NULL, 10);
 }
 
-/* Is the thread (tid, start) alive?  /proc/TID names any thread, not only
-** a process's first; a zombie is dead: it runs no more instructions. */
-static int proc_alive(pid_t pid, uint64_t start) {
-  if (pid <= 0) return 0;
+/* The start time of thread tid if it runs, else 0.  /proc/TID names any
+** thread, not only a process's first; a zombie is dead: it runs no more
+** instructions. */
+static uint64_t running_start(pid_t tid) {
+  if (tid <= 0) return 0;
   char state = 0;
-  uint64_t s = proc_start(pid, &state);
-  if (s == 0 || s != start) return 0;
-  return state != 'Z' && state != 'X' && state != 'x';
+  uint64_t s = proc_start(tid, &state);
+  return state == 'Z' || state == 'X' || state == 'x' ? 0 : s;
+}
+
+/* Is the thread (tid, start) alive? */
+static int proc_alive(pid_t pid, uint64_t start) {
+  uint64_t s = running_start(pid);
+  return s != 0 && s == start;
 }
 
 static __thread int my_tid_cache;
@@ -542,19 +548,15 @@ static uint64_t rec_id(int tid, uint64_t start) {
 
 /* Is the recoverer r (rec_id) alive? */
 static int rec_alive(uint64_t r) {
-  pid_t tid = (pid_t)(r >> 32);
-  if (tid <= 0) return 0;
-  char state = 0;
-  uint64_t s = proc_start(tid, &state);
-  if (s == 0 || (uint32_t)s != (uint32_t)r) return 0;
-  return state != 'Z' && state != 'X' && state != 'x';
+  uint64_t s = running_start((pid_t)(r >> 32));
+  return s != 0 && (uint32_t)s == (uint32_t)r;
 }
 
 /* Whether the owner of slot s is known dead: its identity read as one
 ** owner's (the incarnation and the state LIVE the same before and after:
 ** a new owner writes its identity before its incarnation and then LIVE,
 ** and only into a slot that was FREE), and that thread gone. */
-static int owner_dead(struct ame__slot *s) {
+static int owner_known_dead(struct ame__slot *s) {
   uint64_t inc = LOAD_ACQ(&s->incarnation);
   if (LOAD_ACQ(&s->state) != SLOT_LIVE) return 0;
   int32_t tid = LOAD_ACQ(&s->tid);
@@ -591,7 +593,7 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
                                   __ATOMIC_RELAXED);
     return 0;
   }
-  if (st == SLOT_LIVE && !owner_dead(s)) return 0;
+  if (st == SLOT_LIVE && !owner_known_dead(s)) return 0;
   uint64_t mine = rec_id(me, my_start);
   uint64_t r = LOAD_ACQ(&s->recoverer);
   for (;;) {
@@ -603,7 +605,7 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
   /* Ours.  Look again: a recoverer before us may have finished, and the
   ** slot have a new, live owner. */
   st = LOAD_ACQ(&s->state);
-  if (st != SLOT_RECOVERING && !(st == SLOT_LIVE && owner_dead(s))) {
+  if (st != SLOT_RECOVERING && !(st == SLOT_LIVE && owner_known_dead(s))) {
     STORE_REL(&s->recoverer, 0);
     return 0;
   }

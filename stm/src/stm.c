@@ -1640,13 +1640,7 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
       }
       if (l != r->version) goto changed;
       struct ame__wentry *e = new_entry(tx);
-      e->addr = r->addr;
-      e->value = 0;
-      e->mask = 0;
-      e->version = l;
-      e->orec = o;
-      e->next = NULL;
-      e->head = 1;
+      head_entry(e, r->addr, 0, 0, l, o); /* a lock without a write */
       if (__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
         break;
