@@ -388,49 +388,82 @@ typedef struct {
 ** removal count (ame_hmap_gen) is the one it was filled at.  A count whose
 ** entry is known is a read and a store of the entry's value word, without
 ** the lookup through the trie (and its reads in the transaction's log).
-** An entry goes in only once the transaction that found it has committed
-** (tstate.pend until then): one found by an attempt that is rolled back
-** may be one that attempt inserted, and freed by the rollback.  GIL.
+** An entry goes in only once the transaction that found or added it has
+** committed (tstate.pend until then): one found by an attempt that is
+** rolled back may be one that attempt inserted, and freed by the rollback.
+** GIL.
 */
 
+/* The table is an index of 32-bit words (0: free; else the entry's number
+** + 1 in the low ECACHE_BITS, the hash's high bits above them, so that a
+** probe past another key rarely reads its entry) over a dense array of
+** entries, each with its key's encoding inline when short: a hit reads
+** one index word and one entry, both packed closer than Python's own dict
+** of the same keys, which the caller's counting already has in cache. */
+#define ECACHE_BITS 17
+#define ECACHE_MAX (1u << ECACHE_BITS) /* entries kept at most */
+#define ECACHE_INLINE 16               /* key bytes kept in the entry */
+
 struct eslot {
-  void *entry;              /* NULL: free */
   Py_hash_t h;
-  size_t koff, klen;        /* the key's encoding in keys */
+  void *entry;
+  uint32_t klen, koff;      /* koff: in keys, if klen > ECACHE_INLINE */
+  char key[ECACHE_INLINE];
 };
 
 struct ecache {
   uint64_t gen;             /* the map's ame_hmap_gen its entries are of */
-  size_t mask, n;           /* slots - 1, slots used */
+  uint32_t *index;
+  size_t mask;              /* index words - 1 */
+  size_t n, cap;            /* entries used, allocated */
   struct eslot *slot;
-  struct amepy_buf keys;
+  struct amepy_buf keys;    /* keys longer than ECACHE_INLINE */
 };
-
-#define ECACHE_MAX (1u << 17) /* entries kept at most (then 8 MiB of slots) */
 
 static void ecache_free(struct ecache *ec) {
   if (ec == NULL) return;
+  free(ec->index);
   free(ec->slot);
   amepy_buf_free(&ec->keys);
   free(ec);
 }
 
+static uint32_t etag(Py_hash_t h) {
+  return (uint32_t)((uint64_t)h >> (64 - (32 - ECACHE_BITS)))
+         << ECACHE_BITS;
+}
+
+static const char *ekey(const struct ecache *ec, const struct eslot *e) {
+  return e->klen <= ECACHE_INLINE ? e->key : ec->keys.p + e->koff;
+}
+
+/* The index word at which key (hash h) is, or the free one it would go
+** to. */
+static size_t ecache_find(const struct ecache *ec, Py_hash_t h, const char *k,
+                          size_t kl) {
+  uint32_t tag = etag(h);
+  for (size_t i = (size_t)h & ec->mask;; i = (i + 1) & ec->mask) {
+    uint32_t x = ec->index[i];
+    if (x == 0) return i;
+    if ((x & ~(ECACHE_MAX - 1)) != tag) continue;
+    const struct eslot *e = &ec->slot[(x & (ECACHE_MAX - 1)) - 1];
+    if (e->h == h && e->klen == kl && memcmp(ekey(ec, e), k, kl) == 0)
+      return i;
+  }
+}
+
 static void *ecache_get(const struct ecache *ec, Py_hash_t h, const char *k,
                         size_t kl) {
-  for (size_t i = (size_t)h & ec->mask;; i = (i + 1) & ec->mask) {
-    const struct eslot *e = &ec->slot[i];
-    if (e->entry == NULL) return NULL;
-    if (e->h == h && e->klen == kl && memcmp(ec->keys.p + e->koff, k, kl) == 0)
-      return e->entry;
-  }
+  uint32_t x = ec->index[ecache_find(ec, h, k, kl)];
+  return x ? ec->slot[(x & (ECACHE_MAX - 1)) - 1].entry : NULL;
 }
 
 /* Start over, empty, for entries of generation gen.  Return 0 or -1. */
 static int ecache_reset(struct ecache *ec, uint64_t gen, size_t slots) {
-  struct eslot *t = calloc(slots, sizeof *t);
+  uint32_t *t = calloc(slots, sizeof *t);
   if (t == NULL) return -1;
-  free(ec->slot);
-  ec->slot = t;
+  free(ec->index);
+  ec->index = t;
   ec->mask = slots - 1;
   ec->n = 0;
   ec->keys.len = 0;
@@ -440,38 +473,48 @@ static int ecache_reset(struct ecache *ec, uint64_t gen, size_t slots) {
 
 static void ecache_put(struct ecache *ec, Py_hash_t h, const char *k,
                        size_t kl, void *entry) {
-  if (ec->n >= ECACHE_MAX) return;
-  if (2 * (ec->n + 1) > ec->mask + 1) {
-    /* Grow: twice the slots, the same entries. */
-    size_t slots = 2 * (ec->mask + 1);
-    struct eslot *t = calloc(slots, sizeof *t);
+  if (kl > UINT32_MAX) return;
+  size_t i = ecache_find(ec, h, k, kl);
+  if (ec->index[i]) {
+    ec->slot[(ec->index[i] & (ECACHE_MAX - 1)) - 1].entry = entry;
+    return;
+  }
+  if (ec->n + 1 >= ECACHE_MAX) return;
+  if (ec->n == ec->cap) {
+    size_t cap = ec->cap ? 2 * ec->cap : 512;
+    struct eslot *t = realloc(ec->slot, cap * sizeof *t);
     if (t == NULL) return;
-    for (size_t i = 0; i <= ec->mask; i++) {
-      struct eslot *e = &ec->slot[i];
-      if (e->entry == NULL) continue;
-      size_t j = (size_t)e->h & (slots - 1);
-      while (t[j].entry) j = (j + 1) & (slots - 1);
-      t[j] = *e;
-    }
-    free(ec->slot);
     ec->slot = t;
-    ec->mask = slots - 1;
+    ec->cap = cap;
   }
-  size_t i = (size_t)h & ec->mask;
-  for (;; i = (i + 1) & ec->mask) {
-    struct eslot *e = &ec->slot[i];
-    if (e->entry == NULL) break;
-    if (e->h == h && e->klen == kl &&
-        memcmp(ec->keys.p + e->koff, k, kl) == 0) {
-      e->entry = entry;
-      return;
+  if (2 * (ec->n + 1) > ec->mask + 1) {
+    /* Grow: twice the index words, the same entries. */
+    size_t slots = 2 * (ec->mask + 1);
+    uint32_t *t = calloc(slots, sizeof *t);
+    if (t == NULL) return;
+    for (size_t j = 0; j <= ec->mask; j++) {
+      uint32_t x = ec->index[j];
+      if (x == 0) continue;
+      size_t at = (size_t)ec->slot[(x & (ECACHE_MAX - 1)) - 1].h & (slots - 1);
+      while (t[at]) at = (at + 1) & (slots - 1);
+      t[at] = x;
     }
+    free(ec->index);
+    ec->index = t;
+    ec->mask = slots - 1;
+    i = ecache_find(ec, h, k, kl);
   }
-  size_t off = ec->keys.len;
-  if (amepy_buf_put(&ec->keys, k, kl) < 0) return;
-  ec->slot[i] = (struct eslot){.entry = entry, .h = h, .koff = off,
-                               .klen = kl};
+  struct eslot *e = &ec->slot[ec->n];
+  *e = (struct eslot){.h = h, .entry = entry, .klen = (uint32_t)kl};
+  if (kl <= ECACHE_INLINE) {
+    memcpy(e->key, k, kl);
+  } else {
+    if (ec->keys.len > UINT32_MAX - kl) return;
+    e->koff = (uint32_t)ec->keys.len;
+    if (amepy_buf_put(&ec->keys, k, kl) < 0) return;
+  }
   ec->n++;
+  ec->index[i] = etag(h) | (uint32_t)ec->n;
 }
 
 /* One entry found by the running attempt: [ShObject *][uint64_t gen]
@@ -900,6 +943,34 @@ static int body_update(ame_tx_t *tx, struct op *op) {
 ** entry is the key's entry from the dict's ecache (or NULL), good if the
 ** map's generation is still op->u (op->flags: there is a cache); an entry
 ** found through the map goes to ts->pend (hash -1: not kept). */
+/* body_add's records are [size_t kl][key: kl bytes][int64_t delta]
+** [void *entry (NULL: not cached)][Py_hash_t hash] (add_delta writes
+** them).  Prefetch the entry of the record at p; return the next. */
+#define ADD_AHEAD 8
+static const char *add_prefetch(ame_tx_t *tx, const char *p) {
+  size_t kl;
+  void *e;
+  memcpy(&kl, p, sizeof kl);
+  p += sizeof kl + kl + sizeof(int64_t);
+  memcpy(&e, p, sizeof e);
+  if (e) ame__prefetch(tx, e);
+  return p + sizeof e + sizeof(Py_hash_t);
+}
+
+/* v as ame.shared encodes an int (C_INT, zigzag varint) into buf (room
+** for 11 bytes); return its length. */
+static size_t int_encode(unsigned char *buf, int64_t v) {
+  uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+  size_t n = 0;
+  buf[n++] = AMEPY_C_INT;
+  do {
+    unsigned char c = z & 0x7f;
+    z >>= 7;
+    buf[n++] = (unsigned char)(c | (z ? 0x80 : 0));
+  } while (z);
+  return n;
+}
+
 static int body_add(ame_tx_t *tx, struct op *op) {
   ame_hmap_t *m = op->self->impl;
   struct tstate *ts = op->ts;
@@ -907,7 +978,13 @@ static int body_add(ame_tx_t *tx, struct op *op) {
   uint64_t gen = ame_hmap_gen(tx, m);
   int cached = op->flags && gen == op->u;
   const char *p = op->v, *end = op->v + op->vl;
+  /* The cached entries ADD_AHEAD keys on are fetched ahead, so that the
+  ** cache misses of their lines and orecs overlap (ame_prefetch_tx). */
+  const char *ahead = cached ? p : end;
+  for (unsigned i = 0; i < ADD_AHEAD && ahead < end; i++)
+    ahead = add_prefetch(tx, ahead);
   while (p < end) {
+    if (ahead < end) ahead = add_prefetch(tx, ahead);
     size_t kl;
     int64_t d;
     void *e;
@@ -919,36 +996,27 @@ static int body_add(ame_tx_t *tx, struct op *op) {
     memcpy(&e, p, sizeof e), p += sizeof e;
     memcpy(&h, p, sizeof h), p += sizeof h;
     if (!cached) e = NULL;
-    if (e == NULL) {
-      e = ame_hmap_find(tx, m, k, kl);
-      if (e && h != -1 && pend_add(&ts->pend, op->self, gen, h, e, k, kl) < 0)
-        return -ENOMEM;
-    }
-    int64_t cur = 0;
     unsigned char buf[16];
-    if (e) {
-      size_t n = ame_hmap_entry_vlen(tx, e);
-      if (n < 2 || n > 11) return RC_NOT_INT;
-      ame_hmap_entry_value(tx, e, buf, n);
-      if (buf[0] != AMEPY_C_INT) return RC_NOT_INT;
-      uint64_t z = 0;
-      for (size_t i = 1, shift = 0; i < n && shift < 64; i++, shift += 7)
-        z |= (uint64_t)(buf[i] & 0x7f) << shift;
-      cur = (int64_t)((z >> 1) ^ (0 - (z & 1)));
+    if (e == NULL) {
+      /* One lookup, which adds the key with d when it is absent. */
+      int added;
+      e = ame_hmap_find_or_add(tx, m, k, kl, buf, int_encode(buf, d), &added);
+      if (e == NULL) return -ENOSPC;
+      if (h != -1 && pend_add(&ts->pend, op->self, gen, h, e, k, kl) < 0)
+        return -ENOMEM;
+      if (added) continue;
     }
-    int64_t sum;
+    size_t n = ame_hmap_entry_vlen(tx, e);
+    if (n < 2 || n > 11) return RC_NOT_INT;
+    ame_hmap_entry_value(tx, e, buf, n);
+    if (buf[0] != AMEPY_C_INT) return RC_NOT_INT;
+    uint64_t z = 0;
+    for (size_t i = 1, shift = 0; i < n && shift < 64; i++, shift += 7)
+      z |= (uint64_t)(buf[i] & 0x7f) << shift;
+    int64_t sum, cur = (int64_t)((z >> 1) ^ (0 - (z & 1)));
     if (__builtin_add_overflow(cur, d, &sum)) return RC_NOT_INT;
-    uint64_t z = ((uint64_t)sum << 1) ^ (uint64_t)(sum >> 63);
-    size_t n = 0;
-    buf[n++] = AMEPY_C_INT;
-    do {
-      unsigned char c = z & 0x7f;
-      z >>= 7;
-      buf[n++] = (unsigned char)(c | (z ? 0x80 : 0));
-    } while (z);
-    /* Found: set the entry's value in place (one lookup per key). */
-    int rc = e ? ame_hmap_entry_set(tx, m, e, buf, n)
-               : ame_hmap_put(tx, m, k, kl, buf, n, 0);
+    /* Set the entry's value in place (one lookup per key, or none). */
+    int rc = ame_hmap_entry_set(tx, m, e, buf, int_encode(buf, sum));
     if (rc < 0) return rc;
   }
   return 0;
@@ -1586,9 +1654,9 @@ static PyObject *Dict_update(ShObject *self, PyObject *args, PyObject *kw) {
 }
 
 /* One (key, delta) pair for add: the key encoded, the delta an int of 64
-** bits.  The key is encoded in place, after room for its length. */
-static int add_delta(struct amepy_buf *b, const struct ecache *ec,
-                     PyObject *k, PyObject *v) {
+** bits.  The key is encoded in place, after room for its length; its
+** cached entry is left NULL, for ecache_fill. */
+static int add_delta(struct amepy_buf *b, PyObject *k, PyObject *v) {
   if (!PyLong_Check(v)) {
     PyErr_Format(PyExc_TypeError, "ame.shared: dict.add: %R is not an int",
                  v);
@@ -1611,16 +1679,15 @@ static int add_delta(struct amepy_buf *b, const struct ecache *ec,
   }
   size_t kl = b->len - at - sizeof kl;
   int64_t d64 = (int64_t)d;
-  /* The key's entry, if the cache has it.  Only keys whose hash runs no
-  ** Python code are kept (hash -1: not kept). */
+  /* Only keys whose hash runs no Python code are cached (hash -1: not
+  ** cached). */
   Py_hash_t h = -1;
   if (PyUnicode_CheckExact(k) || PyLong_CheckExact(k) ||
       PyBytes_CheckExact(k)) {
     h = PyObject_Hash(k);
     if (h == -1) PyErr_Clear();
   }
-  void *e = ec && h != -1 ? ecache_get(ec, h, b->p + at + sizeof kl, kl)
-                          : NULL;
+  void *e = NULL;
   if (amepy_buf_room(b, sizeof d64 + sizeof e + sizeof h) < 0) {
     b->len = at;
     return PyErr_NoMemory(), -1;
@@ -1634,6 +1701,62 @@ static int add_delta(struct amepy_buf *b, const struct ecache *ec,
   return 0;
 }
 
+/* The fields of add_delta's record at p: [size_t kl][key][int64_t delta]
+** [void *entry][Py_hash_t hash]. */
+static size_t rec_klen(const char *p) {
+  size_t kl;
+  memcpy(&kl, p, sizeof kl);
+  return kl;
+}
+
+static Py_hash_t rec_hash(const char *p) {
+  Py_hash_t h;
+  memcpy(&h, p + sizeof(size_t) + rec_klen(p) + sizeof(int64_t) +
+                 sizeof(void *),
+         sizeof h);
+  return h;
+}
+
+static const char *rec_next(const char *p) {
+  return p + sizeof(size_t) + rec_klen(p) + sizeof(int64_t) + sizeof(void *) +
+         sizeof(Py_hash_t);
+}
+
+/* Set the cached entry of each record in b: the lookups run in a pipeline,
+** the index word fetched 2 * EC_AHEAD keys ahead and the entry it names
+** EC_AHEAD ahead, so that their cache misses overlap (a large dict's
+** cache is several hundred KiB, and its keys come in no useful order). */
+#define EC_AHEAD 8
+static void ecache_fill(const struct ecache *ec, struct amepy_buf *b) {
+  const char *p = b->p, *end = b->p + b->len, *mid = p, *far = p;
+  for (unsigned i = 0; i < 2 * EC_AHEAD && far < end; i++) {
+    Py_hash_t h = rec_hash(far);
+    if (h != -1) __builtin_prefetch(&ec->index[(size_t)h & ec->mask]);
+    far = rec_next(far);
+    if (i < EC_AHEAD) mid = rec_next(mid);
+  }
+  while (p < end) {
+    if (far < end) {
+      Py_hash_t h = rec_hash(far);
+      if (h != -1) __builtin_prefetch(&ec->index[(size_t)h & ec->mask]);
+      far = rec_next(far);
+    }
+    if (mid < end) {
+      Py_hash_t h = rec_hash(mid);
+      uint32_t x = h != -1 ? ec->index[(size_t)h & ec->mask] : 0;
+      if (x) __builtin_prefetch(&ec->slot[(x & (ECACHE_MAX - 1)) - 1]);
+      mid = rec_next(mid);
+    }
+    Py_hash_t h = rec_hash(p);
+    size_t kl = rec_klen(p);
+    if (h != -1) {
+      void *e = ecache_get(ec, h, p + sizeof kl, kl);
+      memcpy((char *)p + sizeof kl + kl + sizeof(int64_t), &e, sizeof e);
+    }
+    p = rec_next(p);
+  }
+}
+
 /* add(key, n=1) or add(mapping): add to int values, in one transaction. */
 static PyObject *Dict_add(ShObject *self, PyObject *args) {
   PyObject *what, *n = NULL;
@@ -1645,13 +1768,14 @@ static PyObject *Dict_add(ShObject *self, PyObject *args) {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
     while (PyDict_Next(what, &pos, &k, &v))
-      if (add_delta(&ts->ibuf, self->ec, k, v) < 0) return NULL;
+      if (add_delta(&ts->ibuf, k, v) < 0) return NULL;
   } else {
     PyObject *one = PyLong_FromLong(1);
-    int rc = add_delta(&ts->ibuf, self->ec, what, n ? n : one);
+    int rc = add_delta(&ts->ibuf, what, n ? n : one);
     Py_DECREF(one);
     if (rc < 0) return NULL;
   }
+  if (self->ec) ecache_fill(self->ec, &ts->ibuf);
   struct op op = {.self = self, .v = ts->ibuf.p, .vl = ts->ibuf.len,
                   .flags = self->ec != NULL,
                   .u = self->ec ? self->ec->gen : 0};

@@ -81,6 +81,8 @@ struct ame__slot {
   uintptr_t reserve_end;
   uintptr_t used;              /* bytes allocated minus freed by this
                                   slot's transactions (two's complement) */
+  uintptr_t reserve_next;      /* bytes of the next refill of the reserve
+                                  (0: the first size; heap_alloc.c) */
   struct ame_tx tx __attribute__((aligned(AME__CACHELINE)));
 };
 

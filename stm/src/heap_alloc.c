@@ -24,9 +24,11 @@
 **           runs, first fit.
 **   top     the arena not yet handed out.  Spans are taken from a slot's
 **           reserve, refilled from the top a 128th of the arena (at most
-**           2 MiB) at a time, so that slots rarely write the one top word
-**           (a long transaction that wrote it would be re-run whenever
-**           another slot took arena meanwhile).
+**           2 MiB) the first time and twice the last refill after that (up
+**           to a 16th of the arena, at most 16 MiB), so that slots rarely
+**           write the one top word: a long transaction that wrote it is
+**           re-run if another slot took arena meanwhile, and slots that
+**           allocate at the same pace refill at about the same moment.
 ** An allocation tries, in order: its slot's span, a partial span of its
 ** class, a free run, the reserve, the top; and when all of that fails,
 ** takes back what other slots hold (their spans, reserves and deferred
@@ -369,12 +371,14 @@ static uintptr_t span_take(ame_tx_t *tx, uintptr_t sp, unsigned i) {
   return b;
 }
 
-/* Spans a slot takes from the arena's top at once: a 128th of the arena,
-** at least one span, at most 32 (2 MiB). */
-static uintptr_t reserve_bytes(const struct ame__heap_hdr *h) {
-  uintptr_t spans = h->arena_size / 128 / SPAN;
+/* Spans a slot takes from the arena's top at its first refill: a 128th of
+** the arena, at least one span, at most 32 (2 MiB); and at most, after
+** doubling at each refill: a 16th, at most 256 (16 MiB). */
+static uintptr_t reserve_bytes(const struct ame__heap_hdr *h, unsigned frac,
+                               uintptr_t most) {
+  uintptr_t spans = h->arena_size / frac / SPAN;
   if (spans < 1) spans = 1;
-  if (spans > 32) spans = 32;
+  if (spans > most) spans = most;
   return spans * SPAN;
 }
 
@@ -385,7 +389,10 @@ static uintptr_t from_reserve(ame_tx_t *tx, struct ame__heap_hdr *h,
   uintptr_t top = LD(tx, &s->reserve), rend = LD(tx, &s->reserve_end);
   if (top == 0 || top + SPAN > rend) {
     /* Reserves are whole spans: nothing is left of the old one. */
-    uintptr_t want = reserve_bytes(h);
+    uintptr_t want = LD(tx, &s->reserve_next);
+    if (want == 0) want = reserve_bytes(h, 128, 32);
+    uintptr_t most = reserve_bytes(h, 16, 256);
+    ST(tx, &s->reserve_next, 2 * want < most ? 2 * want : most);
     top = LD(tx, &h->top);
     if (top + want > arena_end(h)) want = SPAN;
     if (top + want > arena_end(h)) return 0;
@@ -420,6 +427,7 @@ static void reclaim(ame_tx_t *tx, struct ame__heap_hdr *h, unsigned want) {
       ST(tx, &s->reserve, 0);
       ST(tx, &s->reserve_end, 0);
     }
+    if (LD(tx, &s->reserve_next)) ST(tx, &s->reserve_next, 0);
     for (unsigned i = 0; i < 2 * NC; i++) {
       uintptr_t sp = LD(tx, &s->span[i]);
       if (sp && (i == want || LD(tx, SW(sp, S_LIVE)) == 0))

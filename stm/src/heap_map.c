@@ -29,7 +29,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
-#define LD(tx, a) ame_load_word_tx((tx), (const uintptr_t *)(a))
+#define LD(tx, a) ame__load_w((tx), (const uintptr_t *)(a))
 #define ST(tx, a, v) ame_store_word_tx((tx), (uintptr_t *)(a), (uintptr_t)(v))
 
 #define FANOUT 64
@@ -285,6 +285,40 @@ static int split(ame_tx_t *tx, ame_hmap_t *m, uintptr_t *slot,
   return 0;
 }
 
+/* Add key (hash h, not in the map; find() set link and depth) with val:
+** return its entry, or NULL (-ENOSPC, nothing added). */
+static struct entry *insert(ame_tx_t *tx, ame_hmap_t *m, uint64_t h,
+                            const void *key, size_t klen, const void *val,
+                            size_t vlen, uintptr_t *link, unsigned depth,
+                            unsigned tag, uint64_t owner) {
+  struct entry *n = ame_heap_alloc(tx, sizeof *n, tag, owner);
+  if (n == NULL) return NULL;
+  if (ref_set(tx, &n->key, 0, key, klen, tag, owner) < 0) {
+    ame_heap_free(tx, n); /* the transaction may go on (the caller says) */
+    return NULL;
+  }
+  if (ref_set(tx, &n->val, 0, val, vlen, tag, owner) < 0) {
+    if (klen > INLINE) ame_heap_free(tx, ame_load_ptr_tx(tx, &n->key));
+    ame_heap_free(tx, n);
+    return NULL;
+  }
+  ST(tx, &n->hash, h);
+  ST(tx, &n->klen, klen);
+  ST(tx, &n->vlen, vlen);
+  /* Prepend to the chain, then split it if it grew too long. */
+  ST(tx, &n->next, LD(tx, link));
+  ST(tx, link, n);
+  count_add(tx, m, 1);
+  unsigned len = 0;
+  for (struct entry *x = n; x && len <= CHAIN;
+       x = (struct entry *)LD(tx, &x->next))
+    len++;
+  if (len > CHAIN && (depth + 1) * BITS < 64 &&
+      split(tx, m, link, (depth + 1) * BITS) < 0)
+    return NULL; /* split fails only for want of room; n stays, in a chain */
+  return n;
+}
+
 int ame_hmap_put(ame_tx_t *tx, ame_hmap_t *m, const void *key, size_t klen,
                  const void *val, size_t vlen, int flags) {
   uint64_t h = ame__heap_hash(hdr(), key, klen);
@@ -301,33 +335,22 @@ int ame_hmap_put(ame_tx_t *tx, ame_hmap_t *m, const void *key, size_t klen,
     return 1;
   }
   if (flags & AME_HMAP_IF_PRESENT) return 0;
-  struct entry *n = ame_heap_alloc(tx, sizeof *n, tag, owner);
-  if (n == NULL) return -ENOSPC;
-  if (ref_set(tx, &n->key, 0, key, klen, tag, owner) < 0) {
-    ame_heap_free(tx, n); /* the transaction may go on (the caller says) */
-    return -ENOSPC;
-  }
-  if (ref_set(tx, &n->val, 0, val, vlen, tag, owner) < 0) {
-    if (klen > INLINE) ame_heap_free(tx, ame_load_ptr_tx(tx, &n->key));
-    ame_heap_free(tx, n);
-    return -ENOSPC;
-  }
-  ST(tx, &n->hash, h);
-  ST(tx, &n->klen, klen);
-  ST(tx, &n->vlen, vlen);
-  /* Prepend to the chain, then split it if it grew too long. */
-  ST(tx, &n->next, LD(tx, link));
-  ST(tx, link, n);
-  count_add(tx, m, 1);
-  unsigned len = 0;
-  for (struct entry *x = n; x && len <= CHAIN;
-       x = (struct entry *)LD(tx, &x->next))
-    len++;
-  if (len > CHAIN && (depth + 1) * BITS < 64) {
-    int rc = split(tx, m, link, (depth + 1) * BITS);
-    if (rc) return rc;
-  }
-  return 0;
+  return insert(tx, m, h, key, klen, val, vlen, link, depth, tag, owner)
+             ? 0
+             : -ENOSPC;
+}
+
+void *ame_hmap_find_or_add(ame_tx_t *tx, ame_hmap_t *m, const void *key,
+                           size_t klen, const void *val, size_t vlen,
+                           int *added) {
+  uint64_t h = ame__heap_hash(hdr(), key, klen);
+  uintptr_t *link;
+  unsigned depth;
+  struct entry *e = find(tx, m, h, key, klen, &link, &depth);
+  *added = e == NULL;
+  if (e) return e;
+  return insert(tx, m, h, key, klen, val, vlen, link, depth,
+                (unsigned)LD(tx, &m->tag), LD(tx, &m->owner));
 }
 
 /* Free an entry and its blobs (overwriting their references first). */
@@ -354,17 +377,31 @@ int ame_hmap_del(ame_tx_t *tx, ame_hmap_t *m, const void *key, size_t len) {
 }
 
 /* Call fn on every entry of the subtree at node (depth-first). */
+/* Entries fetched ahead by walk() (ame_prefetch_tx): a walk visits entries
+** scattered over the heap, and one cache miss after another (the entry's
+** line and its orec) made up most of a large map's snapshot. */
+#define AHEAD 8
+
 static int walk(ame_tx_t *tx, uintptr_t *node,
                 int (*fn)(ame_tx_t *, void *, void *), void *arg) {
+  /* The slots first (fn does not change the map), so that the chains a
+  ** few slots on can be fetched while this one's are visited. */
+  uintptr_t w[FANOUT];
   for (unsigned i = 0; i < FANOUT; i++) {
-    uintptr_t w = LD(tx, &node[i]);
-    if (w & 1) {
-      int rc = walk(tx, (uintptr_t *)(w - 1), fn, arg);
+    w[i] = LD(tx, &node[i]);
+    if (i < AHEAD && w[i] && !(w[i] & 1)) ame__prefetch(tx, (void *)w[i]);
+  }
+  for (unsigned i = 0; i < FANOUT; i++) {
+    if (i + AHEAD < FANOUT && w[i + AHEAD] && !(w[i + AHEAD] & 1))
+      ame__prefetch(tx, (void *)w[i + AHEAD]);
+    if (w[i] & 1) {
+      int rc = walk(tx, (uintptr_t *)(w[i] - 1), fn, arg);
       if (rc) return rc;
       continue;
     }
-    for (struct entry *e = (struct entry *)w; e;) {
+    for (struct entry *e = (struct entry *)w[i]; e;) {
       struct entry *next = (struct entry *)LD(tx, &e->next);
+      if (next) ame__prefetch(tx, next);
       int rc = fn(tx, e, arg);
       if (rc) return rc;
       e = next;

@@ -1115,6 +1115,10 @@ uintptr_t ame_load_word_tx(ame_tx_t *tx, const uintptr_t *addr) {
   return ame__load_w(tx, addr);
 }
 
+void ame_prefetch_tx(ame_tx_t *tx, const void *addr) {
+  ame__prefetch(tx, addr);
+}
+
 uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
   uintptr_t word = (uintptr_t)addr & ~(uintptr_t)7;
   unsigned shift = ((uintptr_t)addr & 4) ? 32 : 0;

@@ -34,6 +34,7 @@
   X(self_forms, 10)                                                           \
   X(read_after_write, 10)                                                     \
   X(writes_invisible_before_commit, 20)                                       \
+  X(prefetch_reads_nothing, 20)                                              \
   /* transactions: test_tx.c */                                               \
   X(atomic_commit_fallthrough, 10)                                            \
   X(atomic_break_continue, 10)                                                \
@@ -118,6 +119,7 @@
   X(heap_open_refuses, 20)                                                    \
   X(heap_named_address, 30)                                                   \
   X(heap_alloc, 30)                                                           \
+  X(heap_reserve_grows, 30)                                                   \
   X(heap_map, 60)                                                             \
   X(heap_queue_counter_log, 20)                                               \
   X(heap_processes, 60)                                                       \

@@ -349,3 +349,47 @@ TEST_IMPL(writes_invisible_before_commit) {
   ASSERT_EQ(s.x, 1);
   leave_and_shutdown();
 }
+
+/* ------------------------------------------------------------------------
+** ame_prefetch_tx is a hint: it reads nothing into the transaction.  A word
+** only prefetched, then changed by another thread's commit, does not make
+** the prefetching transaction run again (a logged read of it would); any
+** address, even NULL, is harmless.
+*/
+struct prefetched {
+  uintptr_t w, out;
+  atomic_int go, done;
+};
+
+static void *prefetch_writer(void *arg) {
+  struct prefetched *p = arg;
+  ame_tx_t *tx = enter();
+  ASSERT_WAIT(atomic_load(&p->go), 5000);
+  AME_ATOMIC(tx) { ame_store_word_tx(tx, &p->w, 7); }
+  atomic_store(&p->done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(prefetch_reads_nothing) {
+  ame_tx_t *tx = enter();
+  static struct prefetched p;
+  pthread_t t;
+  thread_start(&t, prefetch_writer, &p);
+  static volatile int attempts;
+  AME_ATOMIC(tx) {
+    attempts++;
+    ame_prefetch_tx(tx, &p.w);
+    ame_prefetch_tx(tx, NULL);
+    if (attempts == 1) {
+      atomic_store(&p.go, 1);
+      WAIT_UNTIL(atomic_load(&p.done), 5000);
+    }
+    ame_store_word_tx(tx, &p.out, 1);
+  }
+  thread_join(t);
+  ASSERT_EQ(attempts, 1);
+  ASSERT_EQ(p.w, 7);
+  ASSERT_EQ(p.out, 1);
+  leave_and_shutdown();
+}

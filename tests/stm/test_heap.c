@@ -344,6 +344,37 @@ TEST_IMPL(heap_alloc) {
   ame_heap_close(h);
 }
 
+/* A slot that keeps taking new spans refills its reserve from the top
+** twice as much each time, so it writes the one top word (which every
+** other slot's refill conflicts on) a few times, not once per few spans:
+** here 1,472 KiB of arena in 5 refills (64, 128, 256, 512, 512 KiB, for
+** an 8 MiB heap), where one 64 KiB span at a time took 23. */
+TEST_IMPL(heap_reserve_grows) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  ame_heap_stats_t st;
+  ame_heap_stats(h, &st);
+  uint64_t top = st.top;
+  unsigned refills = 0;
+  static void *volatile held[46];
+  for (unsigned i = 0; i < 46; i++) { /* two blocks a span: 23 spans */
+    AME_ATOMIC(tx) { held[i] = ame_heap_alloc(tx, 30000, 16, 0); }
+    ASSERT_NOT_NULL(held[i]);
+    ame_heap_stats(h, &st);
+    if (st.top != top) refills++;
+    top = st.top;
+  }
+  ASSERT_GE(refills, 4);
+  ASSERT_LE(refills, 6);
+  AME_ATOMIC(tx) {
+    for (unsigned i = 0; i < 46; i++) ame_heap_free(tx, held[i]);
+  }
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
 /* ------------------------------------------------------------------------
 ** Containers.
 */
@@ -484,6 +515,40 @@ TEST_IMPL(heap_map) {
   ASSERT_EQ(g1, g0);
   ASSERT_EQ(g2, g0 + 1);
   ASSERT_EQ(g3, 1);
+  /* find_or_add: a present key's entry, its value kept; an absent key
+  ** added once with the value given, then found; one added by an attempt
+  ** that is rolled back is not there. */
+  static void *volatile fe[4];
+  volatile int added[4] = {-1, -1, -1, -1};
+  tries = 0;
+  AME_ATOMIC(tx) {
+    fe[0] = ame_hmap_find_or_add(tx, m, "key-9", 5, "zz", 2, (int *)&added[0]);
+    fe[1] = ame_hmap_find_or_add(tx, m, "both", 4, "v1", 2, (int *)&added[1]);
+    fe[2] = ame_hmap_find_or_add(tx, m, "both", 4, "v2", 2, (int *)&added[2]);
+    if (tries++ == 0) {
+      ame_hmap_find_or_add(tx, m, "rolled", 6, "r", 1, (int *)&added[3]);
+      ame_tx_abort(tx);
+    }
+  }
+  ASSERT_EQ(added[0], 0);
+  ASSERT_EQ(added[1], 1);
+  ASSERT_EQ(added[2], 0);
+  ASSERT_EQ(added[3], 1);
+  ASSERT(fe[1] == fe[2]);
+  AME_ATOMIC(tx) {
+    ASSERT(ame_hmap_find(tx, m, "key-9", 5) == fe[0]);
+    got = ame_hmap_entry_value(tx, fe[0], back, sizeof back);
+    ASSERT_EQ(got, 1);
+    ASSERT_EQ(memcmp(back, "2", 1), 0);
+    ASSERT(ame_hmap_find(tx, m, "both", 4) == fe[1]);
+    got = ame_hmap_entry_value(tx, fe[1], back, sizeof back);
+    ASSERT_EQ(got, 2);
+    ASSERT_EQ(memcmp(back, "v1", 2), 0);
+    ASSERT_NULL(ame_hmap_find(tx, m, "rolled", 6));
+    len = ame_hmap_len(tx, m);
+  }
+  ASSERT_EQ(len, (size_t)N);  /* N - 1, and "both" */
+  AME_ATOMIC(tx) { ame_hmap_del(tx, m, "both", 4); }
   /* Delete half, in transactions of 100. */
   for (int i = 0; i < N; i += 200) {
     AME_ATOMIC(tx) {

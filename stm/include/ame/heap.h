@@ -286,6 +286,12 @@ AME_EXTERN uint64_t ame_hmap_gen(ame_tx_t *tx, ame_hmap_t *m);
 AME_EXTERN int ame_hmap_put(ame_tx_t *tx, ame_hmap_t *m, const void *key,
                             size_t klen, const void *val, size_t vlen,
                             int flags);
+/* The key's entry, found, or added with val (then *added is 1): one lookup
+** where ame_hmap_find() then ame_hmap_put() take two.  NULL: -ENOSPC. */
+AME_EXTERN void *ame_hmap_find_or_add(ame_tx_t *tx, ame_hmap_t *m,
+                                      const void *key, size_t klen,
+                                      const void *val, size_t vlen,
+                                      int *added);
 AME_EXTERN int ame_hmap_del(ame_tx_t *tx, ame_hmap_t *m, const void *key,
                             size_t len);
 AME_EXTERN size_t ame_hmap_len(ame_tx_t *tx, ame_hmap_t *m);

@@ -362,6 +362,14 @@ AME_EXTERN void ame_store_word_tx(ame_tx_t *tx, uintptr_t *addr, uintptr_t v);
 AME_EXTERN uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr);
 AME_EXTERN void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v);
 
+/* A hint that the transaction will load the word at addr soon: start
+** bringing it and its ownership record into the cache.  Nothing else
+** happens (no read is logged, nothing is validated; any address is
+** harmless).  A walk over many scattered entries issues it some entries
+** ahead, so that their cache misses overlap instead of following one
+** another. */
+AME_EXTERN void ame_prefetch_tx(ame_tx_t *tx, const void *addr);
+
 /* ------------------------------------------------------------------------
 ** Internals the macros and inline functions need.  Not part of the API.
 */
@@ -412,6 +420,9 @@ AME_EXTERN void ame__store_masked(ame_tx_t *tx, uintptr_t *addr,
 #else
 static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {
   return ame_load_word_tx(tx, a);
+}
+static inline void ame__prefetch(ame_tx_t *tx, const void *a) {
+  ame_prefetch_tx(tx, a);
 }
 #endif
 

@@ -87,4 +87,11 @@ static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {
   return ame__load_slow(tx, a);
 }
 
+/* ame_prefetch_tx, inlined. */
+static inline void ame__prefetch(ame_tx_t *tx, const void *a) {
+  const struct ame__txhot *h = (const struct ame__txhot *)tx;
+  __builtin_prefetch(a, 0, 3);
+  __builtin_prefetch(ame__orec_of(h, (uintptr_t)a), 0, 3);
+}
+
 #endif /* AME_STM_INLINE_H */
