@@ -1525,11 +1525,15 @@ static PyObject *Dict_add_to(ShObject *self, PyObject *total) {
     memcpy(&vn, p, sizeof vn);
     PyObject *v = k ? amepy_decode(p + sizeof vn, vn) : NULL;
     p += sizeof vn + vn;
-    PyObject *cur = v ? PyDict_GetItemWithError(total, k) : NULL;
-    PyObject *sum = v && (cur || !PyErr_Occurred())
-                        ? PyNumber_Add(cur ? cur : zero, v)
-                        : NULL;
-    rc = sum ? PyDict_SetItem(total, k, sum) : -1;
+    /* A key total does not have yet takes one lookup (an int is its own
+    ** 0 + v; anything else is added to 0, as for the others).  It is new
+    ** if total grew: the value found may be v itself (a small int). */
+    Py_ssize_t had = PyDict_GET_SIZE(total);
+    PyObject *cur = v ? PyDict_SetDefault(total, k, v) : NULL;
+    int fresh = cur && PyDict_GET_SIZE(total) != had;
+    int done = fresh && PyLong_CheckExact(v);
+    PyObject *sum = cur && !done ? PyNumber_Add(fresh ? zero : cur, v) : NULL;
+    rc = cur == NULL ? -1 : done ? 0 : sum ? PyDict_SetItem(total, k, sum) : -1;
     Py_XDECREF(sum);
     Py_XDECREF(v);
     Py_XDECREF(k);

@@ -311,9 +311,9 @@ class Counts:
         lanes = self._all()
         return atomic(lambda: any(key in d for d in lanes))
 
-    def copy(self):
+    def _sums(self):
         """
-        A C{collections.Counter} of every count (one transaction).
+        A dict of every count (one transaction).
         """
         lanes = self._all()
 
@@ -323,19 +323,25 @@ class Counts:
                 d._add_to(total)  # total[k] = total.get(k, 0) + v
             return total
 
-        return _collections.Counter(atomic(read))
+        return atomic(read)
+
+    def copy(self):
+        """
+        A C{collections.Counter} of every count (one transaction).
+        """
+        return _collections.Counter(self._sums())
 
     def items(self):
-        return list(self.copy().items())
+        return list(self._sums().items())
 
     def keys(self):
-        return list(self.copy().keys())
+        return list(self._sums())
 
     def values(self):
-        return list(self.copy().values())
+        return list(self._sums().values())
 
     def __len__(self):
-        return len(self.copy())
+        return len(self._sums())
 
     def __iter__(self):
         return iter(self.keys())

@@ -382,6 +382,14 @@ int ame_hmap_del(ame_tx_t *tx, ame_hmap_t *m, const void *key, size_t len) {
 ** line and its orec) made up most of a large map's snapshot. */
 #define AHEAD 8
 
+/* Fetch the blob of e's key, if it has one, with e itself fetched a while
+** ago.  Its words are peeked at, not loaded (a hint needs no snapshot: a
+** stale or torn value only fetches the wrong line). */
+static void prefetch_key(ame_tx_t *tx, struct entry *e) {
+  if (__atomic_load_n(&e->klen, __ATOMIC_RELAXED) > INLINE)
+    ame__prefetch(tx, __atomic_load_n(&e->key, __ATOMIC_RELAXED));
+}
+
 static int walk(ame_tx_t *tx, uintptr_t *node,
                 int (*fn)(ame_tx_t *, void *, void *), void *arg) {
   /* The slots first (fn does not change the map), so that the chains a
@@ -394,6 +402,8 @@ static int walk(ame_tx_t *tx, uintptr_t *node,
   for (unsigned i = 0; i < FANOUT; i++) {
     if (i + AHEAD < FANOUT && w[i + AHEAD] && !(w[i + AHEAD] & 1))
       ame__prefetch(tx, (void *)w[i + AHEAD]);
+    if (i + AHEAD / 2 < FANOUT && w[i + AHEAD / 2] && !(w[i + AHEAD / 2] & 1))
+      prefetch_key(tx, (struct entry *)w[i + AHEAD / 2]);
     if (w[i] & 1) {
       int rc = walk(tx, (uintptr_t *)(w[i] - 1), fn, arg);
       if (rc) return rc;

@@ -570,6 +570,24 @@ class CountsTests(SynchronousTestCase):
         self.assertEqual(t["w3"], ref["w3"])
         self.assertEqual(len(t), len(ref))
 
+    def test_equalCountsInTwoLanes(self):
+        """
+        A key with the same count in two lanes counts twice, small ints
+        (one object in CPython) and big ones alike, and a key in one lane
+        once.
+        """
+        t = shared.counts(fresh())
+        counts = {"small": 5, "big": 10**12, "one": 1}
+        t.update(counts)
+        th = threading.Thread(target=t.update, args=({"small": 5,
+                                                     "big": 10**12},))
+        th.start()
+        th.join()
+        self.assertEqual(dict(t.items()),
+                         {"small": 10, "big": 2 * 10**12, "one": 1})
+        self.assertEqual(t.copy(), collections.Counter(
+            {"small": 10, "big": 2 * 10**12, "one": 1}))
+
 
 class CounterTests(SynchronousTestCase):
     def test_counter(self):
