@@ -937,12 +937,6 @@ static int body_update(ame_tx_t *tx, struct op *op) {
   return 0;
 }
 
-/* op->v: pairs, each [size_t klen][key][int64 delta][void *entry]
-** [Py_hash_t hash]: add delta to each key's value, an int of 64 bits (0
-** when absent), in the codec's form (a C_INT tag, then the zigzag varint).
-** entry is the key's entry from the dict's ecache (or NULL), good if the
-** map's generation is still op->u (op->flags: there is a cache); an entry
-** found through the map goes to ts->pend (hash -1: not kept). */
 /* body_add's records are [size_t kl][key: kl bytes][int64_t delta]
 ** [void *entry (NULL: not cached)][Py_hash_t hash] (add_delta writes
 ** them).  Prefetch the entry of the record at p; return the next. */
@@ -971,6 +965,12 @@ static size_t int_encode(unsigned char *buf, int64_t v) {
   return n;
 }
 
+/* op->v: pairs, each [size_t klen][key][int64 delta][void *entry]
+** [Py_hash_t hash]: add delta to each key's value, an int of 64 bits (0
+** when absent), in the codec's form (a C_INT tag, then the zigzag varint).
+** entry is the key's entry from the dict's ecache (or NULL), good if the
+** map's generation is still op->u (op->flags: there is a cache); an entry
+** found through the map goes to ts->pend (hash -1: not kept). */
 static int body_add(ame_tx_t *tx, struct op *op) {
   ame_hmap_t *m = op->self->impl;
   struct tstate *ts = op->ts;
