@@ -462,6 +462,7 @@ static void core_free(struct core *c) {
   ame__fconn_free_all(c);
   ame__gai_free_all(c);
   free(c->scratch);
+  free(c->tls_buf);
   Py_CLEAR(c->on_read_error);
   free(c->pfds);
   free(c->pw);
@@ -1015,6 +1016,8 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
   uint64_t nr = c->n_reads, ns = c->n_sends, nw_ = c->n_writes;
   uint64_t na = c->n_accepted, no = c->n_open;
   uint64_t bi = c->n_bytes_in, bo = c->n_bytes_out;
+  uint64_t to = c->n_tls_open, th = c->n_tls_handshakes,
+           tf = c->n_tls_failures;
   pthread_mutex_unlock(&c->lock);
   PyObject *d = PyDict_New();
   if (d == NULL) return NULL;
@@ -1042,6 +1045,8 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
       set_u64(d, "stream_sends", ns) || set_u64(d, "stream_writes", nw_) ||
       set_u64(d, "stream_accepted", na) || set_u64(d, "stream_open", no) ||
       set_u64(d, "bytes_received", bi) || set_u64(d, "bytes_sent", bo) ||
+      set_u64(d, "tls_c_open", to) || set_u64(d, "tls_c_handshakes", th) ||
+      set_u64(d, "tls_c_failures", tf) ||
       set_u64(d, "stm_commits", tm.commits) ||
       set_u64(d, "stm_aborts", tm.aborts) ||
       set_u64(d, "stm_irrevocable", tm.irrevocable))
@@ -1193,8 +1198,23 @@ static PyObject *module_cpu_count(PyObject *m, PyObject *unused) {
   return PyLong_FromUnsignedLong(ame_cpu_count());
 }
 
+PyDoc_STRVAR(tls_library_doc,
+"tls_library(method) -> bool\n\n"
+"Whether method (the address TLS_method() returns to pyOpenSSL) is what\n"
+"it returns here: pyOpenSSL's SSL objects are then usable by ame's TLS\n"
+"in C (the same libssl).");
+
+PyDoc_STRVAR(tls_alpn_doc,
+"tls_alpn(ssl, wire, set_ctx)\n\n"
+"ALPN in C for the SSL object at address ssl (before its handshake): the\n"
+"server picks the first of wire's protocols (length-prefixed, in its\n"
+"order of preference) that the client offers.  set_ctx: install that\n"
+"selection on ssl's context (once per context).");
+
 static PyMethodDef module_methods[] = {
     {"cpu_count", module_cpu_count, METH_NOARGS, cpu_count_doc},
+    {"tls_library", ame__py_tls_library, METH_O, tls_library_doc},
+    {"tls_alpn", ame__py_tls_alpn, METH_VARARGS, tls_alpn_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -103,6 +103,10 @@ struct core {
                                fast listening streams */
   uint64_t n_open;          /* lock: fast connection streams attached */
   uint64_t n_bytes_in, n_bytes_out; /* lock: bytes recv()ed and sent */
+  uint64_t n_tls_open;      /* lock: streams whose TLS is C's */
+  uint64_t n_tls_handshakes; /* lock: handshakes completed in C */
+  uint64_t n_tls_failures;  /* lock: TLS connections ended by an error */
+  char *tls_buf;            /* worker: decrypt/encrypt scratch */
 };
 
 typedef struct {
@@ -155,8 +159,25 @@ struct fconn {
   /* worker */
   ame_poll_t *poll;
   int armed;
-  ame__oqueue_t wq;         /* taken from ready, being sent */
+  ame__oqueue_t wq;         /* taken from ready, being sent (under TLS:
+                               records) */
   int cb_status, cb_events;
+  /* TLS in C (tls.h): the worker encrypts what Python writes and decrypts
+  ** what arrives; in and the queues above hold plaintext, wq records.
+  ** queued counts both: plaintext not yet encrypted and records not yet
+  ** sent (and one for a close_notify asked for and not yet written). */
+  struct ame__tls *tls;     /* lock to set (once), then worker; NULL: none */
+  ame__ibuf_t tls_early;    /* lock: bytes read before TLS was switched on:
+                               records, for the worker to feed first */
+  int tls_news;             /* lock: the handshake completed; Python has
+                               not been told */
+  int tls_done;             /* lock: the handshake completed (published) */
+  int tls_failed;           /* lock: the worker's record in *tls is final */
+  int tls_shut_out;         /* lock: close_notify asked for, after what out
+                               holds */
+  int tls_shut_ready;       /* lock: ..., after what ready holds */
+  ame__oqueue_t tplain;     /* worker: plaintext taken from ready, waiting
+                               for the handshake */
 };
 
 /* transport.c: an IPv4/IPv6 address as the socket module gives it
@@ -176,6 +197,10 @@ int ame__core_sync(struct core *c);
 
 /* transport.c */
 int ame__stream_init_type(PyObject *m, ame_state *st);
+/* _ame.tls_library(method) and _ame.tls_alpn(ssl, wire, set_ctx): see
+** _ame.c's docs. */
+PyObject *ame__py_tls_library(PyObject *m, PyObject *arg);
+PyObject *ame__py_tls_alpn(PyObject *m, PyObject *args);
 /* Worker, from the core's apply: serve every dirty stream. */
 void ame__fconn_apply_all(struct core *c);
 /* Python thread, in wait(), after the sleep: take the streams with news,

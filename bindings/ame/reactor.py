@@ -44,7 +44,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.python import deprecate, failure, log, versions
 
-from ame import _ame
+from ame import _ame, _tls
 
 __all__ = ["AMEReactor", "install"]
 
@@ -158,6 +158,11 @@ class _FastStream:
 
     def _ameSlowWriteSequence(self, iovec):
         _newtls.ConnectionMixin.writeSequence(self, iovec)
+
+    def startTLS(self, ctx, normal=True):
+        # Twisted's TLS over this transport (not C's): counted.
+        _tls.count(self.reactor, False)
+        return tcp.Connection.startTLS(self, ctx, normal)
 
     def loseConnection(self, *args, **kwargs):
         # Inside ame.atomic: once it commits (as write()).
@@ -684,6 +689,22 @@ class AMEReactor(
         c.connect()
         return c
 
+    # TLS: Twisted's TLSMemoryBIOFactory over TCP, as on EPollReactor, but
+    # the handshake and record layer run on the C worker where they can
+    # (ame._tls).
+
+    def listenSSL(self, port, factory, contextFactory, backlog=50,
+                  interface=""):
+        tlsFactory = _tls.TLSFactory(contextFactory, False, factory, self)
+        p = self.listenTCP(port, tlsFactory, backlog, interface)
+        p._type = "TLS"
+        return p
+
+    def connectSSL(self, host, port, factory, contextFactory, timeout=30,
+                   bindAddress=None):
+        tlsFactory = _tls.TLSFactory(contextFactory, True, factory, self)
+        return self.connectTCP(host, port, tlsFactory, timeout, bindAddress)
+
     doIteration = doPoll
 
     # ame.atomic: calls made inside happen once, after the commit.
@@ -775,6 +796,8 @@ class AMEReactor(
         """
         stats = self._core.stats()
         stats["python_path"] = getattr(self, "_amePythonPath", 0)
+        stats["tls_c"] = getattr(self, "_ameTLSC", 0)
+        stats["tls_python"] = getattr(self, "_ameTLSPython", 0)
         return stats
 
     def ameReport(self):

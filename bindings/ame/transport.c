@@ -61,6 +61,7 @@
 #include "sockio.h"    /* reactor/src: the socket calls */
 #include "streambuf.h" /* reactor/src: the buffers the reactor's streams
                           use too */
+#include "tls.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -97,10 +98,19 @@ typedef struct {
   PyObject *buffer_size_obj;
   /* The log context last pushed for this stream's callbacks. */
   PyObject *ctx_lp, *ctx_base, *ctx_push;
+  /* TLS in C: the pyOpenSSL Connection whose SSL object the worker uses
+  ** (kept alive until the worker let go), and, once detached, what the
+  ** worker last published (_ameTLSInfo). */
+  PyObject *tls_conn;
+  int tls_shut_called;
+  int tls_done;
+  int tls_failed;
+  struct ame__tls tls_rec;
 } StreamObject;
 
 static PyObject *str_dataReceived, *str_ameSlowWrite, *str_ameSlowWriteSeq;
 static PyObject *str_logPrefix, *str_system, *str_ameBufferFull;
+static PyObject *str_ameHandshakeDone;
 
 /* ------------------------------------------------------------------------
 ** The log context.  Twisted calls doRead inside log.callWithLogger(
@@ -213,6 +223,9 @@ static void fconn_free(struct fconn *f) {
   ame__oq_clear(&f->out);
   ame__oq_clear(&f->ready);
   ame__oq_clear(&f->wq);
+  ame__ibuf_free(&f->tls_early);
+  ame__oq_clear(&f->tplain);
+  free(f->tls); /* the SSL object is pyOpenSSL's */
   free(f);
 }
 
@@ -249,6 +262,10 @@ void ame__fconn_flush_pending(struct core *c) {
     struct fconn *next = f->next_pending;
     f->pending = 0;
     ame__oq_splice(&f->ready, &f->out);
+    if (f->tls_shut_out) { /* after what was just spliced */
+      f->tls_shut_out = 0;
+      f->tls_shut_ready = 1;
+    }
     if (!f->detach) mark_fdirty(c, f);
     fconn_unref(f); /* the pending list's reference */
     f = next;
@@ -325,12 +342,20 @@ static void fupdate(struct core *c, struct fconn *f) {
   f->armed = mask;
 }
 
+static void do_send(struct core *c, struct fconn *f);
+static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have);
+
 /* Worker.  recv() once into the inbound buffer. */
 static void do_recv(struct core *c, struct fconn *f) {
   ssize_t n = ame__sock_recv(f->fd, f->pipe, c->scratch, AME_RECV_SIZE);
   if (n == -EAGAIN) return;
   int err = n < 0 ? (int)-n : 0;
   pthread_mutex_lock(&c->lock);
+  if (f->tls) { /* TLS is on: the bytes are records */
+    pthread_mutex_unlock(&c->lock);
+    tls_recv(c, f, n, 1);
+    return;
+  }
   int sig = 0;
   if (!f->detach) {
     if (n > 0) {
@@ -349,17 +374,157 @@ static void do_recv(struct core *c, struct fconn *f) {
   c->wake_pending |= sig; /* signalled in ame__before_poll */
 }
 
+/* ------------------------------------------------------------------------
+** TLS in C, the worker's side (the OpenSSL calls are tls.c's).
+*/
+
+/* Lock held.  The TLS connection failed (the record in *f->tls is final):
+** drop what waits to be encrypted and whatever Python writes from now on;
+** what OpenSSL wrote (an alert) is still sent.  Python meets the error as
+** a read error (or end of file, if the peer closed) and asks _ameTLSInfo
+** for the reason. */
+static void tls_failed(struct core *c, struct fconn *f, int eof) {
+  if (f->tls_failed) return;
+  f->tls_failed = 1;
+  c->n_tls_failures++;
+  ame__oq_clear(&f->out);
+  ame__oq_clear(&f->ready);
+  f->tls_shut_out = f->tls_shut_ready = 0;
+  f->dropping = 1;
+  if (eof)
+    f->eof = 1;
+  else if (!f->rerr)
+    f->rerr = EPROTO;
+}
+
+/* Worker.  What recv() returned under TLS (have: n is bytes in c->scratch,
+** 0 for end of file or -errno; else nothing new) goes through OpenSSL,
+** after any bytes read before TLS was switched on: the handshake advances,
+** plaintext goes to f->in, and what OpenSSL wrote in answer is sent. */
+static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
+  struct ame__tls *t = f->tls;
+  ame__ibuf_t early = {0};
+  pthread_mutex_lock(&c->lock);
+  int detached = f->detach;
+  if (f->tls_early.len) ame__ibuf_take(&f->tls_early, &early);
+  pthread_mutex_unlock(&c->lock);
+  if (detached) {
+    ame__ibuf_free(&early);
+    return;
+  }
+  int oom = 0;
+  if (early.len)
+    oom |= ame__tls_feed(t, ame__ibuf_data(&early), early.len) != 0;
+  ame__ibuf_free(&early);
+  if (have && n > 0)
+    oom |= ame__tls_feed(t, c->scratch, (size_t)n) != 0;
+  else if (have)
+    ame__tls_input_ended(t);
+  ame__ibuf_t plain = {0};
+  int r = oom ? 0 : ame__tls_advance(t, &plain, c->tls_buf, AME_RECV_SIZE);
+  if (r & AME_TLS_CLOSED) ame__tls_shutdown(t); /* answer close_notify */
+  pthread_mutex_lock(&c->lock);
+  int sig = 0;
+  if (!f->detach) {
+    if (have && n > 0) {
+      c->n_reads++;
+      c->n_bytes_in += (uint64_t)n;
+    }
+    if (plain.len) {
+      if (f->in.len == 0 && f->in.p == NULL)
+        ame__ibuf_take(&plain, &f->in);
+      else if (ame__ibuf_append(&f->in, ame__ibuf_data(&plain), plain.len))
+        f->rerr = ENOMEM;
+    }
+    if (r & AME_TLS_HANDSHAKEN) {
+      f->tls_done = 1;
+      f->tls_news = 1;
+      c->n_tls_handshakes++;
+      sig |= fready_push(c, f);
+    }
+    if (oom) {
+      f->rerr = ENOMEM;
+    } else if (r & AME_TLS_FAILED) {
+      tls_failed(c, f, have && n == 0);
+      if (have && n < 0) f->rerr = (int)-n;
+    } else if (have && n == 0) {
+      f->eof = 1;
+    } else if (have && n < 0) {
+      f->rerr = (int)-n;
+    }
+    if (r & AME_TLS_CLOSED) f->eof = 1;
+    if (f->want_read) sig |= fready_push(c, f);
+  }
+  pthread_mutex_unlock(&c->lock);
+  ame__ibuf_free(&plain);
+  c->wake_pending |= sig;
+  do_send(c, f); /* handshake records, alerts, close_notify */
+}
+
+/* Worker, from do_send.  Encrypt the plaintext taken from ready once the
+** handshake is done, then close_notify if Python asked for it; put the
+** records in f->wq. */
+static void tls_seal(struct core *c, struct fconn *f, int shut) {
+  struct ame__tls *t = f->tls;
+  size_t took = 0;
+  int fail = 0, shut_now = 0;
+  if (shut) t->shut_asked = 1;
+  if (t->hs && !t->failed) {
+    for (struct ame__chunk *ch = f->tplain.head; ch && !fail; ch = ch->next) {
+      size_t len = ch->len - ch->off;
+      if (ame__tls_encrypt(t, ch->data + ch->off, len) != 0) fail = 1;
+      took += len;
+    }
+    if (!fail) ame__oq_clear(&f->tplain);
+    if (!fail && t->shut_asked && !t->shut) {
+      ame__tls_shutdown(t);
+      shut_now = 1;
+    }
+  }
+  size_t added = 0;
+  int oom = ame__tls_output(t, &f->wq, c->tls_buf, AME_RECV_SIZE, &added);
+  pthread_mutex_lock(&c->lock);
+  if (fail || oom || t->failed) {
+    if (oom && !t->failed) {
+      t->failed = 1;
+      t->ekind = AME_TLS_ESYSCALL;
+      t->eno = ENOMEM;
+    }
+    ame__oq_clear(&f->tplain);
+    if (!f->detach) {
+      int sig = !f->tls_failed && f->want_read;
+      tls_failed(c, f, 0);
+      if (sig) c->wake_pending |= fready_push(c, f);
+    }
+    f->queued = f->wq.bytes;
+  } else {
+    f->queued = f->queued + added - took - (size_t)shut_now;
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
 /* Worker.  Send what is queued until done or the kernel buffer is full. */
 static void do_send(struct core *c, struct fconn *f) {
   size_t sent = 0;
   int err = 0;
   pthread_mutex_lock(&c->lock);
   int detached = f->detach;
+  struct ame__tls *t = f->tls;
+  int shut = 0;
   /* Take what was flushed, never what a callback is still writing (out:
   ** the next flush releases it). */
-  if (!detached && !f->werr) ame__oq_splice(&f->wq, &f->ready);
+  if (!detached && !f->werr) {
+    if (t) {
+      ame__oq_splice(&f->tplain, &f->ready);
+      shut = f->tls_shut_ready;
+      f->tls_shut_ready = 0;
+    } else {
+      ame__oq_splice(&f->wq, &f->ready);
+    }
+  }
   pthread_mutex_unlock(&c->lock);
   if (detached) return; /* closed by Python: send nothing more */
+  if (t) tls_seal(c, f, shut);
   if (f->wq.head) {
     int rc = ame__oq_flush(&f->wq, f->fd, &sent);
     if (rc < 0 && rc != -EAGAIN) err = -rc;
@@ -482,6 +647,7 @@ void ame__fconn_apply_all(struct core *c) {
     struct fconn *next = f->next_dirty;
     f->dirty = 0;
     int detach = f->detach;
+    struct ame__tls *t = f->tls;
     f->seen = 1;
     pthread_mutex_unlock(&c->lock);
     if (detach) {
@@ -494,6 +660,8 @@ void ame__fconn_apply_all(struct core *c) {
       close_accepted(f);
       pthread_mutex_unlock(&c->lock);
     } else {
+      /* TLS just switched on: bytes read before, or a client's hello. */
+      if (t && !t->hs && !t->failed) tls_recv(c, f, 0, 0);
       if (!f->listener) do_send(c, f);
       fupdate(c, f);
     }
@@ -537,6 +705,7 @@ struct entry {
   PyObject *owner;  /* strong */
   ame__ibuf_t in;   /* data taken (empty: none) */
   int rd, wr;       /* slow events for doRead / doWrite */
+  int hs;           /* the TLS handshake completed: tell the protocol */
 };
 
 /* The batch a dispatch works on lives on its own stack (or heap): a
@@ -555,6 +724,33 @@ static int append_event(PyObject *events, PyObject *owner, int ev) {
   int rc = PyList_Append(events, t);
   Py_DECREF(t);
   return rc;
+}
+
+/* r: what a callback of the stream's protocol returned (NULL: it raised).
+** Anything but None goes to Python (reactor._ameReadFailed), which does
+** what Twisted does; r is released. */
+static void read_failed(struct core *c, PyObject *owner, PyObject *r) {
+  if (r == Py_None) {
+    Py_DECREF(r);
+    return;
+  }
+  PyObject *exc = NULL;
+  if (r == NULL) {
+    PyObject *type, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (exc && tb) PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    if (exc == NULL) exc = Py_NewRef(Py_None);
+    r = Py_NewRef(Py_None);
+  }
+  PyObject *x = PyObject_CallFunctionObjArgs(
+      c->on_read_error, owner, exc ? exc : r, exc ? Py_True : Py_False, NULL);
+  if (x == NULL) PyErr_WriteUnraisable(c->on_read_error);
+  Py_XDECREF(x);
+  Py_XDECREF(exc);
+  Py_DECREF(r);
 }
 
 int ame__fconn_dispatch(struct core *c, PyObject *events) {
@@ -585,6 +781,8 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
       e->rd = f->want_read && (f->in.len || f->rerr);
       continue;
     }
+    e->hs = f->tls_news;
+    f->tls_news = 0;
     if (f->want_read) {
       if (f->in.len) {
         int was_full = f->in.len >= AME_ICAP;
@@ -605,6 +803,16 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
   for (size_t i = 0; i < n; i++) {
     struct entry *e = &ents[i];
     f = e->f;
+    if (e->owner && e->hs && rc == 0) {
+      /* Before the first data, as Twisted's TLS tells the protocol. */
+      StreamObject *s = (StreamObject *)e->owner;
+      if (s->f == f && s->protocol) {
+        PyObject *proto = Py_NewRef(s->protocol);
+        PyObject *r = PyObject_CallMethodNoArgs(proto, str_ameHandshakeDone);
+        Py_DECREF(proto);
+        read_failed(c, e->owner, r);
+      }
+    }
     if (e->owner && e->in.len && rc == 0 && contexts == NULL &&
         (contexts = context_list()) == NULL)
       rc = -1;
@@ -623,27 +831,7 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
           pop_log_context(contexts);
         }
         Py_DECREF(proto);
-        if (r != Py_None) {
-          /* An exception, or a value: Python does what Twisted does. */
-          PyObject *exc = NULL;
-          if (r == NULL) {
-            PyObject *type, *tb;
-            PyErr_Fetch(&type, &exc, &tb);
-            PyErr_NormalizeException(&type, &exc, &tb);
-            if (exc && tb) PyException_SetTraceback(exc, tb);
-            Py_XDECREF(type);
-            Py_XDECREF(tb);
-            if (exc == NULL) exc = Py_NewRef(Py_None);
-            r = Py_NewRef(Py_None);
-          }
-          PyObject *x = PyObject_CallFunctionObjArgs(
-              c->on_read_error, e->owner, exc ? exc : r, exc ? Py_True : Py_False,
-              NULL);
-          if (x == NULL) PyErr_WriteUnraisable(c->on_read_error);
-          Py_XDECREF(x);
-          Py_XDECREF(exc);
-        }
-        Py_XDECREF(r);
+        read_failed(c, e->owner, r);
         ame__ibuf_free(&e->in);
       }
       Py_XDECREF(data);
@@ -702,6 +890,12 @@ static void stream_detach(StreamObject *self) {
   pthread_mutex_lock(&c->lock);
   int sync = f->seen;
   if (f->counted) c->n_open--;
+  if (f->tls) {
+    c->n_tls_open--;
+    self->tls_done = f->tls_done;
+    self->tls_failed = f->tls_failed;
+    if (f->tls_failed) self->tls_rec = *f->tls; /* final once published */
+  }
   f->detach = 1;
   f->owner = NULL;
   f->want_read = f->want_drain = 0;
@@ -718,6 +912,7 @@ static void stream_detach(StreamObject *self) {
               strerror(-rc));
   }
   Py_CLEAR(self->core);
+  Py_CLEAR(self->tls_conn); /* the worker no longer uses its SSL object */
 }
 
 PyDoc_STRVAR(attach_doc,
@@ -771,6 +966,134 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   Py_INCREF(core);
   Py_XSETREF(self->core, core);
   Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(start_tls_doc,
+"_ameStartTLS(connection, ssl, tls_method)\n--\n\n"
+"Switch TLS on in C: from now on the worker runs the handshake and the\n"
+"record layer on the SSL object at address ssl (connection's: a\n"
+"pyOpenSSL Connection over memory BIOs, its accept or connect state\n"
+"set; kept alive until the stream detaches), what the protocol gets is\n"
+"plaintext and write() takes plaintext.  tls_method: what TLS_method()\n"
+"returns to pyOpenSSL (ValueError unless it is what it returns here:\n"
+"the same libssl).  The protocol's _ameHandshakeDone() is called once\n"
+"the handshake completes, before any data.  plain_verify: the\n"
+"connection's verify callback only returns OpenSSL's own verdict (as\n"
+"Twisted's CertificateOptions' does): verify without it, in C.");
+
+static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
+  PyObject *conn;
+  unsigned long long ssl, fn;
+  int plain_verify = 0;
+  if (!PyArg_ParseTuple(args, "OKK|p:_ameStartTLS", &conn, &ssl, &fn,
+                        &plain_verify))
+    return NULL;
+  struct fconn *f = live_f(self);
+  if (f == NULL || f->listener || f->pipe) {
+    PyErr_SetString(PyExc_RuntimeError, "not an attached connection");
+    return NULL;
+  }
+  if (!ame__tls_same_library((uintptr_t)fn)) {
+    PyErr_SetString(PyExc_ValueError,
+                    "pyOpenSSL uses another libssl than ame's");
+    return NULL;
+  }
+  if (self->tls_conn != NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "TLS is on already");
+    return NULL;
+  }
+  struct core *c = f->c;
+  if (c->tls_buf == NULL) {
+    /* Used only by the worker, after the apply the lock orders after
+    ** this (as c->scratch). */
+    c->tls_buf = malloc(AME_RECV_SIZE);
+    if (c->tls_buf == NULL) return PyErr_NoMemory();
+  }
+  struct ame__tls *t = malloc(sizeof *t);
+  if (t == NULL) return PyErr_NoMemory();
+  if (ame__tls_init(t, (uintptr_t)ssl) != 0) {
+    free(t);
+    PyErr_SetString(PyExc_ValueError, "the SSL object has no memory BIOs");
+    return NULL;
+  }
+  if (plain_verify) ame__tls_plain_verify(t);
+  self->tls_conn = Py_NewRef(conn);
+  pthread_mutex_lock(&c->lock);
+  f->tls = t;
+  /* Anything read so far is records: the worker feeds it first. */
+  if (f->in.len) ame__ibuf_take(&f->in, &f->tls_early);
+  c->n_tls_open++;
+  mark_fdirty(c, f);
+  pthread_mutex_unlock(&c->lock);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tls_shutdown_doc,
+"_ameTLSShutdown()\n--\n\n"
+"TLS in C: send close_notify after everything written so far (once the\n"
+"handshake is done).  Until it is written the stream is not drained.");
+
+static PyObject *Stream_tlsShutdown(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  if (f == NULL || self->tls_conn == NULL || self->tls_shut_called)
+    Py_RETURN_NONE;
+  self->tls_shut_called = 1;
+  struct core *c = f->c;
+  pthread_mutex_lock(&c->lock);
+  if (!f->tls_failed && !f->dropping) {
+    f->tls_shut_out = 1;
+    f->queued += 1; /* close_notify: not drained until it is written */
+    mark_pending(c, f);
+  }
+  pthread_mutex_unlock(&c->lock);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tls_info_doc,
+"_ameTLSInfo()\n--\n\n"
+"TLS in C: (handshake completed, error), error being None or why the\n"
+"connection failed, as pyOpenSSL would raise it: ('ssl', [(lib, func,\n"
+"reason), ...]) for SSL.Error, ('syscall', errno) for SSL.SysCallError,\n"
+"('eof',) for SysCallError(-1, 'Unexpected EOF').  After the stream\n"
+"detached: what the worker had published by then.");
+
+static PyObject *Stream_tlsInfo(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  int done = self->tls_done, failed = self->tls_failed;
+  struct ame__tls rec = self->tls_rec;
+  struct fconn *f = live_f(self);
+  if (f && f->tls) {
+    pthread_mutex_lock(&f->c->lock);
+    done = f->tls_done;
+    failed = f->tls_failed;
+    if (failed) rec = *f->tls;
+    pthread_mutex_unlock(&f->c->lock);
+  }
+  PyObject *err;
+  if (!failed) {
+    err = Py_NewRef(Py_None);
+  } else if (rec.ekind == AME_TLS_ESSL) {
+    PyObject *l = PyList_New(rec.ncodes);
+    if (l == NULL) return NULL;
+    for (int i = 0; i < rec.ncodes; i++) {
+      const char *lib, *func, *reason;
+      ame__tls_error_strings(rec.codes[i], &lib, &func, &reason);
+      PyObject *tup = Py_BuildValue("(sss)", lib, func, reason);
+      if (tup == NULL) {
+        Py_DECREF(l);
+        return NULL;
+      }
+      PyList_SET_ITEM(l, i, tup);
+    }
+    err = Py_BuildValue("(sN)", "ssl", l);
+  } else if (rec.ekind == AME_TLS_ESYSCALL) {
+    err = Py_BuildValue("(si)", "syscall", rec.eno);
+  } else {
+    err = Py_BuildValue("(s)", "eof");
+  }
+  if (err == NULL) return NULL;
+  return Py_BuildValue("(ON)", done ? Py_True : Py_False, err);
 }
 
 static PyObject *Stream_discard(StreamObject *self, PyObject *unused) {
@@ -1232,6 +1555,11 @@ static PyMethodDef Stream_methods[] = {
     {"_ameQueued", (PyCFunction)Stream_queued, METH_NOARGS,
      "Bytes written and not yet sent."},
     {"_ameWriteState", (PyCFunction)Stream_wstate, METH_NOARGS, wstate_doc},
+    {"_ameStartTLS", (PyCFunction)Stream_startTLS, METH_VARARGS,
+     start_tls_doc},
+    {"_ameTLSShutdown", (PyCFunction)Stream_tlsShutdown, METH_NOARGS,
+     tls_shutdown_doc},
+    {"_ameTLSInfo", (PyCFunction)Stream_tlsInfo, METH_NOARGS, tls_info_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1266,6 +1594,7 @@ static int Stream_traverse(StreamObject *self, visitproc visit, void *arg) {
   Py_VISIT(self->ctx_lp);
   Py_VISIT(self->ctx_base);
   Py_VISIT(self->ctx_push);
+  Py_VISIT(self->tls_conn);
   return 0;
 }
 
@@ -1280,6 +1609,7 @@ static int Stream_clear(StreamObject *self) {
   Py_CLEAR(self->ctx_lp);
   Py_CLEAR(self->ctx_base);
   Py_CLEAR(self->ctx_push);
+  if (self->f == NULL) Py_CLEAR(self->tls_conn); /* else: at detach */
   return 0;
 }
 
@@ -1340,6 +1670,9 @@ int ame__stream_init_type(PyObject *m, ame_state *st) {
   if (str_ameBufferFull == NULL)
     str_ameBufferFull = PyUnicode_InternFromString("_ameBufferFull");
   if (str_ameBufferFull == NULL) return -1;
+  if (str_ameHandshakeDone == NULL)
+    str_ameHandshakeDone = PyUnicode_InternFromString("_ameHandshakeDone");
+  if (str_ameHandshakeDone == NULL) return -1;
   if (str_logPrefix == NULL || str_system == NULL) return -1;
   if (zero == NULL || str_dataReceived == NULL || str_ameSlowWrite == NULL ||
       str_ameSlowWriteSeq == NULL)
@@ -1348,4 +1681,33 @@ int ame__stream_init_type(PyObject *m, ame_state *st) {
       (PyTypeObject *)PyType_FromModuleAndSpec(m, &Stream_spec, NULL);
   if (st->stream_type == NULL) return -1;
   return PyModule_AddType(m, st->stream_type);
+}
+
+/* ------------------------------------------------------------------------
+** Module functions for TLS in C (ame.reactor's _CTLSFactory).
+*/
+
+PyObject *ame__py_tls_library(PyObject *m, PyObject *arg) {
+  (void)m;
+  unsigned long long method = PyLong_AsUnsignedLongLong(arg);
+  if (method == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+  return PyBool_FromLong(ame__tls_same_library((uintptr_t)method));
+}
+
+PyObject *ame__py_tls_alpn(PyObject *m, PyObject *args) {
+  (void)m;
+  unsigned long long ssl;
+  Py_buffer wire;
+  int set_ctx;
+  if (!PyArg_ParseTuple(args, "Ky*p:tls_alpn", &ssl, &wire, &set_ctx))
+    return NULL;
+  int rc = ame__tls_set_alpn((uintptr_t)ssl, wire.buf, (size_t)wire.len,
+                             set_ctx);
+  PyBuffer_Release(&wire);
+  if (rc == -ENOMEM) return PyErr_NoMemory();
+  if (rc != 0) {
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the ALPN list");
+    return NULL;
+  }
+  Py_RETURN_NONE;
 }

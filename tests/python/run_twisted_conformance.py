@@ -92,6 +92,7 @@ APPS = [
 # minute over three reactors.
 CHECK_APPS = [
     "twisted.test.test_tcp",
+    "twisted.test.test_ssl",
     "twisted.test.test_loopback",
     "twisted.web.test.test_http",
     "twisted.test.test_ftp",
@@ -191,6 +192,12 @@ def child(module, reactorKey, outPath):
         module = "twisted.internet.test." + module
     suite = runner.TestLoader().loadByName(module, recurse=True)
     result = trialRunner.run(suite)
+    # How many TLS connections each side ran (AMEReactor: C or Twisted's).
+    tls = sys.modules.get("ame._tls")
+    if tls is not None:
+        out.write(json.dumps({"stats": {"tls_c": tls.TOTALS["c"],
+                                        "tls_python": tls.TOTALS["python"]}})
+                  + "\n")
     out.close()
     return 0 if result.wasSuccessful() else 1
 
@@ -213,6 +220,8 @@ def readResults(path):
                 rec = json.loads(line)
             except ValueError:
                 continue
+            if "test" not in rec:
+                continue
             t, o, d = rec["test"], rec["outcome"], rec["detail"]
             if o == "start":
                 # A suite may run two tests of one id: each must finish.
@@ -225,6 +234,20 @@ def readResults(path):
     for t in running:
         results[t] = ("crash", "started, never finished")
     return results
+
+
+def readStats(path):
+    """The child's counters (its last "stats" line), or {}."""
+    stats = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                stats = rec.get("stats", stats)
+    return stats
 
 
 def runChild(module, reactorKey, args, env):
@@ -247,6 +270,7 @@ def runChild(module, reactorKey, args, env):
             p.wait()
             rc = "timeout"
     results = readResults(outPath)
+    results_stats[(module, reactorKey)] = readStats(outPath)
     if rc not in (0, 1):
         # Died (signal, abort) or timed out: the test running then is the
         # culprit; mark it.
@@ -254,6 +278,15 @@ def runChild(module, reactorKey, args, env):
             if o == "crash":
                 results[t] = ("crash", "child %s while running it" % (rc,))
     return results, rc, time.time() - start
+
+
+# (module, reactor) -> the child's counters (readStats).
+results_stats = {}
+
+# Suites whose TLS connections AMEReactor must run in C (at least one):
+# each uses listenSSL/connectSSL or the ssl: endpoints on the reactor.
+TLS_SUITES = ("test_tls", "twisted.internet.test.test_tls",
+              "twisted.test.test_ssl")
 
 
 def counts(results):
@@ -342,7 +375,8 @@ def main():
         reactors.insert(0, "epoll")
     others = [r for r in reactors if r != "epoll"] if "epoll" in reactors \
         else []
-    summary = {"modules": {}, "missing": [], "web": {}, "skips": {}}
+    summary = {"modules": {}, "missing": [], "web": {}, "skips": {},
+               "tls_not_in_c": []}
     allResults = {r: {} for r in reactors}
     width = max([16] + [len(m) for m in modules])
     row = "%-*s %-10s %5s %5s %5s %5s %5s %5s %5s %8s"
@@ -364,6 +398,15 @@ def main():
                 width, module, r, c["pass"], c["fail"], c["error"],
                 c["skip"], c["xfail"], c["crash"], worse, "%.1f" % secs) +
                 ("" if rc in (0, 1) else "  (child: %s)" % rc), flush=True)
+            stats = results_stats.get((module, r), {})
+            if r != "epoll" and "tls_c" in stats and (
+                    stats["tls_c"] or stats["tls_python"]):
+                print("%-*s %-10s TLS connections in C: %d, Twisted's: %d" % (
+                    width, "", "", stats["tls_c"], stats["tls_python"]))
+            summary["modules"][module][r]["tls"] = stats
+            if r != "epoll" and module in TLS_SUITES and not stats.get(
+                    "tls_c"):
+                summary["tls_not_in_c"].append([module, r])
 
     totals = {r: counts(allResults[r]) for r in reactors}
     for r in reactors:
@@ -405,9 +448,14 @@ def main():
             summary["web"][r] = s
             print("twisted.web.test --reactor=%s: %s" % (r, s), flush=True)
 
+    for module, r in summary["tls_not_in_c"]:
+        print("\n%s on %s: no TLS connection ran in C" % (module, r))
+
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
+    if summary["tls_not_in_c"]:
+        return 1
     if args.strict and (
             any(t["fail"] or t["error"] or t["crash"]
                 for t in totals.values())

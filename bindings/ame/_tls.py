@@ -1,0 +1,338 @@
+"""
+TLS in C for AMEReactor's TCP transports.
+
+C{listenSSL}, C{connectSSL} and the C{ssl:} endpoints wrap the program's
+factory in L{TLSFactory}, Twisted's L{tls.TLSMemoryBIOFactory} with one
+change: when the connection's transport is a C stream (an attached
+L{ame.reactor.Server} or L{ame.reactor.Client}) and its pyOpenSSL
+C{Connection} needs no Python during a handshake, the C worker runs the
+handshake and the record layer on that very C{Connection}'s SSL object,
+without the GIL (bindings/ame/tls.c).  The protocol gets plaintext from C
+as over TCP, C{write()} queues plaintext in C, and everything else --
+C{getPeerCertificate}, C{getHandle}, C{negotiatedProtocol}, producers,
+C{loseConnection} with close_notify, C{abortConnection}, the
+C{SSL.Error} in C{connectionLost} -- keeps Twisted's meaning.
+
+Otherwise the connection is Twisted's own L{tls.TLSMemoryBIOProtocol}, as
+on EPollReactor: pyOpenSSL on a memory BIO in Python.  The reactor counts
+both (C{ameStats()}: C{tls_c}, C{tls_python}); docs/twisted.md says when
+each applies.
+"""
+
+import errno
+
+from OpenSSL import SSL
+
+from twisted.internet import _sslverify, main
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IProtocolNegotiationFactory,
+)
+from twisted.protocols import tls
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+
+from ame import _ame
+
+try:
+    from cryptography.hazmat.bindings._openssl import ffi as _ffi
+    from cryptography.hazmat.bindings._openssl import lib as _lib
+
+    _METHOD = int(_ffi.cast("uintptr_t", _lib.TLS_method()))
+    _SAME_LIBSSL = _ame.tls_library(_METHOD)
+except Exception:  # no cryptography bindings, or another layout
+    _ffi = _lib = None
+    _METHOD = 0
+    _SAME_LIBSSL = False
+
+# Connections whose TLS was C's and Twisted's, over every AMEReactor of the
+# process (each reactor's own: ameStats()["tls_c"], ["tls_python"]).
+TOTALS = {"c": 0, "python": 0}
+
+# pyOpenSSL Context attributes holding callbacks that OpenSSL calls during
+# a handshake: Python, which the worker must not wait for.
+_HANDSHAKE_CALLBACKS = (
+    "_info_callback",
+    "_keylog_callback",
+    "_tlsext_servername_callback",
+    "_ocsp_callback",
+    "_cookie_generate_helper",
+    "_cookie_verify_helper",
+)
+
+
+def _wire(protocols):
+    """
+    ALPN's wire format: each protocol prefixed with its length.
+    """
+    out = []
+    for p in protocols:
+        if not isinstance(p, bytes) or not 0 < len(p) < 256:
+            raise ValueError("bad ALPN protocol name %r" % (p,))
+        out.append(bytes((len(p),)) + p)
+    return b"".join(out)
+
+
+def _whyPython(conn, transport, client, protocols, creator):
+    """
+    Why C{conn}'s TLS must stay Twisted's own (a short reason), or L{None}
+    if the C worker can run it.
+    """
+    if not _SAME_LIBSSL:
+        return "libssl"
+    if not getattr(transport, "_ameFast", False):
+        return "transport"
+    if getattr(conn, "_socket", True) is not None:
+        return "socket"
+    ctx = conn.get_context()
+    for name in _HANDSHAKE_CALLBACKS:
+        if getattr(ctx, name, None) is not None:
+            return name
+    if (
+        getattr(conn, "_verify_callback", None) is not None
+        and _lib.SSL_get_verify_mode(conn._ssl) != SSL.VERIFY_NONE
+        and not _plainVerify(conn, creator)
+    ):
+        return "verify_callback"
+    if (
+        not client
+        and getattr(ctx, "_alpn_select_callback", None) is not None
+        and protocols is None
+    ):
+        return "alpn_callback"
+    return None
+
+
+def _plainVerify(conn, creator):
+    """
+    Whether C{conn}'s verify callback is the one Twisted's
+    C{CertificateOptions} installs on the context it makes, which returns
+    OpenSSL's own verdict: then C verifies without it (no Python per
+    certificate).  A subclass keeps Python; so does a connection given a
+    callback of its own.  (A callback set on the options' cached context
+    after Twisted made it is not told apart.)
+    """
+    ctx = getattr(creator, "_context", None)
+    return (
+        type(creator) is _sslverify.OpenSSLCertificateOptions
+        and ctx is not None
+        and conn.get_context() is ctx
+        and getattr(conn, "_verify_helper", None) is ctx._verify_helper
+    )
+
+
+def _failure(err):
+    """
+    The L{Failure} Twisted's TLS would give C{connectionLost} for the
+    error the worker recorded (L{_ame.Stream._ameTLSInfo}).
+    """
+    kind = err[0]
+    if kind == "ssl":
+        return Failure(SSL.Error(err[1]))
+    if kind == "syscall":
+        return Failure(SSL.SysCallError(err[1], errno.errorcode.get(err[1])))
+    # SysCallError(-1, "Unexpected EOF"): TLSMemoryBIOProtocol makes it
+    # ConnectionLost.
+    return Failure(main.CONNECTION_LOST)
+
+
+class TLSProtocol(tls.TLSMemoryBIOProtocol):
+    """
+    L{tls.TLSMemoryBIOProtocol} whose TLS is the C worker's when
+    L{TLSFactory} could hand it over (C{_ameC}); Twisted's own otherwise.
+    """
+
+    _ameC = False
+
+    def makeConnection(self, transport):
+        self._ameTransport = transport
+        try:
+            tls.TLSMemoryBIOProtocol.makeConnection(self, transport)
+        finally:
+            del self._ameTransport
+
+    # Called from C once the worker completed the handshake, before any
+    # data: what _checkHandshakeStatus does when do_handshake() succeeds.
+    def _ameHandshakeDone(self):
+        self._handshakeDone = True
+        if self.wrappedProtocol is not None and IHandshakeListener.providedBy(
+            self.wrappedProtocol
+        ):
+            self.wrappedProtocol.handshakeCompleted()
+
+    def _checkHandshakeStatus(self):
+        if self._ameC:
+            return  # the worker runs the handshake
+        tls.TLSMemoryBIOProtocol._checkHandshakeStatus(self)
+
+    def dataReceived(self, data):
+        if not self._ameC:
+            return tls.TLSMemoryBIOProtocol.dataReceived(self, data)
+        # Plaintext, after the handshake (C).
+        if not self._aborted:
+            self.wrappedProtocol.dataReceived(data)
+
+    def write(self, data):
+        if not self._ameC:
+            return tls.TLSMemoryBIOProtocol.write(self, data)
+        if isinstance(data, str):
+            raise TypeError("Must write bytes to a TLS transport, not str.")
+        if self.disconnecting and self._producer is None:
+            return
+        self.transport.write(data)
+
+    def writeSequence(self, iovec):
+        self.write(b"".join(iovec))
+
+    def loseConnection(self):
+        if not self._ameC:
+            return tls.TLSMemoryBIOProtocol.loseConnection(self)
+        if self.disconnecting or not self.connected:
+            return
+        # As Twisted: before the handshake, with nothing written, abort
+        # (OpenSSL would wait for the handshake forever).
+        if not self._handshakeDone and not self.transport._ameQueued():
+            self.abortConnection()
+        self.disconnecting = True
+        if self._producer is None:
+            self._shutdownTLS()
+
+    def _shutdownTLS(self):
+        if not self._ameC:
+            return tls.TLSMemoryBIOProtocol._shutdownTLS(self)
+        # close_notify after what was written; as Twisted, the connection
+        # closes when the peer answers with its own (or closes).
+        self.transport._ameTLSShutdown()
+
+    def abortConnection(self):
+        if not self._ameC:
+            return tls.TLSMemoryBIOProtocol.abortConnection(self)
+        self._aborted = True
+        self.disconnecting = True
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if not self._ameC:
+            return tls.TLSMemoryBIOProtocol.connectionLost(self, reason)
+        if not self._lostTLSConnection:
+            self._lostTLSConnection = True
+            info = getattr(self.transport, "_ameTLSInfo", None)
+            err = info()[1] if info is not None else None
+            if err is not None and self._reason is None:
+                self._reason = _failure(err)
+        reason = self._reason or reason
+        self._reason = None
+        self.connected = False
+        ProtocolWrapper.connectionLost(self, reason)
+        self._tlsConnection = None
+
+    # Before the handshake, the SSL object is the worker's.
+    def getPeerCertificate(self):
+        if self._ameC and not self._handshakeDone:
+            return None
+        return tls.TLSMemoryBIOProtocol.getPeerCertificate(self)
+
+    @property
+    def negotiatedProtocol(self):
+        if self._ameC and not self._handshakeDone:
+            return None
+        return tls.TLSMemoryBIOProtocol.negotiatedProtocol.fget(self)
+
+
+class TLSFactory(tls.TLSMemoryBIOFactory):
+    """
+    L{tls.TLSMemoryBIOFactory} whose connections' TLS runs in C where it
+    can (L{TLSProtocol}).
+    """
+
+    protocol = TLSProtocol
+
+    def __init__(self, contextFactory, isClient, wrappedFactory, reactor):
+        tls.TLSMemoryBIOFactory.__init__(
+            self, contextFactory, isClient, wrappedFactory
+        )
+        self._ameReactor = reactor
+
+    def _createConnection(self, tlsProtocol):
+        client = self._creatorInterface is IOpenSSLClientConnectionCreator
+        creator = self._connectionCreator
+        if client:
+            conn = creator.clientConnectionForTLS(tlsProtocol)
+        else:
+            conn = creator.serverConnectionForTLS(tlsProtocol)
+        protocols = None
+        if IProtocolNegotiationFactory.providedBy(self.wrappedFactory):
+            protocols = list(self.wrappedFactory.acceptableProtocols())
+        elif getattr(creator, "_acceptableProtocols", None):
+            protocols = list(creator._acceptableProtocols)
+        transport = getattr(tlsProtocol, "_ameTransport", None)
+        why = _whyPython(conn, transport, client, protocols, creator)
+        # ALPN in C wherever OpenSSL is ours: a server's choice then needs
+        # no Python, whichever side drives the connection.
+        negotiated = False
+        if protocols and _SAME_LIBSSL and (why is None or not client):
+            try:
+                self._ameNegotiation(conn, client, protocols)
+                negotiated = True
+            except (ValueError, RuntimeError):
+                why = why or "alpn"
+        if not negotiated and IProtocolNegotiationFactory.providedBy(
+            self.wrappedFactory
+        ):
+            self._applyProtocolNegotiation(conn)
+        if client:
+            conn.set_connect_state()
+        else:
+            conn.set_accept_state()
+        if why is None:
+            try:
+                transport._ameStartTLS(
+                    conn, int(_ffi.cast("uintptr_t", conn._ssl)), _METHOD,
+                    _plainVerify(conn, creator),
+                )
+            except (ValueError, RuntimeError, OSError):
+                why = "start"
+        if why is None:
+            tlsProtocol._ameC = True
+            self._ameCount("_ameTLSC")
+        else:
+            # Twisted's own TLS, as TLSMemoryBIOFactory would have made it.
+            self._ameCount("_ameTLSPython")
+        return conn
+
+    def _ameNegotiation(self, conn, client, protocols):
+        """
+        ALPN without Python: a client offers its list on the connection;
+        a server picks in C (tls.c) from the same list, in the same order
+        of preference as Twisted's callback.
+        """
+        if not protocols:
+            return
+        if client:
+            conn.set_alpn_protos(protocols)
+            return
+        ctx = conn.get_context()
+        first = not getattr(ctx, "_ameALPN", False)
+        _ame.tls_alpn(int(_ffi.cast("uintptr_t", conn._ssl)), _wire(protocols),
+                      first)
+        if first:
+            ctx._ameALPN = True
+            # pyOpenSSL's own callback no longer runs on this context.
+            ctx._alpn_select_helper = None
+            ctx._alpn_select_callback = None
+
+    def _ameCount(self, name):
+        count(self._ameReactor, name == "_ameTLSC")
+
+
+def count(reactor, inC):
+    """
+    Count a TLS connection of C{reactor}: C's (C{inC}) or Twisted's.
+    """
+    name = "_ameTLSC" if inC else "_ameTLSPython"
+    setattr(reactor, name, getattr(reactor, name, 0) + 1)
+    TOTALS["c" if inC else "python"] += 1
+
+
+__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "count"]

@@ -1,0 +1,254 @@
+/*
+** bindings/ame/tls.c — the OpenSSL half of TLS in C for the binding's
+** fast streams (see tls.h).  Everything here runs on the stream's worker,
+** except ame__tls_error_strings (any thread: OpenSSL's string tables).
+**
+** OpenSSL's error queue is per thread: each call below starts with it
+** empty and leaves it empty, so that one connection's error never shows
+** up as another's.  Errors are recorded the way pyOpenSSL raises them
+** (Connection._raise_ssl_error), so that the Python side reports the same
+** exception Twisted's own TLS would have.
+*/
+#include "tls.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+int ame__tls_same_library(uintptr_t method) {
+  /* TLS_method() is a static object of the library that answers. */
+  return method != 0 && method == (uintptr_t)TLS_method();
+}
+
+int ame__tls_init(struct ame__tls *t, uintptr_t ssl) {
+  SSL *s = (SSL *)ssl;
+  memset(t, 0, sizeof *t);
+  BIO *r = SSL_get_rbio(s), *w = SSL_get_wbio(s);
+  if (r == NULL || w == NULL || r == w || BIO_method_type(r) != BIO_TYPE_MEM ||
+      BIO_method_type(w) != BIO_TYPE_MEM)
+    return -1;
+  t->ssl = s;
+  t->rbio = r;
+  t->wbio = w;
+  t->server = SSL_is_server(s);
+  return 0;
+}
+
+void ame__tls_plain_verify(struct ame__tls *t) {
+  SSL *s = (SSL *)t->ssl;
+  SSL_set_verify(s, SSL_get_verify_mode(s), NULL);
+}
+
+int ame__tls_feed(struct ame__tls *t, const void *p, size_t n) {
+  while (n > 0) {
+    int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
+    int w = BIO_write((BIO *)t->rbio, p, chunk);
+    if (w <= 0) {
+      ERR_clear_error();
+      return -ENOMEM;
+    }
+    p = (const char *)p + w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+void ame__tls_input_ended(struct ame__tls *t) {
+  /* A memory BIO with no data then reads as end of file. */
+  BIO_set_mem_eof_return((BIO *)t->rbio, 0);
+}
+
+/* Record why the SSL call that returned rc failed, as pyOpenSSL would
+** raise it; return the SSL_get_error() code. */
+static int record(struct ame__tls *t, int rc) {
+  int e = SSL_get_error((SSL *)t->ssl, rc);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ||
+      e == SSL_ERROR_ZERO_RETURN || e == SSL_ERROR_NONE) {
+    ERR_clear_error();
+    return e;
+  }
+  t->failed = 1;
+  if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) {
+    /* Memory BIOs have no errno: pyOpenSSL says "Unexpected EOF". */
+    t->ekind = AME_TLS_EEOF;
+    return e;
+  }
+#ifdef SSL_R_UNEXPECTED_EOF_WHILE_READING
+  /* OpenSSL 3 reports an end of file without close_notify so; pyOpenSSL
+  ** still raises it as the EOF above. */
+  if (e == SSL_ERROR_SSL &&
+      ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+    ERR_clear_error();
+    t->ekind = AME_TLS_EEOF;
+    return e;
+  }
+#endif
+  t->ekind = AME_TLS_ESSL;
+  t->ncodes = 0;
+  unsigned long code;
+  while ((code = ERR_get_error()) != 0)
+    if (t->ncodes < AME_TLS_MAX_CODES) t->codes[t->ncodes++] = code;
+  return e;
+}
+
+int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
+                     size_t cap) {
+  SSL *s = (SSL *)t->ssl;
+  int out = 0;
+  if (t->failed) return 0;
+  ERR_clear_error();
+  if (!t->hs) {
+    int rc = SSL_do_handshake(s);
+    if (rc != 1) {
+      int e = record(t, rc);
+      if (t->failed) return AME_TLS_FAILED;
+      if (e == SSL_ERROR_ZERO_RETURN) {
+        t->closed = 1;
+        return AME_TLS_CLOSED;
+      }
+      return 0; /* wants more bytes */
+    }
+    t->hs = 1;
+    out |= AME_TLS_HANDSHAKEN;
+  }
+  while (!t->closed) {
+    int rc = SSL_read(s, buf, cap > (1u << 30) ? 1 << 30 : (int)cap);
+    if (rc > 0) {
+      if (ame__ibuf_append(plain, buf, (size_t)rc) != 0) {
+        t->failed = 1;
+        t->ekind = AME_TLS_ESYSCALL;
+        t->eno = ENOMEM;
+        return out | AME_TLS_FAILED;
+      }
+      continue;
+    }
+    int e = record(t, rc);
+    if (t->failed) return out | AME_TLS_FAILED;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+      t->closed = 1;
+      out |= AME_TLS_CLOSED;
+    }
+    break;
+  }
+  return out;
+}
+
+int ame__tls_encrypt(struct ame__tls *t, const void *p, size_t n) {
+  if (t->failed) return -1;
+  ERR_clear_error();
+  while (n > 0) {
+    int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
+    /* Memory BIOs take everything: a write completes whole. */
+    int rc = SSL_write((SSL *)t->ssl, p, chunk);
+    if (rc <= 0) {
+      record(t, rc);
+      if (!t->failed) { /* no progress possible: a protocol error here */
+        t->failed = 1;
+        t->ekind = AME_TLS_EEOF;
+      }
+      return -1;
+    }
+    p = (const char *)p + rc;
+    n -= (size_t)rc;
+  }
+  return 0;
+}
+
+void ame__tls_shutdown(struct ame__tls *t) {
+  if (t->shut || t->failed) return;
+  t->shut = 1;
+  ERR_clear_error();
+  (void)SSL_shutdown((SSL *)t->ssl); /* writes close_notify to wbio */
+  ERR_clear_error();
+}
+
+int ame__tls_output(struct ame__tls *t, ame__oqueue_t *q, char *buf,
+                    size_t cap, size_t *added) {
+  BIO *w = (BIO *)t->wbio;
+  *added = 0;
+  int chunk = cap > (1u << 30) ? 1 << 30 : (int)cap;
+  while (BIO_ctrl_pending(w) > 0) {
+    int n = BIO_read(w, buf, chunk);
+    if (n <= 0) break;
+    if (ame__oq_append(q, buf, (size_t)n) != 0) {
+      ERR_clear_error();
+      return -ENOMEM;
+    }
+    *added += (size_t)n;
+  }
+  ERR_clear_error();
+  return 0;
+}
+
+void ame__tls_error_strings(unsigned long code, const char **lib,
+                            const char **func, const char **reason) {
+  const char *l = ERR_lib_error_string(code);
+  const char *r = ERR_reason_error_string(code);
+  *lib = l ? l : "";
+  *func = ""; /* OpenSSL 3 keeps no function names (pyOpenSSL gets "") */
+  *reason = r ? r : "";
+}
+
+/* ------------------------------------------------------------------------
+** ALPN.  Twisted chooses the protocol in a Python callback on the
+** context; for a connection whose TLS is C's, the choice is made here, in
+** the same way (the server's order of preference, first match wins), from
+** the list the connection carries in its ex_data.
+*/
+
+static int alpn_index = -1; /* set once, under the GIL */
+
+static void alpn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
+                      long argl, void *argp) {
+  (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+  free(ptr);
+}
+
+/* The list: a size_t length, then the wire format (length-prefixed). */
+static int alpn_select(SSL *s, const unsigned char **out,
+                       unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg) {
+  (void)arg;
+  const unsigned char *mine =
+      alpn_index < 0 ? NULL : SSL_get_ex_data(s, alpn_index);
+  if (mine == NULL) return SSL_TLSEXT_ERR_NOACK;
+  size_t n;
+  memcpy(&n, mine, sizeof n);
+  const unsigned char *w = mine + sizeof n;
+  for (size_t i = 0; i < n; i += 1 + (size_t)w[i]) {
+    unsigned pl = w[i];
+    for (unsigned j = 0; j < inlen; j += 1u + in[j]) {
+      if (in[j] == pl && j + 1 + pl <= inlen &&
+          memcmp(in + j + 1, w + i + 1, pl) == 0) {
+        *out = in + j + 1;
+        *outlen = (unsigned char)pl;
+        return SSL_TLSEXT_ERR_OK;
+      }
+    }
+  }
+  return SSL_TLSEXT_ERR_NOACK;
+}
+
+int ame__tls_set_alpn(uintptr_t ssl, const unsigned char *wire, size_t n,
+                      int set_ctx) {
+  SSL *s = (SSL *)ssl;
+  if (alpn_index < 0) {
+    alpn_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, alpn_free);
+    if (alpn_index < 0) return -1;
+  }
+  unsigned char *copy = malloc(sizeof n + n);
+  if (copy == NULL) return -ENOMEM;
+  memcpy(copy, &n, sizeof n);
+  memcpy(copy + sizeof n, wire, n);
+  free(SSL_get_ex_data(s, alpn_index));
+  if (!SSL_set_ex_data(s, alpn_index, copy)) {
+    free(copy);
+    return -1;
+  }
+  if (set_ctx) SSL_CTX_set_alpn_select_cb(SSL_get_SSL_CTX(s), alpn_select, NULL);
+  return 0;
+}

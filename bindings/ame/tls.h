@@ -1,0 +1,103 @@
+/*
+** bindings/ame/tls.h — TLS in C for the binding's fast streams: the
+** OpenSSL half (tls.c), which knows nothing of Python, locks or the
+** stream's queues.  transport.c drives it on the worker.
+**
+** A stream's TLS runs on an SSL object that pyOpenSSL made (a
+** Connection over two memory BIOs, from the program's own Context), so
+** that everything Twisted and the program read from it (peer certificate,
+** ALPN, cipher) is OpenSSL's own answer.  The worker owns the SSL object
+** from the moment it is handed over until the stream detaches; the Python
+** thread reads it only after the handshake, which the worker publishes
+** under the core's lock.
+*/
+#ifndef AME_BINDING_TLS_H
+#define AME_BINDING_TLS_H
+
+#include "streambuf.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* What went wrong, as pyOpenSSL would have raised it. */
+enum {
+  AME_TLS_OK = 0,
+  AME_TLS_ESSL,     /* SSL.Error(OpenSSL's error queue: codes) */
+  AME_TLS_ESYSCALL, /* SSL.SysCallError(eno, ...) */
+  AME_TLS_EEOF,     /* SSL.SysCallError(-1, "Unexpected EOF") */
+};
+
+#define AME_TLS_MAX_CODES 8
+
+struct ame__tls {
+  void *ssl;      /* SSL *: pyOpenSSL's, kept alive by the Stream */
+  void *rbio;     /* its memory BIOs: bytes received, bytes to send */
+  void *wbio;
+  int server;     /* accepting side */
+  int hs;         /* the handshake completed */
+  int closed;     /* the peer's close_notify arrived */
+  int shut_asked; /* write our close_notify once the plaintext is out */
+  int shut;       /* our close_notify is written */
+  int failed;     /* an error ended it: see ekind */
+  int ekind;      /* AME_TLS_* */
+  int eno;        /* AME_TLS_ESYSCALL: errno */
+  int ncodes;
+  unsigned long codes[AME_TLS_MAX_CODES]; /* AME_TLS_ESSL: ERR codes */
+};
+
+/* Results of ame__tls_advance (a mask). */
+#define AME_TLS_HANDSHAKEN 1 /* this call completed the handshake */
+#define AME_TLS_CLOSED 2     /* the peer's close_notify arrived */
+#define AME_TLS_FAILED 4     /* an error ended the connection */
+
+/* Nonzero if method is what TLS_method() returns here (a static object of
+** libssl): then the SSL objects that pyOpenSSL makes come from the same
+** libssl as ours.  (A function's address would not do: cffi hands out
+** wrappers.) */
+int ame__tls_same_library(uintptr_t method);
+
+/* Take over ssl (an SSL * over memory BIOs, its accept or connect state
+** set).  Return 0, or -1 if it has no memory BIOs. */
+int ame__tls_init(struct ame__tls *t, uintptr_t ssl);
+
+/* Verify the peer's certificate (as the verify mode says) with no
+** callback: OpenSSL's own verdict, which is all that the callback Twisted
+** installs returns. */
+void ame__tls_plain_verify(struct ame__tls *t);
+
+/* Bytes received from the peer.  Return 0 or -ENOMEM. */
+int ame__tls_feed(struct ame__tls *t, const void *p, size_t n);
+
+/* The peer closed the TCP connection (or it failed): no more bytes. */
+void ame__tls_input_ended(struct ame__tls *t);
+
+/* Run the handshake as far as the bytes fed allow, then decrypt what
+** arrived into plain (appended).  buf (cap bytes) is scratch.  Return a
+** mask of AME_TLS_* results; on AME_TLS_FAILED, t says why. */
+int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
+                     size_t cap);
+
+/* Encrypt n bytes (the handshake complete).  Return 0, or -1 (failed). */
+int ame__tls_encrypt(struct ame__tls *t, const void *p, size_t n);
+
+/* Write our close_notify (once). */
+void ame__tls_shutdown(struct ame__tls *t);
+
+/* Move what OpenSSL wants sent to q; *added gets its bytes.  Return 0 or
+** -ENOMEM. */
+int ame__tls_output(struct ame__tls *t, ame__oqueue_t *q, char *buf,
+                    size_t cap, size_t *added);
+
+/* The text of one error code: OpenSSL's library, function and reason
+** strings ("" where it has none). */
+void ame__tls_error_strings(unsigned long code, const char **lib,
+                            const char **func, const char **reason);
+
+/* ALPN for ssl (any thread that owns it, before its handshake): the
+** server picks from wire (the protocols in its order of preference, each
+** prefixed with its length), in C.  set_ctx: also install the C selection
+** on ssl's context (once per context: the worker may be reading it). */
+int ame__tls_set_alpn(uintptr_t ssl, const unsigned char *wire, size_t n,
+                      int set_ctx);
+
+#endif /* AME_BINDING_TLS_H */
