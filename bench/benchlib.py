@@ -29,6 +29,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -291,13 +292,15 @@ WRK_RE = {
 }
 
 
-def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=()):
-    """Run wrk (with extra request headers, e.g. "Connection: close");
+def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=(),
+            tls=False):
+    """Run wrk (with extra request headers, e.g. "Connection: close"; tls:
+    on https://, which wrk speaks without verifying the certificate);
     return (parsed dict, wrk's CPU seconds, wall seconds)."""
     cmd = [wrk, "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration]
     for h in headers:
         cmd += ["-H", h]
-    cmd.append("http://127.0.0.1:%d/" % port)
+    cmd.append("%s://127.0.0.1:%d/" % ("https" if tls else "http", port))
     rc, text, _, cpu, wall = run_client(cmd, "wrk", duration + 30, tmpdir)
     if rc != 0:
         raise BenchError("wrk exit status %d: %s" % (rc, text.strip()[-200:]))
@@ -617,17 +620,24 @@ class ServerSession:
         return False
 
 
-def check_http(port, body):
+def check_http(port, body, tls=False):
     """GET / twice on one keep-alive connection: each must answer 200 with
-    a Content-Length and exactly body, and not close.  Return a dict
-    describing the second response (status line, header names, bytes), or
-    raise BenchError."""
+    a Content-Length and exactly body, and not close.  tls: over TLS, the
+    server's certificate not verified (the benchmarks' is self-signed).
+    Return a dict describing the second response (status line, header
+    names, bytes; with tls, the protocol and cipher), or raise
+    BenchError."""
     try:
         s = socket.create_connection(("127.0.0.1", port), 5)
     except OSError as e:
         raise BenchError("GET / failed: %s" % e)
     s.settimeout(5)
     try:
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s = ctx.wrap_socket(s)  # the handshake (an SSLError: OSError)
         buf = b""
         out = None
         for _ in range(2):
@@ -663,6 +673,8 @@ def check_http(port, body):
                 raise BenchError("GET / body %r, expected %r" % (data, body))
             if headers.get("connection", "").lower() == "close":
                 raise BenchError("the server closed a keep-alive connection")
+        if tls:
+            out["tls"] = "%s %s" % (s.version(), s.cipher()[0])
         return out
     except socket.timeout:
         raise BenchError("no response within 5 s")

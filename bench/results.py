@@ -237,7 +237,9 @@ def twisted_section(d):
     out = []
     tw = d["twisted"]
     labels = {"raw": "raw Protocol", "web": "twisted.web",
-              "webclose": "twisted.web, Connection: close"}
+              "webclose": "twisted.web, Connection: close",
+              "webtls": "twisted.web over TLS",
+              "webtlsclose": "twisted.web over TLS, Connection: close"}
     body = []
     for r in tw["rows"]:
         body.append([labels.get(r["app"], r["app"]), r["mode"], r["label"],

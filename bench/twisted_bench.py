@@ -2,27 +2,34 @@
 """Run Twisted HTTP servers on AMEReactor and EPollReactor side by side and
 print a table.
 
-Two sections.  "reactors": the same two programs on each reactor, under the
+Three sections.  "reactors": the same two programs on each reactor, under the
 same wrk load (wrk -t1 -c50), unpinned and pinned (server `taskset -c 0`,
 wrk on CPU 1): examples/python/raw_http.py, a plain Twisted Protocol that
 answers each request head with a fixed response, and examples/python/web.py,
 an ordinary twisted.web Site whose Resource returns b"Hello, world!".
 "workers": web.py under `ame run --workers 1` and `--workers 2` (worker
 processes sharing the listening socket) against EPollReactor in one
-process, unpinned.  Every run starts the server as a child process, waits
+process, unpinned.  "tls": web.py over plain TCP and over TLS (web.py
+--tls: reactor.listenSSL with Twisted's CertificateOptions, a self-signed
+RSA-2048 certificate made once per run with openssl; wrk on https://),
+keep-alive and with "Connection: close" (over TLS, a full handshake per
+request), on each reactor, unpinned; it prints where the server's CPU per
+request goes with TLS.  Every run starts the server as a child process, waits
 until it accepts, checks two keep-alive GETs, warms it up with 1 s of wrk,
 then runs wrk and reads the server's CPU time (utime + stime of every
 process of its tree, all threads, from /proc) before and after: CPU
 microseconds per request.  Runs are interleaved (every configuration once
 per repetition, the order reversed on every other one); figures are medians
 with the min-max over the repetitions, and ratios are taken against
-EPollReactor (same program, same mode) and against `--workers 1` from the
-same run.  A "bars" section compares the figures the project is held to;
+EPollReactor (same program, same mode), against `--workers 1` and, for a
+TLS app, against the same app over plain TCP (same server), from the same
+run.  A "bars" section compares the figures the project is held to;
 missing a bar never fails the run.  The exit status is 1 if a server fails
 to start, to answer, or to complete any request, or crashes.
 
-Default: both sections, 3 repetitions of 5 s (10 configurations, about 4
-minutes).  --quick: 1 repetition of 2 s (about 45 s).
+Default: every section, 3 repetitions of 5 s (18 configurations, about 7
+minutes).  --quick: 1 repetition of 2 s (about a minute; --sections tls
+alone, 8 configurations, about 30 s).
 
 Run it with Debian's /usr/bin/python3 from anywhere, after
 `ninja -C build-release`.  Servers get PYTHONPATH=BUILDDIR/bindings:bindings
@@ -33,6 +40,7 @@ SIGTERM the runner stops every process it started.
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 
 from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
@@ -45,35 +53,63 @@ from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
                       resolve_builddir, round_robin, run_wrk, runner_parser,
                       wrk_summary)
 
-SECTIONS = ("reactors", "workers")
+SECTIONS = ("reactors", "workers", "tls")
 # webclose: web.py with "Connection: close" on every request (a new
 # connection per request: accept, set-up and close are the work).
 APPS = ("raw", "web", "webclose")
 MODES = ("unpinned", "pinned")
+# The tls section's apps (unpinned, EPollReactor and AMEReactor): web.py
+# over plain TCP and over TLS (web.py --tls, wrk on https://), keep-alive
+# and with "Connection: close" (over TLS a full handshake per request: the
+# server's certificate options keep no session to resume).
+TLS_APPS = ("web", "webtls", "webclose", "webtlsclose")
+TLS_SERVERS = ("epoll", "ame")
+TLS = {"webtls": "web", "webtlsclose": "webclose"}  # -> the plain app
+WEB = os.path.join("examples", "python", "web.py")
 APP_FILE = {"raw": os.path.join("examples", "python", "raw_http.py"),
-            "webclose": os.path.join("examples", "python", "web.py"),
-            "web": os.path.join("examples", "python", "web.py")}
+            "web": WEB, "webclose": WEB, "webtls": WEB, "webtlsclose": WEB}
 APP_BODY = {"raw": b"Hello, world!\n", "web": b"Hello, world!",
-            "webclose": b"Hello, world!"}
+            "webclose": b"Hello, world!", "webtls": b"Hello, world!",
+            "webtlsclose": b"Hello, world!"}
 APP_LABEL = {"raw": "raw Protocol", "web": "twisted.web",
-             "webclose": "twisted.web, Connection: close"}
-APP_HEADERS = {"webclose": ("Connection: close",)}
+             "webclose": "twisted.web, Connection: close",
+             "webtls": "twisted.web over TLS",
+             "webtlsclose": "twisted.web over TLS, Connection: close"}
+APP_HEADERS = {"webclose": ("Connection: close",),
+               "webtlsclose": ("Connection: close",)}
+# The server's key and certificate for the TLS apps, made once per run in
+# its temporary directory (RSA-2048, self-signed, CN=localhost).
+CERT_CMD = ("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+            "-days", "2", "-subj", "/CN=localhost", "-keyout", "k.pem",
+            "-out", "c.pem")
 
 # The bars (2-core reference machine): (app, mode or None for every mode,
-# server, ratio key, op, target).  rps_vs_epoll and cpu_vs_epoll compare
-# with EPollReactor, same program and mode; rps_vs_1w with
-# `ame run --workers 1`.
+# server, ratio key, op, target, name or None for one made from the
+# others).  rps_vs_epoll and cpu_vs_epoll compare with EPollReactor, same
+# program and mode; rps_vs_1w with `ame run --workers 1`; rps_vs_plain a
+# TLS app with the same app over plain TCP, same server and mode.
 BARS = (
-    ("raw", None, "ame", "rps_vs_epoll", ">=", 1.6),
-    ("raw", None, "ame", "cpu_vs_epoll", "<", 1.0),
-    ("web", None, "ame", "rps_vs_epoll", ">=", 1.2),
-    ("web", None, "ame", "cpu_vs_epoll", "<", 1.0),
-    ("web", "unpinned", "ame-run-2w", "rps_vs_1w", ">=", 1.6),
-    ("web", "unpinned", "ame-run-1w", "rps_vs_epoll", ">=", 1.2),
+    ("raw", None, "ame", "rps_vs_epoll", ">=", 1.6, None),
+    ("raw", None, "ame", "cpu_vs_epoll", "<", 1.0, None),
+    ("web", None, "ame", "rps_vs_epoll", ">=", 1.2, None),
+    ("web", None, "ame", "cpu_vs_epoll", "<", 1.0, None),
+    ("web", "unpinned", "ame-run-2w", "rps_vs_1w", ">=", 1.6, None),
+    ("web", "unpinned", "ame-run-1w", "rps_vs_epoll", ">=", 1.2, None),
+    ("webtls", "unpinned", "ame", "rps_vs_plain", ">=", 0.9,
+     "twisted.web over TLS keep-alive, AMEReactor vs the same app over "
+     "plain TCP on AMEReactor"),
+    ("webtls", "unpinned", "ame", "rps_vs_epoll", ">=", 1.6,
+     "twisted.web over TLS keep-alive, AMEReactor vs EPollReactor"),
+    ("webtlsclose", "unpinned", "ame", "rps_vs_epoll", ">=", 1.7,
+     "a new TLS connection per request, AMEReactor vs EPollReactor"),
 )
-RATIO_WHAT = {"rps_vs_epoll": "req/s vs EPollReactor",
-              "cpu_vs_epoll": "CPU/request vs EPollReactor",
-              "rps_vs_1w": "req/s vs ame run --workers 1"}
+# The row a ratio compares with: (app, mode, server) -> its key.
+RATIO_BASE = {
+    "rps_vs_epoll": lambda app, mode, server: (app, mode, "epoll"),
+    "cpu_vs_epoll": lambda app, mode, server: (app, mode, "epoll"),
+    "rps_vs_1w": lambda app, mode, server: (app, mode, "ame-run-1w"),
+    "rps_vs_plain": lambda app, mode, server: (TLS.get(app), mode, server),
+}
 
 
 def server_label(server):
@@ -128,6 +164,8 @@ def server_cmd(args, builddir, app, mode, server, port, cpus):
         cmd = [os.path.join(builddir, "cmd", "ame"), "run",
                "--workers", str(w), "--io", io or "auto", "--", script,
                "--port", str(port)]
+    if app in TLS:
+        cmd += ["--tls", args.tls_pem]
     if mode == "pinned":
         cmd = ["taskset", "-c", str(cpus[0])] + cmd
     return cmd
@@ -159,18 +197,18 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
     wrk_cpu_pin = cpus[1] if mode == "pinned" else None
     try:
         srv.wait_port(port, timeout=30)
-        info = check_http(port, APP_BODY[app]) if check else None
+        info = check_http(port, APP_BODY[app], app in TLS) if check else None
         srv.remember()
         with affinity(wrk_cpu_pin):
             run_wrk(args.wrk, port, 1, args.connections, args.warmup, tmpdir,
-                    APP_HEADERS.get(app, ()))
+                    APP_HEADERS.get(app, ()), app in TLS)
         srv.check_running("the warm-up")
         pids = srv.remember()
         window = ServerCPU(pids)
         with affinity(wrk_cpu_pin):
             res, wrk_cpu, wall = run_wrk(args.wrk, port, 1, args.connections,
                                          args.duration, tmpdir,
-                                         APP_HEADERS.get(app, ()))
+                                         APP_HEADERS.get(app, ()), app in TLS)
         cpu_s = window.stop()
         srv.check_running("the run")
         after = srv.remember()
@@ -210,17 +248,49 @@ def configurations(args, skip):
         for server in ["epoll"] + [run_server(w, io) for w in args.workers
                                    for io in args.io]:
             keys.append(("web", "unpinned", server))
+    if "tls" in args.sections:
+        # web and webclose unpinned are the reactors section's rows too:
+        # measured once, below.
+        for app in TLS_APPS:
+            for server in TLS_SERVERS:
+                keys.append((app, "unpinned", server))
     out = []
     for k in keys:
         kind = "ame-run" if k[2].startswith("ame-run") else \
             "ame" if k[2] == "ame-inline" else k[2]
-        if k not in out and kind not in skip:
+        if k not in out and kind not in skip and not (
+                k[0] in TLS and "tls" in skip):
             out.append(k)
     order = {}
     for i, k in enumerate(out):
         order.setdefault(k[:2], i)
     out.sort(key=lambda k: order[k[:2]])  # group rows by app and mode
     return out
+
+
+def make_certificate(tmpdir):
+    """Make the TLS apps' key and certificate with openssl (CERT_CMD) in
+    tmpdir and write both to one PEM file, web.py --tls's.  Return (its
+    path, None), or (None, why not)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None, "openssl not found (Debian: apt-get install openssl)"
+    try:
+        p = subprocess.run((openssl,) + CERT_CMD[1:], cwd=tmpdir,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, "%s failed: %s" % (" ".join(CERT_CMD), e)
+    if p.returncode != 0:
+        return None, "%s exited %d: %s" % (
+            " ".join(CERT_CMD), p.returncode,
+            p.stdout.decode(errors="replace").strip()[-200:])
+    pem = os.path.join(tmpdir, "key-cert.pem")
+    with open(pem, "wb") as out:
+        for name in ("k.pem", "c.pem"):
+            with open(os.path.join(tmpdir, name), "rb") as f:
+                out.write(f.read())
+    return pem, None
 
 
 def run_matrix(args, builddir, failures, tmpdir, notes):
@@ -241,6 +311,10 @@ def run_matrix(args, builddir, failures, tmpdir, notes):
         cpus = cpus[:2]
     else:
         cpus = None
+    if "tls" in args.sections:
+        args.tls_pem, why = make_certificate(tmpdir)
+        if args.tls_pem is None:
+            skip["tls"] = why
     for kind, why in sorted(skip.items()):
         notes.append("%s rows skipped: %s" % (kind, why))
         print("twisted_bench: %s rows skipped: %s" % (kind, why),
@@ -256,9 +330,14 @@ def run_matrix(args, builddir, failures, tmpdir, notes):
         return res
 
     def failed(key, rep, err):
+        command = " ".join(server_cmd(args, builddir, *key, 8080,
+                                      cpus or [0, 1]))
+        if key[0] in TLS:  # the run's PEM file is gone by then
+            command = "%s && cat k.pem c.pem > key-cert.pem && %s" % (
+                " ".join(CERT_CMD), command.replace(args.tls_pem,
+                                                    "key-cert.pem"))
         failures.append({"what": " ".join(key), "error": err,
-                         "command": " ".join(server_cmd(
-                             args, builddir, *key, 8080, cpus or [0, 1]))})
+                         "command": command})
 
     results = round_robin(keys, args.reps, run, " ".join, failed, "twisted",
                           args.quiet_wait, alternate=True)
@@ -290,6 +369,15 @@ def summarize(keys, results, responses, notes, cpus):
                                       ep and ep["cpu_median"])
         r["rps_vs_1w"] = (ratio(r["rps_median"], one and one["rps_median"])
                           if (r["workers"] or 1) > 1 else None)
+        # A TLS app against the same app over plain TCP: the ratio, and the
+        # server CPU per request that TLS adds (with Connection: close,
+        # mostly the handshake).
+        plain = by.get((TLS.get(r["app"]), r["mode"], r["server"]))
+        r["rps_vs_plain"] = ratio(r["rps_median"],
+                                  plain and plain["rps_median"])
+        r["tls_cpu_us"] = (r["cpu_median"] - plain["cpu_median"]
+                           if plain and r["cpu_median"] is not None
+                           and plain["cpu_median"] is not None else None)
     for r in rows:
         if r["errors"]:
             notes.append("ERRORS: %s %s %s: wrk reported %d socket errors "
@@ -307,7 +395,7 @@ def summarize(keys, results, responses, notes, cpus):
 
 def bar_of(row, what):
     """The bar (op, target) on this row's ratio what, or None."""
-    for app, mode, server, key, op, target in BARS:
+    for app, mode, server, key, op, target, _ in BARS:
         if (row["app"] == app and row["server"] == server and key == what
                 and (mode is None or row["mode"] == mode)):
             return op, target
@@ -315,28 +403,34 @@ def bar_of(row, what):
 
 
 def evaluate_bars(rows):
+    """The bars on the rows measured.  A TLS bar's note gives the server
+    CPU us per request of the two rows it compares."""
+    by = {(r["app"], r["mode"], r["server"]): r for r in rows}
     bars = []
-    for app, mode, server, key, op, target in BARS:
+    for app, mode, server, key, op, target, name in BARS:
         for r in rows:
             if r["app"] != app or r["server"] != server or (
                     mode is not None and r["mode"] != mode):
                 continue
             figure = r[key]
-            base = "ame-run-1w" if key == "rps_vs_1w" else "epoll"
-            other = [x["others_cpus"] for x in rows
-                     if x["app"] == app and x["mode"] == r["mode"]
-                     and x["server"] in (server, base)
-                     and x["others_cpus"] is not None]
-            errs = sum(x["errors"] for x in rows
-                       if x["app"] == app and x["mode"] == r["mode"]
-                       and x["server"] in (server, base))
+            pair = [r, by.get(RATIO_BASE[key](app, r["mode"], server))]
+            pair = [x for x in pair if x is not None]
+            other = [x["others_cpus"] for x in pair
+                     if x["others_cpus"] is not None]
+            errs = sum(x["errors"] for x in pair)
             note = []
+            if app in TLS and len(pair) == 2:
+                names = (("TLS", "plain TCP") if key == "rps_vs_plain"
+                         else (pair[0]["label"], pair[1]["label"]))
+                note.append("CPU us/req: %s %s, %s %s" % (
+                    names[0], fmt_us(pair[0]["cpu_median"]),
+                    names[1], fmt_us(pair[1]["cpu_median"])))
             if other and max(other) > 0.2:
                 note.append("disturbed: other work used up to %.2f CPUs"
                             % max(other))
             if errs:
                 note.append("%d wrk errors in these rows" % errs)
-            b = make_bar("%s %s, %s: %s %s" % (
+            b = make_bar(name or "%s %s, %s: %s %s" % (
                 APP_LABEL[app], r["mode"], r["label"],
                 "CPU/request" if key.startswith("cpu") else "req/s",
                 "vs ame run --workers 1" if key == "rps_vs_1w"
@@ -363,6 +457,31 @@ def ratio_cell(row, key):
                                  else "MISSED")
 
 
+def print_tls_cpu(rows):
+    """Where the TLS CPU goes: per server, the server CPU us per request
+    over plain TCP and over TLS, keep-alive and a connection per request,
+    and what TLS adds (with a connection per request, mostly the
+    handshake)."""
+    by = {(r["app"], r["server"]): r for r in rows if r["mode"] == "unpinned"}
+    proto = [r["response"]["tls"] for r in rows
+             if r["app"] in TLS and (r.get("response") or {}).get("tls")]
+    print("TLS: web.py --tls (Twisted's CertificateOptions, a self-signed "
+          "RSA-2048 certificate%s), unpinned; server CPU us per request:"
+          % ("; negotiated " + proto[0] if proto else ""))
+    table = []
+    for server in TLS_SERVERS:
+        cells = []
+        for app in ("webtls", "webtlsclose"):
+            tls, plain = by.get((app, server)), by.get((TLS[app], server))
+            cells += [fmt_us(plain and plain["cpu_median"]),
+                      fmt_us(tls and tls["cpu_median"]),
+                      fmt_us(tls and tls.get("tls_cpu_us"))]
+        if any(c != "-" for c in cells):
+            table.append((server_label(server),) + tuple(cells))
+    print_rows(("server", "keep-alive: TCP", "TLS", "TLS adds",
+                "close: TCP", "TLS", "TLS adds"), table, 1)
+
+
 def print_report(d):
     """The human-readable form of one run (also for --show FILE)."""
     settings, twisted = d["settings"], d["twisted"]
@@ -381,6 +500,10 @@ def print_report(d):
           "against EPollReactor, same program and mode; x 1w: against "
           "ame run --workers 1.  AMEReactor: its default io auto, inline "
           "(no C thread) when pinned to one CPU, else thread.")
+    tls = any(r.get("rps_vs_plain") is not None for r in twisted["rows"])
+    if tls:
+        print("x tcp: a TLS app against the same app over plain TCP, same "
+              "server and mode.")
     table = []
     for r in twisted["rows"]:
         if r["rps_median"] is None:
@@ -396,13 +519,18 @@ def print_report(d):
                           fmt_cpus(r["others_cpus"])),
             str(r["errors"]) + (" !" if r["errors"] else ""),
             ratio_cell(r, "rps_vs_epoll"), ratio_cell(r, "cpu_vs_epoll"),
-            ratio_cell(r, "rps_vs_1w")))
+            ratio_cell(r, "rps_vs_1w"))
+            + ((ratio_cell(r, "rps_vs_plain"),) if tls else ()))
     print_rows(("app", "mode", "server", "req/s", "min-max", "CPU us/req",
                 "min-max", "srv/wrk/other", "errors", "req/s x epoll",
-                "CPU/req x epoll", "req/s x 1w"), table, 3,
+                "CPU/req x epoll", "req/s x 1w")
+               + (("req/s x tcp",) if tls else ()), table, 3,
                group=lambda row: row[:2])
     for n in twisted["notes"]:
         print("note: " + n)
+    if tls:
+        print()
+        print_tls_cpu(twisted["rows"])
     print()
     print_bars(d["bars"])
     print_failures(d["failures"])
@@ -420,7 +548,9 @@ def main():
                     help="comma-separated subset of %s" % ",".join(SECTIONS))
     ap.add_argument("--apps", default=",".join(APPS),
                     type=name_list(APPS, "app"),
-                    help="reactors section: subset of raw,web")
+                    help="reactors section: subset of %s (the tls section "
+                         "runs its own: %s)" % (",".join(APPS),
+                                                ",".join(TLS_APPS)))
     ap.add_argument("--modes", default=",".join(MODES),
                     type=name_list(MODES, "mode"),
                     help="reactors section: subset of unpinned,pinned")
@@ -446,6 +576,7 @@ def main():
     ap.add_argument("--wrk", default=None, metavar="PATH",
                     help="wrk binary (default: on PATH)")
     args = parse_args(ap, print_report)
+    args.tls_pem = None  # made by run_matrix for the tls section
     if (args.reps < 1 or args.duration < 1 or args.warmup < 1
             or args.connections < 1 or min(args.workers) < 1):
         ap.error("counts must be positive")
@@ -477,6 +608,7 @@ def main():
                 "wrk_threads": 1, "sections": args.sections,
                 "apps": args.apps, "modes": args.modes,
                 "workers": args.workers, "io": args.io,
+                "tls_certificate": " ".join(CERT_CMD),
                 "quick": args.quick,
                 "python": args.python, "quiet_wait_s": args.quiet_wait,
                 "builddir": builddir, "command": command_line()}

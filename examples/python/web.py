@@ -4,6 +4,7 @@ Resource answers every GET with b"Hello, world!".
 
     /usr/bin/python3 examples/python/web.py [--port 8080]
         [--interface 127.0.0.1] [--reactor ame|epoll|default]
+        [--tls PEMFILE]
     ame run [--workers N|auto] examples/python/web.py [--port 8080]
 
 --reactor picks the Twisted reactor before twisted.internet.reactor is
@@ -13,6 +14,12 @@ Twisted's default, EPollReactor on Linux).  Where a reactor is installed
 already -- under `ame run`, which installs ame's before the program starts,
 or under twistd -- it is used as is, so the program runs unchanged there.
 In a build tree, ame needs PYTHONPATH=BUILDDIR/bindings:bindings.
+
+--tls PEMFILE serves HTTPS instead: PEMFILE holds the private key and the
+certificate (PEM, one after the other), and the Site listens with
+reactor.listenSSL and Twisted's default TLS settings
+(PrivateCertificate.loadPEM(...).options(): a CertificateOptions, ECDHE key
+exchange).  The TLS layer is whatever the reactor's listenSSL provides.
 """
 
 import argparse
@@ -45,6 +52,9 @@ def main():
                     default="default",
                     help="Twisted reactor to install (default: none, "
                          "Twisted's default or the one installed already)")
+    ap.add_argument("--tls", metavar="PEMFILE",
+                    help="serve HTTPS with the private key and certificate "
+                         "in PEMFILE (default: plain HTTP)")
     args = ap.parse_args()
     install_reactor(args.reactor)
 
@@ -59,10 +69,17 @@ def main():
             return b"Hello, world!"
 
     site = server.Site(Hello())
-    port = reactor.listenTCP(args.port, site, interface=args.interface)
-    print("web.py: listening on http://%s:%d/ (%s)" % (
-        args.interface or "0.0.0.0", port.getHost().port,
-        type(reactor).__name__), flush=True)
+    if args.tls:
+        from twisted.internet import ssl
+        with open(args.tls, "rb") as f:
+            options = ssl.PrivateCertificate.loadPEM(f.read()).options()
+        port = reactor.listenSSL(args.port, site, options,
+                                 interface=args.interface)
+    else:
+        port = reactor.listenTCP(args.port, site, interface=args.interface)
+    print("web.py: listening on %s://%s:%d/ (%s)" % (
+        "https" if args.tls else "http", args.interface or "0.0.0.0",
+        port.getHost().port, type(reactor).__name__), flush=True)
     reactor.run()
 
 

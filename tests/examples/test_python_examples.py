@@ -4,17 +4,21 @@ EPollReactor: each program is started on a free port, driven over sockets
 and stopped with SIGTERM.  raw_http.py: keep-alive, pipelined requests,
 heads split anywhere over several writes (byte by byte across the end), and
 an oversized head refused with 431; web.py: two GETs on one connection,
-and the program run the way `ame run` runs it (a reactor installed before
-it starts, which it must keep).  Run with PYTHONPATH=BUILDDIR/bindings:bindings
-(meson test --suite examples)."""
+over TLS too (--tls, with a key and self-signed certificate that openssl
+makes; skipped without openssl), and the program run the way `ame run`
+runs it (a reactor installed before it starts, which it must keep).  Run
+with PYTHONPATH=BUILDDIR/bindings:bindings (meson test --suite examples)."""
 
 import os
 import re
 import select
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,11 +42,13 @@ class Program:
                                   stdin=subprocess.DEVNULL)
         ready, _, _ = select.select([self.p.stdout], [], [], 30)
         line = self.p.stdout.readline().decode() if ready else ""
-        m = re.search(r"listening on http://[\d.]+:(\d+)/ \((\w+)\)", line)
+        m = re.search(r"listening on (https?)://[\d.]+:(\d+)/ \((\w+)\)",
+                      line)
         if not m:
             self.stop()
             raise AssertionError("no startup line from %s: %r" % (argv, line))
-        self.port, self.reactor = int(m.group(1)), m.group(2)
+        self.scheme, self.port, self.reactor = (m.group(1), int(m.group(2)),
+                                                m.group(3))
 
     def stop(self):
         if self.p.poll() is None:
@@ -112,11 +118,19 @@ def test_raw(reactor):
         prog.stop()
 
 
-def http_get_twice(port):
+def http_get_twice(port, tls=False):
+    """Two GETs on one connection (tls: over TLS, the certificate not
+    verified); [(status line, body)] of the responses read."""
     s = socket.create_connection(("127.0.0.1", port), 5)
     out = []
     buf = b""
     try:
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            s.settimeout(5)
+            s = ctx.wrap_socket(s)
         for _ in range(2):
             s.sendall(REQ)
             s.settimeout(5)
@@ -136,12 +150,14 @@ def http_get_twice(port):
     return out
 
 
-def test_web(argv, want_reactor, name):
+def test_web(argv, want_reactor, name, scheme="http"):
     prog = Program(argv)
     try:
         check(prog.reactor == want_reactor,
               "%s: runs on %s" % (name, prog.reactor))
-        got = http_get_twice(prog.port)
+        check(prog.scheme == scheme,
+              "%s: listens on %s://" % (name, prog.scheme))
+        got = http_get_twice(prog.port, scheme == "https")
         check(got == [(b"HTTP/1.1 200 OK", b"Hello, world!")] * 2,
               "%s: two GETs on one connection: %r" % (name, got))
     finally:
@@ -159,13 +175,43 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+def make_pem(tmpdir):
+    """A private key and a self-signed certificate for CN=localhost, in one
+    PEM file in tmpdir (web.py --tls's); None without openssl."""
+    if shutil.which("openssl") is None:
+        return None
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-keyout", "k.pem", "-out", "c.pem"], cwd=tmpdir,
+                   check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=60)
+    pem = os.path.join(tmpdir, "key-cert.pem")
+    with open(pem, "wb") as out:
+        for name in ("k.pem", "c.pem"):
+            with open(os.path.join(tmpdir, name), "rb") as f:
+                out.write(f.read())
+    return pem
+
+
 def main():
     web = os.path.join(EXAMPLES, "web.py")
-    for reactor in ("ame", "epoll"):
-        test_raw(reactor)
-        test_web([sys.executable, web, "--port", "0", "--reactor", reactor],
-                 {"ame": "AMEReactor", "epoll": "EPollReactor"}[reactor],
-                 "web.py --reactor %s" % reactor)
+    tmpdir = tempfile.mkdtemp(prefix="ame-test-examples-")
+    try:
+        pem = make_pem(tmpdir)
+        for reactor in ("ame", "epoll"):
+            test_raw(reactor)
+            name = {"ame": "AMEReactor", "epoll": "EPollReactor"}[reactor]
+            test_web([sys.executable, web, "--port", "0", "--reactor",
+                      reactor], name, "web.py --reactor %s" % reactor)
+            if pem is None:
+                print("SKIP  web.py --tls --reactor %s: openssl not found"
+                      % reactor)
+                continue
+            test_web([sys.executable, web, "--port", "0", "--reactor",
+                      reactor, "--tls", pem], name,
+                     "web.py --tls --reactor %s" % reactor, "https")
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
     test_web([sys.executable, web, "--port", "0"], "EPollReactor",
              "web.py (default reactor)")
     test_web([sys.executable, "-c", PRE_INSTALLED, web, "--port", "0",
