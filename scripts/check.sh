@@ -37,6 +37,7 @@ asan_py() {
 if asan_py -m twisted.trial --temp-directory build-asan/_trial_temp \
     tests/python/test_reactor.py tests/python/test_timers.py \
     tests/python/test_shared.py tests/python/test_tasks.py \
+    tests/python/test_tls.py \
     > build-asan/trial-asan.log 2>&1
 then cat build-asan/trial-asan.log
 else cat build-asan/trial-asan.log; exit 1
@@ -58,7 +59,7 @@ run sh examples/c/fuzz.sh "${AME_FUZZ_SECONDS:-30}"
 /usr/bin/python3 scripts/check_summary.py \
   meson:plain:build \
   meson:asan:build-asan \
-  trial:"asan trial (reactor, timers, shared, tasks)":build-asan/trial-asan.log \
+  trial:"asan trial (reactor, timers, shared, tasks, tls)":build-asan/trial-asan.log \
   conformance:"asan twisted reactor suite":build-asan/conformance/summary.json \
   meson:tsan:build-tsan \
   ran:fuzz:"examples/c/fuzz.sh, ${AME_FUZZ_SECONDS:-30} s"

@@ -113,6 +113,8 @@ def _plainVerify(conn, creator):
     callback of its own.  (A callback set on the options' cached context
     after Twisted made it is not told apart.)
     """
+    # TLSMemoryBIOFactory wraps old-style context factories (options).
+    creator = getattr(creator, "_oldStyleContextFactory", creator)
     ctx = getattr(creator, "_context", None)
     return (
         type(creator) is _sslverify.OpenSSLCertificateOptions
@@ -151,11 +153,21 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
             tls.TLSMemoryBIOProtocol.makeConnection(self, transport)
         finally:
             del self._ameTransport
+        if self._ameC:
+            # Writes go straight to C, which drops them once close_notify
+            # is asked for (what write() below does after loseConnection
+            # without a producer).
+            self.write = transport.write
+            self.writeSequence = transport.writeSequence
 
     # Called from C once the worker completed the handshake, before any
     # data: what _checkHandshakeStatus does when do_handshake() succeeds.
     def _ameHandshakeDone(self):
         self._handshakeDone = True
+        if self.wrappedProtocol is not None:
+            # Plaintext from C straight to the protocol (abortConnection
+            # stops reading, so nothing arrives after it).
+            self.dataReceived = self.wrappedProtocol.dataReceived
         if self.wrappedProtocol is not None and IHandshakeListener.providedBy(
             self.wrappedProtocol
         ):
@@ -264,8 +276,10 @@ class TLSFactory(tls.TLSMemoryBIOFactory):
         protocols = None
         if IProtocolNegotiationFactory.providedBy(self.wrappedFactory):
             protocols = list(self.wrappedFactory.acceptableProtocols())
-        elif getattr(creator, "_acceptableProtocols", None):
-            protocols = list(creator._acceptableProtocols)
+        else:
+            options = getattr(creator, "_oldStyleContextFactory", creator)
+            if getattr(options, "_acceptableProtocols", None):
+                protocols = list(options._acceptableProtocols)
         transport = getattr(tlsProtocol, "_ameTransport", None)
         why = _whyPython(conn, transport, client, protocols, creator)
         # ALPN in C wherever OpenSSL is ours: a server's choice then needs

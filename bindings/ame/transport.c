@@ -1360,10 +1360,13 @@ static PyObject *Stream_wstate(StreamObject *self, PyObject *unused) {
 }
 
 /* The checks FileDescriptor.write makes before buffering: 1 to buffer in C,
-** 0 to drop, -1 to take the Python path (TLS, a pull producer, not
-** attached).  With a streaming producer (twisted.web registers the
-** HTTPChannel), writes stay in C; after_write() pauses it when full. */
+** 0 to drop (also once TLS in C was asked for close_notify, as Twisted's
+** TLS drops writes after loseConnection), -1 to take the Python path
+** (Twisted's TLS, a pull producer, not attached).  With a streaming
+** producer (twisted.web registers the HTTPChannel), writes stay in C;
+** after_write() pauses it when full. */
 static int write_mode(StreamObject *self) {
+  if (self->tls_shut_called) return 0; /* TLS in C: after close_notify */
   if (self->tls != Py_False && PyObject_IsTrue(self->tls) != 0) return -1;
   if (live_f(self) == NULL) return -1;
   if (self->producer != Py_None &&

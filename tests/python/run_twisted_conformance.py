@@ -88,8 +88,8 @@ APPS = [
 ]
 
 # A fast TCP-heavy subset (--apps check; make check runs it): connects,
-# closes, resets, half-closes, HTTP and FTP data connections; about half a
-# minute over three reactors.
+# closes, resets, half-closes, TLS (listenSSL, connectSSL), HTTP and FTP
+# data connections; about half a minute over three reactors.
 CHECK_APPS = [
     "twisted.test.test_tcp",
     "twisted.test.test_ssl",

@@ -1,0 +1,560 @@
+"""
+TLS on AMEReactor (listenSSL, connectSSL; bindings/ame/_tls.py and tls.c),
+run as a mixin over EPollReactor, AMEReactor with io="thread" and with
+io="inline": the same outcome on each, and on AMEReactor the counters say
+whether the connection's TLS ran in C (ameStats()["tls_c"]) or fell back to
+Twisted's (["tls_python"]).
+
+Peers are Python's ssl module on a thread of their own, so that what is
+tested is AMEReactor's server (and, in test_connectSSL, its client) alone.
+Certificates are made with cryptography (Debian's python3-cryptography,
+which pyOpenSSL uses) when the tests start.
+
+Run with Debian's python and the extension built::
+
+    PYTHONPATH=build/bindings:bindings \\
+        /usr/bin/python3 -m twisted.trial tests/python/test_tls.py
+"""
+
+import datetime
+import os
+import socket
+import ssl
+import tempfile
+import threading
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from zope.interface import implementer
+
+from twisted.internet import protocol
+from twisted.internet import ssl as tssl
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IProtocolNegotiationFactory,
+)
+from twisted.trial.unittest import SynchronousTestCase
+
+from ame.reactor import AMEReactor
+
+# ---------------------------------------------------------------------------
+# Certificates.
+
+_NOW = datetime.datetime.utcnow()
+
+
+def _cert(cn, key, issuer=None, issuerKey=None, days=(-1, 30), ca=False):
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_NOW + datetime.timedelta(days=days[0]))
+        .not_valid_after(_NOW + datetime.timedelta(days=days[1]))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+    )
+    if not ca:
+        b = b.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(cn)]), False)
+    return b.sign(issuerKey or key, hashes.SHA256())
+
+
+def _pem(cert, key=None):
+    out = cert.public_bytes(serialization.Encoding.PEM)
+    if key is not None:
+        out = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()) + out
+    return out
+
+
+def _certificates():
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("ame test CA", caKey, ca=True)
+    serverKey = ec.generate_private_key(ec.SECP256R1())
+    server = _cert("localhost", serverKey, ca, caKey)
+    expired = _cert("localhost", serverKey, ca, caKey, days=(-30, -1))
+    clientKey = ec.generate_private_key(ec.SECP256R1())
+    client = _cert("ame client", clientKey, ca, caKey)
+    return {
+        "ca": _pem(ca),
+        "server": _pem(server, serverKey),
+        "expired": _pem(expired, serverKey),
+        "client": _pem(client, clientKey),
+    }
+
+
+CERTS = _certificates()
+
+
+def _file(data):
+    fd, path = tempfile.mkstemp(suffix=".pem")
+    os.write(fd, data)
+    os.close(fd)
+    return path
+
+
+def _clientContext(verify=False, cert=None, maximum=None, alpn=None):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify:
+        path = _file(CERTS["ca"])
+        ctx.load_verify_locations(path)
+        os.unlink(path)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        path = _file(cert)
+        ctx.load_cert_chain(path)
+        os.unlink(path)
+    if maximum is not None:
+        ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        ctx.maximum_version = maximum
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    if alpn is not None:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def _serverOptions(which="server"):
+    return tssl.PrivateCertificate.loadPEM(CERTS[which]).options()
+
+
+# ---------------------------------------------------------------------------
+# Protocols.
+
+
+@implementer(IHandshakeListener)
+class _Server(protocol.Protocol):
+    """
+    Records what happens to it in the factory's C{events}; echoes data in
+    upper case; C{quit} closes, C{big} answers with C{factory.big} bytes
+    and closes.
+    """
+
+    def connectionMade(self):
+        self.factory.events.append(("made", self.transport.getPeerCertificate()))
+
+    def handshakeCompleted(self):
+        t = self.transport
+        peer = t.getPeerCertificate()
+        self.factory.events.append((
+            "handshake",
+            peer.get_subject().CN if peer is not None else None,
+            t.negotiatedProtocol,
+            isinstance(t.getHandle(), SSL.Connection),
+        ))
+
+    def dataReceived(self, data):
+        self.factory.events.append(("data", data))
+        if data == b"big":
+            self.transport.write(b"b" * self.factory.big)
+            self.transport.loseConnection()
+            return
+        self.transport.write(data.upper())
+        if data == b"quit":
+            self.transport.loseConnection()
+            # Dropped: written after loseConnection (no producer).
+            self.transport.write(b"LATE")
+            self.transport.writeSequence([b"LATER"])
+
+    def connectionLost(self, reason):
+        self.factory.events.append(("lost", reason.value))
+        self.factory.lost += 1
+
+
+@implementer(IProtocolNegotiationFactory)
+class _ALPNFactory(protocol.Factory):
+    def acceptableProtocols(self):
+        return [b"h2", b"http/1.1"]
+
+
+def _factory(cls=protocol.Factory):
+    f = cls.forProtocol(_Server)
+    f.events = []
+    f.lost = 0
+    f.big = 0
+    return f
+
+
+def _recvAll(s):
+    out = b""
+    while True:
+        try:
+            b = s.recv(65536)
+        except (ssl.SSLError, OSError):
+            break
+        if not b:
+            break
+        out += b
+    return out
+
+
+class TLSBehaviourMixin:
+    reactorFactory = None
+    timeout = 20
+
+    def buildReactor(self):
+        reactor = self.reactorFactory()
+        self.addCleanup(self._unbuild, reactor)
+        return reactor
+
+    def _unbuild(self, reactor):
+        reactor.disconnectAll()
+        for c in reactor.getDelayedCalls():
+            c.cancel()
+
+    def serve(self, reactor, peer, until=None):
+        """
+        Run the reactor while peer() runs on a thread; stop when it
+        returned and until() (if given) is true.  Return peer's result.
+        """
+        out = {}
+
+        def run():
+            try:
+                out["result"] = peer()
+            except BaseException as e:
+                out["error"] = e
+            reactor.callFromThread(check)
+
+        def check():
+            if until is None or until():
+                reactor.stop()
+            else:
+                reactor.callLater(0.01, check)
+
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.callWhenRunning(threading.Thread(target=run,
+                                                 daemon=True).start)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active(), "still running after the timeout")
+        timer.cancel()
+        if "error" in out:
+            raise out["error"]
+        return out.get("result")
+
+    def listen(self, reactor, factory, options=None):
+        port = reactor.listenSSL(0, factory, options or _serverOptions(),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def connect(self, port, ctx=None):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        return (ctx or _clientContext()).wrap_socket(
+            s, server_hostname="localhost")
+
+    def assertTLS(self, reactor, c, python=0):
+        """
+        On AMEReactor: c connections had their TLS in C, python Twisted's.
+        """
+
+    def test_echoAndCloseNotify(self):
+        """
+        Data goes both ways; the server's loseConnection() sends
+        close_notify after what it wrote (the peer reads a clean end), what
+        it writes after that is dropped, and the server's protocol sees the
+        handshake before any data.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = self.connect(port)
+            s.sendall(b"hello")
+            first = s.recv(100)
+            s.sendall(b"quit")
+            rest = _recvAll(s)
+            s.close()
+            return first, rest
+
+        first, rest = self.serve(reactor, peer, lambda: f.lost)
+        self.assertEqual((first, rest), (b"HELLO", b"QUIT"))
+        kinds = [e[0] for e in f.events]
+        self.assertEqual(kinds, ["made", "handshake", "data", "data", "lost"])
+        self.assertEqual(f.events[0], ("made", None))
+        self.assertEqual(f.events[1], ("handshake", None, None, True))
+        self.assertIsInstance(f.events[-1][1], (ConnectionDone,
+                                                ConnectionLost))
+        self.assertTLS(reactor, 1)
+
+    def test_largeResponseThenClose(self):
+        """
+        A response far larger than the socket buffers arrives whole before
+        close_notify.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        f.big = 3 * 1024 * 1024 + 17
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = self.connect(port)
+            s.sendall(b"big")
+            got = b""
+            while True:
+                b = s.recv(1 << 20)
+                if not b:
+                    break
+                got += b
+            s.close()
+            return got
+
+        got = self.serve(reactor, peer, lambda: f.lost)
+        self.assertEqual(len(got), f.big)
+        self.assertTLS(reactor, 1)
+
+    def test_alpn(self):
+        """
+        A factory's acceptableProtocols are negotiated by the server's
+        order of preference.
+        """
+        reactor = self.buildReactor()
+        f = _factory(_ALPNFactory)
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = self.connect(port, _clientContext(alpn=["http/1.1", "h2"]))
+            chosen = s.selected_alpn_protocol()
+            s.sendall(b"quit")
+            _recvAll(s)
+            s.close()
+            return chosen
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost), "h2")
+        self.assertEqual(f.events[1][2], b"h2")
+        self.assertTLS(reactor, 1)
+
+    def test_garbageThenServing(self):
+        """
+        Bytes that are not a ClientHello end that connection with an
+        SSL.Error; the next client is served.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+
+        def peer():
+            g = socket.create_connection(("127.0.0.1", port), timeout=10)
+            g.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            _recvAll(g)
+            g.close()
+            s = self.connect(port)
+            s.sendall(b"quit")
+            rest = _recvAll(s)
+            s.close()
+            return rest
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost == 2),
+                         b"QUIT")
+        lost = [e[1] for e in f.events if e[0] == "lost"]
+        self.assertIsInstance(lost[0], SSL.Error)
+        self.assertIn("http request", str(lost[0]))
+        self.assertTLS(reactor, 2)
+
+    def test_oldProtocolRefused(self):
+        """
+        A TLS 1.0-only peer against the default context (which forbids
+        it) fails cleanly on both sides; the next client is served.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+
+        def peer():
+            try:
+                self.connect(port, _clientContext(
+                    maximum=ssl.TLSVersion.TLSv1)).close()
+                refused = False
+            except (ssl.SSLError, OSError):
+                refused = True
+            s = self.connect(port)
+            s.sendall(b"quit")
+            rest = _recvAll(s)
+            s.close()
+            return refused, rest
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost == 2),
+                         (True, b"QUIT"))
+        lost = [e[1] for e in f.events if e[0] == "lost"]
+        self.assertIsInstance(lost[0], SSL.Error)
+        self.assertTLS(reactor, 2)
+
+    def test_expiredCertificate(self):
+        """
+        A client that verifies refuses the server's expired certificate:
+        the server's protocol gets the alert as an SSL.Error.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f, _serverOptions("expired"))
+
+        def peer():
+            try:
+                self.connect(port, _clientContext(verify=True)).close()
+            except ssl.SSLCertVerificationError as e:
+                return e.verify_message
+            return None
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost),
+                         "certificate has expired")
+        self.assertIsInstance(f.events[-1][1], SSL.Error)
+        self.assertTLS(reactor, 1)
+
+    def test_clientCertificate(self):
+        """
+        A server that requires client certificates signed by its CA sees
+        the client's; a client without one is refused.  (Twisted's own
+        verify callback only returns OpenSSL's verdict: C verifies.)
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        port = self.listen(reactor, f, tssl.PrivateCertificate.loadPEM(
+            CERTS["server"]).options(ca))
+
+        def peer():
+            s = self.connect(port, _clientContext(cert=CERTS["client"]))
+            s.sendall(b"quit")
+            rest = _recvAll(s)
+            s.close()
+            s = self.connect(port)
+            try:
+                s.sendall(b"quit")
+                anonymous = _recvAll(s)
+            except (ssl.SSLError, OSError):
+                anonymous = b""
+            s.close()
+            return rest, anonymous
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost == 2),
+                         (b"QUIT", b""))
+        shakes = [e for e in f.events if e[0] == "handshake"]
+        self.assertEqual(shakes[0][1], "ame client")
+        lost = [e[1] for e in f.events if e[0] == "lost"]
+        self.assertIsInstance(lost[1], SSL.Error)
+        self.assertTLS(reactor, 2)
+
+    def test_stalledHandshakeAborted(self):
+        """
+        A peer that connects and never says hello is ended by the
+        program's own timeout (abortConnection before the handshake); the
+        reactor keeps serving.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+
+        class Timeout(_Server):
+            def connectionMade(self):
+                _Server.connectionMade(self)
+                self.timer = reactor.callLater(0.2, self.transport.abortConnection)
+
+            def handshakeCompleted(self):
+                self.timer.cancel()
+                _Server.handshakeCompleted(self)
+
+        f.protocol = Timeout
+
+        def peer():
+            idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+            idle.settimeout(5)
+            try:
+                closed = idle.recv(1) == b""
+            except ConnectionResetError:
+                closed = True
+            idle.close()
+            s = self.connect(port)
+            s.sendall(b"quit")
+            rest = _recvAll(s)
+            s.close()
+            return closed, rest
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost == 2),
+                         (True, b"QUIT"))
+        self.assertTLS(reactor, 2)
+
+    def test_connectSSL(self):
+        """
+        connectSSL with an old-style context factory (no callbacks) talks
+        to listenSSL on the same reactor.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+        got = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"ping")
+
+            def dataReceived(self, data):
+                got.append(data)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                got.append(type(reason.value))
+                reactor.stop()
+
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.connectSSL("127.0.0.1", port,
+                           protocol.ClientFactory.forProtocol(Client),
+                           tssl.ClientContextFactory())
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active())
+        timer.cancel()
+        self.assertEqual(got[0], b"PING")
+        self.assertIn(got[1], (ConnectionDone, ConnectionLost))
+        self.assertTLS(reactor, 2)
+
+    def test_pythonCallbackFallsBack(self):
+        """
+        A context with a Python callback that OpenSSL calls during the
+        handshake (here an info callback) keeps Twisted's own TLS, which
+        calls it.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        calls = []
+        opts = _serverOptions()
+        opts.getContext().set_info_callback(
+            lambda conn, where, ret: calls.append(where))
+        port = self.listen(reactor, f, opts)
+
+        def peer():
+            s = self.connect(port)
+            s.sendall(b"quit")
+            rest = _recvAll(s)
+            s.close()
+            return rest
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost), b"QUIT")
+        self.assertTrue(calls)
+        self.assertTLS(reactor, 0, python=1)
+
+
+class EPollTLSTests(TLSBehaviourMixin, SynchronousTestCase):
+    reactorFactory = EPollReactor
+
+
+class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
+    reactorFactory = staticmethod(lambda: AMEReactor(io="thread"))
+
+    def assertTLS(self, reactor, c, python=0):
+        stats = reactor.ameStats()
+        self.assertEqual((stats["tls_c"], stats["tls_python"]), (c, python))
+        self.assertEqual(stats["tls_c_open"], 0)
+
+
+class AMEInlineTLSTests(AMETLSTests):
+    reactorFactory = staticmethod(lambda: AMEReactor(io="inline"))
