@@ -15,10 +15,12 @@ called C{reactor.run()} gets the data and calls C{dataReceived} from C.
 Other file descriptors are watched by the worker and their readiness comes
 back to that thread.  It runs every Python callback, one at a time, under
 the GIL: Python code never aborts and never touches the STM; each callback
-is, in AME terms, an irrevocable transaction.  What Twisted layers on top
-(TCP connection set-up, UDP, Unix sockets, TLS, processes, threads) is
-Twisted's own posix code, as for L{EPollReactor}; see C{docs/twisted.md}
-for what is in C and what is Python.
+is, in AME terms, an irrevocable transaction.  TLS over these transports
+(listenSSL, connectSSL) runs on the worker too where the program's context
+allows it (L{ame._tls}).  What Twisted layers on top (TCP connection
+set-up, UDP, Unix sockets, processes, threads, the TLS that stays Python)
+is Twisted's own posix code, as for L{EPollReactor}; see
+C{docs/twisted.md} for what is in C and what is Python.
 """
 
 import builtins
@@ -790,9 +792,11 @@ class AMEReactor(
         trip), C{catchups} (C{wait(0)}s that waited for the worker to
         take what the kernel had reported), C{watch_flushes} (batches of watch changes posted to the
         worker), C{watch_barriers} (removals that waited for the worker);
-        and C{python_path} (connections and listeners left on Twisted's
+        C{python_path} (connections and listeners left on Twisted's
         own Python I/O because the C side could not take them: a full
-        descriptor table).
+        descriptor table); C{tls_c} and C{tls_python} (TLS connections
+        whose TLS ran in C, and Twisted's), C{tls_c_handshakes},
+        C{tls_c_failures}, C{tls_c_open} (the worker's side of them).
         """
         stats = self._core.stats()
         stats["python_path"] = getattr(self, "_amePythonPath", 0)

@@ -28,9 +28,12 @@
 **             doWrite runs Twisted's end-of-buffer logic.
 **
 ** So the socket calls run on the worker without the GIL; the Python thread
-** runs only Python callbacks.  What is not a hot path stays Twisted's own
-** code: connecting, closing, TLS (whose ciphertext goes through Twisted's
-** FileDescriptor.write into the same C buffer), producers, half-close.
+** runs only Python callbacks.  TLS can run there too (_ameStartTLS, the
+** "TLS in C" section below, tls.c): then the worker encrypts what the
+** queues hold and decrypts into the inbound buffer.  What is not a hot
+** path stays Twisted's own code: connecting, closing, Twisted's own TLS
+** where it applies (its records go through FileDescriptor.write into the
+** same C buffer), producers, half-close.
 **
 ** The Stream type is a base class of the Python transports: the attributes
 ** write() consults on every call (protocol, connected, _writeDisconnected,
