@@ -20,6 +20,8 @@ each applies.
 """
 
 import errno
+import gc
+import types
 
 from OpenSSL import SSL
 
@@ -31,6 +33,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.protocols import tls
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python import log
 from twisted.python.failure import Failure
 
 from ame import _ame
@@ -74,7 +77,7 @@ def _wire(protocols):
     return b"".join(out)
 
 
-def _whyPython(conn, transport, client, protocols, creator):
+def _whyPython(conn, transport, client, protocols):
     """
     Why C{conn}'s TLS must stay Twisted's own (a short reason), or L{None}
     if the C worker can run it.
@@ -87,12 +90,15 @@ def _whyPython(conn, transport, client, protocols, creator):
         return "socket"
     ctx = conn.get_context()
     for name in _HANDSHAKE_CALLBACKS:
-        if getattr(ctx, name, None) is not None:
-            return name
+        if getattr(ctx, name, None) is None:
+            continue
+        if name == "_info_callback" and client and _hostnameChecker(ctx):
+            continue  # TLSProtocol checks the name after the handshake
+        return name
     if (
         getattr(conn, "_verify_callback", None) is not None
         and _lib.SSL_get_verify_mode(conn._ssl) != SSL.VERIFY_NONE
-        and not _plainVerify(conn, creator)
+        and not _plainVerify(conn)
     ):
         return "verify_callback"
     if (
@@ -104,24 +110,55 @@ def _whyPython(conn, transport, client, protocols, creator):
     return None
 
 
-def _plainVerify(conn, creator):
+def _pythonOf(callback):
+    """
+    The Python function behind a cffi callback that pyOpenSSL made (it
+    wraps the program's function with functools.wraps), or L{None}.
+    """
+    if callback is None:
+        return None
+    for ref in gc.get_referents(callback):
+        if isinstance(ref, tuple):
+            for x in ref:
+                if isinstance(x, types.FunctionType):
+                    return getattr(x, "__wrapped__", x)
+    return None
+
+
+# The code of the verify callback Twisted's CertificateOptions installs
+# (it returns OpenSSL's own verdict, preverify_ok).
+_TWISTED_VERIFY = frozenset(
+    c for c in _sslverify.OpenSSLCertificateOptions._makeContext.__code__
+    .co_consts if isinstance(c, types.CodeType) and c.co_name == "_verifyCallback"
+)
+
+
+def _plainVerify(conn):
     """
     Whether C{conn}'s verify callback is the one Twisted's
-    C{CertificateOptions} installs on the context it makes, which returns
-    OpenSSL's own verdict: then C verifies without it (no Python per
-    certificate).  A subclass keeps Python; so does a connection given a
-    callback of its own.  (A callback set on the options' cached context
-    after Twisted made it is not told apart.)
+    C{CertificateOptions} installs (also under C{optionsForClientTLS}),
+    which returns OpenSSL's own verdict: then C verifies without it (no
+    Python per certificate).
     """
-    # TLSMemoryBIOFactory wraps old-style context factories (options).
-    creator = getattr(creator, "_oldStyleContextFactory", creator)
-    ctx = getattr(creator, "_context", None)
-    return (
-        type(creator) is _sslverify.OpenSSLCertificateOptions
-        and ctx is not None
-        and conn.get_context() is ctx
-        and getattr(conn, "_verify_helper", None) is ctx._verify_helper
-    )
+    fn = _pythonOf(getattr(conn, "_verify_callback", None))
+    return getattr(fn, "__code__", None) in _TWISTED_VERIFY
+
+
+def _hostnameChecker(ctx):
+    """
+    The L{_sslverify.ClientTLSOptions} whose info callback (SNI, then the
+    check of the server's name once the handshake is done) is C{ctx}'s
+    only one, or L{None}.
+    """
+    fn = _pythonOf(getattr(ctx, "_info_callback", None))
+    for cell in getattr(fn, "__closure__", None) or ():
+        bound = cell.cell_contents
+        if (
+            getattr(bound, "__func__", None)
+            is _sslverify.ClientTLSOptions._identityVerifyingInfoCallback
+        ):
+            return bound.__self__
+    return None
 
 
 def _failure(err):
@@ -146,6 +183,7 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
     """
 
     _ameC = False
+    _ameHostname = None  # ClientTLSOptions whose name check is ours
 
     def makeConnection(self, transport):
         self._ameTransport = transport
@@ -164,6 +202,8 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
     # data: what _checkHandshakeStatus does when do_handshake() succeeds.
     def _ameHandshakeDone(self):
         self._handshakeDone = True
+        if self._ameHostname is not None:
+            self._ameCheckHostname(self._ameHostname)
         if self.wrappedProtocol is not None:
             # Plaintext from C straight to the protocol (abortConnection
             # stops reading, so nothing arrives after it).
@@ -172,6 +212,23 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
             self.wrappedProtocol
         ):
             self.wrappedProtocol.handshakeCompleted()
+
+    def _ameCheckHostname(self, options):
+        # What ClientTLSOptions' info callback does once the handshake is
+        # done (its errors handled as _tolerateErrors handles them).
+        try:
+            if options._hostnameIsDnsName:
+                _sslverify.verifyHostname(
+                    self._tlsConnection, options._hostnameASCII)
+            else:
+                _sslverify.verifyIPAddress(
+                    self._tlsConnection, options._hostnameASCII)
+        except _sslverify.VerificationError:
+            self.failVerification(Failure())
+        except BaseException:
+            f = Failure()
+            log.err(f, "Error during info_callback")
+            self.failVerification(f)
 
     def _checkHandshakeStatus(self):
         if self._ameC:
@@ -281,7 +338,7 @@ class TLSFactory(tls.TLSMemoryBIOFactory):
             if getattr(options, "_acceptableProtocols", None):
                 protocols = list(options._acceptableProtocols)
         transport = getattr(tlsProtocol, "_ameTransport", None)
-        why = _whyPython(conn, transport, client, protocols, creator)
+        why = _whyPython(conn, transport, client, protocols)
         # ALPN in C wherever OpenSSL is ours: a server's choice then needs
         # no Python, whichever side drives the connection.
         negotiated = False
@@ -299,16 +356,21 @@ class TLSFactory(tls.TLSMemoryBIOFactory):
             conn.set_connect_state()
         else:
             conn.set_accept_state()
+        checker = _hostnameChecker(conn.get_context()) if client else None
         if why is None:
             try:
+                if checker is not None and checker._hostnameIsDnsName:
+                    # What the info callback does at the handshake's start.
+                    conn.set_tlsext_host_name(checker._hostnameBytes)
                 transport._ameStartTLS(
                     conn, int(_ffi.cast("uintptr_t", conn._ssl)), _METHOD,
-                    _plainVerify(conn, creator),
+                    _plainVerify(conn), checker is not None,
                 )
             except (ValueError, RuntimeError, OSError):
                 why = "start"
         if why is None:
             tlsProtocol._ameC = True
+            tlsProtocol._ameHostname = checker
             self._ameCount("_ameTLSC")
         else:
             # Twisted's own TLS, as TLSMemoryBIOFactory would have made it.

@@ -972,7 +972,8 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(start_tls_doc,
-"_ameStartTLS(connection, ssl, tls_method)\n--\n\n"
+"_ameStartTLS(connection, ssl, tls_method, plain_verify=False, "
+"quiet_info=False)\n--\n\n"
 "Switch TLS on in C: from now on the worker runs the handshake and the\n"
 "record layer on the SSL object at address ssl (connection's: a\n"
 "pyOpenSSL Connection over memory BIOs, its accept or connect state\n"
@@ -982,14 +983,16 @@ PyDoc_STRVAR(start_tls_doc,
 "the same libssl).  The protocol's _ameHandshakeDone() is called once\n"
 "the handshake completes, before any data.  plain_verify: the\n"
 "connection's verify callback only returns OpenSSL's own verdict (as\n"
-"Twisted's CertificateOptions' does): verify without it, in C.");
+"Twisted's CertificateOptions' does): verify without it, in C.\n"
+"quiet_info: the context's info callback is not called for this\n"
+"connection (what it did is done in Python around the handshake).");
 
 static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
   PyObject *conn;
   unsigned long long ssl, fn;
-  int plain_verify = 0;
-  if (!PyArg_ParseTuple(args, "OKK|p:_ameStartTLS", &conn, &ssl, &fn,
-                        &plain_verify))
+  int plain_verify = 0, quiet_info = 0;
+  if (!PyArg_ParseTuple(args, "OKK|pp:_ameStartTLS", &conn, &ssl, &fn,
+                        &plain_verify, &quiet_info))
     return NULL;
   struct fconn *f = live_f(self);
   if (f == NULL || f->listener || f->pipe) {
@@ -1020,6 +1023,7 @@ static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
     return NULL;
   }
   if (plain_verify) ame__tls_plain_verify(t);
+  if (quiet_info) ame__tls_quiet_info(t);
   self->tls_conn = Py_NewRef(conn);
   pthread_mutex_lock(&c->lock);
   f->tls = t;

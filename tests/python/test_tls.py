@@ -31,6 +31,7 @@ from OpenSSL import SSL
 from zope.interface import implementer
 
 from twisted.internet import protocol
+from twisted.internet import _sslverify
 from twisted.internet import ssl as tssl
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -151,6 +152,7 @@ class _Server(protocol.Protocol):
             peer.get_subject().CN if peer is not None else None,
             t.negotiatedProtocol,
             isinstance(t.getHandle(), SSL.Connection),
+            t.getHandle().get_servername(),
         ))
 
     def dataReceived(self, data):
@@ -283,7 +285,8 @@ class TLSBehaviourMixin:
         kinds = [e[0] for e in f.events]
         self.assertEqual(kinds, ["made", "handshake", "data", "data", "lost"])
         self.assertEqual(f.events[0], ("made", None))
-        self.assertEqual(f.events[1], ("handshake", None, None, True))
+        self.assertEqual(f.events[1],
+                         ("handshake", None, None, True, b"localhost"))
         self.assertIsInstance(f.events[-1][1], (ConnectionDone,
                                                 ConnectionLost))
         self.assertTLS(reactor, 1)
@@ -515,6 +518,61 @@ class TLSBehaviourMixin:
         timer.cancel()
         self.assertEqual(got[0], b"PING")
         self.assertIn(got[1], (ConnectionDone, ConnectionLost))
+        self.assertTLS(reactor, 2)
+
+    def _clientTLS(self, hostname):
+        """
+        connectSSL with optionsForClientTLS(hostname), trusting the test
+        CA, to listenSSL on the same reactor: what the client's protocol
+        saw (data, then the connectionLost reason).
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+        got = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"ping")
+
+            def dataReceived(self, data):
+                got.append(data)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                got.append(reason.value)
+                reactor.stop()
+
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.connectSSL("127.0.0.1", port,
+                           protocol.ClientFactory.forProtocol(Client),
+                           tssl.optionsForClientTLS(hostname, trustRoot=ca))
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active())
+        timer.cancel()
+        return reactor, f, got
+
+    def test_clientTLSOptions(self):
+        """
+        optionsForClientTLS: the server's certificate is verified against
+        the trust root and its name checked; the client sends SNI.
+        """
+        reactor, f, got = self._clientTLS("localhost")
+        self.assertEqual(got[0], b"PING")
+        shake = [e for e in f.events if e[0] == "handshake"][0]
+        self.assertEqual(shake[4], b"localhost")
+        self.assertIsInstance(got[1], (ConnectionDone, ConnectionLost))
+        self.assertTLS(reactor, 2)
+
+    def test_clientTLSOptionsWrongName(self):
+        """
+        A server certificate for another name fails the client's check:
+        its protocol gets the VerificationError, and no data.
+        """
+        reactor, f, got = self._clientTLS("elsewhere.example")
+        self.assertEqual(len(got), 1)
+        self.assertIsInstance(got[0], _sslverify.VerificationError)
         self.assertTLS(reactor, 2)
 
     def test_pythonCallbackFallsBack(self):
