@@ -2,7 +2,10 @@
 TLS in C for AMEReactor's TCP transports.
 
 C{listenSSL}, C{connectSSL} and the C{ssl:} endpoints wrap the program's
-factory in L{TLSFactory}, Twisted's L{tls.TLSMemoryBIOFactory} with one
+factory in L{TLSFactory}, Twisted's L{tls.TLSMemoryBIOFactory}; once an
+AMEReactor exists, every TLSMemoryBIOFactory (C{wrapClientTLS}, the C{tls:}
+endpoint, twisted.web's C{Agent}) builds L{TLSProtocol}s too (L{adopt}).
+A L{TLSProtocol} is Twisted's L{tls.TLSMemoryBIOProtocol} with one
 change: when the connection's transport is a C stream (an attached
 L{ame.reactor.Server} or L{ame.reactor.Client}) and its pyOpenSSL
 C{Connection} needs no Python during a handshake, the C worker runs the
@@ -24,6 +27,7 @@ import gc
 import types
 
 from OpenSSL import SSL
+from zope.interface import directlyProvides, providedBy
 
 from twisted.internet import _sslverify, main
 from twisted.internet.interfaces import (
@@ -31,6 +35,7 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IProtocolNegotiationFactory,
 )
+from twisted.internet.protocol import Protocol
 from twisted.protocols import tls
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import log
@@ -179,18 +184,29 @@ def _failure(err):
 class TLSProtocol(tls.TLSMemoryBIOProtocol):
     """
     L{tls.TLSMemoryBIOProtocol} whose TLS is the C worker's when
-    L{TLSFactory} could hand it over (C{_ameC}); Twisted's own otherwise.
+    L{_createConnection} could hand it over (C{_ameC}); Twisted's own
+    otherwise, method for method.
     """
 
     _ameC = False
     _ameHostname = None  # ClientTLSOptions whose name check is ours
 
     def makeConnection(self, transport):
+        # TLSMemoryBIOProtocol.makeConnection, with the connection made by
+        # _createConnection (for any TLSMemoryBIOFactory).
         self._ameTransport = transport
         try:
-            tls.TLSMemoryBIOProtocol.makeConnection(self, transport)
+            self._tlsConnection = _createConnection(self.factory, self)
         finally:
             del self._ameTransport
+        self._appSendBuffer = []
+        for interface in providedBy(transport):
+            directlyProvides(self, interface)
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
         if self._ameC:
             # Writes go straight to C, which drops them once close_notify
             # is asked for (what write() below does after loseConnection
@@ -309,10 +325,91 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
         return tls.TLSMemoryBIOProtocol.negotiatedProtocol.fget(self)
 
 
+def _createConnection(factory, tlsProtocol):
+    """
+    What L{tls.TLSMemoryBIOFactory._createConnection} does for C{factory}
+    (any TLSMemoryBIOFactory), then, where L{_whyPython} finds nothing
+    against it, hand the connection to the C worker (C{tlsProtocol._ameC}).
+    """
+    client = factory._creatorInterface is IOpenSSLClientConnectionCreator
+    creator = factory._connectionCreator
+    if client:
+        conn = creator.clientConnectionForTLS(tlsProtocol)
+    else:
+        conn = creator.serverConnectionForTLS(tlsProtocol)
+    protocols = None
+    if IProtocolNegotiationFactory.providedBy(factory.wrappedFactory):
+        protocols = list(factory.wrappedFactory.acceptableProtocols())
+    else:
+        options = getattr(creator, "_oldStyleContextFactory", creator)
+        if getattr(options, "_acceptableProtocols", None):
+            protocols = list(options._acceptableProtocols)
+    transport = getattr(tlsProtocol, "_ameTransport", None)
+    why = _whyPython(conn, transport, client, protocols)
+    # ALPN in C wherever OpenSSL is ours: a server's choice then needs no
+    # Python, whichever side drives the connection.
+    negotiated = False
+    if protocols and _SAME_LIBSSL and (why is None or not client):
+        try:
+            _negotiation(conn, client, protocols)
+            negotiated = True
+        except (ValueError, RuntimeError):
+            why = why or "alpn"
+    if not negotiated and IProtocolNegotiationFactory.providedBy(
+        factory.wrappedFactory
+    ):
+        factory._applyProtocolNegotiation(conn)
+    if client:
+        conn.set_connect_state()
+    else:
+        conn.set_accept_state()
+    checker = _hostnameChecker(conn.get_context()) if client else None
+    if why is None:
+        try:
+            if checker is not None and checker._hostnameIsDnsName:
+                # What the info callback does at the handshake's start.
+                conn.set_tlsext_host_name(checker._hostnameBytes)
+            transport._ameStartTLS(
+                conn, int(_ffi.cast("uintptr_t", conn._ssl)), _METHOD,
+                _plainVerify(conn), checker is not None, tlsProtocol,
+            )
+        except (ValueError, RuntimeError, OSError):
+            why = "start"
+    if why is None:
+        tlsProtocol._ameC = True
+        tlsProtocol._ameHostname = checker
+    reactor = getattr(factory, "_ameReactor", None) or getattr(
+        transport, "reactor", None)
+    if reactor is not None:
+        count(reactor, why is None)
+    return conn
+
+
+def _negotiation(conn, client, protocols):
+    """
+    ALPN without Python: a client offers its list on the connection; a
+    server picks in C (tls.c) from the same list, in the same order of
+    preference as Twisted's callback.
+    """
+    if client:
+        conn.set_alpn_protos(protocols)
+        return
+    ctx = conn.get_context()
+    first = not getattr(ctx, "_ameALPN", False)
+    _ame.tls_alpn(int(_ffi.cast("uintptr_t", conn._ssl)), _wire(protocols),
+                  first)
+    if first:
+        ctx._ameALPN = True
+        # pyOpenSSL's own callback no longer runs on this context.
+        ctx._alpn_select_helper = None
+        ctx._alpn_select_callback = None
+
+
 class TLSFactory(tls.TLSMemoryBIOFactory):
     """
-    L{tls.TLSMemoryBIOFactory} whose connections' TLS runs in C where it
-    can (L{TLSProtocol}).
+    L{tls.TLSMemoryBIOFactory} for C{listenSSL} and C{connectSSL}: its
+    connections' TLS runs in C where it can (L{TLSProtocol}), counted on
+    C{reactor}.
     """
 
     protocol = TLSProtocol
@@ -323,83 +420,17 @@ class TLSFactory(tls.TLSMemoryBIOFactory):
         )
         self._ameReactor = reactor
 
-    def _createConnection(self, tlsProtocol):
-        client = self._creatorInterface is IOpenSSLClientConnectionCreator
-        creator = self._connectionCreator
-        if client:
-            conn = creator.clientConnectionForTLS(tlsProtocol)
-        else:
-            conn = creator.serverConnectionForTLS(tlsProtocol)
-        protocols = None
-        if IProtocolNegotiationFactory.providedBy(self.wrappedFactory):
-            protocols = list(self.wrappedFactory.acceptableProtocols())
-        else:
-            options = getattr(creator, "_oldStyleContextFactory", creator)
-            if getattr(options, "_acceptableProtocols", None):
-                protocols = list(options._acceptableProtocols)
-        transport = getattr(tlsProtocol, "_ameTransport", None)
-        why = _whyPython(conn, transport, client, protocols)
-        # ALPN in C wherever OpenSSL is ours: a server's choice then needs
-        # no Python, whichever side drives the connection.
-        negotiated = False
-        if protocols and _SAME_LIBSSL and (why is None or not client):
-            try:
-                self._ameNegotiation(conn, client, protocols)
-                negotiated = True
-            except (ValueError, RuntimeError):
-                why = why or "alpn"
-        if not negotiated and IProtocolNegotiationFactory.providedBy(
-            self.wrappedFactory
-        ):
-            self._applyProtocolNegotiation(conn)
-        if client:
-            conn.set_connect_state()
-        else:
-            conn.set_accept_state()
-        checker = _hostnameChecker(conn.get_context()) if client else None
-        if why is None:
-            try:
-                if checker is not None and checker._hostnameIsDnsName:
-                    # What the info callback does at the handshake's start.
-                    conn.set_tlsext_host_name(checker._hostnameBytes)
-                transport._ameStartTLS(
-                    conn, int(_ffi.cast("uintptr_t", conn._ssl)), _METHOD,
-                    _plainVerify(conn), checker is not None,
-                )
-            except (ValueError, RuntimeError, OSError):
-                why = "start"
-        if why is None:
-            tlsProtocol._ameC = True
-            tlsProtocol._ameHostname = checker
-            self._ameCount("_ameTLSC")
-        else:
-            # Twisted's own TLS, as TLSMemoryBIOFactory would have made it.
-            self._ameCount("_ameTLSPython")
-        return conn
 
-    def _ameNegotiation(self, conn, client, protocols):
-        """
-        ALPN without Python: a client offers its list on the connection;
-        a server picks in C (tls.c) from the same list, in the same order
-        of preference as Twisted's callback.
-        """
-        if not protocols:
-            return
-        if client:
-            conn.set_alpn_protos(protocols)
-            return
-        ctx = conn.get_context()
-        first = not getattr(ctx, "_ameALPN", False)
-        _ame.tls_alpn(int(_ffi.cast("uintptr_t", conn._ssl)), _wire(protocols),
-                      first)
-        if first:
-            ctx._ameALPN = True
-            # pyOpenSSL's own callback no longer runs on this context.
-            ctx._alpn_select_helper = None
-            ctx._alpn_select_callback = None
-
-    def _ameCount(self, name):
-        count(self._ameReactor, name == "_ameTLSC")
+def adopt():
+    """
+    Make every L{tls.TLSMemoryBIOFactory} of the process build
+    L{TLSProtocol}s, so that TLS made outside C{listenSSL}/C{connectSSL}
+    (C{wrapClientTLS}: the C{tls:} endpoint, twisted.web's C{Agent}; a
+    factory made by hand) runs in C too on an AMEReactor's C streams.  On
+    any other transport a L{TLSProtocol} is Twisted's own TLS, unchanged.
+    Called when an AMEReactor is made.
+    """
+    tls.TLSMemoryBIOFactory.protocol = TLSProtocol
 
 
 def count(reactor, inC):
@@ -411,4 +442,4 @@ def count(reactor, inC):
     TOTALS["c" if inC else "python"] += 1
 
 
-__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "count"]
+__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "adopt", "count"]

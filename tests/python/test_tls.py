@@ -1,12 +1,14 @@
 """
-TLS on AMEReactor (listenSSL, connectSSL; bindings/ame/_tls.py and tls.c),
+TLS on AMEReactor (listenSSL, connectSSL, wrapClientTLS;
+bindings/ame/_tls.py and tls.c),
 run as a mixin over EPollReactor, AMEReactor with io="thread" and with
 io="inline": the same outcome on each, and on AMEReactor the counters say
 whether the connection's TLS ran in C (ameStats()["tls_c"]) or fell back to
 Twisted's (["tls_python"]).
 
 Peers are Python's ssl module on a thread of their own, so that what is
-tested is AMEReactor's server (and, in test_connectSSL, its client) alone.
+tested is AMEReactor's server alone; the client tests (connectSSL,
+optionsForClientTLS, wrapClientTLS) talk to listenSSL on the same reactor.
 Certificates are made with cryptography (Debian's python3-cryptography,
 which pyOpenSSL uses) when the tests start.
 
@@ -573,6 +575,49 @@ class TLSBehaviourMixin:
         reactor, f, got = self._clientTLS("elsewhere.example")
         self.assertEqual(len(got), 1)
         self.assertIsInstance(got[0], _sslverify.VerificationError)
+        self.assertTLS(reactor, 2)
+
+    def test_wrapClientTLS(self):
+        """
+        A client endpoint wrapped with wrapClientTLS (what the tls:
+        endpoint and twisted.web's Agent use: Twisted's own
+        TLSMemoryBIOFactory) talks to listenSSL; on AMEReactor both
+        sides' TLS is C's.
+        """
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint,
+            connectProtocol,
+            wrapClientTLS,
+        )
+
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+        got = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"ping")
+
+            def dataReceived(self, data):
+                got.append(data)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                got.append(type(reason.value))
+                reactor.stop()
+
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        endpoint = wrapClientTLS(
+            tssl.optionsForClientTLS("localhost", trustRoot=ca),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        connectProtocol(endpoint, Client()).addErrback(got.append)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active())
+        timer.cancel()
+        self.assertEqual(got[0], b"PING")
+        self.assertIn(got[1], (ConnectionDone, ConnectionLost))
         self.assertTLS(reactor, 2)
 
     def test_pythonCallbackFallsBack(self):
