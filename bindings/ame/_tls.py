@@ -2,7 +2,10 @@
 TLS in C for AMEReactor's TCP transports.
 
 C{listenSSL}, C{connectSSL} and the C{ssl:} endpoints wrap the program's
-factory in L{TLSFactory}, Twisted's L{tls.TLSMemoryBIOFactory} with one
+factory in L{TLSFactory}, Twisted's L{tls.TLSMemoryBIOFactory}; once an
+AMEReactor exists, every TLSMemoryBIOFactory (C{wrapClientTLS}, the C{tls:}
+endpoint, twisted.web's C{Agent}) builds L{TLSProtocol}s too (L{adopt}).
+A L{TLSProtocol} is Twisted's L{tls.TLSMemoryBIOProtocol} with one
 change: when the connection's transport is a C stream (an attached
 L{ame.reactor.Server} or L{ame.reactor.Client}) and its pyOpenSSL
 C{Connection} needs no Python during a handshake, the C worker runs the
@@ -20,8 +23,11 @@ each applies.
 """
 
 import errno
+import gc
+import types
 
 from OpenSSL import SSL
+from zope.interface import directlyProvides, providedBy
 
 from twisted.internet import _sslverify, main
 from twisted.internet.interfaces import (
@@ -29,8 +35,10 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IProtocolNegotiationFactory,
 )
+from twisted.internet.protocol import Protocol
 from twisted.protocols import tls
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python import log
 from twisted.python.failure import Failure
 
 from ame import _ame
@@ -74,7 +82,7 @@ def _wire(protocols):
     return b"".join(out)
 
 
-def _whyPython(conn, transport, client, protocols, creator):
+def _whyPython(conn, transport, client, protocols):
     """
     Why C{conn}'s TLS must stay Twisted's own (a short reason), or L{None}
     if the C worker can run it.
@@ -87,12 +95,15 @@ def _whyPython(conn, transport, client, protocols, creator):
         return "socket"
     ctx = conn.get_context()
     for name in _HANDSHAKE_CALLBACKS:
-        if getattr(ctx, name, None) is not None:
-            return name
+        if getattr(ctx, name, None) is None:
+            continue
+        if name == "_info_callback" and client and _hostnameChecker(ctx):
+            continue  # TLSProtocol checks the name after the handshake
+        return name
     if (
         getattr(conn, "_verify_callback", None) is not None
         and _lib.SSL_get_verify_mode(conn._ssl) != SSL.VERIFY_NONE
-        and not _plainVerify(conn, creator)
+        and not _plainVerify(conn)
     ):
         return "verify_callback"
     if (
@@ -104,24 +115,55 @@ def _whyPython(conn, transport, client, protocols, creator):
     return None
 
 
-def _plainVerify(conn, creator):
+def _pythonOf(callback):
+    """
+    The Python function behind a cffi callback that pyOpenSSL made (it
+    wraps the program's function with functools.wraps), or L{None}.
+    """
+    if callback is None:
+        return None
+    for ref in gc.get_referents(callback):
+        if isinstance(ref, tuple):
+            for x in ref:
+                if isinstance(x, types.FunctionType):
+                    return getattr(x, "__wrapped__", x)
+    return None
+
+
+# The code of the verify callback Twisted's CertificateOptions installs
+# (it returns OpenSSL's own verdict, preverify_ok).
+_TWISTED_VERIFY = frozenset(
+    c for c in _sslverify.OpenSSLCertificateOptions._makeContext.__code__
+    .co_consts if isinstance(c, types.CodeType) and c.co_name == "_verifyCallback"
+)
+
+
+def _plainVerify(conn):
     """
     Whether C{conn}'s verify callback is the one Twisted's
-    C{CertificateOptions} installs on the context it makes, which returns
-    OpenSSL's own verdict: then C verifies without it (no Python per
-    certificate).  A subclass keeps Python; so does a connection given a
-    callback of its own.  (A callback set on the options' cached context
-    after Twisted made it is not told apart.)
+    C{CertificateOptions} installs (also under C{optionsForClientTLS}),
+    which returns OpenSSL's own verdict: then C verifies without it (no
+    Python per certificate).
     """
-    # TLSMemoryBIOFactory wraps old-style context factories (options).
-    creator = getattr(creator, "_oldStyleContextFactory", creator)
-    ctx = getattr(creator, "_context", None)
-    return (
-        type(creator) is _sslverify.OpenSSLCertificateOptions
-        and ctx is not None
-        and conn.get_context() is ctx
-        and getattr(conn, "_verify_helper", None) is ctx._verify_helper
-    )
+    fn = _pythonOf(getattr(conn, "_verify_callback", None))
+    return getattr(fn, "__code__", None) in _TWISTED_VERIFY
+
+
+def _hostnameChecker(ctx):
+    """
+    The L{_sslverify.ClientTLSOptions} whose info callback (SNI, then the
+    check of the server's name once the handshake is done) is C{ctx}'s
+    only one, or L{None}.
+    """
+    fn = _pythonOf(getattr(ctx, "_info_callback", None))
+    for cell in getattr(fn, "__closure__", None) or ():
+        bound = cell.cell_contents
+        if (
+            getattr(bound, "__func__", None)
+            is _sslverify.ClientTLSOptions._identityVerifyingInfoCallback
+        ):
+            return bound.__self__
+    return None
 
 
 def _failure(err):
@@ -142,17 +184,29 @@ def _failure(err):
 class TLSProtocol(tls.TLSMemoryBIOProtocol):
     """
     L{tls.TLSMemoryBIOProtocol} whose TLS is the C worker's when
-    L{TLSFactory} could hand it over (C{_ameC}); Twisted's own otherwise.
+    L{_createConnection} could hand it over (C{_ameC}); Twisted's own
+    otherwise, method for method.
     """
 
     _ameC = False
+    _ameHostname = None  # ClientTLSOptions whose name check is ours
 
     def makeConnection(self, transport):
+        # TLSMemoryBIOProtocol.makeConnection, with the connection made by
+        # _createConnection (for any TLSMemoryBIOFactory).
         self._ameTransport = transport
         try:
-            tls.TLSMemoryBIOProtocol.makeConnection(self, transport)
+            self._tlsConnection = _createConnection(self.factory, self)
         finally:
             del self._ameTransport
+        self._appSendBuffer = []
+        for interface in providedBy(transport):
+            directlyProvides(self, interface)
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            ProtocolWrapper.makeConnection(self, transport)
+        self._checkHandshakeStatus()
         if self._ameC:
             # Writes go straight to C, which drops them once close_notify
             # is asked for (what write() below does after loseConnection
@@ -164,6 +218,8 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
     # data: what _checkHandshakeStatus does when do_handshake() succeeds.
     def _ameHandshakeDone(self):
         self._handshakeDone = True
+        if self._ameHostname is not None:
+            self._ameCheckHostname(self._ameHostname)
         if self.wrappedProtocol is not None:
             # Plaintext from C straight to the protocol (abortConnection
             # stops reading, so nothing arrives after it).
@@ -172,6 +228,23 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
             self.wrappedProtocol
         ):
             self.wrappedProtocol.handshakeCompleted()
+
+    def _ameCheckHostname(self, options):
+        # What ClientTLSOptions' info callback does once the handshake is
+        # done (its errors handled as _tolerateErrors handles them).
+        try:
+            if options._hostnameIsDnsName:
+                _sslverify.verifyHostname(
+                    self._tlsConnection, options._hostnameASCII)
+            else:
+                _sslverify.verifyIPAddress(
+                    self._tlsConnection, options._hostnameASCII)
+        except _sslverify.VerificationError:
+            self.failVerification(Failure())
+        except BaseException:
+            f = Failure()
+            log.err(f, "Error during info_callback")
+            self.failVerification(f)
 
     def _checkHandshakeStatus(self):
         if self._ameC:
@@ -252,10 +325,91 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
         return tls.TLSMemoryBIOProtocol.negotiatedProtocol.fget(self)
 
 
+def _createConnection(factory, tlsProtocol):
+    """
+    What L{tls.TLSMemoryBIOFactory._createConnection} does for C{factory}
+    (any TLSMemoryBIOFactory), then, where L{_whyPython} finds nothing
+    against it, hand the connection to the C worker (C{tlsProtocol._ameC}).
+    """
+    client = factory._creatorInterface is IOpenSSLClientConnectionCreator
+    creator = factory._connectionCreator
+    if client:
+        conn = creator.clientConnectionForTLS(tlsProtocol)
+    else:
+        conn = creator.serverConnectionForTLS(tlsProtocol)
+    protocols = None
+    if IProtocolNegotiationFactory.providedBy(factory.wrappedFactory):
+        protocols = list(factory.wrappedFactory.acceptableProtocols())
+    else:
+        options = getattr(creator, "_oldStyleContextFactory", creator)
+        if getattr(options, "_acceptableProtocols", None):
+            protocols = list(options._acceptableProtocols)
+    transport = getattr(tlsProtocol, "_ameTransport", None)
+    why = _whyPython(conn, transport, client, protocols)
+    # ALPN in C wherever OpenSSL is ours: a server's choice then needs no
+    # Python, whichever side drives the connection.
+    negotiated = False
+    if protocols and _SAME_LIBSSL and (why is None or not client):
+        try:
+            _negotiation(conn, client, protocols)
+            negotiated = True
+        except (ValueError, RuntimeError):
+            why = why or "alpn"
+    if not negotiated and IProtocolNegotiationFactory.providedBy(
+        factory.wrappedFactory
+    ):
+        factory._applyProtocolNegotiation(conn)
+    if client:
+        conn.set_connect_state()
+    else:
+        conn.set_accept_state()
+    checker = _hostnameChecker(conn.get_context()) if client else None
+    if why is None:
+        try:
+            if checker is not None and checker._hostnameIsDnsName:
+                # What the info callback does at the handshake's start.
+                conn.set_tlsext_host_name(checker._hostnameBytes)
+            transport._ameStartTLS(
+                conn, int(_ffi.cast("uintptr_t", conn._ssl)), _METHOD,
+                _plainVerify(conn), checker is not None, tlsProtocol,
+            )
+        except (ValueError, RuntimeError, OSError):
+            why = "start"
+    if why is None:
+        tlsProtocol._ameC = True
+        tlsProtocol._ameHostname = checker
+    reactor = getattr(factory, "_ameReactor", None) or getattr(
+        transport, "reactor", None)
+    if reactor is not None:
+        count(reactor, why is None)
+    return conn
+
+
+def _negotiation(conn, client, protocols):
+    """
+    ALPN without Python: a client offers its list on the connection; a
+    server picks in C (tls.c) from the same list, in the same order of
+    preference as Twisted's callback.
+    """
+    if client:
+        conn.set_alpn_protos(protocols)
+        return
+    ctx = conn.get_context()
+    first = not getattr(ctx, "_ameALPN", False)
+    _ame.tls_alpn(int(_ffi.cast("uintptr_t", conn._ssl)), _wire(protocols),
+                  first)
+    if first:
+        ctx._ameALPN = True
+        # pyOpenSSL's own callback no longer runs on this context.
+        ctx._alpn_select_helper = None
+        ctx._alpn_select_callback = None
+
+
 class TLSFactory(tls.TLSMemoryBIOFactory):
     """
-    L{tls.TLSMemoryBIOFactory} whose connections' TLS runs in C where it
-    can (L{TLSProtocol}).
+    L{tls.TLSMemoryBIOFactory} for C{listenSSL} and C{connectSSL}: its
+    connections' TLS runs in C where it can (L{TLSProtocol}), counted on
+    C{reactor}.
     """
 
     protocol = TLSProtocol
@@ -266,78 +420,17 @@ class TLSFactory(tls.TLSMemoryBIOFactory):
         )
         self._ameReactor = reactor
 
-    def _createConnection(self, tlsProtocol):
-        client = self._creatorInterface is IOpenSSLClientConnectionCreator
-        creator = self._connectionCreator
-        if client:
-            conn = creator.clientConnectionForTLS(tlsProtocol)
-        else:
-            conn = creator.serverConnectionForTLS(tlsProtocol)
-        protocols = None
-        if IProtocolNegotiationFactory.providedBy(self.wrappedFactory):
-            protocols = list(self.wrappedFactory.acceptableProtocols())
-        else:
-            options = getattr(creator, "_oldStyleContextFactory", creator)
-            if getattr(options, "_acceptableProtocols", None):
-                protocols = list(options._acceptableProtocols)
-        transport = getattr(tlsProtocol, "_ameTransport", None)
-        why = _whyPython(conn, transport, client, protocols, creator)
-        # ALPN in C wherever OpenSSL is ours: a server's choice then needs
-        # no Python, whichever side drives the connection.
-        negotiated = False
-        if protocols and _SAME_LIBSSL and (why is None or not client):
-            try:
-                self._ameNegotiation(conn, client, protocols)
-                negotiated = True
-            except (ValueError, RuntimeError):
-                why = why or "alpn"
-        if not negotiated and IProtocolNegotiationFactory.providedBy(
-            self.wrappedFactory
-        ):
-            self._applyProtocolNegotiation(conn)
-        if client:
-            conn.set_connect_state()
-        else:
-            conn.set_accept_state()
-        if why is None:
-            try:
-                transport._ameStartTLS(
-                    conn, int(_ffi.cast("uintptr_t", conn._ssl)), _METHOD,
-                    _plainVerify(conn, creator),
-                )
-            except (ValueError, RuntimeError, OSError):
-                why = "start"
-        if why is None:
-            tlsProtocol._ameC = True
-            self._ameCount("_ameTLSC")
-        else:
-            # Twisted's own TLS, as TLSMemoryBIOFactory would have made it.
-            self._ameCount("_ameTLSPython")
-        return conn
 
-    def _ameNegotiation(self, conn, client, protocols):
-        """
-        ALPN without Python: a client offers its list on the connection;
-        a server picks in C (tls.c) from the same list, in the same order
-        of preference as Twisted's callback.
-        """
-        if not protocols:
-            return
-        if client:
-            conn.set_alpn_protos(protocols)
-            return
-        ctx = conn.get_context()
-        first = not getattr(ctx, "_ameALPN", False)
-        _ame.tls_alpn(int(_ffi.cast("uintptr_t", conn._ssl)), _wire(protocols),
-                      first)
-        if first:
-            ctx._ameALPN = True
-            # pyOpenSSL's own callback no longer runs on this context.
-            ctx._alpn_select_helper = None
-            ctx._alpn_select_callback = None
-
-    def _ameCount(self, name):
-        count(self._ameReactor, name == "_ameTLSC")
+def adopt():
+    """
+    Make every L{tls.TLSMemoryBIOFactory} of the process build
+    L{TLSProtocol}s, so that TLS made outside C{listenSSL}/C{connectSSL}
+    (C{wrapClientTLS}: the C{tls:} endpoint, twisted.web's C{Agent}; a
+    factory made by hand) runs in C too on an AMEReactor's C streams.  On
+    any other transport a L{TLSProtocol} is Twisted's own TLS, unchanged.
+    Called when an AMEReactor is made.
+    """
+    tls.TLSMemoryBIOFactory.protocol = TLSProtocol
 
 
 def count(reactor, inC):
@@ -349,4 +442,4 @@ def count(reactor, inC):
     TOTALS["c" if inC else "python"] += 1
 
 
-__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "count"]
+__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "adopt", "count"]

@@ -460,6 +460,7 @@ class AMEReactor(
         self._selectables = {}
         self._continuousPolling = posixbase._ContinuousPolling(self)
         self._core.set_handlers(self._ameReadFailed)
+        _tls.adopt()
         posixbase.PosixReactorBase.__init__(self)
 
     # The waker: wakeUp() signals the core directly.

@@ -43,6 +43,16 @@ void ame__tls_plain_verify(struct ame__tls *t) {
   SSL_set_verify(s, SSL_get_verify_mode(s), NULL);
 }
 
+static void no_info(const SSL *s, int where, int ret) {
+  (void)s, (void)where, (void)ret;
+}
+
+void ame__tls_quiet_info(struct ame__tls *t) {
+  /* A connection's own callback wins over its context's (NULL would
+  ** not: then the context's is called). */
+  SSL_set_info_callback((SSL *)t->ssl, no_info);
+}
+
 int ame__tls_feed(struct ame__tls *t, const void *p, size_t n) {
   while (n > 0) {
     int chunk = n > (1u << 30) ? 1 << 30 : (int)n;

@@ -65,6 +65,9 @@ int ame__tls_init(struct ame__tls *t, uintptr_t ssl);
 ** installs returns. */
 void ame__tls_plain_verify(struct ame__tls *t);
 
+/* Call no info callback for this connection (its context's is Python). */
+void ame__tls_quiet_info(struct ame__tls *t);
+
 /* Bytes received from the peer.  Return 0 or -ENOMEM. */
 int ame__tls_feed(struct ame__tls *t, const void *p, size_t n);
 

@@ -105,6 +105,7 @@ typedef struct {
   ** (kept alive until the worker let go), and, once detached, what the
   ** worker last published (_ameTLSInfo). */
   PyObject *tls_conn;
+  PyObject *tls_owner; /* told of the handshake (_ameHandshakeDone) */
   int tls_shut_called;
   int tls_done;
   int tls_failed;
@@ -809,8 +810,9 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
     if (e->owner && e->hs && rc == 0) {
       /* Before the first data, as Twisted's TLS tells the protocol. */
       StreamObject *s = (StreamObject *)e->owner;
-      if (s->f == f && s->protocol) {
-        PyObject *proto = Py_NewRef(s->protocol);
+      PyObject *target = s->tls_owner ? s->tls_owner : s->protocol;
+      if (s->f == f && target) {
+        PyObject *proto = Py_NewRef(target);
         PyObject *r = PyObject_CallMethodNoArgs(proto, str_ameHandshakeDone);
         Py_DECREF(proto);
         read_failed(c, e->owner, r);
@@ -916,6 +918,7 @@ static void stream_detach(StreamObject *self) {
   }
   Py_CLEAR(self->core);
   Py_CLEAR(self->tls_conn); /* the worker no longer uses its SSL object */
+  Py_CLEAR(self->tls_owner);
 }
 
 PyDoc_STRVAR(attach_doc,
@@ -972,24 +975,28 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
 }
 
 PyDoc_STRVAR(start_tls_doc,
-"_ameStartTLS(connection, ssl, tls_method)\n--\n\n"
+"_ameStartTLS(connection, ssl, tls_method, plain_verify=False, "
+"quiet_info=False, owner=None)\n--\n\n"
 "Switch TLS on in C: from now on the worker runs the handshake and the\n"
 "record layer on the SSL object at address ssl (connection's: a\n"
 "pyOpenSSL Connection over memory BIOs, its accept or connect state\n"
 "set; kept alive until the stream detaches), what the protocol gets is\n"
 "plaintext and write() takes plaintext.  tls_method: what TLS_method()\n"
 "returns to pyOpenSSL (ValueError unless it is what it returns here:\n"
-"the same libssl).  The protocol's _ameHandshakeDone() is called once\n"
-"the handshake completes, before any data.  plain_verify: the\n"
+"the same libssl).  owner's _ameHandshakeDone() (default: the\n"
+"protocol's) is called once the handshake completes, before any data.  plain_verify: the\n"
 "connection's verify callback only returns OpenSSL's own verdict (as\n"
-"Twisted's CertificateOptions' does): verify without it, in C.");
+"Twisted's CertificateOptions' does): verify without it, in C.\n"
+"quiet_info: the context's info callback is not called for this\n"
+"connection (what it did is done in Python around the handshake).");
 
 static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
   PyObject *conn;
   unsigned long long ssl, fn;
-  int plain_verify = 0;
-  if (!PyArg_ParseTuple(args, "OKK|p:_ameStartTLS", &conn, &ssl, &fn,
-                        &plain_verify))
+  int plain_verify = 0, quiet_info = 0;
+  PyObject *owner = NULL;
+  if (!PyArg_ParseTuple(args, "OKK|ppO:_ameStartTLS", &conn, &ssl, &fn,
+                        &plain_verify, &quiet_info, &owner))
     return NULL;
   struct fconn *f = live_f(self);
   if (f == NULL || f->listener || f->pipe) {
@@ -1020,7 +1027,9 @@ static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
     return NULL;
   }
   if (plain_verify) ame__tls_plain_verify(t);
+  if (quiet_info) ame__tls_quiet_info(t);
   self->tls_conn = Py_NewRef(conn);
+  Py_XSETREF(self->tls_owner, Py_XNewRef(owner));
   pthread_mutex_lock(&c->lock);
   f->tls = t;
   /* Anything read so far is records: the worker feeds it first. */
@@ -1601,6 +1610,7 @@ static int Stream_traverse(StreamObject *self, visitproc visit, void *arg) {
   Py_VISIT(self->ctx_base);
   Py_VISIT(self->ctx_push);
   Py_VISIT(self->tls_conn);
+  Py_VISIT(self->tls_owner);
   return 0;
 }
 
@@ -1616,6 +1626,7 @@ static int Stream_clear(StreamObject *self) {
   Py_CLEAR(self->ctx_base);
   Py_CLEAR(self->ctx_push);
   if (self->f == NULL) Py_CLEAR(self->tls_conn); /* else: at detach */
+  Py_CLEAR(self->tls_owner);
   return 0;
 }
 

@@ -183,9 +183,16 @@ static const char *parse_url(const char *s, url_t *u) {
   return NULL;
 }
 
+/* Does header line h ("Name: value") have the name `name` (any case)? */
+static int header_is(const char *h, const char *name) {
+  size_t n = strlen(name);
+  return strncasecmp(h, name, n) == 0 && (h[n] == ':' || h[n] == ' ');
+}
+
 /* Build the request for u (and the extra headers, and the body) into a new
 ** string.  A GET is nearly as small as wrk's (wrk sends the request line
-** and Host; this adds Connection: keep-alive), so that both tools cost
+** and Host; this adds Connection: keep-alive unless -H gives a Connection
+** header), so that both tools cost
 ** the server about the same; -H adds the rest.  Content-Length goes with
 ** a body, and with POST, PUT and PATCH even without one (RFC 9110 8.6). */
 static char *build_request(const url_t *u, const char *query,
@@ -200,10 +207,15 @@ static char *build_request(const url_t *u, const char *query,
   if (req == NULL) return NULL;
   const char *target = u->path ? u->path : (query ? query : "");
   int tlen = (int)strcspn(target, "#"); /* a fragment is not sent */
-  int n = snprintf(req, cap,
-                   "%s %s%.*s HTTP/1.1\r\nHost: %s\r\n"
-                   "Connection: keep-alive\r\n",
-                   method, u->path ? "" : "/", tlen, target, u->authority);
+  /* -H 'Connection: close' (a new connection per request, as with wrk)
+  ** replaces the default rather than following it: a server reads the
+  ** first of two. */
+  int own_connection = 0;
+  for (size_t i = 0; i < nheaders; i++)
+    own_connection |= header_is(headers[i], "Connection");
+  int n = snprintf(req, cap, "%s %s%.*s HTTP/1.1\r\nHost: %s\r\n%s", method,
+                   u->path ? "" : "/", tlen, target, u->authority,
+                   own_connection ? "" : "Connection: keep-alive\r\n");
   size_t off = (size_t)n;
   for (size_t i = 0; i < nheaders; i++)
     off += (size_t)snprintf(req + off, cap - off, "%s\r\n", headers[i]);
@@ -227,11 +239,6 @@ static int valid_method(const char *m) {
   return 1;
 }
 
-/* Does header line h ("Name: value") have the name `name` (any case)? */
-static int header_is(const char *h, const char *name) {
-  size_t n = strlen(name);
-  return strncasecmp(h, name, n) == 0 && (h[n] == ':' || h[n] == ' ');
-}
 
 /* Read all of path into a new buffer (*len bytes).  Return it, or NULL
 ** after one line on stderr. */

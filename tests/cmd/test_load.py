@@ -15,7 +15,10 @@ what `ame load --json` reports agrees:
            chunked; the requests and status codes reported are the ones
            the server sent, no errors, percentiles in order
   delay    GET /slow (answered after 5 ms): latencies are all >= 5 ms
-  close    GET /close (Connection: close): reconnects, nothing lost
+  close    GET /close (Connection: close): reconnects, nothing lost; and
+           -H 'Connection: close': every request carries that one
+           Connection header (not also the default keep-alive), so a
+           server that honours it answers each on a new connection
   rate     --rate 200 for 2 s: about 400 requests, latency from due time
   timeout  GET /hang (never answered): timeouts counted, exit 1
   tls      https:// against the same server behind TLS (a certificate made
@@ -56,6 +59,7 @@ class CountingServer:
         self.methods = {}  # method: requests
         self.bodies = {}   # body bytes: requests
         self.connections = 0
+        self.connection_headers = {}  # the request's Connection values
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -78,9 +82,10 @@ class CountingServer:
         self.loop.call_soon_threadsafe(stop)
         self.thread.join(10)
 
-    def _response(self, path, method='GET'):
-        """The next response for path, counted, and whether to close.  A
-        response to HEAD has the headers a GET's would have, no body."""
+    def _response(self, path, method='GET', close=False):
+        """The next response for path, counted, and whether to close
+        (/close, or close: the request asked).  A response to HEAD has
+        the headers a GET's would have, no body."""
         n = self.served
         self.served += 1
         code = 404 if n % 10 == 9 else 200
@@ -88,7 +93,7 @@ class CountingServer:
         reason = b'OK' if code == 200 else b'Not Found'
         body = b'hello\n' if code == 200 else b'not found\n'
         head = b'HTTP/1.1 %d %s\r\n' % (code, reason)
-        close = path == '/close'
+        close = close or path == '/close'
         if close:
             head += b'Connection: close\r\n'
         if method == 'HEAD':
@@ -112,10 +117,16 @@ class CountingServer:
                 method, path = head.split(b' ', 2)[:2]
                 method, path = method.decode(), path.decode()
                 length = 0
+                conn = []
                 for line in head.split(b'\r\n')[1:]:
                     name, _, value = line.partition(b':')
                     if name.strip().lower() == b'content-length':
                         length = int(value)
+                    if name.strip().lower() == b'connection':
+                        conn.append(value.strip().decode())
+                key = tuple(conn)
+                self.connection_headers[key] = (
+                    self.connection_headers.get(key, 0) + 1)
                 body = await reader.readexactly(length) if length else b''
                 self.methods[method] = self.methods.get(method, 0) + 1
                 self.bodies[body] = self.bodies.get(body, 0) + 1
@@ -124,7 +135,8 @@ class CountingServer:
                     break
                 if path == '/slow':
                     await asyncio.sleep(DELAY_S)
-                data, close = self._response(path, method)
+                data, close = self._response(path, method,
+                                             conn == ['close'])
                 writer.write(data)
                 await writer.drain()
                 if close:
@@ -300,6 +312,22 @@ def case_close(ame):
     if res is None:
         return
     check_counts(srv, res, 4)
+    check(res['errors']['total'] == 0, 'no errors: %s' % res['errors'])
+    check(srv.connections >= res['requests'],
+          'one connection per request (%d connections, %d requests)'
+          % (srv.connections, res['requests']))
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
+                            ['-c', '4', '-d', '1s', '-H', 'Connection: close'])
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None, 'exit %d (0), JSON parsed' % rc)
+    if res is None:
+        return
+    check(list(srv.connection_headers) == [('close',)],
+          "-H 'Connection: close' replaces the default: %s"
+          % srv.connection_headers)
     check(res['errors']['total'] == 0, 'no errors: %s' % res['errors'])
     check(srv.connections >= res['requests'],
           'one connection per request (%d connections, %d requests)'

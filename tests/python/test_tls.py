@@ -1,12 +1,14 @@
 """
-TLS on AMEReactor (listenSSL, connectSSL; bindings/ame/_tls.py and tls.c),
+TLS on AMEReactor (listenSSL, connectSSL, wrapClientTLS;
+bindings/ame/_tls.py and tls.c),
 run as a mixin over EPollReactor, AMEReactor with io="thread" and with
 io="inline": the same outcome on each, and on AMEReactor the counters say
 whether the connection's TLS ran in C (ameStats()["tls_c"]) or fell back to
 Twisted's (["tls_python"]).
 
 Peers are Python's ssl module on a thread of their own, so that what is
-tested is AMEReactor's server (and, in test_connectSSL, its client) alone.
+tested is AMEReactor's server alone; the client tests (connectSSL,
+optionsForClientTLS, wrapClientTLS) talk to listenSSL on the same reactor.
 Certificates are made with cryptography (Debian's python3-cryptography,
 which pyOpenSSL uses) when the tests start.
 
@@ -31,6 +33,7 @@ from OpenSSL import SSL
 from zope.interface import implementer
 
 from twisted.internet import protocol
+from twisted.internet import _sslverify
 from twisted.internet import ssl as tssl
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -151,6 +154,7 @@ class _Server(protocol.Protocol):
             peer.get_subject().CN if peer is not None else None,
             t.negotiatedProtocol,
             isinstance(t.getHandle(), SSL.Connection),
+            t.getHandle().get_servername(),
         ))
 
     def dataReceived(self, data):
@@ -283,7 +287,8 @@ class TLSBehaviourMixin:
         kinds = [e[0] for e in f.events]
         self.assertEqual(kinds, ["made", "handshake", "data", "data", "lost"])
         self.assertEqual(f.events[0], ("made", None))
-        self.assertEqual(f.events[1], ("handshake", None, None, True))
+        self.assertEqual(f.events[1],
+                         ("handshake", None, None, True, b"localhost"))
         self.assertIsInstance(f.events[-1][1], (ConnectionDone,
                                                 ConnectionLost))
         self.assertTLS(reactor, 1)
@@ -510,6 +515,104 @@ class TLSBehaviourMixin:
         reactor.connectSSL("127.0.0.1", port,
                            protocol.ClientFactory.forProtocol(Client),
                            tssl.ClientContextFactory())
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active())
+        timer.cancel()
+        self.assertEqual(got[0], b"PING")
+        self.assertIn(got[1], (ConnectionDone, ConnectionLost))
+        self.assertTLS(reactor, 2)
+
+    def _clientTLS(self, hostname):
+        """
+        connectSSL with optionsForClientTLS(hostname), trusting the test
+        CA, to listenSSL on the same reactor: what the client's protocol
+        saw (data, then the connectionLost reason).
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+        got = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"ping")
+
+            def dataReceived(self, data):
+                got.append(data)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                got.append(reason.value)
+                reactor.stop()
+
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.connectSSL("127.0.0.1", port,
+                           protocol.ClientFactory.forProtocol(Client),
+                           tssl.optionsForClientTLS(hostname, trustRoot=ca))
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active())
+        timer.cancel()
+        return reactor, f, got
+
+    def test_clientTLSOptions(self):
+        """
+        optionsForClientTLS: the server's certificate is verified against
+        the trust root and its name checked; the client sends SNI.
+        """
+        reactor, f, got = self._clientTLS("localhost")
+        self.assertEqual(got[0], b"PING")
+        shake = [e for e in f.events if e[0] == "handshake"][0]
+        self.assertEqual(shake[4], b"localhost")
+        self.assertIsInstance(got[1], (ConnectionDone, ConnectionLost))
+        self.assertTLS(reactor, 2)
+
+    def test_clientTLSOptionsWrongName(self):
+        """
+        A server certificate for another name fails the client's check:
+        its protocol gets the VerificationError, and no data.
+        """
+        reactor, f, got = self._clientTLS("elsewhere.example")
+        self.assertEqual(len(got), 1)
+        self.assertIsInstance(got[0], _sslverify.VerificationError)
+        self.assertTLS(reactor, 2)
+
+    def test_wrapClientTLS(self):
+        """
+        A client endpoint wrapped with wrapClientTLS (what the tls:
+        endpoint and twisted.web's Agent use: Twisted's own
+        TLSMemoryBIOFactory) talks to listenSSL; on AMEReactor both
+        sides' TLS is C's.
+        """
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint,
+            connectProtocol,
+            wrapClientTLS,
+        )
+
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+        got = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"ping")
+
+            def dataReceived(self, data):
+                got.append(data)
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                got.append(type(reason.value))
+                reactor.stop()
+
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        endpoint = wrapClientTLS(
+            tssl.optionsForClientTLS("localhost", trustRoot=ca),
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        connectProtocol(endpoint, Client()).addErrback(got.append)
         reactor.run(installSignalHandlers=False)
         self.assertTrue(timer.active())
         timer.cancel()
