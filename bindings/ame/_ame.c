@@ -458,6 +458,7 @@ static struct watch *get_watch(struct core *c, int fd) {
 }
 
 static void core_free(struct core *c) {
+  ame__tls_pool_stop(c);
   if (c->r) ame_reactor_free(c->r);
   ame__fconn_free_all(c);
   ame__gai_free_all(c);
@@ -474,6 +475,8 @@ static void core_free(struct core *c) {
   if (c->checkfd_w >= 0) close(c->checkfd_w);
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->cond);
+  pthread_cond_destroy(&c->hs_cond);
+  pthread_cond_destroy(&c->hs_idle);
   free(c);
 }
 
@@ -532,6 +535,8 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args,
   c->efd = c->checkfd = c->checkfd_w = -1;
   c->fork_gen = fork_gen;
   pthread_mutex_init(&c->lock, NULL);
+  pthread_cond_init(&c->hs_cond, NULL);
+  pthread_cond_init(&c->hs_idle, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_cond_init(&c->cond, &ca);
@@ -1017,7 +1022,7 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
   uint64_t na = c->n_accepted, no = c->n_open;
   uint64_t bi = c->n_bytes_in, bo = c->n_bytes_out;
   uint64_t to = c->n_tls_open, th = c->n_tls_handshakes,
-           tf = c->n_tls_failures;
+           tf = c->n_tls_failures, tp = c->n_tls_pool_steps;
   pthread_mutex_unlock(&c->lock);
   PyObject *d = PyDict_New();
   if (d == NULL) return NULL;
@@ -1047,6 +1052,7 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
       set_u64(d, "bytes_received", bi) || set_u64(d, "bytes_sent", bo) ||
       set_u64(d, "tls_c_open", to) || set_u64(d, "tls_c_handshakes", th) ||
       set_u64(d, "tls_c_failures", tf) ||
+      set_u64(d, "tls_c_pool_steps", tp) ||
       set_u64(d, "stm_commits", tm.commits) ||
       set_u64(d, "stm_aborts", tm.aborts) ||
       set_u64(d, "stm_irrevocable", tm.irrevocable))

@@ -89,6 +89,8 @@ def _whyPython(conn, transport, client, protocols):
     """
     if not _SAME_LIBSSL:
         return "libssl"
+    if not isinstance(conn, SSL.Connection):
+        return "connection"  # a creator's own object: Twisted's TLS drives it
     if not getattr(transport, "_ameFast", False):
         return "transport"
     if getattr(conn, "_socket", True) is not None:
@@ -349,7 +351,8 @@ def _createConnection(factory, tlsProtocol):
     # ALPN in C wherever OpenSSL is ours: a server's choice then needs no
     # Python, whichever side drives the connection.
     negotiated = False
-    if protocols and _SAME_LIBSSL and (why is None or not client):
+    if (protocols and _SAME_LIBSSL and isinstance(conn, SSL.Connection)
+            and (why is None or not client)):
         try:
             _negotiation(conn, client, protocols)
             negotiated = True
@@ -363,7 +366,8 @@ def _createConnection(factory, tlsProtocol):
         conn.set_connect_state()
     else:
         conn.set_accept_state()
-    checker = _hostnameChecker(conn.get_context()) if client else None
+    checker = (_hostnameChecker(conn.get_context())
+               if client and why is None else None)
     if why is None:
         try:
             if checker is not None and checker._hostnameIsDnsName:

@@ -106,7 +106,16 @@ struct core {
   uint64_t n_tls_open;      /* lock: streams whose TLS is C's */
   uint64_t n_tls_handshakes; /* lock: handshakes completed in C */
   uint64_t n_tls_failures;  /* lock: TLS connections ended by an error */
+  uint64_t n_tls_pool_steps; /* lock: handshake steps run by the pool */
   char *tls_buf;            /* worker: decrypt/encrypt scratch */
+  /* The handshake pool (thread mode; transport.c): threads that run the
+  ** handshake steps of TLS streams, off the worker. */
+  pthread_t *hs_threads;
+  int hs_nthreads;          /* lock (written by the Python thread) */
+  int hs_stop;              /* lock */
+  struct tls_job *hs_head, *hs_tail; /* lock: steps waiting */
+  pthread_cond_t hs_cond;   /* a step is waiting, or stop */
+  pthread_cond_t hs_idle;   /* a step let go of its stream's SSL object */
 };
 
 typedef struct {
@@ -178,6 +187,9 @@ struct fconn {
   int tls_shut_ready;       /* lock: ..., after what ready holds */
   ame__oqueue_t tplain;     /* worker: plaintext taken from ready, waiting
                                for the handshake */
+  int tls_in_pool;          /* lock: a handshake step uses the SSL object */
+  ame__ibuf_t tls_held;     /* worker: records that arrived meanwhile */
+  int tls_held_end;         /* worker: ... and how the input ended */
 };
 
 /* transport.c: an IPv4/IPv6 address as the socket module gives it
@@ -197,6 +209,8 @@ int ame__core_sync(struct core *c);
 
 /* transport.c */
 int ame__stream_init_type(PyObject *m, ame_state *st);
+/* Stop the handshake pool's threads (before the reactor is freed). */
+void ame__tls_pool_stop(struct core *c);
 /* _ame.tls_library(method) and _ame.tls_alpn(ssl, wire, set_ctx): see
 ** _ame.c's docs. */
 PyObject *ame__py_tls_library(PyObject *m, PyObject *arg);

@@ -36,6 +36,8 @@ struct ame__tls {
   int server;     /* accepting side */
   int hs;         /* the handshake completed */
   int closed;     /* the peer's close_notify arrived */
+  int busy;       /* a handshake step runs in the pool: the worker leaves
+                     the object alone */
   int shut_asked; /* write our close_notify once the plaintext is out */
   int shut;       /* our close_notify is written */
   int failed;     /* an error ended it: see ekind */

@@ -67,6 +67,7 @@
 #include "tls.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
@@ -228,6 +229,7 @@ static void fconn_free(struct fconn *f) {
   ame__oq_clear(&f->ready);
   ame__oq_clear(&f->wq);
   ame__ibuf_free(&f->tls_early);
+  ame__ibuf_free(&f->tls_held);
   ame__oq_clear(&f->tplain);
   free(f->tls); /* the SSL object is pyOpenSSL's */
   free(f);
@@ -401,43 +403,20 @@ static void tls_failed(struct core *c, struct fconn *f, int eof) {
     f->rerr = EPROTO;
 }
 
-/* Worker.  What recv() returned under TLS (have: n is bytes in c->scratch,
-** 0 for end of file or -errno; else nothing new) goes through OpenSSL,
-** after any bytes read before TLS was switched on: the handshake advances,
-** plaintext goes to f->in, and what OpenSSL wrote in answer is sent. */
-static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
-  struct ame__tls *t = f->tls;
-  ame__ibuf_t early = {0};
-  pthread_mutex_lock(&c->lock);
-  int detached = f->detach;
-  if (f->tls_early.len) ame__ibuf_take(&f->tls_early, &early);
-  pthread_mutex_unlock(&c->lock);
-  if (detached) {
-    ame__ibuf_free(&early);
-    return;
-  }
-  int oom = 0;
-  if (early.len)
-    oom |= ame__tls_feed(t, ame__ibuf_data(&early), early.len) != 0;
-  ame__ibuf_free(&early);
-  if (have && n > 0)
-    oom |= ame__tls_feed(t, c->scratch, (size_t)n) != 0;
-  else if (have)
-    ame__tls_input_ended(t);
-  ame__ibuf_t plain = {0};
-  int r = oom ? 0 : ame__tls_advance(t, &plain, c->tls_buf, AME_RECV_SIZE);
-  if (r & AME_TLS_CLOSED) ame__tls_shutdown(t); /* answer close_notify */
+/* Worker.  Publish one step of OpenSSL's work on f: r (ame__tls_advance's
+** mask), the plaintext it produced, oom (out of memory on the way), end
+** (how the input ended with this step: 0 not, 1 end of file, -errno).
+** Then send what OpenSSL wrote in answer (handshake records, alerts,
+** close_notify). */
+static void tls_publish(struct core *c, struct fconn *f, int r,
+                        ame__ibuf_t *plain, int oom, int end) {
   pthread_mutex_lock(&c->lock);
   int sig = 0;
   if (!f->detach) {
-    if (have && n > 0) {
-      c->n_reads++;
-      c->n_bytes_in += (uint64_t)n;
-    }
-    if (plain.len) {
+    if (plain->len) {
       if (f->in.len == 0 && f->in.p == NULL)
-        ame__ibuf_take(&plain, &f->in);
-      else if (ame__ibuf_append(&f->in, ame__ibuf_data(&plain), plain.len))
+        ame__ibuf_take(plain, &f->in);
+      else if (ame__ibuf_append(&f->in, ame__ibuf_data(plain), plain->len))
         f->rerr = ENOMEM;
     }
     if (r & AME_TLS_HANDSHAKEN) {
@@ -449,20 +428,249 @@ static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
     if (oom) {
       f->rerr = ENOMEM;
     } else if (r & AME_TLS_FAILED) {
-      tls_failed(c, f, have && n == 0);
-      if (have && n < 0) f->rerr = (int)-n;
-    } else if (have && n == 0) {
+      tls_failed(c, f, end == 1);
+      if (end < 0) f->rerr = -end;
+    } else if (end == 1) {
       f->eof = 1;
-    } else if (have && n < 0) {
-      f->rerr = (int)-n;
+    } else if (end < 0) {
+      f->rerr = -end;
     }
     if (r & AME_TLS_CLOSED) f->eof = 1;
     if (f->want_read) sig |= fready_push(c, f);
   }
   pthread_mutex_unlock(&c->lock);
-  ame__ibuf_free(&plain);
+  ame__ibuf_free(plain);
   c->wake_pending |= sig;
-  do_send(c, f); /* handshake records, alerts, close_notify */
+  do_send(c, f);
+}
+
+/* A handshake step for the pool (thread mode): the worker hands over f's
+** SSL object (tls->busy) until the step is published back on it. */
+struct tls_job {
+  struct tls_job *next;
+  struct fconn *f;   /* a reference, released when done */
+  int end;           /* as tls_publish's */
+  int r, oom;
+  ame__ibuf_t plain;
+  ame__oqueue_t out; /* what OpenSSL wrote */
+  size_t out_bytes;
+};
+
+static void tls_step(struct core *c, struct fconn *f, int end);
+
+/* Worker, at the commit of the call the pool posted: the step is over. */
+static void tls_job_done(void *arg) {
+  struct tls_job *job = arg;
+  struct fconn *f = job->f;
+  struct core *c = f->c;
+  f->tls->busy = 0;
+  pthread_mutex_lock(&c->lock);
+  int detached = f->detach;
+  if (!detached) f->queued += job->out_bytes;
+  pthread_mutex_unlock(&c->lock);
+  if (detached) {
+    /* Python let go (and may have freed the SSL object): drop it all. */
+    ame__ibuf_free(&job->plain);
+    ame__oq_clear(&job->out);
+    ame__ibuf_free(&f->tls_held);
+    pthread_mutex_lock(&c->lock);
+    fconn_unref(f);
+    pthread_mutex_unlock(&c->lock);
+    free(job);
+    return;
+  }
+  ame__oq_splice(&f->wq, &job->out);
+  tls_publish(c, f, job->r, &job->plain, job->oom, job->end);
+  /* What arrived meanwhile. */
+  int end = f->tls_held_end;
+  f->tls_held_end = 0;
+  if (f->tls_held.len || end) {
+    int oom = 0;
+    if (f->tls_held.len)
+      oom = ame__tls_feed(f->tls, ame__ibuf_data(&f->tls_held),
+                          f->tls_held.len) != 0;
+    ame__ibuf_free(&f->tls_held);
+    if (end) ame__tls_input_ended(f->tls);
+    if (oom) {
+      ame__ibuf_t none = {0};
+      tls_publish(c, f, 0, &none, 1, end);
+    } else {
+      tls_step(c, f, end);
+    }
+  }
+  fupdate(c, f);
+  pthread_mutex_lock(&c->lock);
+  fconn_unref(f); /* the job's reference */
+  pthread_mutex_unlock(&c->lock);
+  free(job);
+}
+
+static int tls_job_call(ame_tx_t *tx, void *arg) {
+  return ame_tx_on_commit(tx, tls_job_done, arg);
+}
+
+/* A thread of the handshake pool. */
+static void *tls_pool_main(void *arg) {
+  struct core *c = arg;
+  char *buf = malloc(AME_RECV_SIZE);
+  pthread_mutex_lock(&c->lock);
+  for (;;) {
+    while (!c->hs_stop && c->hs_head == NULL)
+      pthread_cond_wait(&c->hs_cond, &c->lock);
+    struct tls_job *job = c->hs_head;
+    if (job == NULL) break; /* stopping, nothing left (steps still queued
+                               run first: each holds a stream) */
+    c->hs_head = job->next;
+    if (c->hs_head == NULL) c->hs_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    struct ame__tls *t = job->f->tls;
+    if (buf == NULL) {
+      job->oom = 1;
+    } else {
+      job->r = ame__tls_advance(t, &job->plain, buf, AME_RECV_SIZE);
+      if (job->r & AME_TLS_CLOSED) ame__tls_shutdown(t);
+      job->oom = ame__tls_output(t, &job->out, buf, AME_RECV_SIZE,
+                                 &job->out_bytes) != 0;
+    }
+    pthread_mutex_lock(&c->lock);
+    /* Done with the SSL object: a detach may let it go now. */
+    job->f->tls_in_pool = 0;
+    pthread_cond_broadcast(&c->hs_idle);
+    pthread_mutex_unlock(&c->lock);
+    if (ame_reactor_call(c->r, tls_job_call, job) != 0) {
+      /* The reactor is stopping: nobody publishes it. */
+      ame__ibuf_free(&job->plain);
+      ame__oq_clear(&job->out);
+      pthread_mutex_lock(&c->lock);
+      fconn_unref(job->f);
+      pthread_mutex_unlock(&c->lock);
+      free(job);
+    }
+    pthread_mutex_lock(&c->lock);
+  }
+  pthread_mutex_unlock(&c->lock);
+  free(buf);
+  return NULL;
+}
+
+/* Python thread (the first TLS stream of a thread-mode core): start the
+** handshake pool, a thread per CPU the process may use.  Return 0 or
+** -errno (then handshakes stay on the worker). */
+static int tls_pool_start(struct core *c) {
+  if (c->hs_nthreads || c->inline_mode) return 0;
+  unsigned n = ame_cpu_count();
+  if (n < 1) n = 1;
+  if (n > 8) n = 8;
+  c->hs_threads = calloc(n, sizeof *c->hs_threads);
+  if (c->hs_threads == NULL) return -ENOMEM;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old); /* signals stay Python's */
+  int rc = 0;
+  unsigned started = 0;
+  for (; started < n; started++) {
+    rc = pthread_create(&c->hs_threads[started], NULL, tls_pool_main, c);
+    if (rc != 0) break;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_mutex_lock(&c->lock);
+  c->hs_nthreads = (int)started;
+  pthread_mutex_unlock(&c->lock);
+  return started ? 0 : -rc;
+}
+
+void ame__tls_pool_stop(struct core *c) {
+  if (c->hs_nthreads == 0) return;
+  pthread_mutex_lock(&c->lock);
+  c->hs_stop = 1;
+  pthread_cond_broadcast(&c->hs_cond);
+  pthread_mutex_unlock(&c->lock);
+  for (int i = 0; i < c->hs_nthreads; i++) pthread_join(c->hs_threads[i], NULL);
+  free(c->hs_threads);
+  c->hs_threads = NULL;
+  pthread_mutex_lock(&c->lock);
+  c->hs_nthreads = 0;
+  pthread_mutex_unlock(&c->lock);
+}
+
+/* Worker.  Run OpenSSL on what was fed to f (end: as tls_publish's): a
+** handshake step goes to the pool where there is one (it costs a
+** public-key operation: most of a millisecond), the rest runs here. */
+static void tls_step(struct core *c, struct fconn *f, int end) {
+  struct ame__tls *t = f->tls;
+  if (!t->hs && !t->failed) {
+    struct tls_job *job = NULL;
+    pthread_mutex_lock(&c->lock);
+    if (c->hs_nthreads > 0 && !c->hs_stop && !f->detach &&
+        (job = calloc(1, sizeof *job)) != NULL) {
+      job->f = f;
+      job->end = end;
+      c->n_tls_pool_steps++;
+      f->refs++;
+      f->tls_in_pool = 1;
+      t->busy = 1;
+      if (c->hs_tail)
+        c->hs_tail->next = job;
+      else
+        c->hs_head = job;
+      c->hs_tail = job;
+      pthread_cond_signal(&c->hs_cond);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (job) return;
+  }
+  ame__ibuf_t plain = {0};
+  int r = ame__tls_advance(t, &plain, c->tls_buf, AME_RECV_SIZE);
+  if (r & AME_TLS_CLOSED) ame__tls_shutdown(t); /* answer close_notify */
+  tls_publish(c, f, r, &plain, 0, end);
+}
+
+/* Worker.  What recv() returned under TLS (have: n is bytes in c->scratch,
+** 0 for end of file or -errno; else nothing new) goes through OpenSSL,
+** after any bytes read before TLS was switched on: the handshake advances,
+** plaintext goes to f->in, and what OpenSSL wrote in answer is sent.
+** While a handshake step runs in the pool, what arrives is held. */
+static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
+  struct ame__tls *t = f->tls;
+  ame__ibuf_t early = {0};
+  pthread_mutex_lock(&c->lock);
+  int detached = f->detach;
+  if (f->tls_early.len) ame__ibuf_take(&f->tls_early, &early);
+  if (!detached && have && n > 0) {
+    c->n_reads++;
+    c->n_bytes_in += (uint64_t)n;
+  }
+  pthread_mutex_unlock(&c->lock);
+  if (detached) {
+    ame__ibuf_free(&early);
+    return;
+  }
+  int end = !have || n > 0 ? 0 : n == 0 ? 1 : (int)n;
+  int oom = 0;
+  if (t->busy) {
+    if (early.len)
+      oom |= ame__ibuf_append(&f->tls_held, ame__ibuf_data(&early),
+                              early.len) != 0;
+    if (have && n > 0)
+      oom |= ame__ibuf_append(&f->tls_held, c->scratch, (size_t)n) != 0;
+    if (end) f->tls_held_end = end;
+    ame__ibuf_free(&early);
+    if (oom) f->tls_held_end = -ENOMEM;
+    return;
+  }
+  if (early.len)
+    oom |= ame__tls_feed(t, ame__ibuf_data(&early), early.len) != 0;
+  ame__ibuf_free(&early);
+  if (have && n > 0)
+    oom |= ame__tls_feed(t, c->scratch, (size_t)n) != 0;
+  else if (end)
+    ame__tls_input_ended(t);
+  if (oom) {
+    ame__ibuf_t none = {0};
+    tls_publish(c, f, 0, &none, 1, end);
+    return;
+  }
+  tls_step(c, f, end);
 }
 
 /* Worker, from do_send.  Encrypt the plaintext taken from ready once the
@@ -473,6 +681,7 @@ static void tls_seal(struct core *c, struct fconn *f, int shut) {
   size_t took = 0;
   int fail = 0, shut_now = 0;
   if (shut) t->shut_asked = 1;
+  if (t->busy) return; /* the pool has the SSL object: after the step */
   if (t->hs && !t->failed) {
     for (struct ame__chunk *ch = f->tplain.head; ch && !fail; ch = ch->next) {
       size_t len = ch->len - ch->off;
@@ -665,7 +874,7 @@ void ame__fconn_apply_all(struct core *c) {
       pthread_mutex_unlock(&c->lock);
     } else {
       /* TLS just switched on: bytes read before, or a client's hello. */
-      if (t && !t->hs && !t->failed) tls_recv(c, f, 0, 0);
+      if (t && !t->busy && !t->hs && !t->failed) tls_recv(c, f, 0, 0);
       if (!f->listener) do_send(c, f);
       fupdate(c, f);
     }
@@ -907,6 +1116,8 @@ static void stream_detach(StreamObject *self) {
   ame__oq_clear(&f->out);
   ame__oq_clear(&f->ready);
   mark_fdirty(c, f);
+  int pooled = f->tls_in_pool;
+  if (pooled) f->refs++; /* f must outlive the wait below */
   fconn_unref(f); /* the Python object's reference */
   pthread_mutex_unlock(&c->lock);
   if (sync) {
@@ -915,6 +1126,17 @@ static void stream_detach(StreamObject *self) {
     if (rc != 0)
       fprintf(stderr, "ame._ame: detaching fd %d: %s\n", self->pyfd,
               strerror(-rc));
+  }
+  if (pooled) {
+    /* A handshake step in the pool may still use the SSL object, which
+    ** Python frees with tls_conn below: wait for it (not for the worker
+    ** to publish it).  No step starts after the detach. */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&c->lock);
+    while (f->tls_in_pool) pthread_cond_wait(&c->hs_idle, &c->lock);
+    fconn_unref(f); /* the reference taken for this wait */
+    pthread_mutex_unlock(&c->lock);
+    Py_END_ALLOW_THREADS
   }
   Py_CLEAR(self->core);
   Py_CLEAR(self->tls_conn); /* the worker no longer uses its SSL object */
@@ -1019,6 +1241,8 @@ static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
     c->tls_buf = malloc(AME_RECV_SIZE);
     if (c->tls_buf == NULL) return PyErr_NoMemory();
   }
+  if (tls_pool_start(c) != 0 && c->hs_nthreads == 0)
+    PyErr_Clear(); /* no pool: handshakes run on the worker */
   struct ame__tls *t = malloc(sizeof *t);
   if (t == NULL) return PyErr_NoMemory();
   if (ame__tls_init(t, (uintptr_t)ssl) != 0) {

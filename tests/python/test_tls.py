@@ -652,12 +652,19 @@ class EPollTLSTests(TLSBehaviourMixin, SynchronousTestCase):
 
 class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
     reactorFactory = staticmethod(lambda: AMEReactor(io="thread"))
+    # With a C thread, handshake steps run on the handshake pool.
+    pooled = True
 
     def assertTLS(self, reactor, c, python=0):
         stats = reactor.ameStats()
         self.assertEqual((stats["tls_c"], stats["tls_python"]), (c, python))
         self.assertEqual(stats["tls_c_open"], 0)
+        if c:
+            self.assertEqual(stats["tls_c_pool_steps"] > 0, self.pooled,
+                             "handshake steps in the pool: %d"
+                             % (stats["tls_c_pool_steps"],))
 
 
 class AMEInlineTLSTests(AMETLSTests):
     reactorFactory = staticmethod(lambda: AMEReactor(io="inline"))
+    pooled = False  # one thread: the handshakes run on it
