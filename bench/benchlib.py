@@ -319,11 +319,13 @@ def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=(),
     return res, cpu, wall
 
 
-def run_ame_load(ame, port, threads, conns, duration, tmpdir, extra=()):
+def run_ame_load(ame, port, threads, conns, duration, tmpdir, extra=(),
+                 tls=False):
     """Run `ame load http://127.0.0.1:PORT/ -t -c -d --json` (plus extra
-    arguments); return (its JSON, its CPU seconds, the command).  Raise
-    BenchError if it fails, hangs or prints no JSON."""
-    cmd = [ame, "load", "http://127.0.0.1:%d/" % port, "-t", str(threads),
+    arguments; tls: https://); return (its JSON, its CPU seconds, the
+    command).  Raise BenchError if it fails, hangs or prints no JSON."""
+    cmd = [ame, "load", "%s://127.0.0.1:%d/" % ("https" if tls else "http",
+                                                port), "-t", str(threads),
            "-c", str(conns), "-d", "%gs" % duration, "--json"] + list(extra)
     rc, text, err, cpu, _ = run_client(cmd, "ame load", duration + 30,
                                        tmpdir, stderr_too=False)

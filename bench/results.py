@@ -239,7 +239,9 @@ def twisted_section(d):
     labels = {"raw": "raw Protocol", "web": "twisted.web",
               "webclose": "twisted.web, Connection: close",
               "webtls": "twisted.web over TLS",
-              "webtlsclose": "twisted.web over TLS, Connection: close"}
+              "webtlsclose": "twisted.web over TLS, Connection: close",
+              "webtlscloseload": "twisted.web over TLS, Connection: close, "
+                                 "ame load"}
     body = []
     for r in tw["rows"]:
         body.append([labels.get(r["app"], r["app"]), r["mode"], r["label"],

@@ -42,6 +42,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
                       ServerSession, add_runs, ame_cpus, ame_env,
@@ -50,7 +51,8 @@ from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
                       fmt_ratio, fmt_us, free_port, int_list, machine_info,
                       make_bar, name_list, parse_args, print_bars,
                       print_failures, print_machine, print_rows, ratio,
-                      resolve_builddir, round_robin, run_wrk, runner_parser,
+                      resolve_builddir, round_robin, run_ame_load, run_wrk,
+                      runner_parser,
                       wrk_summary)
 
 SECTIONS = ("reactors", "workers", "tls")
@@ -62,21 +64,32 @@ MODES = ("unpinned", "pinned")
 # over plain TCP and over TLS (web.py --tls, wrk on https://), keep-alive
 # and with "Connection: close" (over TLS a full handshake per request: the
 # server's certificate options keep no session to resume).
-TLS_APPS = ("web", "webtls", "webclose", "webtlsclose")
+TLS_APPS = ("web", "webtls", "webclose", "webtlsclose",
+            "webtlscloseload")
 TLS_SERVERS = ("epoll", "ame")
-TLS = {"webtls": "web", "webtlsclose": "webclose"}  # -> the plain app
+TLS = {"webtls": "web", "webtlsclose": "webclose",
+       "webtlscloseload": "webclose"}  # -> the plain app
+# Apps loaded by `ame load` rather than wrk (the same requests; ame load's
+# handshakes cost the machine less CPU than wrk's, which polls through
+# them, so the server gets more of the two CPUs).
+AME_LOAD_APPS = ("webtlscloseload",)
 WEB = os.path.join("examples", "python", "web.py")
 APP_FILE = {"raw": os.path.join("examples", "python", "raw_http.py"),
-            "web": WEB, "webclose": WEB, "webtls": WEB, "webtlsclose": WEB}
+            "web": WEB, "webclose": WEB, "webtls": WEB, "webtlsclose": WEB,
+            "webtlscloseload": WEB}
 APP_BODY = {"raw": b"Hello, world!\n", "web": b"Hello, world!",
             "webclose": b"Hello, world!", "webtls": b"Hello, world!",
-            "webtlsclose": b"Hello, world!"}
+            "webtlsclose": b"Hello, world!",
+            "webtlscloseload": b"Hello, world!"}
 APP_LABEL = {"raw": "raw Protocol", "web": "twisted.web",
              "webclose": "twisted.web, Connection: close",
              "webtls": "twisted.web over TLS",
-             "webtlsclose": "twisted.web over TLS, Connection: close"}
+             "webtlsclose": "twisted.web over TLS, Connection: close",
+             "webtlscloseload": "twisted.web over TLS, Connection: close, "
+                                "ame load"}
 APP_HEADERS = {"webclose": ("Connection: close",),
-               "webtlsclose": ("Connection: close",)}
+               "webtlsclose": ("Connection: close",),
+               "webtlscloseload": ("Connection: close",)}
 # The server's key and certificate for the TLS apps, made once per run in
 # its temporary directory (RSA-2048, self-signed, CN=localhost).
 CERT_CMD = ("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
@@ -102,6 +115,9 @@ BARS = (
      "twisted.web over TLS keep-alive, AMEReactor vs EPollReactor"),
     ("webtlsclose", "unpinned", "ame", "rps_vs_epoll", ">=", 1.7,
      "a new TLS connection per request, AMEReactor vs EPollReactor"),
+    ("webtlscloseload", "unpinned", "ame", "rps_vs_epoll", ">=", 1.7,
+     "a new TLS connection per request (ame load), AMEReactor vs "
+     "EPollReactor"),
 )
 # The row a ratio compares with: (app, mode, server) -> its key.
 RATIO_BASE = {
@@ -186,6 +202,30 @@ def affinity(cpu):
         os.sched_setaffinity(0, old)
 
 
+def load(args, builddir, app, port, duration, tmpdir):
+    """Load app's server on port for duration seconds with wrk (or, for
+    AME_LOAD_APPS, `ame load` with the same connections and headers):
+    (the figures as run_wrk's, the client's CPU seconds, wall seconds)."""
+    headers = APP_HEADERS.get(app, ())
+    if app not in AME_LOAD_APPS:
+        return run_wrk(args.wrk, port, 1, args.connections, duration,
+                       tmpdir, headers, app in TLS)
+    extra = ["--no-progress"]
+    for h in headers:
+        extra += ["-H", h]
+    start = time.monotonic()
+    d, cpu, cmd = run_ame_load(os.path.join(builddir, "cmd", "ame"), port, 1,
+                               args.connections, duration, tmpdir, extra,
+                               app in TLS)
+    wall = time.monotonic() - start
+    errors = d["errors"]["total"]
+    return ({"requests": d["requests"], "rps": d["requests_per_s"],
+             "socket_errors": errors,
+             "non2xx": sum(n for code, n in d["status"].items()
+                           if not code.startswith("2")),
+             "command": cmd}, cpu, wall)
+
+
 def run_one(args, builddir, key, tmpdir, cpus, check):
     """Start one server, check it, warm it up, measure it with wrk, stop
     it.  Return the measurement dict; raise BenchError on failure."""
@@ -200,15 +240,13 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
         info = check_http(port, APP_BODY[app], app in TLS) if check else None
         srv.remember()
         with affinity(wrk_cpu_pin):
-            run_wrk(args.wrk, port, 1, args.connections, args.warmup, tmpdir,
-                    APP_HEADERS.get(app, ()), app in TLS)
+            load(args, builddir, app, port, args.warmup, tmpdir)
         srv.check_running("the warm-up")
         pids = srv.remember()
         window = ServerCPU(pids)
         with affinity(wrk_cpu_pin):
-            res, wrk_cpu, wall = run_wrk(args.wrk, port, 1, args.connections,
-                                         args.duration, tmpdir,
-                                         APP_HEADERS.get(app, ()), app in TLS)
+            res, wrk_cpu, wall = load(args, builddir, app, port,
+                                      args.duration, tmpdir)
         cpu_s = window.stop()
         srv.check_running("the run")
         after = srv.remember()
