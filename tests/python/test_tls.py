@@ -489,44 +489,12 @@ class TLSBehaviourMixin:
                          (True, b"QUIT"))
         self.assertTLS(reactor, 2)
 
-    def test_connectSSL(self):
+    def ping(self, connect):
         """
-        connectSSL with an old-style context factory (no callbacks) talks
-        to listenSSL on the same reactor.
-        """
-        reactor = self.buildReactor()
-        f = _factory()
-        port = self.listen(reactor, f)
-        got = []
-
-        class Client(protocol.Protocol):
-            def connectionMade(self):
-                self.transport.write(b"ping")
-
-            def dataReceived(self, data):
-                got.append(data)
-                self.transport.loseConnection()
-
-            def connectionLost(self, reason):
-                got.append(type(reason.value))
-                reactor.stop()
-
-        timer = reactor.callLater(self.timeout, reactor.stop)
-        reactor.connectSSL("127.0.0.1", port,
-                           protocol.ClientFactory.forProtocol(Client),
-                           tssl.ClientContextFactory())
-        reactor.run(installSignalHandlers=False)
-        self.assertTrue(timer.active())
-        timer.cancel()
-        self.assertEqual(got[0], b"PING")
-        self.assertIn(got[1], (ConnectionDone, ConnectionLost))
-        self.assertTLS(reactor, 2)
-
-    def _clientTLS(self, hostname):
-        """
-        connectSSL with optionsForClientTLS(hostname), trusting the test
-        CA, to listenSSL on the same reactor: what the client's protocol
-        saw (data, then the connectionLost reason).
+        Serve listenSSL on a new reactor and connect(reactor, port,
+        factory) a client to it that writes b"ping" and closes once
+        answered.  Return (reactor, the server's factory, what the
+        client's protocol saw: data, then the connectionLost reason).
         """
         reactor = self.buildReactor()
         f = _factory()
@@ -545,15 +513,42 @@ class TLSBehaviourMixin:
                 got.append(reason.value)
                 reactor.stop()
 
-        ca = tssl.Certificate.loadPEM(CERTS["ca"])
         timer = reactor.callLater(self.timeout, reactor.stop)
-        reactor.connectSSL("127.0.0.1", port,
-                           protocol.ClientFactory.forProtocol(Client),
-                           tssl.optionsForClientTLS(hostname, trustRoot=ca))
+        d = connect(reactor, port, protocol.ClientFactory.forProtocol(Client))
+        if d is not None:  # an endpoint's Deferred
+            d.addErrback(got.append)
         reactor.run(installSignalHandlers=False)
         self.assertTrue(timer.active())
         timer.cancel()
         return reactor, f, got
+
+    def test_connectSSL(self):
+        """
+        connectSSL with an old-style context factory (no callbacks) talks
+        to listenSSL on the same reactor.
+        """
+        def connect(reactor, port, factory):
+            reactor.connectSSL("127.0.0.1", port, factory,
+                               tssl.ClientContextFactory())
+
+        reactor, f, got = self.ping(connect)
+        self.assertEqual(got[0], b"PING")
+        self.assertIsInstance(got[1], (ConnectionDone, ConnectionLost))
+        self.assertTLS(reactor, 2)
+
+    def _clientTLS(self, hostname):
+        """
+        ping() over connectSSL with optionsForClientTLS(hostname), trusting
+        the test CA.
+        """
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+
+        def connect(reactor, port, factory):
+            reactor.connectSSL(
+                "127.0.0.1", port, factory,
+                tssl.optionsForClientTLS(hostname, trustRoot=ca))
+
+        return self.ping(connect)
 
     def test_clientTLSOptions(self):
         """
@@ -590,34 +585,17 @@ class TLSBehaviourMixin:
             wrapClientTLS,
         )
 
-        reactor = self.buildReactor()
-        f = _factory()
-        port = self.listen(reactor, f)
-        got = []
-
-        class Client(protocol.Protocol):
-            def connectionMade(self):
-                self.transport.write(b"ping")
-
-            def dataReceived(self, data):
-                got.append(data)
-                self.transport.loseConnection()
-
-            def connectionLost(self, reason):
-                got.append(type(reason.value))
-                reactor.stop()
-
         ca = tssl.Certificate.loadPEM(CERTS["ca"])
-        endpoint = wrapClientTLS(
-            tssl.optionsForClientTLS("localhost", trustRoot=ca),
-            TCP4ClientEndpoint(reactor, "127.0.0.1", port))
-        timer = reactor.callLater(self.timeout, reactor.stop)
-        connectProtocol(endpoint, Client()).addErrback(got.append)
-        reactor.run(installSignalHandlers=False)
-        self.assertTrue(timer.active())
-        timer.cancel()
+
+        def connect(reactor, port, factory):
+            endpoint = wrapClientTLS(
+                tssl.optionsForClientTLS("localhost", trustRoot=ca),
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+            return connectProtocol(endpoint, factory.buildProtocol(None))
+
+        reactor, f, got = self.ping(connect)
         self.assertEqual(got[0], b"PING")
-        self.assertIn(got[1], (ConnectionDone, ConnectionLost))
+        self.assertIsInstance(got[1], (ConnectionDone, ConnectionLost))
         self.assertTLS(reactor, 2)
 
     def test_pythonCallbackFallsBack(self):
