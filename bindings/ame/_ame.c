@@ -272,11 +272,20 @@ static int apply_cb(ame_tx_t *tx, void *arg) {
   return ame_tx_on_commit(tx, apply_now, arg);
 }
 
+/* Worker.  Its loop is up (or has ended): Core() stops waiting. */
+void ame__core_polled(struct core *c) {
+  pthread_mutex_lock(&c->lock);
+  c->polled = 1;
+  pthread_cond_broadcast(&c->cond);
+  pthread_mutex_unlock(&c->lock);
+}
+
 static void *run_thread(void *arg) {
   struct core *c = arg;
   int rc = ame_reactor_run(c->r);
   if (rc != 0)
     fprintf(stderr, "ame._ame: ame_reactor_run: %s\n", strerror(-rc));
+  if (!c->polled) ame__core_polled(c);
   return NULL;
 }
 
@@ -580,6 +589,15 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args,
     return NULL;
   }
   c->started = 1;
+  /* Return once the worker is in its loop, idle: not while it still sets
+  ** up (allocating), which a fork() right after Core() would catch half
+  ** done in an allocator without fork handlers (GCC's ASan runtime: the
+  ** child hangs in malloc; Twisted's test_spawnProcessEarlyIsReaped). */
+  Py_BEGIN_ALLOW_THREADS
+  pthread_mutex_lock(&c->lock);
+  while (!c->polled) pthread_cond_wait(&c->cond, &c->lock);
+  pthread_mutex_unlock(&c->lock);
+  Py_END_ALLOW_THREADS
   return (PyObject *)self;
 }
 

@@ -51,6 +51,8 @@ struct core {
   ame_reactor_t *r;
   pthread_t thread;         /* runs ame_reactor_run */
   int started;              /* thread is running (py) */
+  int polled;               /* lock (written by the worker): its loop is
+                               up, or ame_reactor_run has returned */
   int inline_mode;          /* no thread: wait() steps the reactor on the
                                Python thread (ame_reactor_attach) */
   int attached;             /* inline: the first wait() attached owner */
@@ -61,7 +63,7 @@ struct core {
   int checkfd;              /* private epolls: can this fd be watched? */
   int checkfd_w;            /* (checkfd: Python thread; checkfd_w: worker) */
   pthread_mutex_t lock;
-  pthread_cond_t cond;      /* done_seq advanced */
+  pthread_cond_t cond;      /* done_seq advanced, or polled set */
   struct watch *ready_head, *ready_tail; /* lock */
   struct watch *dirty_head;              /* lock */
   uint64_t req_seq;         /* lock: flushes asked for */
@@ -225,6 +227,7 @@ int ame__fconn_dispatch(struct core *c, PyObject *events);
 /* The reactor's before_poll hook: wakes Python once per iteration, and
 ** advances the catch-up (returns nonzero: poll again without blocking). */
 int ame__before_poll(void *arg);
+void ame__core_polled(struct core *c);
 /* Worker, in before_poll: count the iteration, end a catch-up that is
 ** done; nonzero while one is under way (_ame.c). */
 int ame__catch_up_step(struct core *c);

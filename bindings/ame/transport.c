@@ -301,6 +301,7 @@ static int fready_push(struct core *c, struct fconn *f) {
 ** a shared core, each wake-up would preempt the worker for one request). */
 int ame__before_poll(void *arg) {
   struct core *c = arg;
+  if (!c->polled) ame__core_polled(c); /* the first poll: Core() returns */
   if (c->wake_pending) {
     c->wake_pending = 0;
     ame__signal_efd(c);
