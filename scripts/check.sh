@@ -43,7 +43,7 @@ then cat build-asan/trial-asan.log
 else cat build-asan/trial-asan.log; exit 1
 fi
 asan_py tests/python/run_twisted_conformance.py --reactors ame,ame-inline --strict \
-  --modules test_tcp,test_tls,test_process,test_core \
+  --modules test_tcp,test_tls,test_newtls,test_process,test_core \
   --out build-asan/conformance --json build-asan/conformance/summary.json
 
 setup build-tsan -Db_sanitize=thread -Db_lundef=false

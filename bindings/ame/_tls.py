@@ -29,11 +29,13 @@ import types
 from OpenSSL import SSL
 from zope.interface import directlyProvides, providedBy
 
-from twisted.internet import _sslverify, main
+from twisted.internet import _newtls, _sslverify, main
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
     IProtocolNegotiationFactory,
+    ISSLTransport,
 )
 from twisted.internet.protocol import Protocol
 from twisted.protocols import tls
@@ -202,8 +204,12 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
         finally:
             del self._ameTransport
         self._appSendBuffer = []
-        for interface in providedBy(transport):
-            directlyProvides(self, interface)
+        # Twisted calls directlyProvides(self, i) for each interface i of
+        # the transport; each call replaces the last, leaving only the
+        # last one.  The same in one call (nine fewer per connection).
+        interfaces = tuple(providedBy(transport))
+        if interfaces:
+            directlyProvides(self, interfaces[-1])
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         if self._connectWrapped:
@@ -425,6 +431,61 @@ class TLSFactory(tls.TLSMemoryBIOFactory):
         self._ameReactor = reactor
 
 
+class _Bypass(_newtls._BypassTLS):
+    """
+    The transport of the L{TLSProtocol} that L{startTLS} makes: Twisted's
+    L{_newtls._BypassTLS} over the connection, except that while the
+    protocol's TLS is C's, C{write} hands plaintext to the C stream, which
+    encrypts it (the bytes Twisted's TLS would write here are records).
+    """
+
+    def __init__(self, connection, protocol):
+        _newtls._BypassTLS.__init__(self, FileDescriptor, connection)
+        self._ameProtocol = protocol
+
+    def write(self, data):
+        if self._ameProtocol._ameC:
+            return _ame.Stream.write(self._connection, data)
+        return _newtls._BypassTLS.write(self, data)
+
+    def writeSequence(self, iovec):
+        if self._ameProtocol._ameC:
+            return _ame.Stream.writeSequence(self._connection, iovec)
+        return _newtls._BypassTLS.writeSequence(self, iovec)
+
+    def registerProducer(self, producer, streaming):
+        _newtls._BypassTLS.registerProducer(self, producer, streaming)
+        self._connection._ameWatchDrain()
+
+
+def startTLS(transport, contextFactory, normal):
+    """
+    C{transport.startTLS} on an AMEReactor C stream: what Twisted's
+    L{_newtls.startTLS} does, with a L{TLSProtocol} (so the handshake and
+    the records run in C where L{_whyPython} allows, counted as for
+    C{listenSSL}) over a L{_Bypass}.  What was written before leaves as
+    plaintext first (L{_ame.Stream._ameStartTLS}).
+    """
+    if normal:
+        client = transport._tlsClientDefault
+    else:
+        client = not transport._tlsClientDefault
+    producer, streaming = None, None
+    if transport.producer is not None:
+        producer, streaming = transport.producer, transport.streamingProducer
+        transport.unregisterProducer()
+    factory = TLSFactory(contextFactory, client, None, transport.reactor)
+    protocol = TLSProtocol(factory, transport.protocol, False)
+    transport.protocol = protocol
+    transport.getHandle = protocol.getHandle
+    transport.getPeerCertificate = protocol.getPeerCertificate
+    directlyProvides(transport, ISSLTransport)
+    transport.TLS = True
+    protocol.makeConnection(_Bypass(transport, protocol))
+    if producer:
+        transport.registerProducer(producer, streaming)
+
+
 def adopt():
     """
     Make every L{tls.TLSMemoryBIOFactory} of the process build
@@ -446,4 +507,5 @@ def count(reactor, inC):
     TOTALS["c" if inC else "python"] += 1
 
 
-__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "adopt", "count"]
+__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "adopt", "count",
+           "startTLS"]

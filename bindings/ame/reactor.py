@@ -138,6 +138,9 @@ class _FastStream:
 
     def registerProducer(self, producer, streaming):
         _newtls.ConnectionMixin.registerProducer(self, producer, streaming)
+        self._ameWatchDrain()
+
+    def _ameWatchDrain(self):
         # Twisted resumes producers from doWrite once the buffer drains: if
         # write() queued data in C before, ask to be told when it is sent.
         if self.producer is not None and self._ameFast and self._ameQueued():
@@ -162,9 +165,12 @@ class _FastStream:
         _newtls.ConnectionMixin.writeSequence(self, iovec)
 
     def startTLS(self, ctx, normal=True):
-        # Twisted's TLS over this transport (not C's): counted.
-        _tls.count(self.reactor, False)
-        return tcp.Connection.startTLS(self, ctx, normal)
+        if not self._ameFast:
+            # Twisted's TLS over Twisted's I/O: counted.
+            _tls.count(self.reactor, False)
+            return tcp.Connection.startTLS(self, ctx, normal)
+        # In C where the context allows (counted by the TLS layer).
+        return _tls.startTLS(self, ctx, normal)
 
     def loseConnection(self, *args, **kwargs):
         # Inside ame.atomic: once it commits (as write()).

@@ -108,6 +108,8 @@ typedef struct {
   PyObject *tls_conn;
   PyObject *tls_owner; /* told of the handshake (_ameHandshakeDone) */
   int tls_shut_called;
+  int tls_c; /* TLS was switched on in C: write() takes plaintext, even
+                with the TLS attribute set (startTLS sets it) */
   int tls_done;
   int tls_failed;
   struct ame__tls tls_rec;
@@ -1236,6 +1238,22 @@ static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
     return NULL;
   }
   struct core *c = f->c;
+  /* startTLS on an established connection: what was written before
+  ** leaves as plaintext, ahead of the first record.  The worker takes it
+  ** (out, then ready, into wq) before TLS is on. */
+  pthread_mutex_lock(&c->lock);
+  int unsent = f->out.head != NULL || f->ready.head != NULL;
+  pthread_mutex_unlock(&c->lock);
+  if (unsent) {
+    ame__fconn_flush_pending(c);
+    int rc = ame__core_sync(c);
+    if (rc != 0) return ame__set_error(rc);
+    f = live_f(self); /* the sync ran without the GIL */
+    if (f == NULL || self->tls_conn != NULL) {
+      PyErr_SetString(PyExc_RuntimeError, "the stream changed meanwhile");
+      return NULL;
+    }
+  }
   if (c->tls_buf == NULL) {
     /* Used only by the worker, after the apply the lock orders after
     ** this (as c->scratch). */
@@ -1255,6 +1273,7 @@ static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
   if (quiet_info) ame__tls_quiet_info(t);
   self->tls_conn = Py_NewRef(conn);
   Py_XSETREF(self->tls_owner, Py_XNewRef(owner));
+  self->tls_c = 1;
   pthread_mutex_lock(&c->lock);
   f->tls = t;
   /* Anything read so far is records: the worker feeds it first. */
@@ -1604,7 +1623,14 @@ static PyObject *Stream_wstate(StreamObject *self, PyObject *unused) {
 ** after_write() pauses it when full. */
 static int write_mode(StreamObject *self) {
   if (self->tls_shut_called) return 0; /* TLS in C: after close_notify */
-  if (self->tls != Py_False && PyObject_IsTrue(self->tls) != 0) return -1;
+  if (self->tls_c) {
+    /* C encrypts (also after startTLS, which sets TLS): never back to
+    ** Python's TLS layer, which would write here again.  Detached, the
+    ** connection is gone: dropped, as Twisted drops it then. */
+    if (live_f(self) == NULL) return 0;
+  } else if (self->tls != Py_False && PyObject_IsTrue(self->tls) != 0) {
+    return -1;
+  }
   if (live_f(self) == NULL) return -1;
   if (self->producer != Py_None &&
       (self->streaming == Py_False || PyObject_IsTrue(self->streaming) != 1))

@@ -284,8 +284,10 @@ def runChild(module, reactorKey, args, env):
 results_stats = {}
 
 # Suites whose TLS connections AMEReactor must run in C (at least one):
-# each uses listenSSL/connectSSL or the ssl: endpoints on the reactor.
-TLS_SUITES = ("test_tls", "twisted.internet.test.test_tls",
+# each uses listenSSL/connectSSL, startTLS or the ssl: endpoints on the
+# reactor.
+TLS_SUITES = ("test_tls", "twisted.internet.test.test_tls", "test_newtls",
+              "twisted.internet.test.test_newtls",
               "twisted.test.test_ssl")
 
 

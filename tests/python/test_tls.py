@@ -1,5 +1,5 @@
 """
-TLS on AMEReactor (listenSSL, connectSSL, wrapClientTLS;
+TLS on AMEReactor (listenSSL, connectSSL, wrapClientTLS, startTLS;
 bindings/ame/_tls.py and tls.c),
 run as a mixin over EPollReactor, AMEReactor with io="thread" and with
 io="inline": the same outcome on each, and on AMEReactor the counters say
@@ -40,6 +40,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IProtocolNegotiationFactory,
+    ISSLTransport,
 )
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -173,6 +174,34 @@ class _Server(protocol.Protocol):
     def connectionLost(self, reason):
         self.factory.events.append(("lost", reason.value))
         self.factory.lost += 1
+
+
+class _StartTLSServer(_Server):
+    """
+    A plaintext L{_Server} until C{starttls}: it answers C{GO}, in clear,
+    and starts TLS as a server with the factory's C{options} (the same
+    call, right after the write); then it is L{_Server} over TLS.
+    """
+
+    def connectionMade(self):
+        self.factory.events.append(("made", None))
+
+    def handshakeCompleted(self):
+        # After startTLS the transport is the TCP one, with the
+        # ISSLTransport methods Twisted gives it (not negotiatedProtocol).
+        peer = self.transport.getPeerCertificate()
+        self.factory.events.append((
+            "handshake", peer.get_subject().CN if peer is not None else None,
+            isinstance(self.transport.getHandle(), SSL.Connection)))
+
+    def dataReceived(self, data):
+        if data == b"starttls":
+            self.transport.write(b"GO")
+            self.transport.startTLS(self.factory.options)
+            self.factory.events.append(
+                ("ssl", ISSLTransport.providedBy(self.transport)))
+            return
+        _Server.dataReceived(self, data)
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -622,6 +651,112 @@ class TLSBehaviourMixin:
         self.assertEqual(self.serve(reactor, peer, lambda: f.lost), b"QUIT")
         self.assertTrue(calls)
         self.assertTLS(reactor, 0, python=1)
+
+
+    def _startTLSServer(self, options):
+        """
+        A peer sends C{starttls} in clear to a L{_StartTLSServer} on
+        listenTCP, reads the plaintext C{GO}, then speaks TLS: C{quit}.
+        Return (reactor, factory, (what came before TLS, what after)).
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        f.protocol = _StartTLSServer
+        f.options = options
+        port = reactor.listenTCP(0, f, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        def peer():
+            s = socket.create_connection(
+                ("127.0.0.1", port.getHost().port), timeout=10)
+            s.sendall(b"starttls")
+            clear = b""
+            while len(clear) < 2:
+                b = s.recv(2 - len(clear))
+                if not b:
+                    break
+                clear += b
+            t = _clientContext().wrap_socket(s, server_hostname="localhost")
+            t.sendall(b"quit")
+            rest = _recvAll(t)
+            t.close()
+            return clear, rest
+
+        return reactor, f, self.serve(reactor, peer, lambda: f.lost)
+
+    def test_startTLS(self):
+        """
+        startTLS on an established connection: what was written before it
+        (in the same callback) leaves in clear first, then the handshake;
+        the transport provides ISSLTransport, the protocol's
+        handshakeCompleted runs, writes after loseConnection are dropped.
+        On AMEReactor the TLS is C's.
+        """
+        reactor, f, got = self._startTLSServer(_serverOptions())
+        self.assertEqual(got, (b"GO", b"QUIT"))
+        self.assertIn(("ssl", True), f.events)
+        self.assertIn(("handshake", None, True), f.events)
+        self.assertTLS(reactor, 1)
+
+    def test_startTLSFallsBack(self):
+        """
+        startTLS with a context that has a Python handshake callback: the
+        connection keeps Twisted's TLS (over the same transport), which
+        calls it.
+        """
+        calls = []
+        opts = _serverOptions()
+        opts.getContext().set_info_callback(
+            lambda conn, where, ret: calls.append(where))
+        reactor, f, got = self._startTLSServer(opts)
+        self.assertEqual(got, (b"GO", b"QUIT"))
+        self.assertTrue(calls)
+        self.assertTLS(reactor, 0, python=1)
+
+    def test_startTLSBothEnds(self):
+        """
+        Both ends on the reactor: a connectTCP client asks for
+        C{starttls} and, on C{GO}, starts TLS as a client with
+        optionsForClientTLS (the server's name and chain checked); then
+        C{ping} gets C{PING}.  On AMEReactor both sides' TLS is C's.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        f.protocol = _StartTLSServer
+        f.options = _serverOptions()
+        port = reactor.listenTCP(0, f, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        got = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"starttls")
+
+            def dataReceived(self, data):
+                got.append(data)
+                if data == b"GO":
+                    self.transport.startTLS(
+                        tssl.optionsForClientTLS("localhost", trustRoot=ca))
+                    self.transport.write(b"ping")
+                else:
+                    got.append(self.transport.getPeerCertificate()
+                               .get_subject().CN)
+                    self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                got.append(reason.value)
+                reactor.callLater(0.05, reactor.stop)
+
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           protocol.ClientFactory.forProtocol(Client))
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active())
+        timer.cancel()
+        self.assertEqual(got[:3], [b"GO", b"PING", "localhost"])
+        self.assertIsInstance(got[3], (ConnectionDone, ConnectionLost))
+        self.assertTLS(reactor, 2)
 
 
 class EPollTLSTests(TLSBehaviourMixin, SynchronousTestCase):
