@@ -139,6 +139,9 @@ struct fconn {
   int want_read;            /* lock: Python reads (startReading) */
   int want_drain;           /* lock: Python wants a drained event */
   int detach;               /* lock: Python detached: the worker lets go */
+  int close_fd;             /* lock: ... and closes fd, which Python gave
+                               up (_ameDetachClose): how (transport.c's
+                               CLOSE_*), or 0 */
   /* Inbound, filled by the worker, taken by Python (streambuf.h). */
   ame__ibuf_t in;           /* lock: bytes (a listener: struct accepted
                                records) */

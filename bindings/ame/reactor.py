@@ -188,8 +188,16 @@ class _FastStream:
         tcp.Connection.abortConnection(self)
 
     def _closeSocket(self, orderly):
-        # Detach first: it returns once the worker no longer uses the fd.
-        self._ameDetach()
+        if self._ameFast:
+            # The fd goes to C, which shuts it down (or resets it) and
+            # closes it as Twisted would, once the worker let go of it:
+            # no wait for the worker here.
+            fd = self.socket.detach()
+            try:
+                self._ameDetachClose(orderly, self._shouldShutdown)
+            except RuntimeError:
+                os.close(fd)
+            return
         tcp.Connection._closeSocket(self, orderly)
 
 

@@ -44,20 +44,21 @@
 ** One descriptor per connection: the worker polls, reads, sends and
 ** accepts on Python's own fd (the socket's fileno()), never a dup of it,
 ** so that a process fits as many connections as Twisted's own reactors
-** under the same RLIMIT_NOFILE.  Then detaching, which Twisted does right
-** before it closes the socket, must not return while the worker may still
-** use the fd: once closed, its number is reused by the next socket, and a
-** late recv/send/accept would hit another connection, a late poll change
-** would make libuv abort.  So detaching a stream the worker has ever taken
-** up waits (without the GIL) for an apply the worker runs after it
-** (ame__core_sync): the worker runs the streams' callbacks and applies one
-** at a time on its one thread, so by then it has finished whatever it was
-** doing with the fd, seen the detach and stopped the poll.  A stream the
-** worker never took up needs no wait: when it does, it sees the detach
-** before anything else.  A transport collected while attached detaches in
-** its finalizer (tp_finalize), which runs before its __dict__, and with it
-** the socket, is cleared.  Everything else on the worker side stays
-** asynchronous: only this handshake, once per connection, waits.
+** under the same RLIMIT_NOFILE.  Then the fd must stay open while the
+** worker may still use it: once closed, its number is reused by the next
+** socket, and a late recv/send/accept would hit another connection, a
+** late poll change would make libuv abort.  The worker runs the streams'
+** callbacks and applies one at a time on its one thread, so at the apply
+** after a detach it has finished whatever it was doing with the fd.  A
+** closing connection hands its fd over (_ameDetachClose): the worker, at
+** that apply, stops the poll and closes the fd; Python does not wait.
+** _ameDetach, after which Python closes the fd itself (listeners, TLS
+** streams, whose SSL object Python frees next), waits (without the GIL)
+** for that apply (ame__core_sync).  A stream the worker never took up
+** needs neither: when it does, it sees the detach before anything else.
+** A transport collected while attached detaches in its finalizer
+** (tp_finalize), which runs before its __dict__, and with it the socket,
+** is cleared.
 */
 #include "binding.h"
 #include "shared.h"
@@ -224,7 +225,23 @@ static void close_accepted(struct fconn *f) {
 }
 
 /* Free f's buffers and f. */
+/* Close a connection's fd as Twisted's _closeSocket does: shut both
+** directions down first (orderly), or make the close send a reset. */
+enum { CLOSE_PLAIN = 1, CLOSE_SHUTDOWN, CLOSE_RESET };
+
+static void close_socket(int fd, int how) {
+  if (how == CLOSE_RESET) {
+    struct linger l = {1, 0};
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  } else if (how == CLOSE_SHUTDOWN) {
+    (void)shutdown(fd, SHUT_RDWR);
+  }
+  close(fd);
+}
+
 static void fconn_free(struct fconn *f) {
+  /* Given up by Python, never reached by the worker (the core closed). */
+  if (f->close_fd && f->fd >= 0) close_socket(f->fd, f->close_fd);
   close_accepted(f);
   ame__ibuf_free(&f->in);
   ame__oq_clear(&f->out);
@@ -867,14 +884,19 @@ void ame__fconn_apply_all(struct core *c) {
     f->seen = 1;
     pthread_mutex_unlock(&c->lock);
     if (detach) {
-      /* Python's fd: let go of it, Python closes it. */
+      /* Python's fd: let go of it.  Python closes it, or gave it up for
+      ** this thread to close now that nothing here uses it. */
+      int fd = f->fd;
       if (f->poll) ame_poll_stop(f->poll);
       f->poll = NULL;
       f->armed = 0;
       f->fd = -1;
       pthread_mutex_lock(&c->lock);
       close_accepted(f);
+      int how = f->close_fd;
+      f->close_fd = 0;
       pthread_mutex_unlock(&c->lock);
+      if (how && fd >= 0) close_socket(fd, how);
     } else {
       /* TLS just switched on: bytes read before, or a client's hello. */
       if (t && !t->busy && !t->hs && !t->failed) tls_recv(c, f, 0, 0);
@@ -1099,13 +1121,24 @@ static struct fconn *live_f(StreamObject *self) {
 
 /* Detach from the worker: return once it no longer uses the fd (see the
 ** opening comment), so that Python may close it. */
-static void stream_detach(StreamObject *self) {
+/* Detach.  close_how: 0, Python closes the fd after; otherwise Python
+** gave it up, closed here (CLOSE_*, as close_socket): at
+** once if the worker never used it, by the worker once it lets go of it
+** when it may have (no wait here), after the wait below for TLS (the SSL
+** object), inline (the apply runs here) and listeners. */
+static void stream_detach(StreamObject *self, int close_how) {
   struct fconn *f = live_f(self);
   if (f == NULL) return;
   self->f = NULL;
   struct core *c = f->c;
+  int fd = self->pyfd;
   pthread_mutex_lock(&c->lock);
   int sync = f->seen;
+  if (close_how && sync && !f->tls && !f->listener && !c->inline_mode) {
+    f->close_fd = close_how; /* the worker's, once it lets go */
+    close_how = 0;
+    sync = 0;
+  }
   if (f->counted) c->n_open--;
   if (f->tls) {
     c->n_tls_open--;
@@ -1141,6 +1174,7 @@ static void stream_detach(StreamObject *self) {
     pthread_mutex_unlock(&c->lock);
     Py_END_ALLOW_THREADS
   }
+  if (close_how && fd >= 0) close_socket(fd, close_how);
   Py_CLEAR(self->core);
   Py_CLEAR(self->tls_conn); /* the worker no longer uses its SSL object */
   Py_CLEAR(self->tls_owner);
@@ -1167,7 +1201,7 @@ static PyObject *Stream_attach(StreamObject *self, PyObject *args) {
   }
   if (live_f(self)) {
     if (self->f->c == co->c) Py_RETURN_NONE;
-    stream_detach(self);
+    stream_detach(self, 0);
   }
   struct core *c = co->c;
   if (c->scratch == NULL) {
@@ -1440,7 +1474,30 @@ static PyObject *Stream_requeue(StreamObject *self, PyObject *unused) {
 
 static PyObject *Stream_detach(StreamObject *self, PyObject *unused) {
   (void)unused;
-  stream_detach(self);
+  stream_detach(self, 0);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(detach_close_doc,
+"_ameDetachClose(orderly, shutdown=True)\n--\n\n"
+"Detach and close the fd the stream was attached for, which the caller\n"
+"gave up (socket.detach()), as Twisted's _closeSocket: orderly, after\n"
+"shutdown(SHUT_RDWR) if shutdown is true; otherwise with SO_LINGER 0 (a\n"
+"reset).  Without waiting for the worker\n"
+"where it may still use the fd: it closes it once it let go.\n"
+"RuntimeError if the stream is not attached (the fd is the caller's).");
+
+static PyObject *Stream_detachClose(StreamObject *self, PyObject *args) {
+  int orderly, down = 1;
+  if (!PyArg_ParseTuple(args, "p|p:_ameDetachClose", &orderly, &down))
+    return NULL;
+  if (live_f(self) == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "not attached");
+    return NULL;
+  }
+  stream_detach(self, !orderly ? CLOSE_RESET
+                      : down   ? CLOSE_SHUTDOWN
+                               : CLOSE_PLAIN);
   Py_RETURN_NONE;
 }
 
@@ -1805,6 +1862,8 @@ static PyMethodDef Stream_methods[] = {
     {"write", (PyCFunction)Stream_write, METH_O, write_doc},
     {"writeSequence", (PyCFunction)Stream_writeSequence, METH_O, writeseq_doc},
     {"_ameAttach", (PyCFunction)Stream_attach, METH_VARARGS, attach_doc},
+    {"_ameDetachClose", (PyCFunction)Stream_detachClose, METH_VARARGS,
+     detach_close_doc},
     {"_ameDetach", (PyCFunction)Stream_detach, METH_NOARGS,
      "Stop the worker's I/O on the fd (before closing it)."},
     {"_ameDiscard", (PyCFunction)Stream_discard, METH_NOARGS,
@@ -1886,14 +1945,14 @@ static int Stream_clear(StreamObject *self) {
 static void Stream_finalize(PyObject *self) {
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
-  stream_detach((StreamObject *)self);
+  stream_detach((StreamObject *)self, 0);
   PyErr_Restore(type, value, tb);
 }
 
 static void Stream_dealloc(StreamObject *self) {
   PyTypeObject *tp = Py_TYPE(self);
   PyObject_GC_UnTrack(self);
-  stream_detach(self);
+  stream_detach(self, 0);
   Py_CLEAR(self->core);
   Stream_clear(self);
   tp->tp_free((PyObject *)self);

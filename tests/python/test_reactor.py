@@ -752,6 +752,81 @@ class ReactorBehaviourMixin:
             reactor.iterate(0.01)
         self.assertEqual(made, [False, False])
 
+    def closeAndAbortMany(self, n=40):
+        """
+        Serve n connections one after another, from a peer on a thread;
+        the server answers C{bye} and closes the odd ones with
+        loseConnection, the even ones with abortConnection.  Return
+        (reactor, what each peer saw: C{("eof", data)} or
+        C{("reset", data)}, the sockets open before the connections that
+        were still open once the reactor let go of them, up to 5 s later).
+        """
+        reactor = self.buildReactor()
+
+        class Closer(protocol.Protocol):
+            def dataReceived(self, data):
+                self.transport.write(b"bye")
+                if data == b"abort":
+                    self.transport.abortConnection()
+                else:
+                    self.transport.loseConnection()
+
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Closer),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        def fds():  # the process's sockets (their inodes)
+            out = set()
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    link = os.readlink("/proc/self/fd/" + fd)
+                except OSError:  # the listing's own
+                    continue
+                if link.startswith("socket:"):
+                    out.add(link)
+            return out
+
+        before = fds()
+        seen = []
+
+        def peer():
+            try:
+                for i in range(n):
+                    s = socket.create_connection(
+                        ("127.0.0.1", port.getHost().port), timeout=10)
+                    s.sendall(b"abort" if i % 2 == 0 else b"close")
+                    data = b""
+                    try:
+                        while True:
+                            b = s.recv(100)
+                            if not b:
+                                seen.append(("eof", data))
+                                break
+                            data += b
+                    except ConnectionResetError:
+                        seen.append(("reset", data))
+                    s.close()
+            finally:
+                reactor.callFromThread(reactor.stop)
+
+        reactor.callWhenRunning(
+            threading.Thread(target=peer, daemon=True).start)
+        self.runReactor(reactor)
+        deadline = time.monotonic() + 5
+        while fds() - before and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+        return reactor, seen, fds() - before
+
+    def test_closeAndAbortMany(self):
+        """
+        loseConnection: the peer reads what was written, then end of file;
+        abortConnection: the peer gets a reset.  No descriptor of theirs
+        stays open.
+        """
+        reactor, seen, left = self.closeAndAbortMany()
+        self.assertEqual(seen[1::2], [("eof", b"bye")] * 20)
+        self.assertEqual([o for o, _ in seen[0::2]], ["reset"] * 20)
+        self.assertEqual(left, set())
+
     def test_removeThenCloseMany(self):
         """
         Watching, unwatching and closing fds in quick succession (the way
@@ -880,6 +955,16 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
             if time.monotonic() > deadline:
                 self.fail("not within %s s: %s" % (timeout, what))
             reactor.iterate(0.01)
+
+    def test_closeWithoutWaiting(self):
+        """
+        Closing a connection does not wait for the worker (which closes
+        the descriptor once it let go of it): no barrier per connection.
+        """
+        reactor, seen, left = self.closeAndAbortMany()
+        self.assertEqual(len(seen), 40)
+        self.assertEqual(left, set())
+        self.assertLess(reactor.ameStats()["watch_barriers"], 10)
 
     def _waitStat(self, reactor, name, n):
         deadline = time.monotonic() + 5
