@@ -224,9 +224,8 @@ static void close_accepted(struct fconn *f) {
   ame__ibuf_consume(&f->in, f->in.len);
 }
 
-/* Free f's buffers and f. */
-/* Close a connection's fd as Twisted's _closeSocket does: shut both
-** directions down first (orderly), or make the close send a reset. */
+/* Close a connection's fd as Twisted's _closeSocket does: plainly, after
+** shutting both directions down, or so that the close sends a reset. */
 enum { CLOSE_PLAIN = 1, CLOSE_SHUTDOWN, CLOSE_RESET };
 
 static void close_socket(int fd, int how) {
@@ -239,6 +238,7 @@ static void close_socket(int fd, int how) {
   close(fd);
 }
 
+/* Free f's buffers and f. */
 static void fconn_free(struct fconn *f) {
   /* Given up by Python, never reached by the worker (the core closed). */
   if (f->close_fd && f->fd >= 0) close_socket(f->fd, f->close_fd);
@@ -1119,13 +1119,12 @@ static struct fconn *live_f(StreamObject *self) {
   return NULL;
 }
 
-/* Detach from the worker: return once it no longer uses the fd (see the
-** opening comment), so that Python may close it. */
-/* Detach.  close_how: 0, Python closes the fd after; otherwise Python
-** gave it up, closed here (CLOSE_*, as close_socket): at
-** once if the worker never used it, by the worker once it lets go of it
-** when it may have (no wait here), after the wait below for TLS (the SSL
-** object), inline (the apply runs here) and listeners. */
+/* Detach from the worker (see the opening comment).  close_how 0: return
+** once the worker no longer uses the fd, which Python then closes.
+** Otherwise (CLOSE_*) Python gave the fd up: it is closed here at once if
+** the worker never took the stream up; else the worker closes it once it
+** lets go, without a wait here, except for TLS in C (the SSL object is
+** freed below), listeners and inline mode, which wait and close here. */
 static void stream_detach(StreamObject *self, int close_how) {
   struct fconn *f = live_f(self);
   if (f == NULL) return;
