@@ -2,8 +2,8 @@
 ** cmd/run/metrics.c — the supervisor's metrics server (metrics.h).
 **
 ** Per worker (slot): requests served (counter, over every process that
-** served the slot), requests/s and the busy fraction (gauges: the last
-** second), RSS, restarts and why, the reactor's counters and the STM's
+** served the slot), requests/s (a gauge: between its last two heartbeats,
+** rate.h) and the busy fraction (a gauge: the last second), RSS, restarts and why, the reactor's counters and the STM's
 ** commits, aborts and hottest conflicts (page.h), and the state of the
 ** process serving it.  Busy is the CPU time of the worker's main thread
 ** (the one that runs Python) over wall time, from /proc: 1.0 is a worker
@@ -214,7 +214,7 @@ static void prometheus(struct buf *b, double now) {
       {"ame_worker_up", "gauge", "1 while a process serves the worker."},
       {"ame_worker_pid", "gauge", "The pid of the process serving it."},
       {"ame_worker_requests_per_second", "gauge",
-       "Requests served in the last second."},
+       "Requests served per second between the last two heartbeats."},
       {"ame_worker_busy_ratio", "gauge",
        "CPU time of the worker's Python thread over the last second."},
       {"ame_worker_rss_bytes", "gauge", "Resident memory."},
@@ -461,21 +461,14 @@ void ame_metrics_sample(double now) {
         sl->rate = sl->busy = NULL;
         continue;
       }
-      uint64_t v[AME_PAGE_NCOUNTERS];
-      ame_sup_counters(s, v);
-      sl->last_requests = v[AME_PAGE_requests];
-      continue; /* the first sample is the baseline */
     }
     uint64_t v[AME_PAGE_NCOUNTERS];
-    ame_sup_counters(s, v);
-    uint64_t total = v[AME_PAGE_requests];
-    double dt = now - S.last_sample;
-    sl->rate[sl->hpos] = dt > 0 ? (float)((double)(total - sl->last_requests)
-                                          / dt) : 0;
+    double at = ame_sup_counters(s, v);
+    sl->rate[sl->hpos] =
+        ame_rate_sample(&sl->req_rate, v[AME_PAGE_requests], at, now);
     sl->busy[sl->hpos] = sl->cur >= 0 ? (float)S.p[sl->cur].busy : 0;
     sl->hpos = (sl->hpos + 1) % AME_SUP_HISTORY;
     if (sl->hlen < AME_SUP_HISTORY) sl->hlen++;
-    sl->last_requests = total;
   }
 }
 

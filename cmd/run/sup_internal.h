@@ -8,6 +8,7 @@
 #define AME_CMD_SUP_INTERNAL_H
 
 #include "page.h"
+#include "rate.h"
 #include "supervise.h"
 
 #include <signal.h>
@@ -49,7 +50,7 @@ struct sup_slot {
   /* History, one sample a second: requests/s and busy fraction. */
   float *rate, *busy;   /* AME_SUP_HISTORY each, a ring; NULL: none yet */
   unsigned hlen, hpos;
-  uint64_t last_requests; /* total at the last sample */
+  ame_rate_t req_rate;   /* requests/s between heartbeats (rate.h) */
 };
 
 struct sup_state {
@@ -76,8 +77,11 @@ double ame_sup_now(void);
 void ame_sup_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* A slot's counters (AME_PAGE_COUNTERS) over all its processes, ended
-** and running, into out. */
-void ame_sup_counters(unsigned slot, uint64_t *out);
+** and running, into out.  Return the time (ame_sup_now's clock) of the
+** latest heartbeat of its running processes, 0 if none has beaten: the
+** counters are at least as new as that beat (a beat racing this read may
+** add its counts early; the next read balances them). */
+double ame_sup_counters(unsigned slot, uint64_t *out);
 
 /* Live worker processes. */
 unsigned ame_sup_live(void);

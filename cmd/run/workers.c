@@ -26,14 +26,20 @@ unsigned ame_sup_live(void) {
   return n;
 }
 
-void ame_sup_counters(unsigned slot, uint64_t *out) {
+double ame_sup_counters(unsigned slot, uint64_t *out) {
+  uint64_t latest = 0;
   memcpy(out, S.s[slot].done, sizeof S.s[slot].done);
   for (unsigned i = 0; i < AME_SUP_PROCS; i++) {
     if (S.p[i].state == P_FREE || S.p[i].slot != slot) continue;
     ame_page_entry_t *e = ame_page_entry(i);
+    /* The beat first: it is stored after the counters (release), so these
+    ** loads see that tick's counters or a later one's. */
+    uint64_t beat = atomic_load_explicit(&e->beat_ns, memory_order_acquire);
+    if (beat > latest) latest = beat;
     for (unsigned k = 0; k < AME_PAGE_NCOUNTERS; k++)
       out[k] += atomic_load_explicit(&e->c[k], memory_order_relaxed);
   }
+  return (double)latest / 1e9;
 }
 
 /* ---- forking --------------------------------------------------------- */
