@@ -43,7 +43,10 @@ struct ame__wentry {
   uintptr_t version;         /* head: the orec's value before locking */
   uintptr_t *orec;           /* the orec covering addr */
   struct ame__wentry *next;  /* next entry under the same orec */
-  struct ame_tx *tx;         /* the owner; constant for a chunk's life */
+  struct ame_tx *tx;         /* the owner; constant for a chunk's life (a
+                                heap log stores it again, the same value,
+                                at each use: atomically, as a load that
+                                saw an old lock may be reading it) */
   uintptr_t head;            /* nonzero if this entry holds the lock; 2
                                 if memory under it may also have been
                                 written outside the STM (ame__tx_claim):

@@ -982,7 +982,7 @@ static struct ame__wentry *new_entry(ame_tx_t *tx) {
     }
     tx->w_n++;
     struct ame__wentry *e = &tx->w_chunk->e[tx->w_i++];
-    e->tx = tx;
+    STORE(&e->tx, tx);
     return e;
   }
   if (tx->w_i == AME__WCHUNK) {
