@@ -485,7 +485,6 @@ static void core_free(struct core *c) {
   pthread_mutex_destroy(&c->lock);
   pthread_cond_destroy(&c->cond);
   pthread_cond_destroy(&c->hs_cond);
-  pthread_cond_destroy(&c->hs_idle);
   free(c);
 }
 
@@ -545,7 +544,6 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args,
   c->fork_gen = fork_gen;
   pthread_mutex_init(&c->lock, NULL);
   pthread_cond_init(&c->hs_cond, NULL);
-  pthread_cond_init(&c->hs_idle, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
   pthread_cond_init(&c->cond, &ca);

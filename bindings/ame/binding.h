@@ -117,7 +117,6 @@ struct core {
   int hs_stop;              /* lock */
   struct tls_job *hs_head, *hs_tail; /* lock: steps waiting */
   pthread_cond_t hs_cond;   /* a step is waiting, or stop */
-  pthread_cond_t hs_idle;   /* a step let go of its stream's SSL object */
 };
 
 typedef struct {
@@ -192,7 +191,6 @@ struct fconn {
   int tls_shut_ready;       /* lock: ..., after what ready holds */
   ame__oqueue_t tplain;     /* worker: plaintext taken from ready, waiting
                                for the handshake */
-  int tls_in_pool;          /* lock: a handshake step uses the SSL object */
   ame__ibuf_t tls_held;     /* worker: records that arrived meanwhile */
   int tls_held_end;         /* worker: ... and how the input ended */
 };

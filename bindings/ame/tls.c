@@ -31,11 +31,17 @@ int ame__tls_init(struct ame__tls *t, uintptr_t ssl) {
   if (r == NULL || w == NULL || r == w || BIO_method_type(r) != BIO_TYPE_MEM ||
       BIO_method_type(w) != BIO_TYPE_MEM)
     return -1;
+  if (!SSL_up_ref(s)) return -1;
   t->ssl = s;
   t->rbio = r;
   t->wbio = w;
   t->server = SSL_is_server(s);
   return 0;
+}
+
+void ame__tls_release(struct ame__tls *t) {
+  SSL_free((SSL *)t->ssl); /* our reference: pyOpenSSL may hold another */
+  t->ssl = NULL;
 }
 
 void ame__tls_plain_verify(struct ame__tls *t) {

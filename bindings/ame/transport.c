@@ -52,10 +52,14 @@
 ** after a detach it has finished whatever it was doing with the fd.  A
 ** closing connection hands its fd over (_ameDetachClose): the worker, at
 ** that apply, stops the poll and closes the fd; Python does not wait.
-** _ameDetach, after which Python closes the fd itself (listeners, TLS
-** streams, whose SSL object Python frees next), waits (without the GIL)
-** for that apply (ame__core_sync).  A stream the worker never took up
-** needs neither: when it does, it sees the detach before anything else.
+** _ameDetach, after which Python closes the fd itself (listening ports,
+** a child's output pipes), waits (without the GIL) for that apply
+** (ame__core_sync), as a close does for listeners and in inline mode.  A
+** stream the worker never took up needs neither: when it does, it sees
+** the detach before anything else.  A stream whose TLS is C's closes as
+** any other: it holds a reference of its own to the SSL object
+** (ame__tls_init), so pyOpenSSL may free its Connection while the worker
+** or the handshake pool still uses it.
 ** A transport collected while attached detaches in its finalizer
 ** (tp_finalize), which runs before its __dict__, and with it the socket,
 ** is cleared.
@@ -104,7 +108,7 @@ typedef struct {
   /* The log context last pushed for this stream's callbacks. */
   PyObject *ctx_lp, *ctx_base, *ctx_push;
   /* TLS in C: the pyOpenSSL Connection whose SSL object the worker uses
-  ** (kept alive until the worker let go), and, once detached, what the
+  ** (under a reference of its own: f->tls), and, once detached, what the
   ** worker last published (_ameTLSInfo). */
   PyObject *tls_conn;
   PyObject *tls_owner; /* told of the handshake (_ameHandshakeDone) */
@@ -250,7 +254,8 @@ static void fconn_free(struct fconn *f) {
   ame__ibuf_free(&f->tls_early);
   ame__ibuf_free(&f->tls_held);
   ame__oq_clear(&f->tplain);
-  free(f->tls); /* the SSL object is pyOpenSSL's */
+  if (f->tls) ame__tls_release(f->tls);
+  free(f->tls);
   free(f);
 }
 
@@ -489,7 +494,8 @@ static void tls_job_done(void *arg) {
   if (!detached) f->queued += job->out_bytes;
   pthread_mutex_unlock(&c->lock);
   if (detached) {
-    /* Python let go (and may have freed the SSL object): drop it all. */
+    /* Python let go: drop it all (f's reference frees the SSL object
+    ** if it is the last). */
     ame__ibuf_free(&job->plain);
     ame__oq_clear(&job->out);
     ame__ibuf_free(&f->tls_held);
@@ -552,11 +558,6 @@ static void *tls_pool_main(void *arg) {
       job->oom = ame__tls_output(t, &job->out, buf, AME_RECV_SIZE,
                                  &job->out_bytes) != 0;
     }
-    pthread_mutex_lock(&c->lock);
-    /* Done with the SSL object: a detach may let it go now. */
-    job->f->tls_in_pool = 0;
-    pthread_cond_broadcast(&c->hs_idle);
-    pthread_mutex_unlock(&c->lock);
     if (ame_reactor_call(c->r, tls_job_call, job) != 0) {
       /* The reactor is stopping: nobody publishes it. */
       ame__ibuf_free(&job->plain);
@@ -627,7 +628,6 @@ static void tls_step(struct core *c, struct fconn *f, int end) {
       job->end = end;
       c->n_tls_pool_steps++;
       f->refs++;
-      f->tls_in_pool = 1;
       t->busy = 1;
       if (c->hs_tail)
         c->hs_tail->next = job;
@@ -1123,8 +1123,8 @@ static struct fconn *live_f(StreamObject *self) {
 ** once the worker no longer uses the fd, which Python then closes.
 ** Otherwise (CLOSE_*) Python gave the fd up: it is closed here at once if
 ** the worker never took the stream up; else the worker closes it once it
-** lets go, without a wait here, except for TLS in C (the SSL object is
-** freed below), listeners and inline mode, which wait and close here. */
+** lets go, without a wait here, except for listeners and inline mode,
+** which wait and close here. */
 static void stream_detach(StreamObject *self, int close_how) {
   struct fconn *f = live_f(self);
   if (f == NULL) return;
@@ -1133,7 +1133,7 @@ static void stream_detach(StreamObject *self, int close_how) {
   int fd = self->pyfd;
   pthread_mutex_lock(&c->lock);
   int sync = f->seen;
-  if (close_how && sync && !f->tls && !f->listener && !c->inline_mode) {
+  if (close_how && sync && !f->listener && !c->inline_mode) {
     f->close_fd = close_how; /* the worker's, once it lets go */
     close_how = 0;
     sync = 0;
@@ -1151,8 +1151,6 @@ static void stream_detach(StreamObject *self, int close_how) {
   ame__oq_clear(&f->out);
   ame__oq_clear(&f->ready);
   mark_fdirty(c, f);
-  int pooled = f->tls_in_pool;
-  if (pooled) f->refs++; /* f must outlive the wait below */
   fconn_unref(f); /* the Python object's reference */
   pthread_mutex_unlock(&c->lock);
   if (sync) {
@@ -1162,20 +1160,11 @@ static void stream_detach(StreamObject *self, int close_how) {
       fprintf(stderr, "ame._ame: detaching fd %d: %s\n", self->pyfd,
               strerror(-rc));
   }
-  if (pooled) {
-    /* A handshake step in the pool may still use the SSL object, which
-    ** Python frees with tls_conn below: wait for it (not for the worker
-    ** to publish it).  No step starts after the detach. */
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&c->lock);
-    while (f->tls_in_pool) pthread_cond_wait(&c->hs_idle, &c->lock);
-    fconn_unref(f); /* the reference taken for this wait */
-    pthread_mutex_unlock(&c->lock);
-    Py_END_ALLOW_THREADS
-  }
   if (close_how && fd >= 0) close_socket(fd, close_how);
   Py_CLEAR(self->core);
-  Py_CLEAR(self->tls_conn); /* the worker no longer uses its SSL object */
+  /* The worker and a handshake step still in the pool use the SSL object
+  ** through f->tls's own reference (ame__tls_init), not pyOpenSSL's. */
+  Py_CLEAR(self->tls_conn);
   Py_CLEAR(self->tls_owner);
 }
 

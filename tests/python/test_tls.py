@@ -24,6 +24,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -228,6 +229,19 @@ def _recvAll(s):
         if not b:
             break
         out += b
+    return out
+
+
+def _sockets():
+    """The process's open sockets (their inodes)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink("/proc/self/fd/" + fd)
+        except OSError:  # the listing's own
+            continue
+        if link.startswith("socket:"):
+            out.add(link)
     return out
 
 
@@ -518,6 +532,94 @@ class TLSBehaviourMixin:
                          (True, b"QUIT"))
         self.assertTLS(reactor, 2)
 
+    def closeAndAbortMany(self, n=30):
+        """
+        Serve n TLS connections one after another, from a peer on a thread.
+        The server ends one in three in connectionMade, before the
+        handshake (abortConnection; on AMEReactor the handshake may be on
+        the pool meanwhile); for the others the peer sends C{close} or
+        C{abort}, and the server answers C{bye} and ends it with
+        loseConnection or abortConnection.  Return (reactor, what each
+        peer saw: C{("eof", data)}, C{("reset", data)} or C{("failed",
+        None)} for a handshake that failed, the sockets open before the
+        connections that were still open once the reactor let go of them,
+        up to 5 s later).
+        """
+        reactor = self.buildReactor()
+
+        class Closer(protocol.Protocol):
+            def connectionMade(self):
+                if self.factory.made % 3 == 0:
+                    self.transport.abortConnection()
+                self.factory.made += 1
+
+            def dataReceived(self, data):
+                self.transport.write(b"bye")
+                if data == b"abort":
+                    self.transport.abortConnection()
+                else:
+                    self.transport.loseConnection()
+
+        f = protocol.Factory.forProtocol(Closer)
+        f.made = 0
+        port = self.listen(reactor, f)
+        before = _sockets()
+
+        def peer():
+            seen = []
+            for i in range(n):
+                s = None
+                try:
+                    # The reset of an early abort may even end connect().
+                    s = socket.create_connection(("127.0.0.1", port),
+                                                 timeout=10)
+                    s = _clientContext().wrap_socket(
+                        s, server_hostname="localhost")
+                except (ssl.SSLError, OSError):
+                    seen.append(("failed", None))
+                    if s is not None:
+                        s.close()
+                    continue
+                s.sendall(b"abort" if i % 3 == 1 else b"close")
+                data = b""
+                try:
+                    while True:
+                        b = s.recv(100)
+                        if not b:
+                            seen.append(("eof", data))
+                            break
+                        data += b
+                except ConnectionResetError:
+                    seen.append(("reset", data))
+                except ssl.SSLError as e:
+                    seen.append(("ssl", e.reason))
+                s.close()
+            return seen
+
+        seen = self.serve(reactor, peer)
+        deadline = time.monotonic() + 5
+        while _sockets() - before and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+        return reactor, seen, _sockets() - before
+
+    def test_closeAndAbortMany(self):
+        """
+        loseConnection: the peer reads what was written, then the end
+        (close_notify).  abortConnection before the handshake fails the
+        peer's handshake; after it, the connection ends (Twisted's TLS
+        writes close_notify before the abort, which may or may not get
+        there before the reset) with what was written dropped or not, as
+        for TCP.  No descriptor stays open.
+        """
+        reactor, seen, left = self.closeAndAbortMany()
+        self.assertEqual(seen[0::3], [("failed", None)] * 10)
+        for got in seen[1::3]:
+            self.assertIn(got, [("eof", b""), ("reset", b""),
+                                ("eof", b"bye"), ("reset", b"bye")])
+        self.assertEqual(seen[2::3], [("eof", b"bye")] * 10)
+        self.assertEqual(left, set())
+        self.assertTLS(reactor, 30)
+
     def ping(self, connect):
         """
         Serve listenSSL on a new reactor and connect(reactor, port,
@@ -776,6 +878,18 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
             self.assertEqual(stats["tls_c_pool_steps"] > 0, self.pooled,
                              "handshake steps in the pool: %d"
                              % (stats["tls_c_pool_steps"],))
+
+
+    def test_closeWithoutWaiting(self):
+        """
+        Closing a connection whose TLS is C's does not wait for the worker
+        (which closes the descriptor, and lets go of the SSL object, once
+        it is done with them): no barrier per connection.
+        """
+        reactor, seen, left = self.closeAndAbortMany()
+        self.assertEqual(len(seen), 30)
+        self.assertEqual(left, set())
+        self.assertLess(reactor.ameStats()["watch_barriers"], 10)
 
 
 class AMEInlineTLSTests(AMETLSTests):
