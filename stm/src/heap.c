@@ -239,9 +239,8 @@ static void init_region(struct ame__heap_hdr *h, const struct layout *L,
   d->clock = 1;
   d->orecs = orecs;
   d->orec_bias = base;
-  d->orec_mult = 1;
   d->orec_mask = ((uintptr_t)1 << L->orec_bits) - 1;
-  d->shift = 0;
+  d->shift = L->orec_bits;
   d->escalate_after = 16;
   d->max_threads = L->slots;
   d->shared = 1;

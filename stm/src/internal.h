@@ -165,7 +165,6 @@ struct ame__dom {
   /* read-mostly */
   uintptr_t *orecs __attribute__((aligned(AME__CACHELINE)));
   uintptr_t orec_bias;         /* ame__orec_of(): see stm_inline.h */
-  uintptr_t orec_mult;
   uintptr_t orec_mask;
   unsigned shift;
   unsigned escalate_after;
@@ -216,7 +215,6 @@ static inline void ame__tx_init_domain(ame_tx_t *tx, struct ame__dom *d) {
   tx->dom = d;
   tx->h.orecs = d->orecs;
   tx->h.orec_bias = d->orec_bias;
-  tx->h.orec_mult = d->orec_mult;
   tx->h.orec_mask = d->orec_mask;
   tx->h.shift = d->shift;
 }

@@ -230,20 +230,22 @@ void ame__vec_free(struct ame__vec *v) {
 ** Lifecycle.
 */
 
-/* The private domain's orec table.  Orecs are hashed over the table, so
-** even a small working set's orecs lie on as many pages as it has
-** granules: with 4 KiB pages, most of an orec access's cost at one thread
-** is TLB misses.  So the table is aligned to 2 MiB and asked to be backed
-** by huge pages (transparent huge pages in their "madvise" or "always"
-** mode; elsewhere the advice is ignored, and so is its failure).  Freed
-** with free(). */
+/* The private domain's orec table.  A working set spread over the address
+** space (several threads' malloc arenas, stacks, mappings) has its orecs
+** on as many pages of the table as it has runs of granules: with 4 KiB
+** pages, TLB misses.  So a table of 2 MiB or more is aligned to 2 MiB and
+** asked to be backed by huge pages (transparent huge pages in their
+** "madvise" or "always" mode; elsewhere the advice is ignored, and so is
+** its failure); a smaller one is aligned to a cache line, so that a run
+** of 8 orecs is one line.  Freed with free(). */
 #define OREC_ALIGN ((size_t)2 << 20)
 static uintptr_t *orecs_alloc(size_t n) {
   void *p = NULL;
   size_t bytes = n * sizeof(uintptr_t);
-  if (bytes < OREC_ALIGN) return malloc(bytes);
-  if (posix_memalign(&p, OREC_ALIGN, bytes) != 0) return NULL;
-  (void)madvise(p, bytes, MADV_HUGEPAGE);
+  if (posix_memalign(&p, bytes < OREC_ALIGN ? AME__CACHELINE : OREC_ALIGN,
+                     bytes) != 0)
+    return NULL;
+  if (bytes >= OREC_ALIGN) (void)madvise(p, bytes, MADV_HUGEPAGE);
   return p;
 }
 
@@ -276,9 +278,8 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
   struct ame__dom *d = &ame__G.dom;
   d->orecs = orecs;
   d->orec_bias = 0;
-  d->orec_mult = (uintptr_t)0x9E3779B97F4A7C15ull;
   d->orec_mask = ((uintptr_t)1 << bits) - 1;
-  d->shift = 64 - bits;
+  d->shift = bits;
   STORE(&d->clock, 1);
   d->escalate_after =
       cfg && cfg->escalate_after ? cfg->escalate_after : DEFAULT_ESCALATE;

@@ -1,11 +1,13 @@
 /*
 ** tests/stm/test_access.c — transactional loads and stores of every width
 ** and type in ame/stm.h, read-after-write inside a transaction, 32-bit
-** halves of one word, and isolation of uncommitted writes.
+** halves of one word, isolation of uncommitted writes, and words at the
+** same offset of distant regions under orecs of their own.
 */
 #include "stm-test.h"
 
 #include <math.h>
+#include <sys/mman.h>
 
 TEST_IMPL(load_store_word) {
   ame_tx_t *tx = enter();
@@ -391,5 +393,67 @@ TEST_IMPL(prefetch_reads_nothing) {
   ASSERT_EQ(attempts, 1);
   ASSERT_EQ(p.w, 7);
   ASSERT_EQ(p.out, 1);
+  leave_and_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** Words at the same offset in regions far apart (as in two threads' malloc
+** arenas, 64 MiB-aligned: their addresses differ only in high bits) have
+** orecs of their own: a transaction holding one word's lock does not stop
+** another thread's transaction on the other.  The holder waits up to 5 s
+** for the other to commit; if they shared an orec the other could not
+** commit before the holder does.
+*/
+struct far {
+  uintptr_t *x, *y;
+  atomic_int held;     /* the holder has locked x */
+  atomic_int done;     /* the other has committed y */
+};
+
+static void *far_writer(void *arg) {
+  struct far *f = arg;
+  ame_tx_t *tx = enter();
+  ASSERT_WAIT(atomic_load(&f->held), 5000);
+  AME_ATOMIC(tx) { ame_store_word_tx(tx, f->y, 2); }
+  atomic_store(&f->done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(orecs_far_apart) {
+  ame_tx_t *tx = enter();
+  const size_t mib = (size_t)1 << 20;
+  static const size_t dist[] = {64, 128, 192, 1024, 4096};
+  size_t len = 4096 * mib + 4096;
+  char *base = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT(base != MAP_FAILED);
+  /* An address 64 MiB-aligned, plus an offset, as in an arena. */
+  uintptr_t a = ((uintptr_t)base + 64 * mib - 1) & ~(uintptr_t)(64 * mib - 1);
+  size_t room = (size_t)((uintptr_t)base + len - a);
+  for (size_t i = 0; i < sizeof dist / sizeof dist[0]; i++) {
+    if (dist[i] * mib + 4096 > room) continue;
+    static struct far f;
+    f.x = (uintptr_t *)(a + 0x1240);
+    f.y = (uintptr_t *)(a + dist[i] * mib + 0x1240);
+    atomic_store(&f.held, 0);
+    atomic_store(&f.done, 0);
+    pthread_t t;
+    thread_start(&t, far_writer, &f);
+    static volatile int waited_out;
+    waited_out = 0;
+    AME_ATOMIC(tx) {
+      ame_store_word_tx(tx, f.x, 1);
+      atomic_store(&f.held, 1);
+      if (ame_tx_attempt(tx) == 0 && !WAIT_UNTIL(atomic_load(&f.done), 5000))
+        waited_out = 1;
+    }
+    thread_join(t);
+    if (waited_out)
+      AME_TEST_FAIL_("words %zu MiB apart share an orec", dist[i]);
+    ASSERT_EQ(*f.x, 1);
+    ASSERT_EQ(*f.y, 2);
+  }
+  ASSERT_EQ(munmap(base, len), 0);
   leave_and_shutdown();
 }

@@ -2,7 +2,7 @@
 ** ame/stm.h — the public interface of ame's software transactional memory.
 **
 ** A word-based STM for C in the TL2/LSA/TinySTM family: a global version
-** clock, a hashed table of ownership records (orecs), encounter-time locking
+** clock, a table of ownership records (orecs), encounter-time locking
 ** with write-back (redo log), and snapshot extension on reads.  Every read is
 ** validated against the transaction's snapshot, so a running transaction
 ** never observes an inconsistent state, even one that will abort (opacity).
