@@ -139,6 +139,7 @@ struct ame_tx {
   struct ame__vec on_abort;    /* ame__handler */
   /* -- reclamation */
   struct ame__vec limbo;       /* ame__limbo, oldest first */
+  unsigned scanned_at;         /* `starts` at the last reclamation scan */
   /* -- registry */
   unsigned slot;               /* index in the thread table */
   unsigned refs;               /* ame_thread_enter() nesting */

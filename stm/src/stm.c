@@ -77,11 +77,13 @@ __thread ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
 #define DEFAULT_MAX_THREADS 1024
 #define DEFAULT_ESCALATE 16
 #define READ_LOG_INIT 4096
-#define LIMBO_SCAN 128      /* a reclamation scan each time a thread's
+#define LIMBO_SCAN 256      /* a reclamation scan each time a thread's
                                deferred frees pass a multiple of this */
-#define LIMBO_PERIOD 1024   /* ... and every this many starts while it
-                               has any (a scan's fence can cost a
-                               membarrier: microseconds) */
+#define LIMBO_PERIOD 65536  /* ... and when this many starts passed
+                               since its last scan while it has any (a
+                               scan's fence can cost a membarrier:
+                               microseconds, and an interrupt of every
+                               CPU that runs one of its threads) */
 #define CONFLICT_SPINS 256  /* pauses before giving up on a held lock */
 #define SNAPSHOT_REFRESH 16 /* starts between two reads of the clock */
 #define VERSION0 2          /* initial orec value: version of ts 1 */
@@ -469,6 +471,7 @@ static void reclaim(ame_tx_t *tx, int force) {
     orphans = 0;
   }
   if (tx->limbo.n == 0 && !orphans) return; /* no fence for nothing */
+  tx->scanned_at = tx->starts;
   fence_heavy(tx->dom);
   uintptr_t oldest = oldest_active(tx->dom);
   struct ame__limbo *lb = tx->limbo.items;
@@ -1476,7 +1479,8 @@ static void commit(ame_tx_t *tx) {
     tx->h.snapshot = 0;
     tx->irr_user = 0;
     STORE_REL(&tx->active, AME__IDLE);
-    if (AME__UNLIKELY(tx->limbo.n) && tx->starts % LIMBO_PERIOD == 0)
+    if (AME__UNLIKELY(tx->limbo.n) &&
+        tx->starts - tx->scanned_at >= LIMBO_PERIOD)
       reclaim(tx, 0);
     return;
   }
@@ -1555,13 +1559,13 @@ static void commit(ame_tx_t *tx) {
   if (tx->on_commit.n) run_handlers(tx, &tx->on_commit);
   tx->on_commit.n = 0;
   STORE_REL(&tx->hold, prev_hold);
-  /* Scan limbo each time it grows past a multiple of LIMBO_SCAN, and
-  ** now and then when it does not, so that a few blocks freed by a
-  ** long-lived thread do not wait for its exit.  (Not at every commit
-  ** while it stays large: while an old transaction runs elsewhere, each
-  ** scan would free nothing and still cost its fence.) */
+  /* Scan limbo each time it grows past a multiple of LIMBO_SCAN, and when
+  ** LIMBO_PERIOD starts passed without a scan, so that a few blocks freed
+  ** by a long-lived thread do not wait for its exit.  (Not at every
+  ** commit while it stays large: while an old transaction runs elsewhere,
+  ** each scan would free nothing and still cost its fence.) */
   if (tx->limbo.n && (tx->limbo.n / LIMBO_SCAN != limbo0 / LIMBO_SCAN ||
-                      tx->starts % LIMBO_PERIOD == 0))
+                      tx->starts - tx->scanned_at >= LIMBO_PERIOD))
     reclaim(tx, 0);
 }
 
