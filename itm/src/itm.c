@@ -231,8 +231,9 @@ static uint32_t start(struct itm_thread *t, ame_tx_t *tx, int restore) {
   for (;;) {
     if (ITM_UNLIKELY(ame__tx_enter(tx, itm_resume, t->site) > 1))
       return a_runInstrumentedCode; /* joined ame's own: not the owner */
-    /* ame published the start behind a full fence; serial_take() sets
-    ** the flag before it waits for running transactions (Dekker). */
+    /* ame published the start behind a fence (a compiler barrier where
+    ** ame_quiesce()'s membarrier makes it a full one: stm.c); serial_take()
+    ** sets the flag before it waits for running transactions (Dekker). */
     if (ITM_LIKELY(!__atomic_load_n(&serial_flag, __ATOMIC_SEQ_CST))) break;
     ame_tx_cancel(tx);
     serial_wait();
@@ -338,7 +339,8 @@ uint32_t ame_itm__begin(uint32_t props,
   unsigned depth = ame__tx_enter(tx, itm_resume, t->site);
   if (ITM_UNLIKELY(depth > 1))
     return a_runInstrumentedCode; /* joined ame's own: not the owner */
-  /* As in start(): ame published the start behind a full fence. */
+  /* As in start(): ame published the start behind a fence that
+  ** serial_take()'s ame_quiesce() makes a full one. */
   if (ITM_UNLIKELY(__atomic_load_n(&serial_flag, __ATOMIC_SEQ_CST))) {
     ame_tx_cancel(tx);
     serial_wait();
