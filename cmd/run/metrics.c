@@ -3,11 +3,12 @@
 **
 ** Per worker (slot): requests served (counter, over every process that
 ** served the slot), requests/s (a gauge: between its last two heartbeats,
-** rate.h) and the busy fraction (a gauge: the last second), RSS, restarts and why, the reactor's counters and the STM's
-** commits, aborts and hottest conflicts (page.h), and the state of the
-** process serving it.  Busy is the CPU time of the worker's main thread
-** (the one that runs Python) over wall time, from /proc: 1.0 is a worker
-** whose Python thread never waits.
+** rate.h) and the busy fraction (a gauge: the last second), RSS, restarts
+** and why, the reactor's counters and the STM's commits, aborts and
+** hottest conflicts (page.h), and the state of the process serving it.
+** Busy is the CPU time of the worker's main thread (the one that runs
+** Python) over wall time, from /proc: 1.0 is a worker whose Python thread
+** never waits.
 */
 #include "metrics.h"
 

@@ -460,6 +460,11 @@ static uintptr_t oldest_active(struct ame__dom *d) {
   return min;
 }
 
+/* Whether LIMBO_PERIOD starts passed since the thread's last scan. */
+static inline int scan_overdue(const ame_tx_t *tx) {
+  return tx->starts - tx->scanned_at >= LIMBO_PERIOD;
+}
+
 /* Free this thread's deferred blocks that no running transaction can reach
 ** any more; with force, also try the orphans of exited threads. */
 static void reclaim(ame_tx_t *tx, int force) {
@@ -1479,9 +1484,7 @@ static void commit(ame_tx_t *tx) {
     tx->h.snapshot = 0;
     tx->irr_user = 0;
     STORE_REL(&tx->active, AME__IDLE);
-    if (AME__UNLIKELY(tx->limbo.n) &&
-        tx->starts - tx->scanned_at >= LIMBO_PERIOD)
-      reclaim(tx, 0);
+    if (AME__UNLIKELY(tx->limbo.n) && scan_overdue(tx)) reclaim(tx, 0);
     return;
   }
   if (tx->w_n == 0) {
@@ -1565,7 +1568,7 @@ static void commit(ame_tx_t *tx) {
   ** commit while it stays large: while an old transaction runs elsewhere,
   ** each scan would free nothing and still cost its fence.) */
   if (tx->limbo.n && (tx->limbo.n / LIMBO_SCAN != limbo0 / LIMBO_SCAN ||
-                      tx->starts - tx->scanned_at >= LIMBO_PERIOD))
+                      scan_overdue(tx)))
     reclaim(tx, 0);
 }
 

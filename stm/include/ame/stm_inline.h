@@ -59,9 +59,8 @@ AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 ** region's start and is below the table's size for every address in the
 ** region, so it is the granule's own orec (the mask keeps an address
 ** outside it, which a heap transaction must not touch, inside the table).
-** A multiplicative hash here cost 13% of the red-black tree benchmark's
-** speed at one thread: it scatters neighbours' orecs over the table, and
-** its latency sits on each load's dependency chain. */
+** Not a multiplicative hash: that would scatter neighbours' orecs over the
+** table and put a multiply on each load's dependency chain. */
 static inline uintptr_t *ame__orec_of(const struct ame__txhot *h,
                                       uintptr_t addr) {
   uintptr_t g = (addr - h->orec_bias) >> AME__GRAIN_SHIFT;
