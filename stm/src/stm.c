@@ -930,13 +930,14 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
   ** again), as TinySTM's default policy does.  Waiting there made
   ** transactions that update the same few hot words slower on two
   ** threads than on one: each in turn waited out the other's commit,
-  ** where an aborted one runs its other reads again meanwhile.  A store that meets a lock waits for a revocable
-  ** owner to go, unless that could close a cycle: a transaction that
-  ** holds locks itself waits only for a younger owner (a later start;
-  ** between equal starts, the higher descriptor address) and gives way at
-  ** once to an older one (wait-die), so that two writers never spin on
-  ** each other's locks until both give up.  One that holds nothing cannot
-  ** be waited for, and waits. */
+  ** where an aborted one runs its other reads again meanwhile.
+  ** A store that meets a lock waits for a revocable owner to go, unless
+  ** that could close a cycle: a transaction that holds locks itself
+  ** waits only for a younger owner (a later start; between equal starts,
+  ** the higher descriptor address) and gives way at once to an older one
+  ** (wait-die), so that two writers never spin on each other's locks
+  ** until both give up.  One that holds nothing cannot be waited for, and
+  ** waits. */
   int wait = cause != AME_ABORT_READ_LOCKED && !LOAD(&owner->irrevocable);
   if (wait && tx->w_n) {
     uintptr_t mine = LOAD(&tx->active), theirs = LOAD(&owner->active);
