@@ -29,6 +29,10 @@ build: deps
 # built.  The benchmarks then have a tinystm variant; without one they build
 # and run as ever.
 TINYSTM ?= $(patsubst %/lib/libstm.a,%,$(wildcard $(abspath ../tinystm)/lib/libstm.a))
+# STAMP's applications (bench/stamp_bench.py): STAMP=DIR, a STAMP source
+# tree fetched outside this repository, or ../stamp beside this checkout.
+# Run against TinySTM when both trees are there; skipped otherwise.
+STAMP ?= $(patsubst %/lib/tm.h,%,$(wildcard $(abspath ../stamp)/lib/tm.h))
 
 build-release: deps-bench
 	@test -f $(BENCH_BUILD)/build.ninja || \
@@ -60,7 +64,7 @@ conformance: build
 demo: deps-demo build-release
 	$(PYTHON) bench/demo.py --builddir $(BENCH_BUILD) $(DEMO_ARGS)
 
-# The benchmarks, each against its baselines in the same run (about 20
+# The benchmarks, each against its baselines in the same run (about 25
 # minutes; BENCH_ARGS=--quick about 3; bench/README.md).  Each runner prints
 # its tables and writes its results to $(BENCH_BUILD)/bench-NAME.json;
 # bench/results.py then renders them all as bench/RESULTS.md, the one file
@@ -68,12 +72,13 @@ demo: deps-demo build-release
 # fails does not stop the others; make bench then fails at the end.
 # BENCH_ARGS go to every runner (e.g. --quick, which RESULTS.md marks as a
 # quick run); STM_BENCH_ARGS, REACTOR_BENCH_ARGS, TWISTED_BENCH_ARGS,
-# LOAD_BENCH_ARGS, SUPERVISOR_BENCH_ARGS, SHARED_BENCH_ARGS and
-# TASKS_BENCH_ARGS to one each (their other flags differ: --duration is ms
-# for the STM runner, seconds for the others).
+# LOAD_BENCH_ARGS, SUPERVISOR_BENCH_ARGS, SHARED_BENCH_ARGS,
+# TASKS_BENCH_ARGS and STAMP_BENCH_ARGS to one each (their other flags
+# differ: --duration is ms for the STM runner, seconds for the others, and
+# the STAMP runner has none: each application runs to its end).
 BENCH_VARS = TINYSTM BENCH_ARGS STM_BENCH_ARGS REACTOR_BENCH_ARGS TWISTED_BENCH_ARGS \
 	     LOAD_BENCH_ARGS SUPERVISOR_BENCH_ARGS SHARED_BENCH_ARGS \
-	     TASKS_BENCH_ARGS
+	     TASKS_BENCH_ARGS STAMP STAMP_BENCH_ARGS
 BENCH_CMD = $(strip make bench $(foreach v,$(BENCH_VARS),$(if $($(v)),$(v)='$($(v))')))
 BENCH_OUT = --builddir $(BENCH_BUILD) --json-out $(BENCH_BUILD)/bench
 bench: build-release
@@ -85,6 +90,9 @@ bench: build-release
 	-$(PYTHON) bench/supervisor_bench.py $(BENCH_OUT)-supervisor.json $(BENCH_ARGS) $(SUPERVISOR_BENCH_ARGS)
 	-$(PYTHON) bench/shared_bench.py $(BENCH_OUT)-shared.json $(BENCH_ARGS) $(SHARED_BENCH_ARGS)
 	-$(PYTHON) bench/tasks_bench.py $(BENCH_OUT)-tasks.json $(BENCH_ARGS) $(TASKS_BENCH_ARGS)
+	-$(PYTHON) bench/stamp_bench.py $(BENCH_OUT)-stamp.json $(BENCH_ARGS) \
+	  $(if $(STAMP),--stamp $(abspath $(STAMP))) \
+	  $(if $(TINYSTM),--tinystm $(abspath $(TINYSTM))) $(STAMP_BENCH_ARGS)
 	$(PYTHON) bench/results.py --builddir $(BENCH_BUILD) --command "$(BENCH_CMD)"
 
 # Crash injection on the shared heap at length: 10,000 SIGKILLs of worker

@@ -2,7 +2,8 @@
 """Render bench/RESULTS.md from the JSON that the benchmark runners wrote.
 
 `make bench` runs stm_bench.py, reactor_bench.py, twisted_bench.py,
-load_bench.py, supervisor_bench.py, shared_bench.py and tasks_bench.py,
+load_bench.py, supervisor_bench.py, shared_bench.py, tasks_bench.py and
+stamp_bench.py,
 each with --json-out BUILDDIR/bench-NAME.json, and then this
 script, which writes one Markdown file: when and how the figures were taken
 (the date, the command, the commit), the machine (CPU model, CPUs, kernel,
@@ -38,6 +39,7 @@ RUNNERS = (
     ("supervisor", "supervisor_bench.py", "The `ame run` supervisor"),
     ("shared", "shared_bench.py", "ame.shared"),
     ("tasks", "tasks_bench.py", "ame.tasks"),
+    ("stamp", "stamp_bench.py", "STAMP against TinySTM"),
 )
 
 
@@ -436,10 +438,50 @@ def tasks_section(d):
     return out
 
 
+def stamp_section(d):
+    if d.get("skipped"):
+        return ["Skipped: %s." % d["skipped"]]
+    by = {(r["app"], r["threads"], r["variant"]): r for r in d["results"]}
+    s = d["settings"]
+
+    def sec(r):
+        return "-" if r is None or r["median"] is None else \
+            "%.3f" % r["median"]
+
+    body = []
+    for app in s["apps"]:
+        for t in s["threads"]:
+            a = by.get((app, t, "ame"), {})
+            body.append([app, str(t), sec(by.get((app, t, "ame"))),
+                         sec(by.get((app, t, "tinystm"))),
+                         sec(by.get((app, t, "seq"))) if t == 1 else "",
+                         fmt_ratio(a.get("vs_tinystm")),
+                         fmt_ratio(a.get("vs_seq")),
+                         fmt_ratio(a.get("vs_1t")),
+                         fmt_ratio(a.get("tinystm_vs_1t"))])
+    out = [table(["application", "threads", "ame s", "tinystm s", "seq s",
+                  "ame x tinystm", "ame x seq", "ame 2t/1t",
+                  "tinystm 2t/1t"], body, right_from=2), ""]
+    out.append("Seconds: the median of the time each application prints "
+               "for its parallel phase; x tinystm, x seq: ame's speed "
+               "(inverse time) against TinySTM at the same thread count "
+               "and against the sequential build, above 1 when ame is "
+               "faster; 2t/1t: each STM's speed-up from 1 to 2 threads.")
+    g = d.get("geomean_vs_tinystm", {})
+    if g:
+        out.append("")
+        out.append("ame x tinystm, geometric mean over the applications: "
+                   + ", ".join("%s at %s thread%s" % (
+                       fmt_ratio(v), t, "s" if int(t) > 1 else "")
+                       for t, v in sorted(g.items(),
+                                          key=lambda kv: int(kv[0]))) + ".")
+    return out
+
+
 SECTIONS = {"stm": stm_section, "reactor": reactor_section,
             "twisted": twisted_section, "load": load_section,
             "supervisor": supervisor_section, "shared": shared_section,
-            "tasks": tasks_section}
+            "tasks": tasks_section, "stamp": stamp_section}
 
 
 # ---- the file -----------------------------------------------------------------

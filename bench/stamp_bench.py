@@ -1,0 +1,373 @@
+#!/usr/bin/python3
+"""ame against TinySTM on STAMP's applications (optional: needs a STAMP tree
+and a TinySTM tree, both fetched and built outside this repository).
+
+STAMP, the Stanford transactional applications (genome, intruder, kmeans,
+labyrinth, ssca2, vacation, yada), reaches its STM through the TL2-style
+STM_* macros of a header named stm.h.  This runner compiles each
+application three ways from the STAMP tree's own sources, into
+BUILDDIR/bench/stamp/: with bench/stamp/ame/stm.h (ame's API, linked
+statically against BUILDDIR's libame.a), with bench/stamp/tinystm/stm.h
+(TinySTM's own API, its default build), and sequential (no STM; one
+thread).  It then runs every application at 1 and 2 threads, interleaved
+and alternating the order on every other repetition, and reports the
+median of the time each application prints for its parallel phase, with
+ame's speed against TinySTM's and against the sequential program's.
+
+Without --stamp DIR (or $STAMP, or a tree at ../stamp beside this
+checkout) or without --tinystm DIR (or $TINYSTM, or ../tinystm), it says
+what is missing and writes a result marked skipped: nothing fails.
+
+Each application checks its own result where it has a check (genome's
+sequence, intruder's attacks found, labyrinth's paths, vacation's tables,
+yada's mesh); a run that crashes, hangs or fails its check fails the
+runner (exit status 1).
+
+Run it with Debian's /usr/bin/python3 from the repository root after
+`ninja -C build-release`, or through `make bench STAMP=DIR TINYSTM=DIR`.
+"""
+
+import gzip
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+
+from benchlib import (REPO, BenchError, LoadMeter, command_line, emit,
+                      fmt_ratio, int_list, machine_info, name_list,
+                      parse_args, print_failures, print_machine, print_rows,
+                      ratio, resolve_builddir, round_robin, runner_parser)
+
+# (name, STAMP directory, arguments with {t} for the thread count, inputs
+# to decompress into the build directory, the line that says the result
+# was checked or None).  Sizes between STAMP's simulator and "+" inputs:
+# a few tenths of a second per run on 2 CPUs.
+APPS = (
+    ("kmeans-high", "kmeans",
+     "-m15 -n15 -t0.00001 -i {dir}/random-n16384-d24-c16.txt -p{t}",
+     ["inputs/random-n16384-d24-c16.txt.gz"], None),
+    ("kmeans-low", "kmeans",
+     "-m40 -n40 -t0.00001 -i {dir}/random-n16384-d24-c16.txt -p{t}",
+     ["inputs/random-n16384-d24-c16.txt.gz"], None),
+    ("genome", "genome", "-g4096 -s32 -n524288 -t{t}", [],
+     r"Sequence matches gene: yes"),
+    ("intruder", "intruder", "-a10 -l16 -n32768 -s1 -t{t}", [], None),
+    ("ssca2", "ssca2", "-s16 -i1.0 -u1.0 -l3 -p3 -t{t}", [], None),
+    ("vacation-high", "vacation", "-n4 -q60 -u90 -r65536 -t131072 -c{t}",
+     [], r"Checking tables\.\.\. done"),
+    ("vacation-low", "vacation", "-n2 -q90 -u98 -r65536 -t131072 -c{t}",
+     [], r"Checking tables\.\.\. done"),
+    ("labyrinth", "labyrinth", "-i {src}/inputs/random-x128-y128-z3-n128.txt"
+     " -t{t}", [], r"Verification passed"),
+    ("yada", "yada", "-a20 -i {dir}/ttimeu10000.2 -t{t}",
+     ["inputs/ttimeu10000.2.ele.gz", "inputs/ttimeu10000.2.node.gz",
+      "inputs/ttimeu10000.2.poly.gz"], r"Final mesh is valid"),
+)
+APP_NAMES = tuple(a[0] for a in APPS)
+VARIANTS = ("ame", "tinystm", "seq")
+# The time each application prints for its parallel phase.
+TIME = re.compile(r"(?:^Time\s*[=:]|Elapsed time\s*=|Time taken for all is)"
+                  r"\s*([0-9.]+)", re.M)
+# Intruder reports what it found; the two must agree.
+INTRUDER = re.compile(r"Num attack\s*=\s*(\d+).*?Num found\s*=\s*(\d+)", re.S)
+
+
+def find_tree(given, env, beside, marker):
+    """The tree given on the command line, in $env, or beside the checkout
+    (../beside), if it holds marker; else None."""
+    for d in (given, os.environ.get(env),
+              os.path.join(os.path.dirname(REPO), beside)):
+        if d and os.path.exists(os.path.join(d, marker)):
+            return os.path.abspath(d)
+    return None
+
+
+def stamp_sources(stamp, app):
+    """The C sources and extra flags of one STAMP application: SRCS and
+    CFLAGS of its own Defines.common.mk (read by make, with $(LIB) as
+    STAMP's lib/)."""
+    script = ("LIB := %s\ninclude Defines.common.mk\n"
+              "print: ; @echo '$(SRCS)'; echo '$(CFLAGS)'\n"
+              % os.path.join(stamp, "lib"))
+    p = subprocess.run(["make", "-s", "-C", os.path.join(stamp, app), "-f",
+                        "-", "print"], input=script, capture_output=True,
+                       text=True)
+    lines = p.stdout.splitlines()
+    if p.returncode != 0 or len(lines) != 2:
+        raise BenchError("reading %s/Defines.common.mk failed: %s" % (
+            app, p.stderr.strip()))
+    srcs = [w if os.path.isabs(w) else os.path.join(stamp, app, w)
+            for w in lines[0].split()]
+    return srcs, lines[1].split()
+
+
+def build(builddir, stamp, tinystm, app, variant):
+    """Compile one application one way; return the binary's path."""
+    out = os.path.join(builddir, "bench", "stamp", "%s-%s" % (app, variant))
+    srcs, flags = stamp_sources(stamp, app)
+    cmd = ["gcc", "-O3", "-w", "-pthread", "-I" + os.path.join(stamp, "lib")]
+    cmd += flags
+    if variant == "ame":
+        cmd += ["-DSTM", "-DAME_STM_INLINE",
+                "-I" + os.path.join(REPO, "bench", "stamp", "ame"),
+                "-I" + os.path.join(REPO, "stm", "include")]
+        libs = [os.path.join(builddir, "stm", "libame.a")]
+    elif variant == "tinystm":
+        cmd += ["-DSTM", "-I" + os.path.join(REPO, "bench", "stamp",
+                                             "tinystm"),
+                "-I" + os.path.join(tinystm, "include")]
+        libs = [os.path.join(tinystm, "lib", "libstm.a")]
+    else:
+        libs = []
+    cmd += srcs + ["-o", out] + libs + ["-lm"]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise BenchError("building %s-%s failed:\n%s" % (
+            app, variant, p.stderr[-2000:]))
+    return out
+
+
+def unpack(builddir, stamp, app, inputs):
+    """Decompress an application's inputs into the build directory once;
+    return that directory."""
+    d = os.path.join(builddir, "bench", "stamp", "inputs-" + app)
+    os.makedirs(d, exist_ok=True)
+    for rel in inputs:
+        dst = os.path.join(d, os.path.basename(rel)[:-3])
+        if not os.path.exists(dst):
+            with gzip.open(os.path.join(stamp, app, rel), "rb") as f, \
+                    open(dst + ".part", "wb") as g:
+                shutil.copyfileobj(f, g)
+            os.rename(dst + ".part", dst)
+    return d
+
+
+def run_app(exe, args, check, timeout):
+    """Run one binary; return the time it printed, in seconds."""
+    try:
+        p = subprocess.run([exe] + args, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError("timed out after %d s" % timeout)
+    if p.returncode != 0:
+        raise BenchError("exit status %d: %s" % (
+            p.returncode, (p.stderr or p.stdout)[-300:].strip()))
+    found = TIME.findall(p.stdout)
+    if not found:
+        raise BenchError("no time in the output: %s" % p.stdout[-300:])
+    if check and not re.search(check, p.stdout):
+        raise BenchError("its check failed: %s" % p.stdout[-300:])
+    m = INTRUDER.search(p.stdout)
+    if m and m.group(1) != m.group(2):
+        raise BenchError("intruder found %s of %s attacks"
+                         % (m.group(2), m.group(1)))
+    return float(found[-1])
+
+
+def summarise(apps, threads, variants, results, failures):
+    rows = []
+    med = {}
+    for app in apps:
+        for t in threads:
+            for v in variants:
+                if v == "seq" and t != 1:
+                    continue
+                times = results.get((app, t, v), [])
+                m = statistics.median(times) if times else None
+                med[(app, t, v)] = m
+                rows.append({"app": app, "threads": t, "variant": v,
+                             "runs": len(times), "seconds": times,
+                             "median": m,
+                             "min": min(times) if times else None,
+                             "max": max(times) if times else None,
+                             "failed": failures.get((app, t, v), 0)})
+    for r in rows:
+        if r["variant"] != "ame":
+            continue
+        a, t = r["app"], r["threads"]
+        # Speeds: above 1 when ame takes less time.
+        r["vs_tinystm"] = ratio(med.get((a, t, "tinystm")), r["median"])
+        r["vs_seq"] = ratio(med.get((a, 1, "seq")), r["median"])
+        r["vs_1t"] = (ratio(med.get((a, 1, "ame")), r["median"])
+                      if t > 1 else None)
+        r["tinystm_vs_1t"] = (ratio(med.get((a, 1, "tinystm")),
+                                    med.get((a, t, "tinystm")))
+                              if t > 1 else None)
+    return rows
+
+
+def geomean(xs):
+    xs = [x for x in xs if x]
+    if not xs:
+        return None
+    p = 1.0
+    for x in xs:
+        p *= x
+    return p ** (1.0 / len(xs))
+
+
+def geomeans(rows, threads):
+    """ame's speed against TinySTM's, geometric mean over the applications
+    at each thread count: {threads: ratio or None}."""
+    return {t: geomean([r["vs_tinystm"] for r in rows
+                        if r["variant"] == "ame" and r["threads"] == t])
+            for t in threads}
+
+
+def print_report(d):
+    if d.get("skipped"):
+        print("STAMP: skipped (%s)" % d["skipped"])
+        return
+    s = d["settings"]
+    print("STAMP against TinySTM: %d repetitions, median of the times the "
+          "applications print (seconds); %s CPUs (%s)"
+          % (s["reps"], d["machine"]["cpus"], d["machine"]["cpu"]))
+    print_machine(None, d["machine"], worst="2 threads")
+    print("ame x tinystm, ame x seq: speed (inverse time) against TinySTM "
+          "at the same thread count and the sequential program; above 1: "
+          "ame faster.  2t/1t: speed-up of each STM from 1 to 2 threads.")
+    by = {}
+    for r in d["results"]:
+        by[(r["app"], r["threads"], r["variant"])] = r
+    head = ("application", "thr", "ame s", "tinystm s", "seq s",
+            "ame x tinystm", "ame x seq", "ame 2t/1t", "tinystm 2t/1t")
+    table = []
+
+    def sec(r):
+        if r is None or r["median"] is None:
+            return "FAILED" if r and r["failed"] else "-"
+        return "%.3f" % r["median"]
+
+    for app in s["apps"]:
+        for t in s["threads"]:
+            a = by.get((app, t, "ame"), {})
+            table.append((app, str(t), sec(by.get((app, t, "ame"))),
+                          sec(by.get((app, t, "tinystm"))),
+                          sec(by.get((app, t, "seq"))) if t == 1 else "",
+                          fmt_ratio(a.get("vs_tinystm")),
+                          fmt_ratio(a.get("vs_seq")),
+                          fmt_ratio(a.get("vs_1t")),
+                          fmt_ratio(a.get("tinystm_vs_1t"))))
+    print_rows(head, table, right_from=2, group=lambda row: row[0])
+    print()
+    for t, g in sorted(d["geomean_vs_tinystm"].items(), key=lambda kv:
+                       int(kv[0])):
+        print("ame x tinystm at %s thread%s, geometric mean over the "
+              "applications: %s" % (t, "s" if int(t) > 1 else "",
+                                    fmt_ratio(g)))
+    print_failures(d["failures"], what=lambda f: f["what"])
+
+
+def main():
+    ap = runner_parser(__doc__, "build-release", results=True)
+    ap.add_argument("--quick", action="store_true",
+                    help="one repetition instead of five")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="repetitions of every run (default 5; quick 1)")
+    ap.add_argument("--stamp", default=None, metavar="DIR",
+                    help="a STAMP source tree (default: $STAMP, or "
+                         "../stamp beside this checkout)")
+    ap.add_argument("--tinystm", default=None, metavar="DIR",
+                    help="a built TinySTM tree (default: $TINYSTM, or "
+                         "../tinystm beside this checkout)")
+    ap.add_argument("--apps", default=",".join(APP_NAMES),
+                    type=name_list(APP_NAMES, "application"),
+                    help="comma-separated subset of %s" % ",".join(APP_NAMES))
+    ap.add_argument("--threads", default=[1, 2], type=int_list,
+                    help="comma-separated thread counts (default 1,2)")
+    args = parse_args(ap, print_report)
+    if args.reps is None:
+        args.reps = 1 if args.quick else 5
+    if args.reps < 1 or not args.threads or min(args.threads) < 1:
+        ap.error("--reps and --threads must be positive")
+    settings = {"reps": args.reps, "quick": args.quick, "apps": args.apps,
+                "threads": args.threads, "command": command_line()}
+
+    builddir = resolve_builddir(args.builddir, need="stm")
+    stamp = find_tree(args.stamp, "STAMP", "stamp",
+                      os.path.join("lib", "tm.h"))
+    tinystm = find_tree(args.tinystm, "TINYSTM", "tinystm",
+                        os.path.join("lib", "libstm.a"))
+    missing = []
+    if builddir is None or not os.path.exists(
+            os.path.join(builddir, "stm", "libame.a")):
+        missing.append("no libame.a in %s/stm: build first" % args.builddir)
+    if stamp is None:
+        missing.append("no STAMP tree: --stamp DIR, $STAMP or ../stamp")
+    if tinystm is None:
+        missing.append("no built TinySTM tree: --tinystm DIR, $TINYSTM or "
+                       "../tinystm")
+    if missing:
+        print("stamp_bench: skipped: %s" % "; ".join(missing),
+              file=sys.stderr)
+        return emit(args, {"settings": settings, "machine": machine_info(),
+                           "skipped": "; ".join(missing), "results": [],
+                           "geomean_vs_tinystm": {}, "bars": [],
+                           "failures": []}, print_report)
+
+    apps = [a for a in APPS if a[0] in args.apps]
+    exes, failures = {}, []
+    os.makedirs(os.path.join(builddir, "bench", "stamp"), exist_ok=True)
+    for name, src, _, _, _ in apps:
+        for v in VARIANTS:
+            if (src, v) in exes:
+                continue
+            try:
+                exes[(src, v)] = build(builddir, stamp, tinystm, src, v)
+            except BenchError as e:
+                print("stamp_bench: %s" % e, file=sys.stderr)
+                failures.append({"app": name, "threads": 0, "variant": v,
+                                 "what": "building %s-%s" % (src, v),
+                                 "error": str(e)})
+    table = {a[0]: a for a in apps}
+    dirs = {name: unpack(builddir, stamp, src, inputs)
+            for name, src, _, inputs, _ in apps}
+
+    keys = [(name, t, v) for name, src, _, _, _ in apps
+            for t in args.threads for v in VARIANTS
+            if (src, v) in exes and (v != "seq" or t == 1)]
+
+    def argv(key):
+        name, t, _ = key
+        _, src, fmt, _, _ = table[name]
+        return fmt.format(t=t, dir=dirs[name],
+                          src=os.path.join(stamp, src)).split()
+
+    def run(key, rep):
+        name, t, v = key
+        return run_app(exes[(table[name][1], v)], argv(key), table[name][4],
+                       300)
+
+    def failed(key, rep, err):
+        failures.append({"app": key[0], "threads": key[1], "variant": key[2],
+                         "what": "%s %s t=%d" % (key[2], key[0], key[1]),
+                         "error": err, "command": " ".join(
+                             [exes[(table[key[0]][1], key[2])]] + argv(key))})
+
+    machine = machine_info()
+    meter = LoadMeter()
+    try:
+        results = round_robin(keys, args.reps, run,
+                              lambda k: "%-14s t=%d %s" % k, failed,
+                              label="stamp", alternate=True)
+    except KeyboardInterrupt:
+        print("\nstamp_bench: interrupted", file=sys.stderr)
+        return 130
+    counts = {}
+    for f in failures:
+        k = (f["app"], f["threads"], f["variant"])
+        counts[k] = counts.get(k, 0) + 1
+    rows = summarise(args.apps, args.threads, VARIANTS, results, counts)
+    machine["other_cpus"] = meter.others()
+    settings.update({"builddir": builddir, "stamp": stamp,
+                     "tinystm": tinystm})
+    return emit(args, {"settings": settings, "machine": machine,
+                       "results": rows,
+                       "geomean_vs_tinystm": geomeans(rows, args.threads),
+                       "bars": [], "failures": failures}, print_report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
