@@ -75,13 +75,12 @@ INTRUDER = re.compile(r"Num attack\s*=\s*(\d+).*?Num found\s*=\s*(\d+)", re.S)
 
 
 def find_tree(given, env, beside, marker):
-    """The tree given on the command line, in $env, or beside the checkout
-    (../beside), if it holds marker; else None."""
-    for d in (given, os.environ.get(env),
-              os.path.join(os.path.dirname(REPO), beside)):
-        if d and os.path.exists(os.path.join(d, marker)):
-            return os.path.abspath(d)
-    return None
+    """The tree given on the command line, else in $env, else beside the
+    checkout (../beside), if it holds marker; else None."""
+    d = given or os.environ.get(env) or os.path.join(os.path.dirname(REPO),
+                                                     beside)
+    return os.path.abspath(d) if os.path.exists(os.path.join(d, marker)) \
+        else None
 
 
 def stamp_sources(stamp, app):
@@ -295,10 +294,14 @@ def main():
             os.path.join(builddir, "stm", "libame.a")):
         missing.append("no libame.a in %s/stm: build first" % args.builddir)
     if stamp is None:
-        missing.append("no STAMP tree: --stamp DIR, $STAMP or ../stamp")
+        missing.append("no STAMP tree (lib/tm.h) at %s: --stamp DIR, $STAMP "
+                       "or ../stamp" % (args.stamp or os.environ.get("STAMP")
+                                        or "../stamp"))
     if tinystm is None:
-        missing.append("no built TinySTM tree: --tinystm DIR, $TINYSTM or "
-                       "../tinystm")
+        missing.append("no built TinySTM tree (lib/libstm.a) at %s: "
+                       "--tinystm DIR, $TINYSTM or ../tinystm" % (
+                           args.tinystm or os.environ.get("TINYSTM")
+                           or "../tinystm"))
     if missing:
         print("stamp_bench: skipped: %s" % "; ".join(missing),
               file=sys.stderr)

@@ -28,6 +28,7 @@
   X(load_store_u32_halves, 10)                                                \
   X(load_store_mixed_width, 10)                                               \
   X(load_store_double, 10)                                                    \
+  X(load_store_float, 10)                                                     \
   /* libame-itm's entry points: test_hooks.c */                               \
   X(hook_enter_resume, 10)                                                    \
   X(hook_store_masked, 10)                                                    \

@@ -224,6 +224,38 @@ TEST_IMPL(load_store_double) {
   leave_and_shutdown();
 }
 
+/* Floats: bit for bit (-0.0, a NaN's payload), each a 32-bit access that
+** leaves the other float of its word as it was, in the log and in memory. */
+TEST_IMPL(load_store_float) {
+  ame_tx_t *tx = enter();
+  static union {
+    uint64_t w;
+    float f[2];
+  } u;
+  const float vals[4] = {3.25f, -0.0f, 3.4e38f, -1.5e-45f};
+  for (int i = 0; i < 4; i++) {
+    int k = i & 1;
+    u.f[!k] = 7.5f;
+    AME_ATOMIC(tx) {
+      ame_store_float_tx(tx, &u.f[k], vals[i]);
+      ASSERT(memcmp(&(float){ame_load_float_tx(tx, &u.f[k])}, &vals[i],
+                    sizeof(float)) == 0);
+      ASSERT(ame_load_float_tx(tx, &u.f[!k]) == 7.5f);
+    }
+    ASSERT(memcmp(&u.f[k], &vals[i], sizeof(float)) == 0);
+    ASSERT(u.f[!k] == 7.5f);
+  }
+  static float nan_slot;
+  float nan_in = nanf("0x2a5a");
+  AME_ATOMIC(tx) { ame_store_float(&nan_slot, nan_in); }
+  volatile float nan_out = 0;
+  AME_ATOMIC(tx) { nan_out = ame_load_float(&nan_slot); }
+  float out = nan_out;
+  ASSERT(isnan(out));
+  ASSERT(memcmp(&nan_in, &out, sizeof(float)) == 0);
+  leave_and_shutdown();
+}
+
 /* The short forms, on ame_self(). */
 TEST_IMPL(self_forms) {
   ame_tx_t *tx = enter();

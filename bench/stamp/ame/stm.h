@@ -8,14 +8,14 @@
 ** descriptor per thread (STM_SELF, declared by TM_THREAD_ENTER), a
 ** transaction from STM_BEGIN_WR() to STM_END() restarting at a setjmp in
 ** its own scope, word loads and stores through ame's API (the inlined
-** load path: build with -DAME_STM_INLINE), floats as 32-bit accesses.
+** load path: build with -DAME_STM_INLINE), floats as 32-bit accesses
+** (ame_load_float_tx).
 */
 #ifndef AME_BENCH_STAMP_STM_H
 #define AME_BENCH_STAMP_STM_H
 
 #include <setjmp.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "ame/stm.h"
 
@@ -40,30 +40,17 @@
     ame_tx_commit(STM_SELF); \
   }
 
-static inline float ame_stamp_load_f(ame_tx_t *tx, const float *a) {
-  uint32_t w = ame_load_u32_tx(tx, (const uint32_t *)(const void *)a);
-  float f;
-  memcpy(&f, &w, sizeof f);
-  return f;
-}
-
-static inline void ame_stamp_store_f(ame_tx_t *tx, float *a, float f) {
-  uint32_t w;
-  memcpy(&w, &f, sizeof w);
-  ame_store_u32_tx(tx, (uint32_t *)(void *)a, w);
-}
-
 #define STM_READ(var) \
   ((long)ame_load_word_tx(STM_SELF, (const uintptr_t *)(const void *)&(var)))
 #define STM_READ_P(var) \
   ame_load_ptr_tx(STM_SELF, (void *const *)(const void *)&(var))
-#define STM_READ_F(var) ame_stamp_load_f(STM_SELF, &(var))
+#define STM_READ_F(var) ame_load_float_tx(STM_SELF, &(var))
 #define STM_WRITE(var, val)                                        \
   ame_store_word_tx(STM_SELF, (uintptr_t *)(void *)&(var),         \
                     (uintptr_t)(val))
 #define STM_WRITE_P(var, val) \
   ame_store_ptr_tx(STM_SELF, (void **)(void *)&(var), (void *)(val))
-#define STM_WRITE_F(var, val) ame_stamp_store_f(STM_SELF, &(var), (val))
+#define STM_WRITE_F(var, val) ame_store_float_tx(STM_SELF, &(var), (val))
 #define STM_LOCAL_WRITE(var, val) ({ var = val; var; })
 #define STM_LOCAL_WRITE_P(var, val) ({ var = val; var; })
 #define STM_LOCAL_WRITE_F(var, val) ({ var = val; var; })

@@ -426,7 +426,9 @@ static inline void ame__prefetch(ame_tx_t *tx, const void *a) {
 }
 #endif
 
-/* Typed helpers: pointers, 64- and 32-bit integers, doubles. */
+/* Typed helpers: pointers, 64- and 32-bit integers, doubles, floats (a
+** float is a 32-bit access: the other half of its word is neither read
+** nor written). */
 static inline void *ame_load_ptr_tx(ame_tx_t *tx, void *const *addr) {
   return (void *)ame__load_w(tx, (const uintptr_t *)addr);
 }
@@ -462,7 +464,17 @@ static inline void ame_store_double_tx(ame_tx_t *tx, double *addr, double v) {
   memcpy(&w, &v, sizeof w);
   ame_store_word_tx(tx, (uintptr_t *)(void *)addr, w);
 }
+static inline float ame_load_float_tx(ame_tx_t *tx, const float *addr) {
+  union { uint32_t w; float f; } u = {
+      ame_load_u32_tx(tx, (const uint32_t *)(const void *)addr)};
+  return u.f;
+}
+static inline void ame_store_float_tx(ame_tx_t *tx, float *addr, float v) {
+  union { float f; uint32_t w; } u = {v};
+  ame_store_u32_tx(tx, (uint32_t *)(void *)addr, u.w);
+}
 _Static_assert(sizeof(uintptr_t) == 8, "ame needs 64-bit words");
+_Static_assert(sizeof(float) == sizeof(uint32_t), "float is 32 bits");
 _Static_assert(sizeof(double) == sizeof(uintptr_t), "double is one word");
 
 /* The same on the calling thread's descriptor. */
@@ -480,6 +492,8 @@ _Static_assert(sizeof(double) == sizeof(uintptr_t), "double is one word");
 #define ame_store_i32(a, v) ame_store_i32_tx(ame_self(), (a), (v))
 #define ame_load_double(a) ame_load_double_tx(ame_self(), (a))
 #define ame_store_double(a, v) ame_store_double_tx(ame_self(), (a), (v))
+#define ame_load_float(a) ame_load_float_tx(ame_self(), (a))
+#define ame_store_float(a, v) ame_store_float_tx(ame_self(), (a), (v))
 
 #ifdef __cplusplus
 }
