@@ -84,7 +84,7 @@ __thread ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
                                scan's fence can cost a membarrier:
                                microseconds, and an interrupt of every
                                CPU that runs one of its threads) */
-#define CONFLICT_SPINS 256  /* pauses before giving up on a held lock */
+#define CONFLICT_SPINS 256  /* pauses a store waits on a held lock */
 #define SNAPSHOT_REFRESH 16 /* starts between two reads of the clock */
 #define VERSION0 2          /* initial orec value: version of ts 1 */
 #define STUCK_MS 2          /* heap: a lock held this long may be a dead
