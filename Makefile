@@ -27,8 +27,11 @@ build: deps
 # TinySTM tree built outside this repository (`make -C DIR`: DIR/lib/libstm.a),
 # or, without it, such a tree at ../tinystm beside this checkout if it is
 # built.  The benchmarks then have a tinystm variant; without one they build
-# and run as ever.
+# and run as ever.  Where TinySTM's own GCC ABI layer is built there too
+# (`make -C DIR/abi/gcc`: DIR/abi/gcc/libitm.so), the STM runner also runs
+# the -fgnu-tm binaries on it (tinystm-itm), beside libame-itm.
 TINYSTM ?= $(patsubst %/lib/libstm.a,%,$(wildcard $(abspath ../tinystm)/lib/libstm.a))
+TINYSTM_ABI = $(if $(TINYSTM),$(wildcard $(abspath $(TINYSTM))/abi/gcc/libitm.so))
 # STAMP's applications (bench/stamp_bench.py): STAMP=DIR, a STAMP source
 # tree fetched outside this repository, or ../stamp beside this checkout.
 # Run against TinySTM when both trees are there; skipped otherwise.
@@ -83,7 +86,8 @@ BENCH_CMD = $(strip make bench $(foreach v,$(BENCH_VARS),$(if $($(v)),$(v)='$($(
 BENCH_OUT = --builddir $(BENCH_BUILD) --json-out $(BENCH_BUILD)/bench
 bench: build-release
 	@rm -f $(BENCH_BUILD)/bench-*.json
-	-$(PYTHON) bench/stm_bench.py $(BENCH_OUT)-stm.json $(BENCH_ARGS) $(STM_BENCH_ARGS)
+	-$(PYTHON) bench/stm_bench.py $(BENCH_OUT)-stm.json $(BENCH_ARGS) \
+	  $(if $(TINYSTM_ABI),--tinystm $(abspath $(TINYSTM))) $(STM_BENCH_ARGS)
 	-$(PYTHON) bench/reactor_bench.py $(BENCH_OUT)-reactor.json $(BENCH_ARGS) $(REACTOR_BENCH_ARGS)
 	-$(PYTHON) bench/twisted_bench.py $(BENCH_OUT)-twisted.json $(BENCH_ARGS) $(TWISTED_BENCH_ARGS)
 	-$(PYTHON) bench/load_bench.py $(BENCH_OUT)-load.json $(BENCH_ARGS) $(LOAD_BENCH_ARGS)

@@ -120,6 +120,9 @@ def stm_section(d):
     with_tiny = "tinystm" in variants
     if with_tiny:
         head += ["ame x tinystm", "tinystm aborts/commit"]
+    with_ti = "tinystm-itm" in variants and with_ai and with_tiny
+    if with_ti:
+        head += ["tinystm-itm x tinystm", "ame-itm x tinystm-itm"]
     body = []
     for key in configs:
         vs = by[key]
@@ -137,7 +140,12 @@ def stm_section(d):
                     + ([fmt_ratio(ame.get("vs_tinystm")),
                         fmt_apc(vs.get("tinystm", {}).get(
                             "aborts_per_commit"))]
-                       if with_tiny else []))
+                       if with_tiny else [])
+                    + ([fmt_ratio(vs.get("tinystm-itm", {}).get(
+                        "vs_tinystm")),
+                        fmt_ratio(vs.get("ame-itm", {}).get(
+                            "vs_tinystm_itm"))]
+                       if with_ti else []))
     out.append(table(head, body, right_from=2))
     out.append("")
     out.append("ops/s: operations per second over all threads; x seq: "
@@ -148,7 +156,12 @@ def stm_section(d):
                + ("; tinystm: TinySTM's own API on the same source, its "
                   "default build (x tinystm: ame against it at the same "
                   "thread count, above 1 when ame is ahead)"
-                  if with_tiny else "") + ".")
+                  if with_tiny else "")
+               + ("; tinystm-itm: the same -fgnu-tm code as itm on "
+                  "TinySTM's own implementation of GCC's ABI (its abi/gcc "
+                  "library, default build; x tinystm: what the ABI costs "
+                  "TinySTM against its own API, as ame-itm x ame does ame)"
+                  if with_ti else "") + ".")
     lt = d["machine"].get("line_transfer_ns")
     near = [r for r in rows if r["variant"] == "ame" and r.get("near_runs")]
     if lt:

@@ -222,9 +222,15 @@ def summarise(configs, variants_for, results, failures):
                          if v != "itm" else None)
         row["vs_ame"] = (ratio(row["median"], med.get((key, t, "ame")))
                          if v == "ame-itm" else None)
+        # ame against TinySTM's own API; tinystm-itm (TinySTM's GCC ABI
+        # layer) against the same, what the ABI costs TinySTM; ame-itm
+        # against tinystm-itm, the two ABI layers side by side.
         row["vs_tinystm"] = (ratio(row["median"],
                                    med.get((key, t, "tinystm")))
-                             if v == "ame" else None)
+                             if v in ("ame", TINYSTM) else None)
+        row["vs_tinystm_itm"] = (ratio(row["median"],
+                                       med.get((key, t, TINYSTM)))
+                                 if v == "ame-itm" else None)
         row["vs_1t"] = (ratio(row["median"], med.get((key, 1, v)))
                         if t > 1 else None)
         row["_base_1t"] = med.get((key, 1, v))
@@ -244,8 +250,8 @@ def evaluate_bars(rows):
     """The figures the project is held to.  Return a list of dicts."""
     bars = []
 
-    def bar(name, figure, op, target, fmt):
-        bars.append(make_bar(name, figure, op, target, fmt))
+    def bar(name, figure, op, target, fmt, note=None):
+        bars.append(make_bar(name, figure, op, target, fmt, note))
 
     r1 = find_row(rows, "rbtree", 20, 1, "ame")
     r2 = find_row(rows, "rbtree", 20, 2, "ame")
@@ -262,13 +268,30 @@ def evaluate_bars(rows):
         r100 and r100["aborts_per_commit"], "<=", 0.1,
         lambda x: fmt_apc(x, none="n/a"))
     # GCC's TM ABI on ame (libame-itm), the same -fgnu-tm objects as itm.
+    # Where TinySTM's own ABI layer ran too, the ame-itm vs ame bar's note
+    # gives what the same ABI costs TinySTM against its own API.
     for u in (20, 100):
         ri = find_row(rows, "rbtree", u, 2, "ame-itm")
+        rt = find_row(rows, "rbtree", u, 2, TINYSTM)
         bar("rbtree %d%% upd, 2 threads: ame-itm vs itm" % u,
             ri and ri["vs_itm"], ">=", 2.0, fmt_bar_ratio)
         bar("rbtree %d%% upd, 2 threads: ame-itm vs ame" % u,
-            ri and ri["vs_ame"], ">=", 0.8, fmt_bar_ratio)
+            ri and ri["vs_ame"], ">=", 0.8, fmt_bar_ratio,
+            note=abi_note(ri, rt))
     return bars
+
+
+def abi_note(ame_itm, tinystm_itm):
+    """The same-run comparison for an ame-itm vs ame bar: TinySTM's GCC ABI
+    layer against TinySTM's own API, and ame-itm against it; None when
+    tinystm-itm or tinystm did not run."""
+    if ame_itm is None or tinystm_itm is None or \
+            tinystm_itm.get("vs_tinystm") is None:
+        return None
+    return ("same run: TinySTM's own ABI layer vs TinySTM's API %s; "
+            "ame-itm vs TinySTM's ABI layer %s" % (
+                fmt_ratio(tinystm_itm["vs_tinystm"]),
+                fmt_ratio(ame_itm.get("vs_tinystm_itm"))))
 
 
 def print_table(rows, bars, failures, settings, machine):
@@ -276,11 +299,12 @@ def print_table(rows, bars, failures, settings, machine):
           "%s CPUs (%s)" % (settings["reps"], settings["duration_ms"],
                             machine["cpus"], machine["cpu"]))
     print_machine(None, machine, worst="2 threads")
-    print("x seq: against seq at 1 thread; x itm, x ame, x tiny: against "
-          "itm, ame, tinystm at the same thread count; 2t/1t: against the "
-          "same variant at 1 thread.")
+    print("x seq: against seq at 1 thread; x itm, x ame, x tiny, "
+          "x tiny-itm: against itm, ame, tinystm, tinystm-itm at the same "
+          "thread count; 2t/1t: against the same variant at 1 thread.")
     head = ("configuration", "thr", "variant", "ops/s", "min-max",
-            "aborts/commit", "x seq", "x itm", "x ame", "x tiny", "2t/1t")
+            "aborts/commit", "x seq", "x itm", "x ame", "x tiny",
+            "x tiny-itm", "2t/1t")
     table = [head]
     for r in rows:
         if r["median"] is None:
@@ -296,6 +320,7 @@ def print_table(rows, bars, failures, settings, machine):
                       fmt_ratio(r["vs_seq"]), fmt_ratio(r["vs_itm"]),
                       fmt_ratio(r.get("vs_ame")),
                       fmt_ratio(r.get("vs_tinystm")),
+                      fmt_ratio(r.get("vs_tinystm_itm")),
                       fmt_ratio(r["vs_1t"])))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     prev = None
