@@ -622,6 +622,57 @@ class ServerSession:
         return False
 
 
+def find_nginx(path=None):
+    """The nginx binary: path if given, else on PATH or /usr/sbin (Debian
+    puts it there, off a user's PATH); None if not executable."""
+    path = path or shutil.which("nginx") or "/usr/sbin/nginx"
+    return path if os.access(path, os.X_OK) else None
+
+
+def nginx_command(nginx, tmpdir, port, workers, body, tls=None):
+    """The command line of an nginx serving GET / with 200 and body (text/
+    plain) on 127.0.0.1:port, keep-alive without limit, with workers worker
+    processes, its configuration and files in tmpdir.  tls: (certificate
+    file, key file) to serve HTTPS instead, every connection a full
+    handshake (no session cache, no tickets: as Twisted's
+    CertificateOptions by default)."""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    tls_conf = ""
+    if tls:
+        tls_conf = ("        ssl_certificate %s;\n        ssl_certificate_key %s;\n"
+               "        ssl_session_cache off;\n"
+               "        ssl_session_tickets off;\n" % tls)
+    conf = os.path.join(tmpdir, "nginx-%d.conf" % port)
+    with open(conf, "w") as f:
+        f.write("""%(user)sworker_processes %(workers)d;
+pid %(d)s/nginx-%(port)d.pid;
+error_log %(d)s/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path %(d)s/client_body;
+    proxy_temp_path %(d)s/proxy;
+    fastcgi_temp_path %(d)s/fastcgi;
+    uwsgi_temp_path %(d)s/uwsgi;
+    scgi_temp_path %(d)s/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 75s;
+    server {
+        listen 127.0.0.1:%(port)d%(listen)s;
+%(ssl)s        location / {
+            default_type text/plain;
+            return 200 "%(body)s";
+        }
+    }
+}
+""" % {"user": user, "workers": workers, "d": tmpdir, "port": port,
+       "listen": " ssl" if tls else "", "ssl": tls_conf,
+       "body": body.replace("\\", "\\\\").replace('"', '\\"')
+       .replace("\n", "\\n")})
+    return [nginx, "-p", tmpdir, "-c", conf,
+            "-e", os.path.join(tmpdir, "nginx-error.log"), "-g", "daemon off;"]
+
+
 def check_http(port, body, tls=False):
     """GET / twice on one keep-alive connection: each must answer 200 with
     a Content-Length and exactly body, and not close.  tls: over TLS, the

@@ -39,9 +39,10 @@ import time
 
 from benchlib import (BenchError, LoadMeter, Server, ServerCPU, ServerSession,
                       add_runs, check_http, command_line, descendants, emit,
-                      float_list, fmt_apc, fmt_cpus, fmt_rate, fmt_ratio,
+                      find_nginx, float_list, fmt_apc, fmt_cpus, fmt_rate, fmt_ratio,
                       fmt_us, free_port, int_list, machine_busy, machine_info,
-                      make_bar, med, name_list, parse_args, print_bars,
+                      make_bar, med, name_list, nginx_command, parse_args,
+                      print_bars,
                       print_failures, print_machine, print_rows, ratio,
                       resolve_builddir, round_robin, run_json, run_wrk,
                       runner_parser, wrk_summary)
@@ -192,36 +193,6 @@ def print_scaling(sec, reps):
 # ---- the http section -------------------------------------------------------
 
 
-def nginx_conf(tmpdir, port, workers):
-    """Write an nginx configuration for the hello-world into tmpdir."""
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    path = os.path.join(tmpdir, "nginx-%d.conf" % port)
-    with open(path, "w") as f:
-        f.write("""%(user)sworker_processes %(workers)d;
-pid %(d)s/nginx-%(port)d.pid;
-error_log %(d)s/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path %(d)s/client_body;
-    proxy_temp_path %(d)s/proxy;
-    fastcgi_temp_path %(d)s/fastcgi;
-    uwsgi_temp_path %(d)s/uwsgi;
-    scgi_temp_path %(d)s/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 75s;
-    server {
-        listen 127.0.0.1:%(port)d;
-        location / {
-            default_type text/plain;
-            return 200 "Hello, world!\\n";
-        }
-    }
-}
-""" % {"user": user, "workers": workers, "d": tmpdir, "port": port})
-    return path
-
-
 class Tools:
     """Where the servers and wrk are, and which are missing."""
 
@@ -230,9 +201,7 @@ class Tools:
                                                  "http")
         self.plain = os.path.join(builddir, "bench", "plain-libuv-http")
         self.poll = os.path.join(builddir, "bench", "plain-poll-http")
-        self.nginx = args.nginx or shutil.which("nginx") or (
-            "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-            else None)
+        self.nginx = find_nginx(args.nginx)
         self.wrk = args.wrk or shutil.which("wrk")
         if self.wrk is not None and not os.access(self.wrk, os.X_OK):
             self.wrk = None
@@ -243,7 +212,7 @@ class Tools:
             self.missing["plain"] = "%s not built" % self.plain
         if not os.access(self.poll, os.X_OK):
             self.missing["poll"] = "%s not built" % self.poll
-        if self.nginx is None or not os.access(self.nginx, os.X_OK):
+        if self.nginx is None:
             self.missing["nginx"] = "nginx not found"
 
     def command(self, server, port, tmpdir):
@@ -256,10 +225,8 @@ class Tools:
             return [self.plain, str(port), "127.0.0.1"]
         if kind == "poll":
             return [self.poll, str(port), "127.0.0.1"]
-        conf = nginx_conf(tmpdir, port, workers)
-        return [self.nginx, "-p", tmpdir, "-c", conf,
-                "-e", os.path.join(tmpdir, "nginx-error.log"),
-                "-g", "daemon off;"]
+        return nginx_command(self.nginx, tmpdir, port, workers,
+                             "Hello, world!\n")
 
 
 def run_http_one(tools, server, wrk_threads, args, tmpdir, do_probe):

@@ -14,7 +14,11 @@ process, unpinned.  "tls": web.py over plain TCP and over TLS (web.py
 RSA-2048 certificate made once per run with openssl; wrk on https://),
 keep-alive and with "Connection: close" (over TLS, a full handshake per
 request), on each reactor, unpinned; it prints where the server's CPU per
-request goes with TLS.  Every run starts the server as a child process, waits
+request goes with TLS.  Beside them, on the same certificate and load, a
+new TLS connection per request to nginx with one worker process (a server
+in C; no session cache or tickets, as Twisted's default): what the
+machine's CPUs give a process that spends nothing but TLS and HTTP on a
+connection, the same-run peer of the handshake bars.  Every run starts the server as a child process, waits
 until it accepts, checks two keep-alive GETs, warms it up with 1 s of wrk,
 then runs wrk and reads the server's CPU time (utime + stime of every
 process of its tree, all threads, from /proc) before and after: CPU
@@ -27,9 +31,9 @@ run.  A "bars" section compares the figures the project is held to;
 missing a bar never fails the run.  The exit status is 1 if a server fails
 to start, to answer, or to complete any request, or crashes.
 
-Default: every section, 3 repetitions of 5 s (18 configurations, about 7
-minutes).  --quick: 1 repetition of 2 s (about a minute; --sections tls
-alone, 8 configurations, about 30 s).
+Default: every section, 3 repetitions of 5 s (22 configurations, about 8
+minutes).  --quick: 1 repetition of 2 s (about 90 s; --sections tls
+alone, 12 configurations, about 50 s).
 
 Run it with Debian's /usr/bin/python3 from anywhere, after
 `ninja -C build-release`.  Servers get PYTHONPATH=BUILDDIR/bindings:bindings
@@ -47,9 +51,10 @@ import time
 from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
                       ServerSession, add_runs, ame_cpus, ame_env,
                       ame_extension_built, ame_run_status, bar_met,
-                      check_http, command_line, emit, fmt_cpus, fmt_rate,
-                      fmt_ratio, fmt_us, free_port, int_list, machine_info,
-                      make_bar, name_list, parse_args, print_bars,
+                      check_http, command_line, emit, find_nginx, fmt_cpus,
+                      fmt_rate, fmt_ratio, fmt_us, free_port, int_list,
+                      machine_info, make_bar, name_list, nginx_command,
+                      parse_args, print_bars,
                       print_failures, print_machine, print_rows, ratio,
                       resolve_builddir, round_robin, run_ame_load, run_wrk,
                       runner_parser,
@@ -67,6 +72,10 @@ MODES = ("unpinned", "pinned")
 TLS_APPS = ("web", "webtls", "webclose", "webtlsclose",
             "webtlscloseload")
 TLS_SERVERS = ("epoll", "ame")
+# The C peer of the handshake bars: nginx, one worker process, on the TLS
+# apps with a connection per request (the same certificate and load).
+TLS_PEER = "nginx"
+TLS_PEER_APPS = ("webtlsclose", "webtlscloseload")
 TLS = {"webtls": "web", "webtlsclose": "webclose",
        "webtlscloseload": "webclose"}  # -> the plain app
 # Apps loaded by `ame load` rather than wrk (the same requests; ame load's
@@ -135,6 +144,8 @@ def server_label(server):
         return "AMEReactor"  # io auto: inline when pinned, else thread
     if server == "ame-inline":
         return "AMEReactor, io inline"
+    if server == TLS_PEER:
+        return "nginx, 1 worker (C)"
     w, io = parse_run(server)
     if io is None:
         return "ame run --workers %d (io %s)" % (w, auto_io(w))
@@ -168,6 +179,13 @@ def auto_io(w):
 
 
 def server_cmd(args, builddir, app, mode, server, port, cpus):
+    if server == TLS_PEER:
+        # Its configuration beside the run's key and certificate.
+        d = os.path.dirname(args.tls_pem)
+        return nginx_command(args.nginx, d, port, 1,
+                             APP_BODY[app].decode(),
+                             (os.path.join(d, "c.pem"),
+                              os.path.join(d, "k.pem")))
     script = os.path.join(REPO, APP_FILE[app])
     w, io = parse_run(server)
     if server == "ame-inline":
@@ -290,7 +308,8 @@ def configurations(args, skip):
         # web and webclose unpinned are the reactors section's rows too:
         # measured once, below.
         for app in TLS_APPS:
-            for server in TLS_SERVERS:
+            for server in TLS_SERVERS + (
+                    (TLS_PEER,) if app in TLS_PEER_APPS else ()):
                 keys.append((app, "unpinned", server))
     out = []
     for k in keys:
@@ -353,6 +372,8 @@ def run_matrix(args, builddir, failures, tmpdir, notes):
         args.tls_pem, why = make_certificate(tmpdir)
         if args.tls_pem is None:
             skip["tls"] = why
+        if args.nginx is None:
+            skip[TLS_PEER] = "nginx not found (Debian: apt-get install nginx)"
     for kind, why in sorted(skip.items()):
         notes.append("%s rows skipped: %s" % (kind, why))
         print("twisted_bench: %s rows skipped: %s" % (kind, why),
@@ -463,6 +484,13 @@ def evaluate_bars(rows):
                 note.append("CPU us/req: %s %s, %s %s" % (
                     names[0], fmt_us(pair[0]["cpu_median"]),
                     names[1], fmt_us(pair[1]["cpu_median"])))
+            peer = by.get((app, r["mode"], TLS_PEER))
+            if key == "rps_vs_epoll" and peer is not None \
+                    and peer["rps_vs_epoll"] is not None:
+                note.append("same run, %s: %s EPollReactor's req/s, CPU "
+                            "us/req %s" % (peer["label"],
+                                           fmt_ratio(peer["rps_vs_epoll"]),
+                                           fmt_us(peer["cpu_median"])))
             if other and max(other) > 0.2:
                 note.append("disturbed: other work used up to %.2f CPUs"
                             % max(other))
@@ -613,6 +641,10 @@ def main():
                          "/usr/bin/python3)")
     ap.add_argument("--wrk", default=None, metavar="PATH",
                     help="wrk binary (default: on PATH)")
+    ap.add_argument("--nginx", default=None, metavar="PATH",
+                    help="tls section: the nginx of the C peer (default: "
+                         "on PATH or /usr/sbin; without one its rows are "
+                         "skipped)")
     args = parse_args(ap, print_report)
     args.tls_pem = None  # made by run_matrix for the tls section
     if (args.reps < 1 or args.duration < 1 or args.warmup < 1
@@ -626,6 +658,7 @@ def main():
                  "(meson setup %s -Dbuildtype=release && ninja -C %s)"
                  % (args.builddir, args.builddir, args.builddir))
     args.wrk = args.wrk or shutil.which("wrk")
+    args.nginx = find_nginx(args.nginx)
     if args.wrk is None or not os.access(args.wrk, os.X_OK):
         sys.exit("twisted_bench: wrk not found (Debian: apt-get install wrk)")
     # The servers import ame from the build tree (the runner does not).
