@@ -24,6 +24,20 @@ int ame__tls_same_library(uintptr_t method) {
   return method != 0 && method == (uintptr_t)TLS_method();
 }
 
+/* Nonzero if no session ticket that server connection s sends can ever
+** resume a session: its tickets are stateful (SSL_OP_NO_TICKET: under TLS
+** 1.3 a ticket then only names a session in the server's cache) and its
+** context keeps no sessions (no server cache, no external one).  That is
+** Twisted's CertificateOptions by default (enableSessions=False), on which
+** OpenSSL would still make, send and forget two tickets per connection. */
+static int tickets_dead(SSL *s) {
+  SSL_CTX *ctx = SSL_get_SSL_CTX(s);
+  return (SSL_get_options(s) & SSL_OP_NO_TICKET) &&
+         !(SSL_CTX_get_session_cache_mode(ctx) & SSL_SESS_CACHE_SERVER) &&
+         SSL_CTX_sess_get_get_cb(ctx) == NULL &&
+         SSL_CTX_sess_get_new_cb(ctx) == NULL;
+}
+
 int ame__tls_init(struct ame__tls *t, uintptr_t ssl) {
   SSL *s = (SSL *)ssl;
   memset(t, 0, sizeof *t);
@@ -36,6 +50,7 @@ int ame__tls_init(struct ame__tls *t, uintptr_t ssl) {
   t->rbio = r;
   t->wbio = w;
   t->server = SSL_is_server(s);
+  if (t->server && tickets_dead(s)) SSL_set_num_tickets(s, 0);
   return 0;
 }
 

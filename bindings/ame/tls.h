@@ -61,8 +61,10 @@ int ame__tls_same_library(uintptr_t method);
 /* Take over ssl (an SSL * over memory BIOs, its accept or connect state
 ** set), with a reference of t's own (SSL_up_ref), so that the SSL object
 ** and its BIOs outlive pyOpenSSL's Connection for as long as the worker
-** or the handshake pool may use them.  Return 0, or -1 if it has no
-** memory BIOs (then t holds nothing). */
+** or the handshake pool may use them.  A server connection whose session
+** tickets could never resume a session (stateful tickets, no session
+** cache: Twisted's default) is set to send none.  Return 0, or -1 if it
+** has no memory BIOs (then t holds nothing). */
 int ame__tls_init(struct ame__tls *t, uintptr_t ssl);
 
 /* Drop t's reference to its SSL object (any thread, once no other uses t:

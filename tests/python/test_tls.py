@@ -248,6 +248,9 @@ def _sockets():
 class TLSBehaviourMixin:
     reactorFactory = None
     timeout = 20
+    # Whether a server connection's TLS drops session tickets that could
+    # never resume (tls.c): only where it runs in C.
+    deadTicketsDropped = False
 
     def buildReactor(self):
         reactor = self.reactorFactory()
@@ -382,6 +385,58 @@ class TLSBehaviourMixin:
         self.assertEqual(self.serve(reactor, peer, lambda: f.lost), "h2")
         self.assertEqual(f.events[1][2], b"h2")
         self.assertTLS(reactor, 1)
+
+    def sessionTickets(self, options):
+        """
+        Two TLS 1.3 connections to a listenSSL with options, the second
+        offering the first's session: (whether the first got a session
+        ticket, whether the second resumed).
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f, options)
+        ctx = _clientContext()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+
+        def once(session=None):
+            s = ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=10),
+                server_hostname="localhost", session=session)
+            s.sendall(b"quit")  # tickets come before the answer
+            _recvAll(s)
+            out = (s.session, s.session_reused)
+            s.close()
+            return out
+
+        def peer():
+            first, _ = once()
+            _, reused = once(first)
+            return first.has_ticket, reused
+
+        out = self.serve(reactor, peer, lambda: f.lost == 2)
+        self.assertTLS(reactor, 2)
+        return out
+
+    def test_noDeadSessionTickets(self):
+        """
+        Twisted's default options keep no sessions (enableSessions=False):
+        under TLS 1.3 OpenSSL would still send tickets that nothing can
+        resume.  Where TLS runs in C none are sent; a client resumes
+        nothing either way.
+        """
+        self.assertEqual(self.sessionTickets(_serverOptions()),
+                         (not self.deadTicketsDropped, False))
+
+    def test_sessionTicketsResume(self):
+        """
+        With a session cache (enableSessions=True), tickets are sent and a
+        client resumes with one, on every reactor.
+        """
+        key = tssl.PrivateCertificate.loadPEM(CERTS["server"])
+        options = tssl.CertificateOptions(
+            privateKey=key.privateKey.original, certificate=key.original,
+            enableSessions=True)
+        self.assertEqual(self.sessionTickets(options), (True, True))
 
     def test_garbageThenServing(self):
         """
@@ -869,6 +924,7 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
     reactorFactory = staticmethod(lambda: AMEReactor(io="thread"))
     # With a C thread, handshake steps run on the handshake pool.
     pooled = True
+    deadTicketsDropped = True
 
     def assertTLS(self, reactor, c, python=0):
         stats = reactor.ameStats()
