@@ -634,14 +634,15 @@ def nginx_command(nginx, tmpdir, port, workers, body, tls=None):
     plain) on 127.0.0.1:port, keep-alive without limit, with workers worker
     processes, its configuration and files in tmpdir.  tls: (certificate
     file, key file) to serve HTTPS instead, every connection a full
-    handshake (no session cache, no tickets: as Twisted's
-    CertificateOptions by default)."""
+    handshake (no session cache and no session tickets: no session
+    resumes, as with Twisted's CertificateOptions by default)."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     tls_conf = ""
     if tls:
-        tls_conf = ("        ssl_certificate %s;\n        ssl_certificate_key %s;\n"
-               "        ssl_session_cache off;\n"
-               "        ssl_session_tickets off;\n" % tls)
+        tls_conf = ("        ssl_certificate %s;\n"
+                    "        ssl_certificate_key %s;\n"
+                    "        ssl_session_cache off;\n"
+                    "        ssl_session_tickets off;\n" % tls)
     conf = os.path.join(tmpdir, "nginx-%d.conf" % port)
     with open(conf, "w") as f:
         f.write("""%(user)sworker_processes %(workers)d;

@@ -39,10 +39,10 @@ import time
 
 from benchlib import (BenchError, LoadMeter, Server, ServerCPU, ServerSession,
                       add_runs, check_http, command_line, descendants, emit,
-                      find_nginx, float_list, fmt_apc, fmt_cpus, fmt_rate, fmt_ratio,
-                      fmt_us, free_port, int_list, machine_busy, machine_info,
-                      make_bar, med, name_list, nginx_command, parse_args,
-                      print_bars,
+                      find_nginx, float_list, fmt_apc, fmt_cpus, fmt_rate,
+                      fmt_ratio, fmt_us, free_port, int_list, machine_busy,
+                      machine_info, make_bar, med, name_list, nginx_command,
+                      parse_args, print_bars,
                       print_failures, print_machine, print_rows, ratio,
                       resolve_builddir, round_robin, run_json, run_wrk,
                       runner_parser, wrk_summary)

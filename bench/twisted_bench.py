@@ -16,14 +16,15 @@ keep-alive and with "Connection: close" (over TLS, a full handshake per
 request), on each reactor, unpinned; it prints where the server's CPU per
 request goes with TLS.  Beside them, on the same certificate and load, a
 new TLS connection per request to nginx with one worker process (a server
-in C; no session cache or tickets, as Twisted's default): what the
-machine's CPUs give a process that spends nothing but TLS and HTTP on a
-connection, the same-run peer of the handshake bars.  Every run starts the server as a child process, waits
-until it accepts, checks two keep-alive GETs, warms it up with 1 s of wrk,
-then runs wrk and reads the server's CPU time (utime + stime of every
-process of its tree, all threads, from /proc) before and after: CPU
-microseconds per request.  Runs are interleaved (every configuration once
-per repetition, the order reversed on every other one); figures are medians
+in C; no session resumes, as with Twisted's default): what the machine's
+CPUs give a process that spends nothing but TLS and HTTP on a connection,
+the same-run peer of the handshake bars.  Every run starts the server as
+a child process, waits until it accepts, checks two keep-alive GETs,
+warms it up with 1 s of wrk, then runs wrk and reads the server's CPU
+time (utime + stime of every process of its tree, all threads, from
+/proc) before and after: CPU microseconds per request.  Runs are
+interleaved (every configuration once per repetition, the order reversed
+on every other one); figures are medians
 with the min-max over the repetitions, and ratios are taken against
 EPollReactor (same program, same mode), against `--workers 1` and, for a
 TLS app, against the same app over plain TCP (same server), from the same
