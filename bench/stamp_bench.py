@@ -199,12 +199,7 @@ def summarise(apps, threads, variants, results, failures):
 
 def geomean(xs):
     xs = [x for x in xs if x]
-    if not xs:
-        return None
-    p = 1.0
-    for x in xs:
-        p *= x
-    return p ** (1.0 / len(xs))
+    return statistics.geometric_mean(xs) if xs else None
 
 
 def geomeans(rows, threads):
