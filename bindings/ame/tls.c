@@ -93,6 +93,22 @@ void ame__tls_input_ended(struct ame__tls *t) {
   BIO_set_mem_eof_return((BIO *)t->rbio, 0);
 }
 
+int ame__tls_heavy(const struct ame__tls *t) {
+  SSL *s = (SSL *)t->ssl;
+  if (!t->server) return 1;
+  char *p;
+  long n = BIO_get_mem_data((BIO *)t->rbio, &p);
+  if (n <= 0) return 0; /* nothing to read: the step only asks for more */
+  if ((SSL_get_verify_mode(s) & SSL_VERIFY_PEER) ||
+      SSL_get_state(s) == TLS_ST_BEFORE) /* no whole ClientHello yet */
+    return 1;
+  /* Is it a plaintext handshake record (type 22) whose first message is
+  ** a ClientHello (1) or a ClientKeyExchange (16)?  (Bytes of a record
+  ** OpenSSL has begun to read may come first: then the answer is only
+  ** less exact.) */
+  return n >= 6 && p[0] == 22 && (p[5] == 1 || p[5] == 16);
+}
+
 /* Record why the SSL call that returned rc failed, as pyOpenSSL would
 ** raise it; return the SSL_get_error() code. */
 static int record(struct ame__tls *t, int rc) {

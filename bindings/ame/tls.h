@@ -85,6 +85,15 @@ int ame__tls_feed(struct ame__tls *t, const void *p, size_t n);
 /* The peer closed the TCP connection (or it failed): no more bytes. */
 void ame__tls_input_ended(struct ame__tls *t);
 
+/* Nonzero if the next handshake step (on the bytes fed) may cost a
+** public-key operation, which is what the handshake pool is for: any
+** step of a client; a server's step on a ClientHello (also the second one
+** after a HelloRetryRequest) or on TLS 1.2's ClientKeyExchange, and every
+** step of a server that asks for the peer's certificate.  The rest (a
+** TLS 1.3 server checking the client's Finished, a server with nothing
+** to read) is a few hashes at most. */
+int ame__tls_heavy(const struct ame__tls *t);
+
 /* Run the handshake as far as the bytes fed allow, then decrypt what
 ** arrived into plain (appended).  buf (cap bytes) is scratch.  Return a
 ** mask of AME_TLS_* results; on AME_TLS_FAILED, t says why. */

@@ -615,11 +615,14 @@ void ame__tls_pool_stop(struct core *c) {
 }
 
 /* Worker.  Run OpenSSL on what was fed to f (end: as tls_publish's): a
-** handshake step goes to the pool where there is one (it costs a
-** public-key operation: most of a millisecond), the rest runs here. */
+** handshake step with a public-key operation in it (most of a
+** millisecond: ame__tls_heavy) goes to the pool where there is one; the
+** rest runs here, where a round trip through the pool would cost more
+** than the step (a server's last step: the client's Finished, often with
+** the first request behind it). */
 static void tls_step(struct core *c, struct fconn *f, int end) {
   struct ame__tls *t = f->tls;
-  if (!t->hs && !t->failed) {
+  if (!t->hs && !t->failed && ame__tls_heavy(t)) {
     struct tls_job *job = NULL;
     pthread_mutex_lock(&c->lock);
     if (c->hs_nthreads > 0 && !c->hs_stop && !f->detach &&

@@ -947,6 +947,48 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
         self.assertEqual(left, set())
         self.assertLess(reactor.ameStats()["watch_barriers"], 10)
 
+    def poolSteps(self, options, ctx, n=3):
+        """
+        The handshake steps that went to the pool while n clients with
+        context ctx each made a TLS connection to a server with options
+        and were served.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f, options)
+
+        def peer():
+            for _ in range(n):
+                s = self.connect(port, ctx)
+                s.sendall(b"quit")
+                self.assertEqual(_recvAll(s), b"QUIT")
+                s.close()
+
+        self.serve(reactor, peer, lambda: f.lost == n)
+        self.assertTLS(reactor, n)
+        return reactor.ameStats()["tls_c_pool_steps"]
+
+    def test_poolOnlyForPublicKeySteps(self):
+        """
+        A server's handshake steps go to the handshake pool where they
+        hold a public-key operation: the answer to the ClientHello (under
+        TLS 1.3 the only one: the client's Finished is checked on the
+        worker), TLS 1.2's ClientKeyExchange too, and every step of a
+        server that asks for the client's certificate.
+        """
+        if not self.pooled:
+            return  # no pool: every step runs on the one thread
+        self.assertEqual(self.poolSteps(_serverOptions(), _clientContext()),
+                         3)
+        self.assertGreaterEqual(
+            self.poolSteps(_serverOptions(), _clientContext(
+                maximum=ssl.TLSVersion.TLSv1_2)), 6)
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        self.assertEqual(
+            self.poolSteps(tssl.PrivateCertificate.loadPEM(
+                CERTS["server"]).options(ca),
+                _clientContext(cert=CERTS["client"])), 6)
+
 
 class AMEInlineTLSTests(AMETLSTests):
     reactorFactory = staticmethod(lambda: AMEReactor(io="inline"))
