@@ -204,13 +204,8 @@ static inline uintptr_t load_w(ame_tx_t *tx, const uintptr_t *a,
   if (ITM_LIKELY(!(l & 1) && l <= h->snapshot)) {
     uintptr_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
     if (ITM_LIKELY(__atomic_load_n(o, __ATOMIC_RELAXED) == l)) {
-      if ((uintptr_t)o != h->last_orec) {
-        if (ITM_UNLIKELY(h->r_cur == h->r_end)) return load_slow(a, tx, fn);
-        h->r_cur->addr = (uintptr_t)a;
-        h->r_cur->version = l;
-        h->r_cur++;
-        h->last_orec = (uintptr_t)o;
-      }
+      if (ITM_UNLIKELY(ame__log_read(h, (uintptr_t)a, l) != 0))
+        return load_slow(a, tx, fn);
       return v;
     }
   }
@@ -229,14 +224,8 @@ static inline uint32_t load_u32(ame_tx_t *tx, const uint32_t *a,
   if (ITM_LIKELY(!(l & 1) && l <= h->snapshot)) {
     uint32_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
     if (ITM_LIKELY(__atomic_load_n(o, __ATOMIC_RELAXED) == l)) {
-      if ((uintptr_t)o != h->last_orec) {
-        if (ITM_UNLIKELY(h->r_cur == h->r_end))
-          return load_slow_u32(a, tx, fn);
-        h->r_cur->addr = w;
-        h->r_cur->version = l;
-        h->r_cur++;
-        h->last_orec = (uintptr_t)o;
-      }
+      if (ITM_UNLIKELY(ame__log_read(h, w, l) != 0))
+        return load_slow_u32(a, tx, fn);
       return v;
     }
   }

@@ -240,7 +240,6 @@ static void init_region(struct ame__heap_hdr *h, const struct layout *L,
   d->orecs = orecs;
   d->orec_bias = base;
   d->orec_mask = ((uintptr_t)1 << L->orec_bits) - 1;
-  d->shift = L->orec_bits;
   d->escalate_after = 16;
   d->max_threads = L->slots;
   d->shared = 1;

@@ -167,7 +167,6 @@ struct ame__dom {
   uintptr_t *orecs __attribute__((aligned(AME__CACHELINE)));
   uintptr_t orec_bias;         /* ame__orec_of(): see stm_inline.h */
   uintptr_t orec_mask;
-  unsigned shift;
   unsigned escalate_after;
   unsigned max_threads;
   unsigned n_slots;            /* atomic: high-water mark of threads[] */
@@ -217,7 +216,6 @@ static inline void ame__tx_init_domain(ame_tx_t *tx, struct ame__dom *d) {
   tx->h.orecs = d->orecs;
   tx->h.orec_bias = d->orec_bias;
   tx->h.orec_mask = d->orec_mask;
-  tx->h.shift = d->shift;
 }
 
 /* Heap descriptors (stm.c; heap.c places them in the heap's slots).

@@ -281,7 +281,6 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
   d->orecs = orecs;
   d->orec_bias = 0;
   d->orec_mask = ((uintptr_t)1 << bits) - 1;
-  d->shift = bits;
   STORE(&d->clock, 1);
   d->escalate_after =
       cfg && cfg->escalate_after ? cfg->escalate_after : DEFAULT_ESCALATE;
@@ -615,7 +614,6 @@ static void release_token(ame_tx_t *tx) {
 static inline __attribute__((always_inline)) void
 begin_attempt(ame_tx_t *tx) {
   tx->h.r_cur = tx->r_base;
-  tx->h.last_orec = 0;
   tx->w_chunk = tx->w_first;
   tx->w_i = 0;
   tx->w_n = 0;
@@ -1081,9 +1079,7 @@ static struct ame__wentry *irr_lock(ame_tx_t *tx, uintptr_t a) {
   }
 }
 
-static void log_read(ame_tx_t *tx, const uintptr_t *a, uintptr_t l,
-                     uintptr_t *o) {
-  if ((uintptr_t)o == tx->h.last_orec) return;
+static void log_read(ame_tx_t *tx, const uintptr_t *a, uintptr_t l) {
   if (tx->h.r_cur == tx->h.r_end) {
     size_t n = (size_t)(tx->h.r_end - tx->r_base);
     struct ame__rentry *r = realloc(tx->r_base, 2 * n * sizeof *r);
@@ -1098,7 +1094,6 @@ static void log_read(ame_tx_t *tx, const uintptr_t *a, uintptr_t l,
   tx->h.r_cur->addr = (uintptr_t)a;
   tx->h.r_cur->version = l;
   tx->h.r_cur++;
-  tx->h.last_orec = (uintptr_t)o;
 }
 
 uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *a) {
@@ -1121,7 +1116,7 @@ uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *a) {
       if (bad) abort_tx(tx, AME_ABORT_VALIDATE, bad, NULL);
       if (LOAD_ACQ(o) != l) continue; /* changed again meanwhile */
     }
-    log_read(tx, a, l, o);
+    log_read(tx, a, l);
     return v;
   }
 }
@@ -1145,7 +1140,7 @@ uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
   if (AME__LIKELY(!IS_LOCKED(l) && l <= tx->h.snapshot)) {
     uint32_t v = __atomic_load_n(addr, __ATOMIC_ACQUIRE);
     if (AME__LIKELY(LOAD(o) == l)) {
-      log_read(tx, (const uintptr_t *)word, l, o);
+      log_read(tx, (const uintptr_t *)word, l);
       return v;
     }
   }
@@ -1180,7 +1175,7 @@ uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
       if (bad) abort_tx(tx, AME_ABORT_VALIDATE, bad, NULL);
       if (LOAD_ACQ(o) != l) continue;
     }
-    log_read(tx, (const uintptr_t *)word, l, o);
+    log_read(tx, (const uintptr_t *)word, l);
     return v;
   }
 }

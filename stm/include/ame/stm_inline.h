@@ -23,6 +23,14 @@
 ** docs/stm.md has the measurements behind the choice). */
 #define AME__GRAIN_SHIFT 6
 
+/* How far ame__orec_of folds a granule number onto itself: 2^20 granules
+** (64 MiB, the span of a malloc arena) apart.  A constant, not the
+** table's own log2, so that each load's orec takes a shift by an
+** immediate (one micro-op) where a shift by a register read from the
+** descriptor costs a load and, on Intel cores, three micro-ops: about 6%
+** of a red-black tree lookup at one thread. */
+#define AME__FOLD_SHIFT 20
+
 /* One read-log entry: the word read and the orec value seen. */
 struct ame__rentry {
   uintptr_t addr;    /* the word read (its orec is recomputed) */
@@ -35,9 +43,6 @@ struct ame__txhot {
                                   (0 when irrevocable: all take slow path) */
   struct ame__rentry *r_cur;   /* next free read-log entry */
   struct ame__rentry *r_end;   /* end of the read log */
-  uintptr_t last_orec;         /* address of the orec of the last logged
-                                  read (an integer, so that storing it
-                                  does not alias the orec table) */
   /* The domain's ownership records and how an address finds its own
   ** (ame__orec_of): the process's domain folds granule numbers onto its
   ** table; a shared heap maps each granule of its region to an orec of
@@ -46,25 +51,43 @@ struct ame__txhot {
   uintptr_t *orecs;
   uintptr_t orec_bias;
   uintptr_t orec_mask;         /* number of orecs - 1 */
-  unsigned shift;              /* log2 of the number of orecs */
 };
 
 AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 
-/* The orec covering addr: its granule number g, with the bits above the
-** table's folded onto it (XOR), so that the same offsets in different
-** threads' malloc arenas, which differ only in high address bits, do not
-** collide, while a run of granules keeps a run of orecs, 8 to a cache
-** line, as TinySTM's lock array does.  In a heap g counts from the
-** region's start and is below the table's size for every address in the
-** region, so it is the granule's own orec (the mask keeps an address
-** outside it, which a heap transaction must not touch, inside the table).
-** Not a multiplicative hash: that would scatter neighbours' orecs over the
-** table and put a multiply on each load's dependency chain. */
+/* The orec covering addr: its granule number g, with its bits from
+** AME__FOLD_SHIFT up folded onto it (XOR), so that the same offsets in
+** different threads' malloc arenas, which differ only in high address
+** bits, do not collide, while a run of granules keeps a run of orecs, 8
+** to a cache line, as TinySTM's lock array does.  In a heap g counts from
+** the region's start and is below the table's size 2^k for every address
+** in the region; g ^ (g >> s) is one-to-one on [0, 2^k) whatever s and k,
+** so each granule has an orec of its own (the mask keeps an address
+** outside the region, which a heap transaction must not touch, inside
+** the table).  Not a multiplicative hash: that would scatter neighbours'
+** orecs over the table and put a multiply on each load's dependency
+** chain. */
 static inline uintptr_t *ame__orec_of(const struct ame__txhot *h,
                                       uintptr_t addr) {
   uintptr_t g = (addr - h->orec_bias) >> AME__GRAIN_SHIFT;
-  return &h->orecs[(g ^ (g >> h->shift)) & h->orec_mask];
+  return &h->orecs[(g ^ (g >> AME__FOLD_SHIFT)) & h->orec_mask];
+}
+
+/* Log a load of word, its orec seen at l.  Every load is logged, also
+** one under the same orec as the last: skipping those takes a branch
+** that a search through a tree mispredicts about as often as it takes,
+** or, without the branch, puts the last orec's address on each load's
+** dependency chain; both cost more than the longer log (TinySTM does
+** not skip them either).  Return 0, or -1 if the log is full (then
+** nothing is logged: the slow path grows it). */
+static inline int ame__log_read(struct ame__txhot *h, uintptr_t word,
+                                uintptr_t l) {
+  struct ame__rentry *e = h->r_cur;
+  if (__builtin_expect(e == h->r_end, 0)) return -1;
+  e->addr = word;
+  e->version = l;
+  h->r_cur = e + 1;
+  return 0;
 }
 
 static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {
@@ -74,14 +97,8 @@ static inline uintptr_t ame__load_w(ame_tx_t *tx, const uintptr_t *a) {
   if (__builtin_expect(!(l & 1) && l <= h->snapshot, 1)) {
     uintptr_t v = __atomic_load_n(a, __ATOMIC_ACQUIRE);
     if (__builtin_expect(__atomic_load_n(o, __ATOMIC_RELAXED) == l, 1)) {
-      if ((uintptr_t)o != h->last_orec) {
-        if (__builtin_expect(h->r_cur == h->r_end, 0))
-          return ame__load_slow(tx, a);
-        h->r_cur->addr = (uintptr_t)a;
-        h->r_cur->version = l;
-        h->r_cur++;
-        h->last_orec = (uintptr_t)o;
-      }
+      if (__builtin_expect(ame__log_read(h, (uintptr_t)a, l) != 0, 0))
+        return ame__load_slow(tx, a);
       return v;
     }
   }
