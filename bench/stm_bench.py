@@ -12,13 +12,14 @@ default configuration); then the table also has ratios ame/tinystm per
 structure and thread count.  With --tinystm DIR, also tinystm-itm: the itm
 binaries run on TinySTM's implementation of the same ABI (DIR: a TinySTM
 source tree, built outside this repository with `make -C DIR/abi/gcc`; its
-libitm.so stands in for GCC's through LD_LIBRARY_PATH).  Runs are interleaved round-robin over
-configurations and variants, and each is repeated; the table shows the
-median, the min-max spread, aborts per commit, and ratios against seq, itm
-and the 1-thread run.  A "bars" section compares the figures the project is
-held to.  Missing a bar never fails the run; a binary that reports a broken
-invariant (invalid structure, wrong size, money not conserved), crashes or
-hangs does: the exit status is then 1.
+libitm.so stands in for GCC's through LD_LIBRARY_PATH).  Runs are
+interleaved round-robin over configurations and variants, and each is
+repeated; the table shows the median, the min-max spread, aborts per
+commit, and ratios against seq, itm and the 1-thread run.  A "bars"
+section compares the figures the project is held to.  Missing a bar
+never fails the run; a binary that reports a broken invariant (invalid
+structure, wrong size, money not conserved), crashes or hangs does: the
+exit status is then 1.
 
 Default matrix: every structure (rbtree, skiplist, hashset: 4096 keys in
 1..8192; list: 256 keys in 1..512; bank: 1024 accounts, 90% transfers, 10%
@@ -50,7 +51,7 @@ VARIANTS = ("ame", "itm", "ame-itm", "tinystm", "mutex", "seq")
 # Run where built (meson -Dtinystm=DIR), never reported as missing.
 OPTIONAL = ("tinystm",)
 # Not run unless --tinystm is given.
-TINYSTM = "tinystm-itm"
+TINYSTM_ITM = "tinystm-itm"
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank", "hotbank")
 
 # The parameters of each structure's configurations (threads and update
@@ -106,14 +107,14 @@ TINYSTM_LIBDIR = None
 
 
 def binary(builddir, prog, variant):
-    if variant == TINYSTM:
+    if variant == TINYSTM_ITM:
         variant = "itm"
     return os.path.join(builddir, "bench", "bench-%s-%s" % (prog, variant))
 
 
 def command(builddir, cfg, variant, duration, seed):
     cmd = [binary(builddir, cfg["prog"], variant)]
-    if variant == TINYSTM:
+    if variant == TINYSTM_ITM:
         cmd = ["env", "LD_LIBRARY_PATH=" + TINYSTM_LIBDIR] + cmd
     for k, v in cfg.items():
         if k != "prog":
@@ -227,9 +228,9 @@ def summarise(configs, variants_for, results, failures):
         # against tinystm-itm, the two ABI layers side by side.
         row["vs_tinystm"] = (ratio(row["median"],
                                    med.get((key, t, "tinystm")))
-                             if v in ("ame", TINYSTM) else None)
+                             if v in ("ame", TINYSTM_ITM) else None)
         row["vs_tinystm_itm"] = (ratio(row["median"],
-                                       med.get((key, t, TINYSTM)))
+                                       med.get((key, t, TINYSTM_ITM)))
                                  if v == "ame-itm" else None)
         row["vs_1t"] = (ratio(row["median"], med.get((key, 1, v)))
                         if t > 1 else None)
@@ -272,7 +273,7 @@ def evaluate_bars(rows):
     # gives what the same ABI costs TinySTM against its own API.
     for u in (20, 100):
         ri = find_row(rows, "rbtree", u, 2, "ame-itm")
-        rt = find_row(rows, "rbtree", u, 2, TINYSTM)
+        rt = find_row(rows, "rbtree", u, 2, TINYSTM_ITM)
         bar("rbtree %d%% upd, 2 threads: ame-itm vs itm" % u,
             ri and ri["vs_itm"], ">=", 2.0, fmt_bar_ratio)
         bar("rbtree %d%% upd, 2 threads: ame-itm vs ame" % u,
@@ -379,7 +380,7 @@ def main():
     ap.add_argument("--tinystm", metavar="DIR",
                     help="also run the itm binaries on TinySTM's GCC ABI "
                          "library (variant %s): DIR is a TinySTM source "
-                         "tree built with `make -C DIR/abi/gcc`" % TINYSTM)
+                         "tree built with `make -C DIR/abi/gcc`" % TINYSTM_ITM)
     args = parse_args(ap, print_report)
     args.threads_given = args.threads is not None
     if args.threads is None:
@@ -402,7 +403,7 @@ def main():
         TINYSTM_LIBDIR = tempfile.mkdtemp(prefix="stm_bench-tinystm-")
         atexit.register(shutil.rmtree, TINYSTM_LIBDIR, True)
         os.symlink(lib, os.path.join(TINYSTM_LIBDIR, "libitm.so.1"))
-        args.variants = list(args.variants) + [TINYSTM]
+        args.variants = list(args.variants) + [TINYSTM_ITM]
 
     configs = build_matrix(args)
     variants_for = []
