@@ -345,11 +345,25 @@ void ame_stm_shutdown(void) {
   pthread_mutex_unlock(&ame__G.reg_lock);
 }
 
+/* Zeroed memory for what one thread writes on every transaction (its
+** descriptor, its read and write logs), in cache lines of its own:
+** malloc would put the block's first and last lines beside other
+** blocks, which other threads may read on every transaction (a data
+** structure's root, allocated just before the first descriptor).  Each
+** store to the descriptor would then take that line from them.  Freed
+** with free(). */
+static void *alloc_lines(size_t size) {
+  void *p = NULL;
+  size = (size + AME__CACHELINE - 1) & ~(size_t)(AME__CACHELINE - 1);
+  if (posix_memalign(&p, AME__CACHELINE, size) != 0) return NULL;
+  return memset(p, 0, size);
+}
+
 static ame_tx_t *new_descriptor(unsigned slot) {
-  ame_tx_t *tx = calloc(1, sizeof *tx);
+  ame_tx_t *tx = alloc_lines(sizeof *tx);
   if (tx == NULL) return NULL;
-  tx->r_base = malloc(READ_LOG_INIT * sizeof *tx->r_base);
-  tx->w_first = malloc(sizeof *tx->w_first);
+  tx->r_base = alloc_lines(READ_LOG_INIT * sizeof *tx->r_base);
+  tx->w_first = alloc_lines(sizeof *tx->w_first);
   if (tx->r_base == NULL || tx->w_first == NULL) {
     free(tx->r_base);
     free(tx->w_first);
@@ -1000,7 +1014,7 @@ static struct ame__wentry *new_entry(ame_tx_t *tx) {
   }
   if (tx->w_i == AME__WCHUNK) {
     if (tx->w_chunk->next == NULL) {
-      struct ame__wchunk *c = malloc(sizeof *c);
+      struct ame__wchunk *c = alloc_lines(sizeof *c);
       if (c == NULL) {
         fprintf(stderr, "ame: out of memory growing a write log\n");
         abort();
@@ -1082,11 +1096,13 @@ static struct ame__wentry *irr_lock(ame_tx_t *tx, uintptr_t a) {
 static void log_read(ame_tx_t *tx, const uintptr_t *a, uintptr_t l) {
   if (tx->h.r_cur == tx->h.r_end) {
     size_t n = (size_t)(tx->h.r_end - tx->r_base);
-    struct ame__rentry *r = realloc(tx->r_base, 2 * n * sizeof *r);
+    struct ame__rentry *r = alloc_lines(2 * n * sizeof *r);
     if (r == NULL) {
       fprintf(stderr, "ame: out of memory growing a read log\n");
       abort();
     }
+    memcpy(r, tx->r_base, n * sizeof *r);
+    free(tx->r_base);
     tx->r_base = r;
     tx->h.r_cur = r + n;
     tx->h.r_end = r + 2 * n;
@@ -1881,7 +1897,7 @@ int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
   size_t st = offsetof(ame_tx_t, stats), st_end = st + sizeof tx->stats;
   memset(tx, 0, st);
   memset((char *)tx + st_end, 0, sizeof *tx - st_end);
-  tx->r_base = malloc(READ_LOG_INIT * sizeof *tx->r_base);
+  tx->r_base = alloc_lines(READ_LOG_INIT * sizeof *tx->r_base);
   if (tx->r_base == NULL) return -ENOMEM;
   tx->h.r_cur = tx->r_base;
   tx->h.r_end = tx->r_base + READ_LOG_INIT;

@@ -5,6 +5,9 @@
 */
 #include "stm-test.h"
 
+#include "../../stm/src/internal.h" /* ame_tx's logs */
+
+#include <malloc.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -175,6 +178,88 @@ TEST_IMPL(thread_enter_exit) {
   tx = enter();
   ASSERT_EQ(tx_add(tx, &w, 1), 6);
   leave_and_shutdown();
+}
+
+/* One thread of descriptor_lines: the words its transaction reads and
+** writes, and what it found wrong with its descriptor and logs. */
+struct lines_probe {
+  uintptr_t words[3 * 2048] __attribute__((aligned(64)));
+  uintptr_t shared;   /* a block not alone in its lines, or 0 */
+  const char *what;   /* what is wrong, or NULL */
+};
+
+/* Whether the block at p has its cache lines to itself: it starts on a
+** line, and malloc gave it every byte up to the end of its last line. */
+static int own_lines(const void *p, size_t size) {
+  size_t lines = (size + AME__CACHELINE - 1) & ~(size_t)(AME__CACHELINE - 1);
+  return (uintptr_t)p % AME__CACHELINE == 0 &&
+         malloc_usable_size((void *)p) >= lines;
+}
+
+static void *lines_main(void *arg) {
+  struct lines_probe *p = arg;
+  ame_tx_t *tx = ame_thread_enter();
+  if (tx == NULL) {
+    p->what = "ame_thread_enter() failed";
+    return NULL;
+  }
+  /* One transaction that outgrows the first read log (4096 entries) and
+  ** the first write-log chunk (256: here a store in each of 300
+  ** granules), so that both logs grow. */
+  AME_ATOMIC(tx) {
+    uintptr_t sum = 0;
+    for (size_t i = 0; i < 3 * 2048; i++)
+      sum += ame_load_word_tx(tx, &p->words[i]);
+    for (size_t i = 0; i < 300; i++)
+      ame_store_word_tx(tx, &p->words[8 * i], sum + i);
+  }
+  struct {
+    const void *p;
+    size_t size;
+    const char *what;
+  } blocks[] = {
+      {tx, sizeof *tx, "the descriptor shares a cache line"},
+      {tx->r_base, (size_t)(tx->h.r_end - tx->r_base) * sizeof *tx->r_base,
+       "the read log shares a cache line"},
+      {tx->w_first, sizeof *tx->w_first, "the first write-log chunk shares a cache line"},
+      {tx->w_first->next, sizeof *tx->w_first, "a second write-log chunk shares a cache line (or none)"},
+  };
+  if (tx->h.r_end - tx->r_base <= 4096)
+    p->what = "the read log did not grow";
+  for (size_t i = 0; p->what == NULL && i < sizeof blocks / sizeof blocks[0];
+       i++) {
+    if (blocks[i].p == NULL || !own_lines(blocks[i].p, blocks[i].size)) {
+      p->shared = (uintptr_t)blocks[i].p;
+      p->what = blocks[i].what;
+      break;
+    }
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+/* A thread's descriptor and logs have their cache lines to themselves:
+** its stores on every load and every start must not take away a line
+** that other threads read on every transaction (the root of a tree
+** allocated just before the first descriptor: false sharing that made
+** read-only transactions on two threads barely faster than on one). */
+TEST_IMPL(descriptor_lines) {
+  ame_stm_config_t cfg = {.max_threads = 16};
+  ASSERT_EQ(ame_stm_init(&cfg), 0);
+  enum { N = 4 };
+  static struct lines_probe probes[N];
+  pthread_t t[N];
+  for (int i = 0; i < N; i++)
+    thread_start(&t[i], lines_main, &probes[i]);
+  for (int i = 0; i < N; i++)
+    thread_join(t[i]);
+  for (int i = 0; i < N; i++) {
+    if (probes[i].what != NULL)
+      fprintf(stderr, "thread %d: %s (%#lx)\n", i, probes[i].what,
+              (unsigned long)probes[i].shared);
+    ASSERT_NULL(probes[i].what);
+  }
+  ame_stm_shutdown();
 }
 
 TEST_IMPL(thread_enter_auto_init) {
