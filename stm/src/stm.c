@@ -77,7 +77,7 @@ __thread ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
 #define DEFAULT_MAX_THREADS 1024
 #define DEFAULT_ESCALATE 16
 #define READ_LOG_INIT 4096
-#define LIMBO_SCAN 256      /* a reclamation scan each time a thread's
+#define LIMBO_SCAN 1024     /* a reclamation scan each time a thread's
                                deferred frees pass a multiple of this */
 #define LIMBO_PERIOD 65536  /* ... and when this many starts passed
                                since its last scan while it has any (a

@@ -215,9 +215,10 @@ TEST_IMPL(tx_free_commit_reclaims) {
   ASSERT_LT(heap_in_use() + (size_t)N * SZ - HEAP_SLACK, before);
 
   /* Many transactions each freeing a block: the pending frees stay bounded
-  ** (most are reclaimed while the thread runs, with nothing in the way). */
+  ** (most are reclaimed while the thread runs, with nothing in the way;
+  ** a scan each time the limbo passes a multiple of 1024 blocks). */
   uint64_t done1 = frees_done();
-  enum { M = 2000 };
+  enum { M = 8000 };
   for (volatile int i = 0; i < M; i++) {
     void *p = malloc(64);
     ASSERT_NOT_NULL(p);

@@ -340,7 +340,7 @@ TEST_IMPL(thread_idle) {
   thread_join(tq);
   ame_stats_t before, after;
   ame_stats_total(&before);
-  enum { M = 1000 };
+  enum { M = 4000 }; /* a scan each time 1024 more are pending */
   for (int i = 0; i < M; i++) {
     void *p = malloc(128);
     ASSERT_NOT_NULL(p);
