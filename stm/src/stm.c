@@ -345,23 +345,23 @@ void ame_stm_shutdown(void) {
   pthread_mutex_unlock(&ame__G.reg_lock);
 }
 
-/* Zeroed memory for what one thread writes on every transaction (its
-** descriptor, its read and write logs), in cache lines of its own:
-** malloc would put the block's first and last lines beside other
-** blocks, which other threads may read on every transaction (a data
-** structure's root, allocated just before the first descriptor).  Each
-** store to the descriptor would then take that line from them.  Freed
-** with free(). */
+/* Memory (uninitialised, as malloc's) for what one thread writes on
+** every transaction (its descriptor, its read and write logs), in cache
+** lines of its own: malloc would put the block's first and last lines
+** beside other blocks, which other threads may read on every transaction
+** (a data structure's root, allocated just before the first descriptor).
+** Each store to the descriptor would then take that line from them.
+** Freed with free(). */
 static void *alloc_lines(size_t size) {
   void *p = NULL;
   size = (size + AME__CACHELINE - 1) & ~(size_t)(AME__CACHELINE - 1);
-  if (posix_memalign(&p, AME__CACHELINE, size) != 0) return NULL;
-  return memset(p, 0, size);
+  return posix_memalign(&p, AME__CACHELINE, size) == 0 ? p : NULL;
 }
 
 static ame_tx_t *new_descriptor(unsigned slot) {
   ame_tx_t *tx = alloc_lines(sizeof *tx);
   if (tx == NULL) return NULL;
+  memset(tx, 0, sizeof *tx);
   tx->r_base = alloc_lines(READ_LOG_INIT * sizeof *tx->r_base);
   tx->w_first = alloc_lines(sizeof *tx->w_first);
   if (tx->r_base == NULL || tx->w_first == NULL) {

@@ -221,8 +221,10 @@ static void *lines_main(void *arg) {
       {tx, sizeof *tx, "the descriptor shares a cache line"},
       {tx->r_base, (size_t)(tx->h.r_end - tx->r_base) * sizeof *tx->r_base,
        "the read log shares a cache line"},
-      {tx->w_first, sizeof *tx->w_first, "the first write-log chunk shares a cache line"},
-      {tx->w_first->next, sizeof *tx->w_first, "a second write-log chunk shares a cache line (or none)"},
+      {tx->w_first, sizeof *tx->w_first,
+       "the first write-log chunk shares a cache line"},
+      {tx->w_first->next, sizeof *tx->w_first,
+       "a second write-log chunk shares a cache line (or none)"},
   };
   if (tx->h.r_end - tx->r_base <= 4096)
     p->what = "the read log did not grow";
