@@ -1200,6 +1200,28 @@ uint32_t ame_load_u32_tx(ame_tx_t *tx, const uint32_t *addr) {
 ** Stores.
 */
 
+/* Buffer (v & mask) into e, an entry already logged for its word. */
+static inline void merge_entry(struct ame__wentry *e, uintptr_t v,
+                               uintptr_t mask) {
+  e->value = (e->value & ~mask) | (v & mask);
+  e->mask |= mask;
+}
+
+/* Fill e, a new entry, for (v & mask) at the word a under orec o, and link
+** it after h, the head entry of o, whose lock we hold. */
+static inline void link_entry(struct ame__wentry *h, struct ame__wentry *e,
+                              uintptr_t a, uintptr_t v, uintptr_t mask,
+                              uintptr_t *o) {
+  e->addr = a;
+  e->value = v & mask;
+  e->mask = mask;
+  e->version = 0;
+  e->orec = o;
+  e->head = 0;
+  e->next = h->next;
+  h->next = e;
+}
+
 /* store_masked()'s every case: an orec we hold, one held by another,
 ** one newer than the snapshot, an irrevocable transaction, a heap's log,
 ** a full chunk, a lost compare-and-swap. */
@@ -1218,20 +1240,10 @@ static __attribute__((noinline)) void store_slow(ame_tx_t *tx, uintptr_t a,
         continue;
       }
       struct ame__wentry *e = chain_find(h, a);
-      if (e) {
-        e->value = (e->value & ~mask) | (v & mask);
-        e->mask |= mask;
-        return;
-      }
-      e = new_entry(tx);
-      e->addr = a;
-      e->value = v & mask;
-      e->mask = mask;
-      e->version = 0;
-      e->orec = o;
-      e->head = 0;
-      e->next = h->next;
-      h->next = e;
+      if (e)
+        merge_entry(e, v, mask);
+      else
+        link_entry(h, new_entry(tx), a, v, mask, o);
       return;
     }
     if (tx->irrevocable) {
@@ -1256,22 +1268,36 @@ static __attribute__((noinline)) void store_slow(ame_tx_t *tx, uintptr_t a,
 }
 
 /* Buffer (value & mask) for the word at a, locking its orec.  Inline here
-** the common case of a first write under an orec (free, in the snapshot,
-** room in the private log's chunk, not killed); snapshot is 0 outside a
-** transaction and when irrevocable, so those take the slow path. */
+** the common cases, with room in the private log's chunk and the
+** transaction not killed: a first write under an orec (free, in the
+** snapshot; snapshot is 0 outside a transaction and when irrevocable, so
+** those take the slow path), and a write under an orec we already hold
+** (a few accounts or fields in one granule). */
 static inline void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
                                 uintptr_t mask) {
   uintptr_t *o = ame__orec_of(&tx->h, a);
   uintptr_t l = LOAD_ACQ(o);
-  if (AME__LIKELY(!IS_LOCKED(l) && l <= tx->h.snapshot &&
-                  tx->w_i < AME__WCHUNK && tx->w_end == NULL &&
+  if (AME__LIKELY(tx->w_i < AME__WCHUNK && tx->w_end == NULL &&
                   !LOAD(&tx->killed))) {
     struct ame__wentry *e = &tx->w_chunk->e[tx->w_i];
-    head_entry(e, a, v & mask, mask, l, o);
-    if (AME__LIKELY(__atomic_compare_exchange_n(
-            o, &l, (uintptr_t)e | 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))) {
-      tx->w_i++;
-      tx->w_n++;
+    if (AME__LIKELY(!IS_LOCKED(l) && l <= tx->h.snapshot)) {
+      head_entry(e, a, v & mask, mask, l, o);
+      if (AME__LIKELY(__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
+                                                  __ATOMIC_ACQ_REL,
+                                                  __ATOMIC_RELAXED))) {
+        tx->w_i++;
+        tx->w_n++;
+        return;
+      }
+    } else if (IS_LOCKED(l) && LOAD(&LOCK_ENTRY(l)->tx) == tx) {
+      struct ame__wentry *h = LOCK_ENTRY(l), *old = chain_find(h, a);
+      if (old) {
+        merge_entry(old, v, mask);
+      } else {
+        link_entry(h, e, a, v, mask, o);
+        tx->w_i++;
+        tx->w_n++;
+      }
       return;
     }
   }
