@@ -1279,8 +1279,8 @@ static inline void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
   uintptr_t l = LOAD_ACQ(o);
   if (AME__LIKELY(tx->w_i < AME__WCHUNK && tx->w_end == NULL &&
                   !LOAD(&tx->killed))) {
-    struct ame__wentry *e = &tx->w_chunk->e[tx->w_i];
     if (AME__LIKELY(!IS_LOCKED(l) && l <= tx->h.snapshot)) {
+      struct ame__wentry *e = &tx->w_chunk->e[tx->w_i];
       head_entry(e, a, v & mask, mask, l, o);
       if (AME__LIKELY(__atomic_compare_exchange_n(o, &l, (uintptr_t)e | 1, 0,
                                                   __ATOMIC_ACQ_REL,
@@ -1294,7 +1294,7 @@ static inline void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
       if (old) {
         merge_entry(old, v, mask);
       } else {
-        link_entry(h, e, a, v, mask, o);
+        link_entry(h, &tx->w_chunk->e[tx->w_i], a, v, mask, o);
         tx->w_i++;
         tx->w_n++;
       }
