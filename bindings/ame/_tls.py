@@ -104,9 +104,12 @@ def _whyPython(conn, transport, client, protocols):
         if name == "_info_callback" and client and _hostnameChecker(ctx):
             continue  # TLSProtocol checks the name after the handshake
         return name
+    # A client's verify callback runs under VERIFY_NONE too (OpenSSL
+    # verifies the server's chain whatever the mode); a server's only when
+    # it asks for the client's certificate.
     if (
         getattr(conn, "_verify_callback", None) is not None
-        and _lib.SSL_get_verify_mode(conn._ssl) != SSL.VERIFY_NONE
+        and (client or _lib.SSL_get_verify_mode(conn._ssl) != SSL.VERIFY_NONE)
         and not _plainVerify(conn)
     ):
         return "verify_callback"
@@ -236,6 +239,16 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
             self.wrappedProtocol
         ):
             self.wrappedProtocol.handshakeCompleted()
+
+    # Called by the stream when its input ended with the peer's
+    # close_notify, after the plaintext before it: what
+    # TLSMemoryBIOProtocol._flushReceiveBIO does on ZeroReturnError.  Our
+    # close_notify follows what the protocol wrote in reply, and the
+    # connection closes once both are sent.
+    def _ameCloseNotify(self):
+        self._shutdownTLS()
+        self._lostTLSConnection = True
+        self.transport.loseConnection()
 
     def _ameCheckHostname(self, options):
         # What ClientTLSOptions' info callback does once the handshake is

@@ -189,6 +189,11 @@ struct fconn {
   int tls_shut_out;         /* lock: close_notify asked for, after what out
                                holds */
   int tls_shut_ready;       /* lock: ..., after what ready holds */
+  int tls_shut_owed;        /* lock: queued counts one for it until our
+                               close_notify is written (or never will be) */
+  int tls_peer_closed;      /* lock: the peer's close_notify came after the
+                               handshake; ours waits for Python (it answers
+                               after what it writes in reply, as Twisted) */
   ame__oqueue_t tplain;     /* worker: plaintext taken from ready, waiting
                                for the handshake */
   ame__ibuf_t tls_held;     /* worker: records that arrived meanwhile */

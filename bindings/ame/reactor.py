@@ -94,6 +94,12 @@ class _FastStream:
             return None
         if r.__class__ is int:
             return main.CONNECTION_LOST
+        if not r:
+            tls = self._ameTLSInfo()[2]
+            if tls is not None:
+                # TLS in C: the input ended with the peer's close_notify.
+                tls._ameCloseNotify()
+                return None
         return self._dataReceived(r)
 
     def doWrite(self):

@@ -345,7 +345,12 @@ static void fupdate(struct core *c, struct fconn *f) {
   pthread_mutex_lock(&c->lock);
   int mask = 0;
   if (!f->detach) {
-    if (f->want_read && !f->eof && !f->rerr &&
+    /* While a handshake step runs in the pool, what arrives is held: up
+    ** to AME_ICAP, and nothing after the end of the input (else a peer
+    ** that closed keeps the fd readable and the worker spinning). */
+    int held = f->tls && f->tls->busy &&
+               (f->tls_held_end || f->tls_held.len >= AME_ICAP);
+    if (f->want_read && !f->eof && !f->rerr && !held &&
         f->in.len < (f->listener ? 256 * sizeof(struct accepted) : AME_ICAP))
       mask |= AME_READABLE;
     if (f->wq.head && !f->werr) mask |= AME_WRITABLE;
@@ -421,6 +426,10 @@ static void tls_failed(struct core *c, struct fconn *f, int eof) {
   ame__oq_clear(&f->out);
   ame__oq_clear(&f->ready);
   f->tls_shut_out = f->tls_shut_ready = 0;
+  if (f->tls_shut_owed) { /* no close_notify will be written now */
+    f->tls_shut_owed = 0;
+    f->queued -= 1;
+  }
   f->dropping = 1;
   if (eof)
     f->eof = 1;
@@ -460,7 +469,10 @@ static void tls_publish(struct core *c, struct fconn *f, int r,
     } else if (end < 0) {
       f->rerr = -end;
     }
-    if (r & AME_TLS_CLOSED) f->eof = 1;
+    if (r & AME_TLS_CLOSED) {
+      f->eof = 1;
+      if (f->tls->hs) f->tls_peer_closed = 1;
+    }
     if (f->want_read) sig |= fready_push(c, f);
   }
   pthread_mutex_unlock(&c->lock);
@@ -554,7 +566,7 @@ static void *tls_pool_main(void *arg) {
       job->oom = 1;
     } else {
       job->r = ame__tls_advance(t, &job->plain, buf, AME_RECV_SIZE);
-      if (job->r & AME_TLS_CLOSED) ame__tls_shutdown(t);
+      if ((job->r & AME_TLS_CLOSED) && !t->hs) ame__tls_shutdown(t);
       job->oom = ame__tls_output(t, &job->out, buf, AME_RECV_SIZE,
                                  &job->out_bytes) != 0;
     }
@@ -644,7 +656,10 @@ static void tls_step(struct core *c, struct fconn *f, int end) {
   }
   ame__ibuf_t plain = {0};
   int r = ame__tls_advance(t, &plain, c->tls_buf, AME_RECV_SIZE);
-  if (r & AME_TLS_CLOSED) ame__tls_shutdown(t); /* answer close_notify */
+  /* The peer's close_notify.  Mid-handshake it is answered here; after
+  ** it, Python answers (_ameTLSShutdown) once it has read the plaintext
+  ** that came before and written its reply, as Twisted's TLS does. */
+  if ((r & AME_TLS_CLOSED) && !t->hs) ame__tls_shutdown(t);
   tls_publish(c, f, r, &plain, 0, end);
 }
 
@@ -702,7 +717,7 @@ static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
 static void tls_seal(struct core *c, struct fconn *f, int shut) {
   struct ame__tls *t = f->tls;
   size_t took = 0;
-  int fail = 0, shut_now = 0;
+  int fail = 0;
   if (shut) t->shut_asked = 1;
   if (t->busy) return; /* the pool has the SSL object: after the step */
   if (t->hs && !t->failed) {
@@ -712,10 +727,7 @@ static void tls_seal(struct core *c, struct fconn *f, int shut) {
       took += len;
     }
     if (!fail) ame__oq_clear(&f->tplain);
-    if (!fail && t->shut_asked && !t->shut) {
-      ame__tls_shutdown(t);
-      shut_now = 1;
-    }
+    if (!fail && t->shut_asked && !t->shut) ame__tls_shutdown(t);
   }
   size_t added = 0;
   int oom = ame__tls_output(t, &f->wq, c->tls_buf, AME_RECV_SIZE, &added);
@@ -733,8 +745,13 @@ static void tls_seal(struct core *c, struct fconn *f, int shut) {
       if (sig) c->wake_pending |= fready_push(c, f);
     }
     f->queued = f->wq.bytes;
+    f->tls_shut_owed = 0;
   } else {
-    f->queued = f->queued + added - took - (size_t)shut_now;
+    f->queued = f->queued + added - took;
+    if (t->shut && f->tls_shut_owed) { /* written (now or before) */
+      f->tls_shut_owed = 0;
+      f->queued -= 1;
+    }
   }
   pthread_mutex_unlock(&c->lock);
 }
@@ -1048,6 +1065,7 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
       /* Before the first data, as Twisted's TLS tells the protocol. */
       StreamObject *s = (StreamObject *)e->owner;
       PyObject *target = s->tls_owner ? s->tls_owner : s->protocol;
+      e->hs = 0; /* told (or nobody to tell) */
       if (s->f == f && target) {
         PyObject *proto = Py_NewRef(target);
         PyObject *r = PyObject_CallMethodNoArgs(proto, str_ameHandshakeDone);
@@ -1087,15 +1105,24 @@ int ame__fconn_dispatch(struct core *c, PyObject *events) {
         rc = -1;
     }
     pthread_mutex_lock(&c->lock);
+    /* Not delivered (reading stopped meanwhile, or an error earlier in
+    ** the batch): keep it for the next dispatch.  The handshake's news
+    ** too: data must not reach the protocol before it (a client's name
+    ** check runs there). */
+    int again = 0;
+    if (e->hs && !f->detach) {
+      f->tls_news = 1;
+      again = 1;
+    }
     if (e->in.len) {
-      /* Not delivered (reading stopped meanwhile, or an error): keep it. */
       if (!f->detach) {
         ibuf_putback(f, &e->in);
-        if (f->want_read && fready_push(c, f)) ame__signal_efd(c);
+        again |= f->want_read;
       } else {
         ame__ibuf_free(&e->in);
       }
     }
+    if (again && fready_push(c, f)) ame__signal_efd(c);
     fconn_unref(f);
     pthread_mutex_unlock(&c->lock);
     Py_XDECREF(e->owner);
@@ -1324,6 +1351,7 @@ static PyObject *Stream_tlsShutdown(StreamObject *self, PyObject *unused) {
   pthread_mutex_lock(&c->lock);
   if (!f->tls_failed && !f->dropping) {
     f->tls_shut_out = 1;
+    f->tls_shut_owed = 1;
     f->queued += 1; /* close_notify: not drained until it is written */
     mark_pending(c, f);
   }
@@ -1333,21 +1361,25 @@ static PyObject *Stream_tlsShutdown(StreamObject *self, PyObject *unused) {
 
 PyDoc_STRVAR(tls_info_doc,
 "_ameTLSInfo()\n--\n\n"
-"TLS in C: (handshake completed, error), error being None or why the\n"
-"connection failed, as pyOpenSSL would raise it: ('ssl', [(lib, func,\n"
-"reason), ...]) for SSL.Error, ('syscall', errno) for SSL.SysCallError,\n"
-"('eof',) for SysCallError(-1, 'Unexpected EOF').  After the stream\n"
-"detached: what the worker had published by then.");
+"TLS in C: (handshake completed, error, peer closed), error being None\n"
+"or why the connection failed, as pyOpenSSL would raise it: ('ssl',\n"
+"[(lib, func, reason), ...]) for SSL.Error, ('syscall', errno) for\n"
+"SSL.SysCallError, ('eof',) for SysCallError(-1, 'Unexpected EOF');\n"
+"peer closed: if the end of input is the peer's close_notify, not yet\n"
+"answered (_ameTLSShutdown answers it), the TLS protocol to tell\n"
+"(_ameCloseNotify), else None.  After the stream detached: what the\n"
+"worker had published by then (peer closed: None).");
 
 static PyObject *Stream_tlsInfo(StreamObject *self, PyObject *unused) {
   (void)unused;
-  int done = self->tls_done, failed = self->tls_failed;
+  int done = self->tls_done, failed = self->tls_failed, closed = 0;
   struct ame__tls rec = self->tls_rec;
   struct fconn *f = live_f(self);
   if (f && f->tls) {
     pthread_mutex_lock(&f->c->lock);
     done = f->tls_done;
     failed = f->tls_failed;
+    closed = f->tls_peer_closed && !failed;
     if (failed) rec = *f->tls;
     pthread_mutex_unlock(&f->c->lock);
   }
@@ -1374,7 +1406,8 @@ static PyObject *Stream_tlsInfo(StreamObject *self, PyObject *unused) {
     err = Py_BuildValue("(s)", "eof");
   }
   if (err == NULL) return NULL;
-  return Py_BuildValue("(ON)", done ? Py_True : Py_False, err);
+  PyObject *owner = closed && self->tls_owner ? self->tls_owner : Py_None;
+  return Py_BuildValue("(ONO)", done ? Py_True : Py_False, err, owner);
 }
 
 static PyObject *Stream_discard(StreamObject *self, PyObject *unused) {
@@ -1709,10 +1742,37 @@ PyDoc_STRVAR(write_doc,
 "write(data)\n--\n\n"
 "Buffer data (bytes) to be sent; as Twisted's transport.write().");
 
+/* TLS in C: the plaintext a write of data (not bytes) stands for, as
+** Twisted's TLSMemoryBIOProtocol takes it: str is refused, any other
+** bytes-like object is sent (pyOpenSSL's send).  A new reference, or NULL
+** with TypeError set. */
+static PyObject *tls_plaintext(PyObject *data) {
+  if (PyUnicode_Check(data)) {
+    PyErr_SetString(PyExc_TypeError,
+                    "Must write bytes to a TLS transport, not str.");
+    return NULL;
+  }
+  if (!PyObject_CheckBuffer(data)) {
+    PyErr_Format(PyExc_TypeError, "a bytes-like object is required, not '%s'",
+                 Py_TYPE(data)->tp_name);
+    return NULL;
+  }
+  return PyBytes_FromObject(data);
+}
+
 static PyObject *Stream_write(StreamObject *self, PyObject *data) {
   /* Inside ame.atomic: once it commits (shared.c). */
   int deferred = amepy_shared_defer_method((PyObject *)self, "write", data);
   if (deferred) return deferred < 0 ? NULL : Py_NewRef(Py_None);
+  if (self->tls_c && !PyBytes_Check(data)) {
+    /* Not Twisted's own write path, which would take it for records or
+    ** refuse what TLS accepts. */
+    PyObject *b = tls_plaintext(data);
+    if (b == NULL) return NULL;
+    PyObject *r = Stream_write(self, b);
+    Py_DECREF(b);
+    return r;
+  }
   int mode = PyBytes_Check(data) ? write_mode(self) : -1;
   if (mode < 0) {
     PyErr_Clear();
@@ -1743,6 +1803,20 @@ static PyObject *Stream_writeSequence(StreamObject *self, PyObject *iovec) {
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     for (Py_ssize_t i = 0; i < n && mode > 0; i++)
       if (!PyBytes_Check(PySequence_Fast_GET_ITEM(seq, i))) mode = -1;
+  }
+  if (mode < 0 && self->tls_c) {
+    /* As Twisted's TLS: one write of the items joined (bytes-like ones;
+    ** str refused). */
+    PyErr_Clear();
+    Py_XDECREF(seq);
+    PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+    if (empty == NULL) return NULL;
+    PyObject *joined = PyObject_CallMethod(empty, "join", "O", iovec);
+    Py_DECREF(empty);
+    if (joined == NULL) return NULL;
+    PyObject *r = Stream_write(self, joined);
+    Py_DECREF(joined);
+    return r;
   }
   if (mode < 0) {
     PyErr_Clear();

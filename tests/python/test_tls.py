@@ -28,7 +28,7 @@ import time
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from zope.interface import implementer
@@ -43,7 +43,7 @@ from twisted.internet.interfaces import (
     IProtocolNegotiationFactory,
     ISSLTransport,
 )
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ame.reactor import AMEReactor
 
@@ -205,6 +205,29 @@ class _StartTLSServer(_Server):
         _Server.dataReceived(self, data)
 
 
+class _BytesLikeServer(_StartTLSServer):
+    """
+    A L{_StartTLSServer} that answers C{kinds} with writes of bytes-like
+    objects that are not bytes (taken by Twisted's TLS), then a str (refused
+    with TypeError, recorded), then closes.
+    """
+
+    def connectionMade(self):
+        self.factory.events.append(("made", None))
+
+    def dataReceived(self, data):
+        if data != b"kinds":
+            return _StartTLSServer.dataReceived(self, data)
+        self.transport.write(bytearray(b"A"))
+        self.transport.write(memoryview(b"xBx")[1:2])
+        self.transport.writeSequence([bytearray(b"C"), b"D"])
+        try:
+            self.transport.write("E")
+        except TypeError as e:
+            self.factory.events.append(("refused", str(e)))
+        self.transport.loseConnection()
+
+
 @implementer(IProtocolNegotiationFactory)
 class _ALPNFactory(protocol.Factory):
     def acceptableProtocols(self):
@@ -243,6 +266,57 @@ def _sockets():
         if link.startswith("socket:"):
             out.add(link)
     return out
+
+
+def _memoryPeer(sock, ctx):
+    """
+    A client handshake over memory BIOs on sock: (SSLObject, incoming BIO,
+    outgoing BIO), so that the test decides which records leave together.
+    """
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if out.pending:
+                sock.sendall(out.read())
+            data = sock.recv(65536)
+            if not data:
+                raise EOFError("closed during the handshake")
+            inc.write(data)
+    if out.pending:
+        sock.sendall(out.read())
+    return obj, inc, out
+
+
+def _readToClose(sock, obj, inc):
+    """
+    The plaintext that arrives on a memory-BIO client until the TLS or TCP
+    end, and how it ended: 'close_notify', 'eof' or the error.
+    """
+    got = b""
+    while True:
+        data = sock.recv(65536)
+        if data:
+            inc.write(data)
+        else:
+            inc.write_eof()
+        while True:
+            try:
+                b = obj.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                return got, "close_notify"
+            except ssl.SSLError as e:
+                return got, repr(e)
+            if not b:
+                return got, "eof"
+            got += b
+        if not data:
+            return got, "eof"
 
 
 class TLSBehaviourMixin:
@@ -364,6 +438,55 @@ class TLSBehaviourMixin:
         got = self.serve(reactor, peer, lambda: f.lost)
         self.assertEqual(len(got), f.big)
         self.assertTLS(reactor, 1)
+
+    def _closeNotifyWithRequest(self, request, big=0):
+        """
+        A client sends request and its close_notify in one write, then
+        reads: (what it read, how it ended, the server's events).
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        f.big = big
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            obj, inc, out = _memoryPeer(s, _clientContext())
+            obj.write(request)
+            try:
+                obj.unwrap()
+            except ssl.SSLWantReadError:
+                pass  # our close_notify is written; the peer's is awaited
+            s.sendall(out.read())
+            got = _readToClose(s, obj, inc)
+            s.close()
+            return got
+
+        got, end = self.serve(reactor, peer, lambda: f.lost)
+        self.assertTLS(reactor, 1)
+        return got, end, f.events
+
+    def test_requestWithCloseNotify(self):
+        """
+        A request and the peer's close_notify in one flight: as under
+        Twisted, the protocol reads the request, its reply goes out, then
+        our close_notify, and the connection ends cleanly.
+        """
+        got, end, events = self._closeNotifyWithRequest(b"hello")
+        self.assertEqual((got, end), (b"HELLO", "close_notify"))
+        self.assertEqual([e[0] for e in events][-2:], ["data", "lost"])
+        self.assertIsInstance(events[-1][1], ConnectionDone)
+
+    def test_largeReplyToCloseNotify(self):
+        """
+        The peer's close_notify does not cut short a reply far larger than
+        the socket buffers, written (with loseConnection) in answer to the
+        request that came with it.
+        """
+        big = 3 * 1024 * 1024 + 17
+        got, end, events = self._closeNotifyWithRequest(b"big", big)
+        self.assertEqual((len(got), end), (big, "close_notify"))
+        self.assertIsInstance(events[-1][1], ConnectionDone)
 
     def test_alpn(self):
         """
@@ -722,6 +845,71 @@ class TLSBehaviourMixin:
         self.assertIsInstance(got[1], (ConnectionDone, ConnectionLost))
         self.assertTLS(reactor, 2)
 
+    def test_bytesLikeWrites(self):
+        """
+        Over listenSSL and after startTLS, a protocol writes bytearray and
+        memoryview data as Twisted's TLS takes them; a str is refused with
+        Twisted's TypeError.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        f.protocol = _BytesLikeServer
+        f.options = _serverOptions()
+        tls = self.listen(reactor, f)
+        tcp = reactor.listenTCP(0, f, interface="127.0.0.1")
+        self.addCleanup(tcp.stopListening)
+
+        def peer():
+            s = self.connect(tls)
+            s.sendall(b"kinds")
+            first = _recvAll(s)
+            s.close()
+            s = socket.create_connection(
+                ("127.0.0.1", tcp.getHost().port), timeout=10)
+            s.sendall(b"starttls")
+            self.assertEqual(s.recv(2), b"GO")
+            s = _clientContext().wrap_socket(s, server_hostname="localhost")
+            s.sendall(b"kinds")
+            second = _recvAll(s)
+            s.close()
+            return first, second
+
+        got = self.serve(reactor, peer, lambda: f.lost == 2)
+        self.assertEqual(got, (b"ABCD", b"ABCD"))
+        refused = [e for e in f.events if e[0] == "refused"]
+        self.assertEqual(refused, [
+            ("refused", "Must write bytes to a TLS transport, not str.")] * 2)
+        self.assertTLS(reactor, 2)
+
+    def test_clientVerifyCallbackFallsBack(self):
+        """
+        A client context whose verify callback is the program's own, even
+        under VERIFY_NONE (where OpenSSL still verifies the server's chain
+        and calls it), keeps Twisted's TLS: the callback runs on the
+        reactor's thread.
+        """
+        threads = []
+
+        class Options:
+            def getContext(self):
+                ctx = SSL.Context(SSL.TLS_METHOD)
+
+                def verify(conn, cert, errno, depth, ok):
+                    threads.append(threading.current_thread())
+                    return ok
+
+                ctx.set_verify(SSL.VERIFY_NONE, verify)
+                return ctx
+
+        def connect(reactor, port, factory):
+            reactor.connectSSL("127.0.0.1", port, factory, Options())
+
+        reactor, f, got = self.ping(connect)
+        self.assertEqual(got[0], b"PING")
+        self.assertTrue(threads)
+        self.assertEqual(set(threads), {threading.current_thread()})
+        self.assertTLS(reactor, 1, python=1)
+
     def _clientTLS(self, hostname):
         """
         ping() over connectSSL with optionsForClientTLS(hostname), trusting
@@ -991,6 +1179,49 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
             self.poolSteps(tssl.PrivateCertificate.loadPEM(
                 CERTS["server"]).options(ca),
                 _clientContext(cert=CERTS["client"])), 6)
+
+
+    def test_noReadingWhileHeld(self):
+        """
+        A peer that sends its ClientHello and closes its side while the
+        handshake step runs in the pool (an RSA-4096 signature: a few
+        milliseconds) does not keep the worker reading: the end of input
+        is held with the ClientHello until the step is done, and the fd is
+        not watched meanwhile (a peer's FIN keeps it readable).  Counted
+        in worker callbacks: a few, not one per turn of the loop.
+        """
+        if not self.pooled:
+            raise SkipTest("no handshake pool: the step runs on the thread")
+        key = rsa.generate_private_key(65537, 4096)
+        options = tssl.PrivateCertificate.loadPEM(
+            _pem(_cert("localhost", key), key)).options()
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f, options)
+
+        def client():
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            obj = _clientContext().wrap_bio(inc, out,
+                                            server_hostname="localhost")
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            while not f.events:  # TLS is on once the protocol exists
+                time.sleep(0.01)
+            before = reactor.ameStats()["callbacks"]
+            s.sendall(out.read())
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+            s.close()
+            return before
+
+        before = self.serve(reactor, client, lambda: f.lost)
+        self.assertLess(reactor.ameStats()["callbacks"] - before, 50)
+        self.assertEqual([e[0] for e in f.events], ["made", "lost"])
+        self.assertTLS(reactor, 1)
 
 
 class AMEInlineTLSTests(AMETLSTests):
