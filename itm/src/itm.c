@@ -79,6 +79,9 @@ static void thread_gone(void *arg) {
     ame_itm__self.ld = (ame_tx_t *)&ame_itm__nobody;
     ame_thread_exit();
   }
+  free(ame_itm__self.undo);
+  ame_itm__self.undo = NULL;
+  ame_itm__self.undo_n = ame_itm__self.undo_cap = 0;
 }
 
 static void make_key(void) {
@@ -397,20 +400,24 @@ ITM_EXPORT void _ITM_abortTransaction(_ITM_abortReason reason) {
   jump_back(t, a_abortTransaction | a_restoreLiveVariables);
 }
 
-ITM_EXPORT void _ITM_changeTransactionMode(_ITM_transactionState mode) {
+/* Go serial and irrevocable for the code that follows, which may touch
+** memory directly (fn: the ABI call that asked). */
+static void go_serial(const char *fn) {
   struct itm_thread *t = &ame_itm__self;
-  ame_tx_t *tx = itm_tx("_ITM_changeTransactionMode");
-  if (mode != modeSerialIrrevocable)
-    ame_itm__fatal("_ITM_changeTransactionMode: mode %d is not supported",
-                   (int)mode);
+  ame_tx_t *tx = itm_tx(fn);
   if (t->serial) { /* already serial and irrevocable */
     t->user_irrevocable = 1;
     return;
   }
-  if (!t->owner) { /* inside ame's own transaction: irrevocable is all */
-    ame_tx_irrevocable(tx);
-    t->user_irrevocable = 1;
-    return;
+  if (!t->owner) {
+    if (ame_tx_depth(tx) == 0)
+      ame_itm__fatal("%s called outside a transaction", fn);
+    /* Joined to an AME_ATOMIC block, whose writes are buffered: the
+    ** uninstrumented code would read memory without them, and the block
+    ** cannot be restarted serial from here. */
+    ame_itm__fatal("%s: cannot go serial inside a transaction begun by "
+                   "ame's own API (AME_ATOMIC): uninstrumented code would "
+                   "not see the transaction's writes", fn);
   }
   /* The code that follows may touch memory directly: run the whole
   ** transaction again, serial and irrevocable from its start. */
@@ -420,23 +427,113 @@ ITM_EXPORT void _ITM_changeTransactionMode(_ITM_transactionState mode) {
   jump_back(t, start(t, tx, 1));
 }
 
+ITM_EXPORT void _ITM_changeTransactionMode(_ITM_transactionState mode) {
+  if (mode != modeSerialIrrevocable)
+    ame_itm__fatal("_ITM_changeTransactionMode: mode %d is not supported",
+                   (int)mode);
+  go_serial("_ITM_changeTransactionMode");
+}
+
 /* ------------------------------------------------------------------------
-** User actions.
+** User actions.  ame runs commit and abort handlers oldest first, once
+** the attempt is over, with the thread between transactions.  The ABI
+** (libitm) wants more: undo actions run newest first, a serial
+** transaction gives serial mode back before its commit actions run (one
+** may wait for a thread that starts a transaction), and a transaction
+** begun inside an action is an outermost one of its own.  So an attempt's
+** first action registers two handlers of the library's own, ahead of the
+** user's: on commit, actions_commit() runs first and ends the ABI
+** transaction; on abort, actions_abort() runs the undo actions, kept
+** here, newest first.  One of the two runs at the end of every attempt,
+** which is what resets t->acts.
 */
+
+static void actions_commit(void *arg) {
+  struct itm_thread *t = arg;
+  t->acts = 0;
+  t->undo_n = 0;
+  t->owner = 0;
+  if (t->serial) serial_release(t);
+}
+
+/* The aborted attempt restarts, or leaves, from its checkpoint after the
+** undo actions: a transaction begun in one overwrites the thread's
+** transaction state, which is saved around them. */
+static void actions_abort(void *arg) {
+  struct itm_thread *t = arg;
+  struct ame_itm_checkpoint cp = t->cp;
+  uint32_t props = t->props;
+  int owner = t->owner, want_serial = t->want_serial;
+  int user_irrevocable = t->user_irrevocable;
+  _ITM_transactionId_t id = t->id;
+  const char *site = t->site;
+  uintptr_t tsan_depth = t->tsan_depth, keep_sp = t->keep_sp;
+  uintptr_t cap_lo = t->cap_lo, cap_len = t->cap_len;
+  /* Detach the list, so that the actions' transactions have their own. */
+  struct itm_action *undo = t->undo;
+  size_t n = t->undo_n, cap = t->undo_cap;
+  t->undo = NULL;
+  t->undo_n = t->undo_cap = 0;
+  t->acts = 0;
+  t->owner = 0;
+  while (n > 0) {
+    n--;
+    undo[n].fn(undo[n].arg);
+  }
+  t->cp = cp;
+  t->props = props;
+  t->owner = owner;
+  t->want_serial = want_serial;
+  t->user_irrevocable = user_irrevocable;
+  t->id = id;
+  t->site = site;
+  t->tsan_depth = tsan_depth;
+  t->keep_sp = keep_sp;
+  t->cap_lo = cap_lo;
+  t->cap_len = cap_len;
+  t->acts = 0;
+  if (t->undo == NULL) {
+    t->undo = undo;
+    t->undo_cap = cap;
+  } else {
+    free(undo);
+  }
+}
+
+/* Before the attempt's first user action (fn: the ABI call). */
+static void actions_arm(struct itm_thread *t, ame_tx_t *tx, const char *fn) {
+  if (ame_tx_depth(tx) == 0)
+    ame_itm__fatal("%s called outside a transaction", fn);
+  if (t->acts) return;
+  if (ame_tx_on_commit(tx, actions_commit, t) != 0 ||
+      ame_tx_on_abort(tx, actions_abort, t) != 0)
+    ame_itm__fatal("%s: out of memory", fn);
+  t->acts = 1;
+}
 
 ITM_EXPORT void _ITM_addUserCommitAction(_ITM_userCommitFunction fn,
                                          _ITM_transactionId_t resuming,
                                          void *arg) {
   (void)resuming;
+  struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = itm_tx("_ITM_addUserCommitAction");
+  actions_arm(t, tx, "_ITM_addUserCommitAction");
   if (ame_tx_on_commit(tx, fn, arg) != 0)
     ame_itm__fatal("_ITM_addUserCommitAction: out of memory");
 }
 
 ITM_EXPORT void _ITM_addUserUndoAction(_ITM_userUndoFunction fn, void *arg) {
+  struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = itm_tx("_ITM_addUserUndoAction");
-  if (ame_tx_on_abort(tx, fn, arg) != 0)
-    ame_itm__fatal("_ITM_addUserUndoAction: out of memory");
+  actions_arm(t, tx, "_ITM_addUserUndoAction");
+  if (t->undo_n == t->undo_cap) {
+    size_t cap = t->undo_cap ? 2 * t->undo_cap : 8;
+    struct itm_action *a = realloc(t->undo, cap * sizeof *a);
+    if (a == NULL) ame_itm__fatal("_ITM_addUserUndoAction: out of memory");
+    t->undo = a;
+    t->undo_cap = cap;
+  }
+  t->undo[t->undo_n++] = (struct itm_action){fn, arg};
 }
 
 /* ------------------------------------------------------------------------
@@ -590,7 +687,7 @@ ITM_EXPORT void *_ITM_getTMCloneOrIrrevocable(void *fn) {
   void *clone = find_clone(fn);
   if (clone) return clone;
   /* No clone: the original runs uninstrumented, so go serial. */
-  _ITM_changeTransactionMode(modeSerialIrrevocable);
+  go_serial("_ITM_getTMCloneOrIrrevocable");
   return fn;
 }
 

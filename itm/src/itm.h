@@ -70,6 +70,12 @@ struct ame_itm_checkpoint {
 
 #define ITM_SITE_CACHE 16
 
+/* A user undo action (_ITM_addUserUndoAction). */
+struct itm_action {
+  _ITM_userUndoFunction fn;
+  void *arg;
+};
+
 /* A calling thread's state. */
 struct itm_thread {
   ame_tx_t *tx;                  /* its ame descriptor (NULL: not yet) */
@@ -93,6 +99,12 @@ struct itm_thread {
   uintptr_t keep_sp;             /* stack below this is the transaction's
                                     own (dead after an abort) */
   uintptr_t cap_lo, cap_len;     /* the block the attempt allocated last */
+  int acts;                      /* the attempt registered the library's
+                                    own commit and abort handlers (itm.c,
+                                    "User actions") */
+  struct itm_action *undo;       /* the attempt's undo actions, oldest
+                                    first (run newest first) */
+  size_t undo_n, undo_cap;
 };
 extern __thread struct itm_thread ame_itm__self
     __attribute__((tls_model("initial-exec")));

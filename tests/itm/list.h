@@ -26,12 +26,16 @@
   X(itm_clone_tables, 10)                                                     \
   X(itm_stats_and_site, 30)                                                   \
   X(itm_refused, 10)                                                          \
+  X(itm_undo_order, 10)                                                       \
+  X(itm_serial_commit_action, 30)                                             \
+  X(itm_actions_begin_transactions, 30)                                       \
   /* __transaction_atomic programs: test_gnutm.c */                           \
   X(gnutm_types, 10)                                                          \
   X(gnutm_cancel_nested, 10)                                                  \
   X(gnutm_relaxed_serial, 10)                                                 \
   X(gnutm_indirect_calls, 10)                                                 \
   X(gnutm_bytes_concurrent, 60)                                               \
-  X(gnutm_counter_concurrent, 60)
+  X(gnutm_counter_concurrent, 60)                                             \
+  X(gnutm_user_actions, 30)
 
 #endif /* AME_TESTS_ITM_LIST_H */

@@ -4,7 +4,8 @@
 ** (aligned and not), undo logging, the memory functions with overlaps,
 ** cancel with undo and commit actions, retry, the irrevocable switch and
 ** serial mode, nesting, allocation, the clone tables, ame's statistics and
-** conflict sites, and the refusal of what is not supported.  Sub-word
+** conflict sites, the order of user actions and transactions begun inside
+** them, and the refusal of what is not supported.  Sub-word
 ** stores from threads that share words must all survive.
 */
 #include "itm-test.h"
@@ -675,6 +676,24 @@ static void cancel_inside_ame_atomic(void) {
     _ITM_abortTransaction(userAbort);
   }
 }
+/* Going serial inside an AME_ATOMIC block: uninstrumented code would read
+** memory the block has buffered writes to (refused). */
+static void irrevocable_inside_ame_atomic(void) {
+  ame_tx_t *tx = ame_thread_enter();
+  AME_ATOMIC(tx) {
+    ITM_BEGIN();
+    _ITM_changeTransactionMode(modeSerialIrrevocable);
+    _ITM_commitTransaction();
+  }
+}
+static void no_clone_inside_ame_atomic(void) {
+  ame_tx_t *tx = ame_thread_enter();
+  AME_ATOMIC(tx) {
+    ITM_BEGIN();
+    _ITM_getTMCloneOrIrrevocable(NO_CLONE);
+    _ITM_commitTransaction();
+  }
+}
 static void safe_without_clone(void) {
   ITM_BEGIN();
   _ITM_getTMCloneSafe(NO_CLONE);
@@ -733,6 +752,12 @@ TEST_IMPL(itm_refused) {
       {safe_without_clone, "ame-itm: _ITM_getTMCloneSafe: no transactional"},
       {cancel_inside_ame_atomic, "ame-itm: _ITM_abortTransaction: cannot "
                                  "cancel a transaction begun by ame's own"},
+      {irrevocable_inside_ame_atomic,
+       "ame-itm: _ITM_changeTransactionMode: cannot go serial inside a "
+       "transaction begun by ame's own API"},
+      {no_clone_inside_ame_atomic,
+       "ame-itm: _ITM_getTMCloneOrIrrevocable: cannot go serial inside a "
+       "transaction begun by ame's own API"},
       {load_outside_u8, "ame-itm: _ITM_RU8 called outside a transaction"},
       {load_outside_u4, "ame-itm: _ITM_RaRU4 called outside a transaction"},
       {load_outside_u1, "ame-itm: _ITM_RU1 called outside a transaction"},
@@ -747,4 +772,201 @@ TEST_IMPL(itm_refused) {
     if (strstr(err, cases[i].msg) == NULL)
       AME_TEST_FAIL_("expected \"%s\" in: %s", cases[i].msg, err);
   }
+}
+
+/* ------------------------------------------------------------------------
+** User actions: their order, serial mode, and transactions begun inside
+** them.
+*/
+
+static char act_order[16];
+static unsigned act_n;
+static void record(void *arg) {
+  if (act_n < sizeof act_order - 1) act_order[act_n++] = (char)(uintptr_t)arg;
+  act_order[act_n] = 0;
+}
+static void record_reset(void) {
+  act_n = 0;
+  act_order[0] = 0;
+}
+
+/* Undo actions run newest first, commit actions oldest first (libitm's
+** order), whether the attempt is cancelled or retried. */
+TEST_IMPL(itm_undo_order) {
+  static volatile int runs;
+  record_reset();
+  uint32_t a = ITM_BEGIN();
+  if (!(a & a_abortTransaction)) {
+    _ITM_addUserUndoAction(record, (void *)'A');
+    _ITM_addUserUndoAction(record, (void *)'B');
+    _ITM_addUserCommitAction(record, 1, (void *)'x');
+    _ITM_addUserUndoAction(record, (void *)'C');
+    _ITM_abortTransaction(userAbort);
+  }
+  ASSERT_STR_EQ(act_order, "CBA");
+  record_reset();
+  runs = 0;
+  ITM_BEGIN();
+  runs++;
+  _ITM_addUserUndoAction(record, (void *)'a');
+  _ITM_addUserCommitAction(record, 1, (void *)'A');
+  _ITM_addUserUndoAction(record, (void *)'b');
+  _ITM_addUserCommitAction(record, 1, (void *)'B');
+  if (runs == 1) _ITM_abortTransaction(userRetry);
+  _ITM_addUserCommitAction(record, 1, (void *)'C');
+  _ITM_commitTransaction();
+  ASSERT_EQ(runs, 2);
+  ASSERT_STR_EQ(act_order, "baABC");
+}
+
+/* A serial transaction's commit actions run once serial mode is given
+** back: this one waits for a thread whose transaction cannot start while
+** a thread holds serial mode. */
+static uint64_t sca_v;
+static void *sca_other(void *arg) {
+  (void)arg;
+  ITM_BEGIN();
+  _ITM_WU8(&sca_v, _ITM_RU8(&sca_v) + 1);
+  _ITM_commitTransaction();
+  return NULL;
+}
+static void sca_action(void *arg) {
+  (void)arg;
+  pthread_t th;
+  spawn(&th, sca_other, NULL);
+  thread_join(th);
+}
+
+TEST_IMPL(itm_serial_commit_action) {
+  watchdog_start(20, "a serial transaction's commit action waits for a "
+                     "transaction on another thread");
+  uint32_t a = _ITM_beginTransaction(pr_uninstrumentedCode);
+  ASSERT(a & a_runUninstrumentedCode);
+  _ITM_addUserCommitAction(sca_action, 1, NULL);
+  _ITM_commitTransaction();
+  ASSERT_EQ(sca_v, 1);
+  /* Serial by the switch midway: the attempt that registered the action
+  ** first is rolled back, so it runs once. */
+  ITM_BEGIN();
+  _ITM_addUserCommitAction(sca_action, 1, NULL);
+  _ITM_changeTransactionMode(modeSerialIrrevocable);
+  _ITM_commitTransaction();
+  ASSERT_EQ(sca_v, 2);
+  ASSERT_EQ(_ITM_inTransaction(), outsideTransaction);
+}
+
+/* Transactions begun inside commit and undo actions are transactions of
+** their own (the one that registered the actions is over): they cancel,
+** conflict and run again, or go serial, and the transaction that ran the
+** actions then carries on from its own checkpoint. */
+static uint64_t ia_w, ia_y;
+static volatile int inner_runs;
+
+/* Make the calling thread's transaction, which read *w, conflict: another
+** thread commits a write to it. */
+static void *bump_other(void *arg) {
+  uint64_t *w = arg;
+  ITM_BEGIN();
+  _ITM_WU8(w, _ITM_RU8(w) + 1000);
+  _ITM_commitTransaction();
+  return NULL;
+}
+static void conflict_on(uint64_t *w) {
+  pthread_t th;
+  spawn(&th, bump_other, w);
+  thread_join(th);
+}
+
+/* An inner transaction that cancels itself. */
+static void act_cancel(void *arg) {
+  uint32_t a = ITM_BEGIN();
+  if (!(a & a_abortTransaction)) {
+    _ITM_WU8(&ia_y, 1);
+    _ITM_abortTransaction(userAbort);
+  }
+  ASSERT_EQ(a, a_abortTransaction | a_restoreLiveVariables);
+  ASSERT_EQ(_ITM_inTransaction(), outsideTransaction);
+  record(arg);
+}
+/* One that conflicts once and runs again. */
+static void act_conflict(void *arg) {
+  inner_runs = 0;
+  ITM_BEGIN();
+  inner_runs++;
+  uint64_t v = _ITM_RU8(&ia_w);
+  if (inner_runs == 1) conflict_on(&ia_w);
+  _ITM_WU8(&ia_w, v + 1);
+  _ITM_commitTransaction();
+  ASSERT_EQ(inner_runs, 2);
+  record(arg);
+}
+/* One in serial mode. */
+static void act_serial(void *arg) {
+  uint32_t a = _ITM_beginTransaction(pr_uninstrumentedCode);
+  ASSERT(a & a_runUninstrumentedCode);
+  ASSERT_EQ(_ITM_inTransaction(), inIrrevocableTransaction);
+  ia_y += 10;
+  _ITM_commitTransaction();
+  ASSERT_EQ(_ITM_inTransaction(), outsideTransaction);
+  record(arg);
+}
+
+TEST_IMPL(itm_actions_begin_transactions) {
+  static volatile int runs, after;
+  watchdog_start(20, "transactions begun inside user actions");
+  /* Commit actions. */
+  record_reset();
+  ITM_BEGIN();
+  runs++;
+  _ITM_addUserCommitAction(act_cancel, 1, (void *)'c');
+  _ITM_addUserCommitAction(act_conflict, 1, (void *)'k');
+  _ITM_addUserCommitAction(act_serial, 1, (void *)'s');
+  _ITM_addUserCommitAction(record, 1, (void *)'.');
+  _ITM_commitTransaction();
+  after++;
+  ASSERT_EQ(runs, 1);
+  ASSERT_EQ(after, 1);
+  ASSERT_STR_EQ(act_order, "cks.");
+  ASSERT_EQ(ia_w, 1001);
+  ASSERT_EQ(ia_y, 10);
+  ASSERT_EQ(_ITM_inTransaction(), outsideTransaction);
+  /* Undo actions of a cancelled transaction (newest first). */
+  record_reset();
+  runs = 0;
+  after = 0;
+  uint32_t a = ITM_BEGIN();
+  runs++;
+  if (!(a & a_abortTransaction)) {
+    _ITM_addUserUndoAction(record, (void *)'.');
+    _ITM_addUserUndoAction(act_serial, (void *)'s');
+    _ITM_addUserUndoAction(act_conflict, (void *)'k');
+    _ITM_addUserUndoAction(act_cancel, (void *)'c');
+    _ITM_WU8(&ia_w, 5);
+    _ITM_abortTransaction(userAbort);
+  }
+  after++;
+  ASSERT_EQ(a, a_abortTransaction | a_restoreLiveVariables);
+  ASSERT_EQ(runs, 2);
+  ASSERT_EQ(after, 1);
+  ASSERT_STR_EQ(act_order, "cks.");
+  ASSERT_EQ(ia_w, 2002);
+  ASSERT_EQ(ia_y, 20);
+  /* Undo actions of an attempt that conflicted: the transaction runs
+  ** again from its own checkpoint. */
+  record_reset();
+  runs = 0;
+  ITM_BEGIN();
+  runs++;
+  uint64_t v = _ITM_RU8(&ia_y);
+  if (runs == 1) {
+    _ITM_addUserUndoAction(act_cancel, (void *)'c');
+    _ITM_addUserUndoAction(act_serial, (void *)'s');
+    conflict_on(&ia_y);
+  }
+  _ITM_WU8(&ia_y, v + 1);
+  _ITM_commitTransaction();
+  ASSERT_EQ(runs, 2);
+  ASSERT_STR_EQ(act_order, "sc");
+  ASSERT_EQ(ia_y, 20 + 1000 + 10 + 1);
+  ASSERT_EQ(_ITM_inTransaction(), outsideTransaction);
 }

@@ -3,8 +3,9 @@
 ** memory extension (compiled with -fgnu-tm) running on libame-itm:
 ** every type the compiler instruments, transaction_safe functions,
 ** __transaction_cancel with nesting, __transaction_relaxed around an
-** unsafe call (serial mode), indirect calls through the clone tables, and
-** threads sharing words with byte- and int-sized fields.
+** unsafe call (serial mode), indirect calls through the clone tables,
+** threads sharing words with byte- and int-sized fields, and user actions
+** with transactions of their own.
 */
 #include "itm-test.h"
 
@@ -20,6 +21,7 @@ GNUTM_SKIP(gnutm_relaxed_serial)
 GNUTM_SKIP(gnutm_indirect_calls)
 GNUTM_SKIP(gnutm_bytes_concurrent)
 GNUTM_SKIP(gnutm_counter_concurrent)
+GNUTM_SKIP(gnutm_user_actions)
 #else
 
 struct mixed {
@@ -197,5 +199,64 @@ TEST_IMPL(gnutm_counter_concurrent) {
   gate_open(&gt_gate);
   for (int k = 0; k < GT_THREADS; k++) thread_join(th[k]);
   ASSERT_EQ(gcounter, (long)GT_THREADS * GT_ROUNDS);
+}
+/* User actions from the compiler's instrumentation: undo actions run
+** newest first on __transaction_cancel; a commit action runs a
+** __transaction_atomic that cancels and a __transaction_relaxed of its own
+** (outermost transactions: the one that registered it is over); and a
+** __transaction_relaxed block (serial) has a commit action that waits for
+** another thread's transaction. */
+static char ua_order[8];
+static int ua_n, ua_x, ua_y, ua_runs;
+static long ua_v;
+static void ua_record(void *arg) { ua_order[ua_n++] = (char)(uintptr_t)arg; }
+static void ua_cancel(void *arg) {
+  (void)arg;
+  __transaction_atomic {
+    ua_y = 1;
+    if (ua_y) __transaction_cancel;
+  }
+  __transaction_relaxed { unsafe_log(ua_y); }
+}
+static void *ua_other(void *arg) {
+  (void)arg;
+  __transaction_atomic { ua_v++; }
+  return NULL;
+}
+static void ua_wait_other(void *arg) {
+  (void)arg;
+  pthread_t th;
+  spawn(&th, ua_other, NULL);
+  thread_join(th);
+}
+
+TEST_IMPL(gnutm_user_actions) {
+  watchdog_start(20, "transactions inside user actions");
+  __transaction_atomic {
+    ua_x = 1;
+    _ITM_addUserUndoAction(ua_record, (void *)'A');
+    _ITM_addUserUndoAction(ua_record, (void *)'B');
+    _ITM_addUserUndoAction(ua_record, (void *)'C');
+    if (ua_x) __transaction_cancel;
+  }
+  ASSERT_STR_EQ(ua_order, "CBA");
+  ASSERT_EQ(ua_x, 0);
+  __transaction_atomic {
+    ua_runs++;
+    ua_x++;
+    _ITM_addUserCommitAction(ua_cancel, 1, NULL);
+    _ITM_addUserCommitAction(ua_record, 1, (void *)'z');
+  }
+  ASSERT_EQ(ua_runs, 1);
+  ASSERT_EQ(ua_x, 1);
+  ASSERT_EQ(ua_y, 0);
+  ASSERT_STR_EQ(logbuf, "k=0");
+  ASSERT_STR_EQ(ua_order, "CBAz");
+  __transaction_relaxed {
+    _ITM_addUserCommitAction(ua_wait_other, 1, NULL);
+    unsafe_log(2);
+  }
+  ASSERT_EQ(ua_v, 1);
+  ASSERT_STR_EQ(logbuf, "k=2");
 }
 #endif /* AME_ITM_GNUTM */
