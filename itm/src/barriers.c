@@ -15,9 +15,10 @@
 ** after write, for write; write after read, after write) are hints the
 ** STM does not need: each is the plain barrier.
 **
-** The calling thread's own stack is written directly, with undo logging
-** (itm.h): the compiler may read with plain loads a local it wrote through
-** a barrier, which only write-through makes consistent.  Stores to the
+** The calling thread's own stack is written directly, under a claim of
+** its orec and with undo logging above the transaction's frames (itm.h):
+** the compiler may read with plain loads a local it wrote through a
+** barrier, which only write-through makes consistent.  Stores to the
 ** block the transaction allocated last are plain (itm_captured()).  Loads
 ** of either go through the STM, which reads memory for any word it has
 ** not buffered.

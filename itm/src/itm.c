@@ -114,6 +114,14 @@ void ame_itm__stack_log(struct itm_thread *t, void *p, size_t n) {
   uintptr_t a = (uintptr_t)p, end = a + n;
   if (end <= t->keep_sp) return;
   if (a < t->keep_sp) a = t->keep_sp;
+  /* Above the transaction's own frames the object may be another
+  ** thread's to reach through a pointer (a counter on main's stack, a
+  ** non-main thread's __thread data): claim its words first, so that
+  ** other transactions conflict with the write, the bytes saved are the
+  ** last committed ones, and an abort restores them before it lets the
+  ** orecs go. */
+  for (uintptr_t w = a & ~(uintptr_t)7; w < end; w += 8)
+    ame__tx_claim(t->tx, (uintptr_t *)w);
   if (ame_tx_save(t->tx, (void *)a, end - a) != 0)
     ame_itm__fatal("out of memory logging a stack write");
 }

@@ -131,11 +131,13 @@ static inline ame_tx_t *itm_tx(const char *fn) {
   return tx;
 }
 
-/* The thread's own stack is not shared: the store barriers write it
-** directly (the compiler may read with plain loads what it wrote through
-** a barrier), and undo-log what lies above the transaction's frames (live
-** after an abort).  Bytes below keep_sp belong to frames of the
-** transaction itself, dead after an abort, so are not logged. */
+/* The thread's own stack: the store barriers write it directly (the
+** compiler may read with plain loads what it wrote through a barrier).
+** What lies above the transaction's frames is live after an abort and may
+** be reached by other threads through a pointer: its words are claimed
+** and undo-logged first (ame_itm__stack_log).  Bytes below keep_sp belong
+** to frames of the transaction itself, dead after an abort and nobody
+** else's, so are neither. */
 static inline int itm_on_stack(const struct itm_thread *t, const void *p) {
   return (uintptr_t)p - t->stack_lo < t->stack_len;
 }

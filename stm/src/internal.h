@@ -233,12 +233,7 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status);
 /* Abort unless the word at addr, which the transaction read (or wrote),
 ** is unchanged since: O(1), where ame_tx_validate() checks every read. */
 void ame__tx_check_word(ame_tx_t *tx, const void *addr);
-/* Lock the orec of the word at addr as a store would, writing nothing,
-** and give the granule a new version when the lock is released, whether
-** the attempt commits or not: a reader with an older snapshot that meets
-** it then aborts (heap_alloc.c, before memory that held transactional
-** words is written outside the STM, where an abort cannot undo it). */
-void ame__tx_claim(ame_tx_t *tx, uintptr_t *addr);
+/* ame__tx_claim: stm.h. */
 
 /* Vectors (stm.c). */
 int ame__vec_push(struct ame__vec *v, const void *item, size_t size);

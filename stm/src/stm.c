@@ -1414,8 +1414,11 @@ static void release_locks(ame_tx_t *tx, uintptr_t version) {
 ** holds and awaits no irrevocability ticket.  Does not jump. */
 static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) {
-  release_locks(tx, 0);
+  /* Saved bytes first, while the orecs are still held: words written
+  ** outside the STM under a claim (ame__tx_claim) must hold their old
+  ** bytes again before a reader can see the orec free. */
   if (tx->undo.n) undo_restore(tx);
+  release_locks(tx, 0);
   void **al = tx->allocs.items;
   for (size_t i = 0; i < tx->allocs.n; i++) free(al[i]);
   tx->allocs.n = 0;

@@ -36,6 +36,7 @@
   X(gnutm_indirect_calls, 10)                                                 \
   X(gnutm_bytes_concurrent, 60)                                               \
   X(gnutm_counter_concurrent, 60)                                             \
-  X(gnutm_user_actions, 30)
+  X(gnutm_user_actions, 30)                                                   \
+  X(gnutm_stack_shared, 60)
 
 #endif /* AME_TESTS_ITM_LIST_H */

@@ -22,6 +22,7 @@ GNUTM_SKIP(gnutm_indirect_calls)
 GNUTM_SKIP(gnutm_bytes_concurrent)
 GNUTM_SKIP(gnutm_counter_concurrent)
 GNUTM_SKIP(gnutm_user_actions)
+GNUTM_SKIP(gnutm_stack_shared)
 #else
 
 struct mixed {
@@ -200,6 +201,96 @@ TEST_IMPL(gnutm_counter_concurrent) {
   for (int k = 0; k < GT_THREADS; k++) thread_join(th[k]);
   ASSERT_EQ(gcounter, (long)GT_THREADS * GT_ROUNDS);
 }
+/* Objects on a thread's stack are written through (itm.h), yet another
+** thread may reach them through a pointer: a counter in this test's frame,
+** and a non-main thread's __thread counter (in its stack's range).  The
+** owning thread adds 1, reads a few shared words, adds 1 again; the
+** others add 2 to what they read and write those shared words (so the
+** owner's transactions abort often).  No transaction may read the odd value
+** between the owner's two additions (it was never committed), and no
+** addition may be lost. */
+enum { GS_ROUNDS = 20000 };
+static struct gate gs_gate;
+static atomic_int gs_done, gs_odd;
+static long *_Atomic gs_tls_ptr;
+static __thread long gs_tls;
+static long gs_tls_final, gs_spread[8], gs_sink;
+
+/* p, as a pointer the compiler cannot see through. */
+static long *gs_opaque(long *p) {
+  __asm__("" : "+r"(p));
+  return p;
+}
+
+static void *gs_bump(void *arg) {
+  long *c = arg;
+  gate_wait(&gs_gate);
+  for (int r = 0; r < GS_ROUNDS; r++) {
+    long v = 0;
+    __transaction_atomic {
+      v = *c;
+      *c = v + 2;
+      gs_spread[r & 7]++; /* the owner reads these: it aborts often */
+    }
+    if (v & 1) atomic_fetch_add(&gs_odd, 1);
+  }
+  atomic_fetch_add(&gs_done, 1);
+  return NULL;
+}
+
+/* The owner's rounds on its own c. */
+static void gs_own(long *c) {
+  for (int r = 0; r < GS_ROUNDS; r++) {
+    __transaction_atomic {
+      (*c)++;
+      long sum = 0;
+      for (int k = 0; k < 8; k++) sum += gs_spread[k];
+      gs_sink = sum;
+      (*c)++;
+    }
+  }
+}
+
+static void *gs_owner(void *arg) {
+  (void)arg;
+  atomic_store(&gs_tls_ptr, &gs_tls);
+  gate_wait(&gs_gate);
+  gs_own(gs_opaque(&gs_tls));
+  while (atomic_load(&gs_done) < GT_THREADS) sched_yield();
+  gs_tls_final = gs_tls;
+  return NULL;
+}
+
+TEST_IMPL(gnutm_stack_shared) {
+  /* A lost update needs an owner's abort to land between another
+  ** thread's read and commit: a few rounds make it near certain. */
+  for (int rep = 0; rep < 4; rep++) {
+    long counter = 0;
+    pthread_t th[GT_THREADS], owner;
+    gate_init(&gs_gate);
+    for (int k = 0; k < GT_THREADS; k++)
+      spawn(&th[k], gs_bump, gs_opaque(&counter));
+    gate_open(&gs_gate);
+    gs_own(gs_opaque(&counter));
+    for (int k = 0; k < GT_THREADS; k++) thread_join(th[k]);
+    ASSERT_EQ(atomic_load(&gs_odd), 0);
+    ASSERT_EQ(counter, (long)(GT_THREADS + 1) * 2 * GS_ROUNDS);
+
+    gate_init(&gs_gate);
+    atomic_store(&gs_done, 0);
+    atomic_store(&gs_tls_ptr, NULL);
+    spawn(&owner, gs_owner, NULL);
+    while (atomic_load(&gs_tls_ptr) == NULL) sched_yield();
+    for (int k = 0; k < GT_THREADS; k++)
+      spawn(&th[k], gs_bump, atomic_load(&gs_tls_ptr));
+    gate_open(&gs_gate);
+    for (int k = 0; k < GT_THREADS; k++) thread_join(th[k]);
+    thread_join(owner);
+    ASSERT_EQ(atomic_load(&gs_odd), 0);
+    ASSERT_EQ(gs_tls_final, (long)(GT_THREADS + 1) * 2 * GS_ROUNDS);
+  }
+}
+
 /* User actions from the compiler's instrumentation: undo actions run
 ** newest first on __transaction_cancel; a commit action runs a
 ** __transaction_atomic that cancels and a __transaction_relaxed of its own

@@ -396,6 +396,15 @@ AME_EXTERN unsigned ame__tx_enter(ame_tx_t *tx, void (*resume)(ame_tx_t *tx),
 AME_EXTERN unsigned ame__tx_leave(ame_tx_t *tx);
 AME_EXTERN void ame__store_masked(ame_tx_t *tx, uintptr_t *addr,
                                   uintptr_t v, uintptr_t mask);
+/* Lock the orec of the aligned word at addr as a store would, writing
+** nothing, and give the granule a new version when the lock is released,
+** whether the attempt commits or not: a reader with an older snapshot
+** that meets it then aborts.  For memory the caller writes outside the
+** STM while the transaction runs: a heap's allocator (heap_alloc.c), and
+** libame-itm's stores to the thread's own stack, which ame_tx_save
+** undo-logs (an abort restores those bytes before it releases the
+** orecs). */
+AME_EXTERN void ame__tx_claim(ame_tx_t *tx, uintptr_t *addr);
 
 #define AME__STR2(x) #x
 #define AME__STR(x) AME__STR2(x)
