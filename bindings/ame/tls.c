@@ -51,6 +51,9 @@ int ame__tls_init(struct ame__tls *t, uintptr_t ssl) {
   t->wbio = w;
   t->server = SSL_is_server(s);
   if (t->server && tickets_dead(s)) SSL_set_num_tickets(s, 0);
+  /* A write that waited (ame__tls_encrypt returning 1) is retried from
+  ** the stream's queue, which may have grown meanwhile. */
+  SSL_set_mode(s, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   return 0;
 }
 
@@ -184,15 +187,22 @@ int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
   return out;
 }
 
-int ame__tls_encrypt(struct ame__tls *t, const void *p, size_t n) {
+int ame__tls_encrypt(struct ame__tls *t, const void *p, size_t n,
+                     size_t *took) {
+  *took = 0;
   if (t->failed) return -1;
   ERR_clear_error();
   while (n > 0) {
     int chunk = n > (1u << 30) ? 1 << 30 : (int)n;
-    /* Memory BIOs take everything: a write completes whole. */
     int rc = SSL_write((SSL *)t->ssl, p, chunk);
     if (rc <= 0) {
-      record(t, rc);
+      int e = record(t, rc);
+      /* Memory BIOs take everything, so only a handshake under way (the
+      ** peer asked for a TLS 1.2 renegotiation) waits: for its records,
+      ** as Twisted's TLS keeps the bytes until its next read. */
+      if (!t->failed && (e == SSL_ERROR_WANT_READ ||
+                         e == SSL_ERROR_WANT_WRITE))
+        return 1;
       if (!t->failed) { /* no progress possible: a protocol error here */
         t->failed = 1;
         t->ekind = AME_TLS_EEOF;
@@ -201,6 +211,7 @@ int ame__tls_encrypt(struct ame__tls *t, const void *p, size_t n) {
     }
     p = (const char *)p + rc;
     n -= (size_t)rc;
+    *took += (size_t)rc;
   }
   return 0;
 }

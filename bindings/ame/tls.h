@@ -100,8 +100,12 @@ int ame__tls_heavy(const struct ame__tls *t);
 int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
                      size_t cap);
 
-/* Encrypt n bytes (the handshake complete).  Return 0, or -1 (failed). */
-int ame__tls_encrypt(struct ame__tls *t, const void *p, size_t n);
+/* Encrypt n bytes (the handshake complete).  Return 0 (all taken), -1
+** (failed), or 1: OpenSSL takes no more until the peer's next records (a
+** TLS 1.2 renegotiation in progress), *took bytes taken so far; write the
+** rest after the next ame__tls_advance. */
+int ame__tls_encrypt(struct ame__tls *t, const void *p, size_t n,
+                     size_t *took);
 
 /* Write our close_notify (once). */
 void ame__tls_shutdown(struct ame__tls *t);

@@ -717,17 +717,24 @@ static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
 static void tls_seal(struct core *c, struct fconn *f, int shut) {
   struct ame__tls *t = f->tls;
   size_t took = 0;
-  int fail = 0;
+  int fail = 0, wait = 0;
   if (shut) t->shut_asked = 1;
   if (t->busy) return; /* the pool has the SSL object: after the step */
   if (t->hs && !t->failed) {
-    for (struct ame__chunk *ch = f->tplain.head; ch && !fail; ch = ch->next) {
-      size_t len = ch->len - ch->off;
-      if (ame__tls_encrypt(t, ch->data + ch->off, len) != 0) fail = 1;
-      took += len;
+    struct ame__chunk *ch;
+    while ((ch = f->tplain.head) != NULL) {
+      size_t len = ch->len - ch->off, n;
+      int rc = ame__tls_encrypt(t, ch->data + ch->off, len, &n);
+      took += n;
+      if (rc != 0) {
+        fail = rc < 0;
+        wait = rc > 0; /* the rest after the peer's next records */
+        ame__oq_consume(&f->tplain, n);
+        break;
+      }
+      ame__oq_consume(&f->tplain, len);
     }
-    if (!fail) ame__oq_clear(&f->tplain);
-    if (!fail && t->shut_asked && !t->shut) ame__tls_shutdown(t);
+    if (!fail && !wait && t->shut_asked && !t->shut) ame__tls_shutdown(t);
   }
   size_t added = 0;
   int oom = ame__tls_output(t, &f->wq, c->tls_buf, AME_RECV_SIZE, &added);

@@ -140,6 +140,23 @@ void ame__oq_splice(ame__oqueue_t *dst, ame__oqueue_t *src) {
   src->bytes = 0;
 }
 
+void ame__oq_consume(ame__oqueue_t *q, size_t n) {
+  q->bytes -= n;
+  /* Free the chunks taken whole; advance into the first one that was not. */
+  while (q->head) {
+    struct ame__chunk *c = q->head;
+    size_t in = c->len - c->off;
+    if (n < in) {
+      c->off += n;
+      break;
+    }
+    n -= in;
+    q->head = c->next;
+    if (q->head == NULL) q->tail = NULL;
+    free(c);
+  }
+}
+
 int ame__oq_flush(ame__oqueue_t *q, int fd, size_t *sent) {
   size_t total = 0;
   int rc = 0;
@@ -161,22 +178,8 @@ int ame__oq_flush(ame__oqueue_t *q, int fd, size_t *sent) {
       rc = (int)r;
       break;
     }
-    size_t left = (size_t)r;
-    total += left;
-    q->bytes -= left;
-    /* Free the chunks sent whole; advance into the first one that was not. */
-    while (q->head) {
-      struct ame__chunk *c = q->head;
-      size_t in = c->len - c->off;
-      if (left < in) {
-        c->off += left;
-        break;
-      }
-      left -= in;
-      q->head = c->next;
-      if (q->head == NULL) q->tail = NULL;
-      free(c);
-    }
+    total += (size_t)r;
+    ame__oq_consume(q, (size_t)r);
     if ((size_t)r < offered) { /* the kernel took less: it is full */
       rc = -EAGAIN;
       break;

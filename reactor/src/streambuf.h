@@ -99,6 +99,10 @@ void ame__oq_splice(ame__oqueue_t *dst, ame__oqueue_t *src);
 ** another -errno: the socket failed (q keeps what was not sent). */
 int ame__oq_flush(ame__oqueue_t *q, int fd, size_t *sent);
 
+/* Drop the first n bytes queued (n at most q->bytes): chunks taken whole
+** are freed. */
+void ame__oq_consume(ame__oqueue_t *q, size_t n);
+
 /* Drop everything queued; q is left empty. */
 void ame__oq_clear(ame__oqueue_t *q);
 

@@ -881,6 +881,77 @@ class TLSBehaviourMixin:
             ("refused", "Must write bytes to a TLS transport, not str.")] * 2)
         self.assertTLS(reactor, 2)
 
+    def test_writeDuringRenegotiation(self):
+        """
+        A client's write while the server's TLS 1.2 renegotiation waits
+        for the server's next records is sent once the renegotiation is
+        done, as Twisted's TLS keeps it until its next read.
+        """
+        reactor = self.buildReactor()
+        cert = tssl.PrivateCertificate.loadPEM(CERTS["server"])
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        ctx.use_certificate(cert.original)
+        ctx.use_privatekey(cert.privateKey.original)
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        wrote = threading.Event()
+        out = {}
+
+        def server():
+            s, _ = listener.accept()
+            c = SSL.Connection(ctx, s)
+            c.set_accept_state()
+            c.do_handshake()
+            c.send(b"MARK")
+            c.renegotiate()
+            c.do_handshake()  # HelloRequest; then wait for the client's write
+            wrote.wait(10)
+            s.settimeout(10)
+            got = b""
+            try:
+                while len(got) < 5:
+                    try:
+                        got += c.recv(100)
+                    except SSL.WantReadError:
+                        continue
+            except SSL.Error as e:
+                out["error"] = e
+            out["got"] = got
+            out["renegotiations"] = c.total_renegotiations()
+            s.close()
+
+        thread = threading.Thread(target=server, daemon=True)
+        thread.start()
+
+        class Client(protocol.Protocol):
+            def dataReceived(self, data):
+                if data == b"MARK":
+                    # After the HelloRequest: the client's answer waits for
+                    # the server, which reads again only once told.
+                    reactor.callLater(0.2, self.write)
+
+            def write(self):
+                self.transport.write(b"hello")
+                reactor.callLater(0.2, wrote.set)
+
+            def connectionLost(self, reason):
+                reactor.stop()
+
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.connectSSL("127.0.0.1", listener.getsockname()[1],
+                           protocol.ClientFactory.forProtocol(Client),
+                           tssl.CertificateOptions())
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active())
+        timer.cancel()
+        thread.join(10)
+        self.assertEqual(out.get("got"), b"hello", out)
+        self.assertEqual(out["renegotiations"], 1)
+        self.assertTLS(reactor, 1)
+
     def test_clientVerifyCallbackFallsBack(self):
         """
         A client context whose verify callback is the program's own, even
