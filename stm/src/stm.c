@@ -104,7 +104,7 @@ static void release_token(ame_tx_t *tx);
 static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) __attribute__((noreturn));
 static void reclaim(ame_tx_t *tx, int force);
-static void commit(ame_tx_t *tx);
+static inline void commit(ame_tx_t *tx);
 static void end_tx(ame_tx_t *tx);
 static uintptr_t validate(ame_tx_t *tx);
 static void log_full(ame_tx_t *tx);
@@ -1372,17 +1372,25 @@ static void write_back(ame_tx_t *tx) {
 ** its snapshot to it sees them all, and meets the orecs not yet released
 ** still locked.  (A heap's commit keeps the two passes, write_back() then
 ** release_locks(): its recovery and crash tests name the phase between.) */
-static void write_back_release(ame_tx_t *tx, uintptr_t version) {
-  for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
-    struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
-                                               : c->e + AME__WCHUNK;
-    for (struct ame__wentry *e = c->e; e < end; e++) {
-      if (!e->head) continue;
-      for (const struct ame__wentry *w = e; w; w = w->next) write_entry(w);
-      STORE_REL(e->orec, version);
-    }
-    if (c == tx->w_chunk) break;
+static inline void write_back_release_run(struct ame__wentry *e,
+                                          const struct ame__wentry *end,
+                                          uintptr_t version) {
+  for (; e < end; e++) {
+    if (!e->head) continue;
+    const struct ame__wentry *w = e;
+    do {
+      write_entry(w);
+      w = w->next;
+    } while (w);
+    STORE_REL(e->orec, version);
   }
+}
+
+static void write_back_release(ame_tx_t *tx, uintptr_t version) {
+  struct ame__wchunk *c = tx->w_first;
+  for (; c != tx->w_chunk; c = c->next)
+    write_back_release_run(c->e, c->e + AME__WCHUNK, version);
+  write_back_release_run(c->e, c->e + tx->w_i, version);
 }
 
 /* Set every orec we hold to `version` (or back to its old version if
@@ -1494,45 +1502,57 @@ static inline int commit_plain(const ame_tx_t *tx) {
           tx->undo.n | tx->attempt | tx->conflicts) == 0;
 }
 
-static void commit(ame_tx_t *tx) {
-  uintptr_t ts = 0;
-  /* The common case, with nothing to do but commit (no handlers, frees,
-  ** allocations, saved bytes, privatization, irrevocability, earlier
-  ** aborts), stays short: a reader has nothing to do, a writer in the
-  ** process's own domain takes its timestamp, validates if needed, and
-  ** writes back and releases.  (A heap's writers take the long way: its
-  ** commit records its phases for recovery.) */
-  if (tx->w_n == 0 ? commit_plain(tx)
-                   : !tx->dom->shared && commit_plain(tx)) {
-    if (tx->w_n == 0) {
-      STAT_INC(tx, commits_ro);
-    } else {
-      if (LOAD(&tx->killed)) abort_tx(tx, AME_ABORT_KILLED, 0, NULL);
-      struct ame__dom *d = tx->dom;
-      ts = __atomic_add_fetch(&d->clock, 1, __ATOMIC_ACQ_REL);
-      if ((ts - 1) << 1 != tx->h.snapshot) {
-        uintptr_t bad = validate(tx);
-        if (bad) abort_tx(tx, AME_ABORT_COMMIT, bad, NULL);
-      }
-      ame__fence_release(); /* the locks taken before the words written back */
-      write_back_release(tx, ts << 1);
-      tx->seen = ts;
-      if (LOAD(&d->retry_waiters)) {
-        __atomic_add_fetch(&d->retry_seq, 1, __ATOMIC_RELEASE);
-        syscall(SYS_futex, &d->retry_seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL,
-                NULL, 0);
-      }
-    }
-    STAT_INC(tx, commits);
-    if (AME__UNLIKELY(LOAD(&tx->stats.max_attempts) == 0))
-      STORE(&tx->stats.max_attempts, 1);
-    tx->nesting = 0;
-    tx->h.snapshot = 0;
-    tx->irr_user = 0;
-    STORE_REL(&tx->active, AME__IDLE);
-    if (AME__UNLIKELY(tx->limbo.n) && scan_overdue(tx)) reclaim(tx, 0);
+/* A plain writer's commit in the process's own domain: take its
+** timestamp, validate if needed, write back and release.  Out of line, so
+** that commit() below, inlined into its callers, stays small. */
+static void commit_writes(ame_tx_t *tx) {
+  if (LOAD(&tx->killed)) abort_tx(tx, AME_ABORT_KILLED, 0, NULL);
+  struct ame__dom *d = tx->dom;
+  uintptr_t ts = __atomic_add_fetch(&d->clock, 1, __ATOMIC_ACQ_REL);
+  if ((ts - 1) << 1 != tx->h.snapshot) {
+    uintptr_t bad = validate(tx);
+    if (bad) abort_tx(tx, AME_ABORT_COMMIT, bad, NULL);
+  }
+  ame__fence_release(); /* the locks taken before the words written back */
+  write_back_release(tx, ts << 1);
+  tx->seen = ts;
+  if (LOAD(&d->retry_waiters)) {
+    __atomic_add_fetch(&d->retry_seq, 1, __ATOMIC_RELEASE);
+    syscall(SYS_futex, &d->retry_seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL,
+            0);
+  }
+}
+
+static void commit_full(ame_tx_t *tx);
+
+/* Commit the outermost transaction.  The common case, with nothing to do
+** but commit (no handlers, frees, allocations, saved bytes, privatization,
+** irrevocability, earlier aborts), stays short and inline, so that a
+** reader's commit is a few stores and saves no registers: a reader has
+** nothing to do, a writer in the process's own domain takes the few steps
+** of commit_writes().  Everything else, and a heap's writers, whose commit
+** records its phases for recovery, take commit_full(). */
+static inline __attribute__((always_inline)) void commit(ame_tx_t *tx) {
+  if (AME__UNLIKELY(!commit_plain(tx) || (tx->w_n && tx->dom->shared))) {
+    commit_full(tx);
     return;
   }
+  if (tx->w_n == 0)
+    STAT_INC(tx, commits_ro);
+  else
+    commit_writes(tx);
+  STAT_INC(tx, commits);
+  if (AME__UNLIKELY(LOAD(&tx->stats.max_attempts) == 0))
+    STORE(&tx->stats.max_attempts, 1);
+  tx->nesting = 0;
+  tx->h.snapshot = 0;
+  tx->irr_user = 0;
+  STORE_REL(&tx->active, AME__IDLE);
+  if (AME__UNLIKELY(tx->limbo.n) && scan_overdue(tx)) reclaim(tx, 0);
+}
+
+static void commit_full(ame_tx_t *tx) {
+  uintptr_t ts = 0;
   if (tx->w_n == 0) {
     STAT_INC(tx, commits_ro);
   } else {
