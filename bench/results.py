@@ -109,14 +109,19 @@ def stm_section(d):
         if key not in by:
             configs.append(key)
         by.setdefault(key, {})[r["variant"]] = r
-    variants = [v for v in ("ame", "itm", "ame-itm", "tinystm",
+    variants = [v for v in ("ame", "itm", "itm-stm", "ame-itm", "tinystm",
                             "tinystm-itm", "mutex", "seq")
                 if any(v in by[k] for k in configs)]
     head = (["configuration", "threads"] + ["%s ops/s" % v for v in variants]
             + ["ame x seq", "ame x itm", "ame 2t/1t", "ame aborts/commit"])
+    with_is = "itm-stm" in variants
+    if with_is:
+        head += ["ame x itm-stm"]
     with_ai = "ame-itm" in variants
     if with_ai:
         head += ["ame-itm x itm", "ame-itm x ame"]
+        if with_is:
+            head += ["ame-itm x itm-stm"]
     with_tiny = "tinystm" in variants
     if with_tiny:
         head += ["ame x tinystm", "tinystm aborts/commit"]
@@ -134,9 +139,12 @@ def stm_section(d):
                        fmt_ratio(ame.get("vs_itm")),
                        fmt_ratio(ame.get("vs_1t")),
                        fmt_apc(ame.get("aborts_per_commit"))]
+                    + ([fmt_ratio(ame.get("vs_itm_stm"))] if with_is else [])
                     + ([fmt_ratio(vs.get("ame-itm", {}).get("vs_itm")),
                         fmt_ratio(vs.get("ame-itm", {}).get("vs_ame"))]
                        if with_ai else [])
+                    + ([fmt_ratio(vs.get("ame-itm", {}).get("vs_itm_stm"))]
+                       if with_ai and with_is else [])
                     + ([fmt_ratio(ame.get("vs_tinystm")),
                         fmt_apc(vs.get("tinystm", {}).get(
                             "aborts_per_commit"))]
@@ -153,6 +161,14 @@ def stm_section(d):
                "thread count; 2t/1t: against ame at 1 thread; ame-itm: "
                "the itm variant's -fgnu-tm code linked against libame-itm "
                "(x ame: against ame's own API at the same thread count)"
+               + ("; itm-stm: the itm binary on libitm's own STM "
+                  "(ITM_DEFAULT_METHOD=ml_wt), where itm is libitm's "
+                  "default%s" % (
+                      ", which on this CPU (it has Intel RTM) runs each "
+                      "transaction first as a hardware transaction, "
+                      "uninstrumented, with serial-mode fallback"
+                      if d["machine"].get("rtm") else "")
+                  if with_is else "")
                + ("; tinystm: TinySTM's own API on the same source, its "
                   "default build (x tinystm: ame against it at the same "
                   "thread count, above 1 when ame is ahead)"
@@ -519,15 +535,22 @@ def git_state():
                             ", with uncommitted changes" if changed else "")
 
 
-def render(found, missing, command, when_done):
+def render(found, missing, command, when_done, runners=RUNNERS):
     first = min((d["machine"] for d in found.values()),
                 key=lambda m: m.get("started", ""))
     quick = [name for name, d in found.items() if d["settings"].get("quick")]
     out = ["# Benchmark results", ""]
-    out.append("Written by `make bench` (bench/results.py, from the runners' "
-               "`--json-out` files); every ratio is against a baseline "
-               "measured in the same run, on the machine below. "
-               "bench/README.md says what each benchmark does.")
+    if runners is RUNNERS:
+        out.append("Written by `make bench` (bench/results.py, from the "
+                   "runners' `--json-out` files); every ratio is against a "
+                   "baseline measured in the same run, on the machine below. "
+                   "bench/README.md says what each benchmark does.")
+    else:
+        out.append("Written by bench/results.py from the `--json-out` files "
+                   "of %s alone, run by the command below; every ratio is "
+                   "against a baseline measured in the same run, on the "
+                   "machine below. bench/README.md says what each benchmark "
+                   "does." % ", ".join("`bench/%s`" % r[1] for r in runners))
     out.append("")
     if quick:
         out.append("**Quick run** (`--quick`: one short repetition of each "
@@ -574,7 +597,7 @@ def render(found, missing, command, when_done):
 
     out += ["", "## Bars", ""]
     body = []
-    for name, _, title in RUNNERS:
+    for name, _, title in runners:
         d = found.get(name, {})
         other = d.get("machine", {}).get("other_cpus")
         for b in d.get("bars", []):
@@ -588,7 +611,7 @@ def render(found, missing, command, when_done):
     out.append(table(["benchmark", "bar", "target", "figure", "verdict"],
                      body, right_from=5))
 
-    for name, script, title in RUNNERS:
+    for name, script, title in runners:
         out += ["", "## %s (`bench/%s`)" % (title, script), ""]
         if name not in found:
             out.append("No results (the runner failed or was not run).")
@@ -618,13 +641,25 @@ def main():
                     default=os.path.join(REPO, "bench", "RESULTS.md"),
                     help="the file to write, '-' for stdout (default: "
                          "bench/RESULTS.md)")
+    ap.add_argument("--runners", default=None,
+                    help="comma-separated runners to render, of %s "
+                         "(default: all; a file of some of them says so, "
+                         "e.g. a scaling run on a larger machine)"
+                         % ",".join(r[0] for r in RUNNERS))
     args = ap.parse_args()
+    runners = RUNNERS
+    if args.runners:
+        names = args.runners.split(",")
+        unknown = [n for n in names if n not in [r[0] for r in RUNNERS]]
+        if unknown:
+            ap.error("unknown runner: %s" % ", ".join(unknown))
+        runners = tuple(r for r in RUNNERS if r[0] in names)
     builddir = args.builddir
     if not os.path.isdir(builddir) and os.path.isdir(
             os.path.join(REPO, builddir)):
         builddir = os.path.join(REPO, builddir)
     found, missing, done = {}, [], None
-    for name, _, _ in RUNNERS:
+    for name, _, _ in runners:
         path = os.path.join(builddir, "bench-%s.json" % name)
         try:
             found[name] = load_saved(path)
@@ -635,7 +670,7 @@ def main():
         print("results: no bench-*.json in %s: run make bench" % builddir,
               file=sys.stderr)
         return 2
-    text = render(found, missing, args.command, done)
+    text = render(found, missing, args.command, done, runners)
     if args.output == "-":
         sys.stdout.write(text)
     else:

@@ -47,7 +47,13 @@ from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
                       print_machine, ratio, resolve_builddir, round_robin,
                       run_json, runner_parser)
 
-VARIANTS = ("ame", "itm", "ame-itm", "tinystm", "mutex", "seq")
+VARIANTS = ("ame", "itm", "itm-stm", "ame-itm", "tinystm", "mutex", "seq")
+# The itm binary on libitm's own STM: where the CPU has Intel RTM, libitm's
+# default runs each transaction first as a hardware transaction (its HTM
+# fast path, uninstrumented code, serial-mode fallback); this variant asks
+# for its multi-lock write-through STM (ml_wt) instead, the software
+# algorithm that libame-itm replaces.
+ITM_STM_METHOD = "ml_wt"
 # Run where built (meson -Dtinystm=DIR), never reported as missing.
 OPTIONAL = ("tinystm",)
 # Not run unless --tinystm is given.
@@ -107,7 +113,7 @@ TINYSTM_LIBDIR = None
 
 
 def binary(builddir, prog, variant):
-    if variant == TINYSTM_ITM:
+    if variant in (TINYSTM_ITM, "itm-stm"):
         variant = "itm"
     return os.path.join(builddir, "bench", "bench-%s-%s" % (prog, variant))
 
@@ -116,6 +122,8 @@ def command(builddir, cfg, variant, duration, seed):
     cmd = [binary(builddir, cfg["prog"], variant)]
     if variant == TINYSTM_ITM:
         cmd = ["env", "LD_LIBRARY_PATH=" + TINYSTM_LIBDIR] + cmd
+    elif variant == "itm-stm":
+        cmd = ["env", "ITM_DEFAULT_METHOD=" + ITM_STM_METHOD] + cmd
     for k, v in cfg.items():
         if k != "prog":
             cmd += ["-" + k, str(v)]
@@ -223,6 +231,9 @@ def summarise(configs, variants_for, results, failures):
                          if v != "itm" else None)
         row["vs_ame"] = (ratio(row["median"], med.get((key, t, "ame")))
                          if v == "ame-itm" else None)
+        row["vs_itm_stm"] = (ratio(row["median"],
+                                   med.get((key, t, "itm-stm")))
+                             if v in ("ame", "ame-itm") else None)
         # ame against TinySTM's own API; tinystm-itm (TinySTM's GCC ABI
         # layer) against the same, what the ABI costs TinySTM; ame-itm
         # against tinystm-itm, the two ABI layers side by side.
@@ -257,14 +268,17 @@ def evaluate_bars(rows):
     r1 = find_row(rows, "rbtree", 20, 1, "ame")
     r2 = find_row(rows, "rbtree", 20, 2, "ame")
     r100 = find_row(rows, "rbtree", 100, 2, "ame")
+    htm = rtm_cpu()
     bar("rbtree 20% upd, 1 thread: ame vs seq",
         r1 and r1["vs_seq"], ">=", 0.6, fmt_bar_ratio)
     bar("rbtree 20% upd, 2 threads: ame vs itm",
-        r2 and r2["vs_itm"], ">=", 2.0, fmt_bar_ratio)
+        r2 and r2["vs_itm"], ">=", 2.0, fmt_bar_ratio,
+        note=itm_note(r2, htm))
     bar("rbtree 20% upd: ame 2 threads / 1 thread",
         r2 and r2["vs_1t"], ">=", 1.8, fmt_bar_ratio)
     bar("rbtree 100% upd, 2 threads: ame vs itm",
-        r100 and r100["vs_itm"], ">=", 2.0, fmt_bar_ratio)
+        r100 and r100["vs_itm"], ">=", 2.0, fmt_bar_ratio,
+        note=itm_note(r100, htm))
     bar("rbtree 100% upd, 2 threads: ame aborts/commit",
         r100 and r100["aborts_per_commit"], "<=", 0.1,
         lambda x: fmt_apc(x, none="n/a"))
@@ -275,11 +289,41 @@ def evaluate_bars(rows):
         ri = find_row(rows, "rbtree", u, 2, "ame-itm")
         rt = find_row(rows, "rbtree", u, 2, TINYSTM_ITM)
         bar("rbtree %d%% upd, 2 threads: ame-itm vs itm" % u,
-            ri and ri["vs_itm"], ">=", 2.0, fmt_bar_ratio)
+            ri and ri["vs_itm"], ">=", 2.0, fmt_bar_ratio,
+            note=itm_note(ri, htm))
         bar("rbtree %d%% upd, 2 threads: ame-itm vs ame" % u,
             ri and ri["vs_ame"], ">=", 0.8, fmt_bar_ratio,
             note=abi_note(ri, rt))
     return bars
+
+
+def rtm_cpu():
+    """Whether this machine's CPU has Intel RTM (the rtm flag), which
+    libitm's default uses for its HTM fast path; None if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "rtm" in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return None
+
+
+def itm_note(row, htm):
+    """The same-run context of a bar against libitm: what libitm ran (its
+    HTM fast path where the CPU has RTM) and the row against libitm's own
+    STM (itm-stm) when that ran."""
+    notes = []
+    if htm:
+        notes.append("this CPU has Intel RTM: libitm's default ran its "
+                     "transactions as hardware transactions, with serial "
+                     "fallback")
+    if row is not None and row.get("vs_itm_stm") is not None:
+        notes.append("against libitm's own STM (itm-stm, ITM_DEFAULT_METHOD="
+                     "%s) %s" % (ITM_STM_METHOD,
+                                 fmt_ratio(row["vs_itm_stm"])))
+    return "; ".join(notes) or None
 
 
 def abi_note(ame_itm, tinystm_itm):
@@ -300,12 +344,17 @@ def print_table(rows, bars, failures, settings, machine):
           "%s CPUs (%s)" % (settings["reps"], settings["duration_ms"],
                             machine["cpus"], machine["cpu"]))
     print_machine(None, machine, worst="2 threads")
-    print("x seq: against seq at 1 thread; x itm, x ame, x tiny, "
-          "x tiny-itm: against itm, ame, tinystm, tinystm-itm at the same "
-          "thread count; 2t/1t: against the same variant at 1 thread.")
+    print("x seq: against seq at 1 thread; x itm, x itm-stm, x ame, x tiny, "
+          "x tiny-itm: against itm, itm-stm, ame, tinystm, tinystm-itm at "
+          "the same thread count; 2t/1t: against the same variant at 1 "
+          "thread.  itm-stm: the itm binary on libitm's own STM "
+          "(ITM_DEFAULT_METHOD=%s)%s." % (
+              ITM_STM_METHOD,
+              "; this CPU has Intel RTM, which libitm's default (itm) uses "
+              "for hardware transactions" if rtm_cpu() else ""))
     head = ("configuration", "thr", "variant", "ops/s", "min-max",
-            "aborts/commit", "x seq", "x itm", "x ame", "x tiny",
-            "x tiny-itm", "2t/1t")
+            "aborts/commit", "x seq", "x itm", "x itm-stm", "x ame",
+            "x tiny", "x tiny-itm", "2t/1t")
     table = [head]
     for r in rows:
         if r["median"] is None:
@@ -319,6 +368,7 @@ def print_table(rows, bars, failures, settings, machine):
                       rate, spread,
                       fmt_apc(r["aborts_per_commit"], none="n/a"),
                       fmt_ratio(r["vs_seq"]), fmt_ratio(r["vs_itm"]),
+                      fmt_ratio(r.get("vs_itm_stm")),
                       fmt_ratio(r.get("vs_ame")),
                       fmt_ratio(r.get("vs_tinystm")),
                       fmt_ratio(r.get("vs_tinystm_itm")),
@@ -474,6 +524,7 @@ def main():
                 "quick": args.quick, "builddir": builddir,
                 "seed": args.seed, "command": command_line()}
     machine["other_cpus"] = meter.others()
+    machine["rtm"] = rtm_cpu()
     machine["line_transfer_ns"] = (None if fastest is None
                                    else {"min": fastest, "max": dearest})
     return emit(args, {"settings": settings, "machine": machine,
