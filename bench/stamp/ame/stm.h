@@ -41,7 +41,7 @@
   }
 
 #define STM_READ(var) \
-  ((long)ame_load_word_tx(STM_SELF, (const uintptr_t *)(const void *)&(var)))
+  ((long)ame_load_i64_tx(STM_SELF, (const int64_t *)(const void *)&(var)))
 #define STM_READ_P(var) \
   ame_load_ptr_tx(STM_SELF, (void *const *)(const void *)&(var))
 #define STM_READ_F(var) ame_load_float_tx(STM_SELF, &(var))
