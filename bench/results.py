@@ -535,11 +535,13 @@ def git_state():
                             ", with uncommitted changes" if changed else "")
 
 
-def render(found, missing, command, when_done, runners=RUNNERS):
+def render(found, missing, command, when_done, runners=RUNNERS, tree=None):
     first = min((d["machine"] for d in found.values()),
                 key=lambda m: m.get("started", ""))
     quick = [name for name, d in found.items() if d["settings"].get("quick")]
-    out = ["# Benchmark results", ""]
+    out = ["# Benchmark results" + (
+        "" if runners is RUNNERS else
+        ": %s" % ", ".join(r[2] for r in runners)), ""]
     if runners is RUNNERS:
         out.append("Written by `make bench` (bench/results.py, from the "
                    "runners' `--json-out` files); every ratio is against a "
@@ -577,7 +579,7 @@ def render(found, missing, command, when_done, runners=RUNNERS):
     info = [("date", date),
             ("command", "`%s`" % command if command else
              "the runners' commands, below")]
-    tree = git_state()
+    tree = tree or git_state()
     if tree:
         info.append(("tree", tree))
     info += [("CPU", "%s, %s CPUs" % (first.get("cpu") or "?",
@@ -641,6 +643,10 @@ def main():
                     default=os.path.join(REPO, "bench", "RESULTS.md"),
                     help="the file to write, '-' for stdout (default: "
                          "bench/RESULTS.md)")
+    ap.add_argument("--tree", default=None,
+                    help="the tree the figures were taken from, when it is "
+                         "not this checkout as it is now (a run on another "
+                         "machine); default: this checkout's commit")
     ap.add_argument("--runners", default=None,
                     help="comma-separated runners to render, of %s "
                          "(default: all; a file of some of them says so, "
@@ -670,7 +676,7 @@ def main():
         print("results: no bench-*.json in %s: run make bench" % builddir,
               file=sys.stderr)
         return 2
-    text = render(found, missing, args.command, done, runners)
+    text = render(found, missing, args.command, done, runners, args.tree)
     if args.output == "-":
         sys.stdout.write(text)
     else:

@@ -2,9 +2,11 @@
 """Run ame's STM benchmarks against their baselines and print one table.
 
 Every configuration (a data structure, its parameters, a thread count) is
-run with each variant -- ame (ame's STM), itm (GCC libitm), ame-itm (the
-itm variant's -fgnu-tm code linked against libame-itm: GCC's TM ABI on
-ame), mutex (one global lock), seq (no synchronisation, 1 thread only) --
+run with each variant -- ame (ame's STM), itm (GCC libitm; where the CPU
+has Intel RTM its default runs transactions as hardware transactions),
+itm-stm (the same binary on libitm's own STM, ITM_DEFAULT_METHOD=ml_wt),
+ame-itm (the itm variant's -fgnu-tm code linked against libame-itm: GCC's
+TM ABI on ame), mutex (one global lock), seq (no synchronisation, 1 thread only) --
 all built from the same data-structure source (bench/tm.h) -- and tinystm
 (TinySTM's own API, statically linked) where the build has it (meson
 -Dtinystm=DIR, DIR a TinySTM tree built outside this repository with its
@@ -25,8 +27,8 @@ Default matrix: every structure (rbtree, skiplist, hashset: 4096 keys in
 1..8192; list: 256 keys in 1..512; bank: 1024 accounts, 90% transfers, 10%
 balance checks; hotbank: 8 accounts, 90% transfers, no balance checks) at
 1 and 2 threads with 20% updates, plus the red-black tree at 1 and 2
-threads with 100% updates; 1 s per run, 5 repetitions: 63 runs x 5 x 1 s,
-about 5.5 minutes.  --quick: the red-black tree configurations
+threads with 100% updates; 1 s per run, 5 repetitions: 77 runs x 5 x 1 s,
+about 6.5 minutes.  --quick: the red-black tree configurations
 and the other structures at 2 threads only, 1 repetition of 300 ms (about
 10 s).
 
