@@ -6,9 +6,9 @@ run with each variant -- ame (ame's STM), itm (GCC libitm; where the CPU
 has Intel RTM its default runs transactions as hardware transactions),
 itm-stm (the same binary on libitm's own STM, ITM_DEFAULT_METHOD=ml_wt),
 ame-itm (the itm variant's -fgnu-tm code linked against libame-itm: GCC's
-TM ABI on ame), mutex (one global lock), seq (no synchronisation, 1 thread only) --
-all built from the same data-structure source (bench/tm.h) -- and tinystm
-(TinySTM's own API, statically linked) where the build has it (meson
+TM ABI on ame), mutex (one global lock), seq (no synchronisation, 1 thread
+only) -- all built from the same data-structure source (bench/tm.h) -- and
+tinystm (TinySTM's own API, statically linked) where the build has it (meson
 -Dtinystm=DIR, DIR a TinySTM tree built outside this repository with its
 default configuration); then the table also has ratios ame/tinystm per
 structure and thread count.  With --tinystm DIR, also tinystm-itm: the itm
@@ -353,7 +353,7 @@ def print_table(rows, bars, failures, settings, machine):
           "(ITM_DEFAULT_METHOD=%s)%s." % (
               ITM_STM_METHOD,
               "; this CPU has Intel RTM, which libitm's default (itm) uses "
-              "for hardware transactions" if rtm_cpu() else ""))
+              "for hardware transactions" if machine.get("rtm") else ""))
     head = ("configuration", "thr", "variant", "ops/s", "min-max",
             "aborts/commit", "x seq", "x itm", "x itm-stm", "x ame",
             "x tiny", "x tiny-itm", "2t/1t")
