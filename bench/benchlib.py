@@ -99,14 +99,19 @@ def wait_quiet(max_wait):
 
 
 def machine_info():
-    """The CPU model, CPU count, kernel, load average and the time (UTC) at
-    the start of a run."""
+    """The CPU model, CPU count, whether the CPU has Intel RTM (None if
+    unknown), kernel, load average and the time (UTC) at the start of a
+    run."""
     model = platform.processor() or ""
+    rtm = None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    rtm = "rtm" in line.split(":", 1)[1].split()
+                if rtm is not None and model:
                     break
     except OSError:
         pass
@@ -115,7 +120,7 @@ def machine_info():
             load = f.read().split()[:3]
     except OSError:
         load = None
-    return {"cpus": os.cpu_count(), "cpu": model,
+    return {"cpus": os.cpu_count(), "cpu": model, "rtm": rtm,
             "kernel": platform.release(), "loadavg_at_start": load,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

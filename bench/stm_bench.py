@@ -260,8 +260,9 @@ def find_row(rows, structure, update, threads, variant):
     return None
 
 
-def evaluate_bars(rows):
-    """The figures the project is held to.  Return a list of dicts."""
+def evaluate_bars(rows, htm):
+    """The figures the project is held to (htm: whether the CPU has RTM,
+    for the notes on the bars against libitm).  Return a list of dicts."""
     bars = []
 
     def bar(name, figure, op, target, fmt, note=None):
@@ -270,7 +271,6 @@ def evaluate_bars(rows):
     r1 = find_row(rows, "rbtree", 20, 1, "ame")
     r2 = find_row(rows, "rbtree", 20, 2, "ame")
     r100 = find_row(rows, "rbtree", 100, 2, "ame")
-    htm = rtm_cpu()
     bar("rbtree 20% upd, 1 thread: ame vs seq",
         r1 and r1["vs_seq"], ">=", 0.6, fmt_bar_ratio)
     bar("rbtree 20% upd, 2 threads: ame vs itm",
@@ -297,19 +297,6 @@ def evaluate_bars(rows):
             ri and ri["vs_ame"], ">=", 0.8, fmt_bar_ratio,
             note=abi_note(ri, rt))
     return bars
-
-
-def rtm_cpu():
-    """Whether this machine's CPU has Intel RTM (the rtm flag), which
-    libitm's default uses for its HTM fast path; None if unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "rtm" in line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return None
 
 
 def itm_note(row, htm):
@@ -518,7 +505,7 @@ def main():
         failed_runs[f["index"]] = failed_runs.get(f["index"], 0) + 1
         del f["index"]
     rows = summarise(configs, variants_for, results, failed_runs)
-    bars = evaluate_bars(rows)
+    bars = evaluate_bars(rows, machine.get("rtm"))
     fastest, dearest = placement(rows)
     for r in rows:
         del r["_runs"], r["_base_1t"]
@@ -526,7 +513,6 @@ def main():
                 "quick": args.quick, "builddir": builddir,
                 "seed": args.seed, "command": command_line()}
     machine["other_cpus"] = meter.others()
-    machine["rtm"] = rtm_cpu()
     machine["line_transfer_ns"] = (None if fastest is None
                                    else {"min": fastest, "max": dearest})
     return emit(args, {"settings": settings, "machine": machine,
