@@ -282,6 +282,9 @@ void ame__core_polled(struct core *c) {
 
 static void *run_thread(void *arg) {
   struct core *c = arg;
+  /* Named, as the handshake pool's threads are (ame-tls), so that the
+  ** C side's CPU shows apart from Python's in top -H and /proc. */
+  pthread_setname_np(pthread_self(), "ame-io");
   int rc = ame_reactor_run(c->r);
   if (rc != 0)
     fprintf(stderr, "ame._ame: ame_reactor_run: %s\n", strerror(-rc));

@@ -550,6 +550,7 @@ static int tls_job_call(ame_tx_t *tx, void *arg) {
 /* A thread of the handshake pool. */
 static void *tls_pool_main(void *arg) {
   struct core *c = arg;
+  pthread_setname_np(pthread_self(), "ame-tls");
   char *buf = malloc(AME_RECV_SIZE);
   pthread_mutex_lock(&c->lock);
   for (;;) {

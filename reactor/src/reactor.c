@@ -13,6 +13,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -550,7 +551,13 @@ static void worker_loop(struct worker *w) {
   worker_leave(w, &mask);
 }
 
-static void worker_main(void *arg) { worker_loop(arg); }
+/* A worker thread of its own (worker 0 runs on ame_reactor_run's caller,
+** whose name is the caller's), named for top -H, perf and /proc/PID/task:
+** its CPU shows apart from the program's own threads. */
+static void worker_main(void *arg) {
+  pthread_setname_np(pthread_self(), "ame-worker");
+  worker_loop(arg);
+}
 
 /* ------------------------------------------------------------------------
 ** Graceful stop.

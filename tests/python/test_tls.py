@@ -1227,6 +1227,35 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
         self.assertTLS(reactor, n)
         return reactor.ameStats()["tls_c_pool_steps"]
 
+    def test_threadsNamed(self):
+        """
+        ame's C threads carry names of their own (the reactor's ame-io, the
+        handshake pool's ame-tls), so that top -H, perf and /proc show
+        their CPU apart from Python's.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f, _serverOptions())
+
+        def peer():
+            s = self.connect(port, _clientContext())
+            s.sendall(b"quit")
+            self.assertEqual(_recvAll(s), b"QUIT")
+            s.close()
+            names = set()
+            for tid in os.listdir("/proc/self/task"):
+                with open("/proc/self/task/%s/comm" % tid) as c:
+                    names.add(c.read().strip())
+            return names
+
+        names = self.serve(reactor, peer, lambda: f.lost == 1)
+        self.assertTLS(reactor, 1)
+        if self.pooled:
+            self.assertIn("ame-io", names)
+            self.assertIn("ame-tls", names)
+        else:  # io="inline": no thread of ame's own
+            self.assertFalse(names & {"ame-io", "ame-tls"}, names)
+
     def test_poolOnlyForPublicKeySteps(self):
         """
         A server's handshake steps go to the handshake pool where they

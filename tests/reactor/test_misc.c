@@ -548,10 +548,13 @@ TEST_IMPL(call_foreign_threads) {
 /* ------------------------------------------------------------------------
 ** The before_poll hook: called by each worker on its own thread, after
 ** what was ready ran (a posted call's commit is visible to it) and before
-** the worker polls again.
+** the worker polls again.  Worker 1 runs on a thread the reactor started,
+** named ame-worker (worker 0 on ame_reactor_run's caller, whose name
+** stays its own).
 */
 
 static atomic_int g_hook_calls[2];
+static atomic_int g_hook_named; /* worker 1's thread is named ame-worker */
 static atomic_int g_hook_bad_thread;
 static atomic_int g_hook_posted;   /* set by a posted call, at commit */
 static atomic_int g_hook_saw_post; /* the hook saw it */
@@ -564,6 +567,11 @@ static int hook(void *arg) {
     return 0;
   }
   atomic_fetch_add(&g_hook_calls[w], 1);
+  if (w == 1) {
+    char name[16] = "";
+    pthread_getname_np(pthread_self(), name, sizeof name);
+    atomic_store(&g_hook_named, strcmp(name, "ame-worker") == 0 ? 1 : -1);
+  }
   if (atomic_load(&g_hook_posted)) atomic_store(&g_hook_saw_post, 1);
   return 0;
 }
@@ -593,6 +601,9 @@ TEST_IMPL(before_poll_hook) {
   rt_wait(&rt, 10000);
   ASSERT_EQ(atomic_load(&g_hook_bad_thread), 0);
   ASSERT_GE(atomic_load(&g_hook_calls[0]) + atomic_load(&g_hook_calls[1]), 2);
+  /* Every worker calls the hook before its first poll. */
+  ASSERT_GE(atomic_load(&g_hook_calls[1]), 1);
+  ASSERT_EQ(atomic_load(&g_hook_named), 1);
   printf("# before_poll calls: worker 0 %d, worker 1 %d\n",
          atomic_load(&g_hook_calls[0]), atomic_load(&g_hook_calls[1]));
   rt_finish(g_r, fds);
