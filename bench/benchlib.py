@@ -173,6 +173,28 @@ def cpu_ticks(pids):
     return out
 
 
+def thread_ticks(pids):
+    """{(pid, tid): (thread name, utime+stime ticks)} for every thread of
+    the pids still alive (/proc/PID/task/TID/stat)."""
+    out = {}
+    for p in pids:
+        try:
+            tids = os.listdir("/proc/%d/task" % p)
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open("/proc/%d/task/%s/stat" % (p, t)) as f:
+                    data = f.read()
+            except OSError:
+                continue
+            head, rest = data.rsplit(")", 1)
+            rest = rest.split()
+            out[(p, int(t))] = (head.split("(", 1)[1],
+                                int(rest[11]) + int(rest[12]))
+    return out
+
+
 class ServerCPU:
     """The CPU time a server's processes use while a client runs, and what
     other work on the machine used meanwhile:
@@ -184,19 +206,29 @@ class ServerCPU:
 
     seconds counts every thread of the pids (utime + stime from /proc); a
     pid gone by stop() counts up to its last sample; changed says whether
-    any was gone."""
+    any was gone.  by_thread: the same seconds by thread name (ame's C
+    threads are named: ame-io, ame-worker, ame-tls; a Python program's own
+    threads carry the interpreter's name), threads started during the
+    window counted from zero, threads that ended during it missing."""
 
     def __init__(self, pids):
         self.busy0 = machine_busy()
         self.ticks0 = cpu_ticks(pids)
+        self.threads0 = thread_ticks(pids)
         self.pids = pids
 
     def stop(self):
+        threads1 = thread_ticks(self.pids)
         ticks1 = cpu_ticks(self.pids)
         self.busy1 = machine_busy()
         self.changed = len(ticks1) != len(self.ticks0)
         self.seconds = sum(ticks1.get(p, t) - t
                            for p, t in self.ticks0.items()) / float(CLK_TCK)
+        self.by_thread = {}
+        for key, (name, t1) in threads1.items():
+            t0 = self.threads0.get(key, (name, 0))[1]
+            self.by_thread[name] = (self.by_thread.get(name, 0.0)
+                                    + (t1 - t0) / float(CLK_TCK))
         return self.seconds
 
     def others(self, client_cpu, wall):
@@ -640,14 +672,18 @@ def nginx_command(nginx, tmpdir, port, workers, body, tls=None):
     processes, its configuration and files in tmpdir.  tls: (certificate
     file, key file) to serve HTTPS instead, every connection a full
     handshake (no session cache and no session tickets: no session
-    resumes, as with Twisted's CertificateOptions by default)."""
+    resumes, as with Twisted's CertificateOptions by default), TLS 1.3
+    allowed (Debian 12's nginx 1.22 offers only TLS 1.0-1.2 by default,
+    whose handshake costs less CPU than the TLS 1.3 one that Twisted's
+    servers negotiate with the same clients)."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     tls_conf = ""
     if tls:
         tls_conf = ("        ssl_certificate %s;\n"
                     "        ssl_certificate_key %s;\n"
                     "        ssl_session_cache off;\n"
-                    "        ssl_session_tickets off;\n" % tls)
+                    "        ssl_session_tickets off;\n"
+                    "        ssl_protocols TLSv1.2 TLSv1.3;\n" % tls)
     conf = os.path.join(tmpdir, "nginx-%d.conf" % port)
     with open(conf, "w") as f:
         f.write("""%(user)sworker_processes %(workers)d;

@@ -29,6 +29,7 @@ import sys
 import time
 
 from benchlib import REPO, fmt_apc, fmt_rate, fmt_ratio, fmt_us, load_saved
+from twisted_bench import thread_split
 
 # The runners, in the order make bench runs them: (name, script, title).
 RUNNERS = (
@@ -292,6 +293,15 @@ def twisted_section(d):
                       "CPU us/req", "req/s x epoll", "CPU x epoll",
                       "req/s x 1 worker", "CPUs srv / wrk / other",
                       "errors"], body, right_from=3))
+    head, split = thread_split(tw["rows"], lambda a: labels.get(a, a))
+    if split:
+        out += ["", "Where AMEReactor's server CPU goes (unpinned, "
+                "`io=\"thread\"`), CPU us per request by thread: the "
+                "program's Python thread; ame-io, the C reactor; ame-tls, "
+                "the handshake pool (its public-key steps); medians over "
+                "the repetitions (threads that ended during a run are "
+                "missing from the split, not from the total):", "",
+                table(head, split)]
     for n in tw.get("notes", []):
         out.append("")
         out.append("Note: " + n)

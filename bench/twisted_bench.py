@@ -45,6 +45,7 @@ SIGTERM the runner stops every process it started.
 import contextlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -279,6 +280,10 @@ def run_one(args, builddir, key, tmpdir, cpus, check):
             # worker) is missing from the CPU time.
             "tree_changed": after != pids or window.changed,
             "server_cpu_s": cpu_s, "cpu_us_per_req": cpu_s * 1e6 / n,
+            # The same by thread name (ame's C threads: ame-io, ame-worker,
+            # ame-tls; Python's carry the interpreter's name).
+            "cpu_us_per_req_by_thread": {
+                k: v * 1e6 / n for k, v in window.by_thread.items()},
             "server_cpus": cpu_s / wall,
             "wrk_cpu_s": wrk_cpu, "wrk_cpus": wrk_cpu / wall,
             "others_cpus": window.others(wrk_cpu, wall),
@@ -404,6 +409,16 @@ def run_matrix(args, builddir, failures, tmpdir, notes):
     return summarize(keys, results, responses, notes, cpus)
 
 
+def by_thread_median(runs):
+    """{thread name: median server CPU us per request} over the runs (a
+    name missing from a run counts 0 there)."""
+    names = sorted({k for r in runs
+                    for k in r.get("cpu_us_per_req_by_thread", {})})
+    return {k: statistics.median(
+        r.get("cpu_us_per_req_by_thread", {}).get(k, 0.0) for r in runs)
+        for k in names}
+
+
 def summarize(keys, results, responses, notes, cpus):
     rows = []
     for key in keys:
@@ -413,7 +428,8 @@ def summarize(keys, results, responses, notes, cpus):
             {"app": app, "mode": mode, "server": server,
              "label": server_label(server), "workers": run_workers(server),
              "tree_changed": any(r["tree_changed"] for r in runs),
-             "response": responses.get(key)},
+             "response": responses.get(key),
+             "cpu_by_thread_median": by_thread_median(runs)},
             **wrk_summary(runs)))
     by = {(r["app"], r["mode"], r["server"]): r for r in rows}
 
@@ -448,6 +464,12 @@ def summarize(keys, results, responses, notes, cpus):
             notes.append("%s %s %s: the server's process tree changed during "
                          "a run (a worker restarted?): its CPU time is "
                          "incomplete" % (r["app"], r["mode"], r["label"]))
+    protocols = negotiated(rows)
+    if len(protocols) > 1:
+        notes.append("the TLS rows negotiated different protocols (%s): "
+                     "their handshakes are not the same work" % "; ".join(
+                         "%s: %s" % (k, ", ".join(v))
+                         for k, v in sorted(protocols.items())))
     return {"rows": rows, "notes": notes, "cpus_pinned": cpus}
 
 
@@ -524,17 +546,29 @@ def ratio_cell(row, key):
                                  else "MISSED")
 
 
+def negotiated(rows):
+    """{protocol and cipher: [server labels]} over the TLS rows (from each
+    key's check GET)."""
+    out = {}
+    for r in rows:
+        tls = (r.get("response") or {}).get("tls")
+        if r["app"] in TLS and tls and r["label"] not in out.get(tls, []):
+            out.setdefault(tls, []).append(r["label"])
+    return out
+
+
 def print_tls_cpu(rows):
     """Where the TLS CPU goes: per server, the server CPU us per request
     over plain TCP and over TLS, keep-alive and a connection per request,
     and what TLS adds (with a connection per request, mostly the
     handshake)."""
     by = {(r["app"], r["server"]): r for r in rows if r["mode"] == "unpinned"}
-    proto = [r["response"]["tls"] for r in rows
-             if r["app"] in TLS and (r.get("response") or {}).get("tls")]
+    proto = sorted(negotiated(rows).items())
     print("TLS: web.py --tls (Twisted's CertificateOptions, a self-signed "
           "RSA-2048 certificate%s), unpinned; server CPU us per request:"
-          % ("; negotiated " + proto[0] if proto else ""))
+          % ("; negotiated " + proto[0][0] if len(proto) == 1 else
+             "".join("; %s negotiated %s" % (", ".join(v), k)
+                     for k, v in proto)))
     table = []
     for server in TLS_SERVERS:
         cells = []
@@ -547,6 +581,41 @@ def print_tls_cpu(rows):
             table.append((server_label(server),) + tuple(cells))
     print_rows(("server", "keep-alive: TCP", "TLS", "TLS adds",
                 "close: TCP", "TLS", "TLS adds"), table, 1)
+    head, body = thread_split(rows, lambda app: app)
+    if body:
+        print()
+        print("AMEReactor (io thread), server CPU us per request by thread:")
+        print_rows(head, body, 1)
+
+
+# ame's C threads, in the order the by-thread tables show them; any other
+# name is a thread of the Python program (the interpreter's name).
+AME_THREADS = ("ame-io", "ame-worker", "ame-tls")
+SPLIT_APPS = ("webclose", "webtlsclose", "webtlscloseload", "web", "webtls")
+
+
+def thread_split(rows, label):
+    """Where AMEReactor's server CPU goes, by thread, on the TLS section's
+    apps (unpinned): (head, body) of a table of CPU us per request, the
+    program's own threads (Python) first, then ame's C threads, then all.
+    label(app) names an app."""
+    mine = [r for r in rows if r["server"] == "ame" and r["mode"] ==
+            "unpinned" and r["app"] in SPLIT_APPS
+            and r.get("cpu_by_thread_median")]
+    mine.sort(key=lambda r: SPLIT_APPS.index(r["app"]))
+    names = sorted({k for r in mine for k in r["cpu_by_thread_median"]})
+    python = [k for k in names if k not in AME_THREADS]
+    cols = [k for k in AME_THREADS if k in names]
+    head = (["program", "Python (%s)" % ", ".join(python) if python
+             else "Python"] + cols + ["all threads"])
+    body = []
+    for r in mine:
+        t = r["cpu_by_thread_median"]
+        body.append([label(r["app"]),
+                     fmt_us(sum(t.get(k, 0.0) for k in python))]
+                    + [fmt_us(t.get(k)) for k in cols]
+                    + [fmt_us(r["cpu_median"])])
+    return head, body
 
 
 def print_report(d):
