@@ -125,14 +125,25 @@ def machine_info():
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def proc_stat(pid):
-    """(ppid, utime+stime ticks) of pid, or None if it is gone."""
+def read_stat(path):
+    """(name, fields after the name) of a /proc .../stat file, or None if
+    it is gone.  The name is the one in parentheses, which may itself hold
+    spaces or parentheses."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
+        with open(path) as f:
             data = f.read()
     except OSError:
         return None
-    rest = data.rsplit(")", 1)[1].split()
+    head, rest = data.rsplit(")", 1)
+    return head.split("(", 1)[1], rest.split()
+
+
+def proc_stat(pid):
+    """(ppid, utime+stime ticks) of pid, or None if it is gone."""
+    st = read_stat("/proc/%d/stat" % pid)
+    if st is None:
+        return None
+    rest = st[1]
     return int(rest[1]), int(rest[11]) + int(rest[12])
 
 
@@ -140,10 +151,10 @@ def proc_start_time(pid):
     """The start time of pid (ticks since boot, /proc/PID/stat field 22),
     which tells a process from a later one with the same pid; None if
     gone."""
+    st = read_stat("/proc/%d/stat" % pid)
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
+        return int(st[1][19]) if st is not None else None
+    except (ValueError, IndexError):
         return None
 
 
@@ -183,15 +194,9 @@ def thread_ticks(pids):
         except OSError:
             continue
         for t in tids:
-            try:
-                with open("/proc/%d/task/%s/stat" % (p, t)) as f:
-                    data = f.read()
-            except OSError:
-                continue
-            head, rest = data.rsplit(")", 1)
-            rest = rest.split()
-            out[(p, int(t))] = (head.split("(", 1)[1],
-                                int(rest[11]) + int(rest[12]))
+            st = read_stat("/proc/%d/task/%s/stat" % (p, t))
+            if st is not None:
+                out[(p, int(t))] = (st[0], int(st[1][11]) + int(st[1][12]))
     return out
 
 
