@@ -40,7 +40,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -629,8 +628,7 @@ static int recover_slot(struct ame__heap_hdr *h, struct ame__slot *s) {
   if (finished) __atomic_add_fetch(&h->recovered_commits, 1, __ATOMIC_RELAXED);
   /* Wake whoever waits in ame_retry: the write-back may have changed what
   ** they read. */
-  __atomic_add_fetch(&h->dom.retry_seq, 1, __ATOMIC_RELEASE);
-  syscall(SYS_futex, &h->dom.retry_seq, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  ame__retry_wake(&h->dom);
   STORE_REL(&s->state, SLOT_FREE);
   STORE_REL(&s->pid, 0);
   STORE_REL(&s->recoverer, 0);

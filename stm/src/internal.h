@@ -210,6 +210,11 @@ static inline void ame__fence_release(void) {
 #endif
 }
 
+/* Wake every thread waiting in ame_retry() on domain d (a commit or a
+** recovery may have changed what they read): bump d->retry_seq and wake
+** its futex, process-shared for a heap's domain (stm.c). */
+void ame__retry_wake(struct ame__dom *d);
+
 /* Bind a descriptor to domain d (its hot part keeps the orec table). */
 static inline void ame__tx_init_domain(ame_tx_t *tx, struct ame__dom *d) {
   tx->dom = d;

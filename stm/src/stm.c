@@ -1516,11 +1516,7 @@ static void commit_writes(ame_tx_t *tx) {
   ame__fence_release(); /* the locks taken before the words written back */
   write_back_release(tx, ts << 1);
   tx->seen = ts;
-  if (LOAD(&d->retry_waiters)) {
-    __atomic_add_fetch(&d->retry_seq, 1, __ATOMIC_RELEASE);
-    syscall(SYS_futex, &d->retry_seq, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL,
-            0);
-  }
+  if (LOAD(&d->retry_waiters)) ame__retry_wake(d);
 }
 
 static void commit_full(ame_tx_t *tx);
@@ -1616,15 +1612,7 @@ static void commit_full(ame_tx_t *tx) {
   }
   if (privatize) /* a read-only one privatizes by agreement: same wait */
     quiesce_before(tx->dom, tx, ts ? ts : LOAD_ACQ(&tx->dom->clock) + 1);
-  if (ts) {
-    struct ame__dom *d = tx->dom;
-    if (LOAD(&d->retry_waiters)) {
-      __atomic_add_fetch(&d->retry_seq, 1, __ATOMIC_RELEASE);
-      syscall(SYS_futex, &d->retry_seq,
-              d->shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, INT_MAX, NULL,
-              NULL, 0);
-    }
-  }
+  if (ts && LOAD(&tx->dom->retry_waiters)) ame__retry_wake(tx->dom);
   if (tx->on_commit.n) run_handlers(tx, &tx->on_commit);
   tx->on_commit.n = 0;
   STORE_REL(&tx->hold, prev_hold);
@@ -1750,6 +1738,12 @@ void ame_tx_set_site(ame_tx_t *tx, const char *site) { STORE(&tx->site, site); }
 /* ------------------------------------------------------------------------
 ** Retry.
 */
+
+void ame__retry_wake(struct ame__dom *d) {
+  __atomic_add_fetch(&d->retry_seq, 1, __ATOMIC_RELEASE);
+  syscall(SYS_futex, &d->retry_seq, d->shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE,
+          INT_MAX, NULL, NULL, 0);
+}
 
 static int futex_wait(uint32_t *word, uint32_t val, long ns, int shared) {
   struct timespec ts = {ns / 1000000000L, ns % 1000000000L};
