@@ -56,7 +56,8 @@ static void poll_stop_h(ame_handle_t *h) {
     ame__handle_unref(h);
     return;
   }
-  if (h->state == HS_OPEN) uv_poll_stop(&p->p);
+  /* uv_close() stops the watcher (uv_poll_stop() first would only repeat
+  ** its epoll_ctl). */
   ame__close_uv(h, (uv_handle_t *)&p->p);
 }
 
