@@ -1114,6 +1114,22 @@ static PyObject *Core_close(CoreObject *self, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(pool_stop_doc,
+"tls_pool_stop()\n--\n\n"
+"End the TLS handshake pool's threads (after the steps queued for them);\n"
+"the next TLS stream starts them again.  AMEReactor calls it when run()\n"
+"returns.");
+
+static PyObject *Core_tls_pool_stop(CoreObject *self, PyObject *unused) {
+  (void)unused;
+  struct core *c = live(self);
+  if (c == NULL) return NULL;
+  Py_BEGIN_ALLOW_THREADS
+  ame__tls_pool_stop(c);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
 static PyObject *Core_get_closed(CoreObject *self, void *closure) {
   (void)closure;
   return PyBool_FromLong(self->c == NULL);
@@ -1127,6 +1143,8 @@ static PyMethodDef Core_methods[] = {
     {"getaddrinfo", (PyCFunction)Core_getaddrinfo, METH_VARARGS, gai_doc},
     {"stats", (PyCFunction)Core_stats, METH_NOARGS, stats_doc},
     {"close", (PyCFunction)Core_close, METH_NOARGS, close_doc},
+    {"tls_pool_stop", (PyCFunction)Core_tls_pool_stop, METH_NOARGS,
+     pool_stop_doc},
     {"report", (PyCFunction)Core_report, METH_NOARGS, report_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -730,6 +730,22 @@ class AMEReactor(
 
     doIteration = doPoll
 
+    def mainLoop(self):
+        """
+        Twisted's main loop; when it ends (C{run()} returns), the TLS
+        handshake pool's threads end too: a stopped reactor makes no
+        handshakes, and a reactor run again starts them at its next TLS
+        connection.  The C worker stays, for C{ameStats()} and a later
+        C{run()}, until the reactor is collected.
+        """
+        try:
+            posixbase.PosixReactorBase.mainLoop(self)
+        finally:
+            try:
+                self._core.tls_pool_stop()
+            except RuntimeError:
+                pass  # a closed core, or one from before fork(): no pool
+
     # ame.atomic: calls made inside happen once, after the commit.
 
     def _ameAtomicCallLater(self, delay, callable, *args, **kw):

@@ -613,6 +613,9 @@ static int tls_pool_start(struct core *c) {
   return started ? 0 : -rc;
 }
 
+/* Python thread (without the GIL: a thread may be in a handshake step),
+** or the core's free.  Steps still queued run first; from here on the
+** worker runs them itself until tls_pool_start starts a pool again. */
 void ame__tls_pool_stop(struct core *c) {
   if (c->hs_nthreads == 0) return;
   pthread_mutex_lock(&c->lock);
@@ -624,6 +627,7 @@ void ame__tls_pool_stop(struct core *c) {
   c->hs_threads = NULL;
   pthread_mutex_lock(&c->lock);
   c->hs_nthreads = 0;
+  c->hs_stop = 0;
   pthread_mutex_unlock(&c->lock);
 }
 

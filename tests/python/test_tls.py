@@ -336,10 +336,12 @@ class TLSBehaviourMixin:
         for c in reactor.getDelayedCalls():
             c.cancel()
 
-    def serve(self, reactor, peer, until=None):
+    def serve(self, reactor, peer, until=None, crash=False):
         """
         Run the reactor while peer() runs on a thread; stop when it
-        returned and until() (if given) is true.  Return peer's result.
+        returned and until() (if given) is true (crash: end the run with
+        crash() instead, so that the reactor can run again).  Return
+        peer's result.
         """
         out = {}
 
@@ -352,7 +354,7 @@ class TLSBehaviourMixin:
 
         def check():
             if until is None or until():
-                reactor.stop()
+                (reactor.crash if crash else reactor.stop)()
             else:
                 reactor.callLater(0.01, check)
 
@@ -1263,6 +1265,46 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
             self.assertEqual(names, {"ame-io", "ame-tls"})
         else:  # io="inline": no thread of ame's own
             self.assertEqual(names, set())
+
+    def test_poolEndsWithRun(self):
+        """
+        When run() returns, the reactor's handshake pool threads have
+        ended (a stopped reactor in a long-lived process keeps no idle
+        threads of it); run again, the reactor starts them at its next TLS
+        connection, which completes as the first did.
+        """
+        if not self.pooled:
+            raise SkipTest("io=inline has no handshake pool")
+
+        def pool():
+            out = set()
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    with open("/proc/self/task/%s/comm" % tid) as c:
+                        if c.read().strip() == "ame-tls":
+                            out.add(tid)
+                except OSError:  # ended meanwhile
+                    continue
+            return out
+
+        before = pool()  # other reactors' pools in this process
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f, _serverOptions())
+
+        def peer():
+            s = self.connect(port, _clientContext())
+            s.sendall(b"quit")
+            self.assertEqual(_recvAll(s), b"QUIT")
+            s.close()
+            return pool() - before
+
+        for run in (1, 2):
+            during = self.serve(reactor, peer, lambda: f.lost == run,
+                                crash=run == 1)
+            self.assertTrue(during, "no handshake pool thread in run %d" % run)
+            self.assertEqual(pool() & during, set())
+        self.assertTLS(reactor, 2)
 
     def test_poolOnlyForPublicKeySteps(self):
         """
