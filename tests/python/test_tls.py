@@ -242,6 +242,22 @@ def _factory(cls=protocol.Factory):
     return f
 
 
+def _threads(*names):
+    """
+    This process's threads named one of names: {(thread id, name)}.
+    """
+    out = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/comm" % tid) as c:
+                name = c.read().strip()
+        except OSError:  # ended meanwhile
+            continue
+        if name in names:
+            out.add((tid, name))
+    return out
+
+
 def _recvAll(s):
     out = b""
     while True:
@@ -373,6 +389,19 @@ class TLSBehaviourMixin:
                                  interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         return port.getHost().port
+
+    def quitOnce(self, port, after):
+        """
+        A peer for serve(): one connection that says "quit" and reads the
+        answer to its end; then the result of after().
+        """
+        def peer():
+            s = self.connect(port, _clientContext())
+            s.sendall(b"quit")
+            self.assertEqual(_recvAll(s), b"QUIT")
+            s.close()
+            return after()
+        return peer
 
     def connect(self, port, ctx=None):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -1236,30 +1265,16 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
         their CPU apart from Python's.
         """
         def named():
-            out = set()
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    with open("/proc/self/task/%s/comm" % tid) as c:
-                        name = c.read().strip()
-                except OSError:  # ended meanwhile
-                    continue
-                if name in ("ame-io", "ame-tls"):
-                    out.add((tid, name))
-            return out
+            return _threads("ame-io", "ame-tls")
 
         before = named()  # other reactors' threads in this process
         reactor = self.buildReactor()
         f = _factory()
         port = self.listen(reactor, f, _serverOptions())
 
-        def peer():
-            s = self.connect(port, _clientContext())
-            s.sendall(b"quit")
-            self.assertEqual(_recvAll(s), b"QUIT")
-            s.close()
-            return {name for tid, name in named() - before}
-
-        names = self.serve(reactor, peer, lambda: f.lost == 1)
+        names = self.serve(reactor, self.quitOnce(
+            port, lambda: {name for tid, name in named() - before}),
+            lambda: f.lost == 1)
         self.assertTLS(reactor, 1)
         if self.pooled:
             self.assertEqual(names, {"ame-io", "ame-tls"})
@@ -1277,28 +1292,14 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
             raise SkipTest("io=inline has no handshake pool")
 
         def pool():
-            out = set()
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    with open("/proc/self/task/%s/comm" % tid) as c:
-                        if c.read().strip() == "ame-tls":
-                            out.add(tid)
-                except OSError:  # ended meanwhile
-                    continue
-            return out
+            return _threads("ame-tls")
 
         before = pool()  # other reactors' pools in this process
         reactor = self.buildReactor()
         f = _factory()
         port = self.listen(reactor, f, _serverOptions())
 
-        def peer():
-            s = self.connect(port, _clientContext())
-            s.sendall(b"quit")
-            self.assertEqual(_recvAll(s), b"QUIT")
-            s.close()
-            return pool() - before
-
+        peer = self.quitOnce(port, lambda: pool() - before)
         for run in (1, 2):
             during = self.serve(reactor, peer, lambda: f.lost == run,
                                 crash=run == 1)
