@@ -1118,12 +1118,13 @@ PyDoc_STRVAR(pool_stop_doc,
 "tls_pool_stop()\n--\n\n"
 "End the TLS handshake pool's threads (after the steps queued for them);\n"
 "the next TLS stream starts them again.  AMEReactor calls it when run()\n"
-"returns.");
+"returns.  Nothing to do (as for close()) on a closed core, or on one\n"
+"made before fork(), whose threads this process does not have.");
 
 static PyObject *Core_tls_pool_stop(CoreObject *self, PyObject *unused) {
   (void)unused;
-  struct core *c = live(self);
-  if (c == NULL) return NULL;
+  struct core *c = self->c;
+  if (c == NULL || c->fork_gen != fork_gen) Py_RETURN_NONE;
   Py_BEGIN_ALLOW_THREADS
   ame__tls_pool_stop(c);
   Py_END_ALLOW_THREADS

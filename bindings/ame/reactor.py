@@ -741,10 +741,7 @@ class AMEReactor(
         try:
             posixbase.PosixReactorBase.mainLoop(self)
         finally:
-            try:
-                self._core.tls_pool_stop()
-            except RuntimeError:
-                pass  # a closed core, or one from before fork(): no pool
+            self._core.tls_pool_stop()
 
     # ame.atomic: calls made inside happen once, after the commit.
 
