@@ -128,66 +128,106 @@ void ame_itm__stack_log(struct itm_thread *t, void *p, size_t n) {
 
 /* ------------------------------------------------------------------------
 ** Call sites: "function+0xoff [object+0xoff]" for a return address, kept
-** for the life of the process (conflict reports point at them).
+** for the life of the process (conflict reports point at them).  Each
+** transaction names its site, so the names are found in a table that the
+** threads read without a lock: open addressing on the return address,
+** SITE_PROBES slots from its hash, entries added under sites_lock and
+** never removed.  An entry's name is written before its address (release),
+** so a reader that sees the address (acquire) sees the name.  A program
+** with more sites than fit keeps the rest in a list searched under the
+** lock.
 */
+
+#define SITE_SLOTS 4096 /* a power of two */
+#define SITE_PROBES 16
+static struct {
+  uintptr_t rip; /* atomic; 0: free */
+  const char *name;
+} site_tab[SITE_SLOTS];
 
 struct site {
   uintptr_t rip;
   struct site *next;
   char name[];
 };
-#define SITE_BUCKETS 256
-static struct site *sites[SITE_BUCKETS];
+static struct site *site_overflow;
 static pthread_mutex_t sites_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* The name for rip, from the process's table (made on its first use);
-** kept in the thread's cache entry c. */
-static __attribute__((noinline)) const char *site_lookup(
-    struct itm_thread *t, uintptr_t rip, uint64_t h, unsigned c) {
-  unsigned b = (unsigned)(h >> 56) % SITE_BUCKETS;
+/* The slot of rip's first probe. */
+static inline unsigned site_slot(uintptr_t rip) {
+  return (unsigned)((rip * 0x9e3779b97f4a7c15ull) >> 52) & (SITE_SLOTS - 1);
+}
+
+/* "function+0xoff [object+0xoff]" for rip, into buf. */
+static void site_name(uintptr_t rip, char *buf, size_t size) {
+  Dl_info info;
+  if (dladdr((void *)rip, &info) && info.dli_fname) {
+    const char *obj = strrchr(info.dli_fname, '/');
+    obj = obj ? obj + 1 : info.dli_fname;
+    uintptr_t off = rip - (uintptr_t)info.dli_fbase;
+    if (info.dli_sname)
+      snprintf(buf, size, "%s+0x%lx [%s+0x%lx]", info.dli_sname,
+               (unsigned long)(rip - (uintptr_t)info.dli_saddr), obj,
+               (unsigned long)off);
+    else
+      snprintf(buf, size, "[%s+0x%lx]", obj, (unsigned long)off);
+  } else {
+    snprintf(buf, size, "[0x%lx]", (unsigned long)rip);
+  }
+}
+
+/* The name for rip when site_of() did not find it: looked up again, and
+** made and entered, under the lock. */
+static __attribute__((noinline)) const char *site_lookup(uintptr_t rip) {
   pthread_mutex_lock(&sites_lock);
-  struct site *s = sites[b];
-  while (s && s->rip != rip) s = s->next;
-  if (s == NULL) {
+  const char *name = NULL;
+  unsigned i = site_slot(rip), p;
+  for (p = 0; p < SITE_PROBES; p++, i = (i + 1) & (SITE_SLOTS - 1)) {
+    uintptr_t r = __atomic_load_n(&site_tab[i].rip, __ATOMIC_RELAXED);
+    if (r == rip) name = site_tab[i].name;
+    if (r == rip || r == 0) break;
+  }
+  struct site *s = NULL;
+  if (name == NULL)
+    for (s = site_overflow; s && s->rip != rip; s = s->next) continue;
+  if (name == NULL && s == NULL) {
     char buf[256];
-    Dl_info info;
-    if (dladdr((void *)rip, &info) && info.dli_fname) {
-      const char *obj = strrchr(info.dli_fname, '/');
-      obj = obj ? obj + 1 : info.dli_fname;
-      uintptr_t off = rip - (uintptr_t)info.dli_fbase;
-      if (info.dli_sname)
-        snprintf(buf, sizeof buf, "%s+0x%lx [%s+0x%lx]", info.dli_sname,
-                 (unsigned long)(rip - (uintptr_t)info.dli_saddr), obj,
-                 (unsigned long)off);
-      else
-        snprintf(buf, sizeof buf, "[%s+0x%lx]", obj, (unsigned long)off);
-    } else {
-      snprintf(buf, sizeof buf, "[0x%lx]", (unsigned long)rip);
-    }
+    site_name(rip, buf, sizeof buf);
     size_t n = strlen(buf) + 1;
     s = malloc(sizeof *s + n);
     if (s == NULL) {
       pthread_mutex_unlock(&sites_lock);
-      return t->site = "ame-itm (no memory for the site name)";
+      return "ame-itm (no memory for the site name)";
     }
     s->rip = rip;
     memcpy(s->name, buf, n);
-    s->next = sites[b];
-    sites[b] = s;
+    if (p < SITE_PROBES) { /* slot i is free */
+      s->next = NULL;
+      site_tab[i].name = s->name;
+      __atomic_store_n(&site_tab[i].rip, rip, __ATOMIC_RELEASE);
+    } else {
+      s->next = site_overflow;
+      site_overflow = s;
+    }
   }
+  if (name == NULL) name = s->name;
   pthread_mutex_unlock(&sites_lock);
-  t->sites[c].rip = rip;
-  t->sites[c].name = s->name;
-  return t->site = s->name;
+  return name;
 }
 
 /* Name the transaction's call site (t->site) for the return address rip:
-** from the thread's cache when there (no stack frame on that path). */
-static inline const char *site_of(struct itm_thread *t, uintptr_t rip) {
-  uint64_t h = rip * 0x9e3779b97f4a7c15ull;
-  unsigned c = (unsigned)(h >> 60) % ITM_SITE_CACHE;
-  if (ITM_LIKELY(t->sites[c].rip == rip)) return t->site = t->sites[c].name;
-  return site_lookup(t, rip, h, c);
+** the table's entry when there (no lock, no stack frame on that path). */
+static inline void site_of(struct itm_thread *t, uintptr_t rip) {
+  unsigned i = site_slot(rip);
+  for (unsigned p = 0; p < SITE_PROBES; p++, i = (i + 1) & (SITE_SLOTS - 1)) {
+    uintptr_t r = __atomic_load_n(&site_tab[i].rip, __ATOMIC_ACQUIRE);
+    if (ITM_LIKELY(r == rip)) {
+      t->site = site_tab[i].name;
+      return;
+    }
+    if (r == 0) break;
+  }
+  t->site = site_lookup(rip);
 }
 
 /* ------------------------------------------------------------------------

@@ -68,8 +68,6 @@ struct ame_itm_checkpoint {
   uintptr_t rsp, rbx, rbp, r12, r13, r14, r15, rip;
 };
 
-#define ITM_SITE_CACHE 16
-
 /* A user undo action (_ITM_addUserUndoAction). */
 struct itm_action {
   _ITM_userUndoFunction fn;
@@ -89,10 +87,6 @@ struct itm_thread {
   int want_serial;               /* restart in serial mode */
   int user_irrevocable;          /* _ITM_changeTransactionMode was called */
   _ITM_transactionId_t id;       /* 0 until _ITM_getTransactionId asks */
-  struct {                       /* a small cache of call sites */
-    uintptr_t rip;
-    const char *name;
-  } sites[ITM_SITE_CACHE];
   const char *site;              /* the outermost transaction's */
   uintptr_t tsan_depth;          /* TSan: shadow stack depth at begin */
   uintptr_t stack_lo, stack_len; /* the thread's stack */
