@@ -332,6 +332,13 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
         self.connected = False
         ProtocolWrapper.connectionLost(self, reason)
         self._tlsConnection = None
+        # No cycle left for the garbage collector: ProtocolWrapper let the
+        # protocol go; so does the shortcut to its dataReceived
+        # (_ameHandshakeDone), and the producer, which the transport
+        # stopped and let go (Twisted's TLS keeps it, and its membrane
+        # holds the protocol, which holds us).
+        self.__dict__.pop("dataReceived", None)
+        self._producer = None
 
     # Before the handshake, the SSL object is the worker's.
     def getPeerCertificate(self):

@@ -19,12 +19,14 @@ Run with Debian's python and the extension built::
 """
 
 import datetime
+import gc
 import os
 import socket
 import ssl
 import tempfile
 import threading
 import time
+import weakref
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -1306,6 +1308,62 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
             self.assertTrue(during, "no handshake pool thread in run %d" % run)
             self.assertEqual(pool() & during, set())
         self.assertTLS(reactor, 2)
+
+    def test_freedWithoutCollector(self):
+        """
+        A connection whose TLS was C's leaves no reference cycle behind:
+        once it is lost, its TLS protocol and the application's protocol,
+        registered as the connection's producer as twisted.web's channel
+        is, are freed by reference counting alone, as over plain TCP, both
+        when the protocol let go of the producer and closed (as
+        twisted.web does) and when the peer closed.  (A cycle per
+        connection is left to the garbage collector, whose passes a busy
+        server pays for.)
+        """
+        refs = []
+
+        class Producing(_Server):
+            def connectionMade(self):
+                _Server.connectionMade(self)
+                self.transport.registerProducer(self, True)
+                refs.extend([weakref.ref(self), weakref.ref(self.transport)])
+
+            def dataReceived(self, data):
+                if data == b"quit":
+                    self.transport.unregisterProducer()
+                _Server.dataReceived(self, data)
+
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        reactor = self.buildReactor()
+        f = _factory()
+        f.protocol = Producing
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = self.connect(port)
+            s.sendall(b"quit")
+            self.assertEqual(_recvAll(s), b"QUIT")
+            s.close()
+            s = self.connect(port)
+            s.sendall(b"hello")
+            self.assertEqual(s.recv(100), b"HELLO")
+            s.close()
+
+        self.serve(reactor, peer, lambda: f.lost == 2)
+        self.assertTLS(reactor, 2)
+        self.assertEqual(len(refs), 4)
+        self.assertEqual([r() for r in refs if r() is not None], [])
 
     def test_poolOnlyForPublicKeySteps(self):
         """
