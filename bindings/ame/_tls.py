@@ -350,7 +350,27 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
     def negotiatedProtocol(self):
         if self._ameC and not self._handshakeDone:
             return None
-        return tls.TLSMemoryBIOProtocol.negotiatedProtocol.fget(self)
+        if _NPN:
+            return tls.TLSMemoryBIOProtocol.negotiatedProtocol.fget(self)
+        # Twisted's, less the NPN it asks a pyOpenSSL without it for (and
+        # catches the AttributeError) each time ALPN chose nothing.
+        try:
+            name = self._tlsConnection.get_alpn_proto_negotiated()
+        except (NotImplementedError, AttributeError):
+            return None
+        return None if name in (b"", None) else name
+
+    def __conform__(self, interface):
+        # What ProtocolWrapper.__getattr__ finds, the transport's
+        # __conform__ where it has one, without the AttributeError it
+        # raises where it has not (twice per connection for twisted.web's
+        # channel, which adapts its transport to IPushProducer).
+        conform = getattr(self.transport, "__conform__", None)
+        return None if conform is None else conform(interface)
+
+
+# Whether pyOpenSSL has NPN (gone since its 20.0).
+_NPN = hasattr(SSL.Connection, "get_next_proto_negotiated")
 
 
 # A declaration's last interface, by declaration: (its bases when seen,
