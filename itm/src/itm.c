@@ -140,6 +140,8 @@ void ame_itm__stack_log(struct itm_thread *t, void *p, size_t n) {
 
 #define SITE_SLOTS 4096 /* a power of two */
 #define SITE_PROBES 16
+_Static_assert(SITE_PROBES < 40, "tests/itm/test_abi.c (itm_site_table) "
+               "overflows a probe run with 40 sites");
 static struct {
   uintptr_t rip; /* atomic; 0: free */
   const char *name;
@@ -154,7 +156,7 @@ static struct site *site_overflow;
 static pthread_mutex_t sites_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The slot of rip's first probe. */
-static inline unsigned site_slot(uintptr_t rip) {
+unsigned ame_itm__site_slot(uintptr_t rip) {
   return (unsigned)((rip * 0x9e3779b97f4a7c15ull) >> 52) & (SITE_SLOTS - 1);
 }
 
@@ -181,7 +183,7 @@ static void site_name(uintptr_t rip, char *buf, size_t size) {
 static __attribute__((noinline)) const char *site_lookup(uintptr_t rip) {
   pthread_mutex_lock(&sites_lock);
   const char *name = NULL;
-  unsigned i = site_slot(rip), p;
+  unsigned i = ame_itm__site_slot(rip), p;
   for (p = 0; p < SITE_PROBES; p++, i = (i + 1) & (SITE_SLOTS - 1)) {
     uintptr_t r = __atomic_load_n(&site_tab[i].rip, __ATOMIC_RELAXED);
     if (r == rip) name = site_tab[i].name;
@@ -215,19 +217,23 @@ static __attribute__((noinline)) const char *site_lookup(uintptr_t rip) {
   return name;
 }
 
-/* Name the transaction's call site (t->site) for the return address rip:
-** the table's entry when there (no lock, no stack frame on that path). */
-static inline void site_of(struct itm_thread *t, uintptr_t rip) {
-  unsigned i = site_slot(rip);
+/* The name for rip: the table's entry when there (no lock, no stack frame
+** on that path). */
+static inline const char *site_find(uintptr_t rip) {
+  unsigned i = ame_itm__site_slot(rip);
   for (unsigned p = 0; p < SITE_PROBES; p++, i = (i + 1) & (SITE_SLOTS - 1)) {
     uintptr_t r = __atomic_load_n(&site_tab[i].rip, __ATOMIC_ACQUIRE);
-    if (ITM_LIKELY(r == rip)) {
-      t->site = site_tab[i].name;
-      return;
-    }
+    if (ITM_LIKELY(r == rip)) return site_tab[i].name;
     if (r == 0) break;
   }
-  t->site = site_lookup(rip);
+  return site_lookup(rip);
+}
+
+const char *ame_itm__site_name(uintptr_t rip) { return site_find(rip); }
+
+/* Name the transaction's call site (t->site) for the return address rip. */
+static inline void site_of(struct itm_thread *t, uintptr_t rip) {
+  t->site = site_find(rip);
 }
 
 /* ------------------------------------------------------------------------

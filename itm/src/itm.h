@@ -109,6 +109,13 @@ extern __thread struct itm_thread ame_itm__self
 ** test of its own on the fast path. */
 extern struct ame__txhot ame_itm__nobody;
 
+/* Call sites (itm.c): the name for the return address rip, made at its
+** first lookup and kept for the life of the process (the same pointer for
+** the same rip, from any thread), and the slot of the table its lookup
+** starts at (the tests fill a probe run). */
+const char *ame_itm__site_name(uintptr_t rip);
+unsigned ame_itm__site_slot(uintptr_t rip);
+
 /* Print "ame-itm: <what>" and abort the process (the ABI call named in
 ** what is not supported, or is misused). */
 void ame_itm__fatal(const char *fmt, ...)

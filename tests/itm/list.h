@@ -25,6 +25,7 @@
   X(itm_malloc_free, 10)                                                      \
   X(itm_clone_tables, 10)                                                     \
   X(itm_stats_and_site, 30)                                                   \
+  X(itm_site_table, 10)                                                       \
   X(itm_refused, 10)                                                          \
   X(itm_undo_order, 10)                                                       \
   X(itm_serial_commit_action, 30)                                             \

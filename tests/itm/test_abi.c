@@ -658,6 +658,49 @@ TEST_IMPL(itm_stats_and_site) {
     AME_TEST_FAIL_("site \"%s\"", c[0].site);
 }
 
+/* libame-itm's call-site table (itm.c, internal). */
+const char *ame_itm__site_name(uintptr_t rip);
+unsigned ame_itm__site_slot(uintptr_t rip);
+
+enum { SITES = 40 };
+static uintptr_t site_rips[SITES];
+static const char *site_names[SITES];
+
+static void *site_lookups(void *arg) {
+  (void)arg;
+  for (int i = SITES - 1; i >= 0; i--)
+    if (ame_itm__site_name(site_rips[i]) != site_names[i]) return (void *)1;
+  return NULL;
+}
+
+/* Return addresses whose lookups start at one slot of the table fill its
+** probe run, and the rest go to the list behind it: each still gets its
+** own name, the same pointer at every lookup, from any thread. */
+TEST_IMPL(itm_site_table) {
+  /* Addresses in the first pages, where nothing is mapped: dladdr() names
+  ** no object, so each name is "[0xADDR]". */
+  unsigned slot = ame_itm__site_slot(16);
+  int n = 0;
+  for (uintptr_t rip = 16; n < SITES && rip < 65536 * 1024; rip += 16)
+    if (ame_itm__site_slot(rip) == slot) site_rips[n++] = rip;
+  ASSERT_EQ(n, SITES);
+  for (int i = 0; i < SITES; i++) {
+    site_names[i] = ame_itm__site_name(site_rips[i]);
+    char want[32];
+    snprintf(want, sizeof want, "[0x%lx]", (unsigned long)site_rips[i]);
+    ASSERT_NOT_NULL(site_names[i]);
+    if (strcmp(site_names[i], want) != 0)
+      AME_TEST_FAIL_("site %d: \"%s\", not \"%s\"", i, site_names[i], want);
+  }
+  for (int i = 0; i < SITES; i++)
+    ASSERT_PTR_EQ(ame_itm__site_name(site_rips[i]), site_names[i]);
+  pthread_t th;
+  spawn(&th, site_lookups, NULL);
+  void *bad = (void *)1;
+  ASSERT_EQ(pthread_join(th, &bad), 0);
+  ASSERT_PTR_EQ(bad, NULL);
+}
+
 static void call_cxa_throw(void) { _ITM_cxa_throw(NULL, NULL, NULL); }
 static void cancel_nested(void) {
   ITM_BEGIN();
