@@ -178,7 +178,7 @@ static void site_name(uintptr_t rip, char *buf, size_t size) {
   }
 }
 
-/* The name for rip when site_of() did not find it: looked up again, and
+/* The name for rip when site_find() did not find it: looked up again, and
 ** made and entered, under the lock. */
 static __attribute__((noinline)) const char *site_lookup(uintptr_t rip) {
   pthread_mutex_lock(&sites_lock);
