@@ -72,16 +72,31 @@ _HANDSHAKE_CALLBACKS = (
 )
 
 
+# ALPN lists seen, in wire format (a server's list is the same for each
+# connection).
+_WIRE = {}
+
+
 def _wire(protocols):
     """
     ALPN's wire format: each protocol prefixed with its length.
     """
+    names = tuple(protocols)
+    try:
+        wire = _WIRE.get(names)
+    except TypeError:  # an unhashable name, refused below
+        wire = None
+    if wire is not None:
+        return wire
     out = []
-    for p in protocols:
+    for p in names:
         if not isinstance(p, bytes) or not 0 < len(p) < 256:
             raise ValueError("bad ALPN protocol name %r" % (p,))
         out.append(bytes((len(p),)) + p)
-    return b"".join(out)
+    wire = b"".join(out)
+    if len(_WIRE) < 64:
+        _WIRE[names] = wire
+    return wire
 
 
 def _whyPython(conn, transport, client, protocols):
@@ -152,8 +167,20 @@ def _plainVerify(conn):
     which returns OpenSSL's own verdict: then C verifies without it (no
     Python per certificate).
     """
-    fn = _pythonOf(getattr(conn, "_verify_callback", None))
-    return getattr(fn, "__code__", None) in _TWISTED_VERIFY
+    callback = getattr(conn, "_verify_callback", None)
+    seen = _PLAIN_VERIFY.get(id(callback))
+    if seen is not None and seen[0] is callback:
+        return seen[1]
+    plain = getattr(_pythonOf(callback), "__code__", None) in _TWISTED_VERIFY
+    if len(_PLAIN_VERIFY) < 256:
+        _PLAIN_VERIFY[id(callback)] = (callback, plain)
+    return plain
+
+
+# _plainVerify's verdicts by callback: (the callback, which keeps its id
+# from being reused, and the verdict).  A context's connections share its
+# callback.
+_PLAIN_VERIFY = {}
 
 
 def _hostnameChecker(ctx):
@@ -209,10 +236,13 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
         self._appSendBuffer = []
         # Twisted calls directlyProvides(self, i) for each interface i of
         # the transport; each call replaces the last, leaving only the
-        # last one.  The same in one call (nine fewer per connection).
-        last = _lastInterface(providedBy(transport))
-        if last is not None:
-            directlyProvides(self, last)
+        # last one.  The same in one call (nine fewer per connection);
+        # none where ProtocolWrapper.makeConnection below replaces it
+        # with all of them before anything can look.
+        if not self._connectWrapped:
+            last = _lastInterface(providedBy(transport))
+            if last is not None:
+                directlyProvides(self, last)
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
         if self._connectWrapped:
