@@ -1208,6 +1208,37 @@ class TLSBehaviourMixin:
         self.assertTLS(reactor, 2)
 
 
+class WireTests(SynchronousTestCase):
+    """
+    The wire form of an ALPN list, which C is handed (ame._tls._wire,
+    kept per list).
+    """
+
+    def test_wire(self):
+        """
+        Each name is prefixed with its length; a list seen before gives
+        the same bytes, in a list or a tuple.
+        """
+        from ame._tls import _wire
+
+        want = b"\x02h2\x08http/1.1"
+        self.assertEqual(_wire([b"h2", b"http/1.1"]), want)
+        self.assertEqual(_wire((b"h2", b"http/1.1")), want)
+        self.assertEqual(_wire([b"h2", b"http/1.1"]), want)
+
+    def test_badNames(self):
+        """
+        A name that is not bytes of 1 to 255 bytes is refused with
+        ValueError (the connection's ALPN then stays Twisted's), also one
+        that cannot be hashed.
+        """
+        from ame._tls import _wire
+
+        for names in (["h2"], [bytearray(b"h2")], [b""], [b"x" * 256],
+                      [b"h2", memoryview(b"h2")]):
+            self.assertRaises(ValueError, _wire, names)
+
+
 class EPollTLSTests(TLSBehaviourMixin, SynchronousTestCase):
     reactorFactory = EPollReactor
 
