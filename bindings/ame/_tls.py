@@ -152,6 +152,11 @@ def _pythonOf(callback):
     return None
 
 
+# _plainVerify's verdicts by verify callback (a cffi object, hashed by
+# identity; a context's connections share its callback).
+_PLAIN_VERIFY = {}
+
+
 # The code of the verify callback Twisted's CertificateOptions installs
 # (it returns OpenSSL's own verdict, preverify_ok).
 _TWISTED_VERIFY = frozenset(
@@ -168,19 +173,13 @@ def _plainVerify(conn):
     Python per certificate).
     """
     callback = getattr(conn, "_verify_callback", None)
-    seen = _PLAIN_VERIFY.get(id(callback))
-    if seen is not None and seen[0] is callback:
-        return seen[1]
-    plain = getattr(_pythonOf(callback), "__code__", None) in _TWISTED_VERIFY
-    if len(_PLAIN_VERIFY) < 256:
-        _PLAIN_VERIFY[id(callback)] = (callback, plain)
+    plain = _PLAIN_VERIFY.get(callback)
+    if plain is None:
+        fn = _pythonOf(callback)
+        plain = getattr(fn, "__code__", None) in _TWISTED_VERIFY
+        if len(_PLAIN_VERIFY) < 256:
+            _PLAIN_VERIFY[callback] = plain
     return plain
-
-
-# _plainVerify's verdicts by callback: (the callback, which keeps its id
-# from being reused, and the verdict).  A context's connections share its
-# callback.
-_PLAIN_VERIFY = {}
 
 
 def _hostnameChecker(ctx):
