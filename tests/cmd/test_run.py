@@ -66,11 +66,13 @@ in a session of its own, and no process of that session may remain once it
 has exited.  Standard library only; timings decide nothing but generous
 timeouts.
 """
+import atexit
 import http.client
 import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import struct
@@ -86,6 +88,14 @@ BIG = 256 * 1024
 TIMEOUT = 20  # seconds: generous limit for anything to happen
 
 failures = []
+
+
+def scratch_dir():
+    """A new temporary directory, removed with what is in it when the
+    script exits."""
+    d = tempfile.mkdtemp(prefix='ame-test-')
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def check(cond, what):
@@ -383,7 +393,7 @@ def case_setup(ame):
 
 
 def case_errors(ame):
-    tmp = tempfile.mkdtemp()
+    tmp = scratch_dir()
     syntax = os.path.join(tmp, 'syntax_error.py')
     with open(syntax, 'w') as f:
         f.write('from twisted.internet import reactor\n'
@@ -794,7 +804,7 @@ def case_early(ame):
 
 
 def case_backoff(ame):
-    crash_dir = tempfile.mkdtemp()
+    crash_dir = scratch_dir()
     srv = Server(ame, ['run', '--workers', '2', 'crash_loop.py', crash_dir,
                        '3'])
     for wid in (1, 2):
@@ -1144,7 +1154,7 @@ def case_cpus(ame):
 
 
 def case_twistd(ame):
-    www = tempfile.mkdtemp()
+    www = scratch_dir()
     with open(os.path.join(www, 'index.html'), 'w') as f:
         f.write('twistd here\n')
     for workers in ('1', '2'):
@@ -1196,7 +1206,7 @@ def children(pid):
 def twistd_daemon(ame, www):
     """twistd without -n, 2 workers: the daemon is the supervisor, its pid
     in the pid file, which it removes at exit."""
-    d = tempfile.mkdtemp()
+    d = scratch_dir()
     pidfile, logfile = os.path.join(d, 'twistd.pid'), os.path.join(d, 'log')
     rc, out, err = run_ame(ame, ['twistd', '--workers', '2', '--pidfile',
                                  pidfile, '--logfile', logfile, 'web',

@@ -216,7 +216,7 @@ def case_hung(ame):
 
 
 def case_orphan(ame):
-    mark = tempfile.mkdtemp()
+    mark = T.scratch_dir()
     srv = start(['run', '--workers', '2', '--timeout', '0', '--grace', '1',
                  APP, '0'], env={'SUP_MARK_DIR': mark})
     port = serving(srv, 2, 'orphan')
@@ -312,7 +312,7 @@ def case_nofile(ame):
 
 
 def case_pidfile(ame):
-    d = tempfile.mkdtemp()
+    d = T.scratch_dir()
     path = os.path.join(d, 'ame.pid')
     srv = start(['run', '--workers', '2', '--pid-file', path, APP, '0'])
     if serving(srv, 2, '--pid-file'):
@@ -379,7 +379,7 @@ def case_resize(ame):
 
 
 def case_reload(ame):
-    d = tempfile.mkdtemp()
+    d = T.scratch_dir()
     with open(os.path.join(d, 'version'), 'w') as f:
         f.write('1\n')
     srv = start(['run', '--workers', '2', APP, '0', d])
@@ -458,7 +458,7 @@ def case_stray(ame):
     """A reload's worker whose start the supervisor gave up on (its zygote
     answered after ame_reload_fork's 10 s) is not left serving unseen: the
     supervisor finds the worker process no record holds and stops it."""
-    d = tempfile.mkdtemp()
+    d = T.scratch_dir()
     with open(os.path.join(d, 'version'), 'w') as f:
         f.write('1\n')
     srv = start(['run', '--workers', '2', APP, '0', d],
@@ -487,7 +487,7 @@ def case_stray(ame):
 
 
 def case_rehup(ame):
-    d = tempfile.mkdtemp()
+    d = T.scratch_dir()
     put = _put_in(d)
     put('version', '1')
     srv = start(['run', '--workers', '2', APP, '0', d],

@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -122,7 +121,9 @@ class RunTests(SynchronousTestCase):
     def test_workerKilledMidTask(self):
         """SIGKILL from outside while a task runs: that task is reported,
         its effects are absent, the others all ran once."""
-        p = os.path.join(tempfile.mkdtemp(), fresh())
+        d = self.mktemp()
+        os.mkdir(d)
+        p = os.path.join(d, fresh())
         for i in range(30):
             tasks.add(task_fns.slow_mark, p, i)
         result = {}
@@ -194,7 +195,8 @@ class RunTests(SynchronousTestCase):
 
 class WordcountTests(SynchronousTestCase):
     def corpus(self):
-        d = tempfile.mkdtemp()
+        d = self.mktemp()
+        os.mkdir(d)
         out = subprocess.run(
             [sys.executable, os.path.join(EXAMPLES, "corpus.py"), d,
              "--files", "24", "--kib", "16"],
