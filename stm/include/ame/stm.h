@@ -482,9 +482,14 @@ static inline void ame_store_float_tx(ame_tx_t *tx, float *addr, float v) {
   union { float f; uint32_t w; } u = {v};
   ame_store_u32_tx(tx, (uint32_t *)(void *)addr, u.w);
 }
-_Static_assert(sizeof(uintptr_t) == 8, "ame needs 64-bit words");
-_Static_assert(sizeof(float) == sizeof(uint32_t), "float is 32 bits");
-_Static_assert(sizeof(double) == sizeof(uintptr_t), "double is one word");
+#ifdef __cplusplus
+#define AME__STATIC_ASSERT static_assert
+#else
+#define AME__STATIC_ASSERT _Static_assert
+#endif
+AME__STATIC_ASSERT(sizeof(uintptr_t) == 8, "ame needs 64-bit words");
+AME__STATIC_ASSERT(sizeof(float) == sizeof(uint32_t), "float is 32 bits");
+AME__STATIC_ASSERT(sizeof(double) == sizeof(uintptr_t), "double is one word");
 
 /* The same on the calling thread's descriptor. */
 #define ame_load_word(a) ame_load_word_tx(ame_self(), (a))
