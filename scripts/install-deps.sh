@@ -6,7 +6,7 @@ set -eu
 
 # chromium: tests/cmd/test_supervisor.py's 'page' case renders the live
 # page of `ame run --metrics` in it (headless).
-BUILD_PKGS="gcc make meson ninja-build pkg-config python3 python3-dev python3-twisted python3-openssl python3-service-identity libgcc-12-dev libuv1-dev libhttp-parser-dev libssl-dev openssl clang libclang-rt-14-dev chromium"
+BUILD_PKGS="gcc g++ make meson ninja-build pkg-config python3 python3-dev python3-twisted python3-openssl python3-service-identity libgcc-12-dev libuv1-dev libhttp-parser-dev libssl-dev openssl clang libclang-rt-14-dev chromium"
 # bench/shared_bench.py's baselines: Redis (server, client, C parser), LMDB.
 BENCH_PKGS="$BUILD_PKGS wrk nginx-light redis-server python3-redis python3-hiredis python3-lmdb"
 # make demo: the plot (bench/demo.py) needs matplotlib.

@@ -1,9 +1,10 @@
 /*
 ** itm/src/itm.c — GCC's transactional memory ABI (libitm's _ITM_*
 ** entry points, the Intel TM ABI) on ame's STM: transactions, their
-** modes, user actions, allocation, the clone tables and the version and
-** query functions.  The loads, stores, logging and memory functions are
-** in barriers.c; _ITM_beginTransaction itself is begin_x86_64.S.
+** modes, user actions, allocation (C++'s operator new and delete too), the
+** clone tables and the version and query functions.  The loads, stores,
+** logging and memory functions are in barriers.c; _ITM_beginTransaction
+** itself is begin_x86_64.S.
 **
 ** An ABI transaction is an ame transaction begun with ame__tx_enter(),
 ** whose restart point is the register checkpoint _ITM_beginTransaction
@@ -576,18 +577,24 @@ ITM_EXPORT void _ITM_addUserCommitAction(_ITM_userCommitFunction fn,
     ame_itm__fatal("_ITM_addUserCommitAction: out of memory");
 }
 
-ITM_EXPORT void _ITM_addUserUndoAction(_ITM_userUndoFunction fn, void *arg) {
-  struct itm_thread *t = &ame_itm__self;
-  ame_tx_t *tx = itm_tx("_ITM_addUserUndoAction");
-  actions_arm(t, tx, "_ITM_addUserUndoAction");
+/* Run fn(arg) if the attempt aborts (what: the ABI call, for messages). */
+static void undo_push(struct itm_thread *t, ame_tx_t *tx,
+                      _ITM_userUndoFunction fn, void *arg, const char *what) {
+  actions_arm(t, tx, what);
   if (t->undo_n == t->undo_cap) {
     size_t cap = t->undo_cap ? 2 * t->undo_cap : 8;
     struct itm_action *a = realloc(t->undo, cap * sizeof *a);
-    if (a == NULL) ame_itm__fatal("_ITM_addUserUndoAction: out of memory");
+    if (a == NULL) ame_itm__fatal("%s: out of memory", what);
     t->undo = a;
     t->undo_cap = cap;
   }
   t->undo[t->undo_n++] = (struct itm_action){fn, arg};
+}
+
+ITM_EXPORT void _ITM_addUserUndoAction(_ITM_userUndoFunction fn, void *arg) {
+  struct itm_thread *t = &ame_itm__self;
+  ame_tx_t *tx = itm_tx("_ITM_addUserUndoAction");
+  undo_push(t, tx, fn, arg, "_ITM_addUserUndoAction");
 }
 
 /* ------------------------------------------------------------------------
@@ -662,6 +669,174 @@ ITM_EXPORT void _ITM_free(void *ptr) {
   }
   if ((uintptr_t)ptr == t->cap_lo) t->cap_len = 0;
   ame_tx_free(t->tx, ptr, 0);
+}
+
+/* ------------------------------------------------------------------------
+** C++'s operator new and delete in transactions: the transactional clones
+** that g++ -fgnu-tm calls (_ZGTt + the operator's mangled name), as libitm
+** exports them.  A clone of new calls the program's own operator new (any
+** replacement of it included) and deletes the block again if the attempt
+** aborts.  A clone of delete takes effect only if the attempt commits, and
+** only once no transaction that may still hold the pointer is running:
+** with libstdc++'s own operators (whose delete is free()) through ame's
+** deferred frees, as _ITM_free; with a program's replacement, by a commit
+** handler that waits for the running transactions (ame_quiesce) and then
+** calls it.  The operators are weak references: a C program that never
+** calls a clone needs no libstdc++.  (size_t is unsigned long, mangled m,
+** on x86-64, the only target of this library.)
+*/
+
+typedef struct nothrow_t nothrow_t; /* std::nothrow_t, only by reference */
+extern void *_Znwm(size_t) __attribute__((weak));
+extern void *_Znam(size_t) __attribute__((weak));
+extern void *_ZnwmRKSt9nothrow_t(size_t, const nothrow_t *)
+    __attribute__((weak));
+extern void *_ZnamRKSt9nothrow_t(size_t, const nothrow_t *)
+    __attribute__((weak));
+extern void _ZdlPv(void *) __attribute__((weak));
+extern void _ZdaPv(void *) __attribute__((weak));
+extern void _ZdlPvm(void *, size_t) __attribute__((weak));
+extern void _ZdlPvRKSt9nothrow_t(void *, const nothrow_t *)
+    __attribute__((weak));
+extern void _ZdaPvRKSt9nothrow_t(void *, const nothrow_t *)
+    __attribute__((weak));
+extern void _ZdlPvmRKSt9nothrow_t(void *, size_t, const nothrow_t *)
+    __attribute__((weak));
+
+/* A clone is called only by C++ code, which brings libstdc++ (or its own
+** operators): fatal, naming the clone, if the operator is missing. */
+#define CXX_NEED(op, what)                                                 \
+  do {                                                                     \
+    if (op == NULL)                                                        \
+      ame_itm__fatal("%s: the program has no " #op " (no libstdc++)",     \
+                     what);                                                \
+  } while (0)
+
+/* Whether every operator the clones call is libstdc++'s own, whose new is
+** malloc() and delete free() (0 or 1 once known; -1 before). */
+static int cxx_std_ops = -1;
+
+static int in_libstdcxx(uintptr_t fn) {
+  Dl_info info;
+  return fn == 0 || (dladdr((void *)fn, &info) && info.dli_fname &&
+                     strstr(info.dli_fname, "/libstdc++.so"));
+}
+
+static int cxx_ops_are_std(void) {
+  int std = __atomic_load_n(&cxx_std_ops, __ATOMIC_RELAXED);
+  if (std < 0) {
+    uintptr_t ops[] = {
+        (uintptr_t)_Znwm,   (uintptr_t)_Znam,
+        (uintptr_t)_ZnwmRKSt9nothrow_t, (uintptr_t)_ZnamRKSt9nothrow_t,
+        (uintptr_t)_ZdlPv,  (uintptr_t)_ZdaPv,
+        (uintptr_t)_ZdlPvm, (uintptr_t)_ZdlPvRKSt9nothrow_t,
+        (uintptr_t)_ZdaPvRKSt9nothrow_t, (uintptr_t)_ZdlPvmRKSt9nothrow_t};
+    std = 1;
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+      std &= in_libstdcxx(ops[i]);
+    __atomic_store_n(&cxx_std_ops, std, __ATOMIC_RELAXED);
+  }
+  return std;
+}
+
+/* p: a block of size bytes from the program's operator new, which undo
+** (its delete) gives back if the attempt aborts. */
+static void *cxx_new(void *p, size_t size, void (*undo)(void *),
+                     const char *what) {
+  struct itm_thread *t = &ame_itm__self;
+  if (p == NULL || outside(t)) return p;
+  CXX_NEED(undo, what);
+  undo_push(t, t->tx, undo, p, what);
+  return captured(t, p, size);
+}
+
+/* Commit handlers: the program's delete, once the transactions that may
+** still hold the pointer have ended. */
+static void cxx_delete_later(void *p) {
+  ame_quiesce(ame_itm__self.tx);
+  _ZdlPv(p);
+}
+static void cxx_delete_array_later(void *p) {
+  ame_quiesce(ame_itm__self.tx);
+  _ZdaPv(p);
+}
+
+/* delete p (single: 1 for delete, 0 for delete[]) in the transaction;
+** at once outside one. */
+static void cxx_delete(void *p, int single, const char *what) {
+  struct itm_thread *t = &ame_itm__self;
+  void (*op)(void *) = single ? _ZdlPv : _ZdaPv;
+  CXX_NEED(op, what);
+  if (p == NULL) return;
+  if (outside(t)) {
+    op(p);
+    return;
+  }
+  if ((uintptr_t)p == t->cap_lo) t->cap_len = 0;
+  if (cxx_ops_are_std()) {
+    ame_tx_free(t->tx, p, 0);
+    return;
+  }
+  actions_arm(t, t->tx, what);
+  if (ame_tx_on_commit(t->tx, single ? cxx_delete_later
+                                     : cxx_delete_array_later, p) != 0)
+    ame_itm__fatal("%s: out of memory", what);
+}
+
+ITM_EXPORT void *_ZGTtnwm(size_t size) {
+  static const char what[] = "_ZGTtnwm (operator new)";
+  CXX_NEED(_Znwm, what);
+  return cxx_new(_Znwm(size), size, _ZdlPv, what);
+}
+
+ITM_EXPORT void *_ZGTtnam(size_t size) {
+  static const char what[] = "_ZGTtnam (operator new[])";
+  CXX_NEED(_Znam, what);
+  return cxx_new(_Znam(size), size, _ZdaPv, what);
+}
+
+ITM_EXPORT void *_ZGTtnwmRKSt9nothrow_t(size_t size, const nothrow_t *nt) {
+  static const char what[] = "_ZGTtnwmRKSt9nothrow_t (operator new, nothrow)";
+  CXX_NEED(_ZnwmRKSt9nothrow_t, what);
+  return cxx_new(_ZnwmRKSt9nothrow_t(size, nt), size, _ZdlPv, what);
+}
+
+ITM_EXPORT void *_ZGTtnamRKSt9nothrow_t(size_t size, const nothrow_t *nt) {
+  static const char what[] =
+      "_ZGTtnamRKSt9nothrow_t (operator new[], nothrow)";
+  CXX_NEED(_ZnamRKSt9nothrow_t, what);
+  return cxx_new(_ZnamRKSt9nothrow_t(size, nt), size, _ZdaPv, what);
+}
+
+ITM_EXPORT void _ZGTtdlPv(void *p) {
+  cxx_delete(p, 1, "_ZGTtdlPv (operator delete)");
+}
+
+ITM_EXPORT void _ZGTtdaPv(void *p) {
+  cxx_delete(p, 0, "_ZGTtdaPv (operator delete[])");
+}
+
+/* The sized and nothrow deletes end as the plain ones: any block from
+** operator new may be given to operator delete(void *). */
+ITM_EXPORT void _ZGTtdlPvm(void *p, size_t size) {
+  (void)size;
+  cxx_delete(p, 1, "_ZGTtdlPvm (operator delete, sized)");
+}
+
+ITM_EXPORT void _ZGTtdlPvmRKSt9nothrow_t(void *p, size_t size,
+                                         const nothrow_t *nt) {
+  (void)size, (void)nt;
+  cxx_delete(p, 1, "_ZGTtdlPvmRKSt9nothrow_t (operator delete, sized)");
+}
+
+ITM_EXPORT void _ZGTtdlPvRKSt9nothrow_t(void *p, const nothrow_t *nt) {
+  (void)nt;
+  cxx_delete(p, 1, "_ZGTtdlPvRKSt9nothrow_t (operator delete, nothrow)");
+}
+
+ITM_EXPORT void _ZGTtdaPvRKSt9nothrow_t(void *p, const nothrow_t *nt) {
+  (void)nt;
+  cxx_delete(p, 0, "_ZGTtdaPvRKSt9nothrow_t (operator delete[], nothrow)");
 }
 
 ITM_EXPORT void _ITM_dropReferences(void *ptr, size_t size) {
