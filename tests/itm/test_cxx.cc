@@ -17,6 +17,7 @@
 **     the blocks alive at the end are exactly the stack's nodes (a
 **     cancelled or aborted transaction's node was deleted, a committed
 **     delete called the program's operator once).
+** Both include ame/stm.h with AME_STM_INLINE: the header compiles as C++.
 ** Exit 0 if every check holds; 1 with a message otherwise.
 */
 #include <cstdio>
