@@ -61,6 +61,13 @@ void *_ITM_getTMCloneOrIrrevocable(void *) ITM_PURE;
 void *_ITM_getTMCloneSafe(void *) ITM_PURE;
 void _ITM_LB(const void *, size_t) ITM_PURE;
 void _ITM_cxa_throw(void *, void *, void *);
+/* C++'s operators' transactional clones (size_t is mangled m). */
+void *_ZGTtnwm(size_t) ITM_PURE;
+void *_ZGTtnam(size_t) ITM_PURE;
+void *_ZGTtnwmRKSt9nothrow_t(size_t, const void *) ITM_PURE;
+void _ZGTtdlPv(void *) ITM_PURE;
+void _ZGTtdaPv(void *) ITM_PURE;
+void _ZGTtdlPvm(void *, size_t) ITM_PURE;
 
 #define ITM_DECL(T, type)                                                   \
   type _ITM_R##T(const type *) ITM_PURE;                                    \

@@ -23,6 +23,7 @@
   X(itm_nested, 10)                                                           \
   X(itm_inside_ame_atomic, 10)                                                \
   X(itm_malloc_free, 10)                                                      \
+  X(itm_cxx_operators, 10)                                                    \
   X(itm_clone_tables, 10)                                                     \
   X(itm_stats_and_site, 30)                                                   \
   X(itm_site_table, 10)                                                       \

@@ -3,10 +3,11 @@
 ** code calls it: every load/store family at every size and variant
 ** (aligned and not), undo logging, the memory functions with overlaps,
 ** cancel with undo and commit actions, retry, the irrevocable switch and
-** serial mode, nesting, allocation, the clone tables, ame's statistics and
-** conflict sites, the order of user actions and transactions begun inside
-** them, and the refusal of what is not supported.  Sub-word
-** stores from threads that share words must all survive.
+** serial mode, nesting, allocation (C++'s operator clones too), the clone
+** tables, ame's statistics and conflict sites, the order of user actions
+** and transactions begun inside them, and the refusal of what is not
+** supported.  Sub-word stores from threads that share words must all
+** survive.
 */
 #include "itm-test.h"
 
@@ -576,6 +577,75 @@ TEST_IMPL(itm_malloc_free) {
   _ITM_free(p);
 }
 
+/* This program's own C++ operators (it has no libstdc++): operator
+** new(size_t), new[], delete(void *), delete[], by their mangled names,
+** counting the blocks alive and the deletes.  libame-itm's clones call
+** them; since they are not libstdc++'s, a committed delete runs from a
+** commit handler after ame_quiesce().  The nothrow new is absent. */
+static atomic_long cxx_live, cxx_deletes;
+void *_Znwm(size_t n) {
+  atomic_fetch_add(&cxx_live, 1);
+  return malloc(n ? n : 1);
+}
+void *_Znam(size_t n) { return _Znwm(n); }
+void _ZdlPv(void *p) {
+  if (p == NULL) return;
+  atomic_fetch_sub(&cxx_live, 1);
+  atomic_fetch_add(&cxx_deletes, 1);
+  free(p);
+}
+void _ZdaPv(void *p) { _ZdlPv(p); }
+
+TEST_IMPL(itm_cxx_operators) {
+  static void *volatile keep, *volatile arr;
+  /* Aborted: the blocks the attempt made are deleted. */
+  uint32_t a = ITM_BEGIN();
+  if (!(a & a_abortTransaction)) {
+    ASSERT_NOT_NULL(_ZGTtnwm(24));
+    ASSERT_NOT_NULL(_ZGTtnam(40));
+    ASSERT_EQ(atomic_load(&cxx_live), 2);
+    _ITM_abortTransaction(userAbort);
+  }
+  ASSERT_EQ(atomic_load(&cxx_live), 0);
+  ASSERT_EQ(atomic_load(&cxx_deletes), 2);
+  /* Committed: made in one transaction, stored through the STM. */
+  ITM_BEGIN();
+  keep = _ZGTtnwm(sizeof(uint64_t));
+  arr = _ZGTtnam(4 * sizeof(uint64_t));
+  _ITM_WU8((uint64_t *)keep, 77);
+  _ITM_commitTransaction();
+  ASSERT_EQ(*(uint64_t *)keep, 77);
+  ASSERT_EQ(atomic_load(&cxx_live), 2);
+  /* A delete in an attempt that aborts has no effect. */
+  a = ITM_BEGIN();
+  if (!(a & a_abortTransaction)) {
+    _ZGTtdlPvm(keep, sizeof(uint64_t));
+    _ZGTtdaPv(arr);
+    _ITM_abortTransaction(userAbort);
+  }
+  ASSERT_EQ(atomic_load(&cxx_live), 2);
+  ASSERT_EQ(atomic_load(&cxx_deletes), 2);
+  /* A delete in one that commits happens at the commit. */
+  ITM_BEGIN();
+  _ZGTtdlPvm(keep, sizeof(uint64_t));
+  _ZGTtdaPv(arr);
+  _ZGTtdlPv(NULL);
+  ASSERT_EQ(atomic_load(&cxx_live), 2);
+  _ITM_commitTransaction();
+  ASSERT_EQ(atomic_load(&cxx_live), 0);
+  ASSERT_EQ(atomic_load(&cxx_deletes), 4);
+  /* Made and deleted in one transaction. */
+  ITM_BEGIN();
+  _ZGTtdlPv(_ZGTtnwm(16));
+  _ITM_commitTransaction();
+  ASSERT_EQ(atomic_load(&cxx_live), 0);
+  /* Outside a transaction the clones are the operators. */
+  void *p = _ZGTtnwm(8);
+  ASSERT_EQ(atomic_load(&cxx_live), 1);
+  _ZGTtdlPv(p);
+  ASSERT_EQ(atomic_load(&cxx_live), 0);
+}
+
 static int plain_fn(int x) { return x + 1; }
 static int clone_fn(int x) { return x + 100; }
 /* A function in no clone table (this file is compiled with -fgnu-tm, so
@@ -702,6 +772,12 @@ TEST_IMPL(itm_site_table) {
 }
 
 static void call_cxa_throw(void) { _ITM_cxa_throw(NULL, NULL, NULL); }
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+static void nothrow_new_missing(void) {
+  ITM_BEGIN();
+  _ZGTtnwmRKSt9nothrow_t(8, NULL);
+}
+#endif
 static void cancel_nested(void) {
   ITM_BEGIN();
   ITM_BEGIN();
@@ -789,6 +865,12 @@ TEST_IMPL(itm_refused) {
     const char *msg;
   } cases[] = {
       {call_cxa_throw, "ame-itm: _ITM_cxa_throw: C++ exceptions"},
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+      /* (The sanitizers' runtimes define every operator new.) */
+      {nothrow_new_missing,
+       "ame-itm: _ZGTtnwmRKSt9nothrow_t (operator new, nothrow): the program "
+       "has no _ZnwmRKSt9nothrow_t (no libstdc++)"},
+#endif
       {cancel_nested, "ame-itm: _ITM_abortTransaction: __transaction_cancel "
                       "of a nested transaction"},
       {cancel_irrevocable, "ame-itm: _ITM_abortTransaction: an irrevocable"},
