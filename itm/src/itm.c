@@ -566,15 +566,22 @@ static void actions_arm(struct itm_thread *t, ame_tx_t *tx, const char *fn) {
   t->acts = 1;
 }
 
+/* Run fn(arg) if the attempt commits (what: the ABI call, for messages). */
+static void commit_push(struct itm_thread *t, ame_tx_t *tx,
+                        _ITM_userCommitFunction fn, void *arg,
+                        const char *what) {
+  actions_arm(t, tx, what);
+  if (ame_tx_on_commit(tx, fn, arg) != 0)
+    ame_itm__fatal("%s: out of memory", what);
+}
+
 ITM_EXPORT void _ITM_addUserCommitAction(_ITM_userCommitFunction fn,
                                          _ITM_transactionId_t resuming,
                                          void *arg) {
   (void)resuming;
   struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = itm_tx("_ITM_addUserCommitAction");
-  actions_arm(t, tx, "_ITM_addUserCommitAction");
-  if (ame_tx_on_commit(tx, fn, arg) != 0)
-    ame_itm__fatal("_ITM_addUserCommitAction: out of memory");
+  commit_push(t, tx, fn, arg, "_ITM_addUserCommitAction");
 }
 
 /* Run fn(arg) if the attempt aborts (what: the ABI call, for messages). */
@@ -660,6 +667,12 @@ ITM_EXPORT void *_ITM_calloc(size_t n, size_t size) {
   return p ? captured(t, p, n * size) : NULL;
 }
 
+/* Free ptr (from malloc) at the commit, once no transaction can reach it. */
+static void tx_free(struct itm_thread *t, void *ptr) {
+  if ((uintptr_t)ptr == t->cap_lo) t->cap_len = 0;
+  ame_tx_free(t->tx, ptr, 0);
+}
+
 ITM_EXPORT void _ITM_free(void *ptr) {
   struct itm_thread *t = &ame_itm__self;
   if (ptr == NULL) return;
@@ -667,8 +680,7 @@ ITM_EXPORT void _ITM_free(void *ptr) {
     free(ptr);
     return;
   }
-  if ((uintptr_t)ptr == t->cap_lo) t->cap_len = 0;
-  ame_tx_free(t->tx, ptr, 0);
+  tx_free(t, ptr);
 }
 
 /* ------------------------------------------------------------------------
@@ -772,15 +784,13 @@ static void cxx_delete(void *p, int single, const char *what) {
     op(p);
     return;
   }
-  if ((uintptr_t)p == t->cap_lo) t->cap_len = 0;
   if (cxx_ops_are_std()) {
-    ame_tx_free(t->tx, p, 0);
+    tx_free(t, p);
     return;
   }
-  actions_arm(t, t->tx, what);
-  if (ame_tx_on_commit(t->tx, single ? cxx_delete_later
-                                     : cxx_delete_array_later, p) != 0)
-    ame_itm__fatal("%s: out of memory", what);
+  if ((uintptr_t)p == t->cap_lo) t->cap_len = 0;
+  commit_push(t, t->tx, single ? cxx_delete_later : cxx_delete_array_later,
+              p, what);
 }
 
 ITM_EXPORT void *_ZGTtnwm(size_t size) {
