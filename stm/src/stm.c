@@ -251,7 +251,21 @@ static uintptr_t *orecs_alloc(size_t n) {
   return p;
 }
 
+/* fork().  The child has only the forking thread: a registry lock that
+** another thread held at the fork (entering, leaving, summing statistics)
+** would stay held there for good, and the child's first thread to register
+** (the binding's new worker in a child that twistd daemonized) would wait
+** for it forever.  So the fork waits for the lock, and both processes
+** release it after. */
+static void fork_prepare(void) { pthread_mutex_lock(&ame__G.reg_lock); }
+static void fork_release(void) { pthread_mutex_unlock(&ame__G.reg_lock); }
+static void fork_handlers(void) {
+  (void)pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
 int ame_stm_init(const ame_stm_config_t *cfg) {
+  static pthread_once_t forks = PTHREAD_ONCE_INIT;
+  (void)pthread_once(&forks, fork_handlers);
   pthread_mutex_lock(&ame__G.reg_lock);
   if (ame__G.initialised) {
     pthread_mutex_unlock(&ame__G.reg_lock);

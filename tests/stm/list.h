@@ -17,6 +17,7 @@
   X(init_config, 30)                                                          \
   X(thread_enter_exit, 10)                                                    \
   X(thread_enter_auto_init, 10)                                               \
+  X(fork_while_registering, 60)                                               \
   X(descriptor_lines, 10)                                                     \
   X(thread_idle, 20)                                                          \
   X(strerror, 10)                                                             \

@@ -125,6 +125,50 @@ TEST_IMPL(init_config) {
   leave_and_shutdown();
 }
 
+/* fork() while other threads register and leave: the child has only the
+** forking thread, which registers (as the binding's new worker thread does
+** in a child that twistd daemonized) and must not wait forever for the
+** registry lock that another thread held at the fork. */
+static atomic_int churn_stop;
+
+static void *churn_main(void *arg) {
+  (void)arg;
+  while (!atomic_load(&churn_stop)) {
+    if (ame_thread_enter() != NULL) ame_thread_exit();
+  }
+  return NULL;
+}
+
+TEST_IMPL(fork_while_registering) {
+  ASSERT_EQ(ame_stm_init(NULL), 0);
+  atomic_store(&churn_stop, 0);
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) thread_start(&t[i], churn_main, NULL);
+  int forks = 0, bad = 0, status = 0;
+  for (; forks < 200 && !bad; forks++) {
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+      alarm(5); /* a child that waits forever dies of SIGALRM */
+      ame_tx_t *tx = ame_thread_enter();
+      if (tx == NULL) _exit(2);
+      static uintptr_t w;
+      if (tx_add(tx, &w, 1) != 1) _exit(3);
+      ame_thread_exit();
+      _exit(0);
+    }
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    bad = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+  }
+  atomic_store(&churn_stop, 1);
+  for (int i = 0; i < 2; i++) thread_join(t[i]);
+  if (bad)
+    AME_TEST_FAIL_("fork %d: the child %s %d", forks,
+         WIFSIGNALED(status) ? "died of signal" : "exited",
+         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+  ame_stm_shutdown();
+}
+
 struct self_probe {
   ame_tx_t *main_tx;    /* the main thread's descriptor */
   ame_tx_t *seen_before;/* ame_self() before entering */
