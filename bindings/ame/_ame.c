@@ -53,10 +53,12 @@
 **
 ** One worker.  The Core runs the C reactor with exactly one worker.  Then
 ** a posted call, every poll and every op run on that one thread, so
-** removal can be made synchronous (flush() with wait set): when the Python thread
-** stops watching an fd that may be armed, it waits until the worker has
-** stopped the poll, before Twisted closes the fd.  libuv calls abort() if
-** epoll_ctl fails on an fd closed under an armed poll, so this is not
+** removal can be made synchronous (flush() with wait set): when the Python
+** thread stops watching an fd the worker holds a poll for, armed or not,
+** it waits until the worker has closed the poll, before Twisted closes the
+** fd.  libuv calls abort() if epoll_ctl fails on an fd closed under an
+** armed poll, and closing a poll handle takes its fd number out of epoll,
+** which after the fd's close is another descriptor's: this is not
 ** optional.  With several workers a poll may belong to another worker than
 ** the posted call, its ops are queued to that worker's inbox, and nothing
 ** tells us when they ran; see docs/twisted.md.
@@ -208,6 +210,7 @@ static int start_poll(struct core *c, struct watch *w, int ev) {
   if (rc != 0) return rc;
   ame_handle_set_name(p, "python fd watch");
   w->poll = p;
+  c->n_watch_polls++;
   ame__worker_armed(c);
   w->armed = ev;
   return 0;
@@ -220,6 +223,7 @@ static void apply_one(struct core *c, struct watch *w) {
     ame_poll_stop(w->poll);
     w->poll = NULL;
     w->armed = 0;
+    c->n_watch_polls--;
   }
   w->fresh = 0;
   if (target == 0) {
@@ -672,9 +676,12 @@ static PyObject *Core_watch(CoreObject *self, PyObject *args) {
   pthread_mutex_lock(&c->lock);
   w->want = ev;
   if (old == 0) w->fresh = 1;
-  /* Twisted closes an fd right after it stops watching it: if the poll
-  ** may be armed, wait until the worker has stopped it. */
-  int barrier = ev == 0 && w->armed != 0;
+  /* Twisted closes an fd right after it stops watching it: while the
+  ** worker holds a poll for it, wait until the worker has let it go.
+  ** Armed or not: a disarmed poll is out of epoll, but libuv's close of
+  ** its handle removes the fd from epoll again, by number, and the
+  ** number is the next descriptor's once the program closed this one. */
+  int barrier = ev == 0 && w->poll != NULL;
   if (barrier || ev == 0) mark_dirty(c, w);
   pthread_mutex_unlock(&c->lock);
   if (ev != 0) check_push(c, w);
@@ -1037,6 +1044,7 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
   unsigned nw = ame_reactor_workers(c->r);
   pthread_mutex_lock(&c->lock);
   uint64_t fl = c->n_flushes, ba = c->n_barriers, ev = c->n_events;
+  uint64_t wp = c->n_watch_polls;
   uint64_t nr = c->n_reads, ns = c->n_sends, nw_ = c->n_writes;
   uint64_t na = c->n_accepted, no = c->n_open;
   uint64_t bi = c->n_bytes_in, bo = c->n_bytes_out;
@@ -1065,7 +1073,8 @@ static PyObject *Core_stats(CoreObject *self, PyObject *unused) {
       set_u64(d, "streams_open", s.streams_open) ||
       set_u64(d, "fd_events", ev) || set_u64(d, "direct_events", c->n_direct) || set_u64(d, "catchups", c->n_catchups) ||
       set_u64(d, "watch_flushes", fl) ||
-      set_u64(d, "watch_barriers", ba) || set_u64(d, "stream_reads", nr) ||
+      set_u64(d, "watch_barriers", ba) || set_u64(d, "watch_polls", wp) ||
+      set_u64(d, "stream_reads", nr) ||
       set_u64(d, "stream_sends", ns) || set_u64(d, "stream_writes", nw_) ||
       set_u64(d, "stream_accepted", na) || set_u64(d, "stream_open", no) ||
       set_u64(d, "bytes_received", bi) || set_u64(d, "bytes_sent", bo) ||

@@ -82,6 +82,7 @@ struct core {
   uint64_t n_flushes;       /* counters (lock) */
   uint64_t n_barriers;
   uint64_t n_events;
+  uint64_t n_watch_polls;   /* lock: watches with a poll (w->poll) */
   uint64_t n_direct;        /* py: events found by the direct check */
   /* Fast streams (transport.c). */
   struct fconn *fready_head, *fready_tail; /* lock: streams with news */

@@ -825,7 +825,8 @@ class AMEReactor(
         the fds it had just dispatched or changed, with no worker round
         trip), C{catchups} (C{wait(0)}s that waited for the worker to
         take what the kernel had reported), C{watch_flushes} (batches of watch changes posted to the
-        worker), C{watch_barriers} (removals that waited for the worker);
+        worker), C{watch_barriers} (removals that waited for the worker),
+        C{watch_polls} (the watched fds the worker holds a poll for now);
         C{python_path} (connections and listeners left on Twisted's
         own Python I/O because the C side could not take them: a full
         descriptor table); C{tls_c} and C{tls_python} (TLS connections

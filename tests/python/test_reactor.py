@@ -966,6 +966,38 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.assertEqual(left, set())
         self.assertLess(reactor.ameStats()["watch_barriers"], 10)
 
+    def test_removeLetsGoOfDisarmedPoll(self):
+        """
+        removeReader returns once the worker holds no poll for the fd, so
+        that the program may close it, also where the poll is disarmed
+        because the worker has just delivered its event (a connection
+        ending in its own doRead): libuv's close of a poll handle takes its
+        fd's number out of epoll, and once the program has closed the fd
+        that number is the next descriptor's.
+        """
+        reactor = self.buildReactor()
+        a, b = socket.socketpair()
+        self.addCleanup(b.close)
+        held = []
+
+        class Reader(_PairReader):
+            def doRead(self):
+                _PairReader.doRead(self)
+                if self.got and not held:
+                    reactor.removeReader(self)
+                    held.append(reactor.ameStats()["watch_polls"])
+                    self.sock.close()
+
+        reactor.addReader(Reader(reactor, a))
+        # Nothing to read yet: the worker starts a poll for the fd.
+        self._iterateUntil(reactor,
+                           lambda: reactor.ameStats()["watch_polls"] == 1,
+                           "a poll for the fd")
+        b.send(b"x")
+        self._iterateUntil(reactor, lambda: held, "the event")
+        self.assertEqual(held, [0])
+        self.assertEqual(reactor.ameStats()["watch_polls"], 0)
+
     def _waitStat(self, reactor, name, n):
         deadline = time.monotonic() + 5
         while reactor.ameStats()[name] < n:
