@@ -39,7 +39,11 @@ from twisted.internet import protocol
 from twisted.internet import _sslverify
 from twisted.internet import ssl as tssl
 from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import (
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+)
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IProtocolNegotiationFactory,
@@ -877,6 +881,123 @@ class TLSBehaviourMixin:
         self.assertEqual(got[0], b"PING")
         self.assertIsInstance(got[1], (ConnectionDone, ConnectionLost))
         self.assertTLS(reactor, 2)
+
+    def test_handshakesAtOnce(self):
+        """
+        Many TLS clients made with connectSSL at once against listenSSL on
+        the same reactor: their handshakes overlap (on AMEReactor, both
+        sides' steps in the pool together while the worker goes on with
+        the other connections), and each client gets back its own bytes
+        only, then the end.
+        """
+        n = 24
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+        got = {}
+        ended = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                got[self.factory.i] = b""
+                self.transport.write(b"client %d" % (self.factory.i,))
+
+            def dataReceived(self, data):
+                got[self.factory.i] += data
+                if got[self.factory.i] == b"CLIENT %d" % (self.factory.i,):
+                    self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                ended.append((self.factory.i, type(reason.value)))
+                if len(ended) == n:
+                    reactor.stop()
+
+        for i in range(n):
+            cf = protocol.ClientFactory.forProtocol(Client)
+            cf.i = i
+            reactor.connectSSL("127.0.0.1", port, cf,
+                               tssl.CertificateOptions())
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active(), "still running after the timeout")
+        timer.cancel()
+        self.assertEqual(got, {i: b"CLIENT %d" % (i,) for i in range(n)})
+        self.assertEqual(sorted(i for i, _ in ended), list(range(n)))
+        for _, why in ended:
+            self.assertIn(why, (ConnectionDone, ConnectionLost))
+        self.assertEqual(
+            sorted(e[1] for e in f.events if e[0] == "data"),
+            sorted(b"client %d" % (i,) for i in range(n)))
+        self.assertTLS(reactor, 2 * n)
+
+    def test_abortsAmongHandshakes(self):
+        """
+        Among many TLS clients made at once, every other one aborts in
+        connectionMade, while its first handshake step may be in the pool
+        (on AMEReactor a client's steps all go there): it ends with
+        ConnectionAborted or ConnectionLost (Twisted's own TLS reports the
+        second) and nothing read, its server side ends too, the others are
+        served as if alone, and no descriptor stays open.
+        """
+        n = 24
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+        before = _sockets()
+        got = {}
+        ended = {}
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                i = self.factory.i
+                got[i] = b""
+                if i % 4 == 1:
+                    self.transport.abortConnection()
+                elif i % 4 == 3:  # likelier with a step in the pool
+                    reactor.callLater(0, self.transport.abortConnection)
+                else:
+                    self.transport.write(b"client %d" % (i,))
+
+            def dataReceived(self, data):
+                i = self.factory.i
+                got[i] += data
+                if got[i] == b"CLIENT %d" % (i,):
+                    self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                ended[self.factory.i] = type(reason.value)
+
+        def check():
+            if len(ended) == n and f.lost == n:
+                reactor.stop()
+            else:
+                reactor.callLater(0.01, check)
+
+        for i in range(n):
+            cf = protocol.ClientFactory.forProtocol(Client)
+            cf.i = i
+            reactor.connectSSL("127.0.0.1", port, cf,
+                               tssl.CertificateOptions())
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.callLater(0, check)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active(), "still running after the timeout")
+        timer.cancel()
+        self.assertEqual(got, {i: b"" if i % 2 else b"CLIENT %d" % (i,)
+                               for i in range(n)})
+        for i in range(n):
+            if i % 2:  # either, as in Twisted's own AbortConnectionMixin
+                self.assertIn(ended[i], (ConnectionAborted, ConnectionLost))
+            else:
+                self.assertIn(ended[i], (ConnectionDone, ConnectionLost))
+        self.assertEqual(
+            sorted(e[1] for e in f.events if e[0] == "data"),
+            sorted(b"client %d" % (i,) for i in range(0, n, 2)))
+        deadline = time.monotonic() + 5
+        while _sockets() - before and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+        self.assertEqual(_sockets() - before, set())
+        self.assertTLS(reactor, 2 * n)
 
     def test_bytesLikeWrites(self):
         """
