@@ -1,7 +1,8 @@
 #!/bin/sh
 # make check: build and run every test in three builds — plain, ASan+UBSan,
-# TSan — each in its own meson build dir, then a short fuzz run.  Stops at
-# the first failure.
+# TSan — each in its own meson build dir (the Python extension's tests in
+# the sanitizer builds too), then a short fuzz run.  Stops at the first
+# failure.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -50,6 +51,34 @@ setup build-tsan -Db_sanitize=thread -Db_lundef=false
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   run meson test -C build-tsan --print-errorlogs -t 5
 
+# The Python extension built with TSan, in Debian's python by preloading
+# the runtime, as for ASan above: its threads (the Python thread, the C
+# worker, the TLS handshake pool) over the same trial tests and Twisted's
+# TCP/TLS reactor suites.  CPython's GIL is pthread mutexes and condition
+# variables, which the runtime sees.  Under this runtime a child that runs
+# Python before exec() dies (test_reactor skips those tests; test_process
+# is not run here; die_after_fork=0 lets the other forked children start
+# threads), and a named heap's address hint is dropped (test_shared skips
+# the tests whose unrelated processes open one named heap).
+tsan_py() {
+  run env \
+    LD_PRELOAD="$(gcc -print-file-name=libtsan.so)" \
+    TSAN_OPTIONS=halt_on_error=1:die_after_fork=0:second_deadlock_stack=1 \
+    PYTHONPATH="$PWD/build-tsan/bindings:$PWD/bindings" \
+    /usr/bin/python3 "$@"
+}
+if tsan_py -m twisted.trial --temp-directory build-tsan/_trial_temp \
+    tests/python/test_reactor.py tests/python/test_timers.py \
+    tests/python/test_shared.py tests/python/test_tasks.py \
+    tests/python/test_tls.py \
+    > build-tsan/trial-tsan.log 2>&1
+then cat build-tsan/trial-tsan.log
+else cat build-tsan/trial-tsan.log; exit 1
+fi
+tsan_py tests/python/run_twisted_conformance.py --reactors ame,ame-inline --strict \
+  --modules test_tcp,test_tls,test_newtls,test_core \
+  --out build-tsan/conformance --json build-tsan/conformance/summary.json
+
 # A short libFuzzer run of the HTTP example's request handling.
 run sh examples/c/fuzz.sh "${AME_FUZZ_SECONDS:-30}"
 
@@ -62,4 +91,6 @@ run sh examples/c/fuzz.sh "${AME_FUZZ_SECONDS:-30}"
   trial:"asan trial (reactor, timers, shared, tasks, tls)":build-asan/trial-asan.log \
   conformance:"asan twisted reactor suite":build-asan/conformance/summary.json \
   meson:tsan:build-tsan \
+  trial:"tsan trial (reactor, timers, shared, tasks, tls)":build-tsan/trial-tsan.log \
+  conformance:"tsan twisted reactor suite":build-tsan/conformance/summary.json \
   ran:fuzz:"examples/c/fuzz.sh, ${AME_FUZZ_SECONDS:-30} s"
