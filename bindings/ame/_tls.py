@@ -256,8 +256,12 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
 
     # Called from C once the worker completed the handshake, before any
     # data: what _checkHandshakeStatus does when do_handshake() succeeds.
+    # Not after abortConnection(), which may come between the two (Twisted's
+    # TLS reads nothing more after it, so its handshake never completes).
     def _ameHandshakeDone(self):
         self._handshakeDone = True
+        if self._aborted:
+            return
         if self._ameHostname is not None:
             self._ameCheckHostname(self._ameHostname)
         if self.wrappedProtocol is not None:

@@ -139,6 +139,20 @@ def _serverOptions(which="server"):
     return tssl.PrivateCertificate.loadPEM(CERTS[which]).options()
 
 
+_SLOW = []
+
+
+def _slowOptions():
+    """
+    Server options whose handshake step takes a few milliseconds in the
+    pool (an RSA-4096 signature); the key is made once.
+    """
+    if not _SLOW:
+        key = rsa.generate_private_key(65537, 4096)
+        _SLOW.append(_pem(_cert("localhost", key), key))
+    return tssl.PrivateCertificate.loadPEM(_SLOW[0]).options()
+
+
 # ---------------------------------------------------------------------------
 # Protocols.
 
@@ -1553,9 +1567,7 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
         """
         if not self.pooled:
             raise SkipTest("no handshake pool: the step runs on the thread")
-        key = rsa.generate_private_key(65537, 4096)
-        options = tssl.PrivateCertificate.loadPEM(
-            _pem(_cert("localhost", key), key)).options()
+        options = _slowOptions()
         reactor = self.buildReactor()
         f = _factory()
         port = self.listen(reactor, f, options)
@@ -1582,6 +1594,111 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
         before = self.serve(reactor, client, lambda: f.lost)
         self.assertLess(reactor.ameStats()["callbacks"] - before, 50)
         self.assertEqual([e[0] for e in f.events], ["made", "lost"])
+        self.assertTLS(reactor, 1)
+
+    def test_noHandshakeCompletedAfterAbort(self):
+        """
+        The worker may complete a handshake just as the protocol aborts the
+        connection.  Its news, delivered after abortConnection(), does not
+        reach the protocol, which sees connectionLost only: Twisted's TLS
+        reads nothing after an abort, so its handshake never completes.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        servers = []
+
+        class Server(_Server):
+            def connectionMade(self):
+                servers.append(self)
+                _Server.connectionMade(self)
+
+        f.protocol = Server
+        port = self.listen(reactor, f)
+
+        def abortThenNews():
+            t = servers[0].transport
+            t.abortConnection()
+            t._ameHandshakeDone()  # the news, as C delivers it
+
+        def peer():
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            while not servers:
+                time.sleep(0.001)
+            reactor.callFromThread(abortThenNews)
+            got = _recvAll(s)
+            s.close()
+            return got
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost), b"")
+        self.assertEqual([e[0] for e in f.events], ["made", "lost"])
+        stats = reactor.ameStats()  # no step ran: no ClientHello came
+        self.assertEqual((stats["tls_c"], stats["tls_c_open"]), (1, 0))
+
+    def test_abortDuringPoolStep(self):
+        """
+        A server connection aborted while its handshake step runs in the
+        pool (an RSA-4096 signature: a few milliseconds) ends as an abort
+        before the handshake: the step's result is dropped when it comes
+        back (the stream has let go by then), the peer reads nothing, and
+        no descriptor stays open.  (The abort is issued as soon as the
+        Python thread sees the step in the pool; on a machine too busy to
+        see it before the step is over, it lands later, and the same holds
+        with the server's handshake done or not.)
+        """
+        if not self.pooled:
+            raise SkipTest("no handshake pool: the step runs on the thread")
+        options = _slowOptions()
+        reactor = self.buildReactor()
+        f = _factory()
+        servers = []
+        seen = []
+
+        class Server(_Server):
+            def connectionMade(self):
+                servers.append(self)
+                _Server.connectionMade(self)
+
+        f.protocol = Server
+        port = self.listen(reactor, f, options)
+        before = _sockets()
+
+        def abortInStep():
+            stats = reactor.ameStats()
+            if stats["tls_c_pool_steps"] or stats["tls_c_handshakes"]:
+                seen.append([e[0] for e in f.events])
+                servers[0].transport.abortConnection()
+            else:
+                reactor.callLater(0, abortInStep)
+
+        def peer():
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            while not servers:
+                time.sleep(0.001)
+            reactor.callFromThread(abortInStep)
+            try:
+                s = _clientContext().wrap_socket(
+                    s, server_hostname="localhost")
+            except (ssl.SSLError, OSError):
+                s.close()
+                return None
+            got = _recvAll(s)
+            s.close()
+            return got
+
+        got = self.serve(reactor, peer, lambda: f.lost)
+        kinds = [e[0] for e in f.events]
+        self.assertIn(type(f.events[-1][1]),
+                      (ConnectionAborted, ConnectionLost))
+        # The peer's handshake fails, or (the server's flight was out
+        # before the abort) it ends right after it.  The server's protocol
+        # sees no handshakeCompleted after the abort, even where the
+        # worker completed the handshake meanwhile.
+        self.assertIn(got, (None, b""))
+        self.assertEqual(kinds, seen[0] + ["lost"])
+        deadline = time.monotonic() + 5
+        while _sockets() - before and time.monotonic() < deadline:
+            reactor.iterate(0.01)
+        self.assertEqual(_sockets() - before, set())
         self.assertTLS(reactor, 1)
 
 
