@@ -34,18 +34,23 @@ asan_py() {
     PYTHONPATH="$PWD/build-asan/bindings:$PWD/bindings" \
     /usr/bin/python3 "$@"
 }
-# Its output is kept for the closing summary (and shown).
-if asan_py -m twisted.trial --temp-directory build-asan/_trial_temp \
-    tests/python/test_reactor.py tests/python/test_timers.py \
-    tests/python/test_shared.py tests/python/test_tasks.py \
-    tests/python/test_tls.py \
-    > build-asan/trial-asan.log 2>&1
-then cat build-asan/trial-asan.log
-else cat build-asan/trial-asan.log; exit 1
-fi
-asan_py tests/python/run_twisted_conformance.py --reactors ame,ame-inline --strict \
-  --modules test_tcp,test_tls,test_newtls,test_process,test_core \
-  --out build-asan/conformance --json build-asan/conformance/summary.json
+# py_tests RUNNER SAN MODULES: the trial tests, then Twisted's reactor
+# suites MODULES (for ame and ame-inline), under RUNNER over build-SAN's
+# extension.  The trial output is kept for the closing summary (and shown).
+py_tests() {
+  if $1 -m twisted.trial --temp-directory "build-$2/_trial_temp" \
+      tests/python/test_reactor.py tests/python/test_timers.py \
+      tests/python/test_shared.py tests/python/test_tasks.py \
+      tests/python/test_tls.py \
+      > "build-$2/trial-$2.log" 2>&1
+  then cat "build-$2/trial-$2.log"
+  else cat "build-$2/trial-$2.log"; exit 1
+  fi
+  $1 tests/python/run_twisted_conformance.py --reactors ame,ame-inline \
+    --strict --modules "$3" --out "build-$2/conformance" \
+    --json "build-$2/conformance/summary.json"
+}
+py_tests asan_py asan test_tcp,test_tls,test_newtls,test_process,test_core
 
 setup build-tsan -Db_sanitize=thread -Db_lundef=false
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
@@ -67,17 +72,7 @@ tsan_py() {
     PYTHONPATH="$PWD/build-tsan/bindings:$PWD/bindings" \
     /usr/bin/python3 "$@"
 }
-if tsan_py -m twisted.trial --temp-directory build-tsan/_trial_temp \
-    tests/python/test_reactor.py tests/python/test_timers.py \
-    tests/python/test_shared.py tests/python/test_tasks.py \
-    tests/python/test_tls.py \
-    > build-tsan/trial-tsan.log 2>&1
-then cat build-tsan/trial-tsan.log
-else cat build-tsan/trial-tsan.log; exit 1
-fi
-tsan_py tests/python/run_twisted_conformance.py --reactors ame,ame-inline --strict \
-  --modules test_tcp,test_tls,test_newtls,test_core \
-  --out build-tsan/conformance --json build-tsan/conformance/summary.json
+py_tests tsan_py tsan test_tcp,test_tls,test_newtls,test_core
 
 # A short libFuzzer run of the HTTP example's request handling.
 run sh examples/c/fuzz.sh "${AME_FUZZ_SECONDS:-30}"

@@ -262,6 +262,23 @@ def _factory(cls=protocol.Factory):
     return f
 
 
+def _keepingFactory():
+    """
+    A L{_factory} whose L{_Server}s are kept, in the order made: (the
+    factory, that list).
+    """
+    servers = []
+
+    class Server(_Server):
+        def connectionMade(self):
+            servers.append(self)
+            _Server.connectionMade(self)
+
+    f = _factory()
+    f.protocol = Server
+    return f, servers
+
+
 def _threads(*names):
     """
     This process's threads named one of names: {(thread id, name)}.
@@ -896,6 +913,30 @@ class TLSBehaviourMixin:
         self.assertIsInstance(got[1], (ConnectionDone, ConnectionLost))
         self.assertTLS(reactor, 2)
 
+    def connectMany(self, reactor, port, client, n, until):
+        """
+        Make n connectSSL clients with protocol client (each factory's
+        C{i}: its number) to port at once, then run the reactor until
+        until() is true.
+        """
+        for i in range(n):
+            cf = protocol.ClientFactory.forProtocol(client)
+            cf.i = i
+            reactor.connectSSL("127.0.0.1", port, cf,
+                               tssl.CertificateOptions())
+
+        def check():
+            if until():
+                reactor.stop()
+            else:
+                reactor.callLater(0.01, check)
+
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.callLater(0, check)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active(), "still running after the timeout")
+        timer.cancel()
+
     def test_handshakesAtOnce(self):
         """
         Many TLS clients made with connectSSL at once against listenSSL on
@@ -923,18 +964,8 @@ class TLSBehaviourMixin:
 
             def connectionLost(self, reason):
                 ended.append((self.factory.i, type(reason.value)))
-                if len(ended) == n:
-                    reactor.stop()
 
-        for i in range(n):
-            cf = protocol.ClientFactory.forProtocol(Client)
-            cf.i = i
-            reactor.connectSSL("127.0.0.1", port, cf,
-                               tssl.CertificateOptions())
-        timer = reactor.callLater(self.timeout, reactor.stop)
-        reactor.run(installSignalHandlers=False)
-        self.assertTrue(timer.active(), "still running after the timeout")
-        timer.cancel()
+        self.connectMany(reactor, port, Client, n, lambda: len(ended) == n)
         self.assertEqual(got, {i: b"CLIENT %d" % (i,) for i in range(n)})
         self.assertEqual(sorted(i for i, _ in ended), list(range(n)))
         for _, why in ended:
@@ -981,22 +1012,8 @@ class TLSBehaviourMixin:
             def connectionLost(self, reason):
                 ended[self.factory.i] = type(reason.value)
 
-        def check():
-            if len(ended) == n and f.lost == n:
-                reactor.stop()
-            else:
-                reactor.callLater(0.01, check)
-
-        for i in range(n):
-            cf = protocol.ClientFactory.forProtocol(Client)
-            cf.i = i
-            reactor.connectSSL("127.0.0.1", port, cf,
-                               tssl.CertificateOptions())
-        timer = reactor.callLater(self.timeout, reactor.stop)
-        reactor.callLater(0, check)
-        reactor.run(installSignalHandlers=False)
-        self.assertTrue(timer.active(), "still running after the timeout")
-        timer.cancel()
+        self.connectMany(reactor, port, Client, n,
+                         lambda: len(ended) == n and f.lost == n)
         self.assertEqual(got, {i: b"" if i % 2 else b"CLIENT %d" % (i,)
                                for i in range(n)})
         for i in range(n):
@@ -1604,15 +1621,7 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
         reads nothing after an abort, so its handshake never completes.
         """
         reactor = self.buildReactor()
-        f = _factory()
-        servers = []
-
-        class Server(_Server):
-            def connectionMade(self):
-                servers.append(self)
-                _Server.connectionMade(self)
-
-        f.protocol = Server
+        f, servers = _keepingFactory()
         port = self.listen(reactor, f)
 
         def abortThenNews():
@@ -1649,16 +1658,8 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
             raise SkipTest("no handshake pool: the step runs on the thread")
         options = _slowOptions()
         reactor = self.buildReactor()
-        f = _factory()
-        servers = []
+        f, servers = _keepingFactory()
         seen = []
-
-        class Server(_Server):
-            def connectionMade(self):
-                servers.append(self)
-                _Server.connectionMade(self)
-
-        f.protocol = Server
         port = self.listen(reactor, f, options)
         before = _sockets()
 
