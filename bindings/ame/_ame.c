@@ -926,6 +926,10 @@ collect:
     check_push(c, w);
     w = next;
   }
+  /* Looked at under the lock: the worker and the resolver's threads push
+  ** onto these lists (what they push after this is for the next wait(),
+  ** which they wake). */
+  int resolved = c->gai_head != NULL, streams = c->fready_head != NULL;
   pthread_mutex_unlock(&c->lock);
 
   PyObject *list = PyList_New((Py_ssize_t)c->nev);
@@ -941,8 +945,8 @@ collect:
   /* The fast streams: their data goes to dataReceived here; what Python
   ** must handle is appended to the list.  Then what the callbacks wrote
   ** goes to the worker at once. */
-  if (c->gai_head != NULL) ame__gai_dispatch(c);
-  if (c->fready_head != NULL && c->on_read_error != NULL) {
+  if (resolved) ame__gai_dispatch(c);
+  if (streams && c->on_read_error != NULL) {
     if (ame__fconn_dispatch(c, list) < 0) {
       Py_DECREF(list);
       return NULL;
