@@ -682,7 +682,7 @@ static PyObject *Core_watch(CoreObject *self, PyObject *args) {
   ** its handle removes the fd from epoll again, by number, and the
   ** number is the next descriptor's once the program closed this one. */
   int barrier = ev == 0 && w->poll != NULL;
-  if (barrier || ev == 0) mark_dirty(c, w);
+  if (ev == 0) mark_dirty(c, w); /* armed or not: the apply stops it */
   pthread_mutex_unlock(&c->lock);
   if (ev != 0) check_push(c, w);
   if (barrier) {
