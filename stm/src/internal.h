@@ -86,6 +86,15 @@ struct ame__limbo {
   uintptr_t ts;
 };
 
+/* Reclaimed blocks of one size kept for the thread's next ame_tx_malloc
+** (stm.c, "Recycling"). */
+#define AME__RECYCLE_CLASSES 4
+struct ame__recycle {
+  size_t usable; /* malloc_usable_size() of each block */
+  void *head;    /* a list through each block's first word, newest first */
+  size_t n;
+};
+
 struct ame_tx {
   struct ame__txhot h;         /* must stay first: the inline loads */
   struct ame__dom *dom;        /* the domain it belongs to */
@@ -140,6 +149,7 @@ struct ame_tx {
   /* -- reclamation */
   struct ame__vec limbo;       /* ame__limbo, oldest first */
   unsigned scanned_at;         /* `starts` at the last reclamation scan */
+  struct ame__recycle recycle[AME__RECYCLE_CLASSES]; /* stm.c */
   /* -- registry */
   unsigned slot;               /* index in the thread table */
   unsigned refs;               /* ame_thread_enter() nesting */
@@ -249,6 +259,9 @@ void ame__conflict_note(uintptr_t addr, ame_abort_cause_t cause,
                         const char *site, const char *other_site);
 void ame__conflicts_reset(void);
 void ame__stats_shutdown(void);
+
+/* Blocks in the calling thread's recycle lists (stm.c; for the tests). */
+size_t ame__recycled(const ame_tx_t *tx);
 
 /* cpus.c: the smallest CPU quota (in CPUs; 0 for none) of the cgroups that
 ** the cgroup file (/proc/self/cgroup) names, found through the mountinfo

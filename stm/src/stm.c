@@ -60,6 +60,7 @@
 #include <errno.h>
 #include <sched.h>
 #include <limits.h>
+#include <malloc.h>
 #include <linux/futex.h>
 #include <linux/membarrier.h>
 #include <stdlib.h>
@@ -104,6 +105,7 @@ static void release_token(ame_tx_t *tx);
 static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) __attribute__((noreturn));
 static void reclaim(ame_tx_t *tx, int force);
+static void recycle_drain(ame_tx_t *tx);
 static inline void commit(ame_tx_t *tx);
 static void end_tx(ame_tx_t *tx);
 static uintptr_t validate(ame_tx_t *tx);
@@ -321,6 +323,7 @@ static void free_descriptor(ame_tx_t *tx) {
   }
   struct ame__limbo *lb = tx->limbo.items;
   for (size_t i = 0; i < tx->limbo.n; i++) free(lb[i].ptr);
+  recycle_drain(tx);
   free(tx->r_base);
   ame__vec_free(&tx->allocs);
   ame__vec_free(&tx->frees);
@@ -454,6 +457,7 @@ void ame_thread_exit(void) {
     ame__G.orphan_stats.frees_pending++;
   }
   tx->limbo.n = 0;
+  recycle_drain(tx);
   STORE(&tx->in_use, 0);
   pthread_mutex_unlock(&ame__G.reg_lock);
   self = NULL;
@@ -492,8 +496,97 @@ static inline int scan_overdue(const ame_tx_t *tx) {
   return tx->starts - tx->scanned_at >= LIMBO_PERIOD;
 }
 
-/* Free this thread's deferred blocks that no running transaction can reach
-** any more; with force, also try the orphans of exited threads. */
+/* ------------------------------------------------------------------------
+** Recycling.  A small block that reclaim() finds no transaction can reach
+** any more goes on its thread's recycle list for its size instead of back
+** to malloc, and the thread's next ame_tx_malloc of a size it fits takes
+** it (newest first).  Data structures under updates free and allocate
+** nodes of one size all the time, and reclamation frees them in batches
+** (LIMBO_SCAN) that overflow glibc's per-thread cache: each batch went to
+** the arena, under its lock for blocks another thread allocated, and each
+** later malloc came back out of it.  A list holds one size
+** (malloc_usable_size) and at most RECYCLE_LIST_BYTES; the rest is freed,
+** and so is the whole at the thread's exit.  A recycled block is exactly
+** as unreachable as a freed one.  Not under AddressSanitizer, whose
+** quarantine must see each free to report a use after it.
+*/
+
+#define RECYCLE_MAX_BLOCK 256      /* bytes: larger blocks are freed */
+#define RECYCLE_LIST_BYTES 65536   /* per list: above a batch of nodes */
+#define RECYCLE_SLACK 32           /* bytes a request may leave unused */
+
+#if defined(__SANITIZE_ADDRESS__)
+static void recycle_put(ame_tx_t *tx, void *p) {
+  (void)tx;
+  free(p);
+}
+static inline void *recycle_get(ame_tx_t *tx, size_t size) {
+  (void)tx;
+  return malloc(size ? size : 1);
+}
+#else
+static void recycle_put(ame_tx_t *tx, void *p) {
+  size_t u = malloc_usable_size(p);
+  struct ame__recycle *rc = tx->recycle, *to = NULL;
+  if (u >= sizeof(void *) && u <= RECYCLE_MAX_BLOCK) {
+    /* u's list, if it has room; else the first empty one, if u has none */
+    for (unsigned i = 0; i < AME__RECYCLE_CLASSES; i++) {
+      if (rc[i].n == 0) {
+        if (to == NULL) to = &rc[i];
+      } else if (rc[i].usable == u) {
+        to = (rc[i].n + 1) * u <= RECYCLE_LIST_BYTES ? &rc[i] : NULL;
+        break;
+      }
+    }
+  }
+  if (to == NULL) {
+    free(p);
+    return;
+  }
+  if (to->n == 0) {
+    to->usable = u;
+    to->head = NULL;
+  }
+  *(void **)p = to->head;
+  to->head = p;
+  to->n++;
+}
+
+static inline void *recycle_get(ame_tx_t *tx, size_t size) {
+  struct ame__recycle *rc = tx->recycle;
+  for (unsigned i = 0; i < AME__RECYCLE_CLASSES; i++) {
+    if (rc[i].n && rc[i].usable >= size &&
+        rc[i].usable - size < RECYCLE_SLACK) {
+      void *p = rc[i].head;
+      rc[i].head = *(void **)p;
+      rc[i].n--;
+      return p;
+    }
+  }
+  return malloc(size ? size : 1);
+}
+#endif
+
+/* Give the thread's recycled blocks back to malloc. */
+static void recycle_drain(ame_tx_t *tx) {
+  for (unsigned i = 0; i < AME__RECYCLE_CLASSES; i++) {
+    while (tx->recycle[i].n) {
+      void *p = tx->recycle[i].head;
+      tx->recycle[i].head = *(void **)p;
+      tx->recycle[i].n--;
+      free(p);
+    }
+  }
+}
+
+size_t ame__recycled(const ame_tx_t *tx) {
+  size_t n = 0;
+  for (unsigned i = 0; i < AME__RECYCLE_CLASSES; i++) n += tx->recycle[i].n;
+  return n;
+}
+
+/* Free (recycle) this thread's deferred blocks that no running transaction
+** can reach any more; with force, also try the orphans of exited threads. */
 static void reclaim(ame_tx_t *tx, int force) {
   /* The orphans, only if there are some and nobody else is at them. */
   int orphans = force && tx->dom == &ame__G.dom &&
@@ -509,7 +602,7 @@ static void reclaim(ame_tx_t *tx, int force) {
   struct ame__limbo *lb = tx->limbo.items;
   size_t i = 0;
   while (i < tx->limbo.n && lb[i].ts <= oldest) {
-    free(lb[i].ptr);
+    recycle_put(tx, lb[i].ptr);
     i++;
   }
   if (i) {
@@ -1883,7 +1976,7 @@ void ame_tx_privatize(ame_tx_t *tx) {
 void *ame_tx_malloc(ame_tx_t *tx, size_t size) {
   assert(tx->nesting > 0 && "ame_tx_malloc outside a transaction");
   if (tx->dom->shared) return ame__heap_tx_malloc(tx, size);
-  void *p = malloc(size ? size : 1);
+  void *p = recycle_get(tx, size);
   if (p && ame__vec_push(&tx->allocs, &p, sizeof p) != 0) {
     free(p);
     return NULL;

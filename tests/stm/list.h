@@ -70,6 +70,8 @@
   X(tx_malloc_free_same_tx, 10)                                               \
   X(tx_free_thread_exit, 20)                                                  \
   X(tx_free_size_conflicts, 20)                                               \
+  X(tx_free_recycles, 10)                                                     \
+  X(tx_free_recycle_waits, 20)                                                \
   /* irrevocability: test_irrevocable.c */                                    \
   X(irrevocable_basic, 10)                                                    \
   X(irrevocable_nested, 10)                                                   \

@@ -2,12 +2,24 @@
 ** tests/stm/test_alloc.c — transactional allocation: ame_tx_malloc and
 ** ame_tx_calloc (freed when the attempt aborts), ame_tx_free (nothing on
 ** abort; deferred reclamation on commit, counted in the statistics, handed
-** on at thread exit), and ame_tx_free with a size locking the block.
+** on at thread exit), ame_tx_free with a size locking the block, and the
+** recycling of reclaimed small blocks by the thread's next allocations.
 **
 ** Leaks are checked two ways: heap_in_use() (task.h) during the test, in
 ** every build, and LeakSanitizer at exit in the ASan build.
 */
 #include "stm-test.h"
+
+/* stm/src/internal.h: blocks in the calling thread's recycle lists. */
+size_t ame__recycled(const ame_tx_t *tx);
+
+/* Reclaimed small blocks are recycled, except under AddressSanitizer,
+** which must see each free (stm.c, "Recycling"). */
+#if defined(__SANITIZE_ADDRESS__)
+#define RECYCLES 0
+#else
+#define RECYCLES 1
+#endif
 
 /* The heap may move by this much for reasons of its own (logs growing). */
 #define HEAP_SLACK (1u << 20)
@@ -375,5 +387,145 @@ TEST_IMPL(tx_free_size_conflicts) {
   ASSERT_EQ(atomic_load(&s.reader_done), 1);
   ASSERT_EQ(atomic_load(&s.passed_early), 0);
   free(s.block);
+  leave_and_shutdown();
+}
+
+/* Reclaimed small blocks go to the thread's recycle lists, and its next
+** allocations that fit take them back; a large block goes to malloc.  At
+** the thread's exit the lists are given back. */
+TEST_IMPL(tx_free_recycles) {
+  ame_tx_t *tx = enter();
+  enum { N = 100 };
+  static void *blocks[N];
+  static uintptr_t root;
+  AME_ATOMIC(tx) {
+    for (int i = 0; i < N; i++) {
+      blocks[i] = ame_tx_malloc(tx, 48);
+      ASSERT_NOT_NULL(blocks[i]);
+    }
+    ame_store_word_tx(tx, &root, (uintptr_t)blocks[0]); /* published */
+  }
+  void *big = malloc(4096);
+  ASSERT_NOT_NULL(big);
+  size_t before = ame__recycled(tx);
+  AME_ATOMIC(tx) {
+    for (int i = 0; i < N; i++)
+      ame_tx_free(tx, blocks[i], i % 2 ? 48 : 0);
+    ame_tx_free(tx, big, 0);
+    ame_store_word_tx(tx, &root, 0);
+  }
+  ame_quiesce(tx); /* nothing else runs: all of it is reclaimed */
+  ASSERT_EQ(frees_pending(), 0);
+  ASSERT_EQ(ame__recycled(tx), before + (RECYCLES ? N : 0));
+  /* The next allocations that they fit are the same blocks, newest
+  ** first (the first one a smaller size), then malloc's again. */
+  static void *again[N + 1];
+  AME_ATOMIC(tx) {
+    again[0] = ame_tx_malloc(tx, 40);
+    for (int i = 1; i <= N; i++) again[i] = ame_tx_malloc(tx, 48);
+    for (int i = 0; i <= N; i++) ASSERT_NOT_NULL(again[i]);
+  }
+  int same = 0;
+  for (int i = 0; i <= N; i++)
+    for (int k = 0; k < N; k++)
+      same += again[i] == blocks[k];
+  if (RECYCLES) {
+    ASSERT_EQ(same, N);
+    ASSERT_PTR_EQ(again[0], blocks[N - 1]);
+    ASSERT_PTR_EQ(again[N - 1], blocks[0]);
+    ASSERT_EQ(ame__recycled(tx), before);
+  }
+  /* Usable memory: written whole, then freed for good. */
+  for (int i = 0; i <= N; i++) memset(again[i], 0x5a, 40);
+  AME_ATOMIC(tx) {
+    for (int i = 0; i <= N; i++) ame_tx_free(tx, again[i], 0);
+  }
+  ame_quiesce(tx);
+  /* At the thread's exit the lists go back to malloc. */
+  tx = exit_and_enter();
+  ASSERT_EQ(ame__recycled(tx), 0);
+  ASSERT_EQ(frees_pending(), 0);
+  leave_and_shutdown();
+}
+
+/* A block is recycled only once no transaction can reach it: while one
+** that started before the free committed is still running, reclamation
+** keeps it and no allocation gets it back. */
+struct recycle_reader {
+  atomic_int inside; /* the reader's transaction runs */
+  atomic_int go;     /* let it commit */
+  atomic_int done;
+};
+
+static uintptr_t recycle_word;
+
+static void *recycle_reader_main(void *arg) {
+  struct recycle_reader *r = arg;
+  ame_tx_t *tx = enter();
+  AME_ATOMIC(tx) {
+    (void)ame_load_word_tx(tx, &recycle_word);
+    atomic_store(&r->inside, 1);
+    ASSERT_WAIT(atomic_load(&r->go), 10000);
+  }
+  atomic_store(&r->done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(tx_free_recycle_waits) {
+  ame_tx_t *tx = enter();
+  void *volatile b = NULL;
+  AME_ATOMIC(tx) {
+    b = ame_tx_malloc(tx, 48);
+    ASSERT_NOT_NULL(b);
+    ame_store_word_tx(tx, &recycle_word, (uintptr_t)b);
+  }
+  static struct recycle_reader r;
+  pthread_t t;
+  thread_start(&t, recycle_reader_main, &r);
+  ASSERT_WAIT(atomic_load(&r.inside), 5000);
+  /* The reader may still hold b: free it now. */
+  AME_ATOMIC(tx) {
+    ame_store_word_tx(tx, &recycle_word, 0);
+    ame_tx_free(tx, b, 48);
+  }
+  size_t before = ame__recycled(tx);
+  for (int round = 0; round < 20; round++) {
+    ame_thread_idle(tx); /* a reclamation scan */
+    ASSERT_EQ(ame__recycled(tx), before);
+    ASSERT_GE(frees_pending(), 1);
+    AME_ATOMIC(tx) {
+      for (int i = 0; i < 50; i++) {
+        void *p = ame_tx_malloc(tx, 48);
+        ASSERT_NOT_NULL(p);
+        ASSERT_PTR_NE(p, b);
+        ame_tx_free(tx, p, 0);
+      }
+    }
+  }
+  atomic_store(&r.go, 1);
+  thread_join(t);
+  ASSERT_EQ(atomic_load(&r.done), 1);
+  /* Now nothing can reach it: reclaimed, and recycled. */
+  ame_quiesce(tx);
+  ASSERT_EQ(frees_pending(), 0);
+  if (RECYCLES) {
+    ASSERT_GE(ame__recycled(tx), before + 1);
+    int found = 0;
+    static void *got[2000];
+    size_t n = ame__recycled(tx);
+    ASSERT_LE(n, 2000);
+    AME_ATOMIC(tx) {
+      found = 0;
+      for (size_t i = 0; i < n; i++) {
+        got[i] = ame_tx_malloc(tx, 48);
+        found += got[i] == b;
+      }
+    }
+    ASSERT_EQ(found, 1);
+    AME_ATOMIC(tx) {
+      for (size_t i = 0; i < n; i++) ame_tx_free(tx, got[i], 0);
+    }
+  }
   leave_and_shutdown();
 }

@@ -35,8 +35,9 @@
 **
 ** Memory.  Memory from ame_tx_malloc() in an attempt that aborts is freed by
 ** the abort.  Memory given to ame_tx_free() in an attempt that commits is
-** handed back to the C allocator only once no transaction that may still hold
-** a pointer to it is running (quiescence on the version clock); in an attempt
+** handed back to the C allocator (or, if small, to the thread's own later
+** ame_tx_malloc calls) only once no transaction that may still hold a
+** pointer to it is running (quiescence on the version clock); in an attempt
 ** that aborts, ame_tx_free() has no effect.  (A block freed by a
 ** transaction that wrote nothing is timestamped when it commits: it must
 ** have been made unreachable by an earlier commit.)  Words that are accessed
@@ -247,7 +248,9 @@ AME_EXTERN void *ame_tx_calloc(ame_tx_t *tx, size_t n, size_t size);
 
 /* Free ptr if, and when, the transaction commits; nothing happens if it
 ** aborts.  The block is returned to malloc only once every transaction that
-** was running at the commit has ended.  If size is nonzero, the block's
+** was running at the commit has ended (a small one may first serve one of
+** the thread's later ame_tx_malloc calls: docs/stm.md, "Memory reclamation
+** and privatization").  If size is nonzero, the block's
 ** words are also locked as if written, so that a concurrent transaction
 ** that still accesses the block conflicts with this one.  ptr may have been
 ** allocated outside a transaction or by ame_tx_malloc() in this one. */
