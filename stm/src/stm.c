@@ -501,14 +501,15 @@ static inline int scan_overdue(const ame_tx_t *tx) {
 ** any more goes on its thread's recycle list for its size instead of back
 ** to malloc, and the thread's next ame_tx_malloc of a size it fits takes
 ** it (newest first).  Data structures under updates free and allocate
-** nodes of one size all the time, and reclamation frees them in batches
-** (LIMBO_SCAN) that overflow glibc's per-thread cache: each batch went to
-** the arena, under its lock for blocks another thread allocated, and each
-** later malloc came back out of it.  A list holds one size
-** (malloc_usable_size) and at most RECYCLE_LIST_BYTES; the rest is freed,
-** and so is the whole at the thread's exit.  A recycled block is exactly
-** as unreachable as a freed one.  Not under AddressSanitizer, whose
-** quarantine must see each free to report a use after it.
+** nodes of one size all the time, and reclamation finds them in batches
+** (LIMBO_SCAN): given to free(), a batch overflows glibc's per-thread
+** cache and goes to the arena, under its lock for blocks that another
+** thread allocated, and later mallocs take it back out of there.  A list
+** holds one size (malloc_usable_size) and at most RECYCLE_LIST_BYTES; the
+** rest is freed, and so is the whole at the thread's exit.  A recycled
+** block is exactly as unreachable as a freed one.  Not under
+** AddressSanitizer, whose quarantine must see each free to report a use
+** after it.
 */
 
 #define RECYCLE_MAX_BLOCK 256      /* bytes: larger blocks are freed */
