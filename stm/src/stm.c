@@ -516,6 +516,14 @@ static inline int scan_overdue(const ame_tx_t *tx) {
 #define RECYCLE_LIST_BYTES 65536   /* per list: above a batch of nodes */
 #define RECYCLE_SLACK 32           /* bytes a request may leave unused */
 
+/* The newest block of a list that has one. */
+static inline void *recycle_pop(struct ame__recycle *r) {
+  void *p = r->head;
+  r->head = *(void **)p;
+  r->n--;
+  return p;
+}
+
 #if defined(__SANITIZE_ADDRESS__)
 static void recycle_put(ame_tx_t *tx, void *p) {
   (void)tx;
@@ -557,12 +565,8 @@ static inline void *recycle_get(ame_tx_t *tx, size_t size) {
   struct ame__recycle *rc = tx->recycle;
   for (unsigned i = 0; i < AME__RECYCLE_CLASSES; i++) {
     if (rc[i].n && rc[i].usable >= size &&
-        rc[i].usable - size < RECYCLE_SLACK) {
-      void *p = rc[i].head;
-      rc[i].head = *(void **)p;
-      rc[i].n--;
-      return p;
-    }
+        rc[i].usable - size < RECYCLE_SLACK)
+      return recycle_pop(&rc[i]);
   }
   return malloc(size ? size : 1);
 }
@@ -571,12 +575,7 @@ static inline void *recycle_get(ame_tx_t *tx, size_t size) {
 /* Give the thread's recycled blocks back to malloc. */
 static void recycle_drain(ame_tx_t *tx) {
   for (unsigned i = 0; i < AME__RECYCLE_CLASSES; i++) {
-    while (tx->recycle[i].n) {
-      void *p = tx->recycle[i].head;
-      tx->recycle[i].head = *(void **)p;
-      tx->recycle[i].n--;
-      free(p);
-    }
+    while (tx->recycle[i].n) free(recycle_pop(&tx->recycle[i]));
   }
 }
 
