@@ -166,7 +166,9 @@ struct tstate {
 static uint64_t attempts;
 #define MADE_DEAD UINT64_MAX /* ShObject.made_in: its attempt aborted */
 
-static _Thread_local struct tstate *tls_ts;
+/* initial-exec, as libame's (stm/src/internal.h: AME__TLS) */
+static _Thread_local struct tstate *tls_ts
+    __attribute__((tls_model("initial-exec")));
 
 /* The thread ends: leave the heap (no GIL here; nothing of Python). */
 static void ts_destroy(void *arg) {

@@ -22,7 +22,9 @@
 
 #define JOB_BATCH 64       /* jobs per loop iteration before polling again */
 
-static __thread struct worker *current;
+/* initial-exec, as libame's (stm/src/internal.h: AME__TLS) */
+static __thread struct worker *current
+    __attribute__((tls_model("initial-exec")));
 
 struct worker *ame__current(void) { return current; }
 

@@ -112,8 +112,8 @@ static int proc_alive(pid_t pid, uint64_t start) {
   return s != 0 && s == start;
 }
 
-static __thread int my_tid_cache;
-static __thread uint64_t my_start_cache;
+static AME__TLS int my_tid_cache;
+static AME__TLS uint64_t my_start_cache;
 
 /* The calling thread's identity: its thread id and start time (a slot is
 ** a thread's, so that a thread that ends without ame_heap_exit is seen to

@@ -63,6 +63,14 @@ struct ame__wchunk {
   struct ame__wchunk *next;
 };
 
+/* The library's thread-local variables: initial-exec, an offset from the
+** thread pointer, not a __tls_get_addr() call per access.  The Python
+** extension links libame in and is loaded by dlopen(); glibc then places
+** these few dozen bytes in the static TLS it keeps spare for such modules.
+** (As dynamic TLS, GCC 12's thread sanitizer crashed in its
+** __tls_get_addr() interceptor on the extension's block.) */
+#define AME__TLS __thread __attribute__((tls_model("initial-exec")))
+
 /* A growable array of (function, argument) or pointers. */
 struct ame__handler {
   void (*fn)(void *);
@@ -240,7 +248,7 @@ static inline void ame__tx_init_domain(ame_tx_t *tx, struct ame__dom *d) {
 ** frees its private parts.  ame__tx_recover() finishes or undoes the
 ** transaction of a descriptor whose owner died (status: its slot's commit
 ** status) and releases its locks; return 1 if it finished a write-back. */
-extern __thread ame_tx_t *ame__heap_self;
+extern AME__TLS ame_tx_t *ame__heap_self;
 int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
                   struct ame__wchunk *log, size_t chunks, int pid);
 void ame__tx_teardown(ame_tx_t *tx);

@@ -71,8 +71,8 @@
 
 struct ame__global ame__G = {.reg_lock = PTHREAD_MUTEX_INITIALIZER};
 
-static __thread ame_tx_t *self;
-__thread ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
+static AME__TLS ame_tx_t *self;
+AME__TLS ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
 
 #define DEFAULT_OREC_BITS 20
 #define DEFAULT_MAX_THREADS 1024
