@@ -2514,7 +2514,9 @@ static void atfork_child(void) {
   if (heap == NULL || heap_pid == getpid()) return;
   heap_pid = getpid();
   ame_heap_after_fork_child(heap);
-  enter_gen++;
+  /* Atomic: a thread of the parent that ended without a join read it in
+  ** ts_destroy(), without the GIL. */
+  __atomic_add_fetch(&enter_gen, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&heap_threads, 0, __ATOMIC_RELAXED);
   struct tstate *ts = tls_ts;
   if (ts) {
