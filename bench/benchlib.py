@@ -1045,10 +1045,15 @@ def wrk_summary(runs):
     """
     The per-configuration summary of repeated wrk runs (each a dict with
     rps, cpu_us_per_req, server_cpus, wrk_cpus, others_cpus, socket_errors
-    and non2xx): medians, min-max, error counts, and the runs themselves.
+    and non2xx, and wrk_cpu_s and requests where the client's CPU was
+    measured): medians, min-max, error counts, and the runs themselves.
     """
     rps = [r["rps"] for r in runs]
     cpr = [r["cpu_us_per_req"] for r in runs]
+    # The client's CPU per request: on a machine the client shares with
+    # the server, what it spends is CPU the server does not get.
+    client = [r["wrk_cpu_s"] * 1e6 / r["requests"] for r in runs
+              if r.get("wrk_cpu_s") is not None and r.get("requests")]
     return {
         "runs": len(runs),
         "rps": rps, "rps_median": med(rps),
@@ -1059,6 +1064,7 @@ def wrk_summary(runs):
         "cpu_max": max(cpr) if cpr else None,
         "server_cpus": med([r["server_cpus"] for r in runs]),
         "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
+        "client_cpu_median": med(client),
         "others_cpus": med([r["others_cpus"] for r in runs
                             if r["others_cpus"] is not None]),
         "socket_errors": sum(r["socket_errors"] for r in runs),

@@ -280,6 +280,7 @@ def twisted_section(d):
                      fmt_rate(r["rps_median"]),
                      spread(r["rps_min"], r["rps_max"]),
                      fmt_us(r["cpu_median"]),
+                     fmt_us(r.get("client_cpu_median")),
                      fmt_ratio(r.get("rps_vs_epoll")),
                      fmt_ratio(r.get("cpu_vs_epoll")),
                      fmt_ratio(r.get("rps_vs_1w")), cpus3(r),
@@ -290,7 +291,8 @@ def twisted_section(d):
                    s["connections"], s["duration_s"], s["warmup_s"]))
     out.append("")
     out.append(table(["program", "mode", "server", "req/s", "min-max",
-                      "CPU us/req", "req/s x epoll", "CPU x epoll",
+                      "CPU us/req", "client CPU us/req", "req/s x epoll",
+                      "CPU x epoll",
                       "req/s x 1 worker", "CPUs srv / wrk / other",
                       "errors"], body, right_from=3))
     head, split = thread_split(tw["rows"], lambda a: labels.get(a, a))

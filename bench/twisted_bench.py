@@ -514,6 +514,12 @@ def evaluate_bars(rows):
                             "us/req %s" % (peer["label"],
                                            fmt_ratio(peer["rps_vs_epoll"]),
                                            fmt_us(peer["cpu_median"])))
+            if key == "rps_vs_epoll" and app in TLS_PEER_APPS:
+                # The client shares the CPUs: its CPU per request is CPU
+                # the server does not get (docs/twisted.md, Figures).
+                note.append("client CPU us/req: %s" % ", ".join(
+                    "%s %s" % (x["label"], fmt_us(x.get("client_cpu_median")))
+                    for x in pair + ([peer] if peer else [])))
             if other and max(other) > 0.2:
                 note.append("disturbed: other work used up to %.2f CPUs"
                             % max(other))
@@ -631,7 +637,8 @@ def print_report(d):
              settings["warmup_s"], reps, "" if reps == 1 else "s",
              cpus[0] if cpus else "-", cpus[1] if cpus else "-"))
     print("CPU us/req: the server's user+system CPU (every thread and "
-          "process of it) per request completed.  srv/wrk/other: CPUs used "
+          "process of it) per request completed; client: the same for the "
+          "client (wrk, or ame load on its rows).  srv/wrk/other: CPUs used "
           "by the server, by wrk and by other work on the machine.  x epoll: "
           "against EPollReactor, same program and mode; x 1w: against "
           "ame run --workers 1.  AMEReactor: its default io auto, inline "
@@ -650,7 +657,7 @@ def print_report(d):
             cspread = "%s-%s" % (fmt_us(r["cpu_min"]), fmt_us(r["cpu_max"]))
         table.append((
             APP_LABEL[r["app"]], r["mode"], r["label"], rps, rspread,
-            fmt_us(r["cpu_median"]), cspread,
+            fmt_us(r["cpu_median"]), cspread, fmt_us(r.get("client_cpu_median")),
             "%s/%s/%s" % (fmt_cpus(r["server_cpus"]), fmt_cpus(r["wrk_cpus"]),
                           fmt_cpus(r["others_cpus"])),
             str(r["errors"]) + (" !" if r["errors"] else ""),
@@ -658,7 +665,8 @@ def print_report(d):
             ratio_cell(r, "rps_vs_1w"))
             + ((ratio_cell(r, "rps_vs_plain"),) if tls else ()))
     print_rows(("app", "mode", "server", "req/s", "min-max", "CPU us/req",
-                "min-max", "srv/wrk/other", "errors", "req/s x epoll",
+                "min-max", "client", "srv/wrk/other", "errors",
+                "req/s x epoll",
                 "CPU/req x epoll", "req/s x 1w")
                + (("req/s x tcp",) if tls else ()), table, 3,
                group=lambda row: row[:2])
