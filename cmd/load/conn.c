@@ -138,6 +138,9 @@ static int on_message_complete(http_parser *p) {
   ld_bump(&ws->requests, 1);
   c->completed = 1;
   c->keep_alive = http_should_keep_alive(p);
+  /* --rate: the slot's next request is due one interval after this one,
+  ** on this connection or, if the response closes it, on the next. */
+  if (ld_run.rate > 0) c->intended_ns += ld_run.interval_ns;
   return 0;
 }
 
@@ -198,7 +201,6 @@ int ld_plain_data(ame_tx_t *tx, ld_conn_t *c, ame_stream_t *s,
   }
   uint64_t now = ld_now_ns();
   if (ld_run.rate <= 0) return ld_send_now(c, s, ws, now);
-  c->intended_ns += ld_run.interval_ns;
   return schedule(c, s, ws, now);
 }
 

@@ -19,7 +19,9 @@ what `ame load --json` reports agrees:
            -H 'Connection: close': every request carries that one
            Connection header (not also the default keep-alive), so a
            server that honours it answers each on a new connection
-  rate     --rate 200 for 2 s: about 400 requests, latency from due time
+  rate     --rate 200 for 2 s: about 400 requests, latency from due time;
+           the same with a connection per request (the server closing, or
+           -H 'Connection: close')
   timeout  GET /hang (never answered): timeouts counted, exit 1
   tls      https:// against the same server behind TLS (a certificate made
            by `openssl req` for the test): counts, statuses, a POST body
@@ -330,24 +332,36 @@ def case_close(ame):
           % srv.connection_headers)
 
 
-def case_rate(ame):
+def rate_run(ame, path, args, what):
+    """--rate 200 for 2 s on a CountingServer's path (plus args)."""
     srv = CountingServer()
     try:
-        rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
-                            ['-c', '4', '-d', '2s', '--rate', '200'])
+        rc, res = load_json(ame, 'http://127.0.0.1:%d%s' % (srv.port, path),
+                            ['-c', '4', '-d', '2s', '--rate', '200'] + args)
     finally:
         srv.close()
-    check(rc == 0 and res is not None, 'exit %d (0), JSON parsed' % rc)
+    check(rc == 0 and res is not None, '%s: exit %d (0), JSON parsed'
+          % (what, rc))
     if res is None:
         return
     check(res['rate'] == 200 and res['latency_us']['from'] == 'due',
-          'rate 200, latency from the due time')
+          '%s: rate 200, latency from the due time' % what)
     # 200/s for 2 s is 400 slots (+ one per connection at the start).  The
     # upper bound is firm; the lower one only catches a broken schedule.
     check(200 <= res['requests'] <= 404,
-          '%d requests for 400 scheduled' % res['requests'])
+          '%s: %d requests for 400 scheduled' % (what, res['requests']))
     check_counts(srv, res, 4)
     check_percentiles(res['latency_us'])
+    check(res['errors']['total'] == 0, '%s: no errors: %s'
+          % (what, res['errors']))
+
+
+def case_rate(ame):
+    rate_run(ame, '/', [], 'keep-alive')
+    # A connection per request: each response closes its connection, and
+    # the slot's next request is due one interval later all the same.
+    rate_run(ame, '/close', [], 'server closes')
+    rate_run(ame, '/', ['-H', 'Connection: close'], 'Connection: close')
 
 
 def case_timeout(ame):
