@@ -657,7 +657,8 @@ def print_report(d):
             cspread = "%s-%s" % (fmt_us(r["cpu_min"]), fmt_us(r["cpu_max"]))
         table.append((
             APP_LABEL[r["app"]], r["mode"], r["label"], rps, rspread,
-            fmt_us(r["cpu_median"]), cspread, fmt_us(r.get("client_cpu_median")),
+            fmt_us(r["cpu_median"]), cspread,
+            fmt_us(r.get("client_cpu_median")),
             "%s/%s/%s" % (fmt_cpus(r["server_cpus"]), fmt_cpus(r["wrk_cpus"]),
                           fmt_cpus(r["others_cpus"])),
             str(r["errors"]) + (" !" if r["errors"] else ""),
