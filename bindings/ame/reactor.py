@@ -53,6 +53,7 @@ __all__ = ["AMEReactor", "install"]
 # ame.atomic's deferral of reactor calls (see _ameAtomicHooks).
 _inAtomic = _ame._shared_in_atomic
 _afterCommit = _ame.after_commit
+_onRollback = _ame._shared_on_rollback
 _READABLE = _ame.READABLE
 
 
@@ -751,6 +752,7 @@ class AMEReactor(
         assert delay >= 0, f"{delay} is not greater than or equal to 0 seconds"
         dc = _AtomicDelayedCall(self, delay, callable, args, kw)
         _afterCommit(dc._schedule)
+        _onRollback(dc._rolledBack)
         return dc
 
     def callFromThread(self, f, *args, **kw):
@@ -857,7 +859,10 @@ class _AtomicDelayedCall:
     when the transaction commits, for the time asked for (counted from the
     C{callLater}), and never for an attempt that aborts.  Until then it
     can be cancelled, reset or delayed; from then on it stands for the
-    reactor's own DelayedCall.
+    reactor's own DelayedCall.  The stand-in of an attempt that was rolled
+    back (a conflict, or an exception out of the block) is cancelled: not
+    C{active()}, and C{cancel}, C{reset} and C{delay} raise
+    L{error.AlreadyCancelled}, as for a call cancelled before it ran.
     """
 
     def __init__(self, reactor, delay, f, args, kw):
@@ -874,6 +879,10 @@ class _AtomicDelayedCall:
         self._call = None
         delay = max(0.0, self._time - self._reactor.seconds())
         self._dc = _ame.Timers.callLater(self._reactor, delay, f, *args, **kw)
+
+    def _rolledBack(self):
+        self._cancelled = True
+        self._call = None
 
     def _pending(self):
         if self._cancelled:
@@ -905,6 +914,16 @@ class _AtomicDelayedCall:
         if self._dc is None:
             return not self._cancelled
         return self._dc.active()
+
+    # DelayedCall's flags, which programs read as well as active().
+
+    @property
+    def cancelled(self):
+        return int(self._cancelled) if self._dc is None else self._dc.cancelled
+
+    @property
+    def called(self):
+        return 0 if self._dc is None else self._dc.called
 
 
 def install(io=None):

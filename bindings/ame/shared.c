@@ -148,6 +148,8 @@ struct tstate {
   PyObject *wait_obj;       /* DOOM_WAIT: the queue, and the deadline */
   PyObject *wait_timeout;
   PyObject *deferred;       /* list of (callable, args, kwargs) or NULL */
+  PyObject *rollback;       /* list of callables to call if the attempt
+                               is rolled back, or NULL */
   struct amepy_buf kbuf;          /* the key being looked up */
   struct amepy_buf ibuf;          /* a value going in */
   struct amepy_buf obuf;          /* values coming out */
@@ -2114,13 +2116,28 @@ static void made_settle(struct tstate *ts, int ok) {
   Py_DECREF(l);
 }
 
-/* An attempt is over: drop what it queued and noted. */
+/* An attempt is over: drop what it queued and noted, and call what asked
+** to know (_shared_on_rollback), with the exception that ends the attempt,
+** if any, kept aside; theirs go to sys.unraisablehook. */
 static void attempt_discard(struct tstate *ts) {
   ts->pend.len = 0;
   made_settle(ts, 0);
   Py_CLEAR(ts->deferred);
   touch_clear(ts);
   ts->collect = 0;
+  PyObject *l = ts->rollback;
+  ts->rollback = NULL;
+  if (l == NULL) return;
+  PyObject *et, *ev, *etb;
+  PyErr_Fetch(&et, &ev, &etb);
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(l); i++) {
+    PyObject *fn = PyList_GET_ITEM(l, i);
+    PyObject *r = PyObject_CallNoArgs(fn);
+    if (r == NULL) PyErr_WriteUnraisable(fn);
+    Py_XDECREF(r);
+  }
+  Py_DECREF(l);
+  PyErr_Restore(et, ev, etb);
 }
 
 /* Run the calls queued by a committed transaction, in order.  They all
@@ -2245,6 +2262,7 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
   }
   PyObject *r = result;
   made_settle(ts, 1);
+  Py_CLEAR(ts->rollback);
   pend_commit(ts, NULL);
   touch_clear(ts);
   if (ts->collect) {
@@ -2319,6 +2337,20 @@ static PyObject *shared_after_commit(PyObject *m, PyObject *args,
   }
   Py_DECREF(rest);
   return r;
+}
+
+/* Inside ame.atomic: call fn() if the running attempt is rolled back
+** (a conflict, or an exception out of the block), once it is over;
+** never if it commits.  Outside: nothing.  For stand-ins of effects
+** deferred to the commit (reactor.py's _AtomicDelayedCall). */
+static PyObject *shared_on_rollback(PyObject *m, PyObject *fn) {
+  (void)m;
+  struct tstate *ts = tls_ts;
+  if (ts == NULL || ts->depth == 0) Py_RETURN_NONE;
+  if (ts->rollback == NULL && (ts->rollback = PyList_New(0)) == NULL)
+    return NULL;
+  if (PyList_Append(ts->rollback, fn) < 0) return NULL;
+  Py_RETURN_NONE;
 }
 
 static PyObject *shared_in_atomic(PyObject *m, PyObject *unused) {
@@ -2637,6 +2669,7 @@ static PyMethodDef shared_functions[] = {
     {"after_commit", (PyCFunction)(void (*)(void))shared_after_commit,
      METH_VARARGS | METH_KEYWORDS, after_commit_doc},
     {"_shared_in_atomic", shared_in_atomic, METH_NOARGS, NULL},
+    {"_shared_on_rollback", shared_on_rollback, METH_O, NULL},
     {"_shared_wait", shared_wait, METH_VARARGS, NULL},
     {"_shared_abort", shared_abort, METH_NOARGS, NULL},
     {"_shared_open", shared_open, METH_VARARGS, NULL},

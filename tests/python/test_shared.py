@@ -30,7 +30,7 @@ import traceback
 import uuid
 import queue as stdqueue
 
-from twisted.internet import protocol
+from twisted.internet import error, protocol
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import ame
@@ -1308,6 +1308,49 @@ class DeferredEffectsTests(SynchronousTestCase):
 
         x = ame.atomic(g)
         self.assertFalse(x.active())
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_delayedCallStandInRolledBack(self):
+        """
+        The stand-in that callLater returned in an attempt that was rolled
+        back is cancelled, as that attempt's call is: not active, and
+        cancel, reset and delay raise AlreadyCancelled.  So for a block
+        that raised, and for the aborted attempt of a block that ran
+        again (whose committed attempt's stand-in stands for its call).
+        """
+        reactor = AMEReactor()
+        kept = []
+
+        def raising():
+            kept.append(reactor.callLater(1, lambda: None))
+            raise ValueError("rolled back")
+
+        self.assertRaises(ValueError, ame.atomic, raising)
+        [dc] = kept
+        self.assertFalse(dc.active())
+        self.assertTrue(dc.cancelled)
+        self.assertFalse(dc.called)
+        self.assertRaises(error.AlreadyCancelled, dc.cancel)
+        self.assertRaises(error.AlreadyCancelled, dc.reset, 2)
+        self.assertRaises(error.AlreadyCancelled, dc.delay, 1)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+        kept = []
+
+        def conflicting():
+            kept.append(reactor.callLater(1, lambda: None))
+            if len(kept) == 1:
+                _ame._shared_abort()
+
+        ame.atomic(conflicting)
+        first, second = kept
+        self.assertFalse(first.active())
+        self.assertRaises(error.AlreadyCancelled, first.cancel)
+        self.assertTrue(second.active())
+        self.assertFalse(second.cancelled)
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        second.cancel()
+        self.assertTrue(second.cancelled)
         self.assertEqual(reactor.getDelayedCalls(), [])
 
 
