@@ -31,9 +31,11 @@
 **
 ** The catch-up.  In thread mode the worker may not yet have taken an
 ** event the kernel has already reported (it is busy, or has not been
-** scheduled since).  wait(0) (trial's and Twisted's iterate(0), a loop
-** with calls due) must still return it, as epoll_wait(0) would: it first
-** makes sure the worker has polled after the wait() began.  The cheap
+** scheduled since).  wait(0) (Twisted's iterate(0): trial's janitor)
+** must still return it, as epoll_wait(0) would: it first makes sure the
+** worker has polled after the wait() began.  (reactor.py passes
+** catch_up=False for the loop's own iterations while calls are due: a
+** callLater(0) loop would wait for the worker at every turn.)  The cheap
 ** case: no watch change is waiting to be applied (ours, or the worker's
 ** on libuv's queue, which libuv applies at its next poll), the worker sits
 ** in its poll (it has run no binding callback since its last before_poll)
@@ -829,12 +831,24 @@ static int step_wait(struct core *c, double timeout) {
 }
 
 PyDoc_STRVAR(wait_doc,
-"wait(timeout)\n--\n\n"
+"wait(timeout, catch_up=True)\n--\n\n"
 "Apply pending watch changes, then wait up to timeout seconds (None:\n"
 "forever) for events or wake(), with the GIL released.  Return a list of\n"
-"(fd, events); events may include DISCONNECT (hang-up or error).");
+"(fd, events); events may include DISCONNECT (hang-up or error).  In\n"
+"thread mode, wait(0) first catches up with the worker (what the kernel\n"
+"reported before it is returned by it) unless catch_up is false.");
 
-static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
+static PyObject *Core_wait(CoreObject *self, PyObject *const *args,
+                           Py_ssize_t nargs) {
+  if (nargs < 1 || nargs > 2) {
+    PyErr_Format(PyExc_TypeError, "wait() takes 1 or 2 arguments (%zd given)",
+                 nargs);
+    return NULL;
+  }
+  PyObject *arg = args[0];
+  int want_catch_up = 1;
+  if (nargs > 1 && (want_catch_up = PyObject_IsTrue(args[1])) < 0)
+    return NULL;
   struct core *c = live(self);
   if (c == NULL) return NULL;
   double timeout = -1;
@@ -859,7 +873,8 @@ static PyObject *Core_wait(CoreObject *self, PyObject *arg) {
   c->nev = 0;
   int rc = direct_check(c);
   if (rc == 0) rc = flush(c, 0);
-  if (rc == 0 && !c->inline_mode && timeout == 0) rc = catch_up(c);
+  if (rc == 0 && !c->inline_mode && timeout == 0 && want_catch_up)
+    rc = catch_up(c);
   if (rc != 0) return set_error(rc);
   if (c->inline_mode) {
     if (step_wait(c, timeout) < 0) return NULL;
@@ -1151,7 +1166,8 @@ static PyObject *Core_get_closed(CoreObject *self, void *closure) {
 
 static PyMethodDef Core_methods[] = {
     {"watch", (PyCFunction)Core_watch, METH_VARARGS, watch_doc},
-    {"wait", (PyCFunction)Core_wait, METH_O, wait_doc},
+    {"wait", (PyCFunction)(void (*)(void))Core_wait, METH_FASTCALL,
+     wait_doc},
     {"wake", (PyCFunction)Core_wake, METH_NOARGS, wake_doc},
     {"set_handlers", (PyCFunction)Core_set_handlers, METH_O, handlers_doc},
     {"getaddrinfo", (PyCFunction)Core_getaddrinfo, METH_VARARGS, gai_doc},

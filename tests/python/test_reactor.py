@@ -1146,6 +1146,53 @@ class AMEReactorTests(ReactorBehaviourMixin, SynchronousTestCase):
         self.assertGreater(epoll, 200)
         self.assertGreaterEqual(ame, epoll - 8)
 
+    def test_loopCallsDueDoNotWaitForTheWorker(self):
+        """
+        The loop's own iterations with calls due (a callLater(0) loop) do
+        not catch up with the worker (ameStats()["catchups"], thread
+        mode's), which would make each wait for two of its passes while a
+        connection keeps it busy.  (iterate(0) still does, as it must:
+        test_peerCloseSeenInOneIteration.)
+        """
+        if self._ioMode != "thread":
+            raise SkipTest("the catch-up is thread mode's")
+        reactor = self.buildReactor()
+        pings = [0]
+
+        class Pinger(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"x")
+
+            def dataReceived(self, data):
+                pings[0] += 1
+                self.transport.write(b"x")
+
+        port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(_Echo),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           protocol.ClientFactory.forProtocol(Pinger))
+        self._iterateUntil(reactor, lambda: pings[0] > 10, "ping-pong")
+        ticks = [0]
+        before = []
+        start = pings[0]
+
+        def spin():
+            # At least 3,000 turns, and on until the ping-pong has gone on
+            # beside them (it must: the loop does not starve the I/O).
+            if not before:
+                before.append(reactor.ameStats()["catchups"])
+            ticks[0] += 1
+            if ticks[0] < 3000 or pings[0] < start + 50:
+                reactor.callLater(0, spin)
+            else:
+                reactor.stop()
+
+        reactor.callLater(0, spin)
+        self.runReactor(reactor)
+        self.assertGreaterEqual(pings[0], start + 50)
+        self.assertEqual(reactor.ameStats()["catchups"], before[0])
+
     def test_ameStats(self):
         """
         ameStats() returns the C reactor's counters; fd events count.
