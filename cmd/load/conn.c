@@ -8,10 +8,10 @@
 ** seam, which sends it once its handshake is done).  on_data feeds the
 ** bytes to http-parser (ld_plain_data(); with https://, ld_tls_data()
 ** decrypts them first and calls ld_plain_data() after the callback
-** commits); on_message_complete records the response in the worker's
-** results (ld_stats_t) and the next request goes out at once
-** (ld_send_now()) or, with --rate, when its slot is due (schedule(), then
-** rate_cb on a timer).  A response to no request, or bytes the parser
+** commits); on_message_complete records the final response (an interim
+** 1xx is skipped) in the worker's results (ld_stats_t) and the next
+** request goes out at once (ld_send_now()) or, with --rate, when its slot
+** is due (schedule(), then rate_cb on a timer).  A response to no request, or bytes the parser
 ** refuses, count a parse error and abort the stream.  on_close counts
 ** what the stream's end means (a read, write, timeout or TLS error, or a
 ** request abandoned at the stop) and connects the slot again, after
@@ -108,9 +108,18 @@ static int rate_cb(ame_tx_t *tx, ame_timer_t *t) {
   return 0;
 }
 
-/* http-parser: one response is complete.  Record it. */
+/* Is p's response an interim one (1xx but 101, RFC 9110 15.2), which
+** the final response to the same request follows? */
+static int interim(const http_parser *p) {
+  return p->status_code / 100 == 1 && p->status_code != 101;
+}
+
+/* http-parser: one response is complete.  Record it, unless it is an
+** interim response (100 Continue, 103 Early Hints): then keep waiting for
+** the final one. */
 static int on_message_complete(http_parser *p) {
   ld_conn_t *c = p->data;
+  if (interim(p)) return 0;
   uint64_t since = LD_LOAD(&c->inflight_since);
   if (c->completed || since == 0) {
     c->bad = 1; /* a response to no request */
@@ -144,11 +153,10 @@ static int on_message_complete(http_parser *p) {
   return 0;
 }
 
-/* http-parser: a response to HEAD has no body, whatever its headers say
-** (1: "no body follows"). */
+/* http-parser: a response to HEAD, a 204 and a 304 have no body,
+** whatever their headers say (1: "no body follows"; RFC 9110 6.4.1). */
 static int on_headers_complete(http_parser *p) {
-  (void)p;
-  return ld_run.head;
+  return ld_run.head || p->status_code == 204 || p->status_code == 304;
 }
 
 static const http_parser_settings parser_settings = {

@@ -33,6 +33,9 @@ what `ame load --json` reports agrees:
            the server sees that method and exactly that body on every
            request, and the counts agree; bad -m / --body / -H values
            exit 2, an unreadable --body-file exits 1
+  responses  odd responses: 103 and 100 before the final one (not
+           counted), 204 and 304 with a Content-Length (no body), a
+           body delimited by the close
 
 Standard library only; timings decide nothing but the generous bounds of
 'rate' (at most the scheduled number of requests).
@@ -48,6 +51,27 @@ import tempfile
 import threading
 
 DELAY_S = 0.005
+
+# The odd responses, by path: (status, the response in the writes that
+# send it, closes).  An interim response (103 Early Hints, on its own
+# write; 100 Continue) before the final one, a 204 and a 304 whose
+# Content-Length describes a body they do not carry (RFC 9110 8.6), and a
+# body delimited by the close.
+ODD = {
+    '/early': (200, [b'HTTP/1.1 103 Early Hints\r\n'
+                     b'Link: </s.css>; rel=preload\r\n\r\n',
+                     b'HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n'
+                     b'hello\n'], False),
+    '/continue': (200, [b'HTTP/1.1 100 Continue\r\n\r\n'
+                        b'HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n'
+                        b'hello\n'], False),
+    '/204': (204, [b'HTTP/1.1 204 No Content\r\nContent-Length: 6\r\n'
+                   b'\r\n'], False),
+    '/304': (304, [b'HTTP/1.1 304 Not Modified\r\nContent-Length: 6\r\n'
+                   b'\r\n'], False),
+    '/eof': (200, [b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n'
+                   b'hello\n'], True),
+}
 
 
 class CountingServer:
@@ -137,6 +161,16 @@ class CountingServer:
                     break
                 if path == '/slow':
                     await asyncio.sleep(DELAY_S)
+                if path in ODD:
+                    code, parts, close = ODD[path]
+                    self.served += 1
+                    self.status[code] = self.status.get(code, 0) + 1
+                    for part in parts:
+                        writer.write(part)
+                        await writer.drain()
+                    if close:
+                        break
+                    continue
                 data, close = self._response(path, method,
                                              conn == ['close'])
                 writer.write(data)
@@ -452,6 +486,33 @@ def case_method(ame):
           'ame load --help lists --method, --body, --body-file')
 
 
+def odd_run(ame, srv, scheme, path):
+    """`ame load -c 2 -d 500ms` on srv's path (srv closed here): every
+    response the server wrote counted, with its status; no errors."""
+    what = '%s %s' % (scheme, path)
+    try:
+        rc, res = load_json(ame, '%s://127.0.0.1:%d%s'
+                            % (scheme, srv.port, path),
+                            ['-c', '2', '-d', '500ms', '--timeout', '1s'])
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None,
+          '%s: exit %d (0), JSON parsed' % (what, rc))
+    if res is None:
+        return
+    check(res['requests'] > 10, '%s: %d requests (> 10)'
+          % (what, res['requests']))
+    check_counts(srv, res, 2)
+    check(res['errors']['total'] == 0 and res['abandoned'] == 0,
+          '%s: no errors: %s, %d abandoned'
+          % (what, res['errors'], res['abandoned']))
+
+
+def case_responses(ame):
+    for path in ('/early', '/continue', '/204', '/304', '/eof'):
+        odd_run(ame, CountingServer(), 'http', path)
+
+
 def make_cert(d):
     """A self-signed certificate and key for 127.0.0.1 in directory d (by
     the openssl command); return an SSL server context."""
@@ -503,6 +564,7 @@ CASES = {
     'timeout': case_timeout,
     'method': case_method,
     'tls': case_tls,
+    'responses': case_responses,
 }
 
 
