@@ -224,11 +224,8 @@ static int on_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
   return rc < 0 ? rc : 0;
 }
 
-static int on_eof(ame_tx_t *tx, ame_stream_t *s) {
-  ld_conn_t *c = ame_handle_data(s);
-  ld_stats_t *ws = &ld_run.ws[ame_stream_worker(s)];
-  int rc = save_conn(tx, c, ws);
-  if (rc) return rc;
+int ld_plain_eof(ame_tx_t *tx, ld_conn_t *c, ame_stream_t *s,
+                 ld_stats_t *ws) {
   c->tx = tx;
   c->ws = ws;
   c->completed = 0;
@@ -240,6 +237,14 @@ static int on_eof(ame_tx_t *tx, ame_stream_t *s) {
   if (c->completed) ld_set_idle(c);
   ame_stream_close(s);
   return 0;
+}
+
+static int on_eof(ame_tx_t *tx, ame_stream_t *s) {
+  ld_conn_t *c = ame_handle_data(s);
+  ld_stats_t *ws = &ld_run.ws[ame_stream_worker(s)];
+  int rc = save_conn(tx, c, ws);
+  if (rc) return rc;
+  return ld_plain_eof(tx, c, s, ws);
 }
 
 /* After on_close commits: the slot has nothing in flight. */

@@ -232,6 +232,13 @@ int ld_send_now(ld_conn_t *c, ame_stream_t *s, ld_stats_t *ws,
 int ld_plain_data(ame_tx_t *tx, ld_conn_t *c, ame_stream_t *s,
                   ld_stats_t *ws, const char *data, size_t len);
 
+/* The end of c's response bytes (on stream s, worker results ws): the
+** server closed (plain EOF, or TLS close_notify).  A response whose body
+** runs to the close completes and is recorded; then s is closed.  tx as
+** for ld_plain_data().  Return 0 or -errno. */
+int ld_plain_eof(ame_tx_t *tx, ld_conn_t *c, ame_stream_t *s,
+                 ld_stats_t *ws);
+
 /* ------------------------------------------------------------------------
 ** load.c: the end of the run.
 */

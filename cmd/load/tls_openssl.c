@@ -248,7 +248,7 @@ static void tls_data_commit(void *arg) {
     int e = SSL_get_error(t->ssl, n);
     if (e == SSL_ERROR_WANT_READ) break;
     if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify: the server is done */
-      ame_stream_close(s);
+      ld_plain_eof(NULL, c, s, ws); /* (cannot fail without a tx) */
       return;
     }
     tls_fail(c, s, ws, "TLS read failed");

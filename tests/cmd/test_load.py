@@ -28,6 +28,7 @@ what `ame load --json` reports agrees:
            and HEAD agree, no errors; https:// to a server that does not
            speak TLS: exit 1 and one line saying the handshake failed;
            --rate with https:// is a usage error
+           a body delimited by the close (close_notify) is a response
   method   -m POST -b DATA, -m PUT --body-file (every byte value), -m
            HEAD (responses with Content-Length and no body), -m DELETE:
            the server sees that method and exactly that body on every
@@ -535,6 +536,8 @@ def case_tls(ame):
                                    (['-m', 'HEAD'], 'HEAD', b'')):
             check_method_run(ame, CountingServer(ctx), 'https', args, method,
                              body, 'https %s' % method)
+        # A body delimited by the close, which over TLS is close_notify.
+        odd_run(ame, CountingServer(ctx), 'https', '/eof')
 
     # A plain HTTP server behind an https:// URL: every handshake fails.
     srv = CountingServer()
