@@ -194,7 +194,8 @@ static int header_is(const char *h, const char *name) {
 ** and Host; this adds Connection: keep-alive unless -H gives a Connection
 ** header), so that both tools cost
 ** the server about the same; -H adds the rest.  Content-Length goes with
-** a body, and with POST, PUT and PATCH even without one (RFC 9110 8.6). */
+** a body, and with POST, PUT and PATCH even without one (RFC 9110 8.6)
+** unless -H gives one (ld_options() refuses that with a body). */
 static char *build_request(const url_t *u, const char *query,
                            const char *method, char **headers,
                            size_t nheaders, const char *body, size_t body_len,
@@ -209,18 +210,25 @@ static char *build_request(const url_t *u, const char *query,
   int tlen = (int)strcspn(target, "#"); /* a fragment is not sent */
   /* -H 'Connection: close' (a new connection per request, as with wrk)
   ** replaces the default rather than following it: a server reads the
-  ** first of two. */
-  int own_connection = 0;
-  for (size_t i = 0; i < nheaders; i++)
+  ** first of two.  So do -H Host and -H Content-Length (two Host or
+  ** Content-Length headers make a request a server must refuse). */
+  int own_connection = 0, own_host = 0, own_length = 0;
+  for (size_t i = 0; i < nheaders; i++) {
     own_connection |= header_is(headers[i], "Connection");
-  int n = snprintf(req, cap, "%s %s%.*s HTTP/1.1\r\nHost: %s\r\n%s", method,
-                   u->path ? "" : "/", tlen, target, u->authority,
+    own_host |= header_is(headers[i], "Host");
+    own_length |= header_is(headers[i], "Content-Length");
+  }
+  int n = snprintf(req, cap, "%s %s%.*s HTTP/1.1\r\n%s%s%s%s", method,
+                   u->path ? "" : "/", tlen, target,
+                   own_host ? "" : "Host: ", own_host ? "" : u->authority,
+                   own_host ? "" : "\r\n",
                    own_connection ? "" : "Connection: keep-alive\r\n");
   size_t off = (size_t)n;
   for (size_t i = 0; i < nheaders; i++)
     off += (size_t)snprintf(req + off, cap - off, "%s\r\n", headers[i]);
-  if (has_body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-      strcmp(method, "PATCH") == 0)
+  if (has_body || (!own_length && (strcmp(method, "POST") == 0 ||
+                                   strcmp(method, "PUT") == 0 ||
+                                   strcmp(method, "PATCH") == 0)))
     off += (size_t)snprintf(req + off, cap - off, "Content-Length: %zu\r\n",
                             body_len);
   off += (size_t)snprintf(req + off, cap - off, "\r\n");
@@ -413,8 +421,10 @@ int ld_options(ld_run_t *ld, int argc, char **argv) {
     return status;
   }
   for (size_t i = 0; status == 0 && i < nheaders; i++)
-    if ((body || body_file) && (header_is(headers[i], "Content-Length") ||
-                                header_is(headers[i], "Transfer-Encoding")))
+    if (header_is(headers[i], "Transfer-Encoding"))
+      status = usage_error("-H '%s': ame load sends a body with "
+                           "Content-Length, never chunked", headers[i]);
+    else if ((body || body_file) && header_is(headers[i], "Content-Length"))
       status = usage_error("-H '%s': ame load sets Content-Length from the "
                            "body", headers[i]);
   if (status != 0) {
@@ -449,7 +459,9 @@ int ld_options(ld_run_t *ld, int argc, char **argv) {
   ld->tty = isatty(STDERR_FILENO);
   ld->progress = progress < 0 ? ld->tty : progress;
   if (!ld->progress) ld->tty = 0;
-  const char *q = strchr(argv[optind], '?');
+  /* The query, if the URL has one before its fragment. */
+  const char *q = strpbrk(argv[optind], "?#");
+  if (q && *q == '#') q = NULL;
   ld->request = build_request(&u, u.path ? NULL : q, ld->method, headers,
                               nheaders, body, ld->body_len, ld->has_body,
                               &ld->request_len);

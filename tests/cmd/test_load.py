@@ -37,6 +37,9 @@ what `ame load --json` reports agrees:
   responses  odd responses: 103 and 100 before the final one (not
            counted), 204 and 304 with a Content-Length (no body), a
            body delimited by the close
+  request  the request sent: -H Host replaces the default, a fragment
+           (even with a ?) is not sent, -m POST -H 'Content-Length: 0'
+           sends one Content-Length; -H Transfer-Encoding is refused
 
 Standard library only; timings decide nothing but the generous bounds of
 'rate' (at most the scheduled number of requests).
@@ -87,6 +90,9 @@ class CountingServer:
         self.bodies = {}   # body bytes: requests
         self.connections = 0
         self.connection_headers = {}  # the request's Connection values
+        self.host_headers = {}  # the request's Host values
+        self.length_headers = {}  # its Content-Length and T-E headers
+        self.targets = {}  # the request-target
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -144,16 +150,24 @@ class CountingServer:
                 method, path = head.split(b' ', 2)[:2]
                 method, path = method.decode(), path.decode()
                 length = 0
-                conn = []
+                conn, hosts, lengths = [], [], []
                 for line in head.split(b'\r\n')[1:]:
                     name, _, value = line.partition(b':')
-                    if name.strip().lower() == b'content-length':
+                    name = name.strip().lower()
+                    value = value.strip().decode()
+                    if name == b'content-length':
                         length = int(value)
-                    if name.strip().lower() == b'connection':
-                        conn.append(value.strip().decode())
-                key = tuple(conn)
-                self.connection_headers[key] = (
-                    self.connection_headers.get(key, 0) + 1)
+                    if name == b'connection':
+                        conn.append(value)
+                    if name == b'host':
+                        hosts.append(value)
+                    if name in (b'content-length', b'transfer-encoding'):
+                        lengths.append((name.decode(), value))
+                for seen, key in ((self.connection_headers, tuple(conn)),
+                                  (self.host_headers, tuple(hosts)),
+                                  (self.length_headers, tuple(lengths)),
+                                  (self.targets, path)):
+                    seen[key] = seen.get(key, 0) + 1
                 body = await reader.readexactly(length) if length else b''
                 self.methods[method] = self.methods.get(method, 0) + 1
                 self.bodies[body] = self.bodies.get(body, 0) + 1
@@ -472,7 +486,8 @@ def case_method(ame):
                  ['-b', 'x', '--body-file', '/dev/null'],
                  ['-b', 'x', '-b', 'y'],
                  ['-b', 'x', '-H', 'Content-Length: 1'],
-                 ['-b', 'x', '-H', 'transfer-encoding: chunked']):
+                 ['-b', 'x', '-H', 'transfer-encoding: chunked'],
+                 ['-m', 'POST', '-H', 'Transfer-Encoding: chunked']):
         rc, out, err = run_ame(ame, ['load', url] + args)
         check(rc == 2 and err.strip() and not out,
               'ame load %s: exit %d (2), says %r'
@@ -512,6 +527,39 @@ def odd_run(ame, srv, scheme, path):
 def case_responses(ame):
     for path in ('/early', '/continue', '/204', '/304', '/eof'):
         odd_run(ame, CountingServer(), 'http', path)
+
+
+def request_run(ame, url, args, what):
+    """`ame load -c 2 -d 300ms` on a CountingServer's url (a format for
+    the port; plus args): exit 0, no errors.  Return the server."""
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, url % srv.port,
+                            ['-c', '2', '-d', '300ms'] + args)
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None and res['errors']['total'] == 0,
+          '%s: exit %d (0), no errors' % (what, rc))
+    return srv
+
+
+def case_request(ame):
+    srv = request_run(ame, 'http://127.0.0.1:%d#frag?x=1', [], 'fragment')
+    check(list(srv.targets) == ['/'],
+          'a fragment (with a ?) is not sent: %s' % srv.targets)
+    check(list(srv.host_headers) == [('127.0.0.1:%d' % srv.port,)],
+          'one Host header, the URL\'s: %s' % srv.host_headers)
+    srv = request_run(ame, 'http://127.0.0.1:%d/',
+                      ['-H', 'Host: example.test'], 'Host')
+    check(list(srv.host_headers) == [('example.test',)],
+          "-H 'Host: example.test' replaces the default: %s"
+          % srv.host_headers)
+    srv = request_run(ame, 'http://127.0.0.1:%d/',
+                      ['-m', 'POST', '-H', 'Content-Length: 0'],
+                      'POST Content-Length')
+    check(list(srv.length_headers) == [(('content-length', '0'),)],
+          "-m POST -H 'Content-Length: 0': one Content-Length: %s"
+          % srv.length_headers)
 
 
 def make_cert(d):
@@ -568,6 +616,7 @@ CASES = {
     'method': case_method,
     'tls': case_tls,
     'responses': case_responses,
+    'request': case_request,
 }
 
 
