@@ -161,6 +161,7 @@ static const char *parse_url(const char *s, url_t *u) {
     const char *rb = strchr(a, ']');
     if (rb == NULL) return "unbalanced [ in the URL's host";
     hlen = (size_t)(rb - a - 1);
+    if (hlen >= sizeof u->host) return "the URL's host is too long";
     memcpy(u->host, a + 1, hlen);
     colon = rb[1] == ':' ? rb + 1 : NULL;
     if (rb[1] != ':' && rb[1] != '\0') return "bad characters after ]";
@@ -169,6 +170,7 @@ static const char *parse_url(const char *s, url_t *u) {
     hlen = colon ? (size_t)(colon - a) : alen;
     if (colon && strchr(a, ':') != colon)
       return "an IPv6 address in a URL goes in brackets: http://[::1]:80/";
+    if (hlen >= sizeof u->host) return "the URL's host is too long";
     memcpy(u->host, a, hlen);
   }
   u->host[hlen] = '\0';
@@ -405,9 +407,14 @@ int ld_options(ld_run_t *ld, int argc, char **argv) {
     case ':':
       status = usage_error("%s needs a value", argv[optind - 1]);
       break;
-    default:
-      status = usage_error("unknown option '%s'", argv[optind - 1]);
+    default: {
+      /* A short option inside a cluster (-Xh) is named by optopt: optind
+      ** has not moved past its argument yet. */
+      char shortopt[3] = {'-', (char)optopt, '\0'};
+      status = usage_error("unknown option '%s'",
+                           optopt ? shortopt : argv[optind - 1]);
       break;
+    }
     }
   }
   url_t u;

@@ -10,6 +10,8 @@ what `ame load --json` reports agrees:
 
   hist     the histogram's own checks (ame load --selftest-hist)
   usage    bad command lines exit 2; --help exits 0
+           (an unknown option inside a cluster, a host too long: the
+           message names them)
   refused  a port nobody listens on: exit 1 and one line on stderr
   counts   GET / for 2 s: every 10th response is a 404, every 3rd is
            chunked; the requests and status codes reported are the ones
@@ -287,6 +289,18 @@ def case_usage(ame):
         check(rc == 2 and err.strip() and not out,
               'ame %s: exit %d (2), says %r' % (' '.join(args), rc,
                                                 err.strip().split('\n')[0]))
+    # Usage errors whose message matters: what it must say.
+    said = [
+        (['load', '-Xh', 'http://127.0.0.1:1/'], "unknown option '-X'"),
+        (['load', 'http://%s/' % ('a' * 280)], "the URL's host is too long"),
+    ]
+    for args, what in said:
+        rc, out, err = run_ame(ame, args)
+        check(rc == 2 and what in err and not out,
+              'ame %s: exit %d (2), says %r (%r)'
+              % (' '.join(a if len(a) < 40 else a[:20] + '...'
+                          for a in args), rc,
+                 err.strip().split('\n')[0][:100], what))
     rc, out, err = run_ame(ame, ['--help'])
     check(rc == 0 and all(c in out for c in ('load', 'run', 'twistd')),
           'ame --help lists load, run, twistd')
