@@ -29,6 +29,7 @@
 #define MAX_CONNS 1000000
 #define MAX_THREADS 256
 #define MAX_BODY ((size_t)64 << 20)
+#define MAX_DURATION_NS 864000e9 /* 10 days: -d, --timeout, --rate's interval */
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -103,7 +104,7 @@ static int load_parse_duration(const char *s, uint64_t *ns) {
   for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
     if (strcmp(end, units[i].unit) == 0) {
       double d = v * units[i].scale;
-      if (d < 1 || d > 864000e9) return -1;
+      if (d < 1 || d > MAX_DURATION_NS) return -1;
       *ns = (uint64_t)d;
       return 0;
     }
@@ -456,6 +457,17 @@ int ld_options(ld_run_t *ld, int argc, char **argv) {
     free(headers);
     free(file_body);
     return usage_error("%s", "--rate is not supported with https:// yet");
+  }
+  /* One connection's slots are c/R apart; that must fit in a uint64_t of
+  ** nanoseconds, and a run cannot last longer anyway. */
+  if (ld->rate > 0 && 1e9 * ld->nconns / ld->rate > MAX_DURATION_NS) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "--rate %g is too low for %u connection%s: "
+             "more than 10 days between one connection's requests",
+             ld->rate, ld->nconns, ld->nconns == 1 ? "" : "s");
+    free(headers);
+    free(file_body);
+    return usage_error("%s", msg);
   }
   ld->url = argv[optind];
   memcpy(ld->host, u.host, sizeof ld->host);

@@ -12,6 +12,7 @@ what `ame load --json` reports agrees:
   usage    bad command lines exit 2; --help exits 0
            (an unknown option inside a cluster, a host too long: the
            message names them)
+           (and a --rate so low its interval overflows)
   refused  a port nobody listens on: exit 1 and one line on stderr
   counts   GET / for 2 s: every 10th response is a 404, every 3rd is
            chunked; the requests and status codes reported are the ones
@@ -293,6 +294,7 @@ def case_usage(ame):
     said = [
         (['load', '-Xh', 'http://127.0.0.1:1/'], "unknown option '-X'"),
         (['load', 'http://%s/' % ('a' * 280)], "the URL's host is too long"),
+        (['load', '--rate', '1e-9', 'http://127.0.0.1:1/'], '--rate'),
     ]
     for args, what in said:
         rc, out, err = run_ame(ame, args)
