@@ -68,9 +68,16 @@ int ld_send_now(ld_conn_t *c, ame_stream_t *s, ld_stats_t *ws,
 static int rate_cb(ame_tx_t *tx, ame_timer_t *t);
 
 /* --rate: send c's current request (due at c->intended_ns) now if it is
-** due within a millisecond, else start a timer for it. */
+** due within a millisecond, else start a timer for it.  A request due at
+** or after the deadline is never sent, even before the housekeeper has
+** seen the deadline: the slot stays idle (its stream open) until the
+** stop. */
 static int schedule(ld_conn_t *c, ame_stream_t *s, ld_stats_t *ws,
                     uint64_t now) {
+  if (c->intended_ns >= ld_run.start_ns + ld_run.duration_ns) {
+    ld_set_idle(c);
+    return 0;
+  }
   if (c->intended_ns <= now + 1000000) return ld_send_now(c, s, ws, now);
   ld_set_idle(c);
   if (LD_LOAD_SC(&ld_run.draining)) {
