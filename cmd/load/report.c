@@ -61,6 +61,18 @@ static void json_string(FILE *f, const char *s) {
   fputc('"', f);
 }
 
+/* A setting as a JSON number with the fewest digits that read back as v
+** (%.17g always does), so that a program reading the JSON gets the value
+** the run used. */
+static void json_exact(FILE *f, double v) {
+  char buf[32];
+  for (int prec = 1; prec <= 17; prec++) {
+    snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (strtod(buf, NULL) == v) break;
+  }
+  fputs(buf, f);
+}
+
 static const struct {
   const char *name; /* JSON key and label */
   double p;
@@ -128,13 +140,17 @@ static void report_json(const ld_run_t *ld, const ld_stats_t *t,
   printf(", \"address\": ");
   json_string(stdout, ld->addr);
   printf(", \"port\": %d, \"connections\": %u, \"threads\": %u, "
-         "\"duration_s\": %.3f, \"timeout_s\": %.3f, ",
-         ld->port, ld->nconns, ld->nworkers, (double)ld->duration_ns / 1e9,
-         (double)ld->timeout_ns / 1e9);
+         "\"duration_s\": ",
+         ld->port, ld->nconns, ld->nworkers);
+  json_exact(stdout, (double)ld->duration_ns / 1e9);
+  printf(", \"timeout_s\": ");
+  json_exact(stdout, (double)ld->timeout_ns / 1e9);
+  printf(", \"rate\": ");
   if (ld->rate > 0)
-    printf("\"rate\": %.6g, ", ld->rate);
+    json_exact(stdout, ld->rate);
   else
-    printf("\"rate\": null, ");
+    printf("null");
+  printf(", ");
   printf("\"elapsed_s\": %.6f, \"requests\": %llu, \"requests_per_s\": %.3f, "
          "\"bytes\": %llu, \"bytes_per_s\": %.1f,\n",
          elapsed, (unsigned long long)t->requests,

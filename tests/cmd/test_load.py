@@ -26,6 +26,7 @@ what `ame load --json` reports agrees:
            the same with a connection per request (the server closing, or
            -H 'Connection: close')
            and no slot due at or after the deadline is sent
+           --json gives the settings exactly (-d, --timeout, --rate)
   timeout  GET /hang (never answered): timeouts counted, exit 1
   tls      https:// against the same server behind TLS (a certificate made
            by `openssl req` for the test): counts, statuses, a POST body
@@ -442,6 +443,21 @@ def case_rate(ame):
     check(rc == 0 and res is not None, 'deadline: exit %d (0)' % rc)
     check(srv.served <= 201, 'deadline: the server got %d requests for '
           '201 slots before the deadline' % srv.served)
+
+    # The JSON gives the settings exactly (they round-trip).
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
+                            ['-c', '1', '-d', '300123us', '--timeout',
+                             '1000456us', '--rate', '100.123456789'])
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None, 'settings: exit %d (0)' % rc)
+    if res is None:
+        return
+    got = (res['duration_s'], res['timeout_s'], res['rate'])
+    check(got == (0.300123, 1.000456, 100.123456789),
+          'settings: duration_s, timeout_s, rate %s' % (got,))
 
 
 def case_timeout(ame):
