@@ -14,9 +14,10 @@
 ** prints the progress line (at commit: an attempt that aborts prints
 ** nothing); at the deadline (or the first signal) it sets
 ** ld_run.draining, and once nothing is in flight, or --timeout after the
-** deadline, it stops the reactor.  A second signal stops it at once.
-** When ame_reactor_run() returns no callback runs any more, and report.c
-** prints the results.
+** deadline, it stops the reactor (what is still in flight then is
+** abandoned; while draining nothing times out).  A second signal stops
+** it at once.  When ame_reactor_run() returns no callback runs any more,
+** and report.c prints the results.
 */
 #include "load.h"
 
@@ -115,6 +116,10 @@ static int hk_cb(ame_tx_t *tx, ame_timer_t *t) {
     uint64_t since = LD_LOAD_SC(&c->inflight_since);
     if (since == 0) continue;
     busy++;
+    /* While draining, nothing new is sent: what is in flight was in
+    ** flight at the deadline, and what the final wait leaves unanswered
+    ** is abandoned (on_close at the stop), not a timeout. */
+    if (draining) continue;
     if (now <= since || now - since <= ld_run.timeout_ns) continue;
     ame_stream_t *s = ame_load_ptr_tx(tx, (void *const *)&c->stream_w);
     uint64_t epoch = ame_load_word_tx(tx, &c->epoch_w);

@@ -28,6 +28,8 @@ what `ame load --json` reports agrees:
            and no slot due at or after the deadline is sent
            --json gives the settings exactly (-d, --timeout, --rate)
   timeout  GET /hang (never answered): timeouts counted, exit 1
+           requests in flight at the deadline that stay unanswered
+           through the final wait are abandoned, not timeouts
   tls      https:// against the same server behind TLS (a certificate made
            by `openssl req` for the test): counts, statuses, a POST body
            and HEAD agree, no errors; https:// to a server that does not
@@ -476,6 +478,22 @@ def case_timeout(ame):
           '%d timeouts (>= 2)' % res['errors']['timeout'])
     check(res['errors']['read'] == 0 and res['errors']['connect'] == 0,
           'no other errors: %s' % res['errors'])
+
+    # Requests in flight at the deadline (300 ms, well before their
+    # --timeout) that are still unanswered when the final wait ends are
+    # abandoned, not timeouts.
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/hang' % srv.port,
+                            ['-c', '2', '-d', '300ms', '--timeout', '1s'])
+    finally:
+        srv.close()
+    check(rc == 1 and res is not None, 'deadline: exit %d (1), JSON' % rc)
+    if res is None:
+        return
+    check(res['abandoned'] == 2 and res['errors']['total'] == 0,
+          'deadline: 2 abandoned (%d), no errors: %s'
+          % (res['abandoned'], res['errors']))
 
 
 def check_method_run(ame, srv, scheme, args, method, body, what):
