@@ -6,18 +6,18 @@
 ** How a run goes.  ame_load_main() has options.c turn the command line
 ** into ld_run's settings and the request, finds the server (the first
 ** address of the URL's host that accepts a test connection, within
-** PROBE_MS), raises the descriptor limit for -c connections, sets up TLS
-** for https://, and runs the reactor: one housekeeping timer (hk_cb,
-** every HK_MS), SIGINT and SIGTERM handlers, and a connect for every slot
-** (conn.c does the rest).  The housekeeper, whose callbacks run one at a
-** time, owns ld_run.hk: it aborts requests older than --timeout and
-** prints the progress line (at commit: an attempt that aborts prints
-** nothing); at the deadline (or the first signal) it sets
-** ld_run.draining, and once nothing is in flight, or --timeout after the
-** deadline, it stops the reactor (what is still in flight then is
-** abandoned; while draining nothing times out).  A second signal stops
-** it at once.  When ame_reactor_run() returns no callback runs any more,
-** and report.c prints the results.
+** PROBE_MS), raises the descriptor limit for -c connections and -t
+** workers, sets up TLS for https://, and runs the reactor: one
+** housekeeping timer (hk_cb, every HK_MS), SIGINT and SIGTERM handlers,
+** and a connect for every slot (conn.c does the rest).  The
+** housekeeper, whose callbacks run one at a time, owns ld_run.hk: it
+** aborts requests older than --timeout and prints the progress line (at
+** commit: an attempt that aborts prints nothing); at the deadline (or
+** the first signal) it sets ld_run.draining, and once nothing is in
+** flight, or --timeout after the deadline, it stops the reactor (what is
+** still in flight then is abandoned; while draining nothing times out).
+** A second signal stops it at once.  When ame_reactor_run() returns no
+** callback runs any more, and report.c prints the results.
 */
 #include "load.h"
 
@@ -36,6 +36,8 @@
 
 #define HK_MS 10        /* housekeeping period */
 #define PROBE_MS 2000   /* the start's test connection */
+#define FDS_PER_WORKER 8 /* a reactor worker holds 4 (measured: an epoll
+                            fd, an eventfd, a pipe): twice that */
 
 ld_run_t ld_run;
 
@@ -235,11 +237,11 @@ static int find_server(ld_run_t *ld) {
   return 1;
 }
 
-/* Let the process open nconns sockets.  Return 0, or print why not and
-** return 1. */
-static int raise_fd_limit(unsigned nconns) {
+/* Let the process open nconns sockets and run nworkers reactor workers.
+** Return 0, or print why not and return 1. */
+static int raise_fd_limit(unsigned nconns, unsigned nworkers) {
   struct rlimit rl;
-  rlim_t need = (rlim_t)nconns + 64;
+  rlim_t need = (rlim_t)nconns + 64 + (rlim_t)nworkers * FDS_PER_WORKER;
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= need) return 0;
   rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need
                     ? need
@@ -247,9 +249,10 @@ static int raise_fd_limit(unsigned nconns) {
   setrlimit(RLIMIT_NOFILE, &rl);
   if (rl.rlim_cur >= need) return 0;
   fprintf(stderr,
-          "ame load: %u connections need %llu file descriptors; the limit "
-          "is %llu (ulimit -n)\n",
-          nconns, (unsigned long long)need, (unsigned long long)rl.rlim_cur);
+          "ame load: %u connections and %u threads need %llu file "
+          "descriptors; the limit is %llu (ulimit -n)\n",
+          nconns, nworkers, (unsigned long long)need,
+          (unsigned long long)rl.rlim_cur);
   return 1;
 }
 
@@ -316,7 +319,7 @@ int ame_load_main(int argc, char **argv) {
   memset(ld, 0, sizeof *ld);
   int status = ld_options(ld, argc, argv);
   if (status >= 0) return status;
-  if (find_server(ld) != 0 || raise_fd_limit(ld->nconns) != 0 ||
+  if (find_server(ld) != 0 || raise_fd_limit(ld->nconns, ld->nworkers) != 0 ||
       (ld->tls && ld_tls_setup(ld) != 0)) {
     free_load(ld);
     return 1;

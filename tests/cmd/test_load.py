@@ -47,6 +47,8 @@ what `ame load --json` reports agrees:
   request  the request sent: -H Host replaces the default, a fragment
            (even with a ?) is not sent, -m POST -H 'Content-Length: 0'
            sends one Content-Length; -H Transfer-Encoding is refused
+  nofile   -t 32 under a descriptor limit of -c + 64: the limit is
+           raised for the workers' descriptors too
 
 Standard library only; timings decide nothing but the generous bounds of
 'rate' (at most the scheduled number of requests).
@@ -205,9 +207,10 @@ class CountingServer:
             writer.close()
 
 
-def run_ame(ame, args, timeout=60):
+def run_ame(ame, args, timeout=60, preexec_fn=None):
     p = subprocess.run([ame] + args, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, timeout=timeout, text=True)
+                       stderr=subprocess.PIPE, timeout=timeout, text=True,
+                       preexec_fn=preexec_fn)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -220,9 +223,9 @@ def check(cond, what):
         failures.append(what)
 
 
-def load_json(ame, url, args):
+def load_json(ame, url, args, preexec_fn=None):
     rc, out, err = run_ame(ame, ['load', url, '--json', '--no-progress'] +
-                           args)
+                           args, preexec_fn=preexec_fn)
     if err:
         print('stderr: ' + err.strip())
     print('stdout: ' + out.strip())
@@ -627,6 +630,31 @@ def case_request(ame):
           % srv.length_headers)
 
 
+def case_nofile(ame):
+    """32 workers under a descriptor limit of -c + 64: ame load raises it
+    for the workers' own descriptors too."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        print('skip: the hard descriptor limit is %d' % hard)
+        return
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (32 + 64, hard))
+    srv = CountingServer()
+    try:
+        rc, res = load_json(ame, 'http://127.0.0.1:%d/' % srv.port,
+                            ['-c', '32', '-t', '32', '-d', '500ms'],
+                            preexec_fn=low)
+    finally:
+        srv.close()
+    check(rc == 0 and res is not None, 'exit %d (0), JSON parsed' % rc)
+    if res is None:
+        return
+    check(res['threads'] == 32 and res['errors']['total'] == 0,
+          '%d threads (32), no errors: %s' % (res['threads'], res['errors']))
+
+
 def make_cert(d):
     """A self-signed certificate and key for 127.0.0.1 in directory d (by
     the openssl command); return an SSL server context."""
@@ -682,6 +710,7 @@ CASES = {
     'tls': case_tls,
     'responses': case_responses,
     'request': case_request,
+    'nofile': case_nofile,
 }
 
 
