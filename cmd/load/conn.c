@@ -11,12 +11,13 @@
 ** commits); on_message_complete records the final response (an interim
 ** 1xx is skipped) in the worker's results (ld_stats_t) and the next
 ** request goes out at once (ld_send_now()) or, with --rate, when its slot
-** is due (schedule(), then rate_cb on a timer).  A response to no request, or bytes the parser
-** refuses, count a parse error and abort the stream.  on_close counts
-** what the stream's end means (a read, write, timeout or TLS error, or a
-** request abandoned at the stop) and connects the slot again, after
-** RECONNECT_MS if the connect itself failed; when every slot's first
-** connect fails before any opened, the run ends (ld_run.g.fatal_error).
+** is due (schedule(), then rate_cb on a timer).  A response to no
+** request, or bytes the parser refuses, count a parse error and abort the
+** stream.  on_close counts what the stream's end means (a read, write,
+** timeout or TLS error, or a request abandoned at the stop) and connects
+** the slot again, after RECONNECT_MS if the connect itself failed; when
+** every slot's first connect fails before any opened, the run ends
+** (ld_run.g.fatal_error).
 **
 ** Every callback here is a transaction: it undo-logs the slot's owned
 ** part and its worker's counters (save_conn()) before changing them, and

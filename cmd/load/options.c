@@ -29,7 +29,8 @@
 #define MAX_CONNS 1000000
 #define MAX_THREADS 256
 #define MAX_BODY ((size_t)64 << 20)
-#define MAX_DURATION_NS 864000e9 /* 10 days: -d, --timeout, --rate's interval */
+#define MAX_DURATION_NS 864000e9 /* 10 days: -d, --timeout, and --rate's
+                                    interval */
 
 static void usage(FILE *f) {
   fprintf(f,
