@@ -345,7 +345,11 @@ static void copy(void *dst, const void *src, size_t n, int rt, int wt,
   unsigned char buf[CHUNK];
   struct itm_thread *t = &ame_itm__self;
   ame_tx_t *tx = itm_tx("_ITM_memcpy/_ITM_memmove");
-  if (rt && itm_on_stack(t, src)) rt = 0;
+  /* The transaction's own frames (below keep_sp) are nobody else's: read
+  ** plainly.  Above them the stack may be written by another thread
+  ** through a pointer (itm.h): read through the STM, as the loads do. */
+  if (rt && itm_on_stack(t, src) && (uintptr_t)src + n <= t->keep_sp)
+    rt = 0;
   if (wt && itm_captured(t, dst, n)) {
     wt = 0;
   } else if (wt && itm_on_stack(t, dst)) {

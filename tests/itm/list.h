@@ -39,6 +39,7 @@
   X(gnutm_bytes_concurrent, 60)                                               \
   X(gnutm_counter_concurrent, 60)                                             \
   X(gnutm_user_actions, 30)                                                   \
-  X(gnutm_stack_shared, 60)
+  X(gnutm_stack_shared, 60)                                                   \
+  X(gnutm_stack_copy_shared, 30)
 
 #endif /* AME_TESTS_ITM_LIST_H */

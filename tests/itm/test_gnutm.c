@@ -23,6 +23,7 @@ GNUTM_SKIP(gnutm_bytes_concurrent)
 GNUTM_SKIP(gnutm_counter_concurrent)
 GNUTM_SKIP(gnutm_user_actions)
 GNUTM_SKIP(gnutm_stack_shared)
+GNUTM_SKIP(gnutm_stack_copy_shared)
 #else
 
 struct mixed {
@@ -289,6 +290,68 @@ TEST_IMPL(gnutm_stack_shared) {
     ASSERT_EQ(atomic_load(&gs_odd), 0);
     ASSERT_EQ(gs_tls_final, (long)(GT_THREADS + 1) * 2 * GS_ROUNDS);
   }
+}
+
+/* A struct copy (_ITM_memcpy/_ITM_memmove) reads, as the loads do,
+** through the STM what lies on the thread's stack above the transaction's
+** own frames, which another thread may write through a pointer.  The main
+** thread copies a struct of its frame, waits (inside the transaction) for
+** another thread to commit new values to every field, then reads a field:
+** the copy and that read must agree, so the first attempt aborts and the
+** second sees the new values (a copy read plainly missed the conflict:
+** the old copy with the new field). */
+enum { SC_WORDS = 32 }; /* 256 bytes: copied by _ITM_memcpy/_ITM_memmove */
+struct sc_words { /* granules of its own: the copy's (claimed: written
+                  ** through) are not the original's, which the writer
+                  ** must be able to lock while the copier waits */
+  _Alignas(64) long v[SC_WORDS];
+};
+static struct sc_words *_Atomic sc_shared;
+static atomic_int sc_attempts, sc_copied, sc_written;
+
+static void *sc_writer(void *arg) {
+  (void)arg;
+  while (!atomic_load(&sc_copied)) sched_yield();
+  struct sc_words *p = atomic_load(&sc_shared);
+  __transaction_atomic {
+    for (int k = 0; k < SC_WORDS; k++) p->v[k]++;
+  }
+  atomic_store(&sc_written, 1);
+  return NULL;
+}
+
+/* Count an attempt; on the first, let the writer commit and wait for it. */
+static __attribute__((transaction_pure)) void sc_attempt(void) {
+  if (atomic_fetch_add(&sc_attempts, 1) != 0) return;
+  atomic_store(&sc_copied, 1);
+  while (!atomic_load(&sc_written)) sched_yield();
+}
+
+/* How many of w's words differ from v (out of line: the whole copy is
+** made, by a copy barrier, not only the words a caller would read). */
+static __attribute__((noinline)) int sc_differ(const struct sc_words *w,
+                                               long v) {
+  int n = 0;
+  for (int k = 0; k < SC_WORDS; k++) n += w->v[k] != v;
+  return n;
+}
+
+TEST_IMPL(gnutm_stack_copy_shared) {
+  struct sc_words mine = {{0}}, copy;
+  long last = -1;
+  atomic_store(&sc_shared, &mine);
+  pthread_t t;
+  spawn(&t, sc_writer, NULL);
+  struct sc_words *p = atomic_load(&sc_shared);
+  __transaction_atomic {
+    copy = *p;
+    sc_attempt();
+    last = p->v[SC_WORDS - 1];
+  }
+  thread_join(t);
+  ASSERT_EQ(last, 1);
+  ASSERT_EQ(sc_differ(&copy, last), 0);
+  ASSERT_EQ(atomic_load(&sc_attempts), 2);
 }
 
 /* User actions from the compiler's instrumentation: undo actions run
