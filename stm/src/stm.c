@@ -1500,20 +1500,32 @@ static void write_back_release(ame_tx_t *tx, uintptr_t version) {
   write_back_release_run(c->e, c->e + tx->w_i, version);
 }
 
+/* The version a claimed granule (head 2: written outside the STM,
+** ame__tx_claim) takes when its lock goes without a commit: a tick of the
+** clock of its own, so strictly newer than the version it had.  (The
+** clock's value as it stands may be that very version, when the granule's
+** last writer was the last commit: released at it again, the orec would
+** hide from a reader that loaded it, then the bytes written in place,
+** then it again, that anything happened in between.)  *bump: 0 until the
+** first is taken, then shared by the others. */
+static uintptr_t claim_version(struct ame__dom *d, uintptr_t *bump) {
+  if (*bump == 0)
+    *bump = __atomic_add_fetch(&d->clock, 1, __ATOMIC_ACQ_REL) << 1;
+  return *bump;
+}
+
 /* Set every orec we hold to `version` (or back to its old version if
-** version is 0). */
+** version is 0, claimed granules to a new one). */
 static void release_locks(ame_tx_t *tx, uintptr_t version) {
   if (tx->w_n == 0) return;
-  /* Claimed granules (head 2) take the clock's value on abort: newer than
-  ** any snapshot that read what they held before (ame__tx_claim). */
-  uintptr_t bump = version ? version : LOAD_ACQ(&tx->dom->clock) << 1;
+  uintptr_t bump = 0;
   for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
     struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
                                                : c->e + AME__WCHUNK;
     for (struct ame__wentry *e = c->e; e < end; e++)
       if (e->head)
-        STORE_REL(e->orec, version     ? version
-                           : e->head == 2 ? bump
+        STORE_REL(e->orec, version        ? version
+                           : e->head == 2 ? claim_version(tx->dom, &bump)
                                           : e->version);
     if (c == tx->w_chunk) break;
   }
@@ -2104,6 +2116,7 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
     }
   }
   ame__fence_release();
+  uintptr_t bump = 0;
   for (struct ame__wchunk *c = tx->w_first;; c = c->next) {
     struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
                                                : c->e + AME__WCHUNK;
@@ -2112,9 +2125,10 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
       uintptr_t mine = (uintptr_t)e | 1;
       uintptr_t l = mine;
       /* Undecided: the old version, or for a claimed granule (head 2,
-      ** written outside the STM) the clock's, as release_locks does. */
+      ** written outside the STM) a new one, as release_locks gives. */
+      if (LOAD_ACQ(e->orec) != mine) continue;
       uintptr_t v = version        ? version
-                    : e->head == 2 ? LOAD_ACQ(&tx->dom->clock) << 1
+                    : e->head == 2 ? claim_version(tx->dom, &bump)
                                    : e->version;
       __atomic_compare_exchange_n(e->orec, &l, v, 0, __ATOMIC_ACQ_REL,
                                   __ATOMIC_RELAXED);

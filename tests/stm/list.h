@@ -120,6 +120,7 @@
   X(snapshot_extension, 20)                                                   \
   X(snapshot_extension_fails, 20)                                             \
   X(opacity_write_lock_newer, 20)                                             \
+  X(claim_abort_new_version, 20)                                              \
   /* the shared heap: test_heap.c */                                          \
   X(heap_create_open, 30)                                                     \
   X(heap_open_refuses, 20)                                                    \

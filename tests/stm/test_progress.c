@@ -321,3 +321,60 @@ TEST_IMPL(opacity_write_lock_newer) {
   lock_newer_case(tx, &s, 0);
   leave_and_shutdown();
 }
+
+/* ------------------------------------------------------------------------
+** A claimed granule (ame__tx_claim: bytes written in place, under the
+** lock, outside the STM) has a new version once its lock goes, even when
+** the attempt that claimed it is rolled back, and even when its version
+** before was the clock's latest value (its writer was the last commit):
+** a reader that loaded the orec, then the bytes written in place, then
+** the orec again must not find it unchanged.  A reads x; B claims x,
+** writes it in place and cancels (its undo log puts x back); A's
+** validation must then fail, and A run again.
+*/
+struct claim_aba {
+  _Alignas(64) uintptr_t x;
+  atomic_int a_read, b_done;
+};
+
+static void claim_and_cancel(ame_tx_t *tx, uintptr_t *x) {
+  jmp_buf env;
+  if (setjmp(env) != 0) return; /* not expected: nothing aborts B */
+  ame_tx_begin(tx, &env, "claim_and_cancel");
+  ASSERT_EQ(ame_tx_save(tx, x, sizeof *x), 0);
+  ame__tx_claim(tx, x);
+  __atomic_store_n(x, 666, __ATOMIC_RELAXED);
+  ame_tx_cancel(tx);
+}
+
+static void *claim_aba_b(void *arg) {
+  struct claim_aba *s = arg;
+  ame_tx_t *tx = enter();
+  ASSERT_WAIT(atomic_load(&s->a_read), 5000);
+  claim_and_cancel(tx, &s->x);
+  ASSERT_EQ(__atomic_load_n(&s->x, __ATOMIC_RELAXED), 100);
+  atomic_store(&s->b_done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(claim_abort_new_version) {
+  ame_tx_t *tx = enter();
+  static struct claim_aba s;
+  tx_set(tx, &s.x, 100); /* the last commit: x's version is the clock's */
+  pthread_t t;
+  thread_start(&t, claim_aba_b, &s);
+  volatile int attempts = 0;
+  AME_ATOMIC(tx) {
+    attempts++;
+    ASSERT_EQ(ame_load_word_tx(tx, &s.x), 100);
+    if (attempts == 1) {
+      atomic_store(&s.a_read, 1);
+      ASSERT_WAIT(atomic_load(&s.b_done), 5000);
+      ame_tx_validate(tx); /* x's granule changed: aborts, runs again */
+    }
+  }
+  thread_join(t);
+  ASSERT_EQ(attempts, 2);
+  leave_and_shutdown();
+}
