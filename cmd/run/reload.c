@@ -15,6 +15,13 @@
 ** end of file there means the candidate (or the zygote) is gone.  Closing
 ** it tells a zygote to exit.
 **
+** The serving generation's zygote may die (killed, out of memory): its
+** control socket hangs up, and the supervisor runs the program again (a
+** reload) so that its workers can be restarted; until one succeeds, or
+** if none can run (the template is gone too) or it fails, workers are
+** forked from the supervisor itself again (generation 0: the program as
+** first started).
+**
 ** A reload runs one at a time: a SIGHUP during one is remembered and
 ** starts the next once this one has switched over (or failed), so a storm
 ** of them ends with one generation of exactly the configured workers.
@@ -158,10 +165,12 @@ static struct {
   unsigned last;     /* the last generation number given to an attempt */
   uint32_t seq;      /* the last FORK request's number */
   uint64_t adopted;
+  pid_t cpid;        /* the candidate's pid (from READY) */
   int zygote[2];     /* control sockets of the current and the previous
                         generations' zygotes (-1: none; generation 0 is
                         the supervisor itself) */
   unsigned zgen[2];
+  pid_t zpid[2];
   int template_fd;
   int inited;
 } R;
@@ -184,6 +193,30 @@ int ame_reload_pollfd(void) {
   return R.phase != IDLE ? R.ctl : -1;
 }
 
+int ame_reload_zygote_fd(void) {
+  init();
+  return R.zygote[0];
+}
+
+int ame_reload_is_zygote(pid_t pid) {
+  if (!R.inited || pid <= 0) return 0;
+  return (R.zygote[0] >= 0 && pid == R.zpid[0]) ||
+         (R.zygote[1] >= 0 && pid == R.zpid[1]) ||
+         (R.phase == STARTING && pid == R.cpid);
+}
+
+/* No reload under way, and no zygote for the serving generation: fork
+** workers from the supervisor again. */
+static void orphaned_gen(void) {
+  if (S.gen == 0 || R.phase != IDLE) return;
+  for (int k = 0; k < 2; k++)
+    if (R.zygote[k] >= 0 && R.zgen[k] == S.gen) return;
+  ame_sup_say("generation %u has no zygote: workers are forked from the "
+              "supervisor again (generation 0, the program as first "
+              "started) until a reload succeeds", S.gen);
+  S.gen = 0;
+}
+
 static void fail(const char *why, double now) {
   ame_sup_say("reload failed: %s; the old workers go on", why);
   S.reload_failures++;
@@ -203,6 +236,7 @@ static void fail(const char *why, double now) {
     R.pending = 0;
     ame_reload_request(now);
   }
+  orphaned_gen();
 }
 
 void ame_reload_request(double now) {
@@ -268,6 +302,7 @@ void ame_reload_readable(double now) {
     return;
   }
   R.adopted = m.adopted;
+  R.cpid = m.pid;
   R.phase = STARTING;
   for (unsigned s = 1; s <= S.nslots; s++)
     if (ame_sup_replace(s, R.gen, now) < 0) {
@@ -288,8 +323,10 @@ void ame_reload_check(double now) {
   if (R.zygote[1] >= 0) close(R.zygote[1]);
   R.zygote[1] = R.zygote[0];
   R.zgen[1] = R.zgen[0];
+  R.zpid[1] = R.zpid[0];
   R.zygote[0] = R.ctl;
   R.zgen[0] = R.gen;
+  R.zpid[0] = R.cpid;
   R.ctl = -1;
   R.phase = IDLE;
   S.reloads++;
@@ -311,6 +348,23 @@ void ame_reload_check(double now) {
     R.pending = 0;
     ame_reload_request(now);
   }
+}
+
+void ame_reload_zygote_gone(double now) {
+  if (R.zygote[0] < 0) return;
+  unsigned gen = R.zgen[0];
+  close(R.zygote[0]);
+  R.zygote[0] = -1;
+  if (gen != S.gen) return;
+  if (R.phase != IDLE) {
+    ame_sup_say("the zygote of generation %u is gone; the reload under way "
+                "replaces its workers", gen);
+    return;
+  }
+  ame_sup_say("the zygote of generation %u is gone (its workers cannot be "
+              "restarted): running the program again", gen);
+  ame_reload_request(now);
+  orphaned_gen();
 }
 
 void ame_reload_worker_failed(int i, const char *how, double now) {

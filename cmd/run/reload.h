@@ -49,6 +49,15 @@ int ame_reload_busy(void);                 /* a reload is under way */
 int ame_reload_owns(unsigned gen);
 int ame_reload_pollfd(void);               /* the fd to poll, or -1 */
 void ame_reload_readable(double now);      /* it is readable */
+/* The serving generation's zygote's control socket (poll it for POLLHUP),
+** or -1; ame_reload_zygote_gone() when it hangs up: the zygote died, so a
+** reload runs to replace it (or, when none can, workers are forked from
+** the supervisor again: generation 0). */
+int ame_reload_zygote_fd(void);
+void ame_reload_zygote_gone(double now);
+/* Is pid a zygote (or a reload's candidate) known here?  (One that the
+** template's death left to the supervisor is not a stray worker.) */
+int ame_reload_is_zygote(pid_t pid);
 void ame_reload_check(double now);         /* new workers ready? */
 /* A new-generation worker died before the switch (proc i). */
 void ame_reload_worker_failed(int i, const char *how, double now);

@@ -23,7 +23,8 @@ struct msg {
   uint32_t slot, entry;
   uint32_t seq;        /* FORK: the request's number, echoed in the answer */
   int32_t root;        /* the supervisor's pid */
-  int32_t pid;         /* FORKED: the worker's pid or -errno */
+  int32_t pid;         /* FORKED: the worker's pid or -errno; READY: the
+                          zygote's */
   uint64_t adopted;    /* READY: bit p: listener p was adopted */
   uint32_t idx[AME_LST_MAX]; /* the listener index of each fd passed */
 };

@@ -318,7 +318,8 @@ static void sweep_strays(double now) {
     if (f == NULL) continue; /* no CONFIG_PROC_CHILDREN: nothing to do */
     long pid;
     while (fscanf(f, "%ld", &pid) == 1)
-      if (!known((pid_t)pid) && worker_named((pid_t)pid))
+      if (!known((pid_t)pid) && !ame_reload_is_zygote((pid_t)pid) &&
+          worker_named((pid_t)pid))
         stray((pid_t)pid, now);
     fclose(f);
   }
@@ -629,7 +630,7 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
     int timeout = next <= now ? 0 : (int)((next - now) * 1e3) + 1;
 
     size_t nout = ame_out_count(), nm = ame_metrics_count();
-    size_t want = 2 + nout + nm;
+    size_t want = 3 + nout + nm;
     if (npcap < want) {
       npcap = want + 2 * S.nslots + 8;
       struct pollfd *p = realloc(pfds, npcap * sizeof *p);
@@ -643,14 +644,19 @@ int ame_supervise(const ame_sup_config_t *cfg, int *status) {
     }
     pfds[0] = (struct pollfd){.fd = L.sigpipe[0], .events = POLLIN};
     pfds[1] = (struct pollfd){.fd = ame_reload_pollfd(), .events = POLLIN};
-    ame_out_pollfds(pfds + 2);
-    ame_metrics_pollfds(pfds + 2 + nout);
+    /* The zygote's socket: only its hang-up (the zygote died) matters. */
+    pfds[2] = (struct pollfd){.fd = ame_reload_zygote_fd(), .events = 0};
+    ame_out_pollfds(pfds + 3);
+    ame_metrics_pollfds(pfds + 3 + nout);
     if (poll(pfds, want, timeout) < 0) continue; /* EINTR */
     now = ame_sup_now();
     if (pfds[0].revents && signals(now) == -2) goto child;
     if (pfds[1].fd >= 0 && pfds[1].revents) ame_reload_readable(now);
-    ame_out_pump(pfds + 2, nout);
-    ame_metrics_handle(pfds + 2 + nout, nm, now);
+    if (pfds[2].fd >= 0 && pfds[2].fd == ame_reload_zygote_fd() &&
+        (pfds[2].revents & (POLLHUP | POLLERR)))
+      ame_reload_zygote_gone(now);
+    ame_out_pump(pfds + 3, nout);
+    ame_metrics_handle(pfds + 3 + nout, nm, now);
   }
   free(pfds);
   teardown();

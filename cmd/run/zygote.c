@@ -70,7 +70,7 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
   /* targets[p]: the fd of the Port that adopted listener p, or -1. */
   int targets[AME_LST_MAX];
   for (unsigned p = 0; p < AME_LST_MAX; p++) targets[p] = -1;
-  struct msg m = {.magic = MAGIC_READY};
+  struct msg m = {.magic = MAGIC_READY, .pid = (int32_t)getpid()};
   for (unsigned k = 0; k < Z.n; k++) {
     int adopted = 0;
     for (unsigned j = 0; j < npy; j++) adopted |= pyfds[j] == Z.fds[k];
@@ -84,6 +84,10 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
   int rc = ame_reload__send(Z.ctl, &m, NULL, 0);
   if (rc < 0) return rc;
   prctl(PR_SET_NAME, "ame-zygote");
+  /* The template's death no longer ends the zygote: its generation's
+  ** workers still need it for their restarts, and it ends with its
+  ** control socket (the supervisor's), below. */
+  prctl(PR_SET_PDEATHSIG, 0);
   /* From here on the zygote only forks: stop signals are left pending
   ** (the workers unblock them), and it ends when the supervisor closes
   ** the control socket. */

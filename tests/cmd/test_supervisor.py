@@ -45,6 +45,13 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             serving, after worker 1 started) runs the program again, and
             the failed attempt's worker 1, stopped, does not fail the new
             attempt: it ends with exactly 2 workers of the last version
+  zygote    after a reload, its zygote dies (SIGKILL): the supervisor
+            says so and runs the program again; a worker then killed is
+            restarted from the new zygote; the template dies: the zygote
+            lives on and forks a killed worker; that zygote dies too (no
+            reload can run now): a killed worker is forked by the
+            supervisor (the first version), and no zygote is taken for a
+            stray worker
   recycle   --max-requests 40 under `ame load`: workers are replaced (with
             each old one's count at least 40), no error, no non-2xx;
             --max-rss 150 and GET /grow (200 MiB): that worker is replaced
@@ -542,6 +549,87 @@ def case_rehup(ame):
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 
+def _named(srv, name):
+    return [p for p in session_procs(srv.p.pid) if comm(p) == name]
+
+
+def _restarts_from(srv, port, gen, version):
+    """SIGKILL worker 1: it is restarted (from generation gen's zygote, or
+    by the supervisor itself for 0) and serves version."""
+    pid = wait_workers_serving(port, [1, 2]).get(1)
+    at = len(srv.err)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+    started = (r'worker 1 started \(pid \d+, generation %d\)' % gen if gen
+               else r'worker 1 started \(pid \d+\)$')
+    check(srv.wait_line('err', started, start=at),
+          'worker 1, killed, is restarted from generation %d' % gen)
+    served = wait_until(lambda: _versions(port) == {'1': version,
+                                                    '2': version})
+    check(served, 'both workers serve version %s: %s'
+          % (version, _versions(port)))
+    said = '\n'.join(srv.err[at:])
+    check('cannot start worker' not in said, 'no failed start: %r'
+          % said[-300:])
+
+
+def case_zygote(ame):
+    d = T.scratch_dir()
+    put = _put_in(d)
+    put('version', '1')
+    srv = start(['run', '--workers', '2', APP, '0', d])
+    port = serving(srv, 2, 'zygote')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    put('version', '2')
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'reload: generation 1 serves'),
+          'generation 1 serves')
+    # Its zygote dies: the program runs again, and its zygote forks.
+    zygote = _named(srv, 'ame-zygote')
+    check(len(zygote) == 1, 'one zygote: %s' % zygote)
+    put('version', '3')
+    at = len(srv.err)
+    for pid in zygote:
+        os.kill(pid, signal.SIGKILL)
+    check(srv.wait_line('err', r'the zygote of generation 1 is gone \(its '
+                        r'workers cannot be restarted\): running the '
+                        r'program again', start=at), 'the supervisor saw it')
+    check(srv.wait_line('err', r'reload: generation 2 serves', start=at),
+          'generation 2 serves')
+    _restarts_from(srv, port, 2, '3')
+    # The template dies: the zygote lives on (it is no stray) and forks.
+    template = _named(srv, 'ame-template')
+    zygote = _named(srv, 'ame-zygote')
+    check(len(template) == 1 and len(zygote) == 1,
+          'one template (%s), one zygote (%s)' % (template, zygote))
+    for pid in template:
+        os.kill(pid, signal.SIGKILL)
+    check(wait_until(lambda: not _named(srv, 'ame-template')),
+          'the template is gone')
+    _restarts_from(srv, port, 2, '3')
+    check(_named(srv, 'ame-zygote') == zygote, 'the same zygote')
+    # That zygote dies too, and no reload can run: the supervisor forks.
+    at = len(srv.err)
+    for pid in zygote:
+        os.kill(pid, signal.SIGKILL)
+    check(srv.wait_line('err', r'generation 2 has no zygote: workers are '
+                        r'forked from the supervisor again', start=at),
+          'the supervisor says it forks the workers again')
+    pid = wait_workers_serving(port, [1, 2]).get(1)
+    at = len(srv.err)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+    check(srv.wait_line('err', r'worker 1 started \(pid \d+\)$', start=at),
+          'worker 1, killed, is forked by the supervisor')
+    check(wait_until(lambda: _versions(port).get('1') == '1'),
+          'it serves the program as first started: %s' % _versions(port))
+    said = '\n'.join(srv.err)
+    check('no record here holds' not in said, 'no zygote taken for a stray')
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
 def _put_in(d):
     def put(name, text):
         with open(os.path.join(d, name), 'w') as f:
@@ -895,7 +983,7 @@ CASES = {
     'inuse': case_inuse, 'nofile': case_nofile, 'pidfile': case_pidfile,
     'startfail': case_startfail, 'resize': case_resize,
     'reload': case_reload, 'recycle': case_recycle, 'stray': case_stray,
-    'rehup': case_rehup,
+    'rehup': case_rehup, 'zygote': case_zygote,
     'metrics': case_metrics, 'page': case_page,
 }
 NEEDS_LOAD = {'reload', 'recycle'}
