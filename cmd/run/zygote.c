@@ -88,15 +88,19 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
   ** workers still need it for their restarts, and it ends with its
   ** control socket (the supervisor's), below. */
   prctl(PR_SET_PDEATHSIG, 0);
-  /* From here on the zygote only forks: stop signals are left pending
-  ** (the workers unblock them), and it ends when the supervisor closes
-  ** the control socket. */
-  sigset_t block;
+  /* From here on the zygote only forks: stop signals and SIGHUP are left
+  ** pending (a pending signal is not inherited), and it ends when the
+  ** supervisor closes the control socket. */
+  sigset_t block, mask;
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
   sigaddset(&block, SIGTERM);
   sigaddset(&block, SIGHUP);
-  sigprocmask(SIG_BLOCK, &block, NULL);
+  sigprocmask(SIG_BLOCK, &block, &mask);
+  /* A worker gets the program's mask back, with the stop signals blocked
+  ** until it can handle them (as the supervisor's own forks: supervise.h). */
+  sigaddset(&mask, SIGINT);
+  sigaddset(&mask, SIGTERM);
   for (;;) {
     int fds[MAX_FDS];
     int n = ame_reload__recv(Z.ctl, &m, fds);
@@ -130,6 +134,7 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
       if (after_child) after_child(data);
       close(Z.ctl);
       Z.ctl = -1;
+      sigprocmask(SIG_SETMASK, &mask, NULL);
       dup2(fds[0], 1);
       dup2(fds[1], 2);
       for (unsigned k = 0; k < m.n; k++)

@@ -31,8 +31,9 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             worker, a third SIGTTOU is refused: process counts checked
   reload    under `ame load`, SIGHUP with a new program version: the new
             workers serve the new version, the old ones are gone, load
-            sees no error and no non-2xx, and the new workers map the
-            same shared heap; a broken program's reload fails
+            sees no error and no non-2xx, the new workers map the
+            same shared heap and have SIGHUP unblocked (and so do their
+            children); a broken program's reload fails
             and the old workers go on; a storm of 10 SIGHUPs under load
             ends with exactly 2 workers of the last version, no error
   stray     a reload's worker whose start the supervisor gave up on (the
@@ -414,6 +415,11 @@ def case_reload(ame):
     versions = _versions(port)
     check(versions == {'1': '2', '2': '2'},
           'both workers run the new version: %s' % versions)
+    masks = _sigblk(port)
+    check(len(masks) == 4 and not any(
+        int(m, 16) & 1 << (signal.SIGHUP - 1) for m in masks.values()),
+        'SIGHUP is not blocked in the new workers, nor in their children: '
+        '%s' % masks)
     heaps = {http_get(port, timeout=5)[1]['x-heap'] for _ in range(10)}
     check(len(heaps) == 1 and heaps.pop().endswith(' mapped') and
           heap0.endswith(' mapped') and heap0 in _heaps(port),
@@ -455,6 +461,18 @@ def case_reload(ame):
         print('\n'.join('   | ' + line for line in srv.err[-60:]))
     rc = srv.stop()
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
+def _sigblk(port):
+    """{worker id: "SELF CHILD" masks} of GET /sigblk, as SELF and CHILD."""
+    masks = {}
+    for _ in range(60):
+        status, h, body = http_get(port, '/sigblk', timeout=5)
+        for k, m in enumerate(body.decode().split()):
+            masks['%s/%s' % (h['x-worker'], ('self', 'child')[k])] = m
+        if len(masks) == 4:
+            break
+    return masks
 
 
 def _heaps(port):

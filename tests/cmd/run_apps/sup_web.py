@@ -21,6 +21,8 @@ listens on port P once its reactor runs (a listener of its own).  Paths:
     /slow    "slow\\n" 1 s later
     /grow    keeps 200 MiB in this process, then "grown\\n"
     /count   this process's served count so far (this request included)
+    /sigblk  the blocked-signal masks (SigBlk, hex) of this process and of
+             a child it starts: "SELF CHILD"
 
 Every response carries X-Worker (AME_WORKER), X-Worker-Pid, X-Version,
 X-Nofile (the soft RLIMIT_NOFILE) and X-Heap: AME_SHARED_HEAP (where the
@@ -30,6 +32,7 @@ memory mapped there ("ADDR mapped").  At shutdown each process prints
 """
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -71,6 +74,11 @@ class Root(web.Resource):
             return b"grown\n"
         if request.path == b"/count":
             return b"%d\n" % served[0]
+        if request.path == b"/sigblk":
+            child = subprocess.run(["grep", "SigBlk", "/proc/self/status"],
+                                   capture_output=True, text=True).stdout
+            return ("%s %s\n" % (sigblk(open("/proc/self/status")),
+                                 sigblk(child.splitlines()))).encode()
         if request.path == b"/slow":
             def later():
                 request.write(b"slow\n")
@@ -91,6 +99,13 @@ def heap_mapped():
             if lo <= a < hi:
                 return "%s mapped" % addr
     return "%s not mapped" % addr
+
+
+def sigblk(lines):
+    for line in lines:
+        if line.startswith("SigBlk:"):
+            return line.split()[1]
+    return "?"
 
 
 def hang_forever():
