@@ -372,7 +372,9 @@ def _adoptInherited():
 
     def startListeningAdopting(self):
         if self._preexistingSocket is None:
-            want = _normalAddress((self.interface or "", self.port))
+            want = _normalAddress((_boundHost(self.interface,
+                                              self.addressFamily),
+                                   self.port))
             for fd, (family, addr) in sorted(available.items()):
                 # Port 0 (the kernel's choice): the first one left on that
                 # host, so that the service keeps its port across reloads.
@@ -387,6 +389,23 @@ def _adoptInherited():
         return startListening(self)
 
     tcp.Port.startListening = startListeningAdopting
+
+
+def _boundHost(host, family):
+    """The address bind() will give C{host} in C{family}: a host name
+    resolved as CPython's bind() does (the first address getaddrinfo
+    gives), so that C{interface="localhost"} finds the socket bound to
+    127.0.0.1; C{host} itself when it cannot be resolved."""
+    import socket
+
+    if not host:
+        return ""
+    try:
+        infos = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM,
+                                   0, socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return host
+    return infos[0][4][0] if infos else host
 
 
 def _normalAddress(addr):

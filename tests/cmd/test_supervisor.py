@@ -53,6 +53,8 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             reload can run now): a killed worker is forked by the
             supervisor (the first version), and no zygote is taken for a
             stray worker
+  rehost    a program that listens on interface="localhost" reloads: the
+            new program adopts the socket bound to 127.0.0.1
   recycle   --max-requests 40 under `ame load`: workers are replaced (with
             each old one's count at least 40), no error, no non-2xx;
             --max-rss 150 and GET /grow (200 MiB): that worker is replaced
@@ -648,6 +650,28 @@ def case_zygote(ame):
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 
+def case_rehost(ame):
+    d = T.scratch_dir()
+    put = _put_in(d)
+    put('version', '1')
+    srv = start(['run', '--workers', '2', APP, '0', d],
+                env={'SUP_INTERFACE': 'localhost'})
+    port = serving(srv, 2, 'interface="localhost"')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    put('version', '2')
+    at = len(srv.err)
+    os.kill(srv.p.pid, signal.SIGHUP)
+    m = srv.wait_line('err', r'reload: generation 1 serves|reload failed',
+                      start=at)
+    check(m and 'serves' in m.group(0), 'SIGHUP: %s' % (m and m.group(0)))
+    check(wait_until(lambda: _versions(port) == {'1': '2', '2': '2'}),
+          'both workers run version 2 on the same port: %s'
+          % _versions(port))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
 def _put_in(d):
     def put(name, text):
         with open(os.path.join(d, name), 'w') as f:
@@ -1001,7 +1025,7 @@ CASES = {
     'inuse': case_inuse, 'nofile': case_nofile, 'pidfile': case_pidfile,
     'startfail': case_startfail, 'resize': case_resize,
     'reload': case_reload, 'recycle': case_recycle, 'stray': case_stray,
-    'rehup': case_rehup, 'zygote': case_zygote,
+    'rehup': case_rehup, 'zygote': case_zygote, 'rehost': case_rehost,
     'metrics': case_metrics, 'page': case_page,
 }
 NEEDS_LOAD = {'reload', 'recycle'}

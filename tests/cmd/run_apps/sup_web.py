@@ -12,7 +12,8 @@ N of that run of the program waits, as its reactor starts (before it
 serves), until STATE_DIR/fail_now exists, then exits with status 3: a
 reload that fails after its other workers started, when the test says.
 With SUP_FAIL_WORKER=N in the environment, worker N exits with status 3 as its
-reactor starts (a failed start).  With SUP_LATE_PORT=P, each worker also
+reactor starts (a failed start).  SUP_INTERFACE is the interface it
+listens on (default 127.0.0.1).  With SUP_LATE_PORT=P, each worker also
 listens on port P once its reactor runs (a listener of its own).  Paths:
 
     /        "hello\\n"
@@ -140,7 +141,8 @@ def bye():
 
 site = server.Site(Root())
 site.noisy = False
-p = reactor.listenTCP(int(sys.argv[1]), site, interface="127.0.0.1")
+p = reactor.listenTCP(int(sys.argv[1]), site,
+                      interface=os.environ.get("SUP_INTERFACE", "127.0.0.1"))
 print("listening on %d" % p.getHost().port, flush=True)
 if os.environ.get("SUP_FAIL_WORKER"):
     reactor.callWhenRunning(fail_at_start)
