@@ -424,7 +424,9 @@ static int check(double now) {
     if (p->state == P_FREE) continue;
     if ((p->state == P_STOPPING || p->state == P_HUNG) &&
         now >= p->deadline) {
-      if (L.state == STOPPING) {
+      /* A hung worker past its deadline gets SIGKILL alone, stopping or
+      ** not; the others are forced only past the grace period. */
+      if (L.state == STOPPING && p->state == P_STOPPING) {
         force("workers still running after the grace period");
         return 0;
       }

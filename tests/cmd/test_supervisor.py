@@ -11,7 +11,9 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             --help says the descriptor limit is raised
   hung      a worker stuck in a Python loop (GET /hang) with --timeout 2:
             the supervisor says it is hung, its traceback (the looping
-            function) is printed, a new worker takes its slot and serves
+            function) is printed, a new worker takes its slot and serves;
+            a SIGTERM while a hung worker that ignores SIGABRT waits for
+            its SIGKILL (--grace 30): only that one is killed, exit 0
   orphan    SIGKILL to the supervisor while a worker is stuck in Python
             (--timeout 0, --grace 1): every worker is gone within grace +
             5 s + margin, and a new `ame run` on the same port answers all
@@ -222,6 +224,32 @@ def case_hung(ame):
     t.join(TIMEOUT)
     check('end' in hung, 'the hung request ended (%s)' % hung.get('end'))
     rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+    # SIGTERM while a hung worker that survives SIGABRT awaits its SIGKILL:
+    # it alone is killed; the other stops gracefully (--grace 30).
+    srv = start(['run', '--workers', '2', '--timeout', '2', '--grace', '30',
+                 APP, '0'], env={'SUP_IGNORE_ABRT': '1'})
+    port = serving(srv, 2, '--timeout 2 --grace 30')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    wait_workers_serving(port, [1, 2])
+    t = threading.Thread(target=hang, daemon=True)
+    t.start()
+    m = srv.wait_line('err', r'worker (\d) \(pid (\d+)\) is hung: no '
+                      r'heartbeat for', timeout=30)
+    if not check(m, 'the supervisor says a worker is hung'):
+        return srv.stop(signal.SIGKILL)
+    at = len(srv.err)
+    rc = srv.stop()
+    said = '\n'.join(srv.err[at:])
+    term = said.find('SIGTERM: stopping 2 worker')
+    check(term >= 0 and 'is gone' not in said[:term],
+          'the SIGTERM came before the hung worker was killed: %r'
+          % said[:200])
+    check('killing 2 worker' not in said and 'grace period' not in said,
+          'the workers were not killed as past the grace period: %r'
+          % said[-300:])
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 

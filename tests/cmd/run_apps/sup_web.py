@@ -13,7 +13,8 @@ serves), until STATE_DIR/fail_now exists, then exits with status 3: a
 reload that fails after its other workers started, when the test says.
 With SUP_FAIL_WORKER=N in the environment, worker N exits with status 3 as its
 reactor starts (a failed start).  SUP_INTERFACE is the interface it
-listens on (default 127.0.0.1).  With SUP_LATE_PORT=P, each worker also
+listens on (default 127.0.0.1).  With SUP_IGNORE_ABRT, SIGABRT is
+ignored (a hung worker lives until the supervisor's SIGKILL).  With SUP_LATE_PORT=P, each worker also
 listens on port P once its reactor runs (a listener of its own).  Paths:
 
     /        "hello\\n"
@@ -33,6 +34,7 @@ memory mapped there ("ADDR mapped").  At shutdown each process prints
 """
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -139,6 +141,9 @@ def bye():
     print("served %d requests" % served[0], flush=True)
 
 
+if os.environ.get("SUP_IGNORE_ABRT"):
+    # A library's crash hook: SIGABRT does not end the process.
+    signal.signal(signal.SIGABRT, lambda *a: None)
 site = server.Site(Root())
 site.noisy = False
 p = reactor.listenTCP(int(sys.argv[1]), site,
