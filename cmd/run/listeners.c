@@ -104,6 +104,10 @@ int ame_lst_slot_fd(unsigned p, unsigned slot) {
 unsigned ame_lst_slot_fds(unsigned slot, int *fds, int *err) {
   *err = 0;
   for (unsigned p = 0; p < nl; p++) {
+    if (L[p].primary < 0) { /* dropped by a reload: none */
+      fds[p] = -1;
+      continue;
+    }
     int fd = ame_lst_slot_fd(p, slot);
     if (fd < 0) {
       *err = -fd;

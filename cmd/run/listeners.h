@@ -42,7 +42,7 @@ int ame_lst_slot_fd(unsigned p, unsigned slot);
 
 /* Fill fds[p] for every listener p with slot's socket (falling back to
 ** the primary when a sibling cannot be made; *err then holds why, else
-** 0).  Return the count. */
+** 0), or -1 for a listener a reload dropped.  Return the count. */
 unsigned ame_lst_slot_fds(unsigned slot, int *fds, int *err);
 
 /* Close slot's siblings (the slot was removed and its workers are gone). */

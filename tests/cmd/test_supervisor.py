@@ -57,6 +57,9 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             stray worker
   rehost    a program that listens on interface="localhost" reloads: the
             new program adopts the socket bound to 127.0.0.1
+  dropped   after a reload drops one of two listeners, a worker killed
+            and a worker added (SIGTTIN) start and serve with no word of
+            the dropped listener
   recycle   --max-requests 40 under `ame load`: workers are replaced (with
             each old one's count at least 40), no error, no non-2xx;
             --max-rss 150 and GET /grow (200 MiB): that worker is replaced
@@ -700,6 +703,42 @@ def case_rehost(ame):
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 
+def case_dropped(ame):
+    d = T.scratch_dir()
+    put = _put_in(d)
+    put('version', '1')
+    put('extra', str(free_port()))
+    # Fixed ports: a port 0 would adopt the first inherited socket on its
+    # host, which may be the extra one.
+    srv = start(['run', '--workers', '2', APP, str(free_port()), d])
+    port = serving(srv, 2, 'two listeners')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    os.unlink(os.path.join(d, 'extra'))
+    put('version', '2')
+    at = len(srv.err)
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'reload: generation 1 serves .*listeners '
+                        r'the new program left are closed', start=at),
+          'a reload drops the second listener')
+    check(wait_until(lambda: _versions(port) == {'1': '2', '2': '2'}),
+          'both workers run version 2: %s' % _versions(port))
+    pid = wait_workers_serving(port, [1, 2]).get(1)
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+    check(srv.wait_line('err', r'worker 1 started \(pid \d+, generation 1\)',
+                        start=at), 'worker 1, killed, is restarted')
+    os.kill(srv.p.pid, signal.SIGTTIN)
+    check(srv.wait_line('err', r'worker 3 started \(pid \d+, generation 1\)',
+                        start=at), 'SIGTTIN: worker 3 started')
+    seen = wait_workers_serving(port, [1, 2, 3])
+    check(sorted(seen) == [1, 2, 3], 'workers 1, 2, 3 serve: %s' % seen)
+    said = [x for x in srv.err[at:] if 'listening socket' in x]
+    check(not said, 'no word of the dropped listener: %s' % said)
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
 def _put_in(d):
     def put(name, text):
         with open(os.path.join(d, name), 'w') as f:
@@ -1054,6 +1093,7 @@ CASES = {
     'startfail': case_startfail, 'resize': case_resize,
     'reload': case_reload, 'recycle': case_recycle, 'stray': case_stray,
     'rehup': case_rehup, 'zygote': case_zygote, 'rehost': case_rehost,
+    'dropped': case_dropped,
     'metrics': case_metrics, 'page': case_page,
 }
 NEEDS_LOAD = {'reload', 'recycle'}

@@ -6,7 +6,9 @@ A twisted.web server for the supervisor tests (tests/cmd/test_supervisor.py).
 Setup prints "listening on PORT" (to stdout, before the workers exist).
 With STATE_DIR, setup reads STATE_DIR/version (the program's "code
 version": a reload runs setup again and must see a new one) and raises
-RuntimeError if STATE_DIR/broken exists (a reload of a broken program).
+RuntimeError if STATE_DIR/broken exists (a reload of a broken program);
+while STATE_DIR/extra exists (it holds a port), setup listens on that
+port too.
 If STATE_DIR/fail_worker exists at setup (it holds a worker id N), worker
 N of that run of the program waits, as its reactor starts (before it
 serves), until STATE_DIR/fail_now exists, then exits with status 3: a
@@ -153,6 +155,10 @@ if os.environ.get("SUP_FAIL_WORKER"):
     reactor.callWhenRunning(fail_at_start)
 if fail_worker:
     reactor.callWhenRunning(fail_when_told)
+if state and os.path.exists(os.path.join(state, "extra")):
+    # A second listener, while STATE_DIR/extra names its port.
+    with open(os.path.join(state, "extra")) as f:
+        reactor.listenTCP(int(f.read()), site, interface="127.0.0.1")
 if os.environ.get("SUP_LATE_PORT"):
     # A listener each worker opens on its own, after reactor.run().
     reactor.callWhenRunning(reactor.listenTCP, int(os.environ[
