@@ -350,7 +350,12 @@ int ame_run_parse(int argc, char **argv, struct opts *o) {
     case 'h': run_usage(stdout); return 0;
     case ':':
       return usage_error("run", "%s needs a value", argv[optind - 1]);
-    case '?':
+    case '?': /* optopt: the letter, for a short option (maybe in a
+              ** cluster such as -vx); 0 for a long one */
+      if (optopt > 0 && optopt < 128) {
+        char name[3] = {'-', (char)optopt, '\0'};
+        return usage_error("run", "unknown option '%s'", name);
+      }
       return usage_error("run", "unknown option '%s'", argv[optind - 1]);
     default: r = set_opt("run", ch, optarg, o);
     }

@@ -7,7 +7,8 @@ AME is the built `ame` program; PYTHONPATH must find the `ame` package
 (meson sets it to BUILDDIR/bindings:SRCDIR/bindings).  The programs run
 are in tests/cmd/run_apps/.  Cases:
 
-  usage     bad command lines exit 2; --help says what it must
+  usage     bad command lines exit 2 (an unknown option is named, also
+            in a cluster of short ones); --help says what it must
   setup     what a program sees (reactor class, sys.argv, sys.path[0],
             __name__, sys.executable), for a file and for -m, in one
             process and with --workers 2 (each worker's lines prefixed)
@@ -332,6 +333,12 @@ def case_usage(ame):
         check(rc == 2 and err.strip() and not out,
               'ame %s: exit %d (2), says %r'
               % (' '.join(args), rc, err.strip().split('\n')[0]))
+    for args, name in ((['run', '-vx', 'x.py'], '-x'),
+                       (['run', '-x', 'x.py'], '-x'),
+                       (['run', '--bogus', 'x.py'], '--bogus')):
+        rc, out, err = run_ame(ame, args)
+        check(rc == 2 and "unknown option '%s'" % name in err,
+              'ame %s: names %s: %r' % (' '.join(args), name, err.strip()))
     rc, out, err = run_ame(ame, ['run', '--help'])
     check(rc == 0 and '--workers' in out and '-m MODULE' in out,
           'ame run --help: exit 0, options')
