@@ -181,7 +181,8 @@ static int finish(const char *cmd, struct opts *o) {
 #define SUP_HELP                                                            \
 "      --timeout SECONDS  a worker whose reactor loop has not run for this\n" \
 "                        long is hung: it is killed (its Python traceback\n" \
-"                        printed) and replaced (default %g; 0: never)\n"     \
+"                        printed) and replaced (default %g; 0: never);\n"    \
+"                        a reload's setup gets as long (0: 60 s)\n"          \
 "      --max-requests N  replace a worker gracefully once it has served N\n" \
 "                        HTTP requests, plus a random 0..JITTER (0: never)\n"\
 "      --max-requests-jitter JITTER  (default N/10)\n"                        \

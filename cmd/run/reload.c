@@ -6,6 +6,7 @@
 ** request, descriptors passed with SCM_RIGHTS:
 **   supervisor -> template   SPAWN: the primaries (with their listener
 **                            indexes) and the candidate's control socket
+**   template -> supervisor   SPAWNED (on the candidate's socket): its pid
 **   candidate -> supervisor  READY: which primaries its program adopted
 **   supervisor -> zygote     FORK: slot, page entry, the worker's stdout
 **                            and stderr pipes, the slot's sockets
@@ -21,6 +22,10 @@
 ** if none can run (the template is gone too) or it fails, workers are
 ** forked from the supervisor itself again (generation 0: the program as
 ** first started).
+**
+** A candidate whose setup has not reached reactor.run() (READY) within
+** --timeout (SPAWN_DEFAULT_S when that is 0) is killed, and the reload
+** fails.
 **
 ** A reload runs one at a time: a SIGHUP during one is remembered and
 ** starts the next once this one has switched over (or failed), so a storm
@@ -149,6 +154,10 @@ int ame_reload_template(void (*candidate)(void *data),
       candidate(data);
       _exit(1);
     }
+    if (c > 0) { /* the supervisor kills a candidate that takes too long */
+      struct msg sp = {.magic = MAGIC_SPAWNED, .pid = (int32_t)c};
+      ame_reload__send(fds[m.n], &sp, NULL, 0);
+    }
     for (int k = 0; k < n; k++) close(fds[k]);
   }
 }
@@ -165,7 +174,8 @@ static struct {
   unsigned last;     /* the last generation number given to an attempt */
   uint32_t seq;      /* the last FORK request's number */
   uint64_t adopted;
-  pid_t cpid;        /* the candidate's pid (from READY) */
+  pid_t cpid;        /* the candidate's pid (SPAWNED, READY), 0: unknown */
+  double deadline;   /* SPAWNING: the candidate is killed then */
   int zygote[2];     /* control sockets of the current and the previous
                         generations' zygotes (-1: none; generation 0 is
                         the supervisor itself) */
@@ -239,6 +249,11 @@ static void fail(const char *why, double now) {
   orphaned_gen();
 }
 
+/* How long a candidate's setup may take, in seconds. */
+static double spawn_limit(void) {
+  return S.cfg->timeout_s > 0 ? S.cfg->timeout_s : SPAWN_DEFAULT_S;
+}
+
 void ame_reload_request(double now) {
   init();
   if (R.template_fd < 0) {
@@ -281,22 +296,29 @@ void ame_reload_request(double now) {
   R.phase = SPAWNING;
   R.pending = 0;
   R.gen = ++R.last;
-  (void)now;
+  R.cpid = 0;
+  R.deadline = now + spawn_limit();
   ame_sup_say("SIGHUP: reloading: running the program again "
               "(generation %u)", R.gen);
 }
 
 void ame_reload_readable(double now) {
-  if (R.phase == STARTING) { /* only end of file can come now */
-    fail("the new program's process ended", now);
-    return;
-  }
-  if (R.phase != SPAWNING) return;
+  if (R.phase == IDLE) return;
   struct msg m;
   int fds[MAX_FDS];
   int n = ame_reload__recv(R.ctl, &m, fds);
   while (n > 0) close(fds[--n]);
   if (n < 0 && n != -EPROTO) n = 0;
+  if (m.magic == MAGIC_SPAWNED) {
+    R.cpid = m.pid;
+    return;
+  }
+  if (R.phase == STARTING) {
+    /* End of file; anything else is a late answer to a fork request
+    ** given up on (its worker is a stray: sweep_strays). */
+    if (n == 0 && m.magic == 0) fail("the new program's process ended", now);
+    return;
+  }
   if (m.magic != MAGIC_READY) {
     fail("the new program did not start (its error is above)", now);
     return;
@@ -312,7 +334,16 @@ void ame_reload_readable(double now) {
 }
 
 void ame_reload_check(double now) {
-  if (!R.inited || R.phase != STARTING) return;
+  if (!R.inited) return;
+  if (R.phase == SPAWNING && now >= R.deadline) {
+    if (R.cpid > 0) kill(R.cpid, SIGKILL); /* the template reaps it */
+    char why[96];
+    snprintf(why, sizeof why, "the new program did not start within %g s "
+             "(killed)", spawn_limit());
+    fail(why, now);
+    return;
+  }
+  if (R.phase != STARTING) return;
   for (unsigned s = 1; s <= S.nslots; s++) {
     int i = S.s[s].next;
     if (i < 0 || S.p[i].gen != R.gen || !ame_sup_ready(i)) return;

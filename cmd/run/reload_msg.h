@@ -13,9 +13,12 @@
 #define MAGIC_SPAWN 0x616d6531u
 #define MAGIC_READY 0x616d6532u
 #define MAGIC_FORK 0x616d6533u
+#define MAGIC_SPAWNED 0x616d6534u /* template -> supervisor, on the
+                                     candidate's socket: its pid */
 #define MAX_FDS (AME_LST_MAX + 3)
 #define FORK_REPLY_MS 10000 /* a zygote that takes longer is gone */
 #define REPARENT_WAIT_MS 5000
+#define SPAWN_DEFAULT_S 60.0 /* a candidate's setup limit with --timeout 0 */
 
 struct msg {
   uint32_t magic;
@@ -23,8 +26,8 @@ struct msg {
   uint32_t slot, entry;
   uint32_t seq;        /* FORK: the request's number, echoed in the answer */
   int32_t root;        /* the supervisor's pid */
-  int32_t pid;         /* FORKED: the worker's pid or -errno; READY: the
-                          zygote's */
+  int32_t pid;         /* FORKED: the worker's pid or -errno; READY,
+                          SPAWNED: the candidate's */
   uint64_t adopted;    /* READY: bit p: listener p was adopted */
   uint32_t idx[AME_LST_MAX]; /* the listener index of each fd passed */
 };

@@ -60,6 +60,9 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
   dropped   after a reload drops one of two listeners, a worker killed
             and a worker added (SIGTTIN) start and serve with no word of
             the dropped listener
+  slowstart a reload whose setup never ends (--timeout 2): it fails
+            after 2 s, the candidate is killed, the old workers serve, and
+            the next reload serves
   recycle   --max-requests 40 under `ame load`: workers are replaced (with
             each old one's count at least 40), no error, no non-2xx;
             --max-rss 150 and GET /grow (200 MiB): that worker is replaced
@@ -739,6 +742,36 @@ def case_dropped(ame):
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 
+def case_slowstart(ame):
+    d = T.scratch_dir()
+    put = _put_in(d)
+    put('version', '1')
+    srv = start(['run', '--workers', '2', '--timeout', '2', APP, '0', d])
+    port = serving(srv, 2, 'slowstart')
+    if port is None:
+        return srv.stop(signal.SIGKILL)
+    old = wait_workers_serving(port, [1, 2])
+    put('hang_setup', '')
+    put('version', '2')
+    at = len(srv.err)
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'reload failed: the new program did not '
+                        r'start within 2 s \(killed\); the old workers go '
+                        r'on', start=at), 'a setup that hangs: the reload '
+                        'fails after --timeout')
+    check(wait_until(lambda: not _named(srv, 'ame-reload')),
+          'its process is gone: %s' % _named(srv, 'ame-reload'))
+    check(wait_workers_serving(port, [1, 2]) == old, 'the old workers serve')
+    os.unlink(os.path.join(d, 'hang_setup'))
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'reload: generation 2 serves', start=at),
+          'the next reload: generation 2 serves')
+    check(wait_until(lambda: _versions(port) == {'1': '2', '2': '2'}),
+          'both workers run version 2: %s' % _versions(port))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
 def _put_in(d):
     def put(name, text):
         with open(os.path.join(d, name), 'w') as f:
@@ -1093,7 +1126,7 @@ CASES = {
     'startfail': case_startfail, 'resize': case_resize,
     'reload': case_reload, 'recycle': case_recycle, 'stray': case_stray,
     'rehup': case_rehup, 'zygote': case_zygote, 'rehost': case_rehost,
-    'dropped': case_dropped,
+    'dropped': case_dropped, 'slowstart': case_slowstart,
     'metrics': case_metrics, 'page': case_page,
 }
 NEEDS_LOAD = {'reload', 'recycle'}

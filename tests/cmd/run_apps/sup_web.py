@@ -7,7 +7,8 @@ Setup prints "listening on PORT" (to stdout, before the workers exist).
 With STATE_DIR, setup reads STATE_DIR/version (the program's "code
 version": a reload runs setup again and must see a new one) and raises
 RuntimeError if STATE_DIR/broken exists (a reload of a broken program);
-while STATE_DIR/extra exists (it holds a port), setup listens on that
+while STATE_DIR/hang_setup exists, setup never ends (it sleeps); while
+STATE_DIR/extra exists (it holds a port), setup listens on that
 port too.
 If STATE_DIR/fail_worker exists at setup (it holds a worker id N), worker
 N of that run of the program waits, as its reactor starts (before it
@@ -51,6 +52,8 @@ if state:
         version = f.read().strip()
     if os.path.exists(os.path.join(state, "broken")):
         raise RuntimeError("broken on purpose")
+    if os.path.exists(os.path.join(state, "hang_setup")):
+        time.sleep(3600)  # a setup that never ends (a connect, say)
 fail_worker = None
 if state and os.path.exists(os.path.join(state, "fail_worker")):
     with open(os.path.join(state, "fail_worker")) as f:
