@@ -254,12 +254,13 @@ def _becomeWorker(state, reactor, workers, grace, timeout):
     # The core's C thread would not survive fork(); stop it here, where no
     # reactor will run again.  Each worker starts its own.
     reactor._core.close()
-    wid = _ame_run.supervise(workers, grace, state.pidfile, listeners)
+    wid, count = _ame_run.supervise(workers, grace, state.pidfile,
+                                    listeners)
     state.worker = wid
     _State.inWorker = True
     # A worker, from here on.
     os.environ["AME_WORKER"] = str(wid)
-    os.environ["AME_WORKERS"] = str(workers)
+    os.environ["AME_WORKERS"] = str(count)  # the count at this fork
     # SIGABRT (a hung worker, killed by the supervisor) prints the Python
     # traceback of every thread to the worker's stderr (fd 2: twistd may
     # have replaced sys.stderr) before the process dies.

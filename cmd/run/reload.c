@@ -414,7 +414,7 @@ pid_t ame_reload_fork(unsigned gen, unsigned slot, unsigned entry, int out,
     if (R.zygote[k] >= 0 && R.zgen[k] == gen) ctl = R.zygote[k];
   if (ctl < 0) return -ESRCH;
   struct msg m = {.magic = MAGIC_FORK, .slot = slot, .entry = entry,
-                  .root = (int32_t)S.self};
+                  .workers = S.nslots, .root = (int32_t)S.self};
   int all[MAX_FDS];
   all[0] = out;
   all[1] = err;

@@ -95,4 +95,8 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
                       void (*before_fork)(void *), void (*after_parent)(void *),
                       void (*after_child)(void *), void *data);
 
+/* In a worker the zygote forked: the configured workers (slots) when the
+** supervisor asked for it. */
+unsigned ame_reload_workers(void);
+
 #endif /* AME_CMD_RELOAD_H */

@@ -24,6 +24,7 @@ struct msg {
   uint32_t magic;
   uint32_t n;          /* listener fds passed (after the fixed ones) */
   uint32_t slot, entry;
+  uint32_t workers;    /* FORK: the configured workers (AME_WORKERS) */
   uint32_t seq;        /* FORK: the request's number, echoed in the answer */
   int32_t root;        /* the supervisor's pid */
   int32_t pid;         /* FORKED: the worker's pid or -errno; READY,

@@ -91,8 +91,9 @@ static void write_pid_file(void);
 PyDoc_STRVAR(supervise_doc,
 "supervise(workers, grace, remove_at_exit=None, listeners=())\n--\n\n"
 "Fork `workers` worker processes and supervise them (ame run --workers).\n"
-"Return the worker id (1..workers) in each worker, which then runs the\n"
-"reactor.  Never return in the supervisor: it exits once every worker\n"
+"Return (id, count) in each worker, which then runs the reactor: its\n"
+"worker id (1..count) and the configured workers when it was forked\n"
+"(SIGTTIN and SIGTTOU change the count).  Never return in the supervisor: it exits once every worker\n"
 "has.  A worker that dies is replaced by a new fork of the supervisor,\n"
 "which returns here with the same id.  listeners: (fd, backlog) of each\n"
 "TCP listening socket the program made (each worker gets its slot's own:\n"
@@ -133,7 +134,7 @@ static PyObject *run_supervise(PyObject *mod, PyObject *args) {
   if (ame_reload_inherited(&ninh)) {
     int r = ame_reload_zygote(fds, n, deadline, before_fork,
                               after_fork_parent, after_fork_child, NULL);
-    if (r > 0) return PyLong_FromLong(r);
+    if (r > 0) return Py_BuildValue("(iI)", r, ame_reload_workers());
     errno = -r;
     return PyErr_SetFromErrno(PyExc_OSError);
   }
@@ -158,7 +159,7 @@ static PyObject *run_supervise(PyObject *mod, PyObject *args) {
   };
   int status;
   int r = ame_supervise(&cfg, &status);
-  if (r > 0) return PyLong_FromLong(r);
+  if (r > 0) return Py_BuildValue("(iI)", r, ame_sup_workers());
   if (r < 0) {
     errno = -r;
     return PyErr_SetFromErrno(PyExc_OSError);

@@ -586,6 +586,8 @@ static int signals(double now) {
   return 0;
 }
 
+unsigned ame_sup_workers(void) { return S.nslots; }
+
 int ame_supervise(const ame_sup_config_t *cfg, int *status) {
   int rc = setup(cfg);
   if (rc < 0) return rc;

@@ -93,4 +93,8 @@ typedef struct ame_sup_config {
 ** supervisor cannot set itself up (pipes, signal handlers). */
 int ame_supervise(const ame_sup_config_t *cfg, int *status);
 
+/* In a worker ame_supervise() returned in: the configured workers when it
+** was forked (SIGTTIN and SIGTTOU change the count; AME_WORKERS). */
+unsigned ame_sup_workers(void);
+
 #endif

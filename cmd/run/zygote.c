@@ -31,6 +31,7 @@ static struct {
   int fds[AME_LST_MAX];         /* the primaries received */
   uint32_t idx[AME_LST_MAX];    /* ... their listener indexes */
   unsigned n;
+  unsigned workers;             /* in a worker: the configured workers */
 } Z = {.ctl = -1};
 
 void ame_reload_set_candidate(int ctl, int root, const int *fds,
@@ -41,6 +42,8 @@ void ame_reload_set_candidate(int ctl, int root, const int *fds,
   memcpy(Z.fds, fds, Z.n * sizeof *fds);
   memcpy(Z.idx, idx, Z.n * sizeof *idx);
 }
+
+unsigned ame_reload_workers(void) { return Z.workers; }
 
 const int *ame_reload_inherited(unsigned *n) {
   if (Z.ctl < 0) return NULL;
@@ -134,6 +137,7 @@ int ame_reload_zygote(const int *pyfds, unsigned npy, double deadline_s,
       if (after_child) after_child(data);
       close(Z.ctl);
       Z.ctl = -1;
+      Z.workers = m.workers;
       sigprocmask(SIG_SETMASK, &mask, NULL);
       dup2(fds[0], 1);
       dup2(fds[1], 2);

@@ -29,7 +29,8 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             a live process, is refused (exit 1, nothing left running)
   startfail a worker that fails as its reactor starts (before its first
             heartbeat) stops the service: exit 1, nothing left running
-  resize    SIGTTIN adds worker 3 (which serves), SIGTTOU twice leaves one
+  resize    SIGTTIN adds worker 3 (which serves, with AME_WORKERS=3, as
+            do the 3 workers of a reload then), SIGTTOU twice leaves one
             worker, a third SIGTTOU is refused: process counts checked
   reload    under `ame load`, SIGHUP with a new program version: the new
             workers serve the new version, the old ones are gone, load
@@ -396,6 +397,17 @@ def case_startfail(ame):
     srv.stop()  # checks that nothing is left
 
 
+def _counts(port, n):
+    """{worker id: its AME_WORKERS} of n workers."""
+    seen = {}
+    for _ in range(100):
+        status, h, body = http_get(port, timeout=5)
+        seen[h['x-worker']] = h['x-workers']
+        if len(seen) == n:
+            break
+    return seen
+
+
 def case_resize(ame):
     srv = start(['run', '--workers', '2', APP, '0'])
     port = serving(srv, 2, 'resize')
@@ -405,6 +417,15 @@ def case_resize(ame):
     check(srv.wait_line('err', r'SIGTTIN: 3 workers'), 'SIGTTIN: 3 workers')
     seen = wait_workers_serving(port, [1, 2, 3])
     check(sorted(seen) == [1, 2, 3], 'worker 3 serves: %s' % seen)
+    counts = _counts(port, 3)
+    check(counts.get('3') == '3', 'worker 3 has AME_WORKERS=3: %s' % counts)
+    # A reload's workers get the count as it is now, too.
+    os.kill(srv.p.pid, signal.SIGHUP)
+    check(srv.wait_line('err', r'reload: generation 1 serves \(3 worker'),
+          'SIGHUP: generation 1 serves')
+    counts = _counts(port, 3)
+    check(counts == {'1': '3', '2': '3', '3': '3'},
+          'the new workers have AME_WORKERS=3: %s' % counts)
     check(wait_until(lambda: len(worker_procs(srv)) == 3),
           '3 worker processes (%s)' % worker_procs(srv))
     for n in (2, 1):

@@ -29,7 +29,8 @@ listens on port P once its reactor runs (a listener of its own).  Paths:
     /sigblk  the blocked-signal masks (SigBlk, hex) of this process and of
              a child it starts: "SELF CHILD"
 
-Every response carries X-Worker (AME_WORKER), X-Worker-Pid, X-Version,
+Every response carries X-Worker (AME_WORKER), X-Workers (AME_WORKERS),
+X-Worker-Pid, X-Version,
 X-Nofile (the soft RLIMIT_NOFILE) and X-Heap: AME_SHARED_HEAP (where the
 supervisor made the heap the workers share) and whether this process has
 memory mapped there ("ADDR mapped").  At shutdown each process prints
@@ -69,6 +70,8 @@ class Root(web.Resource):
     def render_GET(self, request):
         served[0] += 1
         request.setHeader(b"x-worker", os.environ.get("AME_WORKER", "-")
+                          .encode())
+        request.setHeader(b"x-workers", os.environ.get("AME_WORKERS", "-")
                           .encode())
         request.setHeader(b"x-worker-pid", str(os.getpid()).encode())
         request.setHeader(b"x-version", version.encode())
