@@ -17,8 +17,9 @@ reload that fails after its other workers started, when the test says.
 With SUP_FAIL_WORKER=N in the environment, worker N exits with status 3 as its
 reactor starts (a failed start).  SUP_INTERFACE is the interface it
 listens on (default 127.0.0.1).  With SUP_IGNORE_ABRT, SIGABRT is
-ignored (a hung worker lives until the supervisor's SIGKILL).  With SUP_LATE_PORT=P, each worker also
-listens on port P once its reactor runs (a listener of its own).  Paths:
+ignored (a hung worker lives until the supervisor's SIGKILL).  With
+SUP_LATE_PORT=P, each worker also listens on port P once its reactor
+runs (a listener of its own).  Paths:
 
     /        "hello\\n"
     /hang    never answers: the handler loops in Python forever (first,
