@@ -263,7 +263,12 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
         if self._aborted:
             return
         if self._ameHostname is not None:
+            # What was written waits in C until the name passes (as in
+            # Twisted's TLS, whose check runs inside do_handshake): a
+            # failure aborts, and it is dropped.
             self._ameCheckHostname(self._ameHostname)
+            if not self._aborted:
+                self.transport._ameTLSRelease()
         if self.wrappedProtocol is not None:
             # Plaintext from C straight to the protocol (abortConnection
             # stops reading, so nothing arrives after it).

@@ -195,6 +195,10 @@ struct fconn {
   int tls_peer_closed;      /* lock: the peer's close_notify came after the
                                handshake; ours waits for Python (it answers
                                after what it writes in reply, as Twisted) */
+  int tls_hold;             /* lock: a client whose server name Python
+                               checks after the handshake: nothing written
+                               is encrypted (nor close_notify) until the
+                               check passed (_ameTLSRelease) */
   ame__oqueue_t tplain;     /* worker: plaintext taken from ready, waiting
                                for the handshake */
   ame__ibuf_t tls_held;     /* worker: records that arrived meanwhile */

@@ -718,14 +718,18 @@ static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
 
 /* Worker, from do_send.  Encrypt the plaintext taken from ready once the
 ** handshake is done, then close_notify if Python asked for it; put the
-** records in f->wq. */
-static void tls_seal(struct core *c, struct fconn *f, int shut) {
+** records in f->wq.  hold (f->tls_hold): Python has not yet checked the
+** server's name, so only what OpenSSL wrote on its own (the handshake's
+** records) goes out: as Twisted's TLS, which checks it inside
+** do_handshake, nothing the program wrote reaches a server that fails the
+** check. */
+static void tls_seal(struct core *c, struct fconn *f, int shut, int hold) {
   struct ame__tls *t = f->tls;
   size_t took = 0;
   int fail = 0, wait = 0;
   if (shut) t->shut_asked = 1;
   if (t->busy) return; /* the pool has the SSL object: after the step */
-  if (t->hs && !t->failed) {
+  if (t->hs && !t->failed && !hold) {
     struct ame__chunk *ch;
     while ((ch = f->tplain.head) != NULL) {
       size_t len = ch->len - ch->off, n;
@@ -775,7 +779,7 @@ static void do_send(struct core *c, struct fconn *f) {
   pthread_mutex_lock(&c->lock);
   int detached = f->detach;
   struct ame__tls *t = f->tls;
-  int shut = 0;
+  int shut = 0, hold = f->tls_hold;
   /* Take what was flushed, never what a callback is still writing (out:
   ** the next flush releases it). */
   if (!detached && !f->werr) {
@@ -789,7 +793,7 @@ static void do_send(struct core *c, struct fconn *f) {
   }
   pthread_mutex_unlock(&c->lock);
   if (detached) return; /* closed by Python: send nothing more */
-  if (t) tls_seal(c, f, shut);
+  if (t) tls_seal(c, f, shut, hold);
   if (f->wq.head) {
     int rc = ame__oq_flush(&f->wq, f->fd, &sent);
     if (rc < 0 && rc != -EAGAIN) err = -rc;
@@ -1277,7 +1281,9 @@ PyDoc_STRVAR(start_tls_doc,
 "connection's verify callback only returns OpenSSL's own verdict (as\n"
 "Twisted's CertificateOptions' does): verify without it, in C.\n"
 "quiet_info: the context's info callback is not called for this\n"
-"connection (what it did is done in Python around the handshake).");
+"connection (what it did is done in Python around the handshake: a\n"
+"client's check of the server's name); then what is written waits,\n"
+"unencrypted, after the handshake until _ameTLSRelease().");
 
 static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
   PyObject *conn;
@@ -1340,6 +1346,7 @@ static PyObject *Stream_startTLS(StreamObject *self, PyObject *args) {
   self->tls_c = 1;
   pthread_mutex_lock(&c->lock);
   f->tls = t;
+  f->tls_hold = quiet_info;
   /* Anything read so far is records: the worker feeds it first. */
   if (f->in.len) ame__ibuf_take(&f->in, &f->tls_early);
   c->n_tls_open++;
@@ -1366,6 +1373,26 @@ static PyObject *Stream_tlsShutdown(StreamObject *self, PyObject *unused) {
     f->tls_shut_owed = 1;
     f->queued += 1; /* close_notify: not drained until it is written */
     mark_pending(c, f);
+  }
+  pthread_mutex_unlock(&c->lock);
+  Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(tls_release_doc,
+"_ameTLSRelease()\n--\n\n"
+"TLS in C, a client started with quiet_info: the server's name passed\n"
+"Python's check; encrypt and send what was written (held since the\n"
+"handshake), and everything after it.");
+
+static PyObject *Stream_tlsRelease(StreamObject *self, PyObject *unused) {
+  (void)unused;
+  struct fconn *f = live_f(self);
+  if (f == NULL || self->tls_conn == NULL) Py_RETURN_NONE;
+  struct core *c = f->c;
+  pthread_mutex_lock(&c->lock);
+  if (f->tls_hold) {
+    f->tls_hold = 0;
+    if (!f->detach) mark_fdirty(c, f); /* the worker seals what waits */
   }
   pthread_mutex_unlock(&c->lock);
   Py_RETURN_NONE;
@@ -1961,6 +1988,8 @@ static PyMethodDef Stream_methods[] = {
      start_tls_doc},
     {"_ameTLSShutdown", (PyCFunction)Stream_tlsShutdown, METH_NOARGS,
      tls_shutdown_doc},
+    {"_ameTLSRelease", (PyCFunction)Stream_tlsRelease, METH_NOARGS,
+     tls_release_doc},
     {"_ameTLSInfo", (PyCFunction)Stream_tlsInfo, METH_NOARGS, tls_info_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -1202,6 +1202,55 @@ class TLSBehaviourMixin:
         self.assertIsInstance(got[0], _sslverify.VerificationError)
         self.assertTLS(reactor, 2)
 
+    def test_clientTLSOptionsWrongNameSendsNothing(self):
+        """
+        What the client wrote before its handshake (a request with
+        credentials) never reaches a server whose name fails the check,
+        nor does close_notify: as Twisted's TLS, which checks the name
+        inside the handshake.  The peer is Python's ssl module, which
+        reads until the client's abort ends the connection.
+        """
+        reactor = self.buildReactor()
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        path = _file(CERTS["server"])
+        ctx.load_cert_chain(path)
+        os.unlink(path)
+        lost = []
+
+        class Client(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"GET / HTTP/1.1\r\n"
+                                     b"Authorization: Bearer SECRET\r\n\r\n")
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                lost.append(reason.value)
+
+        def peer():
+            s, _ = listener.accept()
+            s.settimeout(10)
+            try:
+                s = ctx.wrap_socket(s, server_side=True)
+            except (ssl.SSLError, OSError):  # Twisted's Finished never came
+                s.close()
+                return b""
+            got = _recvAll(s)
+            s.close()
+            return got
+
+        ca = tssl.Certificate.loadPEM(CERTS["ca"])
+        reactor.connectSSL(
+            "127.0.0.1", listener.getsockname()[1],
+            protocol.ClientFactory.forProtocol(Client),
+            tssl.optionsForClientTLS("elsewhere.example", trustRoot=ca))
+        self.assertEqual(self.serve(reactor, peer, lambda: lost), b"")
+        self.assertIsInstance(lost[0], _sslverify.VerificationError)
+        self.assertTLS(reactor, 1)
+
     def test_wrapClientTLS(self):
         """
         A client endpoint wrapped with wrapClientTLS (what the tls:
