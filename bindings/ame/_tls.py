@@ -269,10 +269,6 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
             self._ameCheckHostname(self._ameHostname)
             if not self._aborted:
                 self.transport._ameTLSRelease()
-        if self.wrappedProtocol is not None:
-            # Plaintext from C straight to the protocol (abortConnection
-            # stops reading, so nothing arrives after it).
-            self.dataReceived = self.wrappedProtocol.dataReceived
         if self.wrappedProtocol is not None and IHandshakeListener.providedBy(
             self.wrappedProtocol
         ):
@@ -313,7 +309,10 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
     def dataReceived(self, data):
         if not self._ameC:
             return tls.TLSMemoryBIOProtocol.dataReceived(self, data)
-        # Plaintext, after the handshake (C).
+        # Plaintext, after the handshake (C), to the protocol's
+        # dataReceived as it is now: as Twisted's TLS, which looks it up
+        # per record, so that a protocol may rebind it or be swapped
+        # (wrappedProtocol) for the next bytes.
         if not self._aborted:
             self.wrappedProtocol.dataReceived(data)
 
@@ -371,11 +370,9 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
         ProtocolWrapper.connectionLost(self, reason)
         self._tlsConnection = None
         # No cycle left for the garbage collector: ProtocolWrapper let the
-        # protocol go; so does the shortcut to its dataReceived
-        # (_ameHandshakeDone), and the producer, which the transport
-        # stopped and let go (Twisted's TLS keeps it, and its membrane
-        # holds the protocol, which holds us).
-        self.__dict__.pop("dataReceived", None)
+        # protocol go; so does the producer, which the transport stopped
+        # and let go (Twisted's TLS keeps it, and its membrane holds the
+        # protocol, which holds us).
         self._producer = None
 
     # Before the handshake, the SSL object is the worker's.

@@ -577,6 +577,60 @@ class TLSBehaviourMixin:
         self.assertEqual(f.events[1][2], b"h2")
         self.assertTLS(reactor, 1)
 
+    def test_dataReceivedLookedUpPerDelivery(self):
+        """
+        As Twisted's TLS, the protocol's dataReceived is looked up for
+        each delivery: a protocol that rebinds it, then hands the
+        connection over to another protocol (the TLS transport's
+        wrappedProtocol), gets each later request where it now goes.
+        """
+        reactor = self.buildReactor()
+        got = []
+
+        class Other(protocol.Protocol):
+            def dataReceived(self, data):
+                got.append(("other", data))
+                self.transport.write(b"o")
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                got.append(("lost", None))
+
+        class Server(protocol.Protocol):
+            def dataReceived(self, data):
+                got.append(("first", data))
+                self.dataReceived = self.second
+                self.transport.write(b"k")
+
+            def second(self, data):
+                got.append(("second", data))
+                other = Other()
+                other.makeConnection(self.transport)
+                self.transport.wrappedProtocol = other
+                self.transport.write(b"k")
+
+            def connectionLost(self, reason):
+                got.append(("lost", None))
+
+        f = protocol.Factory.forProtocol(Server)
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = self.connect(port)
+            answers = []
+            for req in (b"1", b"2", b"3"):
+                s.sendall(req)
+                answers.append(s.recv(1))
+            s.close()
+            return answers
+
+        self.assertEqual(self.serve(reactor, peer,
+                                    lambda: ("lost", None) in got),
+                         [b"k", b"k", b"o"])
+        self.assertEqual(got[:3], [("first", b"1"), ("second", b"2"),
+                                   ("other", b"3")])
+        self.assertTLS(reactor, 1)
+
     def sessionTickets(self, options):
         """
         Two TLS 1.3 connections to a listenSSL with options, the second
