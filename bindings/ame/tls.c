@@ -266,7 +266,10 @@ static void alpn_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
   free(ptr);
 }
 
-/* The list: a size_t length, then the wire format (length-prefixed). */
+/* The list: a size_t length, then the wire format (length-prefixed).  A
+** connection without a list negotiates nothing; one whose list has
+** nothing in common with the client's fails the handshake
+** (no_application_protocol), as Twisted's callback makes it fail. */
 static int alpn_select(SSL *s, const unsigned char **out,
                        unsigned char *outlen, const unsigned char *in,
                        unsigned int inlen, void *arg) {
@@ -288,7 +291,7 @@ static int alpn_select(SSL *s, const unsigned char **out,
       }
     }
   }
-  return SSL_TLSEXT_ERR_NOACK;
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
 int ame__tls_set_alpn(uintptr_t ssl, const unsigned char *wire, size_t n,

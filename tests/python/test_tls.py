@@ -631,6 +631,31 @@ class TLSBehaviourMixin:
                                    ("other", b"3")])
         self.assertTLS(reactor, 1)
 
+    def test_alpnNoOverlapFails(self):
+        """
+        A client whose ALPN list has nothing in common with the server's
+        fails the handshake, as under Twisted: the server's protocol sees
+        no handshake, and an SSL.Error.
+        """
+        reactor = self.buildReactor()
+        f = _factory(_ALPNFactory)
+        port = self.listen(reactor, f)
+
+        def peer():
+            try:
+                s = self.connect(port, _clientContext(alpn=["spdy/3"]))
+            except ssl.SSLError:
+                return "refused"
+            chosen = s.selected_alpn_protocol()
+            s.close()
+            return chosen
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost),
+                         "refused")
+        self.assertEqual([e[0] for e in f.events], ["made", "lost"])
+        self.assertIsInstance(f.events[-1][1], SSL.Error)
+        self.assertTLS(reactor, 1)
+
     def sessionTickets(self, options):
         """
         Two TLS 1.3 connections to a listenSSL with options, the second
