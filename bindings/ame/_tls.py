@@ -364,6 +364,12 @@ class TLSProtocol(tls.TLSMemoryBIOProtocol):
             err = info()[1] if info is not None else None
             if err is not None and self._reason is None:
                 self._reason = _failure(err)
+            elif self._aborted and self._reason is None:
+                # What Twisted's TLS reads after an abort (bio_shutdown,
+                # then recv): an end of file without close_notify, which
+                # it reports as ConnectionLost, not the transport's
+                # ConnectionAborted.
+                self._reason = Failure(main.CONNECTION_LOST)
         reason = self._reason or reason
         self._reason = None
         self.connected = False

@@ -40,7 +40,6 @@ from twisted.internet import _sslverify
 from twisted.internet import ssl as tssl
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import (
-    ConnectionAborted,
     ConnectionDone,
     ConnectionLost,
 )
@@ -162,7 +161,7 @@ class _Server(protocol.Protocol):
     """
     Records what happens to it in the factory's C{events}; echoes data in
     upper case; C{quit} closes, C{big} answers with C{factory.big} bytes
-    and closes.
+    and closes, C{abort} aborts.
     """
 
     def connectionMade(self):
@@ -184,6 +183,10 @@ class _Server(protocol.Protocol):
         if data == b"big":
             self.transport.write(b"b" * self.factory.big)
             self.transport.loseConnection()
+            return
+        if data == b"abort":
+            self.transport.write(b"dropped")
+            self.transport.abortConnection()
             return
         self.transport.write(data.upper())
         if data == b"quit":
@@ -555,6 +558,30 @@ class TLSBehaviourMixin:
         got, end, events = self._closeNotifyWithRequest(b"big", big)
         self.assertEqual((len(got), end), (big, "close_notify"))
         self.assertIsInstance(events[-1][1], ConnectionDone)
+
+    def test_abortReportsConnectionLost(self):
+        """
+        A server that aborts after the handshake drops what it wrote, and
+        its protocol's connectionLost gets ConnectionLost, as under
+        Twisted's TLS (which reads an end of file without close_notify
+        after the abort), not the transport's ConnectionAborted.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = self.connect(port)
+            s.sendall(b"abort")
+            got = _recvAll(s)
+            s.close()
+            return got
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost), b"")
+        self.assertEqual([e[0] for e in f.events],
+                         ["made", "handshake", "data", "lost"])
+        self.assertIs(type(f.events[-1][1]), ConnectionLost)
+        self.assertTLS(reactor, 1)
 
     def test_alpn(self):
         """
@@ -1059,9 +1086,10 @@ class TLSBehaviourMixin:
         Among many TLS clients made at once, every other one aborts in
         connectionMade, while its first handshake step may be in the pool
         (on AMEReactor a client's steps all go there): it ends with
-        ConnectionAborted or ConnectionLost (Twisted's own TLS reports the
-        second) and nothing read, its server side ends too, the others are
-        served as if alone, and no descriptor stays open.
+        ConnectionLost (what Twisted's TLS reads after an abort: an end
+        of file without close_notify, not the transport's
+        ConnectionAborted) and nothing read, its server side ends too,
+        the others are served as if alone, and no descriptor stays open.
         """
         n = 24
         reactor = self.buildReactor()
@@ -1096,8 +1124,8 @@ class TLSBehaviourMixin:
         self.assertEqual(got, {i: b"" if i % 2 else b"CLIENT %d" % (i,)
                                for i in range(n)})
         for i in range(n):
-            if i % 2:  # either, as in Twisted's own AbortConnectionMixin
-                self.assertIn(ended[i], (ConnectionAborted, ConnectionLost))
+            if i % 2:
+                self.assertEqual(ended[i], ConnectionLost)
             else:
                 self.assertIn(ended[i], (ConnectionDone, ConnectionLost))
         self.assertEqual(
@@ -1816,8 +1844,7 @@ class AMETLSTests(TLSBehaviourMixin, SynchronousTestCase):
 
         got = self.serve(reactor, peer, lambda: f.lost)
         kinds = [e[0] for e in f.events]
-        self.assertIn(type(f.events[-1][1]),
-                      (ConnectionAborted, ConnectionLost))
+        self.assertIs(type(f.events[-1][1]), ConnectionLost)
         # The peer's handshake fails, or (the server's flight was out
         # before the abort) it ends right after it.  The server's protocol
         # sees no handshakeCompleted after the abort, even where the
