@@ -145,6 +145,28 @@ static int record(struct ame__tls *t, int rc) {
   return e;
 }
 
+/* The SSL call that failed found the end of the input without
+** close_notify (AME_TLS_EEOF): drop what it wrote to the write BIO, which
+** held keep bytes before it (OpenSSL 3 queues a fatal alert there).
+** Twisted's TLS learns of that end only once the transport is lost, so it
+** never sends it; nor do we. */
+static void quiet_eof(struct ame__tls *t, size_t keep) {
+  BIO *w = (BIO *)t->wbio;
+  char *p, *copy = NULL;
+  if (t->ekind != AME_TLS_EEOF) return;
+  long n = BIO_get_mem_data(w, &p);
+  if (n <= 0 || (size_t)n <= keep || keep > (1u << 30)) return;
+  if (keep > 0) {
+    copy = malloc(keep);
+    if (copy == NULL) return; /* the alert goes out: no records lost */
+    memcpy(copy, p, keep);
+  }
+  (void)BIO_reset(w); /* a writable memory BIO: now empty */
+  if (keep > 0) (void)BIO_write(w, copy, (int)keep);
+  free(copy);
+  ERR_clear_error();
+}
+
 int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
                      size_t cap) {
   SSL *s = (SSL *)t->ssl;
@@ -152,10 +174,14 @@ int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
   if (t->failed) return 0;
   ERR_clear_error();
   if (!t->hs) {
+    size_t keep = BIO_ctrl_pending((BIO *)t->wbio);
     int rc = SSL_do_handshake(s);
     if (rc != 1) {
       int e = record(t, rc);
-      if (t->failed) return AME_TLS_FAILED;
+      if (t->failed) {
+        quiet_eof(t, keep);
+        return AME_TLS_FAILED;
+      }
       if (e == SSL_ERROR_ZERO_RETURN) {
         t->closed = 1;
         return AME_TLS_CLOSED;
@@ -166,6 +192,7 @@ int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
     out |= AME_TLS_HANDSHAKEN;
   }
   while (!t->closed) {
+    size_t keep = BIO_ctrl_pending((BIO *)t->wbio);
     int rc = SSL_read(s, buf, cap > (1u << 30) ? 1 << 30 : (int)cap);
     if (rc > 0) {
       if (ame__ibuf_append(plain, buf, (size_t)rc) != 0) {
@@ -177,7 +204,10 @@ int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
       continue;
     }
     int e = record(t, rc);
-    if (t->failed) return out | AME_TLS_FAILED;
+    if (t->failed) {
+      quiet_eof(t, keep);
+      return out | AME_TLS_FAILED;
+    }
     if (e == SSL_ERROR_ZERO_RETURN) {
       t->closed = 1;
       out |= AME_TLS_CLOSED;

@@ -96,7 +96,9 @@ int ame__tls_heavy(const struct ame__tls *t);
 
 /* Run the handshake as far as the bytes fed allow, then decrypt what
 ** arrived into plain (appended).  buf (cap bytes) is scratch.  Return a
-** mask of AME_TLS_* results; on AME_TLS_FAILED, t says why. */
+** mask of AME_TLS_* results; on AME_TLS_FAILED, t says why.  An end of
+** the input without close_notify (AME_TLS_EEOF) leaves nothing new to
+** send: no alert, as under Twisted's TLS. */
 int ame__tls_advance(struct ame__tls *t, ame__ibuf_t *plain, char *buf,
                      size_t cap);
 

@@ -583,6 +583,35 @@ class TLSBehaviourMixin:
         self.assertIs(type(f.events[-1][1]), ConnectionLost)
         self.assertTLS(reactor, 1)
 
+    def test_halfCloseWithoutCloseNotify(self):
+        """
+        A peer that shuts its sending side down (TCP) without close_notify
+        after a request gets no alert back, as under Twisted's TLS (which
+        learns of the end only once the transport is lost): it reads a
+        plain end, and the server's protocol gets ConnectionLost.
+        """
+        reactor = self.buildReactor()
+        f = _factory()
+        port = self.listen(reactor, f)
+
+        def peer():
+            s = self.connect(port)
+            s.sendall(b"req")
+            self.assertEqual(s.recv(3), b"REQ")
+            raw = socket.socket(fileno=os.dup(s.fileno()))
+            raw.shutdown(socket.SHUT_WR)  # no close_notify
+            raw.close()
+            try:
+                got = s.recv(100)
+            except ssl.SSLError as e:
+                got = e.reason
+            s.close()
+            return got
+
+        self.assertEqual(self.serve(reactor, peer, lambda: f.lost), b"")
+        self.assertIs(type(f.events[-1][1]), ConnectionLost)
+        self.assertTLS(reactor, 1)
+
     def test_alpn(self):
         """
         A factory's acceptableProtocols are negotiated by the server's
