@@ -225,6 +225,11 @@ struct ame_stream {
   int eof;                     /* the peer's EOF was read */
   int connected;               /* open, or its connect completed */
   int want_close;              /* close once flushed */
+  int lingering;               /* flushed and shut down: reading to the
+                                  peer's EOF, discarding, before the close */
+  uv_timer_t *linger;          /* checks the lingering (malloc'd), or
+                                  NULL */
+  uint64_t linger_end;         /* loop time the lingering ends at */
   int want_shutdown;           /* shut down writing once flushed */
   int shut_done;
   int closing_status;          /* status to give on_close */

@@ -16,6 +16,13 @@
 ** one, so a peer that sends faster than it reads cannot make the process
 ** buffer without bound.  The stream owns its fd: closed when the stream
 ** closes (a reset sets SO_LINGER 0 first), one descriptor per connection.
+** A close asked for lingers: once the queue is flushed the stream shuts
+** down its writing side and reads on, discarding, and closes its fd only
+** at the peer's EOF, or once the peer has acknowledged every byte (the
+** socket's send queue is empty) with no input waiting, or at the drain
+** timeout.  Closing a socket with unread input makes the kernel send a
+** reset instead of a FIN, and a reset throws away what the peer has not
+** received yet: the end of what was written.
 ** A child's stdin, stdout and stderr are streams over a socket pair whose
 ** other end the child inherits.
 **
@@ -35,6 +42,8 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -42,6 +51,8 @@
 #define ACCEPT_RETRY_MS 100   /* pause after EMFILE and friends */
 #define READS_PER_EVENT 32    /* reads per readiness while they fill the
                                  buffer, as libuv's streams */
+#define LINGER_CHECK_MS 10    /* a lingering stream looks at its send
+                                 queue this often */
 
 struct ame_listener {
   ame_handle_t h;
@@ -136,10 +147,12 @@ static void cb_close(ame_stream_t *s, int status) {
 static void poll_cb(uv_poll_t *p, int status, int events);
 
 /* Whether s reads now.  (After the peer's EOF there is nothing more to
-** read: reading again would report the EOF again.) */
+** read: reading again would report the EOF again.)  A lingering stream
+** reads whatever its program asked, to find the EOF. */
 static int wants_read(const ame_stream_t *s) {
-  return s->h.state == HS_OPEN && !s->paused_user && !s->paused_wm &&
-         !s->want_close && !s->eof && !s->write_only;
+  if (s->h.state != HS_OPEN || s->eof || s->write_only) return 0;
+  return s->lingering ||
+         (!s->paused_user && !s->paused_wm && !s->want_close);
 }
 
 /* Owner thread.  Watch for what s needs: writable while connecting or
@@ -166,6 +179,8 @@ static void update_poll(ame_stream_t *s) {
 ** Closing.
 */
 
+static void linger_closed(uv_handle_t *hd) { free(hd); }
+
 static void close_cb(uv_handle_t *hd) {
   ame_stream_t *s = hd->data;
   s->h.state = HS_CLOSED;
@@ -184,6 +199,10 @@ static void stream_close(ame_stream_t *s, int status, int reset) {
   s->closing_status = status;
   ame__oq_clear(&s->out);
   STORE(&s->queued, 0);
+  if (s->linger != NULL) {
+    uv_close((uv_handle_t *)s->linger, linger_closed);
+    s->linger = NULL;
+  }
   uv_close((uv_handle_t *)&s->poll, close_cb); /* stops watching the fd */
   if (reset && s->kind == K_TCP) {
     struct linger l = {.l_onoff = 1, .l_linger = 0};
@@ -192,11 +211,59 @@ static void stream_close(ame_stream_t *s, int status, int reset) {
   close(s->sock);
 }
 
+static void do_read(ame_stream_t *s);
+
+/* Every LINGER_CHECK_MS while s lingers: close at the deadline, or once
+** the peer has every byte (SIOCOUTQ: TCP's unacknowledged bytes, a Unix
+** socket's bytes its peer has not read) and the input is drained.  A
+** close then sends no reset (nothing unread), and the peer keeps what it
+** received even if what it sends later is answered by one. */
+static void linger_cb(uv_timer_t *t) {
+  ame_stream_t *s = t->data;
+  if (uv_now(t->loop) >= s->linger_end) {
+    stream_close(s, 0, 0);
+    return;
+  }
+  int outq = 0;
+  if (ioctl(s->sock, SIOCOUTQ, &outq) != 0 || outq != 0) return;
+  do_read(s); /* to EAGAIN (it closes at the EOF) */
+  if (s->h.state == HS_OPEN) stream_close(s, 0, 0);
+}
+
+/* Owner thread: s's queue is flushed and its close was asked for.  Close
+** at once if nothing more can arrive (the peer's EOF was read, a connect
+** is under way, or s never reads); else shut down writing (the peer gets
+** a FIN after the last byte) and linger: read, discarding, until the
+** peer's EOF (do_read closes), an error, or linger_cb closes. */
+static void close_flushed(ame_stream_t *s) {
+  if (s->lingering) return;
+  if (s->eof || !s->connected || s->write_only) {
+    stream_close(s, 0, 0);
+    return;
+  }
+  uv_timer_t *t = malloc(sizeof *t);
+  if (t == NULL || uv_timer_init(&s->h.w->loop, t) != 0) {
+    free(t);
+    stream_close(s, 0, 0);
+    return;
+  }
+  t->data = s;
+  s->linger_end = uv_now(t->loop) + s->h.r->drain_timeout_ms;
+  uv_timer_start(t, linger_cb, LINGER_CHECK_MS, LINGER_CHECK_MS);
+  s->linger = t;
+  s->lingering = 1;
+  if (!s->shut_done) {
+    s->shut_done = 1;
+    shutdown(s->sock, SHUT_WR);
+  }
+  update_poll(s);
+}
+
 /* Called when the output queue may have emptied. */
 static void flushed(ame_stream_t *s) {
   if (s->out.head != NULL || s->h.state != HS_OPEN) return;
   if (s->want_close) {
-    stream_close(s, 0, 0);
+    close_flushed(s);
   } else if (s->want_shutdown && !s->shut_done) {
     if (!s->connected) return; /* after the connect (connect_done) */
     s->want_shutdown = 0;
@@ -219,12 +286,17 @@ static void got_eof(ame_stream_t *s) {
   }
 }
 
-/* Owner thread: s is readable. */
+/* Owner thread: s is readable.  A lingering stream discards what it
+** reads and closes at the EOF. */
 static void do_read(ame_stream_t *s) {
   char *buf = s->h.w->readbuf;
   for (int i = 0; i < READS_PER_EVENT && wants_read(s); i++) {
     ssize_t n = ame__sock_recv(s->sock, 0, buf, AME__READBUF_SIZE);
     if (n == -EAGAIN) return;
+    if (n == 0 && s->lingering) {
+      stream_close(s, 0, 0);
+      return;
+    }
     if (n == 0) {
       got_eof(s);
       return;
@@ -233,7 +305,7 @@ static void do_read(ame_stream_t *s) {
       stream_close(s, (int)n, 0);
       return;
     }
-    stream_failed(s, cb_data(s, buf, (size_t)n));
+    if (!s->lingering) stream_failed(s, cb_data(s, buf, (size_t)n));
     if ((size_t)n < AME__READBUF_SIZE) return; /* the socket is empty */
   }
 }
@@ -266,7 +338,7 @@ static void do_write(ame_stream_t *s) {
 
 static int op_write(struct op *op) {
   ame_stream_t *s = (ame_stream_t *)op->h;
-  if (s->h.state != HS_OPEN) return 0;
+  if (s->h.state != HS_OPEN || s->lingering) return 0;
   const char *p = op->data;
   size_t n = op->len;
   if (s->out.head == NULL && s->connected) {
@@ -439,12 +511,18 @@ void ame__stream_stop(ame_handle_t *h) {
   flushed(s);
 }
 
-/* The drain timeout passed: close whatever is still open. */
+/* The drain timeout passed: close whatever is still open, resetting the
+** streams whose writes did not flush.  A lingering one has flushed and
+** sent its FIN: it closes as its own linger timer would. */
 void ame__streams_abort_all(struct worker *w) {
   ame_handle_t *h = w->handles;
   while (h) {
     ame_handle_t *next = h->next;
-    if (h->type == H_STREAM) stream_close((ame_stream_t *)h, -ETIMEDOUT, 1);
+    ame_stream_t *s = (ame_stream_t *)h;
+    if (h->type == H_STREAM) {
+      if (s->lingering) stream_close(s, 0, 0);
+      else stream_close(s, -ETIMEDOUT, 1);
+    }
     h = next;
   }
 }

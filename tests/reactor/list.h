@@ -42,6 +42,7 @@
   X(stream_watermarks, 30)                                                    \
   X(stream_large_write, 60)                                                   \
   X(stream_close_kinds, 20)                                                   \
+  X(stream_close_linger, 30)                                                  \
   X(stream_eof_once, 20)                                                      \
   X(connect_then_shutdown, 20)                                                \
   /* other handles: test_misc.c */                                            \

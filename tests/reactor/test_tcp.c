@@ -1070,6 +1070,86 @@ TEST_IMPL(stream_close_kinds) {
 }
 
 /* ------------------------------------------------------------------------
+** A close (ame_stream_close, or a graceful stop) with input the program
+** has not read loses nothing it wrote: the peer gets every byte, then an
+** EOF, not a reset, even though it sent more after the close was asked
+** for, and on_close reports 0.  (Closing the socket with unread input
+** makes the kernel send a reset, which discards what the peer had not
+** read yet.)
+*/
+
+enum { LG_ANSWER = 2 << 20 };
+static struct {
+  char *answer;
+  atomic_int closes, bad_status;
+} g_lg;
+
+/* The first request is answered: with a close ("c"), or by pausing (and
+** the reactor's stop closes). */
+static int lg_data(ame_tx_t *tx, ame_stream_t *s, const char *d, size_t n) {
+  (void)tx;
+  (void)n;
+  int rc = ame_stream_write(s, g_lg.answer, LG_ANSWER);
+  if (d[0] == 'c')
+    ame_stream_close(s);
+  else
+    ame_stream_pause(s);
+  return rc;
+}
+
+static void lg_close(ame_tx_t *tx, ame_stream_t *s, int status) {
+  (void)s;
+  if (status != 0)
+    commit_inc(tx, &g_lg.bad_status);
+  commit_inc(tx, &g_lg.closes);
+}
+
+static const ame_stream_cbs_t lg_cbs = {.on_data = lg_data,
+                                        .on_close = lg_close};
+
+/* Send req, wait for the answer's first byte (the server has asked for
+** its close or paused by then: the same commit), send 8 more bytes that
+** the server will not read, and, if r, stop r.  Then the whole answer and
+** an EOF must come. */
+static void lg_client(int port, const char *req, ame_reactor_t *r) {
+  int fd = tcp_client_rcvbuf("127.0.0.1", port, 65536);
+  send_all(fd, req, 1);
+  char *in = malloc(LG_ANSWER + 1);
+  ASSERT_NOT_NULL(in);
+  recv_exact(fd, in, 1);
+  send_all(fd, "GET /b\r\n", 8);
+  if (r)
+    ame_reactor_stop(r);
+  ssize_t n = recv_to_eof(fd, in + 1, LG_ANSWER, 1);
+  ASSERT_EQ(n, (ssize_t)LG_ANSWER - 1);
+  ASSERT(memcmp(in, g_lg.answer, LG_ANSWER) == 0);
+  close(fd);
+  free(in);
+}
+
+TEST_IMPL(stream_close_linger) {
+  int fds = fd_baseline();
+  memset(&g_lg, 0, sizeof g_lg);
+  g_lg.answer = malloc(LG_ANSWER);
+  ASSERT_NOT_NULL(g_lg.answer);
+  pattern_fill(g_lg.answer, LG_ANSWER, 0);
+  g_r = rt_new(1, NULL);
+  ame_listener_t *l;
+  ASSERT_EQ(ame_tcp_listen(g_r, "127.0.0.1", 0, 0, 0, &lg_cbs, NULL, &l), 0);
+  int port = ame_listener_port(l);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  lg_client(port, "c", NULL);
+  ASSERT_WAIT(atomic_load(&g_lg.closes) == 1, 10000);
+  lg_client(port, "p", g_r);
+  rt_wait(&rt, 20000);
+  ASSERT_EQ(atomic_load(&g_lg.closes), 2);
+  ASSERT_EQ(atomic_load(&g_lg.bad_status), 0);
+  free(g_lg.answer);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
 ** A stream that got EOF and then has its reading resumed (by the
 ** watermarks, when a large answer written in on_eof drains, or by
 ** ame_stream_resume) does not report the EOF again.

@@ -89,7 +89,7 @@ typedef struct ame_reactor_config {
                                which its reading pauses (0: 1 MiB) */
   size_t low_watermark;     /* ... below which reading resumes (0: 256 KiB) */
   unsigned drain_timeout_ms;/* graceful stop: longest wait for writes to
-                               flush (0: 5000) */
+                               flush; a close's longest linger (0: 5000) */
   int report_on_stop;       /* write the STM conflict report at stop */
   FILE *log;                /* where failures are logged (NULL: stderr) */
   /* Called by each worker, on its thread and outside any transaction,
@@ -142,7 +142,9 @@ AME_REACTOR_EXTERN int ame_reactor_step(ame_reactor_t *r, int *timeout_ms);
 AME_REACTOR_EXTERN int ame_reactor_fd(const ame_reactor_t *r);
 
 /* Stop gracefully: stop accepting, let running callbacks finish, flush
-** queued writes (up to drain_timeout_ms), close every handle (calling the
+** queued writes and close streams as ame_stream_close() does (lingering;
+** up to drain_timeout_ms in all: then a stream that has not flushed is
+** reset, with on_close -ETIMEDOUT), close every handle (calling the
 ** on_close callbacks), then make ame_reactor_run() return.  Posted calls,
 ** tasks and timer callbacks that have not started by then are dropped.
 ** Thread-safe and idempotent.  Inside a transaction, it takes effect at
@@ -233,7 +235,15 @@ typedef struct ame_stream_cbs {
 AME_REACTOR_EXTERN int ame_stream_write(ame_stream_t *s, const void *data,
                                         size_t len);
 
-/* Close after the queued writes are flushed (Twisted's loseConnection). */
+/* Close after the queued writes are flushed (Twisted's loseConnection).
+** The close lingers, so that the peer gets every byte and then an EOF,
+** not a reset (which a socket closed with unread input sends, and which
+** throws away what the peer has not received): once flushed, the stream
+** shuts down its writing side and reads on, discarding what arrives (no
+** on_data, no on_eof), until the peer's EOF, or until the peer has
+** acknowledged every byte and no input waits, or for drain_timeout_ms at
+** most; then it closes, and on_close gets 0 (or the error the socket met
+** meanwhile).  A write that reaches a lingering stream is dropped. */
 AME_REACTOR_EXTERN void ame_stream_close(ame_stream_t *s);
 
 /* Close at once, dropping queued writes (abortConnection; TCP sends RST). */
