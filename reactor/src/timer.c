@@ -12,7 +12,12 @@
 ** a cancel (at commit) moves it from active to cancelled, and a one-shot
 ** timer's firing from active to firing, each by compare-and-swap, so
 ** exactly one of them wins; a job that finds the timer cancelled does not
-** call back.  A one-shot timer closes itself after its callback.
+** call back.  A one-shot timer closes itself after its callback, unless
+** the program holds its pointer (ame_timer_start's out): then it stays
+** open, done and idle, so that a later ame_timer_cancel() can answer
+** -ENOENT from live memory, until that cancel (which closes it) or the
+** reactor's stop.  held says whether that pointer is still out: the first
+** cancel to commit takes it back.
 */
 #include "internal.h"
 
@@ -27,11 +32,16 @@ struct ame_timer {
   ame_timer_cb cb;
   uint64_t timeout, repeat;
   int tstate; /* atomic */
+  int held;   /* atomic: the program holds the pointer (not cancelled) */
 };
 
+/* Owner thread: close t.  An active timer becomes cancelled; one whose
+** callback is due (firing) still calls back: its job holds a reference. */
 static void timer_stop(ame_handle_t *h) {
   ame_timer_t *t = (ame_timer_t *)h;
-  STORE(&t->tstate, T_CANCELLED);
+  int expect = T_ACTIVE;
+  __atomic_compare_exchange_n(&t->tstate, &expect, T_CANCELLED, 0,
+                              __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
   ame__close_uv(h, (uv_handle_t *)&t->t);
 }
 
@@ -48,7 +58,7 @@ static int timer_job(ame_tx_t *tx, void *arg, struct job *job) {
   ame__cb_done(w, &t->h, "timer callback", rc);
   if (t->repeat == 0) {
     STORE(&t->tstate, T_DONE);
-    ame__handle_stop(&t->h);
+    if (!LOAD(&t->held)) ame__handle_stop(&t->h);
   }
   return rc;
 }
@@ -106,6 +116,7 @@ int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
   t->cb = cb;
   t->timeout = timeout_ms;
   t->repeat = repeat_ms;
+  t->held = out != NULL;
   int rc = ame__handle_start(&t->h, op_timer_start, NULL, NULL);
   if (rc) {
     free(t);
@@ -115,23 +126,30 @@ int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
   return 0;
 }
 
+/* Cancel t if it is active, and take the program's pointer back: close t
+** if it was cancelled here or is a held one-shot that fired (or fires
+** now: its job still calls back, and closes nothing once done). */
 static void cancel_now(void *arg) {
   ame_timer_t *t = arg;
   int expect = T_ACTIVE;
-  if (!__atomic_compare_exchange_n(&t->tstate, &expect, T_CANCELLED, 0,
-                                   __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
-    return;
-  ame__handle_stop(&t->h);
+  int held = __atomic_exchange_n(&t->held, 0, __ATOMIC_ACQ_REL);
+  if (__atomic_compare_exchange_n(&t->tstate, &expect, T_CANCELLED, 0,
+                                  __ATOMIC_ACQ_REL, __ATOMIC_RELAXED) ||
+      held)
+    ame__handle_stop(&t->h);
 }
 
 int ame_timer_cancel(ame_timer_t *t) {
   if (t == NULL) return -EINVAL;
+  int rc = LOAD(&t->tstate) == T_ACTIVE ? 0 : -ENOENT;
   ame_tx_t *tx = ame_self();
   if (tx && ame_tx_depth(tx) > 0) {
-    if (LOAD(&t->tstate) != T_ACTIVE) return -ENOENT;
-    return ame_tx_on_commit(tx, cancel_now, t);
+    if (rc == 0 || LOAD(&t->held)) {
+      int e = ame_tx_on_commit(tx, cancel_now, t);
+      if (e != 0) return e;
+    }
+    return rc;
   }
-  if (LOAD(&t->tstate) != T_ACTIVE) return -ENOENT;
   cancel_now(t);
-  return 0;
+  return rc;
 }

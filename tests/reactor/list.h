@@ -27,6 +27,7 @@
   X(timer_repeat_cancel, 20)                                                  \
   X(timer_cancel_answers, 20)                                                 \
   X(timer_cancel_aborted, 20)                                                 \
+  X(timer_cancel_fired, 20)                                                   \
   /* streams and listeners: test_tcp.c */                                     \
   X(tcp_listen_errors, 20)                                                    \
   X(tcp_connect_refused, 20)                                                  \

@@ -1,8 +1,8 @@
 /*
 ** tests/reactor/test_timer.c — timers: callbacks in deadline order, ties in
 ** the order started (even when idle workers take them); repeating timers
-** and their cancellation; ame_timer_cancel's answers; a cancel asked for
-** in an attempt that aborts cancels nothing.
+** and their cancellation; ame_timer_cancel's answers, after a one-shot
+** fired too; a cancel asked for in an attempt that aborts cancels nothing.
 */
 #include "reactor-test.h"
 
@@ -268,5 +268,57 @@ TEST_IMPL(timer_cancel_aborted) {
   ASSERT_EQ(atomic_load(&g_cancel_attempts), 3);
   ASSERT_EQ(atomic_load(&g_victim_fired), 1);  /* not cancelled */
   ASSERT_EQ(atomic_load(&g_victim2_fired), 0); /* cancelled */
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
+** A one-shot whose pointer the program kept stays valid after it fired,
+** until the program cancels it: the cancel answers -ENOENT (from live
+** memory: ASan checks), in a transaction too, and frees it once; one never
+** cancelled is freed at the stop (LeakSanitizer checks).
+*/
+
+static ame_timer_t *g_cf_t, *g_cf_kept;
+static atomic_int g_cf_fired, g_cf_attempts, g_cf_rc0, g_cf_rc1;
+static atomic_int g_cf_data_ok;
+
+static int cf_cancel_cb(ame_tx_t *tx, ame_timer_t *t) {
+  (void)t;
+  atomic_fetch_add(&g_cf_attempts, 1);
+  atomic_store(&g_cf_data_ok, ame_handle_data(g_cf_t) == (void *)&g_cf_t);
+  int rc = ame_timer_cancel(g_cf_t);
+  if (ame_tx_attempt(tx) == 0) {
+    atomic_store(&g_cf_rc0, rc);
+    ame_tx_abort(tx); /* the release happens once, at the commit */
+  }
+  atomic_store(&g_cf_rc1, rc);
+  ASSERT_EQ(ame_timer_start(g_r, 20, 0, stop_cb, NULL, NULL), 0);
+  return 0;
+}
+
+static int cf_fired_cb(ame_tx_t *tx, ame_timer_t *t) {
+  (void)tx;
+  ASSERT_PTR_EQ(t, g_cf_t);
+  atomic_fetch_add(&g_cf_fired, 1);
+  /* Later, once this callback's job has ended and the loop has gone
+  ** round (the one-shot used to be closed and freed by then). */
+  ASSERT_EQ(ame_timer_start(g_r, 20, 0, cf_cancel_cb, NULL, NULL), 0);
+  return 0;
+}
+
+TEST_IMPL(timer_cancel_fired) {
+  int fds = fd_baseline();
+  g_r = rt_new(1, NULL);
+  ASSERT_EQ(ame_timer_start(g_r, 1, 0, cf_fired_cb, &g_cf_t, &g_cf_t), 0);
+  /* Fires, and is never cancelled: freed at the stop. */
+  ASSERT_EQ(ame_timer_start(g_r, 1, 0, never_cb, NULL, &g_cf_kept), 0);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  rt_wait(&rt, 10000);
+  ASSERT_EQ(atomic_load(&g_cf_fired), 1);
+  ASSERT_EQ(atomic_load(&g_cf_attempts), 2);
+  ASSERT_EQ(atomic_load(&g_cf_data_ok), 1);
+  ASSERT_EQ(atomic_load(&g_cf_rc0), -ENOENT);
+  ASSERT_EQ(atomic_load(&g_cf_rc1), -ENOENT);
   rt_finish(g_r, fds);
 }

@@ -339,18 +339,26 @@ AME_REACTOR_EXTERN int ame_stream_adopt(ame_reactor_t *r, int fd,
 typedef int (*ame_timer_cb)(ame_tx_t *tx, ame_timer_t *t);
 
 /* Call cb after timeout_ms, then every repeat_ms if repeat_ms > 0.  The
-** timer belongs to the calling worker (worker 0 from outside).  A one-shot
-** timer is freed after its callback commits; a repeating one when
-** cancelled.  Return 0 and set *out (may be NULL), or -ENOMEM. */
+** timer belongs to the calling worker (worker 0 from outside).  Return 0
+** and set *out (may be NULL), or -ENOMEM.
+**
+** Its memory: a timer whose pointer was asked for (out not NULL) is freed
+** once ame_timer_cancel() has taken effect — fired or not, a one-shot
+** too — or at the reactor's stop: a program that keeps *out cancels the
+** timer when it no longer needs it, so that its pointer stays valid (and
+** the cancel can answer -ENOENT) after a one-shot fired.  Without out, a
+** one-shot timer is freed after its callback commits, a repeating one at
+** the stop. */
 AME_REACTOR_EXTERN int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
                                        uint64_t repeat_ms, ame_timer_cb cb,
                                        void *data, ame_timer_t **out);
 
-/* Cancel a timer that has not fired (or a repeating one).  Return 0, or
-** -ENOENT if it already fired or was cancelled.  Inside a transaction the
-** cancel takes effect at commit: -ENOENT if the timer had already fired or
-** been cancelled when called, else 0 (and if it fires before the commit,
-** the cancel does nothing). */
+/* Cancel a timer that has not fired (or a repeating one), and give its
+** pointer back: it must not be used once the cancel has taken effect.
+** Return 0, or -ENOENT if it already fired (a one-shot) or was cancelled.
+** Inside a transaction the cancel takes effect at commit: -ENOENT if the
+** timer had already fired or been cancelled when called, else 0 (and if
+** it fires before the commit, its callback still runs). */
 AME_REACTOR_EXTERN int ame_timer_cancel(ame_timer_t *t);
 
 /* ------------------------------------------------------------------------
