@@ -247,9 +247,28 @@ ame_stream_t *ame_process_stdio(ame_process_t *p, int fd) {
   return fd >= 0 && fd < 3 ? LOAD(&p->published[fd]) : NULL;
 }
 
+/* The kill asked for by a transaction that committed, on the owner: the
+** child may have exited (and been reaped) meanwhile. */
+static int op_kill(struct op *op) {
+  ame_process_t *p = (ame_process_t *)op->h;
+  if (p->h.state == HS_OPEN && !LOAD(&p->exited))
+    uv_kill(LOAD(&p->pid), (int)op->a);
+  return 0;
+}
+
 int ame_process_kill(ame_process_t *p, int signum) {
   if (p == NULL) return -EINVAL;
   int pid = LOAD(&p->pid);
   if (pid <= 0 || LOAD(&p->exited)) return -ESRCH;
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    /* An effect like the others: at commit, once (the op holds a
+    ** reference), never for an attempt that aborts. */
+    if (signum < 0 || signum >= NSIG) return -EINVAL;
+    struct op *op = ame__op_new(op_kill, &p->h, NULL, 0);
+    if (op == NULL) return -ENOMEM;
+    op->a = (uint64_t)signum;
+    return ame__op_submit(op);
+  }
   return uv_kill(pid, signum);
 }

@@ -1,8 +1,8 @@
 /*
 ** tests/reactor/test_process.c — child processes: stdout and stderr
 ** captured through pipe streams, a stdin pipe, exit statuses and signals,
-** environment and working directory, a program that does not exist, and
-** a spawn asked for in a transaction.
+** environment and working directory, a program that does not exist, a
+** spawn asked for in a transaction, and a kill asked for in one.
 */
 #include "reactor-test.h"
 
@@ -238,5 +238,53 @@ TEST_IMPL(spawn_errors_kill) {
   ASSERT_EQ(atomic_load(&g_missing_c.exits), 1);
   ASSERT_EQ(atomic_load(&g_tx_c.exits), 1);
   ASSERT_EQ(atomic_load(&g_sleep_c.exits), 1);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
+** A kill asked for in a transaction is sent at commit: an attempt that
+** aborts sends nothing.  The first attempt asks for SIGTERM and aborts,
+** the one that commits asks for nothing; a later callback sends SIGKILL,
+** which must be the signal the child dies of.
+*/
+
+static struct child g_kd_c;
+static _Atomic(ame_process_t *) g_kd_p;
+static atomic_int g_kd_attempts;
+
+static int kd_abort_call(ame_tx_t *tx, void *arg) {
+  (void)arg;
+  atomic_fetch_add(&g_kd_attempts, 1);
+  if (ame_tx_attempt(tx) == 0) {
+    ASSERT_EQ(ame_process_kill(atomic_load(&g_kd_p), SIGTERM), 0);
+    ame_tx_abort(tx);
+  }
+  return 0;
+}
+
+static int kd_kill_call(ame_tx_t *tx, void *arg) {
+  (void)tx;
+  (void)arg;
+  ASSERT_EQ(ame_process_kill(atomic_load(&g_kd_p), SIGKILL), 0);
+  return 0;
+}
+
+TEST_IMPL(spawn_kill_deferred) {
+  int fds = fd_baseline();
+  g_r = rt_new(1, NULL);
+  ame_process_options_t o =
+      opts("/bin/sleep", (char *[]){"sleep", "30", NULL}, &g_kd_c);
+  ame_process_t *p;
+  ASSERT_EQ(ame_spawn(g_r, &o, &p), 0);
+  atomic_store(&g_kd_p, p);
+  /* Posted calls run in order. */
+  ASSERT_EQ(ame_reactor_call(g_r, kd_abort_call, NULL), 0);
+  ASSERT_EQ(ame_reactor_call(g_r, kd_kill_call, NULL), 0);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  wait_child(&g_kd_c);
+  ASSERT_EQ(atomic_load(&g_kd_attempts), 2);
+  ASSERT_EQ(atomic_load(&g_kd_c.term_signal), SIGKILL);
+  rt_stop(&rt);
   rt_finish(g_r, fds);
 }

@@ -8,8 +8,9 @@
 ** data through the STM (ame_load_*_tx / ame_store_*_tx) and is re-run if it
 ** conflicts with a callback on another worker.  The irreversible effects it
 ** asks for — writes, closes, shutdowns, timers started or cancelled,
-** listens, connects, spawns, wakeups — are carried out only when it commits,
-** exactly once, in the order asked; an aborted attempt leaves no trace.
+** listens, connects, spawns, kills, wakeups — are carried out only when it
+** commits, exactly once, in the order asked; an aborted attempt leaves no
+** trace.
 ** Called outside any transaction (program setup, other threads), the same
 ** functions act at once.
 **
@@ -440,6 +441,11 @@ AME_REACTOR_EXTERN int ame_spawn(ame_reactor_t *r,
 AME_REACTOR_EXTERN int ame_process_pid(const ame_process_t *p);
 /* The child's stdin (NULL without pipe_stdin), stdout and stderr streams. */
 AME_REACTOR_EXTERN ame_stream_t *ame_process_stdio(ame_process_t *p, int fd);
+/* Send signum to the child.  Return 0, -EINVAL, or -ESRCH if it has not
+** started or has exited; outside a transaction, uv_kill's error.  Inside a
+** transaction the signal is sent at commit, once, on the child's worker
+** (nothing if the child exited meanwhile); an attempt that aborts sends
+** nothing. */
 AME_REACTOR_EXTERN int ame_process_kill(ame_process_t *p, int signum);
 
 #ifdef __cplusplus
