@@ -208,6 +208,9 @@ static void stream_close(ame_stream_t *s, int status, int reset) {
     struct linger l = {.l_onoff = 1, .l_linger = 0};
     setsockopt(s->sock, SOL_SOCKET, SO_LINGER, &l, sizeof l);
   }
+  /* The accessors answer -EBADF from here on, not for the next socket to
+  ** get this descriptor's number (on_close and other threads may ask). */
+  STORE(&s->fd, -1);
   close(s->sock);
 }
 

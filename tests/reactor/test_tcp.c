@@ -973,7 +973,9 @@ TEST_IMPL(stream_large_write) {
 /* ------------------------------------------------------------------------
 ** Every way a stream ends calls on_close once, and frees the stream once:
 ** the server closes (after flushing) or aborts, the client closes or
-** resets; the stream accessors work while it is open.
+** resets; the stream accessors work while it is open, and in on_close
+** (its descriptor closed, its number perhaps another socket's already)
+** answer for none.
 */
 
 enum { CF_N = 24 };
@@ -1012,7 +1014,10 @@ static int cf_data(ame_tx_t *tx, ame_stream_t *s, const char *d, size_t n) {
 }
 
 static void cf_close(ame_tx_t *tx, ame_stream_t *s, int status) {
-  (void)s;
+  struct sockaddr_storage sa;
+  ASSERT_EQ(ame_stream_fd(s), -1);
+  ASSERT_EQ(ame_stream_peername(s, &sa), -EBADF);
+  ASSERT_EQ(ame_stream_sockname(s, &sa), -EBADF);
   if (status != 0 && status != -ECONNRESET)
     commit_inc(tx, &g_cf.bad_status);
   commit_inc(tx, &g_cf.closes);

@@ -264,7 +264,9 @@ AME_REACTOR_EXTERN size_t ame_stream_write_queue(const ame_stream_t *s);
 AME_REACTOR_EXTERN void ame_stream_set_watermarks(ame_stream_t *s, size_t high,
                                                   size_t low);
 
-/* The socket's file descriptor, its addresses (return 0 or -errno). */
+/* The socket's file descriptor, its addresses (return 0 or -errno).  Once
+** the stream has closed its descriptor (in on_close, and after), -1 and
+** -EBADF: never another socket's that got the same number. */
 AME_REACTOR_EXTERN int ame_stream_fd(const ame_stream_t *s);
 AME_REACTOR_EXTERN int ame_stream_peername(const ame_stream_t *s,
                                            struct sockaddr_storage *sa);
