@@ -219,6 +219,8 @@ struct ame_stream {
   size_t queued;               /* atomic: out.bytes, for any thread */
   size_t high, low;            /* atomic: watermarks */
   int opened;                  /* handed to the program (on_close due) */
+  ame_handle_t *holds;         /* a reference it keeps until it closes:
+                                  a child's stdio on its process, or NULL */
   int write_only;              /* a child's stdin: never read */
   int paused_user;             /* ame_stream_pause() */
   int paused_wm;               /* over the high watermark */

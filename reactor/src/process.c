@@ -161,9 +161,16 @@ static int do_spawn(ame_process_t *p) {
   STORE(&p->pid, p->p.pid);
   p->h.state = HS_OPEN;
   ame__handle_link(&p->h);
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < 3; i++) {
     if (p->stdio[i] && ame__pipe_opened(p->stdio[i], i != 0) != 0)
       p->stdio[i] = NULL; /* (cannot be watched: gone) */
+    /* The process lives as long as each of its stdio streams: their
+    ** callbacks may use it (ame_process_stdio, _pid) after its exit. */
+    if (p->stdio[i]) {
+      ame__handle_ref(&p->h);
+      p->stdio[i]->holds = &p->h;
+    }
+  }
   /* Published for other threads (ame_process_stdio) once they are live. */
   for (int i = 0; i < 3; i++) STORE(&p->published[i], p->stdio[i]);
   return 0;

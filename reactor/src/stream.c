@@ -189,6 +189,8 @@ static void close_cb(uv_handle_t *hd) {
   if (s->opened) cb_close(s, s->closing_status);
   free(s->path);
   s->path = NULL;
+  if (s->holds != NULL) ame__handle_unref(s->holds);
+  s->holds = NULL;
   ame__handle_unref(&s->h);
 }
 

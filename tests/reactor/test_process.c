@@ -2,7 +2,8 @@
 ** tests/reactor/test_process.c — child processes: stdout and stderr
 ** captured through pipe streams, a stdin pipe, exit statuses and signals,
 ** environment and working directory, a program that does not exist, a
-** spawn asked for in a transaction, and a kill asked for in one.
+** spawn asked for in a transaction, a kill asked for in one, and a
+** process whose stdio streams outlive its exit.
 */
 #include "reactor-test.h"
 
@@ -285,6 +286,73 @@ TEST_IMPL(spawn_kill_deferred) {
   wait_child(&g_kd_c);
   ASSERT_EQ(atomic_load(&g_kd_attempts), 2);
   ASSERT_EQ(atomic_load(&g_kd_c.term_signal), SIGKILL);
+  rt_stop(&rt);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
+** A process outlives its exit while one of its stdio streams is open: the
+** stream's callbacks may use it.  The child exits at once, leaving a
+** grandchild that writes to the inherited stdout later; the stdout
+** callback, after on_exit, asks the process for its pid and streams.
+** (Freed at its exit, the process was read after its free: AddressSanitizer
+** reports it.)
+*/
+
+static _Atomic(ame_process_t *) g_po_p;
+static atomic_int g_po_exits, g_po_late, g_po_closes;
+static atomic_int g_po_pid_seen;
+
+static int po_exit(ame_tx_t *tx, ame_process_t *p, int64_t status,
+                   int term_signal) {
+  (void)p;
+  (void)term_signal;
+  ASSERT_EQ(status, 3);
+  commit_inc(tx, &g_po_exits);
+  return 0;
+}
+
+static int po_data(ame_tx_t *tx, ame_stream_t *s, const char *d, size_t n) {
+  (void)d;
+  (void)n;
+  ame_process_t *p = atomic_load(&g_po_p);
+  if (atomic_load(&g_po_exits) == 0) return 0; /* before the exit */
+  ASSERT_EQ(ame_process_stdio(p, 1), s);
+  ASSERT(ame_process_stdio(p, 0) == NULL);
+  atomic_store(&g_po_pid_seen, ame_process_pid(p));
+  ASSERT_EQ(ame_process_kill(p, SIGTERM), -ESRCH);
+  commit_inc(tx, &g_po_late);
+  return 0;
+}
+
+static void po_close(ame_tx_t *tx, ame_stream_t *s, int status) {
+  (void)s;
+  ASSERT_EQ(status, 0);
+  commit_inc(tx, &g_po_closes);
+}
+
+static const ame_stream_cbs_t po_cbs = {.on_data = po_data,
+                                        .on_close = po_close};
+
+TEST_IMPL(spawn_stdio_outlives_exit) {
+  int fds = fd_baseline();
+  g_r = rt_new(1, NULL);
+  ame_process_options_t o = {
+      .file = "/bin/sh",
+      .args = (char *[]){"sh", "-c", "(sleep 0.3; echo late) & exit 3",
+                         NULL},
+      .stdout_cbs = &po_cbs,
+      .on_exit = po_exit};
+  ame_process_t *p;
+  ASSERT_EQ(ame_spawn(g_r, &o, &p), 0);
+  atomic_store(&g_po_p, p);
+  int pid = ame_process_pid(p);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  ASSERT_WAIT(atomic_load(&g_po_closes) == 1, 10000);
+  ASSERT_EQ(atomic_load(&g_po_exits), 1);
+  ASSERT_EQ(atomic_load(&g_po_late), 1);
+  ASSERT_EQ(atomic_load(&g_po_pid_seen), pid);
   rt_stop(&rt);
   rt_finish(g_r, fds);
 }

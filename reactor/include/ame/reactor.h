@@ -29,7 +29,8 @@
 **
 ** Ownership.  Handles (streams, listeners, timers, UDP sockets, processes,
 ** polls, signals) are allocated and owned by the reactor.  A handle stays
-** valid until its on_close callback (streams, processes) or its cancel /
+** valid until its on_close callback (streams), its on_exit callback and
+** the on_close of each of its stdio streams (processes), or its cancel /
 ** stop has taken effect; the pointer must not be used after that.  Each
 ** handle carries a user pointer (ame_handle_data / ame_handle_set_data).
 **
