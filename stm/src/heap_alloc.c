@@ -62,6 +62,13 @@
 ** with it) or another slot's reclaim gives them back.  Transactional small
 ** blocks go back to their span at once (they are only ever written
 ** through the STM), and a span they empty waits on `fresh` like the rest.
+** Memory that earlier attempts freed may hold words that this attempt
+** wrote through the log before a blob took it: a span that settle()
+** emptied (its header, its last block's link) turns into a free run at
+** once, and insert_run() rewrites the headers of runs it merges.  The
+** write-back at commit would put those words back over the blob's bytes,
+** so ame_heap_blob_new() makes such buffered stores hold the bytes it
+** wrote (ame__tx_overwritten).
 **
 ** A block: a 16-byte header (word 0: size — for a small block its offset
 ** in its span, the class giving its size —, class, pool, tag; word 1: the
@@ -624,6 +631,9 @@ void *ame_heap_blob_new(ame_tx_t *tx, const void *data, size_t len,
     memcpy(&w, src + words * 8, len % 8);
     __atomic_store_n(&p[words], w, __ATOMIC_RELAXED);
   }
+  /* Words of these that this attempt logged earlier, as the allocator's
+  ** (top of the file), now hold the blob's. */
+  ame__tx_overwritten(tx, p, (len + 7) / 8);
   return p;
 }
 

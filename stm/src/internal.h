@@ -257,6 +257,14 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status);
 ** is unchanged since: O(1), where ame_tx_validate() checks every read. */
 void ame__tx_check_word(ame_tx_t *tx, const void *addr);
 /* ame__tx_claim: stm.h. */
+/* The running transaction has just written the n words at p outside the
+** STM (a heap's blob, heap_alloc.c): any store it buffered to one of them
+** takes the value memory holds now, so that its write-back (or a
+** recoverer's redo) leaves them as they are, and each granule whose lock
+** it holds is claimed (ame__tx_claim), since no abort undoes the bytes.
+** Granules it holds no lock on are not touched: one load of the orec
+** each. */
+void ame__tx_overwritten(ame_tx_t *tx, const uintptr_t *p, size_t n);
 
 /* Vectors (stm.c). */
 int ame__vec_push(struct ame__vec *v, const void *item, size_t size);

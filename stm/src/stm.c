@@ -1434,6 +1434,24 @@ void ame__tx_claim(ame_tx_t *tx, uintptr_t *addr) {
   LOCK_ENTRY(l)->head = 2;
 }
 
+void ame__tx_overwritten(ame_tx_t *tx, const uintptr_t *p, size_t n) {
+  uintptr_t a = (uintptr_t)p, end = a + 8 * n;
+  uintptr_t grain = (uintptr_t)1 << AME__GRAIN_SHIFT;
+  assert((a & 7) == 0 && "unaligned words written outside the STM");
+  for (uintptr_t g = a & ~(grain - 1); g < end; g += grain) {
+    uintptr_t l = LOAD_ACQ(ame__orec_of(&tx->h, g));
+    if (!IS_LOCKED(l) || LOAD(&LOCK_ENTRY(l)->tx) != tx) continue;
+    /* The chain holds every entry under the orec (for other granules
+    ** too, where the orec table folds): those in [a, end) only. */
+    for (struct ame__wentry *e = LOCK_ENTRY(l); e; e = e->next) {
+      if (e->addr < a || e->addr >= end || e->mask == 0) continue;
+      e->value = LOAD((uintptr_t *)e->addr);
+      e->mask = MASK_ALL;
+    }
+    LOCK_ENTRY(l)->head = 2;
+  }
+}
+
 void ame_store_u32_tx(ame_tx_t *tx, uint32_t *addr, uint32_t v) {
   assert(((uintptr_t)addr & 3) == 0 && "unaligned transactional store");
   unsigned shift = ((uintptr_t)addr & 4) ? 32 : 0;
