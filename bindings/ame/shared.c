@@ -1651,14 +1651,22 @@ static PyObject *Dict_update(ShObject *self, PyObject *args, PyObject *kw) {
   struct tstate *ts = obj_ts(self);
   if (ts == NULL) return NULL;
   /* Everything is encoded before the transaction: a bad key or value is
-  ** a TypeError with nothing written. */
-  ts->ibuf.len = 0;
-  if ((src && add_pairs_from(&ts->ibuf, &ts->kbuf, src) < 0) ||
-      (kw && add_pairs_from(&ts->ibuf, &ts->kbuf, kw) < 0))
-    return NULL;
-  struct op op = {.self = self, .v = ts->ibuf.p, .vl = ts->ibuf.len};
-  if (run_op(ts, &op, body_update, "ame.shared.dict.update") < 0) return NULL;
-  Py_RETURN_NONE;
+  ** a TypeError with nothing written.  Into buffers of this call's own,
+  ** not the thread's ibuf and kbuf: collecting the pairs runs the
+  ** caller's code (an iterator, items()), which may itself use shared
+  ** objects, and so those buffers. */
+  struct amepy_buf pairs = {0}, scratch = {0};
+  PyObject *rc = NULL;
+  if ((src && add_pairs_from(&pairs, &scratch, src) < 0) ||
+      (kw && add_pairs_from(&pairs, &scratch, kw) < 0))
+    goto done;
+  struct op op = {.self = self, .v = pairs.p, .vl = pairs.len};
+  if (run_op(ts, &op, body_update, "ame.shared.dict.update") < 0) goto done;
+  rc = Py_NewRef(Py_None);
+done:
+  amepy_buf_free(&pairs);
+  amepy_buf_free(&scratch);
+  return rc;
 }
 
 /* One (key, delta) pair for add: the key encoded, the delta an int of 64

@@ -315,6 +315,39 @@ class DictTests(SynchronousTestCase):
         self.assertEqual(sorted(map(repr, d)), sorted(map(repr, ref)))
         self.assertEqual(bool(d), bool(ref))
 
+    def test_updateFromCodeThatWrites(self):
+        """
+        update() of pairs whose producing writes to shared objects (a
+        generator, a mapping's items()) applies the pairs it was given and
+        those writes, each once.  (It encoded the pairs into the thread's
+        buffer for values going in, which those writes reuse: the child
+        that runs it died with SIGSEGV.)
+        """
+        d = shared.dict(fresh())
+        e = shared.dict(fresh())
+
+        def pairs():
+            for k in ["a", "b"]:
+                e[k] = "seen " * 40
+                yield k, k * 3
+
+        class Mapping:
+            def keys(self):
+                return ["c"]
+
+            def items(self):
+                e["c"] = list(range(50))
+                return [("c", 3)]
+
+        def child():
+            d.update(pairs(), z=[1] * 30)
+            d.update(Mapping())
+        wait_ok(self, in_child(child))
+        self.assertEqual(d.copy(), {"a": "aaa", "b": "bbb", "c": 3,
+                                    "z": [1] * 30})
+        self.assertEqual(e.copy(), {"a": "seen " * 40, "b": "seen " * 40,
+                                    "c": list(range(50))})
+
     def test_methods(self):
         """
         The methods' details: KeyError's key, pop without a default,
