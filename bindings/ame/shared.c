@@ -969,37 +969,102 @@ static size_t int_encode(unsigned char *buf, int64_t v) {
   return n;
 }
 
+/* The int of 64 bits that entry e holds, plus d, in *sum; RC_NOT_INT if
+** it holds another value or the sum leaves 64 bits.  buf: room for 11
+** bytes. */
+static int add_sum(ame_tx_t *tx, void *e, int64_t d, unsigned char *buf,
+                   int64_t *sum) {
+  size_t n = ame_hmap_entry_vlen(tx, e);
+  if (n < 2 || n > 11) return RC_NOT_INT;
+  ame_hmap_entry_value(tx, e, buf, n);
+  if (buf[0] != AMEPY_C_INT) return RC_NOT_INT;
+  uint64_t z = 0;
+  for (size_t i = 1, shift = 0; i < n && shift < 64; i++, shift += 7)
+    z |= (uint64_t)(buf[i] & 0x7f) << shift;
+  int64_t cur = (int64_t)((z >> 1) ^ (0 - (z & 1)));
+  return __builtin_add_overflow(cur, d, sum) ? RC_NOT_INT : 0;
+}
+
+/* Read one of body_add's records at p; return the next. */
+static const char *add_record(const char *p, const char **k, size_t *kl,
+                              int64_t *d, void **e, Py_hash_t *h) {
+  memcpy(kl, p, sizeof *kl);
+  *k = p + sizeof *kl;
+  p = *k + *kl;
+  memcpy(d, p, sizeof *d), p += sizeof *d;
+  memcpy(e, p, sizeof *e), p += sizeof *e;
+  memcpy(h, p, sizeof *h), p += sizeof *h;
+  return p;
+}
+
+/* Inside ame.atomic, before body_add writes anything: find each key
+** the cache did not give, its entry (or NULL: absent) stored in its record
+** for the pass that adds,
+** and check that every key present holds an int that its delta keeps
+** within 64 bits.  A TypeError then leaves the attempt as it was: the
+** caller may catch it and go on, where outside ame.atomic the
+** transaction is simply cancelled.  Return 0 or RC_NOT_INT. */
+static int add_check(ame_tx_t *tx, struct op *op, int cached, uint64_t gen) {
+  struct tstate *ts = op->ts;
+  char *p = (char *)op->v, *end = p + op->vl;
+  while (p < end) {
+    const char *k;
+    size_t kl;
+    int64_t d, sum;
+    void *e;
+    Py_hash_t h;
+    char *next = (char *)add_record(p, &k, &kl, &d, &e, &h);
+    if (!cached || e == NULL) { /* not in the cache: look it up */
+      e = ame_hmap_find(tx, op->self->impl, k, kl);
+      memcpy(next - sizeof h - sizeof e, &e, sizeof e);
+      if (e && h != -1 && pend_add(&ts->pend, op->self, gen, h, e, k, kl) < 0)
+        return -ENOMEM;
+    }
+    unsigned char buf[16];
+    if (e && add_sum(tx, e, d, buf, &sum) < 0) return RC_NOT_INT;
+    p = next;
+  }
+  return 0;
+}
+
 /* op->v: pairs, each [size_t klen][key][int64 delta][void *entry]
 ** [Py_hash_t hash]: add delta to each key's value, an int of 64 bits (0
 ** when absent), in the codec's form (a C_INT tag, then the zigzag varint).
 ** entry is the key's entry from the dict's ecache (or NULL), good if the
 ** map's generation is still op->u (op->flags: there is a cache); an entry
-** found through the map goes to ts->pend (hash -1: not kept). */
+** found through the map goes to ts->pend (hash -1: not kept).  Inside
+** ame.atomic, add_check() runs first.  (Two records of one key — keys
+** that Python keeps apart and that encode alike — are each checked
+** against the value before the add: a sum that leaves 64 bits only once
+** both are added still fails half-way.) */
 static int body_add(ame_tx_t *tx, struct op *op) {
   ame_hmap_t *m = op->self->impl;
   struct tstate *ts = op->ts;
   if (ts->depth == 0) ts->pend.len = 0; /* a single op's earlier attempt */
   uint64_t gen = ame_hmap_gen(tx, m);
   int cached = op->flags && gen == op->u;
+  if (ts->depth) {
+    int rc = add_check(tx, op, cached, gen);
+    if (rc < 0) return rc;
+  }
+  /* Entries in the records: the cache's, or those add_check found (NULL
+  ** there: the key is absent). */
+  int known = cached || ts->depth;
   const char *p = op->v, *end = op->v + op->vl;
   /* The cached entries ADD_AHEAD keys on are fetched ahead, so that the
   ** cache misses of their lines and orecs overlap (ame_prefetch_tx). */
-  const char *ahead = cached ? p : end;
+  const char *ahead = known ? p : end;
   for (unsigned i = 0; i < ADD_AHEAD && ahead < end; i++)
     ahead = add_prefetch(tx, ahead);
   while (p < end) {
     if (ahead < end) ahead = add_prefetch(tx, ahead);
+    const char *k;
     size_t kl;
-    int64_t d;
+    int64_t d, sum;
     void *e;
     Py_hash_t h;
-    memcpy(&kl, p, sizeof kl);
-    const char *k = p + sizeof kl;
-    p = k + kl;
-    memcpy(&d, p, sizeof d), p += sizeof d;
-    memcpy(&e, p, sizeof e), p += sizeof e;
-    memcpy(&h, p, sizeof h), p += sizeof h;
-    if (!cached) e = NULL;
+    p = add_record(p, &k, &kl, &d, &e, &h);
+    if (!known) e = NULL;
     unsigned char buf[16];
     if (e == NULL) {
       /* One lookup, which adds the key with d when it is absent. */
@@ -1010,15 +1075,7 @@ static int body_add(ame_tx_t *tx, struct op *op) {
         return -ENOMEM;
       if (added) continue;
     }
-    size_t n = ame_hmap_entry_vlen(tx, e);
-    if (n < 2 || n > 11) return RC_NOT_INT;
-    ame_hmap_entry_value(tx, e, buf, n);
-    if (buf[0] != AMEPY_C_INT) return RC_NOT_INT;
-    uint64_t z = 0;
-    for (size_t i = 1, shift = 0; i < n && shift < 64; i++, shift += 7)
-      z |= (uint64_t)(buf[i] & 0x7f) << shift;
-    int64_t sum, cur = (int64_t)((z >> 1) ^ (0 - (z & 1)));
-    if (__builtin_add_overflow(cur, d, &sum)) return RC_NOT_INT;
+    if (add_sum(tx, e, d, buf, &sum) < 0) return RC_NOT_INT;
     /* Set the entry's value in place (one lookup per key, or none). */
     int rc = ame_hmap_entry_set(tx, m, e, buf, int_encode(buf, sum));
     if (rc < 0) return rc;

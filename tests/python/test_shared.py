@@ -561,6 +561,39 @@ class DictTests(SynchronousTestCase):
         add({"new": 2, "a": 1, "b": 1})
         self.assertEqual(d.copy(), dict(ref))
 
+    def test_addMappingFailsWhole(self):
+        """
+        Inside ame.atomic, an add(mapping) that raises TypeError (a value
+        that is not an int, a sum beyond 64 bits) has added nothing, to
+        present keys or new ones, whether their entries were known from
+        earlier adds or not; the block, which caught it, goes on and
+        commits the rest.
+        """
+        d = shared.dict(fresh())
+        d.add({"a": 1, "b": 2})
+        d.add({"a": 1, "b": 2})   # their entries known to this process
+        d["s"] = "text"
+        d["m"] = 2 ** 63 - 1
+        caught = []
+
+        def block():
+            d["before"] = 1
+            for m in ({"new": 1, "a": 5, "s": 1, "b": 7, "z": 1},
+                      {"x": 1, "m": 1, "a": 1},
+                      {"q": 1, "a": 1, "s": 1},   # "q", "a" looked up
+                      {"a": 1, "y": "1"}):
+                try:
+                    d.add(m)
+                except TypeError as e:
+                    caught.append(str(e))
+            d["after"] = 1
+
+        ame.atomic(block)
+        self.assertEqual(len(caught), 4)
+        self.assertEqual(d.copy(), {"a": 2, "b": 4, "s": "text",
+                                    "m": 2 ** 63 - 1, "before": 1,
+                                    "after": 1})
+
     def test_addEqualEncodings(self):
         """
         Two keys of one mapping that are one key in the shared dict (str
