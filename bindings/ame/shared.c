@@ -2687,6 +2687,23 @@ static PyObject *shared_use_heap(PyObject *m, PyObject *args, PyObject *kw) {
   Py_RETURN_NONE;
 }
 
+/* _shared_leave(): the calling thread leaves the heap, if it is in it
+** and not inside ame.atomic (its next use enters again).  At the
+** interpreter's exit, for the main thread, whose pthread key destructor
+** (ts_destroy) never runs: its slot would stay taken until someone found
+** the process dead. */
+static PyObject *shared_leave(PyObject *m, PyObject *unused) {
+  (void)m;
+  (void)unused;
+  struct tstate *ts = tls_ts;
+  if (heap && ts && ts->tx && ts->gen == enter_gen && ts->depth == 0) {
+    ame_heap_exit(heap);
+    __atomic_sub_fetch(&heap_threads, 1, __ATOMIC_RELAXED);
+    ts->tx = NULL;
+  }
+  Py_RETURN_NONE;
+}
+
 /* _shared_recover_pid(pid): process pid, which this process reaped, has
 ** died: give back what its threads held in the heap (their locks, a
 ** write-back they had decided).  Return how many slots were recovered. */
@@ -2746,6 +2763,7 @@ static PyMethodDef shared_functions[] = {
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"_shared_heap_info", shared_heap_info, METH_NOARGS, NULL},
     {"_shared_recover_pid", shared_recover_pid, METH_O, NULL},
+    {"_shared_leave", shared_leave, METH_NOARGS, NULL},
     {"_shared_lane", shared_lane, METH_NOARGS, NULL},
     {"_shared_unlink", shared_unlink, METH_O, NULL},
     {"_shared_set_hooks", shared_set_hooks, METH_VARARGS, NULL},

@@ -93,6 +93,7 @@ more.  C{stats()} reports commits, aborts by cause, heap use and the most
 conflicted objects and keys.
 """
 
+import atexit as _atexit
 import builtins as _builtins
 import collections as _collections
 import functools as _functools
@@ -871,3 +872,6 @@ def _use_heap(name=None, size=0, create=True):
 
 
 _os.register_at_fork(after_in_child=_after_fork)
+# The main thread leaves the heap at exit (other threads do as they end):
+# its slot is free for the next process at once.
+_atexit.register(_ame._shared_leave)

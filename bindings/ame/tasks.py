@@ -542,12 +542,14 @@ def run(workers="auto"):
             wid = pids.pop(pid, None)
             if wid is None:
                 continue  # not ours
+            # Its slot in the heap goes back, however it ended (a worker
+            # leaves with os._exit: its slot would stay taken, and the
+            # spans it allocated from with it, until the heap ran out).
+            _ame._shared_recover_pid(pid)
             if _os.WIFEXITED(status) and \
                     _os.WEXITSTATUS(status) in (_EXIT_DONE, _EXIT_ERROR):
                 continue
-            # Died: what it held in the heap goes back, and the task it had
-            # claimed is the culprit.
-            _ame._shared_recover_pid(pid)
+            # Died: the task it had claimed is the culprit.
             rec = _shared.atomic(_died, session, wid)
             if rec is not None:
                 failures.append((_describe(rec), _how(status)))

@@ -1645,6 +1645,25 @@ print("ok", len(d))
         finally:
             _ame._shared_unlink(name)
 
+    def test_mainThreadLeavesAtExit(self):
+        """
+        A process's main thread leaves the heap when the interpreter
+        exits: a forked child that used the heap and exited normally
+        holds no slot once reaped.  (Its slot stayed taken, with the
+        arena it had reserved, until someone found the process dead.)
+        """
+        code = ("import os, ame.shared as s\n"
+                "c = s.counter('n')\n"
+                "c.add(1)\n"
+                "pid = os.fork()\n"
+                "if pid == 0:\n"
+                "    c.add(1)\n"
+                "else:\n"
+                "    os.waitpid(pid, 0)\n"
+                "    print(c.value, s.stats()['heap']['slots_live'])\n")
+        rc, out = python(code)
+        self.assertEqual((rc, out.strip()), (0, "2 1"))
+
     def test_stats(self):
         s = shared.stats()
         for k in ("commits", "commits_ro", "aborts", "aborts_by_cause",
