@@ -136,7 +136,9 @@ def _describe(rec):
 
 
 # ---------------------------------------------------------------------------
-# A session: the shared objects one run() uses.
+# A session: the shared objects a process's run()s use (one set per
+# process, emptied at the start of each run: named objects are never
+# destroyed, so a set per run would keep a dozen KiB of the heap each).
 
 
 class _Session:
@@ -160,6 +162,26 @@ class _Session:
         self.stats = _shared.dict(name + ".stats")      # worker -> stats
         self.cursors = {}
         self.pending = []   # added here, not yet in the queue
+
+    def reset(self):
+        """
+        Make the objects as new for a run, in one transaction: what a run
+        that stopped early left in the queue is dropped (as its tasks
+        were), and its batches, state, counts and statistics too.  (The
+        workers' cursors are set when they claim.)
+        """
+        def empty():
+            while True:
+                try:
+                    self.queue.get(block=False)
+                except _queue.Empty:
+                    break
+            self.batch.clear()
+            self.state.clear()
+            self.stats.clear()
+            self.claimed.value = 0
+            self.done.value = 0
+        _shared.atomic(empty)
 
     def flush(self, workers):
         """
@@ -523,13 +545,14 @@ def run(workers="auto"):
     left.  Raise L{TaskError} for the first task that raised,
     L{TaskFailed} for tasks that killed their worker.
     """
-    global _session, _last_stats
+    global _last_stats
     if _running_task or _shared.in_atomic():
         raise RuntimeError("ame.tasks.run() inside a task or ame.atomic")
     n = _ame.cpu_count() if workers == "auto" else int(workers)
     if n < 1:
         raise ValueError("ame.tasks.run: workers must be >= 1 or 'auto'")
     session = _current_session()
+    session.reset()
     session.flush(n)
     t0 = _time.monotonic()
     pids = {}
@@ -563,7 +586,6 @@ def run(workers="auto"):
                 _ame._shared_recover_pid(pid)
             except OSError:
                 pass
-        _session = None
     _last_stats = _collect_stats(session, n, _time.monotonic() - t0)
     error = session.state.get("error")
     if error is not None:
