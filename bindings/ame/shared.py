@@ -226,6 +226,38 @@ def channel(name):
     return _open(Channel, name)
 
 
+class _Count(int):
+    """
+    A count as C{c[key]} reads it: an int that remembers its tally, key
+    and value, and so does C{c[key] + n} and C{c[key] - n}.  Stored back
+    to the same key (C{c[key] += n}: a read, then a write), it adds the
+    difference, as C{c.add(key, n)}, instead of setting the sum, which
+    would drop what others added between the read and the write.  Stored
+    anywhere else, compared, printed or pickled, it is the int it is.
+    """
+
+    def _derive(self, value):
+        r = _Count(value)
+        r._src = self._src
+        r._base = self._base
+        return r
+
+    def __add__(self, other):
+        if not isinstance(other, int):
+            return NotImplemented
+        return self._derive(int(self) + int(other))
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        if not isinstance(other, int):
+            return NotImplemented
+        return self._derive(int(self) - int(other))
+
+    def __reduce__(self):
+        return (int, (int(self),))
+
+
 class Counts:
     """
     A tally of keys (like C{collections.Counter}): integer counts that any
@@ -237,13 +269,16 @@ class Counts:
     C{ame.shared.dict}, such adds conflict, and all but one are run again.
 
       - C{add(key, n=1)}, C{update(mapping)} (adds each count), C{c[key] +=
-        n}: one transaction each, or part of the running C{ame.atomic}.
+        n}, C{c[key] -= n}: one transaction each (C{+=} reads, then adds
+        n), or part of the running C{ame.atomic}.
       - C{c[key]} (0 if absent), C{get(key, default=0)}, C{key in c},
         C{len(c)} (keys with a count), C{items()}, C{keys()}, C{values()},
         C{most_common(n=None)}, C{copy()} (a C{collections.Counter}), each
         one consistent snapshot.
       - C{clear()}.  Setting a count (C{c[key] = n}) sets it: the other
-        lanes' parts of the key are dropped.
+        lanes' parts of the key are dropped; but a value read as C{c[key]},
+        plus or minus an int, stored back to the same key adds the
+        difference (that is what makes C{c[key] += n} an add).
     """
 
     LANES = 16
@@ -275,7 +310,10 @@ class Counts:
 
     def __getitem__(self, key):
         lanes = self._all()
-        return atomic(lambda: sum(d.get(key, 0) for d in lanes))
+        r = _Count(atomic(lambda: sum(d.get(key, 0) for d in lanes)))
+        r._src = (self, key)
+        r._base = int(r)
+        return r
 
     def get(self, key, default=0):
         lanes = self._all()
@@ -293,6 +331,12 @@ class Counts:
         return atomic(read)
 
     def __setitem__(self, key, value):
+        if type(value) is _Count and value._src[0] is self and \
+                _ame._shared_encode(value._src[1]) == \
+                _ame._shared_encode(key):
+            # c[key] += n: add n (see _Count).
+            self.add(key, int(value) - value._base)
+            return
         lanes = self._all()
         mine = _ame._shared_lane()
 

@@ -18,6 +18,7 @@ import enum
 import json
 import math
 import os
+import pickle
 import random
 import select
 import signal
@@ -651,6 +652,43 @@ class CountsTests(SynchronousTestCase):
         self.assertEqual(sorted(t.items()), sorted(ref.items()))
         self.assertEqual(t["w3"], ref["w3"])
         self.assertEqual(len(t), len(ref))
+
+    def test_augmentedAssignmentAdds(self):
+        """
+        C{c[key] += n} is a read, then a write; the write adds n, so an
+        add another participant made in between is kept (the sum was
+        set: that add was lost, and two processes doing C{c["w"] += 1}
+        3,000 times each ended near 4,200).  The statement's two halves
+        with another thread's add between them, then the statement itself
+        from two processes.  C{c[key] = n} still sets, and a count read
+        out is an int.
+        """
+        t = shared.counts(fresh())
+        t["w"] += 1
+        t["w"] += 4
+        t["w"] -= 2
+        self.assertEqual(t["w"], 3)
+        v = t["w"]                      # c["w"] += 10, first half
+        th = threading.Thread(target=t.add, args=("w", 100))
+        th.start()
+        th.join()
+        t["w"] = v + 10                 # ... second half
+        self.assertEqual(t["w"], 113)
+        t["x"] = t["w"] + 1             # another key: set
+        self.assertEqual(t["x"], 114)
+        t["w"] = 7                      # a plain int: set
+        self.assertEqual((t["w"], dict(t.items())), (7, {"w": 7, "x": 114}))
+        self.assertEqual(type(pickle.loads(pickle.dumps(t["w"]))), int)
+        self.assertEqual(json.dumps([t["w"]]), "[7]")
+
+        def child():
+            c = shared.counts(t.name)
+            for i in range(300):
+                c["n"] += 1
+        pids = [in_child(child) for _ in range(2)]
+        for pid in pids:
+            wait_ok(self, pid)
+        self.assertEqual(t["n"], 600)
 
     def test_equalCountsInTwoLanes(self):
         """
