@@ -62,13 +62,22 @@
 ** with it) or another slot's reclaim gives them back.  Transactional small
 ** blocks go back to their span at once (they are only ever written
 ** through the STM), and a span they empty waits on `fresh` like the rest.
-** Memory that earlier attempts freed may hold words that this attempt
-** wrote through the log before a blob took it: a span that settle()
-** emptied (its header, its last block's link) turns into a free run at
-** once, and insert_run() rewrites the headers of runs it merges.  The
-** write-back at commit would put those words back over the blob's bytes,
-** so ame_heap_blob_new() makes such buffered stores hold the bytes it
-** wrote (ame__tx_overwritten).
+** An attempt also puts on the free runs memory that earlier attempts
+** freed (settle() and reclaim(): a span settle() empties, a deferred
+** large block) and merges runs (insert_run()).  What the committed state
+** keeps in that memory still matters (a live span's header and free
+** links, a deferred block's link on its slot's list, the header of a
+** run merged away), and only the log knows this attempt changed it.  So
+** once an attempt has put anything on the free runs (runs_by), each of
+** its blobs first claims every granule it covers (readers meet the locks
+** and abort) and saves the bytes there (ame_tx_save): an abort puts them
+** back before the locks go.  (Not a recoverer: a process that dies in
+** such an attempt, between its blob and its commit, leaves the blob's
+** bytes there.)  And a blob may lie over words this attempt wrote
+** through the log (a span's or a run's header); the write-back at commit
+** would put those words back over its bytes, so ame_heap_blob_new()
+** makes such buffered stores hold the bytes it wrote
+** (ame__tx_overwritten).
 **
 ** A block: a 16-byte header (word 0: size — for a small block its offset
 ** in its span, the class giving its size —, class, pool, tag; word 1: the
@@ -166,6 +175,11 @@ static uintptr_t attempt_id(const ame_tx_t *tx) {
   return ((uintptr_t)tx->slot + 1) << 32 | tx->starts;
 }
 
+/* The attempt (attempt_id) that last put memory on the free runs, on
+** this thread: while it runs, its blobs claim and save what they cover
+** (top of the file). */
+static AME__TLS uintptr_t runs_by;
+
 /* Add n to the slot's byte count (two's complement). */
 static void count(ame_tx_t *tx, struct ame__slot *s, intptr_t n) {
   ST(tx, &s->used, LD(tx, &s->used) + (uintptr_t)n);
@@ -180,6 +194,7 @@ static void count(ame_tx_t *tx, struct ame__slot *s, intptr_t n) {
 static void insert_run(ame_tx_t *tx, uintptr_t b, size_t bytes, int clean) {
   struct ame__heap_hdr *h = hdr_of(tx);
   uintptr_t *link = &h->runs;
+  runs_by = attempt_id(tx);
   uintptr_t prev = 0, r = LD(tx, link);
   while (r && r < b) {
     prev = r;
@@ -618,9 +633,19 @@ void *ame_heap_blob_new(ame_tx_t *tx, const void *data, size_t len,
   ** after a release fence: a transactional reader that sees one of these
   ** words sees the locks claim() took on memory that held transactional
   ** blocks (its load of the word is an acquire, its orec check after). */
-  ame__fence_release();
   const unsigned char *src = data;
   size_t words = len / 8;
+  if (runs_by == attempt_id(tx)) {
+    /* The attempt put memory on the free runs: what the committed state
+    ** keeps here goes back if it aborts. */
+    size_t bytes = ((len + 7) / 8) * 8;
+    claim(tx, (uintptr_t)p, bytes);
+    if (ame_tx_save(tx, p, bytes) != 0) {
+      fprintf(stderr, "ame: out of memory saving what a blob covers\n");
+      abort();
+    }
+  }
+  ame__fence_release();
   for (size_t i = 0; i < words; i++) {
     uintptr_t w;
     memcpy(&w, src + i * 8, 8);

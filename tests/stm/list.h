@@ -145,6 +145,7 @@
   X(heap_reuse_slot_leftovers, 60)                                            \
   X(heap_blob_over_freed_block, 30)                                           \
   X(heap_blob_over_settled_span, 30)                                          \
+  X(heap_blob_aborted_over_settled, 30)                                       \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \
