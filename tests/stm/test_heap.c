@@ -1489,6 +1489,29 @@ TEST_IMPL(heap_blob_over_freed_block) {
   ame_heap_close(h);
 }
 
+/* A new test heap (*h, entered: *tx) with 13 blobs of 5,000 bytes, each
+** its own transaction's, in ss_p (ss_small's bytes, all 's'): 12 fill a
+** span, the 13th starts another; then the first span's 12 freed, one per
+** transaction: each free waits for the next transaction, which gives it
+** back; the last waits still. */
+static char ss_small[5000];
+static void *volatile ss_p[13];
+
+static void settled_span_heap(ame_heap_t **h, ame_tx_t **tx) {
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, h), 0);
+  ame_tx_t *t = *tx = ame_heap_enter(*h);
+  memset(ss_small, 's', sizeof ss_small);
+  for (int i = 0; i < 13; i++) {
+    AME_ATOMIC(t) {
+      ss_p[i] = ame_heap_blob_new(t, ss_small, sizeof ss_small, 7, 0);
+    }
+    ASSERT_NOT_NULL(ss_p[i]);
+  }
+  for (int i = 0; i < 12; i++) AME_ATOMIC(t) { ame_heap_free(t, ss_p[i]); }
+}
+
 /* ------------------------------------------------------------------------
 ** A blob over memory that its own attempt wrote through the STM: the
 ** attempt that allocates it first gives back what earlier attempts freed
@@ -1500,21 +1523,9 @@ TEST_IMPL(heap_blob_over_freed_block) {
 ** (500 of them reach the last freed block's header, at 56,560).
 */
 static void blob_over_settled_span(size_t size, int count) {
-  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
-  ame_heap_t *h = NULL;
-  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
-  ame_tx_t *tx = ame_heap_enter(h);
-  /* 13 blobs of 5,000 bytes: 12 fill a span, the 13th starts another. */
-  static char small[5000];
-  memset(small, 's', sizeof small);
-  static void *volatile p[13];
-  for (int i = 0; i < 13; i++) {
-    AME_ATOMIC(tx) { p[i] = ame_heap_blob_new(tx, small, sizeof small, 7, 0); }
-    ASSERT_NOT_NULL(p[i]);
-  }
-  /* Free the first span's 12, one per transaction: each free waits for
-  ** the next transaction, which gives it back; the last waits still. */
-  for (int i = 0; i < 12; i++) AME_ATOMIC(tx) { ame_heap_free(tx, p[i]); }
+  ame_heap_t *h;
+  ame_tx_t *tx;
+  settled_span_heap(&h, &tx);
   static char data[40000];
   for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 23);
   static void *volatile b[500];
@@ -1525,7 +1536,7 @@ static void blob_over_settled_span(size_t size, int count) {
   }
   /* The first blob took the span the last free emptied (a large blob
   ** from its start, a small one after a new span header). */
-  char *span = (char *)p[0] - 16 - 64;
+  char *span = (char *)ss_p[0] - 16 - 64;
   ASSERT_PTR_EQ(b[0], span + (size > 32720 ? 16 : 16 + 64));
   static char back[40000];
   for (int i = 0; i < count; i++) {
@@ -1621,20 +1632,9 @@ static void heap_still_works(ame_heap_t *h, ame_tx_t *tx, int64_t used) {
 }
 
 static void blob_aborted_over_settled_span(size_t size, int count) {
-  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
-  ame_heap_t *h = NULL;
-  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
-  ame_tx_t *tx = ame_heap_enter(h);
-  /* As blob_over_settled_span(): the first span's 12 blobs freed, the
-  ** 13th (in the next span) kept. */
-  static char small[5000];
-  memset(small, 's', sizeof small);
-  static void *volatile p[13];
-  for (int i = 0; i < 13; i++) {
-    AME_ATOMIC(tx) { p[i] = ame_heap_blob_new(tx, small, sizeof small, 7, 0); }
-    ASSERT_NOT_NULL(p[i]);
-  }
-  for (int i = 0; i < 12; i++) AME_ATOMIC(tx) { ame_heap_free(tx, p[i]); }
+  ame_heap_t *h;
+  ame_tx_t *tx;
+  settled_span_heap(&h, &tx); /* the 13th blob (in the next span) kept */
   int64_t used = used_now(h);
   static char data[40000];
   for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 23);
@@ -1662,10 +1662,11 @@ static void blob_aborted_over_settled_span(size_t size, int count) {
   }
   /* The 13th small blob, never freed. */
   AME_ATOMIC(tx) {
-    void *ref = p[12];
-    ASSERT_EQ(ame_heap_blob_get(tx, &ref, back, sizeof small), sizeof small);
+    void *ref = ss_p[12];
+    ASSERT_EQ(ame_heap_blob_get(tx, &ref, back, sizeof ss_small),
+              sizeof ss_small);
   }
-  ASSERT_EQ(memcmp(back, small, sizeof small), 0);
+  ASSERT_EQ(memcmp(back, ss_small, sizeof ss_small), 0);
   AME_ATOMIC(tx) {
     for (int i = 0; i < count; i++) ame_heap_free(tx, b[i]);
   }
