@@ -19,7 +19,9 @@
 **             very objects Twisted's code would store), an instance
 **             __dict__ (creator, _repr, anything else) and weak
 **             references; getTime, cancel, reset, delay, activate_delay,
-**             active, < and <= in C.
+**             active, < and <= in C, and __getstate__ / __setstate__, so
+**             that copy.copy and copy.deepcopy work as on Twisted's
+**             (whose fields are in its instance __dict__).
 **   _ame.DelayedCall  class DelayedCall(DelayedCallBase,
 **             twisted.internet.base.DelayedCall), made at module exec
 **             when Twisted is importable: it is a base.DelayedCall for
@@ -324,6 +326,49 @@ static PyObject *DC_active(DCObject *self, PyObject *unused) {
   return PyBool_FromLong(!c);
 }
 
+/* The fields in Twisted's order, for __getstate__. */
+static const char *const dc_names[] = {
+    "time",    "func",      "args",   "kw",          "resetter",
+    "canceller", "seconds", "cancelled", "called", "delayed_time"};
+
+/* copy.copy, copy.deepcopy (and pickle, where the fields pickle): the state
+** is what a Twisted DelayedCall's instance __dict__ holds, every field that
+** is set and then the instance's own __dict__.  Without it, object's
+** default refuses a type with C fields ("cannot pickle"). */
+static PyObject *DC_getstate(DCObject *self, PyObject *unused) {
+  (void)unused;
+  PyObject *const vals[] = {self->time,      self->func,   self->args,
+                            self->kw,        self->resetter,
+                            self->canceller, self->seconds,
+                            self->cancelled, self->called,
+                            self->delayed_time};
+  PyObject *state = PyDict_New();
+  if (state == NULL) return NULL;
+  for (size_t i = 0; i < sizeof vals / sizeof *vals; i++)
+    if (vals[i] && PyDict_SetItemString(state, dc_names[i], vals[i]) < 0)
+      goto fail;
+  if (self->dict && PyDict_Update(state, self->dict) < 0) goto fail;
+  return state;
+fail:
+  Py_DECREF(state);
+  return NULL;
+}
+
+/* Set each name of state (a dict) as an attribute: the fields through
+** their descriptors, anything else in the instance __dict__. */
+static PyObject *DC_setstate(DCObject *self, PyObject *state) {
+  if (!PyDict_Check(state)) {
+    PyErr_SetString(PyExc_TypeError,
+                    "DelayedCall.__setstate__ wants a dict");
+    return NULL;
+  }
+  PyObject *k, *v;
+  Py_ssize_t pos = 0;
+  while (PyDict_Next(state, &pos, &k, &v))
+    if (PyObject_SetAttr((PyObject *)self, k, v) < 0) return NULL;
+  Py_RETURN_NONE;
+}
+
 /* < and <= compare `time` (not delayed_time) with another DelayedCall's;
 ** anything else is NotImplemented, as in Twisted. */
 static PyObject *DC_richcompare(PyObject *a, PyObject *b, int op) {
@@ -439,6 +484,10 @@ static PyMethodDef DC_methods[] = {
      "Add delayed_time to time."},
     {"active", (PyCFunction)DC_active, METH_NOARGS,
      "Whether this call is still pending."},
+    {"__getstate__", (PyCFunction)DC_getstate, METH_NOARGS,
+     "The fields and the instance __dict__, as one dict (copy, pickle)."},
+    {"__setstate__", (PyCFunction)DC_setstate, METH_O,
+     "Set the fields and attributes __getstate__ gave."},
     {NULL, NULL, 0, NULL},
 };
 

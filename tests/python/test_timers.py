@@ -576,6 +576,47 @@ class TimersMixin:
         self.assertRaises(TypeError, lambda: a < 1)
         self.assertRaises(TypeError, lambda: a <= "x")
 
+    def test_copy(self):
+        """
+        copy.copy and copy.deepcopy of a call give what Twisted's give: a
+        new object of the same class with the same fields (and anything
+        else set on it), not scheduled; the original is unchanged.
+        """
+        import copy
+
+        clock = _Clock()
+        reactor = self.buildReactor(clock)
+        dc = reactor.callLater(1, _noop, 1, k=2)
+        dc.delay(0.5)
+        dc.extra = "x"
+        names = ("time", "func", "args", "kw", "resetter", "canceller",
+                 "seconds", "cancelled", "called", "delayed_time", "extra")
+        c = copy.copy(dc)
+        self.assertIs(type(c), type(dc))
+        self.assertIsNot(c, dc)
+        for name in names:
+            self.assertIs(getattr(c, name), getattr(dc, name), name)
+        self.assertEqual(c.getTime(), 101.5)
+        self.assertTrue(c.active())
+        self.assertEqual(reactor.getDelayedCalls(), [dc])
+        # deepcopy copies the fields too (a call of a reactor cannot be:
+        # its canceller's reactor holds an epoll object, in Twisted's too).
+        made = _construct(self.delayedCallClass, 5, _noop, (1,), {"k": [2]},
+                          _noop, _noop)
+        made.extra = ["x"]
+        d = copy.deepcopy(made)
+        self.assertIs(type(d), type(made))
+        self.assertEqual((d.time, d.args, d.kw, d.extra),
+                         (5, (1,), {"k": [2]}, ["x"]))
+        self.assertIsNot(d.kw["k"], made.kw["k"])
+        self.assertIsNot(d.extra, made.extra)
+        # A cancelled call (func, args and kw deleted) copies too.
+        dc.cancel()
+        c = copy.copy(dc)
+        self.assertEqual(c.cancelled, 1)
+        self.assertFalse(hasattr(c, "func") or hasattr(c, "kw"))
+        self.assertFalse(c.active())
+
     def test_newTimedCallsReplaced(self):
         """
         callLater appends to whatever _newTimedCalls is now.
