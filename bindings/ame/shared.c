@@ -1626,6 +1626,45 @@ static PyObject *Dict_copy(ShObject *self, PyObject *unused) {
   return d;
 }
 
+/* == and != as collections.abc.Mapping's: equal to any mapping (a dict,
+** another shared dict, anything registered as a Mapping) whose items, as a
+** plain dict, equal this one's (a snapshot: one transaction, or the
+** block's); anything else is NotImplemented (identity).  No order. */
+static PyObject *Dict_richcompare(PyObject *self, PyObject *other, int op) {
+  static PyObject *mapping_abc; /* collections.abc.Mapping */
+  if (op != Py_EQ && op != Py_NE) Py_RETURN_NOTIMPLEMENTED;
+  int shared = PyObject_TypeCheck(other, dict_type);
+  if (!shared && !PyDict_Check(other)) {
+    if (mapping_abc == NULL) {
+      PyObject *abc = PyImport_ImportModule("collections.abc");
+      if (abc == NULL) return NULL;
+      mapping_abc = PyObject_GetAttrString(abc, "Mapping");
+      Py_DECREF(abc);
+      if (mapping_abc == NULL) return NULL;
+    }
+    int is = PyObject_IsInstance(other, mapping_abc);
+    if (is < 0) return NULL;
+    if (!is) Py_RETURN_NOTIMPLEMENTED;
+  }
+  PyObject *mine = Dict_copy((ShObject *)self, NULL), *theirs = NULL;
+  if (mine == NULL) return NULL;
+  if (shared) {
+    theirs = Dict_copy((ShObject *)other, NULL);
+  } else if (PyDict_Check(other)) {
+    theirs = Py_NewRef(other);
+  } else { /* dict(other.items()), as Mapping.__eq__ */
+    PyObject *items = PyObject_CallMethod(other, "items", NULL);
+    if (items != NULL && (theirs = PyDict_New()) != NULL &&
+        PyDict_MergeFromSeq2(theirs, items, 1) < 0)
+      Py_CLEAR(theirs);
+    Py_XDECREF(items);
+  }
+  PyObject *r = theirs ? PyObject_RichCompare(mine, theirs, op) : NULL;
+  Py_DECREF(mine);
+  Py_XDECREF(theirs);
+  return r;
+}
+
 static PyObject *Dict_popitem(ShObject *self, PyObject *unused) {
   (void)unused;
   struct tstate *ts = obj_ts(self);
@@ -2817,6 +2856,7 @@ static PyType_Slot Dict_slots[] = {
     {Py_tp_getset, Sh_getset},
     {Py_tp_methods, Dict_methods},
     {Py_tp_iter, Dict_iter},
+    {Py_tp_richcompare, Dict_richcompare},
     {Py_mp_subscript, Dict_subscript},
     {Py_mp_ass_subscript, Dict_ass_subscript},
     {Py_mp_length, Dict_length},

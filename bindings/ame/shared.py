@@ -27,7 +27,8 @@ TypeError).  Named objects are never destroyed; C{clear()} empties a dict.
     C{k in d}, C{len(d)}, C{get}, C{setdefault}, C{pop}, C{popitem} (some
     pair, in no order), C{update}, C{clear}, and C{keys()}, C{values()},
     C{items()}, C{copy()} and iteration, which copy the contents in one
-    transaction (a consistent snapshot, as lists).
+    transaction (a consistent snapshot, as lists); C{==} compares with any
+    mapping as C{collections.abc.Mapping} does (unhashable, as dict).
   - A counter is a 64-bit signed integer: C{add(n=1)} and C{c += n} (which
     conflict with no other add, from any process), C{c.value} (read or set;
     reading conflicts with every add), C{int(c)}.  Adds wrap around at
@@ -96,6 +97,7 @@ conflicted objects and keys.
 import atexit as _atexit
 import builtins as _builtins
 import collections as _collections
+import collections.abc as _abc
 import functools as _functools
 import itertools as _itertools
 import os as _os
@@ -397,6 +399,17 @@ class Counts:
     def clear(self):
         lanes = self._all()
         atomic(lambda: [d.clear() for d in lanes])
+
+    def __eq__(self, other):
+        # As collections.Counter's: with another tally or a Counter, a key
+        # counted 0 is as one missing; with any other mapping, as dicts.
+        if isinstance(other, Counts):
+            other = other.copy()
+        elif not isinstance(other, _abc.Mapping):
+            return NotImplemented
+        return self.copy() == other
+
+    __hash__ = None  # unhashable, as Counter
 
     def __repr__(self):
         return "<ame.shared.Counts %r>" % (self.name,)

@@ -624,6 +624,43 @@ class DictTests(SynchronousTestCase):
         self.assertRaises(TypeError, d._add_to, [])
 
 
+    def test_equality(self):
+        """
+        == and != as collections.abc.Mapping's: a shared dict equals any
+        mapping (a plain dict, another shared dict, a UserDict, a mapping
+        proxy) with the same items, from either side, and nothing else; it
+        is unhashable, as dict is, and has no order.
+        """
+        import collections.abc
+        import types
+
+        d = shared.dict(fresh())
+        self.assertTrue(d == {} and {} == d)
+        d.update({"a": 1, "b": [2, 3]})
+        same = {"a": 1, "b": [2, 3]}
+        self.assertTrue(d == same and same == d)
+        self.assertFalse(d != same or same != d)
+        self.assertTrue(d != {"a": 1} and {"a": 1} != d)
+        self.assertTrue(d != {"a": 1, "b": [2, 4]})
+        self.assertEqual(d, collections.UserDict(same))
+        self.assertEqual(collections.UserDict(same), d)
+        self.assertEqual(d, types.MappingProxyType(same))
+        e = shared.dict(fresh())
+        self.assertNotEqual(d, e)
+        e.update(same)
+        self.assertTrue(d == e and not d != e)
+        self.assertTrue(d == shared.dict(d.name))
+        # Not a mapping: not equal (identity), as for a dict.
+        self.assertNotEqual(d, [("a", 1), ("b", [2, 3])])
+        self.assertNotEqual(d, None)
+        self.assertRaises(TypeError, hash, d)
+        self.assertRaises(TypeError, lambda: d < e)
+        # Inside a block: the block's view.
+        self.assertTrue(shared.atomic(
+            lambda: (d.__setitem__("c", 3), d == dict(same, c=3))[1]))
+        self.assertFalse(isinstance(d, collections.abc.Hashable))
+
+
 class CountsTests(SynchronousTestCase):
     def test_lanesSum(self):
         """
@@ -652,6 +689,29 @@ class CountsTests(SynchronousTestCase):
         self.assertEqual(sorted(t.items()), sorted(ref.items()))
         self.assertEqual(t["w3"], ref["w3"])
         self.assertEqual(len(t), len(ref))
+
+    def test_equality(self):
+        """
+        == as collections.Counter's: a tally equals another tally or a
+        Counter with the same counts (a key counted 0 is as one missing),
+        and any other mapping with the same items, as dicts compare; it
+        is unhashable, as Counter is.
+        """
+        t = shared.counts(fresh())
+        self.assertTrue(t == collections.Counter() and t == {})
+        t.update({"a": 2, "b": 1})
+        self.assertTrue(t == collections.Counter(a=2, b=1))
+        self.assertTrue(collections.Counter(a=2, b=1) == t)
+        self.assertTrue(t == {"a": 2, "b": 1} and {"a": 2, "b": 1} == t)
+        self.assertTrue(t != {"a": 2} and t != collections.Counter(a=2))
+        t.add("c", 0)
+        self.assertEqual(t, collections.Counter(a=2, b=1))
+        u = shared.counts(fresh())
+        self.assertNotEqual(t, u)
+        u.update({"a": 2, "b": 1})
+        self.assertTrue(t == u and not t != u)
+        self.assertNotEqual(t, [("a", 2), ("b", 1)])
+        self.assertRaises(TypeError, hash, t)
 
     def test_augmentedAssignmentAdds(self):
         """
@@ -1063,8 +1123,9 @@ class AtomicTests(SynchronousTestCase):
         self.assertIsNot(d1, d3)
         self.assertIsNot(c2, c3)
         for h in (d1, c1, d2, c2):
-            e = self.assertRaises(RuntimeError, len if h in (d1, d2) else
-                                  (lambda c: c.value), h)
+            # (Not `h in (d1, d2)`: == on a shared dict reads it.)
+            e = self.assertRaises(RuntimeError, (lambda c: c.value)
+                                  if h in (c1, c2) else len, h)
             self.assertIn("rolled back", str(e))
         self.assertEqual(d3["k"], 3)
         self.assertIs(shared.dict(name), d3)
