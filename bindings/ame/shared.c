@@ -74,6 +74,7 @@
 #include "shared.h"
 #include "shared_codec.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -196,10 +197,14 @@ static PyObject *heap_error(const char *what, int err) {
   return NULL;
 }
 
-/* Parse $AME_SHARED_SIZE: bytes, with an optional K, M or G (binary). */
+#define MIN_HEAP_SIZE ((size_t)4 << 20) /* ame_heap_create's least */
+
+/* Parse $AME_SHARED_SIZE: bytes, with an optional K, M or G (binary), at
+** least MIN_HEAP_SIZE. */
 static int parse_size(const char *s, size_t *out) {
   char *end;
   errno = 0;
+  if (*s < '0' || *s > '9') return -1; /* strtoull takes signs, spaces */
   unsigned long long v = strtoull(s, &end, 10);
   if (end == s || errno) return -1;
   unsigned shift = 0;
@@ -211,7 +216,21 @@ static int parse_size(const char *s, size_t *out) {
   if ((*end == 'b' || *end == 'B') && shift) end++;
   if (*end != '\0' || v > (SIZE_MAX >> shift)) return -1;
   *out = (size_t)v << shift;
-  return 0;
+  return *out < MIN_HEAP_SIZE ? -1 : 0;
+}
+
+/* Say why $AME_SHARED_HEAP (addr) could not be adopted (rc). */
+static void heap_adopt_error(const char *addr, int rc) {
+  if (rc == -ENOENT || rc == -EINVAL) /* nothing mapped, or not a page */
+    PyErr_Format(PyExc_OSError,
+                 "ame.shared: AME_SHARED_HEAP=%s: no heap is mapped at "
+                 "that address in this process (the ame command sets it "
+                 "for its workers; unset it to make a heap here)",
+                 addr);
+  else
+    PyErr_Format(PyExc_OSError,
+                 "ame.shared: the heap at AME_SHARED_HEAP=%s: %s", addr,
+                 ame_heap_strerror(rc));
 }
 
 /* The process's heap: adopted from $AME_SHARED_HEAP, or created anonymous
@@ -225,7 +244,7 @@ static ame_heap_t *heap_get(void) {
       char *end;
       errno = 0;
       unsigned long long a = strtoull(addr, &end, 16);
-      if (errno || *end || a == 0) {
+      if (!isxdigit((unsigned char)*addr) || errno || *end || a == 0) {
         PyErr_Format(PyExc_ValueError,
                      "ame.shared: AME_SHARED_HEAP=%s is not an address in "
                      "hex",
@@ -234,9 +253,7 @@ static ame_heap_t *heap_get(void) {
       }
       int rc = ame_heap_adopt((void *)(uintptr_t)a, &h);
       if (rc != 0) {
-        PyErr_Format(PyExc_OSError,
-                     "ame.shared: the heap at AME_SHARED_HEAP=%s: %s", addr,
-                     ame_heap_strerror(rc));
+        heap_adopt_error(addr, rc);
         return NULL;
       }
     } else {
@@ -244,8 +261,8 @@ static ame_heap_t *heap_get(void) {
       const char *size = getenv("AME_SHARED_SIZE");
       if (size && *size && parse_size(size, &cfg.size) < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "ame.shared: AME_SHARED_SIZE=%s is not a size (bytes, "
-                     "with K, M or G)",
+                     "ame.shared: AME_SHARED_SIZE=%s is not a size of at "
+                     "least 4M (bytes, with K, M or G; default 256M)",
                      size);
         return NULL;
       }

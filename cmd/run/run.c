@@ -45,6 +45,7 @@
 #endif
 
 #define DEFAULT_SHARED_SIZE ((size_t)256 << 20)
+#define MIN_SHARED_SIZE ((size_t)4 << 20) /* as --shared-size (opts.c) */
 
 /* The heap the workers share (ame.shared), made before they are forked. */
 static ame_heap_t *shared_heap;
@@ -299,9 +300,10 @@ static const char *resolve_io(const struct opts *o) {
 static int make_shared_heap(const struct opts *o) {
   size_t size = o->shared_size;
   const char *env = getenv("AME_SHARED_SIZE");
-  if (size == 0 && env && *env && ame_parse_size(env, &size) < 0) {
-    fprintf(stderr, "%s: AME_SHARED_SIZE wants bytes (e.g. 256M), not "
-                    "'%s'\n", o->cmd, env);
+  if (size == 0 && env && *env &&
+      (ame_parse_size(env, &size) < 0 || size < MIN_SHARED_SIZE)) {
+    fprintf(stderr, "%s: AME_SHARED_SIZE wants bytes, at least 4M (e.g. "
+                    "256M, 2G), not '%s'\n", o->cmd, env);
     return 1;
   }
   if (size == 0) size = DEFAULT_SHARED_SIZE;

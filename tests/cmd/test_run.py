@@ -138,12 +138,14 @@ def check_nothing_left(sid, what):
             pass
 
 
-def run_ame(ame, args, cwd=APPS, timeout=60):
-    """Run ame to completion in a session of its own; check that nothing
-    of it is left; return (status, stdout, stderr)."""
+def run_ame(ame, args, cwd=APPS, timeout=60, env=None):
+    """Run ame to completion in a session of its own (with env added to the
+    environment); check that nothing of it is left; return (status,
+    stdout, stderr)."""
     p = subprocess.Popen([ame] + args, cwd=cwd, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+                         start_new_session=True,
+                         env=dict(os.environ, **env) if env else None)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -436,6 +438,17 @@ def case_errors(ame):
         check(rc == 1 and err.startswith('ame run: setup_raises.py: ') and
               'Traceback' in err and 'in configure' in err,
               '-v: the one line, then the traceback')
+        # AME_SHARED_SIZE as --shared-size: at least 4M, one clear line
+        # (not "cannot make the shared heap ...: invalid argument").
+        for size in ('1M', '0', 'lots'):
+            rc, out, err = run_ame(ame, ['run', '--workers', '2',
+                                         'hello_web.py', '0'],
+                                   env={'AME_SHARED_SIZE': size})
+            check(rc == 1 and err.strip() == "ame run: AME_SHARED_SIZE "
+                  "wants bytes, at least 4M (e.g. 256M, 2G), not '%s'"
+                  % size and not out,
+                  'AME_SHARED_SIZE=%s: exit %d (1), says %r'
+                  % (size, rc, err.strip()))
         rc, out, err = run_ame(ame, ['run', 'exits.py', '3'])
         check(rc == 3 and not err, 'sys.exit(3) in setup: exit %d (3), no '
               'message %r' % (rc, err))

@@ -1675,14 +1675,31 @@ print("ok", len(d))
         rc, out = python(code, {"AME_SHARED_SIZE": "lots"})
         self.assertNotEqual(rc, 0)
         self.assertIn("AME_SHARED_SIZE=lots is not a size", out)
-        rc, out = python(code, {"AME_SHARED_SIZE": "1M"})
-        self.assertNotEqual(rc, 0)
-        self.assertIn("OSError: ame.shared: creating the heap", out)
-        rc, out = python(code, {"AME_SHARED_HEAP": "nothex"})
-        self.assertIn("AME_SHARED_HEAP=nothex is not an address", out)
-        rc, out = python(code, {"AME_SHARED_HEAP": "7f0000001000"})
-        self.assertNotEqual(rc, 0)
-        self.assertIn("the heap at AME_SHARED_HEAP=7f0000001000", out)
+        # Below the heap's least size (docs/shared.md: at least 4M), 0
+        # and signs included: a ValueError naming the variable, the value
+        # and what it takes, not the heap's "invalid argument".
+        for size in ("1M", "4194303", "0", "-1", "+8M", " 8M"):
+            rc, out = python(code, {"AME_SHARED_SIZE": size})
+            self.assertNotEqual(rc, 0, size)
+            self.assertIn("ValueError: ame.shared: AME_SHARED_SIZE=%s is "
+                          "not a size of at least 4M (bytes, with K, M or "
+                          "G; default 256M)" % size, out)
+        rc, out = python(code, {"AME_SHARED_SIZE": "4M"})
+        self.assertEqual(rc, 0, out)
+        for addr in ("nothex", "-1", "0"):
+            rc, out = python(code, {"AME_SHARED_HEAP": addr})
+            self.assertNotEqual(rc, 0, addr)
+            self.assertIn("ValueError: ame.shared: AME_SHARED_HEAP=%s is "
+                          "not an address in hex" % addr, out)
+        # An address where no heap is mapped (aligned or not): say so,
+        # and who sets the variable, not "No such file or directory".
+        for addr in ("7f0000001000", "7f0000001001"):
+            rc, out = python(code, {"AME_SHARED_HEAP": addr})
+            self.assertNotEqual(rc, 0, addr)
+            self.assertIn("OSError: ame.shared: AME_SHARED_HEAP=%s: no "
+                          "heap is mapped at that address in this process "
+                          "(the ame command sets it for its workers; unset "
+                          "it to make a heap here)" % addr, out)
         rc, out = python(code, {"AME_SHARED_SIZE": "64M"})
         self.assertEqual(rc, 0, out)
 
