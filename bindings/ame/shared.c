@@ -146,8 +146,13 @@ struct tstate {
   int collect;              /* a clear() ran: collect after commit */
   int wait_expired;         /* DOOM_WAIT timed out: blocking gets of the
                                next attempt do not wait */
-  PyObject *wait_obj;       /* DOOM_WAIT: the queue, and the deadline */
+  PyObject *wait_obj;       /* DOOM_WAIT: the queue, and the time left */
   PyObject *wait_timeout;
+  PyObject *deadlines;      /* ame.atomic: a blocking get's deadline
+                               (monotonic seconds, a float) by (queue,
+                               the take's number in its attempt), kept
+                               across the block's attempts, or NULL */
+  unsigned takes;           /* takes from queues by the running attempt */
   PyObject *deferred;       /* list of (callable, args, kwargs) or NULL */
   PyObject *rollback;       /* list of callables to call if the attempt
                                is rolled back, or NULL */
@@ -2110,6 +2115,7 @@ static PyObject *Queue_put(ShObject *self, PyObject *value) {
 static PyObject *queue_take(ShObject *self, PyObject *addr, int raise) {
   struct tstate *ts = obj_ts(self);
   if (ts == NULL) return NULL;
+  if (ts->depth > 0) ts->takes++; /* (shared_wait's deadlines) */
   struct op op = {.self = self};
   if (addr) {
     char *p;
@@ -2296,6 +2302,7 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
   volatile int rerun = 0, full = 0;
   PyObject *volatile result = NULL;
   ts->wait_expired = 0;
+  Py_CLEAR(ts->deadlines); /* a timeout counts from this call's waits */
   for (;;) {
     if (setjmp(env) != 0) {
       /* Aborted at commit. */
@@ -2318,6 +2325,7 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
     }
     ts->depth = 1;
     ts->doomed = DOOM_NONE;
+    ts->takes = 0;
     ts->attempt = ++attempts;
     PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
     ts->depth = 0;
@@ -2480,6 +2488,46 @@ static PyObject *shared_in_atomic(PyObject *m, PyObject *unused) {
   return PyBool_FromLong(amepy_shared_in_atomic());
 }
 
+/* The time a blocking get inside atomic (the attempt's last take, from q)
+** may still wait, as a float (None: no timeout): timeout seconds from the
+** first time this get waited in this ame.atomic call, whichever attempt
+** that was, so that reruns (a conflict, a value another participant took
+** first) do not start it again.  The get is told apart from the block's
+** others by its queue and its number among the attempt's takes.  Return
+** a new reference, or NULL with an exception set. */
+static PyObject *deadline_left(struct tstate *ts, PyObject *q,
+                               PyObject *timeout) {
+  if (timeout == Py_None) return Py_NewRef(Py_None);
+  double t = PyFloat_AsDouble(timeout);
+  if (t == -1.0 && PyErr_Occurred()) return NULL;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now); /* time.monotonic()'s clock */
+  double at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+  if (ts->deadlines == NULL && (ts->deadlines = PyDict_New()) == NULL)
+    return NULL;
+  PyObject *key = Py_BuildValue("(NI)",
+                                PyLong_FromVoidPtr(((ShObject *)q)->obj),
+                                ts->takes);
+  if (key == NULL) return NULL;
+  PyObject *deadline = PyDict_GetItemWithError(ts->deadlines, key);
+  double end;
+  if (deadline != NULL) {
+    end = PyFloat_AS_DOUBLE(deadline);
+  } else if (PyErr_Occurred()) {
+    Py_DECREF(key);
+    return NULL;
+  } else {
+    end = at + t;
+    PyObject *f = PyFloat_FromDouble(end);
+    int rc = f ? PyDict_SetItem(ts->deadlines, key, f) : -1;
+    Py_XDECREF(f);
+    Py_DECREF(key);
+    return rc < 0 ? NULL : PyFloat_FromDouble(t); /* the first wait */
+  }
+  Py_DECREF(key);
+  return PyFloat_FromDouble(end - at);
+}
+
 /* Inside atomic, a blocking get found the queue empty: end the attempt;
 ** atomic() waits for the queue and runs fn again.  If the last wait timed
 ** out, raise queue.Empty instead. */
@@ -2497,8 +2545,15 @@ static PyObject *shared_wait(PyObject *m, PyObject *args) {
     PyErr_SetNone(queue_empty);
     return NULL;
   }
+  PyObject *left = deadline_left(ts, q, timeout);
+  if (left == NULL) return NULL;
+  if (left != Py_None && PyFloat_AS_DOUBLE(left) <= 0) {
+    Py_DECREF(left);
+    PyErr_SetNone(queue_empty);
+    return NULL;
+  }
   Py_XSETREF(ts->wait_obj, Py_NewRef(q));
-  Py_XSETREF(ts->wait_timeout, Py_NewRef(timeout));
+  Py_XSETREF(ts->wait_timeout, left);
   ts->doomed = DOOM_WAIT;
   return raise_doomed(), NULL;
 }
@@ -2691,6 +2746,7 @@ static PyObject *shared_after_fork(PyObject *m, PyObject *unused) {
     attempt_discard(ts);
     Py_CLEAR(ts->wait_obj);
     Py_CLEAR(ts->wait_timeout);
+    Py_CLEAR(ts->deadlines);
   }
   Py_RETURN_NONE;
 }

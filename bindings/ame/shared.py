@@ -637,7 +637,9 @@ class Queue(_ame.SharedQueue):
         Remove and return the first value.  If there is none: with C{block}
         false, raise C{queue.Empty}; else wait (up to C{timeout} seconds,
         then raise C{queue.Empty}).  Inside C{ame.atomic}, waiting ends the
-        attempt, and the block runs again once the queue has a value.
+        attempt, and the block runs again once the queue has a value; the
+        timeout counts from this get's first wait, whatever reruns follow
+        (a conflict, a value another participant took first).
         """
         v = self._take()
         if v is not _EMPTY:

@@ -1319,6 +1319,69 @@ class AtomicTests(SynchronousTestCase):
             t.join()
         self.assertEqual(d["n"], 4500)
 
+    def test_blockingGetDeadline(self):
+        """
+        Inside atomic, get(timeout=T) waits T in all, counted from the
+        first time the block waited there, across the attempts it takes:
+        the block waits, a value arrives after 0.6 s and is taken by
+        another thread before the rerun's get, which waits again: for what
+        is left of T (it waited a full T again), then raises Empty.  Each
+        of two gets in a block has a timeout of its own.
+        """
+        T = 1.0
+        q = shared.queue(fresh())
+        waits = []
+        original = shared._wait
+
+        def wait(queue, timeout):
+            waits.append(timeout)
+            return original(queue, timeout)
+
+        _ame._shared_set_hooks(shared._notify, wait)
+        self.addCleanup(_ame._shared_set_hooks, shared._notify, original)
+        runs = []
+
+        def steal():
+            self.assertEqual(q.get_nowait(), "v")
+
+        def f():
+            runs.append(1)
+            if len(runs) == 2:  # the value came: another thread takes it
+                th = threading.Thread(target=steal)
+                th.start()
+                th.join()
+            return q.get(timeout=T)
+
+        timer = threading.Timer(0.6, q.put, ("v",))
+        timer.start()
+        t0 = time.monotonic()
+        self.assertRaises(stdqueue.Empty, ame.atomic, f)
+        took = time.monotonic() - t0
+        timer.join()
+        self.assertEqual(len(runs), 3)
+        self.assertEqual(len(waits), 2, waits)
+        self.assertEqual(waits[0], T)
+        self.assertLessEqual(waits[1], T - 0.5, waits)
+        self.assertLess(took, T + 0.5)
+
+        # Two gets: the second's T starts at its own first wait, not the
+        # first get's.
+        del waits[:], runs[:]
+        q2 = shared.queue(fresh())
+
+        def g():
+            runs.append(1)
+            return q.get(timeout=0.3), q2.get(timeout=0.3)
+
+        timer = threading.Timer(0.2, q.put, ("a",))
+        timer.start()
+        self.assertRaises(stdqueue.Empty, ame.atomic, g)
+        timer.join()
+        self.assertEqual(len(waits), 2, waits)
+        self.assertEqual(waits[0], 0.3)
+        self.assertGreater(waits[1], 0.25, waits)
+        self.assertEqual(q.get_nowait(), "a")  # rolled back: still there
+
     def test_blockingGetRetries(self):
         """
         Inside atomic, get() on an empty queue ends the attempt and runs
