@@ -30,6 +30,7 @@ the built-in module C{_ame_run} for N workers).
 """
 
 import gc
+import itertools
 import os
 import signal
 import sys
@@ -48,6 +49,7 @@ class _State:
     ran = False  # the program called reactor.run()
     worker = None  # the worker id, in a worker
     pidfile = None  # twistd's pid file (absolute), if it writes one
+    made = itertools.count()  # numbers TCP ports as they are made
 
 
 def main(cmd, mode, target, python, args, workers, grace, sockets, io,
@@ -226,11 +228,17 @@ def _becomeWorker(state, reactor, workers, grace, timeout):
 
     import _ame_run
 
-    ports = [
-        s
-        for s in set(reactor.getReaders())
-        if IListeningPort.providedBy(s) and not _isInternal(reactor, s)
-    ]
+    # In the order the program made them (a set's order is its objects'
+    # addresses'): the supervisor numbers its listeners so, and a reload's
+    # program, made in the same order, adopts them so (_adoptInherited).
+    ports = sorted(
+        (
+            s
+            for s in set(reactor.getReaders())
+            if IListeningPort.providedBy(s) and not _isInternal(reactor, s)
+        ),
+        key=_madeOrder,
+    )
     if not ports:
         sys.stderr.write(
             "ame run: warning: no listening port was opened before "
@@ -290,6 +298,16 @@ def _becomeWorker(state, reactor, workers, grace, timeout):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+def _madeOrder(port):
+    """A key that sorts listening ports in the order they were made."""
+    skt = getattr(port, "socket", None)
+    try:
+        fd = skt.fileno() if skt is not None else -1
+    except OSError:
+        fd = -1
+    return (getattr(port, "_ameMade", float("inf")), fd)
+
+
 def _isTCP(skt):
     import socket
 
@@ -333,6 +351,7 @@ def _serviceListeners(reuseport):
         create = tcp.Port.createInternetSocket
 
         def createInternetSocket(self):
+            self._ameMade = next(_State.made)  # (_madeOrder)
             s = create(self)
             if s.family not in (socket.AF_INET, socket.AF_INET6):
                 return s
@@ -376,9 +395,12 @@ def _adoptInherited():
             want = _normalAddress((_boundHost(self.interface,
                                               self.addressFamily),
                                    self.port))
-            for fd, (family, addr) in sorted(available.items()):
-                # Port 0 (the kernel's choice): the first one left on that
-                # host, so that the service keeps its port across reloads.
+            # In the listeners' order, which is the order in which the
+            # first program made them (_becomeWorker): a port 0 (the
+            # kernel's choice) takes the first one left on that host, so
+            # that each listenTCP(0) gets its own port back across reloads
+            # when the program makes its ports in the same order.
+            for fd, (family, addr) in list(available.items()):
                 if family == self.addressFamily and (
                         addr == want or
                         (want[1] == 0 and addr[0] == want[0])):

@@ -58,6 +58,9 @@ The program run is tests/cmd/run_apps/sup_web.py.  Cases:
             stray worker
   rehost    a program that listens on interface="localhost" reloads: the
             new program adopts the socket bound to 127.0.0.1
+  ephemeral a program that listens with listenTCP(0) six times
+            (run_apps/ephemeral.py) reloads twice: each listener answers
+            on the port it had at first
   dropped   after a reload drops one of two listeners, a worker killed
             and a worker added (SIGTTIN) start and serve with no word of
             the dropped listener
@@ -727,6 +730,44 @@ def case_rehost(ame):
     check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
 
 
+def _tags(ports):
+    """What each port answers ("LK VERSION"), or None where nothing."""
+    out = []
+    for p in ports:
+        try:
+            with socket.create_connection(('127.0.0.1', p), timeout=5) as c:
+                out.append(c.makefile('rb').readline().decode().strip())
+        except OSError:
+            out.append(None)
+    return out
+
+
+def case_ephemeral(ame):
+    d = T.scratch_dir()
+    put = _put_in(d)
+    put('version', '1')
+    srv = start(['run', '--workers', '2', 'ephemeral.py', d])
+    m = srv.wait_line('out', r'ports ([\d,]+)')
+    if not check(m and srv.wait_line('err', r'2 worker\(s\) serving'),
+                 'six listeners on ports the kernel picked: serving'):
+        return srv.stop(signal.SIGKILL)
+    ports = [int(p) for p in m.group(1).split(',')]
+    for version in ('2', '3'):
+        want = ['L%d %s' % (k, version) for k in range(6)]
+        put('version', version)
+        at = len(srv.err)
+        os.kill(srv.p.pid, signal.SIGHUP)
+        m = srv.wait_line('err', r'reload: generation \d+ serves|reload '
+                          r'failed', start=at)
+        check(m and 'serves' in m.group(0),
+              'SIGHUP: %s' % (m and m.group(0)))
+        check(wait_until(lambda: _tags(ports) == want),
+              'version %s: each listenTCP(0) keeps its own port: %s'
+              % (version, _tags(ports)))
+    rc = srv.stop()
+    check(rc == 0, 'SIGTERM: exit %s (0)' % rc)
+
+
 def case_dropped(ame):
     d = T.scratch_dir()
     put = _put_in(d)
@@ -1147,6 +1188,7 @@ CASES = {
     'startfail': case_startfail, 'resize': case_resize,
     'reload': case_reload, 'recycle': case_recycle, 'stray': case_stray,
     'rehup': case_rehup, 'zygote': case_zygote, 'rehost': case_rehost,
+    'ephemeral': case_ephemeral,
     'dropped': case_dropped, 'slowstart': case_slowstart,
     'metrics': case_metrics, 'page': case_page,
 }
