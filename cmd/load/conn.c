@@ -26,6 +26,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdlib.h>
 
 #define RECONNECT_MS 50 /* wait after a failed connect */
 
@@ -90,11 +91,43 @@ static int schedule(ld_conn_t *c, ame_stream_t *s, ld_stats_t *ws,
   return ame_timer_start(ld_run.r, ms, 0, rate_cb, (void *)d, NULL);
 }
 
-/* A --rate timer: write the request on the slot's stream if it is still
-** the stream that asked.  Runs on any worker, so it touches only the
-** slot's shared part. */
-static void clear_inflight(void *arg) { ld_set_idle(arg); }
+/* A --rate timer's request, sent once its transaction commits. */
+struct rate_send {
+  ld_conn_t *c;
+  ame_stream_t *s; /* kept alive until the commit handlers return */
+  uint32_t epoch;  /* s's generation */
+};
 
+/* Take back the time `since` that a --rate send published on c, unless
+** something else has been stored there since (the next stream's). */
+static void unpublish(ld_conn_t *c, uint64_t since) {
+  __atomic_compare_exchange_n(&c->inflight_since, &since, 0, 0,
+                              __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+/* After rate_cb commits: publish the time, then (as ld_send_now) read the
+** draining flag, then write.  The time is visible only from here, never
+** from an attempt that aborts.  on_close may have committed since rate_cb
+** did (it runs on the stream's worker, this on any): closed_commit stores
+** closed_epoch before it clears the time, and this reads closed_epoch
+** after publishing it, so either the clear comes after the publication
+** or this sees the close and takes the time back. */
+static void rate_send_commit(void *arg) {
+  struct rate_send *r = arg;
+  ld_conn_t *c = r->c;
+  uint64_t now = ld_now_ns();
+  if (now == 0) now = 1;
+  LD_STORE_SC(&c->inflight_since, now);
+  if (LD_LOAD_SC(&ld_run.draining) ||
+      (uint32_t)LD_LOAD_SC(&c->closed_epoch) != r->epoch ||
+      ame_stream_write(r->s, ld_run.request, ld_run.request_len) < 0)
+    unpublish(c, now); /* a closing stream: its on_close reconnects */
+  free(r);
+}
+
+/* A --rate timer: write the request on the slot's stream, once this
+** commits, if it is still the stream that asked.  Runs on any worker, so
+** it touches only the slot's shared part. */
 static int rate_cb(ame_tx_t *tx, ame_timer_t *t) {
   uintptr_t d = (uintptr_t)ame_handle_data(t);
   ld_conn_t *c = &ld_run.conns[d >> 32];
@@ -102,18 +135,16 @@ static int rate_cb(ame_tx_t *tx, ame_timer_t *t) {
   if ((uint32_t)ame_load_word_tx(tx, &c->epoch_w) != (uint32_t)d) return 0;
   ame_stream_t *s = ame_load_ptr_tx(tx, (void *const *)&c->stream_w);
   if (s == NULL) return 0;
-  /* An attempt that aborts after publishing the time takes it back. */
-  int rc = ame_tx_on_abort(tx, clear_inflight, c);
-  if (rc) return rc;
-  uint64_t now = ld_now_ns();
-  LD_STORE_SC(&c->inflight_since, now);
-  if (LD_LOAD_SC(&ld_run.draining)) {
-    ld_set_idle(c);
-    return 0;
+  struct rate_send *r = malloc(sizeof *r);
+  if (r == NULL) return -ENOMEM;
+  *r = (struct rate_send){.c = c, .s = s, .epoch = (uint32_t)d};
+  int rc = ame_tx_on_commit(tx, rate_send_commit, r);
+  if (rc) {
+    free(r);
+    return rc;
   }
-  if (ame_stream_write(s, ld_run.request, ld_run.request_len) < 0)
-    ld_set_idle(c); /* closing: its on_close reconnects */
-  return 0;
+  /* An abort drops the commit handler: free r then. */
+  return ame_tx_on_abort(tx, free, r);
 }
 
 /* Is p's response an interim one (1xx but 101, RFC 9110 15.2), which
@@ -255,8 +286,14 @@ static int on_eof(ame_tx_t *tx, ame_stream_t *s) {
   return ld_plain_eof(tx, c, s, ws);
 }
 
-/* After on_close commits: the slot has nothing in flight. */
-static void closed_commit(void *arg) { ld_set_idle(arg); }
+/* After on_close commits: the slot's stream is closed (closed_epoch, for a
+** --rate send that committed before this: rate_send_commit) and has
+** nothing in flight. */
+static void closed_commit(void *arg) {
+  ld_conn_t *c = arg;
+  LD_STORE_SC(&c->closed_epoch, c->epoch);
+  ld_set_idle(c);
+}
 
 /* A slot's wait after a failed connect is over.  The slot has no stream,
 ** so nothing else touches it meanwhile. */

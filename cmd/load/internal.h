@@ -46,7 +46,11 @@
 **     (the reactor frees handles through the STM's deferred free).  The
 **     time the request in flight was written is a plain atomic, written
 **     before the draining flag is read (and the deadline sets that flag
-**     before reading the times), so the two sides cannot both miss.
+**     before reading the times), so the two sides cannot both miss.  A
+**     --rate timer publishes it only once its transaction has committed
+**     (an aborted attempt's time was seen by on_close as a request in
+**     flight), and takes it back if the stream's on_close committed
+**     first (closed_epoch, set before on_close's commit clears the time).
 **   - Rare global events (the first connection open, connect failures
 **     before any) are STM words: a conflict there costs a re-run at start.
 ** Progress totals are read with relaxed atomic loads of the per-worker
@@ -127,6 +131,8 @@ typedef struct ld_conn {
                               written (ns), 0 when there is none */
   uint64_t timed_out;      /* atomic: epoch+1 of a stream the housekeeper
                               aborted for a timeout */
+  uint64_t closed_epoch;   /* atomic: the epoch after the last stream
+                              whose on_close committed (0: none yet) */
   uint64_t timeout_epoch;  /* the housekeeper's: what it will store there */
   unsigned index;          /* immutable: this slot's number */
 } ld_conn_t;
