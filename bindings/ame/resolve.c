@@ -32,7 +32,7 @@ struct gai_entry {
 struct gai_query {
   struct core *c;
   PyObject *callback;       /* py: owned reference */
-  int status;               /* worker: 0 or a negative EAI/errno code */
+  int status;               /* worker: 0 or a negative errno value */
   const struct addrinfo *res; /* worker: valid during the callback only */
   struct gai_entry *entries;
   size_t n;
@@ -115,8 +115,9 @@ int ame__getaddrinfo(struct core *c, const char *host, const char *service,
 static PyObject *gai_result(const struct gai_query *q) {
   if (q->status < 0) {
     int st = q->status;
-    /* libuv maps EAI_* codes to its own UV_EAI_* numbers; say what
-    ** getaddrinfo would (socket.gaierror is an OSError). */
+    /* ame_resolve gives an errno value (-ENOENT: no such name); the
+    ** message is what getaddrinfo would say (socket.gaierror is an
+    ** OSError). */
     const char *msg = st == -ENOMEM ? "out of memory" : "name resolution failed";
     return Py_BuildValue("(is)", st, msg);
   }

@@ -9,6 +9,10 @@
 ** the request and the answer are freed.  The host, service and hints are
 ** copied, so the caller's may go at once.  Once the reactor is being
 ** freed (quiet), the answer is dropped without calling back.
+**
+** libuv reports getaddrinfo's errors as its own UV_EAI_* numbers (-3000
+** and below), which are no errno values; the callback gets the errno value
+** that says the same (errno_of), as ame/reactor.h promises.
 */
 #include "internal.h"
 
@@ -33,6 +37,35 @@ static void resolve_free(struct resolve *q) {
   free(q);
 }
 
+/* The negative errno value for a status of uv_getaddrinfo: a UV_EAI_*
+** code mapped as ame_resolve()'s contract says, anything else (0, an
+** errno value: libuv turns EAI_SYSTEM into the errno) unchanged. */
+static int errno_of(int status) {
+  switch (status) {
+  case UV_EAI_NONAME:     /* the name, or the service, does not exist */
+  case UV_EAI_NODATA:     /* it exists, with no address */
+  case UV_EAI_ADDRFAMILY: /* ... with no address of the family asked */
+  case UV_EAI_SERVICE:    /* no such service for the socket type */
+    return -ENOENT;
+  case UV_EAI_AGAIN: return -EAGAIN;
+  case UV_EAI_MEMORY: return -ENOMEM;
+  case UV_EAI_FAIL: return -EIO;
+  case UV_EAI_FAMILY: return -EAFNOSUPPORT;
+  case UV_EAI_SOCKTYPE: return -ESOCKTNOSUPPORT;
+  case UV_EAI_PROTOCOL: return -EPROTONOSUPPORT;
+  case UV_EAI_BADFLAGS:
+  case UV_EAI_BADHINTS:
+    return -EINVAL;
+  case UV_EAI_OVERFLOW: return -EOVERFLOW;
+  case UV_EAI_CANCELED: return -ECANCELED;
+  default:
+    /* Another UV_EAI_* (none is known today): a failure all the same. */
+    return status <= UV_EAI_ADDRFAMILY && status >= UV_EAI_PROTOCOL
+               ? -EIO
+               : status;
+  }
+}
+
 static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   struct resolve *q = req->data;
   struct worker *w = ame__current();
@@ -40,7 +73,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   if (!LOAD(&q->r->quiet)) {
     AME_ATOMIC(w->tx) {
       ame_tx_set_site(w->tx, "resolve");
-      rc = q->cb(w->tx, status, res, q->data);
+      rc = q->cb(w->tx, errno_of(status), res, q->data);
     }
   }
   ame__cb_done(w, NULL, "resolve callback", rc);
@@ -57,7 +90,7 @@ static int op_resolve(struct op *op) {
   if (rc != 0) {
     volatile int rc2 = 0;
     if (!LOAD(&q->r->quiet)) {
-      AME_ATOMIC(w->tx) { rc2 = q->cb(w->tx, rc, NULL, q->data); }
+      AME_ATOMIC(w->tx) { rc2 = q->cb(w->tx, errno_of(rc), NULL, q->data); }
     }
     ame__cb_done(w, NULL, "resolve callback", rc2);
     resolve_free(q);

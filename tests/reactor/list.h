@@ -51,6 +51,7 @@
   X(udp_multicast, 20)                                                        \
   X(signal_usr1, 20)                                                          \
   X(resolve, 30)                                                              \
+  X(resolve_errors, 20)                                                       \
   X(poll_pipe, 20)                                                            \
   X(call_foreign_threads, 30)                                                 \
   X(before_poll_hook, 20)                                                     \

@@ -357,6 +357,66 @@ TEST_IMPL(resolve) {
   rt_finish(g_r, fds);
 }
 
+/* A failed resolution is reported with a negative errno value, as every
+** error of the reactor (not libuv's UV_EAI_* numbers, which no errno
+** value equals): -ENOENT for a name or service that does not exist, so
+** that "not found" stays told apart from the other failures, each
+** getaddrinfo error mapped to the errno value that says the same.  The
+** queries are numeric or malformed: none goes to a name server. */
+enum { RE_N = 5 };
+static struct {
+  atomic_int status[RE_N];
+  atomic_int calls;
+} g_re;
+
+static int re_cb(ame_tx_t *tx, int status, const struct addrinfo *res,
+                 void *data) {
+  ASSERT_NULL(res);
+  atomic_store(&g_re.status[(uintptr_t)data], status);
+  commit_inc(tx, &g_re.calls);
+  return 0;
+}
+
+TEST_IMPL(resolve_errors) {
+  int fds = fd_baseline();
+  g_r = rt_new(1, NULL);
+  static const struct {
+    const char *host, *service;
+    int family, socktype, flags;
+    int want;
+  } cases[RE_N] = {
+      /* not an address, and no name may be looked up: EAI_NONAME */
+      {"1.2.3.4.5", NULL, AF_UNSPEC, 0, AI_NUMERICHOST, -ENOENT},
+      /* no such service: EAI_SERVICE */
+      {"127.0.0.1", "no-such-service-ame", AF_INET, SOCK_STREAM, 0,
+       -ENOENT},
+      /* EAI_FAMILY */
+      {"127.0.0.1", NULL, 12345, 0, 0, -EAFNOSUPPORT},
+      /* EAI_SOCKTYPE */
+      {"127.0.0.1", "80", AF_UNSPEC, 12345, 0, -ESOCKTNOSUPPORT},
+      /* EAI_BADFLAGS */
+      {"127.0.0.1", NULL, AF_UNSPEC, 0, 0x7fff0000, -EINVAL},
+  };
+  for (uintptr_t i = 0; i < RE_N; i++) {
+    struct addrinfo hints = {.ai_family = cases[i].family,
+                             .ai_socktype = cases[i].socktype,
+                             .ai_flags = cases[i].flags};
+    ASSERT_EQ(ame_resolve(g_r, cases[i].host, cases[i].service, &hints,
+                          re_cb, (void *)i),
+              0);
+  }
+  struct rt rt;
+  rt_start(&rt, g_r);
+  ASSERT_WAIT(atomic_load(&g_re.calls) == RE_N, 20000);
+  rt_stop(&rt);
+  for (int i = 0; i < RE_N; i++)
+    printf("# case %d: %d (%s)\n", i, atomic_load(&g_re.status[i]),
+           strerror(-atomic_load(&g_re.status[i])));
+  for (int i = 0; i < RE_N; i++)
+    ASSERT_EQ(atomic_load(&g_re.status[i]), cases[i].want);
+  rt_finish(g_r, fds);
+}
+
 /* ------------------------------------------------------------------------
 ** Watching descriptors: a pipe's ends.  The write end is first watched for
 ** nothing useful, changed to writable, writes a byte and stops; the read

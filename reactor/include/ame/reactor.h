@@ -396,7 +396,16 @@ AME_REACTOR_EXTERN int ame_signal_start(ame_reactor_t *r, int signum,
 AME_REACTOR_EXTERN void ame_signal_stop(ame_signal_t *s);
 
 /* Resolve host/service (libuv's getaddrinfo on its thread pool); cb gets
-** the list (freed after cb returns) or a negative status. */
+** the list (freed after cb returns) and status 0, or NULL and a negative
+** errno value, as every error here (never getaddrinfo's EAI_* codes, nor
+** libuv's UV_EAI_*): -ENOENT the name or the service does not exist, or
+** has no address (of the family asked for) (EAI_NONAME, EAI_NODATA,
+** EAI_ADDRFAMILY, EAI_SERVICE); -EAGAIN a temporary failure, such as no
+** answer from the name server (EAI_AGAIN); -EIO a permanent one
+** (EAI_FAIL); -ENOMEM; -EAFNOSUPPORT, -ESOCKTNOSUPPORT, -EPROTONOSUPPORT,
+** -EINVAL for hints that getaddrinfo refuses (EAI_FAMILY, EAI_SOCKTYPE,
+** EAI_PROTOCOL, EAI_BADFLAGS); any other errno getaddrinfo met (EAI_SYSTEM).
+** Return 0, or -EINVAL / -ENOMEM (then no callback). */
 typedef int (*ame_resolve_cb)(ame_tx_t *tx, int status,
                               const struct addrinfo *res, void *data);
 AME_REACTOR_EXTERN int ame_resolve(ame_reactor_t *r, const char *host,
