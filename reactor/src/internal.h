@@ -246,14 +246,15 @@ int ame__stream_adopt_fd(struct worker *w, int fd, int is_unix,
                          const ame_stream_cbs_t *cbs, void *data,
                          ame_stream_t **out, int call_open);
 void ame__stream_stop(ame_handle_t *h);
-/* A stream for a child's stdio: new (a socket pair: the stream's end, and
-** *child_fd, blocking and close-on-exec, for uv_spawn to give the child;
-** the caller closes it after the spawn), then opened once the child runs
-** (read: on_data for what the child writes; else its stdin, never read;
-** return 0, or a libuv error: then the stream is gone), or discarded if
-** it did not. */
-ame_stream_t *ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs,
-                            void *data, int *child_fd);
+/* A stream for a child's stdio: new (a socket pair: the stream's end, in
+** *out, and *child_fd, blocking and close-on-exec, for uv_spawn to give
+** the child; the caller closes it after the spawn; return 0, or the
+** error that stopped it: socketpair's -EMFILE, -ENFILE, ..., or -ENOMEM),
+** then opened once the child runs (read: on_data for what the child
+** writes; else its stdin, never read; return 0, or a libuv error: then
+** the stream is gone), or discarded if it did not. */
+int ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs, void *data,
+                  ame_stream_t **out, int *child_fd);
 int ame__pipe_opened(ame_stream_t *s, int read);
 void ame__pipe_discard(ame_stream_t *s);
 void ame__streams_abort_all(struct worker *w);

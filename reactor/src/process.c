@@ -121,15 +121,17 @@ static int do_spawn(ame_process_t *p) {
       io[i].data.fd = i;
       continue;
     }
-    p->stdio[i] = ame__pipe_new(w, cbs[i], o->data, &child_fd[i]);
-    if (p->stdio[i] == NULL) {
+    /* Its error is what happened (-EMFILE for a full descriptor table),
+    ** not folded into -ENOMEM. */
+    int rc = ame__pipe_new(w, cbs[i], o->data, &p->stdio[i], &child_fd[i]);
+    if (rc != 0) {
       for (int k = 0; k < i; k++)
         if (p->stdio[k]) {
           ame__pipe_discard(p->stdio[k]);
           close(child_fd[k]);
         }
       memset(p->stdio, 0, sizeof p->stdio);
-      return UV_ENOMEM;
+      return rc;
     }
     io[i].flags = UV_INHERIT_FD;
     io[i].data.fd = child_fd[i];

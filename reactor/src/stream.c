@@ -1154,23 +1154,24 @@ int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
 ** libuv's UV_CREATE_PIPE makes), the other end the child's.
 */
 
-ame_stream_t *ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs,
-                            void *data, int *child_fd) {
+int ame__pipe_new(struct worker *w, const ame_stream_cbs_t *cbs, void *data,
+                  ame_stream_t **out, int *child_fd) {
   static const ame_stream_cbs_t none;
   int sv[2];
   /* Both ends blocking (the child's must be); ours is made non-blocking
   ** by uv_poll_init once the child runs. */
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-    return NULL;
+    return -errno; /* -EMFILE, -ENFILE, ... */
   ame_stream_t *s = stream_new(w->r, w, K_UNIX, cbs ? cbs : &none, data);
   if (s == NULL) {
     close(sv[0]);
     close(sv[1]);
-    return NULL;
+    return -ENOMEM;
   }
   s->sock = sv[0];
   *child_fd = sv[1];
-  return s;
+  *out = s;
+  return 0;
 }
 
 void ame__pipe_discard(ame_stream_t *s) {

@@ -64,6 +64,7 @@
   X(spawn_errors_kill, 20)                                                    \
   X(spawn_kill_deferred, 20)                                                  \
   X(spawn_stdio_outlives_exit, 20)                                            \
+  X(spawn_emfile, 20)                                                         \
   /* faults: test_faults.c */                                                 \
   X(accept_emfile, 30)                                                        \
   X(peer_gone, 20)                                                            \

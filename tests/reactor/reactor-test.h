@@ -29,6 +29,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -63,6 +64,24 @@ static inline int fd_count(void) {
       n++;
   closedir(d);
   return n - 1; /* the directory's own descriptor */
+}
+
+/* The lowest limit (RLIMIT_NOFILE) under which exactly `room` more
+** descriptors can be opened. */
+static inline rlim_t limit_for_room(int room) {
+  for (rlim_t l = 3;; l++) {
+    int used = 0;
+    DIR *d = opendir("/proc/self/fd");
+    ASSERT_NOT_NULL(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+      if (e->d_name[0] != '.' && (rlim_t)atoi(e->d_name) < l &&
+          atoi(e->d_name) != dirfd(d))
+        used++;
+    closedir(d);
+    if ((rlim_t)used + (rlim_t)room == l)
+      return l;
+  }
 }
 
 /* Create and free a reactor once, so that whatever libuv opens once per

@@ -80,24 +80,6 @@ static int emfile_child(int port, int to_parent, int from_parent) {
   return 0;
 }
 
-/* The lowest limit under which exactly `room` more descriptors can be
-** opened. */
-static rlim_t limit_for_room(int room) {
-  for (rlim_t l = 3;; l++) {
-    int used = 0;
-    DIR *d = opendir("/proc/self/fd");
-    ASSERT_NOT_NULL(d);
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL)
-      if (e->d_name[0] != '.' && (rlim_t)atoi(e->d_name) < l &&
-          atoi(e->d_name) != dirfd(d))
-        used++;
-    closedir(d);
-    if ((rlim_t)used + (rlim_t)room == l)
-      return l;
-  }
-}
-
 TEST_IMPL(accept_emfile) {
   int fds = fd_baseline();
   FILE *log = tmpfile();

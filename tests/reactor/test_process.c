@@ -2,8 +2,9 @@
 ** tests/reactor/test_process.c — child processes: stdout and stderr
 ** captured through pipe streams, a stdin pipe, exit statuses and signals,
 ** environment and working directory, a program that does not exist, a
-** spawn asked for in a transaction, a kill asked for in one, and a
-** process whose stdio streams outlive its exit.
+** spawn asked for in a transaction, a kill asked for in one, a process
+** whose stdio streams outlive its exit, and a spawn that finds the
+** descriptor table full.
 */
 #include "reactor-test.h"
 
@@ -354,5 +355,71 @@ TEST_IMPL(spawn_stdio_outlives_exit) {
   ASSERT_EQ(atomic_load(&g_po_late), 1);
   ASSERT_EQ(atomic_load(&g_po_pid_seen), pid);
   rt_stop(&rt);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
+** A spawn that finds the descriptor table full says so: -EMFILE, what the
+** socket pair for a stdio stream met, as the call's result outside a
+** transaction and as on_exit's status inside one (not -ENOMEM: memory
+** did not run out).  A pair made before the one that failed is given
+** back.
+*/
+
+static struct child g_mf_c;
+
+static int mf_call(ame_tx_t *tx, void *arg) {
+  (void)tx;
+  (void)arg;
+  ame_process_t *p;
+  ame_process_options_t o =
+      opts("/bin/true", (char *[]){"true", NULL}, &g_mf_c);
+  ASSERT_EQ(ame_spawn(g_r, &o, &p), 0); /* at commit */
+  return 0;
+}
+
+TEST_IMPL(spawn_emfile) {
+  int fds = fd_baseline();
+  g_r = rt_new(1, NULL);
+  struct rlimit old, low;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  int before = fd_count();
+  ame_process_t *p;
+  ame_process_options_t o =
+      opts("/bin/true", (char *[]){"true", NULL}, &g_mf_c);
+  /* No room at all: stdout's pair cannot be made. */
+  low.rlim_cur = limit_for_room(0);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  int full = ame_spawn(g_r, &o, &p);
+  /* Room for one pair: stdin's is made, stdout's is not. */
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  low.rlim_cur = limit_for_room(2);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  o.pipe_stdin = 1;
+  int one_pair = ame_spawn(g_r, &o, &p);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  printf("# no room: %d (%s); room for one pair: %d (%s)\n", full,
+         strerror(-full), one_pair, strerror(-one_pair));
+  ASSERT_EQ(full, -EMFILE);
+  ASSERT_EQ(one_pair, -EMFILE);
+  ASSERT_EQ(fd_count(), before);
+  /* Inside a transaction: on_exit gets it. */
+  struct rt rt;
+  rt_start(&rt, g_r);
+  low.rlim_cur = limit_for_room(0);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  ASSERT_EQ(ame_reactor_call(g_r, mf_call, NULL), 0);
+  int exited = WAIT_UNTIL(atomic_load(&g_mf_c.exits) == 1, 10000);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  ASSERT(exited);
+  long st = atomic_load(&g_mf_c.status);
+  printf("# in a transaction: on_exit status %ld (%s)\n", st,
+         strerror((int)-st));
+  ASSERT_EQ(st, -EMFILE);
+  ASSERT_EQ(atomic_load(&g_mf_c.term_signal), 0);
+  rt_stop(&rt);
+  ASSERT_EQ(atomic_load(&g_mf_c.exits), 1);
+  ASSERT_EQ(atomic_load(&g_mf_c.out_closes), 0);
   rt_finish(g_r, fds);
 }

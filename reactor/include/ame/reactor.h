@@ -444,9 +444,11 @@ typedef struct ame_process_options {
   void *data;
 } ame_process_options_t;
 
-/* Start a child.  Return 0 and set *out, or -errno (-ENOENT, ...) with no
-** callback.  Inside a transaction the child starts at commit, and a failure
-** to start shows as on_exit with status -errno. */
+/* Start a child.  Return 0 and set *out, or -errno with no callback:
+** -ENOENT (no such program), -EMFILE / -ENFILE (no descriptor left for
+** its stdio pipes, or for the spawn itself), -ENOMEM, ....  Inside a
+** transaction the child starts at commit, and a failure to start shows as
+** on_exit with status -errno (the same values). */
 AME_REACTOR_EXTERN int ame_spawn(ame_reactor_t *r,
                                  const ame_process_options_t *opts,
                                  ame_process_t **out);
