@@ -88,7 +88,8 @@ static int schedule(ld_conn_t *c, ame_stream_t *s, ld_stats_t *ws,
   }
   uint64_t ms = (c->intended_ns - now) / 1000000; /* early rather than late */
   uintptr_t d = ((uintptr_t)c->index << 32) | c->epoch;
-  return ame_timer_start(ld_run.r, ms, 0, rate_cb, (void *)d, NULL);
+  int rc = ame_timer_start(ld_run.r, ms, 0, rate_cb, (void *)d, NULL);
+  return rc == -ESHUTDOWN ? 0 : rc; /* the stop is under way: no more */
 }
 
 /* A --rate timer's request, sent once its transaction commits. */
@@ -335,8 +336,9 @@ static void on_close(ame_tx_t *tx, ame_stream_t *s, int status) {
     else if (status < 0 && !stopped)
       ld_bump(&ws->errors[LD_ERR_READ], 1);
     if (since && ld_run.rate > 0) c->intended_ns += ld_run.interval_ns;
-    if (!draining && !stopped && ld_reconnect(c) != 0)
-      ld_bump(&ws->errors[LD_ERR_CONNECT], 1);
+    /* (-ESHUTDOWN: the reactor's stop took effect since we looked.) */
+    int rc = !draining && !stopped ? ld_reconnect(c) : 0;
+    if (rc != 0 && rc != -ESHUTDOWN) ld_bump(&ws->errors[LD_ERR_CONNECT], 1);
     return;
   }
   /* The connect failed (or the stop came first). */

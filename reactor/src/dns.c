@@ -104,6 +104,7 @@ int ame_resolve(ame_reactor_t *r, const char *host, const char *service,
                 const struct addrinfo *hints, ame_resolve_cb cb, void *data) {
   if (r == NULL || cb == NULL || (host == NULL && service == NULL))
     return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct resolve *q = calloc(1, sizeof *q);
   if (q == NULL) return -ENOMEM;
   q->r = r;

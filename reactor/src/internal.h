@@ -138,6 +138,15 @@ struct ame_reactor {
   uint64_t accept_errors;    /* atomic */
 };
 
+/* Nonzero once ame_reactor_stop() has taken effect, for good (a reactor
+** runs once): the calls that make a handle or a request then refuse with
+** -ESHUTDOWN and make nothing, as ame_reactor_call() does.  Any thread.
+** One that passed the check as the stop took effect on another thread
+** makes what the stop closes (stopping mode). */
+static inline int ame__stopped(const ame_reactor_t *r) {
+  return LOAD(&r->stopping);
+}
+
 /* The worker the calling thread is, or NULL. */
 struct worker *ame__current(void);
 

@@ -103,6 +103,7 @@ static int op_poll_change(struct op *op) {
 int ame_poll_start(ame_reactor_t *r, int fd, int events, ame_poll_cb cb,
                    void *data, ame_poll_t **out) {
   if (r == NULL || fd < 0 || cb == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   /* What epoll would refuse, refused here, where the caller sees it. */
   struct stat st;
   if (fstat(fd, &st) != 0) return -errno;

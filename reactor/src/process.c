@@ -214,6 +214,7 @@ int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
   if (r == NULL || opts == NULL || opts->file == NULL || opts->args == NULL ||
       out == NULL)
     return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   ame_process_t *p = calloc(1, sizeof *p);
   if (p == NULL) return -ENOMEM;
   struct worker *cur = ame__current();

@@ -59,6 +59,7 @@ static int op_signal_start(struct op *op) {
 int ame_signal_start(ame_reactor_t *r, int signum, ame_signal_cb cb,
                      void *data, ame_signal_t **out) {
   if (r == NULL || cb == NULL || signum <= 0 || signum >= 65) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   ame_signal_t *s = calloc(1, sizeof *s);
   if (s == NULL) return -ENOMEM;
   ame__handle_init(&s->h, H_SIGNAL, r, &r->workers[0], data);

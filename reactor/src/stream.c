@@ -867,6 +867,7 @@ int ame_tcp_listen(ame_reactor_t *r, const char *host, int port, int flags,
                    int backlog, const ame_stream_cbs_t *cbs, void *data,
                    ame_listener_t **out) {
   if (r == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct sockaddr_storage sa;
   int rc = ame__parse_addr(host, port, &sa);
   if (rc) return rc;
@@ -916,6 +917,7 @@ int ame_unix_listen(ame_reactor_t *r, const char *path, int backlog,
                     const ame_stream_cbs_t *cbs, void *data,
                     ame_listener_t **out) {
   if (r == NULL || path == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct sockaddr_un sun = {.sun_family = AF_UNIX};
   if (strlen(path) >= sizeof sun.sun_path) return -ENAMETOOLONG;
   strcpy(sun.sun_path, path);
@@ -946,6 +948,7 @@ int ame_unix_listen(ame_reactor_t *r, const char *path, int backlog,
 int ame_listen_fd(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
                   void *data, ame_listener_t **out) {
   if (r == NULL || fd < 0 || cbs == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct sockaddr_storage sa;
   socklen_t len = sizeof sa;
   int accepting = 0;
@@ -1061,6 +1064,7 @@ int ame_tcp_connect(ame_reactor_t *r, const char *host, int port,
                     const ame_stream_cbs_t *cbs, void *data,
                     ame_stream_t **out) {
   if (r == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct sockaddr_storage sa;
   int rc = ame__parse_addr(host, port, &sa);
   if (rc) return rc;
@@ -1074,6 +1078,7 @@ int ame_unix_connect(ame_reactor_t *r, const char *path,
                      const ame_stream_cbs_t *cbs, void *data,
                      ame_stream_t **out) {
   if (r == NULL || path == NULL || cbs == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct sockaddr_un sun;
   if (strlen(path) >= sizeof sun.sun_path) return -ENAMETOOLONG;
   ame_stream_t *s = stream_new(r, ame__pick_worker(r), K_UNIX, cbs, data);
@@ -1117,6 +1122,7 @@ static void adopt_undo(void *arg) {
 int ame_stream_adopt(ame_reactor_t *r, int fd, const ame_stream_cbs_t *cbs,
                      void *data, ame_stream_t **out) {
   if (r == NULL || fd < 0 || cbs == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct sockaddr_storage sa;
   socklen_t len = sizeof sa;
   if (getsockname(fd, (struct sockaddr *)&sa, &len) != 0) return -errno;

@@ -106,6 +106,7 @@ int ame_timer_start(ame_reactor_t *r, uint64_t timeout_ms,
                     uint64_t repeat_ms, ame_timer_cb cb, void *data,
                     ame_timer_t **out) {
   if (r == NULL || cb == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   ame_timer_t *t = calloc(1, sizeof *t);
   if (t == NULL) return -ENOMEM;
   struct worker *w = ame__current() && ame__current()->r == r

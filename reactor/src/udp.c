@@ -89,6 +89,7 @@ static void udp_undo(void *arg) {
 int ame_udp_bind(ame_reactor_t *r, const char *host, int port, int flags,
                  ame_udp_recv_cb cb, void *data, ame_udp_t **out) {
   if (r == NULL || cb == NULL || out == NULL) return -EINVAL;
+  if (ame__stopped(r)) return -ESHUTDOWN;
   struct sockaddr_storage sa;
   int rc = ame__parse_addr(host, port, &sa);
   if (rc) return rc;

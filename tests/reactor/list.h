@@ -73,6 +73,7 @@
   X(stop_flushes_writes, 30)                                                  \
   X(stop_drain_timeout, 20)                                                   \
   X(free_without_run, 20)                                                     \
-  X(stop_before_run, 20)
+  X(stop_before_run, 20)                                                      \
+  X(stopped_refuses, 20)
 
 #endif /* AME_TESTS_REACTOR_TEST_LIST_H */

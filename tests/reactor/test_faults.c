@@ -3,7 +3,7 @@
 ** descriptors left for accept(), peers that reset or vanish while we
 ** write, slow readers, callbacks that fail, and stopping (gracefully with
 ** writes in flight, after the drain time-out, before running, twice) or
-** freeing a reactor that never ran.
+** freeing a reactor that never ran; what is asked for once it stopped.
 */
 #include "reactor-test.h"
 
@@ -660,6 +660,146 @@ TEST_IMPL(stop_before_run) {
   close(sv[0]);
   close(sv[1]);
   waitpid(-1, NULL, 0);
+  ASSERT_EQ(fd_count(), fds);
+  ame_stm_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** Once the stop has taken effect, every call that makes a handle or a
+** request refuses with -ESHUTDOWN and makes nothing, as ame_reactor_call
+** does: from a callback that runs during the stop (a stream's on_close),
+** after ame_reactor_run has returned, and before a reactor stopped
+** before running runs.  No descriptor is left open, no socket file made,
+** no child started, nothing calls back.
+*/
+
+enum { RF_N = 12 };
+static const char *const g_rf_what[RF_N] = {
+    "ame_tcp_listen",  "ame_unix_listen", "ame_listen_fd",
+    "ame_tcp_connect", "ame_unix_connect", "ame_stream_adopt",
+    "ame_timer_start", "ame_udp_bind",    "ame_signal_start",
+    "ame_poll_start",  "ame_resolve",     "ame_spawn"};
+
+/* Ask for one handle or request of each kind; rc[i] gets what each
+** call returned. */
+static void ask_each(ame_reactor_t *r, const char *dir, int lfd, int pfd,
+                     int sfd, int rc[RF_N]) {
+  ame_listener_t *l;
+  ame_stream_t *s;
+  char path[128];
+  snprintf(path, sizeof path, "%s/sock", dir);
+  rc[0] = ame_tcp_listen(r, "127.0.0.1", 0, 0, 0, &nb_cbs, NULL, &l);
+  rc[1] = ame_unix_listen(r, path, 0, &nb_cbs, NULL, &l);
+  rc[2] = ame_listen_fd(r, lfd, &nb_cbs, NULL, &l);
+  rc[3] = ame_tcp_connect(r, "127.0.0.1", 9, &nb_cbs, NULL, &s);
+  rc[4] = ame_unix_connect(r, path, &nb_cbs, NULL, &s);
+  rc[5] = ame_stream_adopt(r, sfd, &nb_cbs, NULL, &s);
+  ame_timer_t *t;
+  rc[6] = ame_timer_start(r, 0, 0, nb_timer, NULL, &t);
+  ame_udp_t *u;
+  rc[7] = ame_udp_bind(r, "127.0.0.1", 0, 0, nb_udp, NULL, &u);
+  ame_signal_t *sg;
+  rc[8] = ame_signal_start(r, SIGUSR2, nb_signal, NULL, &sg);
+  ame_poll_t *p;
+  rc[9] = ame_poll_start(r, pfd, AME_WRITABLE, nb_poll, NULL, &p);
+  rc[10] = ame_resolve(r, "localhost", NULL, NULL, nb_resolve, NULL);
+  ame_process_options_t po = {.file = "/bin/true",
+                              .args = (char *[]){"true", NULL},
+                              .on_exit = nb_exit};
+  ame_process_t *pr;
+  rc[11] = ame_spawn(r, &po, &pr);
+}
+
+/* Print what each call returned, then check that each refused. */
+static void check_refused(const char *when, const int rc[RF_N]) {
+  for (int i = 0; i < RF_N; i++)
+    printf("# %s: %s: %d (%s)\n", when, g_rf_what[i], rc[i],
+           rc[i] ? strerror(-rc[i]) : "made");
+  for (int i = 0; i < RF_N; i++)
+    ASSERT_EQ(rc[i], -ESHUTDOWN);
+}
+
+static struct {
+  const char *dir;
+  int lfd, pfd, sfd;
+  int rc[RF_N];
+  atomic_int closes;
+} g_rf;
+
+static int rf_open(ame_tx_t *tx, ame_stream_t *s) {
+  (void)tx, (void)s;
+  atomic_fetch_add(&g_nb[NB_OPEN], 1);
+  return 0;
+}
+
+/* During the stop: whatever it asks for is refused. */
+static void rf_close(ame_tx_t *tx, ame_stream_t *s, int status) {
+  (void)s, (void)status;
+  ask_each(g_r, g_rf.dir, g_rf.lfd, g_rf.pfd, g_rf.sfd, g_rf.rc);
+  commit_inc(tx, &g_rf.closes);
+}
+
+static const ame_stream_cbs_t rf_cbs = {.on_open = rf_open,
+                                        .on_close = rf_close};
+
+TEST_IMPL(stopped_refuses) {
+  int fds = fd_baseline();
+  char dir[] = "/tmp/ame-test-XXXXXX";
+  ASSERT_NOT_NULL(mkdtemp(dir));
+  int p[2], sv[2], one[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, one), 0);
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(lfd, 0);
+  struct sockaddr_storage sa;
+  socklen_t len = sock_addr(&sa, "127.0.0.1", 0);
+  ASSERT_EQ(bind(lfd, (struct sockaddr *)&sa, len), 0);
+  ASSERT_EQ(listen(lfd, 8), 0);
+  g_rf.dir = dir;
+  g_rf.lfd = lfd;
+  g_rf.pfd = p[1];
+  g_rf.sfd = sv[0];
+  int mine = fd_count();
+  /* A stream whose on_close runs during the stop. */
+  g_r = rt_new(2, NULL);
+  ame_stream_t *s;
+  ASSERT_EQ(ame_stream_adopt(g_r, one[0], &rf_cbs, NULL, &s), 0);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  ASSERT_WAIT(atomic_load(&g_nb[NB_OPEN]) == 1, 10000);
+  rt_stop(&rt); /* (the peer open: the stream closes only for the stop) */
+  ASSERT_EQ(atomic_load(&g_rf.closes), 1);
+  check_refused("during the stop", g_rf.rc);
+  /* After ame_reactor_run returned. */
+  int rc[RF_N];
+  ask_each(g_r, dir, lfd, p[1], sv[0], rc);
+  check_refused("after the run", rc);
+  ame_reactor_free(g_r);
+  /* Stopped before it runs. */
+  g_r = rt_new(2, NULL);
+  ame_reactor_stop(g_r);
+  ask_each(g_r, dir, lfd, p[1], sv[0], rc);
+  check_refused("stopped, before the run", rc);
+  ASSERT_EQ(ame_reactor_run(g_r), 0);
+  ame_reactor_free(g_r);
+  close(one[0]);
+  close(one[1]);
+  ASSERT_EQ(fd_count(), mine - 2);
+  ASSERT_EQ(atomic_load(&g_nb[NB_OPEN]), 1); /* the stream's own */
+  ASSERT_EQ(nb_total(), 1);
+  char path[128];
+  snprintf(path, sizeof path, "%s/sock", dir);
+  struct stat st;
+  ASSERT_NE(stat(path, &st), 0); /* no socket file made */
+  ASSERT_EQ(rmdir(dir), 0);
+  ASSERT_EQ(waitpid(-1, NULL, WNOHANG), -1); /* no child started */
+  ASSERT_EQ(errno, ECHILD);
+  close(p[0]);
+  close(p[1]);
+  close(sv[0]);
+  close(sv[1]);
+  close(lfd);
   ASSERT_EQ(fd_count(), fds);
   ame_stm_shutdown();
 }

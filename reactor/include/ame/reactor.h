@@ -39,6 +39,17 @@
 ** callback returns 0, or a negative error to say it failed: the reactor
 ** logs the failure with its cause, closes the stream (if any) and goes on.
 **
+** Stopped.  Once ame_reactor_stop() has taken effect (at once outside a
+** transaction, at commit inside one), and for good (a reactor runs once),
+** every call that makes a handle or a request (listens, adopts, connects,
+** timers, UDP sockets, signals, watches, resolves, spawns), as well as
+** ame_reactor_call() and ame_reactor_task(), returns -ESHUTDOWN and makes
+** nothing: from the callbacks the stop still runs (on_close, ...), after
+** ame_reactor_run() has returned, before it runs if stopped first.  A
+** call on another thread that races with the stop may still succeed; what
+** it made is then closed by the stop like the rest (a stream's on_close,
+** a child's on_exit get -ESHUTDOWN).
+**
 ** Thread safety: ame_reactor_call(), ame_reactor_stop() and
 ** ame_reactor_task() may be called from any thread; everything else from a
 ** worker (inside callbacks) or from the thread that created the reactor
@@ -320,7 +331,8 @@ AME_REACTOR_EXTERN void ame_listener_close(ame_listener_t *l);
 
 /* Connect to host:port (numeric address) or a Unix path.  The stream is
 ** returned at once; on_open runs when connected, or on_close with the
-** error.  Return 0 or -EINVAL / -ENOMEM (then no callback). */
+** error.  Return 0 or -EINVAL / -ENOMEM / -ESHUTDOWN (then no
+** callback). */
 AME_REACTOR_EXTERN int ame_tcp_connect(ame_reactor_t *r, const char *host,
                                        int port, const ame_stream_cbs_t *cbs,
                                        void *data, ame_stream_t **out);
@@ -344,7 +356,7 @@ typedef int (*ame_timer_cb)(ame_tx_t *tx, ame_timer_t *t);
 
 /* Call cb after timeout_ms, then every repeat_ms if repeat_ms > 0.  The
 ** timer belongs to the calling worker (worker 0 from outside).  Return 0
-** and set *out (may be NULL), or -ENOMEM.
+** and set *out (may be NULL), or -ENOMEM, or -ESHUTDOWN once stopping.
 **
 ** Its memory: a timer whose pointer was asked for (out not NULL) is freed
 ** once ame_timer_cancel() has taken effect — fired or not, a one-shot
@@ -405,7 +417,7 @@ AME_REACTOR_EXTERN void ame_signal_stop(ame_signal_t *s);
 ** (EAI_FAIL); -ENOMEM; -EAFNOSUPPORT, -ESOCKTNOSUPPORT, -EPROTONOSUPPORT,
 ** -EINVAL for hints that getaddrinfo refuses (EAI_FAMILY, EAI_SOCKTYPE,
 ** EAI_PROTOCOL, EAI_BADFLAGS); any other errno getaddrinfo met (EAI_SYSTEM).
-** Return 0, or -EINVAL / -ENOMEM (then no callback). */
+** Return 0, or -EINVAL / -ENOMEM / -ESHUTDOWN (then no callback). */
 typedef int (*ame_resolve_cb)(ame_tx_t *tx, int status,
                               const struct addrinfo *res, void *data);
 AME_REACTOR_EXTERN int ame_resolve(ame_reactor_t *r, const char *host,
