@@ -481,12 +481,34 @@ size_t ame_stream_write_queue(const ame_stream_t *s) {
 }
 
 /* Any thread: the owner reads them at its next write or flush. */
-void ame_stream_set_watermarks(ame_stream_t *s, size_t high, size_t low) {
+static void set_watermarks(ame_stream_t *s, size_t high, size_t low) {
   if (high == 0) high = LOAD(&s->high);
   if (low == 0) low = LOAD(&s->low);
   if (low > high) low = high;
   STORE(&s->high, high);
   STORE(&s->low, low);
+}
+
+static int op_watermarks(struct op *op) {
+  set_watermarks((ame_stream_t *)op->h, (size_t)op->a, (size_t)op->b);
+  return 0;
+}
+
+/* Inside a transaction an op, as the other effects: set at commit (after
+** the ops asked before it, before those asked after), never by an attempt
+** that aborts. */
+void ame_stream_set_watermarks(ame_stream_t *s, size_t high, size_t low) {
+  if (s == NULL) return;
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    struct op *op = ame__op_new(op_watermarks, &s->h, NULL, 0);
+    if (op == NULL) return; /* closed and gone, or out of memory */
+    op->a = (uint64_t)high;
+    op->b = (uint64_t)low;
+    ame__op_submit(op);
+    return;
+  }
+  set_watermarks(s, high, low);
 }
 
 int ame_stream_fd(const ame_stream_t *s) { return LOAD(&s->fd); }

@@ -11,7 +11,9 @@
 ** with the datagram copied in; the owner sends it at once, and queues it
 ** in libuv only when the socket would block.  The descriptor and the port
 ** are fixed at bind, so any thread may read them (ame_udp_fd,
-** ame_udp_port) and change group memberships on the descriptor.
+** ame_udp_port).  A group membership change is made on the descriptor at
+** once outside a transaction; inside one it is an op, as a send is, so
+** that an attempt that aborts changes nothing.
 */
 #include "internal.h"
 
@@ -180,30 +182,55 @@ int ame_udp_send(ame_udp_t *u, const struct sockaddr *to, const void *data,
 int ame_udp_port(const ame_udp_t *u) { return u->port; }
 int ame_udp_fd(const ame_udp_t *u) { return u->fd; }
 
+/* The membership change asked for by a transaction that committed, on
+** the owner: a socket closed meanwhile is left alone (its descriptor may
+** be another's by now); a failure is logged, the caller having had 0. */
+static int op_membership(struct op *op) {
+  ame_udp_t *u = (ame_udp_t *)op->h;
+  if (u->h.state != HS_OPEN && u->h.state != HS_NEW) return 0;
+  if (setsockopt(u->fd, (int)op->a, (int)op->b, op->data,
+                 (socklen_t)op->len) != 0)
+    ame__log(u->h.r, "udp membership: %s", strerror(errno));
+  return 0;
+}
+
 int ame_udp_membership(ame_udp_t *u, const char *group, const char *iface,
                        int join) {
   if (u == NULL || group == NULL) return -EINVAL;
   struct in_addr g4, i4 = {htonl(INADDR_ANY)};
   struct in6_addr g6;
+  struct ip_mreq m4;
+  struct ipv6_mreq m6;
+  int level, name;
+  const void *m;
+  socklen_t len;
   if (inet_pton(AF_INET, group, &g4) == 1) {
     if (iface && inet_pton(AF_INET, iface, &i4) != 1) return -EINVAL;
-    struct ip_mreq m = {g4, i4};
-    return setsockopt(u->fd, IPPROTO_IP,
-                      join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP, &m,
-                      sizeof m) == 0
-               ? 0
-               : -errno;
+    m4 = (struct ip_mreq){g4, i4};
+    level = IPPROTO_IP;
+    name = join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP;
+    m = &m4;
+    len = sizeof m4;
+  } else if (inet_pton(AF_INET6, group, &g6) == 1) {
+    m6 = (struct ipv6_mreq){.ipv6mr_multiaddr = g6};
+    if (iface) m6.ipv6mr_interface = if_nametoindex(iface);
+    level = IPPROTO_IPV6;
+    name = join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP;
+    m = &m6;
+    len = sizeof m6;
+  } else {
+    return -EINVAL;
   }
-  if (inet_pton(AF_INET6, group, &g6) == 1) {
-    struct ipv6_mreq m = {.ipv6mr_multiaddr = g6};
-    if (iface) m.ipv6mr_interface = if_nametoindex(iface);
-    return setsockopt(u->fd, IPPROTO_IPV6,
-                      join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP, &m,
-                      sizeof m) == 0
-               ? 0
-               : -errno;
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) {
+    struct op *op = ame__op_new(op_membership, &u->h, NULL, len);
+    if (op == NULL) return LOAD(&u->h.refs) == 0 ? -EBADF : -ENOMEM;
+    op->a = (uint64_t)level;
+    op->b = (uint64_t)name;
+    memcpy(op->data, m, len);
+    return ame__op_submit(op);
   }
-  return -EINVAL;
+  return setsockopt(u->fd, level, name, m, len) == 0 ? 0 : -errno;
 }
 
 void ame_udp_close(ame_udp_t *u) { ame__handle_stop(&u->h); }

@@ -41,6 +41,7 @@
   X(stream_pause_resume, 20)                                                  \
   X(stream_shutdown, 20)                                                      \
   X(stream_watermarks, 30)                                                    \
+  X(stream_watermarks_deferred, 20)                                           \
   X(stream_large_write, 60)                                                   \
   X(stream_close_kinds, 20)                                                   \
   X(stream_close_linger, 30)                                                  \
@@ -49,6 +50,7 @@
   /* other handles: test_misc.c */                                            \
   X(udp_send_recv, 20)                                                        \
   X(udp_multicast, 20)                                                        \
+  X(udp_membership_deferred, 20)                                              \
   X(signal_usr1, 20)                                                          \
   X(resolve, 30)                                                              \
   X(resolve_errors, 20)                                                       \

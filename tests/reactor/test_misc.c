@@ -241,6 +241,84 @@ TEST_IMPL(udp_multicast) {
 }
 
 /* ------------------------------------------------------------------------
+** A membership change asked for in a transaction is made at commit, and
+** not at all by an attempt that aborts.  One worker: the change (an op on
+** the socket's owner) is made before the next commit handler runs, so
+** the test thread sees it once the call has committed.  It probes from
+** outside: joining a group the socket is in fails with -EADDRINUSE,
+** leaving one it is not in with -EADDRNOTAVAIL.
+*/
+
+static const char *const g_md_group = "239.255.77.2";
+static ame_udp_t *g_md_u;
+static atomic_int g_md_done;
+
+/* arg: 1 join, 0 leave; +2: the first attempt aborts. */
+static int md_call(ame_tx_t *tx, void *arg) {
+  uintptr_t what = (uintptr_t)arg;
+  ASSERT_EQ(ame_udp_membership(g_md_u, "not-a-group", NULL, 1), -EINVAL);
+  if ((what & 2) == 0 || ame_tx_attempt(tx) == 0)
+    ASSERT_EQ(ame_udp_membership(g_md_u, g_md_group, "127.0.0.1",
+                                 (int)(what & 1)),
+              0);
+  if (what & 2 && ame_tx_attempt(tx) == 0)
+    ame_tx_abort(tx);
+  commit_inc(tx, &g_md_done);
+  return 0;
+}
+
+static void md_post(uintptr_t what) {
+  int n = atomic_load(&g_md_done);
+  ASSERT_EQ(ame_reactor_call(g_r, md_call, (void *)what), 0);
+  ASSERT_WAIT(atomic_load(&g_md_done) == n + 1, 10000);
+}
+
+static int md_recv(ame_tx_t *tx, ame_udp_t *u, const char *data, size_t len,
+                   const struct sockaddr *from) {
+  (void)tx, (void)u, (void)data, (void)len, (void)from;
+  return 0;
+}
+
+TEST_IMPL(udp_membership_deferred) {
+  int fds = fd_baseline();
+  g_r = rt_new(1, NULL);
+  ASSERT_EQ(ame_udp_bind(g_r, "0.0.0.0", 0, 0, md_recv, NULL, &g_md_u), 0);
+  int rc = ame_udp_membership(g_md_u, g_md_group, "127.0.0.1", 1);
+  if (rc != 0) {
+    ame_reactor_free(g_r);
+    TEST_SKIP("cannot join %s on 127.0.0.1 here (%s)", g_md_group,
+              strerror(-rc));
+  }
+  ASSERT_EQ(ame_udp_membership(g_md_u, g_md_group, "127.0.0.1", 0), 0);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  /* A join by an attempt that aborts: not a member. */
+  md_post(2 | 1);
+  int join_after_aborted = ame_udp_membership(g_md_u, g_md_group,
+                                              "127.0.0.1", 1);
+  /* Now a member: a leave by an attempt that aborts leaves it one. */
+  if (join_after_aborted != 0)
+    ASSERT_EQ(join_after_aborted, -EADDRINUSE);
+  md_post(2 | 0);
+  int leave_after_aborted = ame_udp_membership(g_md_u, g_md_group,
+                                               "127.0.0.1", 0);
+  printf("# after an aborted join, a join gives %d; after an aborted "
+         "leave, a leave gives %d\n",
+         join_after_aborted, leave_after_aborted);
+  ASSERT_EQ(join_after_aborted, 0);
+  ASSERT_EQ(leave_after_aborted, 0);
+  /* A join that commits is made; so is a leave. */
+  md_post(1);
+  ASSERT_EQ(ame_udp_membership(g_md_u, g_md_group, "127.0.0.1", 1),
+            -EADDRINUSE);
+  md_post(0);
+  ASSERT_EQ(ame_udp_membership(g_md_u, g_md_group, "127.0.0.1", 0),
+            -EADDRNOTAVAIL);
+  rt_stop(&rt);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
 ** Signals.
 */
 

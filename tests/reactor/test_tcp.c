@@ -886,6 +886,86 @@ TEST_IMPL(stream_watermarks) {
 }
 
 /* ------------------------------------------------------------------------
+** Watermarks set in a transaction take effect at commit, and not at all
+** for an attempt that aborts.  Two streams over socket pairs each write
+** WD_LEN bytes from on_open, far under the reactor's high watermark (1
+** MiB) and far over WD_HIGH, to a peer that has not read yet.  Stream 0's
+** first attempt sets WD_HIGH and WD_LOW and aborts: its queue never goes
+** over its high watermark, so no on_drain.  Stream 1 sets them in the
+** attempt that commits, before its write: over the high watermark, then
+** on_drain once the peer has read.
+*/
+
+enum { WD_LEN = 256 << 10, WD_HIGH = 4096, WD_LOW = 1024 };
+
+static struct {
+  atomic_int opens, drains[2], closes[2];
+} g_wd;
+
+static char *g_wd_buf;
+
+static int wd_open(ame_tx_t *tx, ame_stream_t *s) {
+  uintptr_t k = (uintptr_t)ame_handle_data(s);
+  if (k == 0 && ame_tx_attempt(tx) == 0) {
+    ame_stream_set_watermarks(s, WD_HIGH, WD_LOW);
+    ame_tx_abort(tx);
+  }
+  if (k == 1) ame_stream_set_watermarks(s, WD_HIGH, WD_LOW);
+  commit_inc(tx, &g_wd.opens);
+  return ame_stream_write(s, g_wd_buf, WD_LEN);
+}
+
+static int wd_drain(ame_tx_t *tx, ame_stream_t *s) {
+  commit_inc(tx, &g_wd.drains[(uintptr_t)ame_handle_data(s)]);
+  return 0;
+}
+
+static void wd_close(ame_tx_t *tx, ame_stream_t *s, int status) {
+  (void)status;
+  commit_inc(tx, &g_wd.closes[(uintptr_t)ame_handle_data(s)]);
+}
+
+static const ame_stream_cbs_t wd_cbs = {
+    .on_open = wd_open, .on_drain = wd_drain, .on_close = wd_close};
+
+TEST_IMPL(stream_watermarks_deferred) {
+  int fds = fd_baseline();
+  g_wd_buf = calloc(1, WD_LEN);
+  ASSERT_NOT_NULL(g_wd_buf);
+  g_r = rt_new(1, NULL);
+  int sv[2][2];
+  for (uintptr_t k = 0; k < 2; k++) {
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[k]), 0);
+    int sz = 4096; /* small: the queue is ours to see */
+    ASSERT_EQ(setsockopt(sv[k][0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz),
+              0);
+    sock_timeouts(sv[k][1], RT_IO_TIMEOUT_MS);
+    ame_stream_t *s;
+    ASSERT_EQ(ame_stream_adopt(g_r, sv[k][0], &wd_cbs, (void *)k, &s), 0);
+    close(sv[k][0]);
+  }
+  struct rt rt;
+  rt_start(&rt, g_r);
+  ASSERT_WAIT(atomic_load(&g_wd.opens) == 2, 10000);
+  char *buf = malloc(WD_LEN);
+  ASSERT_NOT_NULL(buf);
+  for (int k = 0; k < 2; k++) {
+    recv_exact(sv[k][1], buf, WD_LEN);
+    close(sv[k][1]); /* EOF: the stream closes */
+    ASSERT_WAIT(atomic_load(&g_wd.closes[k]) == 1, 10000);
+  }
+  free(buf);
+  rt_stop(&rt);
+  printf("# on_drain: %d after the aborted attempt's watermarks, %d after "
+         "the committed ones\n",
+         atomic_load(&g_wd.drains[0]), atomic_load(&g_wd.drains[1]));
+  ASSERT_EQ(atomic_load(&g_wd.drains[0]), 0);
+  ASSERT_EQ(atomic_load(&g_wd.drains[1]), 1);
+  free(g_wd_buf);
+  rt_finish(g_r, fds);
+}
+
+/* ------------------------------------------------------------------------
 ** A very large write (64 MiB in one ame_stream_write) arrives intact, and
 ** so does a very large upload.
 */

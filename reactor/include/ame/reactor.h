@@ -272,7 +272,10 @@ AME_REACTOR_EXTERN void ame_stream_resume(ame_stream_t *s);
 /* Bytes queued for writing and not yet sent (as of the last commit). */
 AME_REACTOR_EXTERN size_t ame_stream_write_queue(const ame_stream_t *s);
 
-/* Set this stream's watermarks (0 keeps the reactor's). */
+/* Set this stream's watermarks (0 keeps the current one: the reactor's
+** unless set before).  Inside a transaction they are set at commit, in
+** order with the stream's other effects (a write asked for after them
+** is measured against them), and not at all by an attempt that aborts. */
 AME_REACTOR_EXTERN void ame_stream_set_watermarks(ame_stream_t *s, size_t high,
                                                   size_t low);
 
@@ -392,7 +395,13 @@ AME_REACTOR_EXTERN int ame_udp_send(ame_udp_t *u, const struct sockaddr *to,
                                     const void *data, size_t len);
 AME_REACTOR_EXTERN int ame_udp_port(const ame_udp_t *u);
 AME_REACTOR_EXTERN int ame_udp_fd(const ame_udp_t *u);
-/* Join or leave a multicast group (interface may be NULL). */
+/* Join or leave a multicast group (interface may be NULL: any).  Return 0
+** or -errno: -EINVAL for a group or interface that is no address, else
+** setsockopt's (-EADDRINUSE: already joined, -EADDRNOTAVAIL: not a
+** member, ...).  Inside a transaction the change is made at commit, on
+** the socket's worker, in order with its sends, and not at all by an
+** attempt that aborts: the call checks the addresses and returns 0, and a
+** failure at commit is logged. */
 AME_REACTOR_EXTERN int ame_udp_membership(ame_udp_t *u, const char *group,
                                           const char *iface, int join);
 AME_REACTOR_EXTERN void ame_udp_close(ame_udp_t *u);
