@@ -119,7 +119,7 @@ static pthread_key_t ts_key;    /* its destructor leaves the heap */
 static PyObject *Conflict;      /* _ame._Conflict */
 static PyObject *queue_empty;   /* queue.Empty */
 static PyObject *notify_hook;   /* ame.shared._notify(obj, version) */
-static PyObject *wait_hook;     /* ame.shared._wait(obj, deadline) */
+static PyObject *wait_hook;     /* ame.shared._wait(obj, timeout, seen) */
 static PyObject *conflict_table;/* (name, kind, key bytes | None) -> n */
 static PyTypeObject *dict_type, *counter_type, *queue_type, *channel_type;
 static PyObject *empty_marker;  /* _ame._EMPTY: what _take() returns */
@@ -138,6 +138,15 @@ struct touch {
   size_t koff, klen;        /* its key in tstate.tkeys (klen 0: none) */
 };
 
+/* What an attempt of ame.atomic took from a queue (values it found) less
+** what it put there: when a get finds the queue empty, this is how many
+** values its snapshot had, so that the wait ends when more than that are
+** in, not at once because the rollback put back what the attempt took. */
+struct qnet {
+  const void *obj;          /* the queue (ShObject.obj) */
+  long n;
+};
+
 struct tstate {
   ame_tx_t *tx;             /* this thread's descriptor, or NULL */
   unsigned gen;             /* enter_gen when it was taken */
@@ -153,6 +162,10 @@ struct tstate {
                                the take's number in its attempt), kept
                                across the block's attempts, or NULL */
   unsigned takes;           /* takes from queues by the running attempt */
+  struct qnet *qnet;        /* the running attempt's values taken less
+                               values put, by queue (qnet_add) */
+  size_t nqnet, cqnet;
+  long wait_seen;           /* DOOM_WAIT: qnet of the queue waited for */
   PyObject *deferred;       /* list of (callable, args, kwargs) or NULL */
   PyObject *rollback;       /* list of callables to call if the attempt
                                is rolled back, or NULL */
@@ -191,6 +204,7 @@ static void ts_destroy(void *arg) {
   amepy_buf_free(&ts->tkeys);
   amepy_buf_free(&ts->pend);
   free(ts->touch);
+  free(ts->qnet);
   if (tls_ts == ts) tls_ts = NULL;
   free(ts);
 }
@@ -2102,12 +2116,39 @@ static PyObject *Counter_isub(PyObject *a, PyObject *b) {
 
 /* Queues. */
 
+/* Inside ame.atomic: the running attempt's qnet entry for q, or NULL. */
+static struct qnet *qnet_find(struct tstate *ts, const void *q) {
+  for (size_t i = 0; i < ts->nqnet; i++)
+    if (ts->qnet[i].obj == q) return &ts->qnet[i];
+  return NULL;
+}
+
+/* Inside ame.atomic: the running attempt took (d = 1) or put (d = -1) a
+** value of self.  Return 0, or -1 with an exception set. */
+static int qnet_add(struct tstate *ts, ShObject *self, long d) {
+  if (ts->depth == 0) return 0;
+  struct qnet *e = qnet_find(ts, self->obj);
+  if (e == NULL) {
+    if (ts->nqnet == ts->cqnet) {
+      size_t c = ts->cqnet ? 2 * ts->cqnet : 4;
+      struct qnet *n = realloc(ts->qnet, c * sizeof *n);
+      if (n == NULL) return PyErr_NoMemory(), -1;
+      ts->qnet = n;
+      ts->cqnet = c;
+    }
+    e = &ts->qnet[ts->nqnet++];
+    *e = (struct qnet){.obj = self->obj, .n = 0};
+  }
+  e->n += d;
+  return 0;
+}
+
 static PyObject *Queue_put(ShObject *self, PyObject *value) {
   struct tstate *ts = obj_ts(self);
   struct op op = {.self = self};
   if (ts == NULL || op_value(&op, ts, value) < 0 ||
       run_op(ts, &op, body_put, "ame.shared.queue.put") < 0 ||
-      notify(ts, self, &op) < 0)
+      qnet_add(ts, self, -1) < 0 || notify(ts, self, &op) < 0)
     return NULL;
   Py_RETURN_NONE;
 }
@@ -2125,7 +2166,7 @@ static PyObject *queue_take(ShObject *self, PyObject *addr, int raise) {
     op.kl = (size_t)n;
   }
   if (run_op(ts, &op, body_take, "ame.shared.queue.get") < 0) return NULL;
-  if (op.found) return out_value(ts);
+  if (op.found) return qnet_add(ts, self, 1) < 0 ? NULL : out_value(ts);
   if (raise) {
     PyErr_SetNone(queue_empty);
     return NULL;
@@ -2326,6 +2367,7 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
     ts->depth = 1;
     ts->doomed = DOOM_NONE;
     ts->takes = 0;
+    ts->nqnet = 0;
     ts->attempt = ++attempts;
     PyObject *r = PyObject_Vectorcall(fn, args, (size_t)nargs, kwnames);
     ts->depth = 0;
@@ -2360,13 +2402,17 @@ static PyObject *atomic_run(struct tstate *ts, PyObject *fn,
         rerun = 1;
         continue;
       }
-      /* DOOM_WAIT: wait for the queue (ame.shared._wait), then run it
-      ** again; if the wait timed out, its get() raises queue.Empty. */
+      /* DOOM_WAIT: wait for the queue (ame.shared._wait) to have more
+      ** values than the attempt's snapshot had, then run it again; if the
+      ** wait timed out, its get() raises queue.Empty. */
       PyObject *q = ts->wait_obj, *timeout = ts->wait_timeout;
       ts->wait_obj = ts->wait_timeout = NULL;
-      PyObject *w = wait_hook ? PyObject_CallFunctionObjArgs(
-                                    wait_hook, q, timeout, NULL)
-                              : NULL;
+      PyObject *seen = PyLong_FromLong(ts->wait_seen);
+      PyObject *w = wait_hook && seen ? PyObject_CallFunctionObjArgs(
+                                            wait_hook, q, timeout, seen,
+                                            NULL)
+                                      : NULL;
+      Py_XDECREF(seen);
       Py_XDECREF(q);
       Py_XDECREF(timeout);
       if (w == NULL) {
@@ -2552,8 +2598,12 @@ static PyObject *shared_wait(PyObject *m, PyObject *args) {
     PyErr_SetNone(queue_empty);
     return NULL;
   }
+  struct qnet *e = PyObject_TypeCheck(q, queue_type)
+                       ? qnet_find(ts, ((ShObject *)q)->obj)
+                       : NULL;
   Py_XSETREF(ts->wait_obj, Py_NewRef(q));
   Py_XSETREF(ts->wait_timeout, left);
+  ts->wait_seen = e ? e->n : 0;
   ts->doomed = DOOM_WAIT;
   return raise_doomed(), NULL;
 }

@@ -599,16 +599,18 @@ def _left(deadline):
     return None if deadline is None else deadline - _time.monotonic()
 
 
-def _wait(q, timeout):
+def _wait(q, timeout, seen=0):
     """
-    For ame.atomic: a blocking get() in the block found q empty.  Wait
-    until q has a value (True) or timeout seconds pass (False).
+    For ame.atomic: a blocking get() in the block found q empty, after the
+    attempt took C{seen} values more from q than it put there (all that
+    its snapshot had; the rollback put them back).  Wait until q has more
+    than C{seen} values (True) or timeout seconds pass (False).
     """
     w = _waiter.get()
     deadline = _deadline(timeout)
     q._watch(w.name)
     try:
-        while len(q) == 0:
+        while len(q) <= seen:
             left = _left(deadline)
             if left is not None and left <= 0:
                 return False

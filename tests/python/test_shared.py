@@ -1333,9 +1333,9 @@ class AtomicTests(SynchronousTestCase):
         waits = []
         original = shared._wait
 
-        def wait(queue, timeout):
+        def wait(queue, timeout, seen=0):
             waits.append(timeout)
-            return original(queue, timeout)
+            return original(queue, timeout, seen)
 
         _ame._shared_set_hooks(shared._notify, wait)
         self.addCleanup(_ame._shared_set_hooks, shared._notify, original)
@@ -1381,6 +1381,57 @@ class AtomicTests(SynchronousTestCase):
         self.assertEqual(waits[0], 0.3)
         self.assertGreater(waits[1], 0.25, waits)
         self.assertEqual(q.get_nowait(), "a")  # rolled back: still there
+
+    def test_blockingGetWaitsForMore(self):
+        """
+        Inside atomic, a block that needs more values than the queue holds
+        waits until there are more than its attempt took (less what it
+        put there), not until the queue has any: the rollback puts back
+        what it took, and it does not run again until a value arrives.  It
+        runs twice, before the wait and after.
+        """
+        q = shared.queue(fresh())
+        seens = []
+        original = shared._wait
+
+        def wait(queue, timeout, seen=0):
+            seens.append(seen)
+            return original(queue, timeout, seen)
+
+        _ame._shared_set_hooks(shared._notify, wait)
+        self.addCleanup(_ame._shared_set_hooks, shared._notify, original)
+        runs = []
+
+        def f():
+            runs.append(1)
+            return q.get(), q.get()
+
+        def later():
+            while not q._watchers()[1]:  # the block waits
+                time.sleep(0.001)
+            q.put("b")
+
+        q.put("a")
+        th = threading.Thread(target=later)
+        th.start()
+        self.assertEqual(ame.atomic(f), ("a", "b"))
+        th.join()
+        self.assertEqual((len(runs), seens), (2, [1]))
+
+        # Its own puts count: it took "a" and "x", put "x", and waits for
+        # a second value; none comes, and the rerun raises Empty.
+        del runs[:], seens[:]
+
+        def g():
+            runs.append(1)
+            q.put("x")
+            return q.get(timeout=0.2), q.get(timeout=0.2), q.get(timeout=0.2)
+
+        q.put("a")
+        self.assertRaises(stdqueue.Empty, ame.atomic, g)
+        self.assertEqual((len(runs), seens), (2, [1]))
+        self.assertEqual(q.get_nowait(), "a")  # rolled back
+        self.assertEqual(len(q), 0)
 
     def test_blockingGetRetries(self):
         """
