@@ -1284,10 +1284,20 @@ PyDoc_STRVAR(tls_alpn_doc,
 "order of preference) that the client offers.  set_ctx: install that\n"
 "selection on ssl's context (once per context).");
 
+PyDoc_STRVAR(tls_locked_doc,
+"tls_locked(ssl, fn, *args, **kwargs)\n\n"
+"fn(*args, **kwargs), holding the lock of the SSL object at address ssl\n"
+"if its TLS was handed to C (the lock the worker holds around its own\n"
+"OpenSSL calls on it; taken without the GIL): how Python calls OpenSSL\n"
+"on a live connection.  The caller keeps the object alive (holds its\n"
+"pyOpenSSL Connection).");
+
 static PyMethodDef module_methods[] = {
     {"cpu_count", module_cpu_count, METH_NOARGS, cpu_count_doc},
     {"tls_library", ame__py_tls_library, METH_O, tls_library_doc},
     {"tls_alpn", ame__py_tls_alpn, METH_VARARGS, tls_alpn_doc},
+    {"tls_locked", (PyCFunction)(void (*)(void))ame__py_tls_locked,
+     METH_VARARGS | METH_KEYWORDS, tls_locked_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,6 +16,10 @@ C{getPeerCertificate}, C{getHandle}, C{negotiatedProtocol}, producers,
 C{loseConnection} with close_notify, C{abortConnection}, the
 C{SSL.Error} in C{connectionLost} -- keeps Twisted's meaning.
 
+The worker and the Python thread share that SSL object: each of them
+calls OpenSSL on it holding its lock (C{getHandle()} returns a
+L{LockedConnection}, and the protocol's own calls go through it too).
+
 Otherwise the connection is Twisted's own L{tls.TLSMemoryBIOProtocol}, as
 on EPollReactor: pyOpenSSL on a memory BIO in Python.  The reactor counts
 both (C{ameStats()}: C{tls_c}, C{tls_python}); docs/twisted.md says when
@@ -23,6 +27,7 @@ each applies.
 """
 
 import errno
+import functools
 import gc
 import types
 
@@ -437,11 +442,52 @@ def _lastInterface(spec):
     return last
 
 
+class LockedConnection:
+    """
+    The pyOpenSSL C{Connection} of a connection whose TLS runs in C, as
+    C{getHandle()} returns it and as L{TLSProtocol} calls it itself
+    (C{getPeerCertificate}, C{negotiatedProtocol}, the server name's
+    check): each method call holds the SSL object's lock, which the C
+    worker holds around its own OpenSSL calls on it, so that none runs
+    while the worker reads or writes records (a TLS 1.3 session ticket
+    that the worker reads replaces the connection's session and frees the
+    old one).  Other attributes are the C{Connection}'s own, and
+    C{isinstance} sees a C{Connection}.
+    """
+
+    __slots__ = ("_ameConnection", "_ameSSL")
+
+    def __init__(self, connection):
+        object.__setattr__(self, "_ameConnection", connection)
+        object.__setattr__(
+            self, "_ameSSL", int(_ffi.cast("uintptr_t", connection._ssl)))
+
+    @property
+    def __class__(self):
+        return type(self._ameConnection)
+
+    def __getattr__(self, name):
+        value = getattr(self._ameConnection, name)
+        if isinstance(value, types.MethodType):
+            return functools.partial(_ame.tls_locked, self._ameSSL, value)
+        return value
+
+    def __setattr__(self, name, value):
+        setattr(self._ameConnection, name, value)
+
+    def __delattr__(self, name):
+        delattr(self._ameConnection, name)
+
+    def __repr__(self):
+        return "<LockedConnection %r>" % (self._ameConnection,)
+
+
 def _createConnection(factory, tlsProtocol):
     """
     What L{tls.TLSMemoryBIOFactory._createConnection} does for C{factory}
     (any TLSMemoryBIOFactory), then, where L{_whyPython} finds nothing
-    against it, hand the connection to the C worker (C{tlsProtocol._ameC}).
+    against it, hand the connection to the C worker (C{tlsProtocol._ameC})
+    and return it as a L{LockedConnection}.
     """
     client = factory._creatorInterface is IOpenSSLClientConnectionCreator
     creator = factory._connectionCreator
@@ -496,7 +542,7 @@ def _createConnection(factory, tlsProtocol):
         transport, "reactor", None)
     if reactor is not None:
         count(reactor, why is None)
-    return conn
+    return conn if why is not None else LockedConnection(conn)
 
 
 def _negotiation(conn, client, protocols):
@@ -611,5 +657,5 @@ def count(reactor, inC):
     TOTALS["c" if inC else "python"] += 1
 
 
-__all__ = ["TLSFactory", "TLSProtocol", "TOTALS", "adopt", "count",
-           "startTLS"]
+__all__ = ["LockedConnection", "TLSFactory", "TLSProtocol", "TOTALS", "adopt",
+           "count", "startTLS"]

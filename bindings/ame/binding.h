@@ -224,10 +224,11 @@ int ame__core_sync(struct core *c);
 int ame__stream_init_type(PyObject *m, ame_state *st);
 /* Stop the handshake pool's threads (before the reactor is freed). */
 void ame__tls_pool_stop(struct core *c);
-/* _ame.tls_library(method) and _ame.tls_alpn(ssl, wire, set_ctx): see
-** _ame.c's docs. */
+/* _ame.tls_library(method), _ame.tls_alpn(ssl, wire, set_ctx) and
+** _ame.tls_locked(ssl, fn, *args, **kwargs): see _ame.c's docs. */
 PyObject *ame__py_tls_library(PyObject *m, PyObject *arg);
 PyObject *ame__py_tls_alpn(PyObject *m, PyObject *args);
+PyObject *ame__py_tls_locked(PyObject *m, PyObject *args, PyObject *kw);
 /* Worker, from the core's apply: serve every dirty stream. */
 void ame__fconn_apply_all(struct core *c);
 /* Python thread, in wait(), after the sleep: take the streams with news,

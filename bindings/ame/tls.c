@@ -1,7 +1,10 @@
 /*
 ** bindings/ame/tls.c — the OpenSSL half of TLS in C for the binding's
-** fast streams (see tls.h).  Everything here runs on the stream's worker,
-** except ame__tls_error_strings (any thread: OpenSSL's string tables).
+** fast streams (see tls.h).  Everything here runs on the stream's worker
+** or a thread of the handshake pool, holding the SSL object's lock, except
+** ame__tls_init and ame__tls_set_alpn (the Python thread, before the
+** worker has the object), ame__tls_release (a reference dropped) and
+** ame__tls_error_strings (any thread: OpenSSL's string tables).
 **
 ** OpenSSL's error queue is per thread: each call below starts with it
 ** empty and leaves it empty, so that one connection's error never shows
@@ -38,6 +41,55 @@ static int tickets_dead(SSL *s) {
          SSL_CTX_sess_get_new_cb(ctx) == NULL;
 }
 
+/* ------------------------------------------------------------------------
+** The lock of an SSL object: a recursive mutex in the object's ex_data,
+** so that it lives exactly as long as the object, which whoever takes it
+** holds a reference to (the worker through t, Python through pyOpenSSL's
+** Connection).
+*/
+
+static int lock_index = -1; /* set once, under the GIL */
+
+static void lock_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
+                      long argl, void *argp) {
+  (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+  if (ptr == NULL) return;
+  pthread_mutex_destroy(ptr);
+  free(ptr);
+}
+
+/* Python thread.  The lock of s, made if it has none.  NULL: no memory. */
+static pthread_mutex_t *lock_attach(SSL *s) {
+  if (lock_index < 0) {
+    lock_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, lock_free);
+    if (lock_index < 0) return NULL;
+  }
+  pthread_mutex_t *m = SSL_get_ex_data(s, lock_index);
+  if (m != NULL) return m;
+  pthread_mutexattr_t a;
+  if ((m = malloc(sizeof *m)) == NULL) return NULL;
+  pthread_mutexattr_init(&a);
+  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+  int rc = pthread_mutex_init(m, &a);
+  pthread_mutexattr_destroy(&a);
+  if (rc != 0) {
+    free(m);
+    return NULL;
+  }
+  if (!SSL_set_ex_data(s, lock_index, m)) {
+    pthread_mutex_destroy(m);
+    free(m);
+    ERR_clear_error();
+    return NULL;
+  }
+  return m;
+}
+
+pthread_mutex_t *ame__tls_lock_of(uintptr_t ssl) {
+  if (lock_index < 0 || ssl == 0) return NULL;
+  return SSL_get_ex_data((SSL *)ssl, lock_index);
+}
+
 int ame__tls_init(struct ame__tls *t, uintptr_t ssl) {
   SSL *s = (SSL *)ssl;
   memset(t, 0, sizeof *t);
@@ -45,6 +97,7 @@ int ame__tls_init(struct ame__tls *t, uintptr_t ssl) {
   if (r == NULL || w == NULL || r == w || BIO_method_type(r) != BIO_TYPE_MEM ||
       BIO_method_type(w) != BIO_TYPE_MEM)
     return -1;
+  if ((t->lock = lock_attach(s)) == NULL) return -1;
   if (!SSL_up_ref(s)) return -1;
   t->ssl = s;
   t->rbio = r;

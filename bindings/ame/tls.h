@@ -1,21 +1,27 @@
 /*
 ** bindings/ame/tls.h — TLS in C for the binding's fast streams: the
-** OpenSSL half (tls.c), which knows nothing of Python, locks or the
-** stream's queues.  transport.c drives it on the worker.
+** OpenSSL half (tls.c), which knows nothing of Python or the stream's
+** queues.  transport.c drives it on the worker.
 **
 ** A stream's TLS runs on an SSL object that pyOpenSSL made (a
 ** Connection over two memory BIOs, from the program's own Context), so
 ** that everything Twisted and the program read from it (peer certificate,
-** ALPN, cipher) is OpenSSL's own answer.  The worker owns the SSL object
-** from the moment it is handed over until the stream detaches; the Python
-** thread reads it only after the handshake, which the worker publishes
-** under the core's lock.
+** ALPN, cipher) is OpenSSL's own answer.  The worker drives the SSL object
+** from the moment it is handed over until the stream detaches, and the
+** Python thread calls it too (getHandle(), getPeerCertificate(), ...).
+** OpenSSL's SSL objects are not thread-safe, so each one handed over gets
+** a lock of its own (ame__tls_init), which lives as long as the object:
+** every OpenSSL call on it, by the worker, the handshake pool or Python,
+** is made holding that lock (the worker's and the pool's in
+** transport.c, Python's through _ame.tls_locked).  It is held around
+** OpenSSL calls only, never while waiting for anything else.
 */
 #ifndef AME_BINDING_TLS_H
 #define AME_BINDING_TLS_H
 
 #include "streambuf.h"
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +37,7 @@ enum {
 
 struct ame__tls {
   void *ssl;      /* SSL *: pyOpenSSL's, kept alive by the Stream */
+  pthread_mutex_t *lock; /* the SSL object's (ame__tls_lock_of) */
   void *rbio;     /* its memory BIOs: bytes received, bytes to send */
   void *wbio;
   int server;     /* accepting side */
@@ -61,11 +68,20 @@ int ame__tls_same_library(uintptr_t method);
 /* Take over ssl (an SSL * over memory BIOs, its accept or connect state
 ** set), with a reference of t's own (SSL_up_ref), so that the SSL object
 ** and its BIOs outlive pyOpenSSL's Connection for as long as the worker
-** or the handshake pool may use them.  A server connection whose session
-** tickets could never resume a session (stateful tickets, no session
-** cache: Twisted's default) is set to send none.  Return 0, or -1 if it
-** has no memory BIOs (then t holds nothing). */
+** or the handshake pool may use them, and give it its lock (t->lock).  A
+** server connection whose session tickets could never resume a session
+** (stateful tickets, no session cache: Twisted's default) is set to send
+** none.  Python thread, before anything else uses t.  Return 0, or -1 if
+** it has no memory BIOs or no memory for the lock (then t holds
+** nothing). */
 int ame__tls_init(struct ame__tls *t, uintptr_t ssl);
+
+/* The lock of ssl (an SSL *, alive), or NULL if ame__tls_init never took
+** it over.  A recursive mutex: a thread that holds it may take it again
+** (Python, from a callback OpenSSL makes inside a call under it; inline
+** mode, whose worker is the Python thread).  It is freed with the SSL
+** object, by SSL_free's last reference, when nobody can hold it. */
+pthread_mutex_t *ame__tls_lock_of(uintptr_t ssl);
 
 /* Drop t's reference to its SSL object (any thread, once no other uses t:
 ** the last reference frees it). */

@@ -411,8 +411,30 @@ static void do_recv(struct core *c, struct fconn *f) {
 }
 
 /* ------------------------------------------------------------------------
-** TLS in C, the worker's side (the OpenSSL calls are tls.c's).
+** TLS in C, the worker's side (the OpenSSL calls are tls.c's).  Each
+** group of OpenSSL calls on a connection is made holding its SSL object's
+** lock (tls.h), and nothing else: the core's lock is taken only after it
+** is released, and nothing is waited for under it.  Python takes it for
+** every call it makes on the object (_ame.tls_locked: getHandle()'s proxy,
+** getPeerCertificate(), negotiatedProtocol, the server name's check).
 */
+
+/* Take t's SSL lock.  The worker and the pool wait for it as they are;
+** a thread holding the GIL (inline mode, where the worker is the Python
+** thread) waits without it: the holder may be another Python thread,
+** which needs the GIL to finish its call. */
+static void tls_lock(struct ame__tls *t) {
+  if (pthread_mutex_trylock(t->lock) == 0) return;
+  if (PyGILState_Check()) {
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(t->lock);
+    Py_END_ALLOW_THREADS
+  } else {
+    pthread_mutex_lock(t->lock);
+  }
+}
+
+static void tls_unlock(struct ame__tls *t) { pthread_mutex_unlock(t->lock); }
 
 /* Lock held.  The TLS connection failed (the record in *f->tls is final):
 ** drop what waits to be encrypted and whatever Python writes from now on;
@@ -524,11 +546,13 @@ static void tls_job_done(void *arg) {
   f->tls_held_end = 0;
   if (f->tls_held.len || end) {
     int oom = 0;
+    tls_lock(f->tls);
     if (f->tls_held.len)
       oom = ame__tls_feed(f->tls, ame__ibuf_data(&f->tls_held),
                           f->tls_held.len) != 0;
-    ame__ibuf_free(&f->tls_held);
     if (end) ame__tls_input_ended(f->tls);
+    tls_unlock(f->tls);
+    ame__ibuf_free(&f->tls_held);
     if (oom) {
       ame__ibuf_t none = {0};
       tls_publish(c, f, 0, &none, 1, end);
@@ -566,10 +590,12 @@ static void *tls_pool_main(void *arg) {
     if (buf == NULL) {
       job->oom = 1;
     } else {
+      tls_lock(t);
       job->r = ame__tls_advance(t, &job->plain, buf, AME_RECV_SIZE);
       if ((job->r & AME_TLS_CLOSED) && !t->hs) ame__tls_shutdown(t);
       job->oom = ame__tls_output(t, &job->out, buf, AME_RECV_SIZE,
                                  &job->out_bytes) != 0;
+      tls_unlock(t);
     }
     if (ame_reactor_call(c->r, tls_job_call, job) != 0) {
       /* The reactor is stopping: nobody publishes it. */
@@ -639,7 +665,13 @@ void ame__tls_pool_stop(struct core *c) {
 ** the first request behind it). */
 static void tls_step(struct core *c, struct fconn *f, int end) {
   struct ame__tls *t = f->tls;
-  if (!t->hs && !t->failed && ame__tls_heavy(t)) {
+  int heavy = 0;
+  if (!t->hs && !t->failed) {
+    tls_lock(t);
+    heavy = ame__tls_heavy(t);
+    tls_unlock(t);
+  }
+  if (heavy) {
     struct tls_job *job = NULL;
     pthread_mutex_lock(&c->lock);
     if (c->hs_nthreads > 0 && !c->hs_stop && !f->detach &&
@@ -660,11 +692,13 @@ static void tls_step(struct core *c, struct fconn *f, int end) {
     if (job) return;
   }
   ame__ibuf_t plain = {0};
+  tls_lock(t);
   int r = ame__tls_advance(t, &plain, c->tls_buf, AME_RECV_SIZE);
   /* The peer's close_notify.  Mid-handshake it is answered here; after
   ** it, Python answers (_ameTLSShutdown) once it has read the plaintext
   ** that came before and written its reply, as Twisted's TLS does. */
   if ((r & AME_TLS_CLOSED) && !t->hs) ame__tls_shutdown(t);
+  tls_unlock(t);
   tls_publish(c, f, r, &plain, 0, end);
 }
 
@@ -701,13 +735,15 @@ static void tls_recv(struct core *c, struct fconn *f, ssize_t n, int have) {
     if (oom) f->tls_held_end = -ENOMEM;
     return;
   }
+  tls_lock(t);
   if (early.len)
     oom |= ame__tls_feed(t, ame__ibuf_data(&early), early.len) != 0;
-  ame__ibuf_free(&early);
   if (have && n > 0)
     oom |= ame__tls_feed(t, c->scratch, (size_t)n) != 0;
   else if (end)
     ame__tls_input_ended(t);
+  tls_unlock(t);
+  ame__ibuf_free(&early);
   if (oom) {
     ame__ibuf_t none = {0};
     tls_publish(c, f, 0, &none, 1, end);
@@ -729,6 +765,7 @@ static void tls_seal(struct core *c, struct fconn *f, int shut, int hold) {
   int fail = 0, wait = 0;
   if (shut) t->shut_asked = 1;
   if (t->busy) return; /* the pool has the SSL object: after the step */
+  tls_lock(t);
   if (t->hs && !t->failed && !hold) {
     struct ame__chunk *ch;
     while ((ch = f->tplain.head) != NULL) {
@@ -747,6 +784,7 @@ static void tls_seal(struct core *c, struct fconn *f, int shut, int hold) {
   }
   size_t added = 0;
   int oom = ame__tls_output(t, &f->wq, c->tls_buf, AME_RECV_SIZE, &added);
+  tls_unlock(t);
   pthread_mutex_lock(&c->lock);
   if (fail || oom || t->failed) {
     if (oom && !t->failed) {
@@ -2125,6 +2163,42 @@ PyObject *ame__py_tls_library(PyObject *m, PyObject *arg) {
   unsigned long long method = PyLong_AsUnsignedLongLong(arg);
   if (method == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
   return PyBool_FromLong(ame__tls_same_library((uintptr_t)method));
+}
+
+PyObject *ame__py_tls_locked(PyObject *m, PyObject *args, PyObject *kw) {
+  (void)m;
+  Py_ssize_t n = PyTuple_GET_SIZE(args);
+  if (n < 2) {
+    PyErr_SetString(PyExc_TypeError,
+                    "tls_locked(ssl, fn, *args, **kwargs): too few arguments");
+    return NULL;
+  }
+  PyObject *addr = PyTuple_GET_ITEM(args, 0);
+  unsigned long long ssl = PyLong_AsUnsignedLongLong(addr);
+  if (ssl == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+  PyObject *rest = PyTuple_GetSlice(args, 2, n);
+  if (rest == NULL) return NULL;
+  pthread_mutex_t *lock = ame__tls_lock_of((uintptr_t)ssl);
+  int gc = 0;
+  if (lock != NULL) {
+    /* Without the GIL, which the holder (the worker never, another Python
+    ** thread maybe) may need to finish. */
+    if (pthread_mutex_trylock(lock) != 0) {
+      Py_BEGIN_ALLOW_THREADS
+      pthread_mutex_lock(lock);
+      Py_END_ALLOW_THREADS
+    }
+    /* No collection under the lock: a finalizer it runs may wait for the
+    ** worker (a stream's detach), which may be waiting for this lock. */
+    gc = PyGC_Disable();
+  }
+  PyObject *r = PyObject_Call(PyTuple_GET_ITEM(args, 1), rest, kw);
+  if (lock != NULL) {
+    if (gc) PyGC_Enable();
+    pthread_mutex_unlock(lock);
+  }
+  Py_DECREF(rest);
+  return r;
 }
 
 PyObject *ame__py_tls_alpn(PyObject *m, PyObject *args) {

@@ -764,6 +764,102 @@ class TLSBehaviourMixin:
             enableSessions=True)
         self.assertEqual(self.sessionTickets(options), (True, True))
 
+    def test_handleWhileTicketsArrive(self):
+        """
+        A client may call its connection's pyOpenSSL handle (and
+        getPeerCertificate) in a loop while TLS 1.3 session tickets
+        arrive: where TLS runs in C the worker reads them meanwhile, each
+        replacing the connection's session, and every call still answers
+        whole (no crash, no error).
+        """
+        reactor = self.buildReactor()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        n, sent = 3, []
+
+        def serve():
+            # Python's ssl as the server: 4000 tickets per connection,
+            # written as the handshake ends (about 1 MB).
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            path = _file(CERTS["server"])
+            ctx.load_cert_chain(path)
+            os.unlink(path)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.num_tickets = 4000
+            for _ in range(n):
+                s, _ = listener.accept()
+                try:
+                    s = ctx.wrap_socket(s, server_side=True)
+                    sent.append(time.monotonic())
+                    _recvAll(s)
+                except OSError:
+                    pass
+                s.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        # The sessions got are let go of once the connections are closed:
+        # a Session may be the last holder of a session the worker
+        # replaced, and OpenSSL's reference counts, which order its free
+        # after the worker's last use, are out of TSan's sight (libssl is
+        # not instrumented).
+        seen, errors, sessions = [], [], []
+
+        @implementer(IHandshakeListener)
+        class Client(protocol.Protocol):
+            def handshakeCompleted(self):
+                t = self.transport
+                h, calls = t.getHandle(), 0
+                deadline = time.monotonic() + 0.5
+                # Until the server has sent its tickets (or half a second).
+                while len(sent) <= self.factory.i and (
+                        time.monotonic() < deadline):
+                    try:
+                        h = t.getHandle()
+                        if len(h.get_peer_cert_chain()) != 1:
+                            raise AssertionError("chain")
+                        if t.getPeerCertificate() is None:
+                            raise AssertionError("no certificate")
+                    except Exception as e:
+                        errors.append(e)
+                        break
+                    calls += 1
+                sessions.append(h.get_session())
+                seen.append((calls, isinstance(h, SSL.Connection),
+                             sessions[-1] is not None))
+                t.loseConnection()
+
+            def connectionLost(self, reason):
+                if self.factory.i + 1 < n:
+                    connect(self.factory.i + 1)
+
+        def connect(i):
+            cf = protocol.ClientFactory.forProtocol(Client)
+            cf.i = i
+            reactor.connectSSL("127.0.0.1", port, cf,
+                               tssl.CertificateOptions())
+
+        connect(0)
+
+        def check():
+            if len(seen) == n or errors:
+                reactor.stop()
+            else:
+                reactor.callLater(0.01, check)
+
+        timer = reactor.callLater(self.timeout, reactor.stop)
+        reactor.callLater(0, check)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timer.active(), "still running after the timeout")
+        timer.cancel()
+        del sessions[:]
+        self.assertEqual(errors, [])
+        self.assertEqual(len(seen), n)
+        self.assertTrue(all(calls > 0 and handle and session
+                            for calls, handle, session in seen), seen)
+
     def test_garbageThenServing(self):
         """
         Bytes that are not a ClientHello end that connection with an
