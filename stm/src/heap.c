@@ -10,10 +10,12 @@
 ** ame/stm.h's engine), and the commit records its decision in the slot
 ** (`status`) before it writes back.  So when a process dies, whatever
 ** instruction it was at, its slots say all there is to do: if a commit was
-** decided, finish its write-back; in any case give back the orecs it
-** still locks (the engine's ame__tx_recover), its place in the
-** irrevocability queue, and the slot.  What its transactions allocated was
-** allocated transactionally (heap_alloc.c) and goes away with the attempt.
+** decided, finish its write-back; if not, put back the bytes it saved
+** before writing a blob in place (heap_alloc.c; they lie at the end of
+** its write log); in any case give back the orecs it still locks (the
+** engine's ame__tx_recover), its place in the irrevocability queue, and
+** the slot.  What its transactions allocated was allocated
+** transactionally (heap_alloc.c) and goes away with the attempt.
 **
 ** A slot belongs to a thread: its identity is the thread's id and start
 ** time (and the process's pid, for ame_heap_recover_pid).

@@ -70,13 +70,13 @@
 ** run merged away), and only the log knows this attempt changed it.  So
 ** once an attempt has put anything on the free runs (runs_by), each of
 ** its blobs first claims every granule it covers (readers meet the locks
-** and abort) and saves the bytes there (ame_tx_save): an abort puts them
-** back before the locks go.  (Not a recoverer: a process that dies in
-** such an attempt, between its blob and its commit, leaves the blob's
-** bytes there.)  And a blob may lie over words this attempt wrote
-** through the log (a span's or a run's header); the write-back at commit
-** would put those words back over its bytes, so ame_heap_blob_new()
-** makes such buffered stores hold the bytes it wrote
+** and abort) and saves the bytes there at the end of its write log, in
+** the heap (ame__tx_save_shared): an abort puts them back before the
+** locks go, and so does the recoverer of a process that dies in such an
+** attempt before its commit is decided.  And a blob may lie over words
+** this attempt wrote through the log (a span's or a run's header); the
+** write-back at commit would put those words back over its bytes, so
+** ame_heap_blob_new() makes such buffered stores hold the bytes it wrote
 ** (ame__tx_overwritten).
 **
 ** A block: a 16-byte header (word 0: size — for a small block its offset
@@ -637,13 +637,12 @@ void *ame_heap_blob_new(ame_tx_t *tx, const void *data, size_t len,
   size_t words = len / 8;
   if (runs_by == attempt_id(tx)) {
     /* The attempt put memory on the free runs: what the committed state
-    ** keeps here goes back if it aborts. */
+    ** keeps here goes back if it does not commit, by its abort or by its
+    ** recoverer (saved in the heap, complete before the first word
+    ** below is written). */
     size_t bytes = ((len + 7) / 8) * 8;
     claim(tx, (uintptr_t)p, bytes);
-    if (ame_tx_save(tx, p, bytes) != 0) {
-      fprintf(stderr, "ame: out of memory saving what a blob covers\n");
-      abort();
-    }
+    ame__tx_save_shared(tx, p, bytes / 8);
   }
   ame__fence_release();
   for (size_t i = 0; i < words; i++) {

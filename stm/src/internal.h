@@ -111,6 +111,9 @@ struct ame_tx {
   struct ame__wchunk *w_chunk; /* chunk being filled */
   struct ame__wchunk *w_end;   /* heap: the end of its fixed, contiguous
                                   log (NULL: a growing private one) */
+  char *w_saved;               /* atomic; heap: the bytes saved at the log's
+                                  end start here (w_end: none; stm.c,
+                                  ame__tx_save_shared) */
   unsigned w_i;                /* next free index in w_chunk */
   size_t w_n;                  /* entries in this attempt */
   /* -- read log */
@@ -257,6 +260,17 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status);
 ** is unchanged since: O(1), where ame_tx_validate() checks every read. */
 void ame__tx_check_word(ame_tx_t *tx, const void *addr);
 /* ame__tx_claim: stm.h. */
+/* Save the n words at p, which the running heap transaction holds
+** claimed (ame__tx_claim) and is about to write outside the STM, at the
+** end of its write log, in the heap: an abort puts them back, and so does
+** a recoverer (ame__tx_recover) if the process dies before the commit is
+** decided, each before the locks go.  The copy is complete and recorded
+** when this returns, before the caller's first write in place (kill the
+** process at any instruction: either nothing was written there yet, or a
+** recoverer finds the copy).  A copy that does not fit beside the log's
+** entries is a full log (the transaction fails as when its writes
+** outgrow the log). */
+void ame__tx_save_shared(ame_tx_t *tx, const uintptr_t *p, size_t n);
 /* The running transaction has just written the n words at p outside the
 ** STM (a heap's blob, heap_alloc.c): any store it buffered to one of them
 ** takes the value memory holds now, so that its write-back (or a

@@ -112,6 +112,7 @@ static uintptr_t validate(ame_tx_t *tx);
 static void log_full(ame_tx_t *tx);
 static void wait_reclaimable(ame_tx_t *tx, uintptr_t ts);
 static void undo_restore(ame_tx_t *tx);
+static void saved_restore(ame_tx_t *tx);
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -1109,7 +1110,9 @@ static struct ame__wentry *new_entry(ame_tx_t *tx) {
     ** that a heap's logs take memory only where touched). */
     if (tx->w_i == AME__WCHUNK) {
       struct ame__wchunk *next = tx->w_chunk + 1;
-      if (next == tx->w_end) log_full(tx);
+      /* Full, or bytes saved at its end (ame__tx_save_shared) are
+      ** there. */
+      if ((char *)(next + 1) > tx->w_saved) log_full(tx);
       tx->w_chunk->next = next;
       tx->w_chunk = next;
       tx->w_i = 0;
@@ -1563,6 +1566,7 @@ static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
   ** outside the STM under a claim (ame__tx_claim) must hold their old
   ** bytes again before a reader can see the orec free. */
   if (tx->undo.n) undo_restore(tx);
+  if (tx->w_saved != (char *)tx->w_end) saved_restore(tx);
   release_locks(tx, 0);
   void **al = tx->allocs.items;
   for (size_t i = 0; i < tx->allocs.n; i++) free(al[i]);
@@ -1701,6 +1705,10 @@ static void commit_full(ame_tx_t *tx) {
     if (slot) {
       /* Decided: from here a recoverer finishes the write-back. */
       STORE_REL(&slot->status, (ts << 1) | 1);
+      /* Then the bytes saved at the log's end are no longer to be put
+      ** back (a recoverer that finds the commit decided ignores them). */
+      if (tx->w_saved != (char *)tx->w_end)
+        STORE_REL(&tx->w_saved, (char *)tx->w_end);
       if (ame__heap_phase_hook) ame__heap_phase_hook("validated");
     }
     ame__fence_release(); /* the locks taken before the words written back */
@@ -1997,6 +2005,52 @@ static void undo_restore(ame_tx_t *tx) {
   tx->undo_bytes.n = 0;
 }
 
+/* Bytes saved in a heap's write log (ame__tx_save_shared): records that
+** grow down from the log's end (w_end) towards its entries, the newest
+** lowest, w_saved the newest's first word.  A record: the address and
+** the number of words, then the words.  Only the owner writes them, and
+** w_saved moves (release) only once the record below it is complete: a
+** recoverer reads the records of a dead owner from w_saved up. */
+void ame__tx_save_shared(ame_tx_t *tx, const uintptr_t *p, size_t n) {
+  assert(tx->w_end != NULL && "ame__tx_save_shared outside a heap");
+  size_t bytes = (n + 2) * sizeof(uintptr_t);
+  char *low = tx->w_saved;
+  if ((size_t)(low - (char *)(tx->w_chunk + 1)) < bytes) log_full(tx);
+  uintptr_t *r = (uintptr_t *)(low - bytes);
+  r[0] = (uintptr_t)p;
+  r[1] = n;
+  for (size_t i = 0; i < n; i++) r[2 + i] = LOAD(&p[i]);
+  STORE_REL(&tx->w_saved, (char *)r);
+  /* The caller's writes at p come after this store in the program as
+  ** compiled (a kill stops a thread between two of its instructions, and
+  ** what it stored before is there for the recoverer). */
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+/* Put back the words saved in the heap's write log of tx (its owner's
+** abort, or a recoverer's, the owner dead), newest first, and forget
+** them: w_saved goes back to w_end only once they are back, so that a
+** recoverer that dies half-way leaves them to the next one (putting them
+** back twice does no harm: the claimed granules are still locked).  A
+** record that would run past the log's end (a descriptor that was never
+** set up) ends the walk. */
+static void saved_restore(ame_tx_t *tx) {
+  char *end = (char *)tx->w_end, *at = LOAD_ACQ(&tx->w_saved);
+  if (at >= (char *)tx->w_first && at < end) {
+    while ((size_t)(end - at) >= 2 * sizeof(uintptr_t)) {
+      uintptr_t *r = (uintptr_t *)at;
+      uintptr_t *p = (uintptr_t *)r[0];
+      size_t n = r[1];
+      if (n > (size_t)(end - at) / sizeof(uintptr_t) - 2) break;
+      for (size_t i = 0; i < n; i++) STORE(&p[i], r[2 + i]);
+      at += (n + 2) * sizeof(uintptr_t);
+    }
+    if (tx->dom->shared && ame__heap_phase_hook)
+      ame__heap_phase_hook("restored");
+  }
+  STORE_REL(&tx->w_saved, end);
+}
+
 void ame_tx_privatize(ame_tx_t *tx) {
   assert(tx->nesting > 0 && "ame_tx_privatize outside a transaction");
   assert(!tx->dom->shared && "privatization in a shared heap");
@@ -2085,6 +2139,8 @@ int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
   tx->w_first = log;
   tx->w_chunk = log;
   tx->w_end = log + chunks;
+  STORE(&tx->w_saved, (char *)tx->w_end); /* nothing saved (a recoverer
+                                             checks it lies in the log) */
   tx->slot = slot;
   tx->pid = pid;
   STORE(&tx->active, AME__IDLE);
@@ -2118,6 +2174,15 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status) {
   ** releasing some locks of a commit). */
   uintptr_t version = (status & 1) ? (status >> 1) << 1 : 0;
   if (tx->w_first == NULL || tx->w_chunk == NULL) return 0;
+  /* Bytes it saved before writing outside the STM: undecided, they go
+  ** back, while its locks still keep everyone else out; decided, the
+  ** commit keeps what was written. */
+  if (LOAD_ACQ(&tx->w_saved) != (char *)tx->w_end) {
+    if (version)
+      STORE_REL(&tx->w_saved, (char *)tx->w_end);
+    else
+      saved_restore(tx);
+  }
   if (version) {
     /* A decided commit: redo the write-back of every word whose orec is
     ** still ours (those released were written back before the release

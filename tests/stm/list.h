@@ -146,6 +146,7 @@
   X(heap_blob_over_freed_block, 30)                                           \
   X(heap_blob_over_settled_span, 30)                                          \
   X(heap_blob_aborted_over_settled, 30)                                       \
+  X(heap_blob_killed_over_settled, 60)                                        \
   /* randomised stress: test_stress.c */                                      \
   X(stress_counter, 120)                                                      \
   X(stress_bank, 60)                                                          \

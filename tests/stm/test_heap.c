@@ -1675,27 +1675,36 @@ static void blob_aborted_over_settled_span(size_t size, int count) {
   ame_heap_close(h);
 }
 
-/* Two neighbouring large blobs freed one transaction apart: the second
-** attempt gives the first back as a free run, the third the second,
-** merged into it; a blob of both their sizes then takes the merged run,
-** over the second's header (which the committed state keeps on the
-** slot's list of deferred frees), and its attempt aborts. */
-static void blob_aborted_over_merged_run(void) {
+/* A new test heap (*h, entered: *tx) with two neighbouring large blobs
+** freed one transaction apart: the second attempt gives the first back as
+** a free run, the third the second, merged into it; a blob of both their
+** sizes (80,000 bytes) then takes the merged run, over the second's
+** header (which the committed state keeps on the slot's list of deferred
+** frees). */
+static void merged_run_heap(ame_heap_t **h, ame_tx_t **tx) {
   ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
-  ame_heap_t *h = NULL;
-  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
-  ame_tx_t *tx = ame_heap_enter(h);
-  static char big[80000];
+  *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, h), 0);
+  ame_tx_t *t = *tx = ame_heap_enter(*h);
+  static char big[40000];
   memset(big, 'L', sizeof big);
   static void *volatile l1, *volatile l2;
-  AME_ATOMIC(tx) {
-    l1 = ame_heap_blob_new(tx, big, 40000, 7, 0);
-    l2 = ame_heap_blob_new(tx, big, 40000, 7, 0);
+  AME_ATOMIC(t) {
+    l1 = ame_heap_blob_new(t, big, 40000, 7, 0);
+    l2 = ame_heap_blob_new(t, big, 40000, 7, 0);
   }
   ASSERT_PTR_EQ(l2, (char *)l1 + 40960); /* 10 pages each */
-  AME_ATOMIC(tx) { ame_heap_free(tx, l1); }
-  AME_ATOMIC(tx) { ame_heap_free(tx, l2); }
+  AME_ATOMIC(t) { ame_heap_free(t, l1); }
+  AME_ATOMIC(t) { ame_heap_free(t, l2); }
+}
+
+/* The merged run's case, the attempt aborting once after its blob. */
+static void blob_aborted_over_merged_run(void) {
+  ame_heap_t *h;
+  ame_tx_t *tx;
+  merged_run_heap(&h, &tx);
   int64_t used = used_now(h);
+  static char big[80000];
   for (size_t i = 0; i < sizeof big; i++) big[i] = (char)('a' + i % 23);
   volatile int attempts = 0;
   static void *volatile b;
@@ -1721,4 +1730,157 @@ TEST_IMPL(heap_blob_aborted_over_settled) {
   blob_aborted_over_settled_span(40000, 1);
   blob_aborted_over_settled_span(100, 500);
   blob_aborted_over_merged_run();
+}
+
+/* ------------------------------------------------------------------------
+** The same once more, but the process dies in that attempt, after its
+** blobs and before its commit: no abort runs, and the recoverer (here the
+** parent, through ame_heap_recover_pid) must put back what the blobs
+** covered before it releases the dead attempt's locks, or the committed
+** span, deferred block or merged run keeps the blobs' bytes.  Then a
+** commit killed once decided (the blobs are the committed state, and stay
+** so), and a recoverer killed once it put the bytes back (the next one
+** does it again).
+*/
+
+static void **killed_b; /* the dying child's blobs (shared with it) */
+
+static void die_when_restored(const char *phase) {
+  if (strcmp(phase, "restored") == 0) raise(SIGKILL);
+}
+
+/* The parent has left the heap (its slot 0 keeps its deferred frees).  A
+** child takes slot 0 and, in one attempt, allocates count blobs of size
+** bytes of data; it dies before its commit, or (decided) once its commit
+** is decided.  Return its pid (reaped, not recovered). */
+static pid_t blobs_then_die(ame_heap_t *h, const char *data, size_t size,
+                            int count, int decided) {
+  fflush(NULL);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ame_heap_after_fork_child(h);
+    if (decided) ame_heap_set_phase_hook(die_when_decided);
+    ame_tx_t *c = ame_heap_enter(h);
+    if (c == NULL || ame_heap_slot(c) != 0) _exit(5);
+    AME_ATOMIC(c) {
+      for (int i = 0; i < count; i++) {
+        killed_b[i] = ame_heap_blob_new(c, data, size, 7, 0);
+        if (killed_b[i] == NULL) _exit(6);
+      }
+      if (!decided) raise(SIGKILL);
+    }
+    _exit(7); /* not reached */
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(pid, &st, 0), pid);
+  if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+    AME_TEST_FAIL_("the child ended with status %#x", st);
+  return pid;
+}
+
+/* Recover the dead child's slot: first (twice) in a child killed once the
+** bytes are back, then here. */
+static void recover_child(ame_heap_t *h, pid_t dead, int recoverer_dies) {
+  if (recoverer_dies) {
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      ame_heap_after_fork_child(h);
+      ame_heap_set_phase_hook(die_when_restored);
+      ame_heap_recover_pid(h, dead);
+      _exit(8); /* not reached */
+    }
+    int st = 0;
+    ASSERT_EQ(waitpid(pid, &st, 0), pid);
+    if (!(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL))
+      AME_TEST_FAIL_("the recoverer ended with status %#x", st);
+  }
+  ASSERT_EQ(ame_heap_recover_pid(h, dead), 1);
+  char msg[128];
+  if (ame_heap_verify(h, msg, sizeof msg) != 0)
+    AME_TEST_FAIL_("ame_heap_verify: %s", msg);
+}
+
+/* The settled span's case (mode 0: the attempt dies before its commit; 1:
+** its recoverer dies too; 2: it dies once its commit is decided). */
+static void blob_killed_over_settled_span(size_t size, int count, int mode) {
+  ame_heap_t *h;
+  ame_tx_t *tx;
+  settled_span_heap(&h, &tx); /* the 13th blob (in the next span) kept */
+  int64_t used = used_now(h);
+  ame_heap_exit(h);
+  static char data[40000];
+  for (size_t i = 0; i < sizeof data; i++) data[i] = (char)('a' + i % 23);
+  ASSERT_LE(count, 500);
+  pid_t dead = blobs_then_die(h, data, size, count, mode == 2);
+  recover_child(h, dead, mode == 1);
+  tx = ame_heap_enter(h);
+  ASSERT_NOT_NULL(tx);
+  static char back[40000];
+  if (mode == 2) { /* committed: the blobs are there */
+    for (int i = 0; i < count; i++) {
+      volatile size_t n = 0;
+      AME_ATOMIC(tx) {
+        void *ref = killed_b[i];
+        n = ame_heap_blob_get(tx, &ref, back, size);
+      }
+      ASSERT_EQ(n, size);
+      if (memcmp(back, data, size) != 0)
+        AME_TEST_FAIL_("blob %d of %zu bytes: its bytes differ", i, size);
+    }
+    AME_ATOMIC(tx) {
+      for (int i = 0; i < count; i++) ame_heap_free(tx, killed_b[i]);
+    }
+  }
+  /* The 13th small blob, never freed. */
+  AME_ATOMIC(tx) {
+    void *ref = ss_p[12];
+    ASSERT_EQ(ame_heap_blob_get(tx, &ref, back, sizeof ss_small),
+              sizeof ss_small);
+  }
+  ASSERT_EQ(memcmp(back, ss_small, sizeof ss_small), 0);
+  heap_still_works(h, tx, used);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* The merged run's case (modes as above). */
+static void blob_killed_over_merged_run(int mode) {
+  ame_heap_t *h;
+  ame_tx_t *tx;
+  merged_run_heap(&h, &tx);
+  int64_t used = used_now(h);
+  ame_heap_exit(h);
+  static char big[80000];
+  for (size_t i = 0; i < sizeof big; i++) big[i] = (char)('a' + i % 23);
+  pid_t dead = blobs_then_die(h, big, sizeof big, 1, mode == 2);
+  recover_child(h, dead, mode == 1);
+  tx = ame_heap_enter(h);
+  ASSERT_NOT_NULL(tx);
+  if (mode == 2) {
+    static char back[80000];
+    AME_ATOMIC(tx) {
+      void *ref = killed_b[0];
+      ASSERT_EQ(ame_heap_blob_get(tx, &ref, back, sizeof back), sizeof back);
+    }
+    ASSERT_EQ(memcmp(back, big, sizeof big), 0);
+    AME_ATOMIC(tx) { ame_heap_free(tx, killed_b[0]); }
+  }
+  heap_still_works(h, tx, used);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+TEST_IMPL(heap_blob_killed_over_settled) {
+  killed_b = mmap(NULL, 500 * sizeof *killed_b, PROT_READ | PROT_WRITE,
+                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  ASSERT(killed_b != MAP_FAILED);
+  for (int mode = 0; mode < 3; mode++) {
+    blob_killed_over_settled_span(40000, 1, mode);
+    blob_killed_over_settled_span(100, 500, mode);
+    blob_killed_over_merged_run(mode);
+  }
+  munmap(killed_b, 500 * sizeof *killed_b);
 }

@@ -373,8 +373,10 @@ AME_EXTERN int ame_heap_verify(ame_heap_t *h, char *msg, size_t len);
 AME_EXTERN const char *ame_heap_strerror(int err);
 
 /* Test hook: if set, called by a heap descriptor's commit at each named
-** phase ("locked", "validated", "writeback", "released"), so that a test
-** can kill the process there.  Not for production use. */
+** phase ("locked", "validated", "writeback", "released"), and by an abort
+** or a recovery once it has put back the bytes that the attempt's blobs
+** covered ("restored"), so that a test can kill the process there.  Not
+** for production use. */
 AME_EXTERN void ame_heap_set_phase_hook(void (*hook)(const char *phase));
 
 #ifdef __cplusplus
