@@ -226,9 +226,9 @@ static void run_usage(FILE *f) {
 "                        (workers >= CPUs), else thread\n"
 "      --shared-size BYTES\n"
 "                        the heap that ame.shared's objects live in, shared\n"
-"                        by the workers (K, M, G suffixes; default\n"
-"                        AME_SHARED_SIZE, else 256M); memory is used only\n"
-"                        as objects fill it\n"
+"                        by the workers (K, M, G suffixes; at least 4M;\n"
+"                        default AME_SHARED_SIZE, else 256M); memory is\n"
+"                        used only as objects fill it\n"
 SUP_HELP
 "  -m MODULE             run a module as a script (the rest are its args)\n"
 "  -v, --verbose         after a setup error's one line, print the traceback\n"
