@@ -848,7 +848,10 @@ static void do_send(struct core *c, struct fconn *f) {
     ame__oq_clear(&f->out);
     f->queued = 0;
   }
-  if ((err || f->queued == 0) && f->want_drain && !f->detach) {
+  /* Drained, if Python asked; failed, always: Twisted's write() starts
+  ** writing, so its doWrite meets the error and loses the connection even
+  ** when nobody reads it (reading paused, or ended by a half-close). */
+  if (!f->detach && (err || (f->queued == 0 && f->want_drain))) {
     f->drained = 1;
     sig = fready_push(c, f);
   }

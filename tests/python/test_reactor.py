@@ -14,16 +14,20 @@ import os
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-from twisted.internet import protocol
+from zope.interface import implementer
+
+from twisted.internet import error, protocol
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python import log
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -330,6 +334,46 @@ class ReactorBehaviourMixin:
         self._pair(reactor, Paused, Writer)
         self.runReactor(reactor)
         self.assertEqual(log_, [("resume", 0), ("all", True)])
+
+    def test_writeFailsAfterHalfClose(self):
+        """
+        A half-closeable server writes on after the peer's half-close; when
+        the peer then resets, a write fails and the connection is lost
+        with ConnectionLost, though nothing reads it any more.
+        """
+        reactor = self.buildReactor()
+        lost = []
+
+        @implementer(IHalfCloseableProtocol)
+        class Writing(protocol.Protocol):
+            call = None
+
+            def readConnectionLost(self):
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                struct.pack("ii", 1, 0))
+                peer.close()
+                self.tick()
+
+            def tick(self):
+                self.transport.write(b"x" * 1000)
+                self.call = reactor.callLater(0.01, self.tick)
+
+            def writeConnectionLost(self):
+                pass
+
+            def connectionLost(self, reason):
+                lost.append(reason.type)
+                if self.call is not None and self.call.active():
+                    self.call.cancel()
+                reactor.stop()
+
+        port = reactor.listenTCP(
+            0, protocol.ServerFactory.forProtocol(Writing),
+            interface="127.0.0.1")
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        peer.shutdown(socket.SHUT_WR)
+        self.runReactor(reactor, timeout=5)
+        self.assertEqual(lost, [error.ConnectionLost])
 
     def test_dataReceivedLogContext(self):
         """
