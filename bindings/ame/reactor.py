@@ -699,7 +699,11 @@ class AMEReactor(
                 )
                 deprecate.warnAboutFunction(offender, warningString)
         if value:
-            self._disconnectSelectable(selectable, value, True)
+            # As _doReadOrWrite: a value doRead returned is the read's
+            # outcome (ConnectionDone: the end of the input, which a
+            # half-closeable transport takes as a half-close); an
+            # exception it raised is not, whatever its class.
+            self._disconnectSelectable(selectable, value, not raised)
 
     # TCP: transports whose I/O is in C.
 

@@ -600,6 +600,41 @@ class ReactorBehaviourMixin:
         self.assertEqual(ran, ["after"])
         self.assertEqual(len(self.flushLoggedErrors(_Boom)), 1)
 
+    def test_dataReceivedRaisesConnectionDone(self):
+        """
+        A dataReceived that raises ConnectionDone is an exception like any
+        other, not the end of the input: the connection is lost (with that
+        reason), and readConnectionLost is not called, even for a
+        half-closeable protocol.
+        """
+        reactor = self.buildReactor()
+        events = []
+
+        @implementer(IHalfCloseableProtocol)
+        class Raising(protocol.Protocol):
+            def dataReceived(self, data):
+                raise error.ConnectionDone("enough")
+
+            def readConnectionLost(self):
+                events.append("readConnectionLost")
+
+            def writeConnectionLost(self):
+                events.append("writeConnectionLost")
+
+            def connectionLost(self, reason):
+                events.append(reason.type)
+                reactor.stop()
+
+        port = reactor.listenTCP(
+            0, protocol.ServerFactory.forProtocol(Raising),
+            interface="127.0.0.1")
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        self.addCleanup(peer.close)
+        peer.sendall(b"data")
+        self.runReactor(reactor, timeout=5)
+        self.assertEqual(events, [error.ConnectionDone])
+        self.assertEqual(len(self.flushLoggedErrors(error.ConnectionDone)), 1)
+
     def test_exceptionInDoReadLogged(self):
         """
         An exception in doRead is logged, the descriptor is disconnected,
