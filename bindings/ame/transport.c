@@ -1877,11 +1877,14 @@ static PyObject *Stream_writeSequence(StreamObject *self, PyObject *iovec) {
                  ? write_mode(self)
                  : -1;
   PyObject *seq = NULL;
-  if (mode > 0) {
+  /* The items' types are checked whatever the state, as Twisted's
+  ** writeSequence checks them before it looks at connected: a str raises
+  ** TypeError (on the Python path) even where bytes would be dropped. */
+  if (mode >= 0) {
     seq = PySequence_Fast(iovec, "");
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    for (Py_ssize_t i = 0; i < n && mode > 0; i++)
+    for (Py_ssize_t i = 0; i < n && mode >= 0; i++)
       if (!PyBytes_Check(PySequence_Fast_GET_ITEM(seq, i))) mode = -1;
   }
   if (mode < 0 && self->tls_c) {

@@ -559,6 +559,42 @@ class ReactorBehaviourMixin:
         self.assertEqual(errors, ["TypeError", "TypeError"])
         self.assertEqual(Reading.got, b"ok")
 
+    def test_writeTypeErrorsAfterWriteSideClosed(self):
+        """
+        Once the write side is closed (loseWriteConnection), write() of a
+        str and writeSequence() with a str in it still raise TypeError, as
+        Twisted's transports check the type before anything else.
+        """
+        reactor = self.buildReactor()
+        errors = []
+
+        @implementer(IHalfCloseableProtocol)
+        class Checking(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.loseWriteConnection()
+
+            def readConnectionLost(self):
+                pass
+
+            def writeConnectionLost(self):
+                for bad in (lambda: self.transport.write("text"),
+                            lambda: self.transport.writeSequence(
+                                [b"a", "b"])):
+                    try:
+                        bad()
+                    except TypeError:
+                        errors.append("TypeError")
+                    else:
+                        errors.append("accepted")
+                self.transport.loseConnection()
+
+            def connectionLost(self, reason):
+                reactor.stop()
+
+        self._pair(reactor, Checking, protocol.Protocol)
+        self.runReactor(reactor)
+        self.assertEqual(errors, ["TypeError", "TypeError"])
+
     def test_callFromThread(self):
         """
         Calls made from another thread run on the reactor thread, in order,
