@@ -1901,24 +1901,30 @@ void ame_retry(ame_tx_t *tx) {
   assert(tx->nesting > 0 && "ame_retry outside a transaction");
   assert(!tx->irr_user && "ame_retry in an irrevocable transaction");
   /* Keep what we read: abort handlers may run transactions that reuse the
-  ** read log.  An irrevocable transaction (escalated by contention, never
-  ** one the program made irrevocable) has written nothing yet and locked
-  ** what it read: its lock entries tell what it read. */
+  ** read log.  The read log holds the reads under orecs free when read;
+  ** a read under an orec the transaction held (it wrote to that granule
+  ** first: read_own()) is not logged, so each held orec's version before
+  ** the lock goes in too (with no logged read, the set stays empty: any
+  ** commit wakes it, which covers those reads).  An irrevocable
+  ** transaction (escalated by contention, never one the program made
+  ** irrevocable) logs no reads: it locked what it read, so its lock
+  ** entries are all there is. */
   size_t n = 0;
   struct ame__dom *d = tx->dom;
   uintptr_t clock0 = LOAD_ACQ(&d->clock);
-  if (tx->irrevocable) {
-    for (struct ame__wchunk *c = tx->w_first; c && tx->w_n; c = c->next) {
-      struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
-                                                 : c->e + AME__WCHUNK;
-      for (struct ame__wentry *e = c->e; e < end; e++) {
-        if (!e->head) continue;
-        struct ame__rentry r = {e->addr, e->version};
-        if (ame__vec_push(&tx->retry_set, &r, sizeof r) == 0) n++;
-      }
-      if (c == tx->w_chunk) break;
+  int held = tx->irrevocable || tx->h.r_cur != tx->r_base;
+  for (struct ame__wchunk *c = tx->w_first; c && held && tx->w_n;
+       c = c->next) {
+    struct ame__wentry *end = c == tx->w_chunk ? c->e + tx->w_i
+                                               : c->e + AME__WCHUNK;
+    for (struct ame__wentry *e = c->e; e < end; e++) {
+      if (!e->head) continue;
+      struct ame__rentry r = {e->addr, e->version};
+      if (ame__vec_push(&tx->retry_set, &r, sizeof r) == 0) n++;
     }
-  } else {
+    if (c == tx->w_chunk) break;
+  }
+  if (!tx->irrevocable) {
     for (struct ame__rentry *r = tx->r_base; r < tx->h.r_cur; r++)
       if (ame__vec_push(&tx->retry_set, r, sizeof *r) == 0) n++;
   }

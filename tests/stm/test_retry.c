@@ -112,6 +112,52 @@ TEST_IMPL(retry_read_nothing) {
   leave_and_shutdown();
 }
 
+/* A word read under an orec the transaction holds (it wrote another word
+** of the same granule first) is read from memory and its buffer, not
+** logged as a read: the retry must still wake when it changes. */
+struct own_lock {
+  _Alignas(64) uintptr_t mine;  /* written by the waiter ... */
+  uintptr_t flag;               /* ... and this, in the same granule, read */
+  _Alignas(64) uintptr_t other; /* read first, in a granule of its own */
+  atomic_int tries;
+  atomic_int done;
+  uintptr_t got;
+};
+
+static void *own_lock_main(void *arg) {
+  struct own_lock *w = arg;
+  ame_tx_t *tx = enter();
+  volatile uintptr_t v = 0;
+  AME_ATOMIC(tx) {
+    atomic_fetch_add(&w->tries, 1);
+    (void)ame_load_word_tx(tx, &w->other);
+    ame_store_word_tx(tx, &w->mine, 1);
+    v = ame_load_word_tx(tx, &w->flag);
+    if (v == 0)
+      ame_retry(tx);
+  }
+  w->got = v;
+  atomic_store(&w->done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(retry_read_under_own_lock) {
+  ame_tx_t *tx = enter();
+  static struct own_lock w;
+  pthread_t t;
+  thread_start(&t, own_lock_main, &w);
+  ASSERT_WAIT(atomic_load(&w.tries) >= 1, 5000);
+  sleep_ms(100);
+  ASSERT_EQ(atomic_load(&w.done), 0);
+  tx_set(tx, &w.flag, 7);
+  ASSERT_WAIT(atomic_load(&w.done), 5000);
+  thread_join(t);
+  ASSERT_EQ(w.got, 7);
+  ASSERT_EQ(w.mine, 1);
+  leave_and_shutdown();
+}
+
 /* ------------------------------------------------------------------------
 ** A bounded FIFO queue in transactional memory; producers retry while it is
 ** full, consumers while it is empty (no condition variables anywhere).
