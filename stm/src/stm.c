@@ -259,11 +259,37 @@ static uintptr_t *orecs_alloc(size_t n) {
 ** would stay held there for good, and the child's first thread to register
 ** (the binding's new worker in a child that twistd daemonized) would wait
 ** for it forever.  So the fork waits for the lock, and both processes
-** release it after. */
+** release it after.
+**
+** The other threads' transactions in flight at the fork never end in the
+** child.  Their descriptors stay taken and what they locked stays locked
+** (docs/stm.md), but nothing else may wait for them there: their starts
+** are withdrawn (a privatization or ame_quiesce() would wait for them
+** forever, and reclamation would keep every block freed after them), the
+** irrevocability queue is emptied (a ticket they held or waited for is
+** never passed on; the forking thread, outside a transaction, holds and
+** awaits none), and so is the count of threads in ame_retry() (every
+** commit would make a futex call to wake nobody). */
 static void fork_prepare(void) { pthread_mutex_lock(&ame__G.reg_lock); }
 static void fork_release(void) { pthread_mutex_unlock(&ame__G.reg_lock); }
+static void fork_child(void) {
+  struct ame__dom *d = &ame__G.dom;
+  if (LOAD(&ame__G.initialised)) {
+    unsigned n = LOAD(&d->n_slots);
+    for (unsigned i = 0; i < n; i++) {
+      ame_tx_t *t = d->threads[i];
+      if (t == NULL || t == self) continue;
+      STORE(&t->active, AME__IDLE);
+      STORE(&t->hold, AME__IDLE);
+    }
+    if (self == NULL || !self->has_token)
+      STORE(&d->irr_serving, LOAD(&d->irr_next));
+    STORE(&d->retry_waiters, 0);
+  }
+  pthread_mutex_unlock(&ame__G.reg_lock);
+}
 static void fork_handlers(void) {
-  (void)pthread_atfork(fork_prepare, fork_release, fork_release);
+  (void)pthread_atfork(fork_prepare, fork_release, fork_child);
 }
 
 int ame_stm_init(const ame_stm_config_t *cfg) {

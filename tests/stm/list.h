@@ -18,6 +18,7 @@
   X(thread_enter_exit, 10)                                                    \
   X(thread_enter_auto_init, 10)                                               \
   X(fork_while_registering, 60)                                               \
+  X(fork_inside_transaction, 30)                                              \
   X(descriptor_lines, 10)                                                     \
   X(thread_idle, 20)                                                          \
   X(strerror, 10)                                                             \

@@ -169,6 +169,89 @@ TEST_IMPL(fork_while_registering) {
   ame_stm_shutdown();
 }
 
+/* fork() while another thread is inside an irrevocable transaction: the
+** child has no such thread, so nothing of the child may wait for it: not
+** a privatization or ame_quiesce() (its start stays published there), not
+** irrevocability (its ticket is never passed on there), and reclamation
+** must not keep blocks for it. */
+static atomic_int inside_go, inside_stop;
+static uintptr_t inside_word; /* locked by that transaction: left alone */
+
+static void *inside_main(void *arg) {
+  (void)arg;
+  ame_tx_t *tx = enter();
+  AME_ATOMIC(tx) {
+    ame_tx_irrevocable(tx);
+    ame_store_word_tx(tx, &inside_word, 1);
+    atomic_store(&inside_go, 1);
+    while (!atomic_load(&inside_stop)) sleep_ms(1);
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+static int fork_child_work(int what) {
+  ame_tx_t *tx = ame_thread_enter();
+  if (tx == NULL) return 2;
+  static uintptr_t w;
+  switch (what) {
+  case 0: /* privatization */
+    AME_ATOMIC(tx) {
+      ame_store_word_tx(tx, &w, 1);
+      ame_tx_privatize(tx);
+    }
+    ame_quiesce(tx);
+    break;
+  case 1: /* irrevocability */
+    AME_ATOMIC(tx) {
+      ame_tx_irrevocable(tx);
+      ame_store_word_tx(tx, &w, 2);
+    }
+    break;
+  case 2: { /* reclamation */
+    uintptr_t *p = NULL;
+    AME_ATOMIC(tx) {
+      p = ame_tx_malloc(tx, 16);
+      ame_tx_free(tx, p, 16);
+    }
+    AME_ATOMIC(tx) { ame_store_word_tx(tx, &w, 3); }
+    ame_thread_idle(tx);
+    ame_stats_t st;
+    ame_stats_thread(tx, &st);
+    if (st.frees_pending != 0) return 4;
+    break;
+  }
+  }
+  if (tx_get(tx, &w) == 0) return 3;
+  ame_thread_exit();
+  return 0;
+}
+
+TEST_IMPL(fork_inside_transaction) {
+  ASSERT_EQ(ame_stm_init(NULL), 0);
+  pthread_t t;
+  thread_start(&t, inside_main, NULL);
+  ASSERT_WAIT(atomic_load(&inside_go), 5000);
+  int status = 0;
+  for (int what = 0; what < 3; what++) {
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+      alarm(5); /* a child that waits forever dies of SIGALRM */
+      _exit(fork_child_work(what));
+    }
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      AME_TEST_FAIL_("case %d: the child %s %d", what,
+                     WIFSIGNALED(status) ? "died of signal" : "exited",
+                     WIFSIGNALED(status) ? WTERMSIG(status)
+                                         : WEXITSTATUS(status));
+  }
+  atomic_store(&inside_stop, 1);
+  thread_join(t);
+  ame_stm_shutdown();
+}
+
 struct self_probe {
   ame_tx_t *main_tx;    /* the main thread's descriptor */
   ame_tx_t *seen_before;/* ame_self() before entering */
