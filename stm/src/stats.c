@@ -177,8 +177,9 @@ void ame_stats_reset(void) {
       ame_tx_t *t = __atomic_load_n(&ame__G.dom.threads[i], __ATOMIC_ACQUIRE);
       if (t == NULL) continue;
       ame_stats_t *s = &t->stats;
-      /* Pending frees are a level, not a count: keep them. */
-      uint64_t pending = LOAD(&s->frees_pending);
+      /* Pending frees are a level, not a count: keep them, by not
+      ** touching them at all (their owner moves them meanwhile; a value
+      ** read here and stored back could undo its moves for good). */
       STORE(&s->commits, 0);
       STORE(&s->commits_ro, 0);
       STORE(&s->aborts, 0);
@@ -190,7 +191,6 @@ void ame_stats_reset(void) {
       STORE(&s->extensions, 0);
       STORE(&s->max_attempts, 0);
       STORE(&s->frees_done, 0);
-      STORE(&s->frees_pending, pending);
     }
     pthread_mutex_lock(&ame__G.reg_lock);
     ame__G.orphan_stats.frees_done = 0;

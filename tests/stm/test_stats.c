@@ -399,6 +399,38 @@ TEST_IMPL(stats_total_reset) {
   leave_and_shutdown();
 }
 
+/* ame_stats_reset() beside a thread that frees and reclaims: pending
+** frees are a level, which a reset must leave as its owner keeps it. */
+static atomic_int pending_stop;
+
+static void *pending_main(void *arg) {
+  ame_stats_t *out = arg;
+  ame_tx_t *tx = enter();
+  while (!atomic_load(&pending_stop)) {
+    AME_ATOMIC(tx) {
+      void *p = ame_tx_malloc(tx, 16);
+      ame_tx_free(tx, p, 16);
+    }
+    ame_thread_idle(tx); /* nothing else runs: it is reclaimed */
+  }
+  ame_stats_thread(tx, out);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(stats_reset_keeps_pending) {
+  ame_tx_t *tx = enter();
+  static ame_stats_t st;
+  pthread_t t;
+  thread_start(&t, pending_main, &st);
+  for (int i = 0; i < 200000; i++) ame_stats_reset();
+  atomic_store(&pending_stop, 1);
+  thread_join(t);
+  ASSERT_EQ(st.frees_pending, 0);
+  (void)tx;
+  leave_and_shutdown();
+}
+
 TEST_IMPL(abort_cause_name) {
   ASSERT_STR_EQ(ame_abort_cause_name(AME_ABORT_READ_LOCKED), "read-locked");
   for (int a = 0; a < AME_ABORT__COUNT; a++) {
