@@ -1649,8 +1649,12 @@ static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
 
 void ame_tx_abort(ame_tx_t *tx) {
   assert(tx->nesting > 0 && "ame_tx_abort outside a transaction");
-  assert(!tx->irrevocable && "an irrevocable transaction cannot abort");
+  /* One the contention manager made irrevocable can still be rolled back
+  ** (nothing is written back before commit), as ame_tx_cancel does: its
+  ** ticket goes before the handlers, and the restart takes it again. */
+  assert(!tx->irr_user && "an irrevocable transaction cannot abort");
   rollback(tx, AME_ABORT_EXPLICIT, 0, NULL);
+  release_token(tx);
   abort_handlers(tx);
   restart(tx);
 }

@@ -52,6 +52,7 @@
   X(tx_run_nests, 10)                                                         \
   X(tx_set_site, 10)                                                          \
   X(tx_cancel_escalated, 20)                                                  \
+  X(tx_abort_escalated, 20)                                                   \
   X(handlers_commit_order, 10)                                                \
   X(handlers_abort_order, 10)                                                 \
   X(handlers_nested, 10)                                                      \

@@ -634,3 +634,64 @@ TEST_IMPL(tx_cancel_escalated) {
   ASSERT_EQ(e.out, 8);
   leave_and_shutdown();
 }
+
+/* ame_tx_abort in a transaction that the contention manager made
+** irrevocable (the program did not ask: nothing told it not to abort).
+** The attempt is rolled back, its abort handler runs without the ticket
+** (a transaction there may turn irrevocable itself), and the transaction
+** runs again, irrevocable from its start as before the abort. */
+static ame_tx_t *esc_abort_tx;
+static volatile int esc_abort_handler_irr = -1;
+
+static void esc_abort_handler(void *arg) {
+  uintptr_t *w = arg;
+  volatile int irr = -1;
+  AME_ATOMIC(esc_abort_tx) {
+    ame_tx_irrevocable(esc_abort_tx);
+    irr = ame_tx_is_irrevocable(esc_abort_tx);
+    ame_store_word_tx(esc_abort_tx, w, 5);
+  }
+  esc_abort_handler_irr = irr;
+}
+
+TEST_IMPL(tx_abort_escalated) {
+  ame_stm_config_t cfg = {.escalate_after = 2};
+  ASSERT_EQ(ame_stm_init(&cfg), 0);
+  ame_tx_t *tx = enter();
+  esc_abort_tx = tx;
+  static struct esc_cancel e;
+  static _Alignas(64) uintptr_t h;
+  pthread_t tb;
+  thread_start(&tb, esc_cancel_bumper, &e);
+  static volatile int attempts, aborted;
+  volatile int irr_at_end = 0;
+  AME_ATOMIC(tx) {
+    ASSERT_LT(attempts, 10);
+    attempts++;
+    ame_store_word_tx(tx, &e.out, 7);
+    (void)ame_load_word_tx(tx, &e.w);
+    if (!ame_tx_is_irrevocable(tx)) {
+      int r = atomic_fetch_add(&e.req, 1) + 1;
+      ASSERT_WAIT(atomic_load(&e.ack) == r, 5000);
+      (void)ame_load_word_tx(tx, &e.w2); /* aborts: w changed */
+      AME_TEST_FAIL_("the read of w2 did not abort");
+    }
+    if (!aborted) {
+      aborted = 1;
+      ASSERT_EQ(ame_tx_on_abort(tx, esc_abort_handler, &h), 0);
+      ame_tx_abort(tx);
+    }
+    irr_at_end = ame_tx_is_irrevocable(tx);
+  }
+  ASSERT_EQ(attempts, 4); /* two conflicts, irrevocable, aborted, again */
+  ASSERT_EQ(irr_at_end, 1);
+  ASSERT_EQ(esc_abort_handler_irr, 1);
+  ASSERT_EQ(h, 5);
+  ASSERT_EQ(e.out, 7);
+  /* The ticket was handed on: another thread can become irrevocable. */
+  atomic_store(&e.irr_req, 1);
+  ASSERT_WAIT(atomic_load(&e.irr_done), 5000);
+  atomic_store(&e.stop, 1);
+  thread_join(tb);
+  leave_and_shutdown();
+}

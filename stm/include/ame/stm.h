@@ -138,7 +138,9 @@ typedef enum ame_abort_cause {
 AME_EXTERN int ame_tx_run(ame_tx_t *tx, int (*fn)(ame_tx_t *tx, void *arg),
                           void *arg);
 
-/* Abort the current attempt and run the transaction again. */
+/* Abort the current attempt and run the transaction again.  Not allowed
+** after ame_tx_irrevocable() (assert); a transaction that the contention
+** manager made irrevocable may abort, and runs again irrevocable. */
 AME_EXTERN void ame_tx_abort(ame_tx_t *tx) __attribute__((noreturn));
 
 /* Abort the current attempt and block until some location that it read has
