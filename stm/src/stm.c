@@ -927,7 +927,7 @@ static uintptr_t unpublish(ame_tx_t *tx, int keep) {
 ** (unpublish()), so that memory the transaction could reach is not
 ** reclaimed under them, and holds no irrevocability ticket.  The state of
 ** the transaction being aborted (restart point, attempt count,
-** escalation) is kept across. */
+** escalation, the cause of its abort) is kept across. */
 static void run_handlers(ame_tx_t *tx, struct ame__vec *v) {
   if (v->n == 0) return;
   assert(!tx->has_token && "handlers run with the irrevocability token");
@@ -940,6 +940,8 @@ static void run_handlers(ame_tx_t *tx, struct ame__vec *v) {
   unsigned conflicts = tx->conflicts;
   int want = tx->want_irrevocable;
   const char *site = LOAD(&tx->site);
+  ame_abort_cause_t cause = tx->last_cause; /* for ame_tx_last_cause() */
+  uintptr_t cause_addr = tx->last_addr;
   tx->nesting = 0;
   tx->attempt = 0;
   tx->conflicts = 0;
@@ -953,6 +955,8 @@ static void run_handlers(ame_tx_t *tx, struct ame__vec *v) {
   tx->conflicts = conflicts;
   tx->want_irrevocable = want;
   STORE(&tx->site, site);
+  tx->last_cause = cause;
+  tx->last_addr = cause_addr;
   if (v->items == NULL) {
     *v = mine;
     v->n = 0;

@@ -58,6 +58,7 @@
   X(handlers_nested, 10)                                                      \
   X(handlers_run_transactions, 10)                                            \
   X(handlers_abort_run_transactions, 20)                                      \
+  X(handlers_keep_last_cause, 20)                                             \
   /* what handlers may do: test_handlers.c */                                 \
   X(handlers_privatize_two_threads, 30)                                       \
   X(handlers_quiesce_two_threads, 30)                                         \

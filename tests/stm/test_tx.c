@@ -695,3 +695,52 @@ TEST_IMPL(tx_abort_escalated) {
   thread_join(tb);
   leave_and_shutdown();
 }
+
+/* ame_tx_last_cause() after an abort whose handler ran a transaction that
+** aborted too: the cause (and word) are the transaction's own, which a
+** binding reads after the abort to decide (AME_ABORT_CAPACITY: give up)
+** and to count the conflict against what it touched. */
+static _Alignas(64) uintptr_t cause_w;
+
+static void *cause_bump(void *arg) {
+  (void)arg;
+  ame_tx_t *tx = enter();
+  tx_add(tx, &cause_w, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+static void cause_handler(void *arg) {
+  ame_tx_t *tx = arg;
+  volatile int tries = 0;
+  AME_ATOMIC(tx) {
+    if (tries++ == 0) ame_tx_abort(tx); /* its own, explicit abort */
+  }
+}
+
+TEST_IMPL(handlers_keep_last_cause) {
+  ame_tx_t *tx = enter();
+  static jmp_buf env;
+  static volatile int attempts;
+  attempts = 0;
+  if (setjmp(env) != 0) {
+    uintptr_t a = 1;
+    ASSERT_EQ(ame_tx_last_cause(tx, &a), AME_ABORT_VALIDATE);
+    ASSERT_EQ(a, (uintptr_t)&cause_w);
+  }
+  attempts++;
+  ASSERT_LE(attempts, 2);
+  ame_tx_begin(tx, &env, "handlers_keep_last_cause");
+  (void)ame_load_word_tx(tx, &cause_w);
+  if (attempts == 1) {
+    ASSERT_EQ(ame_tx_on_abort(tx, cause_handler, tx), 0);
+    pthread_t t;
+    thread_start(&t, cause_bump, NULL);
+    thread_join(t);
+    ame_tx_validate(tx); /* aborts: cause_w changed */
+    AME_TEST_FAIL_("validation did not abort");
+  }
+  ame_tx_commit(tx);
+  ASSERT_EQ(attempts, 2);
+  leave_and_shutdown();
+}
