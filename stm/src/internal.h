@@ -204,6 +204,8 @@ struct ame__global {
   pthread_mutex_t reg_lock;    /* registry, orphans */
   struct ame__vec orphans;     /* ame__limbo left by exited threads */
   ame_stats_t orphan_stats;    /* reclamation counts of orphans */
+  ame_stats_t *stats_base;     /* atomic: by slot, each descriptor's counts
+                                  at the last ame_stats_reset() (stats.c) */
   int membarrier;              /* atomic: the private domain's fences are
                                   asymmetric (stm.c: fence_heavy()) */
 };

@@ -135,25 +135,49 @@ size_t ame_conflicts(ame_conflict_t *out, size_t n) {
   return m;
 }
 
-static void add_stats(ame_stats_t *to, const ame_stats_t *from) {
-  to->commits += LOAD(&from->commits);
-  to->commits_ro += LOAD(&from->commits_ro);
-  to->aborts += LOAD(&from->aborts);
+/* The counters of ame_stats_t (all but max_attempts and frees_pending),
+** by offset. */
+#define COUNTERS(X)                                                           \
+  X(commits) X(commits_ro) X(aborts) X(retries) X(irrevocable)               \
+  X(escalations) X(extensions) X(frees_done)
+
+/* Statistics are written by their owner alone, with a plain load and
+** store (no locked instruction on its commits).  So a reset cannot zero
+** them: an owner between its load and its store would put back the count
+** it loaded.  Instead a reset records each descriptor of the process's
+** domain's counts (ame__G.stats_base, by slot), and readers subtract
+** them.  A base is loaded (acquire) before the counts: a count read after
+** it is no older than the count the reset read for it (release). */
+static const ame_stats_t *base_of(const ame_tx_t *tx) {
+  if (tx->dom != &ame__G.dom || ame__G.stats_base == NULL) return NULL;
+  return &ame__G.stats_base[tx->slot];
+}
+
+/* Add tx's statistics since the last reset to *to. */
+static void add_stats(ame_stats_t *to, const ame_tx_t *tx) {
+  const ame_stats_t *from = &tx->stats, *b = base_of(tx);
+  ame_stats_t base = {0};
+  if (b) {
+#define X(f) base.f = LOAD_ACQ(&b->f);
+    COUNTERS(X)
+#undef X
+    for (int i = 0; i < AME_ABORT__COUNT; i++)
+      base.aborts_by_cause[i] = LOAD_ACQ(&b->aborts_by_cause[i]);
+  }
+#define X(f) to->f += LOAD(&from->f) - base.f;
+  COUNTERS(X)
+#undef X
   for (int i = 0; i < AME_ABORT__COUNT; i++)
-    to->aborts_by_cause[i] += LOAD(&from->aborts_by_cause[i]);
-  to->retries += LOAD(&from->retries);
-  to->irrevocable += LOAD(&from->irrevocable);
-  to->escalations += LOAD(&from->escalations);
-  to->extensions += LOAD(&from->extensions);
+    to->aborts_by_cause[i] +=
+        LOAD(&from->aborts_by_cause[i]) - base.aborts_by_cause[i];
   uint64_t ma = LOAD(&from->max_attempts);
   if (ma > to->max_attempts) to->max_attempts = ma;
   to->frees_pending += LOAD(&from->frees_pending);
-  to->frees_done += LOAD(&from->frees_done);
 }
 
 void ame_stats_thread(const ame_tx_t *tx, ame_stats_t *out) {
   memset(out, 0, sizeof *out);
-  if (tx) add_stats(out, &tx->stats);
+  if (tx) add_stats(out, tx);
 }
 
 void ame_stats_total(ame_stats_t *out) {
@@ -162,7 +186,7 @@ void ame_stats_total(ame_stats_t *out) {
   unsigned n = LOAD_ACQ(&ame__G.dom.n_slots);
   for (unsigned i = 0; i < n; i++) {
     ame_tx_t *t = __atomic_load_n(&ame__G.dom.threads[i], __ATOMIC_ACQUIRE);
-    if (t) add_stats(out, &t->stats);
+    if (t) add_stats(out, t);
   }
   pthread_mutex_lock(&ame__G.reg_lock);
   out->frees_pending += ame__G.orphan_stats.frees_pending;
@@ -171,31 +195,27 @@ void ame_stats_total(ame_stats_t *out) {
 }
 
 void ame_stats_reset(void) {
-  if (LOAD_ACQ(&ame__G.initialised)) {
+  pthread_mutex_lock(&ame__G.reg_lock);
+  if (ame__G.initialised) {
     unsigned n = LOAD_ACQ(&ame__G.dom.n_slots);
     for (unsigned i = 0; i < n; i++) {
       ame_tx_t *t = __atomic_load_n(&ame__G.dom.threads[i], __ATOMIC_ACQUIRE);
       if (t == NULL) continue;
-      ame_stats_t *s = &t->stats;
-      /* Pending frees are a level, not a count: keep them, by not
-      ** touching them at all (their owner moves them meanwhile; a value
-      ** read here and stored back could undo its moves for good). */
-      STORE(&s->commits, 0);
-      STORE(&s->commits_ro, 0);
-      STORE(&s->aborts, 0);
+      const ame_stats_t *s = &t->stats;
+      ame_stats_t *b = &ame__G.stats_base[t->slot];
+#define X(f) STORE_REL(&b->f, LOAD(&s->f));
+      COUNTERS(X)
+#undef X
       for (int c = 0; c < AME_ABORT__COUNT; c++)
-        STORE(&s->aborts_by_cause[c], 0);
-      STORE(&s->retries, 0);
-      STORE(&s->irrevocable, 0);
-      STORE(&s->escalations, 0);
-      STORE(&s->extensions, 0);
-      STORE(&s->max_attempts, 0);
-      STORE(&s->frees_done, 0);
+        STORE_REL(&b->aborts_by_cause[c], LOAD(&s->aborts_by_cause[c]));
+      /* Not a count: the most attempts from here on.  (An owner's store
+      ** that this zero meets is of an attempt count it saw now.)  Pending
+      ** frees are a level, left to their owner. */
+      STORE(&t->stats.max_attempts, 0);
     }
-    pthread_mutex_lock(&ame__G.reg_lock);
     ame__G.orphan_stats.frees_done = 0;
-    pthread_mutex_unlock(&ame__G.reg_lock);
   }
+  pthread_mutex_unlock(&ame__G.reg_lock);
   ame__conflicts_reset();
 }
 

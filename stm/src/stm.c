@@ -313,9 +313,11 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
   size_t n = (size_t)1 << bits;
   uintptr_t *orecs = orecs_alloc(n);
   ame_tx_t **threads = calloc(maxt, sizeof *threads);
-  if (orecs == NULL || threads == NULL) {
+  ame_stats_t *base = calloc(maxt, sizeof *base);
+  if (orecs == NULL || threads == NULL || base == NULL) {
     free(orecs);
     free(threads);
+    free(base);
     pthread_mutex_unlock(&ame__G.reg_lock);
     return -ENOMEM;
   }
@@ -335,6 +337,7 @@ int ame_stm_init(const ame_stm_config_t *cfg) {
   STORE(&d->irr_next, 0);
   STORE(&d->irr_serving, 0);
   memset(&ame__G.orphan_stats, 0, sizeof ame__G.orphan_stats);
+  ame__G.stats_base = base;
   STORE(&ame__G.membarrier, membarrier_setup());
   STORE_REL(&ame__G.initialised, 1);
   pthread_mutex_unlock(&ame__G.reg_lock);
@@ -382,8 +385,10 @@ void ame_stm_shutdown(void) {
   ame__vec_free(&ame__G.orphans);
   free(d->threads);
   free(d->orecs);
+  free(ame__G.stats_base);
   d->threads = NULL;
   d->orecs = NULL;
+  ame__G.stats_base = NULL;
   ame__stats_shutdown();
   STORE_REL(&ame__G.initialised, 0);
   pthread_mutex_unlock(&ame__G.reg_lock);

@@ -101,6 +101,7 @@
   X(stats_irrevocable, 20)                                                    \
   X(stats_total_reset, 20)                                                    \
   X(stats_reset_keeps_pending, 30)                                            \
+  X(stats_reset_while_counting, 30)                                           \
   X(abort_cause_name, 10)                                                     \
   X(label_errors, 10)                                                         \
   X(conflict_report, 30)                                                      \

@@ -431,6 +431,49 @@ TEST_IMPL(stats_reset_keeps_pending) {
   leave_and_shutdown();
 }
 
+/* ame_stats_reset() beside a thread that commits: after the reset its
+** commit count is what it committed since, not what it had before. */
+static atomic_int counting_stop;
+static atomic_ulong counting_done;  /* commits the thread saw return */
+static ame_tx_t *counting_tx;
+
+static void *counting_main(void *arg) {
+  (void)arg;
+  ame_tx_t *tx = enter();
+  static _Alignas(64) uintptr_t w;
+  counting_tx = tx;
+  atomic_store(&counting_done, 1);
+  while (!atomic_load(&counting_stop)) {
+    tx_add(tx, &w, 1);
+    atomic_fetch_add(&counting_done, 1);
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(stats_reset_while_counting) {
+  ame_tx_t *tx = enter();
+  pthread_t t;
+  thread_start(&t, counting_main, NULL);
+  ASSERT_WAIT(atomic_load(&counting_done) > 1000, 5000);
+  unsigned long worst = 0;
+  for (int i = 0; i < 100000; i++) {
+    unsigned long d0 = atomic_load(&counting_done);
+    ame_stats_reset();
+    ame_stats_t st;
+    ame_stats_thread(counting_tx, &st);
+    unsigned long d1 = atomic_load(&counting_done);
+    /* One commit may have counted itself but not yet returned. */
+    unsigned long over = st.commits > d1 - d0 + 1 ? st.commits : 0;
+    if (over > worst) worst = over;
+  }
+  atomic_store(&counting_stop, 1);
+  thread_join(t);
+  ASSERT_EQ(worst, 0);
+  (void)tx;
+  leave_and_shutdown();
+}
+
 TEST_IMPL(abort_cause_name) {
   ASSERT_STR_EQ(ame_abort_cause_name(AME_ABORT_READ_LOCKED), "read-locked");
   for (int a = 0; a < AME_ABORT__COUNT; a++) {
