@@ -114,9 +114,11 @@ int ame_tasks_add(ame_tasks_t *q, ame_tx_t *tx, ame_task_fn fn, void *arg) {
   return 0;
 }
 
-static void worker(ame_tasks_t *q) {
+/* Run tasks until the run is over.  Return 0, or -1 if the thread could
+** not register (then it ran none). */
+static int worker(ame_tasks_t *q) {
   ame_tx_t *tx = ame_thread_enter();
-  if (tx == NULL) return;
+  if (tx == NULL) return -1;
   pthread_mutex_lock(&q->lock);
   for (;;) {
     while (q->head == NULL && q->running > 0)
@@ -138,11 +140,11 @@ static void worker(ame_tasks_t *q) {
   pthread_mutex_unlock(&q->lock);
   ame_thread_idle(tx);
   ame_thread_exit();
+  return 0;
 }
 
 static void *worker_main(void *arg) {
-  worker(arg);
-  return NULL;
+  return worker(arg) == 0 ? arg : NULL;
 }
 
 int ame_tasks_run(ame_tasks_t *q, unsigned nthreads) {
@@ -164,13 +166,21 @@ int ame_tasks_run(ame_tasks_t *q, unsigned nthreads) {
     for (unsigned i = 1; i < nthreads; i++)
       if (pthread_create(&th[started], NULL, worker_main, q) == 0) started++;
   }
-  worker(q); /* the calling thread is one of the workers */
-  for (unsigned i = 0; i < started; i++) pthread_join(th[i], NULL);
+  /* The calling thread is one of the workers. */
+  int worked = worker(q) == 0;
+  for (unsigned i = 0; i < started; i++) {
+    void *r = NULL;
+    pthread_join(th[i], &r);
+    if (r) worked = 1;
+  }
   free(th);
   pthread_mutex_lock(&q->lock);
   q->busy = 0;
+  /* None registered (the thread table is full): nothing ran, and the
+  ** tasks stay queued for a later run. */
+  int rc = !worked && q->head ? -ENOSPC : 0;
   pthread_mutex_unlock(&q->lock);
-  return 0;
+  return rc;
 }
 
 uint64_t ame_tasks_done(const ame_tasks_t *q) {

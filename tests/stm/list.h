@@ -111,6 +111,7 @@
   X(tasks_add_in_aborted_tx, 30)                                              \
   X(tasks_unregistered_caller, 30)                                            \
   X(tasks_rerun, 30)                                                          \
+  X(tasks_no_thread_slot, 30)                                                 \
   /* ame_cpu_count: test_cpus.c */                                            \
   X(cpus_count_rounding, 10)                                                  \
   X(cpus_count_here, 10)                                                      \

@@ -161,3 +161,41 @@ TEST_IMPL(tasks_rerun) {
   ame_tasks_free(queue);
   leave_and_shutdown();
 }
+
+/* No thread can register (the thread table is full and the caller is not
+** in it): the run cannot run a task, and says so; the tasks stay queued
+** for a run that can. */
+static atomic_int slot_taken, slot_release;
+
+static void *slot_holder(void *arg) {
+  (void)arg;
+  ame_tx_t *tx = enter();
+  (void)tx;
+  atomic_store(&slot_taken, 1);
+  while (!atomic_load(&slot_release)) sleep_ms(1);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(tasks_no_thread_slot) {
+  ame_stm_config_t cfg = {.max_threads = 1};
+  ASSERT_EQ(ame_stm_init(&cfg), 0);
+  pthread_t t;
+  thread_start(&t, slot_holder, NULL);
+  ASSERT_WAIT(atomic_load(&slot_taken), 5000);
+  ASSERT_NULL(ame_thread_enter()); /* the table is full */
+  counter = 0;
+  queue = ame_tasks_new();
+  ASSERT_NOT_NULL(queue);
+  for (int i = 0; i < 5; i++)
+    ASSERT_EQ(ame_tasks_add(queue, NULL, inc_task, NULL), 0);
+  ASSERT_EQ(ame_tasks_run(queue, 2), -ENOSPC);
+  ASSERT_EQ(ame_tasks_done(queue), 0);
+  atomic_store(&slot_release, 1);
+  thread_join(t);
+  ASSERT_EQ(ame_tasks_run(queue, 2), 0); /* they were kept */
+  ASSERT_EQ(ame_tasks_done(queue), 5);
+  ASSERT_EQ(counter, 5);
+  ame_tasks_free(queue);
+  ame_stm_shutdown();
+}

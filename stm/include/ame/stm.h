@@ -341,8 +341,9 @@ AME_EXTERN int ame_tasks_add(ame_tasks_t *q, ame_tx_t *tx, ame_task_fn fn,
 ** calling thread is one of them) until the queue is empty and no task is
 ** running; tasks may add tasks.  The outcome is that of running the tasks one
 ** at a time in some order.  If fewer threads can be started, the run goes on
-** with those.  Return 0, -EINVAL (called inside a transaction) or -EALREADY
-** (this queue is already running). */
+** with those.  Return 0, -EINVAL (called inside a transaction), -EALREADY
+** (this queue is already running) or -ENOSPC (no thread could register,
+** ame_thread_enter: no task ran, and the tasks stay queued). */
 AME_EXTERN int ame_tasks_run(ame_tasks_t *q, unsigned nthreads);
 
 /* How many tasks ran to commit in the last ame_tasks_run(). */
