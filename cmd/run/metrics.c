@@ -85,20 +85,29 @@ int ame_metrics_listen(const char *hostport, char *err, size_t errsize) {
     snprintf(err, errsize, "--metrics %s: %s", hostport, gai_strerror(rc));
     return -1;
   }
-  int fd = -1, e = 0;
-  for (struct addrinfo *a = ai; a; a = a->ai_next) {
-    fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
+  /* No host: every address, IPv4 and IPv6 on one socket where the
+  ** machine has IPv6 (the IPv6 wildcard first, taking IPv4 too), else the
+  ** IPv4 wildcard. */
+  int all = *h == '\0', fd = -1, e = 0;
+  for (int pass = all ? 0 : 1; pass < 2 && fd < 0; pass++) {
+    for (struct addrinfo *a = ai; a; a = a->ai_next) {
+      if (pass == 0 && a->ai_family != AF_INET6) continue;
+      fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                  0);
+      if (fd < 0) {
+        e = errno;
+        continue;
+      }
+      int one = 1, zero = 0;
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      if (all && a->ai_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+      if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 16) == 0)
+        break;
       e = errno;
-      continue;
+      close(fd);
+      fd = -1;
     }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 16) == 0)
-      break;
-    e = errno;
-    close(fd);
-    fd = -1;
   }
   freeaddrinfo(ai);
   if (fd < 0)

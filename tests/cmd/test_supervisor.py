@@ -1025,6 +1025,29 @@ def case_metrics(ame):
     check(rc == 1 and len(err.strip().splitlines()) == 1 and
           'Address already in use' in err,
           'a --metrics address in use: exit %s (1), %r' % (rc, err.strip()))
+    # No host: every address, IPv6 too where the machine has it.
+    mport = free_port()
+    srv = start(['run', '--workers', '1', '--metrics', ':%d' % mport,
+                 APP, '0'])
+    if serving(srv, 1, '--metrics :PORT') is None:
+        return srv.stop(signal.SIGKILL)
+    hosts = ['127.0.0.1']
+    try:
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.bind(('::1', 0))
+        hosts.append('[::1]')
+    except OSError:
+        pass  # no IPv6 loopback here
+    for host in hosts:
+        try:
+            with urllib.request.urlopen('http://%s:%d/metrics'
+                                        % (host, mport), timeout=10) as r:
+                st = r.status
+        except OSError as e:
+            st = e
+        check(st == 200, '--metrics :%d answers on %s: %s'
+              % (mport, host, st))
+    srv.stop()
 
 
 def chromium():
