@@ -567,7 +567,8 @@ def _acceptOneAtATime(port):
     empties the queue), so the first worker to wake takes a whole burst
     of new connections.  One accept per event lets the workers that woke
     share the burst, and a busy worker (which polls less often) takes
-    fewer: see the measurements in docs/multicore.md.
+    fewer (docs/multicore.md, --sockets shared; AME_RUN_GREEDY_ACCEPT=1
+    keeps Twisted's loop).
     """
     if not hasattr(port, "numberAccepts"):
         return
