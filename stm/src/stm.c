@@ -1182,10 +1182,13 @@ static void log_full(ame_tx_t *tx) {
   if (tx->explicit_env && !tx->irr_user) {
     /* A binding's transaction: the caller sees AME_ABORT_CAPACITY and
     ** gives up (ame_tx_cancel). */
-    if (!tx->irrevocable) abort_tx(tx, AME_ABORT_CAPACITY, 0, NULL);
-    /* Made irrevocable by the contention manager, not by the program:
-    ** nothing is written back before commit, so it can still be rolled
-    ** back (as ame_retry does), and the ticket handed on. */
+    if (!tx->irrevocable && !tx->has_token)
+      abort_tx(tx, AME_ABORT_CAPACITY, 0, NULL);
+    /* Made irrevocable by the contention manager, not by the program, or
+    ** becoming so (ame_tx_irrevocable() locking what it read, the ticket
+    ** taken): nothing is written back before commit, so it can still be
+    ** rolled back (as ame_retry does), and the ticket handed on before
+    ** the abort handlers run. */
     rollback(tx, AME_ABORT_CAPACITY, 0, NULL);
     release_token(tx);
     abort_handlers(tx);

@@ -145,6 +145,7 @@
   X(heap_crash, 120)                                                          \
   X(heap_crash_peer, 300)                                                     \
   X(heap_capacity_escalated, 60)                                              \
+  X(heap_irrevocable_capacity, 60)                                            \
   X(heap_logs_lazy, 30)                                                       \
   X(heap_blob_reuse_abort, 30)                                                \
   X(heap_reuse_across_classes, 60)                                            \

@@ -1087,6 +1087,56 @@ done:
 }
 
 /* ------------------------------------------------------------------------
+** A binding's transaction whose write log fills while ame_tx_irrevocable()
+** locks what it read (a lock without a write takes a log entry) aborts
+** with AME_ABORT_CAPACITY having handed on the irrevocability ticket it
+** took for that: its abort handlers run without it, and the next
+** transaction to want it gets it.
+*/
+static void irr_cap_handler(void *arg) { (*(volatile int *)arg)++; }
+
+TEST_IMPL(heap_irrevocable_capacity) {
+  enum { NREAD = 300000 }; /* granules read: more than a write log holds */
+  ame_heap_config_t cfg = {.size = 64 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  static uintptr_t *volatile big, *volatile w;
+  AME_ATOMIC(tx) {
+    big = ame_heap_alloc(tx, (size_t)NREAD * 64, 64, 0);
+    w = ame_heap_alloc(tx, 64, 16, 0);
+    ASSERT_NOT_NULL(big);
+    ASSERT_NOT_NULL(w);
+    ame_store_word_tx(tx, w, 0);
+  }
+  static jmp_buf env;
+  static volatile int handled, attempts;
+  handled = attempts = 0;
+  if (setjmp(env) != 0) {
+    ASSERT_EQ(ame_tx_last_cause(tx, NULL), AME_ABORT_CAPACITY);
+    ASSERT_EQ(handled, 1);
+    ame_tx_cancel(tx);
+    goto done;
+  }
+  ASSERT_EQ(attempts++, 0);
+  ame_tx_begin(tx, &env, "heap_irrevocable_capacity");
+  ASSERT_EQ(ame_tx_on_abort(tx, irr_cap_handler, (void *)&handled), 0);
+  ame_store_word_tx(tx, w, 1); /* holds a lock: the ticket's queue */
+  for (size_t i = 0; i < NREAD; i++) (void)ame_load_word_tx(tx, &big[8 * i]);
+  ame_tx_irrevocable(tx);
+  AME_TEST_FAIL_("the write log did not fill");
+done:
+  /* Nothing written; the ticket is free: an irrevocable transaction runs. */
+  AME_ATOMIC(tx) {
+    ame_tx_irrevocable(tx);
+    ame_store_word_tx(tx, w, ame_load_word_tx(tx, w) + 2);
+  }
+  ASSERT_EQ(tx_get(tx, w), 2);
+  ame_heap_exit(h);
+  ame_heap_close(h);
+}
+
+/* ------------------------------------------------------------------------
 ** The slots' write logs are most of a heap's mapping (16 MiB a slot): they
 ** take memory only where transactions wrote, not at creation.
 */
