@@ -376,6 +376,7 @@ class _Worker:
     def claim(self):
         s = self.s
         if s.state.get("stop"):
+            s.batch.pop(self.wid, None)     # a clean end: see run()
             return _STOP
         # About half of a fair share each time, at most _BATCH_MAX: big
         # enough to spread the claim's cost, small enough to balance.
@@ -386,7 +387,10 @@ class _Worker:
         except _queue.Empty:
             recs = None
         if not recs:
-            return _DONE if s.claimed.value == s.done.value else _WAIT
+            if s.claimed.value != s.done.value:
+                return _WAIT
+            s.batch.pop(self.wid, None)     # a clean end: see run()
+            return _DONE
         s.batch[self.wid] = recs
         self.cursor.value = 0
         s.claimed.add(len(recs))
@@ -469,6 +473,7 @@ class _Worker:
             self.s.state["error"] = (_describe(rec), type(e).__name__,
                                      str(e), tb)
         self.s.state["stop"] = True
+        self.s.batch.pop(self.wid, None)    # a clean end: see run()
 
     def report(self):
         conflicts = [(c["object"], c["kind"], repr(c["key"]), c["aborts"])
@@ -509,9 +514,13 @@ def _fork_worker(session, wid, workers):
 
 def _died(session, wid):
     """
-    Worker wid died (its heap slots recovered): the task its cursor points
-    at killed it (dropped, and returned); the rest of its batch stays for
-    the worker that replaces it.
+    Worker wid ended (its heap slots recovered).  A worker that ends
+    cleanly removes its batch in the transaction that decides it (a claim
+    that finds nothing left, or the record of a task's exception): if the
+    batch is still there, the worker died in it, and the task its cursor
+    points at killed it (dropped, and returned), whatever its exit status
+    (a task may call os._exit(0)); the rest of its batch stays for the
+    worker that replaces it.
     """
     recs = session.batch.get(wid)
     if recs is None:
@@ -569,13 +578,14 @@ def run(workers="auto"):
             # leaves with os._exit: its slot would stay taken, and the
             # spans it allocated from with it, until the heap ran out).
             _ame._shared_recover_pid(pid)
-            if _os.WIFEXITED(status) and \
-                    _os.WEXITSTATUS(status) in (_EXIT_DONE, _EXIT_ERROR):
-                continue
-            # Died: the task it had claimed is the culprit.
+            # The heap, not the exit status, says whether it died in a
+            # task: the task it had claimed is the culprit.
             rec = _shared.atomic(_died, session, wid)
             if rec is not None:
                 failures.append((_describe(rec), _how(status)))
+            elif _os.WIFEXITED(status) and \
+                    _os.WEXITSTATUS(status) in (_EXIT_DONE, _EXIT_ERROR):
+                continue
             if not session.state.get("stop"):
                 pids[_fork_worker(session, wid, n)] = wid
     finally:

@@ -164,6 +164,29 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(sorted(shared.dict(p + ".ran").keys()),
                          [i for i in range(40) if i != 17])
 
+    def test_taskExitsWithWorkersCode(self):
+        """
+        A task that exits its worker with the status of a worker that
+        ended normally (0, or 3: after a task raised) is reported as
+        failed all the same, and the rest of its worker's batch runs.
+        (run() took the status for a clean end: on one worker it returned
+        with the rest of the batch never run and nothing reported; on two
+        the other waited for that batch for ever.)
+        """
+        for status in (0, 3):
+            p = fresh()
+            for i in range(10):
+                tasks.add(task_fns.maybe_exit, p, i, 3, status)
+            with self.assertRaises(tasks.TaskFailed) as cm:
+                tasks.run(workers=1)
+            (what, how), = cm.exception.failures
+            self.assertIn("maybe_exit", what)
+            self.assertEqual(how, "exit status %d" % status)
+            self.assertEqual(shared.counter(p + ".total").value,
+                             sum(range(10)) - 3)
+            self.assertEqual(sorted(shared.dict(p + ".ran").keys()),
+                             [i for i in range(10) if i != 3])
+
     def test_workerKilledMidTask(self):
         """SIGKILL from outside while a task runs: that task is reported,
         its effects are absent, the others all ran once."""

@@ -41,6 +41,15 @@ def maybe_die(prefix, i, die_at):
     add_value(prefix, i)
 
 
+def maybe_exit(prefix, i, die_at, status):
+    """Like maybe_die, but task die_at exits with the given status (0 and
+    3 are the codes of a worker that ends normally)."""
+    if i == die_at:
+        shared.counter(prefix + ".total").add(i)  # never committed
+        os._exit(status)
+    add_value(prefix, i)
+
+
 def slow_mark(prefix, i):
     """Record this worker's pid as running task i, wait to be killed
     (task 0), or just add."""
