@@ -62,6 +62,7 @@ import itertools as _itertools
 import logging as _logging
 import os as _os
 import queue as _queue
+import select as _select
 import signal as _signal
 import sys as _sys
 import time as _time
@@ -564,16 +565,38 @@ def run(workers="auto"):
     session.reset()
     session.flush(n)
     t0 = _time.monotonic()
-    pids = {}
+    pids = {}       # pid -> (wid, pidfd)
     failures = []
+    # Each worker's end is watched through its pidfd, and only our
+    # workers are reaped (waitpid(-1) would reap, and take the status of,
+    # any child of the program, a subprocess.Popen's for one).
+    poll = _select.poll()
+
+    def start(wid):
+        pid = _fork_worker(session, wid, n)
+        try:
+            fd = _os.pidfd_open(pid)
+        except OSError:     # out of descriptors: this worker goes too
+            _os.kill(pid, _signal.SIGKILL)
+            _os.waitpid(pid, 0)
+            _ame._shared_recover_pid(pid)
+            raise
+        pids[pid] = (wid, fd)
+        poll.register(fd, _select.POLLIN)
+
+    def reap(pid):
+        wid, fd = pids.pop(pid)
+        poll.unregister(fd)
+        _os.close(fd)
+        return wid, _os.waitpid(pid, 0)[1]
+
     try:
         for wid in range(n):
-            pids[_fork_worker(session, wid, n)] = wid
+            start(wid)
         while pids:
-            pid, status = _os.waitpid(-1, 0)
-            wid = pids.pop(pid, None)
-            if wid is None:
-                continue  # not ours
+            ended = {fd for fd, _ in poll.poll()}
+            pid = next(p for p, (w, fd) in pids.items() if fd in ended)
+            wid, status = reap(pid)
             # Its slot in the heap goes back, however it ended (a worker
             # leaves with os._exit: its slot would stay taken, and the
             # spans it allocated from with it, until the heap ran out).
@@ -587,12 +610,12 @@ def run(workers="auto"):
                     _os.WEXITSTATUS(status) in (_EXIT_DONE, _EXIT_ERROR):
                 continue
             if not session.state.get("stop"):
-                pids[_fork_worker(session, wid, n)] = wid
+                start(wid)
     finally:
-        for pid in pids:
+        for pid in list(pids):
             try:
                 _os.kill(pid, _signal.SIGKILL)
-                _os.waitpid(pid, 0)
+                reap(pid)
                 _ame._shared_recover_pid(pid)
             except OSError:
                 pass

@@ -187,6 +187,30 @@ class RunTests(SynchronousTestCase):
             self.assertEqual(sorted(shared.dict(p + ".ran").keys()),
                              [i for i in range(10) if i != 3])
 
+    def test_runReapsOnlyItsWorkers(self):
+        """
+        run() leaves the program's other children alone: a subprocess
+        that ended during the run is still there for its own wait(), with
+        its status.  (run() waited for any child, and reaped it.)
+        """
+        child = subprocess.Popen([sys.executable, "-c",
+                                  "import sys; sys.exit(7)"])
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:   # a zombie: ended
+                with open("/proc/%d/stat" % child.pid) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+                time.sleep(0.01)
+            p = fresh()
+            for i in range(4):
+                tasks.add(task_fns.add_value, p, i)
+            tasks.run(workers=1)
+        finally:
+            status = child.wait(timeout=30)
+        self.assertEqual(status, 7)
+        self.assertEqual(shared.counter(p + ".total").value, 6)
+
     def test_workerKilledMidTask(self):
         """SIGKILL from outside while a task runs: that task is reported,
         its effects are absent, the others all ran once."""
