@@ -232,7 +232,9 @@ _refs = {}  # function -> its "module:qualname"
 def add(fn, *args, **kwargs):
     """
     Queue C{fn(*args, **kwargs)} as a task.  Inside a task, it joins the
-    queue when (and only if) that task commits.  TypeError (nothing
+    queue when (and only if) that task commits; inside an C{ame.atomic}
+    block, it is kept for the next run() when (and only if) the block
+    commits.  TypeError (nothing
     queued) if fn is not importable by name or an argument cannot be
     stored.
     """
@@ -249,9 +251,15 @@ def add(fn, *args, **kwargs):
         # Part of the running task's transaction: queued if it commits.
         _running_task[0].queue.put([rec])
         return
-    session = _current_session()
     _ame._shared_encode(rec)  # TypeError now, with nothing queued
-    session.pending.append(rec)
+    # Inside ame.atomic: kept when the block commits, once however often
+    # it runs (and the session is opened outside it: objects opened in
+    # an attempt that rolls back are freed with it).  Outside: now.
+    _shared.after_commit(_keep_pending, rec)
+
+
+def _keep_pending(rec):
+    _current_session().pending.append(rec)
 
 
 # ---------------------------------------------------------------------------

@@ -269,6 +269,46 @@ class RunTests(SynchronousTestCase):
                 "task %d logged" % i), 1, out.stderr)
         self.assertIn("reruns 1", lines)
 
+    def test_addInAtomicAtCommit(self):
+        """
+        add() inside an ame.atomic block (not a task) queues once, when
+        the block commits: not once per attempt, not for a block that
+        raised; and a block whose first attempt rolled back leaves
+        ame.tasks usable.  (add() queued in every attempt, at once; and
+        its first call in a process opened the process's shared objects
+        in that attempt, which its rollback freed: every later run()
+        raised RuntimeError.)
+        """
+        p = fresh()
+        code = (
+            "import sys; sys.path.insert(0, %r)\n"
+            "import ame, ame.shared, ame.tasks, task_fns\n"
+            "from ame import _ame\n"
+            "tries = []\n"
+            "def block():\n"
+            "    ame.tasks.add(task_fns.add_value, %r, 1)\n"
+            "    tries.append(1)\n"
+            "    if len(tries) == 1:\n"
+            "        _ame._shared_abort()  # as a conflict would\n"
+            "def fails():\n"
+            "    ame.tasks.add(task_fns.add_value, %r, 2)\n"
+            "    raise ZeroDivisionError\n"
+            "ame.atomic(block)\n"
+            "try:\n"
+            "    ame.atomic(fails)\n"
+            "except ZeroDivisionError:\n"
+            "    pass\n"
+            "ame.tasks.run(workers=1)\n"
+            "print('attempts', len(tries), 'tasks', "
+            "ame.tasks.stats()['tasks'], 'total', "
+            "ame.shared.counter(%r + '.total').value)\n"
+        ) % (os.path.join(HERE, "shared_apps"), p, p, p)
+        out = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.split(),
+                         ["attempts", "2", "tasks", "1", "total", "1"])
+
     def test_addRefusesBadTasks(self):
         """Functions not importable by name, and arguments ame.shared
         cannot store, are a TypeError with nothing queued."""
