@@ -471,7 +471,7 @@ class _Worker:
             for rec in recs:
                 try:
                     self.execute(rec)
-                except Exception as e:
+                except BaseException as e:  # sys.exit() is one too
                     tb = _traceback.format_exc()
                     _shared.atomic(self._record_error, rec, e, tb)
                     return _EXIT_ERROR
@@ -716,7 +716,7 @@ class _PoolWorker(_Worker):
     def one(self, rec):
         try:
             self.run_one(rec)
-        except Exception as e:
+        except BaseException as e:  # sys.exit() is one too
             failure = (_describe(rec), type(e).__name__, str(e),
                        _traceback.format_exc())
 

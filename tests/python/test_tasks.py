@@ -146,6 +146,25 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(shared.counter(p + ".total").value, 0)
         self.assertEqual(len(shared.dict(p + ".ran")), 0)
 
+    def test_sysExitIsAnException(self):
+        """
+        sys.exit() in a task is an exception it raised (SystemExit), as
+        with any other: run() raises TaskError naming the task, and its
+        write is rolled back.  (It left the worker's loop and ended the
+        worker: run() reported "killed its worker (exit status 1)",
+        which it had not, and went on.)
+        """
+        p = fresh()
+        for i in range(4):
+            tasks.add(task_fns.maybe_sys_exit, p, i, 2)
+        with self.assertRaises(tasks.TaskError) as cm:
+            tasks.run(workers=1)
+        e = cm.exception
+        self.assertIn("maybe_sys_exit", e.task)
+        self.assertEqual(e.type, "SystemExit")
+        self.assertEqual(e.message, "5")
+        self.assertEqual(shared.counter(p + ".total").value, 0 + 1)
+
     def test_taskKillsWorker(self):
         """A task that exits its worker is reported as failed, its effects
         are absent, the worker is replaced, and every other task runs."""

@@ -50,6 +50,14 @@ def maybe_exit(prefix, i, die_at, status):
     add_value(prefix, i)
 
 
+def maybe_sys_exit(prefix, i, at):
+    """Like add_value, but task `at` calls sys.exit(5) (an exception)."""
+    if i == at:
+        shared.counter(prefix + ".total").add(i)  # rolled back
+        sys.exit(5)
+    add_value(prefix, i)
+
+
 def slow_mark(prefix, i):
     """Record this worker's pid as running task i, wait to be killed
     (task 0), or just add."""
