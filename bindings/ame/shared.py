@@ -719,15 +719,22 @@ def _unpend(q, d):
 
 def _service(r, q):
     """
-    Give q's values to the Deferreds waiting in r, in order.
+    Give q's values to the Deferreds waiting in r, in order.  A callback
+    may ask for more, cancel, or service q itself (a get_deferred that
+    waits calls this), which may empty r's list and make a new one: the
+    list is looked up again each time, and dropped, with the watch, only
+    if no Deferred is in what is there at the end.
     """
-    waiting = r.pending.get(q)
-    while waiting:
+    while True:
+        waiting = r.pending.get(q)
+        if not waiting:
+            break
         v = q._take_or_watch(r.name)
         if v is _EMPTY:
             return  # watched: a put wakes the reactor
         waiting.popleft().callback(v)
-    r.pending.pop(q, None)
+    if q in r.pending:
+        del r.pending[q]
     q._unwatch(r.name)
 
 

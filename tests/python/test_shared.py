@@ -930,6 +930,40 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(len(q), 0)
         reactor.removeAll()
 
+    def test_getDeferredAskedInCallback(self):
+        """
+        A get_deferred asked for in the callback of one that fired keeps
+        waiting after that callback, even when the queue's waiting list
+        was emptied and made anew meanwhile (here: one cancelled, one
+        asked).  (The reactor's service of the queue, on its way out,
+        dropped the list it found, the new one, and the queue's watch:
+        the new Deferred never fired.  defer()'s pool hung so under load,
+        a result arriving between a take and its watch.)
+        """
+        q = shared.queue(fresh())
+        reactor = AMEReactor()
+        got = []
+
+        def first(v):
+            got.append(v)
+            d2 = q.get_deferred(reactor)
+            d2.addErrback(lambda f: got.append("cancelled"))
+            d2.cancel()
+            d3 = q.get_deferred(reactor)
+            d3.addCallback(got.append)
+            d3.addCallback(lambda _: reactor.stop())
+            reactor.callLater(0.01, q.put, "two")
+
+        q.get_deferred(reactor).addCallback(first)
+        reactor.callWhenRunning(q.put, "one")
+        timeout = reactor.callLater(10, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timeout.active(), "timed out")
+        timeout.cancel()
+        self.assertEqual(got, ["one", "cancelled", "two"])
+        self.assertEqual(len(q), 0)
+        reactor.removeAll()
+
     def test_getInRunningReactorRefused(self):
         """
         A get() that would block the running reactor's thread raises; one
