@@ -163,6 +163,7 @@ class _Session:
         self.stats = _shared.dict(name + ".stats")      # worker -> stats
         self.cursors = {}
         self.pending = []   # added here, not yet in the queue
+        self.pool = False   # a defer() pool's (its queue holds tasks)
 
     def reset(self):
         """
@@ -248,6 +249,11 @@ def add(fn, *args, **kwargs):
             pass  # not hashable: look it up each time
     rec = (0, ref, args, kwargs)
     if _running_task:
+        if _running_task[0].pool:
+            # Its result and errors would have nowhere to go.
+            raise RuntimeError(
+                "ame.tasks.add() inside a defer() task: return what is "
+                "left to do, and defer() it from the reactor")
         # Part of the running task's transaction: queued if it commits.
         _running_task[0].queue.put([rec])
         return
@@ -755,6 +761,7 @@ class _Pool:
         pid = _os.getpid()
         self.session = _Session("ame.tasks.pool.%d.%d" % (
             pid, int(_time.time() * 1e6)))
+        self.session.pool = True
         self.results = _shared.queue(self.session.name + ".results")
         self.waiting = {}   # task id -> Deferred
         self.ids = _itertools.count(1)

@@ -409,3 +409,42 @@ class DeferTests(SynchronousTestCase):
             "failed exit status 7",
             "after %d" % sum(i * i for i in range(1000)),
         ])
+
+    def test_addInDeferredTask(self):
+        """
+        add() inside a defer() task is refused with a clear error, as
+        the task's exception: the Deferred fails with TaskError, the
+        pool goes on.  (The task was put into the pool's queue in the
+        wrong form: a pool worker died on it, the reactor logged a
+        TypeError from the pool's handling of that death, the worker was
+        not replaced, and the added task never ran.)
+        """
+        p = fresh()
+        code = (
+            "import sys; sys.path.insert(0, %r)\n"
+            "import ame.reactor; ame.reactor.install()\n"
+            "from twisted.internet import reactor, defer\n"
+            "import ame.shared, ame.tasks, task_fns\n"
+            "@defer.inlineCallbacks\n"
+            "def main():\n"
+            "    try:\n"
+            "        print('result', (yield ame.tasks.defer("
+            "task_fns.adds_task, %r)))\n"
+            "    except ame.tasks.TaskError as e:\n"
+            "        print('error', e.type)\n"
+            "    for i in range(4):\n"
+            "        print('after', (yield ame.tasks.defer(task_fns.square, i)))\n"
+            "    reactor.stop()\n"
+            "reactor.callWhenRunning(main)\n"
+            "reactor.run()\n"
+            "print('total', ame.shared.counter(%r + '.total').value)\n"
+        ) % (os.path.join(HERE, "shared_apps"), p, p)
+        out = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), [
+            "error RuntimeError",
+            "after 0", "after 1", "after 4", "after 9",
+            "total 0",
+        ], out.stderr)
+        self.assertNotIn("Traceback", out.stderr)

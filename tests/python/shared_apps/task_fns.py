@@ -58,6 +58,12 @@ def maybe_sys_exit(prefix, i, at):
     add_value(prefix, i)
 
 
+def adds_task(prefix):
+    """A task that adds a task (add_value(prefix, 5)), and returns 5."""
+    ame.tasks.add(add_value, prefix, 5)
+    return 5
+
+
 def slow_mark(prefix, i):
     """Record this worker's pid as running task i, wait to be killed
     (task 0), or just add."""
