@@ -680,7 +680,10 @@ class Queue(_ame.SharedQueue):
         if reactor is None:
             reactor = _global_reactor()
         d = defer.Deferred(lambda d: _unpend(self, d))
-        v = self._take()
+        # Behind Deferreds of this reactor that wait on this queue, it
+        # waits too (a value may be there before the reactor serves them).
+        r = _process().receivers.get(reactor)
+        v = _EMPTY if r is not None and r.pending.get(self) else self._take()
         if v is not _EMPTY:
             after_commit(d.callback, v)
         else:

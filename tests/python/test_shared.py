@@ -964,6 +964,34 @@ class QueueTests(SynchronousTestCase):
         self.assertEqual(len(q), 0)
         reactor.removeAll()
 
+    def test_getDeferredAfterWaitingOnes(self):
+        """
+        A get_deferred asked for while earlier ones of this process wait
+        on the queue takes nothing ahead of them, even when a value is
+        there before the reactor has served them: Deferreds of one
+        process fire in the order they were asked for.  (It took the
+        value at once, and fired before them.)
+        """
+        q = shared.queue(fresh())
+        reactor = AMEReactor()
+        got = []
+
+        def fired(name, v):
+            got.append((name, v))
+            if len(got) == 2:
+                reactor.stop()
+
+        q.get_deferred(reactor).addCallback(lambda v: fired("d1", v))
+        q.put("a")          # before the reactor has run: d1 still waits
+        q.get_deferred(reactor).addCallback(lambda v: fired("d2", v))
+        reactor.callWhenRunning(q.put, "b")
+        timeout = reactor.callLater(10, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timeout.active(), "timed out")
+        timeout.cancel()
+        self.assertEqual(got, [("d1", "a"), ("d2", "b")])
+        reactor.removeAll()
+
     def test_getInRunningReactorRefused(self):
         """
         A get() that would block the running reactor's thread raises; one
