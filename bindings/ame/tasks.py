@@ -167,17 +167,25 @@ class _Session:
 
     def reset(self):
         """
-        Make the objects as new for a run, in one transaction: what a run
-        that stopped early left in the queue is dropped (as its tasks
-        were), and its batches, state, counts and statistics too.  (The
-        workers' cursors are set when they claim.)
+        Make the objects as new for a run: what a run that stopped early
+        left in the queue is dropped (as its tasks were), a thousand
+        items a transaction (it may hold more than one transaction can
+        write: tasks that add tasks put one item each; no worker runs);
+        then, in one transaction, its batches, state, counts and
+        statistics too.  (The workers' cursors are set when they claim.)
         """
-        def empty():
-            while True:
+        def drop(n):
+            for _ in range(n):
                 try:
                     self.queue.get(block=False)
                 except _queue.Empty:
-                    break
+                    return False
+            return True
+
+        while _shared.atomic(drop, 1000):
+            pass
+
+        def empty():
             self.batch.clear()
             self.state.clear()
             self.stats.clear()

@@ -123,6 +123,23 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(sizes[0], 50)
         self.assertEqual(sizes[-4:], [1, 1, 1, 1])
 
+    def test_runAfterALongQueue(self):
+        """
+        run() starts whatever a run that stopped early left in the queue
+        (tasks that add tasks leave one item each): 70,000 items are
+        dropped, and the new task runs.  (They were dropped in one
+        transaction, more than a write log holds: every later run() of
+        the process raised MemoryError.)
+        """
+        session = tasks._current_session()
+        for i in range(70000):
+            session.queue.put([])
+        p = fresh()
+        tasks.add(task_fns.add_value, p, 5)
+        tasks.run(workers=1)
+        self.assertEqual(shared.counter(p + ".total").value, 5)
+        self.assertEqual(len(session.queue), 0)
+
     def test_tasksAddTasks(self):
         """A task's add() queues only when it commits; they all run."""
         p = fresh()
