@@ -203,10 +203,17 @@ class _Session:
         """
         recs, self.pending = self.pending, []
         i = 0
-        while i < len(recs):
-            size = max(1, min(_CHUNK, (len(recs) - i) // (2 * workers)))
-            self.queue.put(recs[i:i + size])
-            i += size
+        try:
+            while i < len(recs):
+                size = max(1, min(_CHUNK, (len(recs) - i) // (2 * workers)))
+                self.queue.put(recs[i:i + size])
+                i += size
+        except BaseException:
+            # A full heap (MemoryError), an interrupt: none has run, so
+            # all are kept for the next run(), whose reset() drops those
+            # queued here.
+            self.pending[:0] = recs
+            raise
 
     def cursor(self, wid):
         c = self.cursors.get(wid)

@@ -140,6 +140,33 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(shared.counter(p + ".total").value, 5)
         self.assertEqual(len(session.queue), 0)
 
+    def test_heapFullKeepsTasks(self):
+        """
+        A run() whose tasks do not fit the heap raises MemoryError and
+        keeps them: the next run() raises it again rather than return as
+        if they had run.  (They were taken from the pending list before
+        they were queued: the next run() dropped those queued, ran
+        nothing, and returned normally.)
+        """
+        p = fresh()
+        code = (
+            "import sys; sys.path.insert(0, %r)\n"
+            "import ame.shared, ame.tasks, task_fns\n"
+            "for i in range(400):\n"
+            "    ame.tasks.add(task_fns.add_padded, %r, i, 'x' * 20000)\n"
+            "for attempt in range(2):\n"
+            "    try:\n"
+            "        ame.tasks.run(workers=1)\n"
+            "        print('returned')\n"
+            "    except MemoryError:\n"
+            "        print('MemoryError')\n"
+        ) % (os.path.join(HERE, "shared_apps"), p)
+        env = dict(os.environ, AME_SHARED_SIZE="4M")
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.split(), ["MemoryError", "MemoryError"])
+
     def test_tasksAddTasks(self):
         """A task's add() queues only when it commits; they all run."""
         p = fresh()

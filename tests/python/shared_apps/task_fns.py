@@ -19,6 +19,11 @@ def add_value(prefix, i):
     shared.dict(prefix + ".ran")[i] = True
 
 
+def add_padded(prefix, i, pad):
+    """add_value, with an argument that takes room (pad)."""
+    add_value(prefix, i)
+
+
 def spawn(prefix, depth):
     """A task that adds two more tasks until depth reaches 0."""
     shared.counter(prefix + ".n").add(1)
