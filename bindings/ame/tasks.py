@@ -287,26 +287,91 @@ def _keep_pending(rec):
 # Output of a task: written at commit.
 
 
-class _Sink:
+class _Sink(_io.TextIOBase):
     """
-    A text stream that keeps what is written (an attempt's output).
+    A text stream that keeps what is written (an attempt's output): text,
+    and bytes written to its C{buffer}, in order, in C{parts}.  It says of
+    itself what the stream it stands for says (encoding, errors,
+    isatty()); fileno() is unsupported, as for any stream in memory.
     """
 
-    def __init__(self):
+    def __init__(self, stream):
         self.parts = []
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._errors = getattr(stream, "errors", None) or "strict"
+        try:
+            self._tty = bool(stream.isatty())
+        except (AttributeError, ValueError, OSError):
+            self._tty = False
+        self.buffer = _BinarySink(self.parts)
+
+    @property
+    def encoding(self):
+        return self._encoding
+
+    @property
+    def errors(self):
+        return self._errors
+
+    def isatty(self):
+        return self._tty
+
+    def writable(self):
+        return True
 
     def write(self, text):
+        if not isinstance(text, str):
+            raise TypeError("write() argument must be str, not %s"
+                            % type(text).__name__)
         self.parts.append(text)
         return len(text)
 
     def flush(self):
         pass
 
+
+class _BinarySink(_io.BufferedIOBase):
+    """
+    A C{_Sink}'s C{buffer}: bytes join the sink's parts.
+    """
+
+    def __init__(self, parts):
+        self.parts = parts
+
     def writable(self):
         return True
 
-    def getvalue(self):
-        return "".join(self.parts)
+    def write(self, data):
+        data = bytes(data)
+        self.parts.append(data)
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+def _write_parts(stream, parts):
+    """
+    Write a sink's parts to the real stream: text as text, bytes to its
+    buffer (the text before them flushed first), in order; each run of
+    parts of one kind in one write (an unbuffered stream makes a write
+    a system call, and other workers write to the same file).
+    """
+    for _, run in _itertools.groupby(parts, type):
+        run = list(run)
+        part = "".join(run) if isinstance(run[0], str) else b"".join(run)
+        if isinstance(part, str):
+            stream.write(part)
+        else:
+            stream.flush()
+            binary = getattr(stream, "buffer", None)
+            if binary is not None:
+                binary.write(part)
+                binary.flush()
+            else:
+                stream.write(part.decode(getattr(stream, "encoding", None)
+                                         or "utf-8", "replace"))
+    stream.flush()
 
 
 def _stream_handlers():
@@ -338,7 +403,7 @@ class _Output:
 
     def __init__(self):
         self.saved = (_sys.stdout, _sys.stderr)
-        self.out, self.err = _Sink(), _Sink()
+        self.out, self.err = _Sink(self.saved[0]), _Sink(self.saved[1])
         self.handlers = []
 
     def refresh(self):
@@ -361,13 +426,11 @@ class _Output:
         for h, stream, sink in self.handlers:
             h.stream = stream
 
-    def flush(self, text_out, text_err):
-        if text_out:
-            self.saved[0].write(text_out)
-            self.saved[0].flush()
-        if text_err:
-            self.saved[1].write(text_err)
-            self.saved[1].flush()
+    def flush(self, parts_out, parts_err):
+        if parts_out:
+            _write_parts(self.saved[0], parts_out)
+        if parts_err:
+            _write_parts(self.saved[1], parts_err)
 
 
 # ---------------------------------------------------------------------------
@@ -464,8 +527,8 @@ class _Worker:
             cursor.add(1)
             s.done.add(1)
             if out.parts or err.parts:
-                _shared.after_commit(output.flush, out.getvalue(),
-                                     err.getvalue())
+                _shared.after_commit(output.flush, list(out.parts),
+                                     list(err.parts))
 
         t0 = _time.perf_counter()
         try:
@@ -721,8 +784,8 @@ class _PoolWorker(_Worker):
             results.put((rec[0], True, value))
             cursor.add(1)
             if out.parts or err.parts:
-                _shared.after_commit(output.flush, out.getvalue(),
-                                     err.getvalue())
+                _shared.after_commit(output.flush, list(out.parts),
+                                     list(err.parts))
 
         _shared.atomic(attempt)
 

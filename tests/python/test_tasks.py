@@ -332,6 +332,43 @@ class RunTests(SynchronousTestCase):
                 "task %d logged" % i), 1, out.stderr)
         self.assertIn("reruns 1", lines)
 
+    def test_outputIsAStream(self):
+        """
+        A task's sys.stdout is a text stream as the real one is: its
+        encoding, isatty(), and bytes written to its buffer, which reach
+        the real stream in order with the text, at commit.  (The stand-in
+        had only write and flush: each of those was an AttributeError,
+        the task's error.)
+        """
+        code = (
+            "import sys; sys.path.insert(0, %r)\n"
+            "import ame.tasks, task_fns\n"
+            "ame.tasks.add(task_fns.uses_stream, 'a')\n"
+            "ame.tasks.run(workers=1)\n"
+        ) % os.path.join(HERE, "shared_apps")
+        env = dict(os.environ, PYTHONIOENCODING="utf-8")
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(), [
+            "a text", "a bytes", "a encoding utf-8 tty False"])
+        # What print() wrote in pieces reaches the stream in one write
+        # (unbuffered, as with PYTHONUNBUFFERED, each write is a system
+        # call, and the workers share the file).
+        writes = []
+
+        class Stream:
+            encoding = "utf-8"
+
+            def write(self, text):
+                writes.append(text)
+
+            def flush(self):
+                pass
+
+        tasks._write_parts(Stream(), ["task 0", " printed", "\n"])
+        self.assertEqual(writes, ["task 0 printed\n"])
+
     def test_addInAtomicAtCommit(self):
         """
         add() inside an ame.atomic block (not a task) queues once, when

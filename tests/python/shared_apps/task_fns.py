@@ -81,6 +81,14 @@ def slow_mark(prefix, i):
     add_value(prefix, i)
 
 
+def uses_stream(tag):
+    """Write to sys.stdout as programs do: text, bytes through its
+    buffer, and what it says of itself."""
+    sys.stdout.write("%s text\n" % tag)
+    sys.stdout.buffer.write(b"%s bytes\n" % tag.encode())
+    print(tag, "encoding", sys.stdout.encoding, "tty", sys.stdout.isatty())
+
+
 def chatty(prefix, i):
     """Print, log, and (the first attempt of task 0) conflict on purpose."""
     import logging
