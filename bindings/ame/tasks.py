@@ -162,10 +162,11 @@ class _Session:
         self.done = _shared.counter(name + ".done")
         self.stats = _shared.dict(name + ".stats")      # worker -> stats
         self.cursors = {}
+        self.rans = {}
         self.pending = []   # added here, not yet in the queue
         self.pool = False   # a defer() pool's (its queue holds tasks)
 
-    def reset(self):
+    def reset(self, workers):
         """
         Make the objects as new for a run: what a run that stopped early
         left in the queue is dropped (as its tasks were), a thousand
@@ -190,6 +191,8 @@ class _Session:
             self.state.clear()
             self.stats.clear()
             self.claimed.value = 0
+            for wid in range(workers):
+                self.ran(wid).value = 0
             self.done.value = 0
         _shared.atomic(empty)
 
@@ -220,6 +223,18 @@ class _Session:
         if c is None:
             c = _shared.counter("%s.cursor.%d" % (self.name, wid))
             _shared._keep(self.cursors, wid, c)
+        return c
+
+    def ran(self, wid):
+        """
+        The tasks committed by worker wid (and those that replaced it) in
+        this run: counted in each task's transaction, so that a worker
+        that dies has its count kept.
+        """
+        c = self.rans.get(wid)
+        if c is None:
+            c = _shared.counter("%s.ran.%d" % (self.name, wid))
+            _shared._keep(self.rans, wid, c)
         return c
 
 
@@ -512,6 +527,7 @@ class _Worker:
                 raise ImportError("ame.tasks: cannot find %s" % ref)
         s = self.s
         cursor = self.cursor
+        ran = s.ran(self.wid)
         output = self.output
 
         def attempt():
@@ -526,6 +542,7 @@ class _Worker:
                 output.end()
             cursor.add(1)
             s.done.add(1)
+            ran.add(1)
             if out.parts or err.parts:
                 _shared.after_commit(output.flush, list(out.parts),
                                      list(err.parts))
@@ -569,12 +586,23 @@ class _Worker:
         self.s.batch.pop(self.wid, None)    # a clean end: see run()
 
     def report(self):
+        """
+        This worker's figures, added to those of the workers of its id
+        that it replaced (those that died did not report: their re-runs
+        and busy time are lost; their committed tasks are in ran()).
+        """
         conflicts = [(c["object"], c["kind"], repr(c["key"]), c["aborts"])
                      for c in _shared.stats()["conflicts"][:20]]
-        self.s.stats[self.wid] = {
-            "tasks": self.tasks, "attempts": self.attempts,
-            "busy_s": self.busy, "pid": _os.getpid(),
-            "conflicts": conflicts}
+
+        def add():
+            prev = self.s.stats.get(self.wid) or {
+                "reruns": 0, "busy_s": 0.0, "conflicts": []}
+            self.s.stats[self.wid] = {
+                "reruns": prev["reruns"] + self.attempts - self.tasks,
+                "busy_s": prev["busy_s"] + self.busy, "pid": _os.getpid(),
+                "conflicts": prev["conflicts"] + conflicts}
+
+        _shared.atomic(add)
 
 
 def _worker_main(session, wid, workers):
@@ -654,7 +682,7 @@ def run(workers="auto"):
     if n < 1:
         raise ValueError("ame.tasks.run: workers must be >= 1 or 'auto'")
     session = _current_session()
-    session.reset()
+    session.reset(n)
     session.flush(n)
     t0 = _time.monotonic()
     pids = {}       # pid -> (wid, pidfd)
@@ -720,19 +748,25 @@ def run(workers="auto"):
 
 
 def _collect_stats(session, n, elapsed):
-    per = _shared.atomic(lambda: dict(session.stats.items()))
+    def read():
+        return (dict(session.stats.items()),
+                {wid: session.ran(wid).value for wid in range(n)})
+
+    per, ran = _shared.atomic(read)
     conflicts = _collections.Counter()
     for w in per.values():
         for obj, kind, key, aborts in w.get("conflicts", ()):
             conflicts[(obj, kind, key)] += aborts
-    tasks = sum(w["tasks"] for w in per.values())
-    attempts = sum(w["attempts"] for w in per.values())
+    tasks = sum(ran.values())
+    reruns = sum(w["reruns"] for w in per.values())
     return {
         "workers": n, "elapsed_s": elapsed, "tasks": tasks,
-        "attempts": attempts, "reruns": attempts - tasks,
-        "per_worker": {wid: {"tasks": w["tasks"], "busy_s": w["busy_s"],
-                             "pid": w["pid"]}
-                       for wid, w in sorted(per.items())},
+        "attempts": tasks + reruns, "reruns": reruns,
+        "per_worker": {wid: {"tasks": ran[wid],
+                             "busy_s": per.get(wid, {}).get("busy_s", 0.0),
+                             "pid": per.get(wid, {}).get("pid")}
+                       for wid in sorted(ran)
+                       if ran[wid] or wid in per},
         "conflicts": [{"object": o, "kind": k, "key": key, "aborts": a}
                       for (o, k, key), a in conflicts.most_common(10)],
     }

@@ -274,6 +274,24 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(status, 7)
         self.assertEqual(shared.counter(p + ".total").value, 6)
 
+    def test_statsCountDeadWorkersTasks(self):
+        """
+        stats() counts the tasks that a worker which then died committed:
+        40 tasks on one worker, the 31st kills it, 39 committed.  (A
+        worker reported its figures as it ended, and the replacement's
+        took its place: "tasks" said 9, "reruns" -30.)
+        """
+        p = fresh()
+        for i in range(40):
+            tasks.add(task_fns.maybe_die, p, i, 30)
+        with self.assertRaises(tasks.TaskFailed):
+            tasks.run(workers=1)
+        st = tasks.stats()
+        self.assertEqual((st["tasks"], st["per_worker"][0]["tasks"]),
+                         (39, 39))
+        self.assertGreaterEqual(st["reruns"], 0)
+        self.assertEqual(st["attempts"], st["tasks"] + st["reruns"])
+
     def test_workerKilledMidTask(self):
         """SIGKILL from outside while a task runs: that task is reported,
         its effects are absent, the others all ran once."""
