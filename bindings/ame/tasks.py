@@ -1004,12 +1004,23 @@ def defer(fn, *args, **kwargs):
     Run C{fn(*args, **kwargs)} as a task in a pool of worker processes of
     this one (started at the first call: one per CPU this process may
     use), and return a Deferred that fires in this process's reactor with
-    fn's result once the task has committed.  fn must be importable by
-    name, its arguments and result values C{ame.shared} can store.  The
-    Deferred fails with L{TaskError} if fn raises, L{TaskFailed} if it
-    kills its worker (which is replaced).
+    fn's result once the task has committed.  Inside C{ame.atomic}, the
+    task is sent when (and only if) the block commits.  fn must be
+    importable by name, its arguments and result values C{ame.shared}
+    can store.  The Deferred fails with L{TaskError} if fn raises,
+    L{TaskFailed} if it kills its worker (which is replaced).
     """
     global _pool
+    if _shared.in_atomic():
+        # Sent once, when (and only if) the block commits: an attempt
+        # that rolls back sends nothing, and neither forks the pool nor
+        # opens its shared objects (which its rollback would free).
+        _ame._shared_encode((0, _ref(fn), args, kwargs))  # TypeError now
+        from twisted.internet.defer import Deferred
+        d = Deferred()
+        _shared.after_commit(
+            lambda: defer(fn, *args, **kwargs).chainDeferred(d))
+        return d
     if _pool is None or _pool.session.name.split(".")[3] != str(_os.getpid()):
         from twisted.internet import reactor
         _pool = _Pool(reactor, _ame.cpu_count())

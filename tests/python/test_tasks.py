@@ -547,3 +547,43 @@ class DeferTests(SynchronousTestCase):
             "total 0",
         ], out.stderr)
         self.assertNotIn("Traceback", out.stderr)
+
+    def test_deferInAtomic(self):
+        """
+        defer() inside an ame.atomic block whose first attempt rolls back
+        sends the task once, when the block commits: its Deferred fires,
+        and so do later ones.  (Each attempt sent it at once, and the one
+        rolled back left the pool waiting on a results Deferred that was
+        never asked for: no defer() fired again.)
+        """
+        code = (
+            "import sys; sys.path.insert(0, %r)\n"
+            "import ame.reactor; ame.reactor.install()\n"
+            "from twisted.internet import reactor, defer\n"
+            "import ame, ame.tasks, task_fns\n"
+            "from ame import _ame\n"
+            "tries = []\n"
+            "def block():\n"
+            "    d = ame.tasks.defer(task_fns.square, 3)\n"
+            "    tries.append(d)\n"
+            "    if len(tries) == 1:\n"
+            "        _ame._shared_abort()  # as a conflict would\n"
+            "    return d\n"
+            "@defer.inlineCallbacks\n"
+            "def main():\n"
+            "    print('first', (yield ame.tasks.defer(task_fns.square, 2)))\n"
+            "    print('in atomic', (yield ame.atomic(block)))\n"
+            "    print('after', (yield ame.tasks.defer(task_fns.square, 4)))\n"
+            "    reactor.stop()\n"
+            "def late():\n"
+            "    print('timed out')\n"
+            "    reactor.stop()\n"
+            "reactor.callWhenRunning(main)\n"
+            "reactor.callLater(20, late)\n"
+            "reactor.run()\n"
+        ) % os.path.join(HERE, "shared_apps")
+        out = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.splitlines(),
+                         ["first 4", "in atomic 9", "after 16"])
