@@ -452,7 +452,7 @@ class _Output:
 # Workers.
 
 _PR_SET_PDEATHSIG = 1
-_EXIT_DONE, _EXIT_ERROR = 0, 3
+_EXIT_DONE, _EXIT_ERROR, _EXIT_NOSTART = 0, 3, 4
 _STOP, _DONE, _WAIT = "stop", "done", "wait"
 
 
@@ -554,9 +554,12 @@ class _Worker:
             self.busy += _time.perf_counter() - t0
         self.tasks += 1
 
-    def loop(self):
+    def loop(self, recs):
+        """
+        Run recs (what resume() gave), then claim and run batches until
+        the run is over; return the exit code.
+        """
         pause = 0.0002
-        recs = _shared.atomic(self.resume)
         while True:
             if recs is None:
                 recs = _shared.atomic(self.claim)
@@ -609,9 +612,16 @@ def _worker_main(session, wid, workers):
     code = 1
     try:
         _die_with_parent()
-        w = _Worker(session, wid, workers)
         try:
-            code = w.loop()
+            # Its first transactions (it joins the heap): a failure here
+            # is one to start, which the next worker would meet too.
+            w = _Worker(session, wid, workers)
+            recs = _shared.atomic(w.resume)
+        except BaseException:
+            code = _EXIT_NOSTART
+            raise
+        try:
+            code = w.loop(recs)
         finally:
             w.report()
     except BaseException:
@@ -687,6 +697,7 @@ def run(workers="auto"):
     t0 = _time.monotonic()
     pids = {}       # pid -> (wid, pidfd)
     failures = []
+    nostart = 0     # workers that could not start
     # Each worker's end is watched through its pidfd, and only our
     # workers are reaped (waitpid(-1) would reap, and take the status of,
     # any child of the program, a subprocess.Popen's for one).
@@ -729,6 +740,12 @@ def run(workers="auto"):
             elif _os.WIFEXITED(status) and \
                     _os.WEXITSTATUS(status) in (_EXIT_DONE, _EXIT_ERROR):
                 continue
+            elif _os.WIFEXITED(status) and \
+                    _os.WEXITSTATUS(status) == _EXIT_NOSTART:
+                # It could not start (its traceback is on stderr): the
+                # others, if any, go on without it; see below.
+                nostart += 1
+                continue
             if not session.state.get("stop"):
                 start(wid)
     finally:
@@ -745,6 +762,12 @@ def run(workers="auto"):
         raise TaskError(*error)
     if failures:
         raise TaskFailed(failures)
+    if nostart and not session.state.get("stop") and _shared.atomic(
+            lambda: len(session.queue) > 0 or
+            session.claimed.value != session.done.value):
+        raise RuntimeError(
+            "ame.tasks.run: %d of %d workers could not start (their "
+            "tracebacks are on stderr), and tasks are left" % (nostart, n))
 
 
 def _collect_stats(session, n, elapsed):

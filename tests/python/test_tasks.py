@@ -292,6 +292,47 @@ class RunTests(SynchronousTestCase):
         self.assertGreaterEqual(st["reruns"], 0)
         self.assertEqual(st["attempts"], st["tasks"] + st["reruns"])
 
+    def test_workersCannotStart(self):
+        """
+        Workers that cannot start (every slot of the heap is taken by
+        other processes) end the run with an error that says so, once
+        none is left, instead of being replaced for ever.  (run() forked
+        a new one as each died: some 200 a second, each printing its
+        traceback, until killed.)
+        """
+        code = (
+            "import sys, os, time, signal; sys.path.insert(0, %r)\n"
+            "import ame.shared, ame.tasks, task_fns\n"
+            "signal.alarm(20)  # ends a run that never does\n"
+            "c = ame.shared.counter('slots.%%d' %% os.getpid())\n"
+            "c.add(0)\n"
+            "kids = []\n"
+            "for i in range(ame.shared.stats()['heap']['slots_max'] - 1):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        c.add(1)  # takes a slot\n"
+            "        time.sleep(25)\n"
+            "        os._exit(0)\n"
+            "    kids.append(pid)\n"
+            "while c.value < len(kids):\n"
+            "    time.sleep(0.01)\n"
+            "ame.tasks.add(task_fns.empty)\n"
+            "try:\n"
+            "    ame.tasks.run(workers=2)\n"
+            "    print('returned')\n"
+            "except RuntimeError as e:\n"
+            "    print('RuntimeError', 'could not start' in str(e))\n"
+            "finally:\n"
+            "    for k in kids:\n"
+            "        os.kill(k, signal.SIGKILL)\n"
+            "        os.waitpid(k, 0)\n"
+        ) % os.path.join(HERE, "shared_apps")
+        out = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+        self.assertEqual(out.stdout.split(), ["RuntimeError", "True"])
+        self.assertLessEqual(out.stderr.count("Traceback"), 2)
+
     def test_workerKilledMidTask(self):
         """SIGKILL from outside while a task runs: that task is reported,
         its effects are absent, the others all ran once."""
