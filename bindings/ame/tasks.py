@@ -846,8 +846,10 @@ class _PoolWorker(_Worker):
 
         _shared.atomic(attempt)
 
-    def serve(self):
-        recs = _shared.atomic(self.resume)
+    def serve(self, recs):
+        """
+        Run recs (what resume() gave), then each task as it comes.
+        """
         for rec in recs or ():
             self.one(rec)
         while True:
@@ -920,7 +922,15 @@ class _Pool:
                 # The parent's reactor is not this process's: this one
                 # runs tasks and blocks where it waits.
                 self.reactor.running = False
-                _PoolWorker(self.session, wid, self.results).serve()
+                try:
+                    # Its first transactions (it joins the heap): see
+                    # died() for a failure here.
+                    w = _PoolWorker(self.session, wid, self.results)
+                    recs = _shared.atomic(w.resume)
+                except BaseException:
+                    code = _EXIT_NOSTART
+                    raise
+                w.serve(recs)
             except BaseException:
                 _traceback.print_exc()
             finally:
@@ -960,6 +970,7 @@ class _Pool:
         Worker wid (pid) has ended: recover it, fail the task it ran,
         start another.
         """
+        global _pool
         self.procs.pop(wid, None)
         _ame._shared_recover_pid(pid)
         rec = _shared.atomic(_died, self.session, wid)
@@ -967,6 +978,23 @@ class _Pool:
             d = self.waiting.pop(rec[0], None)
             if d is not None:
                 d.errback(TaskFailed([(_describe(rec), _how(status))]))
+        elif _os.WIFEXITED(status) and \
+                _os.WEXITSTATUS(status) == _EXIT_NOSTART:
+            # It could not start (its traceback is on stderr), nor would
+            # a replacement: the others go on without it.  With none
+            # left, the pool fails what waits and is dropped; the next
+            # defer() starts another.
+            if not self.procs:
+                self.stop()
+                if _pool is self:
+                    _pool = None
+                waiting, self.waiting = self.waiting, {}
+                for d in waiting.values():
+                    d.errback(RuntimeError(
+                        "ame.tasks.defer: the pool's %d workers could not "
+                        "start (their tracebacks are on stderr)"
+                        % self.workers))
+            return
         if not self.stopped:
             self.start(wid)
 

@@ -628,3 +628,48 @@ class DeferTests(SynchronousTestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(),
                          ["first 4", "in atomic 9", "after 16"])
+
+    def test_deferWorkersCannotStart(self):
+        """
+        A pool whose workers cannot start (every slot of the heap taken)
+        fails the waiting Deferreds with RuntimeError once none is left,
+        and the next defer() starts a pool again.  (Each was replaced as
+        it died, for ever, and the Deferreds never fired.)
+        """
+        code = (
+            "import sys, os, time, signal; sys.path.insert(0, %r)\n"
+            "import ame.reactor; ame.reactor.install()\n"
+            "from twisted.internet import reactor, defer\n"
+            "import ame.shared, ame.tasks, task_fns\n"
+            "signal.alarm(20)  # ends a run that never does\n"
+            "c = ame.shared.counter('slots.%%d' %% os.getpid())\n"
+            "c.add(0)\n"
+            "kids = []\n"
+            "for i in range(ame.shared.stats()['heap']['slots_max'] - 1):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        c.add(1)  # takes a slot\n"
+            "        time.sleep(25)\n"
+            "        os._exit(0)\n"
+            "    kids.append(pid)\n"
+            "while c.value < len(kids):\n"
+            "    time.sleep(0.01)\n"
+            "@defer.inlineCallbacks\n"
+            "def main():\n"
+            "    try:\n"
+            "        yield ame.tasks.defer(task_fns.square, 2)\n"
+            "    except RuntimeError as e:\n"
+            "        print('RuntimeError', 'could not start' in str(e))\n"
+            "    for k in kids:\n"
+            "        os.kill(k, signal.SIGKILL)\n"
+            "        os.waitpid(k, 0)\n"
+            "    print('again', (yield ame.tasks.defer(task_fns.square, 3)))\n"
+            "    reactor.stop()\n"
+            "reactor.callWhenRunning(main)\n"
+            "reactor.run()\n"
+        ) % os.path.join(HERE, "shared_apps")
+        out = subprocess.run([sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+        self.assertEqual(out.stdout.splitlines(),
+                         ["RuntimeError True", "again 9"])
