@@ -128,6 +128,18 @@ def _resolve(module, qualname):
         return None
 
 
+def _message(e):
+    """
+    str(e), or a stand-in if that raises (it is the task's error to
+    report, not the worker's).
+    """
+    try:
+        return str(e)
+    except Exception as how:
+        return "<%s: str() failed: %s>" % (type(e).__name__,
+                                           type(how).__name__)
+
+
 def _describe(rec):
     ref, args, kwargs = rec[1], rec[2], rec[3]
     parts = [repr(a) for a in args]
@@ -584,7 +596,7 @@ class _Worker:
     def _record_error(self, rec, e, tb):
         if "error" not in self.s.state:
             self.s.state["error"] = (_describe(rec), type(e).__name__,
-                                     str(e), tb)
+                                     _message(e), tb)
         self.s.state["stop"] = True
         self.s.batch.pop(self.wid, None)    # a clean end: see run()
 
@@ -860,7 +872,7 @@ class _PoolWorker(_Worker):
         try:
             self.run_one(rec)
         except BaseException as e:  # sys.exit() is one too
-            failure = (_describe(rec), type(e).__name__, str(e),
+            failure = (_describe(rec), type(e).__name__, _message(e),
                        _traceback.format_exc())
 
             def report():

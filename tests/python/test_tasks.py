@@ -209,6 +209,18 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(e.message, "5")
         self.assertEqual(shared.counter(p + ".total").value, 0 + 1)
 
+    def test_unprintableException(self):
+        """
+        An exception whose str() raises is still the task's error:
+        TaskError, its type named, a stand-in message.  (The worker died
+        recording it: "killed its worker (exit status 1)".)
+        """
+        tasks.add(task_fns.raise_unprintable)
+        with self.assertRaises(tasks.TaskError) as cm:
+            tasks.run(workers=1)
+        self.assertEqual(cm.exception.type, "Unprintable")
+        self.assertIn("str() failed", cm.exception.message)
+
     def test_taskKillsWorker(self):
         """A task that exits its worker is reported as failed, its effects
         are absent, the worker is replaced, and every other task runs."""

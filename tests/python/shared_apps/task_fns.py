@@ -106,6 +106,17 @@ def chatty(prefix, i):
 _aborted = set()  # prefixes whose task 0 had its forced abort here
 
 
+class Unprintable(Exception):
+    """An exception whose str() raises."""
+
+    def __str__(self):
+        raise ValueError("no str")
+
+
+def raise_unprintable():
+    raise Unprintable()
+
+
 def square(x):
     return x * x
 
