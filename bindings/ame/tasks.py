@@ -464,7 +464,10 @@ class _Output:
 # Workers.
 
 _PR_SET_PDEATHSIG = 1
-_EXIT_DONE, _EXIT_ERROR, _EXIT_NOSTART = 0, 3, 4
+# _EXIT_STUCK: a worker's own transaction (its start, a claim) failed:
+# a replacement would meet the same (every heap slot taken, the heap
+# full), so none is started.
+_EXIT_DONE, _EXIT_ERROR, _EXIT_STUCK = 0, 3, 4
 _STOP, _DONE, _WAIT = "stop", "done", "wait"
 
 
@@ -574,7 +577,11 @@ class _Worker:
         pause = 0.0002
         while True:
             if recs is None:
-                recs = _shared.atomic(self.claim)
+                try:
+                    recs = _shared.atomic(self.claim)
+                except Exception:
+                    _traceback.print_exc()
+                    return _EXIT_STUCK
             if recs == _STOP or recs == _DONE:
                 return _EXIT_DONE
             if recs == _WAIT:
@@ -630,7 +637,7 @@ def _worker_main(session, wid, workers):
             w = _Worker(session, wid, workers)
             recs = _shared.atomic(w.resume)
         except BaseException:
-            code = _EXIT_NOSTART
+            code = _EXIT_STUCK
             raise
         try:
             code = w.loop(recs)
@@ -709,7 +716,7 @@ def run(workers="auto"):
     t0 = _time.monotonic()
     pids = {}       # pid -> (wid, pidfd)
     failures = []
-    nostart = 0     # workers that could not start
+    stuck = 0       # workers that could not start, or claim
     # Each worker's end is watched through its pidfd, and only our
     # workers are reaped (waitpid(-1) would reap, and take the status of,
     # any child of the program, a subprocess.Popen's for one).
@@ -753,10 +760,11 @@ def run(workers="auto"):
                     _os.WEXITSTATUS(status) in (_EXIT_DONE, _EXIT_ERROR):
                 continue
             elif _os.WIFEXITED(status) and \
-                    _os.WEXITSTATUS(status) == _EXIT_NOSTART:
-                # It could not start (its traceback is on stderr): the
-                # others, if any, go on without it; see below.
-                nostart += 1
+                    _os.WEXITSTATUS(status) == _EXIT_STUCK:
+                # It could not start or claim (its traceback is on
+                # stderr), nor would a replacement: the others, if any,
+                # go on without it; see below.
+                stuck += 1
                 continue
             if not session.state.get("stop"):
                 start(wid)
@@ -774,12 +782,13 @@ def run(workers="auto"):
         raise TaskError(*error)
     if failures:
         raise TaskFailed(failures)
-    if nostart and not session.state.get("stop") and _shared.atomic(
+    if stuck and not session.state.get("stop") and _shared.atomic(
             lambda: len(session.queue) > 0 or
             session.claimed.value != session.done.value):
         raise RuntimeError(
-            "ame.tasks.run: %d of %d workers could not start (their "
-            "tracebacks are on stderr), and tasks are left" % (nostart, n))
+            "ame.tasks.run: %d of %d workers could not start or claim "
+            "tasks (their tracebacks are on stderr), and tasks are left"
+            % (stuck, n))
 
 
 def _collect_stats(session, n, elapsed):
@@ -860,13 +869,19 @@ class _PoolWorker(_Worker):
 
     def serve(self, recs):
         """
-        Run recs (what resume() gave), then each task as it comes.
+        Run recs (what resume() gave), then each task as it comes;
+        return _EXIT_STUCK if a claim fails.
         """
         for rec in recs or ():
             self.one(rec)
         while True:
             self.output.refresh()
-            self.one(_shared.atomic(self.claim_one))
+            try:
+                rec = _shared.atomic(self.claim_one)
+            except Exception:
+                _traceback.print_exc()
+                return _EXIT_STUCK
+            self.one(rec)
 
     def one(self, rec):
         try:
@@ -940,9 +955,9 @@ class _Pool:
                     w = _PoolWorker(self.session, wid, self.results)
                     recs = _shared.atomic(w.resume)
                 except BaseException:
-                    code = _EXIT_NOSTART
+                    code = _EXIT_STUCK
                     raise
-                w.serve(recs)
+                code = w.serve(recs)
             except BaseException:
                 _traceback.print_exc()
             finally:
@@ -991,11 +1006,11 @@ class _Pool:
             if d is not None:
                 d.errback(TaskFailed([(_describe(rec), _how(status))]))
         elif _os.WIFEXITED(status) and \
-                _os.WEXITSTATUS(status) == _EXIT_NOSTART:
-            # It could not start (its traceback is on stderr), nor would
-            # a replacement: the others go on without it.  With none
-            # left, the pool fails what waits and is dropped; the next
-            # defer() starts another.
+                _os.WEXITSTATUS(status) == _EXIT_STUCK:
+            # It could not start or claim (its traceback is on stderr),
+            # nor would a replacement: the others go on without it.  With
+            # none left, the pool fails what waits and is dropped; the
+            # next defer() starts another.
             if not self.procs:
                 self.stop()
                 if _pool is self:
@@ -1004,7 +1019,8 @@ class _Pool:
                 for d in waiting.values():
                     d.errback(RuntimeError(
                         "ame.tasks.defer: the pool's %d workers could not "
-                        "start (their tracebacks are on stderr)"
+                        "start, or claim tasks (their tracebacks are on "
+                        "stderr)"
                         % self.workers))
             return
         if not self.stopped:

@@ -167,6 +167,34 @@ class RunTests(SynchronousTestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.split(), ["MemoryError", "MemoryError"])
 
+    def test_heapFullAtClaim(self):
+        """
+        A worker that cannot claim tasks (the heap is too full to copy a
+        chunk to its batch) ends the run with an error, not replaced
+        for ever.  (Each replacement met the same MemoryError: some 100
+        forks a second, each with its traceback, until killed.)
+        """
+        p = fresh()
+        code = (
+            "import sys, signal; sys.path.insert(0, %r)\n"
+            "import ame.shared, ame.tasks, task_fns\n"
+            "signal.alarm(20)  # ends a run that never does\n"
+            "for i in range(80):\n"
+            "    ame.tasks.add(task_fns.add_padded, %r, i, 'x' * 30000)\n"
+            "try:\n"
+            "    ame.tasks.run(workers=1)\n"
+            "    print('returned')\n"
+            "except RuntimeError as e:\n"
+            "    print('RuntimeError', 'could not' in str(e))\n"
+        ) % (os.path.join(HERE, "shared_apps"), p)
+        env = dict(os.environ, AME_SHARED_SIZE="4M")
+        out = subprocess.run([sys.executable, "-c", code], env=env,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr[-2000:])
+        self.assertEqual(out.stdout.split(), ["RuntimeError", "True"])
+        self.assertIn("MemoryError", out.stderr)
+        self.assertLessEqual(out.stderr.count("Traceback"), 1)
+
     def test_tasksAddTasks(self):
         """A task's add() queues only when it commits; they all run."""
         p = fresh()
