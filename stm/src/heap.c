@@ -743,7 +743,7 @@ void ame_heap_stats(ame_heap_t *heap, ame_heap_stats_t *out) {
     if (LOAD(&s->state) != SLOT_FREE) out->slots_live++;
     out->used += (int64_t)LOAD(&s->used);
     ame_stats_t st;
-    ame_stats_thread(&s->tx, &st);
+    ame__stats_heap(&s->tx, &st);
     out->tx.commits += st.commits;
     out->tx.commits_ro += st.commits_ro;
     out->tx.aborts += st.aborts;

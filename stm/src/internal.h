@@ -262,6 +262,9 @@ int ame__tx_recover(ame_tx_t *tx, uintptr_t status);
 ** is unchanged since: O(1), where ame_tx_validate() checks every read. */
 void ame__tx_check_word(ame_tx_t *tx, const void *addr);
 /* ame__tx_claim: stm.h. */
+/* ame_stats_thread() of a heap slot's descriptor (no reset base; its
+** domain pointer, which a thread entering the slot sets, is not read). */
+void ame__stats_heap(const ame_tx_t *tx, ame_stats_t *out);
 /* Save the n words at p, which the running heap transaction holds
 ** claimed (ame__tx_claim) and is about to write outside the STM, at the
 ** end of its write log, in the heap: an abort puts them back, and so does

@@ -153,9 +153,10 @@ static const ame_stats_t *base_of(const ame_tx_t *tx) {
   return &ame__G.stats_base[tx->slot];
 }
 
-/* Add tx's statistics since the last reset to *to. */
-static void add_stats(ame_stats_t *to, const ame_tx_t *tx) {
-  const ame_stats_t *from = &tx->stats, *b = base_of(tx);
+/* Add tx's statistics since the last reset (base b, NULL: none) to *to. */
+static void add_stats(ame_stats_t *to, const ame_tx_t *tx,
+                      const ame_stats_t *b) {
+  const ame_stats_t *from = &tx->stats;
   ame_stats_t base = {0};
   if (b) {
 #define X(f) base.f = LOAD_ACQ(&b->f);
@@ -177,7 +178,14 @@ static void add_stats(ame_stats_t *to, const ame_tx_t *tx) {
 
 void ame_stats_thread(const ame_tx_t *tx, ame_stats_t *out) {
   memset(out, 0, sizeof *out);
-  if (tx) add_stats(out, tx);
+  if (tx) add_stats(out, tx, base_of(tx));
+}
+
+/* A heap slot's descriptor, which has no base, and which another thread
+** may be setting up (its dom is not read). */
+void ame__stats_heap(const ame_tx_t *tx, ame_stats_t *out) {
+  memset(out, 0, sizeof *out);
+  add_stats(out, tx, NULL);
 }
 
 void ame_stats_total(ame_stats_t *out) {
@@ -186,7 +194,8 @@ void ame_stats_total(ame_stats_t *out) {
   unsigned n = LOAD_ACQ(&ame__G.dom.n_slots);
   for (unsigned i = 0; i < n; i++) {
     ame_tx_t *t = __atomic_load_n(&ame__G.dom.threads[i], __ATOMIC_ACQUIRE);
-    if (t) add_stats(out, t);
+    if (t)
+      add_stats(out, t, ame__G.stats_base ? &ame__G.stats_base[i] : NULL);
   }
   pthread_mutex_lock(&ame__G.reg_lock);
   out->frees_pending += ame__G.orphan_stats.frees_pending;
