@@ -1381,6 +1381,22 @@ class AtomicTests(SynchronousTestCase):
             t.join()
         self.assertEqual(d["n"], 4500)
 
+    def recordWaits(self, what):
+        """
+        Wrap ame.atomic's wait for a queue (shared._wait) for this test:
+        each wait appends what(timeout, seen) to the list returned.
+        """
+        calls = []
+        original = shared._wait
+
+        def wait(queue, timeout, seen=0):
+            calls.append(what(timeout, seen))
+            return original(queue, timeout, seen)
+
+        _ame._shared_set_hooks(shared._notify, wait)
+        self.addCleanup(_ame._shared_set_hooks, shared._notify, original)
+        return calls
+
     def test_blockingGetDeadline(self):
         """
         Inside atomic, get(timeout=T) waits T in all, counted from the
@@ -1392,15 +1408,7 @@ class AtomicTests(SynchronousTestCase):
         """
         T = 1.0
         q = shared.queue(fresh())
-        waits = []
-        original = shared._wait
-
-        def wait(queue, timeout, seen=0):
-            waits.append(timeout)
-            return original(queue, timeout, seen)
-
-        _ame._shared_set_hooks(shared._notify, wait)
-        self.addCleanup(_ame._shared_set_hooks, shared._notify, original)
+        waits = self.recordWaits(lambda timeout, seen: timeout)
         runs = []
 
         def steal():
@@ -1453,15 +1461,7 @@ class AtomicTests(SynchronousTestCase):
         runs twice, before the wait and after.
         """
         q = shared.queue(fresh())
-        seens = []
-        original = shared._wait
-
-        def wait(queue, timeout, seen=0):
-            seens.append(seen)
-            return original(queue, timeout, seen)
-
-        _ame._shared_set_hooks(shared._notify, wait)
-        self.addCleanup(_ame._shared_set_hooks, shared._notify, original)
+        seens = self.recordWaits(lambda timeout, seen: seen)
         runs = []
 
         def f():

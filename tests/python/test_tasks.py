@@ -26,6 +26,26 @@ import uuid
 from twisted.trial.unittest import SynchronousTestCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Lines of a test's script (which imports os, time, signal and ame.shared)
+# that take every slot of the heap but the script's own, in forked
+# children (the list kids) that hold them until killed; an alarm ends a
+# script that never does.  %-formatted with the script (no format fields).
+_TAKE_SLOTS = (
+    "signal.alarm(20)  # ends a run that never does\n"
+    "c = ame.shared.counter('slots.%%d' %% os.getpid())\n"
+    "c.add(0)\n"
+    "kids = []\n"
+    "for i in range(ame.shared.stats()['heap']['slots_max'] - 1):\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        c.add(1)  # takes a slot\n"
+    "        time.sleep(25)\n"
+    "        os._exit(0)\n"
+    "    kids.append(pid)\n"
+    "while c.value < len(kids):\n"
+    "    time.sleep(0.01)\n"
+)
 sys.path.insert(0, os.path.join(HERE, "shared_apps"))
 EXAMPLES = os.path.join(HERE, "..", "..", "examples", "python")
 
@@ -343,19 +363,7 @@ class RunTests(SynchronousTestCase):
         code = (
             "import sys, os, time, signal; sys.path.insert(0, %r)\n"
             "import ame.shared, ame.tasks, task_fns\n"
-            "signal.alarm(20)  # ends a run that never does\n"
-            "c = ame.shared.counter('slots.%%d' %% os.getpid())\n"
-            "c.add(0)\n"
-            "kids = []\n"
-            "for i in range(ame.shared.stats()['heap']['slots_max'] - 1):\n"
-            "    pid = os.fork()\n"
-            "    if pid == 0:\n"
-            "        c.add(1)  # takes a slot\n"
-            "        time.sleep(25)\n"
-            "        os._exit(0)\n"
-            "    kids.append(pid)\n"
-            "while c.value < len(kids):\n"
-            "    time.sleep(0.01)\n"
+            + _TAKE_SLOTS +
             "ame.tasks.add(task_fns.empty)\n"
             "try:\n"
             "    ame.tasks.run(workers=2)\n"
@@ -681,19 +689,7 @@ class DeferTests(SynchronousTestCase):
             "import ame.reactor; ame.reactor.install()\n"
             "from twisted.internet import reactor, defer\n"
             "import ame.shared, ame.tasks, task_fns\n"
-            "signal.alarm(20)  # ends a run that never does\n"
-            "c = ame.shared.counter('slots.%%d' %% os.getpid())\n"
-            "c.add(0)\n"
-            "kids = []\n"
-            "for i in range(ame.shared.stats()['heap']['slots_max'] - 1):\n"
-            "    pid = os.fork()\n"
-            "    if pid == 0:\n"
-            "        c.add(1)  # takes a slot\n"
-            "        time.sleep(25)\n"
-            "        os._exit(0)\n"
-            "    kids.append(pid)\n"
-            "while c.value < len(kids):\n"
-            "    time.sleep(0.01)\n"
+            + _TAKE_SLOTS +
             "@defer.inlineCallbacks\n"
             "def main():\n"
             "    try:\n"
