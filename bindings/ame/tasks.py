@@ -471,12 +471,25 @@ _EXIT_DONE, _EXIT_ERROR, _EXIT_STUCK = 0, 3, 4
 _STOP, _DONE, _WAIT = "stop", "done", "wait"
 
 
-def _die_with_parent():
+# Tests: called in a forked worker before it asks to die with its parent.
+_before_die_with_parent = None
+
+
+def _die_with_parent(parent):
+    """
+    In a process forked by C{parent} (its pid): be killed when the parent
+    dies, and die now if it died already (after the fork, before this:
+    the kernel would never send the signal).
+    """
+    if _before_die_with_parent is not None:
+        _before_die_with_parent()
     try:
         libc = _ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    if _os.getppid() != parent:
+        _os.kill(_os.getpid(), _signal.SIGKILL)
 
 
 class _Worker:
@@ -627,10 +640,10 @@ class _Worker:
         _shared.atomic(add)
 
 
-def _worker_main(session, wid, workers):
+def _worker_main(session, wid, workers, parent):
     code = 1
     try:
-        _die_with_parent()
+        _die_with_parent(parent)
         try:
             # Its first transactions (it joins the heap): a failure here
             # is one to start, which the next worker would meet too.
@@ -656,9 +669,10 @@ def _worker_main(session, wid, workers):
 def _fork_worker(session, wid, workers):
     _sys.stdout.flush()
     _sys.stderr.flush()
+    parent = _os.getpid()
     pid = _os.fork()
     if pid == 0:
-        _worker_main(session, wid, workers)
+        _worker_main(session, wid, workers, parent)
     return pid
 
 
@@ -939,11 +953,12 @@ class _Pool:
     def start(self, wid):
         _sys.stdout.flush()
         _sys.stderr.flush()
+        parent = _os.getpid()
         pid = _os.fork()
         if pid == 0:
             code = 1
             try:
-                _die_with_parent()
+                _die_with_parent(parent)
                 _close_inherited_fds()
                 _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
                 # The parent's reactor is not this process's: this one

@@ -352,6 +352,53 @@ class RunTests(SynchronousTestCase):
         self.assertGreaterEqual(st["reruns"], 0)
         self.assertEqual(st["attempts"], st["tasks"] + st["reruns"])
 
+    def test_parentDiesBeforeWorkerArms(self):
+        """
+        A worker whose parent dies after the fork but before the worker
+        asks to die with it (the kernel then never signals it) dies at
+        once instead of running tasks for nobody.
+        """
+        d = self.mktemp()
+        os.mkdir(d)
+        code = (
+            "import sys, os, time; sys.path.insert(0, %r)\n"
+            "import ame.tasks, task_fns\n"
+            "d = %r\n"
+            "def hook():\n"
+            "    with open(os.path.join(d, 'pid.tmp'), 'w') as f:\n"
+            "        f.write(str(os.getpid()))\n"
+            "    os.rename(os.path.join(d, 'pid.tmp'),\n"
+            "              os.path.join(d, 'pid'))\n"
+            "    time.sleep(1)  # the parent is killed meanwhile\n"
+            "ame.tasks._before_die_with_parent = hook\n"
+            "ame.tasks.add(task_fns.touch, os.path.join(d, 'ran'))\n"
+            "ame.tasks.run(workers=1)\n"
+        ) % (os.path.join(HERE, "shared_apps"), d)
+        parent = subprocess.Popen([sys.executable, "-c", code])
+        self.addCleanup(parent.wait)
+        self.addCleanup(parent.kill)
+        pidfile = os.path.join(d, "pid")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(pidfile) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with open(pidfile) as f:
+            worker = int(f.read())
+        parent.kill()
+        parent.wait()
+
+        def gone():  # dead, or a zombie nobody reaps
+            try:
+                with open("/proc/%d/stat" % worker) as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] in "ZX"
+            except OSError:
+                return True
+
+        while not gone() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertTrue(gone(), "worker %d still running" % worker)
+        self.assertFalse(os.path.exists(os.path.join(d, "ran")),
+                         "the worker ran a task after its parent died")
+
     def test_workersCannotStart(self):
         """
         Workers that cannot start (every slot of the heap is taken by
