@@ -429,10 +429,13 @@ class _AMEResolver(_resolver.GAIResolver):
 
         host = hostName
         try:
+            # None is getaddrinfo's (the loopback addresses), as
+            # GAIResolver passes it on.
             if isinstance(host, bytes):
                 host = host.decode("ascii")
             try:
-                host.encode("ascii")
+                if host is not None:
+                    host.encode("ascii")
             except UnicodeEncodeError:
                 host = host.encode("idna").decode("ascii")
             self._reactor._core.getaddrinfo(

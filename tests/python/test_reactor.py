@@ -471,6 +471,17 @@ class ReactorBehaviourMixin:
         addrs, complete = self._resolve(reactor, "no-such-host.invalid")
         self.assertEqual((addrs, complete), ([], [True]))
 
+    def test_resolveNoName(self):
+        """
+        A host name of None is getaddrinfo's: the loopback address, with the
+        port asked for (as GAIResolver, which passes it on).
+        """
+        from twisted.internet.address import IPv4Address
+        reactor = self.buildReactor()
+        addrs, complete = self._resolve(reactor, None, 8080, [IPv4Address])
+        self.assertEqual(complete, [True])
+        self.assertIn(IPv4Address("TCP", "127.0.0.1", 8080), addrs)
+
     def _spawnSeq(self, reactor, n):
         """
         Run `seq 1 n` (stdout) and `echo err >&2`; return (stdout, stderr,
