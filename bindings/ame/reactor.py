@@ -525,6 +525,10 @@ class AMEReactor(
 
     def _add(self, xer, primary, event):
         fd = xer.fileno()
+        if fd < 0:
+            # What epoll's register raises (a closed selectable's -1).
+            raise ValueError(
+                "file descriptor cannot be a negative integer (%d)" % (fd,))
         if fd not in primary:
             # OSError (EPERM for regular files, EBADF, ...) goes through
             # before any state changes, as with epoll.

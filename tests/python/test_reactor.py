@@ -989,6 +989,23 @@ class ReactorBehaviourMixin:
             b.close()
         self.assertEqual(total, [b"%d;" % i for i in range(300)])
 
+    def test_negativeDescriptorRefused(self):
+        """
+        addReader and addWriter of a selectable whose fileno() is negative
+        raise ValueError (as epoll's register does) and watch nothing.
+        """
+        reactor = self.buildReactor()
+
+        class Closed(FileDescriptor):
+            def fileno(self):
+                return -1
+
+        closed = Closed(reactor)
+        self.assertRaises(ValueError, reactor.addReader, closed)
+        self.assertRaises(ValueError, reactor.addWriter, closed)
+        self.assertNotIn(closed, reactor.getReaders())
+        self.assertNotIn(closed, reactor.getWriters())
+
     def test_regularFile(self):
         """
         A regular file (which epoll refuses) can still be watched: it is
