@@ -752,11 +752,14 @@ class AMEReactor(
     _ameCatchUp = False
 
     def iterate(self, delay=0.0):
+        # An iterate() run by a callback of this one gives back the flag
+        # as it found it: this one's wait still catches up.
+        outer = self._ameCatchUp
         self._ameCatchUp = True
         try:
             posixbase.PosixReactorBase.iterate(self, delay)
         finally:
-            self._ameCatchUp = False
+            self._ameCatchUp = outer
 
     def mainLoop(self):
         """

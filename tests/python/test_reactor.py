@@ -989,6 +989,32 @@ class ReactorBehaviourMixin:
             b.close()
         self.assertEqual(total, [b"%d;" % i for i in range(300)])
 
+    def test_nestedIterateLeavesOuterCatchUp(self):
+        """
+        An iterate(0) whose callback runs an iterate(0) of its own still
+        delivers what became readable before its wait (the kernel's
+        report, as epoll's poll sees it).
+        """
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        a.setblocking(False)
+        reactor = self.buildReactor()
+        reader = _PairReader(reactor, a)
+        reactor.addReader(reader)
+        reactor.iterate(0)
+
+        def nested(i):
+            reactor.iterate(0)
+            b.send(b"%d;" % (i,))
+
+        for i in range(3):
+            reactor.callLater(0, nested, i)
+            reactor.iterate(0)
+            self.assertEqual(reader.got, b"".join(
+                b"%d;" % (j,) for j in range(i + 1)))
+        reactor.removeReader(reader)
+
     def test_negativeDescriptorRefused(self):
         """
         addReader and addWriter of a selectable whose fileno() is negative
