@@ -27,6 +27,7 @@ import builtins
 import errno
 import os
 import socket
+import threading
 
 from zope.interface import implementer
 
@@ -785,8 +786,31 @@ class AMEReactor(
         _onRollback(dc._rolledBack)
         return dc
 
+    # The thread running one of Twisted's signal handlers (sigInt, ...),
+    # else None.  A signal handler runs in whatever its thread was doing,
+    # an ame.atomic attempt included, but is no part of that transaction:
+    # its stop must neither wait for the commit nor go with a rollback.
+    _ameSignalThread = None
+
+    def _ameSignalled(self, handler, number, frame):
+        outer = self._ameSignalThread
+        self._ameSignalThread = threading.get_ident()
+        try:
+            handler(self, number, frame)
+        finally:
+            self._ameSignalThread = outer
+
+    def sigInt(self, number, frame=None):
+        self._ameSignalled(posixbase.PosixReactorBase.sigInt, number, frame)
+
+    def sigTerm(self, number, frame=None):
+        self._ameSignalled(posixbase.PosixReactorBase.sigTerm, number, frame)
+
+    def sigBreak(self, number, frame=None):
+        self._ameSignalled(posixbase.PosixReactorBase.sigBreak, number, frame)
+
     def callFromThread(self, f, *args, **kw):
-        if _inAtomic():
+        if _inAtomic() and self._ameSignalThread != threading.get_ident():
             return _afterCommit(
                 posixbase.PosixReactorBase.callFromThread, self, f, *args,
                 **kw)

@@ -1015,6 +1015,27 @@ class ReactorBehaviourMixin:
                 b"%d;" % (j,) for j in range(i + 1)))
         reactor.removeReader(reader)
 
+    def test_signalStopsInsideRolledBackAtomic(self):
+        """
+        Twisted's SIGTERM and SIGINT handlers stop the reactor even when
+        the signal interrupts an ame.atomic block that is then rolled
+        back: the handler is not part of the transaction.
+        """
+        import ame
+        for handler in ("sigTerm", "sigInt"):
+            reactor = self.buildReactor()
+
+            def inBlock():
+                # What the handler does when the signal comes in here.
+                getattr(reactor, handler)(signal.SIGTERM)
+                raise _Boom("rolled back")
+
+            def go():
+                self.assertRaises(_Boom, ame.atomic, inBlock)
+
+            reactor.callWhenRunning(go)
+            self.runReactor(reactor, timeout=2)
+
     def test_negativeDescriptorRefused(self):
         """
         addReader and addWriter of a selectable whose fileno() is negative
