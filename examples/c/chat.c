@@ -8,8 +8,9 @@
 ** has NAME and takes it, atomically, though two workers may try at once.
 **
 ** Commands: /nick NAME (1-24 printable characters), /who (how many are
-** here, and who), /quit.  SIGINT or SIGTERM stops the server; it then
-** prints its totals and the reactor's report.
+** here, and who), /quit.  A client that does not read misses the lines
+** sent while over 256 KiB wait for it.  SIGINT or SIGTERM stops the server;
+** it then prints its totals and the reactor's report.
 **
 **   build/examples/c/chat [-p PORT] [-w WORKERS]   (PORT 7001; 0 picks one)
 **   nc localhost 7001       (in several terminals)
@@ -26,6 +27,8 @@
 
 #define MAX_LINE 1024 /* longer lines are cut into pieces */
 #define MAX_NICK 24
+#define MAX_BACKLOG (256 * 1024) /* bytes queued to a client beyond which
+                                    lines to it are dropped */
 
 /* A member of the room.  Shared: next, prev and nick are STM words; s is
 ** immutable. */
@@ -42,6 +45,7 @@ static struct {
   uintptr_t joined;   /* clients ever joined (names guests) */
   uintptr_t lines;    /* lines broadcast */
   uintptr_t delivered;/* lines written to a client */
+  uintptr_t dropped;  /* lines not written: the client was not reading */
 } room;
 
 /* A connection's own state, touched by its callbacks alone: the partial
@@ -75,18 +79,26 @@ static void add(ame_tx_t *tx, uintptr_t *w, intptr_t n) {
   ame_store_word_tx(tx, w, ame_load_word_tx(tx, w) + (uintptr_t)n);
 }
 
-/* Write msg to every client but `except` (NULL: to all). */
+/* Write msg to every client but `except` (NULL: to all).  A client with
+** more than MAX_BACKLOG bytes still queued misses the line: one that does
+** not read would otherwise make the server keep every line for it, without
+** bound (a stream's high watermark pauses only its own reading). */
 static int broadcast(ame_tx_t *tx, struct client *except, const char *msg,
                      size_t len) {
-  uintptr_t n = 0;
+  uintptr_t n = 0, dropped = 0;
   for (struct client *c = ame_load_ptr_tx(tx, (void **)&room.head); c;
        c = ame_load_ptr_tx(tx, (void **)&c->next)) {
     if (c == except) continue;
+    if (ame_stream_write_queue(c->s) > MAX_BACKLOG) {
+      dropped++;
+      continue;
+    }
     int rc = ame_stream_write(c->s, msg, len);
     if (rc == -ENOMEM) return rc;
     n++;
   }
   add(tx, &room.delivered, (intptr_t)n);
+  if (dropped) add(tx, &room.dropped, (intptr_t)dropped);
   return 0;
 }
 
@@ -336,9 +348,10 @@ int main(int argc, char **argv) {
 
   /* Every worker has stopped: plain reads are safe now. */
   printf("chat: %lu clients joined, %lu lines broadcast, %lu delivered, %lu "
-         "still listed\n",
+         "dropped, %lu still listed\n",
          (unsigned long)room.joined, (unsigned long)room.lines,
-         (unsigned long)room.delivered, (unsigned long)room.count);
+         (unsigned long)room.delivered, (unsigned long)room.dropped,
+         (unsigned long)room.count);
   ame_reactor_report(r, stdout);
   ame_reactor_free(r);
   ame_stm_shutdown();

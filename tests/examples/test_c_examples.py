@@ -128,6 +128,15 @@ def run_threads(fn, n):
         raise errors[0]
 
 
+def vm_rss_kib(pid):
+    """The resident size of process pid, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise Failure(f"no VmRSS for {pid}")
+
+
 def recv_exactly(s, n):
     data = b""
     while len(data) < n:
@@ -526,10 +535,12 @@ def test_chat(exe):
         out, err = srv.stop()
         check("failed" not in err, f"callbacks failed:\n{err}")
         m = re.search(r"chat: (\d+) clients joined, (\d+) lines broadcast, "
-                      r"(\d+) delivered, (\d+) still listed", out)
+                      r"(\d+) delivered, (\d+) dropped, (\d+) still listed",
+                      out)
         check(m, f"no final totals in:\n{out}")
         # joins 1+2, a's line 2, nick 2, bob's line 2, leaves 2+1
-        check_eq(tuple(map(int, m.groups())), (3, 2, 12, 0), "chat totals")
+        check_eq(tuple(map(int, m.groups())), (3, 2, 12, 0, 0),
+                 "chat totals")
         a.close()
 
     # Many clients talking at once: each line reaches every other client
@@ -565,6 +576,31 @@ def test_chat(exe):
             cl.close()
         out, _ = srv.stop()
         check(f"{n * lines} lines broadcast" in out, f"totals:\n{out}")
+
+    # A client that never reads must not make the server buffer every line
+    # for it: the talkers go on, the server's memory stays bounded.
+    with Server(exe, "-p", "0", "-w", "2") as srv:
+        a = ChatClient(srv)
+        check(a.line().startswith("* welcome"), "welcome a")
+        lazy = socket.socket()
+        lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        lazy.connect(("127.0.0.1", srv.port))
+        check_eq(a.line(), "* guest2 joined", "a sees the lazy one join")
+        rss0 = vm_rss_kib(srv.proc.pid)
+        line = b"x" * 1000 + b"\n"
+        for _ in range(256 * 1024 // 64):  # 256 MiB of lines
+            a.s.sendall(line * 64)
+        before, answer = a.who()  # the server still reads a
+        check_eq(before, [], "lines a got back")
+        grown = vm_rss_kib(srv.proc.pid) - rss0
+        check(grown < 64 * 1024,
+              f"server grew by {grown} KiB buffering for a client that "
+              f"does not read")
+        lazy.close()
+        out, _ = srv.stop()
+        m = re.search(r"(\d+) dropped", out)
+        check(m and int(m.group(1)) > 0, f"no lines dropped:\n{out}")
+        a.close()
 
 
 # ---------------------------------------------------------------------------
