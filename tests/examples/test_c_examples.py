@@ -295,6 +295,31 @@ def test_http(exe):
         run_threads(client, 4)
         check_eq(stats(srv)["paths"]["/hello"], 80, "/hello with reuseport")
         srv.stop()
+    # A client that never completes a request (slowloris) is closed after
+    # the idle timeout; one that goes on asking is not.
+    with Server(exe, "-p", "0", "-w", "2", "--idle-timeout", "1") as srv:
+        http_idle_timeout(srv)
+        srv.stop()
+
+
+def http_idle_timeout(srv):
+    slow = srv.connect()
+    slow.sendall(b"GET /hello HTTP/1.1\r\nHost: te")
+    idle = srv.connect()
+    busy = HttpConn(srv)
+    start = time.monotonic()
+    while time.monotonic() - start < 3.5:  # 3 times the timeout
+        status, _, _ = busy.request("GET", "/hello")
+        check_eq(status, 200, "a client that goes on asking")
+        time.sleep(0.25)
+    for s, what in ((slow, "a half-sent request"), (idle, "an idle client")):
+        s.settimeout(0.5)
+        try:
+            expect_closed(s)
+        except socket.timeout:
+            raise Failure(f"{what} still open after 3.5 s (timeout 1 s)")
+        s.close()
+    busy.close()
 
 
 def http_keepalive(srv):
