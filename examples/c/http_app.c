@@ -447,6 +447,7 @@ static const char *reason(int status) {
   case 431: return "Request Header Fields Too Large";
   case 500: return "Internal Server Error";
   case 501: return "Not Implemented";
+  case 503: return "Service Unavailable";
   case 507: return "Insufficient Storage";
   default: return "Unknown";
   }
@@ -725,7 +726,13 @@ int http_conn_feed(ame_tx_t *tx, http_conn_t *c, const char *data,
     enum http_errno e = HTTP_PARSER_ERRNO(p);
     if (e == HPE_PAUSED) {
       http_parser_pause(p, 0);
-      rc = handle(c);
+      /* Pipelined requests cost a few bytes each and may ask for a large
+      ** response (/stats): past HTTP_MAX_OUTPUT, the rest of the read is
+      ** not served, else a few KiB of input could make gigabytes of
+      ** output before the stream's high watermark pauses its reading. */
+      rc = c->out.len < HTTP_MAX_OUTPUT
+               ? handle(c)
+               : respond_status(c, 503, "", p->method == HTTP_HEAD, 0);
       c->st.url_len = c->st.body_len = 0; /* nothing for save() to copy */
     } else if (e != HPE_OK) {
       int status = error_status(c, e, fresh ? data + start : NULL,

@@ -34,6 +34,9 @@ typedef struct http_conn http_conn_t;
 #define HTTP_MAX_PATHS 1024  /* distinct paths counted; later ones count as
                                 "(other)" */
 #define HTTP_MAX_CACHE 1024  /* cache entries */
+#define HTTP_MAX_OUTPUT (1 << 20) /* responses to one read: a request read
+                                     after this many bytes of them gets 503
+                                     and the connection closes */
 
 /* Process-wide setup (the parser's header limit).  Call once, before any
 ** other function here. */
@@ -70,9 +73,10 @@ void http_conn_free(ame_tx_t *tx, http_conn_t *c);
 ** once per transaction.  Responses to every request completed by these
 ** bytes are appended, in order, to the connection's output (emptied first;
 ** see http_conn_output).  Return HTTP_KEEP, HTTP_CLOSE (send the output,
-** then close: Connection: close, HTTP/1.0, or a malformed request, answered
-** with an error status), or -ENOMEM.  After HTTP_CLOSE, later bytes are
-** ignored. */
+** then close: Connection: close, HTTP/1.0, a malformed request, answered
+** with an error status, or a request met once the responses before it
+** passed HTTP_MAX_OUTPUT bytes, answered 503 unhandled), or -ENOMEM.
+** After HTTP_CLOSE, later bytes are ignored. */
 enum { HTTP_KEEP = 0, HTTP_CLOSE = 1 };
 int http_conn_feed(ame_tx_t *tx, http_conn_t *c, const char *data,
                    size_t len);

@@ -300,6 +300,34 @@ def test_http(exe):
     with Server(exe, "-p", "0", "-w", "2", "--idle-timeout", "1") as srv:
         http_idle_timeout(srv)
         srv.stop()
+    with Server(exe, "-p", "0", "-w", "2") as srv:
+        http_output_limit(srv)
+        srv.stop()
+
+
+def http_output_limit(srv):
+    """Pipelined requests whose responses to one read pass 1 MiB: the
+    request past it gets 503 and the connection closes, so that a few
+    bytes of requests cannot make the server build gigabytes of output."""
+    c = HttpConn(srv)
+    for i in range(300):  # a /stats of some 600 KB
+        c.send(req("HEAD", f"/{i:04d}" + "a" * 2000))
+        c.response(head=True)
+    c.send(req("GET", "/stats") * 50)  # one read, or a few
+    statuses = []
+    while len(statuses) < 50:
+        try:
+            status, headers, _ = c.response()
+        except Failure:  # closed
+            break
+        statuses.append(status)
+        if headers.get("connection") == "close":
+            break
+    check(len(statuses) < 50 and statuses[-1] == 503,
+          f"responses to 50 pipelined /stats: {statuses}")
+    check(all(st == 200 for st in statuses[:-1]), f"{statuses}")
+    c.expect_closed()
+    c.close()
 
 
 def http_idle_timeout(srv):
