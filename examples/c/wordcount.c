@@ -22,6 +22,8 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -411,6 +413,18 @@ static double ms_since(const struct timespec *t0) {
          (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
+/* Parse s, a whole decimal number from min to max, into *out.  Return 0,
+** or -1 if s is not one (a sign, other characters, or out of range). */
+static int parse_num(const char *s, size_t min, size_t max, size_t *out) {
+  if (*s < '0' || *s > '9') return -1; /* strtoull takes "-1" */
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v < min || v > max) return -1;
+  *out = (size_t)v;
+  return 0;
+}
+
 static void usage(FILE *f) {
   fprintf(f, "usage: wordcount [-t THREADS] [-n TOP] [-c CHUNK_KB] "
              "[--check] [FILE | -g WORDS]\n");
@@ -427,20 +441,24 @@ int main(int argc, char **argv) {
       {NULL, 0, NULL, 0},
   };
   unsigned threads = 0, top = 10;
-  size_t chunk_kb = 64, nwords = 1000000;
-  int check = 0, ch;
+  size_t chunk_kb = 64, nwords = 1000000, num = 0;
+  int check = 0, bad = 0, ch;
   while ((ch = getopt_long(argc, argv, "t:n:c:g:h", opts, NULL)) != -1) {
     switch (ch) {
-    case 't': threads = (unsigned)atoi(optarg); break;
-    case 'n': top = (unsigned)atoi(optarg); break;
-    case 'c': chunk_kb = (size_t)atol(optarg); break;
-    case 'g': nwords = (size_t)atol(optarg); break;
+    /* The limits keep CHUNK_KB * 1024 (added to an offset) and the
+    ** generated text's WORDS * 16 + 1 bytes from wrapping. */
+    case 't': bad |= parse_num(optarg, 0, 4096, &num); threads = (unsigned)num;
+      break;
+    case 'n': bad |= parse_num(optarg, 0, UINT_MAX, &num); top = (unsigned)num;
+      break;
+    case 'c': bad |= parse_num(optarg, 1, (size_t)1 << 30, &chunk_kb); break;
+    case 'g': bad |= parse_num(optarg, 0, (SIZE_MAX - 1) / 16, &nwords); break;
     case 'C': check = 1; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
   }
-  if (optind + 1 < argc || chunk_kb == 0) {
+  if (optind + 1 < argc || bad) {
     usage(stderr);
     return 2;
   }

@@ -684,6 +684,15 @@ def test_wordcount(exe):
         counts = {l.split()[1]: int(l.split()[0]) for l in lines[1:6]}
         check_eq(counts, {"the": 3, "dog": 2, "cat": 1, "cat's": 1, "é": 1},
                  "counts of the file")
+    # Sizes that overflow (CHUNK_KB * 1024, WORDS * 16) or are not
+    # numbers are refused (exit status 2), not wrapped.
+    for args in (["-c", str(1 << 54)], ["-c", "-1"], ["-c", "4x"],
+                 ["-g", str(1 << 60)], ["-g", "-5"], ["-t", "two"],
+                 ["-n", "-1"]):
+        r = subprocess.run([exe, *args], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        check_eq(r.returncode, 2, f"wordcount {' '.join(args)}\n"
+                                  f"{r.stdout[-500:]}{r.stderr[-2000:]}")
 
 
 # ---------------------------------------------------------------------------
