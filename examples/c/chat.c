@@ -49,12 +49,13 @@ static struct {
 } room;
 
 /* A connection's own state, touched by its callbacks alone: the partial
-** line.  A callback can still be re-run after a conflict on the room, so
-** on_data saves the partial line at the start of each attempt and an abort
-** handler puts it back. */
+** line, and whether it has quit.  A callback can still be re-run after a
+** conflict on the room, so on_data saves them at the start of each attempt
+** and an abort handler puts them back. */
 struct conn {
   struct client *client;
   size_t len, saved_len;
+  int quit, saved_quit; /* sent /quit: what follows is ignored */
   char line[MAX_LINE];
   char saved[MAX_LINE];
 };
@@ -62,6 +63,7 @@ struct conn {
 static void conn_restore(void *arg) {
   struct conn *c = arg;
   c->len = c->saved_len;
+  c->quit = c->saved_quit;
   memcpy(c->line, c->saved, c->len);
 }
 
@@ -136,6 +138,7 @@ static int on_open(ame_tx_t *tx, ame_stream_t *s) {
   }
   conn->client = me;
   conn->len = conn->saved_len = 0;
+  conn->quit = conn->saved_quit = 0;
 
   /* Fresh blocks: plain stores until the list store publishes them. */
   struct client *head = ame_load_ptr_tx(tx, (void **)&room.head);
@@ -211,6 +214,7 @@ static int cmd_who(ame_tx_t *tx, struct client *me) {
   return ame_stream_write(me->s, msg, len);
 }
 
+/* Handle one line: return 0, 1 after /quit, or a negative error. */
 static int handle_line(ame_tx_t *tx, struct conn *conn, const char *line,
                        size_t n) {
   struct client *me = conn->client;
@@ -223,7 +227,7 @@ static int handle_line(ame_tx_t *tx, struct conn *conn, const char *line,
   if (n == 5 && memcmp(line, "/quit", 5) == 0) {
     int rc = tell(me->s, "* bye\n");
     ame_stream_close(me->s);
-    return rc;
+    return rc < 0 ? rc : 1;
   }
   if (line[0] == '/')
     return tell(me->s, "* unknown command; try /nick NAME, /who, /quit\n");
@@ -238,7 +242,10 @@ static int on_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
                    size_t len) {
   struct conn *conn = ame_handle_data(s);
   if (conn == NULL) return -EINVAL;
+  /* Until the close has flushed "* bye", the stream still reads. */
+  if (conn->quit) return 0;
   conn->saved_len = conn->len;
+  conn->saved_quit = conn->quit;
   memcpy(conn->saved, conn->line, conn->len);
   if (ame_tx_on_abort(tx, conn_restore, conn) != 0) return -ENOMEM;
   while (len > 0) {
@@ -261,6 +268,10 @@ static int on_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
       int rc = handle_line(tx, conn, conn->line, conn->len);
       conn->len = 0;
       if (rc < 0) return rc;
+      if (rc == 1) { /* /quit: the rest of this read is not sent */
+        conn->quit = 1;
+        return 0;
+      }
     }
   }
   return 0;

@@ -580,7 +580,7 @@ def test_chat(exe):
         c.close()
         check_eq(a.line(), "* guest3 left", "a sees c leave")
         check_eq(b.line(), "* guest3 left", "b sees c leave")
-        b.say("/quit")
+        b.s.sendall(b"/quit\nsent after /quit\n")  # in one read
         check_eq(b.line(), "* bye", "quit")
         check_eq(b.f.readline(), b"", "closed after /quit")
         b.close()
