@@ -19,6 +19,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -315,6 +316,18 @@ static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
   return 0;
 }
 
+/* Parse s, a whole decimal number from 0 to max, into *out.  Return 0,
+** or -1 if s is not one (a sign, other characters, or too large). */
+static int parse_num(const char *s, unsigned long max, unsigned long *out) {
+  if (*s < '0' || *s > '9') return -1; /* strtoul takes "-1" */
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
 int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"port", required_argument, NULL, 'p'},
@@ -322,19 +335,17 @@ int main(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  int port = 7001, ch;
-  unsigned workers = 0;
+  unsigned long port = 7001, workers = 0;
+  int ch;
   while ((ch = getopt_long(argc, argv, "p:w:h", opts, NULL)) != -1) {
-    switch (ch) {
-    case 'p': port = atoi(optarg); break;
-    case 'w': workers = (unsigned)atoi(optarg); break;
-    default:
-      fprintf(ch == 'h' ? stdout : stderr,
-              "usage: chat [-p PORT] [-w WORKERS]\n");
-      return ch == 'h' ? 0 : 2;
-    }
+    if ((ch == 'p' && parse_num(optarg, 65535, &port) == 0) ||
+        (ch == 'w' && parse_num(optarg, UINT_MAX, &workers) == 0))
+      continue;
+    fprintf(ch == 'h' ? stdout : stderr,
+            "usage: chat [-p PORT] [-w WORKERS]\n");
+    return ch == 'h' ? 0 : 2;
   }
-  ame_reactor_config_t cfg = {.workers = workers};
+  ame_reactor_config_t cfg = {.workers = (unsigned)workers};
   ame_reactor_t *r;
   int rc = ame_reactor_new(&r, &cfg);
   if (rc != 0) {
@@ -342,9 +353,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   ame_listener_t *l;
-  rc = ame_tcp_listen(r, "0.0.0.0", port, 0, 0, &chat_cbs, NULL, &l);
+  rc = ame_tcp_listen(r, "0.0.0.0", (int)port, 0, 0, &chat_cbs, NULL, &l);
   if (rc != 0) {
-    fprintf(stderr, "chat: cannot listen on port %d: %s\n", port,
+    fprintf(stderr, "chat: cannot listen on port %lu: %s\n", port,
             ame_strerror(rc));
     ame_reactor_free(r);
     return 1;

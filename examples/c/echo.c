@@ -8,6 +8,8 @@
 */
 #include <ame/reactor.h>
 
+#include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,10 +31,26 @@ static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
 
 static const ame_stream_cbs_t echo_cbs = {.on_data = on_data};
 
+/* Parse s, a whole decimal number from 0 to max, into *out.  Return 0,
+** or -1 if s is not one (a sign, other characters, or too large). */
+static int parse_num(const char *s, unsigned long max, unsigned long *out) {
+  if (*s < '0' || *s > '9') return -1; /* strtoul takes "-1" */
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  int port = argc > 1 ? atoi(argv[1]) : 7000;
-  ame_reactor_config_t cfg = {.workers = argc > 2 ? (unsigned)atoi(argv[2])
-                                                  : 0};
+  unsigned long port = 7000, workers = 0;
+  if (argc > 3 || (argc > 1 && parse_num(argv[1], 65535, &port) != 0) ||
+      (argc > 2 && parse_num(argv[2], UINT_MAX, &workers) != 0)) {
+    fprintf(stderr, "usage: echo [PORT] [WORKERS]\n");
+    return 2;
+  }
+  ame_reactor_config_t cfg = {.workers = (unsigned)workers};
   ame_reactor_t *r;
   int rc = ame_reactor_new(&r, &cfg);
   if (rc != 0) {
@@ -40,9 +58,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   ame_listener_t *l;
-  rc = ame_tcp_listen(r, "0.0.0.0", port, 0, 0, &echo_cbs, NULL, &l);
+  rc = ame_tcp_listen(r, "0.0.0.0", (int)port, 0, 0, &echo_cbs, NULL, &l);
   if (rc != 0) {
-    fprintf(stderr, "echo: cannot listen on port %d: %s\n", port,
+    fprintf(stderr, "echo: cannot listen on port %lu: %s\n", port,
             ame_strerror(rc));
     ame_reactor_free(r);
     return 1;

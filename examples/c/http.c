@@ -35,6 +35,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,6 +164,18 @@ static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
   return 0;
 }
 
+/* Parse s, a whole decimal number from 0 to max, into *out.  Return 0,
+** or -1 if s is not one (a sign, other characters, or too large). */
+static int parse_num(const char *s, unsigned long max, unsigned long *out) {
+  if (*s < '0' || *s > '9') return -1; /* strtoul takes "-1" */
+  char *end;
+  errno = 0;
+  unsigned long v = strtoul(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v > max) return -1;
+  *out = v;
+  return 0;
+}
+
 static void usage(FILE *f) {
   fprintf(f, "usage: http [-p PORT] [-w WORKERS] [--reuseport] "
              "[--host ADDR]\n"
@@ -187,26 +200,34 @@ int main(int argc, char **argv) {
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
   };
-  int port = 8080, flags = 0, ch;
-  unsigned workers = 0;
+  unsigned long port = 8080, workers = 0, timeout = 60;
+  int flags = 0, ch;
   const char *host = "0.0.0.0";
   while ((ch = getopt_long(argc, argv, "p:w:h", opts, NULL)) != -1) {
     switch (ch) {
-    case 'p': port = atoi(optarg); break;
-    case 'w': workers = (unsigned)atoi(optarg); break;
+    case 'p':
+      if (parse_num(optarg, 65535, &port) != 0) goto bad;
+      break;
+    case 'w':
+      if (parse_num(optarg, UINT_MAX, &workers) != 0) goto bad;
+      break;
     case 'R': flags |= AME_TCP_REUSEPORT; break;
     case 'H': host = optarg; break;
-    case 'T': idle_timeout = (uintptr_t)strtoul(optarg, NULL, 10); break;
+    case 'T': /* at most ~31 years: since + timeout cannot wrap */
+      if (parse_num(optarg, 1000000000, &timeout) != 0) goto bad;
+      break;
     case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    default: goto bad;
     }
   }
   if (optind != argc) {
+  bad:
     usage(stderr);
     return 2;
   }
+  idle_timeout = (uintptr_t)timeout;
 
-  ame_reactor_config_t cfg = {.workers = workers};
+  ame_reactor_config_t cfg = {.workers = (unsigned)workers};
   ame_reactor_t *r;
   int rc = ame_reactor_new(&r, &cfg);
   if (rc != 0) {
@@ -226,9 +247,9 @@ int main(int argc, char **argv) {
   }
   memset(lists, 0, nlists * sizeof *lists);
   ame_listener_t *l;
-  rc = ame_tcp_listen(r, host, port, flags, 0, &http_cbs, NULL, &l);
+  rc = ame_tcp_listen(r, host, (int)port, flags, 0, &http_cbs, NULL, &l);
   if (rc != 0) {
-    fprintf(stderr, "http: cannot listen on %s port %d: %s\n", host, port,
+    fprintf(stderr, "http: cannot listen on %s port %lu: %s\n", host, port,
             ame_strerror(rc));
     http_shared_free(shared);
     free(lists);

@@ -137,6 +137,17 @@ def vm_rss_kib(pid):
     raise Failure(f"no VmRSS for {pid}")
 
 
+def expect_usage_error(exe, *args):
+    """exe with args refuses them (exit status 2) instead of running."""
+    try:
+        r = subprocess.run([exe, *args], capture_output=True, text=True,
+                           timeout=3)
+    except subprocess.TimeoutExpired as e:
+        raise Failure(f"{' '.join(args)}: ran instead of refusing: "
+                      f"{e.stdout!r}")
+    check_eq(r.returncode, 2, f"{' '.join(args)}: {r.stdout}{r.stderr}")
+
+
 def recv_exactly(s, n):
     data = b""
     while len(data) < n:
@@ -160,6 +171,8 @@ def expect_closed(s):
 # echo
 
 def test_echo(exe):
+    for args in (("abc",), ("80x",), ("0", "two"), ("-1",)):
+        expect_usage_error(exe, *args)
     with Server(exe, "0", "2") as srv:  # echo PORT WORKERS
         total = [0]
         lock = threading.Lock()
@@ -268,6 +281,9 @@ def stats(srv):
 
 
 def test_http(exe):
+    for args in (("-p", "abc"), ("-p", "8080x"), ("-w", "two"),
+                 ("--idle-timeout", "-1"), ("--idle-timeout", "1e99")):
+        expect_usage_error(exe, *args)
     with Server(exe, "-p", "0", "-w", "2") as srv:
         http_keepalive(srv)
         http_pipelined(srv)
@@ -543,6 +559,8 @@ class ChatClient:
 
 
 def test_chat(exe):
+    for args in (("-p", "abc"), ("-p", "70000"), ("-w", "-1")):
+        expect_usage_error(exe, *args)
     with Server(exe, "-p", "0", "-w", "2") as srv:
         a = ChatClient(srv)
         check(a.line().startswith("* welcome, guest1: 1 here"), "welcome a")
