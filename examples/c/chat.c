@@ -15,6 +15,8 @@
 **   build/examples/c/chat [-p PORT] [-w WORKERS]   (PORT 7001; 0 picks one)
 **   nc localhost 7001       (in several terminals)
 */
+#include "parse_num.h"
+
 #include <ame/reactor.h>
 
 #include <errno.h>
@@ -313,18 +315,6 @@ static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
   (void)tx;
   (void)signum;
   ame_reactor_stop(ame_handle_data(sig));
-  return 0;
-}
-
-/* Parse s, a whole decimal number from 0 to max, into *out.  Return 0,
-** or -1 if s is not one (a sign, other characters, or too large). */
-static int parse_num(const char *s, unsigned long max, unsigned long *out) {
-  if (*s < '0' || *s > '9') return -1; /* strtoul takes "-1" */
-  char *end;
-  errno = 0;
-  unsigned long v = strtoul(s, &end, 10);
-  if (errno != 0 || *end != '\0' || v > max) return -1;
-  *out = v;
   return 0;
 }
 

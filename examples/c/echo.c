@@ -6,6 +6,8 @@
 **
 **   build/examples/c/echo [PORT] [WORKERS]     (default 7000, one per core)
 */
+#include "parse_num.h"
+
 #include <ame/reactor.h>
 
 #include <errno.h>
@@ -30,18 +32,6 @@ static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
 }
 
 static const ame_stream_cbs_t echo_cbs = {.on_data = on_data};
-
-/* Parse s, a whole decimal number from 0 to max, into *out.  Return 0,
-** or -1 if s is not one (a sign, other characters, or too large). */
-static int parse_num(const char *s, unsigned long max, unsigned long *out) {
-  if (*s < '0' || *s > '9') return -1; /* strtoul takes "-1" */
-  char *end;
-  errno = 0;
-  unsigned long v = strtoul(s, &end, 10);
-  if (errno != 0 || *end != '\0' || v > max) return -1;
-  *out = v;
-  return 0;
-}
 
 int main(int argc, char **argv) {
   unsigned long port = 7000, workers = 0;

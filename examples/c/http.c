@@ -30,6 +30,7 @@
 **   curl -s localhost:8080/hello; curl -s localhost:8080/stats
 */
 #include "http_app.h"
+#include "parse_num.h"
 
 #include <ame/reactor.h>
 
@@ -161,18 +162,6 @@ static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
   (void)tx;
   (void)signum;
   ame_reactor_stop(ame_handle_data(sig));
-  return 0;
-}
-
-/* Parse s, a whole decimal number from 0 to max, into *out.  Return 0,
-** or -1 if s is not one (a sign, other characters, or too large). */
-static int parse_num(const char *s, unsigned long max, unsigned long *out) {
-  if (*s < '0' || *s > '9') return -1; /* strtoul takes "-1" */
-  char *end;
-  errno = 0;
-  unsigned long v = strtoul(s, &end, 10);
-  if (errno != 0 || *end != '\0' || v > max) return -1;
-  *out = v;
   return 0;
 }
 
