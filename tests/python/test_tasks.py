@@ -27,6 +27,17 @@ from twisted.trial.unittest import SynchronousTestCase
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+
+def run_script(code, **env):
+    """
+    Run code (Python source) in a new interpreter, with env added to the
+    environment; return its CompletedProcess (output as text).
+    """
+    return subprocess.run([sys.executable, "-c", code],
+                          env=dict(os.environ, **env), capture_output=True,
+                          text=True, timeout=60)
+
+
 # Lines of a test's script (which imports os, time, signal and ame.shared)
 # that take every slot of the heap but the script's own, in forked
 # children (the list kids) that hold them until killed; an alarm ends a
@@ -181,9 +192,7 @@ class RunTests(SynchronousTestCase):
             "    except MemoryError:\n"
             "        print('MemoryError')\n"
         ) % (os.path.join(HERE, "shared_apps"), p)
-        env = dict(os.environ, AME_SHARED_SIZE="4M")
-        out = subprocess.run([sys.executable, "-c", code], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code, AME_SHARED_SIZE="4M")
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.split(), ["MemoryError", "MemoryError"])
 
@@ -207,9 +216,7 @@ class RunTests(SynchronousTestCase):
             "except RuntimeError as e:\n"
             "    print('RuntimeError', 'could not' in str(e))\n"
         ) % (os.path.join(HERE, "shared_apps"), p)
-        env = dict(os.environ, AME_SHARED_SIZE="4M")
-        out = subprocess.run([sys.executable, "-c", code], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code, AME_SHARED_SIZE="4M")
         self.assertEqual(out.returncode, 0, out.stderr[-2000:])
         self.assertEqual(out.stdout.split(), ["RuntimeError", "True"])
         self.assertIn("MemoryError", out.stderr)
@@ -422,8 +429,7 @@ class RunTests(SynchronousTestCase):
             "        os.kill(k, signal.SIGKILL)\n"
             "        os.waitpid(k, 0)\n"
         ) % os.path.join(HERE, "shared_apps")
-        out = subprocess.run([sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code)
         self.assertEqual(out.returncode, 0, out.stderr[-2000:])
         self.assertEqual(out.stdout.split(), ["RuntimeError", "True"])
         self.assertLessEqual(out.stderr.count("Traceback"), 2)
@@ -476,8 +482,7 @@ class RunTests(SynchronousTestCase):
             "ame.tasks.run(workers=2)\n"
             "print('reruns', ame.tasks.stats()['reruns'])\n"
         ) % (os.path.join(HERE, "shared_apps"), p)
-        out = subprocess.run([sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code)
         self.assertEqual(out.returncode, 0, out.stderr)
         lines = out.stdout.splitlines()
         for i in range(3):
@@ -500,9 +505,7 @@ class RunTests(SynchronousTestCase):
             "ame.tasks.add(task_fns.uses_stream, 'a')\n"
             "ame.tasks.run(workers=1)\n"
         ) % os.path.join(HERE, "shared_apps")
-        env = dict(os.environ, PYTHONIOENCODING="utf-8")
-        out = subprocess.run([sys.executable, "-c", code], env=env,
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code, PYTHONIOENCODING="utf-8")
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), [
             "a text", "a bytes", "a encoding utf-8 tty False"])
@@ -557,8 +560,7 @@ class RunTests(SynchronousTestCase):
             "ame.tasks.stats()['tasks'], 'total', "
             "ame.shared.counter(%r + '.total').value)\n"
         ) % (os.path.join(HERE, "shared_apps"), p, p, p)
-        out = subprocess.run([sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.split(),
                          ["attempts", "2", "tasks", "1", "total", "1"])
@@ -635,8 +637,7 @@ class DeferTests(SynchronousTestCase):
             "reactor.callWhenRunning(main)\n"
             "reactor.run()\n"
         ) % os.path.join(HERE, "shared_apps")
-        out = subprocess.run([sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), [
             "squares True",
@@ -674,8 +675,7 @@ class DeferTests(SynchronousTestCase):
             "reactor.run()\n"
             "print('total', ame.shared.counter(%r + '.total').value)\n"
         ) % (os.path.join(HERE, "shared_apps"), p, p)
-        out = subprocess.run([sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(), [
             "error RuntimeError",
@@ -718,8 +718,7 @@ class DeferTests(SynchronousTestCase):
             "reactor.callLater(20, late)\n"
             "reactor.run()\n"
         ) % os.path.join(HERE, "shared_apps")
-        out = subprocess.run([sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(),
                          ["first 4", "in atomic 9", "after 16"])
@@ -751,8 +750,7 @@ class DeferTests(SynchronousTestCase):
             "reactor.callWhenRunning(main)\n"
             "reactor.run()\n"
         ) % os.path.join(HERE, "shared_apps")
-        out = subprocess.run([sys.executable, "-c", code],
-                             capture_output=True, text=True, timeout=60)
+        out = run_script(code)
         self.assertEqual(out.returncode, 0, out.stderr[-2000:])
         self.assertEqual(out.stdout.splitlines(),
                          ["RuntimeError True", "again 9"])

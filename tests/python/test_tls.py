@@ -842,18 +842,7 @@ class TLSBehaviourMixin:
                                tssl.CertificateOptions())
 
         connect(0)
-
-        def check():
-            if len(seen) == n or errors:
-                reactor.stop()
-            else:
-                reactor.callLater(0.01, check)
-
-        timer = reactor.callLater(self.timeout, reactor.stop)
-        reactor.callLater(0, check)
-        reactor.run(installSignalHandlers=False)
-        self.assertTrue(timer.active(), "still running after the timeout")
-        timer.cancel()
+        self.runUntil(reactor, lambda: len(seen) == n or errors)
         del sessions[:]
         self.assertEqual(errors, [])
         self.assertEqual(len(seen), n)
@@ -1155,7 +1144,13 @@ class TLSBehaviourMixin:
             cf.i = i
             reactor.connectSSL("127.0.0.1", port, cf,
                                tssl.CertificateOptions())
+        self.runUntil(reactor, until)
 
+    def runUntil(self, reactor, until):
+        """
+        Run the reactor until until() is true (checked every 10 ms), and
+        fail if self.timeout passes first.
+        """
         def check():
             if until():
                 reactor.stop()
