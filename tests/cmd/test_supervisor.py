@@ -426,11 +426,13 @@ def case_resize(ame):
     os.kill(srv.p.pid, signal.SIGHUP)
     check(srv.wait_line('err', r'reload: generation 1 serves \(3 worker'),
           'SIGHUP: generation 1 serves')
+    # The old generation may answer what its sockets had queued until it
+    # has gone: ask once only the new one is left.
+    check(wait_until(lambda: len(worker_procs(srv)) == 3),
+          '3 worker processes (%s)' % worker_procs(srv))
     counts = _counts(port, 3)
     check(counts == {'1': '3', '2': '3', '3': '3'},
           'the new workers have AME_WORKERS=3: %s' % counts)
-    check(wait_until(lambda: len(worker_procs(srv)) == 3),
-          '3 worker processes (%s)' % worker_procs(srv))
     for n in (2, 1):
         os.kill(srv.p.pid, signal.SIGTTOU)
         check(srv.wait_line('err', r'SIGTTOU: %d workers? \(stopping worker '
