@@ -208,6 +208,8 @@ struct ame__global {
                                   at the last ame_stats_reset() (stats.c) */
   int membarrier;              /* atomic: the private domain's fences are
                                   asymmetric (stm.c: fence_heavy()) */
+  uint64_t membarriers;        /* atomic: membarrier calls fence_heavy()
+                                  made (for the tests) */
 };
 extern struct ame__global ame__G;
 
@@ -295,8 +297,10 @@ void ame__conflict_note(uintptr_t addr, ame_abort_cause_t cause,
 void ame__conflicts_reset(void);
 void ame__stats_shutdown(void);
 
-/* Blocks in the calling thread's recycle lists (stm.c; for the tests). */
+/* Blocks in the calling thread's recycle lists, and the membarrier calls
+** made so far (stm.c; for the tests). */
 size_t ame__recycled(const ame_tx_t *tx);
+uint64_t ame__membarriers(void);
 
 /* cpus.c: the smallest CPU quota (in CPUs; 0 for none) of the cgroups that
 ** the cgroup file (/proc/self/cgroup) names, found through the mountinfo

@@ -50,7 +50,9 @@
 **    (fence_light()), and the rarer side, the reclaimer's or privatizer's
 **    scan, issues membarrier(PRIVATE_EXPEDITED) (fence_heavy()), which
 **    makes every thread of the process run a full barrier, so that each
-**    light fence acts as a sequentially consistent one.  A shared heap's
+**    light fence acts as a sequentially consistent one.  A reclamation
+**    scan needs it only where the starts it reads cannot decide
+**    (oldest_seen()).  A shared heap's
 **    domain (other processes' threads too) keeps the symmetric fences.
 */
 #include "internal.h"
@@ -78,6 +80,8 @@ AME__TLS ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
 #define DEFAULT_MAX_THREADS 1024
 #define DEFAULT_ESCALATE 16
 #define READ_LOG_INIT 4096
+#define SEEN_SPINS 64       /* pauses a scan waits for a thread between
+                               transactions to start its next */
 #define LIMBO_SCAN 1024     /* a reclamation scan each time a thread's
                                deferred frees pass a multiple of this */
 #define LIMBO_PERIOD 65536  /* ... and when this many starts passed
@@ -165,6 +169,7 @@ static inline void fence_light(void) {
 static void fence_heavy(struct ame__dom *d) {
 #if !defined(__SANITIZE_THREAD__)
   if (d == &ame__G.dom && LOAD(&ame__G.membarrier)) {
+    __atomic_add_fetch(&ame__G.membarriers, 1, __ATOMIC_RELAXED);
     if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
       return;
     /* Not registered (a process forked from one that was): register and
@@ -464,6 +469,9 @@ ame_tx_t *ame_thread_enter(void) {
     self = tx;
   }
   pthread_mutex_unlock(&ame__G.reg_lock);
+  /* Against a reclaimer's scan without the heavy fence (oldest_seen()):
+  ** the descriptor taken before any load of this thread's transactions. */
+  fence_sc();
   return tx;
 }
 
@@ -521,6 +529,48 @@ static uintptr_t oldest_active(struct ame__dom *d) {
     if (h < min) min = h;
   }
   return min;
+}
+
+/* oldest_active() without the heavy fence, where the starts that the
+** other threads have published decide it alone; 0 where they do not, and
+** the caller takes the fence.  A start seen in another thread's `active`
+** bounds what that thread can be running, however stale the load: its
+** starts only grow, and a transaction whose start is at or after a
+** free's commit timestamp read the clock at or after that commit's
+** increment (its start is a clock value it loaded with acquire, or its
+** own commit's), so it synchronized with the freeing commit and meets the
+** orecs that unlinked the block locked or newer.  What a stale load can
+** hide is a start made since the thread was seen between transactions
+** (AME__IDLE): only then does the scan need the membarrier.  A thread
+** between two transactions is there for a moment, so the scan waits up
+** to SEEN_SPINS pauses for its next start first.  A descriptor the scan
+** does not see in use cannot hide an older transaction either: a thread
+** runs a full fence after it takes its descriptor and before its first
+** start (ame_thread_enter), and the scan one before it reads the
+** descriptors, so that one of the two sees the other's store (the
+** descriptor taken, or the unlinking writer's locks).  Only the process's
+** own domain, and only where the heavy fence is a membarrier (elsewhere it
+** is a locked instruction, no dearer than this). */
+static uintptr_t oldest_seen(ame_tx_t *tx) {
+  struct ame__dom *d = tx->dom;
+  if (d != &ame__G.dom || !LOAD(&ame__G.membarrier)) return 0;
+  fence_sc();
+  uintptr_t min = AME__IDLE;
+  unsigned n = LOAD_ACQ(&d->n_slots);
+  for (unsigned i = 0; i < n; i++) {
+    ame_tx_t *t = __atomic_load_n(&d->threads[i], __ATOMIC_ACQUIRE);
+    if (t == NULL || (t != tx && !LOAD_ACQ(&t->in_use))) continue;
+    uintptr_t a = LOAD_ACQ(&t->active);
+    for (unsigned k = 0; a == AME__IDLE && t != tx && k < SEEN_SPINS; k++) {
+      cpu_relax();
+      a = LOAD_ACQ(&t->active);
+    }
+    if (a == AME__IDLE && t != tx) return 0;
+    uintptr_t h = LOAD_ACQ(&t->hold);
+    if (a < min) min = a;
+    if (h < min) min = h;
+  }
+  return min; /* 0, a start of 0 seen: not decided, take the fence */
 }
 
 /* Whether LIMBO_PERIOD starts passed since the thread's last scan. */
@@ -611,6 +661,10 @@ static void recycle_drain(ame_tx_t *tx) {
   }
 }
 
+uint64_t ame__membarriers(void) {
+  return __atomic_load_n(&ame__G.membarriers, __ATOMIC_RELAXED);
+}
+
 size_t ame__recycled(const ame_tx_t *tx) {
   size_t n = 0;
   for (unsigned i = 0; i < AME__RECYCLE_CLASSES; i++) n += tx->recycle[i].n;
@@ -629,8 +683,11 @@ static void reclaim(ame_tx_t *tx, int force) {
   }
   if (tx->limbo.n == 0 && !orphans) return; /* no fence for nothing */
   tx->scanned_at = tx->starts;
-  fence_heavy(tx->dom);
-  uintptr_t oldest = oldest_active(tx->dom);
+  uintptr_t oldest = orphans ? 0 : oldest_seen(tx);
+  if (oldest == 0) {
+    fence_heavy(tx->dom);
+    oldest = oldest_active(tx->dom);
+  }
   struct ame__limbo *lb = tx->limbo.items;
   size_t i = 0;
   while (i < tx->limbo.n && lb[i].ts <= oldest) {

@@ -75,6 +75,7 @@
   X(tx_free_size_conflicts, 20)                                               \
   X(tx_free_recycles, 10)                                                     \
   X(tx_free_recycle_waits, 20)                                                \
+  X(tx_free_scan_reads_starts, 60)                                            \
   /* irrevocability: test_irrevocable.c */                                    \
   X(irrevocable_basic, 10)                                                    \
   X(irrevocable_nested, 10)                                                   \

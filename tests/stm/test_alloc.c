@@ -10,8 +10,10 @@
 */
 #include "stm-test.h"
 
-/* stm/src/internal.h: blocks in the calling thread's recycle lists. */
+/* stm/src/internal.h: blocks in the calling thread's recycle lists, and
+** the membarrier calls the STM made. */
 size_t ame__recycled(const ame_tx_t *tx);
+uint64_t ame__membarriers(void);
 
 /* Reclaimed small blocks are recycled, except under AddressSanitizer,
 ** which must see each free (stm.c, "Recycling"). */
@@ -527,5 +529,68 @@ TEST_IMPL(tx_free_recycle_waits) {
       for (size_t i = 0; i < n; i++) ame_tx_free(tx, got[i], 0);
     }
   }
+  leave_and_shutdown();
+}
+
+/* A reclamation scan while the other threads run transactions reads the
+** starts they published and needs no membarrier (stm.c, oldest_seen()):
+** blocks freed before those starts are reclaimed by a scan that makes no
+** membarrier call.  (Where the STM's fences are symmetric, without the
+** private expedited membarrier or under ThreadSanitizer, there is none to
+** save.)  That the scan frees nothing a running transaction may still
+** reach, also without the membarrier, is tx_free_recycle_waits. */
+struct busy_reader {
+  atomic_int running;
+  atomic_int stop;
+};
+
+static uintptr_t busy_word;
+
+static void *busy_reader_main(void *arg) {
+  struct busy_reader *r = arg;
+  ame_tx_t *tx = enter();
+  atomic_store(&r->running, 1);
+  while (!atomic_load(&r->stop)) (void)tx_add(tx, &busy_word, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(tx_free_scan_reads_starts) {
+  ame_tx_t *tx = enter();
+  uint64_t mb = ame__membarriers();
+  ame_quiesce(tx); /* a fence_heavy(): a membarrier, where there is one */
+  if (ame__membarriers() == mb) {
+    leave_and_shutdown();
+    TEST_SKIP("the STM's fences are symmetric here: no membarrier to save");
+  }
+  static struct busy_reader r;
+  pthread_t t;
+  thread_start(&t, busy_reader_main, &r);
+  ASSERT_WAIT(atomic_load(&r.running), 5000);
+  /* Until a scan reclaims without a membarrier: the reader may be
+  ** preempted between two transactions (then the scan takes the
+  ** membarrier) or in one older than the free (then it reclaims nothing
+  ** yet). */
+  int seen = 0, scans = 0;
+  uint64_t end = now_ms() + 20000 * slow_factor();
+  while (!seen && now_ms() < end) {
+    void *volatile b = NULL;
+    AME_ATOMIC(tx) {
+      b = ame_tx_malloc(tx, 32);
+      ASSERT_NOT_NULL(b);
+    }
+    AME_ATOMIC(tx) { ame_tx_free(tx, b, 0); }
+    uint64_t done = frees_done();
+    mb = ame__membarriers();
+    ame_thread_idle(tx);
+    scans++;
+    seen = frees_done() > done && ame__membarriers() == mb;
+  }
+  atomic_store(&r.stop, 1);
+  thread_join(t);
+  if (!seen)
+    AME_TEST_FAIL_("no scan of %d reclaimed without a membarrier", scans);
+  ame_quiesce(tx);
+  ASSERT_EQ(frees_pending(), 0);
   leave_and_shutdown();
 }
