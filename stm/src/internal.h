@@ -135,6 +135,10 @@ struct ame_tx {
   int privatize;               /* quiesce after commit */
   int has_token;               /* holds the irrevocability token */
   int killed;                  /* atomic: an irrevocable tx wants us out */
+  int slow;                    /* commit() takes commit_full(): set where
+                                  what commit_plain() tests turns true */
+  int light;                   /* its starts take the light fence (the
+                                  process's domain, with membarrier) */
   jmp_buf *env;                /* where an abort restarts */
   void (*resume)(ame_tx_t *);  /* if set, called instead of longjmp(env)
                                   (ame__tx_enter: the GCC TM ABI) */

@@ -430,6 +430,7 @@ static ame_tx_t *new_descriptor(unsigned slot) {
   tx->h.r_end = tx->r_base + READ_LOG_INIT;
   ame__tx_init_domain(tx, &ame__G.dom);
   tx->slot = slot;
+  tx->starts = SNAPSHOT_REFRESH - 1;
   tx->active = AME__IDLE;
   tx->hold = AME__IDLE;
   tx->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)slot * 0xBF58476D1CE4E5B9ull);
@@ -466,6 +467,7 @@ ame_tx_t *ame_thread_enter(void) {
   if (tx) {
     STORE(&tx->in_use, 1);
     tx->refs = 1;
+    tx->light = LOAD(&ame__G.membarrier);
     self = tx;
   }
   pthread_mutex_unlock(&ame__G.reg_lock);
@@ -811,6 +813,7 @@ static void acquire_token(ame_tx_t *tx) {
   if (tx->has_token) return;
   token_wait(tx, token_take(tx));
   tx->has_token = 1;
+  tx->slow = 1;
 }
 
 static void release_token(ame_tx_t *tx) {
@@ -829,18 +832,27 @@ begin_attempt(ame_tx_t *tx) {
   tx->w_n = 0;
   tx->privatize = 0;
   STORE(&tx->killed, 0);
+  /* Irrevocable from the start only if asked (an attempt that turns
+  ** irrevocable later drops the flag when it ends, commit or abort). */
+  assert((tx->want_irrevocable || !tx->irrevocable) &&
+         "irrevocable at a start not asked to be");
+  int irrevocable = 0;
   if (tx->want_irrevocable) {
     acquire_token(tx);
     STORE(&tx->irrevocable, 1);
+    tx->slow = 1;
+    irrevocable = 1;
   }
   /* Any clock value read before the start is a valid snapshot (a writer
   ** whose timestamp it covers held its locks since before taking that
   ** timestamp), so most starts reuse the last value seen and leave the
   ** clock's cache line alone; reads of newer versions extend the snapshot.
   ** Every SNAPSHOT_REFRESH-th start reads the clock, so that `active`
-  ** never lags far behind (it holds back reclamation). */
+  ** never lags far behind (it holds back reclamation); a descriptor's
+  ** `starts` begins at SNAPSHOT_REFRESH - 1, so that its first start
+  ** reads it too. */
   uintptr_t now;
-  if (++tx->starts % SNAPSHOT_REFRESH == 0 || tx->seen == 0)
+  if (++tx->starts % SNAPSHOT_REFRESH == 0)
     now = tx->seen = LOAD_ACQ(&tx->dom->clock);
   else
     now = tx->seen;
@@ -849,7 +861,7 @@ begin_attempt(ame_tx_t *tx) {
   ** own (store-load on both sides; asymmetric in the process's own
   ** domain where membarrier works: see the top of this file). */
 #if !defined(__SANITIZE_THREAD__)
-  if (AME__LIKELY(LOAD(&ame__G.membarrier)) && tx->dom == &ame__G.dom) {
+  if (AME__LIKELY(tx->light)) {
     STORE_REL(&tx->active, now);
     fence_light();
   } else {
@@ -858,7 +870,7 @@ begin_attempt(ame_tx_t *tx) {
 #else
   store_fence_sc(&tx->active, now);
 #endif
-  tx->h.snapshot = tx->irrevocable ? 0 : now << 1;
+  tx->h.snapshot = irrevocable ? 0 : now << 1;
 }
 
 int ame__frame_begin(struct ame__frame *f, const char *site) {
@@ -1016,6 +1028,7 @@ static void run_handlers(ame_tx_t *tx, struct ame__vec *v) {
   tx->attempt = attempt;
   tx->conflicts = conflicts;
   tx->want_irrevocable = want;
+  tx->slow = 1; /* what the handlers' commits left, for this one's state */
   STORE(&tx->site, site);
   tx->last_cause = cause;
   tx->last_addr = cause_addr;
@@ -1609,7 +1622,8 @@ static inline void write_back_release_run(struct ame__wentry *e,
   }
 }
 
-static void write_back_release(ame_tx_t *tx, uintptr_t version) {
+static inline __attribute__((always_inline)) void
+write_back_release(ame_tx_t *tx, uintptr_t version) {
   struct ame__wchunk *c = tx->w_first;
   for (; c != tx->w_chunk; c = c->next)
     write_back_release_run(c->e, c->e + AME__WCHUNK, version);
@@ -1678,6 +1692,7 @@ static void rollback(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
     ame__conflict_note(addr, cause, LOAD(&tx->site), other_site);
   tx->attempt++;
   if (conflict) tx->conflicts++;
+  tx->slow = 1;
   if (tx->attempt + 1 > LOAD(&tx->stats.max_attempts))
     STORE(&tx->stats.max_attempts, (uint64_t)tx->attempt + 1);
   if (tx->irrevocable) { /* an escalated transaction given up by retry */
@@ -1709,6 +1724,7 @@ static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
   rollback(tx, cause, addr, other_site);
   abort_handlers(tx);
   if (tx->conflicts >= tx->dom->escalate_after && !tx->want_irrevocable) {
+    tx->slow = 1;
     tx->want_irrevocable = 1;
     STAT_INC(tx, escalations);
   }
@@ -1734,7 +1750,9 @@ void ame_tx_abort(ame_tx_t *tx) {
 
 /* Whether the attempt has nothing to do at commit but the commit itself:
 ** no handlers, frees, allocations, saved bytes, privatization,
-** irrevocability or earlier aborts. */
+** irrevocability or earlier aborts.  What commit() tests is ame_tx.slow,
+** set wherever one of these becomes true and recomputed at the end of
+** commit_full(): one load where this is a dozen. */
 static inline int commit_plain(const ame_tx_t *tx) {
   return !tx->irrevocable && !tx->want_irrevocable && !tx->has_token &&
          !tx->privatize &&
@@ -1769,7 +1787,8 @@ static void commit_full(ame_tx_t *tx);
 ** of commit_writes().  Everything else, and a heap's writers, whose commit
 ** records its phases for recovery, take commit_full(). */
 static inline __attribute__((always_inline)) void commit(ame_tx_t *tx) {
-  if (AME__UNLIKELY(!commit_plain(tx) || (tx->w_n && tx->dom->shared))) {
+  assert((tx->slow || commit_plain(tx)) && "ame_tx.slow not set");
+  if (AME__UNLIKELY(tx->slow || (tx->w_n && tx->dom->shared))) {
     commit_full(tx);
     return;
   }
@@ -1868,6 +1887,7 @@ static void commit_full(ame_tx_t *tx) {
   if (tx->limbo.n && (tx->limbo.n / LIMBO_SCAN != limbo0 / LIMBO_SCAN ||
                       scan_overdue(tx)))
     reclaim(tx, 0);
+  tx->slow = !commit_plain(tx);
 }
 
 int ame__frame_next(struct ame__frame *f) {
@@ -1926,14 +1946,17 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
         ** is ours or awaited), and start again irrevocable. */
         rollback(tx, AME_ABORT_KILLED, 0, NULL);
         token_wait(tx, ticket);
+        tx->slow = 1;
         tx->has_token = 1;
         release_token(tx);
         abort_handlers(tx);
+        tx->slow = 1;
         tx->want_irrevocable = 1;
         restart(tx);
       }
       cpu_relax();
     }
+    tx->slow = 1;
     tx->has_token = 1;
   } else {
     acquire_token(tx);
@@ -1957,6 +1980,7 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
       drop_entry(tx);
     }
   }
+  tx->slow = 1;
   STORE(&tx->irrevocable, 1);
   tx->irr_user = 1;
   tx->h.snapshot = 0;
@@ -1965,6 +1989,7 @@ changed:
   rollback(tx, AME_ABORT_IRREVOCABLE, 0, NULL);
   release_token(tx); /* taken again at the restart, after the handlers */
   abort_handlers(tx);
+  tx->slow = 1;
   tx->want_irrevocable = 1;
   restart(tx);
 }
@@ -2073,12 +2098,14 @@ void ame_retry(ame_tx_t *tx) {
 int ame_tx_on_commit(ame_tx_t *tx, void (*fn)(void *), void *arg) {
   assert(tx->nesting > 0 && "ame_tx_on_commit outside a transaction");
   struct ame__handler h = {fn, arg};
+  tx->slow = 1;
   return ame__vec_push(&tx->on_commit, &h, sizeof h);
 }
 
 int ame_tx_on_abort(ame_tx_t *tx, void (*fn)(void *), void *arg) {
   assert(tx->nesting > 0 && "ame_tx_on_abort outside a transaction");
   struct ame__handler h = {fn, arg};
+  tx->slow = 1;
   return ame__vec_push(&tx->on_abort, &h, sizeof h);
 }
 
@@ -2095,6 +2122,7 @@ int ame_tx_save(ame_tx_t *tx, void *addr, size_t size) {
     b->cap = cap;
   }
   struct ame__undo u = {addr, size, b->n};
+  tx->slow = 1;
   if (ame__vec_push(&tx->undo, &u, sizeof u) != 0) return -ENOMEM;
   memcpy((char *)b->items + b->n, addr, size);
   b->n += size;
@@ -2159,6 +2187,7 @@ static void saved_restore(ame_tx_t *tx) {
 void ame_tx_privatize(ame_tx_t *tx) {
   assert(tx->nesting > 0 && "ame_tx_privatize outside a transaction");
   assert(!tx->dom->shared && "privatization in a shared heap");
+  tx->slow = 1;
   tx->privatize = 1;
 }
 
@@ -2166,6 +2195,7 @@ void *ame_tx_malloc(ame_tx_t *tx, size_t size) {
   assert(tx->nesting > 0 && "ame_tx_malloc outside a transaction");
   if (tx->dom->shared) return ame__heap_tx_malloc(tx, size);
   void *p = recycle_get(tx, size);
+  tx->slow = 1;
   if (p && ame__vec_push(&tx->allocs, &p, sizeof p) != 0) {
     free(p);
     return NULL;
@@ -2184,6 +2214,7 @@ void *ame_tx_calloc(ame_tx_t *tx, size_t n, size_t size) {
     return p;
   }
   void *p = calloc(n ? n : 1, size ? size : 1);
+  tx->slow = 1;
   if (p && ame__vec_push(&tx->allocs, &p, sizeof p) != 0) {
     free(p);
     return NULL;
@@ -2205,6 +2236,7 @@ void ame_tx_free(ame_tx_t *tx, void *ptr, size_t size) {
     uintptr_t end = (uintptr_t)ptr + size;
     for (; a < end; a += g) store_masked(tx, a, 0, 0);
   }
+  tx->slow = 1;
   if (ame__vec_push(&tx->frees, &ptr, sizeof ptr) != 0) {
     fprintf(stderr, "ame: out of memory logging a free\n");
     abort();
@@ -2247,6 +2279,7 @@ int ame__tx_setup(ame_tx_t *tx, struct ame__dom *d, unsigned slot,
   STORE(&tx->w_saved, (char *)tx->w_end); /* nothing saved (a recoverer
                                              checks it lies in the log) */
   tx->slot = slot;
+  tx->starts = SNAPSHOT_REFRESH - 1;
   tx->pid = pid;
   STORE(&tx->active, AME__IDLE);
   STORE(&tx->hold, AME__IDLE);
