@@ -15,9 +15,9 @@
 ** order, by one write), "Connection: close" and HTTP/1.0 are honoured.  A
 ** malformed request gets 400 (431 for headers over 8 KiB, 413/414 for a
 ** body/target too long, 501 for an unknown method, 405 for a known one we
-** do not serve) and the connection is closed; so is one whose pipelined
-** requests in one read ask for more than HTTP_MAX_OUTPUT (1 MiB) of
-** responses: the request past it gets 503.  A connection that has
+** do not serve; without a body for HEAD) and the connection is closed; so
+** is one whose pipelined requests in one read ask for more than
+** HTTP_MAX_OUTPUT (1 MiB) of responses: the request past it gets 503.  A connection that has
 ** completed no request for the idle timeout (an idle keep-alive client, or
 ** a slowloris one that never finishes its request) is closed, so that
 ** such clients cannot hold every descriptor.  SIGINT or SIGTERM stops the

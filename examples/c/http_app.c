@@ -307,6 +307,7 @@ struct conn_state {
   size_t url_len;   /* bytes of the request target so far */
   size_t body_len;  /* bytes of the body so far */
   int in_message;   /* a request has begun and not completed */
+  int head;         /* ... and its method, parsed whole, is HEAD */
   int err;          /* status chosen by a parser callback that stopped it */
   int done;         /* closing: ignore further input */
 };
@@ -355,11 +356,15 @@ static int on_message_begin(http_parser *p) {
   c->st.url_len = c->st.body_len = 0;
   c->st.err = 0;
   c->st.in_message = 1;
+  c->st.head = 0;
   return 0;
 }
 
 static int on_url(http_parser *p, const char *at, size_t n) {
   http_conn_t *c = p->data;
+  /* The target follows the method: the method is whole now (while it is
+  ** read, p->method is a guess from its first letters). */
+  c->st.head = p->method == HTTP_HEAD;
   if (n > HTTP_MAX_URL - c->st.url_len) {
     c->st.err = 414;
     return 1;
@@ -649,7 +654,7 @@ static int handle(http_conn_t *c) {
       plen = u.field_data[UF_PATH].len;
     }
   }
-  if (path == NULL) return respond_status(c, 400, "", 0, 0);
+  if (path == NULL) return respond_status(c, 400, "", head, 0);
   count_hit(c->tx, c->sh, c->stripe, path, plen);
 
   int known = m == HTTP_GET || m == HTTP_HEAD || m == HTTP_PUT ||
@@ -737,7 +742,8 @@ int http_conn_feed(ame_tx_t *tx, http_conn_t *c, const char *data,
     } else if (e != HPE_OK) {
       int status = error_status(c, e, fresh ? data + start : NULL,
                                 len - start);
-      rc = respond_status(c, status, "", 0, 0);
+      /* A HEAD request's error has no body either (RFC 9110, 9.3.2). */
+      rc = respond_status(c, status, "", c->st.head, 0);
     } else if (off < len) {
       rc = HTTP_CLOSE; /* cannot happen: the parser stopped for no reason */
     }

@@ -415,12 +415,24 @@ def http_errors(srv):
         (b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 10000 + b"\r\n\r\n", 431),
         (b"PUT /cache/big HTTP/1.1\r\nContent-Length: 100000\r\n\r\n", 413),
     ]
-    for data, status in cases:
+    # A HEAD request's error has no body (RFC 9110, 9.3.2): after the head
+    # nothing comes but the close.  "HEX" begins as HEAD does and is not.
+    head_cases = [
+        (b"HEAD / HTTP/1.1\r\nX-Big: " + b"b" * 10000 + b"\r\n\r\n", 431),
+        (b"HEAD / HTTP/1.1\r\nbad header line\r\n\r\n", 400),
+        (b"HEAD /" + b"a" * 3000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"HEAD http://example.com HTTP/1.1\r\n\r\n", 400),
+    ]
+    cases += [(b"HEX / HTTP/1.1\r\n\r\n", 501)]
+    for (data, status), head in ([(x, False) for x in cases] +
+                                 [(x, True) for x in head_cases]):
         c = HttpConn(srv)
         c.send(data)
-        got, headers, _ = c.response()
+        got, headers, body = c.response(head=head)
         check_eq(got, status, f"status for {data[:40]!r}")
         check_eq(headers.get("connection"), "close", f"close on {status}")
+        if not head:
+            check(body, f"a body with {status} for {data[:40]!r}")
         c.expect_closed()
         c.close()
     # An error after good requests: the good ones are answered first.
