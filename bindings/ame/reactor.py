@@ -816,10 +816,31 @@ class AMEReactor(
                 **kw)
         return posixbase.PosixReactorBase.callFromThread(self, f, *args, **kw)
 
+    # A stop() of this attempt of an ame.atomic block, waiting for its
+    # commit.
+    _ameStopQueued = False
+
     def stop(self):
         if _inAtomic():
-            return _afterCommit(posixbase.PosixReactorBase.stop, self)
+            # ReactorBase.stop's check, made at the call, as EPollReactor
+            # makes it: a reactor that is not running, or whose stop this
+            # block already asked for, raises here, in the block (whose
+            # writes then roll back), not out of ame.atomic after the
+            # commit.  The stop itself waits for the commit.
+            if self._stopped or self._ameStopQueued:
+                raise error.ReactorNotRunning(
+                    "Can't stop reactor that isn't running.")
+            self._ameStopQueued = True
+            _onRollback(self._ameStopDropped)
+            return _afterCommit(self._ameStopCommitted)
         return posixbase.PosixReactorBase.stop(self)
+
+    def _ameStopCommitted(self):
+        self._ameStopQueued = False
+        posixbase.PosixReactorBase.stop(self)
+
+    def _ameStopDropped(self):
+        self._ameStopQueued = False
 
     # ame
 

@@ -1613,6 +1613,54 @@ class DeferredEffectsTests(SynchronousTestCase):
         self.assertEqual(got, [b"w2;s2;later2;|closew2;s2;later2;"])
         reactor.removeAll()
 
+    def test_stopNotRunning(self):
+        """
+        reactor.stop() inside atomic raises ReactorNotRunning in the block,
+        as EPollReactor raises it at the call, when the reactor is not
+        running, and when this block already stopped it: the block's
+        writes roll back.  (It raised out of ame.atomic after the commit,
+        with the writes kept.)  A block that stops a running reactor once
+        commits, and the reactor stops after the commit; an attempt rolled
+        back leaves no stop behind.
+        """
+        reactor = AMEReactor()
+        d = shared.dict(fresh())
+
+        def block(key, stops):
+            d[key] = 1
+            for _ in range(stops):
+                reactor.stop()
+
+        self.assertRaises(error.ReactorNotRunning, ame.atomic, block, "a", 1)
+        self.assertNotIn("a", d)
+        ran = []
+
+        def inRunning():
+            self.assertRaises(error.ReactorNotRunning, ame.atomic, block,
+                              "b", 2)
+            self.assertNotIn("b", d)
+            attempts = []
+
+            def rolledBackOnce():
+                attempts.append(1)
+                block("c", 1)
+                if len(attempts) == 1:
+                    _ame._shared_abort()
+
+            ame.atomic(rolledBackOnce)
+            self.assertEqual(len(attempts), 2)
+            ran.append(d["c"])
+
+        reactor.callWhenRunning(inRunning)
+        timeout = reactor.callLater(10, reactor.stop)
+        reactor.run(installSignalHandlers=False)
+        self.assertTrue(timeout.active(), "timed out")
+        timeout.cancel()
+        self.assertEqual(ran, [1])
+        self.assertRaises(error.ReactorNotRunning, ame.atomic, block, "d", 1)
+        self.assertNotIn("d", d)
+        reactor.removeAll()
+
     def test_delayedCallStandIn(self):
         """
         callLater inside atomic returns a DelayedCall that can be reset,
