@@ -1938,6 +1938,7 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
   ** be waiting for them, so give them up if asked. */
   if (tx->w_n > 0 && !tx->has_token) {
     uintptr_t ticket = token_take(tx);
+    unsigned spins = 0;
     while (!token_served(tx, ticket)) {
       if (LOAD(&tx->killed)) {
         /* Give up our locks at once, then our place in the queue: wait
@@ -1954,7 +1955,12 @@ int ame_tx_irrevocable(ame_tx_t *tx) {
         tx->want_irrevocable = 1;
         restart(tx);
       }
-      cpu_relax();
+      /* As token_wait(): with more threads than CPUs, the holders ahead
+      ** of us may need this one to finish. */
+      if (++spins < 256)
+        cpu_relax();
+      else
+        sched_yield();
     }
     tx->slow = 1;
     tx->has_token = 1;
