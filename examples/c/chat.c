@@ -16,6 +16,7 @@
 **   nc localhost 7001       (in several terminals)
 */
 #include "parse_num.h"
+#include "stop_signals.h"
 
 #include <ame/reactor.h>
 
@@ -311,13 +312,6 @@ static const ame_stream_cbs_t chat_cbs = {
     .on_close = on_close,
 };
 
-static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
-  (void)tx;
-  (void)signum;
-  ame_reactor_stop(ame_handle_data(sig));
-  return 0;
-}
-
 int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"port", required_argument, NULL, 'p'},
@@ -350,8 +344,12 @@ int main(int argc, char **argv) {
     ame_reactor_free(r);
     return 1;
   }
-  ame_signal_start(r, SIGINT, on_signal, r, NULL);
-  ame_signal_start(r, SIGTERM, on_signal, r, NULL);
+  if ((rc = stop_on_signals(r)) != 0) {
+    fprintf(stderr, "chat: cannot catch SIGINT and SIGTERM: %s\n",
+            ame_strerror(rc));
+    ame_reactor_free(r);
+    return 1;
+  }
   printf("chat: listening on port %d with %u workers\n",
          ame_listener_port(l), ame_reactor_workers(r));
   fflush(stdout);

@@ -7,6 +7,7 @@
 **   build/examples/c/echo [PORT] [WORKERS]     (default 7000, one per core)
 */
 #include "parse_num.h"
+#include "stop_signals.h"
 
 #include <ame/reactor.h>
 
@@ -22,13 +23,6 @@ static int on_data(ame_tx_t *tx, ame_stream_t *s, const char *data,
                    size_t len) {
   ame_store_word_tx(tx, &echoed, ame_load_word_tx(tx, &echoed) + len);
   return ame_stream_write(s, data, len);
-}
-
-static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
-  (void)tx;
-  (void)signum;
-  ame_reactor_stop(ame_handle_data(sig));
-  return 0;
 }
 
 static const ame_stream_cbs_t echo_cbs = {.on_data = on_data};
@@ -55,8 +49,12 @@ int main(int argc, char **argv) {
     ame_reactor_free(r);
     return 1;
   }
-  ame_signal_start(r, SIGINT, on_signal, r, NULL);
-  ame_signal_start(r, SIGTERM, on_signal, r, NULL);
+  if ((rc = stop_on_signals(r)) != 0) {
+    fprintf(stderr, "echo: cannot catch SIGINT and SIGTERM: %s\n",
+            ame_strerror(rc));
+    ame_reactor_free(r);
+    return 1;
+  }
   printf("echo: listening on port %d with %u workers\n",
          ame_listener_port(l), ame_reactor_workers(r));
   fflush(stdout);

@@ -31,6 +31,7 @@
 */
 #include "http_app.h"
 #include "parse_num.h"
+#include "stop_signals.h"
 
 #include <ame/reactor.h>
 
@@ -158,13 +159,6 @@ static const ame_stream_cbs_t http_cbs = {
     .on_close = on_close,
 };
 
-static int on_signal(ame_tx_t *tx, ame_signal_t *sig, int signum) {
-  (void)tx;
-  (void)signum;
-  ame_reactor_stop(ame_handle_data(sig));
-  return 0;
-}
-
 static void usage(FILE *f) {
   fprintf(f, "usage: http [-p PORT] [-w WORKERS] [--reuseport] "
              "[--host ADDR]\n"
@@ -253,8 +247,14 @@ int main(int argc, char **argv) {
     ame_reactor_free(r);
     return 1;
   }
-  ame_signal_start(r, SIGINT, on_signal, r, NULL);
-  ame_signal_start(r, SIGTERM, on_signal, r, NULL);
+  if ((rc = stop_on_signals(r)) != 0) {
+    fprintf(stderr, "http: cannot catch SIGINT and SIGTERM: %s\n",
+            ame_strerror(rc));
+    http_shared_free(shared);
+    free(lists);
+    ame_reactor_free(r);
+    return 1;
+  }
   printf("http: listening on port %d with %u workers%s\n",
          ame_listener_port(l), ame_reactor_workers(r),
          flags & AME_TCP_REUSEPORT ? " (reuseport)" : "");

@@ -494,7 +494,8 @@ int main(int argc, char **argv) {
     chunks[nchunks].text = text + off;
     chunks[nchunks].len = end - off;
     chunks[nchunks].q = q;
-    ame_tasks_add(q, NULL, count_task, &chunks[nchunks]);
+    if (ame_tasks_add(q, NULL, count_task, &chunks[nchunks]) != 0)
+      out_of_memory();
     nchunks++;
     off = end;
   }
