@@ -344,9 +344,7 @@ int main(int argc, char **argv) {
     ame_reactor_free(r);
     return 1;
   }
-  if ((rc = stop_on_signals(r)) != 0) {
-    fprintf(stderr, "chat: cannot catch SIGINT and SIGTERM: %s\n",
-            ame_strerror(rc));
+  if (stop_on_signals(r, "chat") != 0) {
     ame_reactor_free(r);
     return 1;
   }

@@ -247,9 +247,7 @@ int main(int argc, char **argv) {
     ame_reactor_free(r);
     return 1;
   }
-  if ((rc = stop_on_signals(r)) != 0) {
-    fprintf(stderr, "http: cannot catch SIGINT and SIGTERM: %s\n",
-            ame_strerror(rc));
+  if (stop_on_signals(r, "http") != 0) {
     http_shared_free(shared);
     free(lists);
     ame_reactor_free(r);

@@ -9,6 +9,7 @@
 #include <ame/reactor.h>
 
 #include <signal.h>
+#include <stdio.h>
 
 static int stop_signal_cb(ame_tx_t *tx, ame_signal_t *sig, int signum) {
   (void)tx;
@@ -17,12 +18,16 @@ static int stop_signal_cb(ame_tx_t *tx, ame_signal_t *sig, int signum) {
   return 0;
 }
 
-/* Stop r on SIGINT and on SIGTERM.  Return 0 or a negative errno-style
-** code (ame_strerror): a server that cannot be stopped gracefully says so
-** and does not start. */
-static inline int stop_on_signals(ame_reactor_t *r) {
+/* Stop r on SIGINT and on SIGTERM.  Return 0, or say why not on stderr
+** (prog: the server's name) and return a negative errno-style code: a
+** server that cannot be stopped gracefully does not start. */
+static inline int stop_on_signals(ame_reactor_t *r, const char *prog) {
   int rc = ame_signal_start(r, SIGINT, stop_signal_cb, r, NULL);
-  return rc != 0 ? rc : ame_signal_start(r, SIGTERM, stop_signal_cb, r, NULL);
+  if (rc == 0) rc = ame_signal_start(r, SIGTERM, stop_signal_cb, r, NULL);
+  if (rc != 0)
+    fprintf(stderr, "%s: cannot catch SIGINT and SIGTERM: %s\n", prog,
+            ame_strerror(rc));
+  return rc;
 }
 
 #endif
