@@ -88,6 +88,31 @@ class _PairReader(FileDescriptor):
         self.got += data
 
 
+def _rawPeer(reactor, proto):
+    """
+    Listen on a free local port with proto's server factory; return a
+    plain socket connected to it.
+    """
+    port = reactor.listenTCP(0, protocol.ServerFactory.forProtocol(proto),
+                             interface="127.0.0.1")
+    return socket.create_connection(("127.0.0.1", port.getHost().port))
+
+
+def _writeStr(transport, errors):
+    """
+    Write a str, and a sequence with a str in it, to transport; append to
+    errors "TypeError" for each refused, "accepted" for each not.
+    """
+    for bad in (lambda: transport.write("text"),
+                lambda: transport.writeSequence([b"a", "b"])):
+        try:
+            bad()
+        except TypeError:
+            errors.append("TypeError")
+        else:
+            errors.append("accepted")
+
+
 class ReactorBehaviourMixin:
     """
     The behaviours; subclasses set C{reactorFactory}.
@@ -367,10 +392,7 @@ class ReactorBehaviourMixin:
                     self.call.cancel()
                 reactor.stop()
 
-        port = reactor.listenTCP(
-            0, protocol.ServerFactory.forProtocol(Writing),
-            interface="127.0.0.1")
-        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        peer = _rawPeer(reactor, Writing)
         peer.shutdown(socket.SHUT_WR)
         self.runReactor(reactor, timeout=5)
         self.assertEqual(lost, [error.ConnectionLost])
@@ -546,13 +568,7 @@ class ReactorBehaviourMixin:
 
         class Checking(protocol.Protocol):
             def connectionMade(self):
-                for bad in (lambda: self.transport.write("text"),
-                            lambda: self.transport.writeSequence(
-                                [b"a", "b"])):
-                    try:
-                        bad()
-                    except TypeError:
-                        errors.append("TypeError")
+                _writeStr(self.transport, errors)
                 self.transport.writeSequence([b"o", b"k"])
                 self.transport.loseConnection()
 
@@ -588,15 +604,7 @@ class ReactorBehaviourMixin:
                 pass
 
             def writeConnectionLost(self):
-                for bad in (lambda: self.transport.write("text"),
-                            lambda: self.transport.writeSequence(
-                                [b"a", "b"])):
-                    try:
-                        bad()
-                    except TypeError:
-                        errors.append("TypeError")
-                    else:
-                        errors.append("accepted")
+                _writeStr(self.transport, errors)
                 self.transport.loseConnection()
 
             def connectionLost(self, reason):
@@ -672,10 +680,7 @@ class ReactorBehaviourMixin:
                 events.append(reason.type)
                 reactor.stop()
 
-        port = reactor.listenTCP(
-            0, protocol.ServerFactory.forProtocol(Raising),
-            interface="127.0.0.1")
-        peer = socket.create_connection(("127.0.0.1", port.getHost().port))
+        peer = _rawPeer(reactor, Raising)
         self.addCleanup(peer.close)
         peer.sendall(b"data")
         self.runReactor(reactor, timeout=5)

@@ -590,6 +590,20 @@ static void *esc_cancel_bumper(void *arg) {
   return NULL;
 }
 
+/* The victim's body: write out, read w, and until the contention manager
+** makes the attempt irrevocable, have the bumper change w and abort on
+** the read of w2. */
+static void esc_conflict(ame_tx_t *tx, struct esc_cancel *e) {
+  ame_store_word_tx(tx, &e->out, 7);
+  (void)ame_load_word_tx(tx, &e->w);
+  if (!ame_tx_is_irrevocable(tx)) {
+    int r = atomic_fetch_add(&e->req, 1) + 1;
+    ASSERT_WAIT(atomic_load(&e->ack) == r, 5000);
+    (void)ame_load_word_tx(tx, &e->w2); /* aborts: w changed */
+    AME_TEST_FAIL_("the read of w2 did not abort");
+  }
+}
+
 TEST_IMPL(tx_cancel_escalated) {
   ame_stm_config_t cfg = {.escalate_after = 2};
   ASSERT_EQ(ame_stm_init(&cfg), 0);
@@ -604,14 +618,7 @@ TEST_IMPL(tx_cancel_escalated) {
   ASSERT_LT(attempts, 10);
   attempts++;
   ame_tx_begin(tx, &env, "tx_cancel_escalated");
-  ame_store_word_tx(tx, &e.out, 7);
-  (void)ame_load_word_tx(tx, &e.w);
-  if (!ame_tx_is_irrevocable(tx)) {
-    int r = atomic_fetch_add(&e.req, 1) + 1;
-    ASSERT_WAIT(atomic_load(&e.ack) == r, 5000);
-    (void)ame_load_word_tx(tx, &e.w2); /* aborts: w changed */
-    AME_TEST_FAIL_("the read of w2 did not abort");
-  }
+  esc_conflict(tx, &e);
   ASSERT_EQ(attempts, 3);  /* two conflicts, then irrevocable */
   ame_tx_cancel(tx);
   ASSERT_EQ(ame_tx_depth(tx), 0);
@@ -668,14 +675,7 @@ TEST_IMPL(tx_abort_escalated) {
   AME_ATOMIC(tx) {
     ASSERT_LT(attempts, 10);
     attempts++;
-    ame_store_word_tx(tx, &e.out, 7);
-    (void)ame_load_word_tx(tx, &e.w);
-    if (!ame_tx_is_irrevocable(tx)) {
-      int r = atomic_fetch_add(&e.req, 1) + 1;
-      ASSERT_WAIT(atomic_load(&e.ack) == r, 5000);
-      (void)ame_load_word_tx(tx, &e.w2); /* aborts: w changed */
-      AME_TEST_FAIL_("the read of w2 did not abort");
-    }
+    esc_conflict(tx, &e);
     if (!aborted) {
       aborted = 1;
       ASSERT_EQ(ame_tx_on_abort(tx, esc_abort_handler, &h), 0);
