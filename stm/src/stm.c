@@ -52,8 +52,11 @@
 **    makes every thread of the process run a full barrier, so that each
 **    light fence acts as a sequentially consistent one.  A reclamation
 **    scan needs it only where the starts it reads cannot decide
-**    (oldest_seen()).  A shared heap's
-**    domain (other processes' threads too) keeps the symmetric fences.
+**    (oldest_seen()).  The same pair orders a writer's write-back before
+**    its look for ame_retry() waiters (light, retry_fence()) against a
+**    waiter's count before its check of what it read (heavy).  A shared
+**    heap's domain (other processes' threads too) keeps the symmetric
+**    fences.
 */
 #include "internal.h"
 #include "heap.h"
@@ -184,6 +187,22 @@ static void fence_heavy(struct ame__dom *d) {
 #else
   (void)d;
 #endif
+  fence_sc();
+}
+
+/* Between a writer's write-back and its look at d->retry_waiters: the
+** committer's half of a store-load pattern whose other half is
+** ame_retry()'s (count itself a waiter, fence_heavy(), check its reads),
+** so that either the waiter sees the new versions or the committer sees
+** the waiter.  Light where the transaction's starts are. */
+static inline void retry_fence(const ame_tx_t *tx) {
+#if !defined(__SANITIZE_THREAD__)
+  if (AME__LIKELY(tx->light)) {
+    fence_light();
+    return;
+  }
+#endif
+  (void)tx;
   fence_sc();
 }
 
@@ -1774,6 +1793,7 @@ static void commit_writes(ame_tx_t *tx) {
   ame__fence_release(); /* the locks taken before the words written back */
   write_back_release(tx, ts << 1);
   tx->seen = ts;
+  retry_fence(tx);
   if (LOAD(&d->retry_waiters)) ame__retry_wake(d);
 }
 
@@ -1875,7 +1895,10 @@ static void commit_full(ame_tx_t *tx) {
   }
   if (privatize) /* a read-only one privatizes by agreement: same wait */
     quiesce_before(tx->dom, tx, ts ? ts : LOAD_ACQ(&tx->dom->clock) + 1);
-  if (ts && LOAD(&tx->dom->retry_waiters)) ame__retry_wake(tx->dom);
+  if (ts) {
+    retry_fence(tx);
+    if (LOAD(&tx->dom->retry_waiters)) ame__retry_wake(tx->dom);
+  }
   if (tx->on_commit.n) run_handlers(tx, &tx->on_commit);
   tx->on_commit.n = 0;
   STORE_REL(&tx->hold, prev_hold);
@@ -2070,6 +2093,10 @@ void ame_retry(ame_tx_t *tx) {
   tx->conflicts = 0;
   __atomic_add_fetch(&d->retry_waiters, 1, __ATOMIC_SEQ_CST);
   if (d->shared) STORE(&ame__slot_of(tx)->retry_waiting, 1);
+  /* The heavy side of retry_fence(): a commit that wrote what we read
+  ** either finished its write-back before this (the checks below see it)
+  ** or reads the count after it (and wakes us). */
+  fence_heavy(d);
   for (;;) {
     uint32_t seq = __atomic_load_n(&d->retry_seq, __ATOMIC_SEQ_CST);
     int changed = 0;
@@ -2083,7 +2110,8 @@ void ame_retry(ame_tx_t *tx) {
       }
     }
     if (changed) break;
-    /* A committer that missed our count is covered by the timeout. */
+    /* The timeout is a backstop only: every commit that changes what we
+    ** read sees our count (retry_fence()). */
     futex_wait(&d->retry_seq, seq, 1000000L, d->shared);
   }
   if (d->shared) STORE(&ame__slot_of(tx)->retry_waiting, 0);
