@@ -214,6 +214,8 @@ struct ame__global {
                                   asymmetric (stm.c: fence_heavy()) */
   uint64_t membarriers;        /* atomic: membarrier calls fence_heavy()
                                   made (for the tests) */
+  uint64_t retry_sleeps;       /* atomic: futex waits in ame_retry() (for
+                                  the tests) */
 };
 extern struct ame__global ame__G;
 
@@ -302,9 +304,10 @@ void ame__conflicts_reset(void);
 void ame__stats_shutdown(void);
 
 /* Blocks in the calling thread's recycle lists, and the membarrier calls
-** made so far (stm.c; for the tests). */
+** and ame_retry() futex waits made so far (stm.c; for the tests). */
 size_t ame__recycled(const ame_tx_t *tx);
 uint64_t ame__membarriers(void);
+uint64_t ame__retry_sleeps(void);
 
 /* cpus.c: the smallest CPU quota (in CPUs; 0 for none) of the cgroups that
 ** the cgroup file (/proc/self/cgroup) names, found through the mountinfo

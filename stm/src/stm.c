@@ -94,6 +94,8 @@ AME__TLS ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
                                CPU that runs one of its threads) */
 #define CONFLICT_SPINS 256  /* pauses a store waits on a held lock */
 #define SNAPSHOT_REFRESH 16 /* starts between two reads of the clock */
+#define RETRY_BACKSTOP_NS 1000000L /* ame_retry's first futex timeout ... */
+#define RETRY_BACKSTOP_MAX_NS 64000000L /* ... doubling up to this */
 #define VERSION0 2          /* initial orec value: version of ts 1 */
 #define STUCK_MS 2          /* heap: a lock held this long may be a dead
                                process's */
@@ -684,6 +686,10 @@ static void recycle_drain(ame_tx_t *tx) {
 
 uint64_t ame__membarriers(void) {
   return __atomic_load_n(&ame__G.membarriers, __ATOMIC_RELAXED);
+}
+
+uint64_t ame__retry_sleeps(void) {
+  return __atomic_load_n(&ame__G.retry_sleeps, __ATOMIC_RELAXED);
 }
 
 size_t ame__recycled(const ame_tx_t *tx) {
@@ -2097,6 +2103,7 @@ void ame_retry(ame_tx_t *tx) {
   ** either finished its write-back before this (the checks below see it)
   ** or reads the count after it (and wakes us). */
   fence_heavy(d);
+  long backstop = RETRY_BACKSTOP_NS;
   for (;;) {
     uint32_t seq = __atomic_load_n(&d->retry_seq, __ATOMIC_SEQ_CST);
     int changed = 0;
@@ -2111,8 +2118,12 @@ void ame_retry(ame_tx_t *tx) {
     }
     if (changed) break;
     /* The timeout is a backstop only: every commit that changes what we
-    ** read sees our count (retry_fence()). */
-    futex_wait(&d->retry_seq, seq, 1000000L, d->shared);
+    ** read sees our count (retry_fence()) and wakes us.  It doubles while
+    ** nothing changes, so that a long wait costs a few wake-ups a second,
+    ** not a thousand. */
+    __atomic_add_fetch(&ame__G.retry_sleeps, 1, __ATOMIC_RELAXED);
+    futex_wait(&d->retry_seq, seq, backstop, d->shared);
+    if (backstop < RETRY_BACKSTOP_MAX_NS) backstop *= 2;
   }
   if (d->shared) STORE(&ame__slot_of(tx)->retry_waiting, 0);
   __atomic_sub_fetch(&d->retry_waiters, 1, __ATOMIC_SEQ_CST);

@@ -84,6 +84,7 @@
   /* retry: test_retry.c */                                                   \
   X(retry_blocks_until_change, 20)                                            \
   X(retry_read_nothing, 20)                                                   \
+  X(retry_long_wait_sleeps, 20)                                               \
   X(retry_read_under_own_lock, 20)                                            \
   X(retry_queue_1p1c, 60)                                                     \
   X(retry_queue_2p2c, 60)                                                     \

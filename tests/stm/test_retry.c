@@ -7,6 +7,8 @@
 
 #include <sys/resource.h>
 
+uint64_t ame__retry_sleeps(void);
+
 /* CPU time (user + system) this process has used, in milliseconds. */
 static uint64_t cpu_ms(void) {
   struct rusage ru;
@@ -88,6 +90,27 @@ TEST_IMPL(retry_blocks_until_change) {
   ASSERT_GE(w.stats.retries, 1);
   ASSERT_GE(w.stats.aborts_by_cause[AME_ABORT_RETRY], 1);
   ASSERT_EQ(w.stats.commits, 1);
+  leave_and_shutdown();
+}
+
+/* A long wait sleeps on: the futex timeout behind the wake-ups (a
+** backstop) grows while nothing changes, so that a waiter blocked for
+** half a second wakes a dozen times, not once a millisecond. */
+TEST_IMPL(retry_long_wait_sleeps) {
+  ame_tx_t *tx = enter();
+  static struct waiter w;
+  pthread_t t;
+  thread_start(&t, waiter_main, &w);
+  ASSERT_WAIT(atomic_load(&w.tries) >= 1, 5000);
+  uint64_t sleeps0 = ame__retry_sleeps();
+  sleep_ms(500);
+  uint64_t sleeps = ame__retry_sleeps() - sleeps0;
+  ASSERT_EQ(atomic_load(&w.done), 0);
+  ASSERT_LE(sleeps, 40);
+  tx_set(tx, &w.flag, 3); /* and the change still wakes it */
+  ASSERT_WAIT(atomic_load(&w.done), 5000);
+  thread_join(t);
+  ASSERT_EQ(w.got, 3);
   leave_and_shutdown();
 }
 
