@@ -461,7 +461,9 @@ static void run_leftovers(ame_reactor_t *r);
 static void async_cb(uv_async_t *a) {
   struct worker *w = a->data;
   drain_inbox(w);
-  if (LOAD(&w->r->stopping) && !w->stopping) begin_stop(w);
+  /* Acquire: pairs with stop_now()'s release, so what the stopping thread
+  ** did before (read a handle this stop may close and free) comes first. */
+  if (LOAD_ACQ(&w->r->stopping) && !w->stopping) begin_stop(w);
 }
 
 static void idle_cb(uv_idle_t *i) { (void)i; }
