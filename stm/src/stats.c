@@ -25,6 +25,12 @@ struct slot {
 
 static struct slot table[SLOTS];
 static uint64_t dropped; /* atomic: notes that found no slot */
+/* atomic: a slot was claimed or a note dropped since the last reset, which
+** then clears the table; otherwise it has nothing to clear (a note that
+** matches a slot already claimed finds it claimed since, or cleared and
+** claims it anew), and a reset costs one exchange, not a pass over every
+** slot. */
+static int dirty;
 
 struct label {
   uintptr_t base;
@@ -44,9 +50,10 @@ void ame__conflict_note(uintptr_t addr, ame_abort_cause_t cause,
     if (k == 0) {
       uintptr_t zero = 0;
       if (__atomic_compare_exchange_n(&s->key, &zero, key, 0,
-                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         k = key;
-      else
+        STORE_REL(&dirty, 1);
+      } else
         k = zero;
     }
     if (k != key) continue;
@@ -57,9 +64,11 @@ void ame__conflict_note(uintptr_t addr, ame_abort_cause_t cause,
     return;
   }
   __atomic_add_fetch(&dropped, 1, __ATOMIC_RELAXED);
+  STORE_REL(&dirty, 1);
 }
 
-void ame__conflicts_reset(void) {
+/* Every slot, and the dropped count, back to empty. */
+static void conflicts_clear(void) {
   for (size_t i = 0; i < SLOTS; i++) {
     STORE(&table[i].count, 0);
     STORE(&table[i].site, NULL);
@@ -69,8 +78,15 @@ void ame__conflicts_reset(void) {
   STORE(&dropped, 0);
 }
 
+/* A claim whose flag this exchange misses is concurrent with the reset:
+** its slot is left for the next one, which the flag still asks for. */
+void ame__conflicts_reset(void) {
+  if (__atomic_exchange_n(&dirty, 0, __ATOMIC_ACQ_REL)) conflicts_clear();
+}
+
 void ame__stats_shutdown(void) {
-  ame__conflicts_reset();
+  STORE(&dirty, 0);
+  conflicts_clear();
   pthread_mutex_lock(&label_lock);
   struct label *lb = labels.items;
   for (size_t i = 0; i < labels.n; i++) free(lb[i].name);

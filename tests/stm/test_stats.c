@@ -391,6 +391,15 @@ TEST_IMPL(stats_total_reset) {
   ASSERT_EQ(cause_sum(&tot), 0);
   ASSERT_EQ(tot.irrevocable, 0);
   ASSERT_EQ(ame_conflicts(out, 4), 0);
+  /* The same word conflicts again: its slot is claimed anew, and the
+  ** next reset (a reset clears the table only if a slot was claimed
+  ** since the last one) empties it again. */
+  ame_stats_reset();
+  conflict_round(tx, &cf);
+  ASSERT_EQ(ame_conflicts(out, 4), 1);
+  ASSERT_EQ(out[0].addr, (uintptr_t)&x);
+  ame_stats_reset();
+  ASSERT_EQ(ame_conflicts(out, 4), 0);
 
   for (int i = 0; i < 5; i++)
     tx_add(tx, &w, 1);
