@@ -6,7 +6,10 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-run() { echo "+ $*"; "$@"; }
+# Each command is echoed with the seconds since the start, so that a log
+# shows where the time went.
+start=$(date +%s)
+run() { echo "+ [$(( $(date +%s) - start ))s] $*"; "$@"; }
 
 setup() { # dir [meson options...]
   dir=$1; shift
