@@ -282,17 +282,33 @@ def run_json(cmd, timeout):
     return result, None
 
 
+def read_calls(pid):
+    """The read-family system calls (read, readv, pread: syscr in
+    /proc/PID/io) that process pid has made, or None if unreadable."""
+    try:
+        with open("/proc/%d/io" % pid) as f:
+            for line in f:
+                if line.startswith("syscr:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def wait_client(p, timeout, what):
     """Wait for client process p (a Popen) for at most timeout seconds;
-    return (exit status, rusage).  Past the limit, kill it and raise
-    BenchError.  Ctrl-C kills it too."""
+    return (exit status, rusage, its read-family system calls as last seen
+    while it ran, at most one poll (50 ms) before it ended, or None).  Past
+    the limit, kill it and raise BenchError.  Ctrl-C kills it too."""
     deadline = time.monotonic() + timeout
+    reads = None
     try:
         while True:
+            reads = read_calls(p.pid) or reads
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid != 0:
                 p.returncode = os.waitstatus_to_exitcode(status)
-                return p.returncode, ru
+                return p.returncode, ru, reads
             if time.monotonic() > deadline:
                 p.kill()
                 os.wait4(p.pid, 0)
@@ -310,19 +326,19 @@ def run_client(cmd, what, timeout, tmpdir, stderr_too=True):
     """Run a load client with its output in a file of tmpdir (stderr in
     the same file, or with stderr_too false in a file of its own); return
     (exit status, its output, its stderr or "", its CPU seconds, wall
-    seconds)."""
+    seconds, its read-family system calls or None: wait_client)."""
     base = os.path.join(tmpdir, what.replace(" ", "-"))
     with open(base + ".out", "wb") as out, open(base + ".err", "wb") as err:
         t0 = time.monotonic()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                              stderr=subprocess.STDOUT if stderr_too else err)
-        rc, ru = wait_client(p, timeout, what)
+        rc, ru, reads = wait_client(p, timeout, what)
         wall = time.monotonic() - t0
     texts = []
     for path in (base + ".out", base + ".err"):
         with open(path, encoding="utf-8", errors="replace") as f:
             texts.append(f.read())
-    return rc, texts[0], texts[1], ru.ru_utime + ru.ru_stime, wall
+    return rc, texts[0], texts[1], ru.ru_utime + ru.ru_stime, wall, reads
 
 
 WRK_RE = {
@@ -338,12 +354,14 @@ def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=(),
             tls=False):
     """Run wrk (with extra request headers, e.g. "Connection: close"; tls:
     on https://, which wrk speaks without verifying the certificate);
-    return (parsed dict, wrk's CPU seconds, wall seconds)."""
+    return (parsed dict, wrk's CPU seconds, wall seconds); the dict's
+    client_read_calls: wrk's read-family system calls (wait_client)."""
     cmd = [wrk, "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration]
     for h in headers:
         cmd += ["-H", h]
     cmd.append("%s://127.0.0.1:%d/" % ("https" if tls else "http", port))
-    rc, text, _, cpu, wall = run_client(cmd, "wrk", duration + 30, tmpdir)
+    rc, text, _, cpu, wall, reads = run_client(cmd, "wrk", duration + 30,
+                                               tmpdir)
     if rc != 0:
         raise BenchError("wrk exit status %d: %s" % (rc, text.strip()[-200:]))
     m = WRK_RE["requests"].search(text)
@@ -351,7 +369,8 @@ def run_wrk(wrk, port, threads, conns, duration, tmpdir, headers=(),
     if not m or not r:
         raise BenchError("cannot parse wrk output: %s" % text.strip()[-200:])
     res = {"requests": int(m.group(1)), "rps": float(r.group(1)),
-           "socket_errors": 0, "non2xx": 0, "command": " ".join(cmd)}
+           "socket_errors": 0, "non2xx": 0, "command": " ".join(cmd),
+           "client_read_calls": reads}
     e = WRK_RE["socket_errors"].search(text)
     if e:
         res["socket_errors"] = sum(int(x) for x in e.groups())
@@ -369,8 +388,8 @@ def run_ame_load(ame, port, threads, conns, duration, tmpdir, extra=(),
     cmd = [ame, "load", "%s://127.0.0.1:%d/" % ("https" if tls else "http",
                                                 port), "-t", str(threads),
            "-c", str(conns), "-d", "%gs" % duration, "--json"] + list(extra)
-    rc, text, err, cpu, _ = run_client(cmd, "ame load", duration + 30,
-                                       tmpdir, stderr_too=False)
+    rc, text, err, cpu, _, _ = run_client(cmd, "ame load", duration + 30,
+                                          tmpdir, stderr_too=False)
     if rc != 0:
         raise BenchError("`%s` exited %d: %s" % (" ".join(cmd), rc,
                                                  err.strip()[-300:]))
@@ -1041,6 +1060,10 @@ def fmt_us(x):
 fmt_cpus = fmt_us
 
 
+def fmt_reads(x):
+    return "-" if x is None else "%.1f" % x
+
+
 def wrk_summary(runs):
     """
     The per-configuration summary of repeated wrk runs (each a dict with
@@ -1054,6 +1077,10 @@ def wrk_summary(runs):
     # the server, what it spends is CPU the server does not get.
     client = [r["wrk_cpu_s"] * 1e6 / r["requests"] for r in runs
               if r.get("wrk_cpu_s") is not None and r.get("requests")]
+    # Its read-family system calls per request (where run_wrk counted
+    # them): a client that polls, as wrk through a TLS handshake, shows.
+    reads = [r["client_read_calls"] / r["requests"] for r in runs
+             if r.get("client_read_calls") is not None and r.get("requests")]
     return {
         "runs": len(runs),
         "rps": rps, "rps_median": med(rps),
@@ -1065,6 +1092,7 @@ def wrk_summary(runs):
         "server_cpus": med([r["server_cpus"] for r in runs]),
         "wrk_cpus": med([r["wrk_cpus"] for r in runs]),
         "client_cpu_median": med(client),
+        "client_reads_median": med(reads),
         "others_cpus": med([r["others_cpus"] for r in runs
                             if r["others_cpus"] is not None]),
         "socket_errors": sum(r["socket_errors"] for r in runs),

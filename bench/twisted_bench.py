@@ -54,8 +54,9 @@ from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
                       ServerSession, add_runs, ame_cpus, ame_env,
                       ame_extension_built, ame_run_status, bar_met,
                       check_http, command_line, emit, find_nginx, fmt_cpus,
-                      fmt_rate, fmt_ratio, fmt_us, free_port, int_list,
-                      machine_info, make_bar, name_list, nginx_command,
+                      fmt_rate, fmt_ratio, fmt_reads, fmt_us, free_port,
+                      int_list, machine_info, make_bar, name_list,
+                      nginx_command,
                       parse_args, print_bars,
                       print_failures, print_machine, print_rows, ratio,
                       resolve_builddir, round_robin, run_ame_load, run_wrk,
@@ -519,6 +520,16 @@ def evaluate_bars(rows):
                 # the server does not get (docs/twisted.md, Figures).
                 note.append("client CPU us/req: %s" % ", ".join(
                     "%s %s" % (x["label"], fmt_us(x.get("client_cpu_median")))
+                    for x in pair + ([peer] if peer else [])))
+            if key == "rps_vs_epoll" and app in TLS_PEER_APPS \
+                    and app not in AME_LOAD_APPS:
+                # And wrk's read() calls per request: it retries a
+                # handshake that waits for the server on every pass of its
+                # event loop (docs/twisted.md, Limits).  (`ame load`
+                # receives with recv(), which /proc/PID/io does not count.)
+                note.append("wrk read() calls/req: %s" % ", ".join(
+                    "%s %s" % (x["label"], fmt_reads(
+                        x.get("client_reads_median")))
                     for x in pair + ([peer] if peer else [])))
             if other and max(other) > 0.2:
                 note.append("disturbed: other work used up to %.2f CPUs"
