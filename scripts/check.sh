@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 run() { echo "+ [$(( $(date +%s) - start ))s] $*"; "$@"; }
 
+# Tests at twice the CPUs at once: many of them wait on children, sockets
+# and timers rather than compute (on 2 CPUs the plain suite takes about 130 s
+# this way against 205 s at one per CPU).
+jobs=${AME_TEST_JOBS:-$(( $(nproc) * 2 ))}
+
 setup() { # dir [meson options...]
   dir=$1; shift
   [ -f "$dir/build.ninja" ] || run meson setup "$dir" "$@"
@@ -18,12 +23,12 @@ setup() { # dir [meson options...]
 }
 
 setup build
-run meson test -C build --print-errorlogs
+run meson test -C build --print-errorlogs --num-processes "$jobs"
 
 setup build-asan -Db_sanitize=address,undefined -Db_lundef=false
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  run meson test -C build-asan --print-errorlogs -t 3
+  run meson test -C build-asan --print-errorlogs -t 3 --num-processes "$jobs"
 
 # The Python extension built with ASan+UBSan, loaded into Debian's python
 # (not built with them) by preloading the runtimes: the project's Python
@@ -57,7 +62,8 @@ py_tests asan_py asan test_tcp,test_tls,test_newtls,test_process,test_core
 
 setup build-tsan -Db_sanitize=thread -Db_lundef=false
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-  run meson test -C build-tsan --print-errorlogs -t 5
+  run meson test -C build-tsan --print-errorlogs -t 5 \
+    --num-processes "$jobs"
 
 # The Python extension built with TSan, in Debian's python by preloading
 # the runtime, as for ASan above: its threads (the Python thread, the C
