@@ -304,7 +304,9 @@ def wait_client(p, timeout, what):
     reads = None
     try:
         while True:
-            reads = read_calls(p.pid) or reads
+            seen = read_calls(p.pid)
+            if seen is not None:
+                reads = seen
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
             if pid != 0:
                 p.returncode = os.waitstatus_to_exitcode(status)

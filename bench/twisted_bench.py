@@ -56,11 +56,9 @@ from benchlib import (AppServer, BenchError, LoadMeter, REPO, ServerCPU,
                       check_http, command_line, emit, find_nginx, fmt_cpus,
                       fmt_rate, fmt_ratio, fmt_reads, fmt_us, free_port,
                       int_list, machine_info, make_bar, name_list,
-                      nginx_command,
-                      parse_args, print_bars,
-                      print_failures, print_machine, print_rows, ratio,
-                      resolve_builddir, round_robin, run_ame_load, run_wrk,
-                      runner_parser,
+                      nginx_command, parse_args, print_bars, print_failures,
+                      print_machine, print_rows, ratio, resolve_builddir,
+                      round_robin, run_ame_load, run_wrk, runner_parser,
                       wrk_summary)
 
 SECTIONS = ("reactors", "workers", "tls")
