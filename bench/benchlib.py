@@ -98,10 +98,22 @@ def wait_quiet(max_wait):
     return time.monotonic() - t0
 
 
+def autogroup():
+    """Whether the kernel's autogroup scheduling is on (True, False; None
+    if unknown).  Then busy CPUs are shared between sessions before
+    threads: each server, in a session of its own (Server), gets as much as
+    the client in the runner's session, however many threads it runs."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return f.read().strip() == "1"
+    except (OSError, ValueError):
+        return None
+
+
 def machine_info():
     """The CPU model, CPU count, whether the CPU has Intel RTM (None if
-    unknown), kernel, load average and the time (UTC) at the start of a
-    run."""
+    unknown), kernel, autogroup scheduling (autogroup()), load average and
+    the time (UTC) at the start of a run."""
     model = platform.processor() or ""
     rtm = None
     try:
@@ -121,7 +133,8 @@ def machine_info():
     except OSError:
         load = None
     return {"cpus": os.cpu_count(), "cpu": model, "rtm": rtm,
-            "kernel": platform.release(), "loadavg_at_start": load,
+            "kernel": platform.release(), "autogroup": autogroup(),
+            "loadavg_at_start": load,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -1131,6 +1144,10 @@ def print_machine(title, machine, worst=None):
         print("%s: %s CPUs (%s), load average %s at the start"
               % (title, machine["cpus"], machine["cpu"],
                  " ".join(machine["loadavg_at_start"] or ["?"])))
+        if machine.get("autogroup"):
+            print("Autogroup scheduling is on: each server, in a session of "
+                  "its own, shares busy CPUs with the client as one group "
+                  "against another.")
     other = machine.get("other_cpus")
     if other is not None:
         print("Other work on the machine used %.2f CPUs on average during "

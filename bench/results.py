@@ -597,6 +597,13 @@ def render(found, missing, command, when_done, runners=RUNNERS, tree=None):
     info += [("CPU", "%s, %s CPUs" % (first.get("cpu") or "?",
                                       first.get("cpus"))),
              ("kernel", "Linux %s" % first.get("kernel", "?")),
+             ("scheduling", {True: "autogroup on: each server runs in a "
+                                   "session of its own and shares busy CPUs "
+                                   "with the client as one group against "
+                                   "another",
+                             False: "autogroup off: busy CPUs are shared "
+                                    "between threads"}.get(
+                                 first.get("autogroup"), "not recorded")),
              ("load average at the start", load),
              ("CPUs used by other work during each runner", others or "-")]
     lt = found.get("stm", {}).get("machine", {}).get("line_transfer_ns")

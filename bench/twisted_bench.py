@@ -519,6 +519,13 @@ def evaluate_bars(rows):
                 note.append("client CPU us/req: %s" % ", ".join(
                     "%s %s" % (x["label"], fmt_us(x.get("client_cpu_median")))
                     for x in pair + ([peer] if peer else [])))
+                # And the CPUs each server got: under autogroup, a server
+                # shares busy CPUs with the client as one group against
+                # another, however many threads it has (docs/twisted.md,
+                # Limits).
+                note.append("server CPUs: %s" % ", ".join(
+                    "%s %s" % (x["label"], fmt_cpus(x.get("server_cpus")))
+                    for x in pair + ([peer] if peer else [])))
             if key == "rps_vs_epoll" and app in TLS_PEER_APPS \
                     and app not in AME_LOAD_APPS:
                 # And wrk's read() calls per request: it retries a
