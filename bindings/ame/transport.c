@@ -665,13 +665,9 @@ void ame__tls_pool_stop(struct core *c) {
 ** the first request behind it). */
 static void tls_step(struct core *c, struct fconn *f, int end) {
   struct ame__tls *t = f->tls;
-  int heavy = 0;
-  if (!t->hs && !t->failed) {
-    tls_lock(t);
-    heavy = ame__tls_heavy(t);
+  tls_lock(t);
+  if (!t->hs && !t->failed && ame__tls_heavy(t)) {
     tls_unlock(t);
-  }
-  if (heavy) {
     struct tls_job *job = NULL;
     pthread_mutex_lock(&c->lock);
     if (c->hs_nthreads > 0 && !c->hs_stop && !f->detach &&
@@ -690,9 +686,9 @@ static void tls_step(struct core *c, struct fconn *f, int end) {
     }
     pthread_mutex_unlock(&c->lock);
     if (job) return;
+    tls_lock(t); /* no pool: the step runs here */
   }
   ame__ibuf_t plain = {0};
-  tls_lock(t);
   int r = ame__tls_advance(t, &plain, c->tls_buf, AME_RECV_SIZE);
   /* The peer's close_notify.  Mid-handshake it is answered here; after
   ** it, Python answers (_ameTLSShutdown) once it has read the plaintext
