@@ -333,12 +333,16 @@ def case_usage(ame):
 
 
 def case_refused(ame):
+    # Bound and not listening: connections are refused, and while it is
+    # held no test beside this one gets the port.
     s = socket.socket()
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-    s.close()  # nobody listens there now
-    rc, out, err = run_ame(ame, ['load', 'http://127.0.0.1:%d/' % port,
-                                 '-d', '2s', '--json'])
+    try:
+        rc, out, err = run_ame(ame, ['load', 'http://127.0.0.1:%d/' % port,
+                                     '-d', '2s', '--json'])
+    finally:
+        s.close()
     lines = err.strip().split('\n')
     check(rc == 1, 'refused port: exit %d (1)' % rc)
     check(len(lines) == 1 and 'connect' in lines[0] and not out,

@@ -317,19 +317,26 @@ static inline void close_reset(int fd) {
   close(fd);
 }
 
-/* A TCP port on 127.0.0.1 that nobody listens on (bound, then closed). */
-static inline int closed_port(const char *host) {
+/* A TCP port on host that nobody listens on, held for the caller: a
+** socket bound to it with SO_REUSEADDR and not listening, whose
+** descriptor is returned (close it when done) and the port put in *port.
+** Held, the port is neither handed out by another bind to port 0 nor
+** taken as a connection's local port by tests running beside this one; a
+** connection to it is refused; and a listener with SO_REUSEADDR (the
+** reactor's) can still bind it and listen. */
+static inline int reserved_port(const char *host, int *port) {
   struct sockaddr_storage sa;
   socklen_t len = sock_addr(&sa, host, 0);
   int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_GE(fd, 0);
+  int one = 1;
+  ASSERT_EQ(setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one), 0);
   ASSERT_EQ(bind(fd, (struct sockaddr *)&sa, len), 0);
   ASSERT_EQ(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-  int port = ntohs(sa.ss_family == AF_INET
-                       ? ((struct sockaddr_in *)&sa)->sin_port
-                       : ((struct sockaddr_in6 *)&sa)->sin6_port);
-  close(fd);
-  return port;
+  *port = ntohs(sa.ss_family == AF_INET
+                    ? ((struct sockaddr_in *)&sa)->sin_port
+                    : ((struct sockaddr_in6 *)&sa)->sin6_port);
+  return fd;
 }
 
 /* Is IPv6 loopback usable here? */

@@ -605,7 +605,7 @@ static const ame_stream_cbs_t ef_cbs = {.on_data = ef_data,
 TEST_IMPL(effects_deferred) {
   int fds = fd_baseline();
   memset(&g_ef, 0, sizeof g_ef);
-  g_ef.ghost_port = closed_port("127.0.0.1");
+  int ghost_fd = reserved_port("127.0.0.1", &g_ef.ghost_port);
   g_r = rt_new(2, NULL);
   ame_listener_t *l;
   ASSERT_EQ(ame_tcp_listen(g_r, "127.0.0.1", 0, 0, 0, &ef_cbs, NULL, &l), 0);
@@ -630,6 +630,7 @@ TEST_IMPL(effects_deferred) {
   ASSERT_EQ(atomic_load(&g_ef.ghost_task), 0);
   ASSERT_EQ(atomic_load(&g_ef.ghost_call), 0);
   ASSERT_EQ(atomic_load(&g_ef.closed), 1);
+  close(ghost_fd);
   rt_finish(g_r, fds);
 }
 

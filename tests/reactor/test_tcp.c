@@ -219,9 +219,9 @@ TEST_IMPL(tcp_connect_refused) {
   int fds = fd_baseline();
   memset(&g_cr, 0, sizeof g_cr);
   g_cr.v6 = have_ipv6_loopback();
-  g_cr.port4 = closed_port("127.0.0.1");
+  int held4 = reserved_port("127.0.0.1", &g_cr.port4), held6 = -1;
   if (g_cr.v6)
-    g_cr.port6 = closed_port("::1");
+    held6 = reserved_port("::1", &g_cr.port6);
   else
     printf("# no IPv6 loopback: IPv4 only\n");
   g_r = rt_new(2, NULL);
@@ -242,6 +242,8 @@ TEST_IMPL(tcp_connect_refused) {
   ame_reactor_stats_t st;
   ame_reactor_stats(g_r, &st);
   ASSERT_EQ(st.streams_open, 0);
+  close(held4);
+  if (held6 >= 0) close(held6);
   rt_finish(g_r, fds);
 }
 
