@@ -907,12 +907,23 @@ def case_recycle(ame):
           "per connection: %s" % counts)
 
 
+# The sockets that hold free_port()'s ports until this process ends.
+_HELD = []
+
+
 def free_port():
+    """
+    A port on 127.0.0.1 for a server this test starts to listen on later,
+    held meanwhile by a socket bound to it with SO_REUSEADDR and not
+    listening: no test beside this one gets it (a bind to port 0, a
+    connection's local port), and the server's own listener (SO_REUSEADDR,
+    as every one ame run and Twisted make) still binds it.
+    """
     s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(('127.0.0.1', 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    _HELD.append(s)
+    return s.getsockname()[1]
 
 
 def fetch(mport, path):
