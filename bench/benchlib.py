@@ -110,6 +110,16 @@ def autogroup():
         return None
 
 
+def scheduling_note(autogroup_on):
+    """What autogroup() (True, False or None) means for the figures, in
+    one sentence for a report's header, or None if it is unknown."""
+    return {True: "autogroup on: each server runs in a session of its own "
+                  "and shares busy CPUs with the client as one group "
+                  "against another",
+            False: "autogroup off: busy CPUs are shared between "
+                   "threads"}.get(autogroup_on)
+
+
 def machine_info():
     """The CPU model, CPU count, whether the CPU has Intel RTM (None if
     unknown), kernel, autogroup scheduling (autogroup()), load average and
@@ -1144,10 +1154,9 @@ def print_machine(title, machine, worst=None):
         print("%s: %s CPUs (%s), load average %s at the start"
               % (title, machine["cpus"], machine["cpu"],
                  " ".join(machine["loadavg_at_start"] or ["?"])))
-        if machine.get("autogroup"):
-            print("Autogroup scheduling is on: each server, in a session of "
-                  "its own, shares busy CPUs with the client as one group "
-                  "against another.")
+        note = scheduling_note(machine.get("autogroup"))
+        if note:
+            print("Scheduling: %s." % note)
     other = machine.get("other_cpus")
     if other is not None:
         print("Other work on the machine used %.2f CPUs on average during "

@@ -28,7 +28,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import REPO, fmt_apc, fmt_rate, fmt_ratio, fmt_us, load_saved
+from benchlib import (REPO, fmt_apc, fmt_rate, fmt_ratio, fmt_us, load_saved,
+                      scheduling_note)
 from twisted_bench import thread_split
 
 # The runners, in the order make bench runs them: (name, script, title).
@@ -597,13 +598,8 @@ def render(found, missing, command, when_done, runners=RUNNERS, tree=None):
     info += [("CPU", "%s, %s CPUs" % (first.get("cpu") or "?",
                                       first.get("cpus"))),
              ("kernel", "Linux %s" % first.get("kernel", "?")),
-             ("scheduling", {True: "autogroup on: each server runs in a "
-                                   "session of its own and shares busy CPUs "
-                                   "with the client as one group against "
-                                   "another",
-                             False: "autogroup off: busy CPUs are shared "
-                                    "between threads"}.get(
-                                 first.get("autogroup"), "not recorded")),
+             ("scheduling", scheduling_note(first.get("autogroup"))
+              or "not recorded"),
              ("load average at the start", load),
              ("CPUs used by other work during each runner", others or "-")]
     lt = found.get("stm", {}).get("machine", {}).get("line_transfer_ns")
