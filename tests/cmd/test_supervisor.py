@@ -633,10 +633,27 @@ def _named(srv, name):
     return [p for p in session_procs(srv.p.pid) if comm(p) == name]
 
 
+def _serving_pid(port, wid, version, timeout=TIMEOUT):
+    """The pid of worker wid once it answers with version: not that of the
+    worker it replaces, which a reload leaves answering for a moment."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status, h, body = http_get(port, timeout=5)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        if (status == 200 and h['x-worker'] == str(wid)
+                and h['x-version'] == version):
+            return int(h['x-worker-pid'])
+    return None
+
+
 def _restarts_from(srv, port, gen, version):
-    """SIGKILL worker 1: it is restarted (from generation gen's zygote, or
-    by the supervisor itself for 0) and serves version."""
-    pid = wait_workers_serving(port, [1, 2]).get(1)
+    """SIGKILL worker 1 of the generation that serves version: it is
+    restarted (from generation gen's zygote, or by the supervisor itself
+    for 0) and serves version."""
+    pid = _serving_pid(port, 1, version)
     at = len(srv.err)
     if pid:
         os.kill(pid, signal.SIGKILL)
