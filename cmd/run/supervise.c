@@ -36,6 +36,7 @@
 #include "listeners.h"
 #include "metrics.h"
 #include "output.h"
+#include "proc.h"
 #include "reload.h"
 #include "sup_internal.h"
 
@@ -254,8 +255,9 @@ static void reap(double now) {
 ** ame_reload_fork gave up on it), it would serve on unseen, with the
 ** listening sockets, until the supervisor exits.  So, once a second, the
 ** children named as workers ("ame", or "ame-zygote" before a worker names
-** itself) that no record here holds are stopped like a replaced worker:
-** SIGTERM, and SIGKILL after the grace period. */
+** itself) that no record here holds, and that are not exiting (proc.h: a
+** zygote whose death this process saw may not be reaped yet), are stopped
+** like a replaced worker: SIGTERM, and SIGKILL after the grace period. */
 #define STRAYS 16
 struct stray {
   pid_t pid;
@@ -267,19 +269,6 @@ static int known(pid_t pid) {
   for (unsigned i = 0; i < AME_SUP_PROCS; i++)
     if (S.p[i].state != P_FREE && S.p[i].pid == pid) return 1;
   return 0;
-}
-
-static int worker_named(pid_t pid) {
-  char path[64], comm[32] = "";
-  snprintf(path, sizeof path, "/proc/%d/comm", (int)pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
-  ssize_t n = read(fd, comm, sizeof comm - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  comm[n] = 0;
-  comm[strcspn(comm, "\n")] = 0;
-  return strcmp(comm, "ame") == 0 || strcmp(comm, "ame-zygote") == 0;
 }
 
 static void stray(pid_t pid, double now) {
@@ -319,7 +308,7 @@ static void sweep_strays(double now) {
     long pid;
     while (fscanf(f, "%ld", &pid) == 1)
       if (!known((pid_t)pid) && !ame_reload_is_zygote((pid_t)pid) &&
-          worker_named((pid_t)pid))
+          ame_proc_live_worker((pid_t)pid))
         stray((pid_t)pid, now);
     fclose(f);
   }
