@@ -175,6 +175,8 @@ class _Session:
         self.stats = _shared.dict(name + ".stats")      # worker -> stats
         self.cursors = {}
         self.rans = {}
+        self.reruns_ = {}
+        self.busies = {}
         self.pending = []   # added here, not yet in the queue
         self.pool = False   # a defer() pool's (its queue holds tasks)
 
@@ -205,6 +207,8 @@ class _Session:
             self.claimed.value = 0
             for wid in range(workers):
                 self.ran(wid).value = 0
+                self.reruns(wid).value = 0
+                self.busy_us(wid).value = 0
             self.done.value = 0
         _shared.atomic(empty)
 
@@ -243,16 +247,38 @@ class _Session:
         this run: counted in each task's transaction, so that a worker
         that dies has its count kept.
         """
-        c = self.rans.get(wid)
+        return self._counter(self.rans, "ran", wid)
+
+    def reruns(self, wid):
+        """
+        The re-runs of the tasks worker wid (and those that replaced it)
+        committed in this run: added in the transaction of a task that
+        needed more than one attempt, so that a worker that dies has them
+        kept too.
+        """
+        return self._counter(self.reruns_, "reruns", wid)
+
+    def busy_us(self, wid):
+        """
+        Worker wid's busy time in this run, in microseconds: added in a
+        task's transaction once _BUSY_REPORT_S of it is unrecorded (and
+        the rest as the worker ends), so that a worker that dies loses at
+        most that much.
+        """
+        return self._counter(self.busies, "busy", wid)
+
+    def _counter(self, cache, kind, wid):
+        c = cache.get(wid)
         if c is None:
-            c = _shared.counter("%s.ran.%d" % (self.name, wid))
-            _shared._keep(self.rans, wid, c)
+            c = _shared.counter("%s.%s.%d" % (self.name, kind, wid))
+            _shared._keep(cache, wid, c)
         return c
 
 
 _session = None
 _serial = _itertools.count(1)
 _CHUNK = 64         # tasks per queue item
+_BUSY_REPORT_S = 0.1    # busy time a worker records at most this late
 
 
 def _current_session():
@@ -503,9 +529,13 @@ class _Worker:
         self.wid = wid
         self.workers = workers
         self.cursor = session.cursor(wid)
+        self.ran = session.ran(wid)
+        self.reruns = session.reruns(wid)
+        self.busy_us = session.busy_us(wid)
         self.tasks = 0
         self.attempts = 0
         self.busy = 0.0
+        self.busy_recorded = 0.0    # of self.busy, in busy_us(wid)
         self.fns = {}       # ref -> function
         self.output = _Output()
 
@@ -555,8 +585,14 @@ class _Worker:
                 raise ImportError("ame.tasks: cannot find %s" % ref)
         s = self.s
         cursor = self.cursor
-        ran = s.ran(self.wid)
+        ran = self.ran
         output = self.output
+        first = self.attempts + 1   # this task's first attempt
+        # The busy time this task's commit records, if that much is
+        # unrecorded (self.busy grows only between tasks).
+        record = self.busy - self.busy_recorded
+        if record < _BUSY_REPORT_S:
+            record = 0.0
 
         def attempt():
             global _running_task
@@ -571,6 +607,10 @@ class _Worker:
             cursor.add(1)
             s.done.add(1)
             ran.add(1)
+            if self.attempts != first:
+                self.reruns.add(self.attempts - first)
+            if record:
+                self.busy_us.add(int(record * 1e6))
             if out.parts or err.parts:
                 _shared.after_commit(output.flush, list(out.parts),
                                      list(err.parts))
@@ -578,6 +618,8 @@ class _Worker:
         t0 = _time.perf_counter()
         try:
             _shared.atomic(attempt)
+            if record:
+                self.busy_recorded += record
         finally:
             self.busy += _time.perf_counter() - t0
         self.tasks += 1
@@ -622,20 +664,24 @@ class _Worker:
 
     def report(self):
         """
-        This worker's figures, added to those of the workers of its id
-        that it replaced (those that died did not report: their re-runs
-        and busy time are lost; their committed tasks are in ran()).
+        As this worker ends: its busy time not yet recorded, and its
+        conflicts, added to those of the workers of its id that it
+        replaced.  (Its committed tasks, their re-runs and all but the
+        last _BUSY_REPORT_S of its busy time are recorded as it goes:
+        ran(), reruns(), busy_us(); a worker that dies loses only its
+        conflicts and that remainder.)
         """
         conflicts = [(c["object"], c["kind"], repr(c["key"]), c["aborts"])
                      for c in _shared.stats()["conflicts"][:20]]
+        rest = self.busy - self.busy_recorded
 
         def add():
-            prev = self.s.stats.get(self.wid) or {
-                "reruns": 0, "busy_s": 0.0, "conflicts": []}
+            prev = self.s.stats.get(self.wid) or {"conflicts": []}
             self.s.stats[self.wid] = {
-                "reruns": prev["reruns"] + self.attempts - self.tasks,
-                "busy_s": prev["busy_s"] + self.busy, "pid": _os.getpid(),
+                "pid": _os.getpid(),
                 "conflicts": prev["conflicts"] + conflicts}
+            if rest > 0:
+                self.busy_us.add(int(rest * 1e6))
 
         _shared.atomic(add)
 
@@ -808,23 +854,24 @@ def run(workers="auto"):
 def _collect_stats(session, n, elapsed):
     def read():
         return (dict(session.stats.items()),
-                {wid: session.ran(wid).value for wid in range(n)})
+                {wid: (session.ran(wid).value, session.reruns(wid).value,
+                       session.busy_us(wid).value) for wid in range(n)})
 
-    per, ran = _shared.atomic(read)
+    per, counts = _shared.atomic(read)
     conflicts = _collections.Counter()
     for w in per.values():
         for obj, kind, key, aborts in w.get("conflicts", ()):
             conflicts[(obj, kind, key)] += aborts
-    tasks = sum(ran.values())
-    reruns = sum(w["reruns"] for w in per.values())
+    tasks = sum(c[0] for c in counts.values())
+    reruns = sum(c[1] for c in counts.values())
     return {
         "workers": n, "elapsed_s": elapsed, "tasks": tasks,
         "attempts": tasks + reruns, "reruns": reruns,
-        "per_worker": {wid: {"tasks": ran[wid],
-                             "busy_s": per.get(wid, {}).get("busy_s", 0.0),
+        "per_worker": {wid: {"tasks": counts[wid][0],
+                             "busy_s": counts[wid][2] / 1e6,
                              "pid": per.get(wid, {}).get("pid")}
-                       for wid in sorted(ran)
-                       if ran[wid] or wid in per},
+                       for wid in sorted(counts)
+                       if counts[wid][0] or counts[wid][2] or wid in per},
         "conflicts": [{"object": o, "kind": k, "key": key, "aborts": a}
                       for (o, k, key), a in conflicts.most_common(10)],
     }

@@ -359,6 +359,25 @@ class RunTests(SynchronousTestCase):
         self.assertGreaterEqual(st["reruns"], 0)
         self.assertEqual(st["attempts"], st["tasks"] + st["reruns"])
 
+    def test_statsKeepDeadWorkersRerunsAndBusy(self):
+        """
+        stats() keeps the re-runs and the busy time of a worker that then
+        died: one worker, tasks 0 to 5 of 0.06 s each (task 0 twice: its
+        first attempt is rolled back), task 6 kills it.  All of its 0.42 s
+        but the last 0.1 s at most was recorded as it went.  (A worker
+        reported both only as it ended, and the replacement's took their
+        place: 0 re-runs, 0.0 s.)
+        """
+        p = fresh()
+        for i in range(7):
+            tasks.add(task_fns.busy_rerun_die, p, i, 6)
+        with self.assertRaises(tasks.TaskFailed):
+            tasks.run(workers=1)
+        st = tasks.stats()
+        self.assertEqual((st["tasks"], st["reruns"], st["attempts"]),
+                         (6, 1, 7))
+        self.assertGreaterEqual(st["per_worker"][0]["busy_s"], 0.3)
+
     def test_parentDiesBeforeWorkerArms(self):
         """
         A worker whose parent dies after the fork but before the worker

@@ -106,6 +106,20 @@ def chatty(prefix, i):
 _aborted = set()  # prefixes whose task 0 had its forced abort here
 
 
+def busy_rerun_die(prefix, i, die_at):
+    """Task die_at kills its worker at once; the others take 0.06 s each,
+    and the first attempt of task 0 (in this process) ends as a conflict
+    would, after its 0.06 s: it runs again."""
+    if i == die_at:
+        os._exit(9)
+    time.sleep(0.06)
+    if i == 0 and prefix not in _aborted:
+        _aborted.add(prefix)
+        from ame import _ame
+        _ame._shared_abort()
+    add_value(prefix, i)
+
+
 class Unprintable(Exception):
     """An exception whose str() raises."""
 
