@@ -284,16 +284,24 @@ def _keepingFactory():
 
 def _threads(*names):
     """
-    This process's threads named one of names: {(thread id, name)}.
+    This process's threads named one of names that have not begun to
+    exit: {(thread id, name)}.  (A joined thread can still be listed in
+    /proc for a moment after pthread_join returns: the kernel wakes the
+    joiner as the thread exits, before it lets the task go.  It has its
+    PF_EXITING flag set from the start of its exit.)
     """
     out = set()
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open("/proc/self/task/%s/comm" % tid) as c:
-                name = c.read().strip()
+            with open("/proc/self/task/%s/stat" % tid) as f:
+                stat = f.read()
         except OSError:  # ended meanwhile
             continue
-        if name in names:
+        # "TID (NAME) STATE PPID PGRP SESSION TTY TPGID FLAGS ..."
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        exiting = fields[0] in ("Z", "X") or int(fields[6]) & 0x4
+        if name in names and not exiting:
             out.add((tid, name))
     return out
 
