@@ -235,11 +235,8 @@ class _Session:
             raise
 
     def cursor(self, wid):
-        c = self.cursors.get(wid)
-        if c is None:
-            c = _shared.counter("%s.cursor.%d" % (self.name, wid))
-            _shared._keep(self.cursors, wid, c)
-        return c
+        """Worker wid's place in its batch: the tasks of it done."""
+        return self._counter(self.cursors, "cursor", wid)
 
     def ran(self, wid):
         """
@@ -268,6 +265,7 @@ class _Session:
         return self._counter(self.busies, "busy", wid)
 
     def _counter(self, cache, kind, wid):
+        """The shared counter NAME.KIND.WID, opened once (cache)."""
         c = cache.get(wid)
         if c is None:
             c = _shared.counter("%s.%s.%d" % (self.name, kind, wid))
