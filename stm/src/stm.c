@@ -1224,6 +1224,19 @@ static struct ame__wentry *chain_find(struct ame__wentry *head,
   return NULL;
 }
 
+/* The same for a store: the entry for addr, or NULL with *tail set to the
+** chain's last entry, after which a new one is linked. */
+static inline struct ame__wentry *chain_find_tail(struct ame__wentry *e,
+                                                  uintptr_t addr,
+                                                  struct ame__wentry **tail) {
+  for (;; e = e->next) {
+    if (e->addr == addr) return e;
+    if (e->next == NULL) break;
+  }
+  *tail = e;
+  return NULL;
+}
+
 /* Read a word whose orec we hold: our buffered bytes over memory's. */
 static uintptr_t read_own(struct ame__wentry *head, const uintptr_t *a) {
   struct ame__wentry *e = chain_find(head, (uintptr_t)a);
@@ -1451,8 +1464,10 @@ static inline void merge_entry(struct ame__wentry *e, uintptr_t v,
 }
 
 /* Fill e, a new entry, for (v & mask) at the word a under orec o, and link
-** it after h, the head entry of o, whose lock we hold. */
-static inline void link_entry(struct ame__wentry *h, struct ame__wentry *e,
+** it after t, the last entry of o's chain, whose lock we hold: a chain
+** keeps the order of the log, so that its last entry is the last of its
+** orec's in the log (write_back_release_run). */
+static inline void link_entry(struct ame__wentry *t, struct ame__wentry *e,
                               uintptr_t a, uintptr_t v, uintptr_t mask,
                               uintptr_t *o) {
   e->addr = a;
@@ -1461,8 +1476,8 @@ static inline void link_entry(struct ame__wentry *h, struct ame__wentry *e,
   e->version = 0;
   e->orec = o;
   e->head = 0;
-  e->next = h->next;
-  h->next = e;
+  e->next = NULL;
+  t->next = e;
 }
 
 /* store_masked()'s every case: an orec we hold, one held by another,
@@ -1482,11 +1497,11 @@ static __attribute__((noinline)) void store_slow(ame_tx_t *tx, uintptr_t a,
         on_conflict(tx, o, l, a, AME_ABORT_WRITE_LOCKED);
         continue;
       }
-      struct ame__wentry *e = chain_find(h, a);
+      struct ame__wentry *t = NULL, *e = chain_find_tail(h, a, &t);
       if (e)
         merge_entry(e, v, mask);
       else
-        link_entry(h, new_entry(tx), a, v, mask, o);
+        link_entry(t, new_entry(tx), a, v, mask, o);
       return;
     }
     if (tx->irrevocable) {
@@ -1539,11 +1554,12 @@ static inline void store_masked(ame_tx_t *tx, uintptr_t a, uintptr_t v,
         return;
       }
     } else if (IS_LOCKED(l) && LOAD(&LOCK_ENTRY(l)->tx) == tx) {
-      struct ame__wentry *h = LOCK_ENTRY(l), *old = chain_find(h, a);
+      struct ame__wentry *t = NULL;
+      struct ame__wentry *old = chain_find_tail(LOCK_ENTRY(l), a, &t);
       if (old) {
         merge_entry(old, v, mask);
       } else {
-        link_entry(h, &tx->w_chunk->e[tx->w_i], a, v, mask, o);
+        link_entry(t, &tx->w_chunk->e[tx->w_i], a, v, mask, o);
         tx->w_i++;
         tx->w_n++;
       }
@@ -1633,8 +1649,9 @@ static void write_back(ame_tx_t *tx) {
 }
 
 /* A private domain's commit: write back and release in one pass over the
-** log, orec by orec.  Each lock head's chain holds every entry under its
-** orec, so an orec is released (release store of `version`) only once all
+** log, in its order.  An orec's chain keeps the log's order (link_entry),
+** so the last entry of a chain comes after every other entry under its
+** orec: the orec is released (release store of `version`) there, once all
 ** its words are written; a reader that sees the new version and extends
 ** its snapshot to it sees them all, and meets the orecs not yet released
 ** still locked.  (A heap's commit keeps the two passes, write_back() then
@@ -1643,13 +1660,8 @@ static inline void write_back_release_run(struct ame__wentry *e,
                                           const struct ame__wentry *end,
                                           uintptr_t version) {
   for (; e < end; e++) {
-    if (!e->head) continue;
-    const struct ame__wentry *w = e;
-    do {
-      write_entry(w);
-      w = w->next;
-    } while (w);
-    STORE_REL(e->orec, version);
+    write_entry(e);
+    if (e->next == NULL) STORE_REL(e->orec, version);
   }
 }
 
