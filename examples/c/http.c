@@ -44,7 +44,7 @@
 #include <string.h>
 #include <time.h>
 
-#define GRAIN 64 /* the STM's conflict granule (bytes) */
+#define GRAIN 64 /* a cache line: whole STM conflict granules (32 bytes) */
 
 static http_shared_t *shared; /* set before the reactor runs; immutable */
 static uintptr_t idle_timeout = 60; /* seconds; 0: none.  Immutable */

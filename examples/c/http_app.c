@@ -12,7 +12,8 @@
 ** malloc only once no transaction that may still read it is running.
 **
 ** Hit counters are striped: each path has one counter per worker, each on
-** its own 64-byte granule (the STM detects conflicts per granule), so two
+** its own 64-byte cache line (two of the 32-byte granules the STM detects
+** conflicts in, and no line shared between CPUs), so two
 ** workers counting the same path never conflict; /stats adds the stripes up
 ** in one transaction and so sees an exact, consistent total.
 */
@@ -27,7 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define GRAIN 64           /* the STM's conflict granule (bytes) */
+#define GRAIN 64           /* a cache line: whole STM conflict granules */
 #define HIT_BUCKETS 256    /* power of two */
 #define CACHE_BUCKETS 256  /* power of two */
 #define COMPUTE_ROUNDS 100000

@@ -158,7 +158,11 @@ struct layout {
 ** The orecs map every 64-byte granule of what is before the logs (all a
 ** transaction may touch) to an orec of its own, so that transactions on
 ** different words never conflict by sharing one; they take memory only
-** where used, as do the logs (most of the mapping). */
+** where used, as do the logs (most of the mapping).  The table has a word
+** per 32-byte granule (ame__orec_of's shift is the process's) and the
+** domain's mask has bit 0 clear, so both halves of a 64-byte granule take
+** the even word: a 64-byte granule keeps a heap's claims (heap_alloc.c)
+** at one log entry per 64 bytes. */
 static int plan(size_t arena, unsigned slots, struct layout *L) {
   memset(L, 0, sizeof *L);
   if (arena < MIN_SIZE || slots == 0 || slots > MAX_SLOTS) return -EINVAL;
@@ -175,7 +179,7 @@ static int plan(size_t arena, unsigned slots, struct layout *L) {
   L->off_orecs = off;
   /* The smallest power of two of orecs that covers itself and the rest. */
   unsigned bits = 10;
-  while (((size_t)1 << bits) * 64 <
+  while (((size_t)1 << bits << AME__GRAIN_SHIFT) <
          off + ((size_t)1 << bits) * sizeof(uintptr_t) + arena)
     bits++;
   L->orec_bits = bits;
@@ -240,7 +244,7 @@ static void init_region(struct ame__heap_hdr *h, const struct layout *L,
   d->clock = 1;
   d->orecs = orecs;
   d->orec_bias = base;
-  d->orec_mask = ((uintptr_t)1 << L->orec_bits) - 1;
+  d->orec_mask = (((uintptr_t)1 << L->orec_bits) - 1) & ~(uintptr_t)1;
   d->escalate_after = 16;
   d->max_threads = L->slots;
   d->shared = 1;

@@ -94,7 +94,7 @@
 #define SPAN AME__HEAP_SPAN
 #define PAGE AME__HEAP_PAGE
 #define SPAN_HDR 64        /* a span's header: its first granule */
-#define GRAIN 64           /* bytes under one orec */
+#define GRAIN 64           /* bytes under one orec in a heap (heap.c) */
 
 /* Header word 0. */
 #define H_TAG(w) ((unsigned)((w) & 0xff))

@@ -151,6 +151,7 @@
   X(heap_logs_lazy, 30)                                                       \
   X(heap_blob_reuse_abort, 30)                                                \
   X(heap_reuse_across_classes, 60)                                            \
+  X(heap_granules, 30)                                                        \
   X(heap_reuse_other_slot, 60)                                                \
   X(heap_reuse_slot_leftovers, 60)                                            \
   X(heap_blob_over_freed_block, 30)                                           \

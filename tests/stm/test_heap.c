@@ -241,6 +241,52 @@ TEST_IMPL(heap_named_address) {
 ** The allocator.
 */
 
+/* Conflict granules: 32 bytes in the process's own domain, 64 in a heap
+** (both halves of a 64-byte granule under one orec, so that a claim costs
+** one log entry per 64 bytes), and every granule of a heap block under an
+** orec of its own. */
+static int cmp_ptr(const void *a, const void *b) {
+  uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+TEST_IMPL(heap_granules) {
+  ame_tx_t *ptx = enter();
+  const struct ame__txhot *ph = (const struct ame__txhot *)ptx;
+  static _Alignas(64) uintptr_t w[16];
+  ASSERT_PTR_EQ(ame__orec_of(ph, (uintptr_t)&w[0]),
+                ame__orec_of(ph, (uintptr_t)&w[3]));
+  ASSERT(ame__orec_of(ph, (uintptr_t)&w[0]) !=
+         ame__orec_of(ph, (uintptr_t)&w[4]));
+  ame_thread_exit();
+
+  ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
+  ame_heap_t *h = NULL;
+  ASSERT_EQ(ame_heap_create(NULL, &cfg, &h), 0);
+  ame_tx_t *tx = ame_heap_enter(h);
+  const struct ame__txhot *hh = (const struct ame__txhot *)tx;
+  enum { BYTES = 1 << 20, N = BYTES / 64 };
+  static char *volatile blk;
+  AME_ATOMIC(tx) { blk = ame_heap_alloc(tx, BYTES + 64, 16, 0); }
+  ASSERT_NOT_NULL(blk);
+  uintptr_t a = ((uintptr_t)blk + 63) & ~(uintptr_t)63;
+  uintptr_t *orecs = malloc(N * sizeof *orecs);
+  ASSERT_NOT_NULL(orecs);
+  for (size_t i = 0; i < N; i++) {
+    uintptr_t g = a + 64 * i;
+    ASSERT_PTR_EQ(ame__orec_of(hh, g), ame__orec_of(hh, g + 32));
+    ASSERT_PTR_EQ(ame__orec_of(hh, g), ame__orec_of(hh, g + 56));
+    orecs[i] = (uintptr_t)ame__orec_of(hh, g);
+  }
+  qsort(orecs, N, sizeof *orecs, cmp_ptr);
+  for (size_t i = 1; i < N; i++) ASSERT(orecs[i] != orecs[i - 1]);
+  free(orecs);
+  AME_ATOMIC(tx) { ame_heap_free(tx, blk); }
+  ame_heap_exit(h);
+  ame_heap_close(h);
+  ame_stm_shutdown();
+}
+
 TEST_IMPL(heap_alloc) {
   ame_heap_config_t cfg = {.size = 8 << 20, .max_slots = 4};
   ame_heap_t *h = NULL;

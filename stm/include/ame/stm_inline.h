@@ -19,12 +19,12 @@
 
 #include <stdint.h>
 
-/* log2 of the bytes covered by one orec (64-byte granules: one cache line;
-** docs/stm.md has the measurements behind the choice). */
-#define AME__GRAIN_SHIFT 6
+/* log2 of the bytes covered by one orec: 32-byte granules, as TinySTM's
+** default (docs/stm.md says why not 64). */
+#define AME__GRAIN_SHIFT 5
 
 /* How far ame__orec_of folds a granule number onto itself: 2^20 granules
-** (64 MiB, the span of a malloc arena) apart.  A constant, not the
+** (32 MiB, half the span of a malloc arena) apart.  A constant, not the
 ** table's own log2, so that each load's orec takes a shift by an
 ** immediate (one micro-op) where a shift by a register read from the
 ** descriptor costs a load and, on Intel cores, three micro-ops: about 6%
@@ -62,9 +62,10 @@ AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 ** to a cache line, as TinySTM's lock array does.  In a heap g counts from
 ** the region's start and is below the table's size 2^k for every address
 ** in the region; g ^ (g >> s) is one-to-one on [0, 2^k) whatever s and k,
-** so each granule has an orec of its own (the mask keeps an address
-** outside the region, which a heap transaction must not touch, inside
-** the table).  Not a multiplicative hash: that would scatter neighbours'
+** so each granule has an orec of its own (a heap's mask has bit 0 clear,
+** so that both halves of a 64-byte granule share one, heap.c; the mask
+** keeps an address outside the region, which a heap transaction must not
+** touch, inside the table).  Not a multiplicative hash: that would scatter neighbours'
 ** orecs over the table and put a multiply on each load's dependency
 ** chain. */
 static inline uintptr_t *ame__orec_of(const struct ame__txhot *h,
