@@ -1216,16 +1216,9 @@ static void backoff(ame_tx_t *tx) {
 ** Loads.
 */
 
-/* Find the entry for addr in the chain that starts at head (or NULL). */
-static struct ame__wentry *chain_find(struct ame__wentry *head,
-                                      uintptr_t addr) {
-  for (struct ame__wentry *e = head; e; e = e->next)
-    if (e->addr == addr) return e;
-  return NULL;
-}
-
-/* The same for a store: the entry for addr, or NULL with *tail set to the
-** chain's last entry, after which a new one is linked. */
+/* Find the entry for addr in the chain that starts at e (a lock's head
+** entry), or return NULL with *tail set to the chain's last entry, after
+** which a store links a new one. */
 static inline struct ame__wentry *chain_find_tail(struct ame__wentry *e,
                                                   uintptr_t addr,
                                                   struct ame__wentry **tail) {
@@ -1235,6 +1228,13 @@ static inline struct ame__wentry *chain_find_tail(struct ame__wentry *e,
   }
   *tail = e;
   return NULL;
+}
+
+/* The entry for addr in the chain that starts at head, or NULL. */
+static inline struct ame__wentry *chain_find(struct ame__wentry *head,
+                                             uintptr_t addr) {
+  struct ame__wentry *tail;
+  return chain_find_tail(head, addr, &tail);
 }
 
 /* Read a word whose orec we hold: our buffered bytes over memory's. */

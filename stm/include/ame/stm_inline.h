@@ -65,9 +65,9 @@ AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 ** so each granule has an orec of its own (a heap's mask has bit 0 clear,
 ** so that both halves of a 64-byte granule share one, heap.c; the mask
 ** keeps an address outside the region, which a heap transaction must not
-** touch, inside the table).  Not a multiplicative hash: that would scatter neighbours'
-** orecs over the table and put a multiply on each load's dependency
-** chain. */
+** touch, inside the table).  Not a multiplicative hash: that would
+** scatter neighbours' orecs over the table and put a multiply on each
+** load's dependency chain. */
 static inline uintptr_t *ame__orec_of(const struct ame__txhot *h,
                                       uintptr_t addr) {
   uintptr_t g = (addr - h->orec_bias) >> AME__GRAIN_SHIFT;
