@@ -1058,6 +1058,36 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
+def same_round(a, b, key="ops_per_s"):
+    """The ratios a / b of two result rows run back to back in each
+    repetition (round_robin runs every variant of a configuration in turn),
+    one per repetition that both completed: a comparison at the same
+    moment, which a change in the machine's state between repetitions (on
+    a shared or virtual machine, the cost of moving a cache line between
+    CPUs can change severalfold from one minute to the next) moves less
+    than a ratio of medians does.  Rows name their repetitions in "reps";
+    rows without that (an older file) pair by position when neither lost a
+    run.  [] when the rows cannot be paired."""
+    if a is None or b is None:
+        return []
+    xs, ys = a.get(key) or [], b.get(key) or []
+    ra, rb = a.get("reps"), b.get("reps")
+    if ra is not None and rb is not None:
+        by = dict(zip(rb, ys))
+        return [x / by[r] for r, x in zip(ra, xs) if by.get(r)]
+    if a.get("failed") or b.get("failed") or len(xs) != len(ys):
+        return []
+    return [x / y for x, y in zip(xs, ys) if y]
+
+
+def fmt_same_round(ratios):
+    """A same_round() list as its median and range, "-" when empty."""
+    if not ratios:
+        return "-"
+    return "%.2fx (%.2f-%.2f)" % (statistics.median(ratios), min(ratios),
+                                  max(ratios))
+
+
 def fmt_rate(x):
     if x is None:
         return "-"

@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
-from benchlib import (REPO, fmt_apc, fmt_rate, fmt_ratio, fmt_us, load_saved,
-                      scheduling_note)
+from benchlib import (REPO, fmt_apc, fmt_rate, fmt_ratio, fmt_same_round,
+                      fmt_us, load_saved, same_round, scheduling_note)
 from twisted_bench import thread_split
 
 # The runners, in the order make bench runs them: (name, script, title).
@@ -201,6 +201,24 @@ def stm_section(d):
                 else "-",
                 ", %s its 1-thread figure" % fmt_ratio(r["near_vs_1t"])
                 if r.get("near_vs_1t") else ""))
+    compare = [(name, a, b) for name, a, b in (
+        ("ame x tinystm", "ame", "tinystm"),
+        ("ame-itm x ame", "ame-itm", "ame"))
+        if any(same_round(by[k].get(a), by[k].get(b)) for k in configs)]
+    if compare:
+        out.append("")
+        out.append("Each repetition runs the variants of a configuration one "
+                   "after another, so a ratio within one repetition compares "
+                   "them at the same moment.  The median of those ratios, "
+                   "with their range, moves less with the machine's state "
+                   "than the ratio of the medians in the table above:")
+        out.append("")
+        body = [[k[0], str(k[1])]
+                + [fmt_same_round(same_round(by[k].get(a), by[k].get(b)))
+                   for _, a, b in compare] for k in configs]
+        out.append(table(["configuration", "threads"]
+                         + [name for name, _, _ in compare], body,
+                         right_from=2))
     return out
 
 
@@ -494,21 +512,27 @@ def stamp_section(d):
     for app in s["apps"]:
         for t in s["threads"]:
             a = by.get((app, t, "ame"), {})
+            # Speed within each repetition: TinySTM's time over ame's.
+            rounds = same_round(by.get((app, t, "tinystm")),
+                                by.get((app, t, "ame")), key="seconds")
             body.append([app, str(t), sec(by.get((app, t, "ame"))),
                          sec(by.get((app, t, "tinystm"))),
                          sec(by.get((app, t, "seq"))) if t == 1 else "",
                          fmt_ratio(a.get("vs_tinystm")),
+                         fmt_same_round(rounds),
                          fmt_ratio(a.get("vs_seq")),
                          fmt_ratio(a.get("vs_1t")),
                          fmt_ratio(a.get("tinystm_vs_1t"))])
     out = [table(["application", "threads", "ame s", "tinystm s", "seq s",
-                  "ame x tinystm", "ame x seq", "ame 2t/1t",
+                  "ame x tinystm", "same round", "ame x seq", "ame 2t/1t",
                   "tinystm 2t/1t"], body, right_from=2), ""]
     out.append("Seconds: the median of the time each application prints "
                "for its parallel phase; x tinystm, x seq: ame's speed "
                "(inverse time) against TinySTM at the same thread count "
                "and against the sequential build, above 1 when ame is "
-               "faster; 2t/1t: each STM's speed-up from 1 to 2 threads.")
+               "faster; same round: ame x tinystm within each repetition "
+               "(which runs the variants one after another), median and "
+               "range; 2t/1t: each STM's speed-up from 1 to 2 threads.")
     g = d.get("geomean_vs_tinystm", {})
     if g:
         out.append("")

@@ -165,7 +165,7 @@ def run_app(exe, args, check, timeout):
     return float(found[-1])
 
 
-def summarise(apps, threads, variants, results, failures):
+def summarise(apps, threads, variants, results, failures, reps):
     rows = []
     med = {}
     for app in apps:
@@ -178,6 +178,7 @@ def summarise(apps, threads, variants, results, failures):
                 med[(app, t, v)] = m
                 rows.append({"app": app, "threads": t, "variant": v,
                              "runs": len(times), "seconds": times,
+                             "reps": reps.get((app, t, v), []),
                              "median": m,
                              "min": min(times) if times else None,
                              "max": max(times) if times else None,
@@ -333,10 +334,14 @@ def main():
         return fmt.format(t=t, dir=dirs[name],
                           src=os.path.join(stamp, src)).split()
 
+    reps = {}  # key: the repetitions that completed, in order
+
     def run(key, rep):
         name, t, v = key
-        return run_app(exes[(table[name][1], v)], argv(key), table[name][4],
+        secs = run_app(exes[(table[name][1], v)], argv(key), table[name][4],
                        300)
+        reps.setdefault(key, []).append(rep)
+        return secs
 
     def failed(key, rep, err):
         failures.append({"app": key[0], "threads": key[1], "variant": key[2],
@@ -357,7 +362,8 @@ def main():
     for f in failures:
         k = (f["app"], f["threads"], f["variant"])
         counts[k] = counts.get(k, 0) + 1
-    rows = summarise(args.apps, args.threads, VARIANTS, results, counts)
+    rows = summarise(args.apps, args.threads, VARIANTS, results, counts,
+                     reps)
     machine["other_cpus"] = meter.others()
     settings.update({"builddir": builddir, "stamp": stamp,
                      "tinystm": tinystm})

@@ -44,10 +44,11 @@ import sys
 import tempfile
 
 from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
-                      fmt_apc, fmt_rate, fmt_ratio, machine_info, make_bar,
-                      name_list, parse_args, print_bars, print_failures,
-                      print_machine, ratio, resolve_builddir, round_robin,
-                      run_json, runner_parser)
+                      fmt_apc, fmt_rate, fmt_ratio, fmt_same_round,
+                      machine_info, make_bar, name_list, parse_args,
+                      print_bars, print_failures, print_machine, ratio,
+                      resolve_builddir, round_robin, run_json, runner_parser,
+                      same_round)
 
 VARIANTS = ("ame", "itm", "itm-stm", "ame-itm", "tinystm", "mutex", "seq")
 # The itm binary on libitm's own STM: where the CPU has Intel RTM, libitm's
@@ -215,6 +216,7 @@ def summarise(configs, variants_for, results, failures):
                 "runs": len(rates),
                 "failed": failures.get((ci, v), 0),
                 "ops_per_s": rates,
+                "reps": [r.get("rep") for r in runs],
                 "median": statistics.median(rates) if rates else None,
                 "min": min(rates) if rates else None,
                 "max": max(rates) if rates else None,
@@ -268,6 +270,16 @@ def evaluate_bars(rows, htm):
     def bar(name, figure, op, target, fmt, note=None):
         bars.append(make_bar(name, figure, op, target, fmt, note))
 
+    def rounds(row, other):
+        # The bar's ratio within each repetition, for its note (the bar
+        # itself is the ratio of the medians).
+        pairs = same_round(row, other)
+        return "same-round ratios %s" % fmt_same_round(pairs) if pairs \
+            else None
+
+    def notes(*parts):
+        return "; ".join(p for p in parts if p) or None
+
     r1 = find_row(rows, "rbtree", 20, 1, "ame")
     r2 = find_row(rows, "rbtree", 20, 2, "ame")
     r100 = find_row(rows, "rbtree", 100, 2, "ame")
@@ -275,12 +287,14 @@ def evaluate_bars(rows, htm):
         r1 and r1["vs_seq"], ">=", 0.6, fmt_bar_ratio)
     bar("rbtree 20% upd, 2 threads: ame vs itm",
         r2 and r2["vs_itm"], ">=", 2.0, fmt_bar_ratio,
-        note=itm_note(r2, htm))
+        note=notes(rounds(r2, find_row(rows, "rbtree", 20, 2, "itm")),
+                   itm_note(r2, htm)))
     bar("rbtree 20% upd: ame 2 threads / 1 thread",
         r2 and r2["vs_1t"], ">=", 1.8, fmt_bar_ratio)
     bar("rbtree 100% upd, 2 threads: ame vs itm",
         r100 and r100["vs_itm"], ">=", 2.0, fmt_bar_ratio,
-        note=itm_note(r100, htm))
+        note=notes(rounds(r100, find_row(rows, "rbtree", 100, 2, "itm")),
+                   itm_note(r100, htm)))
     bar("rbtree 100% upd, 2 threads: ame aborts/commit",
         r100 and r100["aborts_per_commit"], "<=", 0.1,
         lambda x: fmt_apc(x, none="n/a"))
@@ -292,10 +306,12 @@ def evaluate_bars(rows, htm):
         rt = find_row(rows, "rbtree", u, 2, TINYSTM_ITM)
         bar("rbtree %d%% upd, 2 threads: ame-itm vs itm" % u,
             ri and ri["vs_itm"], ">=", 2.0, fmt_bar_ratio,
-            note=itm_note(ri, htm))
+            note=notes(rounds(ri, find_row(rows, "rbtree", u, 2, "itm")),
+                       itm_note(ri, htm)))
         bar("rbtree %d%% upd, 2 threads: ame-itm vs ame" % u,
             ri and ri["vs_ame"], ">=", 0.8, fmt_bar_ratio,
-            note=abi_note(ri, rt))
+            note=notes(rounds(ri, find_row(rows, "rbtree", u, 2, "ame")),
+                       abi_note(ri, rt)))
     return bars
 
 
@@ -377,10 +393,15 @@ def print_table(rows, bars, failures, settings, machine):
             and r.get("vs_tinystm") is not None]
     if tiny:
         print()
-        print("ame / tinystm (ratio of the medians; above 1: ame ahead):")
+        print("ame / tinystm (ratio of the medians, then within each "
+              "repetition: median (range); above 1: ame ahead):")
         for r in tiny:
-            print("  %-32s t=%d  %s" % (r["config"], r["threads"],
-                                        fmt_bar_ratio(r["vs_tinystm"])))
+            other = next((o for o in rows if o["config"] == r["config"]
+                          and o["threads"] == r["threads"]
+                          and o["variant"] == "tinystm"), None)
+            print("  %-32s t=%d  %s  %s" % (
+                r["config"], r["threads"], fmt_bar_ratio(r["vs_tinystm"]),
+                fmt_same_round(same_round(r, other))))
     print()
     print_bars(bars, width=10)
     print_failures(failures, what=lambda f: "%s  %s t=%d" % (
@@ -477,6 +498,7 @@ def main():
         res, err = run_one(cmd(key, rep), args.duration)
         if err is not None:
             raise BenchError(err)
+        res["rep"] = rep
         if before is not None:
             after = line_transfer(builddir)
             if after is not None:
