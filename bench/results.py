@@ -533,6 +533,11 @@ def stamp_section(d):
                "faster; same round: ame x tinystm within each repetition "
                "(which runs the variants one after another), median and "
                "range; 2t/1t: each STM's speed-up from 1 to 2 threads.")
+    if s.get("placements"):
+        out[-1] += (" Each repetition runs ame and TinySTM linked with "
+                    "another code placement (%s bytes of padding between "
+                    "the application and its STM library, in turn)."
+                    % ", ".join(str(k) for k in s["placements"]))
     g = d.get("geomean_vs_tinystm", {})
     if g:
         out.append("")

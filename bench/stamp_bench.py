@@ -9,10 +9,13 @@ application three ways from the STAMP tree's own sources, into
 BUILDDIR/bench/stamp/: with bench/stamp/ame/stm.h (ame's API, linked
 statically against BUILDDIR's libame.a), with bench/stamp/tinystm/stm.h
 (TinySTM's own API, its default build), and sequential (no STM; one
-thread).  It then runs every application at 1 and 2 threads, interleaved
-and alternating the order on every other repetition, and reports the
-median of the time each application prints for its parallel phase, with
-ame's speed against TinySTM's and against the sequential program's.
+thread).  Each STM build is linked once per code placement (PLACEMENTS:
+that many bytes of padding between the application's objects and the STM
+library), and repetition i runs placement i mod 4 of both.  It then runs
+every application at 1 and 2 threads, interleaved and alternating the
+order on every other repetition, and reports the median of the time each
+application prints for its parallel phase, with ame's speed against
+TinySTM's and against the sequential program's.
 
 Without --stamp DIR (or $STAMP, or a tree at ../stamp beside this
 checkout) or without --tinystm DIR (or $TINYSTM, or ../tinystm), it says
@@ -67,6 +70,15 @@ APPS = (
 )
 APP_NAMES = tuple(a[0] for a in APPS)
 VARIANTS = ("ame", "tinystm", "seq")
+# Code placements: bytes of padding linked between an application's
+# objects and its STM library.  Where code lies moves a program's time by
+# about as much as some of the differences measured: yada at 2 threads on
+# ame ran in 0.1380-0.1450 s over these four placements in one set of
+# interleaved runs and 0.1355-0.1385 s in another (medians of five and
+# of six runs).  Repetitions that each run another placement keep the
+# median from hanging on one layout.  The sequential build has no library
+# to move.
+PLACEMENTS = (0, 80, 160, 240)
 # The time each application prints for its parallel phase.
 TIME = re.compile(r"(?:^Time\s*[=:]|Elapsed time\s*=|Time taken for all is)"
                   r"\s*([0-9.]+)", re.M)
@@ -102,9 +114,33 @@ def stamp_sources(stamp, app):
     return srcs, lines[1].split()
 
 
+def compile_run(cmd, what):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise BenchError("%s failed:\n%s" % (what, p.stderr[-2000:]))
+
+
+def padding(builddir, k):
+    """An object of k bytes of text, to link between an application and
+    its library; None for 0."""
+    if k == 0:
+        return None
+    base = os.path.join(builddir, "bench", "stamp", "pad-%d" % k)
+    with open(base + ".s", "w") as f:
+        f.write(".text\n.skip %d\n.section .note.GNU-stack,\"\",%%progbits\n"
+                % k)
+    compile_run(["gcc", "-c", base + ".s", "-o", base + ".o"],
+                "assembling %s.s" % base)
+    return base + ".o"
+
+
 def build(builddir, stamp, tinystm, app, variant):
-    """Compile one application one way; return the binary's path."""
+    """Compile one application one way; return its binaries' paths, one
+    per code placement (PLACEMENTS; one in all for the sequential build).
+    The first, without padding, is BUILDDIR/bench/stamp/APP-VARIANT."""
     out = os.path.join(builddir, "bench", "stamp", "%s-%s" % (app, variant))
+    objdir = out + ".objs"
+    os.makedirs(objdir, exist_ok=True)
     srcs, flags = stamp_sources(stamp, app)
     cmd = ["gcc", "-O3", "-w", "-pthread", "-I" + os.path.join(stamp, "lib")]
     cmd += flags
@@ -120,12 +156,22 @@ def build(builddir, stamp, tinystm, app, variant):
         libs = [os.path.join(tinystm, "lib", "libstm.a")]
     else:
         libs = []
-    cmd += srcs + ["-o", out] + libs + ["-lm"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise BenchError("building %s-%s failed:\n%s" % (
-            app, variant, p.stderr[-2000:]))
-    return out
+    objs = []
+    for i, src in enumerate(srcs):
+        obj = os.path.join(objdir, "%02d-%s.o" % (
+            i, os.path.splitext(os.path.basename(src))[0]))
+        compile_run(cmd + ["-c", src, "-o", obj],
+                    "building %s-%s" % (app, variant))
+        objs.append(obj)
+    exes = []
+    for k in PLACEMENTS if libs else (0,):
+        exe = out if k == 0 else "%s-p%d" % (out, k)
+        pad = padding(builddir, k)
+        compile_run(["gcc", "-pthread"] + objs + ([pad] if pad else []) +
+                    ["-o", exe] + libs + ["-lm"],
+                    "linking %s" % os.path.basename(exe))
+        exes.append(exe)
+    return exes
 
 
 def unpack(builddir, stamp, app, inputs):
@@ -165,7 +211,7 @@ def run_app(exe, args, check, timeout):
     return float(found[-1])
 
 
-def summarise(apps, threads, variants, results, failures, reps):
+def summarise(apps, threads, variants, results, failures, reps, placed):
     rows = []
     med = {}
     for app in apps:
@@ -179,6 +225,7 @@ def summarise(apps, threads, variants, results, failures, reps):
                 rows.append({"app": app, "threads": t, "variant": v,
                              "runs": len(times), "seconds": times,
                              "reps": reps.get((app, t, v), []),
+                             "placements": placed.get((app, t, v), []),
                              "median": m,
                              "min": min(times) if times else None,
                              "max": max(times) if times else None,
@@ -219,6 +266,10 @@ def print_report(d):
     print("STAMP against TinySTM: %d repetitions, median of the times the "
           "applications print (seconds); %s CPUs (%s)"
           % (s["reps"], d["machine"]["cpus"], d["machine"]["cpu"]))
+    if s.get("placements"):
+        print("Code placements: %s bytes between each application and its "
+              "STM library, one per repetition in turn."
+              % ", ".join(str(k) for k in s["placements"]))
     print_machine(None, d["machine"], worst="2 threads")
     print("ame x tinystm, ame x seq: speed (inverse time) against TinySTM "
           "at the same thread count and the sequential program; above 1: "
@@ -278,7 +329,8 @@ def main():
     if args.reps < 1 or not args.threads or min(args.threads) < 1:
         ap.error("--reps and --threads must be positive")
     settings = {"reps": args.reps, "quick": args.quick, "apps": args.apps,
-                "threads": args.threads, "command": command_line()}
+                "threads": args.threads, "placements": list(PLACEMENTS),
+                "command": command_line()}
 
     builddir = resolve_builddir(args.builddir, need="stm")
     stamp = find_tree(args.stamp, "STAMP", "stamp",
@@ -335,19 +387,26 @@ def main():
                           src=os.path.join(stamp, src)).split()
 
     reps = {}  # key: the repetitions that completed, in order
+    placed = {}  # key: the code placement of each of them
+
+    def exe(key, rep):
+        builds = exes[(table[key[0]][1], key[2])]
+        return builds[rep % len(builds)]
 
     def run(key, rep):
         name, t, v = key
-        secs = run_app(exes[(table[name][1], v)], argv(key), table[name][4],
-                       300)
+        secs = run_app(exe(key, rep), argv(key), table[name][4], 300)
         reps.setdefault(key, []).append(rep)
+        if v != "seq":
+            placed.setdefault(key, []).append(
+                PLACEMENTS[rep % len(PLACEMENTS)])
         return secs
 
     def failed(key, rep, err):
         failures.append({"app": key[0], "threads": key[1], "variant": key[2],
                          "what": "%s %s t=%d" % (key[2], key[0], key[1]),
                          "error": err, "command": " ".join(
-                             [exes[(table[key[0]][1], key[2])]] + argv(key))})
+                             [exe(key, rep)] + argv(key))})
 
     machine = machine_info()
     meter = LoadMeter()
@@ -363,7 +422,7 @@ def main():
         k = (f["app"], f["threads"], f["variant"])
         counts[k] = counts.get(k, 0) + 1
     rows = summarise(args.apps, args.threads, VARIANTS, results, counts,
-                     reps)
+                     reps, placed)
     machine["other_cpus"] = meter.others()
     settings.update({"builddir": builddir, "stamp": stamp,
                      "tinystm": tinystm})
