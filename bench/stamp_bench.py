@@ -30,6 +30,7 @@ Run it with Debian's /usr/bin/python3 from the repository root after
 `ninja -C build-release`, or through `make bench STAMP=DIR TINYSTM=DIR`.
 """
 
+import functools
 import gzip
 import os
 import re
@@ -120,9 +121,10 @@ def compile_run(cmd, what):
         raise BenchError("%s failed:\n%s" % (what, p.stderr[-2000:]))
 
 
+@functools.lru_cache(maxsize=None)
 def padding(builddir, k):
     """An object of k bytes of text, to link between an application and
-    its library; None for 0."""
+    its library (assembled once per run); None for 0."""
     if k == 0:
         return None
     base = os.path.join(builddir, "bench", "stamp", "pad-%d" % k)
