@@ -148,6 +148,9 @@ struct ame_tx {
   int pid;                     /* heap: the owner's process */
   uintptr_t stuck_lock;        /* heap: a ticket holder ahead of us ... */
   uint64_t stuck_since;        /* ... since (ms) */
+  struct ame_tx *watch;        /* the owner of a lock a load met, whose
+                                  attempt the backoff watches ... */
+  uint64_t watch_ends;         /* ... its attempts_ended() then */
   uintptr_t *met_orec;         /* heap: a lock met (orec, value) ... */
   uintptr_t met_lock;
   uint64_t met_since;          /* ... first met then (ms) */
@@ -169,7 +172,10 @@ struct ame_tx {
   unsigned slot;               /* index in the thread table */
   unsigned refs;               /* ame_thread_enter() nesting */
   int in_use;                  /* atomic */
-  ame_stats_t stats;           /* owner writes, anyone reads (atomics) */
+  /* owner writes, anyone reads (atomics); on lines of their own, so that
+  ** a reader (a backoff's watch: stm.c) takes none the owner writes
+  ** while a transaction runs */
+  ame_stats_t stats __attribute__((aligned(AME__CACHELINE)));
 };
 
 /* A domain: the clock, orecs, irrevocability token, retry futex and

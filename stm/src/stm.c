@@ -93,6 +93,12 @@ AME__TLS ame_tx_t *ame__heap_self; /* the thread's descriptor on the heap */
                                microseconds, and an interrupt of every
                                CPU that runs one of its threads) */
 #define CONFLICT_SPINS 256  /* pauses a store waits on a held lock */
+/* After a load met a lock (backoff()): the owner is watched every
+** WATCH_EVERY pauses; an attempt of its that ends WATCH_LONG pauses or
+** more after the abort was a long one; the watch lasts up to WATCH_MAX. */
+#define WATCH_EVERY 4
+#define WATCH_LONG 64
+#define WATCH_MAX 4096
 #define SNAPSHOT_REFRESH 16 /* starts between two reads of the clock */
 #define RETRY_BACKSTOP_NS 1000000L /* ame_retry's first futex timeout ... */
 #define RETRY_BACKSTOP_MAX_NS 64000000L /* ... doubling up to this */
@@ -1154,6 +1160,12 @@ static int stuck_on(ame_tx_t *tx, uintptr_t *orec, uintptr_t l) {
   return ame__heap_owner_dead(tx, owner);
 }
 
+/* How many attempts tx has ended, committed or aborted: the owner writes
+** it as each ends; anyone may read it. */
+static inline uint64_t attempts_ended(const ame_tx_t *tx) {
+  return LOAD(&tx->stats.commits) + LOAD(&tx->stats.aborts);
+}
+
 static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
                         uintptr_t addr, ame_abort_cause_t cause) {
   ame_tx_t *owner = LOAD(&LOCK_ENTRY(l)->tx);
@@ -1202,14 +1214,51 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
     }
   }
   if (tx->dom->shared && stuck_on(tx, orec, l)) return;
+  if (cause == AME_ABORT_READ_LOCKED) {
+    /* Watch the owner during the backoff, from its count now: unless the
+    ** lock has gone meanwhile, when that attempt's end may be counted
+    ** already.  (The count may run ahead of the lock's release all the
+    ** same; then the watch waits for the owner's next attempt to end, at
+    ** most WATCH_MAX pauses: it only decides when to run again.) */
+    tx->watch_ends = attempts_ended(owner);
+    tx->watch = LOAD_ACQ(orec) == l ? owner : NULL;
+  }
   abort_tx(tx, cause, addr, owner_site(tx, owner));
 }
 
-/* Back off after an abort: random, growing with the attempt count. */
+/* Back off after an abort: random, growing with the attempt count.
+**
+** After a load met a lock, watch its owner meanwhile (its count of ended
+** attempts; on_conflict).  An attempt that ends WATCH_LONG pauses or more
+** into the backoff was a long one, and what it wrote is likely free for
+** good: run again at once, rather than sit out a backoff that may be
+** thousands of pauses past the end (yada's refinements, which hold their
+** locks for some hundreds of pauses).  One that ends sooner was short,
+** and the owner's next may take the same word at once (a few hot words,
+** as in the hot bank, where running again at each end makes the two
+** threads meet at every transaction): sit out the rest of the backoff.
+** If the backoff runs out while the attempt still runs, wait on for its
+** end (instead of running into the lock and aborting again), up to
+** WATCH_MAX pauses in all.  Reading the owner's count, on a line of its
+** own that the owner writes only when an attempt ends, costs the owner
+** nothing while it runs. */
 static void backoff(ame_tx_t *tx) {
   unsigned shift = tx->conflicts < 8 ? tx->conflicts : 8;
-  uint64_t spins = xorshift(&tx->rng) & ((16u << shift) - 1);
-  for (uint64_t i = 0; i < spins; i++) cpu_relax();
+  uint64_t spins = xorshift(&tx->rng) & ((16u << shift) - 1), i = 0;
+  ame_tx_t *owner = tx->watch;
+  if (owner) {
+    tx->watch = NULL;
+    uint64_t until = spins > WATCH_MAX ? spins : WATCH_MAX;
+    for (; i < until; i++) {
+      cpu_relax();
+      if (i % WATCH_EVERY == WATCH_EVERY - 1 &&
+          attempts_ended(owner) != tx->watch_ends) {
+        if (i + 1 >= WATCH_LONG) return;
+        break;
+      }
+    }
+  }
+  for (; i < spins; i++) cpu_relax();
 }
 
 /* ------------------------------------------------------------------------

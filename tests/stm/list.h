@@ -126,6 +126,7 @@
   /* progress and contention management: test_progress.c */                   \
   X(progress_long_reader, 120)                                                \
   X(progress_escalation, 60)                                                  \
+  X(backoff_watches_owner, 60)                                                \
   X(snapshot_extension, 20)                                                   \
   X(snapshot_extension_fails, 20)                                             \
   X(opacity_write_lock_newer, 20)                                             \

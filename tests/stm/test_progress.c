@@ -2,8 +2,10 @@
 ** tests/stm/test_progress.c — contention management and progress: a long
 ** transaction commits while short writers hammer what it reads (escalating
 ** to irrevocability if it must), escalation happens after exactly
-** escalate_after consecutive aborts, and snapshot extension lets a reader
-** go on past unrelated commits (and stops it at related ones).
+** escalate_after consecutive aborts, a load that met a lock waits out a
+** long owner's attempt instead of running into it again, and snapshot
+** extension lets a reader go on past unrelated commits (and stops it at
+** related ones).
 */
 #include "stm-test.h"
 
@@ -181,6 +183,84 @@ TEST_IMPL(progress_escalation) {
   thread_join(t);
   ASSERT_EQ(e.w, 3 * ESCALATE);           /* one bump per aborted attempt */
   ASSERT_EQ(e.w2, 3 * ESCALATE + 3);      /* and the victims' own writes */
+  leave_and_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** The backoff watches the owner of the lock a load met.  The owner O
+** writes w and, still in its attempt, waits for the reader R to abort on
+** w, then holds on for HOLD_PAUSES pauses and notes how often R has
+** aborted by then.  R's backoff after a first conflict is under 32 pauses;
+** it then waits on for O's attempt to end (up to 4096 pauses) instead of
+** running into the lock again, so it has aborted once.  Without the watch
+** it has aborted two times or more: each backoff of a few dozen pauses runs
+** it into the lock again.  A trial in which O lost its CPU while R waited
+** sees R give up waiting and abort again, as a machine busy with other
+** work makes likely, so the case asks for one trial of up to TRIALS in
+** which R aborted once.
+*/
+enum { HOLD_PAUSES = 1024, TRIALS = 40 };
+
+struct watched {
+  _Alignas(64) uintptr_t w;
+  ame_tx_t *reader;
+  uint64_t aborts_before;   /* R's aborts before the trial */
+  atomic_int holding;
+  uint64_t aborts_held;     /* R's aborts while O held w */
+};
+
+static uint64_t aborts_of(const ame_tx_t *tx) {
+  ame_stats_t st;
+  ame_stats_thread(tx, &st);
+  return st.aborts;
+}
+
+static void pause_once(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+static void *watched_owner(void *arg) {
+  struct watched *f = arg;
+  ame_tx_t *tx = enter();
+  AME_ATOMIC(tx) {
+    ame_store_word_tx(tx, &f->w, ame_load_word_tx(tx, &f->w) + 1);
+    if (!atomic_load(&f->holding)) {  /* the first attempt only */
+      atomic_store(&f->holding, 1);
+      ASSERT_WAIT(aborts_of(f->reader) > f->aborts_before, 5000);
+      for (unsigned i = 0; i < HOLD_PAUSES; i++) pause_once();
+      f->aborts_held = aborts_of(f->reader) - f->aborts_before;
+    }
+  }
+  ame_thread_exit();
+  return NULL;
+}
+
+TEST_IMPL(backoff_watches_owner) {
+  watchdog_start(60, "a trial never ended");
+  ame_tx_t *tx = enter();
+  static struct watched f;
+  f.reader = tx;
+  int once = 0;
+  for (int trial = 0; trial < TRIALS && !once; trial++) {
+    f.aborts_before = aborts_of(tx);
+    atomic_store(&f.holding, 0);
+    pthread_t t;
+    thread_start(&t, watched_owner, &f);
+    ASSERT_WAIT(atomic_load(&f.holding), 5000);
+    volatile uintptr_t seen = 0;
+    AME_ATOMIC(tx) { seen = ame_load_word_tx(tx, &f.w); }
+    thread_join(t);
+    ASSERT_EQ(seen, (uintptr_t)trial + 1);  /* it read O's commit */
+    ASSERT_GE(f.aborts_held, 1);
+    once = f.aborts_held == 1;
+  }
+  ASSERT(once && "the reader ran into the held lock again in every trial");
   leave_and_shutdown();
 }
 
