@@ -1248,8 +1248,7 @@ static void backoff(ame_tx_t *tx) {
   ame_tx_t *owner = tx->watch;
   if (owner) {
     tx->watch = NULL;
-    uint64_t until = spins > WATCH_MAX ? spins : WATCH_MAX;
-    for (; i < until; i++) {
+    for (; i < WATCH_MAX; i++) {
       cpu_relax();
       if (i % WATCH_EVERY == WATCH_EVERY - 1 &&
           attempts_ended(owner) != tx->watch_ends) {
@@ -1820,7 +1819,10 @@ static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
     tx->want_irrevocable = 1;
     STAT_INC(tx, escalations);
   }
-  if (!tx->want_irrevocable) backoff(tx);
+  if (!tx->want_irrevocable)
+    backoff(tx);
+  else
+    tx->watch = NULL; /* no backoff to watch in */
   restart(tx);
 }
 
