@@ -180,6 +180,12 @@ def stm_section(d):
                   "library, default build; x tinystm: what the ABI costs "
                   "TinySTM against its own API, as ame-itm x ame does ame)"
                   if with_ti else "") + ".")
+    pl = d["settings"].get("placements", [])
+    if len(pl) > 1:
+        out[-1] += (" Each repetition runs ame and TinySTM linked with "
+                    "another code placement (%s bytes of code between the "
+                    "benchmark and its STM library, in turn)."
+                    % ", ".join(str(k) for k in pl))
     lt = d["machine"].get("line_transfer_ns")
     near = [r for r in rows if r["variant"] == "ame" and r.get("near_runs")]
     if lt:

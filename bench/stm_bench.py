@@ -16,7 +16,11 @@ binaries run on TinySTM's implementation of the same ABI (DIR: a TinySTM
 source tree, built outside this repository with `make -C DIR/abi/gcc`; its
 libitm.so stands in for GCC's through LD_LIBRARY_PATH).  Runs are
 interleaved round-robin over configurations and variants, and each is
-repeated; the table shows the median, the min-max spread, aborts per
+repeated.  The variants linked with their STM statically (ame, tinystm)
+are built once per code placement (bench/meson.build: 0, 80, 160 and 240
+bytes of code between the benchmark's objects and the library), and
+repetition i runs placement i mod 4 of both, as the STAMP runner does, so
+that a median does not hang on one layout.  The table shows the median, the min-max spread, aborts per
 commit, and ratios against seq, itm and the 1-thread run.  A "bars"
 section compares the figures the project is held to.  Missing a bar
 never fails the run; a binary that reports a broken invariant (invalid
@@ -62,6 +66,12 @@ OPTIONAL = ("tinystm",)
 # Not run unless --tinystm is given.
 TINYSTM_ITM = "tinystm-itm"
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank", "hotbank")
+# Code placements: bytes of code linked between the benchmark and its STM
+# library (bench/pad.c), for the variants that link it statically.  Where
+# the same code lies moved the hot bank at one thread by 3-8 % (docs/
+# stm.md); repetition i runs placement i mod 4.
+PLACEMENTS = (0, 80, 160, 240)
+PLACED = ("ame", "tinystm")
 
 # The parameters of each structure's configurations (threads and update
 # percent are added per configuration).
@@ -115,14 +125,26 @@ def build_matrix(args):
 TINYSTM_LIBDIR = None
 
 
-def binary(builddir, prog, variant):
+def binary(builddir, prog, variant, pad=0):
     if variant in (TINYSTM_ITM, "itm-stm"):
         variant = "itm"
-    return os.path.join(builddir, "bench", "bench-%s-%s" % (prog, variant))
+    return os.path.join(builddir, "bench", "bench-%s-%s%s" % (
+        prog, variant, "-p%d" % pad if pad else ""))
 
 
-def command(builddir, cfg, variant, duration, seed):
-    cmd = [binary(builddir, cfg["prog"], variant)]
+def code_placement(builddir, prog, variant, rep):
+    """The bytes of padding of the binary that repetition rep runs: the
+    placements in turn for ame and tinystm (0 where a build lacks the
+    padded binaries), 0 for the others."""
+    if variant not in PLACED:
+        return 0
+    pad = PLACEMENTS[rep % len(PLACEMENTS)]
+    return pad if os.access(binary(builddir, prog, variant, pad),
+                            os.X_OK) else 0
+
+
+def command(builddir, cfg, variant, duration, seed, pad=0):
+    cmd = [binary(builddir, cfg["prog"], variant, pad)]
     if variant == TINYSTM_ITM:
         cmd = ["env", "LD_LIBRARY_PATH=" + TINYSTM_LIBDIR] + cmd
     elif variant == "itm-stm":
@@ -217,6 +239,7 @@ def summarise(configs, variants_for, results, failures):
                 "failed": failures.get((ci, v), 0),
                 "ops_per_s": rates,
                 "reps": [r.get("rep") for r in runs],
+                "placements": sorted({r.get("pad", 0) for r in runs}),
                 "median": statistics.median(rates) if rates else None,
                 "min": min(rates) if rates else None,
                 "max": max(rates) if rates else None,
@@ -349,6 +372,11 @@ def print_table(rows, bars, failures, settings, machine):
           "%s CPUs (%s)" % (settings["reps"], settings["duration_ms"],
                             machine["cpus"], machine["cpu"]))
     print_machine(None, machine, worst="2 threads")
+    if len(settings.get("placements", [])) > 1:
+        print("Code placements: ame and tinystm linked with %s bytes of code "
+              "between the benchmark and the STM library, one per "
+              "repetition in turn." % ", ".join(
+                  str(k) for k in settings["placements"]))
     print("x seq: against seq at 1 thread; x itm, x itm-stm, x ame, x tiny, "
           "x tiny-itm: against itm, itm-stm, ame, tinystm, tinystm-itm at "
           "the same thread count; 2t/1t: against the same variant at 1 "
@@ -487,10 +515,13 @@ def main():
     meter = LoadMeter()
     failures = []
 
+    def pad(key, rep):
+        return code_placement(builddir, configs[key[0]]["prog"], key[1], rep)
+
     def cmd(key, rep):
         ci, v = key
         return command(builddir, configs[ci], v, args.duration,
-                       args.seed + rep)
+                       args.seed + rep, pad(key, rep))
 
     def run(key, rep):
         multi = configs[key[0]]["t"] > 1
@@ -499,6 +530,7 @@ def main():
         if err is not None:
             raise BenchError(err)
         res["rep"] = rep
+        res["pad"] = pad(key, rep)
         if before is not None:
             after = line_transfer(builddir)
             if after is not None:
@@ -533,6 +565,8 @@ def main():
         del r["_runs"], r["_base_1t"]
     settings = {"reps": args.reps, "duration_ms": args.duration,
                 "quick": args.quick, "builddir": builddir,
+                "placements": sorted({k for r in rows
+                                      for k in r["placements"]}),
                 "seed": args.seed, "command": command_line()}
     machine["other_cpus"] = meter.others()
     machine["line_transfer_ns"] = (None if fastest is None
