@@ -20,12 +20,12 @@ repeated.  The variants linked with their STM statically (ame, tinystm)
 are built once per code placement (bench/meson.build: 0, 80, 160 and 240
 bytes of code between the benchmark's objects and the library), and
 repetition i runs placement i mod 4 of both, as the STAMP runner does, so
-that a median does not hang on one layout.  The table shows the median, the min-max spread, aborts per
-commit, and ratios against seq, itm and the 1-thread run.  A "bars"
-section compares the figures the project is held to.  Missing a bar
-never fails the run; a binary that reports a broken invariant (invalid
-structure, wrong size, money not conserved), crashes or hangs does: the
-exit status is then 1.
+that a median does not hang on one layout.  The table shows the median,
+the min-max spread, aborts per commit, and ratios against seq, itm and
+the 1-thread run.  A "bars" section compares the figures the project is
+held to.  Missing a bar never fails the run; a binary that reports a
+broken invariant (invalid structure, wrong size, money not conserved),
+crashes or hangs does: the exit status is then 1.
 
 Default matrix: every structure (rbtree, skiplist, hashset: 4096 keys in
 1..8192; list: 256 keys in 1..512; bank: 1024 accounts, 90% transfers, 10%
