@@ -39,8 +39,8 @@ import statistics
 import subprocess
 import sys
 
-from benchlib import (REPO, BenchError, LoadMeter, command_line, emit,
-                      fmt_ratio, int_list, machine_info, name_list,
+from benchlib import (PLACEMENTS, REPO, BenchError, LoadMeter, command_line,
+                      emit, fmt_ratio, int_list, machine_info, name_list,
                       parse_args, print_failures, print_machine, print_rows,
                       ratio, resolve_builddir, round_robin, runner_parser)
 
@@ -71,15 +71,14 @@ APPS = (
 )
 APP_NAMES = tuple(a[0] for a in APPS)
 VARIANTS = ("ame", "tinystm", "seq")
-# Code placements: bytes of padding linked between an application's
-# objects and its STM library.  Where code lies moves a program's time by
-# about as much as some of the differences measured: yada at 2 threads on
-# ame ran in 0.1380-0.1450 s over these four placements in one set of
-# interleaved runs and 0.1355-0.1385 s in another (medians of five and
-# of six runs).  Repetitions that each run another placement keep the
-# median from hanging on one layout.  The sequential build has no library
-# to move.
-PLACEMENTS = (0, 80, 160, 240)
+# Code placements (benchlib.PLACEMENTS): bytes of padding linked between
+# an application's objects and its STM library.  Where code lies moves a
+# program's time by about as much as some of the differences measured:
+# yada at 2 threads on ame ran in 0.1380-0.1450 s over these four
+# placements in one set of interleaved runs and 0.1355-0.1385 s in
+# another (medians of five and of six runs).  Repetitions that each run
+# another placement keep the median from hanging on one layout.  The
+# sequential build has no library to move.
 # The time each application prints for its parallel phase.
 TIME = re.compile(r"(?:^Time\s*[=:]|Elapsed time\s*=|Time taken for all is)"
                   r"\s*([0-9.]+)", re.M)
@@ -123,17 +122,16 @@ def compile_run(cmd, what):
 
 @functools.lru_cache(maxsize=None)
 def padding(builddir, k):
-    """An object of k bytes of text, to link between an application and
-    its library (assembled once per run); None for 0."""
+    """An object of k bytes of text (bench/pad.c, as the STM runner's
+    drivers link), to link between an application and its library
+    (compiled once per run); None for 0."""
     if k == 0:
         return None
-    base = os.path.join(builddir, "bench", "stamp", "pad-%d" % k)
-    with open(base + ".s", "w") as f:
-        f.write(".text\n.skip %d\n.section .note.GNU-stack,\"\",%%progbits\n"
-                % k)
-    compile_run(["gcc", "-c", base + ".s", "-o", base + ".o"],
-                "assembling %s.s" % base)
-    return base + ".o"
+    obj = os.path.join(builddir, "bench", "stamp", "pad-%d.o" % k)
+    compile_run(["gcc", "-c", "-DAME_BENCH_PAD=%d" % k,
+                 os.path.join(REPO, "bench", "pad.c"), "-o", obj],
+                "compiling bench/pad.c for %d bytes" % k)
+    return obj
 
 
 def build(builddir, stamp, tinystm, app, variant):

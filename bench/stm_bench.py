@@ -47,12 +47,12 @@ import statistics
 import sys
 import tempfile
 
-from benchlib import (BenchError, LoadMeter, add_runs, command_line, emit,
-                      fmt_apc, fmt_rate, fmt_ratio, fmt_same_round,
-                      machine_info, make_bar, name_list, parse_args,
-                      print_bars, print_failures, print_machine, ratio,
-                      resolve_builddir, round_robin, run_json, runner_parser,
-                      same_round)
+from benchlib import (PLACEMENTS, BenchError, LoadMeter, add_runs,
+                      command_line, emit, fmt_apc, fmt_rate, fmt_ratio,
+                      fmt_same_round, machine_info, make_bar, name_list,
+                      parse_args, print_bars, print_failures, print_machine,
+                      ratio, resolve_builddir, round_robin, run_json,
+                      runner_parser, same_round)
 
 VARIANTS = ("ame", "itm", "itm-stm", "ame-itm", "tinystm", "mutex", "seq")
 # The itm binary on libitm's own STM: where the CPU has Intel RTM, libitm's
@@ -66,11 +66,9 @@ OPTIONAL = ("tinystm",)
 # Not run unless --tinystm is given.
 TINYSTM_ITM = "tinystm-itm"
 STRUCTURES = ("rbtree", "skiplist", "hashset", "list", "bank", "hotbank")
-# Code placements: bytes of code linked between the benchmark and its STM
-# library (bench/pad.c), for the variants that link it statically.  Where
-# the same code lies moved the hot bank at one thread by 3-8 % (docs/
-# stm.md); repetition i runs placement i mod 4.
-PLACEMENTS = (0, 80, 160, 240)
+# The variants linked with their STM statically, run at the code
+# placements (benchlib.PLACEMENTS) in turn: where the same code lies moved
+# the hot bank at one thread by 3-8 % (docs/stm.md).
 PLACED = ("ame", "tinystm")
 
 # The parameters of each structure's configurations (threads and update
