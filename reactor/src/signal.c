@@ -2,11 +2,18 @@
 ** reactor/src/signal.c — signal watchers: a callback each time the process
 ** receives a signal.
 **
-** Every watcher belongs to worker 0, whichever thread starts it: at commit
-** an op starts its libuv signal handle on worker 0's loop, and only that
-** worker touches it.  libuv's own handler turns the signal into an event
-** on that loop, where the callback runs as a transaction.  A watcher alone
-** does not keep the reactor running.
+** Every watcher belongs to worker 0, whichever thread starts it, and only
+** that worker touches its libuv signal handle.  libuv's own handler turns
+** the signal into an event on that loop, where the callback runs as a
+** transaction.  A watcher alone does not keep the reactor running.
+**
+** When the signal is caught: a watcher started outside a transaction
+** before the reactor runs, or on worker 0 itself, catches it when
+** ame_signal_start returns — a server that says "listening" after
+** starting its SIGTERM watcher can be stopped gracefully from then on,
+** though its loops have not run yet (the signal waits in libuv's pipe).
+** One started inside a transaction catches it once worker 0 has run the
+** op that the commit sends it.
 */
 #include "internal.h"
 
@@ -37,22 +44,30 @@ static void signal_stop_h(ame_handle_t *h) {
   ame__close_uv(h, (uv_handle_t *)&s->s);
 }
 
-static int op_signal_start(struct op *op) {
-  ame_signal_t *s = (ame_signal_t *)op->h;
+/* Worker 0's thread, or the setup thread before the reactor runs: open
+** s's libuv handle and catch the signal.  Return 0 or libuv's error (the
+** handle is then closing, and freed once closed). */
+static int signal_open(ame_signal_t *s) {
   struct worker *w = s->h.w;
-  if (s->h.state != HS_NEW) return 0;
   uv_signal_init(&w->loop, &s->s);
   s->s.data = s;
   s->h.state = HS_OPEN;
   ame__handle_link(&s->h);
   int rc = w->stopping ? 0 : uv_signal_start(&s->s, signal_cb, s->signum);
   if (rc != 0 || w->stopping) {
-    if (rc) ame__log(s->h.r, "signal %d: %s", s->signum, uv_strerror(rc));
     signal_stop_h(&s->h);
   } else {
     /* A signal watcher alone does not keep the reactor running. */
     uv_unref((uv_handle_t *)&s->s);
   }
+  return rc;
+}
+
+static int op_signal_start(struct op *op) {
+  ame_signal_t *s = (ame_signal_t *)op->h;
+  if (s->h.state != HS_NEW) return 0;
+  int rc = signal_open(s);
+  if (rc) ame__log(s->h.r, "signal %d: %s", s->signum, uv_strerror(rc));
   return 0;
 }
 
@@ -66,6 +81,14 @@ int ame_signal_start(ame_reactor_t *r, int signum, ame_signal_cb cb,
   s->h.on_stop = signal_stop_h;
   s->cb = cb;
   s->signum = signum;
+  ame_tx_t *tx = ame_self();
+  int in_tx = tx && ame_tx_depth(tx) > 0;
+  if (!in_tx && (ame__current() == s->h.w || !LOAD(&r->running))) {
+    int rc = signal_open(s);
+    if (rc) return rc; /* s is freed once its handle has closed */
+    if (out) *out = s;
+    return 0;
+  }
   int rc = ame__handle_start(&s->h, op_signal_start, NULL, NULL);
   if (rc) {
     free(s);

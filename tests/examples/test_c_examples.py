@@ -108,6 +108,13 @@ class Server:
             f.close()
 
 
+def stop_at_once(exe, *args):
+    """SIGTERM a server as soon as it says it listens, before its loops
+    have run: it has caught the signal by then and stops gracefully."""
+    with Server(exe, *args) as srv:
+        srv.stop()
+
+
 def run_threads(fn, n):
     """Run fn(i) on n threads; re-raise the first failure."""
     errors = []
@@ -173,6 +180,7 @@ def expect_closed(s):
 def test_echo(exe):
     for args in (("abc",), ("80x",), ("0", "two"), ("-1",)):
         expect_usage_error(exe, *args)
+    stop_at_once(exe, "0", "2")
     with Server(exe, "0", "2") as srv:  # echo PORT WORKERS
         total = [0]
         lock = threading.Lock()
@@ -284,6 +292,7 @@ def test_http(exe):
     for args in (("-p", "abc"), ("-p", "8080x"), ("-w", "two"),
                  ("--idle-timeout", "-1"), ("--idle-timeout", "1e99")):
         expect_usage_error(exe, *args)
+    stop_at_once(exe, "-p", "0", "-w", "2")
     with Server(exe, "-p", "0", "-w", "2") as srv:
         http_keepalive(srv)
         http_pipelined(srv)
@@ -573,6 +582,7 @@ class ChatClient:
 def test_chat(exe):
     for args in (("-p", "abc"), ("-p", "70000"), ("-w", "-1")):
         expect_usage_error(exe, *args)
+    stop_at_once(exe, "-p", "0", "-w", "2")
     with Server(exe, "-p", "0", "-w", "2") as srv:
         a = ChatClient(srv)
         check(a.line().startswith("* welcome, guest1: 1 here"), "welcome a")

@@ -52,6 +52,7 @@
   X(udp_multicast, 20)                                                        \
   X(udp_membership_deferred, 20)                                              \
   X(signal_usr1, 20)                                                          \
+  X(signal_before_run, 20)                                                    \
   X(resolve, 30)                                                              \
   X(resolve_errors, 20)                                                       \
   X(poll_pipe, 20)                                                            \

@@ -367,6 +367,29 @@ TEST_IMPL(signal_usr1) {
   rt_finish(g_r, fds);
 }
 
+/* A watcher started before the reactor runs catches the signal when
+** ame_signal_start returns: a SIGUSR1 sent at once (a supervisor that
+** stops a server as soon as it says it listens) does not kill the
+** process, and the callback gets it once the loops run. */
+TEST_IMPL(signal_before_run) {
+  int fds = fd_baseline();
+  g_r = rt_new(2, NULL);
+  ame_signal_t *s;
+  ASSERT_EQ(ame_signal_start(g_r, SIGUSR1, sig_cb, &g_sig, &s), 0);
+  /* A signal libuv cannot catch fails here, not later in the log. */
+  ame_signal_t *k = NULL;
+  ASSERT_EQ(ame_signal_start(g_r, SIGKILL, sig_cb, NULL, &k), -EINVAL);
+  ASSERT_NULL(k);
+  ASSERT_EQ(kill(getpid(), SIGUSR1), 0);
+  ASSERT_EQ(atomic_load(&g_sig.calls), 0);
+  struct rt rt;
+  rt_start(&rt, g_r);
+  rt_wait(&rt, 10000);
+  ASSERT_EQ(atomic_load(&g_sig.calls), 1);
+  ASSERT_EQ(atomic_load(&g_sig.signum), SIGUSR1);
+  rt_finish(g_r, fds);
+}
+
 /* ------------------------------------------------------------------------
 ** Name resolution.
 */

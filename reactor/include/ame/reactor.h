@@ -410,6 +410,14 @@ AME_REACTOR_EXTERN void ame_udp_close(ame_udp_t *u);
 ** Signals, DNS, watching file descriptors.
 */
 
+/* Call cb, as a transaction on worker 0, each time the process receives
+** signum (1-64); ame_signal_stop() ends that.  Outside a transaction
+** before the reactor runs (or on worker 0) the signal is caught when this
+** returns, and one that arrives before the loops run is delivered once
+** they do: a server may say it is ready right after.  Inside a
+** transaction it is caught once worker 0 has taken the commit's op.
+** A signal that cannot be caught (SIGKILL, SIGSTOP) is -EINVAL, at once
+** where the watcher starts at once, in the log otherwise. */
 typedef int (*ame_signal_cb)(ame_tx_t *tx, ame_signal_t *s, int signum);
 AME_REACTOR_EXTERN int ame_signal_start(ame_reactor_t *r, int signum,
                                         ame_signal_cb cb, void *data,
