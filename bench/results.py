@@ -29,7 +29,8 @@ import sys
 import time
 
 from benchlib import (REPO, fmt_apc, fmt_rate, fmt_ratio, fmt_same_round,
-                      fmt_us, load_saved, same_round, scheduling_note)
+                      fmt_us, load_saved, same_round, scheduling_note,
+                      steady_note)
 from twisted_bench import thread_split
 
 # The runners, in the order make bench runs them: (name, script, title).
@@ -190,12 +191,14 @@ def stm_section(d):
     near = [r for r in rows if r["variant"] == "ame" and r.get("near_runs")]
     if lt:
         out.append("")
+        st = steady_note(d["machine"].get("steady"))
         out.append("Moving a cache line between the two CPUs cost %.0f-%.0f "
                    "ns around the multi-thread runs (`bench-line-transfer`, "
                    "before and after each); the figures at 2 threads move "
-                   "with it.  The runs made while it was at most %.0f ns "
+                   "with it.  %sThe runs made while it was at most %.0f ns "
                    "(twice the cheapest)%s" % (
-                       lt["min"], lt["max"], 2 * lt["min"],
+                       lt["min"], lt["max"], st + " " if st else "",
+                       2 * lt["min"],
                        " gave, for ame:" if near else ": none."))
     if lt and near:
         out.append("")
@@ -544,6 +547,10 @@ def stamp_section(d):
                     "another code placement (%s bytes of padding between "
                     "the application and its STM library, in turn)."
                     % ", ".join(str(k) for k in s["placements"]))
+    st = steady_note(d["machine"].get("steady"))
+    if st:
+        out.append("")
+        out.append(st)
     g = d.get("geomean_vs_tinystm", {})
     if g:
         out.append("")

@@ -39,10 +39,11 @@ import statistics
 import subprocess
 import sys
 
-from benchlib import (PLACEMENTS, REPO, BenchError, LoadMeter, command_line,
-                      emit, fmt_ratio, int_list, machine_info, name_list,
-                      parse_args, print_failures, print_machine, print_rows,
-                      ratio, resolve_builddir, round_robin, runner_parser)
+from benchlib import (PLACEMENTS, REPO, BenchError, LoadMeter, Steady,
+                      command_line, emit, fmt_ratio, int_list, machine_info,
+                      name_list, parse_args, print_failures, print_machine,
+                      print_rows, ratio, resolve_builddir, round_robin,
+                      runner_parser, steady_note)
 
 # (name, STAMP directory, arguments with {t} for the thread count, inputs
 # to decompress into the build directory, the line that says the result
@@ -271,6 +272,9 @@ def print_report(d):
               "STM library, one per repetition in turn."
               % ", ".join(str(k) for k in s["placements"]))
     print_machine(None, d["machine"], worst="2 threads")
+    st = steady_note(d["machine"].get("steady"))
+    if st:
+        print(st)
     print("ame x tinystm, ame x seq: speed (inverse time) against TinySTM "
           "at the same thread count and the sequential program; above 1: "
           "ame faster.  2t/1t: speed-up of each STM from 1 to 2 threads.")
@@ -393,14 +397,36 @@ def main():
         builds = exes[(table[key[0]][1], key[2])]
         return builds[rep % len(builds)]
 
+    lines = {}  # key: [before, after] around each of them (2+ threads)
+    steady = Steady(builddir)
+
+    def measure(key, rep):
+        """(seconds, [before, after] or None): multi-thread runs are taken
+        as the STM runner takes them (benchlib.Steady)."""
+        def once():
+            return run_app(exe(key, rep), argv(key), table[key[0]][4], 300)
+        return steady.run(once) if key[1] > 1 else (once(), None)
+
     def run(key, rep):
-        name, t, v = key
-        secs = run_app(exe(key, rep), argv(key), table[name][4], 300)
+        secs, line_ns = measure(key, rep)
         reps.setdefault(key, []).append(rep)
-        if v != "seq":
+        lines.setdefault(key, []).append(line_ns)
+        if key[2] != "seq":
             placed.setdefault(key, []).append(
                 PLACEMENTS[rep % len(PLACEMENTS)])
         return secs
+
+    def again(key, rep):
+        try:
+            got = measure(key, rep)
+        except BenchError as e:
+            failed(key, rep, str(e))
+            return None
+        return got, got[1]
+
+    def keep(key, rep, got):
+        i = reps[key].index(rep)
+        results[key][i], lines[key][i] = got
 
     def failed(key, rep, err):
         failures.append({"app": key[0], "threads": key[1], "variant": key[2],
@@ -414,6 +440,10 @@ def main():
         results = round_robin(keys, args.reps, run,
                               lambda k: "%-14s t=%d %s" % k, failed,
                               label="stamp", alternate=True)
+        steady.retake([(key, rep, lines[key][reps[key].index(rep)])
+                       for rep in range(args.reps) for key in keys
+                       if key[1] > 1 and rep in reps.get(key, [])],
+                      again, keep)
     except KeyboardInterrupt:
         print("\nstamp_bench: interrupted", file=sys.stderr)
         return 130
@@ -423,7 +453,13 @@ def main():
         counts[k] = counts.get(k, 0) + 1
     rows = summarise(args.apps, args.threads, VARIANTS, results, counts,
                      reps, placed)
+    for r in rows:
+        if r["threads"] > 1:
+            r["line_ns"] = lines.get((r["app"], r["threads"], r["variant"]),
+                                     [])
     machine["other_cpus"] = meter.others()
+    if steady.fastest is not None:
+        machine["steady"] = steady.summary()
     settings.update({"builddir": builddir, "stamp": stamp,
                      "tinystm": tinystm})
     return emit(args, {"settings": settings, "machine": machine,

@@ -20,7 +20,9 @@ repeated.  The variants linked with their STM statically (ame, tinystm)
 are built once per code placement (bench/meson.build: 0, 80, 160 and 240
 bytes of code between the benchmark's objects and the library), and
 repetition i runs placement i mod 4 of both, as the STAMP runner does, so
-that a median does not hang on one layout.  The table shows the median,
+that a median does not hang on one layout.  Multi-thread runs are taken
+while moving a cache line between the CPUs is cheap (benchlib.Steady:
+waiting for it, running again what ran while it was dear).  The table shows the median,
 the min-max spread, aborts per commit, and ratios against seq, itm and
 the 1-thread run.  A "bars" section compares the figures the project is
 held to.  Missing a bar never fails the run; a binary that reports a
@@ -47,12 +49,12 @@ import statistics
 import sys
 import tempfile
 
-from benchlib import (PLACEMENTS, BenchError, LoadMeter, add_runs,
+from benchlib import (PLACEMENTS, BenchError, LoadMeter, Steady, add_runs,
                       command_line, emit, fmt_apc, fmt_rate, fmt_ratio,
                       fmt_same_round, machine_info, make_bar, name_list,
                       parse_args, print_bars, print_failures, print_machine,
                       ratio, resolve_builddir, round_robin, run_json,
-                      runner_parser, same_round)
+                      runner_parser, same_round, steady_note)
 
 VARIANTS = ("ame", "itm", "itm-stm", "ame-itm", "tinystm", "mutex", "seq")
 # The itm binary on libitm's own STM: where the CPU has Intel RTM, libitm's
@@ -159,16 +161,6 @@ def run_one(cmd, duration):
     return run_json(cmd, 60 + 20 * duration / 1000.0)
 
 
-def line_transfer(builddir):
-    """What moving a cache line between the first two CPUs costs now, in ns
-    (bench-line-transfer's median), or None if it cannot be measured."""
-    exe = os.path.join(builddir, "bench", "bench-line-transfer")
-    if not os.access(exe, os.X_OK):
-        return None
-    res, err = run_json([exe], 30)
-    return res.get("ns_per_transfer") if err is None else None
-
-
 def placement(rows):
     """Split each multi-thread row's runs by the line-transfer cost measured
     just before and after each: "near" when both were at most twice the
@@ -194,15 +186,16 @@ def placement(rows):
     return fastest, max(every)
 
 
-def print_placement(rows, fastest, dearest):
+def print_placement(rows, fastest, dearest, steady=None):
     print()
     print("Moving a cache line between the two CPUs cost %.0f-%.0f ns "
           "around the multi-thread runs (bench-line-transfer, before and "
           "after each run); under a hypervisor it changes with where the "
           "host places the vCPUs, and every figure at 2+ threads moves with "
-          "it.  Runs with both measurements at most %.0f ns (twice the "
-          "cheapest), for reference -- the bars use every run:"
-          % (fastest, dearest, 2 * fastest))
+          "it.  %sRuns with both measurements at most %.0f ns (twice the "
+          "cheapest), for reference -- the bars use every run kept:"
+          % (fastest, dearest, (steady_note(steady) or "") +
+             (" " if steady else ""), 2 * fastest))
     for r in rows:
         if "near_runs" not in r:
             continue
@@ -440,7 +433,8 @@ def print_report(d):
                 d["machine"])
     lt = d["machine"].get("line_transfer_ns")
     if lt:
-        print_placement(d["results"], lt["min"], lt["max"])
+        print_placement(d["results"], lt["min"], lt["max"],
+                        d["machine"].get("steady"))
 
 
 def main():
@@ -521,19 +515,35 @@ def main():
         return command(builddir, configs[ci], v, args.duration,
                        args.seed + rep, pad(key, rep))
 
+    steady = Steady(builddir)
+
     def run(key, rep):
-        multi = configs[key[0]]["t"] > 1
-        before = line_transfer(builddir) if multi else None
-        res, err = run_one(cmd(key, rep), args.duration)
-        if err is not None:
-            raise BenchError(err)
+        def once():
+            res, err = run_one(cmd(key, rep), args.duration)
+            if err is not None:
+                raise BenchError(err)
+            return res
+        if configs[key[0]]["t"] > 1:
+            res, line_ns = steady.run(once)
+            if line_ns is not None:
+                res["line_ns"] = line_ns
+        else:
+            res = once()
         res["rep"] = rep
         res["pad"] = pad(key, rep)
-        if before is not None:
-            after = line_transfer(builddir)
-            if after is not None:
-                res["line_ns"] = [before, after]
         return res
+
+    def again(key, rep):
+        try:
+            res = run(key, rep)
+        except BenchError as e:
+            failed(key, rep, str(e))
+            return None
+        return res, res.get("line_ns")
+
+    def keep(key, rep, res):
+        runs = results[key]
+        runs[next(i for i, old in enumerate(runs) if old["rep"] == rep)] = res
 
     def describe(key):
         cfg = configs[key[0]]
@@ -548,6 +558,11 @@ def main():
     keys = [(ci, v) for ci in range(len(configs)) for v in variants_for[ci]]
     try:
         results = round_robin(keys, args.reps, run, describe, failed)
+        steady.retake([(key, res["rep"], res.get("line_ns"))
+                       for rep in range(args.reps) for key in keys
+                       for res in results.get(key, [])
+                       if res["rep"] == rep and configs[key[0]]["t"] > 1],
+                      again, keep)
     except KeyboardInterrupt:
         print("\nstm_bench: interrupted", file=sys.stderr)
         return 130
@@ -569,6 +584,8 @@ def main():
     machine["other_cpus"] = meter.others()
     machine["line_transfer_ns"] = (None if fastest is None
                                    else {"min": fastest, "max": dearest})
+    if fastest is not None:
+        machine["steady"] = steady.summary()
     return emit(args, {"settings": settings, "machine": machine,
                        "results": rows, "bars": bars, "failures": failures},
                 print_report)
