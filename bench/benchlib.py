@@ -512,15 +512,16 @@ class Steady:
     """Take each multi-thread run while moving a cache line between the two
     CPUs costs at most twice the cheapest measured so far.  Under a
     hypervisor that cost changes with where the host puts the vCPUs (here
-    about 40 ns or about 190 ns, for seconds at a time), every figure at 2
+    about 40 ns or about 190 ns, for seconds to minutes), every figure at 2
     threads halves with it, and two variants of one repetition that run on
     either side of such a change compare the host, not the STMs.  First,
     measure CALIBRATE times a second apart, so that a machine that starts
     dear is known to be.  Before a run: measure, and while it is dearer,
     wait and measure again (up to WAIT_S seconds).  After it: measure, and
-    run it again (up to REDO times) if it had become dearer.  BUDGET_S
-    bounds the waiting of a whole invocation, so a machine that stays dear
-    runs on as before.  The same rule holds for every variant."""
+    run it again (up to REDO times) if it had become dearer.  At the end
+    (retake): take again what ran while it was dear.  BUDGET_S bounds the
+    waiting of a whole invocation, so a machine that stays dear runs on as
+    before.  The same rule holds for every variant."""
 
     CALIBRATE = 5
     WAIT_S = 60
