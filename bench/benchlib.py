@@ -581,24 +581,28 @@ class Steady:
             self.redone += 1
         return res, [before, after]
 
-    def retake(self, runs, again, keep):
+    def retake(self, runs, again, keep, on_failure):
         """Once every repetition has run: take again, in the order given,
         each run measured while the cost was dearer than twice the cheapest
         seen in the end (a machine that started dear learns only later what
         cheap is), and keep the new one where it was cheap around it.
         runs: (key, rep, [before, after] or None) of each multi-thread run
         in the order run; again(key, rep): run it again, return (result,
-        [before, after] or None), or None if it failed (the caller records
-        the failure); keep(key, rep, result): put it in the old one's
-        place."""
+        [before, after] or None), or raise BenchError, which goes to
+        on_failure(key, rep, error) as in round_robin; keep(key, rep,
+        result): put it in the old one's place."""
         for key, rep, line_ns in runs:
             if line_ns is None or self.cheap(max(line_ns)):
                 continue
             if self.spent():
                 return
-            got = again(key, rep)
-            if got is not None and got[1] and self.cheap(max(got[1])):
-                keep(key, rep, got[0])
+            try:
+                res, new = again(key, rep)
+            except BenchError as e:
+                on_failure(key, rep, str(e))
+                continue
+            if new and self.cheap(max(new)):
+                keep(key, rep, res)
                 self.retaken += 1
 
     def summary(self):

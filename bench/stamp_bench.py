@@ -417,11 +417,7 @@ def main():
         return secs
 
     def again(key, rep):
-        try:
-            got = measure(key, rep)
-        except BenchError as e:
-            failed(key, rep, str(e))
-            return None
+        got = measure(key, rep)
         return got, got[1]
 
     def keep(key, rep, got):
@@ -443,7 +439,7 @@ def main():
         steady.retake([(key, rep, lines[key][reps[key].index(rep)])
                        for rep in range(args.reps) for key in keys
                        if key[1] > 1 and rep in reps.get(key, [])],
-                      again, keep)
+                      again, keep, failed)
     except KeyboardInterrupt:
         print("\nstamp_bench: interrupted", file=sys.stderr)
         return 130

@@ -534,11 +534,7 @@ def main():
         return res
 
     def again(key, rep):
-        try:
-            res = run(key, rep)
-        except BenchError as e:
-            failed(key, rep, str(e))
-            return None
+        res = run(key, rep)
         return res, res.get("line_ns")
 
     def keep(key, rep, res):
@@ -562,7 +558,7 @@ def main():
                        for rep in range(args.reps) for key in keys
                        for res in results.get(key, [])
                        if res["rep"] == rep and configs[key[0]]["t"] > 1],
-                      again, keep)
+                      again, keep, failed)
     except KeyboardInterrupt:
         print("\nstm_bench: interrupted", file=sys.stderr)
         return 130

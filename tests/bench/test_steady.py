@@ -7,8 +7,9 @@ driven by a scripted line-transfer cost instead of bench-line-transfer:
 A multi-thread run waits while the cost is dearer than twice the
 cheapest, is run again when it became dearer during the run, and the
 runs made before the runner learnt what cheap is are taken again at the
-end and replaced only by cheap ones; the waiting stops at the budget.
-Standard library only.
+end and replaced only by cheap ones (a retake that breaks is reported and
+the old run stays); the waiting stops at the budget.  Standard library
+only.
 """
 import sys
 
@@ -96,9 +97,26 @@ def test_retake_replaces_only_with_cheap():
         kept[key] = res
 
     st.retake([(k, 0, lines[k]) for k in ("a", "b")],
-              lambda key, rep: st.run(lambda: key + "-new"), keep)
+              lambda key, rep: st.run(lambda: key + "-new"), keep, None)
     check(kept == {"a": "a-new"}, "kept %r" % kept)
     check(st.retaken == 1, "retaken %d" % st.retaken)
+
+
+def test_retake_failure_reported():
+    # A retake that breaks (a crash, a failed check) is reported as the
+    # round's failures are, and the old run stays.
+    st, script = steady_with([40])
+    st.measure()
+    failures, kept = [], []
+
+    def again(key, rep):
+        raise benchlib.BenchError("exit status 1")
+
+    st.retake([("a", 3, [190, 190])], again,
+              lambda k, r, res: kept.append(k),
+              lambda k, r, err: failures.append((k, r, err)))
+    check(failures == [("a", 3, "exit status 1")], "failures %r" % failures)
+    check(kept == [] and st.retaken == 0, "kept %r" % kept)
 
 
 def test_budget_stops_retakes():
@@ -106,7 +124,8 @@ def test_budget_stops_retakes():
     st.measure()
     st.waited = st.BUDGET_S
     taken = []
-    st.retake([("a", 0, [190, 190])], lambda k, r: taken.append(k), None)
+    st.retake([("a", 0, [190, 190])], lambda k, r: taken.append(k), None,
+              None)
     check(taken == [], "no retake past the budget: %r" % taken)
 
 
