@@ -114,7 +114,7 @@ def build_matrix(args):
                 cfg["u"] = args.update
             cfg["t"] = t
             configs.append(cfg)
-        if s == "rbtree":
+        if s == "rbtree" and args.update != 100:
             for t in threads:
                 cfg = dict(BASES[s], u=100, t=t)
                 configs.append(cfg)
