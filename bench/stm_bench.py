@@ -22,12 +22,12 @@ bytes of code between the benchmark's objects and the library), and
 repetition i runs placement i mod 4 of both, as the STAMP runner does, so
 that a median does not hang on one layout.  Multi-thread runs are taken
 while moving a cache line between the CPUs is cheap (benchlib.Steady:
-waiting for it, running again what ran while it was dear).  The table shows the median,
-the min-max spread, aborts per commit, and ratios against seq, itm and
-the 1-thread run.  A "bars" section compares the figures the project is
-held to.  Missing a bar never fails the run; a binary that reports a
-broken invariant (invalid structure, wrong size, money not conserved),
-crashes or hangs does: the exit status is then 1.
+waiting for it, running again what ran while it was dear).  The table
+shows the median, the min-max spread, aborts per commit, and ratios
+against seq, itm and the 1-thread run.  A "bars" section compares the
+figures the project is held to.  Missing a bar never fails the run; a
+binary that reports a broken invariant (invalid structure, wrong size,
+money not conserved), crashes or hangs does: the exit status is then 1.
 
 Default matrix: every structure (rbtree, skiplist, hashset: 4096 keys in
 1..8192; list: 256 keys in 1..512; bank: 1024 accounts, 90% transfers, 10%

@@ -150,6 +150,18 @@ static inline int ame__stopped(const ame_reactor_t *r) {
 /* The worker the calling thread is, or NULL. */
 struct worker *ame__current(void);
 
+/* Whether a handle owned by w may be opened at once by the caller rather
+** than by an op at commit: outside a transaction, on w's own thread, or
+** before the reactor runs (the setup thread is then the only one that
+** touches the loops).  Spawns and signal watchers do, so that a child
+** exists and a signal is caught when the call returns. */
+static inline int ame__open_now(const ame_reactor_t *r,
+                                const struct worker *w) {
+  ame_tx_t *tx = ame_self();
+  if (tx && ame_tx_depth(tx) > 0) return 0;
+  return ame__current() == w || !LOAD(&r->running);
+}
+
 /* Handles. */
 void ame__handle_init(ame_handle_t *h, int type, ame_reactor_t *r,
                       struct worker *w, void *data);

@@ -231,9 +231,7 @@ int ame_spawn(ame_reactor_t *r, const ame_process_options_t *opts,
     spawn_undo(p);
     return -ENOMEM;
   }
-  ame_tx_t *tx = ame_self();
-  int in_tx = tx && ame_tx_depth(tx) > 0;
-  if (!in_tx && (cur == w || !LOAD(&r->running))) {
+  if (ame__open_now(r, w)) {
     int rc = do_spawn(p);
     if (rc != 0) {
       if (p->h.state == HS_NEW) spawn_undo(p); /* else freed once closed */

@@ -81,9 +81,7 @@ int ame_signal_start(ame_reactor_t *r, int signum, ame_signal_cb cb,
   s->h.on_stop = signal_stop_h;
   s->cb = cb;
   s->signum = signum;
-  ame_tx_t *tx = ame_self();
-  int in_tx = tx && ame_tx_depth(tx) > 0;
-  if (!in_tx && (ame__current() == s->h.w || !LOAD(&r->running))) {
+  if (ame__open_now(r, s->h.w)) {
     int rc = signal_open(s);
     if (rc) return rc; /* s is freed once its handle has closed */
     if (out) *out = s;
