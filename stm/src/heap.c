@@ -182,6 +182,7 @@ static int plan(size_t arena, unsigned slots, struct layout *L) {
   while (((size_t)1 << bits << AME__GRAIN_SHIFT) <
          off + ((size_t)1 << bits) * sizeof(uintptr_t) + arena)
     bits++;
+  if (bits > 31) return -EINVAL; /* ame__orec_of's fold: one-to-one below */
   L->orec_bits = bits;
   off = round_up(off + ((size_t)1 << bits) * sizeof(uintptr_t), PAGE);
   L->off_arena = off;

@@ -30,7 +30,7 @@
 #include "ame/heap.h"
 
 #define AME__HEAP_MAGIC "AMEHEAP\0"
-#define AME__HEAP_VERSION 13
+#define AME__HEAP_VERSION 14
 #define AME__HEAP_NCLASS 40          /* small size classes */
 #define AME__HEAP_SPAN 65536         /* a small class's unit of arena */
 #define AME__HEAP_PAGE 4096          /* granule of large blocks */

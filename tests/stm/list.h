@@ -40,6 +40,7 @@
   X(writes_invisible_before_commit, 20)                                       \
   X(prefetch_reads_nothing, 20)                                              \
   X(orecs_far_apart, 30)                                                      \
+  X(orecs_keep_order, 10)                                                     \
   /* transactions: test_tx.c */                                               \
   X(atomic_commit_fallthrough, 10)                                            \
   X(atomic_break_continue, 10)                                                \

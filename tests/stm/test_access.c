@@ -1,10 +1,13 @@
 /*
 ** tests/stm/test_access.c — transactional loads and stores of every width
 ** and type in ame/stm.h, read-after-write inside a transaction, 32-bit
-** halves of one word, isolation of uncommitted writes, and words at the
-** same offset of distant regions under orecs of their own.
+** halves of one word, isolation of uncommitted writes, words at the
+** same offset of distant regions under orecs of their own, and runs of
+** granules under runs of orecs in address order.
 */
 #include "stm-test.h"
+
+#include "../../stm/src/internal.h" /* the descriptor's orec mapping */
 
 #include <math.h>
 #include <sys/mman.h>
@@ -487,5 +490,36 @@ TEST_IMPL(orecs_far_apart) {
     ASSERT_EQ(*f.y, 2);
   }
   ASSERT_EQ(munmap(base, len), 0);
+  leave_and_shutdown();
+}
+
+/* ------------------------------------------------------------------------
+** A run of granules has its orecs in address order within each 4 KiB page
+** of the table, wherever in the address space it lies: a walk through
+** memory then walks the table in order, as the hardware's prefetcher
+** expects (stm_inline.h).  Computed, not dereferenced: the addresses are
+** those of a main malloc arena and of a thread's arena on x86-64 Linux,
+** and an address whose bits from the fold up are all set.
+*/
+TEST_IMPL(orecs_keep_order) {
+  ame_tx_t *tx = enter();
+  const struct ame__txhot *h = &tx->h;
+  static const uintptr_t at[] = {0x55a7287a0000u, 0x7f3a4c000000u,
+                                 0x7f3a4c001240u, (uintptr_t)0x7ffffff0000u,
+                                 0x1000u};
+  const uintptr_t per_page = 4096 / sizeof(uintptr_t); /* orecs */
+  const uintptr_t span = per_page << AME__GRAIN_SHIFT; /* their bytes */
+  for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+    uintptr_t run = at[i] & ~(span - 1);
+    uintptr_t *first = ame__orec_of(h, run);
+    ASSERT_EQ((uintptr_t)(first - h->orecs) % per_page, 0);
+    for (uintptr_t k = 1; k < per_page; k++) {
+      uintptr_t *o = ame__orec_of(h, run + (k << AME__GRAIN_SHIFT) + 8);
+      if (o != first + k)
+        AME_TEST_FAIL_("granule %lu of the run at %#lx: orec %ld, not %lu",
+                       (unsigned long)k, (unsigned long)run,
+                       (long)(o - first), (unsigned long)k);
+    }
+  }
   leave_and_shutdown();
 }

@@ -128,7 +128,8 @@ TEST_IMPL(heap_create_open) {
   ASSERT_EQ(ame_heap_open(name, &h2), -ENOENT);
 }
 
-/* Files in /dev/shm that are not heaps are refused, not crashed on. */
+/* Files in /dev/shm that are not heaps are refused, not crashed on; so
+** are bad names and a size over the limit. */
 TEST_IMPL(heap_open_refuses) {
   char name[64], path[128];
   heap_name(name, sizeof name, "bad");
@@ -137,6 +138,9 @@ TEST_IMPL(heap_open_refuses) {
   ASSERT_EQ(ame_heap_open("no/slash", &h), -EINVAL);
   ASSERT_EQ(ame_heap_open("", &h), -EINVAL);
   ASSERT_EQ(ame_heap_create("bad name", NULL, &h), -EINVAL);
+  /* Over its table's 2^31 orecs (ame__orec_of's fold needs no more). */
+  ame_heap_config_t huge = {.size = (size_t)48 << 30};
+  ASSERT_EQ(ame_heap_create(NULL, &huge, &h), -EINVAL);
   /* Empty, short, garbage, and a real heap with one byte changed. */
   static const char garbage[8192] = "this is not an ame heap";
   size_t sizes[] = {0, 100, sizeof garbage};

@@ -70,9 +70,9 @@ typedef struct ame_heap ame_heap_t;
 
 typedef struct ame_heap_config {
   size_t size;          /* bytes the allocator manages (0: 256 MiB; at
-                           least 4 MiB); the mapping is larger by the
-                           metadata, mostly write logs backed by memory
-                           only where touched */
+                           least 4 MiB, under 48 GiB); the mapping is
+                           larger by the metadata, mostly write logs
+                           backed by memory only where touched */
   uintptr_t address;    /* where to map it (0: a named heap at a random
                            place in 32-48 TiB, an anonymous one where the
                            kernel puts it) */

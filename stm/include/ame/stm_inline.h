@@ -31,6 +31,10 @@
 ** of a red-black tree lookup at one thread. */
 #define AME__FOLD_SHIFT 20
 
+/* Where the fold lands: on the granule number's bits from 9 up, so that
+** the 512 orecs of each 4 KiB page of the table keep their order. */
+#define AME__FOLD_AT 9
+
 /* One read-log entry: the word read and the orec value seen. */
 struct ame__rentry {
   uintptr_t addr;    /* the word read (its orec is recomputed) */
@@ -56,22 +60,30 @@ struct ame__txhot {
 AME_EXTERN uintptr_t ame__load_slow(ame_tx_t *tx, const uintptr_t *addr);
 
 /* The orec covering addr: its granule number g, with its bits from
-** AME__FOLD_SHIFT up folded onto it (XOR), so that the same offsets in
-** different threads' malloc arenas, which differ only in high address
-** bits, do not collide, while a run of granules keeps a run of orecs, 8
-** to a cache line, as TinySTM's lock array does.  In a heap g counts from
-** the region's start and is below the table's size 2^k for every address
-** in the region; g ^ (g >> s) is one-to-one on [0, 2^k) whatever s and k,
-** so each granule has an orec of its own (a heap's mask has bit 0 clear,
-** so that both halves of a 64-byte granule share one, heap.c; the mask
-** keeps an address outside the region, which a heap transaction must not
-** touch, inside the table).  Not a multiplicative hash: that would
-** scatter neighbours' orecs over the table and put a multiply on each
-** load's dependency chain. */
+** AME__FOLD_SHIFT up folded onto its bits from AME__FOLD_AT up (XOR), so
+** that the same offsets in different threads' malloc arenas, which differ
+** only in high address bits, do not collide (with the default table of 2^20
+** orecs, two words a multiple of 32 MiB apart share one only if that
+** multiple is one of 2^11: 64 GiB), while a run of granules keeps a run of
+** orecs, 8 to a cache line, in address order within each 4 KiB page of the
+** table, as TinySTM's lock array keeps them.  The order matters: a walk
+** through memory in address order then walks the table in address order
+** too, which the hardware's stream prefetcher follows; XORed onto the low
+** bits, the fold would permute the lines of each page (STAMP's yada: 4%
+** slower at one thread).  In a heap g counts from the region's start and is
+** below the table's size 2^k for every address in the region; the fold then
+** changes only bits below 20 (k <= 31: heap.c), which it reads from bit 20
+** up, so it is one-to-one on [0, 2^k) and each granule has an orec of its
+** own (a heap's mask has bit 0 clear, so that both halves of a 64-byte
+** granule share one, heap.c; the mask keeps an address outside the region,
+** which a heap transaction must not touch, inside the table).  Not a
+** multiplicative hash: that would scatter neighbours' orecs over the table
+** and put a multiply on each load's dependency chain. */
 static inline uintptr_t *ame__orec_of(const struct ame__txhot *h,
                                       uintptr_t addr) {
   uintptr_t g = (addr - h->orec_bias) >> AME__GRAIN_SHIFT;
-  return &h->orecs[(g ^ (g >> AME__FOLD_SHIFT)) & h->orec_mask];
+  return &h->orecs[(g ^ ((g >> AME__FOLD_SHIFT) << AME__FOLD_AT)) &
+                   h->orec_mask];
 }
 
 /* Log a load of word, its orec seen at l.  Every load is logged, also
