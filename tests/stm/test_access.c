@@ -499,7 +499,8 @@ TEST_IMPL(orecs_far_apart) {
 ** memory then walks the table in order, as the hardware's prefetcher
 ** expects (stm_inline.h).  Computed, not dereferenced: the addresses are
 ** those of a main malloc arena and of a thread's arena on x86-64 Linux,
-** and an address whose bits from the fold up are all set.
+** one with bits 25 to 42 (those the fold reads) all set, and one with
+** none of them set.
 */
 TEST_IMPL(orecs_keep_order) {
   ame_tx_t *tx = enter();
