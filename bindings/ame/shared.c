@@ -216,10 +216,8 @@ static PyObject *heap_error(const char *what, int err) {
   return NULL;
 }
 
-#define MIN_HEAP_SIZE ((size_t)4 << 20) /* ame_heap_create's least */
-
-/* Parse $AME_SHARED_SIZE: bytes, with an optional K, M or G (binary), at
-** least MIN_HEAP_SIZE. */
+/* Parse $AME_SHARED_SIZE: bytes, with an optional K, M or G (binary),
+** from AME_HEAP_MIN_SIZE to AME_HEAP_MAX_SIZE. */
 static int parse_size(const char *s, size_t *out) {
   char *end;
   errno = 0;
@@ -235,7 +233,7 @@ static int parse_size(const char *s, size_t *out) {
   if ((*end == 'b' || *end == 'B') && shift) end++;
   if (*end != '\0' || v > (SIZE_MAX >> shift)) return -1;
   *out = (size_t)v << shift;
-  return *out < MIN_HEAP_SIZE ? -1 : 0;
+  return *out < AME_HEAP_MIN_SIZE || *out > AME_HEAP_MAX_SIZE ? -1 : 0;
 }
 
 /* Say why $AME_SHARED_HEAP (addr) could not be adopted (rc). */
@@ -280,8 +278,8 @@ static ame_heap_t *heap_get(void) {
       const char *size = getenv("AME_SHARED_SIZE");
       if (size && *size && parse_size(size, &cfg.size) < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "ame.shared: AME_SHARED_SIZE=%s is not a size of at "
-                     "least 4M (bytes, with K, M or G; default 256M)",
+                     "ame.shared: AME_SHARED_SIZE=%s is not a size of 4M "
+                     "to 47G (bytes, with K, M or G; default 256M)",
                      size);
         return NULL;
       }

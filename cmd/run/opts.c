@@ -7,6 +7,7 @@
 */
 #include "opts.h"
 
+#include "ame/heap.h"
 #include "ame/stm.h"
 
 #include <errno.h>
@@ -86,7 +87,7 @@ static const struct {
     {"grace", O_GRACE, "seconds (>= 0)"},
     {"sockets", O_SOCKETS, "'reuseport' or 'shared'"},
     {"io", O_IO, "'thread', 'inline' or 'auto'"},
-    {"shared-size", O_SHARED, "bytes, at least 4M (e.g. 256M, 2G)"},
+    {"shared-size", O_SHARED, "bytes, 4M to 47G (e.g. 256M, 2G)"},
     {"timeout", O_TIMEOUT, "seconds (>= 0; 0: no heartbeat check)"},
     {"max-requests", O_MAXREQ, "a number of requests (0: no limit)"},
     {"max-requests-jitter", O_JITTER, "a number of requests"},
@@ -123,7 +124,8 @@ static int set_opt(const char *cmd, int key, const char *val, struct opts *o) {
     break;
   case O_SHARED:
     bad = ame_parse_size(val, &o->shared_size) < 0 ||
-          o->shared_size < ((size_t)4 << 20);
+          o->shared_size < AME_HEAP_MIN_SIZE ||
+          o->shared_size > AME_HEAP_MAX_SIZE;
     break;
   case O_MAXREQ:
     bad = parse_count(val, (uint64_t)1 << 50, &o->max_requests);
@@ -226,7 +228,7 @@ static void run_usage(FILE *f) {
 "                        (workers >= CPUs), else thread\n"
 "      --shared-size BYTES\n"
 "                        the heap that ame.shared's objects live in, shared\n"
-"                        by the workers (K, M, G suffixes; at least 4M;\n"
+"                        by the workers (K, M, G suffixes; 4M to 47G;\n"
 "                        default AME_SHARED_SIZE, else 256M); memory is\n"
 "                        used only as objects fill it\n"
 SUP_HELP

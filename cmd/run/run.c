@@ -45,7 +45,6 @@
 #endif
 
 #define DEFAULT_SHARED_SIZE ((size_t)256 << 20)
-#define MIN_SHARED_SIZE ((size_t)4 << 20) /* as --shared-size (opts.c) */
 
 /* The heap the workers share (ame.shared), made before they are forked. */
 static ame_heap_t *shared_heap;
@@ -301,8 +300,9 @@ static int make_shared_heap(const struct opts *o) {
   size_t size = o->shared_size;
   const char *env = getenv("AME_SHARED_SIZE");
   if (size == 0 && env && *env &&
-      (ame_parse_size(env, &size) < 0 || size < MIN_SHARED_SIZE)) {
-    fprintf(stderr, "%s: AME_SHARED_SIZE wants bytes, at least 4M (e.g. "
+      (ame_parse_size(env, &size) < 0 || size < AME_HEAP_MIN_SIZE ||
+       size > AME_HEAP_MAX_SIZE)) {
+    fprintf(stderr, "%s: AME_SHARED_SIZE wants bytes, 4M to 47G (e.g. "
                     "256M, 2G), not '%s'\n", o->cmd, env);
     return 1;
   }

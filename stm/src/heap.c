@@ -55,7 +55,6 @@
 #include <unistd.h>
 
 #define DEFAULT_SIZE ((size_t)256 << 20)
-#define MIN_SIZE ((size_t)4 << 20)
 #define DEFAULT_SLOTS 128
 #define MAX_SLOTS 1024
 #define LOG_ENTRIES 262144  /* write-log entries per slot (16 MiB) */
@@ -165,7 +164,9 @@ struct layout {
 ** at one log entry per 64 bytes. */
 static int plan(size_t arena, unsigned slots, struct layout *L) {
   memset(L, 0, sizeof *L);
-  if (arena < MIN_SIZE || slots == 0 || slots > MAX_SLOTS) return -EINVAL;
+  if (arena < AME_HEAP_MIN_SIZE || arena > AME_HEAP_MAX_SIZE || slots == 0 ||
+      slots > MAX_SLOTS)
+    return -EINVAL;
   L->arena = arena = round_up(arena, PAGE);
   L->slots = slots;
   L->log_entries = LOG_ENTRIES;
@@ -182,7 +183,9 @@ static int plan(size_t arena, unsigned slots, struct layout *L) {
   while (((size_t)1 << bits << AME__GRAIN_SHIFT) <
          off + ((size_t)1 << bits) * sizeof(uintptr_t) + arena)
     bits++;
-  if (bits > 31) return -EINVAL; /* ame__orec_of's fold: one-to-one below */
+  /* ame__orec_of's fold is one-to-one on tables of up to 2^31 orecs,
+  ** which AME_HEAP_MAX_SIZE keeps to (with room for the metadata). */
+  assert(bits <= 31);
   L->orec_bits = bits;
   off = round_up(off + ((size_t)1 << bits) * sizeof(uintptr_t), PAGE);
   L->off_arena = off;

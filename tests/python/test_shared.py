@@ -1899,14 +1899,16 @@ print("ok", len(d))
         rc, out = python(code, {"AME_SHARED_SIZE": "lots"})
         self.assertNotEqual(rc, 0)
         self.assertIn("AME_SHARED_SIZE=lots is not a size", out)
-        # Below the heap's least size (docs/shared.md: at least 4M), 0
-        # and signs included: a ValueError naming the variable, the value
-        # and what it takes, not the heap's "invalid argument".
-        for size in ("1M", "4194303", "0", "-1", "+8M", " 8M"):
+        # Below the heap's least size or above its most (docs/shared.md:
+        # 4M to 47G), 0 and signs included: a ValueError naming the
+        # variable, the value and what it takes, not the heap's "invalid
+        # argument".
+        for size in ("1M", "4194303", "0", "-1", "+8M", " 8M", "48G",
+                     "50465865729"):
             rc, out = python(code, {"AME_SHARED_SIZE": size})
             self.assertNotEqual(rc, 0, size)
             self.assertIn("ValueError: ame.shared: AME_SHARED_SIZE=%s is "
-                          "not a size of at least 4M (bytes, with K, M or "
+                          "not a size of 4M to 47G (bytes, with K, M or "
                           "G; default 256M)" % size, out)
         rc, out = python(code, {"AME_SHARED_SIZE": "4M"})
         self.assertEqual(rc, 0, out)

@@ -138,8 +138,11 @@ TEST_IMPL(heap_open_refuses) {
   ASSERT_EQ(ame_heap_open("no/slash", &h), -EINVAL);
   ASSERT_EQ(ame_heap_open("", &h), -EINVAL);
   ASSERT_EQ(ame_heap_create("bad name", NULL, &h), -EINVAL);
-  /* Over its table's 2^31 orecs (ame__orec_of's fold needs no more). */
-  ame_heap_config_t huge = {.size = (size_t)48 << 30};
+  /* Over AME_HEAP_MAX_SIZE (ame__orec_of's fold needs a table of at most
+  ** 2^31 orecs), and so over what its table would cover. */
+  ame_heap_config_t huge = {.size = AME_HEAP_MAX_SIZE + 1};
+  ASSERT_EQ(ame_heap_create(NULL, &huge, &h), -EINVAL);
+  huge.size = (size_t)48 << 30;
   ASSERT_EQ(ame_heap_create(NULL, &huge, &h), -EINVAL);
   /* Empty, short, garbage, and a real heap with one byte changed. */
   static const char garbage[8192] = "this is not an ame heap";

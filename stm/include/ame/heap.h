@@ -68,11 +68,17 @@ typedef struct ame_heap ame_heap_t;
 ** Creating, opening, closing.
 */
 
+/* The least and the most bytes a heap's allocator manages (the most: its
+** orec table holds 2^31 words at most, ame/stm_inline.h). */
+#define AME_HEAP_MIN_SIZE ((size_t)4 << 20)
+#define AME_HEAP_MAX_SIZE ((size_t)47 << 30)
+
 typedef struct ame_heap_config {
-  size_t size;          /* bytes the allocator manages (0: 256 MiB; at
-                           least 4 MiB, under 48 GiB); the mapping is
-                           larger by the metadata, mostly write logs
-                           backed by memory only where touched */
+  size_t size;          /* bytes the allocator manages (0: 256 MiB; from
+                           AME_HEAP_MIN_SIZE to AME_HEAP_MAX_SIZE, 4 MiB
+                           to 47 GiB); the mapping is larger by the
+                           metadata, mostly write logs backed by memory
+                           only where touched */
   uintptr_t address;    /* where to map it (0: a named heap at a random
                            place in 32-48 TiB, an anonymous one where the
                            kernel puts it) */
