@@ -35,6 +35,15 @@ int ame_parse_size(const char *s, size_t *out) {
   return 0;
 }
 
+int ame_parse_shared_size(const char *s, size_t *out) {
+  size_t n;
+  if (ame_parse_size(s, &n) < 0 || n < AME_HEAP_MIN_SIZE ||
+      n > AME_HEAP_MAX_SIZE)
+    return -1;
+  *out = n;
+  return 0;
+}
+
 int ame_run_supervised(const struct opts *o) {
   return o->workers > 1 || o->max_requests || o->max_rss || o->metrics;
 }
@@ -123,9 +132,7 @@ static int set_opt(const char *cmd, int key, const char *val, struct opts *o) {
     if (!bad) o->io = val;
     break;
   case O_SHARED:
-    bad = ame_parse_size(val, &o->shared_size) < 0 ||
-          o->shared_size < AME_HEAP_MIN_SIZE ||
-          o->shared_size > AME_HEAP_MAX_SIZE;
+    bad = ame_parse_shared_size(val, &o->shared_size) < 0;
     break;
   case O_MAXREQ:
     bad = parse_count(val, (uint64_t)1 << 50, &o->max_requests);

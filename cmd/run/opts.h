@@ -43,6 +43,10 @@ int ame_twistd_parse(int argc, char **argv, struct opts *o);
 ** Return 0 or -1. */
 int ame_parse_size(const char *s, size_t *out);
 
+/* Parse the shared heap's size (--shared-size, AME_SHARED_SIZE): a size
+** from AME_HEAP_MIN_SIZE to AME_HEAP_MAX_SIZE.  Return 0 or -1. */
+int ame_parse_shared_size(const char *s, size_t *out);
+
 /* Does o run a supervisor (worker processes), even for one worker? */
 int ame_run_supervised(const struct opts *o);
 

@@ -299,9 +299,7 @@ static const char *resolve_io(const struct opts *o) {
 static int make_shared_heap(const struct opts *o) {
   size_t size = o->shared_size;
   const char *env = getenv("AME_SHARED_SIZE");
-  if (size == 0 && env && *env &&
-      (ame_parse_size(env, &size) < 0 || size < AME_HEAP_MIN_SIZE ||
-       size > AME_HEAP_MAX_SIZE)) {
+  if (size == 0 && env && *env && ame_parse_shared_size(env, &size) < 0) {
     fprintf(stderr, "%s: AME_SHARED_SIZE wants bytes, 4M to 47G (e.g. "
                     "256M, 2G), not '%s'\n", o->cmd, env);
     return 1;
