@@ -5,9 +5,11 @@
 ** escalate_after consecutive aborts, a load that met a lock waits out a
 ** long owner's attempt instead of running into it again, and snapshot
 ** extension lets a reader go on past unrelated commits (and stops it at
-** related ones).
+** related ones), after which a short attempt backs off and a long reader
+** runs again at once.
 */
 #include "stm-test.h"
+#include "../../stm/src/internal.h" /* ame_tx.backoffs */
 
 #include <sys/resource.h>
 
@@ -366,6 +368,76 @@ static void extension_case(int b_writes_x) {
 TEST_IMPL(snapshot_extension) { extension_case(0); }
 
 TEST_IMPL(snapshot_extension_fails) { extension_case(1); }
+
+/* ------------------------------------------------------------------------
+** After its snapshot fails, a short attempt backs off and a long reader
+** runs again at once.  A reads x, then n more words; B commits x and y;
+** A's read of y extends the snapshot, which finds x changed: a validation
+** abort after 1 + n reads.
+*/
+enum { LONG_READS = 500 };
+
+struct reader {
+  _Alignas(64) uintptr_t x;
+  _Alignas(64) uintptr_t y;
+  _Alignas(64) uintptr_t more[LONG_READS];
+  atomic_int a_read, b_done;
+};
+
+static void *reader_b_main(void *arg) {
+  struct reader *r = arg;
+  ame_tx_t *tx = enter();
+  ASSERT_WAIT(atomic_load(&r->a_read), 5000);
+  AME_ATOMIC(tx) {
+    ame_store_word_tx(tx, &r->x, ame_load_word_tx(tx, &r->x) + 1);
+    ame_store_word_tx(tx, &r->y, ame_load_word_tx(tx, &r->y) + 1);
+  }
+  atomic_store(&r->b_done, 1);
+  ame_thread_exit();
+  return NULL;
+}
+
+/* Run the case with n more reads; return the backoffs A sat out. */
+static uint64_t reader_case(ame_tx_t *tx, struct reader *r, int n) {
+  atomic_store(&r->a_read, 0);
+  atomic_store(&r->b_done, 0);
+  ame_stats_t before, after;
+  ame_stats_thread(tx, &before);
+  uint64_t backoffs = tx->backoffs;
+  pthread_t t;
+  thread_start(&t, reader_b_main, r);
+  volatile int attempts = 0;
+  volatile uintptr_t sx = 0, sy = 0;
+  AME_ATOMIC(tx) {
+    attempts++;
+    sx = ame_load_word_tx(tx, &r->x);
+    for (int i = 0; i < n; i++) (void)ame_load_word_tx(tx, &r->more[i]);
+    if (attempts == 1) {
+      atomic_store(&r->a_read, 1);
+      ASSERT_WAIT(atomic_load(&r->b_done), 5000);
+    }
+    sy = ame_load_word_tx(tx, &r->y);
+    ASSERT_EQ(sx, sy);  /* never the old x with the new y */
+  }
+  thread_join(t);
+  ame_stats_thread(tx, &after);
+  ASSERT_EQ(attempts, 2);
+  ASSERT_EQ(after.aborts - before.aborts, 1);
+  ASSERT_EQ(after.aborts_by_cause[AME_ABORT_VALIDATE] -
+                before.aborts_by_cause[AME_ABORT_VALIDATE], 1);
+  return tx->backoffs - backoffs;
+}
+
+TEST_IMPL(backoff_not_long_reader) {
+  ame_tx_t *tx = enter();
+  static struct reader r;
+  ASSERT_EQ(reader_case(tx, &r, 0), 1);           /* short: backs off */
+  ASSERT_EQ(reader_case(tx, &r, LONG_READS), 0);  /* long: at once */
+  ASSERT_EQ(reader_case(tx, &r, 2), 1);
+  ASSERT_EQ(r.x, 3);
+  ASSERT_EQ(r.y, 3);
+  leave_and_shutdown();
+}
 
 /* ------------------------------------------------------------------------
 ** Opacity when a write locks an orec that changed after the snapshot.  A
