@@ -377,46 +377,29 @@ TEST_IMPL(snapshot_extension_fails) { extension_case(1); }
 */
 enum { LONG_READS = 500 };
 
-struct reader {
-  _Alignas(64) uintptr_t x;
-  _Alignas(64) uintptr_t y;
-  _Alignas(64) uintptr_t more[LONG_READS];
-  atomic_int a_read, b_done;
-};
-
-static void *reader_b_main(void *arg) {
-  struct reader *r = arg;
-  ame_tx_t *tx = enter();
-  ASSERT_WAIT(atomic_load(&r->a_read), 5000);
-  AME_ATOMIC(tx) {
-    ame_store_word_tx(tx, &r->x, ame_load_word_tx(tx, &r->x) + 1);
-    ame_store_word_tx(tx, &r->y, ame_load_word_tx(tx, &r->y) + 1);
-  }
-  atomic_store(&r->b_done, 1);
-  ame_thread_exit();
-  return NULL;
-}
+/* What A reads between x and y. */
+static _Alignas(64) uintptr_t more_words[LONG_READS];
 
 /* Run the case with n more reads; return the backoffs A sat out. */
-static uint64_t reader_case(ame_tx_t *tx, struct reader *r, int n) {
-  atomic_store(&r->a_read, 0);
-  atomic_store(&r->b_done, 0);
+static uint64_t reader_case(ame_tx_t *tx, struct ext *e, int n) {
+  atomic_store(&e->a_read, 0);
+  atomic_store(&e->b_done, 0);
   ame_stats_t before, after;
   ame_stats_thread(tx, &before);
   uint64_t backoffs = tx->backoffs;
   pthread_t t;
-  thread_start(&t, reader_b_main, r);
+  thread_start(&t, ext_b_main, e);
   volatile int attempts = 0;
   volatile uintptr_t sx = 0, sy = 0;
   AME_ATOMIC(tx) {
     attempts++;
-    sx = ame_load_word_tx(tx, &r->x);
-    for (int i = 0; i < n; i++) (void)ame_load_word_tx(tx, &r->more[i]);
+    sx = ame_load_word_tx(tx, &e->x);
+    for (int i = 0; i < n; i++) (void)ame_load_word_tx(tx, &more_words[i]);
     if (attempts == 1) {
-      atomic_store(&r->a_read, 1);
-      ASSERT_WAIT(atomic_load(&r->b_done), 5000);
+      atomic_store(&e->a_read, 1);
+      ASSERT_WAIT(atomic_load(&e->b_done), 5000);
     }
-    sy = ame_load_word_tx(tx, &r->y);
+    sy = ame_load_word_tx(tx, &e->y);
     ASSERT_EQ(sx, sy);  /* never the old x with the new y */
   }
   thread_join(t);
@@ -430,12 +413,12 @@ static uint64_t reader_case(ame_tx_t *tx, struct reader *r, int n) {
 
 TEST_IMPL(backoff_not_long_reader) {
   ame_tx_t *tx = enter();
-  static struct reader r;
-  ASSERT_EQ(reader_case(tx, &r, 0), 1);           /* short: backs off */
-  ASSERT_EQ(reader_case(tx, &r, LONG_READS), 0);  /* long: at once */
-  ASSERT_EQ(reader_case(tx, &r, 2), 1);
-  ASSERT_EQ(r.x, 3);
-  ASSERT_EQ(r.y, 3);
+  static struct ext e = {.b_writes_x = 1};
+  ASSERT_EQ(reader_case(tx, &e, 0), 1);           /* short: backs off */
+  ASSERT_EQ(reader_case(tx, &e, LONG_READS), 0);  /* long: at once */
+  ASSERT_EQ(reader_case(tx, &e, 2), 1);
+  ASSERT_EQ(e.x, 3);
+  ASSERT_EQ(e.y, 3);
   leave_and_shutdown();
 }
 
