@@ -151,8 +151,8 @@ struct ame_tx {
   struct ame_tx *watch;        /* the owner of a lock a load met, whose
                                   attempt the backoff watches ... */
   uint64_t watch_ends;         /* ... its attempts_ended() then */
-  uint64_t backoffs;           /* backoffs sat out after aborts (the
-                                  tests of the contention manager) */
+  uint64_t backoffs;           /* random backoffs drawn after aborts
+                                  (the tests of the contention manager) */
   uintptr_t *met_orec;         /* heap: a lock met (orec, value) ... */
   uintptr_t met_lock;
   uint64_t met_since;          /* ... first met then (ms) */

@@ -1229,26 +1229,31 @@ static void on_conflict(ame_tx_t *tx, uintptr_t *orec, uintptr_t l,
   abort_tx(tx, cause, addr, owner_site(tx, owner));
 }
 
-/* Back off after an abort: random, growing with the attempt count.
+/* Back off after an abort.
 **
-** After a load met a lock, watch its owner meanwhile (its count of ended
+** After a load met a lock, watch its owner first (its count of ended
 ** attempts; on_conflict).  An attempt that ends WATCH_LONG pauses or more
-** into the backoff was a long one, and what it wrote is likely free for
+** into the watch was a long one, and what it wrote is likely free for
 ** good: run again at once, rather than sit out a backoff that may be
 ** thousands of pauses past the end (yada's refinements, which hold their
 ** locks for some hundreds of pauses).  One that ends sooner was short,
-** and the owner's next may take the same word at once (a few hot words,
-** as in the hot bank, where running again at each end makes the two
-** threads meet at every transaction): sit out the rest of the backoff.
-** If the backoff runs out while the attempt still runs, wait on for its
-** end (instead of running into the lock and aborting again), up to
-** WATCH_MAX pauses in all.  Reading the owner's count, on a line of its
-** own that the owner writes only when an attempt ends, costs the owner
-** nothing while it runs. */
+** and the owner's next may take the same word at once: sit out the rest
+** of the backoff, if any (below).  If the backoff runs out while the
+** attempt still runs, wait on for its end (instead of running into the
+** lock and aborting again), up to WATCH_MAX pauses in all.  Reading the
+** owner's count, on a line of its own that the owner writes only when an
+** attempt ends, costs the owner nothing while it runs.
+**
+** Then a random wait, from a transaction's second conflict abort on, whose
+** range doubles with each (16 << conflicts pauses, up to 4096): two
+** threads that meet again and again on a few hot words (the hot bank) take
+** turns.  A first conflict draws none: most are chance meetings of
+** transactions that will not meet again, and a wait of up to 32 pauses
+** after each of those cost STAMP's intruder, whose threads meet now and
+** then on its queues and its map of fragments, about 5% of its time at
+** two threads. */
 static void backoff(ame_tx_t *tx) {
-  tx->backoffs++;
-  unsigned shift = tx->conflicts < 8 ? tx->conflicts : 8;
-  uint64_t spins = xorshift(&tx->rng) & ((16u << shift) - 1), i = 0;
+  uint64_t i = 0;
   ame_tx_t *owner = tx->watch;
   if (owner) {
     tx->watch = NULL;
@@ -1261,6 +1266,10 @@ static void backoff(ame_tx_t *tx) {
       }
     }
   }
+  if (tx->conflicts < 2) return;
+  tx->backoffs++;
+  unsigned shift = tx->conflicts < 8 ? tx->conflicts : 8;
+  uint64_t spins = xorshift(&tx->rng) & ((16u << shift) - 1);
   for (; i < spins; i++) cpu_relax();
 }
 
@@ -1816,13 +1825,14 @@ static void restart(ame_tx_t *tx) {
 /* Abort the attempt, back off and run again.  A snapshot that failed
 ** (validation, at a read or at commit) lost to writers that changed what
 ** it read: nothing it waits for gives it back.  A short attempt backs off
-** all the same, so that threads updating the same few hot words take
-** turns (the hot bank); a long reader runs again at once.  Its own reads
-** outlast any backoff that could help it, the writers go on committing
-** meanwhile, and what gets it through is a next attempt or, after
-** escalate_after conflicts, irrevocability.  (The bank's balance checks,
-** which read every account while transfers commit, spent a third of their
-** thread's time in backoff at two threads.) */
+** all the same, as after any conflict (backoff(): from the transaction's
+** second conflict on), so that threads updating the same few hot words
+** take turns (the hot bank); a long reader runs again at once.  Its own
+** reads outlast any backoff that could help it, the writers go on
+** committing meanwhile, and what gets it through is a next attempt or,
+** after escalate_after conflicts, irrevocability.  (The bank's balance
+** checks, which read every account while transfers commit, spent a third
+** of their thread's time in backoff at two threads.) */
 static void abort_tx(ame_tx_t *tx, ame_abort_cause_t cause, uintptr_t addr,
                      const char *other_site) {
   assert(!tx->irrevocable && "an irrevocable transaction cannot abort");

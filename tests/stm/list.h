@@ -130,7 +130,7 @@
   X(backoff_watches_owner, 60)                                                \
   X(snapshot_extension, 20)                                                   \
   X(snapshot_extension_fails, 20)                                             \
-  X(backoff_not_long_reader, 20)                                              \
+  X(backoff_policy, 20)                                                       \
   X(opacity_write_lock_newer, 20)                                             \
   X(claim_abort_new_version, 20)                                              \
   /* the shared heap: test_heap.c */                                          \

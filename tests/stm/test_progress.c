@@ -370,55 +370,59 @@ TEST_IMPL(snapshot_extension) { extension_case(0); }
 TEST_IMPL(snapshot_extension_fails) { extension_case(1); }
 
 /* ------------------------------------------------------------------------
-** After its snapshot fails, a short attempt backs off and a long reader
-** runs again at once.  A reads x, then n more words; B commits x and y;
-** A's read of y extends the snapshot, which finds x changed: a validation
-** abort after 1 + n reads.
+** After its snapshot fails, a short attempt backs off from the
+** transaction's second conflict on, and a long reader runs again at once.
+** In each of its first `aborts` attempts, A reads x, then n more words; B
+** commits x and y; A's read of y extends the snapshot, which finds x
+** changed: a validation abort after 1 + n reads.
 */
 enum { LONG_READS = 500 };
 
 /* What A reads between x and y. */
 static _Alignas(64) uintptr_t more_words[LONG_READS];
 
-/* Run the case with n more reads; return the backoffs A sat out. */
-static uint64_t reader_case(ame_tx_t *tx, struct ext *e, int n) {
-  atomic_store(&e->a_read, 0);
-  atomic_store(&e->b_done, 0);
+/* Run the case with n more reads; return the random backoffs A drew. */
+static uint64_t reader_case(ame_tx_t *tx, struct ext *e, int n,
+                            int aborts) {
   ame_stats_t before, after;
   ame_stats_thread(tx, &before);
   uint64_t backoffs = tx->backoffs;
-  pthread_t t;
-  thread_start(&t, ext_b_main, e);
   volatile int attempts = 0;
   volatile uintptr_t sx = 0, sy = 0;
   AME_ATOMIC(tx) {
     attempts++;
     sx = ame_load_word_tx(tx, &e->x);
     for (int i = 0; i < n; i++) (void)ame_load_word_tx(tx, &more_words[i]);
-    if (attempts == 1) {
+    if (attempts <= aborts) {
+      atomic_store(&e->a_read, 0);
+      atomic_store(&e->b_done, 0);
+      pthread_t t;
+      thread_start(&t, ext_b_main, e);
       atomic_store(&e->a_read, 1);
       ASSERT_WAIT(atomic_load(&e->b_done), 5000);
+      thread_join(t);
     }
     sy = ame_load_word_tx(tx, &e->y);
     ASSERT_EQ(sx, sy);  /* never the old x with the new y */
   }
-  thread_join(t);
   ame_stats_thread(tx, &after);
-  ASSERT_EQ(attempts, 2);
-  ASSERT_EQ(after.aborts - before.aborts, 1);
+  ASSERT_EQ(attempts, aborts + 1);
+  ASSERT_EQ(after.aborts - before.aborts, (uint64_t)aborts);
   ASSERT_EQ(after.aborts_by_cause[AME_ABORT_VALIDATE] -
-                before.aborts_by_cause[AME_ABORT_VALIDATE], 1);
+                before.aborts_by_cause[AME_ABORT_VALIDATE],
+            (uint64_t)aborts);
   return tx->backoffs - backoffs;
 }
 
-TEST_IMPL(backoff_not_long_reader) {
+TEST_IMPL(backoff_policy) {
   ame_tx_t *tx = enter();
   static struct ext e = {.b_writes_x = 1};
-  ASSERT_EQ(reader_case(tx, &e, 0), 1);           /* short: backs off */
-  ASSERT_EQ(reader_case(tx, &e, LONG_READS), 0);  /* long: at once */
-  ASSERT_EQ(reader_case(tx, &e, 2), 1);
-  ASSERT_EQ(e.x, 3);
-  ASSERT_EQ(e.y, 3);
+  ASSERT_EQ(reader_case(tx, &e, 0, 1), 0);          /* first: none */
+  ASSERT_EQ(reader_case(tx, &e, 0, 2), 1);          /* second: one */
+  ASSERT_EQ(reader_case(tx, &e, LONG_READS, 2), 0); /* long: none */
+  ASSERT_EQ(reader_case(tx, &e, 2, 3), 2);
+  ASSERT_EQ(e.x, 8);
+  ASSERT_EQ(e.y, 8);
   leave_and_shutdown();
 }
 
