@@ -5,8 +5,8 @@
 ** escalate_after consecutive aborts, a load that met a lock waits out a
 ** long owner's attempt instead of running into it again, and snapshot
 ** extension lets a reader go on past unrelated commits (and stops it at
-** related ones), after which a short attempt backs off and a long reader
-** runs again at once.
+** related ones), after which a short attempt backs off from its
+** transaction's second conflict on and a long reader runs again at once.
 */
 #include "stm-test.h"
 #include "../../stm/src/internal.h" /* ame_tx.backoffs */
